@@ -1,0 +1,5 @@
+import sys
+
+from pixeljit.cli import main
+
+sys.exit(main())

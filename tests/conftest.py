@@ -1,0 +1,29 @@
+"""Shared fixtures. The authors' parity vectors live in ../shared/reference beside the repo root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+REFERENCE_FILE = SHARED / "reference" / "jit_reference_tiny.pt"
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict:
+    """The parity vectors produced by the authors' code (never skipped: missing is a failure)."""
+    if not REFERENCE_FILE.is_file():
+        pytest.fail(
+            f"parity vectors not found at {REFERENCE_FILE}: the tests expect the project's shared/ "
+            "folder beside the repository root (../shared/reference/jit_reference_tiny.pt)."
+        )
+    return torch.load(REFERENCE_FILE, weights_only=True, map_location="cpu")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ in float64."""
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
