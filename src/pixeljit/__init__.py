@@ -1,0 +1,17 @@
+"""pixeljit: JiT ("Just image Transformers", Li & He 2025) in PyTorch."""
+
+from pixeljit.model import JiT, JiTConfig, count_parameters, create_model, model_config
+from pixeljit.reference import load_reference, load_safetensors, save_safetensors
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "JiT",
+    "JiTConfig",
+    "count_parameters",
+    "create_model",
+    "load_reference",
+    "load_safetensors",
+    "model_config",
+    "save_safetensors",
+]

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
-    for verb, module in VERBS.items():
+    for module in VERBS.values():
         try:
             mod = importlib.import_module(f"pixeljit.cli.{module}")
         except ModuleNotFoundError as err:

@@ -1,0 +1,310 @@
+"""The JiT network, its typed config, and the size registry (`create_model`).
+
+A plain ViT on large pixel patches that maps (z_t, t, y) to an image of the same shape; what the
+output means (x, ε or v) is the objective's business, not the network's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pixeljit.layers import (
+    Block,
+    FinalLayer,
+    LabelEmbedder,
+    PatchEmbed,
+    TimestepEmbedder,
+    rope_2d_tables,
+    sincos_pos_embed_2d,
+)
+
+INIT_STD = 0.02  # label table, time MLP and in-context embedding
+ATTENTION_MODES = ("sdpa", "fp32")
+
+
+@dataclass(frozen=True)
+class JiTConfig:
+    """Every architectural choice of JiT; defaults are JiT-B/16 at 256 px with 1000 classes.
+
+    Ablation switches: `bottleneck_dim=None` (single linear patch embedding), `in_context_len=0`
+    (no in-context tokens), `rope`, `qk_norm`, `mlp` ('swiglu' | 'gelu'), `norm` ('rms' |
+    'layer'), `dropout` with `dropout_blocks` ([start, stop) block range, default the middle
+    half), `num_classes=0` (unconditional: no label embedding), `in_channels=1` (grey).
+    `attention='fp32'` computes QKᵀ and the softmax in float32 (the authors' numerics) instead
+    of `scaled_dot_product_attention`.
+    """
+
+    image_size: int = 256
+    patch_size: int = 16
+    in_channels: int = 3
+    hidden_size: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    bottleneck_dim: int | None = 128
+    in_context_len: int = 32
+    in_context_start: int = 4
+    rope: bool = True
+    qk_norm: bool = True
+    mlp: str = "swiglu"
+    norm: str = "rms"
+    dropout: float = 0.0
+    dropout_blocks: tuple[int, int] | None = None
+    attn_dropout: float = 0.0
+    attention: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.rope and self.head_dim % 4:
+            raise ValueError(f"2-D RoPE needs head dim divisible by 4, got {self.head_dim}")
+        if self.hidden_size % 4:
+            raise ValueError(f"hidden_size must be divisible by 4, got {self.hidden_size}")
+        if self.num_classes < 0:
+            raise ValueError("num_classes must be ≥ 0 (0 = unconditional)")
+        if self.in_context_len < 0:
+            raise ValueError("in_context_len must be ≥ 0 (0 = no in-context tokens)")
+        if self.in_context_len and not 0 <= self.in_context_start < self.depth:
+            raise ValueError(
+                f"in_context_start {self.in_context_start} must lie in [0, depth={self.depth})"
+            )
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attn_dropout < 1.0:
+            raise ValueError("dropout rates must lie in [0, 1)")
+        if self.bottleneck_dim is not None and self.bottleneck_dim < 1:
+            raise ValueError("bottleneck_dim must be ≥ 1 or None")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    @property
+    def dropout_range(self) -> tuple[int, int]:
+        """Blocks [start, stop) with dropout; default the middle half, as the authors'."""
+        if self.dropout_blocks is not None:
+            return tuple(self.dropout_blocks)
+        return self.depth // 4, 3 * self.depth // 4
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> JiTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown JiT config fields {sorted(unknown)}")
+        data = dict(data)
+        if data.get("dropout_blocks") is not None:
+            data["dropout_blocks"] = tuple(data["dropout_blocks"])
+        return cls(**data)
+
+
+class JiT(nn.Module):
+    """net(z, t, y): z (N, C, H, W), t (N,) in [0, 1], y (N,) int64 with `num_classes` = null.
+
+    Returns (N, C, H, W). For unconditional models (`num_classes == 0`) y may be None.
+    """
+
+    def __init__(self, config: JiTConfig):
+        super().__init__()
+        self.config = cfg = config
+        dim, side = cfg.hidden_size, cfg.grid_size
+        self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, dim, cfg.bottleneck_dim)
+        self.t_embedder = TimestepEmbedder(dim)
+        self.y_embedder = LabelEmbedder(cfg.num_classes, dim) if cfg.num_classes > 0 else None
+        # fixed, saved in the authors' checkpoints (requires_grad=False), hence a Parameter
+        self.pos_embed = nn.Parameter(torch.zeros(1, side * side, dim), requires_grad=False)
+        if cfg.in_context_len:
+            self.in_context_posemb = nn.Parameter(torch.zeros(1, cfg.in_context_len, dim))
+        lo, hi = cfg.dropout_range
+        self.blocks = nn.ModuleList(
+            Block(
+                dim,
+                cfg.num_heads,
+                cfg.mlp_ratio,
+                cfg.mlp,
+                cfg.norm,
+                cfg.qk_norm,
+                cfg.dropout if lo <= i < hi else 0.0,
+                cfg.attn_dropout,
+                cfg.attention == "fp32",
+            )
+            for i in range(cfg.depth)
+        )
+        self.final_layer = FinalLayer(dim, cfg.patch_size, cfg.in_channels, cfg.norm)
+        self._rope_cache: dict = {}
+        self.initialize_weights()
+
+    # ------------------------------------------------------------------------------ init
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """Fresh-model init: Xavier-uniform linear maps (patch convs as linear), zero biases,
+        N(0, 0.02) label table / time MLP / in-context embedding, zero adaLN and output layer."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                w = module.weight
+                fan_out, fan_in = w.shape[0], math.prod(w.shape[1:])
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                nn.init.uniform_(w, -bound, bound)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        self.pos_embed.copy_(
+            sincos_pos_embed_2d(self.config.hidden_size, self.config.grid_size)[None]
+        )
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=INIT_STD)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=INIT_STD)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=INIT_STD)
+        if self.config.in_context_len:
+            nn.init.normal_(self.in_context_posemb, std=INIT_STD)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    # --------------------------------------------------------------------------- helpers
+    def _rope(self, prefix: int, device: torch.device):
+        """cos/sin tables for `prefix` identity tokens followed by the patch grid (cached)."""
+        if not self.config.rope:
+            return None
+        key = (prefix, device)
+        if key not in self._rope_cache:
+            cos, sin = rope_2d_tables(self.config.head_dim, self.config.grid_size, prefix)
+            self._rope_cache[key] = (cos.to(device), sin.to(device))
+        return self._rope_cache[key]
+
+    def _check_inputs(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> None:
+        cfg = self.config
+        expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        if z.ndim != 4 or tuple(z.shape[1:]) != expected:
+            raise ValueError(
+                f"z must have shape (N, {', '.join(map(str, expected))}), got {tuple(z.shape)}"
+            )
+        if t.shape != (z.shape[0],):
+            raise ValueError(f"t must have shape ({z.shape[0]},), got {tuple(t.shape)}")
+        if cfg.num_classes > 0 and (y is None or y.shape != (z.shape[0],)):
+            got = None if y is None else tuple(y.shape)
+            raise ValueError(
+                f"y must have shape ({z.shape[0]},) for a conditional model, got {got}"
+            )
+
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        # tokens (N, S*S, p*p*C) with per-token layout (p_row, p_col, C) -> (N, C, S*p, S*p)
+        n, p, c, s = (
+            tokens.shape[0],
+            self.config.patch_size,
+            self.config.in_channels,
+            self.config.grid_size,
+        )
+        x = tokens.reshape(n, s, s, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(n, c, s * p, s * p)
+
+    # --------------------------------------------------------------------------- forward
+    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
+        self._check_inputs(z, t, y)
+        cfg = self.config
+        x = self.x_embedder(z) + self.pos_embed  # (N, S², D)
+        c = self.t_embedder(t)  # (N, D)
+        y_emb = None
+        if self.y_embedder is not None:
+            y_emb = self.y_embedder(y)
+            c = c + y_emb
+        rope = self._rope(0, z.device)
+        for i, block in enumerate(self.blocks):
+            if cfg.in_context_len and i == cfg.in_context_start:
+                ctx = self.in_context_posemb.expand(x.shape[0], -1, -1)
+                if y_emb is not None:
+                    ctx = ctx + y_emb.unsqueeze(1)
+                x = torch.cat([ctx.to(x.dtype), x], dim=1)  # (N, L + S², D)
+                rope = self._rope(cfg.in_context_len, z.device)
+            x = block(x, c, rope)
+        if cfg.in_context_len:
+            x = x[:, cfg.in_context_len :]
+        return self.unpatchify(self.final_layer(x, c))
+
+
+# ------------------------------------------------------------------------------- registry
+
+# Tab. 9: depth, width, heads, bottleneck, in-context start block, dropout (middle half)
+MODEL_SIZES: dict[str, dict] = {
+    "B": dict(depth=12, hidden_size=768, num_heads=12, bottleneck_dim=128, in_context_start=4),
+    "L": dict(depth=24, hidden_size=1024, num_heads=16, bottleneck_dim=128, in_context_start=8),
+    "H": dict(
+        depth=32,
+        hidden_size=1280,
+        num_heads=16,
+        bottleneck_dim=256,
+        in_context_start=10,
+        dropout=0.2,
+    ),
+    "G": dict(
+        depth=40,
+        hidden_size=1664,
+        num_heads=16,
+        bottleneck_dim=256,
+        in_context_start=10,
+        dropout=0.2,
+    ),
+}
+PATCH_SIZES = (16, 32, 64)
+TOKENS_PER_SIDE = 16  # every registry model sees 16 × 16 = 256 patch tokens
+
+
+def model_names() -> list[str]:
+    return [f"JiT-{size}/{patch}" for size in MODEL_SIZES for patch in PATCH_SIZES]
+
+
+def model_config(name: str, **overrides) -> JiTConfig:
+    """The config of a registry model ('JiT-B/16', 'JiT-H/32', ...) with field overrides."""
+    try:
+        size, patch = name.removeprefix("JiT-").split("/")
+        base = dict(MODEL_SIZES[size])
+        patch = int(patch)
+    except (ValueError, KeyError):
+        raise ValueError(f"unknown model {name!r}; choose one of {model_names()}") from None
+    base.update(patch_size=patch, image_size=patch * TOKENS_PER_SIDE)
+    fields = {f.name for f in dataclasses.fields(JiTConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"unknown JiT config fields {sorted(unknown)}; known: {sorted(fields)}")
+    base.update(overrides)
+    return JiTConfig(**base)
+
+
+def create_model(name: str, device: torch.device | str | None = None, **overrides) -> JiT:
+    """Build a registry model, e.g. `create_model('JiT-L/32', num_classes=10)`.
+
+    `device='meta'` builds without allocating memory (to count parameters of JiT-G).
+    """
+    config = model_config(name, **overrides)
+    with torch.device(device if device is not None else "cpu"):
+        return JiT(config)
+
+
+def count_parameters(net: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in net.parameters() if p.requires_grad or not trainable_only)

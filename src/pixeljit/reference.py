@@ -1,0 +1,238 @@
+"""Reading the authors' released checkpoints, and safetensors export / import.
+
+The authors' `checkpoint-last.pth` is a `torch.save` dict {'model', 'model_ema1', 'model_ema2',
+'epoch', maybe 'optimizer' and a pickled argparse Namespace under 'args'}; every weight key starts
+with 'net.'. We read it with `weights_only=True` (argparse.Namespace on an explicit allow-list, no
+other pickled code), infer the architecture from tensor shapes, and return a JiT in eval mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from pixeljit.layers import swiglu_hidden
+from pixeljit.model import MODEL_SIZES, JiT, JiTConfig
+
+CHECKPOINT_FILENAME = "checkpoint-last.pth"
+WEIGHT_ENTRIES = ("model", "model_ema1", "model_ema2")
+KEY_PREFIX = "net."
+# the authors' depth → in-context start block (Tab. 9); G shares H's
+IN_CONTEXT_START_BY_DEPTH = {12: 4, 24: 8, 32: 10, 40: 10}
+SAFETENSORS_CONFIG_KEY = "pixeljit_config"
+SAFETENSORS_FORMAT = "pixeljit.jit/1"
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+def _resolve_file(source: str | os.PathLike) -> Path:
+    path = Path(source)
+    if path.is_dir():
+        candidate = path / CHECKPOINT_FILENAME
+        if not candidate.is_file():
+            raise FileNotFoundError(
+                f"folder {path} holds no {CHECKPOINT_FILENAME}; pass the checkpoint file itself "
+                "or the folder that contains it"
+            )
+        return candidate
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def read_checkpoint(source: str | os.PathLike) -> dict:
+    """torch.load a released checkpoint safely (weights_only; argparse.Namespace allowed)."""
+    path = _resolve_file(source)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            try:  # memory-map the zip format: a released H/16 file is 11 GB
+                data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "mmap" not in str(err):
+                    raise
+                data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling, zip and format errors come in several classes
+        raise ValueError(
+            f"could not read {path} as a PyTorch checkpoint ({type(err).__name__}: {err}). "
+            "The file may be truncated, not a checkpoint, or hold pickled objects other than "
+            "tensors and an argparse Namespace (refused for safety)."
+        ) from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a checkpoint dict")
+    return dict(data)
+
+
+def extract_state_dict(checkpoint: Mapping, weights: str = "model_ema1") -> dict[str, torch.Tensor]:
+    """Pick `weights` ('model', 'model_ema1', 'model_ema2') from a checkpoint mapping, or take a
+    bare state dict as is; strip the 'net.' prefix."""
+    if any(entry in checkpoint for entry in WEIGHT_ENTRIES):
+        if weights not in checkpoint:
+            raise ValueError(
+                f"checkpoint has no {weights!r} weights; it holds {sorted(map(str, checkpoint))}"
+            )
+        state = checkpoint[weights]
+    elif all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        state = checkpoint
+    else:
+        raise ValueError(
+            f"not a JiT checkpoint: expected entries {WEIGHT_ENTRIES} or a state dict, found "
+            f"{sorted(map(str, checkpoint))[:10]}"
+        )
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint entry {weights!r} is a {type(state).__name__}, not a mapping")
+    return {k.removeprefix(KEY_PREFIX): v for k, v in state.items()}
+
+
+def _need(state: Mapping, key: str) -> torch.Tensor:
+    if key not in state:
+        raise ValueError(
+            f"not a JiT state dict: key {key!r} is missing (first keys: {sorted(state)[:8]}). "
+            "Is this a checkpoint of another model?"
+        )
+    return state[key]
+
+
+def infer_config(
+    state: Mapping[str, torch.Tensor], in_context_start: int | None = None, **overrides
+) -> JiTConfig:
+    """The JiTConfig that a state dict (without 'net.' prefix) was built from."""
+    pos = _need(state, "pos_embed")
+    dim = pos.shape[-1]
+    tokens = pos.shape[1]
+    side = int(round(tokens**0.5))
+    if side * side != tokens:
+        raise ValueError(f"pos_embed has {tokens} tokens, not a square grid")
+    depth = len({m.group(1) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+    if depth == 0:
+        raise ValueError("state dict has no transformer blocks ('blocks.0.*' missing)")
+    q_norm = state.get("blocks.0.attn.q_norm.weight")
+    if q_norm is None:
+        raise ValueError("cannot infer num_heads: 'blocks.0.attn.q_norm.weight' is missing")
+    heads = dim // q_norm.shape[0]
+    if "x_embedder.proj1.weight" in state:
+        proj1 = state["x_embedder.proj1.weight"]
+        bottleneck, channels, patch = proj1.shape[0], proj1.shape[1], proj1.shape[2]
+    else:
+        proj = _need(state, "x_embedder.proj.weight")
+        bottleneck, channels, patch = None, proj.shape[1], proj.shape[2]
+    ctx = state.get("in_context_posemb")
+    ctx_len = 0 if ctx is None else ctx.shape[1]
+    table = state.get("y_embedder.embedding_table.weight")
+    classes = 0 if table is None else table.shape[0] - 1
+    w3 = _need(state, "blocks.0.mlp.w3.weight")
+    if w3.shape[1] != swiglu_hidden(dim, 4.0):
+        raise ValueError(f"unexpected SwiGLU width {w3.shape[1]} for hidden size {dim}")
+    if in_context_start is None and ctx_len:
+        if depth not in IN_CONTEXT_START_BY_DEPTH:
+            raise ValueError(
+                f"no standard in-context start block for depth {depth}; pass in_context_start="
+            )
+        in_context_start = IN_CONTEXT_START_BY_DEPTH[depth]
+    fields = dict(
+        image_size=side * patch,
+        patch_size=patch,
+        in_channels=channels,
+        hidden_size=dim,
+        depth=depth,
+        num_heads=heads,
+        num_classes=classes,
+        bottleneck_dim=bottleneck,
+        in_context_len=ctx_len,
+        in_context_start=in_context_start or 0,
+    )
+    for size in MODEL_SIZES.values():  # a standard size keeps its training dropout
+        if size["depth"] == depth and size["hidden_size"] == dim:
+            fields["dropout"] = size.get("dropout", 0.0)
+    fields.update(overrides)
+    return JiTConfig(**fields)
+
+
+def load_state_checked(net: JiT, state: Mapping[str, torch.Tensor]) -> None:
+    """load_state_dict with an error that names missing / unexpected keys and shape mismatches."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:10]}{' …' if len(missing) > 10 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:10]}{' …' if len(unexpected) > 10 else ''}")
+        if shapes:
+            parts.append(f"shape mismatches {shapes[:5]}")
+        raise ValueError("checkpoint does not fit the model: " + "; ".join(parts))
+    net.load_state_dict(state, strict=True)
+
+
+def load_reference(
+    source: str | os.PathLike | Mapping,
+    weights: str = "model_ema1",
+    in_context_start: int | None = None,
+    device: torch.device | str | None = None,
+    **overrides,
+) -> JiT:
+    """A JiT in eval mode from an authors' checkpoint file, its folder, or a loaded mapping.
+
+    `weights` picks 'model', 'model_ema1' (the authors' evaluation weights) or 'model_ema2'.
+    Config fields can be overridden (e.g. `attention='fp32'` for the authors' numerics).
+    """
+    checkpoint = source if isinstance(source, Mapping) else read_checkpoint(source)
+    state = extract_state_dict(checkpoint, weights)
+    config = infer_config(state, in_context_start=in_context_start, **overrides)
+    with torch.device("meta"):
+        net = JiT(config)
+    net = net.to_empty(device=device or "cpu")
+    load_state_checked(net, {k: v.to(torch.float32) for k, v in state.items()})
+    return net.eval()
+
+
+# -------------------------------------------------------------------------------- safetensors
+
+
+def save_safetensors(net: JiT, path: str | os.PathLike) -> Path:
+    """Weights + JSON config in one .safetensors file (written atomically)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    meta = {SAFETENSORS_CONFIG_KEY: json.dumps(net.config.to_dict()), "format": SAFETENSORS_FORMAT}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_safetensors(path: str | os.PathLike, device=None, **overrides) -> JiT:
+    """Load a file written by `save_safetensors` back into a JiT in eval mode."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"safetensors file {path} does not exist")
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+        if SAFETENSORS_CONFIG_KEY not in meta:
+            raise ValueError(
+                f"{path} has no '{SAFETENSORS_CONFIG_KEY}' metadata: not exported by pixeljit "
+                "(export with pixeljit.reference.save_safetensors or `pixeljit convert`)"
+            )
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    config = JiTConfig.from_dict({**json.loads(meta[SAFETENSORS_CONFIG_KEY]), **overrides})
+    with torch.device("meta"):
+        net = JiT(config)
+    net = net.to_empty(device=device or "cpu")
+    load_state_checked(net, state)
+    return net.eval()

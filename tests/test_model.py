@@ -1,0 +1,198 @@
+"""The JiT network: registry sizes, forward contract, ablation switches, numerics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pixeljit
+from pixeljit.layers import apply_rope, rope_2d_tables
+from pixeljit.model import JiTConfig, model_names
+
+TINY = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=64,
+    depth=4,
+    num_heads=4,
+    num_classes=10,
+    bottleneck_dim=16,
+    in_context_len=4,
+    in_context_start=2,
+)
+
+
+def tiny(**overrides) -> pixeljit.JiT:
+    torch.manual_seed(0)
+    net = pixeljit.JiT(JiTConfig(**{**TINY, **overrides}))
+    # randomise the zero-initialised adaLN / output layers so every path matters
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+def inputs(net: pixeljit.JiT, n: int = 3):
+    cfg = net.config
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(n, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+    t = torch.rand(n, generator=g)
+    y = torch.randint(0, cfg.num_classes + 1, (n,), generator=g) if cfg.num_classes else None
+    return z, t, y
+
+
+def test_registry_matches_authors_parameter_counts(reference):
+    for name, count in reference["param_counts"].items():
+        assert pixeljit.count_parameters(pixeljit.create_model(name, device="meta")) == count
+
+
+@pytest.mark.parametrize(
+    "name, millions",
+    [("JiT-G/16", 2007.1), ("JiT-G/32", 2011.6), ("JiT-B/64", 141.46), ("JiT-L/64", None)],
+)
+def test_g_and_64_sizes(name, millions):
+    net = pixeljit.create_model(name, device="meta")
+    assert next(net.parameters()).device.type == "meta"  # nothing allocated
+    assert net.config.grid_size == 16 and net.config.image_size == 16 * net.config.patch_size
+    if millions is not None:  # the facts sheet rounds G to 0.1M, B/64 to 0.01M
+        tol = 0.05 if name.startswith("JiT-G") else 0.005
+        assert pixeljit.count_parameters(net) / 1e6 == pytest.approx(millions, abs=tol)
+
+
+def test_registry_configs_follow_table_9():
+    h = pixeljit.model_config("JiT-H/32")
+    assert (h.depth, h.hidden_size, h.num_heads, h.bottleneck_dim, h.in_context_start) == (
+        32,
+        1280,
+        16,
+        256,
+        10,
+    )
+    assert h.dropout == 0.2 and h.dropout_range == (8, 24) and h.image_size == 512
+    g = pixeljit.model_config("JiT-G/16")
+    assert (g.depth, g.hidden_size, g.bottleneck_dim, g.in_context_len) == (40, 1664, 256, 32)
+    assert len(model_names()) == 12
+    net = pixeljit.create_model("JiT-H/16", device="meta")
+    dropped = [i for i, b in enumerate(net.blocks) if b.mlp.drop.p > 0]
+    assert dropped == list(range(8, 24))
+    assert all(b.attn.proj_drop.p == 0.2 for b in net.blocks[8:24])
+
+
+def test_registry_rejects_unknown():
+    with pytest.raises(ValueError, match="unknown model"):
+        pixeljit.create_model("JiT-X/16", device="meta")
+    with pytest.raises(ValueError, match="unknown JiT config fields"):
+        pixeljit.create_model("JiT-B/16", device="meta", widht=3)
+
+
+def test_fresh_model_outputs_zero_and_uses_declared_init():
+    net = pixeljit.JiT(JiTConfig(**TINY))
+    z, t, y = inputs(net)
+    assert torch.equal(net(z, t, y), torch.zeros_like(z))  # adaLN-Zero + zero output layer
+    w = net.blocks[0].attn.qkv.weight
+    bound = (6 / (w.shape[0] + w.shape[1])) ** 0.5
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound  # Xavier-uniform
+    assert net.y_embedder.embedding_table.weight.std().item() == pytest.approx(0.02, rel=0.2)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"bottleneck_dim": None},
+        {"in_context_len": 0},
+        {"rope": False},
+        {"qk_norm": False},
+        {"mlp": "gelu"},
+        {"norm": "layer"},
+        {"dropout": 0.2, "dropout_blocks": (1, 3)},
+        {"in_channels": 1},
+        {"image_size": 48},
+        {"num_classes": 0},
+        {"num_classes": 0, "in_context_len": 0},
+        {"attention": "fp32"},
+    ],
+)
+def test_forward_contract_under_every_switch(overrides):
+    net = tiny(**overrides).eval()
+    z, t, y = inputs(net)
+    out = net(z, t, y)
+    assert out.shape == z.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    out.sum().backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+
+
+def test_switches_change_structure():
+    assert not hasattr(tiny(bottleneck_dim=None).x_embedder, "proj1")
+    assert tiny(num_classes=0).y_embedder is None
+    assert "in_context_posemb" not in dict(tiny(in_context_len=0).named_parameters())
+    assert isinstance(tiny(mlp="gelu").blocks[0].mlp, pixeljit.layers.GeluMLP)
+
+
+def test_bf16_autocast_close_to_fp32():
+    net = tiny().eval()
+    z, t, y = inputs(net)
+    ref = net(z, t, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(z, t, y)
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 0.05
+
+
+def test_fp32_attention_matches_sdpa():
+    net = tiny().eval()
+    z, t, y = inputs(net)
+    ref = net(z, t, y)
+    fp32 = tiny(attention="fp32").eval()
+    assert ((fp32(z, t, y) - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_labels_condition_the_output():
+    net = tiny().eval()
+    z, t, _ = inputs(net, 2)
+    a = net(z, t, torch.tensor([0, 0]))
+    b = net(z, t, torch.tensor([1, 10]))  # another class, and the null label
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    d, side = 16, 6
+    cos, sin = rope_2d_tables(d, side, prefix=0)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(d, generator=g), torch.randn(d, generator=g)
+
+    def score(qi: int, ki: int) -> float:
+        qs = apply_rope(q.expand(side * side, d), cos, sin)[qi]
+        ks = apply_rope(k.expand(side * side, d), cos, sin)[ki]
+        return float(qs @ ks)
+
+    idx = lambda r, c: r * side + c  # noqa: E731
+    # same (Δrow, Δcol) = (1, 2) at two absolute places
+    assert score(idx(0, 0), idx(1, 2)) == pytest.approx(score(idx(3, 1), idx(4, 3)), abs=1e-5)
+    assert score(idx(0, 0), idx(1, 2)) != pytest.approx(score(idx(0, 0), idx(2, 1)), abs=1e-3)
+    cos_p, sin_p = rope_2d_tables(d, side, prefix=3)
+    assert torch.equal(cos_p[:3], torch.ones(3, d)) and torch.equal(sin_p[:3], torch.zeros(3, d))
+
+
+def test_bad_inputs_are_named():
+    net = tiny()
+    z, t, y = inputs(net)
+    with pytest.raises(ValueError, match="z must have shape"):
+        net(z[:, :1], t, y)
+    with pytest.raises(ValueError, match="t must have shape"):
+        net(z, t[:2], y)
+    with pytest.raises(ValueError, match="y must have shape"):
+        net(z, t, None)
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        JiTConfig(**{**TINY, "image_size": 30})
+    with pytest.raises(ValueError, match="in_context_start"):
+        JiTConfig(**{**TINY, "in_context_start": 4})
+
+
+def test_config_round_trips_through_dict():
+    cfg = JiTConfig(**{**TINY, "dropout_blocks": (1, 2)})
+    assert JiTConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown JiT config fields"):
+        JiTConfig.from_dict({**cfg.to_dict(), "bogus": 1})
