@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# The tests run tiny tensors, where intra-op threads only add overhead, and on a loaded 2-core
+# machine they spin against each other (measured: one test 90 s with 2 threads, 2 s with 1).
+torch.set_num_threads(1)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 REFERENCE_FILE = SHARED / "reference" / "jit_reference_tiny.pt"

@@ -1,0 +1,82 @@
+"""`pixeljit prepare SOURCE --size S --out DIR`: pack a data set for the training loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pixeljit.data.folders import LAYOUTS
+from pixeljit.data.prepare import prepare
+
+_LIST_SKIPPED = 20  # how many skipped files to print (all are in the manifest)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="pack Fashion-MNIST, emoji or an image folder into memory-mappable shards",
+        description=(
+            "SOURCE is `fashion-mnist`, `emoji`, or a folder: ImageNet layout "
+            "(root/[split/]class/*) for class-conditional, a flat folder for unconditional. "
+            "Images get the ADM centre crop to SIZE x SIZE; alpha is composited on white."
+        ),
+    )
+    p.add_argument("source", metavar="SOURCE", help="fashion-mnist | emoji | PATH")
+    p.add_argument("--size", type=int, required=True, help="output resolution (pixels)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created atomically)")
+    p.add_argument(
+        "--split", default=None, help="fashion-mnist: train (default) or test; folders: sub-folder"
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=None,
+        help="1 (grey) or 3 (RGB); default 1 for fashion-mnist, 3 otherwise",
+    )
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable images (listed) instead of failing"
+    )
+    p.add_argument("--data-dir", type=Path, default=None, help="folder with Fashion-MNIST files")
+    p.add_argument(
+        "--download", action="store_true", help="fetch Fashion-MNIST if missing (checksummed)"
+    )
+    p.add_argument("--font", type=Path, default=None, help="NotoColorEmoji.ttf for emoji")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="folders: how to read them")
+    p.add_argument("--limit", type=int, default=None, help="keep only the first N images")
+    p.add_argument("--images-per-shard", type=int, default=None, help="default: ~1 GiB shards")
+    p.add_argument("--workers", type=int, default=0, help="folders: decoding processes")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    result = prepare(
+        args.source,
+        args.size,
+        args.out,
+        split=args.split,
+        channels=args.channels,
+        skip_bad=args.skip_bad,
+        data_dir=args.data_dir,
+        download=args.download,
+        font_path=args.font,
+        layout=args.layout,
+        limit=args.limit,
+        images_per_shard=args.images_per_shard,
+        num_workers=args.workers,
+        overwrite=args.overwrite,
+        progress=True,
+    )
+    c, h, w = result.image_shape
+    print(
+        f"packed {result.count} images of {c}x{h}x{w} in {result.num_classes} class(es) into "
+        f"{result.out_dir} ({result.seconds:.1f} s)"
+    )
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable image(s) (all listed in the manifest):")
+        for bad in result.skipped[:_LIST_SKIPPED]:
+            print(f"  {bad.path}: {bad.reason}")
+    if result.ignored:
+        print(f"ignored {len(result.ignored)} non-image file(s), e.g. {result.ignored[0]}")
+    return 0

@@ -1,0 +1,271 @@
+"""`pixeljit sample CHECKPOINT`: images from a trained JiT → a labelled PNG grid, individual PNGs
+and/or an .npz of uint8 images.
+
+Noise is drawn per sample from (seed, index), so the images do not depend on --batch-size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pixeljit.images import save_grid, save_npz, save_pngs, to_uint8
+from pixeljit.reference import (
+    CHECKPOINT_FILENAME,
+    WEIGHT_ENTRIES,
+    load_reference,
+    load_safetensors,
+)
+from pixeljit.sampling import (
+    DEFAULT_SHIFT,
+    DEFAULT_STEPS,
+    GRIDS,
+    METHODS,
+    SAMPLE_T_EPS,
+    check_sampling_args,
+    sample,
+)
+
+DEFAULT_OUT = "samples.png"
+PER_CLASS = 8  # default images per class (grid columns)
+DEFAULT_ROWS = 10  # default number of classes shown when --labels and --num are not given
+UNCONDITIONAL_NUM = 64
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="generate images from a checkpoint (.safetensors or an authors' checkpoint-last.pth)",
+        description=__doc__,
+    )
+    p.add_argument(
+        "checkpoint", help="a pixeljit .safetensors, or checkpoint-last.pth / its folder"
+    )
+    p.add_argument(
+        "--weights",
+        default="model_ema1",
+        choices=WEIGHT_ENTRIES,
+        help="which weights of an authors' checkpoint (default: model_ema1, theirs)",
+    )
+    p.add_argument(
+        "--in-context-start",
+        type=int,
+        default=None,
+        help="authors' checkpoints of non-standard depth: in-context start block",
+    )
+    p.add_argument(
+        "--labels",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="Y",
+        help="classes to draw (default: balanced over all classes)",
+    )
+    p.add_argument(
+        "--num",
+        type=int,
+        default=None,
+        help=f"number of images (default {PER_CLASS} per class shown)",
+    )
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--method", default="heun", choices=METHODS)
+    p.add_argument("--grid", default="uniform", choices=GRIDS, help="time grid")
+    p.add_argument("--shift", type=float, default=DEFAULT_SHIFT, help="shift of --grid shifted")
+    p.add_argument("--cfg", type=float, default=1.0, help="guidance scale (1 = none)")
+    p.add_argument(
+        "--interval",
+        type=float,
+        nargs=2,
+        default=(0.1, 1.0),
+        metavar=("LO", "HI"),
+        help="CFG interval in t (default 0.1 1.0, the paper's)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--amp",
+        default="none",
+        choices=tuple(AMP_DTYPES),
+        help="run the network under autocast (the authors sample in bf16)",
+    )
+    p.add_argument("--t-eps", type=float, default=SAMPLE_T_EPS, help="clamp of 1 − t")
+    p.add_argument(
+        "--noise-scale",
+        type=float,
+        default=1.0,
+        help="noise scale s; must match training (the paper: image_size / 256)",
+    )
+    p.add_argument(
+        "--out",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="*.png: a grid; *.npz: uint8 (N, H, W, C) 'arr_0' + 'labels'; any other "
+        f"path: a folder of PNGs. Repeatable (default {DEFAULT_OUT})",
+    )
+    p.add_argument("--ncols", type=int, default=None, help="grid columns (default: per class)")
+    p.add_argument("--scale", type=int, default=1, help="enlarge grid cells by this factor")
+    p.set_defaults(run=run)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Outputs:
+    grids: tuple[Path, ...] = ()
+    npzs: tuple[Path, ...] = ()
+    folders: tuple[Path, ...] = ()
+
+
+def parse_outputs(paths: list[str] | None) -> Outputs:
+    grids, npzs, folders = [], [], []
+    for raw in paths or [DEFAULT_OUT]:
+        path = Path(raw)
+        suffix = path.suffix.lower()
+        if suffix == ".png":
+            grids.append(path)
+        elif suffix == ".npz":
+            npzs.append(path)
+        elif suffix and not path.is_dir():
+            raise ValueError(
+                f"--out {raw}: use a .png (grid), a .npz (arrays) or a folder (one PNG per image)"
+            )
+        else:
+            if path.exists() and not path.is_dir():
+                raise ValueError(f"--out {raw} exists and is not a folder")
+            folders.append(path)
+    return Outputs(tuple(grids), tuple(npzs), tuple(folders))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def load_model(
+    source: str | Path,
+    weights: str = "model_ema1",
+    in_context_start: int | None = None,
+    device: torch.device | str = "cpu",
+):
+    """The network in eval mode from any checkpoint kind `pixeljit sample` understands:
+    a pixeljit .safetensors export, or an authors' checkpoint-last.pth (or its folder)."""
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_safetensors(path, device=device)
+    if path.is_dir() or path.suffix == ".pth":
+        return load_reference(path, weights, in_context_start=in_context_start, device=device)
+    raise ValueError(
+        f"cannot sample from {path}: expected a .safetensors file exported by pixeljit, or an "
+        f"authors' {CHECKPOINT_FILENAME} (or its folder); export other checkpoints to "
+        ".safetensors first"
+    )
+
+
+def choose_labels(num: int | None, num_classes: int, chosen: list[int] | None) -> list[int] | None:
+    """Labels of the images to draw: `chosen` classes (or all) in equal contiguous blocks.
+
+    Without --num: PER_CLASS images per chosen class, or per each of DEFAULT_ROWS classes spread
+    over the label range. Unconditional models get None.
+    """
+    if num_classes == 0:
+        if chosen:
+            raise ValueError("--labels given, but the model is unconditional")
+        return None
+    if chosen is None:
+        if num is None:
+            rows = min(num_classes, DEFAULT_ROWS)
+            chosen = [k * num_classes // rows for k in range(rows)]
+        else:
+            chosen = list(range(num_classes))
+    bad = [y for y in chosen if not 0 <= y < num_classes]
+    if bad:
+        raise ValueError(f"--labels {bad} outside [0, {num_classes}) for this model")
+    if num is None:
+        num = PER_CLASS * len(chosen)
+    return [chosen[k * len(chosen) // num] for k in range(num)]
+
+
+def grid_layout(labels: list[int] | None, num: int, ncols: int | None):
+    """(ncols, row labels or None): one row per class when the labels come in equal blocks
+    of two or more; otherwise a near-square grid without labels."""
+    if labels is not None and (ncols or labels.count(labels[0]) > 1):
+        width = ncols or labels.count(labels[0])
+        rows = [labels[i : i + width] for i in range(0, num, width)]
+        if all(len(set(r)) == 1 for r in rows):
+            return width, [f"class {r[0]}" for r in rows]
+        if ncols:
+            return ncols, None
+    return ncols or math.ceil(math.sqrt(num)), None
+
+
+def run(args) -> int:
+    if args.num is not None and args.num < 1:
+        raise ValueError(f"--num must be ≥ 1, got {args.num}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    if args.ncols is not None and args.ncols < 1 or args.scale < 1:
+        raise ValueError("--ncols and --scale must be ≥ 1")
+    interval = check_sampling_args(
+        args.steps, args.method, args.cfg, tuple(args.interval), args.t_eps, args.noise_scale,
+        grid=args.grid, shift=args.shift,
+    )  # fmt: skip
+    outputs = parse_outputs(args.out)
+    device = resolve_device(args.device)
+    net = load_model(args.checkpoint, args.weights, args.in_context_start, device)
+    classes = net.config.num_classes
+    labels = choose_labels(args.num, classes, args.labels)
+    num = len(labels) if labels is not None else (args.num or UNCONDITIONAL_NUM)
+    keep = bool(outputs.grids or outputs.npzs)
+    chunks = []
+    with tqdm(total=num, unit="img", desc="sampling") as bar:
+        for start in range(0, num, args.batch_size):
+            stop = min(start + args.batch_size, num)
+            images = sample(
+                net,
+                labels[start:stop] if labels is not None else None,
+                num=stop - start,
+                steps=args.steps,
+                method=args.method,
+                cfg=args.cfg,
+                interval=interval,
+                t_eps=args.t_eps,
+                noise_scale=args.noise_scale,
+                grid=args.grid,
+                shift=args.shift,
+                seed=args.seed,
+                first_index=start,
+                amp_dtype=AMP_DTYPES[args.amp],
+            )
+            u8 = to_uint8(images)  # (B, C, H, W) uint8 on the CPU
+            for folder in outputs.folders:
+                save_pngs(u8, folder, start=start)
+            if keep:
+                chunks.append(u8)
+            bar.update(stop - start)
+    written = [str(f) + "/" for f in outputs.folders]
+    if keep:
+        everything = torch.cat(chunks)
+        ncols, row_labels = grid_layout(labels, num, args.ncols)
+        for path in outputs.grids:
+            written.append(str(save_grid(everything, path, ncols, row_labels, args.scale)))
+        y = torch.tensor(labels) if labels is not None else None
+        for path in outputs.npzs:
+            written.append(str(save_npz(everything, path, y)))
+    print(
+        f"{num} images ({args.method}, {args.steps} steps, cfg {args.cfg}) → {', '.join(written)}"
+    )
+    return 0

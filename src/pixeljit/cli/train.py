@@ -1,0 +1,71 @@
+"""`pixeljit train`: the training command (its flags are a stable contract for scripts).
+
+pixeljit train --preset P --data D --out DIR [--steps N | --epochs E] [--batch-size B]
+               [--seed S] [--resume PATH] [--config FILE] [--set key=value ...]
+
+Precedence: preset, then the YAML file, then the flags, then --set. With --resume and no
+--preset, the run continues with the checkpoint's own saved config.
+"""
+
+from __future__ import annotations
+
+from pixeljit.config import apply_overrides, from_dict, get_preset, load_yaml, parse_set, presets
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a JiT (single process, or under torchrun)")
+    p.add_argument("--preset", help=f"one of: {', '.join(sorted(presets()))}")
+    p.add_argument("--data", help="packed folder, fashion-mnist, emoji, or an image folder")
+    p.add_argument("--out", help="run folder (checkpoints, metrics, samples)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimiser steps to train in total")
+    length.add_argument("--epochs", type=float, help="epochs to train in total")
+    p.add_argument("--batch-size", type=int, help="global batch size (all devices together)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", help="run folder or checkpoint file to continue from")
+    p.add_argument("--config", help="YAML file of overrides {section: {field: value}}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. --set optim.lr=1e-4 (repeatable)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def build_config(args):
+    """The TrainConfig the flags describe (no Namespace goes further than this)."""
+    if args.preset:
+        cfg = get_preset(args.preset)
+    elif args.resume:
+        from pixeljit.checkpoint import load_checkpoint
+
+        cfg = from_dict(load_checkpoint(args.resume)["config"])
+    else:
+        raise ValueError("pass --preset (or --resume to continue a run with its saved config)")
+    if args.config:
+        cfg = apply_overrides(cfg, load_yaml(args.config))
+    flags = {}
+    if args.data is not None:
+        flags["data.source"] = args.data
+    if args.out is not None:
+        flags["run.out"] = args.out
+    if args.steps is not None:
+        flags.update({"optim.steps": args.steps})
+    if args.epochs is not None:
+        flags.update({"optim.epochs": args.epochs, "optim.steps": None})
+    if args.batch_size is not None:
+        flags["optim.global_batch"] = args.batch_size
+    if args.seed is not None:
+        flags["run.seed"] = args.seed
+    cfg = apply_overrides(cfg, flags)
+    return apply_overrides(cfg, parse_set(args.set))
+
+
+def run(args) -> int:
+    from pixeljit.train import train
+
+    cfg = build_config(args)
+    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    if result.stopped_on_nan:
+        return 1
+    if result.is_main:
+        print(f"done: {result.step} steps; run folder {result.out}; checkpoint {result.checkpoint}")
+    return 0

@@ -1,0 +1,316 @@
+"""Typed training configs, one dataclass per concern, the paper's presets, and overrides.
+
+`TrainConfig` = model (JiTConfig) + objective + optim + data + sample + run. Presets give the
+paper's recipes (Tab. 9, §5c–5d of the facts sheet) and small ones for a CPU and the bundled
+data sets. Overrides come from a YAML file (nested mapping) and `--set section.field=value`;
+every value is checked against the field's type, and each section re-validates itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pixeljit.flow import ObjectiveConfig
+from pixeljit.model import JiTConfig, model_config
+
+BASE_BATCH = 256  # lr = blr × global_batch / 256
+PAPER_BLR = 5e-5
+PAPER_EMA_DECAYS = (0.9996, 0.9998, 0.9999)
+# CFG scales of the authors' README for their PyTorch checkpoints (interval [0.1, 1]); G/16 from
+# the paper (Figs. 8–11); G/32 and /64 are not reported, so they reuse the nearest entry.
+PAPER_CFG = {
+    ("B", 16): 3.0, ("B", 32): 3.0, ("B", 64): 3.0,
+    ("L", 16): 2.4, ("L", 32): 2.5, ("L", 64): 2.5,
+    ("H", 16): 2.2, ("H", 32): 2.3, ("H", 64): 2.3,
+    ("G", 16): 2.2, ("G", 32): 2.2, ("G", 64): 2.2,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then a constant rate; duration in epochs or steps."""
+
+    lr: float | None = None  # absolute rate; None → blr × global_batch / 256
+    blr: float = PAPER_BLR
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_epochs: float = 5.0
+    global_batch: int = 1024
+    micro_batch: int | None = None  # per device and forward; None → global_batch / world_size
+    epochs: float | None = 600.0
+    steps: int | None = None  # when set, overrides epochs
+    grad_clip: float | None = None
+    ema_decays: tuple[float, ...] = PAPER_EMA_DECAYS
+
+    def __post_init__(self) -> None:
+        if self.global_batch < 1:
+            raise ValueError("optim.global_batch must be ≥ 1")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ValueError("optim.micro_batch must be ≥ 1")
+        if self.steps is None and self.epochs is None:
+            raise ValueError("set optim.steps or optim.epochs (--steps / --epochs)")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError("optim.steps must be ≥ 1")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError("optim.epochs must be > 0")
+        if self.warmup_epochs < 0:
+            raise ValueError("optim.warmup_epochs must be ≥ 0")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError("optim.grad_clip must be > 0 or null")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else self.blr * self.global_batch / BASE_BATCH
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from: a packed folder (`pixeljit prepare`), `fashion-mnist`, `emoji`,
+    or an image folder (packed on first use under the run's folder)."""
+
+    source: str = ""
+    split: str | None = None  # fashion-mnist: train (default) | test; folders: a sub-folder
+    flip: bool = True
+    conditional: bool = True  # False trains unconditionally whatever the labels
+    num_classes: int | None = None  # None → from the data set
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Periodic sample grids during training (and the defaults of `pixeljit sample`)."""
+
+    every: int = 0  # steps between grids; 0 = only at the end
+    per_class: int = 8  # grid columns
+    max_classes: int = 10  # grid rows for conditional models
+    steps: int = 50
+    method: str = "heun"
+    cfg: float = 1.0
+    interval: tuple[float, float] = (0.1, 1.0)
+    t_eps: float = 0.05
+    ema_decay: float | None = None  # None → the first configured decay
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False
+    distributed: str = "ddp"  # ddp | fsdp (under torchrun)
+    log_every: int = 50
+    ckpt_every: int = 1000
+    milestone_every: int = 0  # keep step-N.pt every this many steps; 0 = none
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"run.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.log_every < 1 or self.ckpt_every < 1 or self.milestone_every < 0:
+            raise ValueError("run.log_every and run.ckpt_every must be ≥ 1, milestone_every ≥ 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: JiTConfig = field(default_factory=JiTConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+# ---------------------------------------------------------------------------------- presets
+
+
+def paper_preset(size: str, patch: int) -> TrainConfig:
+    """The paper's recipe for JiT-{size}/{patch} (256 px at /16, 512 at /32, 1024 at /64)."""
+    model = model_config(f"JiT-{size}/{patch}")
+    return TrainConfig(
+        model=model,
+        objective=ObjectiveConfig(noise_scale=model.image_size / 256),
+        optim=OptimConfig(),
+        data=DataConfig(source=""),
+        sample=SampleConfig(cfg=PAPER_CFG[(size, patch)], interval=(0.1, 1.0)),
+        run=RunConfig(
+            out=f"runs/jit-{size.lower()}-{patch}", ckpt_every=5000, milestone_every=50000
+        ),
+    )
+
+
+def _fmnist(depth: int, width: int, heads: int, size: int, patch: int, batch: int, lr: float):
+    # Small images: the paper's s = image_size/256 would leave almost no noise at 32 px, so the
+    # small presets use s = 1 (the 64-px setting of Tab. 2(b) is unstated in the paper).
+    return TrainConfig(
+        model=JiTConfig(
+            image_size=size, patch_size=patch, in_channels=1, hidden_size=width, depth=depth,
+            num_heads=heads, num_classes=10, bottleneck_dim=None, in_context_len=4,
+            in_context_start=min(2, depth - 1),
+        ),
+        objective=ObjectiveConfig(noise_scale=1.0),
+        optim=OptimConfig(
+            lr=lr, global_batch=batch, warmup_epochs=0.2, epochs=None, steps=1000,
+            ema_decays=(0.995, 0.999),
+        ),
+        data=DataConfig(source="fashion-mnist", flip=True),
+        sample=SampleConfig(steps=50, cfg=2.0, interval=(0.1, 1.0), every=0),
+        run=RunConfig(out="runs/fmnist", log_every=25, ckpt_every=250, precision="auto"),
+    )  # fmt: skip
+
+
+def _emoji() -> TrainConfig:
+    base = _fmnist(6, 192, 6, 32, 4, 64, 5e-4)
+    return dataclasses.replace(
+        base,
+        model=dataclasses.replace(base.model, in_channels=3, num_classes=0),
+        data=DataConfig(source="emoji", flip=True, conditional=False),
+        sample=dataclasses.replace(base.sample, cfg=1.0),
+        run=dataclasses.replace(base.run, out="runs/emoji"),
+    )
+
+
+def presets() -> dict[str, typing.Callable[[], TrainConfig]]:
+    table: dict[str, typing.Callable[[], TrainConfig]] = {}
+    for size in ("B", "L", "H", "G"):
+        for patch in (16, 32, 64):
+            table[f"jit-{size.lower()}-{patch}"] = lambda s=size, p=patch: paper_preset(s, p)
+    table["fmnist-cpu"] = lambda: _fmnist(6, 192, 6, 32, 4, 128, 5e-4)
+    table["fmnist-small"] = lambda: _fmnist(4, 128, 4, 32, 4, 128, 1e-3)
+    table["fmnist-tiny"] = lambda: _fmnist(2, 32, 2, 16, 4, 16, 1e-3)
+    table["emoji-cpu"] = _emoji
+    return table
+
+
+def get_preset(name: str) -> TrainConfig:
+    table = presets()
+    if name not in table:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(table)}")
+    return table[name]()
+
+
+# -------------------------------------------------------------------------------- overrides
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    """Nested plain dict (tuples → lists), as saved with runs and checkpoints."""
+
+    def plain(v):
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def _coerce(name: str, value, hint):
+    """Check / convert `value` to the annotated type `hint` of field `name`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(name, value, arg)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError("; ".join(errors))
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(name, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ValueError(f"{name} must have {len(args)} entries, got {value!r}")
+        return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {value!r}")
+        return value
+    raise ValueError(f"{name}: unsupported field type {hint}")
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
+    """Apply {section: {field: value}} or {'section.field': value} to a config."""
+    nested: dict[str, dict] = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and "." not in key:
+            for sub, v in value.items():
+                nested.setdefault(key, {})[sub] = v
+        else:
+            section, _, name = key.partition(".")
+            if not name:
+                raise ValueError(f"override {key!r} must look like section.field (e.g. optim.lr)")
+            nested.setdefault(section, {})[name] = value
+    sections = {}
+    for section, values in nested.items():
+        if section not in SECTIONS:
+            raise ValueError(f"unknown config section {section!r}; sections are {SECTIONS}")
+        current = getattr(cfg, section)
+        hints = typing.get_type_hints(type(current))
+        changes = {}
+        for name, value in values.items():
+            if name not in hints:
+                raise ValueError(f"unknown field {section}.{name}; {section} has {sorted(hints)}")
+            changes[name] = _coerce(f"{section}.{name}", value, hints[name])
+        sections[section] = dataclasses.replace(current, **changes)
+    return dataclasses.replace(cfg, **sections)
+
+
+def parse_set(items: list[str]) -> dict:
+    """['optim.lr=1e-4', 'model.depth=6'] → {'optim.lr': 1e-4, 'model.depth': 6} (YAML values)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r} must look like section.field=value")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of sections")
+    return data
+
+
+def from_dict(data: dict) -> TrainConfig:
+    """Rebuild a TrainConfig from `to_dict` output (e.g. a checkpoint's saved config)."""
+    return apply_overrides(TrainConfig(), data)
+
+
+def save_yaml(cfg: TrainConfig, path: str | Path) -> Path:
+    from pixeljit.checkpoint import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

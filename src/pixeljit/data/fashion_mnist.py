@@ -1,0 +1,240 @@
+"""Fashion-MNIST (Zalando, MIT): 60,000 + 10,000 grey 28x28 images in 10 classes.
+
+Where the IDX files are looked for, in order (the first folder holding both files of the split
+wins; gzipped or raw):
+- `root`, when given (and only there: an explicit folder never falls back elsewhere);
+- otherwise the Debian package's folder /usr/share/datasets/fashion-mnist
+  (`sudo apt-get install dataset-fashion-mnist`), then the user cache
+  ($XDG_CACHE_HOME or ~/.cache)/pixeljit/fashion-mnist.
+With `download=True` a missing split is fetched from Zalando's official mirror into `root` (or
+the cache) and each file is checked against the MD5 published in the Fashion-MNIST README.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import temp_sibling
+from .idx import read_idx
+from .imaging import CROP_RULE, GREY, check_channels, check_size, resize_stack
+from .source import SourceStream
+
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+NATIVE_SIZE = 28
+SPLITS = ("train", "test")
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+OFFICIAL_BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# split -> (images file, labels file), without the .gz suffix
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# The MD5 sums of the official .gz files, as published in the Fashion-MNIST README.
+OFFICIAL_CHECKSUMS: dict[str, tuple[str, str]] = {
+    "train-images-idx3-ubyte.gz": ("md5", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+    "train-labels-idx1-ubyte.gz": ("md5", "25c81989df183df01b3e8a0aad5dffbe"),
+    "t10k-images-idx3-ubyte.gz": ("md5", "bef4ecab320f06d8554ea6380940ec79"),
+    "t10k-labels-idx1-ubyte.gz": ("md5", "bb300cfdad3c16e7a12a480ee83cd310"),
+}
+DOWNLOAD_TIMEOUT_S = 60.0
+_CHUNK_BYTES = 1 << 20
+_RESIZE_BATCH = 1024
+
+
+def default_cache_dir() -> Path:
+    """($XDG_CACHE_HOME or ~/.cache)/pixeljit/fashion-mnist."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pixeljit" / "fashion-mnist"
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"Fashion-MNIST split must be one of {SPLITS}, got {split!r}")
+    return split
+
+
+def install_hint(split: str, searched: list[Path]) -> str:
+    """The 'not found' message: where we looked and the exact ways to get the files."""
+    images, labels = FILES[split]
+    where = ", ".join(str(p) for p in searched)
+    return (
+        f"Fashion-MNIST ({split} split) not found: looked for {images}[.gz] and {labels}[.gz] "
+        f"in {where}. To install it: on Debian/Ubuntu run `sudo apt-get install "
+        f"dataset-fashion-mnist` (files go to {DEBIAN_DIR}); elsewhere pass download=True "
+        f"(CLI: --download) to fetch it from {OFFICIAL_BASE_URL} into {default_cache_dir()}, "
+        f"or download the four .gz files from {OFFICIAL_BASE_URL} yourself and pass root=DIR "
+        f"(CLI: --data-dir DIR)."
+    )
+
+
+def _find_in(folder: Path, split: str) -> tuple[Path, Path] | None:
+    found = []
+    for name in FILES[split]:
+        hit = next((folder / n for n in (f"{name}.gz", name) if (folder / n).is_file()), None)
+        if hit is None:
+            return None
+        found.append(hit)
+    return found[0], found[1]
+
+
+def find_fashion_mnist(
+    split: str = "train", root: str | os.PathLike | None = None
+) -> tuple[Path, Path]:
+    """(images path, labels path) of a split, or FileNotFoundError with install instructions."""
+    _check_split(split)
+    searched = [Path(root)] if root is not None else [DEBIAN_DIR, default_cache_dir()]
+    for folder in searched:
+        hit = _find_in(folder, split)
+        if hit is not None:
+            return hit
+    raise FileNotFoundError(install_hint(split, searched))
+
+
+def _file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch(url: str, dest: Path, algorithm: str, expected: str, timeout: float) -> None:
+    """Stream `url` to `dest` atomically, refusing it unless its digest matches."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    tmp = temp_sibling(dest, "part")
+    try:
+        try:
+            with open(tmp, "xb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                while chunk := resp.read(_CHUNK_BYTES):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            raise RuntimeError(
+                f"could not download {url} ({err}); check the connection, or get the files "
+                "another way: on Debian/Ubuntu `sudo apt-get install dataset-fashion-mnist`, or "
+                f"download {dest.name} by hand into {dest.parent}"
+            ) from err
+        got = digest.hexdigest()
+        if got != expected:
+            raise ValueError(
+                f"download of {url} failed its {algorithm} check (expected {expected}, got "
+                f"{got}); the file was discarded. Retry, or fetch it by hand into {dest.parent}"
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def download_fashion_mnist(
+    dest: str | os.PathLike | None = None,
+    split: str = "train",
+    base_url: str | None = None,
+    checksums: Mapping[str, tuple[str, str]] | None = None,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+) -> Path:
+    """Fetch the two .gz files of `split` into `dest` (default: the cache), checksum-verified.
+
+    Files already present with the right checksum are kept. `checksums` maps each file name to
+    (hashlib algorithm, hex digest), default OFFICIAL_CHECKSUMS; `base_url` (default
+    OFFICIAL_BASE_URL) may be any urllib URL (tests use file://).
+    """
+    _check_split(split)
+    base_url = OFFICIAL_BASE_URL if base_url is None else base_url
+    checksums = OFFICIAL_CHECKSUMS if checksums is None else checksums
+    folder = Path(dest) if dest is not None else default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in FILES[split]:
+        filename = f"{name}.gz"
+        if filename not in checksums:
+            raise ValueError(f"no checksum known for {filename}: refusing an unverified download")
+        algorithm, expected = checksums[filename]
+        target = folder / filename
+        if target.is_file() and _file_digest(target, algorithm) == expected:
+            continue
+        _fetch(base_url.rstrip("/") + "/" + filename, target, algorithm, expected, timeout)
+    return folder
+
+
+def locate_fashion_mnist(
+    split: str = "train", root: str | os.PathLike | None = None, download: bool = False
+) -> tuple[Path, Path]:
+    """Find a split's (images, labels) files, downloading them first if asked and missing."""
+    try:
+        return find_fashion_mnist(split, root)
+    except FileNotFoundError:
+        if not download:
+            raise
+    folder = download_fashion_mnist(root, split)
+    return find_fashion_mnist(split, folder)
+
+
+def read_fashion_mnist(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 1, H, W) uint8 and labels (N,) int64 from a pair of IDX files, validated."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"Fashion-MNIST files disagree: images {images.shape} in {images_path}, labels "
+            f"{labels.shape} in {labels_path} (expected (N, H, W) and (N,))"
+        )
+    if labels.size and int(labels.max()) >= len(CLASS_NAMES):
+        raise ValueError(f"{labels_path}: label {int(labels.max())} outside 0..9")
+    return images[:, None], labels.astype(np.int64)  # (N, 1, H, W), (N,)
+
+
+def load_fashion_mnist(
+    split: str = "train", root: str | os.PathLike | None = None, download: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 1, 28, 28) uint8 and labels (N,) int64 of a split (see the module doc)."""
+    return read_fashion_mnist(*locate_fashion_mnist(split, root, download))
+
+
+def fashion_mnist_stream(
+    size: int = NATIVE_SIZE,
+    split: str = "train",
+    channels: int = GREY,
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    limit: int | None = None,
+) -> SourceStream:
+    """Fashion-MNIST resized to `size` (ADM rule) with 1 or 3 channels, for `prepare`."""
+    check_size(size)
+    check_channels(channels)
+    images_path, labels_path = locate_fashion_mnist(split, root, download)
+    images, labels = read_fashion_mnist(images_path, labels_path)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(images), _RESIZE_BATCH):
+            chunk = images[start : start + _RESIZE_BATCH]  # (n, 1, 28, 28)
+            yield resize_stack(chunk, size, channels), labels[start : start + _RESIZE_BATCH]
+
+    description = {
+        "kind": "fashion-mnist",
+        "split": split,
+        "images_file": str(images_path),
+        "labels_file": str(labels_path),
+        "native_size": NATIVE_SIZE,
+        "crop": CROP_RULE,
+        "license": "MIT (Zalando SE)",
+    }
+    return SourceStream(list(CLASS_NAMES), True, description, batches(), total=len(images))

@@ -1,0 +1,211 @@
+"""Image folders: ImageNet layout (class-conditional) or a flat folder (unconditional).
+
+Layouts, after an optional split folder (`root/<split>/...`):
+- classes: `root/<class>/**/<image>`; classes are the sub-folder names, sorted, label = rank.
+- flat: every image under `root` (recursively), one class, label 0.
+`layout="auto"` picks classes when `root` holds only sub-folders and flat when it holds only
+images; a mix is an error (say which you mean). Files are sorted by relative path, so the
+packed order does not depend on the file system. Images are recognised by extension; other
+files are listed as ignored; hidden entries (".*") are skipped.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .imaging import COLOUR, CROP_RULE, check_channels, check_size, image_to_chw
+from .source import BadImage, BadImageError, SourceStream
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    | {".ppm", ".pgm", ".pbm", ".pnm"}
+)
+LAYOUTS = ("auto", "classes", "flat")
+SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
+DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+)
+_BATCH = 256
+_WORKER_CHUNK = 64
+
+
+@dataclass
+class FolderScan:
+    """The listing of an image folder: files with their labels, in packing order."""
+
+    root: Path  # the folder the classes (or images) live in
+    layout: str  # "classes" or "flat"
+    class_names: list[str]
+    files: list[tuple[Path, int]]
+    ignored: list[str] = field(default_factory=list)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def _walk_files(folder: Path) -> list[Path]:
+    """Every visible file under `folder` (following links), sorted by relative path."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        found.extend(Path(dirpath) / f for f in filenames if _visible(f))
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _split_root(root: Path, split: str | None) -> Path:
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    if split is not None:
+        base = root / split
+        if not base.is_dir():
+            subs = sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p.name))
+            raise FileNotFoundError(
+                f"split folder {base} not found (sub-folders of {root}: {subs}); pass the "
+                "split that exists, or no split to use the folder itself"
+            )
+        return base
+    subs = {p.name for p in root.iterdir() if p.is_dir() and _visible(p.name)}
+    if subs and subs <= SPLIT_NAMES:
+        raise ValueError(
+            f"{root} holds split folders {sorted(subs)}: pass split=NAME (CLI: --split NAME) "
+            "to pick one, rather than packing the splits as classes"
+        )
+    return root
+
+
+def scan_image_folder(
+    root: str | os.PathLike, split: str | None = None, layout: str = "auto"
+) -> FolderScan:
+    """List an image folder (see the module doc); clear errors for empty folders and classes."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    base = _split_root(Path(root), split)
+    entries = sorted(p for p in base.iterdir() if _visible(p.name))
+    subdirs = [p for p in entries if p.is_dir()]
+    top_images = [p for p in entries if p.is_file() and is_image_file(p)]
+    if layout == "auto":
+        if subdirs and top_images:
+            raise ValueError(
+                f"{base} mixes {len(top_images)} images with {len(subdirs)} sub-folders: pass "
+                "layout='flat' (every image, unconditional) or layout='classes' (sub-folders "
+                "are classes; top-level files ignored)"
+            )
+        layout = "classes" if subdirs else "flat"
+    ignored: list[str] = []
+    files: list[tuple[Path, int]] = []
+    if layout == "flat":
+        for path in _walk_files(base):
+            (files.append((path, 0)) if is_image_file(path) else ignored.append(str(path)))
+        class_names = [base.name]
+    else:
+        ignored.extend(str(p) for p in entries if p.is_file())
+        class_names = [d.name for d in subdirs]
+        for label, folder in enumerate(subdirs):
+            images = []
+            for path in _walk_files(folder):
+                (images.append((path, label)) if is_image_file(path) else ignored.append(str(path)))
+            if not images:
+                raise ValueError(
+                    f"class folder {folder} holds no images (extensions "
+                    f"{sorted(IMAGE_EXTENSIONS)}): add images or remove the folder"
+                )
+            files.extend(images)
+    if not files:
+        raise ValueError(f"no images found in {base} (extensions {sorted(IMAGE_EXTENSIONS)})")
+    return FolderScan(base, layout, class_names, files, ignored)
+
+
+def decode_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
+    """Open, fully decode, convert and ADM-crop one file -> (C, size, size) uint8.
+
+    Raises one of DECODE_ERRORS for a corrupt, truncated or unsupported file.
+    """
+    with Image.open(path) as img:
+        img.load()
+        return image_to_chw(img, size, channels)
+
+
+def _decode_task(task: tuple[str, int, int]) -> tuple[np.ndarray | None, str]:
+    """Worker entry point: (array, "") or (None, reason); never raises for a bad image."""
+    path, size, channels = task
+    try:
+        return decode_image(path, size, channels), ""
+    except DECODE_ERRORS as err:
+        return None, f"{type(err).__name__}: {err}"
+
+
+def folder_stream(
+    root: str | os.PathLike,
+    size: int,
+    channels: int = COLOUR,
+    split: str | None = None,
+    layout: str = "auto",
+    skip_bad: bool = False,
+    limit: int | None = None,
+    num_workers: int = 0,
+) -> SourceStream:
+    """An image folder at `size` x `size`, for `prepare`. `num_workers` > 0 decodes in that
+    many processes (order is kept); `limit` keeps the first N files in packing order."""
+    check_size(size)
+    check_channels(channels)
+    scan = scan_image_folder(root, split, layout)
+    files = scan.files[:limit] if limit is not None else scan.files
+    skipped: list[BadImage] = []
+
+    def decoded() -> Iterator[tuple[np.ndarray | None, str]]:
+        tasks = ((str(path), size, channels) for path, _ in files)
+        if num_workers <= 0:
+            yield from map(_decode_task, tasks)
+            return
+        # fork where it exists (the workers only touch PIL and numpy); spawn elsewhere
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        with context.Pool(num_workers) as pool:
+            yield from pool.imap(_decode_task, tasks, chunksize=_WORKER_CHUNK)
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        images: list[np.ndarray] = []
+        labels: list[int] = []
+        for (path, label), (arr, reason) in zip(files, decoded(), strict=True):
+            if arr is None:
+                bad = BadImage(str(path), reason)
+                if not skip_bad:
+                    raise BadImageError(bad)
+                skipped.append(bad)
+                continue
+            images.append(arr)
+            labels.append(label)
+            if len(images) == _BATCH:
+                yield np.stack(images), np.asarray(labels, dtype=np.int64)
+                images, labels = [], []
+        if images:
+            yield np.stack(images), np.asarray(labels, dtype=np.int64)
+
+    description = {
+        "kind": "image-folder",
+        "root": str(Path(root).resolve()),
+        "split": split,
+        "layout": scan.layout,
+        "files": len(files),
+        "crop": CROP_RULE,
+    }
+    conditional = scan.layout == "classes"
+    return SourceStream(
+        scan.class_names, conditional, description, batches(), len(files), skipped, scan.ignored
+    )

@@ -1,0 +1,105 @@
+"""Pixel-level preparation of one image: colour mode, the ADM centre crop, CHW uint8.
+
+Every source goes through the same two steps, in the authors' order (their ImageFolder loader
+converts to RGB first, then `center_crop_arr` from ADM):
+1. `to_channels`: any Pillow mode to 'RGB' or 'L'; transparency is composited on white.
+2. `adm_center_crop`: halve with a box filter while the short side is at least twice the target,
+   bicubic-resize so the short side equals the target, then cut the centre square.
+Up-sampling (Fashion-MNIST 28 -> 32/64/128) is the same rule: it reduces to one bicubic resize.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+WHITE = (255, 255, 255, 255)
+GREY = 1
+COLOUR = 3
+VALID_CHANNELS = (GREY, COLOUR)
+CROP_RULE = "ADM center_crop_arr (box-halve, bicubic, centre square); alpha over white"
+_MODE_FOR_CHANNELS = {GREY: "L", COLOUR: "RGB"}
+# Pillow modes that carry an alpha channel (premultiplied or not).
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+# Modes Pillow can convert straight to RGB / L without losing meaning.
+_PLAIN_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+_SIXTEEN_BIT_SHIFT = 8
+
+
+def check_channels(channels: int) -> int:
+    """Validate a channel count (1 = grey, 3 = RGB)."""
+    if channels not in VALID_CHANNELS:
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    return channels
+
+
+def check_size(size: int) -> int:
+    """Validate a target resolution."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive integer (pixels), got {size!r}")
+    return size
+
+
+def to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any supported Pillow image to mode 'L' (channels=1) or 'RGB' (channels=3).
+
+    Alpha (RGBA, LA, PA, palette with a transparent index) is composited over opaque white, so
+    transparent backgrounds become white rather than whatever colour hides under alpha = 0.
+    16-bit greyscale keeps its top 8 bits. Raises ValueError for modes with no 8-bit meaning
+    (32-bit integer 'I', float 'F'): the caller reports the file.
+    """
+    target = _MODE_FOR_CHANNELS[check_channels(channels)]
+    mode = img.mode
+    if mode.startswith("I;16"):
+        arr = np.asarray(img).astype(np.uint16) >> _SIXTEEN_BIT_SHIFT  # (H, W)
+        img, mode = Image.fromarray(arr.astype(np.uint8)), "L"
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, WHITE)
+        img = Image.alpha_composite(base, rgba)
+    elif mode not in _PLAIN_MODES:
+        raise ValueError(f"unsupported image mode {mode!r} (need an 8-bit or 16-bit image)")
+    return img if img.mode == target else img.convert(target)
+
+
+def adm_center_crop(img: Image.Image, size: int) -> np.ndarray:
+    """ADM's centre crop: box-halve while short side >= 2*size, bicubic to short side = size,
+    centre square. Returns (size, size) for 'L' or (size, size, 3) for 'RGB', uint8."""
+    check_size(size)
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(side // 2 for side in img.size), resample=Image.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(side * scale) for side in img.size), resample=Image.BICUBIC)
+    arr = np.asarray(img)
+    top = (arr.shape[0] - size) // 2
+    left = (arr.shape[1] - size) // 2
+    return arr[top : top + size, left : left + size]
+
+
+def image_to_chw(img: Image.Image, size: int, channels: int) -> np.ndarray:
+    """Mode conversion + ADM crop, as a (C, size, size) uint8 array."""
+    arr = adm_center_crop(to_channels(img, channels), size)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]  # (S, S, 1)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))  # (C, S, S)
+
+
+def resize_stack(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """Apply `image_to_chw` to a (N, C0, H, W) uint8 stack (C0 in {1, 3}) -> (N, C, S, S).
+
+    A stack already at the target size and channel count is returned as is (no resampling).
+    """
+    if images.ndim != 4 or images.shape[1] not in VALID_CHANNELS or images.dtype != np.uint8:
+        raise ValueError(
+            f"expected a uint8 (N, 1|3, H, W) stack, got {images.dtype} {images.shape}"
+        )
+    n, c0, h, w = images.shape
+    if (h, w) == (size, size) and c0 == channels:
+        return images
+    if (h, w) == (size, size) and c0 == GREY and channels == COLOUR:
+        return np.repeat(images, COLOUR, axis=1)
+    out = np.empty((n, channels, size, size), dtype=np.uint8)
+    for i in range(n):
+        hwc = images[i, 0] if c0 == GREY else images[i].transpose(1, 2, 0)  # (H, W[, 3])
+        out[i] = image_to_chw(Image.fromarray(np.ascontiguousarray(hwc)), size, channels)
+    return out

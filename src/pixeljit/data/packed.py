@@ -1,0 +1,173 @@
+"""Reading packed sets (see `shards.py` for the format) and an in-memory twin for tests.
+
+Both classes offer the interface the loader needs: `len`, `num_classes`, `class_names`,
+`image_shape`, `conditional`, `labels` and `gather(indices) -> (B, C, H, W) uint8`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST, file_sha256
+
+REQUIRED_KEYS = (
+    "count",
+    "shape",
+    "num_classes",
+    "class_names",
+    "conditional",
+    "images_per_shard",
+    "shards",
+    "labels",
+)
+PREPARE_HINT = "re-create it with `pixeljit prepare SOURCE --size S --out DIR --overwrite`"
+
+
+def _mismatch(folder: Path, what: str) -> ValueError:
+    return ValueError(
+        f"packed set {folder}: {what}; the files do not match the manifest: {PREPARE_HINT}"
+    )
+
+
+def _open_npy(folder: Path, entry: dict, shape: tuple, dtype, verify: bool) -> np.ndarray:
+    """Memory-map one .npy file after checking it against its manifest entry."""
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"packed set {folder}: {entry['file']} is missing; {PREPARE_HINT}")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise _mismatch(folder, f"{entry['file']} has {size} bytes, manifest says {entry['bytes']}")
+    if verify and file_sha256(path) != entry["sha256"]:
+        raise _mismatch(folder, f"{entry['file']} fails its sha256 check (content changed)")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise _mismatch(folder, f"{entry['file']} is not a readable .npy file ({err})") from err
+    if array.shape != shape or array.dtype != dtype:
+        raise _mismatch(
+            folder,
+            f"{entry['file']} holds {array.dtype} {array.shape}, "
+            f"expected {np.dtype(dtype)} {shape}",
+        )
+    return array
+
+
+class PackedDataset:
+    """A packed set, memory-mapped. Sizes and shapes are always checked against the manifest;
+    `verify=True` also checks every file's sha256 (reads everything once)."""
+
+    def __init__(self, folder: str | os.PathLike, verify: bool = False):
+        self.folder = Path(folder)
+        path = self.folder / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: {self.folder} is not a packed set; create one with "
+                "`pixeljit prepare SOURCE --size S --out DIR`"
+            )
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); {PREPARE_HINT}") from err
+        if (
+            manifest.get("format") != FORMAT_NAME
+            or manifest.get("format_version") != FORMAT_VERSION
+        ):
+            raise ValueError(
+                f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')} is "
+                f"not {FORMAT_NAME!r} v{FORMAT_VERSION}; {PREPARE_HINT}"
+            )
+        missing = [key for key in REQUIRED_KEYS if key not in manifest]
+        if missing:
+            raise ValueError(f"{path} lacks {missing}; {PREPARE_HINT}")
+        self.manifest = manifest
+        self.image_shape: tuple[int, int, int] = tuple(manifest["shape"])
+        self.class_names: list[str] = list(manifest["class_names"])
+        self.num_classes: int = int(manifest["num_classes"])
+        self.conditional: bool = bool(manifest["conditional"])
+        self.images_per_shard: int = int(manifest["images_per_shard"])
+        count = int(manifest["count"])
+        if len(self.class_names) != self.num_classes:
+            raise _mismatch(
+                self.folder, f"{len(self.class_names)} class names, {self.num_classes} classes"
+            )
+        counts = [int(s["count"]) for s in manifest["shards"]]
+        if sum(counts) != count:
+            raise _mismatch(
+                self.folder, f"shards hold {sum(counts)} images, manifest count {count}"
+            )
+        if any(c != self.images_per_shard for c in counts[:-1]):
+            raise _mismatch(
+                self.folder, f"shard counts {counts} are not {self.images_per_shard} each"
+            )
+        self._shards = [
+            _open_npy(self.folder, s, (c, *self.image_shape), np.uint8, verify)
+            for s, c in zip(manifest["shards"], counts, strict=True)
+        ]
+        self.labels = np.array(
+            _open_npy(self.folder, manifest["labels"], (count,), np.int64, verify)
+        )
+        if count and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+            raise _mismatch(self.folder, f"labels outside [0, {self.num_classes})")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return (
+            f"PackedDataset({str(self.folder)!r}, count={len(self)}, shape={self.image_shape}, "
+            f"classes={self.num_classes})"
+        )
+
+    def gather(self, indices: np.ndarray) -> np.ndarray:
+        """Images at `indices` (B,) as a fresh (B, C, H, W) uint8 array (any order)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(self._shards) == 1:
+            return self._shards[0][indices]
+        shard = indices // self.images_per_shard  # (B,)
+        local = indices - shard * self.images_per_shard  # (B,)
+        out = np.empty((len(indices), *self.image_shape), dtype=np.uint8)
+        for k in np.unique(shard):
+            mask = shard == k
+            out[mask] = self._shards[k][local[mask]]
+        return out
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        """Images start..stop-1 in packed order, (stop - start, C, H, W) uint8."""
+        return self.gather(np.arange(start, min(stop, len(self)), dtype=np.int64))
+
+
+class ArrayDataset:
+    """An in-memory set with PackedDataset's interface (for tests and small experiments)."""
+
+    def __init__(self, images, labels=None, class_names: list[str] | None = None):
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}"
+            )
+        n = images.shape[0]
+        labels = np.zeros(n, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        if labels.shape != (n,):
+            raise ValueError(f"labels {labels.shape} do not match {n} images")
+        if class_names is None:
+            class_names = [str(k) for k in range(int(labels.max()) + 1 if n else 1)]
+        if n and (labels.min() < 0 or labels.max() >= len(class_names)):
+            raise ValueError(f"labels outside [0, {len(class_names)})")
+        self.images, self.labels = images, labels
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.conditional = self.num_classes > 1
+        self.image_shape: tuple[int, int, int] = tuple(images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def gather(self, indices: np.ndarray) -> np.ndarray:
+        return self.images[np.asarray(indices, dtype=np.int64)]
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        return self.images[start:stop]

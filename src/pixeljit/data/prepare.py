@@ -1,0 +1,259 @@
+"""`prepare`: any source -> a packed set on disk (the one entry point behind `pixeljit prepare`).
+
+SOURCE is "fashion-mnist", "emoji", or a path to an image folder (a folder literally named
+like a keyword can be passed as ./emoji). Grey Fashion-MNIST keeps 1 channel unless
+`channels=3`; the other sources default to RGB.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from .emoji import emoji_stream
+from .fashion_mnist import fashion_mnist_stream
+from .folders import LAYOUTS, folder_stream
+from .imaging import COLOUR, GREY, check_channels, check_size
+from .shards import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    ShardWriter,
+    check_target,
+    default_images_per_shard,
+    publish,
+    staging_dir,
+    write_json_atomic,
+)
+from .source import BadImage, SourceStream
+
+FASHION_MNIST = "fashion-mnist"
+EMOJI = "emoji"
+KEYWORD_SOURCES = (FASHION_MNIST, EMOJI)
+EMOJI_SPLIT = "train"  # the emoji set is one split; "train" is accepted as its name
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """What `prepare` wrote, and what it left out."""
+
+    out_dir: Path
+    count: int
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    seconds: float
+    skipped: list[BadImage] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+def _open_source(
+    source: str | os.PathLike,
+    size: int,
+    channels: int | None,
+    split: str | None,
+    skip_bad: bool,
+    data_dir: str | os.PathLike | None,
+    download: bool,
+    font_path: str | os.PathLike | None,
+    layout: str,
+    limit: int | None,
+    num_workers: int,
+) -> SourceStream:
+    key = str(source)
+    if data_dir is not None and key != FASHION_MNIST:
+        raise ValueError("data_dir (--data-dir) only applies to fashion-mnist")
+    if font_path is not None and key != EMOJI:
+        raise ValueError("font_path (--font) only applies to emoji")
+    if download and key != FASHION_MNIST:
+        raise ValueError("download (--download) only applies to fashion-mnist")
+    if layout != "auto" and key in KEYWORD_SOURCES:
+        raise ValueError(f"layout (--layout) only applies to image folders, not {key}")
+    if key == FASHION_MNIST:
+        ch = GREY if channels is None else channels
+        return fashion_mnist_stream(size, split or "train", ch, data_dir, download, limit)
+    ch = COLOUR if channels is None else channels
+    if key == EMOJI:
+        if split not in (None, EMOJI_SPLIT):
+            raise ValueError(
+                f"the emoji set has one split, {EMOJI_SPLIT!r} (all glyphs): got {split!r}"
+            )
+        return emoji_stream(size, ch, font_path, limit, skip_bad)
+    if not Path(source).is_dir():
+        raise FileNotFoundError(
+            f"source {key!r} is neither {' nor '.join(KEYWORD_SOURCES)} nor an existing folder"
+        )
+    return folder_stream(source, size, ch, split, layout, skip_bad, limit, num_workers)
+
+
+def prepare(
+    source: str | os.PathLike,
+    size: int,
+    out_dir: str | os.PathLike,
+    *,
+    split: str | None = None,
+    channels: int | None = None,
+    skip_bad: bool = False,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    font_path: str | os.PathLike | None = None,
+    layout: str = "auto",
+    limit: int | None = None,
+    images_per_shard: int | None = None,
+    num_workers: int = 0,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> PrepareResult:
+    """Pack `source` at `size` x `size` into `out_dir` (see shards.py for the format).
+
+    split: fashion-mnist "train" (default) or "test"; for folders the sub-folder to use.
+    channels: 1 or 3 (default: 1 for fashion-mnist, 3 otherwise).
+    skip_bad: skip (and list in the manifest) unreadable images instead of failing.
+    data_dir / download: where Fashion-MNIST lives / fetch it if missing (checksum-verified).
+    layout: for folders, "auto", "classes" or "flat". limit: keep the first N images.
+    """
+    check_size(size)
+    if channels is not None:
+        check_channels(channels)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive count, got {limit}")
+    check_target(Path(out_dir), overwrite)
+    start = time.perf_counter()
+    stream = _open_source(
+        source, size, channels, split, skip_bad, data_dir, download, font_path, layout, limit,
+        num_workers,
+    )  # fmt: skip
+    return write_stream(stream, out_dir, images_per_shard, overwrite, progress, start)
+
+
+def pack_arrays(
+    images: np.ndarray,
+    out_dir: str | os.PathLike,
+    labels: np.ndarray | None = None,
+    class_names: list[str] | None = None,
+    *,
+    description: dict | None = None,
+    images_per_shard: int | None = None,
+    overwrite: bool = False,
+) -> PrepareResult:
+    """Pack in-memory uint8 images (N, C, H, W) (+ int64 labels (N,)) as a packed set.
+
+    Without labels the set is unconditional (one class, label 0); without class names the
+    classes are named "0", "1", ... up to the largest label.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
+        raise ValueError(
+            f"images must be non-empty uint8 (N, C, H, W), got {images.dtype} {images.shape}"
+        )
+    conditional = labels is not None
+    labels = np.zeros(len(images), np.int64) if labels is None else np.asarray(labels, np.int64)
+    if class_names is None:
+        class_names = [str(k) for k in range(int(labels.max()) + 1)] if conditional else ["all"]
+    stream = SourceStream(
+        list(class_names),
+        conditional,
+        description or {"kind": "arrays"},
+        iter([(images, labels)]),
+        total=len(images),
+    )
+    return write_stream(stream, out_dir, images_per_shard, overwrite)
+
+
+def write_stream(
+    stream: SourceStream,
+    out_dir: str | os.PathLike,
+    images_per_shard: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    start: float | None = None,
+) -> PrepareResult:
+    """Consume a source stream into a packed set at `out_dir`, atomically."""
+    out_dir = Path(out_dir)
+    check_target(out_dir, overwrite)
+    start = time.perf_counter() if start is None else start
+    staging = staging_dir(out_dir)
+    try:
+        count, shape = _pack(stream, staging, images_per_shard, progress)
+        publish(staging, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return PrepareResult(
+        out_dir,
+        count,
+        shape,
+        len(stream.class_names),
+        time.perf_counter() - start,
+        list(stream.skipped),
+        list(stream.ignored),
+    )
+
+
+def _pack(
+    stream: SourceStream, staging: Path, images_per_shard: int | None, progress: bool
+) -> tuple[int, tuple[int, int, int]]:
+    """Write shards, labels and manifest into `staging`; (count, image shape)."""
+    writer: ShardWriter | None = None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=stream.total, unit="img", desc="prepare")
+    for images, labels in stream.batches:  # (n, C, H, W) uint8, (n,) int64
+        if writer is None:
+            shape = tuple(images.shape[1:])
+            per_shard = images_per_shard or default_images_per_shard(shape)
+            writer = ShardWriter(staging, shape, per_shard)
+        writer.add(images, labels)
+        if bar is not None:
+            bar.update(len(images))
+    if bar is not None:
+        bar.close()
+    if writer is None:
+        reasons = "; ".join(f"{b.path}: {b.reason}" for b in stream.skipped[:5])
+        raise ValueError(
+            f"no readable images in the source ({len(stream.skipped)} skipped: {reasons})"
+        )
+    shards, labels_entry, labels = writer.finish()
+    num_classes = len(stream.class_names)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels outside [0, {num_classes}) for classes {stream.class_names}")
+    channels, height, width = writer.image_shape
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "count": int(labels.shape[0]),
+        "shape": list(writer.image_shape),
+        "channels": channels,
+        "size": height if height == width else None,
+        "dtype": "uint8",
+        "label_dtype": "int64",
+        "num_classes": num_classes,
+        "class_names": stream.class_names,
+        "conditional": stream.conditional,
+        "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
+        "images_per_shard": writer.per_shard,
+        "shards": shards,
+        "labels": labels_entry,
+        "source": stream.description,
+        "skipped": [{"path": b.path, "reason": b.reason} for b in stream.skipped],
+        "ignored_files": len(stream.ignored),
+        "created_by": _creator(),
+    }
+    write_json_atomic(staging / MANIFEST, manifest)
+    return int(labels.shape[0]), writer.image_shape
+
+
+def _creator() -> str:
+    try:
+        return f"pixeljit {metadata.version('pixeljit')}"
+    except metadata.PackageNotFoundError:  # running from a source tree without install
+        return "pixeljit (not installed)"

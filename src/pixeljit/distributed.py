@@ -1,0 +1,107 @@
+"""Process-group set-up for torchrun (DDP / FSDP2) and the single-process case.
+
+Run plainly (`pixeljit train ...`) it is one process on one device; under `torchrun` it reads
+RANK / WORLD_SIZE / LOCAL_RANK, picks NCCL on CUDA and gloo on CPU, and wraps the model with
+PyTorch's own DistributedDataParallel or FSDP2 `fully_shard`. Nothing home-made.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+STRATEGIES = ("ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' → cuda:<local_rank> when available, else cpu; 'cuda' gets the local rank index."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "device 'cuda' requested but CUDA is not available; use --set run.device=cpu"
+            )
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def setup(device_name: str = "auto") -> DistInfo:
+    """Initialise torch.distributed when launched by torchrun; a no-op otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
+    """DDP or FSDP2 around `model` (already on info.device); the bare model when single-process."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"distributed strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy == "fsdp":
+        if not info.enabled:
+            return model
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:  # one communication unit per transformer block
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The JiT inside a DDP wrapper (FSDP2 shards in place, so it is already the JiT)."""
+    return getattr(model, "module", model)
+
+
+def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Average a tensor over ranks (in place; returns it). Identity when single-process."""
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= info.world_size
+    return t
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()

@@ -1,0 +1,137 @@
+"""Classifier-free guidance with the CFG interval, as a wrapper around a denoiser.
+
+The guided velocity is v_u + w·(v_c − v_u) (guidance in v-space, §5c), applied only to rows with
+low < t < high, with `low == 0` meaning no lower bound: exactly the authors' mask
+`(t < high) & ((low == 0) | (t > low))`, evaluated in float32 like theirs. Conditional and
+unconditional rows go through the network in ONE batched forward (concatenated along the batch);
+rows outside the interval (and every row when w == 1) get no unconditional pass at all, and their
+velocity is v_c, which the formula gives for w = 1.
+
+Times reach the field as host (CPU) tensors, so deciding which rows need the unconditional pass
+costs no device synchronisation; a batch-wide time becomes a device fill, not a copy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pixeljit.flow import DEFAULT_T_MIN, PREDICTIONS, Denoiser, to_velocity
+
+Tensor = torch.Tensor
+
+
+def check_interval(interval: tuple[float, float]) -> tuple[float, float]:
+    """Validate a CFG interval (low, high) ⊂ [0, 1] with low ≤ high."""
+    try:
+        low, high = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"interval must be two numbers (low, high), got {interval!r}") from None
+    if not (0.0 <= low <= 1.0 and 0.0 <= high <= 1.0):
+        raise ValueError(f"CFG interval must lie in [0, 1], got ({low}, {high})")
+    if low > high:
+        raise ValueError(f"CFG interval needs low ≤ high, got ({low}, {high})")
+    return low, high
+
+
+def guidance_mask(t: Tensor, interval: tuple[float, float]) -> Tensor:
+    """Boolean mask of the rows that get guidance: (t < high) & ((low == 0) | (t > low)).
+
+    t is compared in float32 (as the authors' float32 time grid is), so e.g. t = float32(0.1)
+    is not inside an interval starting at 0.1.
+    """
+    low, high = interval
+    t32 = t.to(torch.float32)
+    return (t32 < high) & ((low == 0) | (t32 > low))
+
+
+class GuidedField:
+    """The ODE right-hand side of a (guided) denoiser: `velocity(z, t)` and `denoised(z, t)`.
+
+    denoiser(z, t, y) returns a quantity of kind `prediction` (x, eps or v); y (N,) int64 labels
+    (None for unconditional models); `null_label` is the class index of the unconditional
+    branch. t passed to `velocity` is a host tensor, 0-d (one time for the batch) or (N,).
+    `calls` counts the denoiser's forward passes and `rows` the rows they processed.
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        y: Tensor | None,
+        *,
+        prediction: str = "x",
+        cfg: float = 1.0,
+        interval: tuple[float, float] = (0.0, 1.0),
+        null_label: int | None = None,
+        t_eps: float = 0.05,
+        t_min: float = DEFAULT_T_MIN,
+    ):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if cfg < 0:
+            raise ValueError(f"cfg scale must be ≥ 0, got {cfg}")
+        if cfg != 1.0 and (y is None or null_label is None):
+            raise ValueError(
+                "classifier-free guidance (cfg ≠ 1) needs class labels and a null label; "
+                "use cfg=1.0 for an unconditional model"
+            )
+        if not 0.0 < t_eps <= 1.0:
+            raise ValueError(f"t_eps must lie in (0, 1], got {t_eps}")
+        self.denoiser = denoiser
+        self.y = y
+        self.prediction = prediction
+        self.cfg = float(cfg)
+        self.interval = check_interval(interval)
+        self.null_label = null_label
+        self.t_eps = t_eps
+        self.t_min = t_min
+        self.calls = 0
+        self.rows = 0
+
+    def _forward(self, z: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+        self.calls += 1
+        self.rows += z.shape[0]
+        out = self.denoiser(z, t, y)  # (M, C, H, W), kind `prediction`
+        return to_velocity(out.to(z.dtype), self.prediction, z, t, self.t_eps, self.t_min)
+
+    def velocity(self, z: Tensor, t: Tensor) -> Tensor:
+        """Guided v̂ (N, C, H, W) at state z (N, C, H, W) and host time t (0-d or (N,))."""
+        n = z.shape[0]
+        t_host = t.detach().cpu().expand(n) if t.ndim == 0 else t.detach().cpu()  # (N,)
+        if t.ndim == 0:  # a fill on the device: no host-to-device copy, no stream sync
+            t_dev = torch.full((n,), float(t_host[0]), device=z.device, dtype=z.dtype)
+        else:
+            t_dev = t_host.to(device=z.device, dtype=z.dtype, non_blocking=True)  # (N,)
+        if self.cfg == 1.0:
+            return self._forward(z, t_dev, self.y)
+        on = guidance_mask(t_host, self.interval)  # (N,) bool, host
+        rows = on.nonzero().flatten()  # host op: no device sync
+        m = rows.numel()
+        if m == 0:
+            return self._forward(z, t_dev, self.y)
+        null = torch.full((m,), self.null_label, dtype=self.y.dtype, device=self.y.device)
+        if m == n:  # the common case: one time for the batch, inside the interval
+            v = self._forward(
+                torch.cat([z, z]), torch.cat([t_dev, t_dev]), torch.cat([self.y, null])
+            )
+            v_c, v_u = v[:n], v[n:]
+            return v_u + self.cfg * (v_c - v_u)
+        idx = rows.to(z.device, non_blocking=True)
+        z_u, t_u = z.index_select(0, idx), t_dev.index_select(0, idx)
+        v = self._forward(torch.cat([z, z_u]), torch.cat([t_dev, t_u]), torch.cat([self.y, null]))
+        v_c, v_u = v[:n], v[n:]
+        guided = v_u + self.cfg * (v_c.index_select(0, idx) - v_u)
+        return v_c.index_copy(0, idx, guided)
+
+    def data_scale(self, t: Tensor, like: Tensor) -> Tensor:
+        """d(t) with x̂ = z + d·v̂ the inverse of how v̂ is formed: max(1−t, t_eps) for
+        x-prediction (its v̂ divides by the clamp), 1−t for ε- and v-prediction."""
+        t_host = t.detach().cpu()
+        d = (1 - t_host).clamp_min(self.t_eps) if self.prediction == "x" else 1 - t_host
+        if d.ndim == 0:  # a host scalar multiplies device tensors without a copy
+            return d
+        d = d.to(device=like.device, dtype=like.dtype, non_blocking=True)
+        return d.reshape(-1, *([1] * (like.ndim - 1)))
+
+    def denoised(self, z: Tensor, t: Tensor) -> Tensor:
+        """Guided x̂ (N, C, H, W) = z + d(t)·v̂: guidance in v-space seen as a data prediction."""
+        return z + self.data_scale(t, z) * self.velocity(z, t)

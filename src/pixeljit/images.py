@@ -1,0 +1,165 @@
+"""Generated images at the edges: float [−1, 1] → uint8, labelled grids, atomic PNG / npz files.
+
+Shared by `pixeljit sample`, the training loop's preview grids and the demo.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from pixeljit.data.atomic import temp_sibling
+
+PIXEL_MAX = 255
+GRID_PADDING = 2  # pixels between grid cells
+GRID_BACKGROUND = 255  # white
+LABEL_FONT_SIZE = 12
+LABEL_MARGIN = 4  # pixels around a row label
+LABEL_COLOUR = 0  # black
+NPZ_IMAGES_KEY = "arr_0"  # the ADM / torch-fidelity convention: (N, H, W, C) uint8
+_MODES = {1: "L", 3: "RGB"}
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) float in [−1, 1] → uint8 on the CPU, as the authors' evaluation writes them:
+    round(clip((x + 1) / 2 · 255, 0, 255))."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images.cpu()
+    scaled = ((images.detach().float() + 1) / 2 * PIXEL_MAX).clamp(0, PIXEL_MAX).round()
+    return scaled.to(torch.uint8).cpu()
+
+
+def _check_uint8(images: torch.Tensor) -> np.ndarray:
+    """uint8 (N, C, H, W) tensor → (N, H, W, C) numpy array."""
+    if images.ndim != 4 or images.dtype != torch.uint8:
+        raise ValueError(
+            f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}; "
+            "convert with to_uint8 first"
+        )
+    if images.shape[1] not in _MODES:
+        raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]}")
+    return images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def _pil(array: np.ndarray) -> Image.Image:
+    """(H, W, C) uint8 → PIL image ('L' or 'RGB')."""
+    return Image.fromarray(
+        array[..., 0] if array.shape[-1] == 1 else array, _MODES[array.shape[-1]]
+    )
+
+
+def make_grid(
+    images: torch.Tensor,
+    ncols: int | None = None,
+    row_labels: Sequence[str] | None = None,
+    scale: int = 1,
+    padding: int = GRID_PADDING,
+) -> Image.Image:
+    """A grid PIL image of uint8 images (N, C, H, W), filled row by row.
+
+    `ncols` defaults to ⌈√N⌉. `row_labels` (one string per row) are drawn in a left margin.
+    `scale` enlarges each image by pixel repetition (nearest), useful for 28–32 px images.
+    """
+    array = _check_uint8(images)  # (N, H, W, C)
+    n, h, w, c = array.shape
+    if n == 0:
+        raise ValueError("no images to put in a grid")
+    if scale < 1:
+        raise ValueError(f"scale must be ≥ 1, got {scale}")
+    ncols = ncols or math.ceil(math.sqrt(n))
+    if ncols < 1:
+        raise ValueError(f"ncols must be ≥ 1, got {ncols}")
+    nrows = math.ceil(n / ncols)
+    if row_labels is not None and len(row_labels) != nrows:
+        raise ValueError(f"got {len(row_labels)} row labels for {nrows} rows")
+    if scale > 1:
+        array = array.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w = h * scale, w * scale
+    font = ImageFont.load_default(size=LABEL_FONT_SIZE) if row_labels else None
+    margin = 0
+    if row_labels:
+        probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+        widths = [probe.textbbox((0, 0), str(s), font=font)[2] for s in row_labels]
+        margin = max(widths) + 2 * LABEL_MARGIN
+    width = margin + ncols * w + (ncols + 1) * padding
+    height = nrows * h + (nrows + 1) * padding
+    fill = GRID_BACKGROUND if c == 1 else (GRID_BACKGROUND,) * 3
+    grid = Image.new(_MODES[c], (width, height), fill)
+    for k in range(n):
+        row, col = divmod(k, ncols)
+        grid.paste(
+            _pil(array[k]), (margin + padding + col * (w + padding), padding + row * (h + padding))
+        )
+    if row_labels:
+        draw = ImageDraw.Draw(grid)
+        ink = LABEL_COLOUR if c == 1 else (LABEL_COLOUR,) * 3
+        for row, text in enumerate(row_labels):
+            top = padding + row * (h + padding)
+            box = draw.textbbox((0, 0), str(text), font=font)
+            draw.text((LABEL_MARGIN, top + (h - box[3]) // 2), str(text), fill=ink, font=font)
+    return grid
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call write(file) on a temporary sibling of `path`, then os.replace it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Save a PIL image as PNG, atomically."""
+    return _atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+def save_grid(
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    ncols: int | None = None,
+    row_labels: Sequence[str] | None = None,
+    scale: int = 1,
+) -> Path:
+    """Float [−1, 1] or uint8 images (N, C, H, W) → one grid PNG (atomic)."""
+    return save_png(make_grid(to_uint8(images), ncols, row_labels, scale), path)
+
+
+def save_pngs(
+    images: torch.Tensor, folder: str | os.PathLike, start: int = 0, prefix: str = ""
+) -> list[Path]:
+    """One PNG per image, named {prefix}{index:06d}.png from `start` (each write atomic)."""
+    array = _check_uint8(to_uint8(images))
+    folder = Path(folder)
+    out = []
+    for k, img in enumerate(array):
+        out.append(save_png(_pil(img), folder / f"{prefix}{start + k:06d}.png"))
+    return out
+
+
+def save_npz(
+    images: torch.Tensor, path: str | os.PathLike, labels: torch.Tensor | None = None
+) -> Path:
+    """Images as uint8 (N, H, W, C) under 'arr_0' (the ADM evaluation layout), with 'labels'
+    (N,) int64 when given; written atomically."""
+    array = _check_uint8(to_uint8(images))
+    arrays = {NPZ_IMAGES_KEY: array}
+    if labels is not None:
+        arrays["labels"] = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
+        if arrays["labels"].shape != (array.shape[0],):
+            raise ValueError(f"labels must have shape ({array.shape[0]},)")
+    return _atomic_write(path, lambda f: np.savez(f, **arrays))

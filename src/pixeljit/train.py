@@ -1,0 +1,251 @@
+"""The training loop, read top to bottom.
+
+One process on a CPU or a GPU, or every rank under `torchrun` (DDP, or FSDP2 for models that do
+not fit). Exactly resumable: the data order is a function of (seed, epoch, position), and every
+random draw of step s (labels dropped, t, ε, dropout masks) comes from generators seeded by
+(seed, s, chunk), where chunk = accumulation index × world_size + rank names the slice of the
+global batch. So N steps straight equal k steps + resume + N − k steps, bit for bit, and one
+process with gradient accumulation sees the same samples and noise as W processes without.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixeljit import distributed as dist_utils
+from pixeljit.checkpoint import diff_configs, load_checkpoint, save_checkpoint
+from pixeljit.config import TrainConfig, save_yaml, to_dict
+from pixeljit.data.loader import DeviceLoader
+from pixeljit.ema import EMA
+from pixeljit.flow import bucket_edges, bucket_losses, flow_matching_loss
+from pixeljit.model import JiT
+from pixeljit.runlog import LOSS_PLOT, RunLog, plot_loss
+from pixeljit.train_state import (
+    capture_rng,
+    gather_state,
+    load_training_state,
+    open_training_data,
+    resolve_config,
+    sample_grid,
+)
+
+LOSS_BUCKETS = 4  # loss logged by t ∈ [0, .25), [.25, .5), [.5, .75), [.75, 1]
+# fields that may change on resume without changing the run's trajectory
+RESUME_MUTABLE = ("optim.steps", "optim.epochs", "run.")
+
+
+@dataclass
+class TrainResult:
+    step: int
+    out: Path
+    checkpoint: Path | None
+    final_loss: float | None
+    stopped_on_nan: bool = False
+    is_main: bool = True  # rank 0 (the one that writes files and reports)
+
+
+def step_seed(seed: int, step: int, chunk: int) -> int:
+    words = np.random.SeedSequence([seed, step, chunk, 0x70786A74]).generate_state(2, np.uint32)
+    return ((int(words[0]) << 32) | int(words[1])) & ((1 << 63) - 1)
+
+
+def learning_rate(step: int, base: float, warmup_steps: int) -> float:
+    """Per-iteration linear warm-up to `base`, then constant (the authors' schedule)."""
+    if warmup_steps <= 0:
+        return base
+    return base * min(1.0, (step + 1) / warmup_steps)
+
+
+def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> TrainResult:
+    # ---------------------------------------------------------------- processes and data
+    info = dist_utils.setup(cfg.run.device)
+    device = info.device
+    dataset = open_training_data(cfg, info)
+    cfg, plan = resolve_config(cfg, dataset, info)
+    out = Path(cfg.run.out)
+    saved = load_checkpoint(resume) if resume is not None else None
+    if saved is not None:
+        diffs = [
+            d for d in diff_configs(saved["config"], to_dict(cfg))
+            if not d.startswith(RESUME_MUTABLE)
+        ]  # fmt: skip
+        if diffs:
+            raise ValueError(
+                f"config differs from the checkpoint {saved['path']} in: " + "; ".join(diffs)
+            )
+    if info.is_main:
+        save_yaml(cfg, out / "config.yaml")
+
+    # ------------------------------------------------------------- model, EMA, optimiser
+    torch.manual_seed(cfg.run.seed)
+    raw = JiT(cfg.model).to(device)  # (same init on every rank: same seed)
+    model = dist_utils.wrap_model(raw, info, cfg.run.distributed)  # FSDP2 shards raw in place
+    ema = EMA(raw, cfg.optim.ema_decays)  # after sharding: each rank averages its own shard
+    params = [p for p in raw.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        params,
+        lr=cfg.optim.learning_rate,
+        betas=cfg.optim.betas,
+        weight_decay=cfg.optim.weight_decay,
+        foreach=True,
+    )
+    loader = DeviceLoader(
+        dataset,
+        plan.micro_batch * info.world_size,
+        device=device,
+        seed=cfg.run.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        flip=cfg.data.flip,
+    )
+    step = 0
+    if saved is not None:
+        step = load_training_state(saved, raw, ema, opt, loader, info, cfg.run.distributed)
+    forward = torch.compile(model) if cfg.run.compile else model
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if plan.bf16 else contextlib.nullcontext()
+    )
+    num_classes = cfg.model.num_classes
+    log = RunLog(out, enabled=info.is_main, tensorboard=cfg.run.tensorboard)
+    log.truncate_after(step)
+
+    # ------------------------------------------------------------------ the loop
+    edges = bucket_edges(LOSS_BUCKETS)
+    loss_sum = torch.zeros((), device=device)
+    bucket_sum = torch.zeros(LOSS_BUCKETS, device=device)
+    bucket_count = torch.zeros(LOSS_BUCKETS, device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step
+    samples_since_log, t_log = 0, time.perf_counter()
+    last_ckpt, final_loss, nan_step = None, None, None
+    bar = _progress(progress and info.is_main, step, plan.total_steps)
+    model.train()
+    while step < plan.total_steps:
+        lr = learning_rate(step, cfg.optim.learning_rate, plan.warmup_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        step_loss = torch.zeros((), device=device)
+        for micro in range(plan.accumulation):
+            x, y = next(loader)  # (B, C, H, W) in [-1, 1], (B,)
+            chunk = micro * info.world_size + info.rank
+            gen = torch.Generator(device=device).manual_seed(step_seed(cfg.run.seed, step, chunk))
+            torch.manual_seed(step_seed(cfg.run.seed, step, chunk) ^ 1)  # dropout masks
+            sync = micro == plan.accumulation - 1
+            no_sync = getattr(model, "no_sync", None)
+            ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
+            with ctx, autocast:
+                labels = y if num_classes > 0 else None
+                per_sample, t = flow_matching_loss(
+                    forward, x, labels, cfg.objective, num_classes, gen
+                )  # (B,), (B,)
+                loss = per_sample.float().mean() / plan.accumulation
+            loss.backward()
+            step_loss += loss.detach()
+            sums, counts = bucket_losses(per_sample, t, LOSS_BUCKETS)
+            bucket_sum += sums
+            bucket_count += counts
+        if cfg.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(raw)
+        bad = (~torch.isfinite(step_loss)) & (first_bad < 0)
+        first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
+        loss_sum += step_loss
+        step += 1
+        samples_since_log += plan.global_batch
+        if bar is not None:
+            bar.update(1)
+
+        # -------------------------------------------- log / checkpoint / sample (host syncs)
+        last = step == plan.total_steps
+        due_ckpt = step % cfg.run.ckpt_every == 0 or last
+        due_sample = last or (cfg.sample.every and step % cfg.sample.every == 0)
+        if step % cfg.run.log_every == 0 or due_ckpt or due_sample:
+            bad_step = _first_bad_step(first_bad, info)
+            if bad_step >= 0:
+                nan_step = bad_step
+                if info.is_main:
+                    print(
+                        f"\nnon-finite loss at step {bad_step + 1}: training stopped; the last "
+                        f"good checkpoint is {last_ckpt or 'none (none was written yet)'}",
+                        flush=True,
+                    )
+                break
+            stats = torch.cat([loss_sum[None], bucket_sum, bucket_count])
+            dist_utils.all_reduce_mean(stats, info)
+            elapsed = time.perf_counter() - t_log
+            n_steps = samples_since_log // plan.global_batch
+            record = _record(stats, step, plan, lr, samples_since_log / elapsed, edges, n_steps)
+            final_loss = record["loss"]
+            log.write(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
+                                img_s=f"{record['img_per_s']:.0f}")  # fmt: skip
+            loss_sum.zero_()
+            bucket_sum.zero_()
+            bucket_count.zero_()
+            samples_since_log, t_log = 0, time.perf_counter()
+        if due_ckpt:
+            state = gather_state(raw, ema, opt, loader, info, cfg.run.distributed)
+            if info.is_main:
+                milestone = bool(cfg.run.milestone_every) and step % cfg.run.milestone_every == 0
+                state.update(step=step, images_seen=step * plan.global_batch,
+                             config=to_dict(cfg), rng=capture_rng())  # fmt: skip
+                last_ckpt = save_checkpoint(state, out, step, milestone)
+            dist_utils.barrier(info)
+        if due_sample:
+            sample_grid(cfg, ema, dataset, out / f"samples-{step:07d}.png", info, device)
+    if bar is not None:
+        bar.close()
+    if info.is_main and (out / "metrics.jsonl").is_file():
+        plot_loss(out / "metrics.jsonl", out / LOSS_PLOT)
+    log.close()
+    dist_utils.teardown()
+    return TrainResult(step, out, last_ckpt, final_loss, nan_step is not None, info.is_main)
+
+
+def _first_bad_step(first_bad: torch.Tensor, info) -> int:
+    """The first step whose loss was not finite on any rank, or −1 (a host sync)."""
+    flag = first_bad.clone()
+    if info.enabled:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def _record(stats, step, plan, lr, img_s, edges, n_steps) -> dict:
+    values = stats.tolist()  # one host sync per log line
+    k = LOSS_BUCKETS
+    loss_sum, sums, counts = values[0], values[1 : 1 + k], values[1 + k : 1 + 2 * k]
+    record = {
+        "step": step,
+        "epoch": step / plan.steps_per_epoch,
+        "images_seen": step * plan.global_batch,
+        "loss": loss_sum / max(n_steps, 1),
+        "lr": lr,
+        "img_per_s": img_s,
+    }
+    for i in range(k):
+        if counts[i] > 0:
+            record[f"loss_t[{edges[i]:.2f},{edges[i + 1]:.2f})"] = sums[i] / counts[i]
+    return record
+
+
+def _progress(enabled: bool, start: int, total: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train")
+
+
+def total_steps_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    if cfg.optim.steps is not None:
+        return cfg.optim.steps
+    return max(1, math.ceil(cfg.optim.epochs * steps_per_epoch))

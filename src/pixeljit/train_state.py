@@ -1,0 +1,263 @@
+"""Training set-up and state that the loop in train.py delegates: resolving the config against
+the data and the world size, opening the data, gathering / restoring checkpoint state (DDP and
+FSDP2), RNG capture, and the periodic sample grid."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixeljit import distributed as dist_utils
+from pixeljit.config import TrainConfig
+from pixeljit.data.packed import PackedDataset
+from pixeljit.data.prepare import prepare
+from pixeljit.data.shards import MANIFEST
+
+CACHE_ENV = "PIXELJIT_CACHE"
+BUILTIN_SOURCES = ("fashion-mnist", "emoji")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    global_batch: int
+    micro_batch: int  # per device and forward
+    accumulation: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    bf16: bool
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "pixeljit")) / "packed"
+
+
+def open_training_data(cfg: TrainConfig, info: dist_utils.DistInfo) -> PackedDataset:
+    """A packed set: the folder itself when it holds a manifest, else `source` (fashion-mnist,
+    emoji, or an image folder) packed once at the model's size into the cache (rank 0 packs)."""
+    source = cfg.data.source
+    if not source:
+        raise ValueError(
+            "no training data: pass --data (a packed folder, fashion-mnist, emoji, or an image "
+            "folder)"
+        )
+    path = Path(source)
+    if (path / MANIFEST).is_file():
+        return PackedDataset(path)
+    if source not in BUILTIN_SOURCES and not path.is_dir():
+        raise FileNotFoundError(
+            f"--data {source}: not a packed folder, an image folder, or one of {BUILTIN_SOURCES}"
+        )
+    m = cfg.model
+    name = source if source in BUILTIN_SOURCES else f"folder-{_slug(path)}"
+    split = cfg.data.split
+    target = cache_dir() / f"{name}-{split or 'default'}-{m.image_size}px-{m.in_channels}ch"
+    if info.is_main and not (target / MANIFEST).is_file():
+        print(f"packing {source} ({split or 'default split'}) at {m.image_size}px into {target} …")
+        prepare(source, m.image_size, target, split=split, channels=m.in_channels,
+                progress=True)  # fmt: skip
+    dist_utils.barrier(info)
+    return PackedDataset(target)
+
+
+def _slug(path: Path) -> str:
+    import hashlib
+
+    resolved = str(path.resolve())
+    return f"{path.name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
+
+
+def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
+    """Fill what depends on the data and the world: classes, noise scale, batch plan."""
+    m = cfg.model
+    shape = (m.in_channels, m.image_size, m.image_size)
+    if tuple(dataset.image_shape) != shape:
+        raise ValueError(
+            f"data images are {tuple(dataset.image_shape)} but the model expects {shape}; set "
+            "model.image_size / model.in_channels to match, or repack the data"
+        )
+    conditional = cfg.data.conditional and dataset.num_classes > 1
+    classes = 0
+    if conditional:
+        classes = cfg.data.num_classes if cfg.data.num_classes is not None else dataset.num_classes
+        labels = np.asarray(dataset.labels)
+        bad = np.flatnonzero((labels < 0) | (labels >= classes))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"sample {i} has label {int(labels[i])}, outside [0, {classes}) "
+                f"({bad.size} such samples); fix the labels or data.num_classes"
+            )
+    model = dataclasses.replace(m, num_classes=classes)
+    objective = cfg.objective
+    if objective.noise_scale is None:
+        objective = dataclasses.replace(objective, noise_scale=m.image_size / 256)
+    cfg = dataclasses.replace(cfg, model=model, objective=objective)
+
+    world, global_batch = info.world_size, cfg.optim.global_batch
+    micro = cfg.optim.micro_batch or global_batch // world
+    if micro < 1 or global_batch % (micro * world):
+        raise ValueError(
+            f"optim.global_batch {global_batch} must be a multiple of micro_batch {micro} × "
+            f"world size {world}"
+        )
+    accumulation = global_batch // (micro * world)
+    per_loader = micro * world
+    if len(dataset) < per_loader:
+        raise ValueError(f"the data set has {len(dataset)} images, fewer than one batch")
+    steps_per_epoch = max(1, (len(dataset) // per_loader) // accumulation)
+    if cfg.optim.steps is not None:
+        total = cfg.optim.steps
+    else:
+        total = max(1, int(np.ceil(cfg.optim.epochs * steps_per_epoch)))
+    precision = cfg.run.precision
+    bf16 = precision == "bf16" or (precision == "auto" and info.device.type == "cuda")
+    plan = BatchPlan(
+        global_batch=global_batch,
+        micro_batch=micro,
+        accumulation=accumulation,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        warmup_steps=int(round(cfg.optim.warmup_epochs * steps_per_epoch)),
+        bf16=bf16,
+    )
+    return cfg, plan
+
+
+# ------------------------------------------------------------------------- checkpoint state
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A full CPU copy of a tensor or of an FSDP2 DTensor shard (a collective for DTensors)."""
+    if hasattr(t, "full_tensor"):
+        t = t.full_tensor()
+    return t.detach().cpu().clone()
+
+
+def gather_state(raw, ema, opt, loader, info, strategy: str) -> dict:
+    """Model, EMA, optimizer and loader state as full CPU tensors (all ranks call; rank 0 keeps)."""
+    if strategy == "fsdp" and info.enabled:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(raw, options=options)
+        opt_state = get_optimizer_state_dict(raw, opt, options=options)
+    else:
+        model_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
+        opt_state = opt.state_dict()
+    ema_state = ema.state_dict()
+    ema_state["shadows"] = [[_full(s) for s in shadow] for shadow in ema_state["shadows"]]
+    return {"model": model_state, "ema": ema_state, "optimizer": opt_state,
+            "loader": loader.state_dict()}  # fmt: skip
+
+
+def load_training_state(saved: dict, raw, ema, opt, loader, info, strategy: str) -> int:
+    """Restore everything `gather_state` saved; returns the step to continue from."""
+    if strategy == "fsdp" and info.enabled:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(raw, saved["model"], options=options)
+        set_optimizer_state_dict(raw, opt, saved["optimizer"], options=options)
+        ema_state = dict(saved["ema"])
+        ema_state["shadows"] = [
+            [_shard_like(s, v) for s, v in zip(shadow, saved_shadow, strict=True)]
+            for shadow, saved_shadow in zip(ema.shadows, saved["ema"]["shadows"], strict=True)
+        ]
+        ema.load_state_dict(ema_state)
+    else:
+        raw.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        ema.load_state_dict(saved["ema"])
+    loader.load_state_dict(saved["loader"])
+    restore_rng(saved.get("rng"))
+    return int(saved["step"])
+
+
+def _shard_like(local, full: torch.Tensor):
+    """Cut a full tensor into the same DTensor sharding as `local`."""
+    if hasattr(local, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(local.device), local.device_mesh, local.placements)
+    return full
+
+
+def capture_rng() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": _numpy_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict | None) -> None:
+    """Put back the global RNGs (the loop also reseeds per step, so resume is exact anyway)."""
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state() -> torch.Tensor:
+    keys = np.random.get_state()[1]
+    return torch.from_numpy(np.asarray(keys, dtype=np.int64))
+
+
+# ------------------------------------------------------------------------------ samples
+
+
+@torch.no_grad()
+def ema_network(cfg: TrainConfig, ema, decay: float, info, device) -> torch.nn.Module | None:
+    """A plain (unsharded) JiT holding one EMA's weights, on rank 0; None on other ranks.
+    All ranks must call it: under FSDP2 gathering the shards is a collective."""
+    from pixeljit.model import JiT
+
+    full = [_full(s) for s in ema.shadows[ema.index(decay)]]
+    if not info.is_main:
+        return None
+    with torch.device("meta"):
+        net = JiT(cfg.model)
+    net = net.to_empty(device=device)
+    for p, value in zip(net.parameters(), full, strict=True):
+        p.copy_(value)
+    return net.eval()
+
+
+@torch.no_grad()
+def sample_grid(cfg: TrainConfig, ema, dataset, path: Path, info, device) -> Path | None:
+    """A grid from an EMA: one row per class (up to sample.max_classes), sample.per_class columns,
+    fixed seed, so grids of successive steps are comparable. All ranks call; rank 0 samples."""
+    from pixeljit.images import save_grid
+    from pixeljit.sampling import sample
+
+    s = cfg.sample
+    decay = s.ema_decay if s.ema_decay is not None else cfg.optim.ema_decays[0]
+    net = ema_network(cfg, ema, decay, info, device)
+    if net is None:
+        return None
+    classes = min(cfg.model.num_classes, s.max_classes)
+    rows = max(classes, 1)
+    labels = [c for c in range(classes) for _ in range(s.per_class)] if classes else None
+    names = list(dataset.class_names[:classes]) if classes else None
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    images = sample(
+        net, labels, steps=s.steps, method=s.method, cfg=s.cfg if classes else 1.0,
+        interval=s.interval, t_eps=s.t_eps, noise_scale=cfg.objective.noise_scale,
+        prediction=cfg.objective.prediction, preconditioner=cfg.objective.preconditioner,
+        num=None if classes else rows * s.per_class, seed=cfg.run.seed, amp_dtype=amp,
+    )  # fmt: skip
+    return save_grid(images, path, ncols=s.per_class, row_labels=names)

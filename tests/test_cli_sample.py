@@ -1,0 +1,151 @@
+"""`pixeljit sample` end to end on a tiny random model, and the image writers it uses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pixeljit
+from pixeljit.cli import main
+from pixeljit.cli.sample import choose_labels, grid_layout
+from pixeljit.images import make_grid, save_npz, to_uint8
+from pixeljit.model import JiTConfig
+from pixeljit.sampling import sample
+
+TINY = JiTConfig(
+    image_size=16,
+    patch_size=4,
+    hidden_size=32,
+    depth=2,
+    num_heads=2,
+    num_classes=4,
+    bottleneck_dim=8,
+    in_context_len=2,
+    in_context_start=1,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    torch.manual_seed(0)
+    net = pixeljit.JiT(TINY)
+    with torch.no_grad():  # randomise the zero-initialised layers so samples differ by class
+        for p in net.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    pixeljit.save_safetensors(net, path)
+    return path
+
+
+def test_cli_end_to_end(tiny_file, tmp_path):
+    grid, npz, folder = tmp_path / "grid.png", tmp_path / "s.npz", tmp_path / "pngs"
+    argv = ["sample", str(tiny_file), "--labels", "1", "3", "--num", "6", "--steps", "3",
+            "--method", "euler", "--cfg", "2", "--batch-size", "4", "--device", "cpu",
+            "--seed", "5", "--out", str(grid), "--out", str(npz), "--out", str(folder)]  # fmt: skip
+    assert main(argv) == 0
+    data = np.load(npz)
+    assert data["arr_0"].shape == (6, 16, 16, 3) and data["arr_0"].dtype == np.uint8
+    assert data["labels"].tolist() == [1, 1, 1, 3, 3, 3]
+    # the same images as one library call: batches of 4 + 2 do not change the noise
+    net = pixeljit.load_safetensors(tiny_file)
+    expected = sample(
+        net, [1, 1, 1, 3, 3, 3], steps=3, method="euler", cfg=2.0, interval=(0.1, 1.0), seed=5
+    )
+    expected = to_uint8(expected).permute(0, 2, 3, 1).numpy()
+    assert np.abs(data["arr_0"].astype(int) - expected.astype(int)).max() <= 1
+    assert len(np.unique(data["arr_0"])) > 10  # not a constant image
+    pngs = sorted(folder.glob("*.png"))
+    assert [p.name for p in pngs] == [f"{k:06d}.png" for k in range(6)]
+    assert np.array_equal(np.asarray(Image.open(pngs[4])), data["arr_0"][4])
+    with Image.open(grid) as im:  # 2 labelled rows of 3 cells, padding 2
+        assert im.height == 2 * 16 + 3 * 2 and im.width > 3 * 16 + 4 * 2
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+def test_cli_reads_authors_checkpoint_folder(reference, tmp_path):
+    run = tmp_path / "jit-tiny"
+    run.mkdir()
+    torch.save(reference["checkpoint"], run / "checkpoint-last.pth")
+    out = tmp_path / "ref.npz"
+    argv = ["sample", str(run), "--weights", "model", "--in-context-start", "2", "--labels",
+            "1", "2", "--num", "2", "--steps", "2", "--cfg", "2", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    net = pixeljit.load_reference(reference["checkpoint"], weights="model", in_context_start=2)
+    expected = to_uint8(sample(net, [1, 2], steps=2, cfg=2.0, interval=(0.1, 1.0), seed=0))
+    got = np.load(out)["arr_0"]
+    assert np.abs(got.astype(int) - expected.permute(0, 2, 3, 1).numpy().astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--cfg", "-1"], "cfg"),
+        (["--interval", "0.5", "0.2"], "low ≤ high"),
+        (["--steps", "0"], "steps"),
+        (["--labels", "7"], "outside [0, 4)"),
+        (["--num", "0"], "--num"),
+        (["--out", "x.jpg"], ".png"),
+        (["--device", "nonsense"], "device"),
+    ],
+)
+def test_cli_bad_arguments(tiny_file, tmp_path, capsys, extra, message):
+    argv = ["sample", str(tiny_file), "--steps", "1", "--out", str(tmp_path / "g.png"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pixeljit sample: error:" in err and message in err.split("error:")[1]
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_cli_missing_checkpoint(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "none.safetensors")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_label_choice_and_layout():
+    assert choose_labels(6, 3, None) == [0, 0, 1, 1, 2, 2]
+    labels = choose_labels(None, 1000, None)  # 8 each of 10 classes spread over the range
+    assert len(labels) == 80 and sorted(set(labels)) == list(range(0, 1000, 100))
+    assert choose_labels(None, 10, [4, 2]) == [4] * 8 + [2] * 8
+    assert choose_labels(None, 0, None) is None
+    assert grid_layout([4] * 8 + [2] * 8, 16, None) == (8, ["class 4", "class 2"])
+    assert grid_layout([0, 1, 2, 3, 4], 5, None) == (3, None)  # one image per class
+    assert grid_layout([0, 0, 1], 3, 2) == (2, ["class 0", "class 1"])
+    assert grid_layout([0, 1, 1], 3, 2) == (2, None)
+    assert grid_layout(None, 10, None) == (4, None)
+
+
+def test_to_uint8_matches_authors_rounding():
+    x = torch.tensor([-1.5, -1.0, 0.0, 0.5, 1.0, 2.0]).view(1, 1, 2, 3)
+    u = to_uint8(x)
+    # round(clip((x + 1) / 2 · 255)): 0.0 → 127.5 → 128 (round half to even), 0.5 → 191.25 → 191
+    assert u.dtype == torch.uint8 and u.flatten().tolist() == [0, 0, 128, 191, 255, 255]
+
+
+def test_grid_places_images_and_draws_labels():
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (5, 3, 8, 8), generator=g, dtype=torch.uint8)
+    plain = np.asarray(make_grid(imgs, ncols=3, padding=2))
+    assert plain.shape == (2 * 8 + 3 * 2, 3 * 8 + 4 * 2, 3)
+    cell = plain[2 + 10 : 2 + 10 + 8, 2 + 10 : 2 + 10 + 8]  # row 1, col 1 = image 4
+    assert np.array_equal(cell, imgs[4].permute(1, 2, 0).numpy())
+    assert (plain[12:20, 22:30] == 255).all()  # the empty sixth cell stays background
+    labelled = np.asarray(make_grid(imgs, ncols=3, row_labels=["cat", "dog"], padding=2))
+    margin = labelled.shape[1] - plain.shape[1]
+    assert margin > 0 and (labelled[:, :margin] < 128).any()  # text drawn in the margin
+    assert np.array_equal(labelled[:, margin:], plain)
+    grey = make_grid(imgs[:, :1], ncols=5, scale=2)
+    assert grey.mode == "L" and grey.size == (5 * 16 + 6 * 2, 16 + 2 * 2)
+    with pytest.raises(ValueError, match="row labels"):
+        make_grid(imgs, ncols=3, row_labels=["one"])
+
+
+def test_save_npz_layout(tmp_path):
+    imgs = torch.zeros(3, 1, 4, 4)
+    path = save_npz(imgs, tmp_path / "a.npz", labels=torch.tensor([0, 1, 2]))
+    data = np.load(path)
+    assert data["arr_0"].shape == (3, 4, 4, 1) and (data["arr_0"] == 128).all()
+    assert data["labels"].tolist() == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["a.npz"]

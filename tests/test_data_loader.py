@@ -1,0 +1,138 @@
+"""The device loader: values, order, sharding, flips, exact resume, packed == in-memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pixeljit.data import ArrayDataset, DeviceLoader, PackedDataset, epoch_order, pack_arrays
+
+N, C, H, W = 50, 3, 4, 6
+
+
+@pytest.fixture(scope="module")
+def dataset() -> ArrayDataset:
+    """N random images; label i for image i, so a batch's labels say which samples it holds."""
+    images = np.random.default_rng(0).integers(0, 256, (N, C, H, W), dtype=np.uint8)
+    return ArrayDataset(images, np.arange(N), [f"c{i}" for i in range(N)])
+
+
+def take(loader, steps: int):
+    return [next(loader) for _ in range(steps)]
+
+
+def test_values_are_uint8_scaled_to_unit_range(dataset):
+    loader = DeviceLoader(dataset, 10, flip=False, seed=3, prefetch=0)
+    x, y = next(loader)
+    assert x.dtype == torch.float32 and x.shape == (10, C, H, W) and y.dtype == torch.int64
+    expected = torch.from_numpy(dataset.images[y.numpy()]).double() / 127.5 - 1
+    torch.testing.assert_close(x.double(), expected, rtol=0, atol=1e-6)
+    edges = ArrayDataset(np.array([0, 255], np.uint8).reshape(2, 1, 1, 1))
+    x, _ = next(DeviceLoader(edges, 2, flip=False))
+    assert sorted(x.flatten().tolist()) == [-1.0, 1.0]
+
+
+def test_each_epoch_is_a_permutation_and_the_tail_is_dropped(dataset):
+    loader = DeviceLoader(dataset, 16, seed=1)  # 50 = 3 * 16 + 2 dropped
+    assert loader.steps_per_epoch == 3
+    seen = torch.cat([y for _, y in take(loader, 3)])
+    assert loader.epoch == 1 and loader.position == 0
+    perm, _ = epoch_order(N, 1, 0)
+    np.testing.assert_array_equal(seen.numpy(), perm[:48].numpy())
+    assert len(set(seen.tolist())) == 48
+    second = torch.cat([y for _, y in take(loader, 3)])
+    assert not torch.equal(seen, second)  # a fresh permutation each epoch
+    np.testing.assert_array_equal(second.numpy(), epoch_order(N, 1, 1)[0][:48].numpy())
+
+
+def test_order_depends_only_on_seed_and_epoch(dataset):
+    a = take(DeviceLoader(dataset, 8, seed=5, prefetch=2), 9)
+    b = take(DeviceLoader(dataset, 8, seed=5, prefetch=0), 9)
+    c = take(DeviceLoader(dataset, 8, seed=6), 9)
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not all(torch.equal(ya, yc) for (_, ya), (_, yc) in zip(a, c, strict=True))
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_ranks_split_the_single_process_batch(dataset, world_size):
+    steps = 7  # crosses two epoch boundaries (6 steps per epoch at 8)
+    single = take(DeviceLoader(dataset, 8, seed=2), steps)
+    ranks = [
+        take(DeviceLoader(dataset, 8, seed=2, rank=r, world_size=world_size), steps)
+        for r in range(world_size)
+    ]
+    for step in range(steps):
+        x = torch.cat([ranks[r][step][0] for r in range(world_size)])
+        y = torch.cat([ranks[r][step][1] for r in range(world_size)])
+        assert torch.equal(x, single[step][0]) and torch.equal(y, single[step][1])
+
+
+def test_flips_are_mirror_images_of_about_half(dataset):
+    plain = take(DeviceLoader(dataset, 10, seed=4, flip=False), 25)
+    flipped = take(DeviceLoader(dataset, 10, seed=4, flip=True), 25)
+    count = 0
+    for (xp, yp), (xf, yf) in zip(plain, flipped, strict=True):
+        assert torch.equal(yp, yf)  # flipping never changes the order
+        same = (xp == xf).flatten(1).all(1)
+        mirror = (xp.flip(-1) == xf).flatten(1).all(1)
+        assert bool((same | mirror).all())
+        count += int((mirror & ~same).sum())
+    assert 75 <= count <= 175  # 250 fair coin flips; outside this range has p < 1e-10
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+@pytest.mark.parametrize("stop", [2, 3, 8])  # mid-epoch, at the epoch boundary, next epoch
+def test_resume_is_bit_identical(dataset, prefetch, stop):
+    ref = DeviceLoader(dataset, 16, seed=9, prefetch=prefetch)
+    take(ref, stop)
+    state = ref.state_dict()
+    expected = take(ref, 5)
+    resumed = DeviceLoader(dataset, 16, seed=9, prefetch=prefetch)
+    take(resumed, 1)  # some other progress, overwritten by the state
+    resumed.load_state_dict(state)
+    assert (resumed.epoch, resumed.position) == (state["epoch"], state["position"])
+    for (xe, ye), (xr, yr) in zip(expected, take(resumed, 5), strict=True):
+        assert torch.equal(xe, xr) and torch.equal(ye, yr)
+    ref.close()
+    resumed.close()
+
+
+def test_resume_on_more_ranks(dataset):
+    ref = DeviceLoader(dataset, 8, seed=1)
+    take(ref, 4)
+    state = ref.state_dict()
+    expected = take(ref, 3)
+    halves = []
+    for rank in range(2):
+        loader = DeviceLoader(dataset, 8, seed=1, rank=rank, world_size=2)
+        loader.load_state_dict(state)
+        halves.append(take(loader, 3))
+    for step in range(3):
+        assert torch.equal(torch.cat([h[step][1] for h in halves]), expected[step][1])
+
+
+def test_bad_state_and_arguments(dataset):
+    loader = DeviceLoader(dataset, 8, seed=1)
+    state = loader.state_dict()
+    with pytest.raises(ValueError, match="seed"):
+        DeviceLoader(dataset, 8, seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="flip"):
+        DeviceLoader(dataset, 8, seed=1, flip=False).load_state_dict(state)
+    with pytest.raises(ValueError, match="multiple of world_size"):
+        DeviceLoader(dataset, 10, world_size=4)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        DeviceLoader(dataset, 64)
+    with pytest.raises(ValueError, match="rank"):
+        DeviceLoader(dataset, 8, rank=2, world_size=2)
+
+
+def test_packed_and_in_memory_sets_load_the_same(dataset, tmp_path):
+    pack_arrays(dataset.images, tmp_path / "p", dataset.labels, images_per_shard=16)  # 4 shards
+    packed = PackedDataset(tmp_path / "p", verify=True)
+    assert len(packed.manifest["shards"]) == 4
+    a = take(DeviceLoader(packed, 10, seed=8), 6)
+    b = take(DeviceLoader(dataset, 10, seed=8), 6)
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)

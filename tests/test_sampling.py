@@ -1,0 +1,350 @@
+"""Samplers against the exact flow of Gaussian data, the CFG interval wrapper, sample() and
+parity with the authors' sampler."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import pixeljit
+from conftest import rel_err
+from pixeljit.flow import PREDICTIONS, convert
+from pixeljit.guidance import GuidedField, guidance_mask
+from pixeljit.sampling import (
+    dpmpp_2m,
+    euler,
+    evaluations,
+    heun,
+    noise_from_seeds,
+    sample,
+    sample_seeds,
+    time_grid,
+)
+
+F64 = torch.float64
+D = 4  # data dimension, laid out as (1, 2, 2) images
+SHAPE = (1, 2, 2)
+NUM_CLASSES = 3
+
+
+class Gaussian:
+    """x ~ N(μ_y, Σ) with Σ = Q diag(λ) Qᵀ and ε ~ N(0, s²I): closed-form E[x | z_t] and the
+    exact flow map z_0 → z_1 (per eigen-direction w_t = z_t − tμ scales with σ_t, where
+    σ_t² = t²λ + (1 − t)²s²)."""
+
+    def __init__(self, noise_scale: float = 1.0, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.lam = torch.tensor([0.02, 0.1, 0.3, 1.0], dtype=F64)
+        self.q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=F64))
+        base = torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=F64)
+        # class means; row NUM_CLASSES (the null label) is the "unconditional" mean
+        self.means = torch.stack(
+            [base + 0.5 * torch.eye(D, dtype=F64)[k] for k in range(3)] + [base]
+        )
+        self.s = noise_scale
+
+    def x_hat(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        mu = self.means[y if y is not None else torch.full((z.shape[0],), NUM_CLASSES)]
+        tt = t.to(F64).view(-1, 1)
+        w = (z.reshape(-1, D).to(F64) - tt * mu) @ self.q
+        gain = tt * self.lam / (tt**2 * self.lam + (1 - tt) ** 2 * self.s**2)
+        return (mu + (w * gain) @ self.q.T).reshape(z.shape).to(z.dtype)
+
+    def flow_map(self, z0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        mu = self.means[y if y is not None else torch.full((z0.shape[0],), NUM_CLASSES)]
+        w = z0.reshape(-1, D).to(F64) @ self.q
+        return (mu + (w * self.lam.sqrt() / self.s) @ self.q.T).reshape(z0.shape)
+
+
+class AnalyticNet(nn.Module):
+    """A parameter-free 'network' with the JiT contract, outputting the exact prediction."""
+
+    def __init__(self, gauss: Gaussian, prediction: str = "x", num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.gauss, self.prediction = gauss, prediction
+        self.config = SimpleNamespace(num_classes=num_classes, in_channels=1, image_size=2)
+        self.calls: list[int] = []
+
+    def forward(self, z, t, y):
+        self.calls.append(z.shape[0])
+        x = self.gauss.x_hat(z, t, y)
+        return convert(x, "x", self.prediction, z, t, t_eps=1e-12)  # exact, unclamped
+
+
+def noise(n: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    return scale * torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+# ------------------------------------------------------------------------------ accuracy
+
+
+def test_euler_first_order_heun_second_order():
+    gauss = Gaussian()
+    z0 = noise(64)
+    exact = gauss.flow_map(z0)
+    field = GuidedField(gauss.x_hat, None, t_eps=1e-12)  # no clamp: the exact ODE
+    steps = np.array([8, 16, 32, 64])
+    slopes = {}
+    for name, solver in [("euler", euler), ("heun", heun)]:
+        errs = [error(solver(field.velocity, z0, time_grid(int(n))), exact) for n in steps]
+        slopes[name] = np.polyfit(np.log(steps), np.log(errs), 1)[0]
+    assert -1.15 < slopes["euler"] < -0.85, slopes
+    assert -2.2 < slopes["heun"] < -1.8, slopes
+
+
+def test_dpmpp_2m_second_order_and_beats_heun_per_evaluation():
+    gauss = Gaussian()
+    z0 = noise(64, seed=1)
+    exact = gauss.flow_map(z0)
+    field = GuidedField(gauss.x_hat, None, t_eps=1e-12)
+    # few steps, the authors' uniform grid: 10 evaluations beat Heun's 11 (6 steps)
+    assert evaluations("dpm++2m", 10) == 10 and evaluations("heun", 6) == 11
+    err_dpm = error(dpmpp_2m(field.denoised, z0, time_grid(10)), exact)
+    err_heun = error(heun(field.velocity, z0, time_grid(6)), exact)
+    assert err_dpm < 0.85 * err_heun, (err_dpm, err_heun)
+    # second order away from the end points (where λ = log(t/(1−t)) is infinite)
+    ta, tb = 0.1, 0.9
+    za = gauss.flow_map(z0)  # any state works; transport it from ta to tb exactly below
+    errs = []
+    steps = np.array([8, 16, 32, 64])
+    for n in steps:
+        grid = torch.linspace(ta, tb, int(n) + 1, dtype=torch.float32)
+        t0, t1 = float(grid[0]), float(grid[-1])
+        mu = gauss.means[NUM_CLASSES]
+        w = (za.reshape(-1, D) - t0 * mu) @ gauss.q
+        sig = lambda t: (t**2 * gauss.lam + (1 - t) ** 2).sqrt()  # noqa: E731
+        ref = (t1 * mu + (w * sig(t1) / sig(t0)) @ gauss.q.T).reshape(za.shape)
+        errs.append(error(dpmpp_2m(field.denoised, za, grid), ref))
+    slope = np.polyfit(np.log(steps), np.log(errs), 1)[0]
+    assert -2.2 < slope < -1.7, slope
+
+
+def test_time_grids():
+    g = time_grid(50)
+    assert torch.equal(g, torch.linspace(0, 1, 51, dtype=torch.float32))
+    s = time_grid(10, "shifted", shift=3.0).double()
+    u = torch.linspace(0, 1, 11, dtype=F64)
+    torch.testing.assert_close(s, u / (u + 3 * (1 - u)), atol=1e-7, rtol=0)
+    # the shift lowers log(t / (1 − t)) by log(shift)
+    lam = lambda t: torch.log(t / (1 - t))  # noqa: E731
+    torch.testing.assert_close(lam(s[1:-1]), lam(u[1:-1]) - np.log(3.0), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="grid"):
+        time_grid(10, "cosine")
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "dpm++2m"])
+def test_predictions_give_identical_samples(method):
+    """x-, ε- and v-prediction of the exact model give one sample (with guidance in v-space).
+    The grid starts at t = 0.05: at t = 0 an ε-prediction carries no information about x."""
+    gauss = Gaussian()
+    z0 = noise(6, seed=2)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    grid = torch.linspace(0.05, 1.0, 11, dtype=torch.float32)
+    outs = {}
+    for pred in PREDICTIONS:
+        net = AnalyticNet(gauss, pred)
+        field = GuidedField(
+            net, y, prediction=pred, cfg=2.0, interval=(0.1, 1.0), null_label=NUM_CLASSES
+        )
+        if method == "dpm++2m":
+            outs[pred] = dpmpp_2m(field.denoised, z0, grid)
+        else:
+            outs[pred] = (euler if method == "euler" else heun)(field.velocity, z0, grid)
+    assert error(outs["eps"], outs["x"]) < 1e-10
+    assert error(outs["v"], outs["x"]) < 1e-10
+
+
+# ------------------------------------------------------------------------------ guidance
+
+
+def authors_guided_velocity(gauss, z, t, y, w, interval, t_eps):
+    """The authors' _forward_sample: both branches always, mask applied to the scale."""
+    t_rows = torch.full((z.shape[0],), float(t), dtype=torch.float32)
+    tt = t_rows.to(z.dtype).view(-1, 1, 1, 1)
+    x_c = gauss.x_hat(z, t_rows, y)
+    x_u = gauss.x_hat(z, t_rows, torch.full_like(y, NUM_CLASSES))
+    v_c = (x_c - z) / (1.0 - tt).clamp_min(t_eps)
+    v_u = (x_u - z) / (1.0 - tt).clamp_min(t_eps)
+    low, high = interval
+    mask = (t_rows < high) & ((low == 0) | (t_rows > low))
+    scale = torch.where(mask, w, 1.0).to(z.dtype).view(-1, 1, 1, 1)
+    return v_u + scale * (v_c - v_u)
+
+
+def test_guidance_interval_mask_matches_authors():
+    t = torch.linspace(0, 1, 11, dtype=torch.float32)  # includes float32(0.1) and 1.0
+    on = guidance_mask(t, (0.1, 1.0))
+    assert not on[0] and not on[1] and on[2:10].all() and not on[10]
+    assert guidance_mask(t, (0.0, 1.0))[:10].all()  # low = 0: no lower bound, t = 0 included
+    assert not guidance_mask(t, (0.0, 1.0))[10]
+    assert not guidance_mask(t, (0.3, 0.3)).any()
+
+
+def test_guided_sampler_equals_authors_formula_and_skips_unconditional_pass():
+    gauss = Gaussian()
+    net = AnalyticNet(gauss)
+    z0 = noise(4, seed=3)
+    y = torch.tensor([0, 1, 2, 1])
+    steps, w, interval = 10, 2.5, (0.35, 0.75)
+    out = sample(net, y, noise=z0, steps=steps, method="euler", cfg=w, interval=interval)
+    grid = time_grid(steps)
+    z = z0
+    for i in range(steps):
+        v = authors_guided_velocity(gauss, z, grid[i], y, w, interval, 0.05)
+        z = z + (grid[i + 1] - grid[i]) * v
+    assert error(out, z) < 1e-12
+    # one forward per step; unconditional rows only where 0.35 < t < 0.75
+    inside = [0.35 < float(t) < 0.75 for t in grid[:-1]]
+    assert net.calls == [8 if on else 4 for on in inside]
+    assert 0 < sum(inside) < steps
+
+
+def test_cfg_one_is_the_conditional_model():
+    gauss = Gaussian()
+    y = torch.tensor([2, 0, 1])
+    z0 = noise(3, seed=4)
+    plain = AnalyticNet(gauss)
+    guided = AnalyticNet(gauss)
+    a = sample(plain, y, noise=z0, steps=6, method="heun")
+    b = sample(guided, y, noise=z0, steps=6, method="heun", cfg=1.0, interval=(0.1, 0.9))
+    assert torch.equal(a, b)
+    assert guided.calls == [3] * evaluations("heun", 6)  # never an unconditional row
+    # and it follows the conditional data distribution: Heun-50 reaches the exact flow map
+    c = sample(AnalyticNet(gauss), y, noise=z0, steps=50, method="heun", t_eps=1e-9)
+    assert error(c, gauss.flow_map(z0, y)) < 1e-3
+
+
+def test_per_row_times_guide_only_rows_in_interval():
+    gauss = Gaussian()
+    net = AnalyticNet(gauss)
+    z = noise(5, seed=5)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    t = torch.tensor([0.05, 0.3, 0.5, 0.95, 1.0], dtype=torch.float32)
+    field = GuidedField(net, y, cfg=3.0, interval=(0.1, 0.9), null_label=NUM_CLASSES)
+    got = field.velocity(z, t)
+    assert net.calls == [5 + 2]  # one forward: 5 conditional + 2 unconditional rows
+    for i in range(5):
+        ref = authors_guided_velocity(
+            gauss, z[i : i + 1], t[i], y[i : i + 1], 3.0, (0.1, 0.9), 0.05
+        )
+        torch.testing.assert_close(got[i : i + 1], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_guidance_changes_samples_and_uses_one_batched_forward():
+    gauss = Gaussian()
+    net = AnalyticNet(gauss)
+    y = torch.tensor([0, 1])
+    z0 = noise(2, seed=6)
+    guided = sample(net, y, noise=z0, steps=4, method="euler", cfg=3.0)
+    assert net.calls == [4, 4, 4, 4]  # cat([cond, uncond]) in one call per step
+    plain = sample(AnalyticNet(gauss), y, noise=z0, steps=4, method="euler")
+    assert error(guided, plain) > 1e-2
+
+
+# ------------------------------------------------------------------------------ sample()
+
+
+def test_same_seed_same_images_whatever_the_batch_split():
+    net = AnalyticNet(Gaussian())
+    y = torch.tensor([0, 1, 2, 0, 1])
+    whole = sample(net, y, seed=11, steps=4, method="euler")
+    parts = torch.cat(
+        [
+            sample(net, y[:2], seed=11, steps=4, method="euler"),
+            sample(net, y[2:], seed=11, first_index=2, steps=4, method="euler"),
+        ]
+    )
+    assert whole.dtype == torch.float32 and whole.shape == (5, *SHAPE)
+    torch.testing.assert_close(parts, whole, rtol=1e-6, atol=1e-6)
+    other = sample(net, y, seed=12, steps=4, method="euler")
+    assert not torch.allclose(other, whole)
+    seeds = sample_seeds(11, 3)
+    assert len(set(seeds)) == 3 and seeds == sample_seeds(11, 3)
+    assert torch.equal(noise_from_seeds(seeds[1:], SHAPE), noise_from_seeds(seeds, SHAPE)[1:])
+
+
+def test_noise_scale_and_unconditional_model():
+    gauss = Gaussian(noise_scale=2.0)
+    net = AnalyticNet(gauss, num_classes=0)
+    out = sample(net, None, num=64, steps=40, noise_scale=2.0, seed=0, t_eps=1e-9)
+    z0 = 2.0 * noise_from_seeds(sample_seeds(0, 64), SHAPE)
+    # Heun-40 error ~6e-3 here (s = 2 makes the flow stiffer near t = 1); a wrong scale gives O(1)
+    assert error(out.double(), gauss.flow_map(z0.double())) < 1e-2
+    # None: the paper's s = image_size / 256 (here 2 px → 1/128)
+    auto = sample(net, None, num=2, steps=3, seed=0, noise_scale=None)
+    s = 2 / 256
+    explicit = sample(net, None, noise=s * noise_from_seeds(sample_seeds(0, 2), SHAPE), steps=3)
+    assert torch.equal(auto, explicit)
+    assert error(sample(net, None, num=2, steps=3, seed=0), auto) > 1e-3
+    with pytest.raises(ValueError, match="unconditional"):
+        sample(net, None, num=2, cfg=2.0)
+    with pytest.raises(ValueError, match="labels=None"):
+        sample(net, [0, 1])
+
+
+def test_sample_restores_training_mode():
+    net = AnalyticNet(Gaussian()).train()
+    sample(net, [0], steps=2)
+    assert net.training
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(cfg=-1.0), "cfg"),
+        (dict(interval=(0.2, 1.5)), r"\[0, 1\]"),
+        (dict(interval=(0.8, 0.2)), "low ≤ high"),
+        (dict(steps=0), "steps"),
+        (dict(method="rk4"), "method"),
+        (dict(grid="cosine"), "grid"),
+        (dict(prediction="score"), "prediction"),
+        (dict(t_eps=0.0), "t_eps"),
+        (dict(labels=[0, 3]), r"\[0, 3\)"),
+        (dict(labels=[-1]), r"\[0, 3\)"),
+        (dict(labels=[0.5, 1.0]), "integers"),
+        (dict(noise_scale=0.0), "noise_scale"),
+        (dict(labels=None), "class-conditional"),
+        (dict(noise=torch.zeros(2, 1, 4, 4)), "noise must have shape"),
+        (dict(num=5), "disagrees"),
+    ],
+)
+def test_sample_rejects_bad_arguments(kwargs, message):
+    args = dict(labels=[0, 1], steps=2)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        sample(AnalyticNet(Gaussian()), **args)
+
+
+# ------------------------------------------------------------------------------ parity
+
+
+@pytest.fixture(scope="module")
+def reference_net(reference):
+    return pixeljit.load_reference(
+        reference["checkpoint"], weights="model", attention="fp32", in_context_start=2
+    )
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_sampler_parity_with_reference(reference, reference_net, method):
+    ref = reference["sample"][method]
+    out = sample(
+        reference_net,
+        ref["labels"],
+        noise=ref["noise"],
+        steps=ref["steps"],
+        method=method,
+        cfg=ref["cfg"],
+        interval=tuple(ref["interval"]),
+        t_eps=ref["t_eps"],
+        noise_scale=ref["noise_scale"],
+    )
+    assert rel_err(out, ref["out"]) < 1e-4

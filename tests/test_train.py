@@ -1,0 +1,207 @@
+"""The training engine on CPU: learning, bit-exact resume, DDP equivalence, errors, presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pixeljit
+from pixeljit.checkpoint import load_checkpoint
+from pixeljit.config import apply_overrides, get_preset, presets
+from pixeljit.data import prepare
+from pixeljit.flow import ObjectiveConfig, flow_matching_loss
+from pixeljit.train import learning_rate, train
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> Path:
+    """256 real Fashion-MNIST test images at 16 px, packed."""
+    out = tmp_path_factory.mktemp("data") / "fmnist16"
+    prepare("fashion-mnist", 16, out, split="test", limit=256)
+    return out
+
+
+def tiny_config(data: Path, out: Path, **overrides):
+    cfg = get_preset("fmnist-tiny")
+    settings = {
+        "data.source": str(data),
+        "run.out": str(out),
+        "run.log_every": 2,
+        "run.ckpt_every": 3,
+        "run.tensorboard": False,
+        "run.device": "cpu",
+        "optim.global_batch": 16,
+        "optim.steps": 6,
+        "optim.warmup_epochs": 0.1,
+        "sample.steps": 2,
+        "sample.per_class": 1,
+        "sample.max_classes": 2,
+        "model.dropout": 0.1,  # dropout on: its masks must replay exactly too
+    }
+    settings.update(overrides)
+    return apply_overrides(cfg, settings)
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
+    )
+
+
+def test_tiny_model_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    net = pixeljit.JiT(get_preset("fmnist-tiny").model)
+    x = torch.rand(16, 1, 16, 16) * 2 - 1
+    y = torch.arange(16) % 10
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    cfg = ObjectiveConfig(noise_scale=1.0, label_drop=0.0)
+    losses = []
+    for step in range(120):
+        gen = torch.Generator().manual_seed(step % 4)  # four fixed noise draws
+        loss = flow_matching_loss(net, x, y, cfg, 10, gen)[0].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+
+
+def test_learning_rate_schedule():
+    assert learning_rate(0, 1.0, 4) == 0.25 and learning_rate(3, 1.0, 4) == 1.0
+    assert learning_rate(100, 1.0, 4) == 1.0 and learning_rate(0, 2.0, 0) == 2.0
+    assert get_preset("jit-b-16").optim.learning_rate == pytest.approx(2e-4)
+
+
+def test_resume_is_bit_exact(packed, tmp_path):
+    straight = train(tiny_config(packed, tmp_path / "a"), progress=False)
+    assert straight.step == 6 and (tmp_path / "a" / "loss.png").is_file()
+    assert list((tmp_path / "a").glob("samples-*.png"))
+    first = train(tiny_config(packed, tmp_path / "b", **{"optim.steps": 3}), progress=False)
+    assert first.step == 3
+    resumed = train(tiny_config(packed, tmp_path / "b"), resume=str(tmp_path / "b"), progress=False)
+    assert resumed.step == 6
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert states_equal(a["model"], b["model"])
+    for sa, sb in zip(a["ema"]["shadows"], b["ema"]["shadows"], strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(sa, sb, strict=True))
+    assert a["loader"] == b["loader"] and a["images_seen"] == b["images_seen"] == 96
+    opt_a, opt_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(states_equal(opt_a[k], opt_b[k]) for k in opt_a)
+
+
+def test_checkpoint_holds_everything(packed, tmp_path):
+    train(tiny_config(packed, tmp_path, **{"run.milestone_every": 3}), progress=False)
+    ckpt = load_checkpoint(tmp_path)
+    for key in ("model", "ema", "optimizer", "loader", "rng", "config", "step", "images_seen"):
+        assert key in ckpt
+    assert ckpt["ema"]["decays"] == [0.995, 0.999]
+    assert ckpt["config"]["model"]["num_classes"] == 10
+    assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == [
+        "step-000000003.pt", "step-000000006.pt",
+    ]  # fmt: skip
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "metrics.jsonl").is_file()
+
+
+def test_resume_errors(packed, tmp_path):
+    cfg = tiny_config(packed, tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        train(cfg, resume=str(tmp_path / "missing"), progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        train(cfg, resume=str(tmp_path / "empty"), progress=False)
+    train(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, steps=3)), progress=False)
+    other = apply_overrides(cfg, {"optim.lr": 5e-3, "model.depth": 3})
+    with pytest.raises(ValueError, match=r"model.depth: checkpoint 2 vs now 3.*optim.lr"):
+        train(other, resume=str(tmp_path / "run"), progress=False)
+
+
+def test_labels_out_of_range_name_the_sample(packed, tmp_path):
+    cfg = tiny_config(packed, tmp_path, **{"data.num_classes": 3})
+    with pytest.raises(ValueError, match=r"sample \d+ has label \d+, outside \[0, 3\)"):
+        train(cfg, progress=False)
+
+
+def test_unconditional_training(packed, tmp_path):
+    result = train(tiny_config(packed, tmp_path, **{"data.conditional": False}), progress=False)
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["config"]["model"]["num_classes"] == 0
+    assert "y_embedder.embedding_table.weight" not in ckpt["model"]
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(packed, tmp_path, capsys):
+    cfg = tiny_config(packed, tmp_path, **{"optim.lr": 1e8, "optim.steps": 40})
+    result = train(cfg, progress=False)
+    assert result.stopped_on_nan and result.step < 40
+    out = capsys.readouterr().out
+    assert "non-finite loss at step" in out
+    if result.checkpoint is not None:
+        ckpt = load_checkpoint(result.checkpoint)
+        assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_presets_build_and_match_registry(reference):
+    counts = reference["param_counts"]
+    for name in presets():
+        cfg = get_preset(name)
+        with torch.device("meta"):
+            net = pixeljit.JiT(cfg.model)  # meta: JiT-G/64 needs no memory
+        if name.startswith("jit-"):
+            size, patch = name.split("-")[1:]
+            registry = f"JiT-{size.upper()}/{patch}"
+            assert cfg.model == pixeljit.model_config(registry)
+            if registry in counts:
+                assert pixeljit.count_parameters(net) == counts[registry]
+            assert cfg.optim.global_batch == 1024 and cfg.optim.betas == (0.9, 0.95)
+            assert cfg.optim.ema_decays == (0.9996, 0.9998, 0.9999)
+            assert cfg.objective.noise_scale == cfg.model.image_size / 256
+            assert (cfg.objective.p_mean, cfg.objective.label_drop) == (-0.8, 0.1)
+            assert cfg.model.dropout == (0.2 if size in "hg" else 0.0)
+        else:
+            assert 0 < pixeljit.count_parameters(net) < 5e6  # CPU-sized
+
+
+def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "pixeljit", "train", *args]  # fmt: skip
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def common_flags(packed: Path, out: Path, steps: int) -> list[str]:
+    sets = ["run.log_every=2", "run.ckpt_every=3", "run.tensorboard=false", "run.device=cpu",
+            "sample.steps=2", "sample.per_class=1", "sample.max_classes=2",
+            "optim.warmup_epochs=0.1", "model.dropout=0.1"]  # fmt: skip
+    flags = ["--preset", "fmnist-tiny", "--data", str(packed), "--out", str(out),
+             "--steps", str(steps), "--batch-size", "16", "--no-progress"]  # fmt: skip
+    for s in sets:
+        flags += ["--set", s]
+    return flags
+
+
+def test_two_process_ddp_equals_one_process_and_resumes_exactly(packed, tmp_path):
+    # one process, micro-batch 8 × 2 accumulation steps = the same global batch of 16
+    single = tiny_config(packed, tmp_path / "single", **{"optim.micro_batch": 8})
+    train(single, progress=False)
+    done = torchrun(common_flags(packed, tmp_path / "ddp", 6), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = load_checkpoint(tmp_path / "single"), load_checkpoint(tmp_path / "ddp")
+    for key, value in one["model"].items():
+        assert torch.allclose(value, two["model"][key], rtol=1e-4, atol=1e-6), key
+    # 3 steps, stop, resume 3 more under DDP: bit-identical to 6 straight under DDP
+    part = torchrun(common_flags(packed, tmp_path / "ddp2", 3), tmp_path)
+    assert part.returncode == 0, part.stderr[-3000:]
+    flags = common_flags(packed, tmp_path / "ddp2", 6) + ["--resume", str(tmp_path / "ddp2")]
+    rest = torchrun(flags, tmp_path)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    three = load_checkpoint(tmp_path / "ddp2")
+    assert states_equal(two["model"], three["model"])
