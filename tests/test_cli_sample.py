@@ -149,3 +149,42 @@ def test_save_npz_layout(tmp_path):
     assert data["arr_0"].shape == (3, 4, 4, 1) and (data["arr_0"] == 128).all()
     assert data["labels"].tolist() == [0, 1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["a.npz"]
+
+
+def test_training_runs_sample_with_their_objective(tmp_path):
+    """A pixeljit run folder samples with its own prediction / noise scale, EMA by default."""
+    from pixeljit.config import apply_overrides, get_preset
+    from pixeljit.data import prepare
+    from pixeljit.loading import load_trained
+    from pixeljit.train import train
+
+    data = tmp_path / "data"
+    prepare("fashion-mnist", 16, data, split="test", limit=64)
+    cfg = apply_overrides(get_preset("fmnist-tiny"), {
+        "data.source": str(data), "run.out": str(tmp_path / "run"), "optim.steps": 2,
+        "optim.global_batch": 16, "run.tensorboard": False, "run.device": "cpu",
+        "sample.steps": 1, "sample.per_class": 1, "objective.prediction": "v",
+        "objective.noise_scale": 0.5,
+    })  # fmt: skip
+    train(cfg, progress=False)
+    model = load_trained(tmp_path / "run")
+    assert (model.prediction, model.noise_scale) == ("v", 0.5)
+    assert model.class_names[0] == "T-shirt/top" and "ema:0.995" in model.description
+    assert not torch.equal(
+        load_trained(tmp_path / "run", "model").net.final_layer.linear.weight,
+        model.net.final_layer.linear.weight,
+    )
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(tmp_path / "run"), "--steps", "2", "--num", "4",
+                 "--labels", "0", "0", "1", "1", "--out", str(out)]) == 0  # fmt: skip
+    exported = tmp_path / "run.safetensors"
+    assert main(["convert", str(tmp_path / "run"), str(exported)]) == 0
+    back = load_trained(exported)
+    assert (back.prediction, back.noise_scale, back.class_names) == (
+        "v",
+        0.5,
+        model.class_names,
+    )
+    with torch.no_grad():
+        z, t, y = torch.randn(2, 1, 16, 16), torch.rand(2), torch.tensor([0, 3])
+        assert torch.equal(back.net(z, t, y), model.net(z, t, y))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -188,7 +189,7 @@ def common_flags(packed: Path, out: Path, steps: int) -> list[str]:
     return flags
 
 
-def test_two_process_ddp_equals_one_process_and_resumes_exactly(packed, tmp_path):
+def test_two_process_ddp_equals_one_process_and_resumes_exactly_also_under_fsdp(packed, tmp_path):
     # one process, micro-batch 8 × 2 accumulation steps = the same global batch of 16
     single = tiny_config(packed, tmp_path / "single", **{"optim.micro_batch": 8})
     train(single, progress=False)
@@ -200,8 +201,20 @@ def test_two_process_ddp_equals_one_process_and_resumes_exactly(packed, tmp_path
     # 3 steps, stop, resume 3 more under DDP: bit-identical to 6 straight under DDP
     part = torchrun(common_flags(packed, tmp_path / "ddp2", 3), tmp_path)
     assert part.returncode == 0, part.stderr[-3000:]
+    shutil.copytree(tmp_path / "ddp2", tmp_path / "fsdp")
     flags = common_flags(packed, tmp_path / "ddp2", 6) + ["--resume", str(tmp_path / "ddp2")]
     rest = torchrun(flags, tmp_path)
     assert rest.returncode == 0, rest.stderr[-3000:]
     three = load_checkpoint(tmp_path / "ddp2")
     assert states_equal(two["model"], three["model"])
+    # the same 3-step checkpoint resumed under FSDP2 (sharded model, EMA and optimizer)
+    flags = common_flags(packed, tmp_path / "fsdp", 6) + [
+        "--resume", str(tmp_path / "fsdp"), "--set", "run.distributed=fsdp",
+    ]  # fmt: skip
+    sharded = torchrun(flags, tmp_path)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    four = load_checkpoint(tmp_path / "fsdp")
+    for key, value in two["model"].items():
+        assert torch.allclose(value, four["model"][key], rtol=1e-5, atol=1e-7), key
+    for a, b in zip(two["ema"]["shadows"][1], four["ema"]["shadows"][1], strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -201,22 +201,32 @@ def load_reference(
 # -------------------------------------------------------------------------------- safetensors
 
 
-def save_safetensors(net: JiT, path: str | os.PathLike) -> Path:
-    """Weights + JSON config in one .safetensors file (written atomically)."""
+def save_safetensors(
+    net: JiT,
+    path: str | os.PathLike,
+    objective: dict | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Weights + JSON config (+ the objective sampling must match, and class names) in one
+    .safetensors file, written atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     meta = {SAFETENSORS_CONFIG_KEY: json.dumps(net.config.to_dict()), "format": SAFETENSORS_FORMAT}
+    if objective is not None:
+        meta["objective"] = json.dumps(objective)
+    if class_names is not None:
+        meta["class_names"] = json.dumps(list(class_names))
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
 
 
-def load_safetensors(path: str | os.PathLike, device=None, **overrides) -> JiT:
-    """Load a file written by `save_safetensors` back into a JiT in eval mode."""
+def load_safetensors_with_meta(path: str | os.PathLike, device=None, **overrides):
+    """(JiT in eval mode, {'objective': {...}, 'class_names': [...]} where present)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -235,4 +245,10 @@ def load_safetensors(path: str | os.PathLike, device=None, **overrides) -> JiT:
         net = JiT(config)
     net = net.to_empty(device=device or "cpu")
     load_state_checked(net, state)
-    return net.eval()
+    extra = {k: json.loads(meta[k]) for k in ("objective", "class_names") if k in meta}
+    return net.eval(), extra
+
+
+def load_safetensors(path: str | os.PathLike, device=None, **overrides) -> JiT:
+    """Load a file written by `save_safetensors` back into a JiT in eval mode."""
+    return load_safetensors_with_meta(path, device, **overrides)[0]

@@ -197,7 +197,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             if info.is_main:
                 milestone = bool(cfg.run.milestone_every) and step % cfg.run.milestone_every == 0
                 state.update(step=step, images_seen=step * plan.global_batch,
-                             config=to_dict(cfg), rng=capture_rng())  # fmt: skip
+                             config=to_dict(cfg), rng=capture_rng(),
+                             class_names=list(dataset.class_names))  # fmt: skip
                 last_ckpt = save_checkpoint(state, out, step, milestone)
             dist_utils.barrier(info)
         if due_sample:

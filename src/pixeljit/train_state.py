@@ -139,49 +139,58 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.detach().cpu().clone()
 
 
-def gather_state(raw, ema, opt, loader, info, strategy: str) -> dict:
-    """Model, EMA, optimizer and loader state as full CPU tensors (all ranks call; rank 0 keeps)."""
-    if strategy == "fsdp" and info.enabled:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
+def _dcp_options(strategy_sharded: bool):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_state = get_model_state_dict(raw, options=options)
-        opt_state = get_optimizer_state_dict(raw, opt, options=options)
-    else:
-        model_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
-        opt_state = opt.state_dict()
+    return StateDictOptions(full_state_dict=True, cpu_offload=strategy_sharded)
+
+
+def gather_state(raw, ema, opt, loader, info, strategy: str) -> dict:
+    """Model, EMA, optimizer and loader state as full CPU tensors, in one layout whatever the
+    strategy (parameter names as optimizer keys), so a run may resume on a different world size
+    or strategy. All ranks call (gathering FSDP2 shards is a collective); rank 0 keeps it."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = _dcp_options(strategy == "fsdp" and info.enabled)
+    model_state = {k: _full(v) for k, v in get_model_state_dict(raw, options=options).items()}
+    opt_state = get_optimizer_state_dict(raw, opt, options=options)
+    opt_state = _map_tensors(opt_state, _full)
     ema_state = ema.state_dict()
     ema_state["shadows"] = [[_full(s) for s in shadow] for shadow in ema_state["shadows"]]
     return {"model": model_state, "ema": ema_state, "optimizer": opt_state,
             "loader": loader.state_dict()}  # fmt: skip
 
 
+def _map_tensors(obj, fn):
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return obj
+
+
 def load_training_state(saved: dict, raw, ema, opt, loader, info, strategy: str) -> int:
     """Restore everything `gather_state` saved; returns the step to continue from."""
-    if strategy == "fsdp" and info.enabled:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
-        options = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(raw, saved["model"], options=options)
-        set_optimizer_state_dict(raw, opt, saved["optimizer"], options=options)
-        ema_state = dict(saved["ema"])
-        ema_state["shadows"] = [
-            [_shard_like(s, v) for s, v in zip(shadow, saved_shadow, strict=True)]
-            for shadow, saved_shadow in zip(ema.shadows, saved["ema"]["shadows"], strict=True)
-        ]
-        ema.load_state_dict(ema_state)
-    else:
-        raw.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        ema.load_state_dict(saved["ema"])
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(raw, saved["model"], options=options)
+    set_optimizer_state_dict(raw, opt, saved["optimizer"], options=options)
+    ema_state = dict(saved["ema"])
+    ema_state["shadows"] = [
+        [_shard_like(s, v) for s, v in zip(shadow, saved_shadow, strict=True)]
+        for shadow, saved_shadow in zip(ema.shadows, saved["ema"]["shadows"], strict=True)
+    ]
+    ema.load_state_dict(ema_state)
     loader.load_state_dict(saved["loader"])
     restore_rng(saved.get("rng"))
     return int(saved["step"])

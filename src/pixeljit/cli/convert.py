@@ -1,23 +1,29 @@
-"""`pixeljit convert`: an authors' checkpoint → a pixeljit .safetensors (weights + config)."""
+"""`pixeljit convert`: any checkpoint (a pixeljit run, or an authors' checkpoint-last.pth) → one
+.safetensors file with the weights, the JiT config, the objective and the class names."""
 
 from __future__ import annotations
 
-from pixeljit.reference import WEIGHT_ENTRIES, load_reference, save_safetensors
+from pixeljit.loading import export_safetensors, load_trained
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert an authors' checkpoint-last.pth (or its folder) to .safetensors",
+        help="export a run or an authors' checkpoint-last.pth (or its folder) to .safetensors",
     )
-    p.add_argument("source", help="checkpoint-last.pth or the folder holding it")
+    p.add_argument("source", help="run folder / .pt, or checkpoint-last.pth / its folder")
     p.add_argument("out", help="destination .safetensors file")
-    p.add_argument("--weights", default="model_ema1", choices=WEIGHT_ENTRIES)
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="runs: ema (default), ema:<decay>, model; authors': model_ema1 (default), "
+        "model_ema2, model",
+    )
     p.add_argument(
         "--in-context-start",
         type=int,
         default=None,
-        help="block that receives the in-context tokens (default: standard for the depth)",
+        help="authors' checkpoints of non-standard depth: in-context start block",
     )
     p.set_defaults(run=run)
 
@@ -25,11 +31,12 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"output {args.out!r} must end in .safetensors")
-    net = load_reference(args.source, weights=args.weights, in_context_start=args.in_context_start)
-    path = save_safetensors(net, args.out)
-    cfg = net.config
+    model = load_trained(args.source, args.weights, in_context_start=args.in_context_start)
+    path = export_safetensors(model, args.out)
+    cfg = model.net.config
     print(
-        f"wrote {path}: {args.weights} of a depth-{cfg.depth}, width-{cfg.hidden_size} JiT "
-        f"at {cfg.image_size}px, patch {cfg.patch_size}, {cfg.num_classes} classes"
+        f"wrote {path}: {model.description}; depth {cfg.depth}, width {cfg.hidden_size}, "
+        f"{cfg.image_size}px, patch {cfg.patch_size}, {cfg.num_classes} classes, "
+        f"{model.prediction}-prediction, noise scale {model.noise_scale}"
     )
     return 0

@@ -14,12 +14,7 @@ import torch
 from tqdm import tqdm
 
 from pixeljit.images import save_grid, save_npz, save_pngs, to_uint8
-from pixeljit.reference import (
-    CHECKPOINT_FILENAME,
-    WEIGHT_ENTRIES,
-    load_reference,
-    load_safetensors,
-)
+from pixeljit.loading import TrainedModel, load_trained
 from pixeljit.sampling import (
     DEFAULT_SHIFT,
     DEFAULT_STEPS,
@@ -48,9 +43,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--weights",
-        default="model_ema1",
-        choices=WEIGHT_ENTRIES,
-        help="which weights of an authors' checkpoint (default: model_ema1, theirs)",
+        default=None,
+        help="pixeljit runs: ema (default), ema:<decay> or model; authors' checkpoints: "
+        "model_ema1 (default), model_ema2 or model",
     )
     p.add_argument(
         "--in-context-start",
@@ -98,8 +93,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--noise-scale",
         type=float,
-        default=1.0,
-        help="noise scale s; must match training (the paper: image_size / 256)",
+        default=None,
+        help="noise scale s (default: the checkpoint's training value; the paper: size / 256)",
     )
     p.add_argument(
         "--out",
@@ -153,26 +148,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_model(
-    source: str | Path,
-    weights: str = "model_ema1",
-    in_context_start: int | None = None,
-    device: torch.device | str = "cpu",
-):
-    """The network in eval mode from any checkpoint kind `pixeljit sample` understands:
-    a pixeljit .safetensors export, or an authors' checkpoint-last.pth (or its folder)."""
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        return load_safetensors(path, device=device)
-    if path.is_dir() or path.suffix == ".pth":
-        return load_reference(path, weights, in_context_start=in_context_start, device=device)
-    raise ValueError(
-        f"cannot sample from {path}: expected a .safetensors file exported by pixeljit, or an "
-        f"authors' {CHECKPOINT_FILENAME} (or its folder); export other checkpoints to "
-        ".safetensors first"
-    )
+def load_model(source, weights=None, in_context_start=None, device="cpu") -> TrainedModel:
+    """The network and its training-time sampling settings from any checkpoint kind: a pixeljit
+    run (folder or .pt), a .safetensors export, or an authors' checkpoint-last.pth (or folder)."""
+    return load_trained(source, weights, device, in_context_start)
 
 
 def choose_labels(num: int | None, num_classes: int, chosen: list[int] | None) -> list[int] | None:
@@ -199,14 +178,14 @@ def choose_labels(num: int | None, num_classes: int, chosen: list[int] | None) -
     return [chosen[k * len(chosen) // num] for k in range(num)]
 
 
-def grid_layout(labels: list[int] | None, num: int, ncols: int | None):
+def grid_layout(labels: list[int] | None, num: int, ncols: int | None, names=None):
     """(ncols, row labels or None): one row per class when the labels come in equal blocks
     of two or more; otherwise a near-square grid without labels."""
     if labels is not None and (ncols or labels.count(labels[0]) > 1):
         width = ncols or labels.count(labels[0])
         rows = [labels[i : i + width] for i in range(0, num, width)]
         if all(len(set(r)) == 1 for r in rows):
-            return width, [f"class {r[0]}" for r in rows]
+            return width, [names[r[0]] if names else f"class {r[0]}" for r in rows]
         if ncols:
             return ncols, None
     return ncols or math.ceil(math.sqrt(num)), None
@@ -220,12 +199,14 @@ def run(args) -> int:
     if args.ncols is not None and args.ncols < 1 or args.scale < 1:
         raise ValueError("--ncols and --scale must be ≥ 1")
     interval = check_sampling_args(
-        args.steps, args.method, args.cfg, tuple(args.interval), args.t_eps, args.noise_scale,
-        grid=args.grid, shift=args.shift,
+        args.steps, args.method, args.cfg, tuple(args.interval), args.t_eps,
+        1.0 if args.noise_scale is None else args.noise_scale, grid=args.grid, shift=args.shift,
     )  # fmt: skip
     outputs = parse_outputs(args.out)
     device = resolve_device(args.device)
-    net = load_model(args.checkpoint, args.weights, args.in_context_start, device)
+    model = load_model(args.checkpoint, args.weights, args.in_context_start, device)
+    net = model.net
+    noise_scale = model.noise_scale if args.noise_scale is None else args.noise_scale
     classes = net.config.num_classes
     labels = choose_labels(args.num, classes, args.labels)
     num = len(labels) if labels is not None else (args.num or UNCONDITIONAL_NUM)
@@ -243,7 +224,9 @@ def run(args) -> int:
                 cfg=args.cfg,
                 interval=interval,
                 t_eps=args.t_eps,
-                noise_scale=args.noise_scale,
+                noise_scale=noise_scale,
+                prediction=model.prediction,
+                preconditioner=model.preconditioner,
                 grid=args.grid,
                 shift=args.shift,
                 seed=args.seed,
@@ -259,7 +242,7 @@ def run(args) -> int:
     written = [str(f) + "/" for f in outputs.folders]
     if keep:
         everything = torch.cat(chunks)
-        ncols, row_labels = grid_layout(labels, num, args.ncols)
+        ncols, row_labels = grid_layout(labels, num, args.ncols, model.class_names)
         for path in outputs.grids:
             written.append(str(save_grid(everything, path, ncols, row_labels, args.scale)))
         y = torch.tensor(labels) if labels is not None else None
