@@ -1,17 +1,22 @@
 """pixeljit: JiT ("Just image Transformers", Li & He 2025) in PyTorch."""
 
+from pixeljit.loading import TrainedModel, load_trained
 from pixeljit.model import JiT, JiTConfig, count_parameters, create_model, model_config
 from pixeljit.reference import load_reference, load_safetensors, save_safetensors
+from pixeljit.sampling import sample
 
 __version__ = "0.1.0"
 
 __all__ = [
     "JiT",
     "JiTConfig",
+    "TrainedModel",
     "count_parameters",
     "create_model",
     "load_reference",
     "load_safetensors",
+    "load_trained",
     "model_config",
+    "sample",
     "save_safetensors",
 ]

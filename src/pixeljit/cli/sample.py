@@ -35,11 +35,12 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "sample",
-        help="generate images from a checkpoint (.safetensors or an authors' checkpoint-last.pth)",
+        help="generate images from a run, a .safetensors export or an authors' checkpoint",
         description=__doc__,
     )
     p.add_argument(
-        "checkpoint", help="a pixeljit .safetensors, or checkpoint-last.pth / its folder"
+        "checkpoint",
+        help="a pixeljit run folder / .pt, a .safetensors export, or checkpoint-last.pth / folder",
     )
     p.add_argument(
         "--weights",
