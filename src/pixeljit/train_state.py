@@ -5,7 +5,6 @@ FSDP2), RNG capture, and the periodic sample grid."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +13,8 @@ import torch
 
 from pixeljit import distributed as dist_utils
 from pixeljit.config import TrainConfig
+from pixeljit.data.open import open_dataset
 from pixeljit.data.packed import PackedDataset
-from pixeljit.data.prepare import prepare
-from pixeljit.data.shards import MANIFEST
-
-CACHE_ENV = "PIXELJIT_CACHE"
-BUILTIN_SOURCES = ("fashion-mnist", "emoji")
 
 
 @dataclass(frozen=True)
@@ -33,43 +28,13 @@ class BatchPlan:
     bf16: bool
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "pixeljit")) / "packed"
-
-
 def open_training_data(cfg: TrainConfig, info: dist_utils.DistInfo) -> PackedDataset:
-    """A packed set: the folder itself when it holds a manifest, else `source` (fashion-mnist,
-    emoji, or an image folder) packed once at the model's size into the cache (rank 0 packs)."""
-    source = cfg.data.source
-    if not source:
-        raise ValueError(
-            "no training data: pass --data (a packed folder, fashion-mnist, emoji, or an image "
-            "folder)"
-        )
-    path = Path(source)
-    if (path / MANIFEST).is_file():
-        return PackedDataset(path)
-    if source not in BUILTIN_SOURCES and not path.is_dir():
-        raise FileNotFoundError(
-            f"--data {source}: not a packed folder, an image folder, or one of {BUILTIN_SOURCES}"
-        )
+    """The packed training set at the model's size (rank 0 packs a raw source once)."""
     m = cfg.model
-    name = source if source in BUILTIN_SOURCES else f"folder-{_slug(path)}"
-    split = cfg.data.split
-    target = cache_dir() / f"{name}-{split or 'default'}-{m.image_size}px-{m.in_channels}ch"
-    if info.is_main and not (target / MANIFEST).is_file():
-        print(f"packing {source} ({split or 'default split'}) at {m.image_size}px into {target} …")
-        prepare(source, m.image_size, target, split=split, channels=m.in_channels,
-                progress=True)  # fmt: skip
-    dist_utils.barrier(info)
-    return PackedDataset(target)
-
-
-def _slug(path: Path) -> str:
-    import hashlib
-
-    resolved = str(path.resolve())
-    return f"{path.name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
+    return open_dataset(
+        cfg.data.source, m.image_size, m.in_channels, cfg.data.split, info.is_main,
+        lambda: dist_utils.barrier(info),
+    )  # fmt: skip
 
 
 def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pixeljit.paths import cache_root
+
 from .atomic import temp_sibling
 from .idx import read_idx
 from .imaging import CROP_RULE, GREY, check_channels, check_size, resize_stack
@@ -60,9 +62,8 @@ _RESIZE_BATCH = 1024
 
 
 def default_cache_dir() -> Path:
-    """($XDG_CACHE_HOME or ~/.cache)/pixeljit/fashion-mnist."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pixeljit" / "fashion-mnist"
+    """<pixeljit cache>/fashion-mnist (see pixeljit.paths)."""
+    return cache_root() / "fashion-mnist"
 
 
 def _check_split(split: str) -> str:
