@@ -8,8 +8,7 @@ its own shard).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -47,18 +46,6 @@ class EMA:
     def copy_to(self, model: nn.Module, decay: float) -> None:
         for p, s in zip(model.parameters(), self.shadows[self.index(decay)], strict=True):
             p.copy_(s)
-
-    @contextlib.contextmanager
-    def swapped(self, model: nn.Module, decay: float) -> Iterator[nn.Module]:
-        """Temporarily load the EMA weights into `model` (e.g. to sample), then restore."""
-        backup = [p.detach().clone() for p in model.parameters()]
-        self.copy_to(model, decay)
-        try:
-            yield model
-        finally:
-            with torch.no_grad():
-                for p, b in zip(model.parameters(), backup, strict=True):
-                    p.copy_(b)
 
     def state_dict(self) -> dict:
         return {
