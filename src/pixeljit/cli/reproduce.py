@@ -1,0 +1,123 @@
+"""`pixeljit reproduce EXPERIMENT`: re-run one of the paper's experiments, write its figure/table.
+
+Each experiment is one sub-command, registered in EXPERIMENTS as a function that adds its
+sub-parser and sets `experiment=<runner>`; the runner turns the Namespace into typed library calls.
+Add a reproduction by writing `_add_<name>` / `_run_<name>` and listing it in EXPERIMENTS.
+
+- `toy`: §3.3 / Fig. 2 (x- vs ε- vs v-prediction on 2-D data buried in ℝ^D), see docs/toy.md.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pixeljit.experiments.toy import ToyConfig
+
+DEFAULT_TOY_OUT = "runs/toy"
+
+
+def _add_toy(experiments) -> None:
+    from pixeljit.experiments.toy import PAPER_DIMS, QUICK_DIMS, QUICK_STEPS, ToyConfig
+
+    defaults = ToyConfig()
+    quick_dims = ", ".join(map(str, QUICK_DIMS))
+    p = experiments.add_parser(
+        "toy",
+        help="Fig. 2: x-, ε-, v-prediction on 2-D data buried in ℝ^D (CPU, minutes)",
+        description=(
+            "Train a 5-layer ReLU MLP per (prediction, D) with the v-loss, sample with Heun-50, "
+            "project back to 2-D; writes toy_fig2.png, toy_table.md and toy_table.json."
+        ),
+    )
+    p.add_argument(
+        "--out", default=DEFAULT_TOY_OUT, help=f"output folder (default {DEFAULT_TOY_OUT})"
+    )
+    p.add_argument("--seed", type=int, default=defaults.seed, help="base seed (default 0)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smaller run: D ∈ {{{quick_dims}}}, {QUICK_STEPS} steps, fewer samples",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps per run (default {defaults.steps}, --quick {QUICK_STEPS})",
+    )
+    p.add_argument(
+        "--dims",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="D",
+        help=f"ambient dimensions (default {' '.join(map(str, PAPER_DIMS))})",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=defaults.threads,
+        help="torch threads (default 1: fastest for these tiny MLPs on a shared CPU)",
+    )
+    p.set_defaults(experiment=_run_toy)
+
+
+def toy_config(
+    quick: bool, seed: int, steps: int | None, dims: list[int] | None, threads: int
+) -> ToyConfig:
+    """The ToyConfig of the command-line flags (explicit --steps / --dims override --quick)."""
+    from pixeljit.experiments.toy import ToyConfig
+
+    overrides: dict = {"threads": threads}
+    if steps is not None:
+        overrides["steps"] = steps
+    if dims is not None:
+        overrides["dims"] = tuple(dims)
+    if quick:
+        return ToyConfig.quick(seed=seed, **overrides)
+    return ToyConfig(seed=seed, **overrides)
+
+
+def _run_toy(args) -> int:
+    from pixeljit.experiments.toy import run_toy
+    from pixeljit.experiments.toy_report import measure, table_markdown, write_outputs
+
+    config = toy_config(args.quick, args.seed, args.steps, args.dims, args.threads)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder")
+    cells = len(config.dims) * len(config.predictions)
+    print(
+        f"pixeljit reproduce toy: {cells} runs (D ∈ {list(config.dims)} × "
+        f"{list(config.predictions)}), {config.steps} steps each, seed {config.seed} → {out}"
+    )
+    start = time.perf_counter()
+    result = run_toy(config, progress=lambda line: print("  " + line, flush=True))
+    rows = measure(result)
+    paths = write_outputs(result, out, rows)
+    print()
+    print(table_markdown(rows), end="")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s; wrote:")
+    for name, path in paths.items():
+        print(f"  {name:<7s} {path}")
+    return 0
+
+
+EXPERIMENTS = {"toy": _add_toy}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "reproduce", help="re-run an experiment of the paper and write its figure and table"
+    )
+    experiments = p.add_subparsers(dest="experiment_name", metavar="EXPERIMENT")
+    experiments.required = True
+    for add in EXPERIMENTS.values():
+        add(experiments)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    return int(args.experiment(args) or 0)
