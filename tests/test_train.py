@@ -218,3 +218,15 @@ def test_two_process_ddp_equals_one_process_and_resumes_exactly_also_under_fsdp(
         assert torch.allclose(value, four["model"][key], rtol=1e-5, atol=1e-7), key
     for a, b in zip(two["ema"]["shadows"][1], four["ema"]["shadows"][1], strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_compiled_training_with_clipping_matches_eager(packed, tmp_path):
+    """`run.compile` (torch.compile, minutes to build on a CPU) and `optim.grad_clip`."""
+    extra = {"optim.grad_clip": 0.5, "model.dropout": 0.0}
+    train(tiny_config(packed, tmp_path / "eager", **extra), progress=False)
+    compiled = {**extra, "run.compile": True}
+    train(tiny_config(packed, tmp_path / "compiled", **compiled), progress=False)
+    a, b = load_checkpoint(tmp_path / "eager"), load_checkpoint(tmp_path / "compiled")
+    for key, value in a["model"].items():
+        assert torch.allclose(value, b["model"][key], rtol=1e-4, atol=1e-5), key
