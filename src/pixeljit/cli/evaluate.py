@@ -1,0 +1,181 @@
+"""`pixeljit eval`: score a model (generate and score in one streaming pass), or images.
+
+pixeljit eval --checkpoint CKPT --num N --ref STATS.npz|DATASET [--extractor E] [--cfg W] ...
+pixeljit eval --images FOLDER|X.npz --ref STATS.npz|DATASET --size S --channels C
+pixeljit eval --make-ref DATASET --size S --channels C --out STATS.npz
+pixeljit eval --checkpoint RUN --num 8000 --ref DATASET --sweep-cfg 1.0 4.0 0.1 --emas all
+
+Under `torchrun` the images are split over the ranks (each makes its block of indices) and the
+statistics are merged; only rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+METRIC_NAMES = ("fd", "kid", "is", "pr")
+AMP = {"none": None, "bf16": torch.bfloat16}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="FD / KID / IS / precision-recall of a model or of images")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="run folder / .pt, .safetensors, or authors' .pth")
+    what.add_argument("--images", help="a folder of images or an .npz (arr_0, NHWC uint8)")
+    what.add_argument("--make-ref", metavar="DATASET", help="compute and save reference stats")
+    p.add_argument("--ref", help="reference: statistics .npz (mu, sigma) or a data set")
+    p.add_argument("--ref-split", default=None, help="split of a data-set reference")
+    p.add_argument("--extractor", default="auto",
+                   help="fmnist-cnn | effnet-lite0 | inception-v3-fid | auto")  # fmt: skip
+    p.add_argument("--inception-weights", default=None,
+                   help="pt_inception-2015-12-05 weights (for inception-v3-fid)")  # fmt: skip
+    p.add_argument("--metrics", nargs="+", default=list(METRIC_NAMES), choices=METRIC_NAMES)
+    p.add_argument("--num", "--num-images", dest="num", type=int, default=10000,
+                   help="images to generate (under torchrun write --num-images: torchrun's own "
+                   "parser takes --num for its --numa-binding)")  # fmt: skip
+    p.add_argument("--weights", default=None, help="ema | ema:<decay> | model | model_ema1 …")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--method", default="heun")
+    p.add_argument("--cfg", type=float, default=1.0)
+    p.add_argument("--interval", type=float, nargs=2, default=(0.1, 1.0), metavar=("LO", "HI"))
+    p.add_argument("--t-eps", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="none", choices=tuple(AMP))
+    p.add_argument("--save-images", default=None, help="also write the PNGs to this folder")
+    p.add_argument("--sweep-cfg", type=float, nargs=3, metavar=("LO", "HI", "STEP"),
+                   help="FD for every CFG scale in [LO, HI] (the paper: 1.0 4.0 0.1)")  # fmt: skip
+    p.add_argument("--emas", nargs="+", default=None,
+                   help="with --sweep-cfg: weights to compare, or 'all' EMAs of a run")  # fmt: skip
+    p.add_argument("--size", type=int, default=None, help="--images/--make-ref: image size")
+    p.add_argument("--channels", type=int, default=None, help="--images/--make-ref: 1 or 3")
+    p.add_argument("--out", default=None, help="--make-ref: .npz; otherwise a JSON of results")
+    p.set_defaults(run=run)
+
+
+def _extractor(name: str, channels: int, classes: int, weights: str | None, device):
+    from pixeljit.metrics import create_extractor
+
+    if name == "auto":
+        name = "fmnist-cnn" if channels == 1 and classes in (0, 10) else "effnet-lite0"
+    kwargs = {"device": device}
+    if name == "inception-v3-fid":
+        kwargs["weights_path"] = weights
+    return create_extractor(name, **kwargs)
+
+
+def _emas(args, checkpoint: str) -> list[str]:
+    if args.emas is None:
+        return [args.weights or "ema"] if args.weights else [None]
+    if args.emas == ["all"]:
+        from pixeljit.loading import checkpoint_kind
+
+        if checkpoint_kind(checkpoint) == "authors":
+            return ["model_ema1", "model_ema2"]
+        from pixeljit.checkpoint import load_checkpoint
+
+        return [f"ema:{d}" for d in load_checkpoint(checkpoint)["ema"]["decays"]]
+    return list(args.emas)
+
+
+def run(args) -> int:
+    from pixeljit import distributed as dist_utils
+
+    info = dist_utils.setup(args.device)
+    try:
+        return _run(args, info)
+    finally:
+        dist_utils.teardown()
+
+
+def _run(args, info) -> int:
+    from pixeljit import distributed as dist_utils
+    from pixeljit.evaluation import GenerationSpec, evaluate, reference_for, sweep_rows
+    from pixeljit.loading import load_trained
+    from pixeljit.metrics import save_reference_stats, score_images
+
+    barrier = lambda: dist_utils.barrier(info)  # noqa: E731
+    say = print if info.is_main else (lambda *a, **k: None)
+    if args.make_ref or args.images:
+        if args.size is None or args.channels is None:
+            raise ValueError("--images / --make-ref need --size and --channels")
+        extractor = _extractor(args.extractor, args.channels, 10, args.inception_weights,
+                               info.device)  # fmt: skip
+        if args.make_ref:
+            if not args.out or not args.out.endswith(".npz"):
+                raise ValueError("--make-ref needs --out STATS.npz")
+            ref = reference_for(args.make_ref, extractor, args.size, args.channels,
+                                args.ref_split, info.is_main, barrier)  # fmt: skip
+            if info.is_main:
+                save_reference_stats(args.out, ref)
+            say(f"reference statistics of {args.make_ref} ({ref.count} images, "
+                f"{extractor.name}) → {args.out}")  # fmt: skip
+            return 0
+        ref = _ref(args, extractor, args.size, args.channels, info, barrier)
+        scores = score_images(args.images, extractor, ref, tuple(args.metrics)).as_dict()
+        _report(scores, args, say, info)
+        return 0
+
+    model = load_trained(args.checkpoint, args.weights, device=info.device)
+    cfg = model.net.config
+    extractor = _extractor(args.extractor, cfg.in_channels, cfg.num_classes,
+                           args.inception_weights, info.device)  # fmt: skip
+    ref = _ref(args, extractor, cfg.image_size, cfg.in_channels, info, barrier)
+    spec = GenerationSpec(
+        num=args.num, steps=args.steps, method=args.method, cfg=args.cfg,
+        interval=tuple(args.interval), t_eps=args.t_eps, seed=args.seed,
+        batch_size=args.batch_size, amp_dtype=AMP[args.amp],
+    )  # fmt: skip
+    kw = {"rank": info.rank, "world": info.world_size}
+    if args.sweep_cfg:
+        lo, hi, step = args.sweep_cfg
+        if step <= 0 or hi < lo:
+            raise ValueError("--sweep-cfg LO HI STEP needs LO ≤ HI and STEP > 0")
+        cfgs = [round(lo + k * step, 6) for k in range(int(round((hi - lo) / step)) + 1)]
+        load = lambda w: load_trained(args.checkpoint, w, device=info.device)  # noqa: E731
+        rows = sweep_rows(load, _emas(args, args.checkpoint), cfgs, spec, extractor, ref, **kw)
+        label = extractor.fd_label
+        say(f"{'weights':>16} {'cfg':>5} {label:>12}")
+        for r in rows:
+            say(f"{str(r['weights']):>16} {r['cfg']:5.2f} {r[label]:12.4f}")
+        best = min(rows, key=lambda r: r[label])
+        say(f"best: weights {best['weights']}, cfg {best['cfg']} ({label} {best[label]:.4f}, "
+            f"{args.num} samples)")  # fmt: skip
+        _write_json({"sweep": rows, "best": best}, args, info)
+        return 0
+    save = args.save_images
+    scores = evaluate(model, spec, extractor, ref, tuple(args.metrics), save_dir=save,
+                      progress=info.is_main, **kw)  # fmt: skip
+    say(f"{model.description}: {args.num} images, {args.method} {args.steps} steps, "
+        f"cfg {args.cfg} in {tuple(args.interval)}")  # fmt: skip
+    _report(scores, args, say, info)
+    return 0
+
+
+def _ref(args, extractor, size, channels, info, barrier):
+    from pixeljit.evaluation import reference_for
+
+    needs_ref = set(args.metrics) & {"fd", "kid", "pr"}
+    if not needs_ref:
+        return None
+    if not args.ref:
+        raise ValueError(f"metrics {sorted(needs_ref)} need --ref (statistics .npz or a data set)")
+    return reference_for(args.ref, extractor, size, channels, args.ref_split, info.is_main,
+                         barrier)  # fmt: skip
+
+
+def _report(scores: dict, args, say, info) -> None:
+    for key, value in scores.items():
+        say(f"  {key:>16}: {value:.6g}")
+    _write_json(scores, args, info)
+
+
+def _write_json(obj, args, info) -> None:
+    if args.out and info.is_main:
+        from pixeljit.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(args.out), json.dumps(obj, indent=2))

@@ -1,0 +1,206 @@
+"""Generate-and-score in one streaming pass, sharded over torchrun ranks; the paper's selection.
+
+Images are made batch by batch, scored as they come (moments for FD, a feature bank for KID / PR,
+logits for IS), and never written unless asked. Sample k (global index) has class k mod K and
+noise from seed (seed, k), so a run's images do not depend on the batch size or the number of
+ranks; rank r makes the contiguous block of indices it owns. Selection (§1 of the facts sheet):
+every EMA × every CFG scale on a few thousand samples, lowest FD wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pixeljit.data.open import open_dataset
+from pixeljit.images import save_pngs, to_uint8
+from pixeljit.loading import TrainedModel
+from pixeljit.metrics import (
+    FeatureExtractor,
+    ReferenceStats,
+    ScoreConfig,
+    cached_reference_stats,
+    load_reference_stats,
+    score_images,
+)
+from pixeljit.paths import cache_root
+from pixeljit.sampling import sample
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    num: int
+    steps: int = 50
+    method: str = "heun"
+    cfg: float = 1.0
+    interval: tuple[float, float] = (0.1, 1.0)
+    t_eps: float = 0.05
+    seed: int = 0
+    batch_size: int = 64
+    amp_dtype: torch.dtype | None = None
+    noise_scale: float | None = None  # None → the checkpoint's training value
+
+    def __post_init__(self) -> None:
+        if self.num < 1 or self.batch_size < 1:
+            raise ValueError("the number of images and the batch size must be ≥ 1")
+
+
+def shard(num: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous block [start, stop) of global indices that `rank` of `world` makes."""
+    per = -(-num // world)
+    return min(rank * per, num), min((rank + 1) * per, num)
+
+
+def balanced_labels(start: int, stop: int, num_classes: int) -> list[int] | None:
+    """Class k mod K for global index k (50 per class for 50K ImageNet images); None if uncond."""
+    return [k % num_classes for k in range(start, stop)] if num_classes > 0 else None
+
+
+def generate(
+    model: TrainedModel,
+    spec: GenerationSpec,
+    rank: int = 0,
+    world: int = 1,
+    save_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(uint8 images (B, C, H, W) on the CPU, labels (B,) or None) for this rank's shard."""
+    start, stop = shard(spec.num, rank, world)
+    classes = model.net.config.num_classes
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=stop - start, unit="img", desc="generating")
+    scale = model.noise_scale if spec.noise_scale is None else spec.noise_scale
+    for first in range(start, stop, spec.batch_size):
+        last = min(first + spec.batch_size, stop)
+        labels = balanced_labels(first, last, classes)
+        images = sample(
+            model.net, labels, num=last - first, steps=spec.steps, method=spec.method,
+            cfg=spec.cfg if classes else 1.0, interval=spec.interval, t_eps=spec.t_eps,
+            noise_scale=scale, prediction=model.prediction,
+            preconditioner=model.preconditioner, seed=spec.seed, first_index=first,
+            amp_dtype=spec.amp_dtype,
+        )  # fmt: skip
+        u8 = to_uint8(images)
+        if save_dir is not None:
+            save_pngs(u8, save_dir, start=first)
+        if bar is not None:
+            bar.update(last - first)
+        yield u8, (torch.tensor(labels) if labels is not None else None)
+    if bar is not None:
+        bar.close()
+
+
+class _AccuracyCounter(FeatureExtractor):
+    """Wraps an extractor with a classifier head: as generated batches stream through it,
+    counts how many images it assigns to their intended class (class-conditional accuracy).
+    Batches must arrive in the order their labels were queued (score_images keeps it)."""
+
+    def __init__(self, inner: FeatureExtractor):
+        self.inner = inner
+        self.name, self.fd_label, self.dim = inner.name, inner.fd_label, inner.dim
+        self.num_classes, self.device = inner.num_classes, inner.device
+        self.queue: list[torch.Tensor] = []
+        self.counts = torch.zeros(2, dtype=torch.float64)  # (hits, seen)
+
+    def images(self, batches):
+        """Pass images on, queueing their labels."""
+        for u8, labels in batches:
+            self.queue.append(labels)
+            yield u8
+
+    def extract(self, images: torch.Tensor):
+        out = self.inner.extract(images)
+        labels = self.queue.pop(0)
+        pred = out.logits.argmax(dim=1).cpu()  # (B,)
+        self.counts += torch.tensor([float((pred == labels).sum()), float(len(labels))])
+        return out
+
+    def accuracy(self) -> float:
+        counts = self.counts.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)
+        return float(counts[0] / counts[1])
+
+
+def evaluate(
+    model: TrainedModel,
+    spec: GenerationSpec,
+    extractor: FeatureExtractor,
+    ref: ReferenceStats | None,
+    metrics: tuple[str, ...] = ("fd", "kid", "is", "pr"),
+    rank: int = 0,
+    world: int = 1,
+    save_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Generate `spec.num` images (this rank's share) and score them against `ref` as they come.
+
+    Adds `class_accuracy` when the extractor classifies the model's own label space (the
+    Fashion-MNIST classifier on a 10-class model)."""
+    if "is" in metrics and extractor.num_classes == 0:
+        metrics = tuple(m for m in metrics if m != "is")
+    classes = model.net.config.num_classes
+    batches = generate(model, spec, rank, world, save_dir, progress)
+    counter = None
+    if classes > 0 and extractor.num_classes == classes:
+        counter = _AccuracyCounter(extractor)
+        images, extractor = counter.images(batches), counter
+    else:
+        images = (u8 for u8, _ in batches)
+    config = ScoreConfig(batch_size=spec.batch_size)
+    out = score_images(images, extractor, ref, metrics, config).as_dict()
+    if counter is not None:
+        out["class_accuracy"] = counter.accuracy()
+    return out
+
+
+# ------------------------------------------------------------------------------ references
+
+
+def reference_for(
+    ref: str,
+    extractor: FeatureExtractor,
+    image_size: int,
+    channels: int,
+    split: str | None = None,
+    is_main: bool = True,
+    barrier=None,
+) -> ReferenceStats:
+    """`ref` is a statistics `.npz` (ours, ADM's or the authors' `mu`/`sigma`) or a data set
+    (packed folder, fashion-mnist, emoji, image folder) whose statistics are computed once at
+    the model's size and cached."""
+    if ref.endswith(".npz"):
+        return load_reference_stats(ref, extractor)
+    dataset = open_dataset(ref, image_size, channels, split, is_main, barrier)
+    tag = Path(dataset.folder).name
+    path = cache_root() / "refstats" / f"{tag}-{extractor.name}.npz"
+
+    def images():
+        batch = 500
+        for start in range(0, len(dataset), batch):
+            yield torch.from_numpy(dataset.slice(start, start + batch))
+
+    return cached_reference_stats(path, images, extractor)
+
+
+def sweep_rows(
+    load, emas: list[str], cfgs: list[float], spec: GenerationSpec, extractor, ref, **kw
+) -> list[dict]:
+    """FD for every (EMA, CFG) pair on `spec.num` samples: the paper's selection procedure."""
+    rows = []
+    for weights in emas:
+        model = load(weights)
+        for w in cfgs:
+            scores = evaluate(
+                model, dataclasses.replace(spec, cfg=w), extractor, ref, ("fd",), **kw
+            )
+            rows.append({"weights": weights, "cfg": w, **scores})
+    return rows

@@ -1,0 +1,228 @@
+"""Distances between feature sets: Fréchet distance, KID, Inception Score, precision/recall.
+
+Everything here works on plain features/logits (any extractor). FD and KID are computed in
+float64; precision/recall distances in the dtype of a config field (float32 by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _as_f64(x: ArrayLike) -> torch.Tensor:
+    t = torch.as_tensor(x) if isinstance(x, np.ndarray) else x.detach()
+    return t.to(dtype=torch.float64, device="cpu")
+
+
+def _above_noise(evals: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix with those under the round-off floor d·ε·λ_max set to 0.
+
+    A zero eigenvalue comes out of LAPACK as ±ε·λ_max; its square root would add √ε·λ_max^½
+    of noise per null direction (rank-deficient covariances: fewer samples than dimensions).
+    """
+    floor = max(evals.max(initial=0.0), 0.0) * len(evals) * np.finfo(np.float64).eps
+    return np.where(evals > floor, evals, 0.0)
+
+
+def sqrt_psd(sigma: ArrayLike) -> np.ndarray:
+    """Symmetric square root (float64) of a symmetric PSD matrix via eigh (round-off zeroed)."""
+    s = _as_f64(sigma).numpy()  # numpy's LAPACK: faster than torch's on CPU here
+    evals, evecs = np.linalg.eigh((s + s.T) / 2)
+    return (evecs * np.sqrt(_above_noise(evals))) @ evecs.T
+
+
+def trace_sqrt_product(
+    sigma1: ArrayLike, sigma2: ArrayLike, sqrt_sigma2: np.ndarray | None = None
+) -> float:
+    """tr √(Σ₁Σ₂) for symmetric PSD Σ₁, Σ₂, in float64.
+
+    Σ₁Σ₂ has the eigenvalues of the symmetric PSD matrix Σ₂^½ Σ₁ Σ₂^½, so the trace is the sum of
+    their square roots: one symmetric eigenvalue solve, no general (non-symmetric) sqrtm.
+    Eigenvalues under the round-off floor count as 0, so identical rank-deficient covariances
+    give FD ≈ 0 to ε·tr Σ. `sqrt_sigma2`, if given, is a precomputed `sqrt_psd(sigma2)`
+    (reference statistics cache theirs; then each FD costs two products and one eigvalsh).
+    """
+    root2 = sqrt_psd(sigma2) if sqrt_sigma2 is None else sqrt_sigma2
+    middle = root2 @ _as_f64(sigma1).numpy() @ root2
+    evals = np.linalg.eigvalsh((middle + middle.T) / 2)
+    return float(np.sqrt(_above_noise(evals)).sum())
+
+
+def frechet_distance(
+    mu1: ArrayLike,
+    sigma1: ArrayLike,
+    mu2: ArrayLike,
+    sigma2: ArrayLike,
+    sqrt_sigma2: np.ndarray | None = None,
+) -> float:
+    """Fréchet distance ‖μ₁−μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂) between two Gaussians (float64).
+
+    `sqrt_sigma2` optionally passes a cached `sqrt_psd(sigma2)` (saves one eigh per call).
+    """
+    m1, m2, s1, s2 = (_as_f64(a) for a in (mu1, mu2, sigma1, sigma2))
+    if m1.ndim != 1 or m1.shape != m2.shape:
+        raise ValueError(f"means must be equal-length vectors, got {m1.shape} and {m2.shape}")
+    d = m1.shape[0]
+    if s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(f"covariances must be ({d}, {d}), got {s1.shape} and {s2.shape}")
+    diff = m1 - m2
+    value = diff @ diff + s1.trace() + s2.trace() - 2 * trace_sqrt_product(s1, s2, sqrt_sigma2)
+    return float(value)
+
+
+@dataclass
+class KIDConfig:
+    """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD² with k(x,y)=(xᵀy/d+1)³.
+
+    Defaults follow torch-fidelity / the original code: 100 subsets of 1000 samples each.
+    """
+
+    num_subsets: int = 100
+    subset_size: int = 1000
+    degree: int = 3
+    coef0: float = 1.0
+    gamma: float | None = None  # None = 1 / dim
+    seed: int = 0
+
+
+def polynomial_kernel(
+    x: torch.Tensor, y: torch.Tensor, degree: int, gamma: float, coef0: float
+) -> torch.Tensor:
+    """(γ xᵀy + c)^degree for rows of x (m, d) and y (n, d) -> (m, n)."""
+    return (gamma * (x @ y.T) + coef0) ** degree
+
+
+def mmd2_unbiased(k_xx: torch.Tensor, k_yy: torch.Tensor, k_xy: torch.Tensor) -> float:
+    """Unbiased MMD² from kernel matrices: off-diagonal means of K_XX, K_YY minus 2·mean K_XY."""
+    m, n = k_xx.shape[0], k_yy.shape[0]
+    if m < 2 or n < 2:
+        raise ValueError(f"unbiased MMD needs at least 2 samples per set, got {m} and {n}")
+    xx = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
+    yy = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
+    return float(xx + yy - 2 * k_xy.mean())
+
+
+def kernel_inception_distance(
+    feats1: ArrayLike, feats2: ArrayLike, cfg: KIDConfig | None = None
+) -> tuple[float, float]:
+    """KID mean and standard deviation over random subsets.
+
+    Subsets are drawn without replacement (seeded) and evaluated in float64 on the device of
+    `feats1`; the full feature sets stay in their own dtype (no float64 copy of 50k × 2048).
+    """
+    cfg = cfg or KIDConfig()
+    x = torch.as_tensor(feats1)
+    y = torch.as_tensor(feats2).to(x.device)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"features must be (N, d) with equal d, got {x.shape} and {y.shape}")
+    gamma = cfg.gamma if cfg.gamma is not None else 1.0 / x.shape[1]
+    m = min(cfg.subset_size, x.shape[0], y.shape[0])
+    rng = np.random.default_rng(cfg.seed)
+    values = []
+    for _ in range(cfg.num_subsets):
+        xs = x[torch.from_numpy(rng.choice(x.shape[0], m, replace=False)).to(x.device)].double()
+        ys = y[torch.from_numpy(rng.choice(y.shape[0], m, replace=False)).to(y.device)].double()
+        k = lambda a, b: polynomial_kernel(a, b, cfg.degree, gamma, cfg.coef0)
+        values.append(mmd2_unbiased(k(xs, xs), k(ys, ys), k(xs, ys)))
+    arr = np.asarray(values)
+    return float(arr.mean()), float(arr.std())
+
+
+def inception_score(
+    logits: ArrayLike, splits: int = 10, from_logits: bool = True
+) -> tuple[float, float]:
+    """Inception Score exp(E_x KL(p(y|x) ‖ p(y))), mean and std over `splits` equal chunks.
+
+    `logits` (N, K): class logits (softmax applied here) or probabilities if from_logits=False.
+    Bounds: 1 ≤ IS ≤ K. The standard FID-Inception protocol feeds the 1008-way logits without
+    the fc bias ("logits_unbiased"), as the original TF code did.
+    """
+    z = _as_f64(logits)
+    if z.ndim != 2 or z.shape[0] < splits:
+        raise ValueError(f"need (N, K) logits with N ≥ splits={splits}, got {tuple(z.shape)}")
+    if from_logits:
+        log_p = torch.log_softmax(z, dim=1)
+    else:
+        if (z < 0).any() or not torch.allclose(z.sum(1), torch.ones_like(z[:, 0]), atol=1e-6):
+            raise ValueError("probabilities must be non-negative rows summing to 1")
+        log_p = z.log()
+    scores = []
+    for chunk in torch.tensor_split(log_p, splits):  # (n_i, K) each
+        p = chunk.exp()
+        log_py = torch.logsumexp(chunk, dim=0) - np.log(chunk.shape[0])  # log of the mean p(y)
+        kl = torch.where(p > 0, p * (chunk - log_py), torch.zeros_like(p)).sum(1)  # (n_i,)
+        scores.append(float(kl.mean().exp()))
+    arr = np.asarray(scores)
+    return float(arr.mean()), float(arr.std())
+
+
+@dataclass
+class PRConfig:
+    """k-NN manifold precision/recall (Kynkäänniemi et al. 2019).
+
+    A sample lies on a set's manifold when it is inside the ball around some member of the set
+    whose radius is that member's distance to its k-th nearest neighbour within the set.
+    Memory: one row_batch × col_batch distance block at a time.
+    """
+
+    k: int = 3
+    row_batch: int = 2048
+    col_batch: int = 8192
+    dtype: torch.dtype = torch.float32
+
+
+def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (m, n) between rows of a (m, d) and b (n, d), clipped at 0."""
+    d = (a * a).sum(1, keepdim=True) - 2 * (a @ b.T) + (b * b).sum(1)
+    return d.clamp_min(0)
+
+
+def knn_radii(feats: torch.Tensor, cfg: PRConfig) -> torch.Tensor:
+    """Squared distance (N,) of every row to its k-th nearest other row (self excluded)."""
+    if feats.shape[0] <= cfg.k:
+        raise ValueError(f"k-NN radii need more than k={cfg.k} samples, got {feats.shape[0]}")
+    out = []
+    for rows in torch.split(feats, cfg.row_batch):
+        best = None  # (r, k+1) smallest squared distances so far, self included
+        for cols in torch.split(feats, cfg.col_batch):
+            block = _sq_dists(rows, cols)
+            if best is not None:
+                block = torch.cat([best, block], dim=1)
+            best = torch.topk(block, cfg.k + 1, dim=1, largest=False).values
+        out.append(best[:, cfg.k])  # index 0 is the point itself (distance 0)
+    return torch.cat(out)
+
+
+def _coverage(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, cfg: PRConfig):
+    """Fraction of query rows inside at least one ball (support_j, radius_j)."""
+    inside = []
+    for rows in torch.split(queries, cfg.row_batch):
+        hit = torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device)
+        for cols, rad in zip(
+            torch.split(support, cfg.col_batch), torch.split(radii, cfg.col_batch), strict=True
+        ):
+            hit |= (_sq_dists(rows, cols) <= rad).any(dim=1)
+        inside.append(hit)
+    return float(torch.cat(inside).double().mean())
+
+
+def precision_recall(
+    real: ArrayLike, fake: ArrayLike, cfg: PRConfig | None = None
+) -> tuple[float, float]:
+    """(precision, recall): fake samples on the real manifold, real samples on the fake one.
+
+    Computed on the device of `real` (pass CUDA tensors to use a GPU), in cfg.dtype.
+    """
+    cfg = cfg or PRConfig()
+    r = torch.as_tensor(real).to(cfg.dtype)
+    f = torch.as_tensor(fake).to(device=r.device, dtype=cfg.dtype)
+    if r.ndim != 2 or f.ndim != 2 or r.shape[1] != f.shape[1]:
+        raise ValueError(f"features must be (N, d) with equal d, got {r.shape} and {f.shape}")
+    precision = _coverage(f, r, knn_radii(r, cfg), cfg)
+    recall = _coverage(r, f, knn_radii(f, cfg), cfg)
+    return precision, recall

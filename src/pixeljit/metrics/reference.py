@@ -1,0 +1,165 @@
+"""Reference statistics of a dataset: computed once, cached as `.npz`, read in ADM/JiT format.
+
+File format (a superset of the ADM evaluator's and the JiT authors' `jit_in{256,512}_stats.npz`):
+    mu (d,) float64, sigma (d, d) float64       — required; all these tools read/write them
+    count () int64, extractor () str            — optional; written by pixeljit
+    features (M, d) float32                     — optional; needed for KID and precision/recall
+ADM reference batches also hold `arr_0` images and spatial `mu_s`/`sigma_s`: they are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch.distributed as dist
+
+from .distances import sqrt_psd
+from .extractor import FeatureExtractor
+from .images import DEFAULT_BATCH, ImageSource, iter_batches
+from .stats import FeatureBank, FeatureStats, distributed_active
+from .weights import FILE_MODE
+
+
+@dataclass
+class ReferenceStats:
+    """Moments (and optionally kept features) of a reference set under one extractor."""
+
+    mu: np.ndarray  # (d,) float64
+    sigma: np.ndarray  # (d, d) float64
+    count: int | None = None
+    extractor: str | None = None
+    features: np.ndarray | None = None  # (M, d) float32
+    _sqrt_sigma: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def sqrt_sigma(self) -> np.ndarray:
+        """√sigma (d, d) float64, computed once (FD against this reference reuses it)."""
+        if self._sqrt_sigma is None:
+            self._sqrt_sigma = sqrt_psd(self.sigma)
+        return self._sqrt_sigma
+
+    def __post_init__(self) -> None:
+        self.mu = np.asarray(self.mu, dtype=np.float64)
+        self.sigma = np.asarray(self.sigma, dtype=np.float64)
+        d = self.mu.shape[0] if self.mu.ndim == 1 else -1
+        if d < 1 or self.sigma.shape != (d, d):
+            raise ValueError(
+                f"mu must be (d,) and sigma (d, d), got {self.mu.shape}, {self.sigma.shape}"
+            )
+        if self.features is not None:
+            self.features = np.asarray(self.features, dtype=np.float32)
+            if self.features.ndim != 2 or self.features.shape[1] != d:
+                raise ValueError(f"features must be (M, {d}), got {self.features.shape}")
+
+    @property
+    def dim(self) -> int:
+        return self.mu.shape[0]
+
+    def check_extractor(self, extractor: FeatureExtractor, source: str = "reference") -> None:
+        """ValueError when these statistics were made by a different extractor."""
+        if self.dim != extractor.dim:
+            raise ValueError(
+                f"{source} has {self.dim}-d statistics but extractor {extractor.name!r} gives "
+                f"{extractor.dim}-d features: use the extractor the statistics were computed with"
+            )
+        if self.extractor is not None and self.extractor != extractor.name:
+            raise ValueError(
+                f"{source} was computed with extractor {self.extractor!r}, not {extractor.name!r}"
+            )
+
+
+def save_reference_stats(path: str | os.PathLike, ref: ReferenceStats) -> Path:
+    """Write `ref` as `.npz` atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"mu": ref.mu, "sigma": ref.sigma}
+    if ref.count is not None:
+        arrays["count"] = np.asarray(ref.count, dtype=np.int64)
+    if ref.extractor is not None:
+        arrays["extractor"] = np.asarray(ref.extractor)
+    if ref.features is not None:
+        arrays["features"] = ref.features
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600; published files are world-readable
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_reference_stats(
+    path: str | os.PathLike, extractor: FeatureExtractor | None = None
+) -> ReferenceStats:
+    """Read statistics written by pixeljit, the ADM evaluator or the JiT authors (`mu`, `sigma`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference statistics {path} not found")
+    with np.load(path, allow_pickle=False) as data:
+        if "mu" not in data or "sigma" not in data:
+            raise ValueError(f"{path} lacks 'mu'/'sigma' (keys: {sorted(data.files)})")
+        ref = ReferenceStats(
+            mu=data["mu"],
+            sigma=data["sigma"],
+            count=int(data["count"]) if "count" in data else None,
+            extractor=str(data["extractor"]) if "extractor" in data else None,
+            features=data["features"] if "features" in data else None,
+        )
+    if extractor is not None:
+        ref.check_extractor(extractor, str(path))
+    return ref
+
+
+def compute_reference_stats(
+    images: ImageSource,
+    extractor: FeatureExtractor,
+    batch_size: int = DEFAULT_BATCH,
+    keep_features: bool = True,
+    bank_capacity: int | None = None,
+    seed: int = 0,
+) -> ReferenceStats:
+    """Moments (and by default the features, for KID / PR) of a set of uint8 images.
+
+    Under torch.distributed each rank passes its own shard; the result covers all ranks.
+    `bank_capacity` bounds the kept features per rank (uniform reservoir; None keeps all).
+    """
+    stats = FeatureStats(extractor.dim, device=extractor.device)
+    bank = FeatureBank(bank_capacity, seed=seed) if keep_features else None
+    for batch in iter_batches(images, batch_size):
+        feats = extractor.features(batch)  # (n, dim)
+        stats.update(feats)
+        if bank is not None:
+            bank.add(feats)
+    stats.all_reduce()
+    if stats.count < 2:
+        raise ValueError(f"reference statistics need at least 2 images, got {stats.count}")
+    mu, sigma = stats.mu_sigma()
+    features = bank.all_gather(extractor.device).cpu().numpy() if bank is not None else None
+    return ReferenceStats(mu, sigma, stats.count, extractor.name, features)
+
+
+def cached_reference_stats(
+    path: str | os.PathLike,
+    images: Callable[[], ImageSource],
+    extractor: FeatureExtractor,
+    **compute_kwargs,
+) -> ReferenceStats:
+    """Load `path` if it holds statistics of this extractor, else compute and write them.
+
+    `images` is called only when computing (so an expensive dataset is opened only if needed).
+    Under torch.distributed only rank 0 writes.
+    """
+    path = Path(path)
+    if path.is_file():
+        return load_reference_stats(path, extractor)
+    ref = compute_reference_stats(images(), extractor, **compute_kwargs)
+    if not distributed_active() or dist.get_rank() == 0:
+        save_reference_stats(path, ref)
+    return ref

@@ -1,0 +1,128 @@
+"""Generate-and-score: streaming equals offline, sharding is invisible, the CLI's modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pixeljit.cli import main
+from pixeljit.config import apply_overrides, get_preset
+from pixeljit.data import prepare
+from pixeljit.evaluation import GenerationSpec, balanced_labels, evaluate, generate, shard
+from pixeljit.loading import load_trained
+from pixeljit.metrics import create_extractor, score_images
+from pixeljit.train import train
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A 2-step tiny run on 16-px Fashion-MNIST, and a 300-image packed reference set."""
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    prepare("fashion-mnist", 16, data, split="test", limit=300)
+    cfg = apply_overrides(get_preset("fmnist-tiny"), {
+        "data.source": str(data), "run.out": str(root / "run"), "optim.steps": 2,
+        "optim.global_batch": 16, "run.tensorboard": False, "run.device": "cpu",
+        "sample.steps": 1, "sample.per_class": 1,
+    })  # fmt: skip
+    train(cfg, progress=False)
+    return root
+
+
+def test_shards_cover_every_index_once():
+    for num, world in [(10, 3), (7, 2), (5, 8)]:
+        blocks = [shard(num, r, world) for r in range(world)]
+        covered = [k for a, b in blocks for k in range(a, b)]
+        assert covered == list(range(num))
+    assert balanced_labels(8, 13, 10) == [8, 9, 0, 1, 2]
+    assert balanced_labels(0, 3, 0) is None
+
+
+def test_images_do_not_depend_on_batch_size_or_ranks(setup):
+    model = load_trained(setup / "run")
+    spec = GenerationSpec(num=6, steps=2, cfg=2.0, batch_size=6)
+    whole = torch.cat([u8 for u8, _ in generate(model, spec)])
+    small = GenerationSpec(num=6, steps=2, cfg=2.0, batch_size=4)
+    split = torch.cat([u8 for r in range(3) for u8, _ in generate(model, small, r, 3)])
+    assert torch.equal(whole, split)
+
+
+def test_streaming_scores_equal_offline_scores(setup, tmp_path):
+    model = load_trained(setup / "run")
+    extractor = create_extractor("fmnist-cnn")
+    from pixeljit.evaluation import reference_for
+
+    ref = reference_for(str(setup / "data"), extractor, 16, 1)
+    spec = GenerationSpec(num=40, steps=2, cfg=1.5, batch_size=16)
+    online = evaluate(model, spec, extractor, ref, ("fd", "kid", "pr", "is"), save_dir=tmp_path)
+    assert 0.0 <= online["class_accuracy"] <= 1.0 and online["count"] == 40
+    offline = score_images(str(tmp_path), extractor, ref, ("fd", "kid", "pr", "is")).as_dict()
+    for key in ("FD-FMNIST", "KID", "precision", "recall", "IS-FMNIST"):
+        assert online[key] == pytest.approx(offline[key], rel=1e-6, abs=1e-9), key
+
+
+def test_real_images_score_far_better_than_an_untrained_model(setup, tmp_path):
+    """The floor: real test images against the reference set beat 2-step model samples."""
+    ref = tmp_path / "ref.npz"
+    assert main(["eval", "--make-ref", str(setup / "data"), "--size", "16", "--channels", "1",
+                 "--extractor", "fmnist-cnn", "--out", str(ref)]) == 0  # fmt: skip
+    real = tmp_path / "real.npz"
+    other = prepare("fashion-mnist", 16, tmp_path / "other", split="train", limit=300)
+    from pixeljit.data import PackedDataset
+
+    images = PackedDataset(other.out_dir).slice(0, 300)  # (300, 1, 16, 16)
+    np.savez(real, arr_0=images.transpose(0, 2, 3, 1))
+    out = tmp_path / "real.json"
+    assert main(["eval", "--images", str(real), "--ref", str(ref), "--size", "16",
+                 "--channels", "1", "--metrics", "fd", "--out", str(out)]) == 0  # fmt: skip
+    floor = json.loads(out.read_text())["FD-FMNIST"]
+    gen = tmp_path / "gen.json"
+    assert main(["eval", "--checkpoint", str(setup / "run"), "--num", "60", "--steps", "2",
+                 "--ref", str(ref), "--metrics", "fd", "--out", str(gen)]) == 0  # fmt: skip
+    assert json.loads(gen.read_text())["FD-FMNIST"] > 5 * floor
+
+
+def test_sweep_covers_every_ema_and_scale(setup, tmp_path, capsys):
+    out = tmp_path / "sweep.json"
+    argv = ["eval", "--checkpoint", str(setup / "run"), "--num", "20", "--steps", "1",
+            "--ref", str(setup / "data"), "--sweep-cfg", "1.0", "2.0", "0.5", "--emas", "all",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    pairs = {(r["weights"], r["cfg"]) for r in result["sweep"]}
+    assert pairs == {(w, c) for w in ("ema:0.995", "ema:0.999") for c in (1.0, 1.5, 2.0)}
+    assert result["best"]["FD-FMNIST"] == min(r["FD-FMNIST"] for r in result["sweep"])
+    assert "best: weights" in capsys.readouterr().out
+
+
+def test_eval_errors(setup, tmp_path, capsys):
+    assert main(["eval", "--checkpoint", str(setup / "run"), "--num", "4"]) == 2
+    assert "need --ref" in capsys.readouterr().err
+    assert main(["eval", "--images", str(tmp_path), "--ref", "x.npz"]) == 2
+    assert "--size and --channels" in capsys.readouterr().err
+
+
+def test_two_ranks_score_like_one(setup, tmp_path):
+    flags = ["eval", "--checkpoint", str(setup / "run"), "--num-images", "24", "--steps", "2",
+             "--ref", str(setup / "data"), "--metrics", "fd", "pr", "--batch-size", "8",
+             "--device", "cpu"]  # fmt: skip
+    one = tmp_path / "one.json"
+    assert main([*flags, "--out", str(one)]) == 0
+    two = tmp_path / "two.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "pixeljit", *flags, "--out", str(two)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = json.loads(Path(one).read_text()), json.loads(Path(two).read_text())
+    assert a["FD-FMNIST"] == pytest.approx(b["FD-FMNIST"], rel=1e-6)
+    assert (a["precision"], a["recall"]) == (b["precision"], b["recall"])

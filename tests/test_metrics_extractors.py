@@ -1,0 +1,176 @@
+"""The shipped extractors on real Fashion-MNIST test images: accuracy, rankings, sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pixeljit.metrics import (
+    EffNetLite0Extractor,
+    KIDConfig,
+    PRConfig,
+    ReferenceStats,
+    ScoreConfig,
+    cached_reference_stats,
+    class_accuracy,
+    compute_reference_stats,
+    load_reference_stats,
+    save_reference_stats,
+    score_images,
+)
+from pixeljit.metrics.effnet import EFFNET_MEAN, EFFNET_SIZE, EFFNET_STD
+from pixeljit.metrics.fmnist_classifier import FMNISTExtractor, classifier_metadata
+from pixeljit.metrics.idx import load_fashion_mnist
+
+MIN_ACCURACY = 0.90
+
+
+@pytest.fixture(scope="module")
+def fmnist() -> tuple[torch.Tensor, torch.Tensor]:
+    """Real Fashion-MNIST test images (10000, 1, 28, 28) uint8 and labels (never skipped)."""
+    try:
+        return load_fashion_mnist("test")
+    except FileNotFoundError as err:
+        pytest.fail(str(err))  # the message says: apt-get install dataset-fashion-mnist
+
+
+@pytest.fixture(scope="module")
+def classifier() -> FMNISTExtractor:
+    return FMNISTExtractor()
+
+
+def _noise(x: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    noisy = x.float() + sigma * torch.randn(x.shape, generator=gen)
+    return noisy.round().clamp(0, 255).to(torch.uint8)
+
+
+def _blur(x: torch.Tensor, k: int) -> torch.Tensor:
+    out = F.avg_pool2d(x.float(), k, stride=1, padding=k // 2, count_include_pad=False)
+    return out.round().to(torch.uint8)
+
+
+def _shift(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Translate down-right by s pixels, filling with black (the Fashion-MNIST background)."""
+    return F.pad(x, (s, 0, s, 0))[..., : x.shape[-2], : x.shape[-1]]
+
+
+def test_shipped_classifier_accuracy(fmnist, classifier):
+    images, labels = fmnist
+    acc = class_accuracy(images, labels, classifier, batch_size=1000)
+    assert acc >= MIN_ACCURACY
+    assert float(classifier_metadata()["test_accuracy"]) == pytest.approx(acc, abs=1e-4)
+    wrong = torch.roll(labels[:1000], 1)  # mostly other classes than the image shows
+    assert class_accuracy(images[:1000], wrong, classifier, batch_size=1000) < 0.3
+
+
+def test_classifier_accepts_rgb_and_other_sizes(fmnist, classifier):
+    x = fmnist[0][:300]
+    pred = classifier.logits(x).argmax(1)
+    rgb = x.expand(-1, 3, -1, -1)  # equal channels: BT.601 luma returns the grey values
+    torch.testing.assert_close(classifier.logits(rgb), classifier.logits(x), rtol=1e-4, atol=1e-4)
+    big = F.interpolate(x.float(), scale_factor=2, mode="nearest").to(torch.uint8)  # 56×56
+    # shrinking averages 2×2 blocks, which undoes a nearest-neighbour ×2 enlargement exactly
+    torch.testing.assert_close(classifier.logits(big), classifier.logits(x), rtol=1e-4, atol=1e-4)
+    assert (classifier.logits(big).argmax(1) == pred).all()
+
+
+def test_classifier_scores_rank_degradations(fmnist, classifier):
+    images = fmnist[0]
+    ref_images, other = images[:1000], images[1000:2000]
+    ref = compute_reference_stats(ref_images, classifier, batch_size=500)
+    cfg = ScoreConfig(batch_size=500, kid=KIDConfig(num_subsets=20, subset_size=500))
+
+    def fd(x):
+        return score_images(x, classifier, ref, ("fd",), cfg).fd
+
+    assert abs(fd(ref_images)) < 1e-6 * np.trace(ref.sigma)  # identical sets
+    clean = fd(other)
+    assert clean < fd(_noise(other, 20)) < fd(_noise(other, 60))
+    assert clean < fd(_blur(other, 3)) < fd(_blur(other, 5))
+    assert clean < fd(_shift(other, 2)) < fd(_shift(other, 4))
+    same = score_images(other, classifier, ref, ("kid", "pr"), cfg)
+    noisy = score_images(_noise(other, 60), classifier, ref, ("kid",), cfg)
+    assert abs(same.kid) < 3 * same.kid_std + 1e-3 * noisy.kid
+    assert noisy.kid > 10 * max(same.kid, same.kid_std)
+    assert same.precision > 0.6 and same.recall > 0.6
+    ident = score_images(ref_images, classifier, ref, ("pr",), cfg)
+    assert (ident.precision, ident.recall) == (1.0, 1.0)
+
+
+def test_effnet_features_logits_and_ranking(fmnist):
+    ext = EffNetLite0Extractor()
+    images = fmnist[0]
+    n = 32  # EfficientNet at 224² is slow on CPU: tiny sets, strong degradations, paired images
+    ref_images, other = images[:n], images[n : 2 * n]
+    # logits are the package network's own forward on the documented preprocessing
+    x = images[:2].float().expand(-1, 3, -1, -1)
+    x = F.interpolate(x, size=(EFFNET_SIZE, EFFNET_SIZE), mode="bilinear", align_corners=False)
+    with torch.inference_mode():
+        expected = ext.net((x - EFFNET_MEAN) / EFFNET_STD)
+    out = ext.extract(images[:2])
+    assert out.features.shape == (2, 1280) and out.logits.shape == (2, 1000)
+    torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-4)
+    batch = 16
+    ref = compute_reference_stats(ref_images, ext, batch_size=batch, keep_features=False)
+    cfg = ScoreConfig(batch_size=batch)
+    clean = score_images(other, ext, ref, ("fd",), cfg)
+    assert clean.as_dict()["FD-EffNetLite0"] == clean.fd  # never labelled "FID"
+
+    def fd(x):
+        return score_images(x, ext, ref, ("fd",), cfg).fd
+
+    assert clean.fd < fd(_noise(other, 60)) and clean.fd < fd(_blur(other, 5))
+    assert clean.fd < fd(_shift(other, 5))  # Lite0 is nearly shift invariant: a small margin
+
+
+def test_sources_reference_files_and_cache(fmnist, classifier, tmp_path):
+    images = fmnist[0][:120]
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img[0].numpy(), mode="L").save(folder / f"{i:05d}.png")
+    npz = tmp_path / "samples.npz"
+    np.savez(npz, arr_0=images.permute(0, 2, 3, 1).numpy())  # NHWC as ADM writes samples
+    ref_path = tmp_path / "ref.npz"
+    calls = []
+
+    def reference_images():
+        calls.append(1)
+        return fmnist[0][1000:1200]
+
+    ref = cached_reference_stats(ref_path, reference_images, classifier, batch_size=100)
+    again = cached_reference_stats(ref_path, reference_images, classifier)
+    assert len(calls) == 1 and again.extractor == classifier.name and again.count == 200
+    np.testing.assert_array_equal(again.features, ref.features)
+    cfg = ScoreConfig(batch_size=50, kid=KIDConfig(num_subsets=5, subset_size=100), is_splits=2)
+    scores = [score_images(src, classifier, again, cfg=cfg) for src in (images, folder, npz)]
+    assert scores[0].as_dict() == scores[1].as_dict() == scores[2].as_dict()
+    assert 1.0 <= scores[0].inception_score <= 10.0 and scores[0].count == 120
+    # ADM / JiT reference files carry only mu and sigma (plus ignored extras)
+    adm = tmp_path / "adm_ref.npz"
+    np.savez(adm, mu=again.mu, sigma=again.sigma, mu_s=np.zeros(3), arr_0=np.zeros((1, 2, 2, 3)))
+    loaded = load_reference_stats(adm, classifier)
+    assert loaded.features is None and loaded.extractor is None
+    assert score_images(images, classifier, loaded, ("fd",)).fd == pytest.approx(scores[0].fd)
+    with pytest.raises(ValueError, match="keep_features=True"):
+        score_images(images, classifier, loaded, ("kid",))
+
+
+def test_reference_mismatch_and_roundtrip(tmp_path, classifier):
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((10, 128)).astype(np.float32)
+    ref = ReferenceStats(feats.mean(0), np.cov(feats, rowvar=False), 10, "other-net", feats)
+    path = save_reference_stats(tmp_path / "r.npz", ref)
+    back = load_reference_stats(path)
+    np.testing.assert_array_equal(back.sigma, ref.sigma)
+    assert (back.count, back.extractor) == (10, "other-net")
+    with pytest.raises(ValueError, match="computed with extractor 'other-net'"):
+        load_reference_stats(path, classifier)
+    with pytest.raises(ValueError, match="2048-d statistics"):
+        ReferenceStats(np.zeros(2048), np.eye(2048)).check_extractor(classifier)
+    with pytest.raises(ValueError, match="PRConfig|unknown metrics"):
+        ScoreConfig(metrics=("fid",), pr=PRConfig())
