@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CPU_PRESET, CPU_STEPS = "fmnist-small", 2000
+CPU_PRESET, CPU_STEPS = "fmnist-small", 1000
 GPU_PRESET_OVERRIDES = {"model.hidden_size": 384, "model.depth": 8, "optim.global_batch": 256}
 GPU_STEPS = 4000
 
