@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from pixeljit.atomic import atomic_write, temp_sibling
+
 LATEST = "latest.pt"
 MILESTONE_PATTERN = "step-{step:09d}.pt"
 MILESTONE_RE = re.compile(r"step-(\d{9})\.pt$")
@@ -21,25 +23,7 @@ FORMAT = "pixeljit.train/1"
 
 
 def atomic_save(obj, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(state: dict, folder: str | os.PathLike, step: int, milestone: bool) -> Path:
@@ -48,10 +32,8 @@ def save_checkpoint(state: dict, folder: str | os.PathLike, step: int, milestone
     latest = atomic_save({**state, "format": FORMAT}, folder / LATEST)
     if milestone:
         keep = folder / MILESTONE_PATTERN.format(step=step)
-        tmp = keep.with_name(f".{keep.name}.tmp")
+        tmp = temp_sibling(keep)
         try:
-            if tmp.exists():
-                tmp.unlink()
             os.link(latest, tmp)
         except OSError:
             import shutil

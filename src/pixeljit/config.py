@@ -311,6 +311,6 @@ def from_dict(data: dict) -> TrainConfig:
 
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> Path:
-    from pixeljit.checkpoint import atomic_write_text
+    from pixeljit.atomic import atomic_write_text
 
     return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

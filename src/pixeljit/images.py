@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from pixeljit.data.atomic import temp_sibling
+from pixeljit.atomic import atomic_write
 
 PIXEL_MAX = 255
 GRID_PADDING = 2  # pixels between grid cells
@@ -111,16 +111,12 @@ def make_grid(
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Call write(file) on a temporary sibling of `path`, then os.replace it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
-    try:
+
+    def to_file(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, to_file)
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from pixeljit.atomic import atomic_write
 from pixeljit.layers import swiglu_hidden
 from pixeljit.model import MODEL_SIZES, JiT, JiTConfig
 
@@ -219,10 +220,7 @@ def save_safetensors(
         meta["objective"] = json.dumps(objective)
     if class_names is not None:
         meta["class_names"] = json.dumps(list(class_names))
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_safetensors_with_meta(path: str | os.PathLike, device=None, **overrides):

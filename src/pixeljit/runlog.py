@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from pixeljit.atomic import atomic_write, atomic_write_text
+
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 
@@ -36,9 +38,7 @@ class RunLog:
         if not self.enabled or not self.path.is_file():
             return
         keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -88,9 +88,7 @@ def plot_loss(metrics_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    out = Path(out)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    try:
+        return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)

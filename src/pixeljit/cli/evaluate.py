@@ -176,6 +176,6 @@ def _report(scores: dict, args, say, info) -> None:
 
 def _write_json(obj, args, info) -> None:
     if args.out and info.is_main:
-        from pixeljit.checkpoint import atomic_write_text
+        from pixeljit.atomic import atomic_write_text
 
         atomic_write_text(Path(args.out), json.dumps(obj, indent=2))

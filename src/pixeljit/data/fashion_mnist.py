@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pixeljit.atomic import temp_sibling
 from pixeljit.paths import cache_root
 
-from .atomic import temp_sibling
 from .idx import read_idx
 from .imaging import CROP_RULE, GREY, check_channels, check_size, resize_stack
 from .source import SourceStream

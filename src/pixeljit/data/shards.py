@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import temp_sibling
+from pixeljit.atomic import temp_sibling
 
 FORMAT_NAME = "pixeljit-packed"
 FORMAT_VERSION = 1

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.data.atomic import temp_sibling
+from pixeljit.atomic import atomic_write, atomic_write_text
 from pixeljit.experiments.toy import ToyResult, off_manifold
 
 Tensor = torch.Tensor
@@ -100,13 +100,7 @@ def measure(result: ToyResult) -> list[dict]:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, text)
 
 
 def _fmt(value: float | None) -> str:
@@ -207,13 +201,8 @@ def write_figure(result: ToyResult, path: str | os.PathLike) -> Path:
                 ax.text(0.03, 0.03, f"{outside} of {len(points)} outside", fontsize=6,
                         transform=ax.transAxes, color="tab:red")  # fmt: skip
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path

@@ -13,7 +13,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,9 +23,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from pixeljit.atomic import atomic_write
+
 from .extractor import Extracted, FeatureExtractor, check_uint8_images, resize_square, to_grey
 from .idx import load_fashion_mnist
-from .weights import FILE_MODE
 
 FMNIST_SIZE = 28
 FMNIST_CLASSES = 10
@@ -164,16 +164,7 @@ def save_classifier(model: FMNISTNet, path: str | os.PathLike, meta: dict[str, s
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600; published files are world-readable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def classifier_metadata(path: str | os.PathLike | None = None) -> dict[str, str]:

@@ -10,7 +10,6 @@ ADM reference batches also hold `arr_0` images and spatial `mu_s`/`sigma_s`: the
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch.distributed as dist
 
+from pixeljit.atomic import atomic_write
+
 from .distances import sqrt_psd
 from .extractor import FeatureExtractor
 from .images import DEFAULT_BATCH, ImageSource, iter_batches
 from .stats import FeatureBank, FeatureStats, distributed_active
-from .weights import FILE_MODE
 
 
 @dataclass
@@ -83,16 +83,12 @@ def save_reference_stats(path: str | os.PathLike, ref: ReferenceStats) -> Path:
         arrays["extractor"] = np.asarray(ref.extractor)
     if ref.features is not None:
         arrays["features"] = ref.features
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
             np.savez(f, **arrays)
-        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600; published files are world-readable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+
+    return atomic_write(path, write)
 
 
 def load_reference_stats(

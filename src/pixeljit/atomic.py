@@ -1,0 +1,37 @@
+"""Atomic writes: write a hidden sibling in the same folder, then `os.replace` it into place.
+
+A crash never leaves a half-written file under the real name. Unlike tempfile.mkstemp, the
+sibling gets the usual umask-derived permissions, so published files are readable as any other.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+_TOKEN_CHARS = 8
+
+
+def temp_sibling(path: Path, tag: str = "tmp") -> Path:
+    """A unique hidden name beside `path` (same folder, hence same file system)."""
+    token = uuid.uuid4().hex[:_TOKEN_CHARS]
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{token}")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call write(temporary path), then move it to `path` (parents created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
