@@ -12,6 +12,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from pixeljit.paths import CACHE_ENV, cache_root  # noqa: F401 (CACHE_ENV: the variable to set)
+
 INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + INCEPTION_FILENAME
@@ -20,15 +22,14 @@ INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb91
 INCEPTION_BYTES = 95_628_359
 INCEPTION_ENV = "PIXELJIT_INCEPTION_WEIGHTS"
 INCEPTION_OPTION = "--inception-weights"
-CACHE_ENV = "PIXELJIT_CACHE"
 FILE_MODE = 0o644  # mode of the files we publish (weights, reference statistics)
 _CHUNK = 1 << 20  # bytes read per step when hashing / downloading
 _TIMEOUT_S = 60.0
 
 
 def cache_dir() -> Path:
-    """pixeljit's download cache: ${PIXELJIT_CACHE}, else ~/.cache/pixeljit."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pixeljit")
+    """pixeljit's download cache (see pixeljit.paths)."""
+    return cache_root()
 
 
 def sha256_file(path: str | os.PathLike) -> str:
