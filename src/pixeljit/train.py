@@ -11,7 +11,6 @@ process with gradient accumulation sees the same samples and noise as W processe
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,9 +243,3 @@ def _progress(enabled: bool, start: int, total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train")
-
-
-def total_steps_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    if cfg.optim.steps is not None:
-        return cfg.optim.steps
-    return max(1, math.ceil(cfg.optim.epochs * steps_per_epoch))
