@@ -37,12 +37,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """'auto' → cuda:<local_rank> when available, else cpu; 'cuda' gets the local rank index."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(
-                "device 'cuda' requested but CUDA is not available; use --set run.device=cpu"
-            )
+            raise ValueError(f"device {name!r}: CUDA is not available here; use cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from pixeljit.distributed import resolve_device
 from pixeljit.images import save_grid, save_npz, save_pngs, to_uint8
 from pixeljit.loading import TrainedModel, load_trained
 from pixeljit.sampling import (
@@ -135,18 +136,6 @@ def parse_outputs(paths: list[str] | None) -> Outputs:
                 raise ValueError(f"--out {raw} exists and is not a folder")
             folders.append(path)
     return Outputs(tuple(grids), tuple(npzs), tuple(folders))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
 
 
 def load_model(source, weights=None, in_context_start=None, device="cpu") -> TrainedModel:
