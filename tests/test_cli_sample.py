@@ -10,9 +10,9 @@ from PIL import Image
 import pixeljit
 from pixeljit.cli import main
 from pixeljit.cli.sample import choose_labels, grid_layout
-from pixeljit.images import make_grid, save_npz, to_uint8
+from pixeljit.diffusion.sampler import sample
+from pixeljit.files.images import make_grid, save_npz, to_uint8
 from pixeljit.model import JiTConfig
-from pixeljit.sampling import sample
 
 TINY = JiTConfig(
     image_size=16,
@@ -153,10 +153,10 @@ def test_save_npz_layout(tmp_path):
 
 def test_training_runs_sample_with_their_objective(tmp_path):
     """A pixeljit run folder samples with its own prediction / noise scale, EMA by default."""
-    from pixeljit.config import apply_overrides, get_preset
+    from pixeljit.checkpoints.load import load_trained
     from pixeljit.data import prepare
-    from pixeljit.loading import load_trained
-    from pixeljit.train import train
+    from pixeljit.training.config import apply_overrides, get_preset
+    from pixeljit.training.loop import train
 
     data = tmp_path / "data"
     prepare("fashion-mnist", 16, data, split="test", limit=64)

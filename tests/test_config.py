@@ -6,7 +6,7 @@ import pytest
 
 from pixeljit.cli import build_parser
 from pixeljit.cli.train import build_config
-from pixeljit.config import (
+from pixeljit.training.config import (
     apply_overrides,
     from_dict,
     get_preset,

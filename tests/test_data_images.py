@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from pixeljit.data.folders import decode_image, folder_stream, scan_image_folder
-from pixeljit.data.imaging import adm_center_crop, image_to_chw, resize_stack, to_channels
 from pixeljit.data.source import BadImageError
+from pixeljit.data.transforms import adm_center_crop, image_to_chw, resize_stack, to_channels
 
 
 # --- colour modes ------------------------------------------------------------------------------

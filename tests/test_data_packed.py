@@ -12,9 +12,9 @@ from pixeljit.cli import main
 from pixeljit.data import PackedDataset, load_fashion_mnist, pack_arrays, prepare
 from pixeljit.data import fashion_mnist as fm
 from pixeljit.data.folders import decode_image
-from pixeljit.data.idx import write_idx
 from pixeljit.data.shards import MANIFEST
 from pixeljit.data.source import BadImageError
+from pixeljit.files.idx import write_idx
 
 
 def make_classes(root, per_class: int = 3, size=(24, 18)):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pixeljit.ema import EMA
+from pixeljit.training.ema import EMA
 
 
 def test_updates_follow_the_closed_form():

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from pixeljit.checkpoints.load import load_trained
 from pixeljit.cli import main
-from pixeljit.config import apply_overrides, get_preset
 from pixeljit.data import prepare
+from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.evaluation import GenerationSpec, balanced_labels, evaluate, generate, shard
-from pixeljit.loading import load_trained
 from pixeljit.metrics import create_extractor, score_images
-from pixeljit.train import train
+from pixeljit.training.config import apply_overrides, get_preset
+from pixeljit.training.loop import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -49,9 +50,9 @@ def test_shards_cover_every_index_once():
 
 def test_images_do_not_depend_on_batch_size_or_ranks(setup):
     model = load_trained(setup / "run")
-    spec = GenerationSpec(num=6, steps=2, cfg=2.0, batch_size=6)
+    spec = GenerationSpec(num=6, sampler=SamplerConfig(steps=2, cfg=2.0), batch_size=6)
     whole = torch.cat([u8 for u8, _ in generate(model, spec)])
-    small = GenerationSpec(num=6, steps=2, cfg=2.0, batch_size=4)
+    small = GenerationSpec(num=6, sampler=SamplerConfig(steps=2, cfg=2.0), batch_size=4)
     split = torch.cat([u8 for r in range(3) for u8, _ in generate(model, small, r, 3)])
     assert torch.equal(whole, split)
 
@@ -62,7 +63,7 @@ def test_streaming_scores_equal_offline_scores(setup, tmp_path):
     from pixeljit.evaluation import reference_for
 
     ref = reference_for(str(setup / "data"), extractor, 16, 1)
-    spec = GenerationSpec(num=40, steps=2, cfg=1.5, batch_size=16)
+    spec = GenerationSpec(num=40, sampler=SamplerConfig(steps=2, cfg=1.5), batch_size=16)
     online = evaluate(model, spec, extractor, ref, ("fd", "kid", "pr", "is"), save_dir=tmp_path)
     assert 0.0 <= online["class_accuracy"] <= 1.0 and online["count"] == 40
     offline = score_images(str(tmp_path), extractor, ref, ("fd", "kid", "pr", "is")).as_dict()

@@ -10,7 +10,7 @@ import torch
 
 import pixeljit
 from conftest import rel_err
-from pixeljit.flow import (
+from pixeljit.diffusion.objective import (
     LOSS_SPACES,
     PREDICTIONS,
     ObjectiveConfig,

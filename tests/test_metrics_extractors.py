@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pixeljit.data.fashion_mnist import load_fashion_mnist
 from pixeljit.metrics import (
     EffNetLite0Extractor,
     KIDConfig,
@@ -23,7 +24,6 @@ from pixeljit.metrics import (
 )
 from pixeljit.metrics.effnet import EFFNET_MEAN, EFFNET_SIZE, EFFNET_STD
 from pixeljit.metrics.fmnist_classifier import FMNISTExtractor, classifier_metadata
-from pixeljit.metrics.idx import load_fashion_mnist
 
 MIN_ACCURACY = 0.90
 
@@ -32,7 +32,8 @@ MIN_ACCURACY = 0.90
 def fmnist() -> tuple[torch.Tensor, torch.Tensor]:
     """Real Fashion-MNIST test images (10000, 1, 28, 28) uint8 and labels (never skipped)."""
     try:
-        return load_fashion_mnist("test")
+        images, labels = load_fashion_mnist("test")
+        return torch.from_numpy(images), torch.from_numpy(labels)
     except FileNotFoundError as err:
         pytest.fail(str(err))  # the message says: apt-get install dataset-fashion-mnist
 

@@ -7,6 +7,7 @@ import hashlib
 import pytest
 import torch
 
+from pixeljit.files.download import download
 from pixeljit.metrics import weights
 from pixeljit.metrics.inception import (
     INCEPTION_CLASSES,
@@ -115,9 +116,9 @@ def test_download_verifies_sha256_atomically(tmp_path, monkeypatch):
     url = payload.as_uri()  # file:// — the same urllib path as https, no network
     dest = tmp_path / "out" / "weights.pth"
     with pytest.raises(ValueError, match="sha256"):
-        weights.download_file(url, dest, "0" * 64)
+        download(url, dest, "0" * 64)
     assert not dest.parent.exists() or list(dest.parent.iterdir()) == []  # nothing left behind
-    assert weights.download_file(url, dest, digest) == dest
+    assert download(url, dest, digest) == dest
     assert dest.read_bytes() == payload.read_bytes()
     # resolve(download=True) fetches into the cache when nothing is there yet
     monkeypatch.delenv(weights.INCEPTION_ENV, raising=False)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import pixeljit
-from pixeljit.layers import apply_rope, rope_2d_tables
 from pixeljit.model import JiTConfig, model_names
+from pixeljit.model.layers import apply_rope, rope_2d_tables
 
 TINY = dict(
     image_size=32,
@@ -128,7 +128,7 @@ def test_switches_change_structure():
     assert not hasattr(tiny(bottleneck_dim=None).x_embedder, "proj1")
     assert tiny(num_classes=0).y_embedder is None
     assert "in_context_posemb" not in dict(tiny(in_context_len=0).named_parameters())
-    assert isinstance(tiny(mlp="gelu").blocks[0].mlp, pixeljit.layers.GeluMLP)
+    assert isinstance(tiny(mlp="gelu").blocks[0].mlp, pixeljit.model.layers.GeluMLP)
 
 
 def test_bf16_autocast_close_to_fp32():

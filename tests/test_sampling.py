@@ -12,18 +12,10 @@ from torch import nn
 
 import pixeljit
 from conftest import rel_err
-from pixeljit.flow import PREDICTIONS, convert
-from pixeljit.guidance import GuidedField, guidance_mask
-from pixeljit.sampling import (
-    dpmpp_2m,
-    euler,
-    evaluations,
-    heun,
-    noise_from_seeds,
-    sample,
-    sample_seeds,
-    time_grid,
-)
+from pixeljit.diffusion.guidance import GuidedField, guidance_mask
+from pixeljit.diffusion.objective import PREDICTIONS, convert
+from pixeljit.diffusion.sampler import noise_from_seeds, sample, sample_seeds
+from pixeljit.diffusion.solvers import dpmpp_2m, euler, evaluations, heun, time_grid
 
 F64 = torch.float64
 D = 4  # data dimension, laid out as (1, 2, 2) images
@@ -243,8 +235,11 @@ def test_guidance_changes_samples_and_uses_one_batched_forward():
     net = AnalyticNet(gauss)
     y = torch.tensor([0, 1])
     z0 = noise(2, seed=6)
-    guided = sample(net, y, noise=z0, steps=4, method="euler", cfg=3.0)
+    guided = sample(net, y, noise=z0, steps=4, method="euler", cfg=3.0, interval=(0.0, 1.0))
     assert net.calls == [4, 4, 4, 4]  # cat([cond, uncond]) in one call per step
+    paper = AnalyticNet(gauss)  # the default interval is the paper's (0.1, 1]: t = 0 unguided
+    sample(paper, y, noise=z0, steps=4, method="euler", cfg=3.0)
+    assert paper.calls == [2, 4, 4, 4]
     plain = sample(AnalyticNet(gauss), y, noise=z0, steps=4, method="euler")
     assert error(guided, plain) > 1e-2
 
@@ -348,3 +343,41 @@ def test_sampler_parity_with_reference(reference, reference_net, method):
         noise_scale=ref["noise_scale"],
     )
     assert rel_err(out, ref["out"]) < 1e-4
+
+
+def test_every_entry_point_takes_its_defaults_from_sampler_config():
+    """The API, both CLI verbs, training previews and evaluation share SamplerConfig's defaults
+    (they had drifted apart: the API once guided on (0, 1), the CLI on (0.1, 1))."""
+    import inspect
+
+    from pixeljit.cli import build_parser
+    from pixeljit.diffusion.sampler import SamplerConfig
+    from pixeljit.evaluation import GenerationSpec
+    from pixeljit.training.config import SampleConfig
+
+    defaults = SamplerConfig()
+    assert defaults.interval == (0.1, 1.0) and defaults.steps == 50 and defaults.method == "heun"
+    signature = inspect.signature(sample).parameters
+    for name, value in defaults.kwargs().items():
+        assert signature[name].default == value, name
+        assert getattr(SampleConfig(), name) == value, name
+        assert getattr(GenerationSpec(num=1).sampler, name) == value, name
+    parser = build_parser()
+    for verb in (["sample", "ckpt"], ["eval", "--checkpoint", "ckpt"]):
+        args = parser.parse_args(verb)
+        for name, value in defaults.kwargs().items():
+            if name != "t_min":  # not a flag
+                assert tuple(np.atleast_1d(getattr(args, name))) == tuple(np.atleast_1d(value))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("cfg", float("nan")), ("cfg", -1.0), ("interval", (0.5, 0.2)), ("interval", (0.0, 1.5)),
+     ("t_eps", 0.0), ("t_eps", float("inf")), ("steps", 0), ("steps", 2.5), ("shift", 0.0),
+     ("method", "rk4"), ("grid", "cosine"), ("t_min", float("nan"))],
+)  # fmt: skip
+def test_sampler_config_rejects_bad_values(field, value):
+    from pixeljit.diffusion.sampler import SamplerConfig
+
+    with pytest.raises(ValueError, match=field):
+        SamplerConfig(**{field: value})

@@ -15,6 +15,9 @@ import torch
 from PIL import Image
 
 from pixeljit.cli import main
+from pixeljit.diffusion.guidance import GuidedField
+from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss_at
+from pixeljit.diffusion.solvers import heun, time_grid
 from pixeljit.experiments import ToyConfig, measure, run_toy
 from pixeljit.experiments.toy import (
     ToyMLP,
@@ -23,9 +26,6 @@ from pixeljit.experiments.toy import (
     swiss_roll,
 )
 from pixeljit.experiments.toy_report import energy_distance, gaussian_mmd2
-from pixeljit.flow import ObjectiveConfig, flow_matching_loss_at
-from pixeljit.guidance import GuidedField
-from pixeljit.sampling import heun, time_grid
 
 TINY = {"steps": 3, "batch_size": 32, "num_samples": 64, "sample_steps": 3}
 

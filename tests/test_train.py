@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import pixeljit
-from pixeljit.checkpoint import load_checkpoint
-from pixeljit.config import apply_overrides, get_preset, presets
+from pixeljit.checkpoints.run import load_checkpoint
 from pixeljit.data import prepare
-from pixeljit.flow import ObjectiveConfig, flow_matching_loss
-from pixeljit.train import learning_rate, train
+from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss
+from pixeljit.training.config import apply_overrides, get_preset, presets
+from pixeljit.training.loop import learning_rate, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -1,9 +1,10 @@
 """pixeljit: JiT ("Just image Transformers", Li & He 2025) in PyTorch."""
 
-from pixeljit.loading import TrainedModel, load_trained
+from pixeljit.checkpoints.authors import load_reference
+from pixeljit.checkpoints.load import TrainedModel, load_trained
+from pixeljit.checkpoints.safetensors_io import load_safetensors, save_safetensors
+from pixeljit.diffusion.sampler import sample
 from pixeljit.model import JiT, JiTConfig, count_parameters, create_model, model_config
-from pixeljit.reference import load_reference, load_safetensors, save_safetensors
-from pixeljit.sampling import sample
 
 __version__ = "0.1.0"
 

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 
+from pixeljit.checkpoints.load import TrainedModel
 from pixeljit.data.open import open_dataset
-from pixeljit.images import save_pngs, to_uint8
-from pixeljit.loading import TrainedModel
+from pixeljit.diffusion.sampler import NO_GUIDANCE, SamplerConfig, sample
+from pixeljit.files.cache import cache_root
+from pixeljit.files.images import save_pngs, to_uint8
 from pixeljit.metrics import (
     FeatureExtractor,
     ReferenceStats,
@@ -28,18 +30,14 @@ from pixeljit.metrics import (
     load_reference_stats,
     score_images,
 )
-from pixeljit.paths import cache_root
-from pixeljit.sampling import sample
 
 
 @dataclass(frozen=True)
 class GenerationSpec:
+    """What to generate: how many images, with which sampler, seed, batch size and precision."""
+
     num: int
-    steps: int = 50
-    method: str = "heun"
-    cfg: float = 1.0
-    interval: tuple[float, float] = (0.1, 1.0)
-    t_eps: float = 0.05
+    sampler: SamplerConfig = SamplerConfig()
     seed: int = 0
     batch_size: int = 64
     amp_dtype: torch.dtype | None = None
@@ -82,8 +80,8 @@ def generate(
         last = min(first + spec.batch_size, stop)
         labels = balanced_labels(first, last, classes)
         images = sample(
-            model.net, labels, num=last - first, steps=spec.steps, method=spec.method,
-            cfg=spec.cfg if classes else 1.0, interval=spec.interval, t_eps=spec.t_eps,
+            model.net, labels, num=last - first,
+            **(spec.sampler.kwargs() | ({} if classes else {"cfg": NO_GUIDANCE})),
             noise_scale=scale, prediction=model.prediction,
             preconditioner=model.preconditioner, seed=spec.seed, first_index=first,
             amp_dtype=spec.amp_dtype,
@@ -199,8 +197,7 @@ def sweep_rows(
     for weights in emas:
         model = load(weights)
         for w in cfgs:
-            scores = evaluate(
-                model, dataclasses.replace(spec, cfg=w), extractor, ref, ("fd",), **kw
-            )
+            guided = dataclasses.replace(spec, sampler=dataclasses.replace(spec.sampler, cfg=w))
+            scores = evaluate(model, guided, extractor, ref, ("fd",), **kw)
             rows.append({"weights": weights, "cfg": w, **scores})
     return rows

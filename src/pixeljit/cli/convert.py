@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from pixeljit.loading import export_safetensors, load_trained
+from pixeljit.checkpoints.load import export_safetensors, load_trained
 
 
 def add_parser(sub) -> None:

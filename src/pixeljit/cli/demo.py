@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 def demo_config(out: str, steps: int | None, device: str):
     import torch
 
-    from pixeljit.config import apply_overrides, get_preset
+    from pixeljit.training.config import apply_overrides, get_preset
 
     gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     overrides = {"run.out": out, "run.device": device, "sample.per_class": 8,
@@ -37,7 +37,7 @@ def demo_config(out: str, steps: int | None, device: str):
 
 
 def run(args) -> int:
-    from pixeljit.train import train
+    from pixeljit.training.loop import train
 
     cfg = demo_config(args.out, args.steps, args.device)
     m = cfg.model

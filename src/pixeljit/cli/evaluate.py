@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
+
 METRIC_NAMES = ("fd", "kid", "is", "pr")
 AMP = {"none": None, "bf16": torch.bfloat16}
 
@@ -37,11 +39,7 @@ def add_parser(sub) -> None:
                    help="images to generate (under torchrun write --num-images: torchrun's own "
                    "parser takes --num for its --numa-binding)")  # fmt: skip
     p.add_argument("--weights", default=None, help="ema | ema:<decay> | model | model_ema1 …")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--method", default="heun")
-    p.add_argument("--cfg", type=float, default=1.0)
-    p.add_argument("--interval", type=float, nargs=2, default=(0.1, 1.0), metavar=("LO", "HI"))
-    p.add_argument("--t-eps", type=float, default=0.05)
+    add_sampler_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--device", default="auto")
@@ -72,18 +70,18 @@ def _emas(args, checkpoint: str) -> list[str]:
     if args.emas is None:
         return [args.weights or "ema"] if args.weights else [None]
     if args.emas == ["all"]:
-        from pixeljit.loading import checkpoint_kind
+        from pixeljit.checkpoints.load import checkpoint_kind
 
         if checkpoint_kind(checkpoint) == "authors":
             return ["model_ema1", "model_ema2"]
-        from pixeljit.checkpoint import load_checkpoint
+        from pixeljit.checkpoints.run import load_checkpoint
 
         return [f"ema:{d}" for d in load_checkpoint(checkpoint)["ema"]["decays"]]
     return list(args.emas)
 
 
 def run(args) -> int:
-    from pixeljit import distributed as dist_utils
+    from pixeljit.training import distributed as dist_utils
 
     info = dist_utils.setup(args.device)
     try:
@@ -93,10 +91,10 @@ def run(args) -> int:
 
 
 def _run(args, info) -> int:
-    from pixeljit import distributed as dist_utils
+    from pixeljit.checkpoints.load import load_trained
     from pixeljit.evaluation import GenerationSpec, evaluate, reference_for, sweep_rows
-    from pixeljit.loading import load_trained
     from pixeljit.metrics import save_reference_stats, score_images
+    from pixeljit.training import distributed as dist_utils
 
     barrier = lambda: dist_utils.barrier(info)  # noqa: E731
     say = print if info.is_main else (lambda *a, **k: None)
@@ -120,14 +118,14 @@ def _run(args, info) -> int:
         _report(scores, args, say, info)
         return 0
 
+    sampler = sampler_from_args(args)  # validated before anything is loaded
     model = load_trained(args.checkpoint, args.weights, device=info.device)
     cfg = model.net.config
     extractor = _extractor(args.extractor, cfg.in_channels, cfg.num_classes,
                            args.inception_weights, info.device)  # fmt: skip
     ref = _ref(args, extractor, cfg.image_size, cfg.in_channels, info, barrier)
     spec = GenerationSpec(
-        num=args.num, steps=args.steps, method=args.method, cfg=args.cfg,
-        interval=tuple(args.interval), t_eps=args.t_eps, seed=args.seed,
+        num=args.num, sampler=sampler, seed=args.seed,
         batch_size=args.batch_size, amp_dtype=AMP[args.amp],
     )  # fmt: skip
     kw = {"rank": info.rank, "world": info.world_size}
@@ -176,6 +174,6 @@ def _report(scores: dict, args, say, info) -> None:
 
 def _write_json(obj, args, info) -> None:
     if args.out and info.is_main:
-        from pixeljit.atomic import atomic_write_text
+        from pixeljit.files.atomic import atomic_write_text
 
         atomic_write_text(Path(args.out), json.dumps(obj, indent=2))

@@ -13,18 +13,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pixeljit.distributed import resolve_device
-from pixeljit.images import save_grid, save_npz, save_pngs, to_uint8
-from pixeljit.loading import TrainedModel, load_trained
-from pixeljit.sampling import (
-    DEFAULT_SHIFT,
-    DEFAULT_STEPS,
-    GRIDS,
-    METHODS,
-    SAMPLE_T_EPS,
-    check_sampling_args,
-    sample,
-)
+from pixeljit.checkpoints.load import TrainedModel, load_trained
+from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
+from pixeljit.diffusion.sampler import check_sampling_args, sample
+from pixeljit.files.images import save_grid, save_npz, save_pngs, to_uint8
+from pixeljit.training.distributed import resolve_device
 
 DEFAULT_OUT = "samples.png"
 PER_CLASS = 8  # default images per class (grid columns)
@@ -69,19 +62,7 @@ def add_parser(sub) -> None:
         default=None,
         help=f"number of images (default {PER_CLASS} per class shown)",
     )
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--method", default="heun", choices=METHODS)
-    p.add_argument("--grid", default="uniform", choices=GRIDS, help="time grid")
-    p.add_argument("--shift", type=float, default=DEFAULT_SHIFT, help="shift of --grid shifted")
-    p.add_argument("--cfg", type=float, default=1.0, help="guidance scale (1 = none)")
-    p.add_argument(
-        "--interval",
-        type=float,
-        nargs=2,
-        default=(0.1, 1.0),
-        metavar=("LO", "HI"),
-        help="CFG interval in t (default 0.1 1.0, the paper's)",
-    )
+    add_sampler_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -91,7 +72,6 @@ def add_parser(sub) -> None:
         choices=tuple(AMP_DTYPES),
         help="run the network under autocast (the authors sample in bf16)",
     )
-    p.add_argument("--t-eps", type=float, default=SAMPLE_T_EPS, help="clamp of 1 − t")
     p.add_argument(
         "--noise-scale",
         type=float,
@@ -188,10 +168,9 @@ def run(args) -> int:
         raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     if args.ncols is not None and args.ncols < 1 or args.scale < 1:
         raise ValueError("--ncols and --scale must be ≥ 1")
-    interval = check_sampling_args(
-        args.steps, args.method, args.cfg, tuple(args.interval), args.t_eps,
-        1.0 if args.noise_scale is None else args.noise_scale, grid=args.grid, shift=args.shift,
-    )  # fmt: skip
+    sampler = sampler_from_args(args)
+    if args.noise_scale is not None:
+        check_sampling_args(**sampler.kwargs(), noise_scale=args.noise_scale)
     outputs = parse_outputs(args.out)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.weights, args.in_context_start, device)
@@ -209,16 +188,10 @@ def run(args) -> int:
                 net,
                 labels[start:stop] if labels is not None else None,
                 num=stop - start,
-                steps=args.steps,
-                method=args.method,
-                cfg=args.cfg,
-                interval=interval,
-                t_eps=args.t_eps,
+                **sampler.kwargs(),
                 noise_scale=noise_scale,
                 prediction=model.prediction,
                 preconditioner=model.preconditioner,
-                grid=args.grid,
-                shift=args.shift,
                 seed=args.seed,
                 first_index=start,
                 amp_dtype=AMP_DTYPES[args.amp],

@@ -9,7 +9,14 @@ Precedence: preset, then the YAML file, then the flags, then --set. With --resum
 
 from __future__ import annotations
 
-from pixeljit.config import apply_overrides, from_dict, get_preset, load_yaml, parse_set, presets
+from pixeljit.training.config import (
+    apply_overrides,
+    from_dict,
+    get_preset,
+    load_yaml,
+    parse_set,
+    presets,
+)
 
 
 def add_parser(sub) -> None:
@@ -35,7 +42,7 @@ def build_config(args):
     if args.preset:
         cfg = get_preset(args.preset)
     elif args.resume:
-        from pixeljit.checkpoint import load_checkpoint
+        from pixeljit.checkpoints.run import load_checkpoint
 
         cfg = from_dict(load_checkpoint(args.resume)["config"])
     else:
@@ -60,7 +67,7 @@ def build_config(args):
 
 
 def run(args) -> int:
-    from pixeljit.train import train
+    from pixeljit.training.loop import train
 
     cfg = build_config(args)
     result = train(cfg, resume=args.resume, progress=not args.no_progress)

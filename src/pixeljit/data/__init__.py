@@ -2,6 +2,8 @@
 the device loader. Flow: source -> `prepare` -> packed set on disk -> `PackedDataset` ->
 `DeviceLoader` -> (x in [-1, 1], y int64) on the training device."""
 
+from pixeljit.files.idx import read_idx, write_idx
+
 from .emoji import emoji_stream, find_emoji_font, load_emoji
 from .fashion_mnist import (
     CLASS_NAMES as FASHION_MNIST_CLASSES,
@@ -12,12 +14,11 @@ from .fashion_mnist import (
     load_fashion_mnist,
 )
 from .folders import decode_image, scan_image_folder
-from .idx import read_idx, write_idx
-from .imaging import adm_center_crop, image_to_chw, to_channels
 from .loader import DeviceLoader, epoch_order
 from .packed import ArrayDataset, PackedDataset
 from .prepare import PrepareResult, pack_arrays, prepare, write_stream
 from .source import BadImage, BadImageError
+from .transforms import adm_center_crop, image_to_chw, to_channels
 
 __all__ = [
     "FASHION_MNIST_CLASSES",

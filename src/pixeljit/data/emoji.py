@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .imaging import COLOUR, CROP_RULE, check_channels, check_size, image_to_chw
 from .source import BadImage, BadImageError, SourceStream
+from .transforms import COLOUR, CROP_RULE, check_channels, check_size, image_to_chw
 
 FONT_CANDIDATES = (
     Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"),

@@ -12,21 +12,18 @@ the cache) and each file is checked against the MD5 published in the Fashion-MNI
 
 from __future__ import annotations
 
-import hashlib
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from pixeljit.atomic import temp_sibling
-from pixeljit.paths import cache_root
+from pixeljit.files.cache import cache_root
+from pixeljit.files.download import DOWNLOAD_TIMEOUT_S, download, file_digest
+from pixeljit.files.idx import read_idx
 
-from .idx import read_idx
-from .imaging import CROP_RULE, GREY, check_channels, check_size, resize_stack
 from .source import SourceStream
+from .transforms import CROP_RULE, GREY, check_channels, check_size, resize_stack
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -56,13 +53,12 @@ OFFICIAL_CHECKSUMS: dict[str, tuple[str, str]] = {
     "t10k-images-idx3-ubyte.gz": ("md5", "bef4ecab320f06d8554ea6380940ec79"),
     "t10k-labels-idx1-ubyte.gz": ("md5", "bb300cfdad3c16e7a12a480ee83cd310"),
 }
-DOWNLOAD_TIMEOUT_S = 60.0
-_CHUNK_BYTES = 1 << 20
+
 _RESIZE_BATCH = 1024
 
 
 def default_cache_dir() -> Path:
-    """<pixeljit cache>/fashion-mnist (see pixeljit.paths)."""
+    """<pixeljit cache>/fashion-mnist (see pixeljit.files.cache)."""
     return cache_root() / "fashion-mnist"
 
 
@@ -109,40 +105,11 @@ def find_fashion_mnist(
     raise FileNotFoundError(install_hint(split, searched))
 
 
-def _file_digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm, usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fetch(url: str, dest: Path, algorithm: str, expected: str, timeout: float) -> None:
-    """Stream `url` to `dest` atomically, refusing it unless its digest matches."""
-    digest = hashlib.new(algorithm, usedforsecurity=False)
-    tmp = temp_sibling(dest, "part")
-    try:
-        try:
-            with open(tmp, "xb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                while chunk := resp.read(_CHUNK_BYTES):
-                    digest.update(chunk)
-                    out.write(chunk)
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            raise RuntimeError(
-                f"could not download {url} ({err}); check the connection, or get the files "
-                "another way: on Debian/Ubuntu `sudo apt-get install dataset-fashion-mnist`, or "
-                f"download {dest.name} by hand into {dest.parent}"
-            ) from err
-        got = digest.hexdigest()
-        if got != expected:
-            raise ValueError(
-                f"download of {url} failed its {algorithm} check (expected {expected}, got "
-                f"{got}); the file was discarded. Retry, or fetch it by hand into {dest.parent}"
-            )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _download_hint(dest: Path) -> str:
+    return (
+        "; or get the files another way: on Debian/Ubuntu `sudo apt-get install "
+        f"dataset-fashion-mnist`, or download {dest.name} by hand into {dest.parent}"
+    )
 
 
 def download_fashion_mnist(
@@ -169,9 +136,10 @@ def download_fashion_mnist(
             raise ValueError(f"no checksum known for {filename}: refusing an unverified download")
         algorithm, expected = checksums[filename]
         target = folder / filename
-        if target.is_file() and _file_digest(target, algorithm) == expected:
+        if target.is_file() and file_digest(target, algorithm) == expected:
             continue
-        _fetch(base_url.rstrip("/") + "/" + filename, target, algorithm, expected, timeout)
+        url = base_url.rstrip("/") + "/" + filename
+        download(url, target, expected, algorithm, timeout, hint=_download_hint(target))
     return folder
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .imaging import COLOUR, CROP_RULE, check_channels, check_size, image_to_chw
 from .source import BadImage, BadImageError, SourceStream
+from .transforms import COLOUR, CROP_RULE, check_channels, check_size, image_to_chw
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

@@ -26,18 +26,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
+from pixeljit.rng import derive_seed as _derive
+
 PERM_STREAM = 0
 FLIP_STREAM = 1
 FLIP_PROBABILITY = 0.5
-_SEED_BITS = 63
 UINT8_HALF_RANGE = 127.5  # u8 / 127.5 - 1 maps 0 -> -1 and 255 -> +1
 _EPOCH_CACHE = 2
 
 
 def derive_seed(seed: int, epoch: int, stream: int) -> int:
     """A well-mixed 63-bit generator seed from (seed, epoch, stream), stable across platforms."""
-    words = np.random.SeedSequence([seed, epoch, stream]).generate_state(2, dtype=np.uint32)
-    return ((int(words[0]) << 32) | int(words[1])) & ((1 << _SEED_BITS) - 1)
+    return _derive(seed, epoch, stream)
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:

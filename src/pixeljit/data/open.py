@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from pixeljit.paths import cache_root
+from pixeljit.files.cache import cache_root
 
 from .packed import PackedDataset
 from .prepare import prepare

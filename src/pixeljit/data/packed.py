@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST, file_sha256
+from pixeljit.files.download import file_digest
+
+from .shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST
 
 REQUIRED_KEYS = (
     "count",
@@ -41,7 +43,7 @@ def _open_npy(folder: Path, entry: dict, shape: tuple, dtype, verify: bool) -> n
     size = path.stat().st_size
     if size != entry["bytes"]:
         raise _mismatch(folder, f"{entry['file']} has {size} bytes, manifest says {entry['bytes']}")
-    if verify and file_sha256(path) != entry["sha256"]:
+    if verify and file_digest(path) != entry["sha256"]:
         raise _mismatch(folder, f"{entry['file']} fails its sha256 check (content changed)")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)

@@ -19,7 +19,6 @@ import numpy as np
 from .emoji import emoji_stream
 from .fashion_mnist import fashion_mnist_stream
 from .folders import LAYOUTS, folder_stream
-from .imaging import COLOUR, GREY, check_channels, check_size
 from .shards import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -32,6 +31,7 @@ from .shards import (
     write_json_atomic,
 )
 from .source import BadImage, SourceStream
+from .transforms import COLOUR, GREY, check_channels, check_size
 
 FASHION_MNIST = "fashion-mnist"
 EMOJI = "emoji"

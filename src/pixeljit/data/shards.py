@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixeljit.atomic import temp_sibling
+from pixeljit.files.atomic import temp_sibling
 
 FORMAT_NAME = "pixeljit-packed"
 FORMAT_VERSION = 1
@@ -27,7 +27,6 @@ MANIFEST = "manifest.json"
 LABELS_FILE = "labels.npy"
 SHARD_PATTERN = "images-{:05d}.npy"
 DEFAULT_SHARD_BYTES = 1 << 30  # ~1 GiB of pixels per shard
-_HASH_CHUNK = 1 << 22
 
 
 class _HashingWriter:
@@ -54,14 +53,6 @@ def save_npy(path: Path, array: np.ndarray) -> dict:
         "bytes": writer.bytes,
         "sha256": writer.digest.hexdigest(),
     }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def default_images_per_shard(image_shape: tuple[int, int, int]) -> int:

@@ -3,8 +3,9 @@
 A 2-D distribution x̂ (a Swiss-roll spiral, per-coordinate standard deviation ≈ 1) is embedded as
 x = P·x̂ by a fixed random column-orthogonal P ∈ ℝ^{D×2} (PᵀP = I). For every D and every
 prediction kind a fresh 5-layer ReLU MLP (256 hidden units) is trained with the project's own
-objective (`pixeljit.flow.flow_matching_loss`, always the v-loss) and sampled with the project's
-own solver (`pixeljit.sampling.heun` over `time_grid`, through `pixeljit.guidance.GuidedField`).
+objective (`pixeljit.diffusion.objective.flow_matching_loss`, always the v-loss) and sampled with
+the project's own solver (`pixeljit.diffusion.solvers.heun` over `time_grid`, through
+`pixeljit.diffusion.guidance.GuidedField`).
 Samples are mapped back to 2-D with Pᵀ and compared with the true distribution.
 
 Details the paper leaves open (our choices, see docs/toy.md):
@@ -34,9 +35,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pixeljit.flow import PREDICTIONS, ObjectiveConfig, flow_matching_loss
-from pixeljit.guidance import GuidedField
-from pixeljit.sampling import heun, time_grid
+from pixeljit.diffusion.guidance import GuidedField
+from pixeljit.diffusion.objective import PREDICTIONS, ObjectiveConfig, flow_matching_loss
+from pixeljit.diffusion.solvers import heun, time_grid
 
 Tensor = torch.Tensor
 

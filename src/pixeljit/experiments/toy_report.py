@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.atomic import atomic_write, atomic_write_text
 from pixeljit.experiments.toy import ToyResult, off_manifold
+from pixeljit.files.atomic import atomic_write, atomic_write_text
 
 Tensor = torch.Tensor
 

@@ -12,6 +12,13 @@ Extractors:
   class-conditional accuracy.
 """
 
+from .dataset_stats import (
+    ReferenceStats,
+    cached_reference_stats,
+    compute_reference_stats,
+    load_reference_stats,
+    save_reference_stats,
+)
 from .distances import (
     KIDConfig,
     PRConfig,
@@ -23,18 +30,11 @@ from .distances import (
 )
 from .effnet import EffNetLite0Extractor
 from .extractor import Extracted, FeatureExtractor
-from .images import iter_batches, iter_folder_images, iter_npz_images, load_images
+from .image_sources import iter_batches, iter_folder_images, iter_npz_images, load_images
 from .inception import FIDInceptionV3, InceptionExtractor, load_fid_inception
-from .reference import (
-    ReferenceStats,
-    cached_reference_stats,
-    compute_reference_stats,
-    load_reference_stats,
-    save_reference_stats,
-)
 from .score import ScoreConfig, Scores, class_accuracy, score_images
 from .stats import FeatureBank, FeatureStats
-from .weights import INCEPTION_ENV, INCEPTION_URL, download_file, resolve_inception_weights
+from .weights import INCEPTION_ENV, INCEPTION_URL, resolve_inception_weights
 
 # the classifier module is also a `python -m` entry point, so it is imported lazily (importing
 # it here would make runpy warn that the module was already imported)
@@ -84,7 +84,6 @@ __all__ = [
     "class_accuracy",
     "compute_reference_stats",
     "create_extractor",
-    "download_file",
     "frechet_distance",
     "inception_score",
     "iter_batches",

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from pixeljit.atomic import atomic_write
+from pixeljit.data.fashion_mnist import load_fashion_mnist
+from pixeljit.files.atomic import atomic_write
 
 from .extractor import Extracted, FeatureExtractor, check_uint8_images, resize_square, to_grey
-from .idx import load_fashion_mnist
 
 FMNIST_SIZE = 28
 FMNIST_CLASSES = 10
@@ -116,8 +116,8 @@ def train_classifier(
     Deterministic for a seed (torch deterministic algorithms are enabled while training).
     """
     cfg = cfg or TrainConfig()
-    train_x, train_y = load_fashion_mnist("train", root)
-    test_x, test_y = load_fashion_mnist("test", root)
+    train_x, train_y = map(torch.from_numpy, load_fashion_mnist("train", root))
+    test_x, test_y = map(torch.from_numpy, load_fashion_mnist("test", root))
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     was_filling = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True)

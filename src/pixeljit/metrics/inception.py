@@ -17,8 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pixeljit.files.download import file_digest
+
 from .extractor import Extracted, FeatureExtractor, check_uint8_images, to_rgb
-from .weights import INCEPTION_SHA256, resolve_inception_weights, sha256_file
+from .weights import INCEPTION_SHA256, resolve_inception_weights
 
 INCEPTION_SIZE = 299
 INCEPTION_DIM = 2048
@@ -257,7 +259,7 @@ def load_fid_inception(
     """
     path = resolve_inception_weights(weights_path, download=download)
     if not allow_nonstandard:
-        digest = sha256_file(path)
+        digest = file_digest(path)
         if digest != INCEPTION_SHA256:
             raise ValueError(
                 f"{path} is not the standard FID Inception file (sha256 {digest}, expected "

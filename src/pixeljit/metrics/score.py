@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .dataset_stats import ReferenceStats
 from .distances import (
     KIDConfig,
     PRConfig,
@@ -20,8 +21,7 @@ from .distances import (
     precision_recall,
 )
 from .extractor import FeatureExtractor
-from .images import DEFAULT_BATCH, ImageSource, iter_batches
-from .reference import ReferenceStats
+from .image_sources import DEFAULT_BATCH, ImageSource, iter_batches
 from .stats import FeatureBank, FeatureStats, all_gather_rows
 
 METRICS = ("fd", "kid", "is", "pr")

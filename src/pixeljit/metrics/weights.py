@@ -6,13 +6,11 @@ pytorch-fid (the same file torch-fidelity ships); JiT's numbers were measured wi
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-import urllib.request
 from pathlib import Path
 
-from pixeljit.paths import CACHE_ENV, cache_root  # noqa: F401 (CACHE_ENV: the variable to set)
+from pixeljit.files.cache import CACHE_ENV, cache_root  # noqa: F401 (CACHE_ENV: the variable to set)
+from pixeljit.files.download import download as download_file
 
 INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = (
@@ -22,53 +20,11 @@ INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb91
 INCEPTION_BYTES = 95_628_359
 INCEPTION_ENV = "PIXELJIT_INCEPTION_WEIGHTS"
 INCEPTION_OPTION = "--inception-weights"
-FILE_MODE = 0o644  # mode of the files we publish (weights, reference statistics)
-_CHUNK = 1 << 20  # bytes read per step when hashing / downloading
-_TIMEOUT_S = 60.0
 
 
 def cache_dir() -> Path:
-    """pixeljit's download cache (see pixeljit.paths)."""
+    """pixeljit's download cache (see pixeljit.files.cache)."""
     return cache_root()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def download_file(
-    url: str, dest: str | os.PathLike, sha256: str, timeout: float = _TIMEOUT_S
-) -> Path:
-    """Download `url` to `dest` atomically and verify its sha256 (any urllib URL, file:// too).
-
-    The bytes go to a temporary file beside `dest`, are hashed while streaming, and replace
-    `dest` only when the digest matches; on a mismatch nothing is left behind.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as src:
-            while chunk := src.read(_CHUNK):
-                h.update(chunk)
-                out.write(chunk)
-        if h.hexdigest() != sha256.lower():
-            raise ValueError(
-                f"download of {url} has sha256 {h.hexdigest()}, expected {sha256}: the file is "
-                "corrupt or not the expected one; nothing was written"
-            )
-        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600; published files are world-readable
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
 
 
 def missing_inception_message(looked_at: list[Path]) -> str:

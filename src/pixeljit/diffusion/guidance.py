@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from pixeljit.flow import DEFAULT_T_MIN, PREDICTIONS, Denoiser, to_velocity
+from pixeljit.diffusion.objective import DEFAULT_T_MIN, PREDICTIONS, Denoiser, to_velocity
 
 Tensor = torch.Tensor
 

@@ -9,13 +9,15 @@ every value is checked against the field's type, and each section re-validates i
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from pixeljit.flow import ObjectiveConfig
+from pixeljit.diffusion.objective import ObjectiveConfig
+from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.model import JiTConfig, model_config
 
 BASE_BATCH = 256  # lr = blr × global_batch / 256
@@ -81,18 +83,22 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class SampleConfig:
-    """Periodic sample grids during training (and the defaults of `pixeljit sample`)."""
+class SampleConfig(SamplerConfig):
+    """Periodic sample grids during training: the sampler's fields (`SamplerConfig`, the one place
+    their defaults live) plus when and what to draw."""
 
     every: int = 0  # steps between grids; 0 = only at the end
     per_class: int = 8  # grid columns
     max_classes: int = 10  # grid rows for conditional models
-    steps: int = 50
-    method: str = "heun"
-    cfg: float = 1.0
-    interval: tuple[float, float] = (0.1, 1.0)
-    t_eps: float = 0.05
     ema_decay: float | None = None  # None → the first configured decay
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("every", "per_class", "max_classes"):
+            if getattr(self, name) < (0 if name == "every" else 1):
+                raise ValueError(f"sample.{name} must be ≥ {0 if name == 'every' else 1}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"sample.ema_decay must lie in (0, 1), got {self.ema_decay}")
 
 
 @dataclass(frozen=True)
@@ -249,6 +255,8 @@ def _coerce(name: str, value, hint):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -311,6 +319,6 @@ def from_dict(data: dict) -> TrainConfig:
 
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> Path:
-    from pixeljit.atomic import atomic_write_text
+    from pixeljit.files.atomic import atomic_write_text
 
     return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch.distributed as dist
 
-from pixeljit.atomic import atomic_write
+from pixeljit.files.atomic import atomic_write
 
 from .distances import sqrt_psd
 from .extractor import FeatureExtractor
-from .images import DEFAULT_BATCH, ImageSource, iter_batches
+from .image_sources import DEFAULT_BATCH, ImageSource, iter_batches
 from .stats import FeatureBank, FeatureStats, distributed_active
 
 

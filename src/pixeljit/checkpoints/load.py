@@ -14,16 +14,11 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.checkpoint import LATEST, load_checkpoint
-from pixeljit.flow import BASE_RESOLUTION
+from pixeljit.checkpoints.authors import CHECKPOINT_FILENAME, WEIGHT_ENTRIES, load_reference
+from pixeljit.checkpoints.run import LATEST, load_checkpoint
+from pixeljit.checkpoints.safetensors_io import load_safetensors_with_meta, save_safetensors
+from pixeljit.diffusion.objective import BASE_RESOLUTION
 from pixeljit.model import JiT, JiTConfig
-from pixeljit.reference import (
-    CHECKPOINT_FILENAME,
-    WEIGHT_ENTRIES,
-    load_reference,
-    load_safetensors_with_meta,
-    save_safetensors,
-)
 
 OUR_WEIGHTS = ("ema", "model")  # 'ema' = the configured sampling EMA; or 'ema:<decay>'
 

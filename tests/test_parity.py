@@ -10,7 +10,7 @@ import torch
 
 import pixeljit
 from conftest import rel_err
-from pixeljit.reference import extract_state_dict, infer_config
+from pixeljit.checkpoints.authors import extract_state_dict, infer_config
 
 TINY_START = 2  # the tiny reference config's in-context start (no standard depth mapping)
 

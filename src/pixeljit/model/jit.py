@@ -1,4 +1,4 @@
-"""The JiT network, its typed config, and the size registry (`create_model`).
+"""The JiT network and its typed config.
 
 A plain ViT on large pixel patches that maps (z_t, t, y) to an image of the same shape; what the
 output means (x, ε or v) is the objective's business, not the network's.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pixeljit.layers import (
+from pixeljit.model.layers import (
     Block,
     FinalLayer,
     LabelEmbedder,
@@ -246,65 +246,3 @@ class JiT(nn.Module):
         if cfg.in_context_len:
             x = x[:, cfg.in_context_len :]
         return self.unpatchify(self.final_layer(x, c))
-
-
-# ------------------------------------------------------------------------------- registry
-
-# Tab. 9: depth, width, heads, bottleneck, in-context start block, dropout (middle half)
-MODEL_SIZES: dict[str, dict] = {
-    "B": dict(depth=12, hidden_size=768, num_heads=12, bottleneck_dim=128, in_context_start=4),
-    "L": dict(depth=24, hidden_size=1024, num_heads=16, bottleneck_dim=128, in_context_start=8),
-    "H": dict(
-        depth=32,
-        hidden_size=1280,
-        num_heads=16,
-        bottleneck_dim=256,
-        in_context_start=10,
-        dropout=0.2,
-    ),
-    "G": dict(
-        depth=40,
-        hidden_size=1664,
-        num_heads=16,
-        bottleneck_dim=256,
-        in_context_start=10,
-        dropout=0.2,
-    ),
-}
-PATCH_SIZES = (16, 32, 64)
-TOKENS_PER_SIDE = 16  # every registry model sees 16 × 16 = 256 patch tokens
-
-
-def model_names() -> list[str]:
-    return [f"JiT-{size}/{patch}" for size in MODEL_SIZES for patch in PATCH_SIZES]
-
-
-def model_config(name: str, **overrides) -> JiTConfig:
-    """The config of a registry model ('JiT-B/16', 'JiT-H/32', ...) with field overrides."""
-    try:
-        size, patch = name.removeprefix("JiT-").split("/")
-        base = dict(MODEL_SIZES[size])
-        patch = int(patch)
-    except (ValueError, KeyError):
-        raise ValueError(f"unknown model {name!r}; choose one of {model_names()}") from None
-    base.update(patch_size=patch, image_size=patch * TOKENS_PER_SIDE)
-    fields = {f.name for f in dataclasses.fields(JiTConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"unknown JiT config fields {sorted(unknown)}; known: {sorted(fields)}")
-    base.update(overrides)
-    return JiTConfig(**base)
-
-
-def create_model(name: str, device: torch.device | str | None = None, **overrides) -> JiT:
-    """Build a registry model, e.g. `create_model('JiT-L/32', num_classes=10)`.
-
-    `device='meta'` builds without allocating memory (to count parameters of JiT-G).
-    """
-    config = model_config(name, **overrides)
-    with torch.device(device if device is not None else "cpu"):
-        return JiT(config)
-
-
-def count_parameters(net: nn.Module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in net.parameters() if p.requires_grad or not trainable_only)

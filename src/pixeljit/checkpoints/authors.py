@@ -1,4 +1,4 @@
-"""Reading the authors' released checkpoints, and safetensors export / import.
+"""The authors' released checkpoints (`checkpoint-last.pth`): safe reading and `load_reference`.
 
 The authors' `checkpoint-last.pth` is a `torch.save` dict {'model', 'model_ema1', 'model_ema2',
 'epoch', maybe 'optimizer' and a pickled argparse Namespace under 'args'}; every weight key starts
@@ -9,25 +9,22 @@ other pickled code), infer the architecture from tensor shapes, and return a JiT
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from pixeljit.atomic import atomic_write
-from pixeljit.layers import swiglu_hidden
+from pixeljit.checkpoints.weights import build_loaded
 from pixeljit.model import MODEL_SIZES, JiT, JiTConfig
+from pixeljit.model.layers import swiglu_hidden
 
 CHECKPOINT_FILENAME = "checkpoint-last.pth"
 WEIGHT_ENTRIES = ("model", "model_ema1", "model_ema2")
 KEY_PREFIX = "net."
 # the authors' depth → in-context start block (Tab. 9); G shares H's
 IN_CONTEXT_START_BY_DEPTH = {12: 4, 24: 8, 32: 10, 40: 10}
-SAFETENSORS_CONFIG_KEY = "pixeljit_config"
-SAFETENSORS_FORMAT = "pixeljit.jit/1"
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -155,28 +152,6 @@ def infer_config(
     return JiTConfig(**fields)
 
 
-def load_state_checked(net: JiT, state: Mapping[str, torch.Tensor]) -> None:
-    """load_state_dict with an error that names missing / unexpected keys and shape mismatches."""
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if tuple(own[k].shape) != tuple(state[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:10]}{' …' if len(missing) > 10 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:10]}{' …' if len(unexpected) > 10 else ''}")
-        if shapes:
-            parts.append(f"shape mismatches {shapes[:5]}")
-        raise ValueError("checkpoint does not fit the model: " + "; ".join(parts))
-    net.load_state_dict(state, strict=True)
-
-
 def load_reference(
     source: str | os.PathLike | Mapping,
     weights: str = "model_ema1",
@@ -192,61 +167,4 @@ def load_reference(
     checkpoint = source if isinstance(source, Mapping) else read_checkpoint(source)
     state = extract_state_dict(checkpoint, weights)
     config = infer_config(state, in_context_start=in_context_start, **overrides)
-    with torch.device("meta"):
-        net = JiT(config)
-    net = net.to_empty(device=device or "cpu")
-    load_state_checked(net, {k: v.to(torch.float32) for k, v in state.items()})
-    return net.eval()
-
-
-# -------------------------------------------------------------------------------- safetensors
-
-
-def save_safetensors(
-    net: JiT,
-    path: str | os.PathLike,
-    objective: dict | None = None,
-    class_names: Sequence[str] | None = None,
-) -> Path:
-    """Weights + JSON config (+ the objective sampling must match, and class names) in one
-    .safetensors file, written atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    meta = {SAFETENSORS_CONFIG_KEY: json.dumps(net.config.to_dict()), "format": SAFETENSORS_FORMAT}
-    if objective is not None:
-        meta["objective"] = json.dumps(objective)
-    if class_names is not None:
-        meta["class_names"] = json.dumps(list(class_names))
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-
-
-def load_safetensors_with_meta(path: str | os.PathLike, device=None, **overrides):
-    """(JiT in eval mode, {'objective': {...}, 'class_names': [...]} where present)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"safetensors file {path} does not exist")
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        if SAFETENSORS_CONFIG_KEY not in meta:
-            raise ValueError(
-                f"{path} has no '{SAFETENSORS_CONFIG_KEY}' metadata: not exported by pixeljit "
-                "(export with pixeljit.reference.save_safetensors or `pixeljit convert`)"
-            )
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    config = JiTConfig.from_dict({**json.loads(meta[SAFETENSORS_CONFIG_KEY]), **overrides})
-    with torch.device("meta"):
-        net = JiT(config)
-    net = net.to_empty(device=device or "cpu")
-    load_state_checked(net, state)
-    extra = {k: json.loads(meta[k]) for k in ("objective", "class_names") if k in meta}
-    return net.eval(), extra
-
-
-def load_safetensors(path: str | os.PathLike, device=None, **overrides) -> JiT:
-    """Load a file written by `save_safetensors` back into a JiT in eval mode."""
-    return load_safetensors_with_meta(path, device, **overrides)[0]
+    return build_loaded(config, {k: v.to(torch.float32) for k, v in state.items()}, device)

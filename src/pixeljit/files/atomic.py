@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 _TOKEN_CHARS = 8
 
@@ -35,3 +36,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_stream(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call write(open binary file) on a temporary sibling of `path`, then move it into place."""
+
+    def to_file(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    return atomic_write(path, to_file)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixeljit.atomic import temp_sibling
+from pixeljit.files.atomic import temp_sibling
 
 GZIP_MAGIC = b"\x1f\x8b"
 IDX_UBYTE = 0x08

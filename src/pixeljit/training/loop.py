@@ -15,29 +15,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from pixeljit import distributed as dist_utils
-from pixeljit.checkpoint import diff_configs, load_checkpoint, save_checkpoint
-from pixeljit.config import TrainConfig, save_yaml, to_dict
+from pixeljit.checkpoints.run import diff_configs, load_checkpoint, save_checkpoint
 from pixeljit.data.loader import DeviceLoader
-from pixeljit.ema import EMA
-from pixeljit.flow import bucket_edges, bucket_losses, flow_matching_loss
+from pixeljit.diffusion.objective import bucket_edges, bucket_losses, flow_matching_loss
 from pixeljit.model import JiT
-from pixeljit.runlog import LOSS_PLOT, RunLog, plot_loss
-from pixeljit.train_state import (
-    capture_rng,
-    gather_state,
-    load_training_state,
-    open_training_data,
-    resolve_config,
-    sample_grid,
-)
+from pixeljit.rng import derive_seed
+from pixeljit.training import distributed as dist_utils
+from pixeljit.training.config import TrainConfig, save_yaml, to_dict
+from pixeljit.training.ema import EMA
+from pixeljit.training.previews import sample_grid
+from pixeljit.training.runlog import LOSS_PLOT, RunLog, plot_loss
+from pixeljit.training.setup import open_training_data, resolve_config
+from pixeljit.training.state import capture_rng, gather_state, load_training_state
 
 LOSS_BUCKETS = 4  # loss logged by t ∈ [0, .25), [.25, .5), [.5, .75), [.75, 1]
 # fields that may change on resume without changing the run's trajectory
-RESUME_MUTABLE = ("optim.steps", "optim.epochs", "run.")
+RESUME_MUTABLE = ("optim.steps", "optim.epochs", "run.", "sample.")  # previews use their own seeds
 
 
 @dataclass
@@ -50,9 +45,11 @@ class TrainResult:
     is_main: bool = True  # rank 0 (the one that writes files and reports)
 
 
+STEP_NOISE_TAG = 0x70786A74  # 'pxjt': keeps step noise apart from other streams
+
+
 def step_seed(seed: int, step: int, chunk: int) -> int:
-    words = np.random.SeedSequence([seed, step, chunk, 0x70786A74]).generate_state(2, np.uint32)
-    return ((int(words[0]) << 32) | int(words[1])) & ((1 << 63) - 1)
+    return derive_seed(seed, step, chunk, STEP_NOISE_TAG)
 
 
 def learning_rate(step: int, base: float, warmup_steps: int) -> float:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.atomic import atomic_write, temp_sibling
+from pixeljit.files.atomic import atomic_write, temp_sibling
 
 LATEST = "latest.pt"
 MILESTONE_PATTERN = "step-{step:09d}.pt"

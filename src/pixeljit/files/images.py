@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from pixeljit.atomic import atomic_write
+from pixeljit.files.atomic import atomic_write_stream
 
 PIXEL_MAX = 255
 GRID_PADDING = 2  # pixels between grid cells
@@ -109,19 +108,9 @@ def make_grid(
     return grid
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call write(file) on a temporary sibling of `path`, then os.replace it into place."""
-
-    def to_file(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            write(f)
-
-    return atomic_write(path, to_file)
-
-
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     """Save a PIL image as PNG, atomically."""
-    return _atomic_write(path, lambda f: image.save(f, format="PNG"))
+    return atomic_write_stream(path, lambda f: image.save(f, format="PNG"))
 
 
 def save_grid(
@@ -158,4 +147,4 @@ def save_npz(
         arrays["labels"] = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
         if arrays["labels"].shape != (array.shape[0],):
             raise ValueError(f"labels must have shape ({array.shape[0]},)")
-    return _atomic_write(path, lambda f: np.savez(f, **arrays))
+    return atomic_write_stream(path, lambda f: np.savez(f, **arrays))

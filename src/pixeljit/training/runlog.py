@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from pixeljit.atomic import atomic_write, atomic_write_text
+from pixeljit.files.atomic import atomic_write, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"

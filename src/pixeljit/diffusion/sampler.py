@@ -1,0 +1,293 @@
+"""`sample()`: a network end to end — noise (per-sample seeds), labels, the CFG interval
+(`guidance`), a time grid and a solver (`solvers`). `SamplerConfig` is the one place the sampling
+defaults live: the API, `pixeljit sample`, training previews and evaluation all read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pixeljit.diffusion.guidance import GuidedField, check_interval
+from pixeljit.diffusion.objective import (
+    DEFAULT_T_MIN,
+    PRECONDITIONERS,
+    PREDICTIONS,
+    default_noise_scale,
+    precondition,
+)
+from pixeljit.diffusion.solvers import (
+    DEFAULT_SHIFT,
+    GRIDS,
+    METHODS,
+    evaluations,
+    solve,
+    time_grid,
+)
+from pixeljit.rng import derive_seed
+
+Tensor = torch.Tensor
+
+DEFAULT_STEPS = 50  # the paper's Heun-50
+SAMPLE_T_EPS = 0.05  # the authors' clamp of 1−t at sampling (issue #59 suggests 1e-3)
+PAPER_INTERVAL = (0.1, 1.0)  # the CFG interval of the paper's main results
+NO_GUIDANCE = 1.0  # cfg = 1 gives the conditional velocity (and skips the unconditional pass)
+
+
+def _finite(name: str, value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How to sample: solver, time grid, guidance and clamps.
+
+    The one place the sampling defaults live: `sample()`'s keyword defaults, `pixeljit sample`,
+    `pixeljit eval`, training previews (`pixeljit.training.config.SampleConfig` extends it) and
+    evaluation all read them from here. Every field is validated on construction.
+    """
+
+    steps: int = DEFAULT_STEPS
+    method: str = "heun"
+    grid: str = "uniform"
+    shift: float = DEFAULT_SHIFT  # only for grid='shifted'
+    cfg: float = NO_GUIDANCE
+    interval: tuple[float, float] = PAPER_INTERVAL
+    t_eps: float = SAMPLE_T_EPS
+    t_min: float = DEFAULT_T_MIN
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer ≥ 1, got {self.steps!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
+        if not _finite("shift", self.shift) > 0:
+            raise ValueError(f"shift must be > 0, got {self.shift}")
+        if not _finite("cfg", self.cfg) >= 0:
+            raise ValueError(f"cfg must be ≥ 0 (1 = no guidance), got {self.cfg}")
+        if not 0.0 < _finite("t_eps", self.t_eps) <= 1.0:
+            raise ValueError(f"t_eps must lie in (0, 1], got {self.t_eps}")
+        if not 0.0 < _finite("t_min", self.t_min) <= 1.0:
+            raise ValueError(f"t_min must lie in (0, 1], got {self.t_min}")
+        object.__setattr__(self, "interval", check_interval(self.interval))
+
+    def kwargs(self) -> dict:
+        """The fields as keyword arguments of `sample()`."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplerConfig)}
+
+    def nfe(self) -> int:
+        """Network evaluations per image and guidance branch."""
+        return evaluations(self.method, self.steps)
+
+
+# ------------------------------------------------------------------------------------ noise
+
+
+def sample_seeds(seed: int, count: int, start: int = 0) -> list[int]:
+    """Per-sample seeds for samples start … start + count − 1 of a run with base `seed`
+    (hashed with numpy's SeedSequence, so nearby seeds and indices don't collide)."""
+    return [derive_seed(seed, index) for index in range(start, start + count)]
+
+
+def noise_from_seeds(
+    seeds: Sequence[int],
+    shape: tuple[int, ...],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """(len(seeds), *shape) standard normal noise, row i drawn on the CPU from seeds[i]:
+    the same seed gives the same noise whatever the batch split and the device."""
+    rows = [
+        torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32)
+        for s in seeds
+    ]
+    return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------- sample
+
+
+class _NetDenoiser:
+    """net(z, t, y) with the pre-conditioner and optional autocast; float output in z's dtype."""
+
+    def __init__(self, net, preconditioner: str, noise_scale: float, amp_dtype):
+        self.net, self.preconditioner = net, preconditioner
+        self.noise_scale, self.amp_dtype = noise_scale, amp_dtype
+
+    def __call__(self, z: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+        if self.amp_dtype is None:
+            out = self.net(z, t, y)
+        else:
+            with torch.autocast(device_type=z.device.type, dtype=self.amp_dtype):
+                out = self.net(z, t, y)
+        out = out.to(z.dtype)
+        return precondition(out, z, t, self.preconditioner, self.noise_scale)
+
+
+def _device_of(net, labels, noise, device) -> torch.device:
+    if noise is not None:
+        return noise.device
+    if device is not None:
+        return torch.device(device)
+    if isinstance(net, nn.Module):
+        param = next(net.parameters(), None)
+        if param is not None:
+            return param.device
+    if isinstance(labels, Tensor):
+        return labels.device
+    return torch.device("cpu")
+
+
+def _labels_tensor(labels, num_classes: int, device) -> Tensor | None:
+    if labels is None:
+        if num_classes > 0:
+            raise ValueError(
+                "this model is class-conditional: pass labels (ints in "
+                f"[0, {num_classes})), e.g. labels=list(range({min(num_classes, 8)}))"
+            )
+        return None
+    if num_classes == 0:
+        raise ValueError("this model is unconditional: pass labels=None and num=N")
+    y = torch.as_tensor(labels).reshape(-1)
+    if y.numel() == 0:
+        raise ValueError("labels is empty; pass at least one label")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"labels must be integers, got {y.dtype}")
+    lo, hi = int(y.min()), int(y.max())  # once per call (a sync only for device labels)
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) (the model has {num_classes} classes; "
+            f"{num_classes} is the null label used by guidance), got min {lo}, max {hi}"
+        )
+    return y.to(device=device, dtype=torch.int64)
+
+
+def check_sampling_args(
+    steps: int,
+    method: str,
+    cfg: float,
+    interval: tuple[float, float],
+    t_eps: float,
+    noise_scale: float | None,
+    prediction: str = "x",
+    grid: str = "uniform",
+    shift: float = DEFAULT_SHIFT,
+    preconditioner: str = "none",
+    t_min: float = DEFAULT_T_MIN,
+) -> tuple[float, float]:
+    """Validate sampling settings (before any model is loaded); returns the interval as floats."""
+    config = SamplerConfig(steps, method, grid, shift, cfg, interval, t_eps, t_min)
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    if preconditioner not in PRECONDITIONERS:
+        raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
+    if preconditioner != "none" and prediction != "x":
+        raise ValueError("a preconditioner builds an x-prediction: use prediction='x'")
+    if noise_scale is not None and not _finite("noise_scale", noise_scale) > 0:
+        raise ValueError(f"noise_scale must be > 0 (or None for image_size/256), got {noise_scale}")
+    return config.interval
+
+
+@torch.no_grad()
+def sample(
+    net,
+    labels: Sequence[int] | Tensor | None = None,
+    noise: Tensor | None = None,
+    steps: int = SamplerConfig.steps,
+    method: str = SamplerConfig.method,
+    cfg: float = SamplerConfig.cfg,
+    interval: tuple[float, float] = SamplerConfig.interval,
+    t_eps: float = SamplerConfig.t_eps,
+    noise_scale: float | None = 1.0,
+    generator: torch.Generator | None = None,
+    prediction: str = "x",
+    grid: str = SamplerConfig.grid,
+    *,
+    shift: float = SamplerConfig.shift,
+    num: int | None = None,
+    seed: int | None = None,
+    first_index: int = 0,
+    t_min: float = SamplerConfig.t_min,
+    preconditioner: str = "none",
+    amp_dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Generate images (N, C, H, W) (float, nominally [−1, 1], not clipped) with a JiT network.
+
+    net(z, t, y) with `net.config` (num_classes, in_channels, image_size); labels (N,) in
+    [0, num_classes), or None with `num=N` for unconditional models. `noise` is the state at
+    t = 0 (already multiplied by noise_scale); otherwise it is drawn as noise_scale·N(0, I):
+    with `seed`, sample k of the call uses per-sample seed (seed, first_index + k), so the same
+    seed gives the same images whatever the batch split; else from `generator` (or the global
+    RNG) in one draw, which depends on the batch size. `noise_scale` must match training
+    (None: the paper's image_size/256, like ObjectiveConfig's default). Guidance: `cfg` w on
+    rows with t in the open `interval` (default (0.1, 1.0), the paper's). `method` ∈
+    {euler, heun, dpm++2m}; `grid` ∈ {uniform, shifted}; defaults come from `SamplerConfig`.
+    The network runs in eval mode (its training mode is restored afterwards); `amp_dtype` (e.g.
+    torch.bfloat16) runs it under autocast.
+    """
+    config = getattr(net, "config", None)
+    if config is None:
+        raise ValueError("net must carry a `config` with num_classes, in_channels and image_size")
+    interval = check_sampling_args(
+        steps, method, cfg, interval, t_eps, noise_scale, prediction, grid, shift, preconditioner,
+        t_min,
+    )  # fmt: skip
+    if noise_scale is None:
+        noise_scale = default_noise_scale(config.image_size)
+    classes = int(config.num_classes)
+    if cfg != 1.0 and classes == 0:
+        raise ValueError("an unconditional model cannot be guided: use cfg=1.0")
+    dev = _device_of(net, labels, noise, device)
+    y = _labels_tensor(labels, classes, dev)
+    if y is not None and num is not None and num != y.numel():
+        raise ValueError(f"num={num} disagrees with {y.numel()} labels; pass one of them")
+    n = y.numel() if y is not None else (num if num is not None else None)
+    if noise is not None and n is None:
+        n = noise.shape[0]
+    if n is None or n < 1:
+        raise ValueError("pass labels, or num=N (≥ 1) for an unconditional model")
+    shape = (config.in_channels, config.image_size, config.image_size)
+    if noise is not None:
+        if tuple(noise.shape) != (n, *shape):
+            raise ValueError(f"noise must have shape {(n, *shape)}, got {tuple(noise.shape)}")
+        z = noise
+    elif seed is not None:
+        z = noise_scale * noise_from_seeds(sample_seeds(seed, n, first_index), shape, dev)
+    else:
+        gen_device = generator.device if generator is not None else dev
+        z = noise_scale * torch.randn((n, *shape), generator=generator, device=gen_device)
+        z = z.to(dev)
+
+    denoiser = _NetDenoiser(net, preconditioner, noise_scale, amp_dtype)
+    field = GuidedField(
+        denoiser,
+        y,
+        prediction=prediction,
+        cfg=cfg,
+        interval=interval,
+        null_label=classes if classes > 0 else None,
+        t_eps=t_eps,
+        t_min=t_min,
+    )
+    was_training = isinstance(net, nn.Module) and net.training
+    if was_training:
+        net.eval()
+    try:
+        return solve(field, z, time_grid(steps, grid, shift), method)
+    finally:
+        if was_training:
+            net.train()

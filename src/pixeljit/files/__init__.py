@@ -1,0 +1,2 @@
+"""Bytes on disk, shared by every package: atomic writes (`atomic`), the cache root (`cache`), IDX
+files (`idx`) and image files written at the edges: uint8, grids, PNG and npz (`images`)."""

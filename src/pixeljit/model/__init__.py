@@ -1,0 +1,28 @@
+"""The JiT network: layers (`layers`), the network and its config (`jit`), the sizes (`registry`).
+
+Knows nothing of noise, t-sampling, losses, solvers or files.
+"""
+
+from pixeljit.model.jit import ATTENTION_MODES, JiT, JiTConfig
+from pixeljit.model.registry import (
+    MODEL_SIZES,
+    PATCH_SIZES,
+    TOKENS_PER_SIDE,
+    count_parameters,
+    create_model,
+    model_config,
+    model_names,
+)
+
+__all__ = [
+    "ATTENTION_MODES",
+    "MODEL_SIZES",
+    "PATCH_SIZES",
+    "TOKENS_PER_SIDE",
+    "JiT",
+    "JiTConfig",
+    "count_parameters",
+    "create_model",
+    "model_config",
+    "model_names",
+]

@@ -1,0 +1,91 @@
+"""Training set-up: the config resolved against the data and the world size (the batch plan),
+and the training data opened."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from pixeljit.data.open import open_dataset
+from pixeljit.data.packed import PackedDataset
+from pixeljit.training import distributed as dist_utils
+from pixeljit.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    global_batch: int
+    micro_batch: int  # per device and forward
+    accumulation: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    bf16: bool
+
+
+def open_training_data(cfg: TrainConfig, info: dist_utils.DistInfo) -> PackedDataset:
+    """The packed training set at the model's size (rank 0 packs a raw source once)."""
+    m = cfg.model
+    return open_dataset(
+        cfg.data.source, m.image_size, m.in_channels, cfg.data.split, info.is_main,
+        lambda: dist_utils.barrier(info),
+    )  # fmt: skip
+
+
+def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
+    """Fill what depends on the data and the world: classes, noise scale, batch plan."""
+    m = cfg.model
+    shape = (m.in_channels, m.image_size, m.image_size)
+    if tuple(dataset.image_shape) != shape:
+        raise ValueError(
+            f"data images are {tuple(dataset.image_shape)} but the model expects {shape}; set "
+            "model.image_size / model.in_channels to match, or repack the data"
+        )
+    conditional = cfg.data.conditional and dataset.num_classes > 1
+    classes = 0
+    if conditional:
+        classes = cfg.data.num_classes if cfg.data.num_classes is not None else dataset.num_classes
+        labels = np.asarray(dataset.labels)
+        bad = np.flatnonzero((labels < 0) | (labels >= classes))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"sample {i} has label {int(labels[i])}, outside [0, {classes}) "
+                f"({bad.size} such samples); fix the labels or data.num_classes"
+            )
+    model = dataclasses.replace(m, num_classes=classes)
+    objective = cfg.objective
+    if objective.noise_scale is None:
+        objective = dataclasses.replace(objective, noise_scale=m.image_size / 256)
+    cfg = dataclasses.replace(cfg, model=model, objective=objective)
+
+    world, global_batch = info.world_size, cfg.optim.global_batch
+    micro = cfg.optim.micro_batch or global_batch // world
+    if micro < 1 or global_batch % (micro * world):
+        raise ValueError(
+            f"optim.global_batch {global_batch} must be a multiple of micro_batch {micro} × "
+            f"world size {world}"
+        )
+    accumulation = global_batch // (micro * world)
+    per_loader = micro * world
+    if len(dataset) < per_loader:
+        raise ValueError(f"the data set has {len(dataset)} images, fewer than one batch")
+    steps_per_epoch = max(1, (len(dataset) // per_loader) // accumulation)
+    if cfg.optim.steps is not None:
+        total = cfg.optim.steps
+    else:
+        total = max(1, int(np.ceil(cfg.optim.epochs * steps_per_epoch)))
+    precision = cfg.run.precision
+    bf16 = precision == "bf16" or (precision == "auto" and info.device.type == "cuda")
+    plan = BatchPlan(
+        global_batch=global_batch,
+        micro_batch=micro,
+        accumulation=accumulation,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        warmup_steps=int(round(cfg.optim.warmup_epochs * steps_per_epoch)),
+        bf16=bf16,
+    )
+    return cfg, plan
