@@ -1,15 +1,23 @@
-"""Training checkpoints: atomic save, `latest` plus kept milestones, strict resume.
+"""Training checkpoints: atomic, checksummed save, `latest` plus kept milestones, strict resume.
 
 A checkpoint is one `torch.save` file holding plain tensors and containers only (loadable with
 `weights_only=True`): model, every EMA, optimizer, step / images seen, data-order position, RNG
 states, the fully resolved config. Writes go to a temporary file in the same folder, then
-`os.replace`, so a crash never leaves a half-written `latest.pt`.
+`os.replace`, so a crash or a full disk never leaves a half-written `latest.pt`. A state holding
+a non-finite float is never written. Each file carries a SHA-256 of every tensor (its name,
+dtype, shape and bytes) and one of everything else, checked on load, so a flipped byte that
+`torch.load` would read silently is caught and named.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import re
+import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -20,27 +28,139 @@ LATEST = "latest.pt"
 MILESTONE_PATTERN = "step-{step:09d}.pt"
 MILESTONE_RE = re.compile(r"step-(\d{9})\.pt$")
 FORMAT = "pixeljit.train/1"
+CHECKSUM_KEY = "checksum"
+CHECKSUM_ALGORITHM = "sha256"
+OTHER_FIELDS = "<non-tensor fields>"  # the checksum entry covering everything but tensors
+SAVE_OVERHEAD_BYTES = 1 << 20  # pickled config, names, zip headers (an estimate)
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+MAX_LISTED = 5
+
+
+class NonFiniteStateError(ValueError):
+    """A state to save holds NaN or ±inf (the previous checkpoint is kept)."""
 
 
 def atomic_save(obj, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+# ------------------------------------------------------------------------- tensors of a state
+
+
+def _leaves(obj, path: str = "") -> Iterator[tuple[str, object]]:
+    """(dotted path, leaf) over nested dicts / lists / tuples, in a deterministic order."""
+    if isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            yield from _leaves(obj[key], f"{path}/{key}" if path else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _leaves(value, f"{path}/{i}")
+    else:
+        yield path, obj
+
+
+def tensor_bytes(state: dict) -> int:
+    return sum(v.numel() * v.element_size() for _, v in _leaves(state) if torch.is_tensor(v))
+
+
+def non_finite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors holding NaN or ±inf."""
+    return [
+        name
+        for name, v in _leaves(state)
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+
+
+def checksums(state: dict) -> dict[str, str]:
+    """SHA-256 per tensor (name, dtype, shape, bytes) and one over every other leaf's repr."""
+    out, other = {}, hashlib.new(CHECKSUM_ALGORITHM)
+    for name, value in _leaves({k: v for k, v in state.items() if k != CHECKSUM_KEY}):
+        if torch.is_tensor(value):
+            h = hashlib.new(CHECKSUM_ALGORITHM)
+            h.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            h.update(flat.view(torch.uint8).numpy())
+            out[name] = h.hexdigest()
+        else:
+            other.update(f"{name}={value!r};".encode())
+    out[OTHER_FIELDS] = other.hexdigest()
+    return out
+
+
+def verify_checksums(state: dict, file: Path) -> None:
+    saved = state.get(CHECKSUM_KEY)
+    if saved is None:
+        warnings.warn(
+            f"{file} carries no checksum (written before pixeljit checked them); loaded unverified",
+            stacklevel=3,
+        )
+        return
+    now = checksums(state)
+    bad = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if bad:
+        shown = ", ".join(bad[:MAX_LISTED]) + (" …" if len(bad) > MAX_LISTED else "")
+        raise ValueError(
+            f"checkpoint {file} is corrupt: checksum mismatch in {shown}{_alternatives(file)}"
+        )
+
+
+# ---------------------------------------------------------------------------- save and load
+
+
 def save_checkpoint(state: dict, folder: str | os.PathLike, step: int, milestone: bool) -> Path:
-    """Write `latest.pt`; also keep `step-XXXXXXXXX.pt` when `milestone` (hard link if possible)."""
+    """Write `latest.pt`; also keep `step-XXXXXXXXX.pt` when `milestone` (hard link if possible).
+    Refuses a non-finite state and names a full disk; either way the previous files stay."""
     folder = Path(folder)
-    latest = atomic_save({**state, "format": FORMAT}, folder / LATEST)
-    if milestone:
-        keep = folder / MILESTONE_PATTERN.format(step=step)
-        tmp = temp_sibling(keep)
+    bad = non_finite_tensors(state)
+    if bad:
+        shown = ", ".join(bad[:MAX_LISTED]) + (" …" if len(bad) > MAX_LISTED else "")
+        raise NonFiniteStateError(
+            f"refusing to write {folder / LATEST} at step {step}: non-finite values in {shown}"
+        )
+    full = {k: v for k, v in state.items() if k != "path"}
+    full["format"] = FORMAT
+    full[CHECKSUM_KEY] = checksums(full)
+    try:
+        latest = atomic_save(full, folder / LATEST)
+        if milestone:
+            _keep_milestone(latest, folder / MILESTONE_PATTERN.format(step=step))
+    except OSError as err:
+        if err.errno not in NO_SPACE:
+            raise
+        need = tensor_bytes(full) + SAVE_OVERHEAD_BYTES
+        free = shutil.disk_usage(folder).free
+        raise RuntimeError(
+            f"no space left to write the step-{step} checkpoint in {folder}: it needs about "
+            f"{need / 1e6:.1f} MB ({need} bytes) and {free / 1e6:.1f} MB are free; free some "
+            f"space and `pixeljit train --resume {folder}` (the previous {LATEST} is intact)"
+        ) from None
+    return latest
+
+
+def _keep_milestone(latest: Path, keep: Path) -> None:
+    tmp = temp_sibling(keep)
+    try:
         try:
             os.link(latest, tmp)
-        except OSError:
-            import shutil
-
+        except OSError as err:
+            if err.errno in NO_SPACE:
+                raise
             shutil.copyfile(latest, tmp)
         os.replace(tmp, keep)
-    return latest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run_folder(path: str | os.PathLike) -> Path:
+    """The run folder a `--resume` path names: the folder itself, or a checkpoint file's folder."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def milestones(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if MILESTONE_RE.search(p.name))
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -52,9 +172,9 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         latest = path / LATEST
         if latest.is_file():
             return latest
-        milestones = sorted(p for p in path.iterdir() if MILESTONE_RE.search(p.name))
-        if milestones:
-            return milestones[-1]
+        found = milestones(path)
+        if found:
+            return found[-1]
         raise FileNotFoundError(
             f"--resume {path}: the folder holds no checkpoint ({LATEST} or step-*.pt); "
             "point --resume at a run folder or a checkpoint file"
@@ -62,17 +182,33 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
+def _alternatives(file: Path) -> str:
+    """'; resume from a milestone instead: …' naming the other step-*.pt beside `file`."""
+    others = [p for p in milestones(file.parent) if p.name != file.name]
+    if not others:
+        return "; no step-*.pt milestone beside it to resume from instead"
+    newest = others[::-1][:MAX_LISTED]
+    return (
+        f"; resume from a milestone instead, e.g. --resume {newest[0]}"
+        f" (milestones here: {', '.join(p.name for p in newest)})"
+    )
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     file = find_checkpoint(path)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"could not read checkpoint {file}: {type(err).__name__}: {err}") from None
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"could not read checkpoint {file} ({type(err).__name__}: {first}){_alternatives(file)}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(
             f"{file} is not a pixeljit training checkpoint (an authors' checkpoint-last.pth loads "
             "with pixeljit.load_reference instead)"
         )
+    verify_checksums(state, file)
     state["path"] = str(file)
     return state
 

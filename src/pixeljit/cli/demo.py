@@ -3,6 +3,9 @@
 No arguments needed. On a CPU it trains the `fmnist-cpu` preset (x-prediction, v-loss) for a
 step budget measured to finish within 15 minutes on 2 cores; on a GPU a wider model for longer.
 Writes a labelled sample grid (one row per class), the loss curve and the final checkpoint.
+Like `pixeljit train`, it never trains over an earlier run: an --out folder that holds one is
+refused, with the choice of --restart (move the old run aside to DIR.old-<time>, train again),
+another --out, or `pixeljit train --resume DIR` to continue an interrupted demo.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--steps", type=int, default=None, help="override the step budget")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--restart", action="store_true",
+                   help="--out holds an earlier run: move it aside to a new sibling "
+                        "DIR.old-<time> (nothing is deleted) and train again")  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -45,7 +51,7 @@ def run(args) -> int:
         f"pixeljit demo: training a depth-{m.depth}, width-{m.hidden_size} JiT on Fashion-MNIST "
         f"({m.image_size}px, patch {m.patch_size}) for {cfg.optim.steps} steps → {cfg.run.out}"
     )
-    result = train(cfg)
+    result = train(cfg, restart=args.restart)
     if result.stopped_on_nan:
         return 1
     out = Path(cfg.run.out)

@@ -1,10 +1,12 @@
 """`pixeljit train`: the training command (its flags are a stable contract for scripts).
 
 pixeljit train --preset P --data D --out DIR [--steps N | --epochs E] [--batch-size B]
-               [--seed S] [--resume PATH] [--config FILE] [--set key=value ...]
+               [--seed S] [--resume PATH] [--restart] [--allow-inexact-resume]
+               [--config FILE] [--set key=value ...]
 
 Precedence: preset, then the YAML file, then the flags, then --set. With --resume and no
---preset, the run continues with the checkpoint's own saved config.
+--preset, the run continues with the checkpoint's own saved config. A resumed run continues in
+the folder --resume names (never in the `run.out` saved inside the checkpoint).
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ def add_parser(sub) -> None:
     length.add_argument("--epochs", type=float, help="epochs to train in total")
     p.add_argument("--batch-size", type=int, help="global batch size (all devices together)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--resume", help="run folder or checkpoint file to continue from")
+    p.add_argument("--resume", help="run folder or checkpoint file to continue from, in its folder")
+    p.add_argument("--restart", action="store_true",
+                   help="the --out folder holds a run: move its files aside to a new sibling "
+                        "DIR.old-<time> (nothing is deleted) and start fresh")  # fmt: skip
+    p.add_argument("--allow-inexact-resume", action="store_true",
+                   help="resume although run.seed, run.compile, the precision, device type, "
+                        "world size, micro-batch or strategy changed (not bit-exact)")  # fmt: skip
     p.add_argument("--config", help="YAML file of overrides {section: {field: value}}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set optim.lr=1e-4 (repeatable)")  # fmt: skip
@@ -54,6 +62,10 @@ def build_config(args):
         flags["data.source"] = args.data
     if args.out is not None:
         flags["run.out"] = args.out
+    elif args.resume:  # continue where the user pointed, not where the checkpoint was written
+        from pixeljit.checkpoints.run import find_checkpoint
+
+        flags["run.out"] = str(find_checkpoint(args.resume).parent)
     if args.steps is not None:
         flags.update({"optim.steps": args.steps})
     if args.epochs is not None:
@@ -70,7 +82,13 @@ def run(args) -> int:
     from pixeljit.training.loop import train
 
     cfg = build_config(args)
-    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    result = train(
+        cfg,
+        resume=args.resume,
+        progress=not args.no_progress,
+        restart=args.restart,
+        allow_inexact_resume=args.allow_inexact_resume,
+    )
     if result.stopped_on_nan:
         return 1
     if result.is_main:

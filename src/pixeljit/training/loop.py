@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.checkpoints.run import diff_configs, load_checkpoint, save_checkpoint
+from pixeljit.checkpoints.run import find_checkpoint, load_checkpoint, save_checkpoint
 from pixeljit.data.loader import DeviceLoader
 from pixeljit.diffusion.objective import bucket_edges, bucket_losses, flow_matching_loss
 from pixeljit.model import JiT
@@ -26,13 +26,13 @@ from pixeljit.training import distributed as dist_utils
 from pixeljit.training.config import TrainConfig, save_yaml, to_dict
 from pixeljit.training.ema import EMA
 from pixeljit.training.previews import sample_grid
+from pixeljit.training.resume import check_resume, execution_facts
+from pixeljit.training.rundir import RunLock, prepare_fresh, sweep_temporaries
 from pixeljit.training.runlog import LOSS_PLOT, RunLog, plot_loss
 from pixeljit.training.setup import open_training_data, resolve_config
-from pixeljit.training.state import capture_rng, gather_state, load_training_state
+from pixeljit.training.state import all_finite, capture_rng, gather_state, load_training_state
 
 LOSS_BUCKETS = 4  # loss logged by t ∈ [0, .25), [.25, .5), [.5, .75), [.75, 1]
-# fields that may change on resume without changing the run's trajectory
-RESUME_MUTABLE = ("optim.steps", "optim.epochs", "run.", "sample.")  # previews use their own seeds
 
 
 @dataclass
@@ -59,23 +59,80 @@ def learning_rate(step: int, base: float, warmup_steps: int) -> float:
     return base * min(1.0, (step + 1) / warmup_steps)
 
 
-def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> TrainResult:
-    # ---------------------------------------------------------------- processes and data
+def train(
+    cfg: TrainConfig,
+    resume: str | None = None,
+    progress: bool = True,
+    restart: bool = False,
+    allow_inexact_resume: bool = False,
+) -> TrainResult:
+    """Train `cfg` into the folder `cfg.run.out`, which rank 0 locks for the whole run. Fresh
+    (no `resume`): the folder must not hold a run, unless `restart` moves it aside. `resume`: a run
+    folder or checkpoint file; the run continues in that folder, which must be `cfg.run.out`."""
+    if resume is not None and restart:
+        raise ValueError("--restart starts a fresh run; it cannot be combined with --resume")
+    out = Path(cfg.run.out)
+    resume_file = find_checkpoint(resume) if resume is not None else None
+    if resume_file is not None and out.resolve() != resume_file.parent.resolve():
+        raise ValueError(
+            f"--resume {resume} continues in its own folder {resume_file.parent}, not in the "
+            f"output folder {out} (--out / run.out); drop --out or set it to "
+            f"{resume_file.parent} (to branch a run, copy its folder and resume the copy)"
+        )
     info = dist_utils.setup(cfg.run.device)
+    lock = RunLock(out) if info.is_main else None
+    _rank0_first(info, lambda: _open_run_folder(lock, out, resume_file is None, restart))
+    try:
+        return _train(cfg, resume_file, progress, allow_inexact_resume, info)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _open_run_folder(lock: RunLock, out: Path, fresh: bool, restart: bool) -> None:
+    lock.acquire()
+    try:
+        swept = sweep_temporaries(out)
+        if swept:
+            print(f"removed {len(swept)} temporary file(s) of an interrupted write in {out}")
+        aside = prepare_fresh(out, restart) if fresh else None
+        if aside is not None:
+            print(f"moved the previous run in {out} aside to {aside}")
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _rank0_first(info, fn) -> None:
+    """Run `fn` on rank 0; every rank fails if it failed (no rank left waiting)."""
+    error = None
+    if info.is_main:
+        try:
+            fn()
+        except Exception as err:
+            error = err
+    if info.enabled:
+        flag = torch.tensor(int(error is not None), device=info.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if int(flag.item()) and error is None:
+            raise RuntimeError("rank 0 could not open the run folder (its error says why)")
+    if error is not None:
+        raise error
+
+
+def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, info):
+    # ---------------------------------------------------------------- processes and data
     device = info.device
     dataset = open_training_data(cfg, info)
     cfg, plan = resolve_config(cfg, dataset, info)
     out = Path(cfg.run.out)
-    saved = load_checkpoint(resume) if resume is not None else None
+    execution = execution_facts(plan, info, cfg.run.distributed)
+    saved = load_checkpoint(resume_file) if resume_file is not None else None
     if saved is not None:
-        diffs = [
-            d for d in diff_configs(saved["config"], to_dict(cfg))
-            if not d.startswith(RESUME_MUTABLE)
-        ]  # fmt: skip
-        if diffs:
-            raise ValueError(
-                f"config differs from the checkpoint {saved['path']} in: " + "; ".join(diffs)
-            )
+        inexact = check_resume(saved, to_dict(cfg), execution, saved["path"], allow_inexact)
+        if inexact and info.is_main:
+            print("resuming inexactly (the run will not match an uninterrupted one bit for bit): "
+                  + "; ".join(inexact), flush=True)  # fmt: skip
     if info.is_main:
         save_yaml(cfg, out / "config.yaml")
 
@@ -119,7 +176,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     bucket_count = torch.zeros(LOSS_BUCKETS, device=device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step
     samples_since_log, t_log = 0, time.perf_counter()
-    last_ckpt, final_loss, nan_step = None, None, None
+    last_ckpt = Path(saved["path"]) if saved is not None else None  # the last good checkpoint
+    final_loss, nan_step = None, None
     bar = _progress(progress and info.is_main, step, plan.total_steps)
     model.train()
     while step < plan.total_steps:
@@ -189,11 +247,18 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             bucket_count.zero_()
             samples_since_log, t_log = 0, time.perf_counter()
         if due_ckpt:
+            if not all_finite(raw, ema, opt, info):  # a finite loss can still end in NaN weights
+                nan_step = step - 1
+                if info.is_main:
+                    print(f"\nnon-finite weights after step {step}: training stopped; the last "
+                          f"good checkpoint is {last_ckpt or 'none (none was written yet)'}",
+                          flush=True)  # fmt: skip
+                break
             state = gather_state(raw, ema, opt, loader, info, cfg.run.distributed)
             if info.is_main:
                 milestone = bool(cfg.run.milestone_every) and step % cfg.run.milestone_every == 0
                 state.update(step=step, images_seen=step * plan.global_batch,
-                             config=to_dict(cfg), rng=capture_rng(),
+                             config=to_dict(cfg), rng=capture_rng(), execution=execution,
                              class_names=list(dataset.class_names))  # fmt: skip
                 last_ckpt = save_checkpoint(state, out, step, milestone)
             dist_utils.barrier(info)

@@ -39,6 +39,27 @@ def gather_state(raw, ema, opt, loader, info, strategy: str) -> dict:
             "loader": loader.state_dict()}  # fmt: skip
 
 
+def all_finite(raw, ema, opt, info) -> bool:
+    """Whether every float in the model, the EMAs and the optimizer state is finite, on every rank
+    (each checks its own FSDP2 shards; one all-reduce and one host sync)."""
+    tensors = [p.detach() for p in raw.parameters()]
+    tensors += [s for shadow in ema.shadows for s in shadow]
+    tensors += [v for per_param in opt.state.values() for v in per_param.values()
+                if isinstance(v, torch.Tensor)]  # fmt: skip
+    local = [_local(t) for t in tensors if t.is_floating_point() and t.numel()]
+    flags = [(~torch.isfinite(t)).any().to(info.device) for t in local]
+    bad = torch.stack(flags).any().long() if flags else torch.zeros((), dtype=torch.long)
+    bad = bad.to(info.device)
+    if info.enabled:
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return int(bad.item()) == 0
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of an FSDP2 DTensor, or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def _map_tensors(obj, fn):
     if isinstance(obj, torch.Tensor):
         return fn(obj)

@@ -1,0 +1,79 @@
+"""What may differ between a checkpoint and the run that resumes it.
+
+Every config field falls in one class (`field_class`), and a test holds every field of
+`RunConfig` to an explicit entry here:
+
+- logistical: where and how often things are written, the run's length, preview sampling. Free.
+- resolved: `run.device`, `run.precision`, `run.distributed`, `optim.micro_batch` are compared by
+  what they resolve to (the `execution` facts saved in each checkpoint: device type, bf16 or fp32,
+  world size, micro-batch, strategy), since e.g. precision `auto` and `bf16` are one thing on a GPU.
+- inexact: `run.compile`, and any change of the execution facts. The run would go on, but not
+  bit for bit as it would have: refused unless `allow_inexact` (`--allow-inexact-resume`), which
+  names each such change.
+- recipe: `run.seed` (it fixes the data order and every noise draw) and everything outside `run`
+  but the length and previews (model, objective, optim, data): always refused.
+"""
+
+from __future__ import annotations
+
+from pixeljit.checkpoints.run import diff_configs
+
+LOGISTICAL = frozenset({"run.out", "run.log_every", "run.ckpt_every", "run.milestone_every",
+                        "run.tensorboard", "optim.steps", "optim.epochs"})  # fmt: skip
+LOGISTICAL_SECTIONS = ("sample.",)  # previews draw from their own seeds
+RESOLVED = frozenset({"run.device", "run.precision", "run.distributed", "optim.micro_batch"})
+INEXACT = frozenset({"run.compile"})
+RECIPE_RUN = frozenset({"run.seed"})
+ALLOW_FLAG = "--allow-inexact-resume"
+
+
+def field_class(name: str) -> str:
+    """'logistical', 'resolved', 'inexact' or 'recipe' for a dotted config field name."""
+    if name in LOGISTICAL or name.startswith(LOGISTICAL_SECTIONS):
+        return "logistical"
+    if name in RESOLVED:
+        return "resolved"
+    if name in INEXACT:
+        return "inexact"
+    return "recipe"
+
+
+def execution_facts(plan, info, strategy: str) -> dict:
+    """How the run executes, as resolved on this machine (saved in every checkpoint)."""
+    return {
+        "device_type": info.device.type,
+        "precision": "bf16" if plan.bf16 else "fp32",
+        "world_size": info.world_size,
+        "micro_batch": plan.micro_batch,
+        "strategy": strategy if info.world_size > 1 else "single",
+    }
+
+
+def check_resume(
+    saved: dict, config: dict, execution: dict, path: str, allow_inexact: bool
+) -> list[str]:
+    """Raise if the resumed run may not continue `saved` (a checkpoint dict); return the inexact
+    changes that `allow_inexact` lets through (empty when the resume is bit-exact)."""
+    recipe, inexact = [], []
+    for diff in diff_configs(saved["config"], config):
+        kind = field_class(diff.split(":", 1)[0])
+        if kind == "recipe":
+            recipe.append(diff)
+        elif kind == "inexact":
+            inexact.append(diff)
+    if recipe:
+        raise ValueError(
+            f"config differs from the checkpoint {path} in: " + "; ".join(recipe) + "; set these "
+            "back (a run's recipe cannot change on resume; start a new run with --restart or "
+            "another --out)"
+        )
+    before = saved.get("execution")
+    if before is not None:
+        inexact += [f"execution.{d}" for d in diff_configs(before, execution)]
+    if inexact and not allow_inexact:
+        raise ValueError(
+            f"resuming {path} with a change would not continue the run bit-exactly: "
+            + "; ".join(inexact)
+            + f"; set these back, or pass {ALLOW_FLAG} to continue anyway"
+        )
+    return inexact

@@ -1,0 +1,149 @@
+"""Run-folder safety: one writer per run folder, a fresh run never lands on an old one, and
+leftovers of killed writes are swept.
+
+- `RunLock`: `fcntl.flock` on `DIR/.lock`, held by rank 0 for the whole run. The OS drops the
+  lock when the process ends however it ends, so a crash never leaves a folder stuck; a second
+  `pixeljit train` on the folder gets an error naming the folder and the holder's PID.
+- `prepare_fresh`: a fresh run (no `--resume`) refuses a folder that already holds a run's files;
+  with `restart` it moves exactly those files into a new sibling `DIR.old-<time>` (nothing is
+  deleted) and starts in the emptied folder. Files that are not a run's stay where they are.
+- `sweep_temporaries`: removes the hidden siblings our atomic writes leave when killed
+  (`.NAME.tmp-PID-TOKEN`, `pixeljit.files.atomic.temp_sibling`) whose writer is no longer alive.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import time
+from pathlib import Path
+
+LOCK_FILE = ".lock"
+# What a run writes into its folder (see README "### Training"); anything else is not ours.
+RUN_FILE_NAMES = ("latest.pt", "config.yaml", "metrics.jsonl", "loss.png", "tensorboard")
+RUN_FILE_RE = re.compile(r"^(step-\d{9}\.pt|samples-\d{7}\.png)$")
+# `temp_sibling(path)` = f".{path.name}.tmp-{pid}-{8 hex}"
+TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+ASIDE_TIME_FORMAT = "%Y%m%d-%H%M%S"
+MAX_ASIDE_ATTEMPTS = 100
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on a run folder (create the folder if needed)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = _read_pid(path)
+            raise RuntimeError(
+                f"run folder {self.folder} is in use by another process (PID {holder}); wait "
+                "for it to finish or stop it, or train into another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_pid(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        text = ""
+    return text if text.isdigit() else "unknown"
+
+
+def run_files(folder: str | os.PathLike) -> list[Path]:
+    """The files (and the TensorBoard folder) of a training run inside `folder`, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.name in RUN_FILE_NAMES or RUN_FILE_RE.match(p.name)
+    )
+
+
+def prepare_fresh(folder: str | os.PathLike, restart: bool) -> Path | None:
+    """Make `folder` ready for a fresh run. Refuses one holding a run's files unless `restart`,
+    which moves them into a new sibling folder (returned). Call while holding the `RunLock`."""
+    folder = Path(folder)
+    found = run_files(folder)
+    if not found:
+        return None
+    if not restart:
+        shown = ", ".join(p.name for p in found[:4]) + (" …" if len(found) > 4 else "")
+        raise ValueError(
+            f"{folder} already holds a training run ({shown}); continue it with "
+            f"`pixeljit train --resume {folder}`, or pass --restart to move it aside to a new "
+            f"sibling {folder.name}.old-<time> and start fresh (nothing is deleted)"
+        )
+    aside = _new_sibling(folder)
+    for path in found:
+        os.rename(path, aside / path.name)
+    return aside
+
+
+def _new_sibling(folder: Path) -> Path:
+    """Create and return an unused `DIR.old-<time>[-k]` beside `folder` (mkdir claims it)."""
+    stamp = time.strftime(ASIDE_TIME_FORMAT)
+    for k in range(MAX_ASIDE_ATTEMPTS):
+        candidate = folder.with_name(f"{folder.name}.old-{stamp}" + (f"-{k}" if k else ""))
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise RuntimeError(f"could not find a free name {folder.name}.old-{stamp}-N beside {folder}")
+
+
+def sweep_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove our atomic-write temporaries in `folder` whose writing process is gone; returns
+    what was removed. Other files, and temporaries of a live process, are left alone."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        match = TEMP_RE.match(path.name)
+        if match is None or not path.is_file() or _alive(int(match.group(1))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

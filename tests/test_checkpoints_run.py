@@ -1,0 +1,148 @@
+"""Run checkpoints on disk: checksums catch silent corruption, a non-finite state or a full disk
+never replaces the previous checkpoint, an unreadable latest.pt names the milestones to use."""
+
+from __future__ import annotations
+
+import errno
+import struct
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixeljit.checkpoints.run import (
+    FORMAT,
+    LATEST,
+    NonFiniteStateError,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def small_state(step: int = 3) -> dict:
+    torch.manual_seed(step)
+    net = torch.nn.Linear(8, 4)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    net(torch.randn(2, 8)).sum().backward()
+    opt.step()
+    return {
+        "model": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        "ema": {"decays": [0.99], "names": ["weight", "bias"],
+                "shadows": [[net.weight.detach() * 0.5, net.bias.detach() * 0.5]]},
+        "optimizer": opt.state_dict(),  # tuples (betas) and int keys
+        "rng": {"torch": torch.get_rng_state()},
+        "step": step,
+        "config": {"model": {"depth": 2}, "optim": {"betas": [0.9, 0.95]}},
+    }  # fmt: skip
+
+
+def flip_byte_in_entry(path: Path, suffix: str, at: int) -> None:
+    """Flip one byte of a stored (uncompressed) zip entry in place, CRC left stale."""
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(suffix))
+    raw = bytearray(path.read_bytes())
+    offset = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", raw[offset + 26 : offset + 30])
+    raw[offset + 30 + name_len + extra_len + at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def tensor_entry(path: Path, tensor: torch.Tensor) -> str:
+    """The zip entry (e.g. 'data/3') holding exactly `tensor`'s bytes."""
+    want = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if "/data/" in info.filename and z.read(info) == want:
+                return info.filename.split("/", 1)[1]
+    raise AssertionError("tensor bytes not found in the checkpoint")
+
+
+def test_round_trip_is_verified_without_warnings(tmp_path):
+    state = small_state()
+    save_checkpoint(state, tmp_path, 3, milestone=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for source in (tmp_path, tmp_path / "step-000000003.pt"):
+            loaded = load_checkpoint(source)
+            assert loaded["format"] == FORMAT and loaded["step"] == 3
+            assert torch.equal(loaded["model"]["weight"], state["model"]["weight"])
+
+
+def test_a_flipped_byte_in_a_tensor_is_caught_and_named(tmp_path):
+    state = small_state()
+    path = save_checkpoint(state, tmp_path, 3, milestone=False)
+    entry = tensor_entry(path, state["model"]["weight"])
+    flip_byte_in_entry(path, entry, at=5)
+    raw = torch.load(path, weights_only=True)  # torch itself reads the corrupt file silently
+    assert not torch.equal(raw["model"]["weight"], state["model"]["weight"])
+    with pytest.raises(
+        ValueError, match=r"latest\.pt is corrupt: checksum mismatch in model/weight"
+    ):
+        load_checkpoint(tmp_path)
+
+
+def test_a_changed_step_is_caught(tmp_path):
+    path = save_checkpoint(small_state(3), tmp_path, 3, milestone=False)
+    state = torch.load(path, weights_only=True)
+    state["step"] = 4  # as if the pickled int were hit
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="checksum mismatch in <non-tensor fields>"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_checksum_loads_with_a_warning(tmp_path):
+    torch.save({**small_state(), "format": FORMAT}, tmp_path / LATEST)
+    with pytest.warns(UserWarning, match="carries no checksum"):
+        assert load_checkpoint(tmp_path)["step"] == 3
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_unreadable_latest_names_the_milestones(tmp_path, damage):
+    save_checkpoint(small_state(3), tmp_path, 3, milestone=True)
+    save_checkpoint(small_state(6), tmp_path, 6, milestone=True)
+    latest = save_checkpoint(small_state(8), tmp_path, 8, milestone=False)
+    if damage == "truncate":
+        latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    else:
+        flip_byte_in_entry(latest, tensor_entry(latest, small_state(8)["model"]["weight"]), 0)
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and str(latest) in message
+    assert f"--resume {tmp_path / 'step-000000006.pt'}" in message
+    assert "step-000000003.pt" in message
+
+
+def test_a_non_finite_state_is_never_written(tmp_path):
+    latest = save_checkpoint(small_state(3), tmp_path, 3, milestone=False)
+    before = latest.read_bytes()
+    bad = small_state(6)
+    bad["ema"]["shadows"][0][1][0] = float("nan")
+    with pytest.raises(NonFiniteStateError, match=r"step 6: non-finite values in ema/shadows/0/1"):
+        save_checkpoint(bad, tmp_path, 6, milestone=True)
+    assert latest.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST]
+
+
+def test_a_full_disk_names_the_path_and_size_and_keeps_the_previous(tmp_path, monkeypatch):
+    latest = save_checkpoint(small_state(3), tmp_path, 3, milestone=False)
+    before = latest.read_bytes()
+    real_save = torch.save
+
+    def disk_fills_up(obj, f):
+        Path(f).write_bytes(b"partial")  # some bytes made it, then the disk was full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    with pytest.raises(RuntimeError) as err:
+        save_checkpoint(small_state(6), tmp_path, 6, milestone=True)
+    monkeypatch.setattr(torch, "save", real_save)
+    message = str(err.value)
+    assert "no space left" in message and str(tmp_path) in message and "bytes" in message
+    need = int(message.split("(")[1].split(" bytes")[0])
+    assert need >= (8 * 4 + 4) * 4 * 4  # model + EMA + two Adam moments, float32
+    assert latest.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST]  # no temp file left
+    assert load_checkpoint(tmp_path)["step"] == 3
