@@ -155,6 +155,17 @@ def test_resume_continues_in_the_folder_named_not_the_saved_one(packed, tmp_path
         train(tiny(packed, first, **{"optim.steps": 6}), resume=str(second), progress=False)
 
 
+def test_resuming_from_a_milestone_keeps_the_newer_latest(packed, tmp_path, capsys):
+    train(tiny(packed, tmp_path, **{"optim.steps": 4, "run.milestone_every": 2}), progress=False)
+    newer = (tmp_path / LATEST).read_bytes()
+    milestone = tmp_path / "step-000000002.pt"
+    cfg = tiny(packed, tmp_path, **{"optim.steps": 3, "run.milestone_every": 2})
+    assert train(cfg, resume=str(milestone), progress=False).step == 3
+    (kept,) = tmp_path.glob("latest.pt.before-resume-*")
+    assert kept.read_bytes() == newer and "is kept as" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path)["step"] == 3
+
+
 def test_leftover_temporaries_of_killed_writes_are_swept(packed, tmp_path):
     pid = dead_pid()
     stale = [

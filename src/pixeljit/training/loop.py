@@ -27,7 +27,7 @@ from pixeljit.training.config import TrainConfig, save_yaml, to_dict
 from pixeljit.training.ema import EMA
 from pixeljit.training.previews import sample_grid
 from pixeljit.training.resume import check_resume, execution_facts
-from pixeljit.training.rundir import RunLock, prepare_fresh, sweep_temporaries
+from pixeljit.training.rundir import RunLock, keep_latest, prepare_fresh, sweep_temporaries
 from pixeljit.training.runlog import LOSS_PLOT, RunLog, plot_loss
 from pixeljit.training.setup import open_training_data, resolve_config
 from pixeljit.training.state import all_finite, capture_rng, gather_state, load_training_state
@@ -81,7 +81,7 @@ def train(
         )
     info = dist_utils.setup(cfg.run.device)
     lock = RunLock(out) if info.is_main else None
-    _rank0_first(info, lambda: _open_run_folder(lock, out, resume_file is None, restart))
+    _rank0_first(info, lambda: _open_run_folder(lock, out, resume_file, restart))
     try:
         return _train(cfg, resume_file, progress, allow_inexact_resume, info)
     finally:
@@ -89,15 +89,20 @@ def train(
             lock.release()
 
 
-def _open_run_folder(lock: RunLock, out: Path, fresh: bool, restart: bool) -> None:
+def _open_run_folder(lock: RunLock, out: Path, resume_file: Path | None, restart: bool) -> None:
     lock.acquire()
     try:
         swept = sweep_temporaries(out)
         if swept:
             print(f"removed {len(swept)} temporary file(s) of an interrupted write in {out}")
-        aside = prepare_fresh(out, restart) if fresh else None
-        if aside is not None:
-            print(f"moved the previous run in {out} aside to {aside}")
+        if resume_file is None:
+            aside = prepare_fresh(out, restart)
+            if aside is not None:
+                print(f"moved the previous run in {out} aside to {aside}")
+        else:
+            kept = keep_latest(out, resume_file)
+            if kept is not None:
+                print(f"resuming from {resume_file.name}: the previous latest.pt is kept as {kept}")
     except BaseException:
         lock.release()
         raise

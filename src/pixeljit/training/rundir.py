@@ -7,6 +7,8 @@ leftovers of killed writes are swept.
 - `prepare_fresh`: a fresh run (no `--resume`) refuses a folder that already holds a run's files;
   with `restart` it moves exactly those files into a new sibling `DIR.old-<time>` (nothing is
   deleted) and starts in the emptied folder. Files that are not a run's stay where they are.
+- `keep_latest`: resuming from a milestone would overwrite a newer (or unreadable) `latest.pt`;
+  it is renamed `latest.pt.before-resume-<time>` first.
 - `sweep_temporaries`: removes the hidden siblings our atomic writes leave when killed
   (`.NAME.tmp-PID-TOKEN`, `pixeljit.files.atomic.temp_sibling`) whose writer is no longer alive.
 """
@@ -23,7 +25,8 @@ from pathlib import Path
 LOCK_FILE = ".lock"
 # What a run writes into its folder (see README "### Training"); anything else is not ours.
 RUN_FILE_NAMES = ("latest.pt", "config.yaml", "metrics.jsonl", "loss.png", "tensorboard")
-RUN_FILE_RE = re.compile(r"^(step-\d{9}\.pt|samples-\d{7}\.png)$")
+RUN_FILE_RE = re.compile(r"^(step-\d{9}\.pt|samples-\d{7}\.png|latest\.pt\.before-resume-[\d-]+)$")
+LATEST = "latest.pt"
 # `temp_sibling(path)` = f".{path.name}.tmp-{pid}-{8 hex}"
 TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
 ASIDE_TIME_FORMAT = "%Y%m%d-%H%M%S"
@@ -106,6 +109,22 @@ def prepare_fresh(folder: str | os.PathLike, restart: bool) -> Path | None:
     for path in found:
         os.rename(path, aside / path.name)
     return aside
+
+
+def keep_latest(folder: str | os.PathLike, resumed: str | os.PathLike) -> Path | None:
+    """Before resuming `folder` from a checkpoint other than its latest.pt, rename that latest.pt
+    to `latest.pt.before-resume-<time>` (returned), so the resumed run does not overwrite it."""
+    folder, resumed = Path(folder), Path(resumed)
+    latest = folder / LATEST
+    if not latest.exists() or latest.resolve() == resumed.resolve():
+        return None
+    stamp = time.strftime(ASIDE_TIME_FORMAT)
+    for k in range(MAX_ASIDE_ATTEMPTS):
+        kept = folder / (f"{LATEST}.before-resume-{stamp}" + (f"-{k}" if k else ""))
+        if not kept.exists():
+            os.rename(latest, kept)
+            return kept
+    raise RuntimeError(f"could not find a free name to keep {latest} under")
 
 
 def _new_sibling(folder: Path) -> Path:
