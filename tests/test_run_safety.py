@@ -166,6 +166,17 @@ def test_resuming_from_a_milestone_keeps_the_newer_latest(packed, tmp_path, caps
     assert load_checkpoint(tmp_path)["step"] == 3
 
 
+def test_a_refused_resume_or_restart_leaves_the_folder_as_it_was(packed, tmp_path):
+    train(tiny(packed, tmp_path, **{"optim.steps": 4, "run.milestone_every": 2}), progress=False)
+    before = snapshot(tmp_path)
+    other = tiny(packed, tmp_path, **{"optim.steps": 6, "model.depth": 3})
+    with pytest.raises(ValueError, match="model.depth"):
+        train(other, resume=str(tmp_path / "step-000000002.pt"), progress=False)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train(tiny(packed, tmp_path, **{"optim.global_batch": 128}), restart=True, progress=False)
+    assert snapshot(tmp_path) == before and not list(tmp_path.parent.glob("*.old-*"))
+
+
 def test_leftover_temporaries_of_killed_writes_are_swept(packed, tmp_path):
     pid = dead_pid()
     stale = [

@@ -83,7 +83,7 @@ def train(
     lock = RunLock(out) if info.is_main else None
     _rank0_first(info, lambda: _open_run_folder(lock, out, resume_file, restart))
     try:
-        return _train(cfg, resume_file, progress, allow_inexact_resume, info)
+        return _train(cfg, resume_file, progress, allow_inexact_resume, info, restart)
     finally:
         if lock is not None:
             lock.release()
@@ -95,17 +95,24 @@ def _open_run_folder(lock: RunLock, out: Path, resume_file: Path | None, restart
         swept = sweep_temporaries(out)
         if swept:
             print(f"removed {len(swept)} temporary file(s) of an interrupted write in {out}")
-        if resume_file is None:
-            aside = prepare_fresh(out, restart)
-            if aside is not None:
-                print(f"moved the previous run in {out} aside to {aside}")
-        else:
-            kept = keep_latest(out, resume_file)
-            if kept is not None:
-                print(f"resuming from {resume_file.name}: the previous latest.pt is kept as {kept}")
+        if resume_file is None and not restart:
+            prepare_fresh(out, restart=False)  # refuses a folder holding a run
     except BaseException:
         lock.release()
         raise
+
+
+def _settle_run_folder(out: Path, resume_file: Path | None, restart: bool) -> None:
+    """Rank 0, once the data, the config and the resume check passed: move an old run aside
+    (`restart`), or keep a newer latest.pt that resuming from a milestone would overwrite."""
+    if resume_file is None:
+        aside = prepare_fresh(out, restart)
+        if aside is not None:
+            print(f"moved the previous run in {out} aside to {aside}")
+        return
+    kept = keep_latest(out, resume_file)
+    if kept is not None:
+        print(f"resuming from {resume_file.name}: the previous latest.pt is kept as {kept}")
 
 
 def _rank0_first(info, fn) -> None:
@@ -125,7 +132,7 @@ def _rank0_first(info, fn) -> None:
         raise error
 
 
-def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, info):
+def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, info, restart):
     # ---------------------------------------------------------------- processes and data
     device = info.device
     dataset = open_training_data(cfg, info)
@@ -139,6 +146,7 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
             print("resuming inexactly (the run will not match an uninterrupted one bit for bit): "
                   + "; ".join(inexact), flush=True)  # fmt: skip
     if info.is_main:
+        _settle_run_folder(out, resume_file, restart)
         save_yaml(cfg, out / "config.yaml")
 
     # ------------------------------------------------------------- model, EMA, optimiser
