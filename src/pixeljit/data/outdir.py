@@ -43,7 +43,7 @@ def _overlap(out_dir: Path, source: Path) -> str | None:
 
 def own_pack_files(folder: Path) -> list[str]:
     """The files of a packed set pixeljit wrote in `folder`; ValueError naming what is not."""
-    refusal = "--overwrite only replaces a packed set written by pixeljit: choose another --out"
+    refusal = "only a packed set written by pixeljit is ever replaced: choose another output folder"
     if not (folder / MANIFEST).is_file():
         raise ValueError(f"output folder {folder} is not empty and has no {MANIFEST}; {refusal}")
     try:
@@ -59,8 +59,8 @@ def own_pack_files(folder: Path) -> list[str]:
         shown = ", ".join(foreign[:_SHOWN_FOREIGN]) + more
         raise ValueError(
             f"output folder {folder} holds {len(foreign)} file(s) its manifest does not list "
-            f"({shown}); --overwrite only replaces a packed set written by pixeljit: move them "
-            "or choose another --out"
+            f"({shown}); only a packed set written by pixeljit is ever replaced: move them out "
+            "or choose another output folder"
         )
     return [name for name in present if name in names]
 
@@ -75,15 +75,15 @@ def check_output(
         if relation is not None:
             raise ValueError(
                 f"output folder {out_dir} {relation} the source folder {source}: choose an "
-                "--out outside the source (the output never shares a folder with its input)"
+                "output folder outside the source"
             )
     if out_dir.is_symlink():
         raise ValueError(
             f"output {out_dir} is a symbolic link: pass the folder it leads to "
-            f"({os.path.realpath(out_dir)}) as --out"
+            f"({os.path.realpath(out_dir)}) instead"
         )
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output {out_dir} exists and is not a folder: choose another --out")
+        raise ValueError(f"output {out_dir} exists and is not a folder: choose another output")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
             raise ValueError(
@@ -104,7 +104,7 @@ def open_staging(out_dir: Path) -> Path:
     except OSError as err:
         raise ValueError(
             f"cannot write the output folder {out_dir}: creating a folder in {out_dir.parent} "
-            f"failed ({err.strerror or err}); choose an --out in a folder you can write"
+            f"failed ({err.strerror or err}); choose an output folder you can write"
         ) from err
     return staging
 
