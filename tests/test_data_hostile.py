@@ -92,6 +92,14 @@ def test_image_decompression_bomb_is_refused_before_decoding(tmp_path):
     assert "over the limit" in result.skipped[0].reason
 
 
+def test_extreme_aspect_ratio_is_refused_before_resizing(tmp_path):
+    """1 x 70,000 pixels is a small image, but the crop would first resize it to 64 x 4.5 M
+    (286 MB; 1.1 GB at 256 px): the old code did."""
+    Image.new("L", (1, 70_000), 7).save(tmp_path / "sliver.png")
+    with pytest.raises(ValueError, match=r"64x4480000, over the limit .* aspect ratio"):
+        decode_image(tmp_path / "sliver.png", 64, 1)
+
+
 # --- packed sets -------------------------------------------------------------------------------
 @pytest.fixture
 def packed(tmp_path):

@@ -84,7 +84,13 @@ def adm_center_crop(img: Image.Image, size: int) -> np.ndarray:
     while min(img.size) >= 2 * size:
         img = img.resize(tuple(side // 2 for side in img.size), resample=Image.BOX)
     scale = size / min(img.size)
-    img = img.resize(tuple(round(side * scale) for side in img.size), resample=Image.BICUBIC)
+    resized = tuple(round(side * scale) for side in img.size)
+    if resized[0] * resized[1] > MAX_IMAGE_PIXELS:  # a sliver: 1 x 70,000 -> 64 x 4.5 M
+        raise ValueError(
+            f"image of {img.size[0]}x{img.size[1]} would be resized to {resized[0]}x{resized[1]}, "
+            f"over the limit of {MAX_IMAGE_PIXELS} pixels: its aspect ratio is too extreme"
+        )
+    img = img.resize(resized, resample=Image.BICUBIC)
     arr = np.asarray(img)
     top = (arr.shape[0] - size) // 2
     left = (arr.shape[1] - size) // 2
