@@ -46,7 +46,7 @@ def read_manifest_json(folder: Path) -> dict:
     try:
         with open(path, "rb") as fh:
             manifest = json.loads(fh.read(MAX_MANIFEST_BYTES + 1).decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:  # JSON, UTF-8, 5000-digit integers, nesting
         raise _fail(path, f"not valid JSON ({type(err).__name__}: {err})") from err
     if not isinstance(manifest, dict):
         raise _fail(path, f"a JSON {type(manifest).__name__}, not an object")

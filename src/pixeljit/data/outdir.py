@@ -70,6 +70,17 @@ def check_output(
 ) -> Path:
     """Check `out_dir` against the rules above before any work; returns it as a Path."""
     out_dir = Path(out_dir)
+    try:
+        _check_output(out_dir, overwrite, sources)
+    except OSError as err:  # an unreadable folder on the way
+        raise ValueError(
+            f"cannot inspect the output folder {out_dir}: {err.strerror or err} "
+            f"({err.filename}); choose an output folder you can read and write"
+        ) from err
+    return out_dir
+
+
+def _check_output(out_dir: Path, overwrite: bool, sources: Iterable) -> None:
     for source in sources:
         relation = _overlap(out_dir, Path(source))
         if relation is not None:
@@ -91,7 +102,6 @@ def check_output(
                 "overwrite=True (CLI: --overwrite) to replace a packed set written by pixeljit"
             )
         own_pack_files(out_dir)
-    return out_dir
 
 
 def open_staging(out_dir: Path) -> Path:
@@ -110,14 +120,16 @@ def open_staging(out_dir: Path) -> Path:
 
 
 def _remove_old(old: Path, names: list[str]) -> None:
-    """Delete the listed files of a replaced pack, then its folder if nothing else is there."""
-    for name in names:
-        (old / name).unlink(missing_ok=True)
+    """Delete the listed files of a replaced pack, then its folder if nothing else is there.
+    The new set is already in place: a failure here only leaves the old folder behind."""
     try:
+        for name in names:
+            (old / name).unlink(missing_ok=True)
         old.rmdir()
-    except OSError:
+    except OSError as err:
         warnings.warn(
-            f"the replaced packed set held files written during packing; they are kept in {old}",
+            f"the new packed set is in place, but the replaced one could not be removed "
+            f"entirely ({err.strerror or err}); what is left of it is in {old}",
             stacklevel=3,
         )
 

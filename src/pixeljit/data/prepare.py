@@ -213,9 +213,11 @@ def write_stream(
 ) -> PrepareResult:
     """Consume a source stream into a packed set at `out_dir`, atomically (see outdir.py)."""
     sources = sources or []
-    out_dir = check_output(out_dir, overwrite, sources)
+    out_dir = Path(out_dir)
     start = time.perf_counter() if start is None else start
-    staging = open_staging(out_dir) if staging is None else staging
+    if staging is None:  # `prepare` made (and checked) it before opening the source
+        check_output(out_dir, overwrite, sources)
+        staging = open_staging(out_dir)
     try:
         count, shape = _pack(stream, staging, images_per_shard, progress)
         publish(staging, out_dir, overwrite, sources)
