@@ -5,7 +5,8 @@ On disk (format version 1):
     labels.npy            (N,) int64
     manifest.json         what, how many, which shape, per-file byte size and sha256
 Everything is written into a hidden sibling folder which is renamed onto the target at the
-end, so a crash never leaves a half-written set behind a valid-looking manifest. `.npy` keeps
+end (see outdir.py), so a crash never leaves a half-written set behind a valid-looking manifest;
+manifest.py reads a manifest back without trusting it. `.npy` keeps
 the files readable by plain numpy and memory-mappable (`np.load(..., mmap_mode="r")`).
 """
 
