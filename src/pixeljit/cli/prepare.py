@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixeljit.data.folders import LAYOUTS
-from pixeljit.data.prepare import prepare
+from pixeljit.data.prepare import MAX_WORKERS, prepare
+from pixeljit.data.transforms import MAX_SIZE
 
 _LIST_SKIPPED = 20  # how many skipped files to print (all are in the manifest)
 
@@ -21,8 +22,15 @@ def add_parser(sub) -> None:
         ),
     )
     p.add_argument("source", metavar="SOURCE", help="fashion-mnist | emoji | PATH")
-    p.add_argument("--size", type=int, required=True, help="output resolution (pixels)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (created atomically)")
+    p.add_argument(
+        "--size", type=int, required=True, help=f"output resolution, 1..{MAX_SIZE} pixels"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder (created atomically; never the source or inside it)",
+    )
     p.add_argument(
         "--split", default=None, help="fashion-mnist: train (default) or test; folders: sub-folder"
     )
@@ -42,10 +50,18 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--font", type=Path, default=None, help="NotoColorEmoji.ttf for emoji")
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="folders: how to read them")
-    p.add_argument("--limit", type=int, default=None, help="keep only the first N images")
-    p.add_argument("--images-per-shard", type=int, default=None, help="default: ~1 GiB shards")
-    p.add_argument("--workers", type=int, default=0, help="folders: decoding processes")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--limit", type=int, default=None, help="keep only the first N (>= 1) images")
+    p.add_argument(
+        "--images-per-shard", type=int, default=None, help="default: ~1 GiB shards (max 16 GiB)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=0, help=f"folders: decoding processes, 0..{MAX_WORKERS}"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a packed set pixeljit wrote in --out (any other file there is refused)",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(run=run)
 

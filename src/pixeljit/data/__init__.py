@@ -1,6 +1,8 @@
 """Data: sources (Fashion-MNIST, Noto emoji, image folders), the ADM crop, packed shards and
 the device loader. Flow: source -> `prepare` -> packed set on disk -> `PackedDataset` ->
-`DeviceLoader` -> (x in [-1, 1], y int64) on the training device."""
+`DeviceLoader` -> (x in [-1, 1], y int64) on the training device. `outdir` guards the output
+folder, `manifest` reads manifests without trusting them, `fingerprint` keys the cache
+(`open`) to the source's content."""
 
 from pixeljit.files.idx import read_idx, write_idx
 

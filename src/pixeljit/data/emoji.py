@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .fingerprint import FINGERPRINT_KEY, paths_fingerprint
 from .source import BadImage, BadImageError, SourceStream
-from .transforms import COLOUR, CROP_RULE, check_channels, check_size, image_to_chw
+from .transforms import COLOUR, CROP_RULE, check_channels, check_pixels, check_size, image_to_chw
 
 FONT_CANDIDATES = (
     Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"),
@@ -90,6 +91,7 @@ def emoji_stream(
                 break
             try:
                 with Image.open(io.BytesIO(png)) as img:
+                    check_pixels(img)
                     img.load()
                     pending.append(image_to_chw(img, size, channels))  # (C, S, S)
             except _DECODE_ERRORS as err:
@@ -108,6 +110,7 @@ def emoji_stream(
         "font": str(path),
         "license": "SIL Open Font License 1.1",
         "crop": CROP_RULE,
+        FINGERPRINT_KEY: paths_fingerprint([path]),
     }
     return SourceStream([CLASS_NAME], False, description, batches(), limit, skipped)
 

@@ -22,6 +22,7 @@ from pixeljit.files.cache import cache_root
 from pixeljit.files.download import DOWNLOAD_TIMEOUT_S, download, file_digest
 from pixeljit.files.idx import read_idx
 
+from .fingerprint import FINGERPRINT_KEY, paths_fingerprint
 from .source import SourceStream
 from .transforms import CROP_RULE, GREY, check_channels, check_size, resize_stack
 
@@ -205,5 +206,6 @@ def fashion_mnist_stream(
         "native_size": NATIVE_SIZE,
         "crop": CROP_RULE,
         "license": "MIT (Zalando SE)",
+        FINGERPRINT_KEY: paths_fingerprint([images_path, labels_path]),
     }
     return SourceStream(list(CLASS_NAMES), True, description, batches(), total=len(images))

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .fingerprint import FINGERPRINT_KEY, files_fingerprint
 from .source import BadImage, BadImageError, SourceStream
-from .transforms import COLOUR, CROP_RULE, check_channels, check_size, image_to_chw
+from .transforms import COLOUR, CROP_RULE, check_channels, check_pixels, check_size, image_to_chw
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -59,12 +60,57 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def _walk_files(folder: Path) -> list[Path]:
-    """Every visible file under `folder` (following links), sorted by relative path."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        found.extend(Path(dirpath) / f for f in filenames if _visible(f))
+def _enter(folder: Path, seen: dict[tuple[int, int], Path], top: Path) -> None:
+    """Register a folder about to be walked; refuse a link loop or a folder reached twice."""
+    if folder.is_symlink():
+        target = Path(os.path.realpath(folder))
+        if top.is_relative_to(target):
+            raise ValueError(
+                f"symbolic link loop: {folder} leads to {target}, which holds the image folder "
+                f"{top} itself; remove the link"
+            )
+    _register(folder, seen)
+
+
+def _register(folder: Path, seen: dict[tuple[int, int], Path]) -> None:
+    try:
+        st = os.stat(folder)
+    except OSError as err:
+        raise ValueError(f"cannot read folder {folder}: {err.strerror}") from err
+    key = (st.st_dev, st.st_ino)
+    first = seen.get(key)
+    if first is not None:
+        kind = "a link loop" if folder.is_relative_to(first) else "linked twice"
+        raise ValueError(
+            f"{folder} and {first} are the same folder ({kind}): its images would be packed "
+            "again; remove one of the links"
+        )
+    seen[key] = folder
+
+
+def _walk_files(folder: Path, seen: dict[tuple[int, int], Path], top: Path) -> list[Path]:
+    """Every visible file under `folder`, sorted by relative path. Linked folders are followed
+    once: a folder reached twice (a loop, or two links to it) is an error, as is an unreadable
+    folder (its images would silently go missing)."""
+    found: list[Path] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as listing:
+                entries = sorted((e for e in listing if _visible(e.name)), key=lambda e: e.name)
+        except OSError as err:
+            raise ValueError(
+                f"cannot list folder {current}: {err.strerror}; fix its permissions or move it "
+                "out of the image folder"
+            ) from err
+        for entry in entries:
+            path = current / entry.name
+            if entry.is_dir():  # follows links
+                _enter(path, seen, top)
+                pending.append(path)
+            else:
+                found.append(path)
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
@@ -109,16 +155,20 @@ def scan_image_folder(
         layout = "classes" if subdirs else "flat"
     ignored: list[str] = []
     files: list[tuple[Path, int]] = []
+    top = Path(os.path.realpath(base))
+    seen: dict[tuple[int, int], Path] = {}
+    _register(base, seen)
     if layout == "flat":
-        for path in _walk_files(base):
+        for path in _walk_files(base, seen, top):
             (files.append((path, 0)) if is_image_file(path) else ignored.append(str(path)))
         class_names = [base.name]
     else:
         ignored.extend(str(p) for p in entries if p.is_file())
         class_names = [d.name for d in subdirs]
         for label, folder in enumerate(subdirs):
+            _enter(folder, seen, top)
             images = []
-            for path in _walk_files(folder):
+            for path in _walk_files(folder, seen, top):
                 (images.append((path, label)) if is_image_file(path) else ignored.append(str(path)))
             if not images:
                 raise ValueError(
@@ -131,12 +181,22 @@ def scan_image_folder(
     return FolderScan(base, layout, class_names, files, ignored)
 
 
+def folder_fingerprint(scan: FolderScan) -> str:
+    """The fingerprint (see fingerprint.py) of a scanned folder: its images, labels, classes."""
+    named = [
+        (f"{label}:{path.relative_to(scan.root).as_posix()}", path) for path, label in scan.files
+    ]
+    return files_fingerprint(named, {"layout": scan.layout, "classes": scan.class_names})
+
+
 def decode_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
     """Open, fully decode, convert and ADM-crop one file -> (C, size, size) uint8.
 
-    Raises one of DECODE_ERRORS for a corrupt, truncated or unsupported file.
+    Raises one of DECODE_ERRORS for a corrupt, truncated or unsupported file, or one whose
+    header declares more than MAX_IMAGE_PIXELS (a decompression bomb).
     """
     with Image.open(path) as img:
+        check_pixels(img)  # from the header, before anything is decoded
         img.load()
         return image_to_chw(img, size, channels)
 
@@ -204,6 +264,7 @@ def folder_stream(
         "layout": scan.layout,
         "files": len(files),
         "crop": CROP_RULE,
+        FINGERPRINT_KEY: folder_fingerprint(scan),
     }
     conditional = scan.layout == "classes"
     return SourceStream(

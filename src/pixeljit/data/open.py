@@ -1,5 +1,11 @@
 """Open a training / reference set by name: a packed folder as is, or a source (fashion-mnist,
-emoji, an image folder) packed once at the wanted size into the cache."""
+emoji, an image folder) packed once at the wanted size into the cache.
+
+A cache entry is keyed by the source's path, split, size and channels, and holds the source's
+fingerprint (file names, sizes, times; see fingerprint.py) in its manifest. Each open
+recomputes the fingerprint: an entry made from other content (a changed, added or removed image,
+a replaced font or IDX file) is re-packed in place, never reused.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +15,45 @@ from pathlib import Path
 
 from pixeljit.files.cache import cache_root
 
+from .emoji import find_emoji_font
+from .fashion_mnist import find_fashion_mnist
+from .fingerprint import FINGERPRINT_KEY, paths_fingerprint
+from .folders import folder_fingerprint, scan_image_folder
+from .manifest import read_manifest_json
 from .packed import PackedDataset
-from .prepare import prepare
+from .prepare import EMOJI, FASHION_MNIST, prepare
 from .shards import MANIFEST
 
-BUILTIN_SOURCES = ("fashion-mnist", "emoji")
+BUILTIN_SOURCES = (FASHION_MNIST, EMOJI)
 
 
 def _slug(path: Path) -> str:
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
     return f"{path.name}-{digest}"
+
+
+def source_fingerprint(source: str, split: str | None) -> str:
+    """The fingerprint `prepare` records for `source` (as `open_dataset` packs it)."""
+    if source == FASHION_MNIST:
+        return paths_fingerprint(find_fashion_mnist(split or "train"))
+    if source == EMOJI:
+        return paths_fingerprint([find_emoji_font()])
+    return folder_fingerprint(scan_image_folder(source, split))
+
+
+def packed_fingerprint(folder: Path) -> str | None:
+    """The source fingerprint stored in a packed set's manifest; None if absent or unreadable."""
+    try:
+        source = read_manifest_json(folder).get("source")
+    except (ValueError, OSError):
+        return None
+    return source.get(FINGERPRINT_KEY) if isinstance(source, dict) else None
+
+
+def cache_entry(source: str, size: int, channels: int, split: str | None) -> Path:
+    """Where `open_dataset` keeps the pack of a source."""
+    name = source if source in BUILTIN_SOURCES else f"folder-{_slug(Path(source))}"
+    return cache_root() / "packed" / f"{name}-{split or 'default'}-{size}px-{channels}ch"
 
 
 def open_dataset(
@@ -30,7 +65,7 @@ def open_dataset(
     barrier: Callable[[], None] | None = None,
 ) -> PackedDataset:
     """A PackedDataset for `source` at size × size with `channels`. Under several processes
-    only `is_main` packs; the others wait at `barrier`."""
+    only `is_main` checks and packs; the others wait at `barrier`."""
     if not source:
         raise ValueError("no data: pass a packed folder, fashion-mnist, emoji, or an image folder")
     path = Path(source)
@@ -40,11 +75,21 @@ def open_dataset(
         raise FileNotFoundError(
             f"data {source!r}: not a packed folder, an image folder, or one of {BUILTIN_SOURCES}"
         )
-    name = source if source in BUILTIN_SOURCES else f"folder-{_slug(path)}"
-    target = cache_root() / "packed" / f"{name}-{split or 'default'}-{size}px-{channels}ch"
-    if is_main and not (target / MANIFEST).is_file():
-        print(f"packing {source} ({split or 'default split'}) at {size}px into {target} …")
-        prepare(source, size, target, split=split, channels=channels, progress=True)
+    target = cache_entry(source, size, channels, split)
+    if is_main:
+        current = source_fingerprint(source, split)
+        cached = packed_fingerprint(target)
+        if cached != current:
+            why = "changed since it was packed; re-packing" if target.exists() else "packing"
+            print(f"{source} ({split or 'default split'}): {why} at {size}px into {target} …")
+            prepare(
+                source, size, target, split=split, channels=channels, progress=True, overwrite=True
+            )
+            if packed_fingerprint(target) != current:
+                raise RuntimeError(
+                    f"{source} changed while it was being packed into {target}; run again once "
+                    "nothing is writing to it"
+                )
     if barrier is not None:
         barrier()
     return PackedDataset(target)

@@ -6,7 +6,6 @@ Both classes offer the interface the loader needs: `len`, `num_classes`, `class_
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,19 +13,17 @@ import numpy as np
 
 from pixeljit.files.download import file_digest
 
-from .shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST
-
-REQUIRED_KEYS = (
-    "count",
-    "shape",
-    "num_classes",
-    "class_names",
-    "conditional",
-    "images_per_shard",
-    "shards",
-    "labels",
+from .manifest import (
+    PREPARE_HINT,
+    check_entry,
+    check_layout,
+    listed_names,
+    member,
+    read_manifest_json,
 )
-PREPARE_HINT = "re-create it with `pixeljit prepare SOURCE --size S --out DIR --overwrite`"
+from .shards import MANIFEST
+
+MAX_CLASSES = 1 << 20
 
 
 def _mismatch(folder: Path, what: str) -> ValueError:
@@ -36,72 +33,68 @@ def _mismatch(folder: Path, what: str) -> ValueError:
 
 
 def _open_npy(folder: Path, entry: dict, shape: tuple, dtype, verify: bool) -> np.ndarray:
-    """Memory-map one .npy file after checking it against its manifest entry."""
-    path = folder / entry["file"]
+    """Memory-map one .npy file after checking it against its (already validated) entry.
+
+    The file's size must equal the manifest's byte count and hold the declared data, so a
+    manifest declaring more than the file holds is refused before anything is mapped.
+    """
+    name, _, nbytes, digest = check_entry(folder / MANIFEST, entry)
+    path = member(folder, name, folder / MANIFEST)
     if not path.is_file():
-        raise FileNotFoundError(f"packed set {folder}: {entry['file']} is missing; {PREPARE_HINT}")
+        raise FileNotFoundError(f"packed set {folder}: {name} is missing; {PREPARE_HINT}")
     size = path.stat().st_size
-    if size != entry["bytes"]:
-        raise _mismatch(folder, f"{entry['file']} has {size} bytes, manifest says {entry['bytes']}")
-    if verify and file_digest(path) != entry["sha256"]:
-        raise _mismatch(folder, f"{entry['file']} fails its sha256 check (content changed)")
+    if size != nbytes:
+        raise _mismatch(folder, f"{name} has {size} bytes, manifest says {nbytes}")
+    data_bytes = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+    if size < data_bytes:
+        raise _mismatch(folder, f"{name} has {size} bytes, too few for {np.dtype(dtype)} {shape}")
+    if verify and file_digest(path) != digest:
+        raise _mismatch(folder, f"{name} fails its sha256 check (content changed)")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as err:
-        raise _mismatch(folder, f"{entry['file']} is not a readable .npy file ({err})") from err
+    except (ValueError, OSError, EOFError) as err:
+        raise _mismatch(folder, f"{name} is not a readable .npy file ({err})") from err
     if array.shape != shape or array.dtype != dtype:
         raise _mismatch(
             folder,
-            f"{entry['file']} holds {array.dtype} {array.shape}, "
-            f"expected {np.dtype(dtype)} {shape}",
+            f"{name} holds {array.dtype} {array.shape}, expected {np.dtype(dtype)} {shape}",
         )
     return array
 
 
 class PackedDataset:
-    """A packed set, memory-mapped. Sizes and shapes are always checked against the manifest;
-    `verify=True` also checks every file's sha256 (reads everything once)."""
+    """A packed set, memory-mapped. The manifest is validated (see `manifest.py`), sizes and
+    shapes are always checked against it; `verify=True` also checks every file's sha256."""
 
     def __init__(self, folder: str | os.PathLike, verify: bool = False):
         self.folder = Path(folder)
         path = self.folder / MANIFEST
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: {self.folder} is not a packed set; create one with "
-                "`pixeljit prepare SOURCE --size S --out DIR`"
-            )
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); {PREPARE_HINT}") from err
-        if (
-            manifest.get("format") != FORMAT_NAME
-            or manifest.get("format_version") != FORMAT_VERSION
-        ):
-            raise ValueError(
-                f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')} is "
-                f"not {FORMAT_NAME!r} v{FORMAT_VERSION}; {PREPARE_HINT}"
-            )
-        missing = [key for key in REQUIRED_KEYS if key not in manifest]
-        if missing:
-            raise ValueError(f"{path} lacks {missing}; {PREPARE_HINT}")
+        manifest = read_manifest_json(self.folder)
+        listed_names(manifest, path)  # every file name is plain and inside the folder
         self.manifest = manifest
-        self.image_shape: tuple[int, int, int] = tuple(manifest["shape"])
-        self.class_names: list[str] = list(manifest["class_names"])
-        self.num_classes: int = int(manifest["num_classes"])
-        self.conditional: bool = bool(manifest["conditional"])
-        self.images_per_shard: int = int(manifest["images_per_shard"])
-        count = int(manifest["count"])
-        if len(self.class_names) != self.num_classes:
+        self.image_shape, count, self.images_per_shard = check_layout(path, manifest)
+        names, num_classes = manifest.get("class_names"), manifest.get("num_classes")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise _mismatch(self.folder, f"class_names {names!r} is not a list of names")
+        if not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
             raise _mismatch(
-                self.folder, f"{len(self.class_names)} class names, {self.num_classes} classes"
+                self.folder, f"num_classes {num_classes!r} is not in [1, {MAX_CLASSES}]"
             )
-        counts = [int(s["count"]) for s in manifest["shards"]]
+        if len(names) != num_classes:
+            raise _mismatch(self.folder, f"{len(names)} class names, {num_classes} classes")
+        if not isinstance(manifest.get("conditional"), bool):
+            raise _mismatch(self.folder, "conditional is not true or false")
+        self.class_names: list[str] = list(names)
+        self.num_classes: int = num_classes
+        self.conditional: bool = manifest["conditional"]
+        counts = [check_entry(path, s)[1] for s in manifest["shards"]]
         if sum(counts) != count:
             raise _mismatch(
                 self.folder, f"shards hold {sum(counts)} images, manifest count {count}"
             )
-        if any(c != self.images_per_shard for c in counts[:-1]):
+        if any(c != self.images_per_shard for c in counts[:-1]) or (
+            counts and not 1 <= counts[-1] <= self.images_per_shard
+        ):
             raise _mismatch(
                 self.folder, f"shard counts {counts} are not {self.images_per_shard} each"
             )

@@ -19,15 +19,14 @@ import numpy as np
 from .emoji import emoji_stream
 from .fashion_mnist import fashion_mnist_stream
 from .folders import LAYOUTS, folder_stream
+from .outdir import check_output, open_staging, publish
 from .shards import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST,
     ShardWriter,
-    check_target,
+    check_images_per_shard,
     default_images_per_shard,
-    publish,
-    staging_dir,
     write_json_atomic,
 )
 from .source import BadImage, SourceStream
@@ -37,6 +36,7 @@ FASHION_MNIST = "fashion-mnist"
 EMOJI = "emoji"
 KEYWORD_SOURCES = (FASHION_MNIST, EMOJI)
 EMOJI_SPLIT = "train"  # the emoji set is one split; "train" is accepted as its name
+MAX_WORKERS = 256  # decoding processes
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,11 @@ def _open_source(
                 f"the emoji set has one split, {EMOJI_SPLIT!r} (all glyphs): got {split!r}"
             )
         return emoji_stream(size, ch, font_path, limit, skip_bad)
+    if Path(source).exists() and not Path(source).is_dir():
+        raise ValueError(
+            f"source {key!r} is a file, not a folder: pass the folder that holds the images "
+            f"(or one of {', '.join(KEYWORD_SOURCES)})"
+        )
     if not Path(source).is_dir():
         raise FileNotFoundError(
             f"source {key!r} is neither {' nor '.join(KEYWORD_SOURCES)} nor an existing folder"
@@ -121,16 +126,45 @@ def prepare(
     if channels is not None:
         check_channels(channels)
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive count, got {limit}")
-    check_target(Path(out_dir), overwrite)
+        raise ValueError(f"layout (--layout) must be one of {LAYOUTS}, got {layout!r}")
+    _check_count("limit", "--limit", limit, 1, None)
+    _check_count("num_workers", "--workers", num_workers, 0, MAX_WORKERS)
+    if images_per_shard is not None:
+        ch = channels or (GREY if str(source) == FASHION_MNIST else COLOUR)
+        check_images_per_shard(images_per_shard, (ch, size, size))
+    sources = _source_folders(source, data_dir)
+    out_dir = check_output(out_dir, overwrite, sources)
     start = time.perf_counter()
-    stream = _open_source(
-        source, size, channels, split, skip_bad, data_dir, download, font_path, layout, limit,
-        num_workers,
-    )  # fmt: skip
-    return write_stream(stream, out_dir, images_per_shard, overwrite, progress, start)
+    staging = open_staging(out_dir)  # an unwritable output fails now, not after the packing
+    try:
+        stream = _open_source(
+            source, size, channels, split, skip_bad, data_dir, download, font_path, layout, limit,
+            num_workers,
+        )  # fmt: skip
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return write_stream(
+        stream, out_dir, images_per_shard, overwrite, progress, start, staging, sources
+    )
+
+
+def _check_count(name: str, flag: str, value: int | None, low: int, high: int | None) -> None:
+    """An optional integer argument within [low, high] (None = no limit / not given)."""
+    if value is None:
+        return
+    within = value >= low and (high is None or value <= high)
+    if not isinstance(value, int) or isinstance(value, bool) or not within:
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} ({flag}) must be an integer {bound}, got {value!r}")
+
+
+def _source_folders(source: str | os.PathLike, data_dir: str | os.PathLike | None) -> list[Path]:
+    """The folders a source reads from, which the output must stay out of."""
+    folders = [Path(data_dir)] if data_dir is not None else []
+    if str(source) not in KEYWORD_SOURCES or Path(source).is_dir():
+        folders.append(Path(source))
+    return folders
 
 
 def pack_arrays(
@@ -174,15 +208,22 @@ def write_stream(
     overwrite: bool = False,
     progress: bool = False,
     start: float | None = None,
+    staging: Path | None = None,
+    sources: list[Path] | None = None,
 ) -> PrepareResult:
-    """Consume a source stream into a packed set at `out_dir`, atomically."""
+    """Consume a source stream into a packed set at `out_dir`, atomically (see outdir.py)."""
+    sources = sources or []
     out_dir = Path(out_dir)
-    check_target(out_dir, overwrite)
     start = time.perf_counter() if start is None else start
-    staging = staging_dir(out_dir)
+    if staging is None:  # `prepare` made (and checked) it before opening the source
+        check_output(out_dir, overwrite, sources)
+        staging = open_staging(out_dir)
     try:
         count, shape = _pack(stream, staging, images_per_shard, progress)
-        publish(staging, out_dir, overwrite)
+        publish(staging, out_dir, overwrite, sources)
+    except OSError as err:  # a full disk, a vanished folder: one line, nothing half-written
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ValueError(f"packing into {out_dir} failed, nothing was written: {err}") from err
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -5,7 +5,8 @@ On disk (format version 1):
     labels.npy            (N,) int64
     manifest.json         what, how many, which shape, per-file byte size and sha256
 Everything is written into a hidden sibling folder which is renamed onto the target at the
-end, so a crash never leaves a half-written set behind a valid-looking manifest. `.npy` keeps
+end (see outdir.py), so a crash never leaves a half-written set behind a valid-looking manifest;
+manifest.py reads a manifest back without trusting it. `.npy` keeps
 the files readable by plain numpy and memory-mappable (`np.load(..., mmap_mode="r")`).
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,8 @@ MANIFEST = "manifest.json"
 LABELS_FILE = "labels.npy"
 SHARD_PATTERN = "images-{:05d}.npy"
 DEFAULT_SHARD_BYTES = 1 << 30  # ~1 GiB of pixels per shard
+_FIRST_BUFFER = 256  # images buffered before the shard buffer grows
+MAX_SHARD_BYTES = 1 << 34  # 16 GiB: a shard is buffered in memory while it is written
 
 
 class _HashingWriter:
@@ -59,15 +61,29 @@ def default_images_per_shard(image_shape: tuple[int, int, int]) -> int:
     return max(1, DEFAULT_SHARD_BYTES // int(np.prod(image_shape)))
 
 
+def check_images_per_shard(images_per_shard: int, image_shape: tuple[int, int, int]) -> int:
+    """Validate a shard length: at least 1 image, at most MAX_SHARD_BYTES of pixels."""
+    image_bytes = int(np.prod(image_shape))
+    most = max(1, MAX_SHARD_BYTES // image_bytes)
+    valid = isinstance(images_per_shard, int) and not isinstance(images_per_shard, bool)
+    if not valid or not 1 <= images_per_shard <= most:
+        raise ValueError(
+            f"images_per_shard (--images-per-shard) must be an integer in [1, {most}] for "
+            f"{image_shape} images (shards of at most {MAX_SHARD_BYTES >> 30} GiB), "
+            f"got {images_per_shard!r}"
+        )
+    return images_per_shard
+
+
 class ShardWriter:
     """Accumulates (n, C, H, W) uint8 batches and writes fixed-size shards into `folder`."""
 
     def __init__(self, folder: Path, image_shape: tuple[int, int, int], images_per_shard: int):
-        if images_per_shard < 1:
-            raise ValueError(f"images_per_shard must be >= 1, got {images_per_shard}")
+        check_images_per_shard(images_per_shard, tuple(image_shape))
         self.folder, self.image_shape = folder, tuple(image_shape)
         self.per_shard = images_per_shard
-        self._buffer = np.empty((images_per_shard, *image_shape), dtype=np.uint8)  # (n, C, H, W)
+        # (n, C, H, W); grows up to one shard as images arrive, so a small set stays small
+        self._buffer = np.empty((min(images_per_shard, _FIRST_BUFFER), *image_shape), np.uint8)
         self._filled = 0
         self._labels: list[np.ndarray] = []
         self.shards: list[dict] = []
@@ -83,11 +99,21 @@ class ShardWriter:
         start = 0
         while start < len(images):
             take = min(self.per_shard - self._filled, len(images) - start)
+            self._reserve(self._filled + take)
             self._buffer[self._filled : self._filled + take] = images[start : start + take]
             self._filled += take
             start += take
             if self._filled == self.per_shard:
                 self._flush()
+
+    def _reserve(self, needed: int) -> None:
+        if needed <= len(self._buffer):
+            return
+        grown = np.empty(
+            (min(self.per_shard, max(needed, 2 * len(self._buffer))), *self.image_shape), np.uint8
+        )
+        grown[: self._filled] = self._buffer[: self._filled]
+        self._buffer = grown
 
     def _flush(self) -> None:
         path = self.folder / SHARD_PATTERN.format(len(self.shards))
@@ -112,36 +138,3 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def check_target(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty folder unless `overwrite` (checked before any work)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ValueError(
-            f"output folder {out_dir} is not empty: choose another folder or pass "
-            "overwrite=True (CLI: --overwrite) to replace it"
-        )
-
-
-def staging_dir(out_dir: Path) -> Path:
-    """A fresh hidden folder beside `out_dir`, on the same file system (for the final rename)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = temp_sibling(out_dir, "partial")
-    staging.mkdir()
-    return staging
-
-
-def publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
-    """Move the finished staging folder onto `out_dir` (replacing it if allowed)."""
-    check_target(out_dir, overwrite)
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    if not out_dir.exists():
-        os.replace(staging, out_dir)
-        return
-    old = temp_sibling(out_dir, "old")
-    os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    shutil.rmtree(old)

@@ -24,6 +24,11 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 # Modes Pillow can convert straight to RGB / L without losing meaning.
 _PLAIN_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 _SIXTEEN_BIT_SHIFT = 8
+MAX_SIZE = 8192  # output side in pixels (the paper trains at 256 and 512)
+# Pixels an input image may declare (8192 x 8192; about 270 MB decoded as RGBA). Pillow's own
+# bomb guard only refuses twice its MAX_IMAGE_PIXELS (~179 M pixels, ~700 MB); ours is lower and
+# checked from the header, so a small file can never make a decoder allocate more than this.
+MAX_IMAGE_PIXELS = 1 << 26
 
 
 def check_channels(channels: int) -> int:
@@ -34,10 +39,20 @@ def check_channels(channels: int) -> int:
 
 
 def check_size(size: int) -> int:
-    """Validate a target resolution."""
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"size must be a positive integer (pixels), got {size!r}")
+    """Validate a target resolution: an integer in [1, MAX_SIZE]."""
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_SIZE:
+        raise ValueError(f"size must be an integer in [1, {MAX_SIZE}] (pixels), got {size!r}")
     return size
+
+
+def check_pixels(img: Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse an image whose header declares more than `max_pixels` (before decoding it)."""
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ValueError(
+            f"image of {width}x{height} = {width * height} pixels is over the limit of "
+            f"{max_pixels} pixels (a decompression bomb, or far larger than any training image)"
+        )
 
 
 def to_channels(img: Image.Image, channels: int) -> Image.Image:
@@ -69,7 +84,13 @@ def adm_center_crop(img: Image.Image, size: int) -> np.ndarray:
     while min(img.size) >= 2 * size:
         img = img.resize(tuple(side // 2 for side in img.size), resample=Image.BOX)
     scale = size / min(img.size)
-    img = img.resize(tuple(round(side * scale) for side in img.size), resample=Image.BICUBIC)
+    resized = tuple(round(side * scale) for side in img.size)
+    if resized[0] * resized[1] > MAX_IMAGE_PIXELS:  # a sliver: 1 x 70,000 -> 64 x 4.5 M
+        raise ValueError(
+            f"image of {img.size[0]}x{img.size[1]} would be resized to {resized[0]}x{resized[1]}, "
+            f"over the limit of {MAX_IMAGE_PIXELS} pixels: its aspect ratio is too extreme"
+        )
+    img = img.resize(resized, resample=Image.BICUBIC)
     arr = np.asarray(img)
     top = (arr.shape[0] - size) // 2
     left = (arr.shape[1] - size) // 2

@@ -1,0 +1,31 @@
+"""A source's fingerprint: what a cached pack of it was made from, cheap to recompute.
+
+The fingerprint hashes, for every input file, its name, size, modification time and inode
+change time (nanoseconds), plus whatever else decides the packed content (classes, labels).
+Editing, replacing, adding, removing or renaming a file changes it, so `open_dataset` re-packs
+instead of reusing a stale cache entry; reading the files' contents is not needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+FINGERPRINT_KEY = "fingerprint"  # where it lives in a manifest's "source" description
+
+
+def files_fingerprint(files: Iterable[tuple[str, Path]], extra: object = None) -> str:
+    """sha256 over (name, size, mtime, ctime) of each (name, path) and a JSON-able `extra`."""
+    digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
+    for name, path in files:
+        st = os.stat(path)
+        digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def paths_fingerprint(paths: Iterable[Path], extra: object = None) -> str:
+    """`files_fingerprint` of files named by their resolved paths (sources outside a folder)."""
+    return files_fingerprint(((str(Path(p).resolve()), Path(p)) for p in paths), extra)

@@ -1,0 +1,153 @@
+"""Where a packed set goes: checks on the output folder, the staging folder, and publishing.
+
+Rules (checked before any long work, and again when publishing):
+- the output is never the input: an output folder that is, contains, or lies inside a source
+  folder (symbolic links resolved) is refused, with or without overwrite;
+- a non-empty output folder is replaced only with `overwrite`, and only if it is a packed set
+  written by pixeljit: a manifest of our format naming every file in the folder (anything else,
+  sub-folders included, is foreign and makes the folder refused);
+- replacing deletes exactly the files the old manifest lists, then the emptied folder; a file
+  that appears there meanwhile is kept (the old folder is left under a hidden name, reported).
+The new set is written into a hidden sibling folder, renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+from pixeljit.files.atomic import temp_sibling
+
+from .manifest import ManifestError, listed_names, read_manifest_json
+from .shards import MANIFEST
+
+_SHOWN_FOREIGN = 5
+
+
+def _resolved(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _overlap(out_dir: Path, source: Path) -> str | None:
+    out, src = _resolved(out_dir), _resolved(source)
+    if out == src:
+        return "is"
+    if out.is_relative_to(src):
+        return "lies inside"
+    if src.is_relative_to(out):
+        return "contains"
+    return None
+
+
+def own_pack_files(folder: Path) -> list[str]:
+    """The files of a packed set pixeljit wrote in `folder`; ValueError naming what is not."""
+    refusal = "only a packed set written by pixeljit is ever replaced: choose another output folder"
+    if not (folder / MANIFEST).is_file():
+        raise ValueError(f"output folder {folder} is not empty and has no {MANIFEST}; {refusal}")
+    try:
+        manifest = read_manifest_json(folder)
+        names = {MANIFEST, *listed_names(manifest, folder / MANIFEST)}
+    except ManifestError as err:
+        reason = str(err).split("; ", 1)[0]
+        raise ValueError(f"output folder {folder}: {reason}; {refusal}") from err
+    present = sorted(entry.name for entry in os.scandir(folder))
+    foreign = [name for name in present if name not in names or not (folder / name).is_file()]
+    if foreign:
+        more = " …" if len(foreign) > _SHOWN_FOREIGN else ""
+        shown = ", ".join(foreign[:_SHOWN_FOREIGN]) + more
+        raise ValueError(
+            f"output folder {folder} holds {len(foreign)} file(s) its manifest does not list "
+            f"({shown}); only a packed set written by pixeljit is ever replaced: move them out "
+            "or choose another output folder"
+        )
+    return [name for name in present if name in names]
+
+
+def check_output(
+    out_dir: str | os.PathLike, overwrite: bool, sources: Iterable[str | os.PathLike] = ()
+) -> Path:
+    """Check `out_dir` against the rules above before any work; returns it as a Path."""
+    out_dir = Path(out_dir)
+    try:
+        _check_output(out_dir, overwrite, sources)
+    except OSError as err:  # an unreadable folder on the way
+        raise ValueError(
+            f"cannot inspect the output folder {out_dir}: {err.strerror or err} "
+            f"({err.filename}); choose an output folder you can read and write"
+        ) from err
+    return out_dir
+
+
+def _check_output(out_dir: Path, overwrite: bool, sources: Iterable) -> None:
+    for source in sources:
+        relation = _overlap(out_dir, Path(source))
+        if relation is not None:
+            raise ValueError(
+                f"output folder {out_dir} {relation} the source folder {source}: choose an "
+                "output folder outside the source"
+            )
+    if out_dir.is_symlink():
+        raise ValueError(
+            f"output {out_dir} is a symbolic link: pass the folder it leads to "
+            f"({os.path.realpath(out_dir)}) instead"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output {out_dir} exists and is not a folder: choose another output")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ValueError(
+                f"output folder {out_dir} is not empty: choose another folder or pass "
+                "overwrite=True (CLI: --overwrite) to replace a packed set written by pixeljit"
+            )
+        own_pack_files(out_dir)
+
+
+def open_staging(out_dir: Path) -> Path:
+    """A fresh hidden folder beside `out_dir` (same file system, for the final rename): made
+    first, so an unwritable output fails in a second, not after hours of packing."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = temp_sibling(out_dir, "partial")
+        staging.mkdir()
+    except OSError as err:
+        raise ValueError(
+            f"cannot write the output folder {out_dir}: creating a folder in {out_dir.parent} "
+            f"failed ({err.strerror or err}); choose an output folder you can write"
+        ) from err
+    return staging
+
+
+def _remove_old(old: Path, names: list[str]) -> None:
+    """Delete the listed files of a replaced pack, then its folder if nothing else is there.
+    The new set is already in place: a failure here only leaves the old folder behind."""
+    try:
+        for name in names:
+            (old / name).unlink(missing_ok=True)
+        old.rmdir()
+    except OSError as err:
+        warnings.warn(
+            f"the new packed set is in place, but the replaced one could not be removed "
+            f"entirely ({err.strerror or err}); what is left of it is in {old}",
+            stacklevel=3,
+        )
+
+
+def publish(staging: Path, out_dir: Path, overwrite: bool, sources: Iterable = ()) -> None:
+    """Move the finished staging folder onto `out_dir`, replacing our own old pack if allowed."""
+    check_output(out_dir, overwrite, sources)
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists() and not out_dir.is_symlink():
+        os.replace(staging, out_dir)
+        return
+    names = own_pack_files(out_dir)
+    old = temp_sibling(out_dir, "old")
+    os.replace(out_dir, old)
+    try:
+        os.replace(staging, out_dir)
+    except BaseException:
+        os.replace(old, out_dir)  # put the previous set back
+        raise
+    _remove_old(old, names)
