@@ -150,6 +150,17 @@ def _run_state(ckpt: dict, file, weights: str) -> tuple[dict, str]:
     )
 
 
+def run_ema_decays(source: str | os.PathLike) -> list[float]:
+    """The EMA decays a pixeljit training run keeps (to compare them all)."""
+    file = find_checkpoint(source)
+    check_torch_zip(file)
+    ckpt = load_checkpoint(file)
+    try:
+        return [float(d) for d in ckpt["ema"]["decays"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{file}: malformed pixeljit checkpoint (EMA decays: {err})") from None
+
+
 def _load_run(source, weights: str, device, overrides) -> TrainedModel:
     file = find_checkpoint(source)
     file_bytes = check_torch_zip(file)  # bounds what torch.load allocates
