@@ -142,7 +142,7 @@ def run(args) -> int:
 
 def _run(args, info) -> int:
     from pixeljit.checkpoints.load import load_trained
-    from pixeljit.evaluation import GenerationSpec, evaluate, reference_for, sweep_rows
+    from pixeljit.evaluation import GenerationSpec, evaluate, sweep_rows
     from pixeljit.metrics import save_reference_stats, score_images
     from pixeljit.training import distributed as dist_utils
 
@@ -154,8 +154,8 @@ def _run(args, info) -> int:
         extractor = _extractor(args.extractor, args.channels, 10, args.inception_weights,
                                info.device)  # fmt: skip
         if args.make_ref:
-            ref = reference_for(args.make_ref, extractor, args.size, args.channels,
-                                args.ref_split, info.is_main, barrier)  # fmt: skip
+            ref = _reference("--make-ref", args.make_ref, extractor, args.size, args.channels,
+                             args.ref_split, info, barrier)  # fmt: skip
             if info.is_main:
                 save_reference_stats(args.out, ref)
             say(f"reference statistics of {args.make_ref} ({ref.count} images, "
@@ -201,15 +201,31 @@ def _run(args, info) -> int:
 
 
 def _ref(args, extractor, size, channels, info, barrier):
-    from pixeljit.evaluation import reference_for
-
     needs_ref = set(args.metrics) & {"fd", "kid", "pr"}
     if not needs_ref:
         return None
     if not args.ref:
         raise ValueError(f"metrics {sorted(needs_ref)} need --ref (statistics .npz or a data set)")
-    return reference_for(args.ref, extractor, size, channels, args.ref_split, info.is_main,
-                         barrier)  # fmt: skip
+    return _reference("--ref", args.ref, extractor, size, channels, args.ref_split, info, barrier)
+
+
+def _reference(flag, ref, extractor, size, channels, split, info, barrier):
+    """reference_for, with a missing built-in data set explained in this verb's terms (the
+    library's own hint names the Python API and `pixeljit prepare`'s flags)."""
+    from pixeljit.data.open import BUILTIN_SOURCES
+    from pixeljit.evaluation import reference_for
+
+    try:
+        return reference_for(ref, extractor, size, channels, split, info.is_main, barrier)
+    except FileNotFoundError as err:
+        if ref not in BUILTIN_SOURCES:
+            raise
+        reason = str(err).split(". ")[0]
+        raise FileNotFoundError(
+            f"{flag} {ref}: {reason}. Make it with `pixeljit prepare {ref} --size {size} --out "
+            f"DIR` (`pixeljit prepare --help` lists how to fetch it) and pass {flag} DIR"
+            + (", or pass --ref STATS.npz" if flag == "--ref" else "")
+        ) from None
 
 
 def _report(scores: dict, args, say, info) -> None:

@@ -46,6 +46,17 @@ def _number(name: str, value, low=None, high=None, low_open=False, high_open=Fal
         raise ValueError(f"{name} must be {'<' if high_open else '≤'} {high}, got {value}")
 
 
+def check_model_fields(fields: dict) -> None:
+    """The JiT fields that JiTConfig itself leaves unchecked or reports without the field's name
+    (it lives in model/): sizes ≥ 1, a positive MLP ratio, dropout rates in [0, 1)."""
+    for name in ("image_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads"):
+        _count(f"model.{name}", fields.get(name))
+    _count("model.num_classes", fields.get("num_classes"), low=0)
+    _number("model.mlp_ratio", fields.get("mlp_ratio"), low=0.0, low_open=True)
+    for name in ("dropout", "attn_dropout"):
+        _number(f"model.{name}", fields.get(name), 0.0, 1.0, high_open=True)
+
+
 def _count(name: str, value, low: int = 1) -> None:
     """An integer ≥ low (None = not set)."""
     if value is None:
@@ -172,13 +183,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """What the model and objective sections' own classes leave unchecked (they live in
         model/ and diffusion/), and the rules that span sections."""
-        model, objective, optim = self.model, self.objective, self.optim
-        for name in ("image_size", "patch_size", "in_channels", "hidden_size", "depth",
-                     "num_heads"):  # fmt: skip
-            _count(f"model.{name}", getattr(model, name))
-        _number("model.mlp_ratio", model.mlp_ratio, low=0.0, low_open=True)
-        for name in ("dropout", "attn_dropout"):
-            _number(f"model.{name}", getattr(model, name), 0.0, 1.0, high_open=True)
+        objective, optim = self.objective, self.optim
+        check_model_fields(dataclasses.asdict(self.model))
         _number("objective.p_mean", objective.p_mean)
         _number("objective.p_std", objective.p_std, low=0.0, low_open=True)
         _number("objective.t_eps", objective.t_eps, 0.0, 1.0, low_open=True, high_open=True)
@@ -350,6 +356,8 @@ def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
             if name not in hints:
                 raise ValueError(f"unknown field {section}.{name}; {section} has {sorted(hints)}")
             changes[name] = _coerce(f"{section}.{name}", value, hints[name])
+        if section == "model":  # before JiTConfig divides by them
+            check_model_fields({**dataclasses.asdict(current), **changes})
         sections[section] = dataclasses.replace(current, **changes)
     return dataclasses.replace(cfg, **sections)
 
