@@ -44,17 +44,15 @@ def check_float(
         raise ValueError(f"{flag} must be a finite number, got {value}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        left = "" if low is None else f"{'(' if low_open else '['}{low}, "
-        right = "" if high is None else f"{high}{')' if high_open else ']'}"
-        if low is None:
-            span = f"{'<' if high_open else '≤'} {high}"
-        elif high is None:
-            span = f"{'>' if low_open else '≥'} {low}"
-        else:
-            span = f"lie in {left}{right}"
-        raise ValueError(f"{flag} must {'be ' if high is None or low is None else ''}{span}, "
-                         f"got {value}")  # fmt: skip
+    if not (too_low or too_high):
+        return
+    if low is not None and high is not None:
+        span = f"lie in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        span = f"be {'>' if low_open else '≥'} {low}"
+    else:
+        span = f"be {'<' if high_open else '≤'} {high}"
+    raise ValueError(f"{flag} must {span}, got {value}")
 
 
 def _first_existing(path: Path) -> Path:
