@@ -10,6 +10,7 @@ every EMA × every CFG scale on a few thousand samples, lowest FD wins.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch
 
 from pixeljit.checkpoints.load import TrainedModel
 from pixeljit.data.open import open_dataset
-from pixeljit.diffusion.sampler import NO_GUIDANCE, SamplerConfig, sample
+from pixeljit.diffusion.sampler import NO_GUIDANCE, SamplerConfig, check_seed, sample
 from pixeljit.files.cache import cache_root
 from pixeljit.files.images import save_pngs, to_uint8
 from pixeljit.metrics import (
@@ -44,8 +45,15 @@ class GenerationSpec:
     noise_scale: float | None = None  # None → the checkpoint's training value
 
     def __post_init__(self) -> None:
-        if self.num < 1 or self.batch_size < 1:
-            raise ValueError("the number of images and the batch size must be ≥ 1")
+        for name in ("num", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"GenerationSpec.{name} must be an integer ≥ 1, got {value!r}")
+        check_seed(self.seed)
+        if self.noise_scale is not None and not (
+            math.isfinite(self.noise_scale) and self.noise_scale > 0
+        ):
+            raise ValueError(f"GenerationSpec.noise_scale must be > 0, got {self.noise_scale}")
 
 
 def shard(num: int, rank: int, world: int) -> tuple[int, int]:

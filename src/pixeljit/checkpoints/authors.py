@@ -9,14 +9,14 @@ other pickled code), infer the architecture from tensor shapes, and return a JiT
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from pixeljit.checkpoints.weights import build_loaded
+from pixeljit.checkpoints.weights import block_indices, build_loaded, check_tensors, check_torch_zip
 from pixeljit.model import MODEL_SIZES, JiT, JiTConfig
 from pixeljit.model.layers import swiglu_hidden
 
@@ -48,6 +48,7 @@ def _resolve_file(source: str | os.PathLike) -> Path:
 def read_checkpoint(source: str | os.PathLike) -> dict:
     """torch.load a released checkpoint safely (weights_only; argparse.Namespace allowed)."""
     path = _resolve_file(source)
+    check_torch_zip(path)  # bounds what torch.load allocates before it runs
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             try:  # memory-map the zip format: a released H/16 file is 11 GB
@@ -67,70 +68,89 @@ def read_checkpoint(source: str | os.PathLike) -> dict:
     return dict(data)
 
 
-def extract_state_dict(checkpoint: Mapping, weights: str = "model_ema1") -> dict[str, torch.Tensor]:
+def extract_state_dict(
+    checkpoint: Mapping, weights: str = "model_ema1", source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """Pick `weights` ('model', 'model_ema1', 'model_ema2') from a checkpoint mapping, or take a
     bare state dict as is; strip the 'net.' prefix."""
     if any(entry in checkpoint for entry in WEIGHT_ENTRIES):
         if weights not in checkpoint:
             raise ValueError(
-                f"checkpoint has no {weights!r} weights; it holds {sorted(map(str, checkpoint))}"
+                f"{source} has no {weights!r} weights; it holds {sorted(map(str, checkpoint))}"
             )
         state = checkpoint[weights]
     elif all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         state = checkpoint
     else:
         raise ValueError(
-            f"not a JiT checkpoint: expected entries {WEIGHT_ENTRIES} or a state dict, found "
-            f"{sorted(map(str, checkpoint))[:10]}"
+            f"{source} is not a JiT checkpoint: expected entries {WEIGHT_ENTRIES} or a state "
+            f"dict, found {sorted(map(str, checkpoint))[:10]}"
         )
     if not isinstance(state, Mapping):
-        raise ValueError(f"checkpoint entry {weights!r} is a {type(state).__name__}, not a mapping")
+        raise ValueError(f"{source}: entry {weights!r} is a {type(state).__name__}, not a mapping")
+    odd = [repr(k) for k in state if not isinstance(k, str)]
+    if odd:
+        raise ValueError(f"{source}: entry {weights!r} has non-text keys {odd[:5]}")
     return {k.removeprefix(KEY_PREFIX): v for k, v in state.items()}
 
 
-def _need(state: Mapping, key: str) -> torch.Tensor:
+def _need(state: Mapping, key: str, ndim: int, source: str) -> torch.Tensor:
     if key not in state:
         raise ValueError(
-            f"not a JiT state dict: key {key!r} is missing (first keys: {sorted(state)[:8]}). "
-            "Is this a checkpoint of another model?"
+            f"{source}: not a JiT state dict: key {key!r} is missing (first keys: "
+            f"{sorted(state)[:8]}). Is this a checkpoint of another model?"
         )
-    return state[key]
+    value = state[key]
+    if not isinstance(value, torch.Tensor) or value.ndim != ndim or 0 in value.shape:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{source}: {key} must be a non-empty {ndim}-d tensor, got {got}")
+    return value
 
 
 def infer_config(
-    state: Mapping[str, torch.Tensor], in_context_start: int | None = None, **overrides
+    state: Mapping[str, torch.Tensor],
+    in_context_start: int | None = None,
+    source: str = "state dict",
+    **overrides,
 ) -> JiTConfig:
-    """The JiTConfig that a state dict (without 'net.' prefix) was built from."""
-    pos = _need(state, "pos_embed")
-    dim = pos.shape[-1]
-    tokens = pos.shape[1]
-    side = int(round(tokens**0.5))
+    """The JiTConfig that a state dict (without 'net.' prefix) was built from. Reads shapes only
+    (the depth from the block keys), so it costs nothing however large the shapes claim to be;
+    the weights are compared with the config's network before anything is built."""
+    pos = _need(state, "pos_embed", 3, source)
+    dim, tokens = pos.shape[-1], pos.shape[1]
+    side = math.isqrt(tokens)
     if side * side != tokens:
-        raise ValueError(f"pos_embed has {tokens} tokens, not a square grid")
-    depth = len({m.group(1) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+        raise ValueError(f"{source}: pos_embed has {tokens} tokens, not a square grid")
+    depth = len(block_indices(state))
     if depth == 0:
-        raise ValueError("state dict has no transformer blocks ('blocks.0.*' missing)")
-    q_norm = state.get("blocks.0.attn.q_norm.weight")
-    if q_norm is None:
-        raise ValueError("cannot infer num_heads: 'blocks.0.attn.q_norm.weight' is missing")
+        raise ValueError(f"{source}: state dict has no transformer blocks ('blocks.0.*' missing)")
+    q_norm = _need(state, "blocks.0.attn.q_norm.weight", 1, source)
+    if dim % q_norm.shape[0]:
+        raise ValueError(
+            f"{source}: q_norm width {q_norm.shape[0]} does not divide hidden size {dim}"
+        )
     heads = dim // q_norm.shape[0]
     if "x_embedder.proj1.weight" in state:
-        proj1 = state["x_embedder.proj1.weight"]
+        proj1 = _need(state, "x_embedder.proj1.weight", 4, source)
         bottleneck, channels, patch = proj1.shape[0], proj1.shape[1], proj1.shape[2]
     else:
-        proj = _need(state, "x_embedder.proj.weight")
+        proj = _need(state, "x_embedder.proj.weight", 4, source)
         bottleneck, channels, patch = None, proj.shape[1], proj.shape[2]
-    ctx = state.get("in_context_posemb")
-    ctx_len = 0 if ctx is None else ctx.shape[1]
-    table = state.get("y_embedder.embedding_table.weight")
-    classes = 0 if table is None else table.shape[0] - 1
-    w3 = _need(state, "blocks.0.mlp.w3.weight")
+    ctx_len = (
+        _need(state, "in_context_posemb", 3, source).shape[1]
+        if ("in_context_posemb" in state)
+        else 0
+    )
+    table = "y_embedder.embedding_table.weight"
+    classes = _need(state, table, 2, source).shape[0] - 1 if table in state else 0
+    w3 = _need(state, "blocks.0.mlp.w3.weight", 2, source)
     if w3.shape[1] != swiglu_hidden(dim, 4.0):
-        raise ValueError(f"unexpected SwiGLU width {w3.shape[1]} for hidden size {dim}")
+        raise ValueError(f"{source}: unexpected SwiGLU width {w3.shape[1]} for hidden size {dim}")
     if in_context_start is None and ctx_len:
         if depth not in IN_CONTEXT_START_BY_DEPTH:
             raise ValueError(
-                f"no standard in-context start block for depth {depth}; pass in_context_start="
+                f"{source}: no standard in-context start block for depth {depth}; pass "
+                "in_context_start= (on the command line --in-context-start)"
             )
         in_context_start = IN_CONTEXT_START_BY_DEPTH[depth]
     fields = dict(
@@ -149,7 +169,10 @@ def infer_config(
         if size["depth"] == depth and size["hidden_size"] == dim:
             fields["dropout"] = size.get("dropout", 0.0)
     fields.update(overrides)
-    return JiTConfig(**fields)
+    try:
+        return JiTConfig(**fields)
+    except (ValueError, TypeError, ZeroDivisionError) as err:
+        raise ValueError(f"{source}: the weights imply an invalid JiT config: {err}") from None
 
 
 def load_reference(
@@ -164,7 +187,14 @@ def load_reference(
     `weights` picks 'model', 'model_ema1' (the authors' evaluation weights) or 'model_ema2'.
     Config fields can be overridden (e.g. `attention='fp32'` for the authors' numerics).
     """
-    checkpoint = source if isinstance(source, Mapping) else read_checkpoint(source)
-    state = extract_state_dict(checkpoint, weights)
-    config = infer_config(state, in_context_start=in_context_start, **overrides)
-    return build_loaded(config, {k: v.to(torch.float32) for k, v in state.items()}, device)
+    if isinstance(source, Mapping):
+        checkpoint, name, file_bytes = source, "checkpoint", None
+    else:
+        path = _resolve_file(source)
+        checkpoint, name, file_bytes = read_checkpoint(path), str(path), path.stat().st_size
+    state = extract_state_dict(checkpoint, weights, name)
+    if any(entry in checkpoint for entry in WEIGHT_ENTRIES):
+        name = f"{name} ({weights})"
+    check_tensors(state, name, file_bytes)  # before any shape is trusted
+    config = infer_config(state, in_context_start, name, **overrides)
+    return build_loaded(config, state, device, name, file_bytes)

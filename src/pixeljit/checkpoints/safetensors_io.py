@@ -8,12 +8,15 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pixeljit.checkpoints.weights import build_loaded
+from pixeljit.checkpoints.weights import materialise, meta_model
 from pixeljit.files.atomic import atomic_write
 from pixeljit.model import JiT, JiTConfig
 
 SAFETENSORS_CONFIG_KEY = "pixeljit_config"
 SAFETENSORS_FORMAT = "pixeljit.jit/1"
+SAFETENSORS_FLOATS = ("F16", "BF16", "F32", "F64")
+# JiTConfig fields that size the network (each ≥ 1), checked before the config is built
+COUNT_FIELDS = ("image_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads")
 
 
 def save_safetensors(
@@ -37,25 +40,66 @@ def save_safetensors(
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
+def _metadata_json(path: Path, meta: dict, key: str):
+    try:
+        return json.loads(meta[key])
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({err})") from None
+
+
+def _config(path: Path, meta: dict, overrides: dict) -> JiTConfig:
+    fields = _metadata_json(path, meta, SAFETENSORS_CONFIG_KEY)
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path}: metadata {SAFETENSORS_CONFIG_KEY!r} must be a JSON object")
+    fields = {**fields, **overrides}
+    counts = [k for k in COUNT_FIELDS if k in fields and not _positive_int(fields[k])]
+    if counts:
+        raise ValueError(
+            f"{path}: config fields {counts} must be positive integers, got "
+            f"{[fields[k] for k in counts]}"
+        )
+    try:
+        return JiTConfig.from_dict(fields)
+    except (ValueError, TypeError, ZeroDivisionError) as err:
+        raise ValueError(f"{path}: invalid JiT config in its metadata: {err}") from None
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def load_safetensors_with_meta(path: str | os.PathLike, device=None, **overrides):
-    """(JiT in eval mode, {'objective': {...}, 'class_names': [...]} where present)."""
-    from safetensors import safe_open
+    """(JiT in eval mode, {'objective': {...}, 'class_names': [...]} where present).
+
+    The header's dtypes and shapes and the config in the metadata are checked against each
+    other and the file's size before the network is built or any tensor is read."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"safetensors file {path} does not exist")
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        if SAFETENSORS_CONFIG_KEY not in meta:
-            raise ValueError(
-                f"{path} has no '{SAFETENSORS_CONFIG_KEY}' metadata: not exported by pixeljit "
-                "(export with pixeljit.save_safetensors or `pixeljit convert`)"
-            )
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    config = JiTConfig.from_dict({**json.loads(meta[SAFETENSORS_CONFIG_KEY]), **overrides})
-    net = build_loaded(config, state, device)
-    extra = {k: json.loads(meta[k]) for k in ("objective", "class_names") if k in meta}
-    return net, extra
+    file_bytes = path.stat().st_size
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            if SAFETENSORS_CONFIG_KEY not in meta:
+                raise ValueError(
+                    f"{path} has no '{SAFETENSORS_CONFIG_KEY}' metadata: not exported by pixeljit "
+                    "(export with pixeljit.save_safetensors or `pixeljit convert`)"
+                )
+            config = _config(path, meta, overrides)
+            declared = {k: f.get_slice(k) for k in f.keys()}
+            dtypes = {k: s.get_dtype() for k, s in declared.items()}
+            odd = sorted(f"{k} ({d})" for k, d in dtypes.items() if d not in SAFETENSORS_FLOATS)
+            if odd:
+                raise ValueError(f"{path}: weights must be floating point; got {odd[:5]}")
+            shapes = {k: tuple(s.get_shape()) for k, s in declared.items()}
+            net = meta_model(config, shapes, str(path), file_bytes)  # nothing read yet
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a valid .safetensors file ({err})") from None
+    extra = {k: _metadata_json(path, meta, k) for k in ("objective", "class_names") if k in meta}
+    return materialise(net, state, str(path), device), extra
 
 
 def load_safetensors(path: str | os.PathLike, device=None, **overrides) -> JiT:

@@ -1,43 +1,181 @@
-"""Putting a state dict into a JiT: checked key by key, built on `meta` first (no double memory)."""
+"""Putting a state dict into a JiT, shared by every checkpoint kind, checked before anything is
+built from what a file declares:
+
+1. every tensor is floating point and holds no more elements than the bytes behind it (a file
+   cannot declare a huge tensor over a small storage);
+2. the config's depth matches the blocks the file holds (bounds the time spent building);
+3. the JiT is built on `meta` (no memory), its parameter count is bounded by the file's bytes,
+   and every key and shape is compared with the file's before anything is materialised;
+4. no tensor holds NaN or Inf;
+then the network is materialised on the device and loaded.
+"""
 
 from __future__ import annotations
 
+import re
+import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
 from pixeljit.model import JiT, JiTConfig
 
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MIN_FLOAT_BYTES = min(torch.tensor([], dtype=d).element_size() for d in FLOAT_DTYPES)
+BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
+LISTED = 5  # tensor names quoted in an error message
+ZIP_STORED = zipfile.ZIP_STORED
 
-def load_state_checked(net: JiT, state: Mapping[str, torch.Tensor]) -> None:
-    """load_state_dict with an error that names missing / unexpected keys and shape mismatches."""
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if tuple(own[k].shape) != tuple(state[k].shape)
+
+def _listing(names: list[str]) -> str:
+    more = f" and {len(names) - LISTED} more ({len(names)} in all)" if len(names) > LISTED else ""
+    return f"{names[:LISTED]}{more}"
+
+
+def block_indices(names) -> set[int]:
+    """The transformer block numbers that tensor names refer to ('blocks.3.attn…' → 3)."""
+    return {int(m.group(1)) for k in names if (m := BLOCK_KEY.match(k))}
+
+
+def check_torch_zip(path: str | Path) -> int:
+    """Bound what `torch.load` will allocate for the zip-format checkpoint `path` before it runs:
+    every member stored uncompressed (torch.save writes them so; a compressed member may inflate
+    to any size) and their declared sizes within the file's. Returns the file size in bytes."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ValueError(
+            f"could not read {path} as a zip-format PyTorch checkpoint ({err}): the file may be "
+            "truncated or not a checkpoint (legacy non-zip torch.save files are not read)"
+        ) from None
+    packed = [m.filename for m in members if m.compress_type != ZIP_STORED]
+    if packed:
+        raise ValueError(
+            f"{path} holds compressed members ({_listing(packed)}); torch.save never compresses, "
+            "so the file was altered: refusing to inflate it"
+        )
+    declared = sum(m.file_size for m in members)
+    if declared > size:
+        raise ValueError(
+            f"{path} declares {declared} bytes of members but holds {size} bytes: corrupt file"
+        )
+    return size
+
+
+def check_tensors(state: Mapping, source: str, file_bytes: int | None = None) -> None:
+    """Every entry a floating tensor whose elements fit the storage behind it, and (with
+    `file_bytes`) all of them together within the file's size."""
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{source}: entries {_listing(sorted(map(str, bad)))} are not tensors")
+    wrong = [f"{k} ({v.dtype})" for k, v in state.items() if v.dtype not in FLOAT_DTYPES]
+    if wrong:
+        raise ValueError(
+            f"{source}: weights must be floating point (float16/bfloat16/float32/float64); "
+            f"got {_listing(sorted(wrong))}"
+        )
+    overlaid = [
+        k
+        for k, v in state.items()
+        if v.numel() * v.element_size() > v.untyped_storage().nbytes() and v.device.type != "meta"
     ]
-    if missing or unexpected or shapes:
+    if overlaid:
+        raise ValueError(
+            f"{source}: tensors {_listing(sorted(overlaid))} declare more elements than the bytes "
+            "stored for them (expanded or overlapping views): not a saved state dict"
+        )
+    if file_bytes is not None:
+        declared = sum(v.numel() * v.element_size() for v in state.values())
+        if declared > file_bytes:
+            raise ValueError(
+                f"{source}: tensors declare {declared} bytes but the file holds {file_bytes}"
+            )
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """ValueError naming the tensors that hold NaN or Inf (the first few and their count)."""
+    bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(
+            f"{source}: non-finite weights (NaN or Inf) in {_listing(sorted(bad))}; the "
+            "checkpoint is corrupt or training diverged: use an earlier checkpoint or another EMA"
+        )
+
+
+def meta_model(
+    config: JiTConfig,
+    shapes: Mapping[str, tuple[int, ...]],
+    source: str,
+    file_bytes: int | None = None,
+) -> JiT:
+    """A JiT of `config` on `meta` after checking that the declared `shapes` ({name: shape})
+    can be its state dict: same depth (checked before building), parameter count within
+    `file_bytes`, same keys, same shapes."""
+    blocks = block_indices(shapes)
+    if blocks != set(range(config.depth)):
+        held = f"blocks 0–{max(blocks)}" if blocks else "no blocks"
+        raise ValueError(
+            f"{source}: the config says depth {config.depth} but the weights hold {held} "
+            f"({len(blocks)} distinct): config and weights disagree"
+        )
+    with torch.device("meta"):
+        net = JiT(config)
+    own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    if file_bytes is not None:
+        count = sum(v.numel() for v in net.state_dict().values())
+        if count * MIN_FLOAT_BYTES > file_bytes:
+            raise ValueError(
+                f"{source}: the config implies {count} parameters, more than the file's "
+                f"{file_bytes} bytes can hold: config and weights disagree"
+            )
+    missing = sorted(set(own) - set(shapes))
+    unexpected = sorted(set(shapes) - set(own))
+    mismatched = [
+        f"{k}: checkpoint {tuple(shapes[k])} vs model {own[k]}"
+        for k in sorted(set(own) & set(shapes))
+        if tuple(shapes[k]) != own[k]
+    ]
+    if missing or unexpected or mismatched:
         parts = []
         if missing:
-            parts.append(f"missing keys {missing[:10]}{' …' if len(missing) > 10 else ''}")
+            parts.append(f"missing keys {_listing(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys {unexpected[:10]}{' …' if len(unexpected) > 10 else ''}")
-        if shapes:
-            parts.append(f"shape mismatches {shapes[:5]}")
-        raise ValueError("checkpoint does not fit the model: " + "; ".join(parts))
+            parts.append(f"unexpected keys {_listing(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches {mismatched[:LISTED]}")
+        raise ValueError(f"{source}: checkpoint does not fit the model: " + "; ".join(parts))
+    return net
+
+
+def materialise(net: JiT, state: Mapping[str, torch.Tensor], source: str, device=None) -> JiT:
+    """Check `state` is finite, move the `meta` net to `device` (default CPU), load, eval mode."""
+    check_finite(state, source)
+    net = net.to_empty(device=device or "cpu")
+    net.load_state_dict(state, strict=True)  # copies (and casts) into the network's dtype
+    return net.eval()
+
+
+def load_state_checked(net: JiT, state: Mapping[str, torch.Tensor], source: str = "checkpoint"):
+    """load_state_dict into an existing net, with the checks above (keys, shapes, dtypes, NaN)."""
+    check_tensors(state, source)
+    meta_model(net.config, {k: tuple(v.shape) for k, v in state.items()}, source)
+    check_finite(state, source)
     net.load_state_dict(state, strict=True)
 
 
 def build_loaded(
-    config: JiTConfig, state: Mapping[str, torch.Tensor], device: torch.device | str | None = None
+    config: JiTConfig,
+    state: Mapping[str, torch.Tensor],
+    device: torch.device | str | None = None,
+    source: str = "checkpoint",
+    file_bytes: int | None = None,
 ) -> JiT:
-    """A JiT of `config` in eval mode holding `state`: built on `meta`, materialised on `device`
-    (default CPU), then loaded with `load_state_checked`."""
-    with torch.device("meta"):
-        net = JiT(config)
-    net = net.to_empty(device=device or "cpu")
-    load_state_checked(net, state)
-    return net.eval()
+    """A JiT of `config` in eval mode holding `state`, every check above passed first: built on
+    `meta`, materialised on `device` (default CPU) only once the weights are known to fit."""
+    check_tensors(state, source, file_bytes)
+    net = meta_model(config, {k: tuple(v.shape) for k, v in state.items()}, source, file_bytes)
+    return materialise(net, state, source, device)

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+DEBUG_HELP = "show the full traceback of an error instead of one line"
 # verb -> module under pixeljit.cli (imported lazily so `pixeljit --help` stays fast)
 VERBS = {
     "train": "train",
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixeljit", description="JiT: pixel-space diffusion with x-prediction."
     )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for module in VERBS.values():
@@ -36,7 +38,31 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         mod.add_parser(sub)
+    _add_debug(sub)
     return parser
+
+
+def _add_debug(subparsers: argparse._SubParsersAction) -> None:
+    """--debug on every verb (and nested sub-command), so it may follow the verb; SUPPRESS keeps
+    a `pixeljit --debug VERB` from being reset by the verb's default."""
+    for p in set(subparsers.choices.values()):
+        if "--debug" in p._option_string_actions:  # the verb has its own
+            continue
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=DEBUG_HELP)  # fmt: skip
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_debug(action)
+
+
+def error_line(err: BaseException) -> str:
+    """One line for the user: the message (an OSError's reason and path), no traceback."""
+    if isinstance(err, OSError) and err.strerror:
+        where = " → ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        text = f"{err.strerror}: {where}" if where else err.strerror
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())  # one line, whatever the message held
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        if getattr(args, "debug", False):
+    except (ValueError, RuntimeError, OSError) as err:  # OSError: missing, unwritable, full disk
+        if args.debug:
             raise
-        print(f"pixeljit {args.verb}: error: {err}", file=sys.stderr)
+        print(f"pixeljit {args.verb}: error: {error_line(err)} (--debug shows the traceback)",
+              file=sys.stderr)  # fmt: skip
         return 2
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pixeljit.checkpoints.load import export_safetensors, load_trained
+from pixeljit.cli.checks import check_int, check_output
 
 
 def add_parser(sub) -> None:
@@ -25,12 +26,15 @@ def add_parser(sub) -> None:
         default=None,
         help="authors' checkpoints of non-standard depth: in-context start block",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT file")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"output {args.out!r} must end in .safetensors")
+    check_int("--in-context-start", args.in_context_start, 0)
+    check_output("OUT", args.out, False, args.overwrite, "--overwrite")  # before loading
     model = load_trained(args.source, args.weights, in_context_start=args.in_context_start)
     path = export_safetensors(model, args.out)
     cfg = model.net.config

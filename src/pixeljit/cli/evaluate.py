@@ -16,10 +16,13 @@ from pathlib import Path
 
 import torch
 
+from pixeljit.cli.checks import check_float, check_int, check_output, check_seed
 from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
 
 METRIC_NAMES = ("fd", "kid", "is", "pr")
 AMP = {"none": None, "bf16": torch.bfloat16}
+CHANNELS = (1, 3)
+MAX_SWEEP_SCALES = 1000  # --sweep-cfg: CFG scales in one sweep
 
 
 def add_parser(sub) -> None:
@@ -52,6 +55,17 @@ def add_parser(sub) -> None:
     p.add_argument("--size", type=int, default=None, help="--images/--make-ref: image size")
     p.add_argument("--channels", type=int, default=None, help="--images/--make-ref: 1 or 3")
     p.add_argument("--out", default=None, help="--make-ref: .npz; otherwise a JSON of results")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (and PNGs in --save-images)",
+    )
+    p.add_argument(
+        "--in-context-start",
+        type=int,
+        default=None,
+        help="authors' checkpoints of non-standard depth: in-context start block",
+    )
     p.set_defaults(run=run)
 
 
@@ -72,17 +86,53 @@ def _emas(args, checkpoint: str) -> list[str]:
     if args.emas == ["all"]:
         from pixeljit.checkpoints.load import checkpoint_kind
 
-        if checkpoint_kind(checkpoint) == "authors":
+        kind = checkpoint_kind(checkpoint)
+        if kind == "authors":
             return ["model_ema1", "model_ema2"]
-        from pixeljit.checkpoints.run import load_checkpoint
+        if kind != "run":
+            raise ValueError(f"--emas all needs a training run or an authors' checkpoint, not a "
+                             f"{kind} file: {checkpoint}")  # fmt: skip
+        from pixeljit.checkpoints.load import run_ema_decays
 
-        return [f"ema:{d}" for d in load_checkpoint(checkpoint)["ema"]["decays"]]
+        return [f"ema:{d}" for d in run_ema_decays(checkpoint)]
     return list(args.emas)
+
+
+def check_args(args) -> list[float] | None:
+    """Every numeric flag and output path, before anything is loaded or generated; returns the
+    CFG scales of --sweep-cfg (None without it)."""
+    check_int("--num", args.num)
+    check_int("--batch-size", args.batch_size)
+    check_seed("--seed", args.seed)
+    check_int("--size", args.size)
+    check_int("--in-context-start", args.in_context_start, 0)
+    if args.channels is not None and args.channels not in CHANNELS:
+        raise ValueError(f"--channels must be one of {CHANNELS}, got {args.channels}")
+    if args.make_ref and (not args.out or not args.out.endswith(".npz")):
+        raise ValueError("--make-ref needs --out STATS.npz")
+    if args.out:
+        check_output("--out", args.out, False, args.overwrite, "--overwrite")
+    if args.save_images:
+        check_output("--save-images", args.save_images, True, args.overwrite, "--overwrite")
+    if not args.sweep_cfg:
+        return None
+    lo, hi, step = args.sweep_cfg
+    check_float("--sweep-cfg LO", lo, 0.0)
+    check_float("--sweep-cfg HI", hi, lo)
+    check_float("--sweep-cfg STEP", step, 0.0, low_open=True)
+    count = int(round((hi - lo) / step)) + 1
+    if count > MAX_SWEEP_SCALES:
+        raise ValueError(
+            f"--sweep-cfg {lo} {hi} {step} gives {count} CFG scales, over {MAX_SWEEP_SCALES}: "
+            "use a larger STEP"
+        )
+    return [round(lo + k * step, 6) for k in range(count)]
 
 
 def run(args) -> int:
     from pixeljit.training import distributed as dist_utils
 
+    check_args(args)  # before the process group and the device
     info = dist_utils.setup(args.device)
     try:
         return _run(args, info)
@@ -92,7 +142,7 @@ def run(args) -> int:
 
 def _run(args, info) -> int:
     from pixeljit.checkpoints.load import load_trained
-    from pixeljit.evaluation import GenerationSpec, evaluate, reference_for, sweep_rows
+    from pixeljit.evaluation import GenerationSpec, evaluate, sweep_rows
     from pixeljit.metrics import save_reference_stats, score_images
     from pixeljit.training import distributed as dist_utils
 
@@ -104,10 +154,8 @@ def _run(args, info) -> int:
         extractor = _extractor(args.extractor, args.channels, 10, args.inception_weights,
                                info.device)  # fmt: skip
         if args.make_ref:
-            if not args.out or not args.out.endswith(".npz"):
-                raise ValueError("--make-ref needs --out STATS.npz")
-            ref = reference_for(args.make_ref, extractor, args.size, args.channels,
-                                args.ref_split, info.is_main, barrier)  # fmt: skip
+            ref = _reference("--make-ref", args.make_ref, extractor, args.size, args.channels,
+                             args.ref_split, info, barrier)  # fmt: skip
             if info.is_main:
                 save_reference_stats(args.out, ref)
             say(f"reference statistics of {args.make_ref} ({ref.count} images, "
@@ -119,7 +167,10 @@ def _run(args, info) -> int:
         return 0
 
     sampler = sampler_from_args(args)  # validated before anything is loaded
-    model = load_trained(args.checkpoint, args.weights, device=info.device)
+    cfgs = check_args(args)
+    load = lambda w: load_trained(args.checkpoint, w, info.device, args.in_context_start)  # noqa: E731
+    emas = _emas(args, args.checkpoint) if cfgs else None
+    model = load(args.weights)
     cfg = model.net.config
     extractor = _extractor(args.extractor, cfg.in_channels, cfg.num_classes,
                            args.inception_weights, info.device)  # fmt: skip
@@ -129,13 +180,8 @@ def _run(args, info) -> int:
         batch_size=args.batch_size, amp_dtype=AMP[args.amp],
     )  # fmt: skip
     kw = {"rank": info.rank, "world": info.world_size}
-    if args.sweep_cfg:
-        lo, hi, step = args.sweep_cfg
-        if step <= 0 or hi < lo:
-            raise ValueError("--sweep-cfg LO HI STEP needs LO ≤ HI and STEP > 0")
-        cfgs = [round(lo + k * step, 6) for k in range(int(round((hi - lo) / step)) + 1)]
-        load = lambda w: load_trained(args.checkpoint, w, device=info.device)  # noqa: E731
-        rows = sweep_rows(load, _emas(args, args.checkpoint), cfgs, spec, extractor, ref, **kw)
+    if cfgs:
+        rows = sweep_rows(load, emas, cfgs, spec, extractor, ref, **kw)
         label = extractor.fd_label
         say(f"{'weights':>16} {'cfg':>5} {label:>12}")
         for r in rows:
@@ -155,15 +201,31 @@ def _run(args, info) -> int:
 
 
 def _ref(args, extractor, size, channels, info, barrier):
-    from pixeljit.evaluation import reference_for
-
     needs_ref = set(args.metrics) & {"fd", "kid", "pr"}
     if not needs_ref:
         return None
     if not args.ref:
         raise ValueError(f"metrics {sorted(needs_ref)} need --ref (statistics .npz or a data set)")
-    return reference_for(args.ref, extractor, size, channels, args.ref_split, info.is_main,
-                         barrier)  # fmt: skip
+    return _reference("--ref", args.ref, extractor, size, channels, args.ref_split, info, barrier)
+
+
+def _reference(flag, ref, extractor, size, channels, split, info, barrier):
+    """reference_for, with a missing built-in data set explained in this verb's terms (the
+    library's own hint names the Python API and `pixeljit prepare`'s flags)."""
+    from pixeljit.data.open import BUILTIN_SOURCES
+    from pixeljit.evaluation import reference_for
+
+    try:
+        return reference_for(ref, extractor, size, channels, split, info.is_main, barrier)
+    except FileNotFoundError as err:
+        if ref not in BUILTIN_SOURCES:
+            raise
+        reason = str(err).split(". ")[0]
+        raise FileNotFoundError(
+            f"{flag} {ref}: {reason}. Make it with `pixeljit prepare {ref} --size {size} --out "
+            f"DIR` (`pixeljit prepare --help` lists how to fetch it) and pass {flag} DIR"
+            + (", or pass --ref STATS.npz" if flag == "--ref" else "")
+        ) from None
 
 
 def _report(scores: dict, args, say, info) -> None:

@@ -10,11 +10,12 @@ Add a reproduction by writing `_add_<name>` / `_run_<name>` and listing it in EX
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pixeljit.experiments.toy import ToyConfig
+
+from pixeljit.cli.checks import check_int, check_output, check_seed
 
 DEFAULT_TOY_OUT = "runs/toy"
 
@@ -84,10 +85,13 @@ def _run_toy(args) -> int:
     from pixeljit.experiments.toy import run_toy
     from pixeljit.experiments.toy_report import measure, table_markdown, write_outputs
 
+    check_seed("--seed", args.seed)
+    check_int("--steps", args.steps)
+    check_int("--threads", args.threads)
+    for d in args.dims or ():
+        check_int("--dims", d)
     config = toy_config(args.quick, args.seed, args.steps, args.dims, args.threads)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; pass a folder")
+    out = check_output("--out", args.out, folder=True, overwrite=True)  # a folder of results
     cells = len(config.dims) * len(config.predictions)
     print(
         f"pixeljit reproduce toy: {cells} runs (D ∈ {list(config.dims)} × "

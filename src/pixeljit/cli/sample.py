@@ -14,8 +14,9 @@ import torch
 from tqdm import tqdm
 
 from pixeljit.checkpoints.load import TrainedModel, load_trained
+from pixeljit.cli.checks import check_float, check_int, check_output, check_seed
 from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
-from pixeljit.diffusion.sampler import check_sampling_args, sample
+from pixeljit.diffusion.sampler import sample
 from pixeljit.files.images import save_grid, save_npz, save_pngs, to_uint8
 from pixeljit.training.distributed import resolve_device
 
@@ -23,6 +24,7 @@ DEFAULT_OUT = "samples.png"
 PER_CLASS = 8  # default images per class (grid columns)
 DEFAULT_ROWS = 10  # default number of classes shown when --labels and --num are not given
 UNCONDITIONAL_NUM = 64
+MAX_GRID_SCALE = 32  # --scale: a 256-px grid of 8 × 10 cells at ×32 is already 650 MP
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -87,7 +89,17 @@ def add_parser(sub) -> None:
         f"path: a folder of PNGs. Repeatable (default {DEFAULT_OUT})",
     )
     p.add_argument("--ncols", type=int, default=None, help="grid columns (default: per class)")
-    p.add_argument("--scale", type=int, default=1, help="enlarge grid cells by this factor")
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        help=f"enlarge grid cells by this factor (1 to {MAX_GRID_SCALE})",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing --out files (and PNGs in an --out folder)",
+    )
     p.set_defaults(run=run)  # fmt: skip
 
 
@@ -98,24 +110,37 @@ class Outputs:
     folders: tuple[Path, ...] = ()
 
 
-def parse_outputs(paths: list[str] | None) -> Outputs:
+def parse_outputs(paths: list[str] | None, overwrite: bool = False) -> Outputs:
+    """The --out paths by kind, each checked writable (and not clobbering) before any work."""
     grids, npzs, folders = [], [], []
     for raw in paths or [DEFAULT_OUT]:
         path = Path(raw)
         suffix = path.suffix.lower()
         if suffix == ".png":
-            grids.append(path)
+            grids.append(check_output("--out", path, False, overwrite, "--overwrite"))
         elif suffix == ".npz":
-            npzs.append(path)
+            npzs.append(check_output("--out", path, False, overwrite, "--overwrite"))
         elif suffix and not path.is_dir():
             raise ValueError(
                 f"--out {raw}: use a .png (grid), a .npz (arrays) or a folder (one PNG per image)"
             )
         else:
-            if path.exists() and not path.is_dir():
-                raise ValueError(f"--out {raw} exists and is not a folder")
-            folders.append(path)
+            folders.append(check_output("--out", path, True, overwrite, "--overwrite"))
     return Outputs(tuple(grids), tuple(npzs), tuple(folders))
+
+
+def check_args(args) -> None:
+    """Every numeric flag finite and in range (the sampler's via SamplerConfig), before any
+    model is loaded."""
+    check_int("--num", args.num)
+    check_int("--batch-size", args.batch_size)
+    check_int("--ncols", args.ncols)
+    check_int("--scale", args.scale, 1, MAX_GRID_SCALE + 1)
+    check_seed("--seed", args.seed)
+    check_int("--in-context-start", args.in_context_start, 0)
+    check_float("--noise-scale", args.noise_scale, 0.0, low_open=True)
+    for y in args.labels or ():
+        check_int("--labels", y, 0)
 
 
 def load_model(source, weights=None, in_context_start=None, device="cpu") -> TrainedModel:
@@ -162,16 +187,9 @@ def grid_layout(labels: list[int] | None, num: int, ncols: int | None, names=Non
 
 
 def run(args) -> int:
-    if args.num is not None and args.num < 1:
-        raise ValueError(f"--num must be ≥ 1, got {args.num}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
-    if args.ncols is not None and args.ncols < 1 or args.scale < 1:
-        raise ValueError("--ncols and --scale must be ≥ 1")
+    check_args(args)
     sampler = sampler_from_args(args)
-    if args.noise_scale is not None:
-        check_sampling_args(**sampler.kwargs(), noise_scale=args.noise_scale)
-    outputs = parse_outputs(args.out)
+    outputs = parse_outputs(args.out, args.overwrite)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.weights, args.in_context_start, device)
     net = model.net

@@ -27,9 +27,19 @@ def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--t-eps", type=float, default=DEFAULTS.t_eps, help="clamp of 1 − t")
 
 
+# SamplerConfig field → its flag
+FLAGS = {"steps": "--steps", "method": "--method", "grid": "--grid", "shift": "--shift",
+         "cfg": "--cfg", "interval": "--interval", "t_eps": "--t-eps"}  # fmt: skip
+
+
 def sampler_from_args(args: argparse.Namespace) -> SamplerConfig:
-    """The validated SamplerConfig of the flags (errors name the flag's field)."""
-    return SamplerConfig(
-        steps=args.steps, method=args.method, grid=args.grid, shift=args.shift, cfg=args.cfg,
-        interval=tuple(args.interval), t_eps=args.t_eps,
-    )  # fmt: skip
+    """The validated SamplerConfig of the flags. Each flag is checked alone first (with
+    SamplerConfig's own rules), so an error names the flag the user typed."""
+    values = {field: getattr(args, field) for field in FLAGS}
+    values["interval"] = tuple(values["interval"])
+    for field, flag in FLAGS.items():
+        try:
+            SamplerConfig(**{field: values[field]})
+        except ValueError as err:
+            raise ValueError(f"{flag}: {err}") from None
+    return SamplerConfig(**values)

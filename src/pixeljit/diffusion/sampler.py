@@ -36,6 +36,7 @@ Tensor = torch.Tensor
 DEFAULT_STEPS = 50  # the paper's Heun-50
 SAMPLE_T_EPS = 0.05  # the authors' clamp of 1−t at sampling (issue #59 suggests 1e-3)
 PAPER_INTERVAL = (0.1, 1.0)  # the CFG interval of the paper's main results
+MAX_SEED = 2**63  # seeds are 64-bit (numpy SeedSequence, torch.manual_seed)
 NO_GUIDANCE = 1.0  # cfg = 1 gives the conditional velocity (and skips the unconditional pass)
 
 
@@ -201,6 +202,15 @@ def check_sampling_args(
     return config.interval
 
 
+def check_seed(seed: int | None, first_index: int = 0) -> None:
+    """A per-sample seed base in [0, 2**63) (None: no per-sample seeds) and an index ≥ 0."""
+    for name, value in (("seed", seed), ("first_index", first_index)):
+        if value is None and name == "seed":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_SEED:
+            raise ValueError(f"{name} must be an integer in [0, 2**63), got {value!r}")
+
+
 @torch.no_grad()
 def sample(
     net,
@@ -246,6 +256,7 @@ def sample(
         steps, method, cfg, interval, t_eps, noise_scale, prediction, grid, shift, preconditioner,
         t_min,
     )  # fmt: skip
+    check_seed(seed, first_index)
     if noise_scale is None:
         noise_scale = default_noise_scale(config.image_size)
     classes = int(config.num_classes)

@@ -10,6 +10,7 @@ ADM reference batches also hold `arr_0` images and spatial `mu_s`/`sigma_s`: the
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,12 @@ from pixeljit.files.atomic import atomic_write
 
 from .distances import sqrt_psd
 from .extractor import FeatureExtractor
-from .image_sources import DEFAULT_BATCH, ImageSource, iter_batches
+from .image_sources import DEFAULT_BATCH, ImageSource, iter_batches, npz_headers
 from .stats import FeatureBank, FeatureStats, distributed_active
+
+MAX_STATS_DIM = 16384  # feature dimension bound when no extractor is given (sigma: 2 GiB)
+MAX_NAME_BYTES = 4096  # the extractor name stored with the statistics
+SYMMETRY_TOLERANCE = 1e-6  # max |sigma − sigmaᵀ| relative to max |sigma|
 
 
 @dataclass
@@ -91,23 +96,81 @@ def save_reference_stats(path: str | os.PathLike, ref: ReferenceStats) -> Path:
     return atomic_write(path, write)
 
 
+def _check_stats_headers(path: Path, headers: dict, extractor: FeatureExtractor | None) -> None:
+    """Keys, dtypes and shapes of a statistics file from its headers, before loading it."""
+    if "mu" not in headers or "sigma" not in headers:
+        raise ValueError(
+            f"{path} lacks 'mu'/'sigma': not a statistics file (keys: {sorted(headers)})"
+        )
+    for key in ("mu", "sigma", "features"):
+        if key in headers and headers[key].dtype.kind != "f":
+            raise ValueError(f"{path}: {key} must be floating point, got {headers[key].dtype}")
+    mu, sigma = headers["mu"].shape, headers["sigma"].shape
+    if len(mu) != 1 or mu[0] < 1:
+        raise ValueError(f"{path}: mu must have shape (D,) with D ≥ 1, got {mu}")
+    dim = mu[0]
+    if extractor is not None and dim != extractor.dim:
+        raise ValueError(
+            f"{path} has {dim}-d statistics but extractor {extractor.name!r} gives "
+            f"{extractor.dim}-d features: use the extractor the statistics were computed with"
+        )
+    if dim > MAX_STATS_DIM:
+        raise ValueError(f"{path}: {dim}-d statistics exceed the {MAX_STATS_DIM}-d limit")
+    if sigma != (dim, dim):
+        raise ValueError(f"{path}: sigma must have shape ({dim}, {dim}) like mu, got {sigma}")
+    if "features" in headers:
+        feats = headers["features"].shape
+        if len(feats) != 2 or feats[1] != dim:
+            raise ValueError(f"{path}: features must have shape (M, {dim}), got {feats}")
+    count = headers.get("count")
+    if count is not None and (count.shape != () or count.dtype.kind not in "iu"):
+        raise ValueError(f"{path}: count must be an integer scalar")
+    if "extractor" in headers:
+        head = headers["extractor"]
+        if head.shape != () or head.dtype.kind != "U" or head.nbytes > MAX_NAME_BYTES:
+            raise ValueError(f"{path}: extractor must be a short text scalar, got {head.dtype}")
+
+
+def _check_values(path: Path, ref: ReferenceStats) -> None:
+    """Finite moments, a symmetric covariance; finite kept features."""
+    for key in ("mu", "sigma", "features"):
+        value = getattr(ref, key)
+        if value is not None and not np.isfinite(value).all():
+            raise ValueError(f"{path}: {key} holds NaN or Inf: the statistics are corrupt")
+    scale = max(float(np.abs(ref.sigma).max()), np.finfo(np.float64).tiny)
+    asymmetry = float(np.abs(ref.sigma - ref.sigma.T).max()) / scale
+    if asymmetry > SYMMETRY_TOLERANCE:
+        raise ValueError(
+            f"{path}: sigma is not symmetric (relative asymmetry {asymmetry:.2g}): not a covariance"
+        )
+    if ref.count is not None and ref.count < 0:
+        raise ValueError(f"{path}: count must be ≥ 0, got {ref.count}")
+
+
 def load_reference_stats(
     path: str | os.PathLike, extractor: FeatureExtractor | None = None
 ) -> ReferenceStats:
-    """Read statistics written by pixeljit, the ADM evaluator or the JiT authors (`mu`, `sigma`)."""
+    """Read statistics written by pixeljit, the ADM evaluator or the JiT authors (`mu`, `sigma`).
+
+    The arrays' headers are checked (keys, dtypes, shapes, the extractor's dimension, declared
+    sizes against the file: zip bombs) before anything is loaded; then the values (finite,
+    symmetric covariance). Pickled objects are never read."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference statistics {path} not found")
-    with np.load(path, allow_pickle=False) as data:
-        if "mu" not in data or "sigma" not in data:
-            raise ValueError(f"{path} lacks 'mu'/'sigma' (keys: {sorted(data.files)})")
-        ref = ReferenceStats(
-            mu=data["mu"],
-            sigma=data["sigma"],
-            count=int(data["count"]) if "count" in data else None,
-            extractor=str(data["extractor"]) if "extractor" in data else None,
-            features=data["features"] if "features" in data else None,
-        )
+    _check_stats_headers(path, npz_headers(path), extractor)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ref = ReferenceStats(
+                mu=data["mu"],
+                sigma=data["sigma"],
+                count=int(data["count"]) if "count" in data else None,
+                extractor=str(data["extractor"]) if "extractor" in data else None,
+                features=data["features"] if "features" in data else None,
+            )
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: could not read the statistics ({err})") from None
+    _check_values(path, ref)
     if extractor is not None:
         ref.check_extractor(extractor, str(path))
     return ref

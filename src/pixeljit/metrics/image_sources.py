@@ -7,9 +7,11 @@ streamed straight out of the zip member.
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from PIL import Image
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NPZ_IMAGE_KEY = "arr_0"
 DEFAULT_BATCH = 100
+MAX_INFLATION = 100  # a member may inflate at most this much (zlib alone allows ~1032×)
 
 ImageSource = torch.Tensor | np.ndarray | Iterable[torch.Tensor] | str | os.PathLike
 
@@ -65,9 +68,12 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
 
 def _read_image(path: Path) -> np.ndarray:
     """One image as (C, H, W) uint8: grey stays one channel, everything else becomes RGB."""
-    with Image.open(path) as img:
-        mode = "L" if img.mode in ("L", "I;16", "1") else "RGB"
-        arr = np.asarray(img.convert(mode))
+    try:
+        with Image.open(path) as img:
+            mode = "L" if img.mode in ("L", "I;16", "1") else "RGB"
+            arr = np.asarray(img.convert(mode))
+    except (OSError, Image.DecompressionBombError, SyntaxError) as err:  # PIL's own limits
+        raise ValueError(f"{path} is not a readable image ({err}); remove or replace it") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -86,35 +92,101 @@ def iter_folder_images(
         yield torch.from_numpy(np.stack(arrays))
 
 
+@dataclass(frozen=True)
+class NpyHeader:
+    """What one array of an `.npz` declares, read from its `.npy` header without loading it."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+    nbytes: int  # the data bytes the header declares
+
+
+def _read_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    return shape, fortran, dtype
+
+
+def npz_headers(path: str | os.PathLike) -> dict[str, NpyHeader]:
+    """{array name: its header} of an `.npz`, bounded before anything is loaded: no object
+    arrays, each member's declared size within MAX_INFLATION × its compressed size (zip bombs),
+    each array's declared bytes within its member. ValueError naming the file otherwise."""
+    path = Path(path)
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                name = info.filename.removesuffix(".npy")
+                if info.file_size > MAX_INFLATION * info.compress_size + MAX_INFLATION:
+                    raise ValueError(
+                        f"{path}: array {name!r} inflates {info.compress_size} bytes to "
+                        f"{info.file_size}: refusing a zip bomb"
+                    )
+                with zf.open(info) as f:
+                    shape, fortran, dtype = _read_header(f)
+                    data_start = f.tell()
+                if dtype.hasobject:
+                    raise ValueError(
+                        f"{path}: array {name!r} holds Python objects; only numeric arrays are "
+                        "read (pickles are refused)"
+                    )
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes > info.file_size - data_start:
+                    raise ValueError(
+                        f"{path}: array {name!r} declares shape {shape} ({nbytes} bytes) but "
+                        f"holds {info.file_size - data_start}: truncated or corrupt"
+                    )
+                out[name] = NpyHeader(tuple(shape), dtype, bool(fortran), nbytes)
+    except (zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"{path} is not a readable .npz file ({err})") from None
+    return out
+
+
+def check_image_header(path, key: str, header: NpyHeader) -> None:
+    """C-ordered NHWC uint8 with 1 or 3 channels and at least one pixel."""
+    shape = header.shape
+    if (
+        header.dtype != np.uint8
+        or len(shape) != 4
+        or shape[3] not in (1, 3)
+        or header.fortran
+        or 0 in shape[1:3]
+    ):
+        raise ValueError(
+            f"{path}:{key} must be C-ordered NHWC uint8 with 1 or 3 channels, got "
+            f"{header.dtype} {shape}{' (Fortran order)' if header.fortran else ''}"
+        )
+
+
 def iter_npz_images(
     path: str | os.PathLike, key: str = NPZ_IMAGE_KEY, batch_size: int = DEFAULT_BATCH
 ) -> Iterator[torch.Tensor]:
     """Stream NHWC uint8 images stored under `key` in an `.npz` as (n, C, H, W) batches."""
     path = Path(path)
-    with zipfile.ZipFile(path) as zf:
-        member = key + ".npy"
-        if member not in zf.namelist():
-            keys = [n.removesuffix(".npy") for n in zf.namelist()]
-            raise ValueError(f"{path} has no array {key!r} (keys: {keys})")
-        with zf.open(member) as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            if dtype != np.uint8 or len(shape) != 4 or shape[3] not in (1, 3) or fortran:
-                raise ValueError(
-                    f"{path}:{key} must be C-ordered NHWC uint8 with 1 or 3 channels, got "
-                    f"{dtype} {shape}{' (Fortran order)' if fortran else ''}"
-                )
-            n, per_image = shape[0], int(np.prod(shape[1:]))
-            for start in range(0, n, batch_size):
-                count = min(batch_size, n - start)
-                buf = f.read(count * per_image)
-                if len(buf) != count * per_image:
-                    raise ValueError(f"{path}:{key} is truncated at image {start}")
-                arr = np.frombuffer(buf, dtype=np.uint8).reshape(count, *shape[1:])
-                yield torch.from_numpy(arr.transpose(0, 3, 1, 2).copy())  # (n, C, H, W)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    headers = npz_headers(path)
+    if key not in headers:
+        raise ValueError(f"{path} has no array {key!r} (keys: {sorted(headers)})")
+    header = headers[key]
+    check_image_header(path, key, header)
+    shape = header.shape
+    with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as f:
+        _read_header(f)
+        n, per_image = shape[0], math.prod(shape[1:])
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            buf = f.read(count * per_image)
+            if len(buf) != count * per_image:
+                raise ValueError(f"{path}:{key} is truncated at image {start}")
+            arr = np.frombuffer(buf, dtype=np.uint8).reshape(count, *shape[1:])
+            yield torch.from_numpy(arr.transpose(0, 3, 1, 2).copy())  # (n, C, H, W)
 
 
 def load_images(source: ImageSource, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:

@@ -33,10 +33,10 @@ def missing_inception_message(looked_at: list[Path]) -> str:
     return (
         f"FID Inception weights not found (looked at: {places}). Download {INCEPTION_FILENAME} "
         f"({INCEPTION_BYTES / 1e6:.1f} MB, sha256 {INCEPTION_SHA256}) from {INCEPTION_URL} and "
-        f"pass its path with {INCEPTION_OPTION} PATH (weights_path=... in Python) or set "
-        f"{INCEPTION_ENV}=PATH, or put it at {cache_dir() / INCEPTION_FILENAME}; with internet "
-        "access, download=True fetches and verifies it. Offline, use the shipped extractors "
-        "(FD-EffNetLite0, the Fashion-MNIST classifier) instead."
+        f"pass its path with {INCEPTION_OPTION} PATH, or set {INCEPTION_ENV}=PATH, or put it at "
+        f"{cache_dir() / INCEPTION_FILENAME} (from Python with internet access, "
+        "resolve_inception_weights fetches and verifies it when asked to download). Offline, "
+        "use the shipped extractors (FD-EffNetLite0, the Fashion-MNIST classifier) instead."
     )
 
 

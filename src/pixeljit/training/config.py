@@ -20,6 +20,7 @@ from pixeljit.diffusion.objective import ObjectiveConfig
 from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.model import JiTConfig, model_config
 
+MAX_SEED = 2**63  # seeds are 64-bit (numpy SeedSequence, torch.manual_seed)
 BASE_BATCH = 256  # lr = blr × global_batch / 256
 PAPER_BLR = 5e-5
 PAPER_EMA_DECAYS = (0.9996, 0.9998, 0.9999)
@@ -31,6 +32,39 @@ PAPER_CFG = {
     ("H", 16): 2.2, ("H", 32): 2.3, ("H", 64): 2.3,
     ("G", 16): 2.2, ("G", 32): 2.2, ("G", 64): 2.2,
 }  # fmt: skip
+
+
+def _number(name: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
+    """A finite number in the range (None = not set, allowed where the field is optional)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '≥'} {low}, got {value}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ValueError(f"{name} must be {'<' if high_open else '≤'} {high}, got {value}")
+
+
+def check_model_fields(fields: dict) -> None:
+    """The JiT fields that JiTConfig itself leaves unchecked or reports without the field's name
+    (it lives in model/): sizes ≥ 1, a positive MLP ratio, dropout rates in [0, 1)."""
+    for name in ("image_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads"):
+        _count(f"model.{name}", fields.get(name))
+    _count("model.num_classes", fields.get("num_classes"), low=0)
+    _number("model.mlp_ratio", fields.get("mlp_ratio"), low=0.0, low_open=True)
+    for name in ("dropout", "attn_dropout"):
+        _number(f"model.{name}", fields.get(name), 0.0, 1.0, high_open=True)
+
+
+def _count(name: str, value, low: int = 1) -> None:
+    """An integer ≥ low (None = not set)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be ≥ {low}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -50,20 +84,27 @@ class OptimConfig:
     ema_decays: tuple[float, ...] = PAPER_EMA_DECAYS
 
     def __post_init__(self) -> None:
-        if self.global_batch < 1:
-            raise ValueError("optim.global_batch must be ≥ 1")
-        if self.micro_batch is not None and self.micro_batch < 1:
-            raise ValueError("optim.micro_batch must be ≥ 1")
+        _number("optim.lr", self.lr, low=0.0, low_open=True)
+        _number("optim.blr", self.blr, low=0.0, low_open=True)
+        if not isinstance(self.betas, tuple) or len(self.betas) != 2:
+            raise ValueError(f"optim.betas must be two numbers, got {self.betas!r}")
+        for beta in self.betas:
+            _number("optim.betas", beta, low=0.0, high=1.0, high_open=True)
+        _number("optim.weight_decay", self.weight_decay, low=0.0)
+        _number("optim.warmup_epochs", self.warmup_epochs, low=0.0)
+        _count("optim.global_batch", self.global_batch)
+        _count("optim.micro_batch", self.micro_batch)
         if self.steps is None and self.epochs is None:
             raise ValueError("set optim.steps or optim.epochs (--steps / --epochs)")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError("optim.steps must be ≥ 1")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError("optim.epochs must be > 0")
-        if self.warmup_epochs < 0:
-            raise ValueError("optim.warmup_epochs must be ≥ 0")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError("optim.grad_clip must be > 0 or null")
+        _count("optim.steps", self.steps)
+        _number("optim.epochs", self.epochs, low=0.0, low_open=True)
+        _number("optim.grad_clip", self.grad_clip, low=0.0, low_open=True)
+        if not isinstance(self.ema_decays, tuple) or not self.ema_decays:
+            raise ValueError(f"optim.ema_decays must be a non-empty list, got {self.ema_decays!r}")
+        for decay in self.ema_decays:
+            _number("optim.ema_decays", decay, low=0.0, high=1.0, low_open=True, high_open=True)
+        if len(set(self.ema_decays)) != len(self.ema_decays):
+            raise ValueError(f"optim.ema_decays must not repeat, got {self.ema_decays}")
 
     @property
     def learning_rate(self) -> float:
@@ -81,6 +122,9 @@ class DataConfig:
     conditional: bool = True  # False trains unconditionally whatever the labels
     num_classes: int | None = None  # None → from the data set
 
+    def __post_init__(self) -> None:
+        _count("data.num_classes", self.num_classes, low=0)
+
 
 @dataclass(frozen=True)
 class SampleConfig(SamplerConfig):
@@ -93,12 +137,14 @@ class SampleConfig(SamplerConfig):
     ema_decay: float | None = None  # None → the first configured decay
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("every", "per_class", "max_classes"):
-            if getattr(self, name) < (0 if name == "every" else 1):
-                raise ValueError(f"sample.{name} must be ≥ {0 if name == 'every' else 1}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"sample.ema_decay must lie in (0, 1), got {self.ema_decay}")
+        try:
+            super().__post_init__()
+        except ValueError as err:
+            raise ValueError(f"sample.{err}") from None
+        _count("sample.every", self.every, low=0)
+        _count("sample.per_class", self.per_class)
+        _count("sample.max_classes", self.max_classes)
+        _number("sample.ema_decay", self.ema_decay, 0.0, 1.0, low_open=True, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -117,8 +163,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"run.precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.log_every < 1 or self.ckpt_every < 1 or self.milestone_every < 0:
-            raise ValueError("run.log_every and run.ckpt_every must be ≥ 1, milestone_every ≥ 0")
+        _count("run.seed", self.seed, low=0)
+        if self.seed >= MAX_SEED:
+            raise ValueError(f"run.seed must be < 2**63, got {self.seed}")
+        _count("run.log_every", self.log_every)
+        _count("run.ckpt_every", self.ckpt_every)
+        _count("run.milestone_every", self.milestone_every, low=0)
 
 
 @dataclass(frozen=True)
@@ -129,6 +179,24 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        """What the model and objective sections' own classes leave unchecked (they live in
+        model/ and diffusion/), and the rules that span sections."""
+        objective, optim = self.objective, self.optim
+        check_model_fields(dataclasses.asdict(self.model))
+        _number("objective.p_mean", objective.p_mean)
+        _number("objective.p_std", objective.p_std, low=0.0, low_open=True)
+        _number("objective.t_eps", objective.t_eps, 0.0, 1.0, low_open=True, high_open=True)
+        _number("objective.t_min", objective.t_min, 0.0, 1.0, low_open=True)
+        _number("objective.noise_scale", objective.noise_scale, low=0.0, low_open=True)
+        _number("objective.label_drop", objective.label_drop, 0.0, 1.0, high_open=True)
+        _number("objective.sigma_data", objective.sigma_data, low=0.0, low_open=True)
+        if optim.micro_batch is not None and optim.global_batch % optim.micro_batch:
+            raise ValueError(
+                f"optim.micro_batch {optim.micro_batch} must divide optim.global_batch "
+                f"{optim.global_batch}"
+            )
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
@@ -288,6 +356,8 @@ def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
             if name not in hints:
                 raise ValueError(f"unknown field {section}.{name}; {section} has {sorted(hints)}")
             changes[name] = _coerce(f"{section}.{name}", value, hints[name])
+        if section == "model":  # before JiTConfig divides by them
+            check_model_fields({**dataclasses.asdict(current), **changes})
         sections[section] = dataclasses.replace(current, **changes)
     return dataclasses.replace(cfg, **sections)
 

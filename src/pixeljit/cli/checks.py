@@ -1,0 +1,86 @@
+"""Checks of command-line values shared by the verbs: numbers (finite, in range) and output
+paths (writable, not clobbering a user's file), all before any long work starts.
+
+Every error names the flag, the value and what to pass instead, in one line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+FOLDER_CLOBBER_GLOB = "*.png"  # an output folder holding these would have them replaced
+MAX_SEED = 2**63  # seeds are 64-bit: numpy's SeedSequence and torch.manual_seed take [0, 2**63)
+
+
+def check_int(flag: str, value: int | None, low: int = 1, high: int | None = None) -> None:
+    """`value` (None = not given) an integer in [low, high)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{flag} must be an integer, got {value!r}")
+    if value < low or (high is not None and value >= high):
+        upper = f" and < {high}" if high is not None else ""
+        raise ValueError(f"{flag} must be ≥ {low}{upper}, got {value}")
+
+
+def check_seed(flag: str, value: int | None) -> None:
+    check_int(flag, value, 0, MAX_SEED)
+
+
+def check_float(
+    flag: str,
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """`value` (None = not given) a finite number within the bounds (open or closed)."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise ValueError(f"{flag} must be a finite number, got {value}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if not (too_low or too_high):
+        return
+    if low is not None and high is not None:
+        span = f"lie in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        span = f"be {'>' if low_open else '≥'} {low}"
+    else:
+        span = f"be {'<' if high_open else '≤'} {high}"
+    raise ValueError(f"{flag} must {span}, got {value}")
+
+
+def _first_existing(path: Path) -> Path:
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def check_output(flag: str, path: str | os.PathLike, folder: bool = False,
+                 overwrite: bool = False, overwrite_flag: str | None = None) -> Path:  # fmt: skip
+    """Refuse an output that cannot be written, before any work: a folder where a file goes (or
+    a file where a folder goes), a parent that is a file, a parent without write permission, or
+    (unless `overwrite`) an existing file, or a folder already holding PNGs (which the new ones
+    would replace). Nothing is created."""
+    path = Path(path)
+    hint = f"pass {overwrite_flag} to replace it" if overwrite_flag else "remove it first"
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ValueError(f"{flag} {path} is a file, not a folder: pass a folder")
+        if not folder and path.is_dir():
+            raise ValueError(f"{flag} {path} is a folder: pass a file name")
+        if not overwrite and (not folder or any(path.glob(FOLDER_CLOBBER_GLOB))):
+            what = "already holds PNG images" if folder else "already exists"
+            raise ValueError(f"{flag} {path} {what}: choose a new name or {hint}")
+    anchor = _first_existing(path if path.exists() and folder else path.parent)
+    if not anchor.is_dir():
+        raise ValueError(f"{flag} {path}: {anchor} is a file, not a folder")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: no permission to write in {anchor}")
+    return path

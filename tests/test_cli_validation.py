@@ -1,0 +1,259 @@
+"""Every verb as a user runs it with bad values, bad paths and bad files: one line on stderr,
+exit 2, nothing loaded or written first; every --flag a message names exists on that verb."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import math
+import re
+
+import pytest
+import torch
+
+import pixeljit
+from pixeljit.cli import build_parser, main
+from pixeljit.model import JiTConfig
+
+TINY = JiTConfig(
+    image_size=8, patch_size=4, hidden_size=16, depth=2, num_heads=2, num_classes=3,
+    bottleneck_dim=4, in_context_len=2, in_context_start=1,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    pixeljit.save_safetensors(pixeljit.JiT(TINY), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def authors_file(tmp_path_factory):
+    """An authors'-format checkpoint of non-standard depth (needs --in-context-start)."""
+    torch.manual_seed(0)
+    state = {"net." + k: v for k, v in pixeljit.JiT(TINY).state_dict().items()}
+    path = tmp_path_factory.mktemp("authors") / "checkpoint-last.pth"
+    torch.save({"model_ema1": state}, path)
+    return path
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Any checkpoint loading fails the test: the refusal must come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the flags were checked")
+
+    # the verb modules first: importing one binds whatever load_trained is at that moment
+    monkeypatch.setattr("pixeljit.cli.sample.load_trained", refuse)
+    monkeypatch.setattr("pixeljit.cli.convert.load_trained", refuse)
+    monkeypatch.setattr("pixeljit.checkpoints.load.load_trained", refuse)
+
+
+NAN, INF = "nan", "inf"
+SAMPLE_BAD = [
+    ("--num", ["0"]), ("--num", ["-3"]), ("--batch-size", ["0"]), ("--seed", ["-1"]),
+    ("--seed", [str(2**63)]), ("--scale", ["0"]), ("--scale", ["100000"]), ("--ncols", ["0"]),
+    ("--cfg", [NAN]), ("--cfg", [INF]), ("--cfg", ["-1"]), ("--steps", ["0"]),
+    ("--shift", ["0"]), ("--shift", [NAN]), ("--interval", [NAN, "1"]),
+    ("--interval", ["0.5", "2"]), ("--interval", ["0.9", "0.1"]), ("--t-eps", ["0"]),
+    ("--t-eps", [INF]), ("--noise-scale", ["0"]), ("--noise-scale", [NAN]),
+    ("--noise-scale", ["-inf"]), ("--in-context-start", ["-1"]), ("--labels", ["-1"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("flag, values", SAMPLE_BAD)
+def test_sample_numbers_are_checked_before_loading(tiny_file, no_loading, capsys, flag, values):
+    given = [f"{flag}={values[0]}"] if len(values) == 1 else [flag, *values]  # "=-inf"
+    err = _error(capsys, ["sample", str(tiny_file), *given, "--device", "cpu"])
+    assert flag in err
+
+
+EVAL_BAD = [
+    ("--num", ["0"]), ("--batch-size", ["-1"]), ("--seed", ["-5"]), ("--size", ["0"]),
+    ("--channels", ["2"]), ("--in-context-start", ["-2"]), ("--cfg", [NAN]),
+    ("--sweep-cfg", [NAN, "4", "0.1"]), ("--sweep-cfg", ["1", INF, "0.1"]),
+    ("--sweep-cfg", ["1", "4", "0"]), ("--sweep-cfg", ["4", "1", "0.1"]),
+    ("--sweep-cfg", ["-1", "4", "0.1"]), ("--sweep-cfg", ["0", "1000", "1e-4"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("flag, values", EVAL_BAD)
+def test_eval_numbers_are_checked_before_loading(tiny_file, no_loading, capsys, flag, values):
+    argv = ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--device", "cpu"]
+    err = _error(capsys, [*argv, flag, *values])
+    assert flag in err
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--seed", "-1"], "--seed"), (["--steps", "0"], "--steps"),
+        (["--threads", "0"], "--threads"), (["--dims", "0"], "--dims"),
+    ],
+)  # fmt: skip
+def test_reproduce_numbers_are_checked(tmp_path, capsys, argv, flag):
+    err = _error(capsys, ["reproduce", "toy", "--quick", "--out", str(tmp_path / "t"), *argv])
+    assert flag in err and not (tmp_path / "t").exists()
+
+
+def test_outputs_are_checked_before_loading(tiny_file, tmp_path, no_loading, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    (tmp_path / "dir.png").mkdir()
+    cases = [
+        (["sample", str(tiny_file), "--out", str(a_file / "grid.png")], "is a file, not a folder"),
+        (["sample", str(tiny_file), "--out", str(a_file)], "--out"),
+        (["sample", str(tiny_file), "--out", str(tmp_path / "dir.png")], "is a folder"),
+        (["convert", str(tiny_file), str(a_file / "x.safetensors")], "is a file, not a folder"),
+        (["eval", "--checkpoint", str(tiny_file), "--metrics", "is",
+          "--out", str(a_file / "r.json")], "is a file, not a folder"),
+        (["eval", "--checkpoint", str(tiny_file), "--metrics", "is",
+          "--save-images", str(a_file)], "is a file, not a folder"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert message in _error(capsys, argv)
+    assert a_file.read_text() == "keep me"
+
+
+def test_existing_outputs_need_overwrite(tiny_file, tmp_path, no_loading, capsys):
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"precious")
+    out = tmp_path / "w.safetensors"
+    out.write_bytes(b"precious")
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    (pngs / "000000.png").write_bytes(b"precious")
+    for argv in (
+        ["sample", str(tiny_file), "--out", str(grid)],
+        ["sample", str(tiny_file), "--out", str(pngs)],
+        ["convert", str(tiny_file), str(out)],
+        ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--out", str(grid)],
+    ):
+        err = _error(capsys, argv)
+        assert "already" in err and "--overwrite" in err
+    assert grid.read_bytes() == out.read_bytes() == b"precious"
+
+
+def test_overwrite_replaces(tiny_file, tmp_path, capsys):
+    out = tmp_path / "w.safetensors"
+    out.write_bytes(b"old")
+    assert main(["convert", str(tiny_file), str(out), "--overwrite"]) == 0
+    assert pixeljit.load_safetensors(out).config == TINY
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root may write in read-only folders")  # fmt: skip
+def test_read_only_folder_is_refused(tiny_file, tmp_path, no_loading, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert "no permission" in _error(capsys, ["sample", str(tiny_file), "--out",
+                                                  str(ro / "g.png")])  # fmt: skip
+    finally:
+        ro.chmod(0o755)
+
+
+def test_os_errors_are_one_line(tiny_file, tmp_path, monkeypatch, capsys):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.safetensors"))
+
+    monkeypatch.setattr("pixeljit.cli.convert.export_safetensors", full)
+    err = _error(capsys, ["convert", str(tiny_file), str(tmp_path / "x.safetensors")])
+    assert "No space left on device" in err and "x.safetensors" in err
+    with pytest.raises(OSError):  # --debug shows the traceback, after the verb or before it
+        main(["convert", str(tiny_file), str(tmp_path / "x.safetensors"), "--debug"])
+    with pytest.raises(OSError):
+        main(["--debug", "convert", str(tiny_file), str(tmp_path / "x.safetensors")])
+
+
+def test_unreadable_checkpoint_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "weights.safetensors"
+    folder.mkdir()  # a folder named like a file
+    err = _error(capsys, ["sample", str(folder), "--out", str(tmp_path / "g.png")])
+    assert "weights.safetensors" in err
+
+
+# ------------------------------------------------------------------- flags named in messages
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    top = build_parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return {verb: p for verb, p in sub.choices.items()}
+
+
+def _flags(parser: argparse.ArgumentParser) -> set[str]:
+    out = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                out |= _flags(child)
+    return out
+
+
+COMMAND = re.compile(r"`pixeljit (\w+)([^`]*)`")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def _check_flags(verb: str, message: str) -> None:
+    parsers = _parsers()
+    for other, args in COMMAND.findall(message):  # a quoted command names its own verb's flags
+        assert set(FLAG.findall(args)) <= _flags(parsers[other]), (other, message)
+    rest = COMMAND.sub("", message)
+    unknown = set(FLAG.findall(rest)) - _flags(parsers[verb]) - {"--debug"}
+    assert not unknown, f"`pixeljit {verb}` has no {sorted(unknown)}; message: {message}"
+
+
+def test_error_messages_name_only_flags_of_the_verb(
+    tiny_file, authors_file, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("PIXELJIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("pixeljit.data.fashion_mnist.DEBIAN_DIR", tmp_path / "nothing")
+    monkeypatch.delenv("PIXELJIT_INCEPTION_WEIGHTS", raising=False)
+    missing = str(tmp_path / "missing")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    runs = {
+        "sample": [
+            [missing], [str(tiny_file), "--out", "x.txt"], [str(authors_file)],
+            [str(tiny_file), "--labels", "7", "--out", str(tmp_path / "s.png")],
+            [str(tiny_file), "--num", "0"], [str(tiny_file), "--cfg", NAN],
+        ],
+        "eval": [
+            ["--images", str(images)], ["--make-ref", "fashion-mnist", "--size", "8"],
+            ["--checkpoint", missing], ["--images", str(images), "--size", "8", "--channels", "1"],
+            ["--checkpoint", str(authors_file), "--metrics", "is", "--device", "cpu"],
+            ["--make-ref", "fashion-mnist", "--size", "8", "--channels", "1", "--extractor",
+             "fmnist-cnn", "--out", str(tmp_path / "r.npz"), "--device", "cpu"],
+            ["--images", str(images), "--size", "8", "--channels", "3", "--extractor",
+             "inception-v3-fid", "--metrics", "is", "--device", "cpu"],
+            ["--checkpoint", str(tiny_file), "--emas", "all", "--sweep-cfg", "1", "2", "1",
+             "--metrics", "fd", "--device", "cpu"],
+        ],
+        "convert": [
+            [missing, str(tmp_path / "o.safetensors")], [str(tiny_file), "o.pt"],
+            [str(authors_file), str(tmp_path / "o.safetensors")],
+        ],
+        "reproduce": [["toy", "--out", str(tiny_file)], ["toy", "--steps", "0"]],
+    }  # fmt: skip
+    for verb, cases in runs.items():
+        for argv in cases:
+            _check_flags(verb, _error(capsys, [verb, *argv]))
+
+
+def test_flag_checker_catches_foreign_flags():
+    with pytest.raises(AssertionError):
+        _check_flags("sample", "pass --data-dir DIR")
+    _check_flags("sample", "run `pixeljit prepare fashion-mnist --download --size 8 --out D`")
+    assert math.isfinite(1.0)
