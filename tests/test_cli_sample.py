@@ -151,8 +151,13 @@ def test_save_npz_layout(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.npz"]
 
 
+def _png_stack(folder, count: int) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(folder / f"{k:06d}.png")) for k in range(count)])
+
+
 def test_training_runs_sample_with_their_objective(tmp_path):
-    """A pixeljit run folder samples with its own prediction / noise scale, EMA by default."""
+    """A v-prediction run samples as v-prediction with its own noise scale, EMA by default, in
+    `pixeljit sample` and `pixeljit eval` alike (both once sampled every run as x-prediction)."""
     from pixeljit.checkpoints.load import load_trained
     from pixeljit.data import prepare
     from pixeljit.training.config import apply_overrides, get_preset
@@ -174,9 +179,33 @@ def test_training_runs_sample_with_their_objective(tmp_path):
         load_trained(tmp_path / "run", "model").net.final_layer.linear.weight,
         model.net.final_layer.linear.weight,
     )
-    out = tmp_path / "grid.png"
-    assert main(["sample", str(tmp_path / "run"), "--steps", "2", "--num", "4",
-                 "--labels", "0", "0", "1", "1", "--out", str(out)]) == 0  # fmt: skip
+
+    def library(labels, seed, **objective):
+        kwargs = dict(steps=2, cfg=1.5, interval=(0.1, 1.0), seed=seed) | objective
+        images = sample(model.net, labels, **kwargs)
+        return to_uint8(images).permute(0, 2, 3, 1).numpy().astype(int)  # NHWC like the files
+
+    own = dict(prediction="v", noise_scale=0.5)
+    npz = tmp_path / "x.npz"
+    assert main(["sample", str(tmp_path / "run"), "--steps", "2", "--cfg", "1.5", "--num", "4",
+                 "--labels", "0", "1", "--seed", "3", "--out", str(npz)]) == 0  # fmt: skip
+    got = np.load(npz)
+    labels = got["labels"].tolist()
+    assert labels == [0, 0, 1, 1]
+    got = got["arr_0"].astype(int)
+    assert np.abs(got - library(labels, 3, **own)).max() <= 1
+    assert np.abs(got - library(labels, 3, prediction="x", noise_scale=0.5)).max() > 20
+    assert np.abs(got - library(labels, 3, prediction="v", noise_scale=1.0)).max() > 20
+
+    pngs, report = tmp_path / "eval-pngs", tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--num", "8", "--steps", "2",
+                 "--cfg", "1.5", "--ref", str(data), "--metrics", "fd", "--batch-size", "8",
+                 "--save-images", str(pngs), "--out", str(report)]) == 0  # fmt: skip
+    evaluated = _png_stack(pngs, 8)[..., None].astype(int)  # grey PNGs → NHWC
+    balanced = list(range(8))  # eval's labels: class k mod 10 for image k
+    assert np.abs(evaluated - library(balanced, 0, **own)).max() <= 1
+    assert np.abs(evaluated - library(balanced, 0, prediction="x", noise_scale=0.5)).max() > 20
+
     exported = tmp_path / "run.safetensors"
     assert main(["convert", str(tmp_path / "run"), str(exported)]) == 0
     back = load_trained(exported)

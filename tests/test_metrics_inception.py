@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pixeljit.files.download import download
 from pixeljit.metrics import weights
@@ -139,3 +140,121 @@ def test_tf1_legacy_bilinear_resize():
     torch.testing.assert_close(up[:, 0], 4 * row)
     const = torch.full((2, 3, 5, 7), 42.0)
     torch.testing.assert_close(resize_tf1_bilinear(const, 299), torch.full((2, 3, 299, 299), 42.0))
+
+
+# ---------------------------------------------------------------- an independent re-implementation
+# pytorch-fid and torch-fidelity both import torchvision, which does not import beside torch 2.13,
+# so the check below is a second, functional implementation written from the published
+# architecture (Szegedy et al. 2016, "Rethinking the Inception Architecture", Fig. 5–7 and Tab. 1)
+# plus the FID graph's quirks: TF1 legacy bilinear resize to 299, (x − 128) / 128, average pools
+# that ignore padding, a 3×3 max pool in the last E block, bias-free logits. It shares nothing with
+# pixeljit.metrics.inception but the state dict's names.
+def _unit(x, sd, name, stride=1, padding=0):
+    """conv (no bias) → batch norm (eps 1e-3, running statistics) → ReLU."""
+    x = F.conv2d(x, sd[f"{name}.conv.weight"], stride=stride, padding=padding)
+    bn = [sd[f"{name}.bn.{k}"] for k in ("running_mean", "running_var", "weight", "bias")]
+    return F.relu(F.batch_norm(x, bn[0], bn[1], bn[2], bn[3], training=False, eps=1e-3))
+
+
+def _avg3(x):
+    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+def _mixed_35(x, sd, m):  # Fig. 5: 1×1 | 1×1→5×5 | 1×1→3×3→3×3 | avg→1×1
+    b1 = _unit(x, sd, f"{m}.branch1x1")
+    b5 = _unit(_unit(x, sd, f"{m}.branch5x5_1"), sd, f"{m}.branch5x5_2", padding=2)
+    b3 = _unit(x, sd, f"{m}.branch3x3dbl_1")
+    b3 = _unit(_unit(b3, sd, f"{m}.branch3x3dbl_2", padding=1), sd, f"{m}.branch3x3dbl_3", 1, 1)
+    return torch.cat([b1, b5, b3, _unit(_avg3(x), sd, f"{m}.branch_pool")], 1)
+
+
+def _reduce_35(x, sd, m):  # 35 → 17: 3×3/2 | 1×1→3×3→3×3/2 | max 3×3/2
+    b3 = _unit(x, sd, f"{m}.branch3x3", stride=2)
+    bd = _unit(_unit(x, sd, f"{m}.branch3x3dbl_1"), sd, f"{m}.branch3x3dbl_2", padding=1)
+    bd = _unit(bd, sd, f"{m}.branch3x3dbl_3", stride=2)
+    return torch.cat([b3, bd, F.max_pool2d(x, 3, stride=2)], 1)
+
+
+def _mixed_17(x, sd, m):  # Fig. 6 with n = 7: 1×7 and 7×1 factorised convolutions
+    row, col = (0, 3), (3, 0)
+    b1 = _unit(x, sd, f"{m}.branch1x1")
+    b7 = _unit(x, sd, f"{m}.branch7x7_1")
+    b7 = _unit(_unit(b7, sd, f"{m}.branch7x7_2", padding=row), sd, f"{m}.branch7x7_3", 1, col)
+    bd = _unit(x, sd, f"{m}.branch7x7dbl_1")
+    for i, pad in zip((2, 3, 4, 5), (col, row, col, row), strict=True):
+        bd = _unit(bd, sd, f"{m}.branch7x7dbl_{i}", padding=pad)
+    return torch.cat([b1, b7, bd, _unit(_avg3(x), sd, f"{m}.branch_pool")], 1)
+
+
+def _reduce_17(x, sd, m):  # 17 → 8: 1×1→3×3/2 | 1×1→1×7→7×1→3×3/2 | max 3×3/2
+    b3 = _unit(_unit(x, sd, f"{m}.branch3x3_1"), sd, f"{m}.branch3x3_2", stride=2)
+    b7 = _unit(x, sd, f"{m}.branch7x7x3_1")
+    b7 = _unit(b7, sd, f"{m}.branch7x7x3_2", padding=(0, 3))
+    b7 = _unit(b7, sd, f"{m}.branch7x7x3_3", padding=(3, 0))
+    b7 = _unit(b7, sd, f"{m}.branch7x7x3_4", stride=2)
+    return torch.cat([b3, b7, F.max_pool2d(x, 3, stride=2)], 1)
+
+
+def _mixed_8(x, sd, m, last):  # Fig. 7: expanded 1×3 / 3×1 outputs; the FID graph's last: max
+    b1 = _unit(x, sd, f"{m}.branch1x1")
+    b3 = _unit(x, sd, f"{m}.branch3x3_1")
+    b3 = torch.cat([_unit(b3, sd, f"{m}.branch3x3_2a", padding=(0, 1)),
+                    _unit(b3, sd, f"{m}.branch3x3_2b", padding=(1, 0))], 1)  # fmt: skip
+    bd = _unit(_unit(x, sd, f"{m}.branch3x3dbl_1"), sd, f"{m}.branch3x3dbl_2", padding=1)
+    bd = torch.cat([_unit(bd, sd, f"{m}.branch3x3dbl_3a", padding=(0, 1)),
+                    _unit(bd, sd, f"{m}.branch3x3dbl_3b", padding=(1, 0))], 1)  # fmt: skip
+    pooled = F.max_pool2d(x, 3, stride=1, padding=1) if last else _avg3(x)
+    return torch.cat([b1, b3, bd, _unit(pooled, sd, f"{m}.branch_pool")], 1)
+
+
+def _tf1_resize(x, size):
+    """TF1 resize_bilinear (align_corners=False, no half-pixel centres), by gathering."""
+
+    def axis(n_in):
+        src = torch.arange(size, dtype=torch.float64) * n_in / size
+        i0 = src.floor().long()
+        i1 = torch.clamp(i0 + 1, max=n_in - 1)
+        return i0, i1, (src - i0).float()
+
+    r0, r1, fr = axis(x.shape[2])
+    x = x[:, :, r0] * (1 - fr)[:, None] + x[:, :, r1] * fr[:, None]
+    c0, c1, fc = axis(x.shape[3])
+    return x[..., c0] * (1 - fc) + x[..., c1] * fc
+
+
+def reference_fid_inception(images_u8, sd):
+    """uint8 (N, C, H, W) → (pool3 (N, 2048), logits (N, 1008)) of the FID Inception graph."""
+    x = images_u8.float()
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    x = (_tf1_resize(x, 299) - 128.0) / 128.0
+    x = _unit(_unit(_unit(x, sd, "Conv2d_1a_3x3", stride=2), sd, "Conv2d_2a_3x3"),
+              sd, "Conv2d_2b_3x3", padding=1)  # fmt: skip
+    x = F.max_pool2d(x, 3, stride=2)
+    x = _unit(_unit(x, sd, "Conv2d_3b_1x1"), sd, "Conv2d_4a_3x3")
+    x = F.max_pool2d(x, 3, stride=2)
+    for m in ("Mixed_5b", "Mixed_5c", "Mixed_5d"):
+        x = _mixed_35(x, sd, m)
+    x = _reduce_35(x, sd, "Mixed_6a")
+    for m in ("Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
+        x = _mixed_17(x, sd, m)
+    x = _reduce_17(x, sd, "Mixed_7a")
+    x = _mixed_8(_mixed_8(x, sd, "Mixed_7b", last=False), sd, "Mixed_7c", last=True)
+    pool = F.adaptive_avg_pool2d(x, 1).flatten(1)
+    return pool, pool @ sd["fc.weight"].T
+
+
+@torch.inference_mode()
+def test_inception_equals_an_independent_implementation(random_weights):
+    """Same random weights, same uint8 input: our extractor equals the functional re-implementation
+    above (fails if a pooling quirk, the resize, the scaling or a branch's padding changes)."""
+    sd = torch.load(random_weights, weights_only=True)
+    ext = InceptionExtractor(weights_path=random_weights, allow_nonstandard=True)
+    gen = torch.Generator().manual_seed(3)
+    rgb = torch.randint(0, 256, (1, 3, 37, 53), generator=gen, dtype=torch.uint8)
+    got = ext.extract(rgb)
+    pool, logits = reference_fid_inception(rgb, sd)
+    scale = pool.abs().max()
+    assert scale > 0 and (pool > 0).float().mean() > 0.5  # calibrated: most features alive
+    torch.testing.assert_close(got.features, pool, rtol=1e-4, atol=1e-5 * float(scale))
+    torch.testing.assert_close(got.logits, logits, rtol=1e-4, atol=1e-5 * float(logits.abs().max()))

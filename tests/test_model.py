@@ -47,17 +47,12 @@ def test_registry_matches_authors_parameter_counts(reference):
         assert pixeljit.count_parameters(pixeljit.create_model(name, device="meta")) == count
 
 
-@pytest.mark.parametrize(
-    "name, millions",
-    [("JiT-G/16", 2007.1), ("JiT-G/32", 2011.6), ("JiT-B/64", 141.46), ("JiT-L/64", None)],
-)
-def test_g_and_64_sizes(name, millions):
+@pytest.mark.parametrize("name", ["JiT-G/16", "JiT-G/32", "JiT-B/64", "JiT-L/64"])
+def test_g_and_64_sizes_build_on_meta(name):
+    """Built without memory, 16 × 16 tokens; exact counts are in test_presets.py."""
     net = pixeljit.create_model(name, device="meta")
-    assert next(net.parameters()).device.type == "meta"  # nothing allocated
+    assert all(p.device.type == "meta" for p in net.parameters())  # nothing allocated
     assert net.config.grid_size == 16 and net.config.image_size == 16 * net.config.patch_size
-    if millions is not None:  # the facts sheet rounds G to 0.1M, B/64 to 0.01M
-        tol = 0.05 if name.startswith("JiT-G") else 0.005
-        assert pixeljit.count_parameters(net) / 1e6 == pytest.approx(millions, abs=tol)
 
 
 def test_registry_configs_follow_table_9():

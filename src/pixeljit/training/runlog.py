@@ -8,19 +8,31 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from pixeljit.files.atomic import atomic_write, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
+TENSORBOARD_FOLDER = "tensorboard"
+TENSORBOARD_HINT = "pip install 'pixeljit[tensorboard]'"
 
 
 class RunLog:
+    """metrics.jsonl, mirrored to TensorBoard scalars (same tags, steps and values).
+
+    On resume, `truncate_after(step)` drops the JSONL records past the checkpoint and tells
+    TensorBoard to purge its events from step + 1 on (they are logged again), so both show one
+    point per step. The event writer opens at the first record, once the purge step is known.
+    """
+
     def __init__(self, folder: str | os.PathLike, enabled: bool, tensorboard: bool):
         self.folder = Path(folder)
         self.enabled = enabled
         self.writer = None
+        self._writer_class = None
+        self._purge_step: int | None = None
         if not enabled:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -28,14 +40,22 @@ class RunLog:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional; JSONL always works
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                self.writer = SummaryWriter(str(self.folder / "tensorboard"))
+            except ImportError:  # tensorboard is optional; JSONL always works, and we say so
+                warnings.warn(
+                    f"tensorboard is not installed: logging to {self.path} only ({TENSORBOARD_HINT}"
+                    ", or set run.tensorboard=false)",
+                    stacklevel=2,
+                )
+            else:
+                self._writer_class = SummaryWriter
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop records past the checkpoint's step (they will be redone)."""
-        if not self.enabled or not self.path.is_file():
+        if not self.enabled:
+            return
+        if step > 0:
+            self._purge_step = step + 1
+        if not self.path.is_file():
             return
         keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
@@ -45,6 +65,9 @@ class RunLog:
             return
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self._writer_class is not None and self.writer is None:
+            log_dir = str(self.folder / TENSORBOARD_FOLDER)
+            self.writer = self._writer_class(log_dir, purge_step=self._purge_step)
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):

@@ -1,0 +1,107 @@
+"""The run log: TensorBoard events hold exactly what metrics.jsonl says (read back with the real
+`tensorboard` package, an optional extra that the `test` extra installs)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+# a hard import, never a skip: the `test` extra installs tensorboard (pyproject.toml)
+from tensorboard.backend.event_processing import event_accumulator
+
+from pixeljit.data import prepare
+from pixeljit.training.config import apply_overrides, get_preset
+from pixeljit.training.loop import train
+from pixeljit.training.runlog import METRICS_FILE, TENSORBOARD_FOLDER, RunLog, read_metrics
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def read_events(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of every scalar in the event files under `folder`."""
+    acc = event_accumulator.EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def jsonl_series(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    series: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                series.setdefault(key, []).append((record["step"], float(value)))
+    return series
+
+
+def assert_same_series(events: dict, expected: dict) -> None:
+    assert sorted(events) == sorted(expected)
+    for tag, points in expected.items():
+        got = events[tag]
+        assert [s for s, _ in got] == [s for s, _ in points], tag
+        for (_, a), (_, b) in zip(got, points, strict=True):
+            assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-30), (tag, a, b)  # float32 events
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "fm16"
+    prepare("fashion-mnist", 16, out, split="test", limit=64)
+    return out
+
+
+def config(data: Path, out: Path, **overrides):
+    settings = {
+        "data.source": str(data), "run.out": str(out), "run.device": "cpu",
+        "run.tensorboard": True, "run.log_every": 1, "run.ckpt_every": 2,
+        "optim.global_batch": 16, "optim.steps": 4, "optim.warmup_epochs": 0.1,
+        "sample.steps": 1, "sample.per_class": 1, "sample.max_classes": 1,
+    }  # fmt: skip
+    settings.update(overrides)
+    return apply_overrides(get_preset("fmnist-tiny"), settings)
+
+
+def test_training_writes_tensorboard_scalars_equal_to_jsonl(data, tmp_path):
+    train(config(data, tmp_path / "run"), progress=False)
+    records = read_metrics(tmp_path / "run" / METRICS_FILE)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    expected = jsonl_series(records)
+    assert {"loss", "lr", "img_per_s"} <= set(expected)
+    assert any(key.startswith("loss_t[") for key in expected)  # loss by t-bucket
+    assert_same_series(read_events(tmp_path / "run" / TENSORBOARD_FOLDER), expected)
+
+
+def test_tensorboard_off_writes_no_events(data, tmp_path):
+    train(config(data, tmp_path / "run", **{"run.tensorboard": False}), progress=False)
+    assert (tmp_path / "run" / METRICS_FILE).is_file()
+    assert not (tmp_path / "run" / TENSORBOARD_FOLDER).exists()
+
+
+def test_resume_replaces_the_redone_steps_in_tensorboard(tmp_path):
+    """After a resume from step 2, steps 3.. are logged again: TensorBoard must show one point
+    per step, the new one, exactly as metrics.jsonl (truncated on resume) does."""
+    first = RunLog(tmp_path, enabled=True, tensorboard=True)
+    for step in (1, 2, 3, 4):
+        first.write({"step": step, "loss": 10.0 + step})
+    first.close()  # the run died after logging step 4; its checkpoint is at step 2
+    again = RunLog(tmp_path, enabled=True, tensorboard=True)  # as train() does on resume
+    again.truncate_after(2)
+    for step in (3, 4, 5):
+        again.write({"step": step, "loss": 20.0 + step})
+    again.close()
+    records = read_metrics(tmp_path / METRICS_FILE)
+    assert [(r["step"], r["loss"]) for r in records] == [(1, 11.0), (2, 12.0), (3, 23.0),
+                                                         (4, 24.0), (5, 25.0)]  # fmt: skip
+    assert_same_series(read_events(tmp_path / TENSORBOARD_FOLDER), jsonl_series(records))
+
+
+def test_missing_tensorboard_is_said_not_silent(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import raises
+    with pytest.warns(UserWarning, match=r"tensorboard is not installed.*pixeljit\[tensorboard\]"):
+        log = RunLog(tmp_path, enabled=True, tensorboard=True)
+    log.write({"step": 1, "loss": 0.5})
+    log.close()
+    assert read_metrics(tmp_path / METRICS_FILE) == [{"step": 1, "loss": 0.5}]
+    assert not (tmp_path / TENSORBOARD_FOLDER).exists()

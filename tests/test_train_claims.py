@@ -1,0 +1,66 @@
+"""README claims about training runs that tests/test_train.py leaves open: the run-length and
+`run.*` exemption on resume, and the checkpoint kept when a loss turns non-finite."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixeljit.checkpoints.run import load_checkpoint
+from pixeljit.data import prepare
+from pixeljit.training.config import apply_overrides, get_preset
+from pixeljit.training.loop import train
+from pixeljit.training.runlog import METRICS_FILE, read_metrics
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "fm16"
+    prepare("fashion-mnist", 16, out, split="test", limit=64)
+    return out
+
+
+def config(data: Path, out: Path, **overrides):
+    settings = {
+        "data.source": str(data), "run.out": str(out), "run.device": "cpu",
+        "run.tensorboard": False, "run.log_every": 1, "run.ckpt_every": 1,
+        "optim.global_batch": 16, "optim.steps": 2, "optim.warmup_epochs": 0.1,
+        "sample.steps": 1, "sample.per_class": 1, "sample.max_classes": 1,
+    }  # fmt: skip
+    settings.update(overrides)
+    return apply_overrides(get_preset("fmnist-tiny"), settings)
+
+
+def test_resume_accepts_new_run_settings_and_length(data, tmp_path):
+    """README: a config differing from the checkpoint's is refused "except run.* and the run
+    length"; those changes resume the run instead."""
+    train(config(data, tmp_path / "run"), progress=False)
+    changed = config(data, tmp_path / "run", **{"optim.steps": 3, "run.log_every": 3,
+                                                "run.ckpt_every": 3, "run.seed": 0})  # fmt: skip
+    result = train(changed, resume=str(tmp_path / "run"), progress=False)
+    assert result.step == 3 and load_checkpoint(tmp_path / "run")["step"] == 3
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / METRICS_FILE)] == [1, 2, 3]
+
+
+def test_non_finite_loss_names_the_step_and_keeps_a_finite_checkpoint(data, tmp_path, capsys):
+    """README: "A non-finite loss stops the run and names the step; the last checkpoint written
+    before it is kept." With a checkpoint every step, one exists before the bad step."""
+    cfg = config(data, tmp_path / "run", **{"optim.lr": 1e8, "optim.steps": 40})
+    result = train(cfg, progress=False)
+    assert result.stopped_on_nan and result.step < 40
+    said = re.search(r"non-finite loss at step (\d+)", capsys.readouterr().out)
+    assert said is not None
+    bad_step = int(said.group(1))
+    assert result.checkpoint is not None  # the divergence needs at least one update
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["step"] < bad_step
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert all(torch.isfinite(s).all() for shadow in ckpt["ema"]["shadows"] for s in shadow)
+    logged = read_metrics(tmp_path / "run" / METRICS_FILE)
+    assert all(math.isfinite(r["loss"]) for r in logged) and logged[-1]["step"] < bad_step
