@@ -191,3 +191,25 @@ def test_config_round_trips_through_dict():
     assert JiTConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown JiT config fields"):
         JiTConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("patch_size", 0), ("num_heads", 0), ("depth", 0), ("hidden_size", -8), ("image_size", 0),
+     ("in_channels", 0), ("mlp_ratio", 0.0), ("mlp_ratio", float("nan")), ("mlp_ratio", "4"),
+     ("dropout", float("nan")), ("attn_dropout", 1.0), ("depth", 2.5), ("depth", True),
+     ("mlp", "relu"), ("norm", "batch"), ("rope", 1), ("dropout_blocks", (3, 1)),
+     ("dropout_blocks", (0, 99)), ("bottleneck_dim", 1.5)],
+)  # fmt: skip
+def test_config_rejects_bad_fields_by_name(field, value):
+    """Zero / negative sizes used to surface as ZeroDivisionError or a half-built network."""
+    with pytest.raises(ValueError, match=field):
+        pixeljit.JiTConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["p_mean", "p_std", "noise_scale", "sigma_data", "t_eps"])
+def test_objective_config_rejects_non_finite_values(field):
+    from pixeljit.diffusion.objective import ObjectiveConfig
+
+    with pytest.raises(ValueError, match=field):
+        ObjectiveConfig(**{field: float("nan")})

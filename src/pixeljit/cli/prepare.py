@@ -62,7 +62,6 @@ def add_parser(sub) -> None:
         action="store_true",
         help="replace a packed set pixeljit wrote in --out (any other file there is refused)",
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(run=run)
 
 

@@ -76,10 +76,10 @@ def install_hint(split: str, searched: list[Path]) -> str:
     return (
         f"Fashion-MNIST ({split} split) not found: looked for {images}[.gz] and {labels}[.gz] "
         f"in {where}. To install it: on Debian/Ubuntu run `sudo apt-get install "
-        f"dataset-fashion-mnist` (files go to {DEBIAN_DIR}); elsewhere pass download=True "
-        f"(CLI: --download) to fetch it from {OFFICIAL_BASE_URL} into {default_cache_dir()}, "
-        f"or download the four .gz files from {OFFICIAL_BASE_URL} yourself and pass root=DIR "
-        f"(CLI: --data-dir DIR)."
+        f"dataset-fashion-mnist` (files go to {DEBIAN_DIR}); elsewhere fetch it once into "
+        f"{default_cache_dir()} (checksum-verified) with `pixeljit prepare fashion-mnist "
+        f"--download --size 28 --out DIR` (Python: download=True), or put the four .gz files "
+        f"from {OFFICIAL_BASE_URL} into {default_cache_dir()} yourself."
     )
 
 

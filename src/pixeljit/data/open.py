@@ -63,9 +63,11 @@ def open_dataset(
     split: str | None = None,
     is_main: bool = True,
     barrier: Callable[[], None] | None = None,
+    progress: bool = True,
 ) -> PackedDataset:
     """A PackedDataset for `source` at size × size with `channels`. Under several processes
-    only `is_main` checks and packs; the others wait at `barrier`."""
+    only `is_main` checks and packs (with a progress bar if `progress`); the others wait at
+    `barrier`."""
     if not source:
         raise ValueError("no data: pass a packed folder, fashion-mnist, emoji, or an image folder")
     path = Path(source)
@@ -82,9 +84,8 @@ def open_dataset(
         if cached != current:
             why = "changed since it was packed; re-packing" if target.exists() else "packing"
             print(f"{source} ({split or 'default split'}): {why} at {size}px into {target} …")
-            prepare(
-                source, size, target, split=split, channels=channels, progress=True, overwrite=True
-            )
+            prepare(source, size, target, split=split, channels=channels, progress=progress,
+                    overwrite=True)  # fmt: skip
             if packed_fingerprint(target) != current:
                 raise RuntimeError(
                     f"{source} changed while it was being packed into {target}; run again once "

@@ -248,16 +248,18 @@ def _pack(
         from tqdm import tqdm
 
         bar = tqdm(total=stream.total, unit="img", desc="prepare")
-    for images, labels in stream.batches:  # (n, C, H, W) uint8, (n,) int64
-        if writer is None:
-            shape = tuple(images.shape[1:])
-            per_shard = images_per_shard or default_images_per_shard(shape)
-            writer = ShardWriter(staging, shape, per_shard)
-        writer.add(images, labels)
+    try:
+        for images, labels in stream.batches:  # (n, C, H, W) uint8, (n,) int64
+            if writer is None:
+                shape = tuple(images.shape[1:])
+                per_shard = images_per_shard or default_images_per_shard(shape)
+                writer = ShardWriter(staging, shape, per_shard)
+            writer.add(images, labels)
+            if bar is not None:
+                bar.update(len(images))
+    finally:  # the bar ends its line before any error message is printed
         if bar is not None:
-            bar.update(len(images))
-    if bar is not None:
-        bar.close()
+            bar.close()
     if writer is None:
         reasons = "; ".join(f"{b.path}: {b.reason}" for b in stream.skipped[:5])
         raise ValueError(

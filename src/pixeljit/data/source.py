@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SKIP_BAD_HINT = "pass skip_bad=True (CLI: --skip-bad) to skip unreadable images and list them"
+SKIP_BAD_HINT = (
+    "to skip unreadable images (and list them), pack the folder with `pixeljit prepare SRC "
+    "--skip-bad --size S --out DIR` and use DIR (Python: skip_bad=True)"
+)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ Clamps (why: Tab. 1's conversions divide by 1−t or by t, both of which vanish 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -245,6 +246,11 @@ class ObjectiveConfig:
                 f"preconditioner {self.preconditioner!r} builds an x-prediction; "
                 f"set prediction='x' (got {self.prediction!r})"
             )
+        for name in ("p_mean", "p_std", "t_eps", "t_min", "label_drop", "sigma_data"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+        if self.noise_scale is not None and not math.isfinite(self.noise_scale):
+            raise ValueError(f"noise_scale must be finite (or None), got {self.noise_scale}")
         if not 0.0 < self.t_eps <= 1.0 or not 0.0 < self.t_min <= 1.0:
             raise ValueError(f"t_eps and t_min must lie in (0, 1], got {self.t_eps}, {self.t_min}")
         if self.p_std < 0:

@@ -25,6 +25,13 @@ from pixeljit.model.layers import (
 
 INIT_STD = 0.02  # label table, time MLP and in-context embedding
 ATTENTION_MODES = ("sdpa", "fp32")
+MLP_KINDS = ("swiglu", "gelu")
+NORM_KINDS = ("rms", "layer")
+_INT_FIELDS = ("image_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads",
+               "num_classes", "in_context_len", "in_context_start")  # fmt: skip
+_POSITIVE_FIELDS = ("image_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads")
+_OPTIONAL_INT_FIELDS = ("bottleneck_dim",)
+_FLOAT_FIELDS = ("mlp_ratio", "dropout", "attn_dropout")
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,16 @@ class JiTConfig:
     attention: str = "sdpa"
 
     def __post_init__(self) -> None:
+        self._check_types()
+        for name in _POSITIVE_FIELDS:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
+            raise ValueError(f"mlp_ratio must be a finite number > 0, got {self.mlp_ratio}")
+        if self.mlp not in MLP_KINDS:
+            raise ValueError(f"mlp must be one of {MLP_KINDS}, got {self.mlp!r}")
+        if self.norm not in NORM_KINDS:
+            raise ValueError(f"norm must be one of {NORM_KINDS}, got {self.norm!r}")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}"
@@ -82,10 +99,36 @@ class JiTConfig:
             )
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
-        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attn_dropout < 1.0:
-            raise ValueError("dropout rates must lie in [0, 1)")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:  # NaN fails too
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.dropout_blocks is not None:
+            start, stop = self.dropout_blocks
+            if not 0 <= start <= stop <= self.depth:
+                raise ValueError(
+                    f"dropout_blocks ({start}, {stop}) must satisfy 0 ≤ start ≤ stop ≤ depth "
+                    f"({self.depth})"
+                )
         if self.bottleneck_dim is not None and self.bottleneck_dim < 1:
             raise ValueError("bottleneck_dim must be ≥ 1 or None")
+
+    def _check_types(self) -> None:
+        """Integers where the architecture counts things, numbers where it scales them."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _INT_FIELDS or (f.name in _OPTIONAL_INT_FIELDS and value is not None):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"{f.name} must be an integer, got {value!r}")
+            elif f.name in _FLOAT_FIELDS:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{f.name} must be a number, got {value!r}")
+            elif f.name in ("rope", "qk_norm") and not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be true or false, got {value!r}")
+        if self.dropout_blocks is not None and (
+            len(self.dropout_blocks) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in self.dropout_blocks)
+        ):
+            raise ValueError(f"dropout_blocks must be two integers, got {self.dropout_blocks!r}")
 
     @property
     def head_dim(self) -> int:

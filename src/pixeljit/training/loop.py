@@ -135,7 +135,7 @@ def _rank0_first(info, fn) -> None:
 def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, info, restart):
     # ---------------------------------------------------------------- processes and data
     device = info.device
-    dataset = open_training_data(cfg, info)
+    dataset = open_training_data(cfg, info, progress)
     cfg, plan = resolve_config(cfg, dataset, info)
     out = Path(cfg.run.out)
     execution = execution_facts(plan, info, cfg.run.distributed)

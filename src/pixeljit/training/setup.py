@@ -25,12 +25,14 @@ class BatchPlan:
     bf16: bool
 
 
-def open_training_data(cfg: TrainConfig, info: dist_utils.DistInfo) -> PackedDataset:
+def open_training_data(
+    cfg: TrainConfig, info: dist_utils.DistInfo, progress: bool = True
+) -> PackedDataset:
     """The packed training set at the model's size (rank 0 packs a raw source once)."""
     m = cfg.model
     return open_dataset(
         cfg.data.source, m.image_size, m.in_channels, cfg.data.split, info.is_main,
-        lambda: dist_utils.barrier(info),
+        lambda: dist_utils.barrier(info), progress=progress,
     )  # fmt: skip
 
 
