@@ -137,6 +137,13 @@ def test_cli_writes_figure_and_tables(tmp_path, capsys):
         assert im.height > im.width > 200
     assert not list(out.glob(".*"))  # no temporary files left
     assert "toy_fig2.png" in capsys.readouterr().out
+    # a second run into the same folder would replace these results: refused without --overwrite
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "toy_table.json" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main([*argv, "--overwrite"]) == 0
 
 
 @pytest.mark.parametrize(

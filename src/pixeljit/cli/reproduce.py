@@ -62,6 +62,8 @@ def _add_toy(experiments) -> None:
         default=defaults.threads,
         help="torch threads (default 1: fastest for these tiny MLPs on a shared CPU)",
     )
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the figure and tables of an earlier run in --out")  # fmt: skip
     p.set_defaults(experiment=_run_toy)
 
 
@@ -83,7 +85,12 @@ def toy_config(
 
 def _run_toy(args) -> int:
     from pixeljit.experiments.toy import run_toy
-    from pixeljit.experiments.toy_report import measure, table_markdown, write_outputs
+    from pixeljit.experiments.toy_report import (
+        measure,
+        table_markdown,
+        toy_output_names,
+        write_outputs,
+    )
 
     check_seed("--seed", args.seed)
     check_int("--steps", args.steps)
@@ -92,6 +99,12 @@ def _run_toy(args) -> int:
         check_int("--dims", d)
     config = toy_config(args.quick, args.seed, args.steps, args.dims, args.threads)
     out = check_output("--out", args.out, folder=True, overwrite=True)  # a folder of results
+    earlier = [out / name for name in toy_output_names() if (out / name).exists()]
+    if earlier and not args.overwrite:
+        raise ValueError(
+            f"--out {out} already holds {', '.join(p.name for p in earlier)} from an earlier run: "
+            "choose another --out or pass --overwrite to replace them"
+        )
     cells = len(config.dims) * len(config.predictions)
     print(
         f"pixeljit reproduce toy: {cells} runs (D ∈ {list(config.dims)} × "

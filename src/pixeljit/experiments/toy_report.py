@@ -127,6 +127,11 @@ FIGURE_NAME = "toy_fig2.png"
 TABLE_STEM = "toy_table"
 
 
+def toy_output_names() -> tuple[str, ...]:
+    """The files `write_outputs` writes into its folder."""
+    return (FIGURE_NAME, f"{TABLE_STEM}.md", f"{TABLE_STEM}.json")
+
+
 def write_outputs(
     result: ToyResult, out_dir: str | os.PathLike, rows: list[dict] | None = None
 ) -> dict[str, Path]:
