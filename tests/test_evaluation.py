@@ -26,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A 2-step tiny run on 16-px Fashion-MNIST, and a 300-image packed reference set."""
+    """A 2-step tiny run on 16-px Fashion-MNIST, and a 300-image packed data set for the FD statistics."""
     root = tmp_path_factory.mktemp("eval")
     data = root / "data"
     prepare("fashion-mnist", 16, data, split="test", limit=300)
@@ -60,9 +60,9 @@ def test_images_do_not_depend_on_batch_size_or_ranks(setup):
 def test_streaming_scores_equal_offline_scores(setup, tmp_path):
     model = load_trained(setup / "run")
     extractor = create_extractor("fmnist-cnn")
-    from pixeljit.evaluation import reference_for
+    from pixeljit.evaluation import dataset_stats_for
 
-    ref = reference_for(str(setup / "data"), extractor, 16, 1)
+    ref = dataset_stats_for(str(setup / "data"), extractor, 16, 1)
     spec = GenerationSpec(num=40, sampler=SamplerConfig(steps=2, cfg=1.5), batch_size=16)
     online = evaluate(model, spec, extractor, ref, ("fd", "kid", "pr", "is"), save_dir=tmp_path)
     assert 0.0 <= online["class_accuracy"] <= 1.0 and online["count"] == 40
@@ -72,7 +72,7 @@ def test_streaming_scores_equal_offline_scores(setup, tmp_path):
 
 
 def test_real_images_score_far_better_than_an_untrained_model(setup, tmp_path):
-    """The floor: real test images against the reference set beat 2-step model samples."""
+    """The floor: real test images against the data set's statistics beat 2-step model samples."""
     ref = tmp_path / "ref.npz"
     assert main(["eval", "--make-ref", str(setup / "data"), "--size", "16", "--channels", "1",
                  "--extractor", "fmnist-cnn", "--out", str(ref)]) == 0  # fmt: skip

@@ -24,11 +24,11 @@ from pixeljit.diffusion.sampler import NO_GUIDANCE, SamplerConfig, check_seed, s
 from pixeljit.files.cache import cache_root
 from pixeljit.files.images import save_pngs, to_uint8
 from pixeljit.metrics import (
+    DatasetStats,
     FeatureExtractor,
-    ReferenceStats,
     ScoreConfig,
-    cached_reference_stats,
-    load_reference_stats,
+    cached_dataset_stats,
+    load_dataset_stats,
     score_images,
 )
 
@@ -140,7 +140,7 @@ def evaluate(
     model: TrainedModel,
     spec: GenerationSpec,
     extractor: FeatureExtractor,
-    ref: ReferenceStats | None,
+    ref: DatasetStats | None,
     metrics: tuple[str, ...] = ("fd", "kid", "is", "pr"),
     rank: int = 0,
     world: int = 1,
@@ -168,10 +168,10 @@ def evaluate(
     return out
 
 
-# ------------------------------------------------------------------------------ references
+# ---------------------------------------------------------------------- data-set statistics
 
 
-def reference_for(
+def dataset_stats_for(
     ref: str,
     extractor: FeatureExtractor,
     image_size: int,
@@ -179,12 +179,12 @@ def reference_for(
     split: str | None = None,
     is_main: bool = True,
     barrier=None,
-) -> ReferenceStats:
+) -> DatasetStats:
     """`ref` is a statistics `.npz` (ours, ADM's or the authors' `mu`/`sigma`) or a data set
     (packed folder, fashion-mnist, emoji, image folder) whose statistics are computed once at
     the model's size and cached."""
     if ref.endswith(".npz"):
-        return load_reference_stats(ref, extractor)
+        return load_dataset_stats(ref, extractor)
     dataset = open_dataset(ref, image_size, channels, split, is_main, barrier)
     tag = Path(dataset.folder).name
     path = cache_root() / "refstats" / f"{tag}-{extractor.name}.npz"
@@ -194,7 +194,7 @@ def reference_for(
         for start in range(0, len(dataset), batch):
             yield torch.from_numpy(dataset.slice(start, start + batch))
 
-    return cached_reference_stats(path, images, extractor)
+    return cached_dataset_stats(path, images, extractor)
 
 
 def sweep_rows(
