@@ -10,6 +10,8 @@ every EMA × every CFG scale on a few thousand samples, lowest FD wins.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -171,6 +173,19 @@ def evaluate(
 # ---------------------------------------------------------------------- data-set statistics
 
 
+STATS_DIGEST_CHARS = 16  # of the SHA-256 naming a packed set's cached statistics
+
+
+def content_digest(dataset) -> str:
+    """A digest of what a packed set holds (image shape and its shards' SHA-256, as its manifest
+    lists them): the cache key of its statistics, so two sets in folders of the same name (or
+    a folder prepared again with other images) never share cached statistics."""
+    held = {"shape": list(dataset.image_shape),
+            "shards": [s["sha256"] for s in dataset.manifest["shards"]]}  # fmt: skip
+    text = json.dumps(held, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:STATS_DIGEST_CHARS]
+
+
 def dataset_stats_for(
     ref: str,
     extractor: FeatureExtractor,
@@ -186,7 +201,7 @@ def dataset_stats_for(
     if ref.endswith(".npz"):
         return load_dataset_stats(ref, extractor)
     dataset = open_dataset(ref, image_size, channels, split, is_main, barrier)
-    tag = Path(dataset.folder).name
+    tag = f"{Path(dataset.folder).name}-{content_digest(dataset)}"
     path = cache_root() / "refstats" / f"{tag}-{extractor.name}.npz"
 
     def images():
