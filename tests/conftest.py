@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from pixeljit.data import prepare
+from pixeljit.training.config import TrainConfig, apply_overrides, get_preset
 
 # The tests run tiny tensors, where intra-op threads only add overhead, and on a loaded 2-core
 # machine they spin against each other (measured: one test 90 s with 2 threads, 2 s with 1).
@@ -34,3 +41,85 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖ in float64."""
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """`$PIXELJIT_CACHE` in a session folder: the tests never read or write the user's cache
+    (FD statistics cached there by an earlier run, or by another test, are never reused)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIXELJIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+# ------------------------------------------------------------------------- tiny training runs
+
+TINY_PRESET = "fmnist-tiny"
+# what every tiny CPU training run of the tests shares (a module adds its own on top)
+TINY_RUN = {
+    "run.device": "cpu", "run.tensorboard": False, "run.log_every": 1, "run.ckpt_every": 2,
+    "optim.global_batch": 16, "optim.steps": 2, "optim.warmup_epochs": 0.1,
+    "sample.steps": 1, "sample.per_class": 1, "sample.max_classes": 1,
+}  # fmt: skip
+FMNIST_TEST_SIZE = 16  # px: the packed Fashion-MNIST test images the runs train on
+
+
+def tiny_run(data: Path, out: Path, **overrides) -> TrainConfig:
+    """The `fmnist-tiny` preset training on `data` into `out`, sized for seconds on one CPU
+    core, with `overrides` (dotted keys, e.g. **{"optim.steps": 6}) on top of `TINY_RUN`."""
+    settings = {**TINY_RUN, "data.source": str(data), "run.out": str(out), **overrides}
+    return apply_overrides(get_preset(TINY_PRESET), settings)
+
+
+@pytest.fixture(scope="session")
+def fmnist16(tmp_path_factory):
+    """`fmnist16(limit)`: the first `limit` real Fashion-MNIST test images packed at 16 px, made
+    once per session for each `limit` (tests read the folder, never write into it)."""
+    made: dict[int, Path] = {}
+
+    def get(limit: int) -> Path:
+        if limit not in made:
+            out = tmp_path_factory.mktemp("data") / f"fmnist{FMNIST_TEST_SIZE}-{limit}"
+            prepare("fashion-mnist", FMNIST_TEST_SIZE, out, split="test", limit=limit)
+            made[limit] = out
+        return made[limit]
+
+    return get
+
+
+# ------------------------------------------------------------------ subprocesses with children
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:  # every process of the group has exited already
+        pass
+
+
+def run_group(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """`subprocess.run(cmd, capture_output=True, text=True)`, but `cmd` starts its own process
+    group and, on a timeout, an exception or a non-zero exit, the whole group is killed: the
+    children it spawned (torchrun's DDP workers) never outlive the test."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        **kwargs,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:  # the timeout, or the test interrupted
+        _kill_group(proc.pid)
+        proc.communicate()
+        raise
+    if proc.returncode != 0:
+        _kill_group(proc.pid)  # a failed launcher may leave its workers running
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def torchrun(args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --standalone --nproc_per_node=2 -m pixeljit ARGS` on
+    CPU, one thread per worker, in its own process group (see `run_group`)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "pixeljit", *args]  # fmt: skip
+    return run_group(cmd, timeout, env=env, **kwargs)

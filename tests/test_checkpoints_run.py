@@ -19,6 +19,7 @@ from pixeljit.checkpoints.run import (
     load_checkpoint,
     save_checkpoint,
 )
+from pixeljit.cli import main
 
 
 def small_state(step: int = 3) -> dict:
@@ -113,6 +114,39 @@ def test_unreadable_latest_names_the_milestones(tmp_path, damage):
     assert "\n" not in message and str(latest) in message
     assert f"--resume {tmp_path / 'step-000000006.pt'}" in message
     assert "step-000000003.pt" in message
+    # a caller whose user named the checkpoint otherwise (sample, eval, convert): no --resume
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(tmp_path, flag=None)
+    message = str(err.value)
+    assert "--" not in message and f"pass {tmp_path / 'step-000000006.pt'} instead" in message
+
+
+def deflate_members(path: Path) -> None:
+    """Rewrite a torch.save zip with every member compressed (torch.save never compresses: a
+    compressed member may inflate to any size, the shape of a zip bomb)."""
+    with zipfile.ZipFile(path) as z:
+        members = [(info.filename, z.read(info)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in members:
+            z.writestr(name, data)
+
+
+def test_a_compressed_checkpoint_is_refused_before_torch_load(tmp_path, monkeypatch, capsys):
+    latest = save_checkpoint(small_state(3), tmp_path, 3, milestone=False)
+    deflate_members(latest)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("torch.load ran on a compressed checkpoint")
+
+    monkeypatch.setattr("pixeljit.checkpoints.run.torch.load", spy)
+    with pytest.raises(ValueError, match="compressed members"):
+        load_checkpoint(tmp_path)
+    assert main(["train", "--resume", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "compressed members" in err and err.count("\n") == 1
+    assert calls == []
 
 
 def test_a_non_finite_state_is_never_written(tmp_path):

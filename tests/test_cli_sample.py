@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import pixeljit
+from conftest import tiny_run
 from pixeljit.cli import main
 from pixeljit.cli.sample import choose_labels, grid_layout
 from pixeljit.diffusion.sampler import sample
@@ -155,23 +156,15 @@ def _png_stack(folder, count: int) -> np.ndarray:
     return np.stack([np.asarray(Image.open(folder / f"{k:06d}.png")) for k in range(count)])
 
 
-def test_training_runs_sample_with_their_objective(tmp_path):
+def test_training_runs_sample_with_their_objective(tmp_path, fmnist16):
     """A v-prediction run samples as v-prediction with its own noise scale, EMA by default, in
     `pixeljit sample` and `pixeljit eval` alike (both once sampled every run as x-prediction)."""
     from pixeljit.checkpoints.load import load_trained
-    from pixeljit.data import prepare
-    from pixeljit.training.config import apply_overrides, get_preset
     from pixeljit.training.loop import train
 
-    data = tmp_path / "data"
-    prepare("fashion-mnist", 16, data, split="test", limit=64)
-    cfg = apply_overrides(get_preset("fmnist-tiny"), {
-        "data.source": str(data), "run.out": str(tmp_path / "run"), "optim.steps": 2,
-        "optim.global_batch": 16, "run.tensorboard": False, "run.device": "cpu",
-        "sample.steps": 1, "sample.per_class": 1, "objective.prediction": "v",
-        "objective.noise_scale": 0.5,
-    })  # fmt: skip
-    train(cfg, progress=False)
+    data = fmnist16(64)
+    objective = {"objective.prediction": "v", "objective.noise_scale": 0.5}
+    train(tiny_run(data, tmp_path / "run", **objective), progress=False)
     model = load_trained(tmp_path / "run")
     assert (model.prediction, model.noise_scale) == ("v", 0.5)
     assert model.class_names[0] == "T-shirt/top" and "ema:0.995" in model.description

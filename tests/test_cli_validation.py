@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import pixeljit
+from pixeljit.checkpoints.run import LATEST, save_checkpoint
 from pixeljit.cli import build_parser, main
 from pixeljit.model import JiTConfig
 
@@ -257,3 +258,30 @@ def test_flag_checker_catches_foreign_flags():
         _check_flags("sample", "pass --data-dir DIR")
     _check_flags("sample", "run `pixeljit prepare fashion-mnist --download --size 8 --out D`")
     assert math.isfinite(1.0)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "checksum"])
+@pytest.mark.parametrize(
+    "verb, argv",
+    [("sample", ["{run}", "--out", "{tmp}/s.png"]), ("eval", ["--checkpoint", "{run}"]),
+     ("convert", ["{run}", "{tmp}/o.safetensors"])],
+)  # fmt: skip
+def test_a_corrupt_latest_names_a_milestone_in_the_verbs_own_terms(
+    tmp_path, capsys, verb, argv, damage
+):
+    """The hint to use a milestone instead must not send a `sample` user to `--resume` (a flag of
+    `train` only)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    state = {"step": 3, "model": {"w": torch.zeros(2)}}
+    save_checkpoint(state, run, 3, milestone=True)
+    latest = run / LATEST
+    if damage == "truncated":
+        latest.write_bytes(latest.read_bytes()[:100])
+    else:  # readable, but the step no longer matches the checksum written with it
+        saved = torch.load(latest, weights_only=True)
+        torch.save({**saved, "step": 4}, latest)
+    args = [a.format(run=run, tmp=tmp_path) for a in argv]
+    err = _error(capsys, [verb, *args])
+    _check_flags(verb, err)
+    assert LATEST in err and f"pass {run / 'step-000000003.pt'} instead" in err

@@ -11,21 +11,25 @@ from PIL import Image
 from pixeljit.cli import main
 from pixeljit.data import PackedDataset, load_fashion_mnist, pack_arrays, prepare
 from pixeljit.data import fashion_mnist as fm
-from pixeljit.data.folders import decode_image
 from pixeljit.data.shards import MANIFEST
 from pixeljit.data.source import BadImageError
 from pixeljit.files.idx import write_idx
 
 
+def solid_colour(i: int, label: int) -> tuple[int, int, int]:
+    return (40 * i, 100 * label, 7)
+
+
 def make_classes(root, per_class: int = 3, size=(24, 18)):
-    """root/{ant,bee}/ with distinct solid RGB images; returns the files in packing order."""
+    """root/{ant,bee}/ with distinct solid RGB images; returns (file, label, colour) in packing
+    order."""
     files = []
     for label, name in enumerate(["ant", "bee"]):
         for i in range(per_class):
             path = root / name / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", size, (40 * i, 100 * label, 7)).save(path)
-            files.append((path, label))
+            Image.new("RGB", size, solid_colour(i, label)).save(path)
+            files.append((path, label, solid_colour(i, label)))
     return files
 
 
@@ -37,8 +41,11 @@ def test_prepare_folder_round_trip(tmp_path):
     data = PackedDataset(out, verify=True)
     assert len(data) == 6 and data.image_shape == (3, 8, 8)
     assert data.class_names == ["ant", "bee"] and data.num_classes == 2 and data.conditional
-    np.testing.assert_array_equal(data.labels, [y for _, y in files])
-    expected = np.stack([decode_image(p, 8, 3) for p, _ in files])
+    np.testing.assert_array_equal(data.labels, [y for _, y, _ in files])
+    # a solid image stays solid through the crop and resize: every pixel its colour, (C, H, W)
+    expected = np.stack(
+        [np.broadcast_to(np.array(c, np.uint8)[:, None, None], (3, 8, 8)) for _, _, c in files]
+    )
     np.testing.assert_array_equal(data.slice(0, 6), expected)
     order = np.array([5, 0, 3, 4, 1])  # crosses the shard boundary (4 per shard)
     np.testing.assert_array_equal(data.gather(order), expected[order])

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_run, torchrun
 from pixeljit.checkpoints.load import load_trained
 from pixeljit.cli import main
 from pixeljit.data import prepare
 from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.evaluation import GenerationSpec, balanced_labels, evaluate, generate, shard
 from pixeljit.metrics import create_extractor, score_images
-from pixeljit.training.config import apply_overrides, get_preset
 from pixeljit.training.loop import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -26,16 +23,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A 2-step tiny run on 16-px Fashion-MNIST, and a 300-image packed reference set."""
+    """A 2-step tiny run on 16-px Fashion-MNIST, and a 300-image packed set (FD statistics)."""
     root = tmp_path_factory.mktemp("eval")
-    data = root / "data"
-    prepare("fashion-mnist", 16, data, split="test", limit=300)
-    cfg = apply_overrides(get_preset("fmnist-tiny"), {
-        "data.source": str(data), "run.out": str(root / "run"), "optim.steps": 2,
-        "optim.global_batch": 16, "run.tensorboard": False, "run.device": "cpu",
-        "sample.steps": 1, "sample.per_class": 1,
-    })  # fmt: skip
-    train(cfg, progress=False)
+    prepare("fashion-mnist", 16, root / "data", split="test", limit=300)
+    train(tiny_run(root / "data", root / "run"), progress=False)
     return root
 
 
@@ -60,9 +51,9 @@ def test_images_do_not_depend_on_batch_size_or_ranks(setup):
 def test_streaming_scores_equal_offline_scores(setup, tmp_path):
     model = load_trained(setup / "run")
     extractor = create_extractor("fmnist-cnn")
-    from pixeljit.evaluation import reference_for
+    from pixeljit.evaluation import dataset_stats_for
 
-    ref = reference_for(str(setup / "data"), extractor, 16, 1)
+    ref = dataset_stats_for(str(setup / "data"), extractor, 16, 1)
     spec = GenerationSpec(num=40, sampler=SamplerConfig(steps=2, cfg=1.5), batch_size=16)
     online = evaluate(model, spec, extractor, ref, ("fd", "kid", "pr", "is"), save_dir=tmp_path)
     assert 0.0 <= online["class_accuracy"] <= 1.0 and online["count"] == 40
@@ -72,7 +63,7 @@ def test_streaming_scores_equal_offline_scores(setup, tmp_path):
 
 
 def test_real_images_score_far_better_than_an_untrained_model(setup, tmp_path):
-    """The floor: real test images against the reference set beat 2-step model samples."""
+    """The floor: real test images against the data set's statistics beat 2-step model samples."""
     ref = tmp_path / "ref.npz"
     assert main(["eval", "--make-ref", str(setup / "data"), "--size", "16", "--channels", "1",
                  "--extractor", "fmnist-cnn", "--out", str(ref)]) == 0  # fmt: skip
@@ -119,11 +110,26 @@ def test_two_ranks_score_like_one(setup, tmp_path):
     one = tmp_path / "one.json"
     assert main([*flags, "--out", str(one)]) == 0
     two = tmp_path / "two.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "pixeljit", *flags, "--out", str(two)]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun([*flags, "--out", str(two)])
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = json.loads(Path(one).read_text()), json.loads(Path(two).read_text())
     assert a["FD-FMNIST"] == pytest.approx(b["FD-FMNIST"], rel=1e-6)
     assert (a["precision"], a["recall"]) == (b["precision"], b["recall"])
+
+
+def test_sets_in_folders_of_the_same_name_never_share_cached_statistics(tmp_path):
+    """The cache of a data set's statistics was keyed by the folder's name alone: a second
+    `--ref somewhere/data` silently scored against the first `data`'s statistics."""
+    from pixeljit.data import pack_arrays
+    from pixeljit.evaluation import dataset_stats_for
+    from pixeljit.metrics import compute_dataset_stats
+
+    extractor = create_extractor("fmnist-cnn")
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 60, (20, 1, 16, 16), dtype=np.uint8)
+    bright = rng.integers(190, 256, (20, 1, 16, 16), dtype=np.uint8)
+    for parent, images in (("a", dark), ("b", bright)):
+        pack_arrays(images, tmp_path / parent / "data", np.zeros(20, np.int64))
+        got = dataset_stats_for(str(tmp_path / parent / "data"), extractor, 16, 1)
+        want = compute_dataset_stats(torch.from_numpy(images), extractor)
+        np.testing.assert_allclose(got.mu, want.mu, rtol=1e-6, atol=1e-9)

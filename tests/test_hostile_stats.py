@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixeljit.metrics import iter_folder_images, iter_npz_images, load_reference_stats
+from pixeljit.metrics import iter_folder_images, iter_npz_images, load_dataset_stats
 
 
 def _npy(shape, dtype="<f8", data: bytes = b"") -> bytes:
@@ -52,7 +52,7 @@ def test_declared_sizes_are_refused_before_loading(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("np.load ran"))
     for path in (huge_sigma, long_mu):
         with pytest.raises(ValueError, match=r"declares shape .* truncated or corrupt") as err:
-            load_reference_stats(path)
+            load_dataset_stats(path)
         assert str(path) in str(err.value)
 
 
@@ -62,11 +62,11 @@ def test_zip_bomb_and_pickles_are_refused(tmp_path):
                 {"mu": _array(mu), "sigma": _array(np.zeros((1200, 1200)))},
                 zipfile.ZIP_DEFLATED)  # fmt: skip
     with pytest.raises(ValueError, match="refusing a zip bomb"):
-        load_reference_stats(bomb)
+        load_dataset_stats(bomb)
     pickled = tmp_path / "pickled.npz"
     np.savez(pickled, mu=np.array([object()] * 4, dtype=object), sigma=np.eye(4))
     with pytest.raises(ValueError, match="holds Python objects"):
-        load_reference_stats(pickled)
+        load_dataset_stats(pickled)
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ def test_malformed_statistics_are_named(tmp_path, arrays, message):
     path = tmp_path / "stats.npz"
     np.savez(path, **arrays)
     with pytest.raises(ValueError, match=message) as err:
-        load_reference_stats(path, EXTRACTOR)
+        load_dataset_stats(path, EXTRACTOR)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -99,7 +99,7 @@ def test_good_statistics_still_load(tmp_path):
     mu, sigma = _good()
     path = tmp_path / "ok.npz"
     np.savez(path, mu=mu, sigma=sigma, count=np.int64(50), extractor=np.array("toy"))
-    ref = load_reference_stats(path, EXTRACTOR)
+    ref = load_dataset_stats(path, EXTRACTOR)
     assert ref.count == 50 and np.allclose(ref.sigma, sigma)
 
 
@@ -107,7 +107,7 @@ def test_not_a_zip_is_one_line(tmp_path):
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip file at all")
     with pytest.raises(ValueError, match="junk.npz is not a readable .npz file"):
-        load_reference_stats(junk)
+        load_dataset_stats(junk)
 
 
 @pytest.mark.parametrize(

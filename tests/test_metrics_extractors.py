@@ -10,16 +10,16 @@ from PIL import Image
 
 from pixeljit.data.fashion_mnist import load_fashion_mnist
 from pixeljit.metrics import (
+    DatasetStats,
     EffNetLite0Extractor,
     KIDConfig,
     PRConfig,
-    ReferenceStats,
     ScoreConfig,
-    cached_reference_stats,
+    cached_dataset_stats,
     class_accuracy,
-    compute_reference_stats,
-    load_reference_stats,
-    save_reference_stats,
+    compute_dataset_stats,
+    load_dataset_stats,
+    save_dataset_stats,
     score_images,
 )
 from pixeljit.metrics.effnet import (
@@ -98,7 +98,7 @@ def test_classifier_accepts_rgb_and_other_sizes(fmnist, classifier):
 def test_classifier_scores_rank_degradations(fmnist, classifier):
     images = fmnist[0]
     ref_images, other = images[:1000], images[1000:2000]
-    ref = compute_reference_stats(ref_images, classifier, batch_size=500)
+    ref = compute_dataset_stats(ref_images, classifier, batch_size=500)
     cfg = ScoreConfig(batch_size=500, kid=KIDConfig(num_subsets=20, subset_size=500))
 
     def fd(x):
@@ -147,7 +147,7 @@ def test_effnet_features_logits_and_ranking(fmnist):
     assert out.features.shape == (2, 1280) and out.logits.shape == (2, 1000)
     torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-4)
     batch = 16
-    ref = compute_reference_stats(ref_images, ext, batch_size=batch, keep_features=False)
+    ref = compute_dataset_stats(ref_images, ext, batch_size=batch, keep_features=False)
     cfg = ScoreConfig(batch_size=batch)
     clean = score_images(other, ext, ref, ("fd",), cfg)
     assert clean.as_dict()["FD-EffNetLite0"] == clean.fd  # never labelled "FID"
@@ -159,7 +159,7 @@ def test_effnet_features_logits_and_ranking(fmnist):
     assert clean.fd < fd(_shift(other, 5))  # Lite0 is nearly shift invariant: a small margin
 
 
-def test_sources_reference_files_and_cache(fmnist, classifier, tmp_path):
+def test_sources_dataset_stats_files_and_cache(fmnist, classifier, tmp_path):
     images = fmnist[0][:120]
     folder = tmp_path / "pngs"
     folder.mkdir()
@@ -170,39 +170,39 @@ def test_sources_reference_files_and_cache(fmnist, classifier, tmp_path):
     ref_path = tmp_path / "ref.npz"
     calls = []
 
-    def reference_images():
+    def dataset_images():
         calls.append(1)
         return fmnist[0][1000:1200]
 
-    ref = cached_reference_stats(ref_path, reference_images, classifier, batch_size=100)
-    again = cached_reference_stats(ref_path, reference_images, classifier)
+    ref = cached_dataset_stats(ref_path, dataset_images, classifier, batch_size=100)
+    again = cached_dataset_stats(ref_path, dataset_images, classifier)
     assert len(calls) == 1 and again.extractor == classifier.name and again.count == 200
     np.testing.assert_array_equal(again.features, ref.features)
     cfg = ScoreConfig(batch_size=50, kid=KIDConfig(num_subsets=5, subset_size=100), is_splits=2)
     scores = [score_images(src, classifier, again, cfg=cfg) for src in (images, folder, npz)]
     assert scores[0].as_dict() == scores[1].as_dict() == scores[2].as_dict()
     assert 1.0 <= scores[0].inception_score <= 10.0 and scores[0].count == 120
-    # ADM / JiT reference files carry only mu and sigma (plus ignored extras)
+    # ADM / JiT statistics files carry only mu and sigma (plus ignored extras)
     adm = tmp_path / "adm_ref.npz"
     np.savez(adm, mu=again.mu, sigma=again.sigma, mu_s=np.zeros(3), arr_0=np.zeros((1, 2, 2, 3)))
-    loaded = load_reference_stats(adm, classifier)
+    loaded = load_dataset_stats(adm, classifier)
     assert loaded.features is None and loaded.extractor is None
     assert score_images(images, classifier, loaded, ("fd",)).fd == pytest.approx(scores[0].fd)
     with pytest.raises(ValueError, match="keep_features=True"):
         score_images(images, classifier, loaded, ("kid",))
 
 
-def test_reference_mismatch_and_roundtrip(tmp_path, classifier):
+def test_dataset_stats_mismatch_and_roundtrip(tmp_path, classifier):
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((10, 128)).astype(np.float32)
-    ref = ReferenceStats(feats.mean(0), np.cov(feats, rowvar=False), 10, "other-net", feats)
-    path = save_reference_stats(tmp_path / "r.npz", ref)
-    back = load_reference_stats(path)
+    ref = DatasetStats(feats.mean(0), np.cov(feats, rowvar=False), 10, "other-net", feats)
+    path = save_dataset_stats(tmp_path / "r.npz", ref)
+    back = load_dataset_stats(path)
     np.testing.assert_array_equal(back.sigma, ref.sigma)
     assert (back.count, back.extractor) == (10, "other-net")
     with pytest.raises(ValueError, match="computed with extractor 'other-net'"):
-        load_reference_stats(path, classifier)
+        load_dataset_stats(path, classifier)
     with pytest.raises(ValueError, match="2048-d statistics"):
-        ReferenceStats(np.zeros(2048), np.eye(2048)).check_extractor(classifier)
+        DatasetStats(np.zeros(2048), np.eye(2048)).check_extractor(classifier)
     with pytest.raises(ValueError, match="PRConfig|unknown metrics"):
         ScoreConfig(metrics=("fid",), pr=PRConfig())

@@ -16,7 +16,7 @@ from pixeljit.metrics import (
     FeatureExtractor,
     KIDConfig,
     ScoreConfig,
-    compute_reference_stats,
+    compute_dataset_stats,
     score_images,
 )
 from pixeljit.metrics.stats import FeatureBank, FeatureStats, all_gather_rows
@@ -107,7 +107,7 @@ def _score_shards(rank: int | None) -> dict[str, float]:
     if rank is not None:
         ref_images = ref_images[:70] if rank == 0 else ref_images[70:]
         images = images[:90] if rank == 0 else images[90:]
-    ref = compute_reference_stats(ref_images, ext, batch_size=32)
+    ref = compute_dataset_stats(ref_images, ext, batch_size=32)
     return score_images(images, ext, ref, cfg=SCORE_CFG).as_dict()
 
 

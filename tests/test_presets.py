@@ -15,7 +15,7 @@ import torch
 import pixeljit
 from conftest import REPO_ROOT
 from pixeljit.cli.demo import demo_config
-from pixeljit.training.config import get_preset
+from pixeljit.training.config import get_preset, presets
 
 # Tab. 9: depth, hidden size, heads, bottleneck, dropout, in-context start block; SwiGLU hidden
 # int(4·D·2/3) as listed in paper_facts §5e; dropout on blocks depth/4 ≤ i < 3·depth/4 (H, G)
@@ -54,6 +54,9 @@ AUTHORS_PARAMS = {
 PAPER_MILLIONS = {"JiT-B/64": 141, "JiT-G/16": 2000, "JiT-G/32": 2000}
 
 PAPER_PRESETS = [f"jit-{s}-{p}" for s in TABLE_9 for p in IMAGE_SIZE]
+# README, "Presets": "CPU-sized ones `fmnist-cpu`, `fmnist-small`, `fmnist-tiny`, `emoji-cpu`"
+CPU_PRESETS = ["fmnist-cpu", "fmnist-small", "fmnist-tiny", "emoji-cpu"]
+CPU_SIZED_MAX_PARAMS = 5_000_000  # a few minutes per thousand steps on a laptop CPU
 
 
 @pytest.mark.parametrize("name", PAPER_PRESETS)
@@ -135,3 +138,14 @@ def test_demo_settings_are_the_readme_ones():
     gpu = demo_config("runs/demo", None, "cuda")
     assert (gpu.model.depth, gpu.model.hidden_size) == (8, 384)
     assert (gpu.optim.global_batch, gpu.optim.steps) == (256, 4000)
+
+
+def test_the_presets_are_the_papers_and_the_readmes_cpu_ones():
+    assert sorted(presets()) == sorted(PAPER_PRESETS + CPU_PRESETS)
+
+
+@pytest.mark.parametrize("name", CPU_PRESETS)
+def test_cpu_presets_build_and_are_cpu_sized(name):
+    cfg = get_preset(name)
+    net = pixeljit.JiT(cfg.model)  # really built: a CPU preset must fit in memory
+    assert 0 < pixeljit.count_parameters(net) < CPU_SIZED_MAX_PARAMS

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_run
 from pixeljit.checkpoints.run import LATEST, load_checkpoint
 from pixeljit.cli import main
-from pixeljit.data import prepare
 from pixeljit.training import rundir
-from pixeljit.training.config import RunConfig, apply_overrides, get_preset
+from pixeljit.training.config import RunConfig
 from pixeljit.training.loop import train
 from pixeljit.training.resume import INEXACT, LOGISTICAL, RECIPE_RUN, RESOLVED, field_class
 from pixeljit.training.rundir import RunLock, run_files, sweep_temporaries
@@ -26,21 +26,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "fmnist16"
-    prepare("fashion-mnist", 16, out, split="test", limit=64)
-    return out
+def packed(fmnist16) -> Path:
+    return fmnist16(64)
 
 
 def tiny(data: Path, out: Path, **overrides):
-    settings = {
-        "data.source": str(data), "run.out": str(out), "run.log_every": 1,
-        "run.ckpt_every": 2, "run.tensorboard": False, "run.device": "cpu",
-        "optim.global_batch": 8, "optim.steps": 2, "optim.warmup_epochs": 0.0,
-        "sample.steps": 1, "sample.per_class": 1, "sample.max_classes": 1,
-    }  # fmt: skip
-    settings.update(overrides)
-    return apply_overrides(get_preset("fmnist-tiny"), settings)
+    """The shared tiny run at batch 8 (8 steps an epoch), no warm-up."""
+    return tiny_run(data, out, **{"optim.global_batch": 8, "optim.warmup_epochs": 0.0, **overrides})
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

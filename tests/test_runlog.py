@@ -12,8 +12,7 @@ import pytest
 # a hard import, never a skip: the `test` extra installs tensorboard (pyproject.toml)
 from tensorboard.backend.event_processing import event_accumulator
 
-from pixeljit.data import prepare
-from pixeljit.training.config import apply_overrides, get_preset
+from conftest import tiny_run
 from pixeljit.training.loop import train
 from pixeljit.training.runlog import METRICS_FILE, TENSORBOARD_FOLDER, RunLog, read_metrics
 
@@ -46,21 +45,13 @@ def assert_same_series(events: dict, expected: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "fm16"
-    prepare("fashion-mnist", 16, out, split="test", limit=64)
-    return out
+def data(fmnist16) -> Path:
+    return fmnist16(64)
 
 
 def config(data: Path, out: Path, **overrides):
-    settings = {
-        "data.source": str(data), "run.out": str(out), "run.device": "cpu",
-        "run.tensorboard": True, "run.log_every": 1, "run.ckpt_every": 2,
-        "optim.global_batch": 16, "optim.steps": 4, "optim.warmup_epochs": 0.1,
-        "sample.steps": 1, "sample.per_class": 1, "sample.max_classes": 1,
-    }  # fmt: skip
-    settings.update(overrides)
-    return apply_overrides(get_preset("fmnist-tiny"), settings)
+    """The shared tiny run, 4 steps, with TensorBoard on."""
+    return tiny_run(data, out, **{"run.tensorboard": True, "optim.steps": 4, **overrides})
 
 
 def test_training_writes_tensorboard_scalars_equal_to_jsonl(data, tmp_path):

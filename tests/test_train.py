@@ -1,54 +1,40 @@
-"""The training engine on CPU: learning, bit-exact resume, DDP equivalence, errors, presets."""
+"""The training engine on CPU: learning, bit-exact resume, DDP equivalence, errors (the
+presets are checked against the paper in test_presets.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import pixeljit
+from conftest import tiny_run, torchrun
 from pixeljit.checkpoints.run import load_checkpoint
-from pixeljit.data import prepare
 from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss
-from pixeljit.training.config import apply_overrides, get_preset, presets
+from pixeljit.training.config import apply_overrides, get_preset
 from pixeljit.training.loop import learning_rate, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory) -> Path:
-    """256 real Fashion-MNIST test images at 16 px, packed."""
-    out = tmp_path_factory.mktemp("data") / "fmnist16"
-    prepare("fashion-mnist", 16, out, split="test", limit=256)
-    return out
+def packed(fmnist16) -> Path:
+    return fmnist16(256)
+
+
+# longer than the shared tiny run: two checkpoints, previews of two classes, dropout on (its
+# masks must replay exactly too)
+TRAIN_RUN = {
+    "run.log_every": 2, "run.ckpt_every": 3, "optim.steps": 6, "sample.steps": 2,
+    "sample.max_classes": 2, "model.dropout": 0.1,
+}  # fmt: skip
 
 
 def tiny_config(data: Path, out: Path, **overrides):
-    cfg = get_preset("fmnist-tiny")
-    settings = {
-        "data.source": str(data),
-        "run.out": str(out),
-        "run.log_every": 2,
-        "run.ckpt_every": 3,
-        "run.tensorboard": False,
-        "run.device": "cpu",
-        "optim.global_batch": 16,
-        "optim.steps": 6,
-        "optim.warmup_epochs": 0.1,
-        "sample.steps": 2,
-        "sample.per_class": 1,
-        "sample.max_classes": 2,
-        "model.dropout": 0.1,  # dropout on: its masks must replay exactly too
-    }
-    settings.update(overrides)
-    return apply_overrides(cfg, settings)
+    return tiny_run(data, out, **{**TRAIN_RUN, **overrides})
 
 
 def states_equal(a: dict, b: dict) -> bool:
@@ -162,34 +148,6 @@ def test_nan_stops_and_keeps_last_good_checkpoint(packed, tmp_path, monkeypatch,
     assert not list(tmp_path.glob("step-*.pt"))
 
 
-def test_presets_build_and_match_registry(reference):
-    counts = reference["param_counts"]
-    for name in presets():
-        cfg = get_preset(name)
-        with torch.device("meta"):
-            net = pixeljit.JiT(cfg.model)  # meta: JiT-G/64 needs no memory
-        if name.startswith("jit-"):
-            size, patch = name.split("-")[1:]
-            registry = f"JiT-{size.upper()}/{patch}"
-            assert cfg.model == pixeljit.model_config(registry)
-            if registry in counts:
-                assert pixeljit.count_parameters(net) == counts[registry]
-            assert cfg.optim.global_batch == 1024 and cfg.optim.betas == (0.9, 0.95)
-            assert cfg.optim.ema_decays == (0.9996, 0.9998, 0.9999)
-            assert cfg.objective.noise_scale == cfg.model.image_size / 256
-            assert (cfg.objective.p_mean, cfg.objective.label_drop) == (-0.8, 0.1)
-            assert cfg.model.dropout == (0.2 if size in "hg" else 0.0)
-        else:
-            assert 0 < pixeljit.count_parameters(net) < 5e6  # CPU-sized
-
-
-def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "pixeljit", "train", *args]  # fmt: skip
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
 def common_flags(packed: Path, out: Path, steps: int) -> list[str]:
     sets = ["run.log_every=2", "run.ckpt_every=3", "run.tensorboard=false", "run.device=cpu",
             "sample.steps=2", "sample.per_class=1", "sample.max_classes=2",
@@ -205,17 +163,17 @@ def test_two_process_ddp_equals_one_process_and_resumes_exactly_also_under_fsdp(
     # one process, micro-batch 8 × 2 accumulation steps = the same global batch of 16
     single = tiny_config(packed, tmp_path / "single", **{"optim.micro_batch": 8})
     train(single, progress=False)
-    done = torchrun(common_flags(packed, tmp_path / "ddp", 6), tmp_path)
+    done = torchrun(["train", *common_flags(packed, tmp_path / "ddp", 6)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = load_checkpoint(tmp_path / "single"), load_checkpoint(tmp_path / "ddp")
     for key, value in one["model"].items():
         assert torch.allclose(value, two["model"][key], rtol=1e-4, atol=1e-6), key
     # 3 steps, stop, resume 3 more under DDP: bit-identical to 6 straight under DDP
-    part = torchrun(common_flags(packed, tmp_path / "ddp2", 3), tmp_path)
+    part = torchrun(["train", *common_flags(packed, tmp_path / "ddp2", 3)], cwd=tmp_path)
     assert part.returncode == 0, part.stderr[-3000:]
     shutil.copytree(tmp_path / "ddp2", tmp_path / "fsdp")
     flags = common_flags(packed, tmp_path / "ddp2", 6) + ["--resume", str(tmp_path / "ddp2")]
-    rest = torchrun(flags, tmp_path)
+    rest = torchrun(["train", *flags], cwd=tmp_path)
     assert rest.returncode == 0, rest.stderr[-3000:]
     three = load_checkpoint(tmp_path / "ddp2")
     assert states_equal(two["model"], three["model"])
@@ -224,7 +182,7 @@ def test_two_process_ddp_equals_one_process_and_resumes_exactly_also_under_fsdp(
         "--resume", str(tmp_path / "fsdp"), "--set", "run.distributed=fsdp",
         "--allow-inexact-resume",  # FSDP2 reduces gradients in another order than DDP
     ]  # fmt: skip
-    sharded = torchrun(flags, tmp_path)
+    sharded = torchrun(["train", *flags], cwd=tmp_path)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     four = load_checkpoint(tmp_path / "fsdp")
     for key, value in two["model"].items():

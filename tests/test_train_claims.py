@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_run
 from pixeljit.checkpoints.run import load_checkpoint
-from pixeljit.data import prepare
-from pixeljit.training.config import apply_overrides, get_preset
 from pixeljit.training.loop import train
 from pixeljit.training.runlog import METRICS_FILE, read_metrics
 
@@ -20,21 +19,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "fm16"
-    prepare("fashion-mnist", 16, out, split="test", limit=64)
-    return out
+def data(fmnist16) -> Path:
+    return fmnist16(64)
 
 
 def config(data: Path, out: Path, **overrides):
-    settings = {
-        "data.source": str(data), "run.out": str(out), "run.device": "cpu",
-        "run.tensorboard": False, "run.log_every": 1, "run.ckpt_every": 1,
-        "optim.global_batch": 16, "optim.steps": 2, "optim.warmup_epochs": 0.1,
-        "sample.steps": 1, "sample.per_class": 1, "sample.max_classes": 1,
-    }  # fmt: skip
-    settings.update(overrides)
-    return apply_overrides(get_preset("fmnist-tiny"), settings)
+    """The shared tiny run with a checkpoint every step."""
+    return tiny_run(data, out, **{"run.ckpt_every": 1, **overrides})
 
 
 def test_resume_accepts_new_run_settings_and_length(data, tmp_path):

@@ -10,6 +10,8 @@ every EMA × every CFG scale on a few thousand samples, lowest FD wins.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -24,11 +26,11 @@ from pixeljit.diffusion.sampler import NO_GUIDANCE, SamplerConfig, check_seed, s
 from pixeljit.files.cache import cache_root
 from pixeljit.files.images import save_pngs, to_uint8
 from pixeljit.metrics import (
+    DatasetStats,
     FeatureExtractor,
-    ReferenceStats,
     ScoreConfig,
-    cached_reference_stats,
-    load_reference_stats,
+    cached_dataset_stats,
+    load_dataset_stats,
     score_images,
 )
 
@@ -140,7 +142,7 @@ def evaluate(
     model: TrainedModel,
     spec: GenerationSpec,
     extractor: FeatureExtractor,
-    ref: ReferenceStats | None,
+    ref: DatasetStats | None,
     metrics: tuple[str, ...] = ("fd", "kid", "is", "pr"),
     rank: int = 0,
     world: int = 1,
@@ -168,10 +170,23 @@ def evaluate(
     return out
 
 
-# ------------------------------------------------------------------------------ references
+# ---------------------------------------------------------------------- data-set statistics
 
 
-def reference_for(
+STATS_DIGEST_CHARS = 16  # of the SHA-256 naming a packed set's cached statistics
+
+
+def content_digest(dataset) -> str:
+    """A digest of what a packed set holds (image shape and its shards' SHA-256, as its manifest
+    lists them): the cache key of its statistics, so two sets in folders of the same name (or
+    a folder prepared again with other images) never share cached statistics."""
+    held = {"shape": list(dataset.image_shape),
+            "shards": [s["sha256"] for s in dataset.manifest["shards"]]}  # fmt: skip
+    text = json.dumps(held, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:STATS_DIGEST_CHARS]
+
+
+def dataset_stats_for(
     ref: str,
     extractor: FeatureExtractor,
     image_size: int,
@@ -179,14 +194,14 @@ def reference_for(
     split: str | None = None,
     is_main: bool = True,
     barrier=None,
-) -> ReferenceStats:
+) -> DatasetStats:
     """`ref` is a statistics `.npz` (ours, ADM's or the authors' `mu`/`sigma`) or a data set
     (packed folder, fashion-mnist, emoji, image folder) whose statistics are computed once at
     the model's size and cached."""
     if ref.endswith(".npz"):
-        return load_reference_stats(ref, extractor)
+        return load_dataset_stats(ref, extractor)
     dataset = open_dataset(ref, image_size, channels, split, is_main, barrier)
-    tag = Path(dataset.folder).name
+    tag = f"{Path(dataset.folder).name}-{content_digest(dataset)}"
     path = cache_root() / "refstats" / f"{tag}-{extractor.name}.npz"
 
     def images():
@@ -194,7 +209,7 @@ def reference_for(
         for start in range(0, len(dataset), batch):
             yield torch.from_numpy(dataset.slice(start, start + batch))
 
-    return cached_reference_stats(path, images, extractor)
+    return cached_dataset_stats(path, images, extractor)
 
 
 def sweep_rows(

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from pixeljit.checkpoints.authors import CHECKPOINT_FILENAME, WEIGHT_ENTRIES, load_reference
-from pixeljit.checkpoints.run import LATEST, find_checkpoint, load_checkpoint
+from pixeljit.checkpoints.run import LATEST, load_checkpoint
 from pixeljit.checkpoints.safetensors_io import load_safetensors_with_meta, save_safetensors
-from pixeljit.checkpoints.weights import build_loaded, check_torch_zip
+from pixeljit.checkpoints.weights import build_loaded
 from pixeljit.diffusion.objective import BASE_RESOLUTION, PRECONDITIONERS, PREDICTIONS
 from pixeljit.model import JiT, JiTConfig
 
@@ -152,9 +152,8 @@ def _run_state(ckpt: dict, file, weights: str) -> tuple[dict, str]:
 
 def run_ema_decays(source: str | os.PathLike) -> list[float]:
     """The EMA decays a pixeljit training run keeps (to compare them all)."""
-    file = find_checkpoint(source)
-    check_torch_zip(file)
-    ckpt = load_checkpoint(file)
+    ckpt = load_checkpoint(source, flag=None)  # sample / eval / convert have no --resume
+    file = ckpt["path"]
     try:
         return [float(d) for d in ckpt["ema"]["decays"]]
     except (KeyError, TypeError, ValueError) as err:
@@ -162,9 +161,9 @@ def run_ema_decays(source: str | os.PathLike) -> list[float]:
 
 
 def _load_run(source, weights: str, device, overrides) -> TrainedModel:
-    file = find_checkpoint(source)
-    file_bytes = check_torch_zip(file)  # bounds what torch.load allocates
-    ckpt = load_checkpoint(file)
+    ckpt = load_checkpoint(source, flag=None)  # its zip layout is bounded before torch.load
+    file = Path(ckpt["path"])
+    file_bytes = file.stat().st_size  # bounds the tensors the file may declare
     try:
         cfg = ckpt["config"]
         fields = {**cfg["model"], **overrides}

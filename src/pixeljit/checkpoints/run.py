@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from pixeljit.checkpoints.weights import check_torch_zip
 from pixeljit.files.atomic import atomic_write, temp_sibling
 
 LATEST = "latest.pt"
@@ -34,6 +35,7 @@ OTHER_FIELDS = "<non-tensor fields>"  # the checksum entry covering everything b
 SAVE_OVERHEAD_BYTES = 1 << 20  # pickled config, names, zip headers (an estimate)
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 MAX_LISTED = 5
+RESUME_FLAG = "--resume"  # the flag of `pixeljit train` that names a checkpoint to continue
 
 
 class NonFiniteStateError(ValueError):
@@ -88,7 +90,7 @@ def checksums(state: dict) -> dict[str, str]:
     return out
 
 
-def verify_checksums(state: dict, file: Path) -> None:
+def verify_checksums(state: dict, file: Path, flag: str | None = RESUME_FLAG) -> None:
     saved = state.get(CHECKSUM_KEY)
     if saved is None:
         warnings.warn(
@@ -101,7 +103,7 @@ def verify_checksums(state: dict, file: Path) -> None:
     if bad:
         shown = ", ".join(bad[:MAX_LISTED]) + (" …" if len(bad) > MAX_LISTED else "")
         raise ValueError(
-            f"checkpoint {file} is corrupt: checksum mismatch in {shown}{_alternatives(file)}"
+            f"checkpoint {file} is corrupt: checksum mismatch in {shown}{_alternatives(file, flag)}"
         )
 
 
@@ -163,11 +165,14 @@ def milestones(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if MILESTONE_RE.search(p.name))
 
 
-def find_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file from a run folder (its latest.pt) or a file; never a silent fresh start."""
+def find_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> Path:
+    """A checkpoint file from a run folder (its latest.pt) or a file; never a silent fresh start.
+    `flag`: the command-line flag that named `path` (messages name it), None for a library call
+    or a positional argument."""
     path = Path(path)
+    named = f"{flag} {path}" if flag else f"checkpoint {path}"
     if not path.exists():
-        raise FileNotFoundError(f"--resume {path}: no such file or folder")
+        raise FileNotFoundError(f"{named}: no such file or folder")
     if path.is_dir():
         latest = path / LATEST
         if latest.is_file():
@@ -176,39 +181,45 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         if found:
             return found[-1]
         raise FileNotFoundError(
-            f"--resume {path}: the folder holds no checkpoint ({LATEST} or step-*.pt); "
-            "point --resume at a run folder or a checkpoint file"
+            f"{named}: the folder holds no checkpoint ({LATEST} or step-*.pt); "
+            "name a run folder or a checkpoint file"
         )
     return path
 
 
-def _alternatives(file: Path) -> str:
-    """'; resume from a milestone instead: …' naming the other step-*.pt beside `file`."""
+def _alternatives(file: Path, flag: str | None = RESUME_FLAG) -> str:
+    """'; … a milestone instead: …' naming the other step-*.pt beside `file`; with `flag` (the
+    flag that named `file`) worded as that flag, else as a path to pass instead."""
     others = [p for p in milestones(file.parent) if p.name != file.name]
     if not others:
-        return "; no step-*.pt milestone beside it to resume from instead"
+        return "; no step-*.pt milestone beside it to load instead"
     newest = others[::-1][:MAX_LISTED]
+    use = f"e.g. {flag} {newest[0]}" if flag else f"pass {newest[0]} instead"
     return (
-        f"; resume from a milestone instead, e.g. --resume {newest[0]}"
+        f"; a milestone beside it may be intact: {use}"
         f" (milestones here: {', '.join(p.name for p in newest)})"
     )
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    file = find_checkpoint(path)
+def load_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> dict:
+    """A training checkpoint (run folder or file), its zip layout bounded before `torch.load` reads
+    it and its checksums verified. `flag`: as for `find_checkpoint` (messages name it)."""
+    file = find_checkpoint(path, flag)
     try:
+        check_torch_zip(file)  # a compressed or oversized member is refused before torch.load
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
         first = (str(err).strip().splitlines() or [""])[0]
         raise ValueError(
-            f"could not read checkpoint {file} ({type(err).__name__}: {first}){_alternatives(file)}"
+            f"could not read checkpoint {file} ({type(err).__name__}: {first})"
+            f"{_alternatives(file, flag)}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(
             f"{file} is not a pixeljit training checkpoint (an authors' checkpoint-last.pth loads "
             "with pixeljit.load_reference instead)"
         )
-    verify_checksums(state, file)
+    verify_checksums(state, file, flag)
     state["path"] = str(file)
     return state
 

@@ -143,7 +143,7 @@ def run(args) -> int:
 def _run(args, info) -> int:
     from pixeljit.checkpoints.load import load_trained
     from pixeljit.evaluation import GenerationSpec, evaluate, sweep_rows
-    from pixeljit.metrics import save_reference_stats, score_images
+    from pixeljit.metrics import save_dataset_stats, score_images
     from pixeljit.training import distributed as dist_utils
 
     barrier = lambda: dist_utils.barrier(info)  # noqa: E731
@@ -154,10 +154,10 @@ def _run(args, info) -> int:
         extractor = _extractor(args.extractor, args.channels, 10, args.inception_weights,
                                info.device)  # fmt: skip
         if args.make_ref:
-            ref = _reference("--make-ref", args.make_ref, extractor, args.size, args.channels,
+            ref = _dataset_stats("--make-ref", args.make_ref, extractor, args.size, args.channels,
                              args.ref_split, info, barrier)  # fmt: skip
             if info.is_main:
-                save_reference_stats(args.out, ref)
+                save_dataset_stats(args.out, ref)
             say(f"reference statistics of {args.make_ref} ({ref.count} images, "
                 f"{extractor.name}) → {args.out}")  # fmt: skip
             return 0
@@ -206,17 +206,19 @@ def _ref(args, extractor, size, channels, info, barrier):
         return None
     if not args.ref:
         raise ValueError(f"metrics {sorted(needs_ref)} need --ref (statistics .npz or a data set)")
-    return _reference("--ref", args.ref, extractor, size, channels, args.ref_split, info, barrier)
+    return _dataset_stats(
+        "--ref", args.ref, extractor, size, channels, args.ref_split, info, barrier
+    )
 
 
-def _reference(flag, ref, extractor, size, channels, split, info, barrier):
-    """reference_for, with a missing built-in data set explained in this verb's terms (the
+def _dataset_stats(flag, ref, extractor, size, channels, split, info, barrier):
+    """dataset_stats_for, with a missing built-in data set explained in this verb's terms (the
     library's own hint names the Python API and `pixeljit prepare`'s flags)."""
     from pixeljit.data.open import BUILTIN_SOURCES
-    from pixeljit.evaluation import reference_for
+    from pixeljit.evaluation import dataset_stats_for
 
     try:
-        return reference_for(ref, extractor, size, channels, split, info.is_main, barrier)
+        return dataset_stats_for(ref, extractor, size, channels, split, info.is_main, barrier)
     except FileNotFoundError as err:
         if ref not in BUILTIN_SOURCES:
             raise

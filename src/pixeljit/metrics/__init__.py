@@ -2,7 +2,7 @@
 
 Flow: uint8 images (N, C, H, W) → a `FeatureExtractor` → `FeatureStats` (moments, for FD) and a
 `FeatureBank` (kept features, for KID / PR) and logits (IS) → distances against
-`ReferenceStats` (cached `.npz`, ADM / JiT compatible).
+`DatasetStats` (cached `.npz`, ADM / JiT compatible).
 
 Extractors:
 - `InceptionExtractor`: the standard FID InceptionV3 (user-supplied / downloaded TF-ported
@@ -13,11 +13,11 @@ Extractors:
 """
 
 from .dataset_stats import (
-    ReferenceStats,
-    cached_reference_stats,
-    compute_reference_stats,
-    load_reference_stats,
-    save_reference_stats,
+    DatasetStats,
+    cached_dataset_stats,
+    compute_dataset_stats,
+    load_dataset_stats,
+    save_dataset_stats,
 )
 from .distances import (
     KIDConfig,
@@ -77,12 +77,12 @@ __all__ = [
     "InceptionExtractor",
     "KIDConfig",
     "PRConfig",
-    "ReferenceStats",
+    "DatasetStats",
     "ScoreConfig",
     "Scores",
-    "cached_reference_stats",
+    "cached_dataset_stats",
     "class_accuracy",
-    "compute_reference_stats",
+    "compute_dataset_stats",
     "create_extractor",
     "frechet_distance",
     "inception_score",
@@ -93,10 +93,10 @@ __all__ = [
     "load_classifier",
     "load_fid_inception",
     "load_images",
-    "load_reference_stats",
+    "load_dataset_stats",
     "precision_recall",
     "resolve_inception_weights",
-    "save_reference_stats",
+    "save_dataset_stats",
     "score_images",
     "train_classifier",
     "trace_sqrt_product",

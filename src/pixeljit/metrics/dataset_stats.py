@@ -1,10 +1,12 @@
-"""Reference statistics of a dataset: computed once, cached as `.npz`, read in ADM/JiT format.
+"""FD statistics of a data set (`DatasetStats`): computed once, cached as `.npz`, read in
+ADM / JiT format.
 
 File format (a superset of the ADM evaluator's and the JiT authors' `jit_in{256,512}_stats.npz`):
     mu (d,) float64, sigma (d, d) float64       — required; all these tools read/write them
     count () int64, extractor () str            — optional; written by pixeljit
     features (M, d) float32                     — optional; needed for KID and precision/recall
-ADM reference batches also hold `arr_0` images and spatial `mu_s`/`sigma_s`: they are ignored.
+ADM's "reference batches" (their name for such files) also hold `arr_0` images and spatial
+`mu_s`/`sigma_s`: they are ignored.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ SYMMETRY_TOLERANCE = 1e-6  # max |sigma − sigmaᵀ| relative to max |sigma|
 
 
 @dataclass
-class ReferenceStats:
-    """Moments (and optionally kept features) of a reference set under one extractor."""
+class DatasetStats:
+    """Moments (and optionally kept features) of a data set under one extractor."""
 
     mu: np.ndarray  # (d,) float64
     sigma: np.ndarray  # (d, d) float64
@@ -42,7 +44,7 @@ class ReferenceStats:
     _sqrt_sigma: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def sqrt_sigma(self) -> np.ndarray:
-        """√sigma (d, d) float64, computed once (FD against this reference reuses it)."""
+        """√sigma (d, d) float64, computed once (every FD against these statistics reuses it)."""
         if self._sqrt_sigma is None:
             self._sqrt_sigma = sqrt_psd(self.sigma)
         return self._sqrt_sigma
@@ -64,7 +66,9 @@ class ReferenceStats:
     def dim(self) -> int:
         return self.mu.shape[0]
 
-    def check_extractor(self, extractor: FeatureExtractor, source: str = "reference") -> None:
+    def check_extractor(
+        self, extractor: FeatureExtractor, source: str = "data-set statistics"
+    ) -> None:
         """ValueError when these statistics were made by a different extractor."""
         if self.dim != extractor.dim:
             raise ValueError(
@@ -77,7 +81,7 @@ class ReferenceStats:
             )
 
 
-def save_reference_stats(path: str | os.PathLike, ref: ReferenceStats) -> Path:
+def save_dataset_stats(path: str | os.PathLike, ref: DatasetStats) -> Path:
     """Write `ref` as `.npz` atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +135,7 @@ def _check_stats_headers(path: Path, headers: dict, extractor: FeatureExtractor 
             raise ValueError(f"{path}: extractor must be a short text scalar, got {head.dtype}")
 
 
-def _check_values(path: Path, ref: ReferenceStats) -> None:
+def _check_values(path: Path, ref: DatasetStats) -> None:
     """Finite moments, a symmetric covariance; finite kept features."""
     for key in ("mu", "sigma", "features"):
         value = getattr(ref, key)
@@ -147,9 +151,9 @@ def _check_values(path: Path, ref: ReferenceStats) -> None:
         raise ValueError(f"{path}: count must be ≥ 0, got {ref.count}")
 
 
-def load_reference_stats(
+def load_dataset_stats(
     path: str | os.PathLike, extractor: FeatureExtractor | None = None
-) -> ReferenceStats:
+) -> DatasetStats:
     """Read statistics written by pixeljit, the ADM evaluator or the JiT authors (`mu`, `sigma`).
 
     The arrays' headers are checked (keys, dtypes, shapes, the extractor's dimension, declared
@@ -157,11 +161,11 @@ def load_reference_stats(
     symmetric covariance). Pickled objects are never read."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"reference statistics {path} not found")
+        raise FileNotFoundError(f"data-set statistics {path} not found")
     _check_stats_headers(path, npz_headers(path), extractor)
     try:
         with np.load(path, allow_pickle=False) as data:
-            ref = ReferenceStats(
+            ref = DatasetStats(
                 mu=data["mu"],
                 sigma=data["sigma"],
                 count=int(data["count"]) if "count" in data else None,
@@ -176,14 +180,14 @@ def load_reference_stats(
     return ref
 
 
-def compute_reference_stats(
+def compute_dataset_stats(
     images: ImageSource,
     extractor: FeatureExtractor,
     batch_size: int = DEFAULT_BATCH,
     keep_features: bool = True,
     bank_capacity: int | None = None,
     seed: int = 0,
-) -> ReferenceStats:
+) -> DatasetStats:
     """Moments (and by default the features, for KID / PR) of a set of uint8 images.
 
     Under torch.distributed each rank passes its own shard; the result covers all ranks.
@@ -198,18 +202,18 @@ def compute_reference_stats(
             bank.add(feats)
     stats.all_reduce()
     if stats.count < 2:
-        raise ValueError(f"reference statistics need at least 2 images, got {stats.count}")
+        raise ValueError(f"data-set statistics need at least 2 images, got {stats.count}")
     mu, sigma = stats.mu_sigma()
     features = bank.all_gather(extractor.device).cpu().numpy() if bank is not None else None
-    return ReferenceStats(mu, sigma, stats.count, extractor.name, features)
+    return DatasetStats(mu, sigma, stats.count, extractor.name, features)
 
 
-def cached_reference_stats(
+def cached_dataset_stats(
     path: str | os.PathLike,
     images: Callable[[], ImageSource],
     extractor: FeatureExtractor,
     **compute_kwargs,
-) -> ReferenceStats:
+) -> DatasetStats:
     """Load `path` if it holds statistics of this extractor, else compute and write them.
 
     `images` is called only when computing (so an expensive dataset is opened only if needed).
@@ -217,8 +221,8 @@ def cached_reference_stats(
     """
     path = Path(path)
     if path.is_file():
-        return load_reference_stats(path, extractor)
-    ref = compute_reference_stats(images(), extractor, **compute_kwargs)
+        return load_dataset_stats(path, extractor)
+    ref = compute_dataset_stats(images(), extractor, **compute_kwargs)
     if not distributed_active() or dist.get_rank() == 0:
-        save_reference_stats(path, ref)
+        save_dataset_stats(path, ref)
     return ref

@@ -1,4 +1,4 @@
-"""Scoring entry points for the CLI: images + extractor + reference → FD / KID / IS / PR.
+"""Scoring entry points for the CLI: images + extractor + data-set statistics → FD / KID / IS / PR.
 
 One pass over the images feeds the streaming moments (FD), the feature bank (KID, PR) and the
 logits (IS). Under torch.distributed each rank passes its shard of images and every rank gets
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .dataset_stats import ReferenceStats
+from .dataset_stats import DatasetStats
 from .distances import (
     KIDConfig,
     PRConfig,
@@ -79,12 +79,12 @@ class Scores:
         return out
 
 
-def _reference_features(ref: ReferenceStats, what: str) -> torch.Tensor:
+def _dataset_features(ref: DatasetStats, what: str) -> torch.Tensor:
     if ref.features is None:
         raise ValueError(
-            f"{what} needs reference features, but the reference statistics hold only mu/sigma "
-            "(as ADM / JiT .npz files do); compute them from the reference images with "
-            "compute_reference_stats(..., keep_features=True), or drop the metric"
+            f"{what} needs the data set's features, but its statistics hold only mu/sigma "
+            "(as ADM / JiT .npz files do); compute them from the data set's images with "
+            "compute_dataset_stats(..., keep_features=True), or drop the metric"
         )
     return torch.from_numpy(ref.features)
 
@@ -92,7 +92,7 @@ def _reference_features(ref: ReferenceStats, what: str) -> torch.Tensor:
 def score_images(
     images: ImageSource,
     extractor: FeatureExtractor,
-    ref: ReferenceStats | None,
+    ref: DatasetStats | None,
     metrics: tuple[str, ...] | None = None,
     cfg: ScoreConfig | None = None,
 ) -> Scores:
@@ -107,7 +107,7 @@ def score_images(
     needs_ref = {"fd", "kid", "pr"} & set(wanted)
     if needs_ref:
         if ref is None:
-            raise ValueError(f"metrics {sorted(needs_ref)} need reference statistics")
+            raise ValueError(f"metrics {sorted(needs_ref)} need data-set statistics")
         ref.check_extractor(extractor)
     if "is" in wanted and extractor.num_classes == 0:
         raise ValueError(f"IS needs class logits; extractor {extractor.name!r} has none")
@@ -129,10 +129,10 @@ def score_images(
     if bank is not None:
         fake = bank.all_gather(extractor.device)  # KID / PR run where the extractor runs
         if "kid" in wanted:
-            real = _reference_features(ref, "KID").to(extractor.device)
+            real = _dataset_features(ref, "KID").to(extractor.device)
             scores.kid, scores.kid_std = kernel_inception_distance(fake, real, cfg.kid)
         if "pr" in wanted:
-            real = _reference_features(ref, "precision/recall").to(extractor.device)
+            real = _dataset_features(ref, "precision/recall").to(extractor.device)
             scores.precision, scores.recall = precision_recall(real, fake, cfg.pr)
     if "is" in wanted:
         all_logits = all_gather_rows(torch.cat(logits).to(extractor.device)).cpu()
