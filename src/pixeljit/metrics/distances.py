@@ -45,7 +45,7 @@ def trace_sqrt_product(
     their square roots: one symmetric eigenvalue solve, no general (non-symmetric) sqrtm.
     Eigenvalues under the round-off floor count as 0, so identical rank-deficient covariances
     give FD ≈ 0 to ε·tr Σ. `sqrt_sigma2`, if given, is a precomputed `sqrt_psd(sigma2)`
-    (reference statistics cache theirs; then each FD costs two products and one eigvalsh).
+    (data-set statistics cache theirs; then each FD costs two products and one eigvalsh).
     """
     root2 = sqrt_psd(sigma2) if sqrt_sigma2 is None else sqrt_sigma2
     middle = root2 @ _as_f64(sigma1).numpy() @ root2

@@ -31,7 +31,7 @@ class FeatureExtractor(ABC):
     """A frozen network that embeds uint8 images.
 
     Attributes:
-        name: short identifier stored next to reference statistics (guards against mixing).
+        name: short identifier stored next to data-set statistics (guards against mixing).
         fd_label: how its Fréchet distance is reported ("FID" only for the standard Inception).
         dim: feature width.
         num_classes: width of `logits`, 0 when the extractor has no classifier head.
