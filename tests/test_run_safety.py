@@ -154,7 +154,7 @@ def test_resuming_from_a_milestone_keeps_the_newer_latest(packed, tmp_path, caps
     cfg = tiny(packed, tmp_path, **{"optim.steps": 3, "run.milestone_every": 2})
     assert train(cfg, resume=str(milestone), progress=False).step == 3
     (kept,) = tmp_path.glob("latest.pt.before-resume-*")
-    assert kept.read_bytes() == newer and "is kept as" in capsys.readouterr().out
+    assert kept.read_bytes() == newer and "kept as" in capsys.readouterr().out
     assert load_checkpoint(tmp_path)["step"] == 3
 
 

@@ -27,7 +27,7 @@ from pixeljit.training.config import TrainConfig, save_yaml, to_dict
 from pixeljit.training.ema import EMA
 from pixeljit.training.previews import sample_grid
 from pixeljit.training.resume import check_resume, execution_facts
-from pixeljit.training.rundir import RunLock, keep_latest, prepare_fresh, sweep_temporaries
+from pixeljit.training.rundir import RunLock, prepare_fresh, set_aside_newer, sweep_temporaries
 from pixeljit.training.runlog import LOSS_PLOT, RunLog, plot_loss
 from pixeljit.training.setup import open_training_data, resolve_config
 from pixeljit.training.state import all_finite, capture_rng, gather_state, load_training_state
@@ -102,17 +102,20 @@ def _open_run_folder(lock: RunLock, out: Path, resume_file: Path | None, restart
         raise
 
 
-def _settle_run_folder(out: Path, resume_file: Path | None, restart: bool) -> None:
+def _settle_run_folder(out: Path, resume_file: Path | None, restart: bool, step: int) -> None:
     """Rank 0, once the data, the config and the resume check passed: move an old run aside
-    (`restart`), or keep a newer latest.pt that resuming from a milestone would overwrite."""
+    (`restart`), or keep what the folder holds past the resumed `step` (a newer latest.pt,
+    milestones, sample grids, metrics), which the resumed run would overwrite or mix with."""
     if resume_file is None:
         aside = prepare_fresh(out, restart)
         if aside is not None:
             print(f"moved the previous run in {out} aside to {aside}")
         return
-    kept = keep_latest(out, resume_file)
-    if kept is not None:
-        print(f"resuming from {resume_file.name}: the previous latest.pt is kept as {kept}")
+    kept = set_aside_newer(out, resume_file, step)
+    if kept:
+        shown = ", ".join(p.name for p in kept)
+        print(f"resuming from {resume_file.name} (step {step}): the folder's later files are "
+              f"kept as {shown}")  # fmt: skip
 
 
 def _rank0_first(info, fn) -> None:
@@ -146,7 +149,7 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
             print("resuming inexactly (the run will not match an uninterrupted one bit for bit): "
                   + "; ".join(inexact), flush=True)  # fmt: skip
     if info.is_main:
-        _settle_run_folder(out, resume_file, restart)
+        _settle_run_folder(out, resume_file, restart, saved["step"] if saved else 0)
         save_yaml(cfg, out / "config.yaml")
 
     # ------------------------------------------------------------- model, EMA, optimiser

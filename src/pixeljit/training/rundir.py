@@ -7,8 +7,10 @@ leftovers of killed writes are swept.
 - `prepare_fresh`: a fresh run (no `--resume`) refuses a folder that already holds a run's files;
   with `restart` it moves exactly those files into a new sibling `DIR.old-<time>` (nothing is
   deleted) and starts in the emptied folder. Files that are not a run's stay where they are.
-- `keep_latest`: resuming from a milestone would overwrite a newer (or unreadable) `latest.pt`;
-  it is renamed `latest.pt.before-resume-<time>` first.
+- `set_aside_newer`: resuming from a checkpoint at step s would overwrite (or mix with) what the
+  folder holds past s: a newer (or unreadable) `latest.pt`, `step-N.pt` / `samples-N.png` with
+  N > s, and `metrics.jsonl` records past s (with `loss.png`). Each is renamed
+  `NAME.before-resume-<time>` first (metrics.jsonl is copied, since the resumed run cuts it).
 - `sweep_temporaries`: removes the hidden siblings our atomic writes leave when killed
   (`.NAME.tmp-PID-TOKEN`, `pixeljit.files.atomic.temp_sibling`) whose writer is no longer alive.
 """
@@ -17,15 +19,26 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
+
+from pixeljit.files.atomic import atomic_write
 
 LOCK_FILE = ".lock"
 # What a run writes into its folder (see README "### Training"); anything else is not ours.
 RUN_FILE_NAMES = ("latest.pt", "config.yaml", "metrics.jsonl", "loss.png", "tensorboard")
-RUN_FILE_RE = re.compile(r"^(step-\d{9}\.pt|samples-\d{7}\.png|latest\.pt\.before-resume-[\d-]+)$")
+RUN_FILE_RE = re.compile(
+    r"^(step-\d{9}\.pt|samples-\d{7}\.png"
+    r"|(step-\d{9}\.pt|samples-\d{7}\.png|latest\.pt|metrics\.jsonl|loss\.png)"
+    r"\.before-resume-[\d-]+)$"
+)
+STEP_FILE_RE = re.compile(r"^(?:step-(\d{9})\.pt|samples-(\d{7})\.png)$")
+METRICS, LOSS_PLOT_NAME = "metrics.jsonl", "loss.png"
+ASIDE_SUFFIX = ".before-resume-"
 LATEST = "latest.pt"
 # `temp_sibling(path)` = f".{path.name}.tmp-{pid}-{8 hex}"
 TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
@@ -111,20 +124,59 @@ def prepare_fresh(folder: str | os.PathLike, restart: bool) -> Path | None:
     return aside
 
 
-def keep_latest(folder: str | os.PathLike, resumed: str | os.PathLike) -> Path | None:
-    """Before resuming `folder` from a checkpoint other than its latest.pt, rename that latest.pt
-    to `latest.pt.before-resume-<time>` (returned), so the resumed run does not overwrite it."""
+def set_aside_newer(folder: str | os.PathLike, resumed: str | os.PathLike, step: int) -> list[Path]:
+    """Before resuming `folder` from `resumed` (a checkpoint at `step`), keep everything of the
+    folder's later history under `NAME.before-resume-<time>` (one stamp for all; returned): a
+    latest.pt other than `resumed`, milestones and sample grids past `step`, and (copied)
+    metrics.jsonl with loss.png when metrics.jsonl holds records past `step`. Nothing is lost."""
     folder, resumed = Path(folder), Path(resumed)
+    moves: list[Path] = []
     latest = folder / LATEST
-    if not latest.exists() or latest.resolve() == resumed.resolve():
-        return None
+    if latest.exists() and latest.resolve() != resumed.resolve():
+        moves.append(latest)
+    for path in sorted(folder.iterdir()):
+        match = STEP_FILE_RE.match(path.name)
+        if match and int(match.group(1) or match.group(2)) > step:
+            moves.append(path)
+    metrics = folder / METRICS
+    copies = [metrics] if _has_records_after(metrics, step) else []
+    if copies and (folder / LOSS_PLOT_NAME).is_file():
+        moves.append(folder / LOSS_PLOT_NAME)
+    if not moves and not copies:
+        return []
+    suffix = _free_suffix(folder, [p.name for p in moves + copies])
+    kept = []
+    for path in copies:
+        target = folder / (path.name + suffix)
+        atomic_write(target, lambda tmp, src=path: shutil.copyfile(src, tmp))
+        kept.append(target)
+    for path in moves:
+        target = folder / (path.name + suffix)
+        os.rename(path, target)
+        kept.append(target)
+    return kept
+
+
+def _has_records_after(metrics: Path, step: int) -> bool:
+    if not metrics.is_file():
+        return False
+    for line in metrics.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return True  # a line we cannot read: keep the file as it was
+        if not isinstance(record, dict) or record.get("step", 0) > step:
+            return True
+    return False
+
+
+def _free_suffix(folder: Path, names: list[str]) -> str:
     stamp = time.strftime(ASIDE_TIME_FORMAT)
     for k in range(MAX_ASIDE_ATTEMPTS):
-        kept = folder / (f"{LATEST}.before-resume-{stamp}" + (f"-{k}" if k else ""))
-        if not kept.exists():
-            os.rename(latest, kept)
-            return kept
-    raise RuntimeError(f"could not find a free name to keep {latest} under")
+        suffix = f"{ASIDE_SUFFIX}{stamp}" + (f"-{k}" if k else "")
+        if not any((folder / (name + suffix)).exists() for name in names):
+            return suffix
+    raise RuntimeError(f"could not find a free name to keep {names[0]} under in {folder}")
 
 
 def _new_sibling(folder: Path) -> Path:

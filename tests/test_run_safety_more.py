@@ -1,0 +1,57 @@
+"""Red-team findings on training runs: a resume never overwrites the folder's later history,
+--out never overlaps the data or another run, the data a run resumes on is the data it
+started on, and bad flags name the flag."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_run
+from pixeljit.checkpoints.run import LATEST, load_checkpoint
+from pixeljit.training.loop import train
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def packed(fmnist16) -> Path:
+    return fmnist16(64)
+
+
+def tiny(data: Path, out: Path, **overrides):
+    return tiny_run(data, out, **{"optim.global_batch": 8, "optim.warmup_epochs": 0.0, **overrides})
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"}
+
+
+# ------------------------------------------------------------------------------------- A1
+
+
+def test_resuming_from_an_early_milestone_keeps_every_later_file(packed, tmp_path):
+    every2 = {"run.milestone_every": 2, "sample.every": 2}
+    train(tiny(packed, tmp_path, **{"optim.steps": 6, **every2}), progress=False)
+    old = files(tmp_path)
+    later = ["step-000000004.pt", "step-000000006.pt", "samples-0000004.png",
+             "samples-0000006.png", LATEST, "loss.png"]  # fmt: skip
+    cfg = tiny(packed, tmp_path, **{"optim.steps": 6, "run.seed": 0, **every2})
+    train(cfg, resume=str(tmp_path / "step-000000002.pt"), progress=False)
+    now = files(tmp_path)
+    for name in later:
+        (kept,) = [k for k in now if k.startswith(name + ".before-resume-")]
+        assert now[kept] == old[name], name
+    (metrics,) = [k for k in now if k.startswith("metrics.jsonl.before-resume-")]
+    assert now[metrics] == old["metrics.jsonl"]  # the old branch's records, all of them
+    steps = [json.loads(line)["step"] for line in now["metrics.jsonl"].decode().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 6
+    assert load_checkpoint(tmp_path / "step-000000006.pt")["step"] == 6
+
+
+def test_resuming_from_latest_sets_nothing_aside(packed, tmp_path):
+    train(tiny(packed, tmp_path, **{"optim.steps": 2}), progress=False)
+    train(tiny(packed, tmp_path, **{"optim.steps": 4}), resume=str(tmp_path), progress=False)
+    assert not list(tmp_path.glob("*.before-resume-*"))
