@@ -55,3 +55,42 @@ def test_resuming_from_latest_sets_nothing_aside(packed, tmp_path):
     train(tiny(packed, tmp_path, **{"optim.steps": 2}), progress=False)
     train(tiny(packed, tmp_path, **{"optim.steps": 4}), resume=str(tmp_path), progress=False)
     assert not list(tmp_path.glob("*.before-resume-*"))
+
+
+# ------------------------------------------------------------------------------ A3, A4, A5
+
+
+def write_images(folder: Path, n: int = 4) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.new("L", (16, 16), color=i * 40).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "contains"])
+def test_an_out_overlapping_an_image_folder_is_refused(tmp_path, where):
+    images = write_images(tmp_path / "top" / "imgs")
+    out = {"same": images, "inside": images / "run", "contains": tmp_path / "top"}[where]
+    before = sorted(p.name for p in images.rglob("*"))
+    with pytest.raises(ValueError, match="training data folder"):
+        train(tiny(images, out), progress=False)
+    assert sorted(p.name for p in images.rglob("*")) == before  # no .lock, no run/ left behind
+
+
+def test_an_out_that_is_a_packed_folder_or_a_link_to_it_is_refused(packed, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(packed)
+    for out in (packed, link / "sub"):
+        with pytest.raises(ValueError, match="training data folder"):
+            train(tiny(packed, out), progress=False)
+    assert not (packed / ".lock").exists() and not (packed / "sub").exists()
+
+
+def test_an_out_inside_another_run_is_refused(packed, tmp_path):
+    train(tiny(packed, tmp_path / "run1"), progress=False)
+    before = files(tmp_path / "run1")
+    with pytest.raises(ValueError, match="inside the run folder"):
+        train(tiny(packed, tmp_path / "run1" / "tensorboard" / "x"), progress=False)
+    assert files(tmp_path / "run1") == before and not (tmp_path / "run1" / "tensorboard").exists()

@@ -27,7 +27,13 @@ from pixeljit.training.config import TrainConfig, save_yaml, to_dict
 from pixeljit.training.ema import EMA
 from pixeljit.training.previews import sample_grid
 from pixeljit.training.resume import check_resume, execution_facts
-from pixeljit.training.rundir import RunLock, prepare_fresh, set_aside_newer, sweep_temporaries
+from pixeljit.training.rundir import (
+    RunLock,
+    check_out_folder,
+    prepare_fresh,
+    set_aside_newer,
+    sweep_temporaries,
+)
 from pixeljit.training.runlog import LOSS_PLOT, RunLog, plot_loss
 from pixeljit.training.setup import open_training_data, resolve_config
 from pixeljit.training.state import all_finite, capture_rng, gather_state, load_training_state
@@ -79,6 +85,7 @@ def train(
             f"output folder {out} (--out / run.out); drop --out or set it to "
             f"{resume_file.parent} (to branch a run, copy its folder and resume the copy)"
         )
+    check_out_folder(out, cfg.data.source)
     info = dist_utils.setup(cfg.run.device)
     lock = RunLock(out) if info.is_main else None
     _rank0_first(info, lambda: _open_run_folder(lock, out, resume_file, restart))

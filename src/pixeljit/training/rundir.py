@@ -218,3 +218,29 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def check_out_folder(out: str | os.PathLike, data_source: str | None) -> None:
+    """Refuse an output folder that is, lies inside, or contains the training data folder, or
+    lies inside another run's folder (symbolic links resolved). Call before creating `out`."""
+    out_path = Path(out).resolve()
+    if data_source and Path(data_source).exists():
+        data = Path(data_source).resolve()
+        relation = None
+        if out_path == data:
+            relation = "is"
+        elif data in out_path.parents:
+            relation = "lies inside"
+        elif out_path in data.parents:
+            relation = "contains"
+        if relation is not None:
+            raise ValueError(
+                f"--out {out} {relation} the training data folder {data_source} (--data); a run "
+                "writes checkpoints and images there: pass an --out outside the data folder"
+            )
+    for parent in out_path.parents:
+        if run_files(parent) or (parent / LOCK_FILE).is_file():
+            raise ValueError(
+                f"--out {out} lies inside the run folder {parent} (it holds a training run); "
+                "pass an --out outside any run folder"
+            )
