@@ -94,3 +94,22 @@ def test_an_out_inside_another_run_is_refused(packed, tmp_path):
     with pytest.raises(ValueError, match="inside the run folder"):
         train(tiny(packed, tmp_path / "run1" / "tensorboard" / "x"), progress=False)
     assert files(tmp_path / "run1") == before and not (tmp_path / "run1" / "tensorboard").exists()
+
+
+# ------------------------------------------------------------------------------------- A6
+
+
+def test_resuming_on_changed_data_is_refused_unless_allowed(tmp_path, capsys):
+    from PIL import Image
+
+    images = write_images(tmp_path / "imgs", n=8)
+    run = tmp_path / "run"
+    train(tiny(images, run, **{"data.conditional": False}), progress=False)
+    assert load_checkpoint(run)["data_fingerprint"]
+    Image.new("L", (16, 16), color=255).save(images / "0.png")  # one image changed
+    longer = tiny(images, run, **{"data.conditional": False, "optim.steps": 4})
+    with pytest.raises(ValueError, match=r"training data \(--data .*imgs\) changed"):
+        train(longer, resume=str(run), progress=False)
+    assert load_checkpoint(run)["step"] == 2
+    assert train(longer, resume=str(run), progress=False, allow_inexact_resume=True).step == 4
+    assert "changed since the checkpoint" in capsys.readouterr().out

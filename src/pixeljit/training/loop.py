@@ -26,7 +26,7 @@ from pixeljit.training import distributed as dist_utils
 from pixeljit.training.config import TrainConfig, save_yaml, to_dict
 from pixeljit.training.ema import EMA
 from pixeljit.training.previews import sample_grid
-from pixeljit.training.resume import check_resume, execution_facts
+from pixeljit.training.resume import DATA_KEY, check_resume, data_fingerprint, execution_facts
 from pixeljit.training.rundir import (
     RunLock,
     check_out_folder,
@@ -150,8 +150,11 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
     out = Path(cfg.run.out)
     execution = execution_facts(plan, info, cfg.run.distributed)
     saved = load_checkpoint(resume_file) if resume_file is not None else None
+    fingerprint = data_fingerprint(dataset)
     if saved is not None:
-        inexact = check_resume(saved, to_dict(cfg), execution, saved["path"], allow_inexact)
+        inexact = check_resume(
+            saved, to_dict(cfg), execution, saved["path"], allow_inexact, fingerprint
+        )
         if inexact and info.is_main:
             print("resuming inexactly (the run will not match an uninterrupted one bit for bit): "
                   + "; ".join(inexact), flush=True)  # fmt: skip
@@ -283,6 +286,8 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
                 state.update(step=step, images_seen=step * plan.global_batch,
                              config=to_dict(cfg), rng=capture_rng(), execution=execution,
                              class_names=list(dataset.class_names))  # fmt: skip
+                if fingerprint is not None:
+                    state[DATA_KEY] = fingerprint
                 last_ckpt = save_checkpoint(state, out, step, milestone)
             dist_utils.barrier(info)
         if due_sample:

@@ -10,11 +10,17 @@ Every config field falls in one class (`field_class`), and a test holds every fi
 - inexact: `run.compile`, and any change of the execution facts. The run would go on, but not
   bit for bit as it would have: refused unless `allow_inexact` (`--allow-inexact-resume`), which
   names each such change.
+- data: each checkpoint records a fingerprint of the packed training set (`data_fingerprint`: a
+  SHA-256 over its manifest's shard and label digests and class names); resuming on other data
+  is inexact (checkpoints written before the fingerprint existed are not compared).
 - recipe: `run.seed` (it fixes the data order and every noise draw) and everything outside `run`
   but the length and previews (model, objective, optim, data): always refused.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 from pixeljit.checkpoints.run import diff_configs
 
@@ -25,6 +31,18 @@ RESOLVED = frozenset({"run.device", "run.precision", "run.distributed", "optim.m
 INEXACT = frozenset({"run.compile"})
 RECIPE_RUN = frozenset({"run.seed"})
 ALLOW_FLAG = "--allow-inexact-resume"
+DATA_KEY = "data_fingerprint"  # the checkpoint field holding `data_fingerprint(dataset)`
+MANIFEST_CONTENT_KEYS = ("shards", "labels", "class_names", "image_shape", "num_classes")
+
+
+def data_fingerprint(dataset) -> str | None:
+    """SHA-256 of what a packed set's manifest says its content is (file digests, class names,
+    shape); None for a set without a manifest (an in-memory one)."""
+    manifest = getattr(dataset, "manifest", None)
+    if not isinstance(manifest, dict):
+        return None
+    content = {k: manifest.get(k) for k in MANIFEST_CONTENT_KEYS}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def field_class(name: str) -> str:
@@ -50,7 +68,12 @@ def execution_facts(plan, info, strategy: str) -> dict:
 
 
 def check_resume(
-    saved: dict, config: dict, execution: dict, path: str, allow_inexact: bool
+    saved: dict,
+    config: dict,
+    execution: dict,
+    path: str,
+    allow_inexact: bool,
+    fingerprint: str | None = None,
 ) -> list[str]:
     """Raise if the resumed run may not continue `saved` (a checkpoint dict); return the inexact
     changes that `allow_inexact` lets through (empty when the resume is bit-exact)."""
@@ -70,6 +93,13 @@ def check_resume(
     before = saved.get("execution")
     if before is not None:
         inexact += [f"execution.{d}" for d in diff_configs(before, execution)]
+    was = saved.get(DATA_KEY)
+    if was is not None and fingerprint is not None and was != fingerprint:
+        source = config.get("data", {}).get("source")
+        inexact.append(
+            f"the training data (--data {source}) changed since the checkpoint was written "
+            f"(fingerprint {was[:12]}… vs now {fingerprint[:12]}…)"
+        )
     if inexact and not allow_inexact:
         raise ValueError(
             f"resuming {path} with a change would not continue the run bit-exactly: "
