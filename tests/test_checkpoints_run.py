@@ -15,6 +15,7 @@ import torch
 from pixeljit.checkpoints.run import (
     FORMAT,
     LATEST,
+    UNCHECKED_FORMAT,
     NonFiniteStateError,
     load_checkpoint,
     save_checkpoint,
@@ -93,10 +94,28 @@ def test_a_changed_step_is_caught(tmp_path):
         load_checkpoint(path)
 
 
-def test_a_checkpoint_without_checksum_loads_with_a_warning(tmp_path):
-    torch.save({**small_state(), "format": FORMAT}, tmp_path / LATEST)
+def test_an_old_format_checkpoint_without_checksum_loads_with_a_warning(tmp_path):
+    torch.save({**small_state(), "format": UNCHECKED_FORMAT}, tmp_path / LATEST)
     with pytest.warns(UserWarning, match="carries no checksum"):
         assert load_checkpoint(tmp_path)["step"] == 3
+
+
+def test_a_current_checkpoint_whose_checksum_was_removed_is_refused(tmp_path):
+    path = save_checkpoint(small_state(3), tmp_path, 3, milestone=False)
+    state = torch.load(path, weights_only=True)
+    del state["checksum"]
+    state["class_names"] = ["x"] * 1000
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="lost its checksum"):
+        load_checkpoint(path)
+
+
+def test_class_names_beyond_the_model_classes_are_refused(tmp_path):
+    config = {"model": {"num_classes": 10}}
+    state = {**small_state(3), "class_names": ["x"] * 1000, "config": config}
+    path = save_checkpoint(state, tmp_path, 3, milestone=False)  # checksummed, so only the bound
+    with pytest.raises(ValueError, match="at most 10 strings"):
+        load_checkpoint(path)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])

@@ -14,7 +14,7 @@ import pixeljit
 from pixeljit.checkpoints import weights as weights_module
 from pixeljit.checkpoints.authors import extract_state_dict
 from pixeljit.checkpoints.load import load_trained
-from pixeljit.checkpoints.run import FORMAT
+from pixeljit.checkpoints.run import CHECKSUM_KEY, FORMAT, checksums
 from pixeljit.checkpoints.safetensors_io import SAFETENSORS_CONFIG_KEY
 from pixeljit.cli import main
 from pixeljit.diffusion.objective import ObjectiveConfig
@@ -167,6 +167,7 @@ def _run_checkpoint(path, state, **changes):
         "ema": {"decays": [0.99], "names": list(state), "shadows": [list(state.values())]},
         **changes,
     }  # fmt: skip
+    ckpt[CHECKSUM_KEY] = checksums(ckpt)  # a current-format file always carries one
     torch.save(ckpt, path)
     return path
 

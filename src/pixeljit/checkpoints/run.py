@@ -28,7 +28,9 @@ from pixeljit.files.atomic import atomic_write, temp_sibling
 LATEST = "latest.pt"
 MILESTONE_PATTERN = "step-{step:09d}.pt"
 MILESTONE_RE = re.compile(r"step-(\d{9})\.pt$")
-FORMAT = "pixeljit.train/1"
+FORMAT = "pixeljit.train/2"  # /2: every file carries its checksum (required on load)
+UNCHECKED_FORMAT = "pixeljit.train/1"  # written before checksums: loads with a warning
+MAX_CLASS_NAMES = 1 << 20  # as many as a packed set may declare (data.packed.MAX_CLASSES)
 CHECKSUM_KEY = "checksum"
 CHECKSUM_ALGORITHM = "sha256"
 OTHER_FIELDS = "<non-tensor fields>"  # the checksum entry covering everything but tensors
@@ -92,6 +94,11 @@ def checksums(state: dict) -> dict[str, str]:
 
 def verify_checksums(state: dict, file: Path, flag: str | None = RESUME_FLAG) -> None:
     saved = state.get(CHECKSUM_KEY)
+    if saved is None and state.get("format") == FORMAT:
+        raise ValueError(
+            f"checkpoint {file} has lost its checksum (every {FORMAT} file carries one): it was "
+            f"altered after it was written{_alternatives(file, flag)}"
+        )
     if saved is None:
         warnings.warn(
             f"{file} carries no checksum (written before pixeljit checked them); loaded unverified",
@@ -214,14 +221,37 @@ def load_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> 
             f"could not read checkpoint {file} ({type(err).__name__}: {first})"
             f"{_alternatives(file, flag)}"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, UNCHECKED_FORMAT):
         raise ValueError(
             f"{file} is not a pixeljit training checkpoint (an authors' checkpoint-last.pth loads "
             "with pixeljit.load_reference instead)"
         )
     verify_checksums(state, file, flag)
+    _check_class_names(state, file)
     state["path"] = str(file)
     return state
+
+
+def _check_class_names(state: dict, file: Path) -> None:
+    """class_names: absent, or a list of strings, no more than the model's classes (or, for an
+    unconditional model, than a packed set may declare)."""
+    names = state.get("class_names")
+    if names is None:
+        return
+    config = state.get("config")
+    model = config.get("model") if isinstance(config, dict) else None
+    classes = model.get("num_classes") if isinstance(model, dict) else None
+    bound = classes if isinstance(classes, int) and classes > 0 else MAX_CLASS_NAMES
+    if (
+        not isinstance(names, list)
+        or not all(isinstance(n, str) for n in names)
+        or len(names) > bound
+    ):
+        count = len(names) if isinstance(names, list) else type(names).__name__
+        raise ValueError(
+            f"checkpoint {file}: class_names must be a list of at most {bound} strings (the "
+            f"model's classes), got {count} entries; the file was altered or is not pixeljit's"
+        )
 
 
 def diff_configs(saved: dict, current: dict, prefix: str = "") -> list[str]:
