@@ -199,3 +199,24 @@ def test_a_full_disk_names_the_path_and_size_and_keeps_the_previous(tmp_path, mo
     assert latest.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST]  # no temp file left
     assert load_checkpoint(tmp_path)["step"] == 3
+
+
+def test_torchs_zip_error_on_a_full_disk_gets_the_full_disk_message(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    latest = save_checkpoint(small_state(3), tmp_path, 3, milestone=False)
+    before = latest.read_bytes()
+
+    def zip_writer_fails(obj, f):  # what torch raises when the disk fills mid-write
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 681472")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", zip_writer_fails)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 100))
+    with pytest.raises(RuntimeError, match=r"no space left .* bytes\) and 0.0 MB are free"):
+        save_checkpoint(small_state(6), tmp_path, 6, milestone=True)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, 10**12))
+    with pytest.raises(RuntimeError, match="inline_container"):  # room enough: not a full disk
+        save_checkpoint(small_state(6), tmp_path, 6, milestone=True)
+    assert latest.read_bytes() == before

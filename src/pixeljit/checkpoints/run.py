@@ -134,11 +134,13 @@ def save_checkpoint(state: dict, folder: str | os.PathLike, step: int, milestone
         latest = atomic_save(full, folder / LATEST)
         if milestone:
             _keep_milestone(latest, folder / MILESTONE_PATTERN.format(step=step))
-    except OSError as err:
-        if err.errno not in NO_SPACE:
-            raise
+    except (OSError, RuntimeError) as err:
+        # torch's zip writer reports a full disk as RuntimeError ("unexpected pos …"), not
+        # ENOSPC: any failed write is taken for a full disk when the folder lacks the room
         need = tensor_bytes(full) + SAVE_OVERHEAD_BYTES
         free = shutil.disk_usage(folder).free
+        if getattr(err, "errno", None) not in NO_SPACE and free >= need:
+            raise
         raise RuntimeError(
             f"no space left to write the step-{step} checkpoint in {folder}: it needs about "
             f"{need / 1e6:.1f} MB ({need} bytes) and {free / 1e6:.1f} MB are free; free some "
