@@ -113,3 +113,21 @@ def test_resuming_on_changed_data_is_refused_unless_allowed(tmp_path, capsys):
     assert load_checkpoint(run)["step"] == 2
     assert train(longer, resume=str(run), progress=False, allow_inexact_resume=True).step == 4
     assert "changed since the checkpoint" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------- B13, B14, D26
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"optim.steps": None, "optim.epochs": 1e308}, "--epochs / optim.epochs"),
+        ({"optim.warmup_epochs": 1e308}, "optim.warmup_epochs"),
+        ({"sample.per_class": 10**9}, "sample.per_class"),
+        ({"optim.global_batch": 128}, "--batch-size"),
+    ],
+)
+def test_oversized_settings_are_refused_up_front_naming_them(packed, tmp_path, override, named):
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        train(tiny(packed, tmp_path / "run", **override), progress=False)
+    assert not list((tmp_path / "run").glob("*.pt"))  # refused before any training

@@ -13,6 +13,9 @@ from pixeljit.data.packed import PackedDataset
 from pixeljit.training import distributed as dist_utils
 from pixeljit.training.config import TrainConfig
 
+MAX_TOTAL_STEPS = 10**10  # far beyond any run; keeps step counts finite integers
+MAX_PREVIEW_IMAGES = 4096  # images in one training sample grid (rows × sample.per_class)
+
 
 @dataclass(frozen=True)
 class BatchPlan:
@@ -73,12 +76,19 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
     accumulation = global_batch // (micro * world)
     per_loader = micro * world
     if len(dataset) < per_loader:
-        raise ValueError(f"the data set has {len(dataset)} images, fewer than one batch")
+        raise ValueError(
+            f"the data set has {len(dataset)} images, fewer than one batch of {per_loader} "
+            "(--batch-size / optim.global_batch, or optim.micro_batch × world size); pass a "
+            "smaller --batch-size"
+        )
     steps_per_epoch = max(1, (len(dataset) // per_loader) // accumulation)
     if cfg.optim.steps is not None:
         total = cfg.optim.steps
     else:
-        total = max(1, int(np.ceil(cfg.optim.epochs * steps_per_epoch)))
+        total = _steps("--epochs / optim.epochs", cfg.optim.epochs, steps_per_epoch)
+        total = max(1, total)
+    warmup = _steps("optim.warmup_epochs", cfg.optim.warmup_epochs, steps_per_epoch, np.round)
+    _check_preview(cfg)
     precision = cfg.run.precision
     bf16 = precision == "bf16" or (precision == "auto" and info.device.type == "cuda")
     plan = BatchPlan(
@@ -87,7 +97,30 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
         accumulation=accumulation,
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
-        warmup_steps=int(round(cfg.optim.warmup_epochs * steps_per_epoch)),
+        warmup_steps=warmup,
         bf16=bf16,
     )
     return cfg, plan
+
+
+def _steps(name: str, epochs: float, steps_per_epoch: int, to_int=np.ceil) -> int:
+    """`epochs` × `steps_per_epoch` as a whole number of steps, refused past MAX_TOTAL_STEPS."""
+    steps = float(epochs) * steps_per_epoch
+    if not np.isfinite(steps) or steps > MAX_TOTAL_STEPS:
+        raise ValueError(
+            f"{name} {epochs!r} makes {steps:.3g} steps at {steps_per_epoch} steps an epoch, "
+            f"more than {MAX_TOTAL_STEPS:.0e}; pass a smaller {name.split(' ')[0]}"
+        )
+    return int(to_int(steps))
+
+
+def _check_preview(cfg: TrainConfig) -> None:
+    """The training sample grid must fit (checked before training, not after it)."""
+    s = cfg.sample
+    rows = max(min(cfg.model.num_classes, s.max_classes), 1)
+    if rows * s.per_class > MAX_PREVIEW_IMAGES:
+        raise ValueError(
+            f"the training sample grid would hold {rows} × {s.per_class} images "
+            f"(sample.max_classes rows × sample.per_class), more than {MAX_PREVIEW_IMAGES}; "
+            "lower sample.per_class or sample.max_classes"
+        )
