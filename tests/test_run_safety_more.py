@@ -131,3 +131,21 @@ def test_oversized_settings_are_refused_up_front_naming_them(packed, tmp_path, o
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         train(tiny(packed, tmp_path / "run", **override), progress=False)
     assert not list((tmp_path / "run").glob("*.pt"))  # refused before any training
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["train", "--preset", "fmnist-tiny", "--steps", "0"], "--steps must be ≥ 1, got 0"),
+        (["train", "--preset", "fmnist-tiny", "--steps", "-1"], "--steps must be ≥ 1, got -1"),
+        (["train", "--preset", "fmnist-tiny", "--batch-size", "0"], "--batch-size must be ≥ 1"),
+        (["train", "--preset", "fmnist-tiny", "--epochs", "inf"], "--epochs must be a finite"),
+        (["demo", "--steps", "0"], "--steps must be ≥ 1, got 0"),
+    ],
+)
+def test_bad_length_flags_name_the_flag(tmp_path, capsys, argv, named):
+    from pixeljit.cli import main
+
+    out = tmp_path / "run"
+    assert main([*argv, "--out", str(out)]) != 0
+    assert named in capsys.readouterr().err and not out.exists()

@@ -38,7 +38,9 @@ def demo_config(out: str, steps: int | None, device: str):
                  "sample.max_classes": 10, "run.ckpt_every": 200}  # fmt: skip
     if gpu:
         overrides.update(GPU_PRESET_OVERRIDES)
-    overrides["optim.steps"] = steps or (GPU_STEPS if gpu else CPU_STEPS)
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be ≥ 1, got {steps} (omit it for the default budget)")
+    overrides["optim.steps"] = steps if steps is not None else (GPU_STEPS if gpu else CPU_STEPS)
     return apply_overrides(get_preset(CPU_PRESET), overrides)
 
 

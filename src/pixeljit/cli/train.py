@@ -45,8 +45,20 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def check_length_flags(steps: int | None, batch_size: int | None, epochs: float | None) -> None:
+    """Errors name the flag typed (not the config field it sets)."""
+    import math
+
+    for flag, value in (("--steps", steps), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be ≥ 1, got {value}")
+    if epochs is not None and not (math.isfinite(epochs) and epochs > 0):
+        raise ValueError(f"--epochs must be a finite number > 0, got {epochs}")
+
+
 def build_config(args):
     """The TrainConfig the flags describe (no Namespace goes further than this)."""
+    check_length_flags(args.steps, args.batch_size, args.epochs)
     if args.preset:
         cfg = get_preset(args.preset)
     elif args.resume:
