@@ -149,3 +149,34 @@ def test_bad_length_flags_name_the_flag(tmp_path, capsys, argv, named):
     out = tmp_path / "run"
     assert main([*argv, "--out", str(out)]) != 0
     assert named in capsys.readouterr().err and not out.exists()
+
+
+# ------------------------------------------------------------------------------------ D28
+
+
+def test_a_failed_run_into_a_new_folder_leaves_no_trace(packed, tmp_path):
+    out = tmp_path / "new" / "run"
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train(tiny(packed, out, **{"optim.global_batch": 128}), progress=False)
+    assert not out.exists()  # no folder holding a .lock that later refuses `prepare --out`
+
+
+def test_a_finished_run_leaves_no_lock_file_and_an_existing_lock_file_stays(packed, tmp_path):
+    train(tiny(packed, tmp_path / "a"), progress=False)
+    assert (tmp_path / "a" / LATEST).is_file() and not (tmp_path / "a" / ".lock").exists()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / ".lock").write_text("")
+    train(tiny(packed, tmp_path / "b"), progress=False)
+    assert (tmp_path / "b" / ".lock").exists()  # not ours to remove
+
+
+def test_resuming_a_folder_in_use_says_in_use_first(packed, tmp_path, capsys):
+    from pixeljit.cli import main
+    from pixeljit.training.rundir import RunLock
+
+    run = tmp_path / "run"
+    with RunLock(run):  # another run, before its first checkpoint
+        with pytest.raises(RuntimeError, match="in use by another process"):
+            train(tiny(packed, run), resume=str(run), progress=False)
+        assert main(["train", "--resume", str(run), "--no-progress"]) != 0
+        assert "in use by another process" in capsys.readouterr().err

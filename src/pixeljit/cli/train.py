@@ -62,8 +62,10 @@ def build_config(args):
     if args.preset:
         cfg = get_preset(args.preset)
     elif args.resume:
-        from pixeljit.checkpoints.run import load_checkpoint
+        from pixeljit.checkpoints.run import load_checkpoint, run_folder
+        from pixeljit.training.rundir import ensure_not_in_use
 
+        ensure_not_in_use(run_folder(args.resume))  # "in use" before "holds no checkpoint"
         cfg = from_dict(load_checkpoint(args.resume)["config"])
     else:
         raise ValueError("pass --preset (or --resume to continue a run with its saved config)")

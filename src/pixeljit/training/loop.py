@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.checkpoints.run import find_checkpoint, load_checkpoint, save_checkpoint
+from pixeljit.checkpoints.run import find_checkpoint, load_checkpoint, run_folder, save_checkpoint
 from pixeljit.data.loader import DeviceLoader
 from pixeljit.diffusion.objective import bucket_edges, bucket_losses, flow_matching_loss
 from pixeljit.model import JiT
@@ -78,31 +78,33 @@ def train(
     if resume is not None and restart:
         raise ValueError("--restart starts a fresh run; it cannot be combined with --resume")
     out = Path(cfg.run.out)
-    resume_file = find_checkpoint(resume) if resume is not None else None
-    if resume_file is not None and out.resolve() != resume_file.parent.resolve():
-        raise ValueError(
-            f"--resume {resume} continues in its own folder {resume_file.parent}, not in the "
-            f"output folder {out} (--out / run.out); drop --out or set it to "
-            f"{resume_file.parent} (to branch a run, copy its folder and resume the copy)"
-        )
+    if resume is not None:  # the folder is locked before its checkpoint is looked for
+        folder = run_folder(resume) if Path(resume).exists() else find_checkpoint(resume).parent
+        if out.resolve() != folder.resolve():
+            raise ValueError(
+                f"--resume {resume} continues in its own folder {folder}, not in the "
+                f"output folder {out} (--out / run.out); drop --out or set it to "
+                f"{folder} (to branch a run, copy its folder and resume the copy)"
+            )
     check_out_folder(out, cfg.data.source)
     info = dist_utils.setup(cfg.run.device)
     lock = RunLock(out) if info.is_main else None
-    _rank0_first(info, lambda: _open_run_folder(lock, out, resume_file, restart))
+    _rank0_first(info, lambda: _open_run_folder(lock, out, resume is None and not restart))
     try:
+        resume_file = find_checkpoint(resume) if resume is not None else None
         return _train(cfg, resume_file, progress, allow_inexact_resume, info, restart)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _open_run_folder(lock: RunLock, out: Path, resume_file: Path | None, restart: bool) -> None:
+def _open_run_folder(lock: RunLock, out: Path, fresh: bool) -> None:
     lock.acquire()
     try:
         swept = sweep_temporaries(out)
         if swept:
             print(f"removed {len(swept)} temporary file(s) of an interrupted write in {out}")
-        if resume_file is None and not restart:
+        if fresh:
             prepare_fresh(out, restart=False)  # refuses a folder holding a run
     except BaseException:
         lock.release()

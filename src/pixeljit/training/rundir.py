@@ -17,6 +17,7 @@ leftovers of killed writes are swept.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -47,43 +48,74 @@ MAX_ASIDE_ATTEMPTS = 100
 
 
 class RunLock:
-    """An exclusive, non-blocking lock on a run folder (create the folder if needed)."""
+    """An exclusive, non-blocking lock on a run folder (create the folder if needed). What the
+    lock created it removes on release: its `.lock` file, and the folder if nothing else is in it
+    (a run refused or failed before writing leaves no trace)."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         self._fd: int | None = None
+        self._made_folder = self._made_file = False
 
     def acquire(self) -> RunLock:
+        self._made_folder = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
+        for _ in range(MAX_ASIDE_ATTEMPTS):
+            made = not path.exists()
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = _read_pid(path)
+                raise RuntimeError(
+                    f"run folder {self.folder} is in use by another process (PID {holder}); wait "
+                    "for it to finish or stop it, or train into another folder"
+                ) from None
+            if _same_file(fd, path):  # not a lock file its last holder has just removed
+                break
             os.close(fd)
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = _read_pid(path)
-            raise RuntimeError(
-                f"run folder {self.folder} is in use by another process (PID {holder}); wait "
-                "for it to finish or stop it, or train into another folder"
-            ) from None
+        else:
+            raise RuntimeError(f"could not lock {path}: it keeps being replaced")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        self._fd, self._made_file = fd, made
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        if self._fd is None:
+            return
+        if self._made_file:  # removed while still held: no one can lock it in between
+            (self.folder / LOCK_FILE).unlink(missing_ok=True)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+        if self._made_folder:
+            with contextlib.suppress(OSError):  # not empty: the run's files stay
+                self.folder.rmdir()
 
     def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def ensure_not_in_use(folder: str | os.PathLike) -> None:
+    """Raise the lock's 'in use' error if another process holds an existing `folder`."""
+    if Path(folder).is_dir():
+        with RunLock(folder):
+            pass
 
 
 def _read_pid(path: Path) -> str:
