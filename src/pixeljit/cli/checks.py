@@ -8,10 +8,20 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 FOLDER_CLOBBER_GLOB = "*.png"  # an output folder holding these would have them replaced
 MAX_SEED = 2**63  # seeds are 64-bit: numpy's SeedSequence and torch.manual_seed take [0, 2**63)
+MAX_IMAGES = 10_000_000  # images one command may generate (50k is the FID standard)
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(flag: str, name: str) -> None:
+    """A device the verbs can run on (not meta, xla, ...), before torch sees it."""
+    if not _DEVICE.fullmatch(name):
+        raise ValueError(f"{flag} {name!r} is not a device this command runs on: pass {DEVICES}")
 
 
 def check_int(flag: str, value: int | None, low: int = 1, high: int | None = None) -> None:

@@ -16,12 +16,21 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.cli.checks import check_float, check_int, check_output, check_seed
+from pixeljit.cli.checks import (
+    MAX_IMAGES,
+    check_device,
+    check_float,
+    check_int,
+    check_output,
+    check_seed,
+)
 from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
+from pixeljit.metrics.score import ScoreConfig
 
 METRIC_NAMES = ("fd", "kid", "is", "pr")
 AMP = {"none": None, "bf16": torch.bfloat16}
 CHANNELS = (1, 3)
+IS_SPLITS = ScoreConfig().is_splits
 MAX_SWEEP_SCALES = 1000  # --sweep-cfg: CFG scales in one sweep
 
 
@@ -101,8 +110,15 @@ def _emas(args, checkpoint: str) -> list[str]:
 def check_args(args) -> list[float] | None:
     """Every numeric flag and output path, before anything is loaded or generated; returns the
     CFG scales of --sweep-cfg (None without it)."""
-    check_int("--num", args.num)
-    check_int("--batch-size", args.batch_size)
+    check_int("--num", args.num, 1, MAX_IMAGES + 1)
+    check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
+    check_device("--device", args.device)
+    if args.emas is not None and not args.sweep_cfg:
+        raise ValueError("--emas has no effect without --sweep-cfg: add --sweep-cfg LO HI STEP, "
+                         "or pick one set of weights with --weights")  # fmt: skip
+    if args.checkpoint and "is" in args.metrics and args.num < IS_SPLITS:
+        raise ValueError(f"--metrics is needs --num ≥ {IS_SPLITS} (the Inception Score is "
+                         f"averaged over {IS_SPLITS} splits), got --num {args.num}")  # fmt: skip
     check_seed("--seed", args.seed)
     check_int("--size", args.size)
     check_int("--in-context-start", args.in_context_start, 0)

@@ -118,6 +118,11 @@ def _split_root(root: Path, split: str | None) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     if split is not None:
+        if split in ("", ".", "..") or "/" in split or "\\" in split or os.sep in split:
+            raise ValueError(
+                f"split {split!r} is not a folder name: pass the name of a sub-folder of {root} "
+                "(e.g. --split train), without '/' or '..'"
+            )
         base = root / split
         if not base.is_dir():
             subs = sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p.name))
