@@ -210,3 +210,67 @@ def test_eval_flags_without_effect_or_too_few_images(tmp_path, capsys):
     argv = ["eval", "--checkpoint", missing, "--ref", "x.npz", "--metrics", "is", "--num", "4"]
     err = _cli_error(argv, capsys)
     assert "--num" in err and "10" in err
+
+
+# ------------------------------------------------------------------- C20: covariance not PSD
+
+
+def test_statistics_with_a_non_psd_covariance_are_refused(tmp_path):
+    import numpy as np
+
+    from pixeljit.metrics import load_dataset_stats
+
+    path = tmp_path / "neg.npz"
+    np.savez(path, mu=np.zeros(4), sigma=-np.eye(4))
+    with pytest.raises(ValueError, match="negative eigenvalue"):
+        load_dataset_stats(path)
+
+
+# ------------------------------------------------------------- B15: eval --images pixel cap
+
+
+def _declared_png(path, width: int, height: int) -> None:
+    """A tiny PNG whose header declares width × height (IHDR patched, CRC recomputed)."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    start = 8 + 8  # signature, then the IHDR length and type
+    data[start : start + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[start - 4 : start + 13]))
+    data[start + 13 : start + 17] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+
+
+def test_eval_images_refuses_a_decompression_bomb(tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    from pixeljit.metrics import iter_folder_images
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _declared_png(folder / "bomb.png", 13300, 13300)  # 177 MP: PIL alone only warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # no multi-line warning
+        with pytest.raises(ValueError, match="over the limit") as caught:
+            list(iter_folder_images(folder))
+    assert "bomb.png" in str(caught.value)
+
+
+# ------------------------------------------------------------- D28: argparse errors in one line
+
+
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["sample", "x.pt", "--steps", "many"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err]
+    assert err.startswith("pixeljit sample: error: argument --steps") and "--help" in err
