@@ -274,3 +274,74 @@ def test_argparse_errors_are_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [err]
     assert err.startswith("pixeljit sample: error: argument --steps") and "--help" in err
+
+
+# -------------------------------------------------------------- D25: outputs probed by writing
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_unwritable_output_folder_is_found_by_a_probe_not_the_mode_bits(capsys):
+    from pixeljit.cli.checks import check_output
+
+    with pytest.raises(ValueError, match="cannot write in /proc"):
+        check_output("--out", "/proc/pixeljit-x.png")  # root passes os.access here
+
+
+# ---------------------------------------------------------- D28 / D23 / D27 / D24: messages
+
+
+def test_dangling_link_is_skipped_by_skip_bad(tmp_path):
+    from pixeljit.data.prepare import prepare
+
+    for i in range(2):
+        _image(tmp_path / "imgs" / f"{i}.png")
+    (tmp_path / "imgs" / "dead.png").symlink_to(tmp_path / "nowhere.png")
+    out = tmp_path / "pk"
+    prepare(str(tmp_path / "imgs"), 8, out, channels=1, skip_bad=True)
+    manifest = (out / "manifest.json").read_text()
+    assert "dead.png" in manifest
+
+
+def test_mixed_layout_names_the_prepare_flag(tmp_path):
+    _image(tmp_path / "mixed" / "top.png")
+    _image(tmp_path / "mixed" / "cls" / "a.png")
+    with pytest.raises(ValueError, match="--layout flat"):
+        scan_image_folder(tmp_path / "mixed")
+
+
+def test_font_folder_is_described_as_a_folder(tmp_path):
+    from pixeljit.data.emoji import find_emoji_font
+
+    with pytest.raises(ValueError, match="is a folder"):
+        find_emoji_font(tmp_path)
+
+
+def test_kid_without_features_names_the_cli_step():
+    import numpy as np
+
+    from pixeljit.metrics.dataset_stats import DatasetStats
+    from pixeljit.metrics.score import _dataset_features
+
+    with pytest.raises(ValueError, match="pixeljit eval --make-ref"):
+        _dataset_features(DatasetStats(np.zeros(2), np.eye(2)), "KID")
+
+
+# ------------------------------------------------------------- B16 / C21: more flags checked
+
+
+def test_toy_bounds_name_the_flag(tmp_path, capsys):
+    out = str(tmp_path / "toy")
+    assert "--dims" in _cli_error(["reproduce", "toy", "--dims", "100000000", "--out", out], capsys)
+    err = _cli_error(["reproduce", "toy", "--threads", "100000", "--out", out], capsys)
+    assert "--threads" in err
+    assert not (tmp_path / "toy").exists()
+
+
+def test_flags_without_effect_are_refused(tiny_file, tmp_path, capsys):
+    argv = ["sample", str(tiny_file), "--in-context-start", "5", "--device", "cpu",
+            "--out", str(tmp_path / "s.png")]  # fmt: skip
+    assert "--in-context-start has no effect" in _cli_error(argv, capsys)
+    base = ["eval", "--checkpoint", str(tiny_file), "--ref", "ref.npz", "--device", "cpu"]
+    err = _cli_error(base + ["--inception-weights", "/nonexistent"], capsys)
+    assert "--inception-weights has no effect" in err
+    assert "--ref-split has no effect" in _cli_error(base + ["--ref-split", "foo"], capsys)

@@ -11,6 +11,8 @@ import os
 import re
 from pathlib import Path
 
+from pixeljit.files.atomic import temp_sibling
+
 FOLDER_CLOBBER_GLOB = "*.png"  # an output folder holding these would have them replaced
 MAX_SEED = 2**63  # seeds are 64-bit: numpy's SeedSequence and torch.manual_seed take [0, 2**63)
 MAX_IMAGES = 10_000_000  # images one command may generate (50k is the FID standard)
@@ -91,6 +93,10 @@ def check_output(flag: str, path: str | os.PathLike, folder: bool = False,
     anchor = _first_existing(path if path.exists() and folder else path.parent)
     if not anchor.is_dir():
         raise ValueError(f"{flag} {path}: {anchor} is a file, not a folder")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: no permission to write in {anchor}")
+    probe = temp_sibling(anchor / "write-probe")  # os.access trusts the mode bits (root, /proc)
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot write in {anchor} ({err.strerror})") from None
     return path

@@ -24,6 +24,7 @@ from pixeljit.cli.checks import (
     check_output,
     check_seed,
 )
+from pixeljit.cli.sample import check_authors_only
 from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
 from pixeljit.metrics.score import ScoreConfig
 
@@ -113,6 +114,14 @@ def check_args(args) -> list[float] | None:
     check_int("--num", args.num, 1, MAX_IMAGES + 1)
     check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
     check_device("--device", args.device)
+    if args.checkpoint:
+        check_authors_only(args.checkpoint, args.in_context_start)
+    if args.inception_weights and args.extractor != "inception-v3-fid":
+        raise ValueError("--inception-weights has no effect without --extractor inception-v3-fid: "
+                         "add that flag or drop --inception-weights")  # fmt: skip
+    if args.ref_split and args.ref and args.ref.endswith(".npz"):
+        raise ValueError(f"--ref-split has no effect with the statistics file --ref {args.ref}: "
+                         "drop it (it picks a split of a data-set reference)")  # fmt: skip
     if args.emas is not None and not args.sweep_cfg:
         raise ValueError("--emas has no effect without --sweep-cfg: add --sweep-cfg LO HI STEP, "
                          "or pick one set of weights with --weights")  # fmt: skip

@@ -150,6 +150,20 @@ def check_args(args) -> None:
     check_float("--noise-scale", args.noise_scale, 0.0, MAX_NOISE_SCALE, low_open=True)
     for y in args.labels or ():
         check_int("--labels", y, 0)
+    check_authors_only(args.checkpoint, args.in_context_start)
+
+
+def check_authors_only(checkpoint: str, in_context_start: int | None) -> None:
+    """--in-context-start only applies to an authors' checkpoint (ours record theirs)."""
+    if in_context_start is None or not Path(checkpoint).exists():
+        return
+    from pixeljit.checkpoints.load import checkpoint_kind
+
+    if checkpoint_kind(checkpoint) != "authors":
+        raise ValueError(
+            f"--in-context-start has no effect on {checkpoint}: only authors' checkpoints need "
+            "it (pixeljit files record their own); drop the flag"
+        )
 
 
 def load_model(source, weights=None, in_context_start=None, device="cpu") -> TrainedModel:

@@ -153,9 +153,10 @@ def scan_image_folder(
     if layout == "auto":
         if subdirs and top_images:
             raise ValueError(
-                f"{base} mixes {len(top_images)} images with {len(subdirs)} sub-folders: pass "
-                "layout='flat' (every image, unconditional) or layout='classes' (sub-folders "
-                "are classes; top-level files ignored)"
+                f"{base} mixes {len(top_images)} images with {len(subdirs)} sub-folders: pack it "
+                "with `pixeljit prepare SRC --layout flat` (every image, unconditional) or "
+                "`--layout classes` (sub-folders are classes; top-level files ignored) and use "
+                "the packed folder (Python: layout='flat' / 'classes')"
             )
         layout = "classes" if subdirs else "flat"
     ignored: list[str] = []
