@@ -148,7 +148,7 @@ def test_layout_errors(tmp_path):
     with pytest.raises(ValueError, match="empty_class holds no images"):
         scan_image_folder(tmp_path)
     save(tmp_path / "loose.png", "RGB", (0, 0, 0))
-    with pytest.raises(ValueError, match="layout='flat'"):
+    with pytest.raises(ValueError, match="--layout flat"):
         scan_image_folder(tmp_path)
     assert len(scan_image_folder(tmp_path, layout="flat").files) == 2
     with pytest.raises(ValueError, match="layout must be"):

@@ -22,7 +22,13 @@ import torch
 
 from pixeljit.checkpoints.load import TrainedModel
 from pixeljit.data.open import open_dataset
-from pixeljit.diffusion.sampler import NO_GUIDANCE, SamplerConfig, check_seed, sample
+from pixeljit.diffusion.sampler import (
+    NO_GUIDANCE,
+    SamplerConfig,
+    check_finite,
+    check_seed,
+    sample,
+)
 from pixeljit.files.cache import cache_root
 from pixeljit.files.images import save_pngs, to_uint8
 from pixeljit.metrics import (
@@ -96,6 +102,7 @@ def generate(
             preconditioner=model.preconditioner, seed=spec.seed, first_index=first,
             amp_dtype=spec.amp_dtype,
         )  # fmt: skip
+        check_finite(images, first)
         u8 = to_uint8(images)
         if save_dir is not None:
             save_pngs(u8, save_dir, start=first)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pixeljit.checkpoints.weights import materialise, meta_model
-from pixeljit.files.atomic import atomic_write
+from pixeljit.files.atomic import atomic_write_stream
 from pixeljit.model import JiT, JiTConfig
 
 SAFETENSORS_CONFIG_KEY = "pixeljit_config"
@@ -27,7 +27,7 @@ def save_safetensors(
 ) -> Path:
     """Weights + JSON config (+ the objective sampling must match, and class names) in one
     .safetensors file, written atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,10 @@ def save_safetensors(
         meta["objective"] = json.dumps(objective)
     if class_names is not None:
         meta["class_names"] = json.dumps(list(class_names))
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    # serialised here and written by Python: a failed write is an OSError naming the file (not a
+    # SafetensorError), and the file gets the usual umask-derived mode
+    blob = save(tensors, metadata=meta)
+    return atomic_write_stream(path, lambda f: f.write(blob))
 
 
 def _metadata_json(path: Path, meta: dict, key: str):

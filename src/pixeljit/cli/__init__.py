@@ -23,8 +23,18 @@ VERBS = {
 }
 
 
+USAGE_ERROR = 2  # argparse's exit status for a bad command line
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block); its sub-parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pixeljit", description="JiT: pixel-space diffusion with x-prediction."
     )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)

@@ -8,10 +8,22 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
+
+from pixeljit.files.atomic import temp_sibling
 
 FOLDER_CLOBBER_GLOB = "*.png"  # an output folder holding these would have them replaced
 MAX_SEED = 2**63  # seeds are 64-bit: numpy's SeedSequence and torch.manual_seed take [0, 2**63)
+MAX_IMAGES = 10_000_000  # images one command may generate (50k is the FID standard)
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(flag: str, name: str) -> None:
+    """A device the verbs can run on (not meta, xla, ...), before torch sees it."""
+    if not _DEVICE.fullmatch(name):
+        raise ValueError(f"{flag} {name!r} is not a device this command runs on: pass {DEVICES}")
 
 
 def check_int(flag: str, value: int | None, low: int = 1, high: int | None = None) -> None:
@@ -81,6 +93,10 @@ def check_output(flag: str, path: str | os.PathLike, folder: bool = False,
     anchor = _first_existing(path if path.exists() and folder else path.parent)
     if not anchor.is_dir():
         raise ValueError(f"{flag} {path}: {anchor} is a file, not a folder")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: no permission to write in {anchor}")
+    probe = temp_sibling(anchor / "write-probe")  # os.access trusts the mode bits (root, /proc)
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot write in {anchor} ({err.strerror})") from None
     return path

@@ -16,12 +16,22 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.cli.checks import check_float, check_int, check_output, check_seed
+from pixeljit.cli.checks import (
+    MAX_IMAGES,
+    check_device,
+    check_float,
+    check_int,
+    check_output,
+    check_seed,
+)
+from pixeljit.cli.sample import check_authors_only
 from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
+from pixeljit.metrics.score import ScoreConfig
 
 METRIC_NAMES = ("fd", "kid", "is", "pr")
 AMP = {"none": None, "bf16": torch.bfloat16}
 CHANNELS = (1, 3)
+IS_SPLITS = ScoreConfig().is_splits
 MAX_SWEEP_SCALES = 1000  # --sweep-cfg: CFG scales in one sweep
 
 
@@ -101,8 +111,23 @@ def _emas(args, checkpoint: str) -> list[str]:
 def check_args(args) -> list[float] | None:
     """Every numeric flag and output path, before anything is loaded or generated; returns the
     CFG scales of --sweep-cfg (None without it)."""
-    check_int("--num", args.num)
-    check_int("--batch-size", args.batch_size)
+    check_int("--num", args.num, 1, MAX_IMAGES + 1)
+    check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
+    check_device("--device", args.device)
+    if args.checkpoint:
+        check_authors_only(args.checkpoint, args.in_context_start)
+    if args.inception_weights and args.extractor != "inception-v3-fid":
+        raise ValueError("--inception-weights has no effect without --extractor inception-v3-fid: "
+                         "add that flag or drop --inception-weights")  # fmt: skip
+    if args.ref_split and args.ref and args.ref.endswith(".npz"):
+        raise ValueError(f"--ref-split has no effect with the statistics file --ref {args.ref}: "
+                         "drop it (it picks a split of a data-set reference)")  # fmt: skip
+    if args.emas is not None and not args.sweep_cfg:
+        raise ValueError("--emas has no effect without --sweep-cfg: add --sweep-cfg LO HI STEP, "
+                         "or pick one set of weights with --weights")  # fmt: skip
+    if args.checkpoint and "is" in args.metrics and args.num < IS_SPLITS:
+        raise ValueError(f"--metrics is needs --num ≥ {IS_SPLITS} (the Inception Score is "
+                         f"averaged over {IS_SPLITS} splits), got --num {args.num}")  # fmt: skip
     check_seed("--seed", args.seed)
     check_int("--size", args.size)
     check_int("--in-context-start", args.in_context_start, 0)

@@ -9,6 +9,7 @@ Add a reproduction by writing `_add_<name>` / `_run_<name>` and listing it in EX
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 from pixeljit.cli.checks import check_int, check_output, check_seed
 
 DEFAULT_TOY_OUT = "runs/toy"
+MAX_TOY_DIM = 65_536  # the paper's toy goes to D = 512; 10⁸ tried to allocate 100 GB
+MAX_TOY_STEPS = 10_000_000
 
 
 def _add_toy(experiments) -> None:
@@ -93,10 +96,10 @@ def _run_toy(args) -> int:
     )
 
     check_seed("--seed", args.seed)
-    check_int("--steps", args.steps)
-    check_int("--threads", args.threads)
+    check_int("--steps", args.steps, 1, MAX_TOY_STEPS + 1)
+    check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)  # more only oversubscribe
     for d in args.dims or ():
-        check_int("--dims", d)
+        check_int("--dims", d, 1, MAX_TOY_DIM + 1)
     config = toy_config(args.quick, args.seed, args.steps, args.dims, args.threads)
     out = check_output("--out", args.out, folder=True, overwrite=True)  # a folder of results
     earlier = [out / name for name in toy_output_names() if (out / name).exists()]

@@ -14,10 +14,17 @@ import torch
 from tqdm import tqdm
 
 from pixeljit.checkpoints.load import TrainedModel, load_trained
-from pixeljit.cli.checks import check_float, check_int, check_output, check_seed
+from pixeljit.cli.checks import (
+    MAX_IMAGES,
+    check_device,
+    check_float,
+    check_int,
+    check_output,
+    check_seed,
+)
 from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
-from pixeljit.diffusion.sampler import sample
-from pixeljit.files.images import save_grid, save_npz, save_pngs, to_uint8
+from pixeljit.diffusion.sampler import check_finite, sample
+from pixeljit.files.images import MAX_GRID_PIXELS, save_grid, save_npz, save_pngs, to_uint8
 from pixeljit.training.distributed import resolve_device
 
 DEFAULT_OUT = "samples.png"
@@ -25,6 +32,7 @@ PER_CLASS = 8  # default images per class (grid columns)
 DEFAULT_ROWS = 10  # default number of classes shown when --labels and --num are not given
 UNCONDITIONAL_NUM = 64
 MAX_GRID_SCALE = 32  # --scale: a 256-px grid of 8 × 10 cells at ×32 is already 650 MP
+MAX_NOISE_SCALE = 1e3  # the paper's noise scales are 1-2; far beyond, samples overflow
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -132,15 +140,30 @@ def parse_outputs(paths: list[str] | None, overwrite: bool = False) -> Outputs:
 def check_args(args) -> None:
     """Every numeric flag finite and in range (the sampler's via SamplerConfig), before any
     model is loaded."""
-    check_int("--num", args.num)
-    check_int("--batch-size", args.batch_size)
-    check_int("--ncols", args.ncols)
+    check_int("--num", args.num, 1, MAX_IMAGES + 1)
+    check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
+    check_int("--ncols", args.ncols, 1, MAX_IMAGES + 1)
+    check_device("--device", args.device)
     check_int("--scale", args.scale, 1, MAX_GRID_SCALE + 1)
     check_seed("--seed", args.seed)
     check_int("--in-context-start", args.in_context_start, 0)
-    check_float("--noise-scale", args.noise_scale, 0.0, low_open=True)
+    check_float("--noise-scale", args.noise_scale, 0.0, MAX_NOISE_SCALE, low_open=True)
     for y in args.labels or ():
         check_int("--labels", y, 0)
+    check_authors_only(args.checkpoint, args.in_context_start)
+
+
+def check_authors_only(checkpoint: str, in_context_start: int | None) -> None:
+    """--in-context-start only applies to an authors' checkpoint (ours record theirs)."""
+    if in_context_start is None or not Path(checkpoint).exists():
+        return
+    from pixeljit.checkpoints.load import checkpoint_kind
+
+    if checkpoint_kind(checkpoint) != "authors":
+        raise ValueError(
+            f"--in-context-start has no effect on {checkpoint}: only authors' checkpoints need "
+            "it (pixeljit files record their own); drop the flag"
+        )
 
 
 def load_model(source, weights=None, in_context_start=None, device="cpu") -> TrainedModel:
@@ -186,6 +209,19 @@ def grid_layout(labels: list[int] | None, num: int, ncols: int | None, names=Non
     return ncols or math.ceil(math.sqrt(num)), None
 
 
+def check_grid_size(num: int, ncols: int, image_size: int, scale: int) -> None:
+    """Refuse a grid too large to build, before any sampling."""
+    cols = ncols
+    side = image_size * scale
+    pixels = cols * math.ceil(num / cols) * side * side
+    if pixels > MAX_GRID_PIXELS:
+        raise ValueError(
+            f"the grid of {num} images in {cols} columns at --scale {scale} would have "
+            f"{pixels:,} pixels (limit {MAX_GRID_PIXELS:,}): lower --ncols / --scale / --num, or "
+            "write a folder or .npz instead"
+        )
+
+
 def run(args) -> int:
     check_args(args)
     sampler = sampler_from_args(args)
@@ -198,6 +234,9 @@ def run(args) -> int:
     labels = choose_labels(args.num, classes, args.labels)
     num = len(labels) if labels is not None else (args.num or UNCONDITIONAL_NUM)
     keep = bool(outputs.grids or outputs.npzs)
+    ncols, row_labels = grid_layout(labels, num, args.ncols, model.class_names)
+    if outputs.grids:
+        check_grid_size(num, ncols, net.config.image_size, args.scale)
     chunks = []
     with tqdm(total=num, unit="img", desc="sampling") as bar:
         for start in range(0, num, args.batch_size):
@@ -214,6 +253,7 @@ def run(args) -> int:
                 first_index=start,
                 amp_dtype=AMP_DTYPES[args.amp],
             )
+            check_finite(images, start, "--cfg / --noise-scale")
             u8 = to_uint8(images)  # (B, C, H, W) uint8 on the CPU
             for folder in outputs.folders:
                 save_pngs(u8, folder, start=start)
@@ -223,7 +263,6 @@ def run(args) -> int:
     written = [str(f) + "/" for f in outputs.folders]
     if keep:
         everything = torch.cat(chunks)
-        ncols, row_labels = grid_layout(labels, num, args.ncols, model.class_names)
         for path in outputs.grids:
             written.append(str(save_grid(everything, path, ncols, row_labels, args.scale)))
         y = torch.tensor(labels) if labels is not None else None

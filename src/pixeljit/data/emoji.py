@@ -43,6 +43,8 @@ _DECODE_ERRORS = (
 
 def find_emoji_font(font_path: str | os.PathLike | None = None) -> Path:
     """The Noto Color Emoji font file, or FileNotFoundError with install instructions."""
+    if font_path is not None and Path(font_path).is_dir():
+        raise ValueError(f"--font {font_path} is a folder: pass the font file (NotoColorEmoji.ttf)")
     candidates = [Path(font_path)] if font_path is not None else list(FONT_CANDIDATES)
     for path in candidates:
         if path.is_file():

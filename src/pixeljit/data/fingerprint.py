@@ -21,7 +21,11 @@ def files_fingerprint(files: Iterable[tuple[str, Path]], extra: object = None) -
     """sha256 over (name, size, mtime, ctime) of each (name, path) and a JSON-able `extra`."""
     digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
     for name, path in files:
-        st = os.stat(path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:  # a dangling link: decoding reports it (or --skip-bad skips it)
+            st = os.lstat(path)
+            name = f"{name}\0dangling-link"
         digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
     return digest.hexdigest()
 

@@ -118,6 +118,11 @@ def _split_root(root: Path, split: str | None) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     if split is not None:
+        if split in ("", ".", "..") or "/" in split or "\\" in split or os.sep in split:
+            raise ValueError(
+                f"split {split!r} is not a folder name: pass the name of a sub-folder of {root} "
+                "(e.g. --split train), without '/' or '..'"
+            )
         base = root / split
         if not base.is_dir():
             subs = sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p.name))
@@ -148,9 +153,10 @@ def scan_image_folder(
     if layout == "auto":
         if subdirs and top_images:
             raise ValueError(
-                f"{base} mixes {len(top_images)} images with {len(subdirs)} sub-folders: pass "
-                "layout='flat' (every image, unconditional) or layout='classes' (sub-folders "
-                "are classes; top-level files ignored)"
+                f"{base} mixes {len(top_images)} images with {len(subdirs)} sub-folders: pack it "
+                "with `pixeljit prepare SRC --layout flat` (every image, unconditional) or "
+                "`--layout classes` (sub-folders are classes; top-level files ignored) and use "
+                "the packed folder (Python: layout='flat' / 'classes')"
             )
         layout = "classes" if subdirs else "flat"
     ignored: list[str] = []

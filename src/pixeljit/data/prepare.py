@@ -261,6 +261,8 @@ def _pack(
         if bar is not None:
             bar.close()
     if writer is None:
+        if not stream.skipped:
+            raise ValueError("the source holds no images: point it at a non-empty data set")
         reasons = "; ".join(f"{b.path}: {b.reason}" for b in stream.skipped[:5])
         raise ValueError(
             f"no readable images in the source ({len(stream.skipped)} skipped: {reasons})"

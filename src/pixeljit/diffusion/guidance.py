@@ -27,9 +27,9 @@ def check_interval(interval: tuple[float, float]) -> tuple[float, float]:
     except (TypeError, ValueError):
         raise ValueError(f"interval must be two numbers (low, high), got {interval!r}") from None
     if not (0.0 <= low <= 1.0 and 0.0 <= high <= 1.0):
-        raise ValueError(f"CFG interval must lie in [0, 1], got ({low}, {high})")
+        raise ValueError(f"interval (of CFG) must lie in [0, 1], got ({low}, {high})")
     if low > high:
-        raise ValueError(f"CFG interval needs low ≤ high, got ({low}, {high})")
+        raise ValueError(f"interval (of CFG) needs low ≤ high, got ({low}, {high})")
     return low, high
 
 

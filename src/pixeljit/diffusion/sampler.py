@@ -37,6 +37,9 @@ DEFAULT_STEPS = 50  # the paper's Heun-50
 SAMPLE_T_EPS = 0.05  # the authors' clamp of 1−t at sampling (issue #59 suggests 1e-3)
 PAPER_INTERVAL = (0.1, 1.0)  # the CFG interval of the paper's main results
 MAX_SEED = 2**63  # seeds are 64-bit (numpy SeedSequence, torch.manual_seed)
+MAX_STEPS = 10_000  # solver steps (the paper uses 50; 10k Heun steps is already 20k evaluations)
+SHIFT_RANGE = (1e-3, 1e3)  # a shifted grid outside this collapses to repeated times in float32
+MAX_CFG = 100.0  # guidance scales beyond this overflow the velocity (the paper uses 1-3)
 NO_GUIDANCE = 1.0  # cfg = 1 gives the conditional velocity (and skips the unconditional pass)
 
 
@@ -69,16 +72,19 @@ class SamplerConfig:
     t_min: float = DEFAULT_T_MIN
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int):
             raise ValueError(f"steps must be an integer ≥ 1, got {self.steps!r}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must lie in [1, {MAX_STEPS}], got {self.steps}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.grid not in GRIDS:
             raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
-        if not _finite("shift", self.shift) > 0:
-            raise ValueError(f"shift must be > 0, got {self.shift}")
-        if not _finite("cfg", self.cfg) >= 0:
-            raise ValueError(f"cfg must be ≥ 0 (1 = no guidance), got {self.cfg}")
+        low, high = SHIFT_RANGE
+        if not low <= _finite("shift", self.shift) <= high:
+            raise ValueError(f"shift must lie in [{low}, {high}], got {self.shift}")
+        if not 0 <= _finite("cfg", self.cfg) <= MAX_CFG:
+            raise ValueError(f"cfg must lie in [0, {MAX_CFG}] (1 = no guidance), got {self.cfg}")
         if not 0.0 < _finite("t_eps", self.t_eps) <= 1.0:
             raise ValueError(f"t_eps must lie in (0, 1], got {self.t_eps}")
         if not 0.0 < _finite("t_min", self.t_min) <= 1.0:
@@ -92,6 +98,18 @@ class SamplerConfig:
     def nfe(self) -> int:
         """Network evaluations per image and guidance branch."""
         return evaluations(self.method, self.steps)
+
+
+def check_finite(images: Tensor, start: int = 0, knobs: str = "cfg / noise_scale") -> None:
+    """Refuse NaN / inf samples (written out they would be black images, silently)."""
+    bad = (~torch.isfinite(images.flatten(1))).any(dim=1)
+    if bad.any():
+        first = start + int(bad.nonzero()[0])
+        raise ValueError(
+            f"{int(bad.sum())} of the {len(images)} images from sample {start} on are not finite "
+            f"(NaN/inf, first: sample {first}): the checkpoint diverged or {knobs} is too large; "
+            "nothing of this batch was written"
+        )
 
 
 # ------------------------------------------------------------------------------------ noise

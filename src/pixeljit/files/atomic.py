@@ -29,6 +29,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:  # name the file the user asked for, not the hidden temporary one
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     finally:
         tmp.unlink(missing_ok=True)
     return path

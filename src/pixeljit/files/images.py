@@ -23,6 +23,7 @@ LABEL_FONT_SIZE = 12
 LABEL_MARGIN = 4  # pixels around a row label
 LABEL_COLOUR = 0  # black
 NPZ_IMAGES_KEY = "arr_0"  # the ADM / torch-fidelity convention: (N, H, W, C) uint8
+MAX_GRID_PIXELS = 2**30  # a grid beyond a gigapixel cannot sensibly be built in memory
 _MODES = {1: "L", 3: "RGB"}
 
 
@@ -78,6 +79,11 @@ def make_grid(
     if ncols < 1:
         raise ValueError(f"ncols must be ≥ 1, got {ncols}")
     nrows = math.ceil(n / ncols)
+    if ncols * nrows * h * w * scale * scale > MAX_GRID_PIXELS:
+        raise ValueError(
+            f"a grid of {nrows} × {ncols} images of {h * scale} × {w * scale} px is over "
+            f"{MAX_GRID_PIXELS:,} pixels: use fewer columns or a smaller scale"
+        )
     if row_labels is not None and len(row_labels) != nrows:
         raise ValueError(f"got {len(row_labels)} row labels for {nrows} rows")
     if scale > 1:

@@ -30,6 +30,7 @@ from .stats import FeatureBank, FeatureStats, distributed_active
 MAX_STATS_DIM = 16384  # feature dimension bound when no extractor is given (sigma: 2 GiB)
 MAX_NAME_BYTES = 4096  # the extractor name stored with the statistics
 SYMMETRY_TOLERANCE = 1e-6  # max |sigma − sigmaᵀ| relative to max |sigma|
+PSD_TOLERANCE = 1e-5  # most negative eigenvalue of sigma allowed, relative to the largest |one|
 
 
 @dataclass
@@ -146,6 +147,13 @@ def _check_values(path: Path, ref: DatasetStats) -> None:
     if asymmetry > SYMMETRY_TOLERANCE:
         raise ValueError(
             f"{path}: sigma is not symmetric (relative asymmetry {asymmetry:.2g}): not a covariance"
+        )
+    evals = np.linalg.eigvalsh((ref.sigma + ref.sigma.T) / 2)
+    floor = -PSD_TOLERANCE * max(float(np.abs(evals).max()), np.finfo(np.float64).tiny)
+    if evals[0] < floor:
+        raise ValueError(
+            f"{path}: sigma has a negative eigenvalue ({evals[0]:.3g}) beyond round-off: not a "
+            "covariance; recompute the statistics (pixeljit eval --make-ref)"
         )
     if ref.count is not None and ref.count < 0:
         raise ValueError(f"{path}: count must be ≥ 0, got {ref.count}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from pixeljit.data.transforms import check_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NPZ_IMAGE_KEY = "arr_0"
@@ -69,11 +72,17 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
 def _read_image(path: Path) -> np.ndarray:
     """One image as (C, H, W) uint8: grey stays one channel, everything else becomes RGB."""
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # check_pixels says it in one line, with a lower cap
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            check_pixels(img)  # before decoding: a small file may declare gigapixels
             mode = "L" if img.mode in ("L", "I;16", "1") else "RGB"
             arr = np.asarray(img.convert(mode))
     except (OSError, Image.DecompressionBombError, SyntaxError) as err:  # PIL's own limits
         raise ValueError(f"{path} is not a readable image ({err}); remove or replace it") from None
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}; remove or shrink it") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 

@@ -83,8 +83,9 @@ def _dataset_features(ref: DatasetStats, what: str) -> torch.Tensor:
     if ref.features is None:
         raise ValueError(
             f"{what} needs the data set's features, but its statistics hold only mu/sigma "
-            "(as ADM / JiT .npz files do); compute them from the data set's images with "
-            "compute_dataset_stats(..., keep_features=True), or drop the metric"
+            "(as ADM / JiT .npz files do): make a reference from the data set's images with "
+            "`pixeljit eval --make-ref DATASET --out STATS.npz` (pixeljit.compute_dataset_stats "
+            "with keep_features=True), or leave this metric out of --metrics"
         )
     return torch.from_numpy(ref.features)
 

@@ -18,6 +18,7 @@ import yaml
 
 from pixeljit.diffusion.objective import ObjectiveConfig
 from pixeljit.diffusion.sampler import SamplerConfig
+from pixeljit.files.yaml_file import read_yaml
 from pixeljit.model import JiTConfig, model_config
 
 MAX_SEED = 2**63  # seeds are 64-bit (numpy SeedSequence, torch.manual_seed)
@@ -32,6 +33,11 @@ PAPER_CFG = {
     ("H", 16): 2.2, ("H", 32): 2.3, ("H", 64): 2.3,
     ("G", 16): 2.2, ("G", 32): 2.2, ("G", 64): 2.2,
 }  # fmt: skip
+# upper bounds of the sizes, checked before anything is allocated (JiT-G is 1664 wide, 40 deep)
+MAX_MODEL = {"image_size": 4096, "patch_size": 512, "in_channels": 64, "hidden_size": 8192,
+             "depth": 256, "num_heads": 256}  # fmt: skip
+MAX_CLASSES = 100_000
+MAX_PREVIEW = 1000  # preview grid rows / columns
 
 
 def _number(name: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
@@ -49,22 +55,24 @@ def _number(name: str, value, low=None, high=None, low_open=False, high_open=Fal
 def check_model_fields(fields: dict) -> None:
     """The JiT fields that JiTConfig itself leaves unchecked or reports without the field's name
     (it lives in model/): sizes ≥ 1, a positive MLP ratio, dropout rates in [0, 1)."""
-    for name in ("image_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads"):
-        _count(f"model.{name}", fields.get(name))
-    _count("model.num_classes", fields.get("num_classes"), low=0)
+    for name, high in MAX_MODEL.items():
+        _count(f"model.{name}", fields.get(name), high=high)
+    _count("model.num_classes", fields.get("num_classes"), low=0, high=MAX_CLASSES)
     _number("model.mlp_ratio", fields.get("mlp_ratio"), low=0.0, low_open=True)
     for name in ("dropout", "attn_dropout"):
         _number(f"model.{name}", fields.get(name), 0.0, 1.0, high_open=True)
 
 
-def _count(name: str, value, low: int = 1) -> None:
-    """An integer ≥ low (None = not set)."""
+def _count(name: str, value, low: int = 1, high: int | None = None) -> None:
+    """An integer in [low, high] (None = not set)."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < low:
         raise ValueError(f"{name} must be ≥ {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be ≤ {high}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,7 @@ class DataConfig:
     num_classes: int | None = None  # None → from the data set
 
     def __post_init__(self) -> None:
-        _count("data.num_classes", self.num_classes, low=0)
+        _count("data.num_classes", self.num_classes, low=0, high=MAX_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -142,8 +150,8 @@ class SampleConfig(SamplerConfig):
         except ValueError as err:
             raise ValueError(f"sample.{err}") from None
         _count("sample.every", self.every, low=0)
-        _count("sample.per_class", self.per_class)
-        _count("sample.max_classes", self.max_classes)
+        _count("sample.per_class", self.per_class, high=MAX_PREVIEW)
+        _count("sample.max_classes", self.max_classes, high=MAX_PREVIEW)
         _number("sample.ema_decay", self.ema_decay, 0.0, 1.0, low_open=True, high_open=True)
 
 
@@ -337,8 +345,16 @@ def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
     """Apply {section: {field: value}} or {'section.field': value} to a config."""
     nested: dict[str, dict] = {}
     for key, value in overrides.items():
+        if not isinstance(key, str):
+            raise ValueError(f"config key {key!r} must be a section name (e.g. optim), not a "
+                             f"{type(key).__name__}")  # fmt: skip
+        if key in SECTIONS and not isinstance(value, dict):
+            raise ValueError(f"config section {key!r} must be a mapping of fields (e.g. "
+                             f"{key}: {{field: value}}), got {value!r}")  # fmt: skip
         if isinstance(value, dict) and "." not in key:
             for sub, v in value.items():
+                if not isinstance(sub, str):
+                    raise ValueError(f"config field {sub!r} of section {key!r} must be a name")
                 nested.setdefault(key, {})[sub] = v
         else:
             section, _, name = key.partition(".")
@@ -369,15 +385,16 @@ def parse_set(items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set {item!r} must look like section.field=value")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({err})") from None
     return out
 
 
 def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    """A config file's mapping of sections (one-line errors for a folder, bad text or YAML)."""
+    data = read_yaml(path, "--config") or {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of sections")
     return data
