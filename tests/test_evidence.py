@@ -40,6 +40,15 @@ class PoolExtractor(FeatureExtractor):
         return Extracted(features=F.adaptive_avg_pool2d(x, POOL).flatten(1))
 
 
+class CountingExtractor(PoolExtractor):
+    def __init__(self):
+        self.images = 0
+
+    def extract(self, images: torch.Tensor) -> Extracted:
+        self.images += len(images)
+        return super().extract(images)
+
+
 def tiny_config(**overrides) -> Table2Config:
     values = dict(
         predictions=("x", "v"), losses=("v", "x"), big_size=16, big_patch=4, small_size=8,
@@ -141,7 +150,10 @@ def test_rerun_keeps_finished_cells(grid):
     config, out, report, _ = grid
     before = {c["name"]: (out / CELLS_FOLDER / c["name"] / RESULT_NAME).stat().st_mtime_ns
               for c in report["cells"]}  # fmt: skip
-    again = run_table2(config, out, extractor=PoolExtractor(), train_fn=Recorder(allowed=False))
+    counting = CountingExtractor()
+    again = run_table2(config, out, extractor=counting, train_fn=Recorder(allowed=False))
+    assert counting.images == 0  # nor are the real images' statistics computed again
+    assert again["fd_floor"] == report["fd_floor"]
     assert [c["fd"] for c in again["cells"]] == [c["fd"] for c in report["cells"]]
     after = {c["name"]: (out / CELLS_FOLDER / c["name"] / RESULT_NAME).stat().st_mtime_ns
              for c in report["cells"]}  # fmt: skip

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from pixeljit.checkpoints.run import find_checkpoint
 from pixeljit.data.packed import PackedDataset
 from pixeljit.diffusion.sampler import SamplerConfig, sample
-from pixeljit.files.atomic import atomic_write_text
+from pixeljit.files.atomic import atomic_write, atomic_write_text
 from pixeljit.files.images import save_grid, to_uint8
 from pixeljit.metrics.distances import frechet_distance, sqrt_psd
 from pixeljit.metrics.extractor import FeatureExtractor
@@ -128,6 +128,33 @@ class RealReference:
     def fd(self, stats: FeatureStats) -> float:
         mu, sigma = stats.mu_sigma()
         return frechet_distance(mu, sigma, self.mu, self.sigma, self.root)
+
+    def save(self, path: Path, extractor: str, extra: dict) -> Path:
+        """Kept in the results folder so a resumed run does not extract the real images again
+        (`extra`: JSON-able facts stored beside, e.g. the floors)."""
+        meta = json.dumps({"extractor": extractor, "hf_by_size": self.hf_by_size,
+                           "count": self.count, "extra": extra})  # fmt: skip
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, mu=self.mu, sigma=self.sigma, meta=np.array(meta))
+
+        return atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: Path, extractor: str) -> tuple[RealReference, dict]:
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                mu, sigma, meta = f["mu"], f["sigma"], json.loads(str(f["meta"]))
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{path} is unreadable ({err}); move it away to recompute") from None
+        if meta.get("extractor") != extractor:
+            raise ValueError(
+                f"{path} holds statistics of extractor {meta.get('extractor')!r}, not "
+                f"{extractor!r}: use another results folder"
+            )
+        hf = {int(k): float(v) for k, v in meta["hf_by_size"].items()}
+        return cls(mu, sigma, sqrt_psd(sigma), hf, int(meta["count"])), meta["extra"]
 
 
 # ------------------------------------------------------------------------------- cells

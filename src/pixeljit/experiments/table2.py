@@ -44,6 +44,7 @@ PRESET = "emoji-cpu"
 SETTINGS = ("bottlenecked", "plain")
 CELLS_FOLDER = "cells"
 DATA_FOLDER = "data"
+REFERENCE_NAME = "real-reference.npz"  # the real images' statistics, computed once per folder
 CONFIG_NAME = "table2-config.json"  # the grid's config, written first: a re-run must match it
 # the quick variant (CI-sized): 30 steps, few samples, a 512-image subset of the emoji set
 QUICK_STEPS = 30
@@ -253,7 +254,12 @@ def run_table2(
     data = setting_data(config, out)
     sources = {s: str(data[config.size_patch(s)[0]].folder) for s in SETTINGS}
     cells = build_cells(config, out, sources)
-    real, floor = real_reference(config, data, extractor)
+    cached = out / REFERENCE_NAME
+    if cached.is_file():
+        real, floor = RealReference.load(cached, extractor.name)
+    else:
+        real, floor = real_reference(config, data, extractor)
+        real.save(cached, extractor.name, floor)
     say(f"real reference: {real.count} images; FD floor of each setting {floor}")
     measure = config.measure()
     results = []
