@@ -212,3 +212,22 @@ def test_hf_energy_measures_fine_detail():
     assert hf_energy(noisy.to(torch.uint8)) > 50 * hf_energy(smooth)
     with pytest.raises(ValueError, match="even"):
         hf_energy(flat[..., :15, :15])
+
+
+# The claim at CPU scale, measured with the HF energy ratio (the FD-EffNetLite0 of 64 samples
+# did not rank the failures: see docs/evidence.md). Seed 0 at this exact config measured x 0.84,
+# v 2.55, ε 44.0; CLAIM_RATIO sits below the smallest measured v / x ratio.
+CLAIM_RATIO = 2.0
+
+
+@pytest.mark.slow
+def test_bottlenecked_x_prediction_has_no_residual_noise(tmp_path):
+    torch.set_num_threads(1)
+    config = Table2Config(
+        settings=("bottlenecked",), losses=("v",), steps=200, num_samples=64, sampler_steps=10,
+        real_count=256, device="cpu",
+    )  # fmt: skip
+    report = run_table2(config, tmp_path, extractor=PoolExtractor())
+    hf = {c["labels"]["prediction"]: c["hf_ratio"] for c in report["cells"]}
+    assert hf["eps"] > CLAIM_RATIO * hf["x"] and hf["v"] > CLAIM_RATIO * hf["x"]
+    assert hf["x"] < CLAIM_RATIO  # near the data's own high-frequency energy
