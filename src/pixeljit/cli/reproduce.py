@@ -209,7 +209,10 @@ def _run_table2(args) -> int:
     print(f"pixeljit reproduce table2: {cells} cells, {config.steps} steps each, seeds "
           f"{list(config.seeds)} → {out}", flush=True)  # fmt: skip
     start = time.perf_counter()
-    report = run_table2(config, out, progress=lambda line: print("  " + line, flush=True))
+    try:
+        report = run_table2(config, out, progress=lambda line: print("  " + line, flush=True))
+    except ImportError as err:  # the EffNet packages (the `eval` extra)
+        raise RuntimeError(str(err)) from None
     paths = write_outputs(report, out)
     print()
     print(table_markdown(report), end="")

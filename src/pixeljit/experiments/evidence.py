@@ -211,7 +211,7 @@ def sample_cell(folder: Path, measure: Measure, seed: int, device: str) -> torch
     """`measure.num_samples` uint8 samples (N, C, H, W) of the cell's trained network."""
     from pixeljit.checkpoints.load import load_trained
 
-    trained = load_trained(folder, weights=measure.weights, device=_device(device))
+    trained = load_trained(folder, weights=measure.weights, device=resolve_device(device))
     net = trained.net.eval()
     images = sample(
         net, None, **measure.sampler.kwargs(), noise_scale=trained.noise_scale,
@@ -221,7 +221,8 @@ def sample_cell(folder: Path, measure: Measure, seed: int, device: str) -> torch
     return to_uint8(images).cpu()
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA when present, else the CPU; other names as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

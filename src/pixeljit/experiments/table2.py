@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from pixeljit.data.open import open_dataset
 from pixeljit.data.packed import PackedDataset
 from pixeljit.diffusion.objective import LOSS_SPACES, PREDICTIONS
@@ -34,6 +32,7 @@ from pixeljit.experiments.evidence import (
     hf_energy,
     read_json,
     real_subset,
+    resolve_device,
     run_cell,
     write_json,
 )
@@ -243,14 +242,14 @@ def run_table2(
 ) -> dict:
     """Run (or resume) every cell; returns the report dict written as table2.json."""
     out = Path(out)
+    start = time.perf_counter()
+    if extractor is None:  # first: a missing package fails before anything is written
+        from pixeljit.metrics import EffNetLite0Extractor
+
+        extractor = EffNetLite0Extractor(device=resolve_device(config.device))
     out.mkdir(parents=True, exist_ok=True)
     check_results_folder(config, out)
     say = progress or (lambda line: None)
-    start = time.perf_counter()
-    if extractor is None:
-        from pixeljit.metrics import EffNetLite0Extractor
-
-        extractor = EffNetLite0Extractor(device=_extractor_device(config.device))
     data = setting_data(config, out)
     sources = {s: str(data[config.size_patch(s)[0]].folder) for s in SETTINGS}
     cells = build_cells(config, out, sources)
@@ -288,9 +287,3 @@ def run_table2(
         "this_run_s": time.perf_counter() - start,
         "total_cell_s": sum(r["train_s"] + r["sample_s"] + r["score_s"] for r in results),
     }
-
-
-def _extractor_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device

@@ -75,7 +75,8 @@ def table_markdown(report: dict) -> str:
             lines.append("")
         if floor is not None:
             lines.append(
-                f"FD of the real {size}-px images themselves against the reference: {floor:.1f}"
+                f"FD of the real {size}-px images themselves against the reference: "
+                f"{max(floor, 0.0):.1f}"
                 " (the floor of this setting).\n"
             )
     seeds = len(config["seeds"])
