@@ -42,7 +42,7 @@ from pixeljit.training.config import TrainConfig, load_yaml
 
 RESULT_NAME = "result.json"  # its presence marks a finished cell
 GRID_NAME = "grid.png"
-GRID_COLUMNS = 8
+GRID_COLUMNS = 4  # 16 samples → a 4×4 panel in the figure
 HF_FACTOR = 2  # the high-frequency residual: image − up(down(image, 2))
 EXTRACT_BATCH = 64
 REAL_SEED_TAG = 0x7265616C  # 'real': the seed of the real images' random subset
