@@ -97,7 +97,7 @@ def test_sweep_covers_every_ema_and_scale(setup, tmp_path, capsys):
 
 
 def test_eval_errors(setup, tmp_path, capsys):
-    assert main(["eval", "--checkpoint", str(setup / "run"), "--num", "4"]) == 2
+    assert main(["eval", "--checkpoint", str(setup / "run"), "--num", "10"]) == 2
     assert "need --ref" in capsys.readouterr().err
     assert main(["eval", "--images", str(tmp_path), "--ref", "x.npz"]) == 2
     assert "--size and --channels" in capsys.readouterr().err

@@ -96,6 +96,18 @@ def test_an_out_inside_another_run_is_refused(packed, tmp_path):
     assert files(tmp_path / "run1") == before and not (tmp_path / "run1" / "tensorboard").exists()
 
 
+def test_an_out_inside_a_folder_with_only_common_names_is_accepted(packed, tmp_path):
+    """config.yaml and .lock are names other tools use (pytest locks its temp folders): only a
+    checkpoint marks a run folder."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.yaml").write_text("mine: 1\n")
+    (project / ".lock").write_text("")
+    train(tiny(packed, project / "runs" / "a"), progress=False)
+    assert (project / "runs" / "a" / "latest.pt").is_file()
+    assert (project / "config.yaml").read_text() == "mine: 1\n"
+
+
 # ------------------------------------------------------------------------------------- A6
 
 

@@ -126,8 +126,9 @@ def check_args(args) -> list[float] | None:
         raise ValueError("--emas has no effect without --sweep-cfg: add --sweep-cfg LO HI STEP, "
                          "or pick one set of weights with --weights")  # fmt: skip
     if args.checkpoint and "is" in args.metrics and args.num < IS_SPLITS:
-        raise ValueError(f"--metrics is needs --num ≥ {IS_SPLITS} (the Inception Score is "
-                         f"averaged over {IS_SPLITS} splits), got --num {args.num}")  # fmt: skip
+        raise ValueError(f"the Inception Score (--metrics is) needs --num ≥ {IS_SPLITS} (it is "
+                         f"averaged over {IS_SPLITS} splits), got --num {args.num}: raise --num "
+                         "or leave is out of --metrics")  # fmt: skip
     check_seed("--seed", args.seed)
     check_int("--size", args.size)
     check_int("--in-context-start", args.in_context_start, 0)

@@ -81,6 +81,7 @@ def train(
     if resume is not None:  # the folder is locked before its checkpoint is looked for
         folder = run_folder(resume) if Path(resume).exists() else find_checkpoint(resume).parent
         if out.resolve() != folder.resolve():
+            find_checkpoint(resume)  # "holds no checkpoint" first: the likelier mistake
             raise ValueError(
                 f"--resume {resume} continues in its own folder {folder}, not in the "
                 f"output folder {out} (--out / run.out); drop --out or set it to "

@@ -136,6 +136,18 @@ def run_files(folder: str | os.PathLike) -> list[Path]:
     )
 
 
+def holds_checkpoint(folder: Path) -> bool:
+    """Whether `folder` holds a run's checkpoint (latest.pt or a milestone): the mark of a run
+    folder. Names alone that other tools use too (config.yaml, a `.lock` such as pytest's) are
+    not enough."""
+    if (folder / LATEST).is_file():
+        return True
+    try:
+        return any(STEP_FILE_RE.match(p.name) and p.suffix == ".pt" for p in folder.iterdir())
+    except OSError:  # unreadable: not ours to judge
+        return False
+
+
 def prepare_fresh(folder: str | os.PathLike, restart: bool) -> Path | None:
     """Make `folder` ready for a fresh run. Refuses one holding a run's files unless `restart`,
     which moves them into a new sibling folder (returned). Call while holding the `RunLock`."""
@@ -271,7 +283,7 @@ def check_out_folder(out: str | os.PathLike, data_source: str | None) -> None:
                 "writes checkpoints and images there: pass an --out outside the data folder"
             )
     for parent in out_path.parents:
-        if run_files(parent) or (parent / LOCK_FILE).is_file():
+        if holds_checkpoint(parent):
             raise ValueError(
                 f"--out {out} lies inside the run folder {parent} (it holds a training run); "
                 "pass an --out outside any run folder"
