@@ -195,7 +195,7 @@ def test_every_run_field_is_classified_explicitly():
     for name in typing.get_type_hints(RunConfig):  # a new run field must be classified
         assert f"run.{name}" in explicit, f"run.{name} is not classified in training/resume.py"
     assert field_class("model.depth") == field_class("optim.lr") == "recipe"
-    assert field_class("run.seed") == "recipe" and field_class("run.compile") == "inexact"
+    assert field_class("run.seed") == "recipe" and field_class("run.compile") == "resolved"
     assert {"run.out", "run.log_every", "run.ckpt_every", "run.tensorboard"} <= LOGISTICAL
 
 

@@ -197,7 +197,10 @@ class JiT(nn.Module):
             for i in range(cfg.depth)
         )
         self.final_layer = FinalLayer(dim, cfg.patch_size, cfg.in_channels, cfg.norm)
-        self._rope_cache: dict = {}
+        if cfg.rope:  # constants built here, not in forward: nothing for a compiler to guard on
+            cos, sin = self._rope_tables()
+            self.register_buffer("rope_cos", cos, persistent=False)  # (L + S², head_dim)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.initialize_weights()
 
     # ------------------------------------------------------------------------------ init
@@ -230,16 +233,33 @@ class JiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
-    # --------------------------------------------------------------------------- helpers
-    def _rope(self, prefix: int, device: torch.device):
-        """cos/sin tables for `prefix` identity tokens followed by the patch grid (cached)."""
+    # ------------------------------------------------------------------- RoPE tables
+    def _rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for the in-context tokens (identity rows) then the patch grid, computed on the
+        CPU in float64 (the same values on every device) and placed on the default device."""
+        cfg = self.config
+        with torch.device("cpu"):
+            cos, sin = rope_2d_tables(cfg.head_dim, cfg.grid_size, cfg.in_context_len)
+        device = torch.get_default_device()
+        return cos.to(device), sin.to(device)
+
+    def to_empty(self, *, device, recurse: bool = True):
+        """`nn.Module.to_empty`, then the RoPE tables (not in the state dict) filled again."""
+        super().to_empty(device=device, recurse=recurse)
+        if self.config.rope:
+            cos, sin = self._rope_tables()
+            with torch.no_grad():
+                self.rope_cos.copy_(cos)
+                self.rope_sin.copy_(sin)
+        return self
+
+    def _rope(self, prefix: int):
+        """(cos, sin) for `prefix` in-context tokens (0 or in_context_len) then the patch grid:
+        views of the buffers, whose first in_context_len rows are the identity."""
         if not self.config.rope:
             return None
-        key = (prefix, device)
-        if key not in self._rope_cache:
-            cos, sin = rope_2d_tables(self.config.head_dim, self.config.grid_size, prefix)
-            self._rope_cache[key] = (cos.to(device), sin.to(device))
-        return self._rope_cache[key]
+        skip = self.config.in_context_len - prefix
+        return self.rope_cos[skip:], self.rope_sin[skip:]
 
     def _check_inputs(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> None:
         cfg = self.config
@@ -277,14 +297,14 @@ class JiT(nn.Module):
         if self.y_embedder is not None:
             y_emb = self.y_embedder(y)
             c = c + y_emb
-        rope = self._rope(0, z.device)
+        rope = self._rope(0)
         for i, block in enumerate(self.blocks):
             if cfg.in_context_len and i == cfg.in_context_start:
                 ctx = self.in_context_posemb.expand(x.shape[0], -1, -1)
                 if y_emb is not None:
                     ctx = ctx + y_emb.unsqueeze(1)
                 x = torch.cat([ctx.to(x.dtype), x], dim=1)  # (N, L + S², D)
-                rope = self._rope(cfg.in_context_len, z.device)
+                rope = self._rope(cfg.in_context_len)
             x = block(x, c, rope)
         if cfg.in_context_len:
             x = x[:, cfg.in_context_len :]

@@ -47,6 +47,12 @@ class LayerNorm(nn.Module):
         return (out * self.weight.float()).to(u.dtype)
 
 
+def maybe_dropout(p: float) -> nn.Module:
+    """nn.Dropout(p), or an Identity for p = 0: a module that never reads `training`, so a
+    compiled model needs no second graph for eval mode (dynamo guards on what forward reads)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 def make_norm(kind: str, dim: int) -> nn.Module:
     if kind == "rms":
         return RMSNorm(dim)
@@ -201,7 +207,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim, bias=True)
-        self.proj_drop = nn.Dropout(proj_dropout)
+        self.proj_drop = maybe_dropout(proj_dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None):
         n, length, dim = x.shape
@@ -210,7 +216,7 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        drop = self.attn_dropout if self.training else 0.0
+        drop = self.attn_dropout if self.attn_dropout > 0 and self.training else 0.0
         if self.fp32:
             out = attention_fp32(q, k, v, drop)
         else:
@@ -222,10 +228,10 @@ class Attention(nn.Module):
 class SwiGLU(nn.Module):
     """w12: D → 2h split [gate | value]; SiLU(gate)·value; dropout; w3: h → D."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float):
+    def __init__(self, dim: int, hidden: int, p_drop: float):
         super().__init__()
         self.w12 = nn.Linear(dim, 2 * hidden, bias=True)
-        self.drop = nn.Dropout(dropout)
+        self.drop = maybe_dropout(p_drop)
         self.w3 = nn.Linear(hidden, dim, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -236,10 +242,10 @@ class SwiGLU(nn.Module):
 class GeluMLP(nn.Module):
     """The ViT/DiT MLP (the SwiGLU ablation): fc1 D → h, GELU (tanh), dropout, fc2 h → D."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float):
+    def __init__(self, dim: int, hidden: int, p_drop: float):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=True)
-        self.drop = nn.Dropout(dropout)
+        self.drop = maybe_dropout(p_drop)
         self.fc2 = nn.Linear(hidden, dim, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ MAX_MODEL = {"image_size": 4096, "patch_size": 512, "in_channels": 64, "hidden_s
              "depth": 256, "num_heads": 256}  # fmt: skip
 MAX_CLASSES = 100_000
 MAX_PREVIEW = 1000  # preview grid rows / columns
+COMPILE_AUTO = "auto"  # run.compile: torch.compile on CUDA, eager elsewhere
 
 
 def _number(name: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
@@ -161,7 +162,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    compile: bool = False
+    compile: bool | str = COMPILE_AUTO  # true | false | auto (on for CUDA, off for CPU)
     distributed: str = "ddp"  # ddp | fsdp (under torchrun)
     log_every: int = 50
     ckpt_every: int = 1000
@@ -171,12 +172,19 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"run.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if isinstance(self.compile, str) and self.compile != COMPILE_AUTO:
+            raise ValueError(f"run.compile must be true, false or auto, got {self.compile!r}")
         _count("run.seed", self.seed, low=0)
         if self.seed >= MAX_SEED:
             raise ValueError(f"run.seed must be < 2**63, got {self.seed}")
         _count("run.log_every", self.log_every)
         _count("run.ckpt_every", self.ckpt_every)
         _count("run.milestone_every", self.milestone_every, low=0)
+
+
+def resolve_compile(setting: bool | str, device_type: str) -> bool:
+    """Whether `run.compile` = `setting` compiles the model on a `device_type` device."""
+    return device_type == "cuda" if setting == COMPILE_AUTO else bool(setting)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from pixeljit.diffusion.objective import bucket_edges, bucket_losses, flow_match
 from pixeljit.model import JiT
 from pixeljit.rng import derive_seed
 from pixeljit.training import distributed as dist_utils
-from pixeljit.training.config import TrainConfig, save_yaml, to_dict
+from pixeljit.training.config import TrainConfig, resolve_compile, save_yaml, to_dict
 from pixeljit.training.ema import EMA
+from pixeljit.training.optimizer import build_adamw
 from pixeljit.training.previews import sample_grid
 from pixeljit.training.resume import DATA_KEY, check_resume, data_fingerprint, execution_facts
 from pixeljit.training.rundir import (
@@ -151,7 +152,8 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
     dataset = open_training_data(cfg, info, progress)
     cfg, plan = resolve_config(cfg, dataset, info)
     out = Path(cfg.run.out)
-    execution = execution_facts(plan, info, cfg.run.distributed)
+    compiled = resolve_compile(cfg.run.compile, device.type)
+    execution = execution_facts(plan, info, cfg.run.distributed, compiled)
     saved = load_checkpoint(resume_file) if resume_file is not None else None
     fingerprint = data_fingerprint(dataset)
     if saved is not None:
@@ -171,13 +173,7 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
     model = dist_utils.wrap_model(raw, info, cfg.run.distributed)  # FSDP2 shards raw in place
     ema = EMA(raw, cfg.optim.ema_decays)  # after sharding: each rank averages its own shard
     params = [p for p in raw.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        params,
-        lr=cfg.optim.learning_rate,
-        betas=cfg.optim.betas,
-        weight_decay=cfg.optim.weight_decay,
-        foreach=True,
-    )
+    opt = build_adamw(params, cfg.optim.learning_rate, cfg.optim.betas, cfg.optim.weight_decay)
     loader = DeviceLoader(
         dataset,
         plan.micro_batch * info.world_size,
@@ -190,7 +186,8 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
     step = 0
     if saved is not None:
         step = load_training_state(saved, raw, ema, opt, loader, info, cfg.run.distributed)
-    forward = torch.compile(model) if cfg.run.compile else model
+    # static shapes: the micro-batch is fixed, so one graph serves every step (no recompiles)
+    forward = torch.compile(model, dynamic=False) if compiled else model
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if plan.bf16 else contextlib.nullcontext()
     )

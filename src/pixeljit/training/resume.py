@@ -4,12 +4,14 @@ Every config field falls in one class (`field_class`), and a test holds every fi
 `RunConfig` to an explicit entry here:
 
 - logistical: where and how often things are written, the run's length, preview sampling. Free.
-- resolved: `run.device`, `run.precision`, `run.distributed`, `optim.micro_batch` are compared by
-  what they resolve to (the `execution` facts saved in each checkpoint: device type, bf16 or fp32,
-  world size, micro-batch, strategy), since e.g. precision `auto` and `bf16` are one thing on a GPU.
-- inexact: `run.compile`, and any change of the execution facts. The run would go on, but not
-  bit for bit as it would have: refused unless `allow_inexact` (`--allow-inexact-resume`), which
-  names each such change.
+- resolved: `run.device`, `run.precision`, `run.compile`, `run.distributed`, `optim.micro_batch`
+  are compared by what they resolve to (the `execution` facts saved in each checkpoint: device
+  type, bf16 or fp32, compiled or eager, world size, micro-batch, strategy), since e.g. precision
+  `auto` and `bf16`, or compile `auto` and `true`, are one thing on a GPU. A checkpoint written
+  before `compiled` was recorded counts as compiled when its saved `run.compile` resolves so.
+- inexact: any change of the execution facts. The run would go on, but not bit for bit as it
+  would have: refused unless `allow_inexact` (`--allow-inexact-resume`), which names each such
+  change.
 - data: each checkpoint records a fingerprint of the packed training set (`data_fingerprint`: a
   SHA-256 over its manifest's shard and label digests and class names); resuming on other data
   is inexact (checkpoints written before the fingerprint existed are not compared).
@@ -23,12 +25,14 @@ import hashlib
 import json
 
 from pixeljit.checkpoints.run import diff_configs
+from pixeljit.training.config import resolve_compile
 
 LOGISTICAL = frozenset({"run.out", "run.log_every", "run.ckpt_every", "run.milestone_every",
                         "run.tensorboard", "optim.steps", "optim.epochs"})  # fmt: skip
 LOGISTICAL_SECTIONS = ("sample.",)  # previews draw from their own seeds
-RESOLVED = frozenset({"run.device", "run.precision", "run.distributed", "optim.micro_batch"})
-INEXACT = frozenset({"run.compile"})
+RESOLVED = frozenset({"run.device", "run.precision", "run.compile", "run.distributed",
+                      "optim.micro_batch"})  # fmt: skip
+INEXACT: frozenset[str] = frozenset()  # config fields compared as they are (none at present)
 RECIPE_RUN = frozenset({"run.seed"})
 ALLOW_FLAG = "--allow-inexact-resume"
 DATA_KEY = "data_fingerprint"  # the checkpoint field holding `data_fingerprint(dataset)`
@@ -56,11 +60,12 @@ def field_class(name: str) -> str:
     return "recipe"
 
 
-def execution_facts(plan, info, strategy: str) -> dict:
+def execution_facts(plan, info, strategy: str, compiled: bool) -> dict:
     """How the run executes, as resolved on this machine (saved in every checkpoint)."""
     return {
         "device_type": info.device.type,
         "precision": "bf16" if plan.bf16 else "fp32",
+        "compiled": compiled,
         "world_size": info.world_size,
         "micro_batch": plan.micro_batch,
         "strategy": strategy if info.world_size > 1 else "single",
@@ -91,6 +96,9 @@ def check_resume(
             "another --out)"
         )
     before = saved.get("execution")
+    if before is not None and "compiled" not in before:  # written before it was recorded
+        setting = saved["config"].get("run", {}).get("compile", False)
+        before = {**before, "compiled": resolve_compile(setting, before.get("device_type", ""))}
     if before is not None:
         inexact += [f"execution.{d}" for d in diff_configs(before, execution)]
     was = saved.get(DATA_KEY)

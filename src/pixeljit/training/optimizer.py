@@ -1,0 +1,39 @@
+"""The training optimiser: one AdamW over every trainable parameter, fused where torch has a
+fused kernel for the parameters' device.
+
+`fused=True` updates each parameter in one kernel (read θ, g, m, v once, write θ, m, v once)
+instead of the several passes of `foreach=True`. Measured for JiT-B/16 (131 M parameters) on
+the project's shared 2-core CPU, one thread: 0.13 s a step fused against 1.16 s foreach
+(docs/benchmarks.md). The two differ by float32 rounding only (≤ 3e-8 after six steps there).
+Devices without a fused AdamW kernel use `foreach=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+FUSED_DEVICE_TYPES = ("cuda", "cpu")  # torch's fused AdamW kernels exist for these
+
+
+def use_fused(params: Sequence[torch.Tensor]) -> bool:
+    """Whether every parameter is a floating tensor on a device with a fused AdamW kernel."""
+    return bool(params) and all(
+        p.device.type in FUSED_DEVICE_TYPES and p.is_floating_point() for p in params
+    )
+
+
+def build_adamw(
+    params: Sequence[torch.Tensor],
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+) -> torch.optim.AdamW:
+    """AdamW over `params`: fused where `use_fused`, else foreach (never the per-tensor loop)."""
+    params = list(params)
+    fused = use_fused(params)
+    return torch.optim.AdamW(
+        params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None,
+        foreach=None if fused else True,
+    )  # fmt: skip
