@@ -236,3 +236,13 @@ def test_no_host_sync_per_training_step(fmnist16, tmp_path: Path, monkeypatch):
             train(cfg, progress=False)
         counts.append(len(calls))
     assert counts[0] == counts[1] and counts[0] > 0  # > 0: the counter sees the final log
+
+
+def test_a_meta_model_computes_no_rope_table():
+    """Checkpoint loaders size a network on `meta` before trusting its config: the tables are
+    shapes only there (a hostile config could otherwise ask for terabytes)."""
+    huge = JiTConfig(image_size=4096, patch_size=1, hidden_size=8192, depth=1, num_heads=1,
+                     num_classes=0, in_context_len=0)  # fmt: skip
+    with torch.device("meta"):
+        net = JiT(huge)
+    assert net.rope_cos.device.type == "meta" and net.rope_cos.shape == (4096**2, 8192)

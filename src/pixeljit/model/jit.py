@@ -238,9 +238,12 @@ class JiT(nn.Module):
         """cos/sin for the in-context tokens (identity rows) then the patch grid, computed on the
         CPU in float64 (the same values on every device) and placed on the default device."""
         cfg = self.config
+        device = torch.get_default_device()
+        if device.type == "meta":  # shapes only (`to_empty` fills them): no work, no memory
+            shape = (cfg.in_context_len + cfg.grid_size**2, cfg.head_dim)
+            return torch.empty(shape, device=device), torch.empty(shape, device=device)
         with torch.device("cpu"):
             cos, sin = rope_2d_tables(cfg.head_dim, cfg.grid_size, cfg.in_context_len)
-        device = torch.get_default_device()
         return cos.to(device), sin.to(device)
 
     def to_empty(self, *, device, recurse: bool = True):
