@@ -115,3 +115,19 @@ def test_fsdp2_dtensor_parameters(tmp_path):
             assert torch.equal(a.full_tensor(), b.full_tensor())
     finally:
         dist.destroy_process_group()
+
+
+def test_the_multi_tensor_form_used_on_cuda_gives_the_same_bits():
+    """The CUDA form (one `_foreach_lerp_` over K·P views, scalar rates), run on the CPU."""
+    torch.manual_seed(0)
+    net, gen = Shapes(), torch.Generator().manual_seed(4)
+    stacked, multi = EMA(net, DECAYS), EMA(net, DECAYS)
+    assert not stacked._multi_tensor  # a CPU model takes the stacked form
+    multi._multi_tensor = True
+    for _ in range(3):
+        _perturb(net, gen)
+        stacked.update(net)
+        multi.update(net)
+    for j in range(len(DECAYS)):
+        assert all(torch.equal(a, b) for a, b in zip(stacked.shadows[j], multi.shadows[j],
+                                                     strict=True))  # fmt: skip

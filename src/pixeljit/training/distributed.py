@@ -87,7 +87,9 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [info.device.index] if info.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    # JiT's only buffers are the RoPE tables, constants built alike on every rank: no per-step
+    # broadcast of them
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

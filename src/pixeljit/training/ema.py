@@ -4,13 +4,15 @@ ema ← decay·ema + (1 − decay)·θ after every optimiser step, for every par
 position table included, as the authors'), evaluated as `lerp(ema, θ, 1 − decay)`, with no host
 synchronisation.
 
-One pass over the parameters updates every decay: the shadows of one parameter for all K decays
-live in one (K, *shape) tensor, updated by a single `_foreach_lerp_` whose weight is the column
-of the K rates. Per step that is one kernel per parameter instead of one per parameter and decay:
-on a loaded 2-core CPU each multi-threaded kernel can wait for a descheduled thread, and K = 3
+One pass updates every decay: the shadows of one parameter for all K decays live in one
+(K, *shape) tensor. On a CPU a single `_foreach_lerp_` over these stacks, whose weight is the
+column of the K rates, runs one kernel per parameter instead of one per parameter and decay: on a
+loaded 2-core CPU each multi-threaded kernel can wait for a descheduled thread, and K = 3
 separate `_foreach_lerp_` calls took ~1.3 s a step for JiT-B/16 against ~0.8 s stacked (see
-docs/benchmarks.md). `shadows[k][i]` is the view of decay k of parameter i, so the checkpoint
-format (`state_dict`) is unchanged, and the values equal a plain per-decay `lerp_` bit for bit.
+docs/benchmarks.md). On CUDA, whose foreach kernels batch many same-shaped tensors a launch, one
+`_foreach_lerp_` takes all K·P (shadow view, parameter) pairs with a list of scalar rates.
+`shadows[k][i]` is the view of decay k of parameter i, so the checkpoint format (`state_dict`) is
+unchanged, and the values equal a plain per-decay `lerp_` bit for bit.
 
 Works on plain tensors and on FSDP2's sharded DTensors alike: each rank stacks its own local
 shards, and `shadows` hands out DTensors wrapping views of them.
@@ -22,6 +24,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+MULTI_TENSOR_DEVICE_TYPES = ("cuda",)  # devices whose foreach kernels batch many tensors a launch
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -59,8 +63,18 @@ class EMA:
         k = len(decays)
         # (K, *shape) per parameter: every decay's shadow of it, in one tensor
         self._stacks = [_local(p).unsqueeze(0).repeat(k, *([1] * p.ndim)) for p in params]
-        # the rates 1 − decay as a (K, 1, …, 1) column per parameter rank and dtype/device
+        # the rates 1 − decay as a (K, 1, …, 1) column per parameter rank and dtype/device,
+        # made here so that `update` never copies from the host
         self._rates: dict[tuple, torch.Tensor] = {}
+        self._weights = [self._rate(s) for s in self._stacks]
+        # on CUDA one multi-tensor launch covers many tensors, but only same-shaped pairs: there
+        # the K·P views go to one `_foreach_lerp_` with a list of scalar rates (CPU kernels are
+        # per tensor, where the stacked form's P kernels beat K·P)
+        self._multi_tensor = bool(params) and all(
+            s.device.type in MULTI_TENSOR_DEVICE_TYPES for s in self._stacks
+        )
+        self._views = [stack[j] for j in range(k) for stack in self._stacks]
+        self._scalar_rates = [1.0 - d for d in decays for _ in self._stacks]
         self.shadows: list[list[torch.Tensor]] = [
             [_like(stack[j], p) for stack, p in zip(self._stacks, params, strict=True)]
             for j in range(k)
@@ -77,10 +91,14 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """ema ← lerp(ema, θ, 1 − decay) for every decay and parameter, one kernel a parameter."""
-        ends = [_local(p.detach()).unsqueeze(0).expand_as(s)
-                for p, s in zip(model.parameters(), self._stacks, strict=True)]  # fmt: skip
-        weights = [self._rate(s) for s in self._stacks]
-        torch._foreach_lerp_(self._stacks, ends, weights)
+        params = [_local(p.detach()) for p in model.parameters()]
+        if len(params) != len(self._stacks):
+            raise ValueError(f"the model has {len(params)} parameters, the EMA {len(self._stacks)}")
+        if self._multi_tensor:
+            torch._foreach_lerp_(self._views, params * len(self.decays), self._scalar_rates)
+            return
+        ends = [p.unsqueeze(0).expand_as(s) for p, s in zip(params, self._stacks, strict=True)]
+        torch._foreach_lerp_(self._stacks, ends, self._weights)
 
     def index(self, decay: float) -> int:
         try:
