@@ -4,6 +4,7 @@ format, and FSDP2 DTensor parameters (a one-process gloo group)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -117,8 +118,15 @@ def test_fsdp2_dtensor_parameters(tmp_path):
         dist.destroy_process_group()
 
 
-def test_the_multi_tensor_form_used_on_cuda_gives_the_same_bits():
-    """The CUDA form (one `_foreach_lerp_` over K·P views, scalar rates), run on the CPU."""
+@pytest.mark.parametrize("scalar_list", [True, False])
+def test_the_multi_tensor_form_used_on_cuda_gives_the_same_bits(monkeypatch, scalar_list):
+    """The CUDA form (one `_foreach_lerp_` over K·P views with scalar rates, or one call per
+    decay on a torch without that overload), run on the CPU."""
+    import pixeljit.training.ema as ema_module
+
+    if scalar_list:
+        assert ema_module.SCALAR_LIST_LERP  # the torch pinned for development has it
+    monkeypatch.setattr(ema_module, "SCALAR_LIST_LERP", scalar_list)
     torch.manual_seed(0)
     net, gen = Shapes(), torch.Generator().manual_seed(4)
     stacked, multi = EMA(net, DECAYS), EMA(net, DECAYS)

@@ -28,6 +28,19 @@ from torch import nn
 MULTI_TENSOR_DEVICE_TYPES = ("cuda",)  # devices whose foreach kernels batch many tensors a launch
 
 
+def _has_scalar_list_lerp() -> bool:
+    """Whether this torch has `_foreach_lerp_` with a list of scalar weights (newer than the
+    oldest torch we support); without it the CUDA form runs one call per decay (same values)."""
+    try:
+        torch._foreach_lerp_([torch.zeros(1)], [torch.ones(1)], [0.5])
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
+SCALAR_LIST_LERP = _has_scalar_list_lerp()
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     """The local shard of an FSDP2 DTensor, or the tensor itself."""
     return t.to_local() if hasattr(t, "to_local") else t
@@ -94,8 +107,13 @@ class EMA:
         params = [_local(p.detach()) for p in model.parameters()]
         if len(params) != len(self._stacks):
             raise ValueError(f"the model has {len(params)} parameters, the EMA {len(self._stacks)}")
-        if self._multi_tensor:
+        if self._multi_tensor and SCALAR_LIST_LERP:
             torch._foreach_lerp_(self._views, params * len(self.decays), self._scalar_rates)
+            return
+        if self._multi_tensor:
+            for j, decay in enumerate(self.decays):
+                torch._foreach_lerp_(self._views[j * len(params) : (j + 1) * len(params)], params,
+                                     1.0 - decay)  # fmt: skip
             return
         ends = [p.unsqueeze(0).expand_as(s) for p, s in zip(params, self._stacks, strict=True)]
         torch._foreach_lerp_(self._stacks, ends, self._weights)
