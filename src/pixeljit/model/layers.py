@@ -47,10 +47,16 @@ class LayerNorm(nn.Module):
         return (out * self.weight.float()).to(u.dtype)
 
 
+class NoDropout(nn.Identity):
+    """Dropout at rate 0 (`p` = 0 like nn.Dropout's) that never reads `training`, so a compiled
+    model needs no second graph for eval mode (dynamo guards on what forward reads)."""
+
+    p = 0.0
+
+
 def maybe_dropout(p: float) -> nn.Module:
-    """nn.Dropout(p), or an Identity for p = 0: a module that never reads `training`, so a
-    compiled model needs no second graph for eval mode (dynamo guards on what forward reads)."""
-    return nn.Dropout(p) if p > 0 else nn.Identity()
+    """nn.Dropout(p) for p > 0, else `NoDropout`."""
+    return nn.Dropout(p) if p > 0 else NoDropout()
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:
