@@ -12,7 +12,7 @@ reported, with the ratio baseline / working tree.
 
     python benchmarks/cpu_step.py [--baseline main] [--rounds 5] [--steps 3] [--batch 2]
                                   [--model JiT-B/16] [--threads 2] [--sample-steps 4]
-                                  [--json results.json]
+                                  [--compile] [--json results.json]
 """
 
 from __future__ import annotations
@@ -72,9 +72,11 @@ def worker(args) -> dict:
     gen = torch.Generator().manual_seed(0)
     phases: dict[str, list[float]] = {"forward_backward": [], "adamw": [], "ema": [], "step": []}
     model.train()
+    net = torch.compile(model, dynamic=False) if args.compile else model  # inductor on a CPU
+    first_step = None
     for i in range(WARMUP_STEPS + args.steps):
         t0 = time.perf_counter()
-        per_sample, _ = flow_matching_loss(model, x, y, objective, cfg.num_classes, gen)
+        per_sample, _ = flow_matching_loss(net, x, y, objective, cfg.num_classes, gen)
         per_sample.float().mean().backward()
         t1 = time.perf_counter()
         opt.step()
@@ -82,10 +84,12 @@ def worker(args) -> dict:
         t2 = time.perf_counter()
         ema.update(model)
         t3 = time.perf_counter()
+        if i == 0:
+            first_step = t3 - t0  # with --compile: the compile time
         if i >= WARMUP_STEPS:
             for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
                 phases[key].append(value)
-    out = {"train": phases, "optimizer": how, "torch": torch.__version__}
+    out = {"train": phases, "optimizer": how, "torch": torch.__version__, "first_step": first_step}
     if args.sample_steps:
         labels = list(range(args.batch))
         start = time.perf_counter()
@@ -103,6 +107,7 @@ def _run_tree(src: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--batch", str(args.batch),
            "--steps", str(args.steps), "--threads", str(args.threads),
            "--sample-steps", str(args.sample_steps)]  # fmt: skip
+    cmd += ["--compile"] if args.compile else []
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the worker for {src} failed:\n{done.stderr[-4000:]}")
@@ -119,6 +124,7 @@ def _baseline_tree(rev: str, tmp: Path) -> Path:
 def _summary(runs: list[dict]) -> dict:
     phases = {k: [v for r in runs for v in r["train"][k]] for k in runs[0]["train"]}
     out = {k: statistics.median(v) for k, v in phases.items()}
+    out["first_step"] = statistics.median(r["first_step"] for r in runs)
     samples = [r["sample_per_step"] for r in runs if "sample_per_step" in r]
     if samples:
         out["sample_per_step"] = statistics.median(samples)
@@ -134,6 +140,11 @@ def main() -> None:
     parser.add_argument("--model", default="JiT-B/16")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--sample-steps", type=int, default=4, help="Heun steps (0: no sampling)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile(dynamic=False) the model (inductor; minutes on a CPU)",
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
