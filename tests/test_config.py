@@ -43,7 +43,7 @@ def test_set_values_are_typed():
         ("foo.x=1", "unknown config section 'foo'"),
         ("model.depth=1.5", "model.depth must be an integer"),
         ("model.attention=xyz", "attention must be one of"),
-        ("run.compile=3", "run.compile must be true or false"),
+        ("run.compile=3", "run.compile must be true, false or auto, got 3$"),
         ("optim.steps=0", "optim.steps must be ≥ 1"),
         ("depth=3", "section.field"),
     ],

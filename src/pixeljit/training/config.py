@@ -39,6 +39,7 @@ MAX_MODEL = {"image_size": 4096, "patch_size": 512, "in_channels": 64, "hidden_s
 MAX_CLASSES = 100_000
 MAX_PREVIEW = 1000  # preview grid rows / columns
 COMPILE_AUTO = "auto"  # run.compile: torch.compile on CUDA, eager elsewhere
+CHOICES = {"run.compile": "true, false or auto"}  # fields of several types: what they accept
 
 
 def _number(name: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
@@ -173,7 +174,7 @@ class RunConfig:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"run.precision must be auto, bf16 or fp32, got {self.precision!r}")
         if isinstance(self.compile, str) and self.compile != COMPILE_AUTO:
-            raise ValueError(f"run.compile must be true, false or auto, got {self.compile!r}")
+            raise ValueError(f"run.compile must be {CHOICES['run.compile']}, got {self.compile!r}")
         _count("run.seed", self.seed, low=0)
         if self.seed >= MAX_SEED:
             raise ValueError(f"run.seed must be < 2**63, got {self.seed}")
@@ -379,7 +380,13 @@ def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
         for name, value in values.items():
             if name not in hints:
                 raise ValueError(f"unknown field {section}.{name}; {section} has {sorted(hints)}")
-            changes[name] = _coerce(f"{section}.{name}", value, hints[name])
+            try:
+                changes[name] = _coerce(f"{section}.{name}", value, hints[name])
+            except ValueError:
+                if f"{section}.{name}" not in CHOICES:
+                    raise
+                choices = CHOICES[f"{section}.{name}"]  # one message, not one per type tried
+                raise ValueError(f"{section}.{name} must be {choices}, got {value!r}") from None
         if section == "model":  # before JiTConfig divides by them
             check_model_fields({**dataclasses.asdict(current), **changes})
         sections[section] = dataclasses.replace(current, **changes)
