@@ -19,6 +19,7 @@ import pixeljit
 from conftest import REPO_ROOT, tiny_run
 from pixeljit.checkpoints.hub import (
     CONFIG_NAME,
+    HEADER_ALLOWANCE,
     MAX_CONFIG_BYTES,
     WEIGHTS_NAME,
     load_hub,
@@ -186,6 +187,10 @@ def test_existing_folder_refused_without_overwrite(run, hub, tmp_path, capsys):
     assert load_trained(copy).weights == "model"
     assert main(["convert", str(run), "out.safetensors", "--hub", str(copy)]) == 2
     assert "not both" in capsys.readouterr().err
+    assert main(["convert", str(run)]) == 2
+    assert "not neither" in capsys.readouterr().err
+    assert main(["convert", str(run), "x.safetensors", "--scores", "s.json"]) == 2
+    assert "--scores has no effect without --hub" in capsys.readouterr().err
 
 
 def _broken(hub, tmp_path, edit) -> str:
@@ -287,7 +292,9 @@ def test_non_finite_weights_refused(hub, tmp_path):
 def test_one_set_of_weights_and_no_in_context_start(hub, capsys):
     with pytest.raises(ValueError, match="holds one set of weights"):
         load_trained(hub, "model")
-    assert load_trained(hub, "ema:0.995").weights == "ema:0.995"
+    assert load_trained(hub, "ema:0.995").weights == load_trained(hub, "ema").weights == "ema:0.995"
+    with pytest.raises(ValueError, match="holds one set of weights"):
+        load_trained(hub, "ema:0.999")
     assert main(["sample", str(hub), "--in-context-start", "2"]) == 2
     assert "--in-context-start has no effect" in capsys.readouterr().err
 
@@ -359,6 +366,15 @@ def test_hf_weights_over_their_bound_are_not_fetched(offline_cache):
         f.truncate(bound + 1)  # sparse: the size is asked for before any download
     with pytest.raises(ValueError, match="not downloaded"):
         load_hub("hf://org/name")
+
+
+def test_weights_bound_is_exact_and_cheap(hub, tmp_path):
+    """float64 for every parameter the config implies plus the header allowance, counted without
+    building a block per claimed layer (a config claiming 10⁹ blocks answers at once)."""
+    params = sum(p.numel() for p in load_trained(hub).net.state_dict().values())
+    assert weights_bound(hub / CONFIG_NAME) == params * 8 + HEADER_ALLOWANCE
+    deep = _broken(hub, tmp_path, lambda c: _set(c, "architecture.depth", 10**9))
+    assert weights_bound(os.path.join(deep, CONFIG_NAME)) > 10**9 * 8
 
 
 def test_hf_uri_on_the_command_line_offline(hub, tmp_path):

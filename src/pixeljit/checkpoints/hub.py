@@ -13,6 +13,7 @@ network is built; the weights then go through the same checks as every other kin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -139,17 +140,16 @@ def read_hub_config(path: str | os.PathLike) -> HubConfig:
     """Parse and validate a hub folder's config.json (every field; nothing is built)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: not a hub folder made by pixeljit")
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
+        raise FileNotFoundError(f"{path} is missing or not a regular file: not a hub folder")
+    with open(path, "rb") as f:  # read bounded, whatever the file system reports as its size
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
         raise ValueError(
-            f"{path} is {size:,} bytes, over the {MAX_CONFIG_BYTES:,} a config may "
-            "hold: not a pixeljit config"
+            f"{path} is over the {MAX_CONFIG_BYTES:,} bytes a config may hold: not "
+            "a pixeljit config"
         )
     try:
-        data = json.loads(
-            path.read_bytes(), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
-        )
+        data = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"{path} is not valid JSON ({' '.join(str(err).split())})") from None
     if not isinstance(data, dict) or data.get("format") != HUB_FORMAT:
@@ -205,11 +205,16 @@ def _positive_int(value) -> bool:
 
 
 def weights_bound(config_path: Path) -> int:
-    """The most bytes a weights file for this config.json can need (float64 and a header)."""
-    config = read_hub_config(config_path)
+    """The most bytes a weights file for this config.json can need (float64 and a header).
+    Counted on `meta` from a one-block network plus (depth − 1) blocks, so a config claiming a
+    huge depth costs no time (nothing is built per claimed block)."""
+    config = read_hub_config(config_path).jit_config(str(config_path))
+    one = dataclasses.replace(config, depth=1, in_context_start=0, dropout_blocks=None)
     with torch.device("meta"):
-        net = JiT(config.jit_config(str(config_path)))
-    return sum(p.numel() for p in net.state_dict().values()) * MAX_FLOAT_BYTES + HEADER_ALLOWANCE
+        net = JiT(one)
+    per_block = sum(p.numel() for p in net.blocks[0].state_dict().values())
+    params = sum(p.numel() for p in net.state_dict().values()) + (config.depth - 1) * per_block
+    return params * MAX_FLOAT_BYTES + HEADER_ALLOWANCE
 
 
 # ------------------------------------------------------------------------------- loading
@@ -235,7 +240,8 @@ def load_hub(
     else:
         folder, label = Path(source), str(source)
     config = read_hub_config(folder / CONFIG_NAME)
-    if weights is not None and weights != config.weights:
+    named_ema = weights == "ema" and config.weights.startswith("ema:")  # 'ema': the run's EMA
+    if weights is not None and weights != config.weights and not named_ema:
         raise ValueError(
             f"{label} holds one set of weights ({config.weights or 'unnamed'}), "
             f"not {weights!r}: drop the weights choice (--weights)"

@@ -55,10 +55,12 @@ def read_scores(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"scores file {path} does not exist")
-    if path.stat().st_size > MAX_SCORES_BYTES:
+    with open(path, "rb") as f:
+        raw = f.read(MAX_SCORES_BYTES + 1)
+    if len(raw) > MAX_SCORES_BYTES:
         raise ValueError(f"scores file {path} is over {MAX_SCORES_BYTES:,} bytes: not eval output")
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"scores file {path} is not valid JSON ({err})") from None
     if isinstance(data, dict) and isinstance(data.get("best"), dict):
@@ -78,6 +80,11 @@ def read_scores(path: str | os.PathLike) -> dict:
     return data
 
 
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(len(PNG_MAGIC))
+
+
 def _plain(text) -> bool:
     return (
         isinstance(text, str)
@@ -94,7 +101,7 @@ def run_extras(run_folder: Path, model, scores: str | os.PathLike | None = None)
     missing = "no sample grid was exported with these weights"
     if model.step is not None:
         candidate = run_folder / RUN_GRID.format(step=model.step)
-        if candidate.is_file() and candidate.read_bytes()[: len(PNG_MAGIC)] == PNG_MAGIC:
+        if candidate.is_file() and _head(candidate) == PNG_MAGIC:
             grid = candidate
         else:
             missing = f"the run folder holds no preview grid of step {model.step}"
