@@ -154,7 +154,7 @@ def noise_from_seeds(
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _COMPILE_BACKEND = "inductor"  # the tests swap in "eager" (no C++/Triton build on CI)
-_COMPILED_ATTR = "_pixeljit_compiled"  # net.__dict__ entry: {mode: compiled net}
+_COMPILED_ATTR = "_pixeljit_compiled"  # net.__dict__ entry: {(mode, backend): compiled net}
 
 
 def check_compile_mode(mode: str | None) -> None:
@@ -170,10 +170,11 @@ def compiled_network(net, mode: str):
     dynamo compiles each batch shape it meets once (N and 2N). The net itself stays eager."""
     check_compile_mode(mode)
     cache = getattr(net, "__dict__", {}).setdefault(_COMPILED_ATTR, {})
-    if mode not in cache:
+    key = (mode, _COMPILE_BACKEND)
+    if key not in cache:
         options = {"mode": mode} if _COMPILE_BACKEND == "inductor" else {}  # modes: inductor's
-        cache[mode] = torch.compile(net, dynamic=False, backend=_COMPILE_BACKEND, **options)
-    return cache[mode]
+        cache[key] = torch.compile(net, dynamic=False, backend=_COMPILE_BACKEND, **options)
+    return cache[key]
 
 
 class _NetDenoiser:
