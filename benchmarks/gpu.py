@@ -49,6 +49,7 @@ PAPER_SAMPLER = dict(method="heun", steps=50, cfg=2.9, interval=(0.1, 1.0))  # t
 FAST_SAMPLER = dict(method="dpm++2m", steps=10, cfg=2.9, interval=(0.1, 1.0))
 WEIGHT_JITTER = 0.02  # random weights for sampling (zero-initialised layers would output zeros)
 GIB = 2**30
+AUTHORS_BATCH = 128  # the batch of the authors' figures below
 # the authors' code on one H200 (issue 12): torch 2.11, bf16 autocast, batch 128, 256 px
 AUTHORS = {
     ("train", "JiT-B/16"): 1415.0,
@@ -127,22 +128,14 @@ def _rates(images_per_s: float, flops_per_image: float, peak_tflops: float | Non
 # ---------------------------------------------------------------------------- training
 
 
-def bench_training(
-    name: str,
-    cfg: JiTConfig,
-    batch: int,
-    mode: str,
-    device: torch.device,
-    steps: int,
-    warmup: int,
-    backend: str,
-    peak: float | None,
-) -> dict:
-    """Time `steps` training steps after `warmup` (the first one timed alone)."""
+def bench_training(name: str, cfg: JiTConfig, mode: str, ctx: SimpleNamespace) -> dict:
+    """Time `ctx.steps` training steps at batch `ctx.batch` after `ctx.warmup` (the first step
+    timed alone: it holds the compile)."""
+    device, batch, steps, warmup = ctx.device, ctx.batch, ctx.steps, ctx.warmup
     _reset_memory(device)
     torch.manual_seed(0)
     raw = JiT(cfg).to(device)
-    forward = raw if mode == "eager" else torch.compile(raw, dynamic=False, backend=backend)
+    forward = raw if mode == "eager" else torch.compile(raw, dynamic=False, backend=ctx.backend)
     ema = EMA(raw, PAPER_EMA_DECAYS)
     params = [p for p in raw.parameters() if p.requires_grad]
     fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
@@ -192,7 +185,7 @@ def bench_training(
         "steps_timed": steps,
         "step_ms": 1e3 * elapsed / steps,
         "first_step_s": first,
-        **_rates(batch * steps / elapsed, flops, peak),
+        **_rates(batch * steps / elapsed, flops, ctx.peak),
         "peak_mem_gib": _peak_gib(device),
         "gflop_per_image": flops / 1e9,
     }
@@ -222,43 +215,38 @@ def rows_per_image(cfg: JiTConfig, settings: dict) -> int:
     return counter.rows
 
 
-def bench_sampling(
-    name: str,
-    cfg: JiTConfig,
-    batch: int,
-    settings: dict,
-    mode: str,
-    device: torch.device,
-    repeats: int,
-    peak: float | None,
-) -> dict:
-    """Images per second of `sample()` (bf16 network on CUDA, float32 state), seeded noise."""
+def sampling_net(cfg: JiTConfig, device: torch.device) -> JiT:
+    """A JiT with every weight perturbed (zero-initialised layers would output zeros)."""
     _reset_memory(device)
     torch.manual_seed(0)
     net = JiT(cfg).to(device)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(WEIGHT_JITTER * torch.randn_like(p))
+    return net
+
+
+def bench_sampling(name: str, net: JiT, settings: dict, mode: str, ctx: SimpleNamespace) -> dict:
+    """Images per second of `sample()` at batch `ctx.sample_batch` (bf16 network on CUDA,
+    float32 state, seeded noise on the device); the first call (both batch shapes, the compile)
+    is timed alone, then one untimed call and `ctx.repeats` timed ones."""
+    device, batch, cfg = ctx.device, ctx.sample_batch, net.config
     amp = torch.bfloat16 if device.type == "cuda" else None
-    compile_mode = None if mode == "eager" else mode
     labels = [i % cfg.num_classes for i in range(batch)]
-    run = lambda seed, **kw: sample(
-        net,
-        labels,
-        **{**settings, **kw},
-        seed=seed,
-        amp_dtype=amp,
-        compile_mode=compile_mode,
-        noise_scale=None,
-    )  # noqa: E731
+    compile_mode = None if mode == "eager" else mode
+
+    def run(seed: int, **overrides) -> torch.Tensor:
+        return sample(net, labels, **{**settings, **overrides}, seed=seed, amp_dtype=amp,
+                      compile_mode=compile_mode, noise_scale=None)  # fmt: skip
+
     start = time.perf_counter()
     run(0, steps=2)  # both shapes: t = 0 unguided (N rows), t = 0.5 guided (2N rows)
     _sync(device)
     first = time.perf_counter() - start
-    run(1)  # warm-up at the full length
+    run(1)
     _sync(device)
     start = time.perf_counter()
-    for seed in range(2, 2 + repeats):
+    for seed in range(2, 2 + ctx.repeats):
         images = run(seed)
     _sync(device)
     elapsed = time.perf_counter() - start
@@ -266,29 +254,20 @@ def bench_sampling(
         raise RuntimeError(f"{name} {mode} sampling gave non-finite images")
     rows = rows_per_image(cfg, settings)
     flops = rows * forward_flops(cfg)
-    row = {
-        "kind": "sample",
-        "model": name,
-        "mode": mode,
-        "batch": batch,
-        "method": settings["method"],
-        "steps": settings["steps"],
-        "cfg": settings["cfg"],
-        "interval": list(settings["interval"]),
-        "rows_per_image": rows,
-        "precision": "bf16 network, fp32 state" if amp else "fp32",
-        **_rates(batch * repeats / elapsed, flops, peak),
-        "first_call_s": first,
-        "ceiling_img_per_s": peak * 1e12 / flops if peak else None,
-        "peak_mem_gib": _peak_gib(device),
-    }
-    return row
+    return {"kind": "sample", "model": name, "mode": mode, "batch": batch,
+            "method": settings["method"], "steps": settings["steps"], "cfg": settings["cfg"],
+            "interval": list(settings["interval"]), "rows_per_image": rows,
+            "precision": "bf16 network, fp32 state" if amp else "fp32",
+            **_rates(batch * ctx.repeats / elapsed, flops, ctx.peak), "first_call_s": first,
+            "ceiling_img_per_s": ctx.peak * 1e12 / flops if ctx.peak else None,
+            "peak_mem_gib": _peak_gib(device)}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ report
 
 
 def _vs_authors(row: dict, device: torch.device, batch_matches: bool) -> float | None:
+    """img/s over the authors' on the same card, batch and model (None where not comparable)."""
     key = (
         ("train", row["model"])
         if row["kind"] == "train"
@@ -380,85 +359,70 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    name = (
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+def plan(args: argparse.Namespace) -> tuple[SimpleNamespace, dict, tuple, list[dict]]:
+    """What to run: the context (device, sizes, steps), the training models, the sampling model
+    and the sampler settings (paper's Heun-50 + interval, the few-step solver)."""
+    name = args.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     peak = args.peak_tflops or (H200_BF16_PEAK_TFLOPS if device.type == "cuda" else None)
-    backend = "inductor"
-    if args.smoke:
-        backend = "eager"  # the compiled code path without a C++ / Triton build
-        models = {"smoke": SMOKE}
-        sample_cfg = ("smoke", SMOKE)
-        args.batch = args.sample_batch = 4
-        args.steps, args.warmup, args.repeats = 2, 1, 1
-        paper = {**PAPER_SAMPLER, "steps": 4}
-        fast = {**FAST_SAMPLER, "method": args.fast_method, "steps": 2}
-        sample_modes = ["eager", "default"]
-    else:
-        models = {m: model_config(m, num_classes=IMAGENET_CLASSES) for m in args.models}
-        sample_cfg = (
-            args.sample_model,
-            model_config(args.sample_model, num_classes=IMAGENET_CLASSES),
-        )
-        paper = dict(PAPER_SAMPLER)
-        fast = {**FAST_SAMPLER, "method": args.fast_method, "steps": args.fast_steps}
-        sample_modes = args.sample_modes
-    sampler_module._COMPILE_BACKEND = backend
-    if device.type == "cuda":
+    ctx = SimpleNamespace(device=device, peak=peak, backend="inductor", batch=args.batch,
+                          sample_batch=args.sample_batch, steps=args.steps, warmup=args.warmup,
+                          repeats=args.repeats, sample_modes=args.sample_modes)  # fmt: skip
+    fast = {**FAST_SAMPLER, "method": args.fast_method, "steps": args.fast_steps}
+    if args.smoke:  # the compiled code path without a C++ / Triton build, tiny everything
+        ctx.backend, ctx.batch, ctx.sample_batch = "eager", 4, 4
+        ctx.steps, ctx.warmup, ctx.repeats, ctx.sample_modes = 2, 1, 1, ["eager", "default"]
+        return ctx, {"smoke": SMOKE}, ("smoke", SMOKE), [
+            {**PAPER_SAMPLER, "steps": 4}, {**fast, "steps": 2}]  # fmt: skip
+    models = {m: model_config(m, num_classes=IMAGENET_CLASSES) for m in args.models}
+    sampled = (args.sample_model, model_config(args.sample_model, num_classes=IMAGENET_CLASSES))
+    return ctx, models, sampled, [dict(PAPER_SAMPLER), fast]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ctx, models, (sample_name, sample_cfg), samplers = plan(args)
+    sampler_module._COMPILE_BACKEND = ctx.backend
+    if ctx.device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts, as `sample` does
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "environment": environment(device, peak),
-        "smoke": args.smoke,
-        "rows": [],
-        "errors": [],
-        "authors": {" ".join(map(str, k)): v for k, v in AUTHORS.items()},
-    }
     json_path = out / "gpu_benchmark.json"
+    report = {"environment": environment(ctx.device, ctx.peak), "smoke": args.smoke,
+              "rows": [], "errors": [],
+              "authors": {" ".join(map(str, k)): v for k, v in AUTHORS.items()}}  # fmt: skip
 
-    def record(fn, *fn_args) -> None:
+    def record(what: str, fn, *fn_args) -> None:
         try:
-            row = fn(*fn_args)
-            row["vs_authors"] = _vs_authors(row, device, row["batch"] == 128)
+            row = fn(*fn_args, ctx)
+            row["vs_authors"] = _vs_authors(row, ctx.device, row["batch"] == AUTHORS_BATCH)
             report["rows"].append(row)
             print(table([row]).splitlines()[-1], flush=True)
-        except Exception as err:  # one failed configuration (e.g. out of memory) is recorded
-            report["errors"].append(f"{fn.__name__}{fn_args[:2]}: {type(err).__name__}: {err}")
-            print(f"FAILED {fn.__name__} {fn_args[0]}: {type(err).__name__}: {err}", flush=True)
+        except Exception as err:  # one failed configuration (out of memory, say) is recorded
+            report["errors"].append(f"{what}: {type(err).__name__}: {err}")
+            print(f"FAILED {what}: {type(err).__name__}: {err}", flush=True)
         atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
 
+    def train_rows(names) -> None:
+        for model in names:
+            for mode in args.train_modes:
+                record(f"train {model} {mode}", bench_training, model, models[model], mode)
+
     print(table([]), flush=True)
-    for mode in args.train_modes:
-        for model, cfg in models.items():
-            record(
-                bench_training,
-                model,
-                cfg,
-                args.batch,
-                mode,
-                device,
-                args.steps,
-                args.warmup,
-                backend,
-                peak,
-            )
-    for settings in (paper, fast):
-        for mode in sample_modes:
-            record(
-                bench_sampling,
-                sample_cfg[0],
-                sample_cfg[1],
-                args.sample_batch,
-                settings,
-                mode,
-                device,
-                args.repeats,
-                peak,
-            )
+    train_rows(list(models)[:1])  # the first model, then sampling, then the larger models
+    try:
+        net = sampling_net(sample_cfg, ctx.device)
+        for settings in samplers:
+            for mode in ctx.sample_modes:
+                what = f"sample {settings['method']}-{settings['steps']} {mode}"
+                record(what, bench_sampling, sample_name, net, settings, mode)
+        del net
+    except Exception as err:
+        report["errors"].append(f"sampling net: {type(err).__name__}: {err}")
+    train_rows(list(models)[1:])
+    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     print("\n" + table(report["rows"]))
     print(f"\n{report['environment']}\n→ {json_path}")
     return 1 if report["errors"] else 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -85,3 +88,22 @@ def test_smoke_run_writes_every_row(gpu_bench, tmp_path, capsys):
     assert sampled[2]["rows_per_image"] == 2 + 1  # DPM++(2M)-2: t = 0 unguided, t = 0.5 guided
     printed = capsys.readouterr().out
     assert "train smoke b4" in printed and "gpu_benchmark.json" in printed
+
+
+@pytest.mark.slow
+def test_gpu_suite_smoke_end_to_end(tmp_path):
+    """benchmarks/gpu_suite.sh --smoke on this machine: the CUDA tests skip (no GPU on CI) and
+    the benchmark's smoke run fills the output folder with every file the suite promises."""
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    env.pop("OUT", None)
+    script = REPO_ROOT / "benchmarks" / "gpu_suite.sh"
+    done = subprocess.run(["bash", str(script), "--smoke", str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert files == {"environment.txt", "pytest.log", "pytest-junit.xml", "benchmark.log",
+                     "gpu_benchmark.json", "summary.txt"}  # fmt: skip
+    report = json.loads((tmp_path / "out" / "gpu_benchmark.json").read_text())
+    assert report["smoke"] and len(report["rows"]) == 6 and not report["errors"]
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "pytest -m gpu: exit 0" in summary and "benchmarks/gpu.py: exit 0" in summary
