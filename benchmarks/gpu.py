@@ -106,6 +106,8 @@ def _sync(device: torch.device) -> None:
 
 
 def _reset_memory(device: torch.device) -> None:
+    """Free what earlier rows left (compiled graphs and CUDA-graph pools too), reset the peak."""
+    torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

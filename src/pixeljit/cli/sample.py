@@ -6,6 +6,7 @@ Noise is drawn per sample from (seed, index), so the images do not depend on --b
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,8 @@ UNCONDITIONAL_NUM = 64
 MAX_GRID_SCALE = 32  # --scale: a 256-px grid of 8 × 10 cells at ×32 is already 650 MP
 MAX_NOISE_SCALE = 1e3  # the paper's noise scales are 1-2; far beyond, samples overflow
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-AUTO_AMP = "auto"  # bf16 autocast on CUDA (TF32 for float32 products), none (float32) on a CPU
+AUTO_AMP = "auto"  # bf16 autocast on CUDA, none (float32) on a CPU
+# with autocast on CUDA, float32 products left outside it may use TF32; --amp none: true float32
 
 
 def add_parser(sub) -> None:
@@ -82,7 +84,8 @@ def add_parser(sub) -> None:
         default=AUTO_AMP,
         choices=(AUTO_AMP, *AMP_DTYPES),
         help="the network's autocast precision; the sampling state stays float32 (default auto: "
-        "bf16 on CUDA, as the authors sample, none on a CPU)",
+        "bf16 on CUDA, as the authors sample, with TF32 for float32 products; none on a CPU; "
+        "none = float32 throughout)",
     )
     p.add_argument(
         "--noise-scale",
@@ -240,8 +243,9 @@ def run(args) -> int:
     if outputs.grids:
         check_grid_size(num, ncols, net.config.image_size, args.scale)
     amp = default_amp_dtype(device) if args.amp == AUTO_AMP else AMP_DTYPES[args.amp]
+    tf32 = tf32_matmuls(device) if amp is not None else contextlib.nullcontext()  # none: true fp32
     chunks = []
-    with tqdm(total=num, unit="img", desc="sampling") as bar, tf32_matmuls(device):
+    with tqdm(total=num, unit="img", desc="sampling") as bar, tf32:
         for start in range(0, num, args.batch_size):
             stop = min(start + args.batch_size, num)
             images = sample(
