@@ -25,8 +25,8 @@ DEST="${1:-${OUT:-gpu_suite_out}}"
 mkdir -p "$DEST"
 DEST="$(cd "$DEST" && pwd)"
 PY="${PYTHON:-python3}"
-TEST_LIMIT_S="${TEST_LIMIT_S:-200}"    # pytest -m gpu (the compile tests dominate)
-BENCH_LIMIT_S="${BENCH_LIMIT_S:-240}"  # benchmarks/gpu.py (writes its JSON after every row)
+TEST_LIMIT_S="${TEST_LIMIT_S:-180}"    # pytest -m gpu (the compile tests dominate)
+BENCH_LIMIT_S="${BENCH_LIMIT_S:-270}"  # benchmarks/gpu.py (writes its JSON after every row)
 
 cd "$ROOT" || exit 2
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"

@@ -70,7 +70,7 @@ def test_smoke_run_writes_every_row(gpu_bench, tmp_path, capsys):
     assert report["environment"]["torch"] == torch.__version__
     rows = report["rows"]
     train = [r for r in rows if r["kind"] == "train"]
-    assert [r["mode"] for r in train] == ["eager", "compiled"]
+    assert [r["mode"] for r in train] == ["compiled", "eager"]
     smoke_flops = 3 * gpu_bench.forward_flops(gpu_bench.SMOKE)
     for r in train:
         assert r["img_per_s"] > 0 and r["first_step_s"] > 0
