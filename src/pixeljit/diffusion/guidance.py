@@ -91,6 +91,7 @@ class GuidedField:
         self.t_min = t_min
         self.calls = 0
         self.rows = 0
+        self._y_pair: Tensor | None = None
 
     def _forward(self, z: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
         self.calls += 1
@@ -111,8 +112,9 @@ class GuidedField:
         on = guidance_mask(t_host, self.interval)  # (N,) bool, host
         if not bool(on.any()):  # a host tensor: no device sync
             return self._forward(z, t_dev, self.y)
-        null = torch.full_like(self.y, self.null_label)
-        v = self._forward(torch.cat([z, z]), torch.cat([t_dev, t_dev]), torch.cat([self.y, null]))
+        if self._y_pair is None:  # [labels; null labels], built once per field
+            self._y_pair = torch.cat([self.y, torch.full_like(self.y, self.null_label)])
+        v = self._forward(torch.cat([z, z]), torch.cat([t_dev, t_dev]), self._y_pair)
         v_c, v_u = v[:n], v[n:]
         guided = v_u + self.cfg * (v_c - v_u)
         if bool(on.all()):  # the common case: one time for the batch, inside the interval

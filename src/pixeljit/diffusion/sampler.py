@@ -197,9 +197,9 @@ class _NetDenoiser:
         else:
             with torch.autocast(device_type=z.device.type, dtype=self.amp_dtype):
                 out = self.net(z, t, y)
-        out = out.to(z.dtype)
-        if self.compiled:
+        if self.compiled and out.dtype == z.dtype:  # (a cast copies already)
             out = out.clone()
+        out = out.to(z.dtype)
         return precondition(out, z, t, self.preconditioner, self.noise_scale)
 
 
