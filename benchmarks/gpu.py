@@ -56,18 +56,9 @@ AUTHORS = {
     ("train", "JiT-L/16"): 445.0,
     ("sample", "JiT-B/16", "heun", 50): 21.2,
 }
-SMOKE = JiTConfig(
-    image_size=32,
-    patch_size=8,
-    in_channels=3,
-    hidden_size=64,
-    depth=2,
-    num_heads=2,
-    num_classes=10,
-    bottleneck_dim=16,
-    in_context_len=4,
-    in_context_start=1,
-)
+SMOKE = JiTConfig(image_size=32, patch_size=8, hidden_size=64, depth=2, num_heads=2,
+                  num_classes=10, bottleneck_dim=16, in_context_len=4,
+                  in_context_start=1)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------- FLOPs
@@ -233,6 +224,8 @@ def bench_sampling(name: str, net: JiT, settings: dict, mode: str, ctx: SimpleNa
     float32 state, seeded noise on the device); the first call (both batch shapes, the compile)
     is timed alone, then one untimed call and `ctx.repeats` timed ones."""
     device, batch, cfg = ctx.device, ctx.sample_batch, net.config
+    if device.type == "cuda":  # the peak of this row (over what earlier rows still hold)
+        torch.cuda.reset_peak_memory_stats(device)
     amp = torch.bfloat16 if device.type == "cuda" else None
     labels = [i % cfg.num_classes for i in range(batch)]
     compile_mode = None if mode == "eager" else mode
@@ -306,20 +299,12 @@ def table(rows: list[dict]) -> str:
 
 
 def environment(device: torch.device, peak: float | None) -> dict:
-    env = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "peak_bf16_tflops": peak,
-    }
+    env = {"torch": torch.__version__, "python": platform.python_version(),
+           "device": str(device), "peak_bf16_tflops": peak}  # fmt: skip
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(
-            gpu=props.name,
-            cuda=torch.version.cuda,
-            capability=[props.major, props.minor],
-            memory_gib=props.total_memory / GIB,
-        )
+        env.update(gpu=props.name, cuda=torch.version.cuda, capability=[props.major, props.minor],
+                   memory_gib=props.total_memory / GIB)  # fmt: skip
     else:
         env.update(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads())
     return env
