@@ -7,8 +7,10 @@ The parity vectors are read from $PIXELJIT_REFERENCE when set (a GPU session car
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,8 @@ from pixeljit.training.ema import EMA
 from pixeljit.training.loop import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::UserWarning")]
+# cuBLAS needs this before its first handle for deterministic products (the resume test)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 CUDA_PARITY_REL_ERR = 1e-4  # fp32 on CUDA (no TF32) against the authors' CPU vectors
 BF16_REL_ERR = 3e-2  # a bf16 network against the float32 one, same noise
@@ -95,23 +99,42 @@ def packed(tmp_path_factory) -> Path:
     return pack_arrays(images, out, labels=np.arange(256) % 10).out_dir
 
 
+@contextlib.contextmanager
+def deterministic_kernels():
+    """CUDA kernels with run-to-run identical results (atomics make some backward passes vary
+    in the last bit, which no resume can reproduce); yields the warnings naming the ops that
+    have no such kernel."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield caught
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def test_resume_is_bit_exact_on_cuda(packed, tmp_path):
     """The training engine on CUDA (bf16 autocast by run.precision=auto): 6 steps straight
     equal 3 steps + resume + 3 steps, bit for bit (weights, every EMA, optimiser state)."""
     run = {"run.device": "cuda", "run.compile": False, "run.ckpt_every": 3, "optim.steps": 6,
            "run.log_every": 2, "model.dropout": 0.1}  # fmt: skip
-    straight = train(tiny_run(packed, tmp_path / "a", **run), progress=False)
-    first = train(tiny_run(packed, tmp_path / "b", **{**run, "optim.steps": 3}), progress=False)
-    resumed = train(tiny_run(packed, tmp_path / "b", **run), resume=str(tmp_path / "b"),
-                    progress=False)  # fmt: skip
+    with deterministic_kernels() as caught:
+        straight = train(tiny_run(packed, tmp_path / "a", **run), progress=False)
+        first = train(tiny_run(packed, tmp_path / "b", **{**run, "optim.steps": 3}),
+                      progress=False)  # fmt: skip
+        resumed = train(tiny_run(packed, tmp_path / "b", **run), resume=str(tmp_path / "b"),
+                        progress=False)  # fmt: skip
+    nondeterministic = sorted({str(w.message).split(".")[0] for w in caught
+                               if "deterministic" in str(w.message)})  # fmt: skip
     assert (straight.step, first.step, resumed.step) == (6, 3, 6)
+    why = f"; ops without a deterministic CUDA kernel: {nondeterministic}"
     a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
     assert a["model"].keys() == b["model"].keys()
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "weights" + why
     for sa, sb in zip(a["ema"]["shadows"], b["ema"]["shadows"], strict=True):
-        assert all(torch.equal(u, v) for u, v in zip(sa, sb, strict=True))
+        assert all(torch.equal(u, v) for u, v in zip(sa, sb, strict=True)), "EMA" + why
     opt_a, opt_b = a["optimizer"]["state"], b["optimizer"]["state"]
-    assert all(torch.equal(opt_a[k][n], opt_b[k][n]) for k in opt_a for n in opt_a[k])
+    assert all(torch.equal(opt_a[k][n], opt_b[k][n]) for k in opt_a for n in opt_a[k]), why
 
 
 # ----------------------------------------------------------------------------- sampling
