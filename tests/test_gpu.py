@@ -20,10 +20,13 @@ import torch.distributed as dist
 
 import pixeljit
 from conftest import REFERENCE_FILE, rel_err, tiny_run
+from pixeljit.checkpoints.load import load_trained
 from pixeljit.checkpoints.run import load_checkpoint
+from pixeljit.cli import main
 from pixeljit.data import pack_arrays
 from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss
 from pixeljit.diffusion.sampler import noise_from_seeds, sample, sample_seeds
+from pixeljit.files.images import to_uint8
 from pixeljit.model import JiTConfig
 from pixeljit.training.config import get_preset
 from pixeljit.training.ema import EMA
@@ -184,6 +187,28 @@ def test_device_noise_is_independent_of_the_batch_split(cuda):
     torch.testing.assert_close(parts, sample(net, labels, **kw), rtol=1e-5, atol=1e-5)
 
 
+def test_pixeljit_sample_on_cuda_defaults_to_bf16(cuda, tmp_path):
+    """`pixeljit sample --device cuda` with its default `--amp auto` (bf16 network, float32
+    state): the images match the library's bf16 call, and differ from float32 by bf16 error."""
+    net = random_net(TINY, "cpu")
+    path = tmp_path / "tiny.safetensors"
+    pixeljit.save_safetensors(net, path)
+    npz = tmp_path / "s.npz"
+    argv = ["sample", str(path), "--labels", "1", "3", "--num", "4", "--steps", "4", "--cfg",
+            "2", "--device", "cuda", "--seed", "3", "--out", str(npz)]  # fmt: skip
+    assert main(argv) == 0
+    got = torch.from_numpy(np.load(npz)["arr_0"]).permute(0, 3, 1, 2).int()
+    model = load_trained(path, device=cuda)
+    kw = dict(steps=4, cfg=2.0, interval=(0.1, 1.0), seed=3, noise_scale=model.noise_scale,
+              prediction=model.prediction)  # fmt: skip
+    on_cuda = model.net
+    bf16 = to_uint8(sample(on_cuda, [1, 1, 3, 3], amp_dtype=torch.bfloat16, **kw)).int()
+    assert (got - bf16).abs().max() <= 1
+    fp32 = to_uint8(sample(on_cuda, [1, 1, 3, 3], **kw)).int()
+    assert (got - fp32).abs().float().mean() < 2  # bf16 rounding, not other images
+    assert (got != fp32).any()  # and not the float32 network
+
+
 # ----------------------------------------------------------------------------- compile
 
 
@@ -199,8 +224,8 @@ def test_compiled_network_equals_eager(cuda):
 
 
 def test_cuda_graph_sampling_equals_eager(cuda):
-    """compile_mode='reduce-overhead' (CUDA graphs, two shapes) against the eager sampler,
-    both with the bf16 network; a second call compiles nothing new."""
+    """compile_mode='reduce-overhead' (CUDA graphs, two shapes) against the eager sampler with
+    the bf16 network and the float32 one; a second call compiles nothing new."""
     torch._dynamo.reset()
     net = random_net(TINY, cuda)
     labels = list(range(8))
@@ -209,6 +234,8 @@ def test_cuda_graph_sampling_equals_eager(cuda):
     eager = sample(net, labels, **kw)
     graphs = sample(net, labels, compile_mode="reduce-overhead", **kw)
     assert rel_err(graphs, eager) <= BF16_REL_ERR
+    fp32 = sample(net, labels, **{**kw, "amp_dtype": None})  # the eager float32 sampler
+    assert rel_err(graphs, fp32) <= BF16_REL_ERR
     frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     again = sample(net, labels, compile_mode="reduce-overhead", **{**kw, "seed": 2})
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames
