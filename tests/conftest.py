@@ -37,6 +37,27 @@ def reference() -> dict:
     return torch.load(REFERENCE_FILE, weights_only=True, map_location="cpu")
 
 
+# ------------------------------------------------------------------------------ gpu marker
+
+NO_CUDA_REASON = "needs a CUDA device (torch.cuda.is_available() is False): run on a GPU"
+
+
+def pytest_report_header(config) -> str:
+    if torch.cuda.is_available():
+        return f"gpu tests: on {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    return f"gpu tests: skipped, {NO_CUDA_REASON}"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `gpu` are skipped, with the reason, where CUDA is not available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=NO_CUDA_REASON)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖ in float64."""
     a, b = a.double(), b.double()

@@ -222,7 +222,7 @@ def test_per_row_times_guide_only_rows_in_interval():
     t = torch.tensor([0.05, 0.3, 0.5, 0.95, 1.0], dtype=torch.float32)
     field = GuidedField(net, y, cfg=3.0, interval=(0.1, 0.9), null_label=NUM_CLASSES)
     got = field.velocity(z, t)
-    assert net.calls == [5 + 2]  # one forward: 5 conditional + 2 unconditional rows
+    assert net.calls == [2 * 5]  # one forward at the fixed shape: 5 conditional + 5 unconditional
     for i in range(5):
         ref = authors_guided_velocity(
             gauss, z[i : i + 1], t[i], y[i : i + 1], 3.0, (0.1, 0.9), 0.05

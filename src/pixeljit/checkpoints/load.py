@@ -1,9 +1,10 @@
 """One entry point for every checkpoint kind a user may hold, for sampling and evaluation.
 
 `load_trained(source)` accepts a pixeljit training run (folder or `.pt`), a pixeljit
-`.safetensors` export, or an authors' `checkpoint-last.pth` (or its folder), and returns the
-network in eval mode *with* what sampling must match from training: the prediction target, the
-noise scale and the pre-conditioner (and class names when known).
+`.safetensors` export, a Hugging Face layout folder (`checkpoints.hub`) or `hf://org/name[@rev]`,
+or an authors' `checkpoint-last.pth` (or its folder), and returns the network in eval mode *with*
+what sampling must match from training: the prediction target, the noise scale and the
+pre-conditioner (and class names, the exported weights and recommended sampler when known).
 """
 
 from __future__ import annotations
@@ -16,13 +17,25 @@ from pathlib import Path
 import torch
 
 from pixeljit.checkpoints.authors import CHECKPOINT_FILENAME, WEIGHT_ENTRIES, load_reference
+from pixeljit.checkpoints.hub_remote import HF_SCHEME, is_hf_uri
 from pixeljit.checkpoints.run import LATEST, load_checkpoint
 from pixeljit.checkpoints.safetensors_io import load_safetensors_with_meta, save_safetensors
 from pixeljit.checkpoints.weights import build_loaded
 from pixeljit.diffusion.objective import BASE_RESOLUTION, PRECONDITIONERS, PREDICTIONS
-from pixeljit.model import JiT, JiTConfig
+from pixeljit.diffusion.sampler import SamplerConfig
+from pixeljit.model import MODEL_SIZES, JiT, JiTConfig
 
 OUR_WEIGHTS = ("ema", "model")  # 'ema' = the configured sampling EMA; or 'ema:<decay>'
+HUB_CONFIG = "config.json"  # marks a Hugging Face layout folder (see checkpoints.hub)
+# the authors' code: model_ema1 is kept with decay 0.9999 (their evaluation weights), model_ema2
+# with 0.9996 (paper_facts.md §5c)
+AUTHORS_EMA_DECAYS = {"model_ema1": 0.9999, "model_ema2": 0.9996}
+# the CFG scale their README gives per released model (size, patch), all Heun-50 on the CFG
+# interval [0.1, 1] (paper_facts.md §5c)
+AUTHORS_README_CFG = {("B", 16): 3.0, ("B", 32): 3.0, ("L", 16): 2.4, ("L", 32): 2.5,
+                      ("H", 16): 2.2, ("H", 32): 2.3}  # fmt: skip
+AUTHORS_INTERVAL = (0.1, 1.0)
+AUTHORS_STEPS = 50
 
 
 @dataclass(frozen=True)
@@ -33,6 +46,16 @@ class TrainedModel:
     preconditioner: str = "none"
     class_names: tuple[str, ...] | None = None
     description: str = ""
+    weights: str = ""  # which weights: 'ema:<decay>', 'model', 'model_ema1', … ('' = unknown)
+    step: int | None = None  # training step of the weights, when known
+    sampler: SamplerConfig | None = None  # recommended sampling settings, when known
+
+    @property
+    def ema_decay(self) -> float | None:
+        """The EMA decay of the weights, when they are an EMA of known decay."""
+        if self.weights.startswith("ema:"):
+            return float(self.weights.split(":", 1)[1])
+        return AUTHORS_EMA_DECAYS.get(self.weights)
 
     def objective_metadata(self) -> dict:
         return {"prediction": self.prediction, "noise_scale": self.noise_scale,
@@ -40,7 +63,10 @@ class TrainedModel:
 
 
 def checkpoint_kind(source: str | os.PathLike) -> str:
-    """'run' (pixeljit training), 'safetensors', or 'authors'."""
+    """'run' (pixeljit training), 'safetensors', 'hub' (a Hugging Face layout folder or an
+    `hf://` name), or 'authors'."""
+    if is_hf_uri(source):
+        return "hub"
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -51,8 +77,11 @@ def checkpoint_kind(source: str | os.PathLike) -> str:
             return "authors"
         if (path / LATEST).is_file() or any(path.glob("step-*.pt")):
             return "run"
+        if (path / HUB_CONFIG).is_file():
+            return "hub"
         raise FileNotFoundError(
-            f"{path} holds neither a pixeljit run ({LATEST}) nor an authors' {CHECKPOINT_FILENAME}"
+            f"{path} holds neither a pixeljit run ({LATEST}), a Hugging Face layout folder "
+            f"({HUB_CONFIG}, from `pixeljit convert --hub`) nor an authors' {CHECKPOINT_FILENAME}"
         )
     if path.suffix == ".pth":
         return "authors"
@@ -60,7 +89,8 @@ def checkpoint_kind(source: str | os.PathLike) -> str:
         return "run"
     raise ValueError(
         f"cannot load {path}: expected a pixeljit run folder or .pt checkpoint, a .safetensors "
-        f"export, or an authors' {CHECKPOINT_FILENAME} (or its folder)"
+        f"export, a Hugging Face layout folder or {HF_SCHEME}org/name, or an authors' "
+        f"{CHECKPOINT_FILENAME} (or its folder)"
     )
 
 
@@ -98,11 +128,16 @@ def load_trained(
 ) -> TrainedModel:
     """Load any checkpoint kind (see the module doc). `weights`: for pixeljit runs 'ema'
     (default: the run's sampling EMA), 'ema:<decay>' or 'model'; for the authors' files
-    'model_ema1' (default), 'model_ema2' or 'model'. Overrides go to the JiT config.
+    'model_ema1' (default), 'model_ema2' or 'model'; a hub folder holds one set (None or its
+    own name). Overrides go to the JiT config.
 
     Every kind goes through `checkpoints.weights`: sizes bounded by the file before anything is
     built, dtypes and shapes checked on `meta`, NaN / Inf refused."""
     kind = checkpoint_kind(source)
+    if kind == "hub":
+        from pixeljit.checkpoints.hub import load_hub
+
+        return load_hub(source, weights, device, in_context_start, **overrides)
     if kind == "safetensors":
         net, meta = load_safetensors_with_meta(source, device=device, **overrides)
         obj = meta.get("objective", {})
@@ -121,7 +156,8 @@ def load_trained(
         net = load_reference(source, weights, in_context_start, device, **overrides)
         # their --noise_scale: default 1.0, 2.0 for the 512-px models (s = size/256 from 256 up)
         scale = max(1.0, net.config.image_size / BASE_RESOLUTION)
-        return TrainedModel(net, "x", scale, "none", None, f"{source} ({weights})")
+        return TrainedModel(net, "x", scale, "none", None, f"{source} ({weights})", weights,
+                            sampler=authors_sampler(net.config))  # fmt: skip
     return _load_run(source, weights or "ema", device, overrides)
 
 
@@ -183,9 +219,46 @@ def _load_run(source, weights: str, device, overrides) -> TrainedModel:
         raise ValueError(f"{file}: invalid model config: {err}") from None
     net = build_loaded(config, state, device, f"{file} ({weights})", file_bytes)
     names = _class_names(file, ckpt.get("class_names"))
+    step = ckpt.get("step")
+    step = step if isinstance(step, int) and not isinstance(step, bool) else None
     return TrainedModel(
-        net, *objective, names, f"{ckpt['path']} step {ckpt.get('step', '?')} ({weights})"
-    )
+        net, *objective, names, f"{ckpt['path']} step {ckpt.get('step', '?')} ({weights})",
+        weights, step, _run_sampler(file, cfg),
+    )  # fmt: skip
+
+
+def _run_sampler(file, cfg: dict) -> SamplerConfig | None:
+    """The sampler settings of a run's config (its `sample` section, as its previews used)."""
+    section = cfg.get("sample")
+    if not isinstance(section, dict):
+        return None
+    known = {f for f in SamplerConfig().kwargs() if f in section}
+    fields = {k: section[k] for k in known}
+    if isinstance(fields.get("interval"), list):
+        fields["interval"] = tuple(fields["interval"])
+    try:
+        return SamplerConfig(**fields)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{file}: invalid sample settings in its config: {err}") from None
+
+
+def model_size_name(config: JiTConfig) -> str | None:
+    """'B', 'L', 'H' or 'G' when `config` has a registry size's depth, width and heads."""
+    for name, size in MODEL_SIZES.items():
+        if (config.depth, config.hidden_size, config.num_heads) == (
+            size["depth"], size["hidden_size"], size["num_heads"],
+        ):  # fmt: skip
+            return name
+    return None
+
+
+def authors_sampler(config: JiTConfig) -> SamplerConfig | None:
+    """The settings the authors' README gives for a released model (Heun-50, their CFG on the
+    interval [0.1, 1]); None for a shape they did not release."""
+    cfg = AUTHORS_README_CFG.get((model_size_name(config), config.patch_size))
+    if cfg is None:
+        return None
+    return SamplerConfig(steps=AUTHORS_STEPS, method="heun", cfg=cfg, interval=AUTHORS_INTERVAL)
 
 
 def export_safetensors(model: TrainedModel, path: str | os.PathLike) -> Path:

@@ -1,19 +1,41 @@
 """`pixeljit convert`: any checkpoint (a pixeljit run, or an authors' checkpoint-last.pth) → one
-.safetensors file with the weights, the JiT config, the objective and the class names."""
+.safetensors file with the weights, the JiT config, the objective and the class names; or, with
+`--hub DIR`, a folder in the Hugging Face Hub layout (model.safetensors, config.json, a model card
+README.md and the run's sample grid) that `sample`, `eval` and `load_trained` read back."""
 
 from __future__ import annotations
 
-from pixeljit.checkpoints.load import export_safetensors, load_trained
+import dataclasses
+from pathlib import Path
+
+from pixeljit.checkpoints.load import checkpoint_kind, export_safetensors, load_trained
 from pixeljit.cli.checks import check_int, check_output
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "convert",
-        help="export a run or an authors' checkpoint-last.pth (or its folder) to .safetensors",
+        help="export a run or an authors' checkpoint-last.pth (or its folder) to .safetensors "
+        "or to a Hugging Face Hub folder (--hub)",
     )
     p.add_argument("source", help="run folder / .pt, or checkpoint-last.pth / its folder")
-    p.add_argument("out", help="destination .safetensors file")
+    p.add_argument(
+        "out", nargs="?", default=None, help="destination .safetensors file (omit with --hub)"
+    )
+    p.add_argument(
+        "--hub",
+        metavar="DIR",
+        default=None,
+        help="write a Hugging Face Hub folder instead: model.safetensors, config.json, "
+        "README.md (model card) and samples.png",
+    )
+    p.add_argument(
+        "--scores",
+        metavar="JSON",
+        default=None,
+        help="--hub: eval scores for the model card (a `pixeljit eval --out` file; "
+        "default: the run folder's eval.json if there is one)",
+    )
     p.add_argument(
         "--weights",
         default=None,
@@ -26,21 +48,82 @@ def add_parser(sub) -> None:
         default=None,
         help="authors' checkpoints of non-standard depth: in-context start block",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT file")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUT file; with --hub, replace the files of a "
+        "non-empty DIR (other files there are left)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if (args.out is None) == (args.hub is None):
+        raise ValueError(
+            "give either OUT (a .safetensors file) or --hub DIR, not "
+            + ("both" if args.out else "neither")
+        )
+    check_int("--in-context-start", args.in_context_start, 0)
+    if args.hub is not None:
+        return _run_hub(args)
+    if args.scores is not None:
+        raise ValueError("--scores has no effect without --hub: drop it or add --hub DIR")
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"output {args.out!r} must end in .safetensors")
-    check_int("--in-context-start", args.in_context_start, 0)
     check_output("OUT", args.out, False, args.overwrite, "--overwrite")  # before loading
     model = load_trained(args.source, args.weights, in_context_start=args.in_context_start)
     path = export_safetensors(model, args.out)
+    print(f"wrote {path}: {_summary(model)}")
+    return 0
+
+
+def _summary(model) -> str:
     cfg = model.net.config
+    return (
+        f"{model.description}; depth {cfg.depth}, width {cfg.hidden_size}, {cfg.image_size}px, "
+        f"patch {cfg.patch_size}, {cfg.num_classes} classes, {model.prediction}-prediction, "
+        f"noise scale {model.noise_scale}"
+    )
+
+
+def _run_hub(args) -> int:
+    from pixeljit.checkpoints.hub import check_hub_output, write_hub_folder
+    from pixeljit.checkpoints.hub_card import CardExtras, read_scores, run_extras
+    from pixeljit.checkpoints.run import find_checkpoint, run_folder
+
+    out = Path(args.hub)
+    check_hub_output(out, args.overwrite, flags=True)
+    check_output("--hub", out, True, True)  # writable (emptiness checked above)
+    source = Path(args.source)
+    if source.exists() and out.resolve() in (source.resolve(), source.resolve().parent):
+        raise ValueError(f"--hub {out} is the checkpoint's own folder: choose another folder")
+    if args.scores is not None:
+        read_scores(args.scores)  # a bad scores file is refused before the model is loaded
+    kind = checkpoint_kind(args.source)
+    model = load_trained(args.source, args.weights, in_context_start=args.in_context_start)
+    if kind == "run":
+        extras = run_extras(run_folder(find_checkpoint(args.source, None)), model, args.scores)
+        sampler_source = "the training run's sample settings (its previews used them)"
+    else:
+        scores = read_scores(args.scores) if args.scores else None
+        extras = CardExtras(
+            scores=scores,
+            scores_source=args.scores or "",
+            grid_missing="the source holds no sample grid",
+        )
+        sampler_source = (
+            "the authors' README (Heun-50, their CFG scale for this model, interval [0.1, 1])"
+            if kind == "authors" and model.sampler is not None
+            else ""
+        )
+    extras = dataclasses.replace(
+        extras, source=args.source, authors=kind == "authors", sampler_source=sampler_source
+    )
+    path = write_hub_folder(model, out, extras, args.overwrite)
+    shown = "grid" if extras.grid is not None else "no grid"
+    scored = "scores" if extras.scores else "no scores"
     print(
-        f"wrote {path}: {model.description}; depth {cfg.depth}, width {cfg.hidden_size}, "
-        f"{cfg.image_size}px, patch {cfg.patch_size}, {cfg.num_classes} classes, "
-        f"{model.prediction}-prediction, noise scale {model.noise_scale}"
+        f"wrote {path}/ (model.safetensors, config.json, README.md; {shown}, {scored}): "
+        f"{_summary(model)}. Fill in `license:` in README.md before publishing."
     )
     return 0

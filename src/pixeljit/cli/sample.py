@@ -6,6 +6,7 @@ Noise is drawn per sample from (seed, index), so the images do not depend on --b
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from pixeljit.cli.checks import (
     check_seed,
 )
 from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
-from pixeljit.diffusion.sampler import check_finite, sample
+from pixeljit.diffusion.sampler import check_finite, default_amp_dtype, sample, tf32_matmuls
 from pixeljit.files.images import MAX_GRID_PIXELS, save_grid, save_npz, save_pngs, to_uint8
 from pixeljit.training.distributed import resolve_device
 
@@ -34,6 +35,8 @@ UNCONDITIONAL_NUM = 64
 MAX_GRID_SCALE = 32  # --scale: a 256-px grid of 8 × 10 cells at ×32 is already 650 MP
 MAX_NOISE_SCALE = 1e3  # the paper's noise scales are 1-2; far beyond, samples overflow
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTO_AMP = "auto"  # bf16 autocast on CUDA, none (float32) on a CPU
+# with autocast on CUDA, float32 products left outside it may use TF32; --amp none: true float32
 
 
 def add_parser(sub) -> None:
@@ -78,9 +81,11 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
         "--amp",
-        default="none",
-        choices=tuple(AMP_DTYPES),
-        help="run the network under autocast (the authors sample in bf16)",
+        default=AUTO_AMP,
+        choices=(AUTO_AMP, *AMP_DTYPES),
+        help="the network's autocast precision; the sampling state stays float32 (default auto: "
+        "bf16 on CUDA, as the authors sample, with TF32 for float32 products; none on a CPU; "
+        "none = float32 throughout)",
     )
     p.add_argument(
         "--noise-scale",
@@ -237,8 +242,10 @@ def run(args) -> int:
     ncols, row_labels = grid_layout(labels, num, args.ncols, model.class_names)
     if outputs.grids:
         check_grid_size(num, ncols, net.config.image_size, args.scale)
+    amp = default_amp_dtype(device) if args.amp == AUTO_AMP else AMP_DTYPES[args.amp]
+    tf32 = tf32_matmuls(device) if amp is not None else contextlib.nullcontext()  # none: true fp32
     chunks = []
-    with tqdm(total=num, unit="img", desc="sampling") as bar:
+    with tqdm(total=num, unit="img", desc="sampling") as bar, tf32:
         for start in range(0, num, args.batch_size):
             stop = min(start + args.batch_size, num)
             images = sample(
@@ -251,7 +258,7 @@ def run(args) -> int:
                 preconditioner=model.preconditioner,
                 seed=args.seed,
                 first_index=start,
-                amp_dtype=AMP_DTYPES[args.amp],
+                amp_dtype=amp,
             )
             check_finite(images, start, "--cfg / --noise-scale")
             u8 = to_uint8(images)  # (B, C, H, W) uint8 on the CPU

@@ -99,7 +99,7 @@ def _check_output(out_dir: Path, overwrite: bool, sources: Iterable) -> None:
         if not overwrite:
             raise ValueError(
                 f"output folder {out_dir} is not empty: choose another folder or pass "
-                "overwrite=True (CLI: --overwrite) to replace a packed set written by pixeljit"
+                "--overwrite (Python: overwrite=True) to replace a packed set written by pixeljit"
             )
         own_pack_files(out_dir)
 

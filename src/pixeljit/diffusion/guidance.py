@@ -3,9 +3,14 @@
 The guided velocity is v_u + w·(v_c − v_u) (guidance in v-space, §5c), applied only to rows with
 low < t < high, with `low == 0` meaning no lower bound: exactly the authors' mask
 `(t < high) & ((low == 0) | (t > low))`, evaluated in float32 like theirs. Conditional and
-unconditional rows go through the network in ONE batched forward (concatenated along the batch);
-rows outside the interval (and every row when w == 1) get no unconditional pass at all, and their
-velocity is v_c, which the formula gives for w = 1.
+unconditional rows go through the network in ONE batched forward (concatenated along the batch),
+and the network only ever sees two batch shapes, N and 2N (so a compiled network or a captured
+CUDA graph is built at most twice per run):
+- one time for the batch (what the solvers pass) outside the interval, or w == 1: N conditional
+  rows, no unconditional pass at all; the velocity is v_c, which the formula gives for w = 1;
+- one time for the batch inside the interval: 2N rows, [conditional; unconditional];
+- per-row times with some rows inside: 2N rows as well (a fixed shape rather than N + #inside),
+  and the rows outside the interval take v_c, selected with `torch.where`.
 
 Times reach the field as host (CPU) tensors, so deciding which rows need the unconditional pass
 costs no device synchronisation; a batch-wide time becomes a device fill, not a copy.
@@ -86,6 +91,7 @@ class GuidedField:
         self.t_min = t_min
         self.calls = 0
         self.rows = 0
+        self._y_pair: Tensor | None = None
 
     def _forward(self, z: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
         self.calls += 1
@@ -104,23 +110,17 @@ class GuidedField:
         if self.cfg == 1.0:
             return self._forward(z, t_dev, self.y)
         on = guidance_mask(t_host, self.interval)  # (N,) bool, host
-        rows = on.nonzero().flatten()  # host op: no device sync
-        m = rows.numel()
-        if m == 0:
+        if not bool(on.any()):  # a host tensor: no device sync
             return self._forward(z, t_dev, self.y)
-        null = torch.full((m,), self.null_label, dtype=self.y.dtype, device=self.y.device)
-        if m == n:  # the common case: one time for the batch, inside the interval
-            v = self._forward(
-                torch.cat([z, z]), torch.cat([t_dev, t_dev]), torch.cat([self.y, null])
-            )
-            v_c, v_u = v[:n], v[n:]
-            return v_u + self.cfg * (v_c - v_u)
-        idx = rows.to(z.device, non_blocking=True)
-        z_u, t_u = z.index_select(0, idx), t_dev.index_select(0, idx)
-        v = self._forward(torch.cat([z, z_u]), torch.cat([t_dev, t_u]), torch.cat([self.y, null]))
+        if self._y_pair is None:  # [labels; null labels], built once per field
+            self._y_pair = torch.cat([self.y, torch.full_like(self.y, self.null_label)])
+        v = self._forward(torch.cat([z, z]), torch.cat([t_dev, t_dev]), self._y_pair)
         v_c, v_u = v[:n], v[n:]
-        guided = v_u + self.cfg * (v_c.index_select(0, idx) - v_u)
-        return v_c.index_copy(0, idx, guided)
+        guided = v_u + self.cfg * (v_c - v_u)
+        if bool(on.all()):  # the common case: one time for the batch, inside the interval
+            return guided
+        mask = on.to(z.device, non_blocking=True).view(-1, *([1] * (z.ndim - 1)))  # (N, 1, …)
+        return torch.where(mask, guided, v_c)
 
     def data_scale(self, t: Tensor, like: Tensor) -> Tensor:
         """d(t) with x̂ = z + d·v̂ the inverse of how v̂ is formed: max(1−t, t_eps) for

@@ -1,10 +1,16 @@
 """`sample()`: a network end to end — noise (per-sample seeds), labels, the CFG interval
 (`guidance`), a time grid and a solver (`solvers`). `SamplerConfig` is the one place the sampling
 defaults live: the API, `pixeljit sample`, training previews and evaluation all read it.
+
+On a GPU: the noise is drawn on the device (one generator per sample, so still independent of
+the batch split), the network sees two batch shapes at most (N, and 2N inside the CFG interval),
+so `compile_mode` (e.g. "reduce-overhead": CUDA graphs) builds at most two graphs, and the
+sampling state z stays float32 whatever `amp_dtype` the network runs in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -127,31 +133,72 @@ def noise_from_seeds(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """(len(seeds), *shape) standard normal noise, row i drawn on the CPU from seeds[i]:
-    the same seed gives the same noise whatever the batch split and the device."""
-    rows = [
-        torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32)
-        for s in seeds
-    ]
-    return torch.stack(rows).to(device=device, dtype=dtype)
+    """(len(seeds), *shape) standard normal noise drawn on `device`, row i from its own
+    generator seeded with seeds[i]: the same seed gives the same row whatever the batch split.
+
+    The draw is float32 on the device's own generator (mt19937 on the CPU, Philox on CUDA), so
+    a seed gives the same noise on every CPU and on every CUDA device, but CPU and CUDA noise
+    differ (draw on the CPU and pass `noise=` to `sample` for images that match across them).
+    """
+    device = torch.device(device if device is not None else "cpu")
+    out = torch.empty((len(seeds), *shape), device=device, dtype=torch.float32)
+    gen = torch.Generator(device=device)
+    for row, s in zip(out, seeds, strict=True):  # one small launch per row, no host sync
+        gen.manual_seed(s)
+        torch.randn(shape, generator=gen, out=row)
+    return out.to(dtype)
 
 
 # ----------------------------------------------------------------------------------- sample
 
 
-class _NetDenoiser:
-    """net(z, t, y) with the pre-conditioner and optional autocast; float output in z's dtype."""
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_COMPILE_BACKEND = "inductor"  # the tests swap in "eager" (no C++/Triton build on CI)
+_COMPILED_ATTR = "_pixeljit_compiled"  # net.__dict__ entry: {(mode, backend): compiled net}
 
-    def __init__(self, net, preconditioner: str, noise_scale: float, amp_dtype):
+
+def check_compile_mode(mode: str | None) -> None:
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(
+            f"compile_mode must be None (eager) or one of {COMPILE_MODES}, got {mode!r}"
+        )
+
+
+def compiled_network(net, mode: str):
+    """`torch.compile(net, mode=mode, dynamic=False)`, built once per (net, mode) and kept in the
+    net's `__dict__` (not a submodule: its state_dict is unchanged) for later `sample` calls;
+    dynamo compiles each batch shape it meets once (N and 2N). The net itself stays eager."""
+    check_compile_mode(mode)
+    cache = getattr(net, "__dict__", {}).setdefault(_COMPILED_ATTR, {})
+    key = (mode, _COMPILE_BACKEND)
+    if key not in cache:
+        options = {"mode": mode} if _COMPILE_BACKEND == "inductor" else {}  # modes: inductor's
+        cache[key] = torch.compile(net, dynamic=False, backend=_COMPILE_BACKEND, **options)
+    return cache[key]
+
+
+class _NetDenoiser:
+    """net(z, t, y) with the pre-conditioner and optional autocast; float output in z's dtype.
+
+    A compiled network (CUDA graphs under "reduce-overhead") writes its outputs into memory the
+    next replay reuses: each call marks a new step and copies the output out of it.
+    """
+
+    def __init__(self, net, preconditioner: str, noise_scale: float, amp_dtype, compiled=False):
         self.net, self.preconditioner = net, preconditioner
         self.noise_scale, self.amp_dtype = noise_scale, amp_dtype
+        self.compiled = compiled
 
     def __call__(self, z: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+        if self.compiled:
+            torch.compiler.cudagraph_mark_step_begin()
         if self.amp_dtype is None:
             out = self.net(z, t, y)
         else:
             with torch.autocast(device_type=z.device.type, dtype=self.amp_dtype):
                 out = self.net(z, t, y)
+        if self.compiled and out.dtype == z.dtype:  # (a cast copies already)
+            out = out.clone()
         out = out.to(z.dtype)
         return precondition(out, z, t, self.preconditioner, self.noise_scale)
 
@@ -229,6 +276,27 @@ def check_seed(seed: int | None, first_index: int = 0) -> None:
             raise ValueError(f"{name} must be an integer in [0, 2**63), got {value!r}")
 
 
+def default_amp_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The network's precision when none is asked for: bf16 autocast on CUDA (the authors
+    sample in bf16; the sampling state stays float32), float32 elsewhere."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else None
+
+
+@contextlib.contextmanager
+def tf32_matmuls(device: torch.device | str):
+    """Within the block, on CUDA, float32 matrix products may use TF32 (the parts that autocast
+    leaves in float32, or the whole network with no autocast); the setting is restored after."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 @torch.no_grad()
 def sample(
     net,
@@ -252,6 +320,7 @@ def sample(
     preconditioner: str = "none",
     amp_dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    compile_mode: str | None = None,
 ) -> Tensor:
     """Generate images (N, C, H, W) (float, nominally [−1, 1], not clipped) with a JiT network.
 
@@ -265,7 +334,10 @@ def sample(
     rows with t in the open `interval` (default (0.1, 1.0), the paper's). `method` ∈
     {euler, heun, dpm++2m}; `grid` ∈ {uniform, shifted}; defaults come from `SamplerConfig`.
     The network runs in eval mode (its training mode is restored afterwards); `amp_dtype` (e.g.
-    torch.bfloat16) runs it under autocast.
+    torch.bfloat16) runs it under autocast (the state z stays float32). `compile_mode` (one of
+    COMPILE_MODES; None = eager) runs it through `torch.compile(dynamic=False)`, kept for later
+    calls with the same net; "reduce-overhead" replays CUDA graphs (two at most: N and 2N rows).
+    Seeded noise is drawn on the sampling device (see `noise_from_seeds`).
     """
     config = getattr(net, "config", None)
     if config is None:
@@ -275,6 +347,7 @@ def sample(
         t_min,
     )  # fmt: skip
     check_seed(seed, first_index)
+    check_compile_mode(compile_mode)
     if noise_scale is None:
         noise_scale = default_noise_scale(config.image_size)
     classes = int(config.num_classes)
@@ -301,7 +374,9 @@ def sample(
         z = noise_scale * torch.randn((n, *shape), generator=generator, device=gen_device)
         z = z.to(dev)
 
-    denoiser = _NetDenoiser(net, preconditioner, noise_scale, amp_dtype)
+    runner = net if compile_mode is None else compiled_network(net, compile_mode)
+    compiled = compile_mode is not None
+    denoiser = _NetDenoiser(runner, preconditioner, noise_scale, amp_dtype, compiled)
     field = GuidedField(
         denoiser,
         y,

@@ -1,0 +1,370 @@
+"""Weights people can share: a folder in the Hugging Face Hub layout, written and read.
+
+    DIR/model.safetensors   the weights (also carrying pixeljit's own metadata)
+    DIR/config.json         architecture, objective, class names, which weights, the sampler
+    DIR/README.md           the model card (`hub_card`), YAML front matter for the Hub
+    DIR/samples.png         a sample grid, when the run left one for these weights
+
+config.json is the authority when the folder is loaded: it is read bounded (`MAX_CONFIG_BYTES`),
+strictly (no duplicate keys, no NaN, no unknown keys) and every field validated before the
+network is built; the weights then go through the same checks as every other kind
+(`checkpoints.weights`). `hf://org/name[@revision]` fetches such a folder (`hub_remote`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pixeljit.checkpoints.hub_card import CardExtras, model_card
+from pixeljit.checkpoints.hub_remote import fetch_hub_folder, is_hf_uri
+from pixeljit.checkpoints.load import (
+    TrainedModel,
+    _class_names,
+    _objective,
+    model_size_name,
+)
+from pixeljit.checkpoints.safetensors_io import (
+    COUNT_FIELDS,
+    SAFETENSORS_CONFIG_KEY,
+    SAFETENSORS_FLOATS,
+    save_safetensors,
+)
+from pixeljit.checkpoints.weights import check_finite, materialise, meta_model
+from pixeljit.diffusion.sampler import SamplerConfig
+from pixeljit.files.atomic import atomic_write, atomic_write_text, temp_sibling
+from pixeljit.model import JiT, JiTConfig
+
+HUB_FORMAT = "pixeljit.hub/1"
+LIBRARY_NAME = "pixeljit"
+MODEL_TYPE = "jit"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+GRID_NAME = "samples.png"
+HUB_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, GRID_NAME)  # what --overwrite replaces
+MAX_CONFIG_BYTES = 1 << 22  # 4 MiB: a config is a few kB; 1000 class names are ~30 kB
+MAX_FLOAT_BYTES = 8  # float64, the widest dtype a weights file may hold
+HEADER_ALLOWANCE = 1 << 24  # safetensors header (names, shapes, metadata) beyond the tensors
+TOP_KEYS = (
+    "format",
+    "library_name",
+    "model_type",
+    "architecture",
+    "objective",
+    "class_names",
+    "weights",
+    "sampler",
+    "sampler_source",
+)
+OBJECTIVE_KEYS = ("prediction", "noise_scale", "preconditioner")
+WEIGHTS_KEYS = ("name", "ema_decay", "step")
+MAX_TEXT = 1000  # characters of a free-text field (weights name, sampler source)
+
+
+# --------------------------------------------------------------------------- config.json
+
+
+def hub_config(model: TrainedModel, sampler: SamplerConfig, sampler_source: str) -> dict:
+    """config.json of `model` (see the module doc)."""
+    return {
+        "format": HUB_FORMAT,
+        "library_name": LIBRARY_NAME,
+        "model_type": MODEL_TYPE,
+        "architecture": model.net.config.to_dict(),
+        "objective": model.objective_metadata(),
+        "class_names": list(model.class_names) if model.class_names else None,
+        "weights": {"name": model.weights, "ema_decay": model.ema_decay, "step": model.step},
+        "sampler": {**sampler.kwargs(), "interval": list(sampler.interval)},
+        "sampler_source": sampler_source,
+    }
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """A validated config.json."""
+
+    architecture: dict
+    objective: tuple[str, float, str]
+    class_names: tuple[str, ...] | None
+    weights: str
+    ema_decay: float | None
+    step: int | None
+    sampler: SamplerConfig
+    sampler_source: str
+
+    def jit_config(self, source: str, **overrides) -> JiTConfig:
+        try:
+            return JiTConfig.from_dict({**self.architecture, **overrides})
+        except (ValueError, TypeError, ZeroDivisionError) as err:
+            raise ValueError(f"{source}: invalid architecture: {err}") from None
+
+
+def _no_duplicates(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"duplicate keys {repeated[:5]}")
+    return dict(pairs)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _section(source, data: dict, key: str, allowed: tuple[str, ...] | None) -> dict:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: '{key}' must be a JSON object, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(allowed)) if allowed is not None else []
+    if unknown:
+        raise ValueError(f"{source}: unknown '{key}' fields {unknown[:5]}; known: {list(allowed)}")
+    return value
+
+
+def _text(source, name: str, value, optional: bool = False) -> str:
+    if optional and value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise ValueError(f"{source}: {name} must be a string of at most {MAX_TEXT} characters")
+    return value
+
+
+def read_hub_config(path: str | os.PathLike) -> HubConfig:
+    """Parse and validate a hub folder's config.json (every field; nothing is built)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing or not a regular file: not a hub folder")
+    with open(path, "rb") as f:  # read bounded, whatever the file system reports as its size
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"{path} is over the {MAX_CONFIG_BYTES:,} bytes a config may hold: not "
+            "a pixeljit config"
+        )
+    try:
+        data = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict) or data.get("format") != HUB_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(
+            f"{path}: not a pixeljit hub config (format {found!r}, expected "
+            f"{HUB_FORMAT!r}); export one with `pixeljit convert SOURCE --hub DIR`"
+        )
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown fields {unknown[:5]}; known: {list(TOP_KEYS)}")
+    arch = _section(path, data, "architecture", None)
+    counts = [k for k in COUNT_FIELDS if not _positive_int(arch.get(k))]
+    if counts:
+        raise ValueError(
+            f"{path}: architecture fields {counts} must be positive integers, got "
+            f"{[arch.get(k) for k in counts]}"
+        )
+    obj = _section(path, data, "objective", OBJECTIVE_KEYS)
+    objective = _objective(path, *(obj.get(k) for k in OBJECTIVE_KEYS))
+    names = _class_names(path, data.get("class_names"))
+    classes = arch.get("num_classes")
+    if names is not None and (not isinstance(classes, int) or len(names) != classes):
+        raise ValueError(
+            f"{path}: {len(names)} class names for num_classes {classes!r}: they must match"
+        )
+    weights = _section(path, data, "weights", WEIGHTS_KEYS)
+    decay, step = weights.get("ema_decay"), weights.get("step")
+    if decay is not None and not (isinstance(decay, (int, float)) and 0 < decay < 1):
+        raise ValueError(f"{path}: weights.ema_decay must be a number in (0, 1) or null")
+    if step is not None and not (_positive_int(step) or (type(step) is int and step == 0)):
+        raise ValueError(f"{path}: weights.step must be an integer ≥ 0 or null")
+    sampler = _section(path, data, "sampler", tuple(SamplerConfig().kwargs()))
+    try:
+        fields = {**sampler, "interval": tuple(sampler.get("interval", SamplerConfig().interval))}
+        sampler_config = SamplerConfig(**fields)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: invalid sampler settings: {err}") from None
+    return HubConfig(
+        arch,
+        objective,
+        names,
+        _text(path, "weights.name", weights.get("name")),
+        None if decay is None else float(decay),
+        step,
+        sampler_config,
+        _text(path, "sampler_source", data.get("sampler_source"), optional=True),
+    )
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def weights_bound(config_path: Path) -> int:
+    """The most bytes a weights file for this config.json can need (float64 and a header).
+    Counted on `meta` from a one-block network plus (depth − 1) blocks, so a config claiming a
+    huge depth costs no time (nothing is built per claimed block)."""
+    config = read_hub_config(config_path).jit_config(str(config_path))
+    one = dataclasses.replace(config, depth=1, in_context_start=0, dropout_blocks=None)
+    with torch.device("meta"):
+        net = JiT(one)
+    per_block = sum(p.numel() for p in net.blocks[0].state_dict().values())
+    params = sum(p.numel() for p in net.state_dict().values()) + (config.depth - 1) * per_block
+    return params * MAX_FLOAT_BYTES + HEADER_ALLOWANCE
+
+
+# ------------------------------------------------------------------------------- loading
+
+
+def load_hub(
+    source: str | os.PathLike,
+    weights: str | None = None,
+    device: torch.device | str = "cpu",
+    in_context_start: int | None = None,
+    **overrides,
+) -> TrainedModel:
+    """A hub folder (or `hf://org/name[@revision]`, fetched first) as a TrainedModel."""
+    if in_context_start is not None:
+        raise ValueError(
+            f"in_context_start has no effect on {source}: its config.json records "
+            "the architecture (on the command line drop --in-context-start)"
+        )
+    if is_hf_uri(source):
+        folder, label = fetch_hub_folder(
+            str(source), CONFIG_NAME, WEIGHTS_NAME, MAX_CONFIG_BYTES, weights_bound
+        )
+    else:
+        folder, label = Path(source), str(source)
+    config = read_hub_config(folder / CONFIG_NAME)
+    named_ema = weights == "ema" and config.weights.startswith("ema:")  # 'ema': the run's EMA
+    if weights is not None and weights != config.weights and not named_ema:
+        raise ValueError(
+            f"{label} holds one set of weights ({config.weights or 'unnamed'}), "
+            f"not {weights!r}: drop the weights choice (--weights)"
+        )
+    net = _read_weights(folder / WEIGHTS_NAME, config, device, overrides)
+    shown = f"{label} ({config.weights})" if config.weights else label
+    return TrainedModel(
+        net,
+        *config.objective,
+        config.class_names,
+        shown,
+        config.weights,
+        config.step,
+        config.sampler,
+    )
+
+
+def _read_weights(path: Path, config: HubConfig, device, overrides: dict) -> JiT:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"hub folder {path.parent} has no {WEIGHTS_NAME}: copy it beside "
+            f"{CONFIG_NAME} or export again with `pixeljit convert SOURCE "
+            "--hub DIR`"
+        )
+    jit_config = config.jit_config(str(path.parent / CONFIG_NAME), **overrides)
+    file_bytes = path.stat().st_size
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            own = (f.metadata() or {}).get(SAFETENSORS_CONFIG_KEY)
+            if own is not None and _parsed(own) != config.architecture:
+                raise ValueError(
+                    f"{path}: its own metadata and {CONFIG_NAME} describe different "
+                    "architectures: the files do not belong together"
+                )
+            dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+            odd = sorted(f"{k} ({d})" for k, d in dtypes.items() if d not in SAFETENSORS_FLOATS)
+            if odd:
+                raise ValueError(f"{path}: weights must be floating point; got {odd[:5]}")
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            net = meta_model(jit_config, shapes, str(path), file_bytes)  # nothing read yet
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a valid .safetensors file ({err})") from None
+    return materialise(net, state, str(path), device)
+
+
+def _parsed(text: str):
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        return None
+
+
+# ------------------------------------------------------------------------------- writing
+
+
+def check_hub_output(out: str | os.PathLike, overwrite: bool = False, flags: bool = False) -> Path:
+    """Refuse a file, or a non-empty folder without `overwrite` (nothing is created). `flags`:
+    name the command line's flags (--hub, --overwrite) instead of the arguments."""
+    out = Path(out)
+    named = f"--hub {out}" if flags else f"hub folder {out}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{named} is a file: pass a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        how = "--overwrite" if flags else "overwrite=True"
+        raise ValueError(
+            f"{named} is not empty: choose a new folder, or pass {how} to replace "
+            f"its {', '.join(HUB_FILES)}"
+        )
+    return out
+
+
+def write_hub_folder(
+    model: TrainedModel,
+    out: str | os.PathLike,
+    extras: CardExtras | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `model` as a hub folder (see the module doc). A new (or empty) folder appears
+    whole or not at all; with `overwrite` each of `HUB_FILES` in it is replaced atomically (a
+    samples.png the new card does not show is removed) and other files are left alone."""
+    out = check_hub_output(out, overwrite)
+    extras = extras or CardExtras()
+    check_finite(model.net.state_dict(), model.description or "model")
+    sampler = model.sampler or SamplerConfig()
+    source = extras.sampler_source or (
+        "the source's settings"
+        if model.sampler
+        else "pixeljit's defaults (the source records none)"
+    )
+    config = hub_config(model, sampler, source)
+    params = sum(p.numel() for p in model.net.parameters())
+    card = model_card(config, params, extras, model_size_name(model.net.config))
+
+    def write_into(folder: Path) -> None:
+        save_safetensors(
+            model.net, folder / WEIGHTS_NAME, model.objective_metadata(), model.class_names
+        )
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        if extras.grid is not None:
+            _copy(extras.grid, folder / GRID_NAME)
+        else:
+            (folder / GRID_NAME).unlink(missing_ok=True)
+        atomic_write_text(folder / CARD_NAME, card)
+
+    if out.is_dir() and any(out.iterdir()):
+        write_into(out)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = temp_sibling(out, "staging")
+    staging.mkdir()
+    try:
+        write_into(staging)  # a plain mkdir: the folder has the usual umask-derived mode
+        os.replace(staging, out)  # onto a missing or empty folder: the whole folder at once
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(out)) from err
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)  # our own hidden staging folder, never the user's
+    return out
+
+
+def _copy(src: Path, dst: Path) -> None:
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))

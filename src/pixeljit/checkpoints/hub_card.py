@@ -1,0 +1,261 @@
+"""The model card (README.md) of a hub folder: YAML front matter the Hub reads (library name, an
+empty license for the publisher to fill in, tags), then what the model is, how to sample it, its
+sample grid and its evaluation scores, each stated as known or as unknown.
+
+The grid and scores come from the run folder when there is one (`run_extras`): the preview grid
+the run drew at the exported step, and `eval.json` (what `pixeljit eval --out` writes) or a
+scores file named explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+PAPER = (
+    '"Back to Basics: Let Denoising Generative Models Denoise" (Li & He, 2025, '
+    "[arXiv:2511.13720](https://arxiv.org/abs/2511.13720))"
+)
+BASE_TAGS = ("diffusion", "image-generation", "jit", "pixel-space")
+RUN_SCORES_FILE = "eval.json"  # `pixeljit eval --checkpoint RUN ... --out RUN/eval.json`
+RUN_GRID = "samples-{step:07d}.png"  # the preview a run draws at a step (training.loop)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_SCORES_BYTES = 1 << 20
+MAX_SCORES = 100
+MAX_SCORE_TEXT = 100  # characters of a score's name or text value
+MAX_NAMES_SHOWN = 20  # class names listed in the card (all of them are in config.json)
+LICENSE_LINE = "license:  # fill in before publishing, e.g. mit, apache-2.0, cc-by-4.0"
+
+
+@dataclass(frozen=True)
+class CardExtras:
+    """What the card shows beyond config.json."""
+
+    grid: Path | None = None  # a PNG to publish as samples.png
+    grid_caption: str = ""
+    grid_missing: str = "no sample grid was exported with these weights"
+    scores: dict | None = None  # name → number or short text
+    scores_source: str = ""
+    source: str = ""  # what was converted
+    authors: bool = False  # an authors' released checkpoint (ImageNet-1k)
+    sampler_source: str = ""  # where the recommended sampler settings come from
+
+
+# ------------------------------------------------------------------------ grid and scores
+
+
+def read_scores(path: str | os.PathLike) -> dict:
+    """The scores of a `pixeljit eval --out` JSON: a flat {name: value} object, or a CFG sweep's
+    'best' row. Names and text values short and on one line, numbers finite."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"scores file {path} does not exist")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_SCORES_BYTES + 1)
+    if len(raw) > MAX_SCORES_BYTES:
+        raise ValueError(f"scores file {path} is over {MAX_SCORES_BYTES:,} bytes: not eval output")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"scores file {path} is not valid JSON ({err})") from None
+    if isinstance(data, dict) and isinstance(data.get("best"), dict):
+        data = data["best"]  # eval --sweep-cfg: the best (weights, cfg) row
+    if not isinstance(data, dict) or not data or len(data) > MAX_SCORES:
+        raise ValueError(
+            f"scores file {path}: expected a JSON object of 1 to {MAX_SCORES} scores "
+            "(what `pixeljit eval --out` writes)"
+        )
+    for name, value in data.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (_plain(name) and ((number and math.isfinite(value)) or _plain(value))):
+            raise ValueError(
+                f"scores file {path}: entry {str(name)[:40]!r} must map a short "
+                "name to a finite number or a short text"
+            )
+    return data
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(len(PNG_MAGIC))
+
+
+def _plain(text) -> bool:
+    return (
+        isinstance(text, str)
+        and 0 < len(text) <= MAX_SCORE_TEXT
+        and text.isprintable()
+        and "|" not in text
+    )
+
+
+def run_extras(run_folder: Path, model, scores: str | os.PathLike | None = None) -> CardExtras:
+    """The grid the run drew at the exported step (if it did) and the scores of `scores` or of
+    the run's eval.json (if either exists); `model` is the exported TrainedModel."""
+    grid = None
+    missing = "no sample grid was exported with these weights"
+    if model.step is not None:
+        candidate = run_folder / RUN_GRID.format(step=model.step)
+        if candidate.is_file() and _head(candidate) == PNG_MAGIC:
+            grid = candidate
+        else:
+            missing = f"the run folder holds no preview grid of step {model.step}"
+    caption = ""
+    if grid is not None:
+        drawn = "its sampling EMA" + (
+            " (not these raw weights)" if model.weights == "model" else ""
+        )
+        caption = (
+            f"The preview grid the training run drew at step {model.step} ({grid.name}), "
+            f"from {drawn}, with the sampler settings above."
+        )
+    if scores is None and (run_folder / RUN_SCORES_FILE).is_file():
+        scores = run_folder / RUN_SCORES_FILE
+    values = read_scores(scores) if scores is not None else None
+    return CardExtras(grid, caption, missing, values, str(scores) if scores else "")
+
+
+# ------------------------------------------------------------------------------ the card
+
+
+def front_matter(config: dict, authors: bool) -> str:
+    tags = list(BASE_TAGS) + [f"{config['objective']['prediction']}-prediction"]
+    classes = config["architecture"]["num_classes"]
+    tags.append("class-conditional" if classes else "unconditional-image-generation")
+    meta: dict = {"library_name": config["library_name"]}
+    tail: dict = {"tags": tags}
+    if authors:
+        tail["datasets"] = ["imagenet-1k"]
+    if not classes:
+        tail["pipeline_tag"] = "unconditional-image-generation"
+    body = yaml.safe_dump(meta, sort_keys=False) + LICENSE_LINE + "\n"
+    return "---\n" + body + yaml.safe_dump(tail, sort_keys=False) + "---\n"
+
+
+def model_title(arch: dict, size: str | None) -> str:
+    standard = size is not None and arch["image_size"] == arch["patch_size"] * 16
+    if standard:
+        return f"JiT-{size}/{arch['patch_size']}"
+    return (
+        f"JiT (depth {arch['depth']}, width {arch['hidden_size']}, patch "
+        f"{arch['patch_size']}, {arch['image_size']} px)"
+    )
+
+
+def _classes_line(config: dict, authors: bool) -> str:
+    count = config["architecture"]["num_classes"]
+    names = config["class_names"]
+    if not count:
+        return "none (unconditional)"
+    if names:
+        shown = ", ".join(_cell(n) for n in names[:MAX_NAMES_SHOWN])
+        more = (
+            f", … ({count} in all; every name is in config.json)"
+            if count > len(names[:MAX_NAMES_SHOWN])
+            else ""
+        )
+        return f"{count}: {shown}{more}"
+    which = "ImageNet-1k class indices" if authors else "class indices"
+    return f"{count} ({which} 0–{count - 1}; no class names recorded)"
+
+
+def _cell(text: str) -> str:
+    """`text` safe inside a Markdown table cell (one line, no column break)."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def model_card(config: dict, params: int, extras: CardExtras, size: str | None) -> str:
+    """README.md of a hub folder for its `config` (config.json as written)."""
+    arch, obj, weights, s = (config[k] for k in ("architecture", "objective", "weights", "sampler"))
+    title = model_title(arch, size)
+    decay = f" (EMA decay {weights['ema_decay']})" if weights["ema_decay"] is not None else ""
+    step = f", training step {weights['step']}" if weights["step"] is not None else ""
+    origin = "the authors' released checkpoint" if extras.authors else "a pixeljit checkpoint"
+    guidance = (
+        f"CFG {s['cfg']} on t in ({s['interval'][0]}, {s['interval'][1]})"
+        if s["cfg"] != 1
+        else "no guidance"
+    )
+    grid = (
+        f"![samples](samples.png)\n\n{extras.grid_caption}"
+        if extras.grid is not None
+        else f"None: {extras.grid_missing}."
+    )
+    lines = [
+        front_matter(config, extras.authors),
+        f"# {title}",
+        "",
+        f"A JiT (Just image Transformer), the pixel-space diffusion model of {PAPER}, exported "
+        f"by [pixeljit](https://pypi.org/project/pixeljit/) from {origin}"
+        + (f" (`{extras.source}`)." if extras.source else "."),
+        "",
+        "## Use",
+        "",
+        "```bash",
+        "pip install 'pixeljit[hub]'",
+        "pixeljit sample hf://ORG/NAME --out samples.png   # or a local copy of this folder",
+        "```",
+        "",
+        "In Python: `pixeljit.load_trained('hf://ORG/NAME')` returns the network with its "
+        "objective, class names and the recommended sampler settings (`.sampler`).",
+        "",
+        "## Model",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| image | {arch['image_size']} × {arch['image_size']} px, {arch['in_channels']} "
+        f"channel{'s' if arch['in_channels'] != 1 else ''} |",
+        f"| patch | {arch['patch_size']} |",
+        f"| depth × width | {arch['depth']} × {arch['hidden_size']}, {arch['num_heads']} heads |",
+        f"| parameters | {params:,} |",
+        f"| classes | {_classes_line(config, extras.authors)} |",
+        f"| objective | {obj['prediction']}-prediction, noise scale {obj['noise_scale']}, "
+        f"preconditioner {obj['preconditioner']} |",
+        f"| weights | {weights['name'] or 'not recorded'}{decay}{step} |",
+        "",
+        "## Recommended sampling",
+        "",
+        f"{s['method']} solver, {s['steps']} step{'s' if s['steps'] != 1 else ''}, "
+        f"{s['grid']} time grid"
+        + (f" (shift {s['shift']})" if s["grid"] == "shifted" else "")
+        + f", {guidance}, t_eps {s['t_eps']}. Source: {config['sampler_source']}.",
+        "",
+        "## Samples",
+        "",
+        grid,
+        "",
+        "## Evaluation",
+        "",
+        *_scores_lines(extras),
+        "",
+        "## License",
+        "",
+        "Not set: the publisher fills in `license:` above, respecting the terms of the training "
+        "data and of the original weights.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _scores_lines(extras: CardExtras) -> list[str]:
+    if not extras.scores:
+        return [
+            "Unknown: no evaluation was recorded with this export (`pixeljit eval --checkpoint"
+            " RUN ... --out RUN/eval.json` before converting puts its scores here)."
+        ]
+    rows = [
+        f"| {k} | {v:.6g} |" if not isinstance(v, str) else f"| {k} | {v} |"
+        for k, v in extras.scores.items()
+    ]
+    return [
+        f"As recorded in `{Path(extras.scores_source).name}`:",
+        "",
+        "| score | value |",
+        "|---|---|",
+        *rows,
+    ]
