@@ -25,7 +25,7 @@ from pixeljit.training.config import (
     resolve_compile,
     to_dict,
 )
-from pixeljit.training.optimizer import build_adamw, use_fused
+from pixeljit.training.optimizer import adamw_kind, build_adamw, use_fused
 from pixeljit.training.resume import check_resume
 
 TINY = dict(image_size=16, patch_size=4, in_channels=3, hidden_size=32, depth=3, num_heads=2,
@@ -156,11 +156,13 @@ def test_auto_compiles_on_cuda_only():
     assert resolve_compile(True, "cpu") and not resolve_compile(False, "cuda")
 
 
-def _facts(compiled: bool | None) -> dict:
+def _facts(compiled: bool | None, adamw: str | None = "fused") -> dict:
     facts = {"device_type": "cpu", "precision": "fp32", "world_size": 1, "micro_batch": 16,
              "strategy": "single"}  # fmt: skip
     if compiled is not None:
         facts["compiled"] = compiled
+    if adamw is not None:
+        facts["adamw"] = adamw
     return facts
 
 
@@ -176,6 +178,18 @@ def test_checkpoints_holding_a_bool_resume_against_auto():
              "execution": _facts(None)}  # fmt: skip
     with pytest.raises(ValueError, match="execution.compiled.*--allow-inexact-resume"):
         check_resume(saved, to_dict(now), _facts(False), "ckpt", allow_inexact=False)
+
+
+def test_a_checkpoint_from_before_fused_adamw_resumes_only_inexactly():
+    """Fused and foreach AdamW round differently: a checkpoint written before the choice was
+    recorded (foreach) does not continue bit-exactly under fused AdamW, and says so."""
+    cfg = to_dict(get_preset("fmnist-tiny"))
+    saved = {"config": cfg, "execution": _facts(False, adamw=None)}
+    with pytest.raises(ValueError, match="execution.adamw: checkpoint 'foreach' vs now 'fused'"):
+        check_resume(saved, cfg, _facts(False), "ckpt", allow_inexact=False)
+    inexact = check_resume(saved, cfg, _facts(False), "ckpt", allow_inexact=True)
+    assert inexact == ["execution.adamw: checkpoint 'foreach' vs now 'fused'"]
+    assert adamw_kind("cpu") == "fused" and adamw_kind("mps") == "foreach"
 
 
 # ------------------------------------------------------------------------------- optimiser

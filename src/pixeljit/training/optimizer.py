@@ -17,6 +17,15 @@ import torch
 FUSED_DEVICE_TYPES = ("cuda", "cpu")  # torch's fused AdamW kernels exist for these
 
 
+ADAMW_BEFORE_FUSED = "foreach"  # what checkpoints written before this choice was recorded used
+
+
+def adamw_kind(device_type: str) -> str:
+    """"fused" or "foreach": the AdamW implementation a run on `device_type` uses. The two round
+    differently, so it is one of a run's execution facts (a change breaks bit-exact resume)."""
+    return "fused" if device_type in FUSED_DEVICE_TYPES else "foreach"
+
+
 def use_fused(params: Sequence[torch.Tensor]) -> bool:
     """Whether every parameter is a floating tensor on a device with a fused AdamW kernel."""
     return bool(params) and all(

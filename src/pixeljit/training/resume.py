@@ -9,6 +9,8 @@ Every config field falls in one class (`field_class`), and a test holds every fi
   type, bf16 or fp32, compiled or eager, world size, micro-batch, strategy), since e.g. precision
   `auto` and `bf16`, or compile `auto` and `true`, are one thing on a GPU. A checkpoint written
   before `compiled` was recorded counts as compiled when its saved `run.compile` resolves so.
+  The AdamW implementation (`adamw`: fused or foreach, `training.optimizer`) is a fact too; a
+  checkpoint written before it was recorded used foreach.
 - inexact: any change of the execution facts. The run would go on, but not bit for bit as it
   would have: refused unless `allow_inexact` (`--allow-inexact-resume`), which names each such
   change.
@@ -26,6 +28,7 @@ import json
 
 from pixeljit.checkpoints.run import diff_configs
 from pixeljit.training.config import resolve_compile
+from pixeljit.training.optimizer import ADAMW_BEFORE_FUSED, adamw_kind
 
 LOGISTICAL = frozenset({"run.out", "run.log_every", "run.ckpt_every", "run.milestone_every",
                         "run.tensorboard", "optim.steps", "optim.epochs"})  # fmt: skip
@@ -66,6 +69,7 @@ def execution_facts(plan, info, strategy: str, compiled: bool) -> dict:
         "device_type": info.device.type,
         "precision": "bf16" if plan.bf16 else "fp32",
         "compiled": compiled,
+        "adamw": adamw_kind(info.device.type),
         "world_size": info.world_size,
         "micro_batch": plan.micro_batch,
         "strategy": strategy if info.world_size > 1 else "single",
@@ -99,6 +103,8 @@ def check_resume(
     if before is not None and "compiled" not in before:  # written before it was recorded
         setting = saved["config"].get("run", {}).get("compile", False)
         before = {**before, "compiled": resolve_compile(setting, before.get("device_type", ""))}
+    if before is not None and "adamw" not in before:  # written before fused AdamW (foreach)
+        before = {**before, "adamw": ADAMW_BEFORE_FUSED}
     if before is not None:
         inexact += [f"execution.{d}" for d in diff_configs(before, execution)]
     was = saved.get(DATA_KEY)
