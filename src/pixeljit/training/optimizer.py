@@ -21,7 +21,7 @@ ADAMW_BEFORE_FUSED = "foreach"  # what checkpoints written before this choice wa
 
 
 def adamw_kind(device_type: str) -> str:
-    """"fused" or "foreach": the AdamW implementation a run on `device_type` uses. The two round
+    """`fused` or `foreach`: the AdamW implementation a run on `device_type` uses. The two round
     differently, so it is one of a run's execution facts (a change breaks bit-exact resume)."""
     return "fused" if device_type in FUSED_DEVICE_TYPES else "foreach"
 
