@@ -263,7 +263,8 @@ def sample(
     RNG) in one draw, which depends on the batch size. `noise_scale` must match training
     (None: the paper's image_size/256, like ObjectiveConfig's default). Guidance: `cfg` w on
     rows with t in the open `interval` (default (0.1, 1.0), the paper's). `method` ∈
-    {euler, heun, dpm++2m}; `grid` ∈ {uniform, shifted}; defaults come from `SamplerConfig`.
+    {euler, heun, dpm++2m, dpm++3m}; `grid` ∈ {uniform, shifted, edm, logsnr}; defaults come from
+    `SamplerConfig`.
     The network runs in eval mode (its training mode is restored afterwards); `amp_dtype` (e.g.
     torch.bfloat16) runs it under autocast.
     """
