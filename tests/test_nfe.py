@@ -17,12 +17,12 @@ from pixeljit.evaluation import GenerationSpec, dataset_stats_for, evaluate
 from pixeljit.experiments.nfe import (
     RESULTS_NAME,
     NfeConfig,
-    current_rows,
     few_step_verdict,
     matched_real_features,
     plan,
     rows_per_image,
     run_nfe,
+    sorted_rows,
 )
 from pixeljit.experiments.nfe_report import NFE_NOTE, write_outputs
 from pixeljit.metrics.extractor import Extracted, FeatureExtractor
@@ -111,7 +111,7 @@ def test_sweep_rows_are_the_library_scores_at_matched_seeds(setup, tmp_path):
                              budgets=(1, 3))  # fmt: skip
     model, extractor, ref = setup["model"], setup["extractor"], setup["ref"]
     results = run_nfe(config, model, extractor, ref, tmp_path, DESCRIBE)
-    rows = current_rows(results, config)
+    rows = sorted_rows(results)
     assert [(r["method"], r["nfe"]) for r in rows] == [
         ("dpm++2m", 1), ("dpm++2m", 3), ("dpm++3m", 1), ("dpm++3m", 3), ("euler", 1), ("euler", 3)
     ]  # fmt: skip
@@ -157,7 +157,7 @@ def test_outputs(setup, tmp_path):
     config = NfeConfig.quick(methods=("heun", "dpm++3m"), grids=("uniform",), budgets=(3, 4))
     results = run_nfe(config, setup["model"], setup["extractor"], setup["ref"], tmp_path,
                       DESCRIBE)  # fmt: skip
-    rows = current_rows(results, config)
+    rows = sorted_rows(results)
     paths = write_outputs(rows, "FD-pool4", results["header"], tmp_path)
     table = paths["table"].read_text()
     assert NFE_NOTE in table

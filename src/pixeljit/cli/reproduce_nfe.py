@@ -125,7 +125,7 @@ def _run_nfe(args) -> int:
 
     from pixeljit.checkpoints.load import load_trained
     from pixeljit.cli.evaluate import _dataset_stats, _extractor
-    from pixeljit.experiments.nfe import current_rows, open_results, run_nfe, study_header
+    from pixeljit.experiments.nfe import open_results, run_nfe, sorted_rows, study_header
     from pixeljit.experiments.nfe_report import table_markdown, write_outputs
     from pixeljit.training import distributed as dist_utils
 
@@ -151,7 +151,7 @@ def _run_nfe(args) -> int:
     start = time.perf_counter()
     results = run_nfe(config, model, extractor, ref, out, describe, args.overwrite,
                       progress=lambda line: print("  " + line, flush=True))  # fmt: skip
-    rows = current_rows(results, config)
+    rows = sorted_rows(results)
     paths = write_outputs(rows, extractor.fd_label, results["header"], out)
     print()
     print(table_markdown(rows, extractor.fd_label, results["header"]), end="")

@@ -264,11 +264,11 @@ def run_nfe(
 # ------------------------------------------------------------------------------- analysis
 
 
-def current_rows(results: dict, config: NfeConfig) -> list[dict]:
-    """The rows of `config`'s plan (a resumed folder may hold rows of a wider earlier sweep)."""
-    wanted = {c.key for c in plan(config)}
-    return sorted((r for r in results["rows"] if r["key"] in wanted),
-                  key=lambda r: (r["method"], r["grid"], r["nfe"]))  # fmt: skip
+def sorted_rows(results: dict) -> list[dict]:
+    """Every row of the study, by solver, grid and NFE: the rows of earlier runs in the same
+    folder too (its header guarantees the same checkpoint, reference, seeds and guidance), so
+    a study can be grown run by run (--methods / --grids / --budgets)."""
+    return sorted(results["rows"], key=lambda r: (r["method"], r["grid"], r["nfe"]))
 
 
 def few_step_verdict(rows: list[dict]) -> dict:
