@@ -11,6 +11,8 @@ from pixeljit.files.atomic import atomic_write, atomic_write_text
 TABLE_NAME, FIGURE_NAME = "nfe.md", "nfe.png"
 FIGURE_INCHES = (7.5, 4.8)
 FIGURE_DPI = 120
+TICK_REACH = 1.1  # a round tick just past the largest NFE (100 for Heun-50's 99) is drawn
+NFE_TICKS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
 LINE_STYLES = {"uniform": "-", "shifted": "--", "edm": ":", "logsnr": "-."}
 METHOD_COLOURS = {"euler": "tab:gray", "heun": "tab:blue", "dpm++2m": "tab:orange",
                   "dpm++3m": "tab:green"}  # fmt: skip
@@ -57,12 +59,15 @@ def table_markdown(rows: list[dict], fd_label: str, header: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_figure(rows: list[dict], fd_label: str, path: str | os.PathLike) -> Path:
+def write_figure(
+    rows: list[dict], fd_label: str, path: str | os.PathLike, title: str | None = None
+) -> Path:
     """FD against NFE (log x), one line per solver × grid; the goal's band drawn in."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=FIGURE_INCHES, dpi=FIGURE_DPI)
     lines: dict[tuple[str, str], list[dict]] = {}
@@ -82,8 +87,16 @@ def write_figure(rows: list[dict], fd_label: str, path: str | os.PathLike) -> Pa
                 f"{FD_TOLERANCE:.0%}", transform=ax.transAxes, ha="right", va="top",
                 fontsize=7)  # fmt: skip
     ax.set_xscale("log")
+    nfes = [r["nfe"] for r in rows]
+    if nfes:
+        ticks = [v for v in NFE_TICKS if min(nfes) <= v <= TICK_REACH * max(nfes)]
+        ax.set_xticks(ticks or sorted(set(nfes)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("NFE (network evaluations per image)")
     ax.set_ylabel(fd_label)
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", lw=0.3, alpha=0.5)
     ax.legend(fontsize=6, ncol=2, loc="upper right", bbox_to_anchor=(1.0, 0.93))
     fig.text(0.01, 0.005, NFE_NOTE, fontsize=6)
@@ -98,5 +111,8 @@ def write_figure(rows: list[dict], fd_label: str, path: str | os.PathLike) -> Pa
 def write_outputs(rows: list[dict], fd_label: str, header: dict, out: Path) -> dict[str, Path]:
     """nfe.md and nfe.png beside nfe.json (they are redrawn from it on every run)."""
     table = atomic_write_text(out / TABLE_NAME, table_markdown(rows, fd_label, header))
-    return {"table": table, "figure": write_figure(rows, fd_label, out / FIGURE_NAME),
+    s = header.get("settings", {})
+    title = (f"{header.get('checkpoint')} ({header.get('weights')}): {s.get('num')} images per "
+             f"row, seed {s.get('seed')}, CFG {s.get('cfg')}")  # fmt: skip
+    return {"table": table, "figure": write_figure(rows, fd_label, out / FIGURE_NAME, title),
             "results": out / "nfe.json"}  # fmt: skip
