@@ -41,6 +41,9 @@ MAX_STEPS = 10_000  # solver steps (the paper uses 50; 10k Heun steps is already
 SHIFT_RANGE = (1e-3, 1e3)  # a shifted grid outside this collapses to repeated times in float32
 MAX_CFG = 100.0  # guidance scales beyond this overflow the velocity (the paper uses 1-3)
 NO_GUIDANCE = 1.0  # cfg = 1 gives the conditional velocity (and skips the unconditional pass)
+# `pixeljit sample --fast`: DPM-Solver++(3M), 10 steps = 10 NFE on the uniform grid (measured in
+# docs/sampling.md: a lower FD than Heun-50's 99 NFE on two demo models; robust on Gaussian data)
+FAST_SAMPLER = {"method": "dpm++3m", "steps": 10, "grid": "uniform"}
 
 
 def _finite(name: str, value) -> float:
