@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pixeljit.experiments.toy import ToyConfig
 
 from pixeljit.cli.checks import check_device, check_int, check_output, check_seed
+from pixeljit.cli.reproduce_nfe import _add_nfe
 
 DEFAULT_TOY_OUT = "runs/toy"
 MAX_TOY_DIM = 65_536  # the paper's toy goes to D = 512; 10⁸ tried to allocate 100 GB
@@ -226,7 +227,7 @@ def _run_table2(args) -> int:
     return 0
 
 
-EXPERIMENTS = {"toy": _add_toy, "table2": _add_table2}
+EXPERIMENTS = {"toy": _add_toy, "table2": _add_table2, "nfe": _add_nfe}
 
 
 def add_parser(sub) -> None:

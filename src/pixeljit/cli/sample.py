@@ -76,6 +76,9 @@ def add_parser(sub) -> None:
         help=f"number of images (default {PER_CLASS} per class shown)",
     )
     add_sampler_arguments(p)
+    p.add_argument("--fast", action="store_true",
+                   help="few-step sampling: DPM-Solver++(3M), 10 steps (10 network "
+                   "evaluations), uniform grid, not Heun-50 (99): docs/sampling.md")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -145,6 +148,7 @@ def parse_outputs(paths: list[str] | None, overwrite: bool = False) -> Outputs:
 def check_args(args) -> None:
     """Every numeric flag finite and in range (the sampler's via SamplerConfig), before any
     model is loaded."""
+    apply_fast(args)
     check_int("--num", args.num, 1, MAX_IMAGES + 1)
     check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
     check_int("--ncols", args.ncols, 1, MAX_IMAGES + 1)
@@ -156,6 +160,22 @@ def check_args(args) -> None:
     for y in args.labels or ():
         check_int("--labels", y, 0)
     check_authors_only(args.checkpoint, args.in_context_start)
+
+
+def apply_fast(args) -> None:
+    """--fast sets the sampler's method, steps and grid (FAST_SAMPLER); given with one of those
+    flags changed from its default it is refused (which one wins would be a guess)."""
+    if not getattr(args, "fast", False):
+        return
+    from pixeljit.cli.sampler_args import DEFAULTS, FLAGS
+    from pixeljit.diffusion.sampler import FAST_SAMPLER
+
+    for field, value in FAST_SAMPLER.items():
+        given = getattr(args, field)
+        if given != getattr(DEFAULTS, field) and given != value:
+            raise ValueError(f"--fast sets {FLAGS[field]} {value}, but {FLAGS[field]} {given} "
+                             f"was given: drop one of them")  # fmt: skip
+        setattr(args, field, value)
 
 
 def check_authors_only(checkpoint: str, in_context_start: int | None) -> None:

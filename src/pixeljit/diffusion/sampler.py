@@ -47,6 +47,9 @@ MAX_STEPS = 10_000  # solver steps (the paper uses 50; 10k Heun steps is already
 SHIFT_RANGE = (1e-3, 1e3)  # a shifted grid outside this collapses to repeated times in float32
 MAX_CFG = 100.0  # guidance scales beyond this overflow the velocity (the paper uses 1-3)
 NO_GUIDANCE = 1.0  # cfg = 1 gives the conditional velocity (and skips the unconditional pass)
+# `pixeljit sample --fast`: DPM-Solver++(3M), 10 steps = 10 NFE on the uniform grid (measured in
+# docs/sampling.md: a lower FD than Heun-50's 99 NFE on two demo models; robust on Gaussian data)
+FAST_SAMPLER = {"method": "dpm++3m", "steps": 10, "grid": "uniform"}
 
 
 def _finite(name: str, value) -> float:
@@ -332,7 +335,8 @@ def sample(
     RNG) in one draw, which depends on the batch size. `noise_scale` must match training
     (None: the paper's image_size/256, like ObjectiveConfig's default). Guidance: `cfg` w on
     rows with t in the open `interval` (default (0.1, 1.0), the paper's). `method` ∈
-    {euler, heun, dpm++2m}; `grid` ∈ {uniform, shifted}; defaults come from `SamplerConfig`.
+    {euler, heun, dpm++2m, dpm++3m}; `grid` ∈ {uniform, shifted, edm, logsnr}; defaults come from
+    `SamplerConfig`.
     The network runs in eval mode (its training mode is restored afterwards); `amp_dtype` (e.g.
     torch.bfloat16) runs it under autocast (the state z stays float32). `compile_mode` (one of
     COMPILE_MODES; None = eager) runs it through `torch.compile(dynamic=False)`, kept for later

@@ -1,0 +1,161 @@
+"""`pixeljit reproduce nfe`: FD, class accuracy, precision and recall against NFE for every
+solver × time grid on one checkpoint (see pixeljit.experiments.nfe and docs/sampling.md).
+
+pixeljit reproduce nfe --checkpoint RUN --ref DATASET|STATS.npz [--num 1000] [--out runs/nfe]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pixeljit.cli.checks import (
+    MAX_IMAGES,
+    check_device,
+    check_float,
+    check_int,
+    check_output,
+    check_seed,
+)
+
+DEFAULT_NFE_OUT = "runs/nfe"
+MAX_BUDGET = 10_000  # NFE per image (the sampler's MAX_STEPS)
+
+
+def _add_nfe(experiments) -> None:
+    from pixeljit.diffusion.sampler import SamplerConfig
+    from pixeljit.diffusion.solvers import GRIDS, METHODS
+    from pixeljit.experiments.nfe import (
+        DEFAULT_CFG,
+        DEFAULT_NUM,
+        PAPER_BUDGETS,
+        QUICK_BUDGETS,
+        QUICK_NUM,
+    )
+
+    defaults = SamplerConfig()
+    p = experiments.add_parser(
+        "nfe",
+        help="FD / accuracy / precision / recall vs NFE for every solver × time grid",
+        description=(
+            "Sample one checkpoint with every solver on every time grid at several NFE budgets "
+            "(matched seeds, with guidance) and score each row like `pixeljit eval`; writes "
+            "nfe.json (after every row: re-running with the same flags resumes), nfe.md and "
+            "nfe.png (FD vs NFE, log x)."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True,
+                   help="run folder / .pt, .safetensors, or authors' .pth")  # fmt: skip
+    p.add_argument("--weights", default=None, help="ema | ema:<decay> | model | model_ema1 …")
+    p.add_argument("--ref", required=True, help="reference: statistics .npz with features, "
+                   "or a data set (packed folder, fashion-mnist, …)")  # fmt: skip
+    p.add_argument("--ref-split", default=None, help="split of a data-set reference")
+    p.add_argument("--extractor", default="auto",
+                   help="fmnist-cnn | effnet-lite0 | inception-v3-fid | auto")  # fmt: skip
+    p.add_argument("--out", default=DEFAULT_NFE_OUT,
+                   help=f"results folder (default {DEFAULT_NFE_OUT})")  # fmt: skip
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="solvers (default all)")  # fmt: skip
+    p.add_argument("--grids", nargs="+", default=list(GRIDS), choices=GRIDS,
+                   help="time grids (default all)")  # fmt: skip
+    p.add_argument("--budgets", nargs="+", type=int, default=None, metavar="NFE",
+                   help=f"NFE budgets (default {' '.join(map(str, PAPER_BUDGETS))}; "
+                   "a solver takes the most steps within each)")  # fmt: skip
+    p.add_argument("--num", type=int, default=None,
+                   help=f"images per row (default {DEFAULT_NUM}, --quick {QUICK_NUM})")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (the same in every row)")
+    p.add_argument("--cfg", type=float, default=None,
+                   help=f"guidance scale (default {DEFAULT_CFG}; 1 if unconditional)")  # fmt: skip
+    low, high = defaults.interval
+    p.add_argument("--interval", type=float, nargs=2, default=defaults.interval,
+                   metavar=("LO", "HI"),
+                   help=f"CFG interval in t (default {low} {high})")  # fmt: skip
+    p.add_argument("--shift", type=float, default=defaults.shift, help="shift of grid shifted")
+    p.add_argument("--t-eps", type=float, default=defaults.t_eps, help="clamp of 1 − t")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice)")  # fmt: skip
+    p.add_argument("--quick", action="store_true",
+                   help=f"CI-sized: budgets {' '.join(map(str, QUICK_BUDGETS))}, "
+                   f"{QUICK_NUM} images per row")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier study with other settings in --out")  # fmt: skip
+    p.set_defaults(experiment=_run_nfe)
+
+
+def nfe_config(args, conditional: bool):
+    """The NfeConfig of the flags (explicit --budgets / --num override --quick)."""
+    from pixeljit.experiments.nfe import DEFAULT_CFG, NfeConfig
+
+    cfg = args.cfg if args.cfg is not None else (DEFAULT_CFG if conditional else 1.0)
+    overrides = {"methods": tuple(dict.fromkeys(args.methods)),
+                 "grids": tuple(dict.fromkeys(args.grids)), "seed": args.seed, "cfg": cfg,
+                 "interval": tuple(args.interval), "shift": args.shift, "t_eps": args.t_eps,
+                 "batch_size": args.batch_size}  # fmt: skip
+    if args.budgets is not None:
+        overrides["budgets"] = tuple(sorted(set(args.budgets)))
+    if args.num is not None:
+        overrides["num"] = args.num
+    return NfeConfig.quick(**overrides) if args.quick else NfeConfig(**overrides)
+
+
+def _check_flags(args) -> Path:
+    check_int("--num", args.num, 1, MAX_IMAGES + 1)
+    check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
+    for budget in args.budgets or ():
+        check_int("--budgets", budget, 1, MAX_BUDGET + 1)
+    check_seed("--seed", args.seed)
+    check_float("--cfg", args.cfg, 0.0)
+    check_float("--shift", args.shift, 0.0, low_open=True)
+    check_device("--device", args.device)
+    check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)
+    if args.ref_split and args.ref.endswith(".npz"):
+        raise ValueError(f"--ref-split has no effect with the statistics file --ref {args.ref}: "
+                         "drop it (it picks a split of a data-set reference)")  # fmt: skip
+    if not Path(args.checkpoint).exists():
+        raise ValueError(f"--checkpoint {args.checkpoint} does not exist: pass a run folder, "
+                         "a .pt / .safetensors file or an authors' .pth")  # fmt: skip
+    return check_output("--out", args.out, folder=True, overwrite=True)
+
+
+def _run_nfe(args) -> int:
+    import torch
+
+    from pixeljit.checkpoints.load import load_trained
+    from pixeljit.cli.evaluate import _dataset_stats, _extractor
+    from pixeljit.experiments.nfe import open_results, run_nfe, sorted_rows, study_header
+    from pixeljit.experiments.nfe_report import table_markdown, write_outputs
+    from pixeljit.training import distributed as dist_utils
+
+    out = _check_flags(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = dist_utils.resolve_device(args.device)
+    model = load_trained(args.checkpoint, args.weights, device)
+    net_cfg = model.net.config
+    config = nfe_config(args, net_cfg.num_classes > 0)  # validated: names the bad value
+    if config.cfg != 1.0 and net_cfg.num_classes == 0:
+        raise ValueError("an unconditional model cannot be guided: pass --cfg 1 (or leave it out)")
+    extractor = _extractor(args.extractor, net_cfg.in_channels, net_cfg.num_classes, None, device)
+    describe = {"checkpoint": str(args.checkpoint), "weights": args.weights or "default",
+                "ref": str(args.ref)}  # fmt: skip
+    # a folder with another study is refused before the reference statistics are computed
+    open_results(out, study_header(config, model, extractor, describe), args.overwrite)
+    info = dist_utils.DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+    ref = _dataset_stats("--ref", args.ref, extractor, net_cfg.image_size, net_cfg.in_channels,
+                         args.ref_split, info, lambda: None)  # fmt: skip
+    print(f"pixeljit reproduce nfe: {model.description}, {config.num} images per row, CFG "
+          f"{config.cfg} → {out}", flush=True)  # fmt: skip
+    start = time.perf_counter()
+    results = run_nfe(config, model, extractor, ref, out, describe, args.overwrite,
+                      progress=lambda line: print("  " + line, flush=True))  # fmt: skip
+    rows = sorted_rows(results)
+    paths = write_outputs(rows, extractor.fd_label, results["header"], out)
+    print()
+    print(table_markdown(rows, extractor.fd_label, results["header"]), end="")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s; wrote:")
+    for name, path in paths.items():
+        print(f"  {name:<8s} {path}")
+    return 0

@@ -1,0 +1,199 @@
+"""`pixeljit reproduce nfe`: the plan, the NFE and row accounting, matched seeds, resuming,
+the outputs, on a tiny trained run with a cheap extractor (and the CLI with the real one)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import FMNIST_TEST_SIZE, tiny_run
+from pixeljit.checkpoints.load import load_trained
+from pixeljit.cli import main
+from pixeljit.diffusion.solvers import GRIDS, METHODS, evaluations
+from pixeljit.evaluation import GenerationSpec, dataset_stats_for, evaluate
+from pixeljit.experiments.nfe import (
+    RESULTS_NAME,
+    NfeConfig,
+    few_step_verdict,
+    matched_real_features,
+    plan,
+    rows_per_image,
+    run_nfe,
+    sorted_rows,
+)
+from pixeljit.experiments.nfe_report import NFE_NOTE, write_outputs
+from pixeljit.metrics.extractor import Extracted, FeatureExtractor
+from pixeljit.training.loop import train
+from test_sampling import AnalyticNet, Gaussian, noise
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+POOL = 4  # the cheap extractor's features: 4×4 average-pooled pixels (16-d)
+DESCRIBE = {"checkpoint": "tiny", "weights": "default", "ref": "fmnist16"}
+
+
+class PoolExtractor(FeatureExtractor):
+    name, fd_label, dim = "pool4", "FD-pool4", POOL * POOL
+
+    def __init__(self):
+        self.calls = 0
+
+    def extract(self, images: torch.Tensor) -> Extracted:
+        self.calls += 1
+        return Extracted(features=F.adaptive_avg_pool2d(images.float() / 255, POOL).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def setup(fmnist16, tmp_path_factory):
+    """A 2-step tiny run, the pooled extractor and its statistics of 64 real images."""
+    data = fmnist16(64)
+    run = tmp_path_factory.mktemp("nfe") / "run"
+    train(tiny_run(data, run), progress=False)
+    extractor = PoolExtractor()
+    ref = dataset_stats_for(str(data), extractor, FMNIST_TEST_SIZE, 1)
+    return {"data": data, "run": run, "model": load_trained(run), "extractor": extractor,
+            "ref": ref}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ the plan
+
+
+def test_plan_fits_each_budget_without_repeats():
+    config = NfeConfig(budgets=(3, 4, 5, 10))
+    cells = plan(config)
+    assert len({c.key for c in cells}) == len(cells)
+    for method in METHODS:
+        for grid in GRIDS:
+            nfes = sorted(evaluations(c.method, c.steps) for c in cells
+                          if (c.method, c.grid) == (method, grid))  # fmt: skip
+            # the most steps within each budget: Heun 2n − 1 ≤ budget, the others n ≤ budget
+            assert nfes == ([3, 5, 9] if method == "heun" else [3, 4, 5, 10]), (method, grid)
+    assert all(c.steps >= 2 for c in plan(NfeConfig(budgets=(1, 2))) if c.method == "heun")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("grid", ["uniform", "logsnr"])
+def test_rows_per_image_counts_the_guided_rows_the_network_sees(method, grid):
+    """The rows a counting network processes, per image, equal `rows_per_image`."""
+    net = AnalyticNet(Gaussian())
+    labels = [0, 1, 2, 0]
+    for cfg in (1.0, 2.0):
+        config = NfeConfig(cfg=cfg, interval=(0.1, 0.9))
+        sampler = config.sampler(method, grid, 7)
+        net.calls.clear()
+        from pixeljit.diffusion.sampler import sample
+
+        sample(net, labels, noise=noise(4).float(), **sampler.kwargs())
+        assert sum(net.calls) / len(labels) == rows_per_image(sampler)
+        assert len(net.calls) == evaluations(method, 7)
+    # the uniform Euler-10 grid by hand: t = 0.0 … 0.9; guided where 0.1 < t < 0.9 (float32)
+    euler = NfeConfig(cfg=2.0, interval=(0.1, 0.9)).sampler("euler", "uniform", 10)
+    assert rows_per_image(euler) == 10 + 7
+
+
+def test_few_step_verdict():
+    row = lambda key, nfe, fd: {"key": key, "nfe": nfe, "fd": fd}  # noqa: E731
+    rows = [row("a", 99, 10.0), row("b", 20, 10.4), row("c", 10, 12.0), row("d", 200, 1.0)]
+    verdict = few_step_verdict(rows)
+    assert verdict["best"] == "a" and verdict["best_few"] == "b"
+    assert verdict["ratio"] == pytest.approx(1.04) and verdict["met"]
+    assert not few_step_verdict([row("a", 99, 10.0), row("c", 10, 10.6)])["met"]
+
+
+# ------------------------------------------------------------------------------ the sweep
+
+
+def test_sweep_rows_are_the_library_scores_at_matched_seeds(setup, tmp_path):
+    config = NfeConfig.quick(methods=("euler", "dpm++2m", "dpm++3m"), grids=("uniform",),
+                             budgets=(1, 3))  # fmt: skip
+    model, extractor, ref = setup["model"], setup["extractor"], setup["ref"]
+    results = run_nfe(config, model, extractor, ref, tmp_path, DESCRIBE)
+    rows = sorted_rows(results)
+    assert [(r["method"], r["nfe"]) for r in rows] == [
+        ("dpm++2m", 1), ("dpm++2m", 3), ("dpm++3m", 1), ("dpm++3m", 3), ("euler", 1), ("euler", 3)
+    ]  # fmt: skip
+    for r in rows:
+        assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["fd"] > 0
+        assert r["class_accuracy"] is None  # the pooled extractor has no classifier head
+    # one step from t = 0 to 1 is x̂(z_0) for every solver: the same images, the same FD
+    one = [r["fd"] for r in rows if r["nfe"] == 1]
+    assert max(one) - min(one) < 1e-4 * one[0], one
+    # a row's FD is `evaluate`'s, computed independently
+    r = rows[-1]
+    spec = GenerationSpec(num=config.num, sampler=config.sampler(r["method"], r["grid"],
+                          r["steps"]), seed=config.seed, batch_size=5)  # fmt: skip
+    alone = evaluate(model, spec, extractor, ref, ("fd",))
+    assert r["fd"] == pytest.approx(alone["FD-pool4"], rel=1e-6)
+
+
+def test_resume_keeps_rows_and_refuses_other_settings(setup, tmp_path):
+    model, extractor, ref = setup["model"], setup["extractor"], setup["ref"]
+    config = NfeConfig.quick(methods=("euler",), grids=("uniform", "edm"), budgets=(2,))
+    first = run_nfe(config, model, extractor, ref, tmp_path, DESCRIBE)
+    assert len(first["rows"]) == 2
+    calls = extractor.calls
+    again = run_nfe(config, model, extractor, ref, tmp_path, DESCRIBE)
+    assert again["rows"] == first["rows"] and extractor.calls == calls  # nothing re-run
+    wider = NfeConfig.quick(methods=("euler",), grids=("uniform", "edm"), budgets=(2, 3))
+    more = run_nfe(wider, model, extractor, ref, tmp_path, DESCRIBE)
+    assert more["rows"][:2] == first["rows"] and len(more["rows"]) == 4
+    other = NfeConfig.quick(methods=("euler",), grids=("uniform",), budgets=(2,), seed=1)
+    with pytest.raises(ValueError, match="other settings \\(settings\\).*--overwrite"):
+        run_nfe(other, model, extractor, ref, tmp_path, DESCRIBE)
+    fresh = run_nfe(other, model, extractor, ref, tmp_path, DESCRIBE, overwrite=True)
+    assert len(fresh["rows"]) == 1
+    stranger = tmp_path / "other"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        run_nfe(config, model, extractor, ref, stranger, DESCRIBE)
+    assert (stranger / "notes.txt").read_text() == "mine"
+
+
+def test_outputs(setup, tmp_path):
+    config = NfeConfig.quick(methods=("heun", "dpm++3m"), grids=("uniform",), budgets=(3, 4))
+    results = run_nfe(config, setup["model"], setup["extractor"], setup["ref"], tmp_path,
+                      DESCRIBE)  # fmt: skip
+    rows = sorted_rows(results)
+    paths = write_outputs(rows, "FD-pool4", results["header"], tmp_path)
+    table = paths["table"].read_text()
+    assert NFE_NOTE in table
+    assert sum(line.startswith("| heun |") for line in table.splitlines()) == 1  # 3, 4 → 3 NFE
+    assert sum(line.startswith("| dpm++3m |") for line in table.splitlines()) == 2
+    assert paths["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp_path / RESULTS_NAME).read_text())
+    assert saved["rows"] == results["rows"] and saved["header"]["fd_label"] == "FD-pool4"
+
+
+def test_precision_recall_compare_equal_numbers_of_features(setup):
+    ref = setup["ref"]
+    cut = matched_real_features(ref, 10)
+    assert cut.features.shape == (10, ref.dim)
+    assert (cut.mu == ref.mu).all()  # FD keeps the full moments
+    again = matched_real_features(ref, 10)
+    assert (again.features == cut.features).all()  # the same real features in every row
+    assert matched_real_features(ref, 10_000) is ref
+
+
+# -------------------------------------------------------------------------------- the CLI
+
+
+def test_cli_quick_study_with_the_classifier(setup, tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = ["reproduce", "nfe", "--checkpoint", str(setup["run"]), "--ref", str(setup["data"]),
+            "--quick", "--methods", "euler", "dpm++3m", "--grids", "uniform", "--out",
+            str(out), "--num", "10"]  # fmt: skip
+    assert main(argv) == 0
+    saved = json.loads((out / RESULTS_NAME).read_text())
+    assert len(saved["rows"]) == 4 and saved["header"]["fd_label"] == "FD-FMNIST"
+    assert all(0 <= r["class_accuracy"] <= 1 for r in saved["rows"])
+    assert "Within 5%" in capsys.readouterr().out
+    assert (out / "nfe.png").is_file() and (out / "nfe.md").is_file()
+    assert main([*argv[:-2], "--num", "12"]) == 2  # other settings, no --overwrite
+    assert "other settings (settings)" in capsys.readouterr().err
+    assert json.loads((out / RESULTS_NAME).read_text()) == saved  # nothing overwritten
+    assert main([*argv, "--cfg", "1.0", "--budgets", "0"]) == 2
+    assert "--budgets must be ≥ 1" in capsys.readouterr().err
