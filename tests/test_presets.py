@@ -124,7 +124,8 @@ def test_exact_parameter_count(name):
 
 def test_demo_settings_are_the_readme_ones():
     """README, "The demo": fmnist-small (depth 4, width 128, patch 4, 32 px Fashion-MNIST, 10
-    classes, x-prediction, v-loss, batch 128, 1000 steps), Heun 50 steps, CFG 2.0 on [0.1, 1],
+    classes, x-prediction, v-loss, batch 128, 1000 steps), DPM-Solver++(3M) 10 steps (uniform
+    grid), CFG 2.0 on [0.1, 1],
     EMA 0.995; with a GPU depth 8, width 384, batch 256, 4000 steps."""
     cpu = demo_config("runs/demo", None, "cpu")
     m = cpu.model
@@ -133,7 +134,8 @@ def test_demo_settings_are_the_readme_ones():
     assert (cpu.objective.prediction, cpu.objective.loss) == ("x", "v")
     assert (cpu.optim.global_batch, cpu.optim.steps) == (128, 1000)
     s = cpu.sample
-    assert (s.method, s.steps, s.cfg, s.interval) == ("heun", 50, 2.0, (0.1, 1.0))
+    assert (s.method, s.steps, s.grid, s.cfg, s.interval) == ("dpm++3m", 10, "uniform", 2.0,
+                                                               (0.1, 1.0))  # fmt: skip
     assert cpu.optim.ema_decays[0] == 0.995 and s.ema_decay in (None, 0.995)
     gpu = demo_config("runs/demo", None, "cuda")
     assert (gpu.model.depth, gpu.model.hidden_size) == (8, 384)

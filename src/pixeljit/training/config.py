@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from pixeljit.diffusion.objective import ObjectiveConfig
-from pixeljit.diffusion.sampler import SamplerConfig
+from pixeljit.diffusion.sampler import FAST_SAMPLER, SamplerConfig
 from pixeljit.files.yaml_file import read_yaml
 from pixeljit.model import JiTConfig, model_config
 
@@ -252,7 +252,8 @@ def _fmnist(depth: int, width: int, heads: int, size: int, patch: int, batch: in
             ema_decays=(0.995, 0.999),
         ),
         data=DataConfig(source="fashion-mnist", flip=True),
-        sample=SampleConfig(steps=50, cfg=2.0, interval=(0.1, 1.0), every=0),
+        # previews: the few-step sampler that scored best on the demo model (docs/sampling.md)
+        sample=SampleConfig(**FAST_SAMPLER, cfg=2.0, interval=(0.1, 1.0), every=0),
         run=RunConfig(out="runs/fmnist", log_every=25, ckpt_every=250, precision="auto"),
     )  # fmt: skip
 
