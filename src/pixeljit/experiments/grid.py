@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,11 @@ QUICK_SAMPLES = 32
 QUICK_REAL = 128
 QUICK_SAMPLER_STEPS = 5
 QUICK_DATA_LIMIT = 512
+# the GPU variant (`--device cuda`): a wider, deeper network, longer training, more samples
+GPU_VALUES = dict(
+    width=256, depth=6, heads=4, steps=4000, batch=128, num_samples=1024, real_count=2048,
+    sampler_steps=50, ckpt_every=500,
+)  # fmt: skip
 
 
 def config_name(experiment: str) -> str:
@@ -85,6 +91,7 @@ class GridConfig:
     data_limit: int | None = None  # None: every image (the packed cache); else the first N
     device: str = "auto"
     ckpt_every: int = 100
+    GPU_AXES: typing.ClassVar[dict] = {}  # an experiment's larger axes in its GPU variant
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -99,6 +106,12 @@ class GridConfig:
             data_limit=QUICK_DATA_LIMIT, ckpt_every=QUICK_STEPS,
         )  # fmt: skip
         values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def gpu(cls, **overrides):
+        """Paper-like on a GPU: `GPU_VALUES` plus the experiment's own `GPU_AXES`."""
+        values = {**GPU_VALUES, **cls.GPU_AXES, **overrides}
         return cls(**values)
 
     def measure(self, score_size: int | None = None) -> Measure:
