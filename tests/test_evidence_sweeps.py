@@ -234,8 +234,9 @@ def test_a_foreign_folder_is_refused(runs, tmp_path):
 def test_cli_refuses_a_foreign_results_folder(tmp_path, capsys, name):
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["reproduce", name, "--quick", "--out", str(tmp_path)]) != 0
-    err = capsys.readouterr().err
-    assert "not empty" in err and str(tmp_path) in err
+    captured = capsys.readouterr()
+    assert "not empty" in captured.err and str(tmp_path) in captured.err
+    assert captured.out == ""  # refused before the run starts
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 

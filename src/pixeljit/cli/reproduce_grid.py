@@ -195,6 +195,7 @@ def grid_config(config_cls, quick: bool, device: str, seeds, steps, overrides: d
 def _run_grid(args, module, config_cls, run_fn, overrides: dict) -> int:
     import torch
 
+    from pixeljit.experiments.grid import check_results_folder
     from pixeljit.experiments.sweep_report import table_markdown, write_outputs
 
     for seed in args.seeds or ():
@@ -204,8 +205,8 @@ def _run_grid(args, module, config_cls, run_fn, overrides: dict) -> int:
     check_device("--device", args.device)
     name = module.EXPERIMENT
     config = grid_config(config_cls, args.quick, args.device, args.seeds, args.steps, overrides)
-    out = check_output("--out", args.out, folder=True, overwrite=True)  # a foreign folder: the
-    # grid refuses it before anything is written (experiments.grid.check_results_folder)
+    out = check_output("--out", args.out, folder=True, overwrite=True)
+    check_results_folder(config, out, name)  # a foreign folder or another config: refused
     torch.set_num_threads(args.threads)
     print(f"pixeljit reproduce {name}: {config.steps} steps per cell, seeds "
           f"{list(config.seeds)} → {out}", flush=True)  # fmt: skip

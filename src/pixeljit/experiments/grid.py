@@ -224,7 +224,9 @@ def real_reference(
 
 def check_results_folder(config: GridConfig, out: Path, experiment: str) -> None:
     """A results folder belongs to one grid: a re-run with another config is refused (its cells
-    would mix), the same config resumes; a non-empty folder holding no such grid is refused."""
+    would mix), the same config resumes; a non-empty folder holding no such grid is refused.
+    Writes nothing (`run_grid` writes the config file after this check)."""
+    out = Path(out)
     path = out / config_name(experiment)
     wanted = config.as_dict()
     if path.is_file():
@@ -242,7 +244,6 @@ def check_results_folder(config: GridConfig, out: Path, experiment: str) -> None
             f"--out {out} is not empty and holds no {path.name} of an earlier {experiment} run: "
             "choose a new or empty folder"
         )
-    write_json(path, wanted)
 
 
 def default_extractor(device: str) -> FeatureExtractor:
@@ -276,6 +277,8 @@ def run_grid(
     extractor = extractor or default_extractor(config.device)
     out.mkdir(parents=True, exist_ok=True)
     check_results_folder(config, out, experiment)
+    if not (out / config_name(experiment)).is_file():
+        write_json(out / config_name(experiment), config.as_dict())
     say = progress or (lambda line: None)
     data = packed_data(config, sizes, out)
     cells = build({size: str(found.folder) for size, found in data.items()})
@@ -285,7 +288,8 @@ def run_grid(
     else:
         real, floor = reference(data, extractor)
         real.save(cached, extractor.name, floor)
-    say(f"real reference: {real.count} images; FD floor {floor}")
+    floors = ", ".join(f"{k} {v:.1f}" for k, v in floor.items())
+    say(f"real reference: {real.count} images" + (f"; FD floor {floors}" if floors else ""))
     measure = config.measure(score_size)
     results = []
     for k, cell in enumerate(cells, 1):
