@@ -120,6 +120,8 @@ def _pyplot():
 def save_plot(report: dict, layout: Layout, out: Path) -> Path:
     """Each measure against the axis, one line per variant (mean and ± std over seeds)."""
     plt = _pyplot()
+    from matplotlib.ticker import NullLocator
+
     fig, axes = plt.subplots(1, len(MEASURES), figsize=(5.0 * len(MEASURES), 3.6))
     for ax, (key, title, _) in zip(axes, MEASURES, strict=True):
         values = collect(report, layout, key)
@@ -144,7 +146,7 @@ def save_plot(report: dict, layout: Layout, out: Path) -> Path:
             ax.set_xscale("log")
         ax.set_xticks([layout.x_pos(x) for x in layout.xs])
         ax.set_xticklabels([layout.x_text(x) for x in layout.xs])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(NullLocator())  # only the axis values are ticked
         ax.set_xlabel(layout.x_label)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
