@@ -7,6 +7,11 @@ Add a reproduction by writing `_add_<name>` / `_run_<name>` and listing it in EX
 - `toy`: §3.3 / Fig. 2 (x- vs ε- vs v-prediction on 2-D data buried in ℝ^D), see docs/toy.md.
 - `table2`: Tab. 2 in miniature on the emoji set (nine prediction × loss pairs, bottlenecked vs
   not), see docs/evidence.md.
+- `resolution`, `bottleneck`, `noise`: resolution transfer, Fig. 4 and Tab. 3 on the emoji set,
+  one grid each through `experiments.grid`; their sub-commands live in `cli/reproduce_grid.py`
+  (shared flags), see docs/evidence.md.
+- `nfe`: quality vs network evaluations for every solver × time grid on one checkpoint
+  (`cli/reproduce_nfe.py`), see docs/sampling.md.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ if TYPE_CHECKING:
     from pixeljit.experiments.toy import ToyConfig
 
 from pixeljit.cli.checks import check_device, check_int, check_output, check_seed
+from pixeljit.cli.reproduce_grid import GRID_EXPERIMENTS
 from pixeljit.cli.reproduce_nfe import _add_nfe
 
 DEFAULT_TOY_OUT = "runs/toy"
@@ -228,6 +234,7 @@ def _run_table2(args) -> int:
 
 
 EXPERIMENTS = {"toy": _add_toy, "table2": _add_table2, "nfe": _add_nfe}
+EXPERIMENTS.update(GRID_EXPERIMENTS)  # resolution, bottleneck, noise (cli/reproduce_grid.py)
 
 
 def add_parser(sub) -> None:

@@ -1,5 +1,6 @@
-"""Shared machinery of the image reproductions (`pixeljit reproduce table2`, and later
-`resolution`, `bottleneck`, `noise`): a grid of *cells*, each one ordinary training run.
+"""Shared machinery of the image reproductions (`pixeljit reproduce table2`, `resolution`,
+`bottleneck`, `noise`; the grid around it is `experiments.grid`): a grid of *cells*, each one
+ordinary training run.
 
 A cell is a `TrainConfig` (built from a preset plus overrides) with its own run folder under the
 results folder. `run_cell` makes it resumable at two levels:
@@ -68,12 +69,15 @@ class Measure:
     )
     weights: str = "ema"  # 'ema' (the run's sampling EMA) or 'model' (for very short runs)
     grid_samples: int = 16  # samples shown in the cell's grid (≤ num_samples)
+    score_size: int | None = None  # FD of samples resized to this size (None: as sampled)
 
     def __post_init__(self) -> None:
         if self.num_samples < 2:
             raise ValueError(f"num_samples must be ≥ 2 (a covariance), got {self.num_samples}")
         if not 1 <= self.grid_samples <= self.num_samples:
             raise ValueError(f"grid_samples must lie in [1, num_samples], got {self.grid_samples}")
+        if self.score_size is not None and self.score_size < 1:
+            raise ValueError(f"score_size must be ≥ 1 or None, got {self.score_size}")
 
 
 # ----------------------------------------------------------------------------- measures
@@ -89,6 +93,17 @@ def hf_energy(images: torch.Tensor) -> float:
     low = F.avg_pool2d(x, HF_FACTOR)
     up = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
     return float(((x - up) ** 2).mean())
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images (N, C, H, W) resized to size × size (bilinear, antialiased when shrinking);
+    unchanged when already that size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    x = F.interpolate(
+        images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return x.round().clamp(0, 255).to(torch.uint8)
 
 
 def feature_stats(extractor: FeatureExtractor, images: torch.Tensor) -> FeatureStats:
@@ -229,15 +244,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def score_samples(
-    samples: torch.Tensor, extractor: FeatureExtractor, real: RealReference
+    samples: torch.Tensor,
+    extractor: FeatureExtractor,
+    real: RealReference,
+    score_size: int | None = None,
 ) -> dict[str, float]:
-    """FD against the real statistics and the HF energy ratio of uint8 samples."""
+    """FD against the real statistics (of the samples resized to `score_size` when given) and
+    the HF energy ratio of uint8 samples (at their own size)."""
     size = int(samples.shape[-1])
     if size not in real.hf_by_size:
         raise ValueError(f"no real HF energy at {size} px (have {sorted(real.hf_by_size)})")
     hf = hf_energy(samples)
+    scored = samples if score_size is None else resize_uint8(samples, score_size)
     return {
-        "fd": real.fd(feature_stats(extractor, samples)),
+        "fd": real.fd(feature_stats(extractor, scored)),
         "hf": hf,
         "hf_ratio": hf / real.hf_by_size[size],
     }
@@ -261,7 +281,7 @@ def run_cell(
     samples = sample_cell(folder, measure, cell.config.run.seed, cell.config.run.device)
     sample_s = time.perf_counter() - start
     start = time.perf_counter()
-    scores = score_samples(samples, extractor, real)
+    scores = score_samples(samples, extractor, real, measure.score_size)
     save_grid(samples[: measure.grid_samples], folder / GRID_NAME, ncols=GRID_COLUMNS)
     result = {
         "name": cell.name,
@@ -271,6 +291,7 @@ def run_cell(
             "num_samples": measure.num_samples,
             "sampler": dataclasses.asdict(measure.sampler),
             "weights": measure.weights,
+            "score_size": measure.score_size,
         },
         **scores,
         **trained,

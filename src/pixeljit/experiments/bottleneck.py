@@ -1,0 +1,115 @@
+"""Fig. 4: the bottleneck patch embedding's width, at the bottlenecked setting.
+
+x-prediction with the v-loss (JiT's choice), large patches whose dimension exceeds the width
+(default 64 px, patch 8: 192-d patches into width 128), and the linear patch embedding replaced
+by two linear layers p²·C → d′ → width for d′ from very small up to none (the plain embedding,
+Tab. 2's baseline). The paper: no catastrophic failure even at d′ = 16; a middle range improves
+on none. Everything else is `table2`'s bottlenecked cell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixeljit.diffusion.objective import LOSS_SPACES, PREDICTIONS
+from pixeljit.experiments import grid
+from pixeljit.experiments.evidence import Cell
+from pixeljit.experiments.grid import CELLS_FOLDER, GridConfig, baseline_config, check_distinct
+from pixeljit.experiments.sweep_report import Layout
+from pixeljit.metrics.extractor import FeatureExtractor
+
+EXPERIMENT = "bottleneck"
+NAMES = {"x": "x", "eps": "ε", "v": "v"}
+NONE_GAP = 2  # 'none' is drawn this factor right of the largest bottleneck (log axis)
+
+
+@dataclass(frozen=True)
+class BottleneckConfig(GridConfig):
+    """The bottleneck dims (None: the plain linear embedding) at one bottlenecked setting."""
+
+    size: int = 64
+    patch: int = 8
+    dims: tuple[int | None, ...] = (8, 16, 32, 64, 128, None)
+    prediction: str = "x"
+    loss: str = "v"
+    GPU_AXES = {"size": 128, "patch": 16, "dims": (16, 32, 64, 128, 256, None)}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_distinct("dims", self.dims)
+        bad = [d for d in self.dims if d is not None and (not isinstance(d, int) or d < 1)]
+        if bad:
+            raise ValueError(f"bottleneck dims must be integers ≥ 1 or None (none), got {bad}")
+        if self.prediction not in PREDICTIONS or self.loss not in LOSS_SPACES:
+            raise ValueError(f"prediction / loss must be in {PREDICTIONS} / {LOSS_SPACES}")
+        if self.size % self.patch:
+            raise ValueError(f"size {self.size} must be a multiple of patch {self.patch}")
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch * self.patch * grid.CHANNELS
+
+
+def dim_text(dim: int | None) -> str:
+    return "none" if dim is None else str(dim)
+
+
+def build_cells(config: BottleneckConfig, out: Path, sources: dict[int, str]) -> list[Cell]:
+    cells = []
+    for seed in config.seeds:
+        for dim in config.dims:
+            name = f"bottleneck{dim_text(dim)}-seed{seed}"
+            cfg = baseline_config(
+                config, out / CELLS_FOLDER / name, size=config.size, patch=config.patch,
+                prediction=config.prediction, loss=config.loss, seed=seed,
+                source=sources[config.size], bottleneck_dim=dim,
+            )  # fmt: skip
+            labels = {"bottleneck_dim": dim, "image_size": config.size,
+                      "patch_size": config.patch, "patch_dim": config.patch_dim,
+                      "prediction": config.prediction, "loss": config.loss,
+                      "seed": seed}  # fmt: skip
+            cells.append(Cell(name, cfg, labels))
+    return cells
+
+
+def run_bottleneck(
+    config: BottleneckConfig,
+    out: str | Path,
+    extractor: FeatureExtractor | None = None,
+    progress: Callable[[str], None] | None = None,
+    train_fn: Callable | None = None,
+) -> dict:
+    """Run (or resume) every cell; returns the report dict written as bottleneck.json."""
+    out = Path(out)
+    return grid.run_grid(
+        EXPERIMENT, config, out, (config.size,),
+        lambda sources: build_cells(config, out, sources),
+        lambda data, ext: grid.real_reference(config, data, ext, config.size),
+        extractor, progress, train_fn,
+    )  # fmt: skip
+
+
+def layout(report: dict) -> Layout:
+    config = report["config"]
+    dims = [d for d in config["dims"] if d is not None]
+    patch_dim = config["patch"] ** 2 * grid.CHANNELS
+    none_at = NONE_GAP * max(dims + [patch_dim // NONE_GAP])
+    name = f"{NAMES[config['prediction']]}-pred, {NAMES[config['loss']]}-loss"
+    return Layout(
+        experiment=EXPERIMENT,
+        x_label="bottleneck dim",
+        xs=tuple(config["dims"]),
+        series=(name,),
+        points=lambda labels: [(name, labels["bottleneck_dim"])],
+        x_text=dim_text,
+        x_pos=lambda d: float(none_at if d is None else d),
+        log_x=True,
+        rows_are_x=True,
+        note=(
+            f"{config['size']} px, patch {config['patch']}: {patch_dim}-d patches into width "
+            f"{config['width']}; 'none' is the plain linear patch embedding. FD against real "
+            f"{config['size']}-px images."
+        ),
+    )

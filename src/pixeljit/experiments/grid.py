@@ -1,0 +1,317 @@
+"""The frame every image reproduction shares (`reproduce table2 / resolution / bottleneck /
+noise`): one results folder per grid, the small Tab. 2-baseline JiT each cell trains, the packed
+images of each model size, the real images' reference, and the loop over the cells.
+
+- `GridConfig`: the fields every grid has (seeds, network width / depth / heads, training steps,
+  batch, learning rate, EMA, samples, sampler, real images, data, device); each experiment's
+  config subclasses it and adds its axes.
+- `baseline_config`: one cell's `TrainConfig`, the preset `emoji-cpu` plus the Tab. 2 baseline
+  network (plain linear patch embedding unless a bottleneck is asked for, no RoPE / qk-norm /
+  in-context tokens, SwiGLU + RMSNorm) and the cell's prediction, loss, noise scale, μ.
+- `check_results_folder`: a folder holds one grid; the same config resumes, another is refused,
+  and a non-empty folder without the grid's config file is not taken over.
+- `run_grid`: extractor first (a missing package fails before anything is written), then the
+  folder check, the data, the real reference (computed once, kept as real-reference.npz), and
+  every cell through `evidence.run_cell` (finished cells are kept, unfinished ones resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pixeljit.data.open import open_dataset
+from pixeljit.data.packed import PackedDataset
+from pixeljit.diffusion.sampler import SamplerConfig
+from pixeljit.experiments.evidence import (
+    Cell,
+    Measure,
+    RealReference,
+    feature_stats,
+    hf_energy,
+    read_json,
+    real_subset,
+    resize_uint8,
+    resolve_device,
+    run_cell,
+    write_json,
+)
+from pixeljit.metrics.extractor import FeatureExtractor
+from pixeljit.training.config import TrainConfig, apply_overrides, get_preset
+
+PRESET = "emoji-cpu"
+CELLS_FOLDER = "cells"
+DATA_FOLDER = "data"
+REFERENCE_NAME = "real-reference.npz"  # the real images' statistics, computed once per folder
+CHANNELS = 3
+GRID_PANEL = 16  # samples in each cell's grid (4×4)
+MAX_LOG_EVERY = 50
+# the quick variant (CI-sized): 30 steps, few samples, a 512-image subset of the emoji set
+QUICK_STEPS = 30
+QUICK_BATCH = 16
+QUICK_SAMPLES = 32
+QUICK_REAL = 128
+QUICK_SAMPLER_STEPS = 5
+QUICK_DATA_LIMIT = 512
+# the GPU variant (`--device cuda`): a wider, deeper network, longer training, more samples
+GPU_VALUES = dict(
+    width=256, depth=6, heads=4, steps=4000, batch=128, num_samples=1024, real_count=2048,
+    sampler_steps=50, ckpt_every=500,
+)  # fmt: skip
+
+
+def config_name(experiment: str) -> str:
+    """The grid's config file, written first: a re-run must match it."""
+    return f"{experiment}-config.json"
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """What every grid shares: seeds, the network, training, sampling and measures."""
+
+    seeds: tuple[int, ...] = (0,)
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    steps: int = 400
+    batch: int = 32
+    lr: float = 1e-3
+    ema_decays: tuple[float, ...] = (0.99,)
+    num_samples: int = 128
+    sampler_steps: int = 25  # Heun steps (2 × steps − 1 network evaluations)
+    weights: str = "ema"
+    real_count: int = 512
+    data: str = "emoji"
+    data_limit: int | None = None  # None: every image (the packed cache); else the first N
+    device: str = "auto"
+    ckpt_every: int = 100
+    GPU_AXES: typing.ClassVar[dict] = {}  # an experiment's larger axes in its GPU variant
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+
+    @classmethod
+    def quick(cls, **overrides):
+        """CI-sized: few steps and samples on a subset of the images (machinery, not claims)."""
+        values = dict(
+            steps=QUICK_STEPS, batch=QUICK_BATCH, num_samples=QUICK_SAMPLES,
+            sampler_steps=QUICK_SAMPLER_STEPS, weights="model", real_count=QUICK_REAL,
+            data_limit=QUICK_DATA_LIMIT, ckpt_every=QUICK_STEPS,
+        )  # fmt: skip
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def gpu(cls, **overrides):
+        """Paper-like on a GPU: `GPU_VALUES` plus the experiment's own `GPU_AXES`."""
+        values = {**GPU_VALUES, **cls.GPU_AXES, **overrides}
+        return cls(**values)
+
+    def measure(self, score_size: int | None = None) -> Measure:
+        return Measure(
+            num_samples=self.num_samples,
+            sampler=SamplerConfig(steps=self.sampler_steps, method="heun"),
+            weights=self.weights,
+            grid_samples=min(GRID_PANEL, self.num_samples),
+            score_size=score_size,
+        )
+
+    def as_dict(self) -> dict:
+        plain = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in plain.items()}
+
+
+def check_distinct(name: str, values: tuple, allowed: tuple | None = None) -> None:
+    """A grid axis: non-empty, distinct values (from `allowed` when given)."""
+    bad = [v for v in values if allowed is not None and v not in allowed]
+    if not values or bad or len(set(values)) != len(values):
+        wanted = f" from {allowed}" if allowed is not None else ""
+        raise ValueError(f"{name} must be distinct values{wanted}, got {values}")
+
+
+def baseline_config(
+    config: GridConfig,
+    folder: Path,
+    *,
+    size: int,
+    patch: int,
+    prediction: str,
+    loss: str,
+    seed: int,
+    source: str,
+    noise_scale: float | None = None,
+    p_mean: float | None = None,
+    bottleneck_dim: int | None = None,
+) -> TrainConfig:
+    """One cell's training config: the preset + the Tab. 2 baseline network of `config`'s size
+    (`noise_scale` None: the project's image_size/256; `p_mean` None: the preset's μ)."""
+    objective = {"prediction": prediction, "loss": loss, "noise_scale": noise_scale}
+    if p_mean is not None:
+        objective["p_mean"] = p_mean
+    return apply_overrides(get_preset(PRESET), {
+        "model": {
+            "image_size": size, "patch_size": patch, "in_channels": CHANNELS,
+            "hidden_size": config.width, "depth": config.depth, "num_heads": config.heads,
+            "num_classes": 0, "bottleneck_dim": bottleneck_dim, "in_context_len": 0,
+            "in_context_start": 0, "rope": False, "qk_norm": False, "mlp": "swiglu",
+            "norm": "rms",
+        },
+        "objective": objective,
+        "optim": {"steps": config.steps, "epochs": None, "global_batch": config.batch,
+                  "lr": config.lr, "ema_decays": list(config.ema_decays)},
+        "data": {"source": source, "conditional": False},
+        "sample": {"steps": 2, "per_class": 4, "every": 0},
+        "run": {"out": str(folder), "seed": seed, "device": config.device,
+                "ckpt_every": config.ckpt_every,
+                "log_every": max(1, min(MAX_LOG_EVERY, config.steps)), "tensorboard": False},
+    })  # fmt: skip
+
+
+def packed_data(config: GridConfig, sizes, out: Path) -> dict[int, PackedDataset]:
+    """The packed images of each size: the whole set from the cache, or the first
+    `data_limit` images packed once into the results folder."""
+    from pixeljit.data.prepare import prepare
+    from pixeljit.data.shards import MANIFEST
+
+    found = {}
+    for size in sorted(set(sizes)):
+        if config.data_limit is None:
+            found[size] = open_dataset(config.data, size, CHANNELS, progress=False)
+            continue
+        folder = out / DATA_FOLDER / f"{Path(config.data).name}-{size}px-{config.data_limit}"
+        if not (folder / MANIFEST).is_file():
+            prepare(config.data, size, folder, channels=CHANNELS, limit=config.data_limit,
+                    progress=False, overwrite=True)  # fmt: skip
+        found[size] = PackedDataset(folder)
+    return found
+
+
+def real_reference(
+    config: GridConfig,
+    data: dict[int, PackedDataset],
+    extractor: FeatureExtractor,
+    ref_size: int,
+    floor_sizes=(),
+    score_size: int | None = None,
+) -> tuple[RealReference, dict[str, float]]:
+    """The real images at `ref_size` (resized to `score_size` when given) as the FD reference,
+    their HF energy at every size of `data`, and the *floor* of each of `floor_sizes`: the FD of
+    the same real images at that size against the reference (the best a perfect model of those
+    images can score at the common resolution), keyed by str(size) as JSON reads it back."""
+    seed = config.seeds[0]
+    ref = real_subset(data[ref_size], config.real_count, seed)
+    hf_by_size = {
+        size: hf_energy(real_subset(data[size], config.real_count, seed)) for size in data
+    }
+
+    def scored(images: torch.Tensor) -> torch.Tensor:
+        return images if score_size is None else resize_uint8(images, score_size)
+
+    real = RealReference.from_stats(feature_stats(extractor, scored(ref)), hf_by_size)
+    floor = {}
+    for size in floor_sizes:
+        images = ref if size == ref_size else real_subset(data[size], real.count, seed)
+        floor[str(size)] = real.fd(feature_stats(extractor, scored(images)))
+    return real, floor
+
+
+def check_results_folder(config: GridConfig, out: Path, experiment: str) -> None:
+    """A results folder belongs to one grid: a re-run with another config is refused (its cells
+    would mix), the same config resumes; a non-empty folder holding no such grid is refused.
+    Writes nothing (`run_grid` writes the config file after this check)."""
+    out = Path(out)
+    path = out / config_name(experiment)
+    wanted = config.as_dict()
+    if path.is_file():
+        saved = read_json(path)
+        if saved != wanted:
+            changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+            raise ValueError(
+                f"--out {out} holds a {experiment} run with another config (differs in "
+                f"{', '.join(changed) or 'its fields'}; see {path}): rerun with the same flags "
+                "to resume it, or choose another --out"
+            )
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(
+            f"--out {out} is not empty and holds no {path.name} of an earlier {experiment} run: "
+            "choose a new or empty folder"
+        )
+
+
+def default_extractor(device: str) -> FeatureExtractor:
+    """FD-EffNetLite0 (ImportError naming the `eval` extra when its packages are missing)."""
+    from pixeljit.metrics import EffNetLite0Extractor
+
+    return EffNetLite0Extractor(device=resolve_device(device))
+
+
+ReferenceFn = Callable[
+    [dict[int, PackedDataset], FeatureExtractor], tuple[RealReference, dict[str, float]]
+]
+
+
+def run_grid(
+    experiment: str,
+    config: GridConfig,
+    out: str | Path,
+    sizes,
+    build: Callable[[dict[int, str]], list[Cell]],
+    reference: ReferenceFn,
+    extractor: FeatureExtractor | None = None,
+    progress: Callable[[str], None] | None = None,
+    train_fn: Callable | None = None,
+    score_size: int | None = None,
+) -> dict:
+    """Run (or resume) every cell `build` returns (given each size's packed data folder); the
+    report dict: the config, every cell's config and measures, the floors, the times."""
+    out = Path(out)
+    start = time.perf_counter()
+    extractor = extractor or default_extractor(config.device)
+    out.mkdir(parents=True, exist_ok=True)
+    check_results_folder(config, out, experiment)
+    if not (out / config_name(experiment)).is_file():
+        write_json(out / config_name(experiment), config.as_dict())
+    say = progress or (lambda line: None)
+    data = packed_data(config, sizes, out)
+    cells = build({size: str(found.folder) for size, found in data.items()})
+    cached = out / REFERENCE_NAME
+    if cached.is_file():
+        real, floor = RealReference.load(cached, extractor.name)
+    else:
+        real, floor = reference(data, extractor)
+        real.save(cached, extractor.name, floor)
+    floors = ", ".join(f"{k} {v:.1f}" for k, v in floor.items())
+    say(f"real reference: {real.count} images" + (f"; FD floor {floors}" if floors else ""))
+    measure = config.measure(score_size)
+    results = []
+    for k, cell in enumerate(cells, 1):
+        result, kept = run_cell(cell, measure, extractor, real, train_fn)
+        results.append(result)
+        after = result["sample_s"] + result["score_s"]
+        state = (
+            "finished earlier, kept"
+            if kept
+            else f"{result['train_s']:.0f} s train + {after:.0f} s sample/score"
+        )
+        say(f"[{k}/{len(cells)}] {cell.name}: FD {result['fd']:.1f}, HF ratio "
+            f"{result['hf_ratio']:.2f} ({state})")  # fmt: skip
+    return {
+        "experiment": experiment,
+        "config": config.as_dict(),
+        "extractor": extractor.name,
+        "fd_label": getattr(extractor, "fd_label", "FD"),
+        "real_count": real.count,
+        "real_hf": {str(k): v for k, v in real.hf_by_size.items()},
+        "fd_floor": floor,
+        "cells": results,
+        "this_run_s": time.perf_counter() - start,
+        "total_cell_s": sum(r["train_s"] + r["sample_s"] + r["score_s"] for r in results),
+    }

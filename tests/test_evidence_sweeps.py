@@ -1,0 +1,323 @@
+"""`reproduce resolution / bottleneck / noise` (experiments/grid.py + sweep_report.py): each
+grid reduced (tiny network, 2 steps, a 32-image emoji subset, a pooling extractor instead of
+EffNet) and run end to end through the training engine; the per-cell configs each experiment
+promises, resume, refusal of changed configs and foreign folders, the table and plot files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixeljit.cli import main
+from pixeljit.cli.reproduce_grid import grid_config
+from pixeljit.experiments import bottleneck, noise, resolution
+from pixeljit.experiments.evidence import RESULT_NAME, resize_uint8
+from pixeljit.experiments.grid import CELLS_FOLDER, GPU_VALUES, config_name
+from pixeljit.experiments.sweep_report import output_names, table_markdown, write_outputs
+from pixeljit.training.loop import train
+from test_evidence import PoolExtractor, Recorder
+
+TINY = dict(
+    width=32, depth=1, heads=2, steps=2, batch=8, num_samples=8, sampler_steps=2,
+    weights="model", real_count=16, data_limit=32, device="cpu", ckpt_every=1,
+)  # fmt: skip
+CONFIGS = {
+    "resolution": resolution.ResolutionConfig(sizes=(8, 16), tokens=4, **TINY),
+    "bottleneck": bottleneck.BottleneckConfig(size=16, patch=4, dims=(4, None), **TINY),
+    "noise": noise.NoiseConfig(
+        size=16, patch=4, p_means=(0.0, -0.8), predictions=("x", "eps"), **TINY
+    ),  # fmt: skip
+}
+MODULES = {"resolution": resolution, "bottleneck": bottleneck, "noise": noise}
+RUNS = {
+    "resolution": resolution.run_resolution,
+    "bottleneck": bottleneck.run_bottleneck,
+    "noise": noise.run_noise,
+}
+
+
+class SizeRecorder(PoolExtractor):
+    """The pooling extractor, remembering the image sizes it was given."""
+
+    def __init__(self):
+        self.sizes: set[int] = set()
+
+    def extract(self, images):
+        self.sizes.add(int(images.shape[-1]))
+        return super().extract(images)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Each reduced grid run once, its outputs written."""
+    torch.set_num_threads(1)
+    found = {}
+    for name, config in CONFIGS.items():
+        out = tmp_path_factory.mktemp(name)
+        extractor = SizeRecorder()
+        report = RUNS[name](config, out, extractor=extractor, train_fn=Recorder())
+        paths = write_outputs(report, MODULES[name].layout(report), out)
+        found[name] = (config, out, report, paths, extractor)
+    return found
+
+
+def by_name(report: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in report["cells"]}
+
+
+def test_resolution_cells_keep_the_token_grid_and_scale_the_noise(runs):
+    config, out, report, _, extractor = runs["resolution"]
+    # the smallest size's two variants are one run: 2 predictions at 8 px, 2 × 2 at 16 px
+    assert len(report["cells"]) == 6
+    seen = set()
+    for cell in report["cells"]:
+        labels, model = cell["labels"], cell["config"]["model"]
+        size = labels["image_size"]
+        assert model["image_size"] // model["patch_size"] == 4  # one token grid at every size
+        assert cell["config"]["objective"]["loss"] == "v"
+        for variant in labels["variants"]:
+            wanted = size / 256 if variant == "scaled" else 8 / 256  # smallest size's s
+            assert cell["config"]["objective"]["noise_scale"] == pytest.approx(wanted)
+            seen.add((size, labels["prediction"], variant))
+        assert (out / CELLS_FOLDER / cell["name"] / "latest.pt").is_file()
+        assert cell["measure"]["score_size"] == 16
+    assert seen == {(s, p, v) for s in (8, 16) for p in ("x", "v") for v in ("scaled", "fixed")}
+    small = [c for c in report["cells"] if c["labels"]["image_size"] == 8]
+    assert all(c["labels"]["variants"] == ["scaled", "fixed"] for c in small)
+    # the networks differ only in image and patch size
+    models = {c["labels"]["image_size"]: c["config"]["model"] for c in report["cells"]}
+    strip = ("image_size", "patch_size")
+    assert {k: v for k, v in models[8].items() if k not in strip} == {
+        k: v for k, v in models[16].items() if k not in strip
+    }
+    # every image the extractor saw (samples and real images) was at the common size
+    assert extractor.sizes == {16}
+    # the 8-px real images resized to 16 px score worse than the 16-px reference itself
+    assert report["fd_floor"]["8"] > report["fd_floor"]["16"] >= -1e-6
+
+
+def test_resolution_fd_is_that_of_the_resized_samples(runs, tmp_path):
+    """A cell's FD equals an independent computation on its samples resized to 16 px."""
+    from pixeljit.experiments.evidence import RealReference, feature_stats, sample_cell
+
+    config, out, report, _, _ = runs["resolution"]
+    cell = next(c for c in report["cells"] if c["labels"]["image_size"] == 8)
+    real, _ = RealReference.load(out / "real-reference.npz", PoolExtractor.name)
+    samples = sample_cell(out / CELLS_FOLDER / cell["name"], config.measure(16),
+                          config.seeds[0], "cpu")  # fmt: skip
+    assert samples.shape[-1] == 8
+    big = resize_uint8(samples, 16)
+    assert big.shape[-2:] == (16, 16)
+    assert cell["fd"] == pytest.approx(real.fd(feature_stats(PoolExtractor(), big)), rel=1e-6)
+
+
+def test_resize_uint8_keeps_flat_images_and_sizes():
+    flat = torch.full((2, 3, 8, 8), 77, dtype=torch.uint8)
+    assert torch.equal(resize_uint8(flat, 32), torch.full((2, 3, 32, 32), 77, dtype=torch.uint8))
+    assert resize_uint8(flat, 8) is flat
+    ramp = torch.arange(16, dtype=torch.uint8).mul(16).expand(1, 3, 16, 16).contiguous()
+    assert resize_uint8(ramp, 4).shape == (1, 3, 4, 4)
+
+
+def test_bottleneck_cells_are_x_prediction_with_each_dim(runs):
+    config, out, report, _, _ = runs["bottleneck"]
+    dims = [c["config"]["model"]["bottleneck_dim"] for c in report["cells"]]
+    assert dims == [4, None]
+    for cell in report["cells"]:
+        objective = cell["config"]["objective"]
+        assert (objective["prediction"], objective["loss"]) == ("x", "v")
+        assert cell["config"]["model"]["image_size"] == 16
+        assert cell["config"]["model"]["patch_size"] == 4
+    # the bottleneck is in the trained network: p²·C → 4 → width has fewer weights
+    sizes = {}
+    for cell in report["cells"]:
+        ckpt = torch.load(out / CELLS_FOLDER / cell["name"] / "latest.pt", weights_only=False)
+        state = ckpt["model"] if "model" in ckpt else ckpt
+        sizes[cell["labels"]["bottleneck_dim"]] = sum(
+            v.numel() for k, v in state.items() if "x_embedder" in k
+        )
+    patch_dim, width = 4 * 4 * 3, 32
+    assert sizes[None] == patch_dim * width + width  # one linear layer (with bias)
+    assert sizes[4] < sizes[None]
+
+
+def test_noise_cells_have_each_mu_and_prediction(runs):
+    config, out, report, _, _ = runs["noise"]
+    got = {(c["config"]["objective"]["p_mean"], c["config"]["objective"]["prediction"])
+           for c in report["cells"]}  # fmt: skip
+    assert got == {(mu, p) for mu in (0.0, -0.8) for p in ("x", "eps")}
+    for cell in report["cells"]:
+        assert cell["config"]["objective"]["loss"] == "v"
+        assert cell["config"]["model"]["bottleneck_dim"] is None  # Tab. 3 uses the plain embed
+        assert cell["labels"]["p_mean"] == cell["config"]["objective"]["p_mean"]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_outputs_written_and_json_round_trips(runs, name):
+    _, out, report, paths, _ = runs[name]
+    for file in output_names(name):
+        assert (out / file).is_file()
+    assert json.loads((out / f"{name}.json").read_text()) == report
+    assert (out / f"{name}.md").read_text() == table_markdown(report, MODULES[name].layout(report))
+    for key in ("plot", "figure"):
+        with Image.open(paths[key]) as image:
+            assert image.size[0] > 200 and image.size[1] > 100
+
+
+def test_resolution_table_rows_are_variants_with_a_floor_row(runs):
+    _, out, report, _, _ = runs["resolution"]
+    text = (out / "resolution.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| variant"))
+    assert header == "| variant \\ image size / patch | 8/2 | 16/4 |"
+    fd = {(c["labels"]["prediction"], c["labels"]["image_size"], v): c["fd"]
+          for c in report["cells"] for v in c["labels"]["variants"]}  # fmt: skip
+    row = f"| x-pred, s = size/256 | {fd[('x', 8, 'scaled')]:.1f} | {fd[('x', 16, 'scaled')]:.1f} |"
+    assert row in text
+    fixed = (
+        f"| v-pred, s = 8/256 fixed | {fd[('v', 8, 'fixed')]:.1f} | {fd[('v', 16, 'fixed')]:.1f} |"
+    )
+    assert fixed in text
+    assert "| real images (floor) |" in text
+
+
+def test_noise_table_rows_are_mu_columns_prediction(runs):
+    _, out, report, _, _ = runs["noise"]
+    text = (out / "noise.md").read_text()
+    assert "| μ | x-pred | ε-pred |" in text
+    hf = {
+        (c["labels"]["p_mean"], c["labels"]["prediction"]): c["hf_ratio"] for c in report["cells"]
+    }
+    assert f"| -0.8 | {hf[(-0.8, 'x')]:.2f} | {hf[(-0.8, 'eps')]:.2f} |" in text
+
+
+def test_bottleneck_table_lists_none_last(runs):
+    _, out, _, _, _ = runs["bottleneck"]
+    rows = [line.split(" |")[0] for line in (out / "bottleneck.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| bottleneck dim")]  # fmt: skip
+    assert rows[:2] == ["| 4", "| none"]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_rerun_keeps_finished_cells(runs, name):
+    config, out, report, _, _ = runs[name]
+    before = {n: (out / CELLS_FOLDER / n / RESULT_NAME).stat().st_mtime_ns for n in by_name(report)}
+    again = RUNS[name](config, out, extractor=PoolExtractor(), train_fn=Recorder(allowed=False))
+    assert [c["fd"] for c in again["cells"]] == [c["fd"] for c in report["cells"]]
+    after = {n: (out / CELLS_FOLDER / n / RESULT_NAME).stat().st_mtime_ns for n in by_name(report)}
+    assert after == before
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_another_config_in_the_same_folder_is_refused(runs, name):
+    config, out, _, _, _ = runs[name]
+    with pytest.raises(ValueError, match="another config.*steps"):
+        RUNS[name](dataclasses.replace(config, steps=3), out, extractor=PoolExtractor())
+
+
+def test_a_foreign_folder_is_refused(runs, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        noise.run_noise(CONFIGS["noise"], tmp_path, extractor=PoolExtractor())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    # another experiment's results folder is not taken over either
+    _, resolution_out, _, _, _ = runs["resolution"]
+    with pytest.raises(ValueError, match=f"holds no {config_name('noise')}"):
+        noise.run_noise(CONFIGS["noise"], resolution_out, extractor=PoolExtractor())
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_cli_refuses_a_foreign_results_folder(tmp_path, capsys, name):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["reproduce", name, "--quick", "--out", str(tmp_path)]) != 0
+    captured = capsys.readouterr()
+    assert "not empty" in captured.err and str(tmp_path) in captured.err
+    assert captured.out == ""  # refused before the run starts
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_an_interrupted_grid_continues_where_it_stopped(tmp_path):
+    """The second cell fails mid-grid; the re-run keeps the first and trains the rest."""
+    config = dataclasses.replace(CONFIGS["noise"], p_means=(-0.8,))
+    calls = []
+
+    def failing(cfg, resume=None, progress=False):
+        calls.append(cfg.run.out)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train(cfg, resume=resume, progress=progress)
+
+    with pytest.raises(KeyboardInterrupt):
+        noise.run_noise(config, tmp_path, extractor=PoolExtractor(), train_fn=failing)
+    finished = sorted(p.parent.name for p in tmp_path.glob(f"{CELLS_FOLDER}/*/{RESULT_NAME}"))
+    assert len(finished) == 1
+    recorder = Recorder()
+    report = noise.run_noise(config, tmp_path, extractor=PoolExtractor(), train_fn=recorder)
+    assert len(report["cells"]) == 2
+    assert [call[0].split("/")[-1] for call in recorder.calls] == [
+        c["name"] for c in report["cells"] if c["name"] not in finished
+    ]
+
+
+def test_cli_flags_select_the_variant_and_axes(capsys, tmp_path):
+    out = str(tmp_path / "out")
+    quick = grid_config(resolution.ResolutionConfig, True, "cpu", [3], None, {"sizes": (8, 16)})
+    assert quick.steps == 30 and quick.seeds == (3,) and quick.sizes == (8, 16)
+    gpu = grid_config(noise.NoiseConfig, False, "cuda", None, 50, {})
+    assert gpu.width == GPU_VALUES["width"] and gpu.steps == 50 and gpu.size == 128
+    cpu = grid_config(bottleneck.BottleneckConfig, False, "auto", None, None, {})
+    assert cpu.dims == (8, 16, 32, 64, 128, None) and cpu.size == 64
+    assert np.isclose(resolution.ResolutionConfig().noise_scale(64, "scaled"), 0.25)
+    assert np.isclose(resolution.ResolutionConfig().noise_scale(64, "fixed"), 16 / 256)
+    with pytest.raises(SystemExit):  # argparse: a usage error
+        main(["reproduce", "bottleneck", "--dims", "8", "zero", "--out", out])
+    assert "'zero' is not a bottleneck dim" in capsys.readouterr().err
+    assert main(["reproduce", "noise", "--mus", "nan", "--quick", "--out", out]) != 0
+    assert "--mus must be a finite number" in capsys.readouterr().err
+    assert main(["reproduce", "resolution", "--sizes", "12", "24", "--out", out]) != 0
+    assert "multiple of the token grid" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+# The claims at CPU scale, measured with the HF energy ratio (FD-EffNetLite0 of 64 samples did
+# not rank them at 200 steps: see docs/evidence.md). These configs are the measured ones (seed 0,
+# 200 steps, 64 samples, Heun-10, 256 real images); the HF ratio does not depend on the
+# extractor, so the pooling one stands in for EffNet. CLAIM_RATIO is table2's (2.0).
+CLAIM_RATIO = 2.0
+MEASURED = dict(steps=200, num_samples=64, sampler_steps=10, real_count=256, device="cpu")
+
+
+@pytest.mark.slow
+def test_noise_x_prediction_has_no_residual_noise_at_any_mu(tmp_path):
+    """Measured: x 0.82–0.86, v 2.37–2.71, ε 43.9–44.1 at μ ∈ {0, −0.4, −0.8, −1.2}; the
+    smallest v / x is 2.76."""
+    torch.set_num_threads(1)
+    report = noise.run_noise(noise.NoiseConfig(**MEASURED), tmp_path, extractor=PoolExtractor())
+    hf = {(c["labels"]["p_mean"], c["labels"]["prediction"]): c["hf_ratio"]
+          for c in report["cells"]}  # fmt: skip
+    for mu in noise.PAPER_MUS:
+        assert hf[(mu, "x")] < CLAIM_RATIO  # near the data's own high-frequency energy
+        assert hf[(mu, "v")] > CLAIM_RATIO * hf[(mu, "x")]
+        assert hf[(mu, "eps")] > CLAIM_RATIO * hf[(mu, "x")]
+
+
+GROWTH = 1.5  # measured v-pred HF ratio per size step: ×2.4 (16 → 32 px) and ×5.2 (32 → 64 px)
+
+
+@pytest.mark.slow
+def test_resolution_v_prediction_noise_grows_with_the_patch(tmp_path):
+    """Measured (s = size/256): v 0.20, 0.49, 2.55 and x 0.02, 0.10, 0.84 at 16/2, 32/4, 64/8."""
+    torch.set_num_threads(1)
+    config = resolution.ResolutionConfig(noise=("scaled",), **MEASURED)
+    report = resolution.run_resolution(config, tmp_path, extractor=PoolExtractor())
+    hf = {(c["labels"]["image_size"], c["labels"]["prediction"]): c["hf_ratio"]
+          for c in report["cells"]}  # fmt: skip
+    sizes = config.sizes
+    for small, big in zip(sizes, sizes[1:], strict=False):
+        assert hf[(big, "v")] > GROWTH * hf[(small, "v")]
+    assert hf[(sizes[-1], "v")] > CLAIM_RATIO * hf[(sizes[-1], "x")]
+    assert all(hf[(size, "x")] < 1.0 for size in sizes)  # never noisier than the data
