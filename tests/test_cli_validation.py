@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import math
 import re
 
 import pytest
@@ -205,6 +204,8 @@ def _flags(parser: argparse.ArgumentParser) -> set[str]:
 
 COMMAND = re.compile(r"`pixeljit (\w+)([^`]*)`")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+PYTHON_NOTE = re.compile(r"\(Python: [^)]*\)")  # a Python alternative, said as such
+KWARG = re.compile(r"(?<![\w.-])[a-z_]+=(?:True|False|None)\b")  # a Python argument, no flag
 
 
 def _check_flags(verb: str, message: str) -> None:
@@ -214,6 +215,8 @@ def _check_flags(verb: str, message: str) -> None:
     rest = COMMAND.sub("", message)
     unknown = set(FLAG.findall(rest)) - _flags(parsers[verb]) - {"--debug"}
     assert not unknown, f"`pixeljit {verb}` has no {sorted(unknown)}; message: {message}"
+    kwargs = KWARG.findall(PYTHON_NOTE.sub("", rest))
+    assert not kwargs, f"`pixeljit {verb}` users cannot pass {kwargs}; message: {message}"
 
 
 def test_error_messages_name_only_flags_of_the_verb(
@@ -225,6 +228,8 @@ def test_error_messages_name_only_flags_of_the_verb(
     missing = str(tmp_path / "missing")
     images = tmp_path / "imgs"
     images.mkdir()
+    not_inception = tmp_path / "other-inception.pth"
+    not_inception.write_bytes(b"not the standard weights")
     runs = {
         "sample": [
             [missing], [str(tiny_file), "--out", "x.txt"], [str(authors_file)],
@@ -241,6 +246,8 @@ def test_error_messages_name_only_flags_of_the_verb(
              "inception-v3-fid", "--metrics", "is", "--device", "cpu"],
             ["--checkpoint", str(tiny_file), "--emas", "all", "--sweep-cfg", "1", "2", "1",
              "--metrics", "fd", "--device", "cpu"],
+            ["--images", str(images), "--size", "8", "--channels", "3", "--extractor",
+             "inception-v3-fid", "--inception-weights", str(not_inception), "--metrics", "is"],
         ],
         "convert": [
             [missing, str(tmp_path / "o.safetensors")], [str(tiny_file), "o.pt"],
@@ -254,10 +261,57 @@ def test_error_messages_name_only_flags_of_the_verb(
 
 
 def test_flag_checker_catches_foreign_flags():
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="has no"):
         _check_flags("sample", "pass --data-dir DIR")
+    with pytest.raises(AssertionError, match="cannot pass"):
+        _check_flags("eval", "Pass allow_nonstandard=True to use it anyway.")
     _check_flags("sample", "run `pixeljit prepare fashion-mnist --download --size 8 --out D`")
-    assert math.isfinite(1.0)
+    _check_flags("prepare", "pass --overwrite (Python: overwrite=True) to replace it")
+
+
+# an empty value would mean the current folder (or, where code tests truth, no flag at all)
+EMPTY_VALUES = [
+    ("eval", ["--images", ""], "--images"), ("train", ["--out", ""], "--out"),
+    ("train", ["--config", ""], "--config"), ("train", ["--data", ""], "--data"),
+    ("train", ["--resume", ""], "--resume"), ("sample", [""], "checkpoint"),
+    ("sample", ["{ckpt}", "--out", ""], "--out"), ("convert", ["{ckpt}", ""], "out"),
+    ("prepare", ["fashion-mnist", "--size", "8", "--out", ""], "--out"),
+    ("reproduce", ["toy", "--out", ""], "--out"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("verb, argv, name", EMPTY_VALUES)
+def test_empty_values_are_refused(tiny_file, tmp_path, monkeypatch, capsys, verb, argv, name):
+    """`pixeljit train --out ''` trained into the current folder and `eval --images ''` raised a
+    TypeError traceback: every flag and positional refuses an empty value, naming it."""
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(ckpt=tiny_file) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        main([verb, *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{name} must not be empty" in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []  # nothing written in the current folder
+
+
+def test_load_trained_refuses_bad_arguments_before_reading(tiny_file, tmp_path, monkeypatch):
+    """An empty path loaded the current folder, and a non-string `weights` was reported as a
+    damaged checkpoint."""
+    monkeypatch.chdir(tiny_file.parent)
+    with pytest.raises(ValueError, match="source is empty"):
+        pixeljit.load_trained("")
+    with pytest.raises(TypeError, match="source must be a path"):
+        pixeljit.load_trained(None)
+    with pytest.raises(TypeError, match="weights must be a name"):
+        pixeljit.load_trained(tiny_file, weights=5)
+
+
+def test_sample_given_a_loaded_model_says_to_pass_its_net(tiny_file):
+    model = pixeljit.load_trained(tiny_file)
+    with pytest.raises(ValueError, match="pass model.net with prediction=model.prediction"):
+        pixeljit.sample(model, [0], steps=1)
+    images = pixeljit.sample(model.net, [0], steps=1, prediction=model.prediction)
+    assert images.shape == (1, 3, 8, 8)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "checksum"])

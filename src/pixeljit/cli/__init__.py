@@ -32,6 +32,15 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def _get_values(self, action, arg_strings):
+        """No value may be an empty string: `--out ''` would otherwise mean the current folder
+        (or, where the code tests truth, the flag not given at all). argparse converts each
+        action's strings here, so this sees them before any `type=` does (Path('') is '.')."""
+        if "" in arg_strings and not isinstance(action, argparse._SubParsersAction):
+            name = action.option_strings[0] if action.option_strings else action.metavar
+            self.error(f"{name or action.dest} must not be empty")
+        return super()._get_values(action, arg_strings)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(

@@ -344,6 +344,11 @@ def sample(
     Seeded noise is drawn on the sampling device (see `noise_from_seeds`).
     """
     config = getattr(net, "config", None)
+    if config is None and all(hasattr(net, k) for k in ("net", "prediction", "noise_scale")):
+        raise ValueError(  # a load_trained() result: its objective must come along with the net
+            "net is a loaded model, not a network: pass model.net with prediction=model."
+            "prediction, noise_scale=model.noise_scale, preconditioner=model.preconditioner"
+        )
     if config is None:
         raise ValueError("net must carry a `config` with num_classes, in_channels and image_size")
     interval = check_sampling_args(
