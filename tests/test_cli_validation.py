@@ -133,15 +133,58 @@ def test_existing_outputs_need_overwrite(tiny_file, tmp_path, no_loading, capsys
     pngs = tmp_path / "pngs"
     pngs.mkdir()
     (pngs / "000000.png").write_bytes(b"precious")
+    results = tmp_path / "results.json"
+    results.write_bytes(b"precious")
     for argv in (
         ["sample", str(tiny_file), "--out", str(grid)],
         ["sample", str(tiny_file), "--out", str(pngs)],
         ["convert", str(tiny_file), str(out)],
-        ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--out", str(grid)],
+        ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--out", str(results)],
     ):
         err = _error(capsys, argv)
         assert "already" in err and "--overwrite" in err
-    assert grid.read_bytes() == out.read_bytes() == b"precious"
+    assert grid.read_bytes() == out.read_bytes() == results.read_bytes() == b"precious"
+
+
+def test_eval_never_writes_its_results_over_an_input(tiny_file, tmp_path, no_loading, capsys):
+    """`eval --checkpoint run --out run/latest.pt --overwrite` replaced the checkpoint it had just
+    scored with 88 bytes of JSON: --out must be *.json, and never one of the command's inputs
+    (a hub folder's config.json is one), --overwrite or not."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_bytes(b"precious")
+    stats = tmp_path / "stats.npz"
+    stats.write_bytes(b"precious")
+    cases = [
+        (["--checkpoint", str(tiny_file), "--out", str(tiny_file)], "*.json"),
+        (["--checkpoint", str(hub), "--out", str(hub / "config.json")], "is an input"),
+        (["--checkpoint", str(hub), "--out", str(hub / ".." / "hub" / "config.json")],
+         "is an input"),
+        (["--images", str(hub), "--size", "8", "--channels", "3", "--out", str(stats)], "*.json"),
+    ]  # fmt: skip
+    for argv, expected in cases:
+        err = _error(capsys, ["eval", *argv, "--metrics", "is", "--overwrite"])
+        assert expected in err, err
+    assert tiny_file.stat().st_size > 1000
+    assert (hub / "config.json").read_bytes() == stats.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("metric, fewest", [("fd", 2), ("kid", 2), ("pr", 4), ("is", 10)])
+def test_eval_checks_each_metrics_fewest_images_before_generating(
+    tiny_file, no_loading, capsys, metric, fewest
+):
+    """FD / KID / PR with too few images failed only after every image was generated."""
+    argv = ["eval", "--checkpoint", str(tiny_file), "--ref", "x.npz", "--metrics", metric]
+    err = _error(capsys, [*argv, "--num", str(fewest - 1)])
+    assert f"--metrics {metric} needs --num ≥ {fewest}" in err
+
+
+def test_eval_image_flags_are_refused_with_a_checkpoint(tiny_file, no_loading, capsys):
+    """--size / --channels were silently ignored with --checkpoint (the model fixes both)."""
+    for flag, value in (("--size", "8"), ("--channels", "3")):
+        err = _error(capsys, ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", flag,
+                              value])  # fmt: skip
+        assert f"{flag} has no effect with --checkpoint" in err
 
 
 def test_overwrite_replaces(tiny_file, tmp_path, capsys):
