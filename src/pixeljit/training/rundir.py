@@ -157,10 +157,16 @@ def prepare_fresh(folder: str | os.PathLike, restart: bool) -> Path | None:
         return None
     if not restart:
         shown = ", ".join(p.name for p in found[:4]) + (" …" if len(found) > 4 else "")
+        aside = f"to a new sibling {folder.name}.old-<time> and start fresh (nothing is deleted)"
+        if not holds_checkpoint(folder):  # a run that stopped before its first checkpoint
+            raise ValueError(
+                f"{folder} holds files of a training run that saved no checkpoint ({shown}), "
+                f"so there is nothing to resume: pass --restart to move them aside {aside}, or "
+                "train into another folder"
+            )
         raise ValueError(
             f"{folder} already holds a training run ({shown}); continue it with "
-            f"`pixeljit train --resume {folder}`, or pass --restart to move it aside to a new "
-            f"sibling {folder.name}.old-<time> and start fresh (nothing is deleted)"
+            f"`pixeljit train --resume {folder}`, or pass --restart to move it aside {aside}"
         )
     aside = _new_sibling(folder)
     for path in found:
