@@ -235,3 +235,14 @@ def test_a_folder_whose_run_saved_no_checkpoint_is_not_sent_to_resume(packed, tm
         train(tiny(packed, out), progress=False)
     assert "--resume" not in str(err.value) and "--restart" in str(err.value)
     assert files(out) == {"config.yaml": b"mine"}
+
+
+def test_resuming_past_the_steps_asked_for_says_nothing_was_trained(packed, tmp_path, capsys):
+    """`train --steps 200 --resume RUN` of a run at step 1080 trained nothing and said only
+    "done: 1080 steps"."""
+    train(tiny(packed, tmp_path, **{"optim.steps": 4}), progress=False)
+    before = (tmp_path / LATEST).read_bytes()
+    capsys.readouterr()
+    train(tiny(packed, tmp_path, **{"optim.steps": 2}), resume=str(tmp_path), progress=False)
+    assert "nothing to train: the checkpoint is at step 4" in capsys.readouterr().out
+    assert (tmp_path / LATEST).read_bytes() == before

@@ -207,6 +207,7 @@ def choose_labels(num: int | None, num_classes: int, chosen: list[int] | None) -
         if chosen:
             raise ValueError("--labels given, but the model is unconditional")
         return None
+    given = chosen is not None
     if chosen is None:
         if num is None:
             rows = min(num_classes, DEFAULT_ROWS)
@@ -218,6 +219,9 @@ def choose_labels(num: int | None, num_classes: int, chosen: list[int] | None) -
         raise ValueError(f"--labels {bad} outside [0, {num_classes}) for this model")
     if num is None:
         num = PER_CLASS * len(chosen)
+    elif given and num < len(chosen):  # some class the user named would get no image
+        raise ValueError(f"--num {num} is fewer than the {len(chosen)} --labels, so some classes "
+                         "would get no image: raise --num or pass fewer --labels")  # fmt: skip
     return [chosen[k * len(chosen) // num] for k in range(num)]
 
 
