@@ -382,3 +382,20 @@ def test_a_corrupt_latest_names_a_milestone_in_the_verbs_own_terms(
     err = _error(capsys, [verb, *args])
     _check_flags(verb, err)
     assert LATEST in err and f"pass {run / 'step-000000003.pt'} instead" in err
+
+
+def test_an_error_quoting_a_huge_value_from_a_file_stays_short(tiny_file, tmp_path, capsys):
+    """A 3 MB string in a hub config.json came back as a 3 MB error line."""
+    import json
+
+    from pixeljit.cli import MAX_ERROR_CHARS
+
+    hub = tmp_path / "hub"
+    assert main(["convert", str(tiny_file), "--hub", str(hub)]) == 0
+    config = json.loads((hub / "config.json").read_text())
+    config["objective"]["prediction"] = "x" * 3_000_000
+    (hub / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    err = _error(capsys, ["sample", str(hub), "--out", str(tmp_path / "s.png")])
+    assert "prediction must be one of" in err and "characters left out" in err
+    assert len(err) < MAX_ERROR_CHARS + 200 and err.rstrip().endswith("shows the traceback)")
