@@ -246,3 +246,15 @@ def test_resuming_past_the_steps_asked_for_says_nothing_was_trained(packed, tmp_
     train(tiny(packed, tmp_path, **{"optim.steps": 2}), resume=str(tmp_path), progress=False)
     assert "nothing to train: the checkpoint is at step 4" in capsys.readouterr().out
     assert (tmp_path / LATEST).read_bytes() == before
+
+
+def test_an_out_that_is_or_lies_in_a_file_is_named_as_such(packed, tmp_path):
+    """`train --out FILE` said only "File exists: FILE", and `--out FILE/sub` "Not a
+    directory"; the file is left as it was."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for out, what in ((a_file, "is a file, not a folder"),
+                      (a_file / "run", f"is inside {a_file}, a file")):  # fmt: skip
+        with pytest.raises(ValueError, match=what):
+            train(tiny(packed, out), progress=False)
+    assert a_file.read_text() == "mine"

@@ -58,6 +58,12 @@ class RunLock:
         self._made_folder = self._made_file = False
 
     def acquire(self) -> RunLock:
+        # mkdir would say only "File exists" / "Not a directory"
+        existing = next(p for p in (self.folder, *self.folder.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            what = "is a file" if existing == self.folder else f"is inside {existing}, a file"
+            raise ValueError(f"the run folder {self.folder} (--out) {what}, not a folder: pass "
+                             "a folder for the run")  # fmt: skip
         self._made_folder = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
