@@ -337,26 +337,6 @@ def test_empty_values_are_refused(tiny_file, tmp_path, monkeypatch, capsys, verb
     assert list(tmp_path.iterdir()) == []  # nothing written in the current folder
 
 
-def test_load_trained_refuses_bad_arguments_before_reading(tiny_file, tmp_path, monkeypatch):
-    """An empty path loaded the current folder, and a non-string `weights` was reported as a
-    damaged checkpoint."""
-    monkeypatch.chdir(tiny_file.parent)
-    with pytest.raises(ValueError, match="source is empty"):
-        pixeljit.load_trained("")
-    with pytest.raises(TypeError, match="source must be a path"):
-        pixeljit.load_trained(None)
-    with pytest.raises(TypeError, match="weights must be a name"):
-        pixeljit.load_trained(tiny_file, weights=5)
-
-
-def test_sample_given_a_loaded_model_says_to_pass_its_net(tiny_file):
-    model = pixeljit.load_trained(tiny_file)
-    with pytest.raises(ValueError, match="pass model.net with prediction=model.prediction"):
-        pixeljit.sample(model, [0], steps=1)
-    images = pixeljit.sample(model.net, [0], steps=1, prediction=model.prediction)
-    assert images.shape == (1, 3, 8, 8)
-
-
 @pytest.mark.parametrize("damage", ["truncated", "checksum"])
 @pytest.mark.parametrize(
     "verb, argv",
