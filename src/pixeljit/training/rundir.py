@@ -27,7 +27,7 @@ import shutil
 import time
 from pathlib import Path
 
-from pixeljit.files.atomic import atomic_write
+from pixeljit.files.atomic import atomic_write, process_alive
 
 LOCK_FILE = ".lock"
 # What a run writes into its folder (see README "### Training"); anything else is not ours.
@@ -257,23 +257,11 @@ def sweep_temporaries(folder: str | os.PathLike) -> list[Path]:
         return removed
     for path in sorted(folder.iterdir()):
         match = TEMP_RE.match(path.name)
-        if match is None or not path.is_file() or _alive(int(match.group(1))):
+        if match is None or not path.is_file() or process_alive(int(match.group(1))):
             continue
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def check_out_folder(out: str | os.PathLike, data_source: str | None) -> None:
