@@ -379,3 +379,23 @@ def test_an_error_quoting_a_huge_value_from_a_file_stays_short(tiny_file, tmp_pa
     err = _error(capsys, ["sample", str(hub), "--out", str(tmp_path / "s.png")])
     assert "prediction must be one of" in err and "characters left out" in err
     assert len(err) < MAX_ERROR_CHARS + 200 and err.rstrip().endswith("shows the traceback)")
+
+
+def test_sample_memory_is_checked_before_sampling(tiny_file, tmp_path, monkeypatch, capsys):
+    """`sample --num 10000000 --batch-size 10000000` allocated 10 GB for the first batch (the
+    flags are bounded only by 10M) until the allocator or the OOM killer stopped it."""
+    from pixeljit.cli.sample import FLOAT32_BYTES, SAMPLER_STATE_COPIES
+
+    pixels = TINY.in_channels * TINY.image_size**2
+    one = pixels * FLOAT32_BYTES * SAMPLER_STATE_COPIES  # the sampler state of one image
+    memory = one  # what the (patched) device has
+    monkeypatch.setattr("pixeljit.training.setup.device_memory_bytes", lambda device: memory)
+    argv = ["sample", str(tiny_file), "--steps", "1", "--num", "40"]
+    err = _error(capsys, [*argv, "--batch-size", "2", "--out", str(tmp_path / "a")])
+    assert "--batch-size 2 needs at least" in err and "lower --batch-size" in err
+    assert 40 * pixels > memory  # one image's state fits; 40 kept uint8 images do not
+    err = _error(capsys, [*argv, "--batch-size", "1", "--out", str(tmp_path / "b.npz")])
+    assert "--num 40 images holds" in err and "write a folder of PNGs" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b.npz").exists()
+    assert main([*argv, "--batch-size", "1", "--out", str(tmp_path / "c")]) == 0  # keeps none
+    assert len(list((tmp_path / "c").glob("*.png"))) == 40
