@@ -399,3 +399,13 @@ def test_sample_memory_is_checked_before_sampling(tiny_file, tmp_path, monkeypat
     assert not (tmp_path / "a").exists() and not (tmp_path / "b.npz").exists()
     assert main([*argv, "--batch-size", "1", "--out", str(tmp_path / "c")]) == 0  # keeps none
     assert len(list((tmp_path / "c").glob("*.png"))) == 40
+
+
+def test_eval_batch_memory_is_checked_before_generating(tiny_file, monkeypatch, capsys):
+    from pixeljit.cli.sample import FLOAT32_BYTES, SAMPLER_STATE_COPIES
+
+    one = TINY.in_channels * TINY.image_size**2 * FLOAT32_BYTES * SAMPLER_STATE_COPIES
+    monkeypatch.setattr("pixeljit.training.setup.device_memory_bytes", lambda device: one)
+    err = _error(capsys, ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--num",
+                          "10", "--batch-size", "2", "--device", "cpu"])  # fmt: skip
+    assert "--batch-size 2 needs at least" in err

@@ -25,7 +25,7 @@ from pixeljit.cli.checks import (
     check_output,
     check_seed,
 )
-from pixeljit.cli.sample import check_authors_only
+from pixeljit.cli.sample import check_authors_only, check_memory
 from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
 from pixeljit.metrics.score import ScoreConfig
 
@@ -234,6 +234,7 @@ def _run(args, info) -> int:
     emas = _emas(args, args.checkpoint) if cfgs else None
     model = load(args.weights)
     cfg = model.net.config
+    check_memory(args.num, min(args.batch_size, args.num), False, cfg, info.device)
     extractor = _extractor(args.extractor, cfg.in_channels, cfg.num_classes,
                            args.inception_weights, info.device)  # fmt: skip
     ref = _ref(args, extractor, cfg.image_size, cfg.in_channels, info, barrier)
