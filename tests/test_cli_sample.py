@@ -111,6 +111,10 @@ def test_label_choice_and_layout():
     assert len(labels) == 80 and sorted(set(labels)) == list(range(0, 1000, 100))
     assert choose_labels(None, 10, [4, 2]) == [4] * 8 + [2] * 8
     assert choose_labels(None, 0, None) is None
+    assert choose_labels(4, 10, None) == [0, 2, 5, 7]  # --num alone: spread over the classes
+    assert choose_labels(5, 10, [1, 2, 3, 4, 5]) == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="--num 4 is fewer than the 5 --labels"):
+        choose_labels(4, 10, [1, 2, 3, 4, 5])  # class 5 was dropped silently
     assert grid_layout([4] * 8 + [2] * 8, 16, None) == (8, ["class 4", "class 2"])
     assert grid_layout([0, 1, 2, 3, 4], 5, None) == (3, None)  # one image per class
     assert grid_layout([0, 0, 1], 3, 2) == (2, ["class 0", "class 1"])

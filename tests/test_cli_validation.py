@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import math
 import re
 
 import pytest
@@ -134,15 +133,58 @@ def test_existing_outputs_need_overwrite(tiny_file, tmp_path, no_loading, capsys
     pngs = tmp_path / "pngs"
     pngs.mkdir()
     (pngs / "000000.png").write_bytes(b"precious")
+    results = tmp_path / "results.json"
+    results.write_bytes(b"precious")
     for argv in (
         ["sample", str(tiny_file), "--out", str(grid)],
         ["sample", str(tiny_file), "--out", str(pngs)],
         ["convert", str(tiny_file), str(out)],
-        ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--out", str(grid)],
+        ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--out", str(results)],
     ):
         err = _error(capsys, argv)
         assert "already" in err and "--overwrite" in err
-    assert grid.read_bytes() == out.read_bytes() == b"precious"
+    assert grid.read_bytes() == out.read_bytes() == results.read_bytes() == b"precious"
+
+
+def test_eval_never_writes_its_results_over_an_input(tiny_file, tmp_path, no_loading, capsys):
+    """`eval --checkpoint run --out run/latest.pt --overwrite` replaced the checkpoint it had just
+    scored with 88 bytes of JSON: --out must be *.json, and never one of the command's inputs
+    (a hub folder's config.json is one), --overwrite or not."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_bytes(b"precious")
+    stats = tmp_path / "stats.npz"
+    stats.write_bytes(b"precious")
+    cases = [
+        (["--checkpoint", str(tiny_file), "--out", str(tiny_file)], "*.json"),
+        (["--checkpoint", str(hub), "--out", str(hub / "config.json")], "is an input"),
+        (["--checkpoint", str(hub), "--out", str(hub / ".." / "hub" / "config.json")],
+         "is an input"),
+        (["--images", str(hub), "--size", "8", "--channels", "3", "--out", str(stats)], "*.json"),
+    ]  # fmt: skip
+    for argv, expected in cases:
+        err = _error(capsys, ["eval", *argv, "--metrics", "is", "--overwrite"])
+        assert expected in err, err
+    assert tiny_file.stat().st_size > 1000
+    assert (hub / "config.json").read_bytes() == stats.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("metric, fewest", [("fd", 2), ("kid", 2), ("pr", 4), ("is", 10)])
+def test_eval_checks_each_metrics_fewest_images_before_generating(
+    tiny_file, no_loading, capsys, metric, fewest
+):
+    """FD / KID / PR with too few images failed only after every image was generated."""
+    argv = ["eval", "--checkpoint", str(tiny_file), "--ref", "x.npz", "--metrics", metric]
+    err = _error(capsys, [*argv, "--num", str(fewest - 1)])
+    assert f"--metrics {metric} needs --num ≥ {fewest}" in err
+
+
+def test_eval_image_flags_are_refused_with_a_checkpoint(tiny_file, no_loading, capsys):
+    """--size / --channels were silently ignored with --checkpoint (the model fixes both)."""
+    for flag, value in (("--size", "8"), ("--channels", "3")):
+        err = _error(capsys, ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", flag,
+                              value])  # fmt: skip
+        assert f"{flag} has no effect with --checkpoint" in err
 
 
 def test_overwrite_replaces(tiny_file, tmp_path, capsys):
@@ -205,6 +247,8 @@ def _flags(parser: argparse.ArgumentParser) -> set[str]:
 
 COMMAND = re.compile(r"`pixeljit (\w+)([^`]*)`")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+PYTHON_NOTE = re.compile(r"\(Python: [^)]*\)")  # a Python alternative, said as such
+KWARG = re.compile(r"(?<![\w.-])[a-z_]+=(?:True|False|None)\b")  # a Python argument, no flag
 
 
 def _check_flags(verb: str, message: str) -> None:
@@ -214,6 +258,8 @@ def _check_flags(verb: str, message: str) -> None:
     rest = COMMAND.sub("", message)
     unknown = set(FLAG.findall(rest)) - _flags(parsers[verb]) - {"--debug"}
     assert not unknown, f"`pixeljit {verb}` has no {sorted(unknown)}; message: {message}"
+    kwargs = KWARG.findall(PYTHON_NOTE.sub("", rest))
+    assert not kwargs, f"`pixeljit {verb}` users cannot pass {kwargs}; message: {message}"
 
 
 def test_error_messages_name_only_flags_of_the_verb(
@@ -225,6 +271,8 @@ def test_error_messages_name_only_flags_of_the_verb(
     missing = str(tmp_path / "missing")
     images = tmp_path / "imgs"
     images.mkdir()
+    not_inception = tmp_path / "other-inception.pth"
+    not_inception.write_bytes(b"not the standard weights")
     runs = {
         "sample": [
             [missing], [str(tiny_file), "--out", "x.txt"], [str(authors_file)],
@@ -241,6 +289,8 @@ def test_error_messages_name_only_flags_of_the_verb(
              "inception-v3-fid", "--metrics", "is", "--device", "cpu"],
             ["--checkpoint", str(tiny_file), "--emas", "all", "--sweep-cfg", "1", "2", "1",
              "--metrics", "fd", "--device", "cpu"],
+            ["--images", str(images), "--size", "8", "--channels", "3", "--extractor",
+             "inception-v3-fid", "--inception-weights", str(not_inception), "--metrics", "is"],
         ],
         "convert": [
             [missing, str(tmp_path / "o.safetensors")], [str(tiny_file), "o.pt"],
@@ -254,10 +304,37 @@ def test_error_messages_name_only_flags_of_the_verb(
 
 
 def test_flag_checker_catches_foreign_flags():
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="has no"):
         _check_flags("sample", "pass --data-dir DIR")
+    with pytest.raises(AssertionError, match="cannot pass"):
+        _check_flags("eval", "Pass allow_nonstandard=True to use it anyway.")
     _check_flags("sample", "run `pixeljit prepare fashion-mnist --download --size 8 --out D`")
-    assert math.isfinite(1.0)
+    _check_flags("prepare", "pass --overwrite (Python: overwrite=True) to replace it")
+
+
+# an empty value would mean the current folder (or, where code tests truth, no flag at all)
+EMPTY_VALUES = [
+    ("eval", ["--images", ""], "--images"), ("train", ["--out", ""], "--out"),
+    ("train", ["--config", ""], "--config"), ("train", ["--data", ""], "--data"),
+    ("train", ["--resume", ""], "--resume"), ("sample", [""], "checkpoint"),
+    ("sample", ["{ckpt}", "--out", ""], "--out"), ("convert", ["{ckpt}", ""], "out"),
+    ("prepare", ["fashion-mnist", "--size", "8", "--out", ""], "--out"),
+    ("reproduce", ["toy", "--out", ""], "--out"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("verb, argv, name", EMPTY_VALUES)
+def test_empty_values_are_refused(tiny_file, tmp_path, monkeypatch, capsys, verb, argv, name):
+    """`pixeljit train --out ''` trained into the current folder and `eval --images ''` raised a
+    TypeError traceback: every flag and positional refuses an empty value, naming it."""
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(ckpt=tiny_file) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        main([verb, *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{name} must not be empty" in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []  # nothing written in the current folder
 
 
 @pytest.mark.parametrize("damage", ["truncated", "checksum"])
@@ -285,3 +362,50 @@ def test_a_corrupt_latest_names_a_milestone_in_the_verbs_own_terms(
     err = _error(capsys, [verb, *args])
     _check_flags(verb, err)
     assert LATEST in err and f"pass {run / 'step-000000003.pt'} instead" in err
+
+
+def test_an_error_quoting_a_huge_value_from_a_file_stays_short(tiny_file, tmp_path, capsys):
+    """A 3 MB string in a hub config.json came back as a 3 MB error line."""
+    import json
+
+    from pixeljit.cli import MAX_ERROR_CHARS
+
+    hub = tmp_path / "hub"
+    assert main(["convert", str(tiny_file), "--hub", str(hub)]) == 0
+    config = json.loads((hub / "config.json").read_text())
+    config["objective"]["prediction"] = "x" * 3_000_000
+    (hub / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    err = _error(capsys, ["sample", str(hub), "--out", str(tmp_path / "s.png")])
+    assert "prediction must be one of" in err and "characters left out" in err
+    assert len(err) < MAX_ERROR_CHARS + 200 and err.rstrip().endswith("shows the traceback)")
+
+
+def test_sample_memory_is_checked_before_sampling(tiny_file, tmp_path, monkeypatch, capsys):
+    """`sample --num 10000000 --batch-size 10000000` allocated 10 GB for the first batch (the
+    flags are bounded only by 10M) until the allocator or the OOM killer stopped it."""
+    from pixeljit.cli.sample import FLOAT32_BYTES, SAMPLER_STATE_COPIES
+
+    pixels = TINY.in_channels * TINY.image_size**2
+    one = pixels * FLOAT32_BYTES * SAMPLER_STATE_COPIES  # the sampler state of one image
+    memory = one  # what the (patched) device has
+    monkeypatch.setattr("pixeljit.training.setup.device_memory_bytes", lambda device: memory)
+    argv = ["sample", str(tiny_file), "--steps", "1", "--num", "40"]
+    err = _error(capsys, [*argv, "--batch-size", "2", "--out", str(tmp_path / "a")])
+    assert "--batch-size 2 needs at least" in err and "lower --batch-size" in err
+    assert 40 * pixels > memory  # one image's state fits; 40 kept uint8 images do not
+    err = _error(capsys, [*argv, "--batch-size", "1", "--out", str(tmp_path / "b.npz")])
+    assert "--num 40 images holds" in err and "write a folder of PNGs" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b.npz").exists()
+    assert main([*argv, "--batch-size", "1", "--out", str(tmp_path / "c")]) == 0  # keeps none
+    assert len(list((tmp_path / "c").glob("*.png"))) == 40
+
+
+def test_eval_batch_memory_is_checked_before_generating(tiny_file, monkeypatch, capsys):
+    from pixeljit.cli.sample import FLOAT32_BYTES, SAMPLER_STATE_COPIES
+
+    one = TINY.in_channels * TINY.image_size**2 * FLOAT32_BYTES * SAMPLER_STATE_COPIES
+    monkeypatch.setattr("pixeljit.training.setup.device_memory_bytes", lambda device: one)
+    err = _error(capsys, ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--num",
+                          "10", "--batch-size", "2", "--device", "cpu"])  # fmt: skip
+    assert "--batch-size 2 needs at least" in err

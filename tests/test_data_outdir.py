@@ -194,3 +194,36 @@ def test_unwritable_output_fails_before_the_source_is_read(tmp_path, monkeypatch
     monkeypatch.setattr(prepare_module, "folder_stream", must_not_run)
     with pytest.raises(ValueError, match="cannot write the output folder"):
         prepare(tmp_path / "src", 8, tmp_path / "a-file" / "out")
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(done.stdout)
+
+
+def test_staging_folders_of_killed_packs_are_swept_on_the_next_pack(tmp_path):
+    """`kill -9` during `prepare` left `.out.partial-<pid>-<hex>` (up to the whole data set's
+    size) beside the output, and the next pack into it left it there for good."""
+    import os
+
+    make_flat(tmp_path / "src")
+    dead = _dead_pid()
+    stale = tmp_path / f".out.partial-{dead}-0123abcd"
+    stale.mkdir()
+    (stale / "images-00000.npy").write_bytes(b"half a shard")
+    (stale / f".labels.npy.tmp-{dead}-89abcdef").write_bytes(b"half")
+    foreign = tmp_path / f".out.partial-{dead}-4567cdef"  # holds a file a pack never writes
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    live = tmp_path / f".out.partial-{os.getpid()}-fedcba98"  # a packing process still running
+    live.mkdir()
+    other = tmp_path / f".other.partial-{dead}-01234567"  # another output's
+    other.mkdir()
+    prepare(tmp_path / "src", 4, tmp_path / "out")
+    assert not stale.exists()
+    assert (foreign / "notes.txt").read_text() == "mine" and live.is_dir() and other.is_dir()
+    assert PackedDataset(tmp_path / "out", verify=True).image_shape == (3, 4, 4)

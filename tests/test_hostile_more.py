@@ -80,6 +80,37 @@ def test_safetensors_overwrite_keeps_the_umask_mode(tmp_path):
 
 # --------------------------------------------------------------------- B10 / B11 / C21 / D27 YAML
 
+# "billion laughs": 400 bytes of YAML that alias their way to 9**9 strings; their repr in an
+# error message took gigabytes (a MemoryError traceback under a 3 GB ulimit, else the OOM killer)
+LAUGHS = (
+    "["
+    + ", ".join(
+        ['&a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+        + [f"&a{k} [" + ",".join([f"*a{k - 1}"] * 9) + "]" for k in range(1, 9)]
+    )
+    + "]"
+)
+
+
+def test_a_set_value_with_aliases_is_refused_before_it_expands():
+    from pixeljit.training.config import parse_set
+
+    with pytest.raises(ValueError, match=r"--set 'optim.lr=.*' is not valid YAML: alias \*a0"):
+        parse_set([f"optim.lr={LAUGHS}"])
+
+
+def test_error_messages_show_a_bounded_repr_of_shared_structures():
+    """A saved config (a checkpoint's, unpickled with its memo) can share one list many times:
+    the error names the field and shows a few entries, whatever the structure expands to."""
+    from pixeljit.training.config import TrainConfig, apply_overrides
+
+    shared: list = ["lol"] * 9
+    for _ in range(8):
+        shared = [shared] * 9  # 9**9 strings if expanded
+    with pytest.raises(ValueError, match="optim.lr must be a number, got") as caught:
+        apply_overrides(TrainConfig(), {"optim": {"lr": shared}})
+    assert len(str(caught.value)) < 200
+
 
 @pytest.mark.parametrize(
     "text, match",
@@ -88,6 +119,9 @@ def test_safetensors_overwrite_keeps_the_umask_mode(tmp_path):
         ("optim: !!python/object:os.system {}\n", "not valid YAML"),
         ("optim: {lr: 1.0}\noptim: {lr: 2.0}\n", "appears twice"),
         ("optim: {lr: 1.0, lr: 2.0}\n", "appears twice"),
+        (f"optim: {{lr: {LAUGHS}}}\n", "alias \\*a0 is not allowed"),
+        ("optim: {lr: " + "[" * 50_000 + "]" * 50_000 + "}\n", "nested too deeply"),
+        ("# " + "x" * (1 << 20) + "\n", "over 1,048,576 bytes"),
     ],
 )
 def test_bad_yaml_config_is_one_line_naming_the_file(tmp_path, text, match):

@@ -192,3 +192,69 @@ def test_resuming_a_folder_in_use_says_in_use_first(packed, tmp_path, capsys):
             train(tiny(packed, run), resume=str(run), progress=False)
         assert main(["train", "--resume", str(run), "--no-progress"]) != 0
         assert "in use by another process" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- redteam
+
+
+def test_a_model_too_large_for_the_device_is_refused_before_anything_is_built(packed, tmp_path):
+    """The sizes' bounds allow a 309-billion-parameter model (6.9 TiB to train): it was allocated
+    until the allocator or the OOM killer stopped the process, and left config.yaml behind."""
+    huge = {"model.hidden_size": 8192, "model.depth": 256, "model.num_heads": 64}
+    out = tmp_path / "run"
+    refusal = r"309,\d{3},\d{3},\d{3} parameters.*choose a smaller model"
+    with pytest.raises(ValueError, match=refusal):
+        train(tiny(packed, out, **huge), progress=False)
+    assert not out.exists()
+
+
+def test_the_memory_bound_counts_weights_grads_moments_and_each_ema(packed, tmp_path, monkeypatch):
+    import torch
+
+    from pixeljit.model import JiT
+    from pixeljit.training import setup
+
+    cfg = tiny(packed, tmp_path / "run")
+    params = sum(p.numel() for p in JiT(cfg.model).parameters())  # built for real, on the CPU
+    need = params * (4 * 4 + 4 * len(cfg.optim.ema_decays))  # fp32 w, grad, 2 moments; EMAs
+    monkeypatch.setattr(setup, "device_memory_bytes", lambda device: need - 1)
+    with pytest.raises(ValueError, match=f"{params:,} parameters"):
+        train(cfg, progress=False)
+    monkeypatch.setattr(setup, "device_memory_bytes", lambda device: need)
+    train(cfg, progress=False)
+    assert torch.load(tmp_path / "run" / LATEST, weights_only=True)["step"] == 2
+
+
+def test_a_folder_whose_run_saved_no_checkpoint_is_not_sent_to_resume(packed, tmp_path):
+    """A start that failed before its first checkpoint leaves config.yaml; the refusal said
+    `continue it with --resume`, which then failed with "holds no checkpoint"."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("mine")
+    with pytest.raises(ValueError, match="saved no checkpoint") as err:
+        train(tiny(packed, out), progress=False)
+    assert "--resume" not in str(err.value) and "--restart" in str(err.value)
+    assert files(out) == {"config.yaml": b"mine"}
+
+
+def test_resuming_past_the_steps_asked_for_says_nothing_was_trained(packed, tmp_path, capsys):
+    """`train --steps 200 --resume RUN` of a run at step 1080 trained nothing and said only
+    "done: 1080 steps"."""
+    train(tiny(packed, tmp_path, **{"optim.steps": 4}), progress=False)
+    before = (tmp_path / LATEST).read_bytes()
+    capsys.readouterr()
+    train(tiny(packed, tmp_path, **{"optim.steps": 2}), resume=str(tmp_path), progress=False)
+    assert "nothing to train: the checkpoint is at step 4" in capsys.readouterr().out
+    assert (tmp_path / LATEST).read_bytes() == before
+
+
+def test_an_out_that_is_or_lies_in_a_file_is_named_as_such(packed, tmp_path):
+    """`train --out FILE` said only "File exists: FILE", and `--out FILE/sub` "Not a
+    directory"; the file is left as it was."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for out, what in ((a_file, "is a file, not a folder"),
+                      (a_file / "run", f"is inside {a_file}, a file")):  # fmt: skip
+        with pytest.raises(ValueError, match=what):
+            train(tiny(packed, out), progress=False)
+    assert a_file.read_text() == "mine"

@@ -133,6 +133,7 @@ def load_trained(
 
     Every kind goes through `checkpoints.weights`: sizes bounded by the file before anything is
     built, dtypes and shapes checked on `meta`, NaN / Inf refused."""
+    _check_arguments(source, weights)
     kind = checkpoint_kind(source)
     if kind == "hub":
         from pixeljit.checkpoints.hub import load_hub
@@ -159,6 +160,20 @@ def load_trained(
         return TrainedModel(net, "x", scale, "none", None, f"{source} ({weights})", weights,
                             sampler=authors_sampler(net.config))  # fmt: skip
     return _load_run(source, weights or "ema", device, overrides)
+
+
+def _check_arguments(source, weights) -> None:
+    """The caller's arguments, before any file is read (so a bad argument is never reported as a
+    damaged checkpoint): a non-empty path or name, and weights a name or None."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a path or an hf:// name, got {type(source).__name__}")
+    if not os.fspath(source):
+        raise ValueError("source is empty: pass a run folder, a checkpoint file or hf://org/name")
+    if weights is not None and not isinstance(weights, str):
+        raise TypeError(
+            "weights must be a name such as 'ema', 'ema:<decay>' or 'model' (or None), got "
+            f"{type(weights).__name__}"
+        )
 
 
 def _run_state(ckpt: dict, file, weights: str) -> tuple[dict, str]:

@@ -24,6 +24,10 @@ VERBS = {
 
 
 USAGE_ERROR = 2  # argparse's exit status for a bad command line
+# an error line longer than this keeps its head and tail: a value quoted from a hostile file
+# (a 3 MB string in a hub config.json) must not become a 3 MB message
+MAX_ERROR_CHARS = 2000
+ERROR_TAIL_CHARS = 500
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -31,6 +35,15 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _get_values(self, action, arg_strings):
+        """No value may be an empty string: `--out ''` would otherwise mean the current folder
+        (or, where the code tests truth, the flag not given at all). argparse converts each
+        action's strings here, so this sees them before any `type=` does (Path('') is '.')."""
+        if "" in arg_strings and not isinstance(action, argparse._SubParsersAction):
+            name = action.option_strings[0] if action.option_strings else action.metavar
+            self.error(f"{name or action.dest} must not be empty")
+        return super()._get_values(action, arg_strings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +85,12 @@ def error_line(err: BaseException) -> str:
         text = f"{err.strerror}: {where}" if where else err.strerror
     else:
         text = str(err) or type(err).__name__
-    return " ".join(text.split())  # one line, whatever the message held
+    text = " ".join(text.split())  # one line, whatever the message held
+    if len(text) > MAX_ERROR_CHARS:
+        cut = len(text) - MAX_ERROR_CHARS
+        head = text[: MAX_ERROR_CHARS - ERROR_TAIL_CHARS]
+        text = f"{head} …[{cut:,} characters left out]… {text[-ERROR_TAIL_CHARS:]}"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

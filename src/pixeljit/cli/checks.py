@@ -100,3 +100,15 @@ def check_output(flag: str, path: str | os.PathLike, folder: bool = False,
     except OSError as err:
         raise ValueError(f"{flag} {path}: cannot write in {anchor} ({err.strerror})") from None
     return path
+
+
+def check_not_an_input(flag: str, path: str | os.PathLike, inputs: list[Path]) -> None:
+    """Refuse an output that is one of the command's own input files (even with --overwrite:
+    the results would replace what they were computed from)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    for source in inputs:
+        if source.is_file() and path.samefile(source):
+            raise ValueError(f"{flag} {path} is an input of this command ({source}): write the "
+                             "results to another file")  # fmt: skip

@@ -21,10 +21,11 @@ from pixeljit.cli.checks import (
     check_device,
     check_float,
     check_int,
+    check_not_an_input,
     check_output,
     check_seed,
 )
-from pixeljit.cli.sample import check_authors_only
+from pixeljit.cli.sample import check_authors_only, check_memory
 from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
 from pixeljit.metrics.score import ScoreConfig
 
@@ -33,6 +34,12 @@ AMP = {"none": None, "bf16": torch.bfloat16}
 AUTO_AMP = "auto"  # bf16 on CUDA, none (float32) on a CPU
 CHANNELS = (1, 3)
 IS_SPLITS = ScoreConfig().is_splits
+# the fewest images each metric can be computed from: a covariance (FD) and the unbiased MMD
+# (KID) need 2, the k-NN radii of precision / recall k + 1, IS one per split
+MIN_IMAGES = {"fd": 2, "kid": 2, "pr": ScoreConfig().pr.k + 1, "is": IS_SPLITS}
+METRIC_WHY = {"fd": "a covariance", "kid": "the unbiased MMD", "pr": "the k-NN radii",
+              "is": f"its {IS_SPLITS} splits"}  # fmt: skip
+JSON_SUFFIX = ".json"
 MAX_SWEEP_SCALES = 1000  # --sweep-cfg: CFG scales in one sweep
 
 
@@ -128,10 +135,18 @@ def check_args(args) -> list[float] | None:
     if args.emas is not None and not args.sweep_cfg:
         raise ValueError("--emas has no effect without --sweep-cfg: add --sweep-cfg LO HI STEP, "
                          "or pick one set of weights with --weights")  # fmt: skip
-    if args.checkpoint and "is" in args.metrics and args.num < IS_SPLITS:
-        raise ValueError(f"the Inception Score (--metrics is) needs --num ≥ {IS_SPLITS} (it is "
-                         f"averaged over {IS_SPLITS} splits), got --num {args.num}: raise --num "
-                         "or leave is out of --metrics")  # fmt: skip
+    if args.checkpoint:
+        for metric in args.metrics:
+            if args.num < MIN_IMAGES[metric]:
+                raise ValueError(
+                    f"--metrics {metric} needs --num ≥ {MIN_IMAGES[metric]} (for "
+                    f"{METRIC_WHY[metric]}), got --num {args.num}: raise --num or leave "
+                    f"{metric} out of --metrics"
+                )
+        for flag, value in (("--size", args.size), ("--channels", args.channels)):
+            if value is not None:
+                raise ValueError(f"{flag} has no effect with --checkpoint (the model fixes it): "
+                                 "drop it (it is for --images / --make-ref)")  # fmt: skip
     check_seed("--seed", args.seed)
     check_int("--size", args.size)
     check_int("--in-context-start", args.in_context_start, 0)
@@ -139,8 +154,11 @@ def check_args(args) -> list[float] | None:
         raise ValueError(f"--channels must be one of {CHANNELS}, got {args.channels}")
     if args.make_ref and (not args.out or not args.out.endswith(".npz")):
         raise ValueError("--make-ref needs --out STATS.npz")
+    if args.out and not args.make_ref and not args.out.endswith(JSON_SUFFIX):
+        raise ValueError(f"--out {args.out}: the results are JSON; name the file *.json")
     if args.out:
         check_output("--out", args.out, False, args.overwrite, "--overwrite")
+        check_not_an_input("--out", args.out, _inputs(args))
     if args.save_images:
         check_output("--save-images", args.save_images, True, args.overwrite, "--overwrite")
     if not args.sweep_cfg:
@@ -156,6 +174,15 @@ def check_args(args) -> list[float] | None:
             "use a larger STEP"
         )
     return [round(lo + k * step, 6) for k in range(count)]
+
+
+def _inputs(args) -> list[Path]:
+    """The files this command reads: its inputs, and the files of a checkpoint folder (a run's
+    latest.pt, a hub folder's config.json and weights)."""
+    paths = [Path(p) for p in (args.checkpoint, args.images, args.ref, args.inception_weights)
+             if p and "://" not in p]  # fmt: skip
+    folders = [p for p in paths if p.is_dir()]
+    return paths + [f for d in folders for f in d.iterdir() if f.is_file()]
 
 
 def _amp(name: str, device) -> torch.dtype | None:
@@ -207,6 +234,7 @@ def _run(args, info) -> int:
     emas = _emas(args, args.checkpoint) if cfgs else None
     model = load(args.weights)
     cfg = model.net.config
+    check_memory(args.num, min(args.batch_size, args.num), False, cfg, info.device)
     extractor = _extractor(args.extractor, cfg.in_channels, cfg.num_classes,
                            args.inception_weights, info.device)  # fmt: skip
     ref = _ref(args, extractor, cfg.image_size, cfg.in_channels, info, barrier)

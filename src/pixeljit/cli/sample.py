@@ -36,6 +36,11 @@ MAX_GRID_SCALE = 32  # --scale: a 256-px grid of 8 × 10 cells at ×32 is alread
 MAX_NOISE_SCALE = 1e3  # the paper's noise scales are 1-2; far beyond, samples overflow
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_AMP = "auto"  # bf16 autocast on CUDA, none (float32) on a CPU
+# float32 copies of a batch the sampler holds at once, the network's work aside: the state z,
+# the noise, the guided rows ([cond; uncond] in and out) and the solver's slopes
+SAMPLER_STATE_COPIES = 8
+FLOAT32_BYTES = 4
+GIB = 2**30
 # with autocast on CUDA, float32 products left outside it may use TF32; --amp none: true float32
 
 
@@ -207,6 +212,7 @@ def choose_labels(num: int | None, num_classes: int, chosen: list[int] | None) -
         if chosen:
             raise ValueError("--labels given, but the model is unconditional")
         return None
+    given = chosen is not None
     if chosen is None:
         if num is None:
             rows = min(num_classes, DEFAULT_ROWS)
@@ -218,6 +224,9 @@ def choose_labels(num: int | None, num_classes: int, chosen: list[int] | None) -
         raise ValueError(f"--labels {bad} outside [0, {num_classes}) for this model")
     if num is None:
         num = PER_CLASS * len(chosen)
+    elif given and num < len(chosen):  # some class the user named would get no image
+        raise ValueError(f"--num {num} is fewer than the {len(chosen)} --labels, so some classes "
+                         "would get no image: raise --num or pass fewer --labels")  # fmt: skip
     return [chosen[k * len(chosen) // num] for k in range(num)]
 
 
@@ -232,6 +241,30 @@ def grid_layout(labels: list[int] | None, num: int, ncols: int | None, names=Non
         if ncols:
             return ncols, None
     return ncols or math.ceil(math.sqrt(num)), None
+
+
+def check_memory(num: int, batch: int, keep: bool, config, device) -> None:
+    """Refuse, before sampling, a --batch-size whose sampler state alone, or a --num whose kept
+    images (for a grid or .npz), exceed the device's / the host's whole memory: both are
+    bounded only by MAX_IMAGES (10M), and were allocated until the allocator or the OOM
+    killer stopped the process."""
+    from pixeljit.training.setup import device_memory_bytes
+
+    pixels = config.in_channels * config.image_size**2
+    state = batch * pixels * FLOAT32_BYTES * SAMPLER_STATE_COPIES
+    have = device_memory_bytes(torch.device(device))
+    if have is not None and state > have:
+        raise ValueError(
+            f"--batch-size {batch} needs at least {state / GIB:,.1f} GiB for the sampler's "
+            f"state, more than the {have / GIB:,.1f} GiB of {device}: lower --batch-size"
+        )
+    host = device_memory_bytes(torch.device("cpu"))
+    kept = num * pixels  # uint8, all of them, for the grid / .npz
+    if keep and host is not None and kept > host:
+        raise ValueError(
+            f"a grid or .npz of --num {num} images holds {kept / GIB:,.1f} GiB in memory, more "
+            f"than the {host / GIB:,.1f} GiB here: lower --num, or write a folder of PNGs"
+        )
 
 
 def check_grid_size(num: int, ncols: int, image_size: int, scale: int) -> None:
@@ -259,6 +292,7 @@ def run(args) -> int:
     labels = choose_labels(args.num, classes, args.labels)
     num = len(labels) if labels is not None else (args.num or UNCONDITIONAL_NUM)
     keep = bool(outputs.grids or outputs.npzs)
+    check_memory(num, min(args.batch_size, num), keep, net.config, device)
     ncols, row_labels = grid_layout(labels, num, args.ncols, model.class_names)
     if outputs.grids:
         check_grid_size(num, ncols, net.config.image_size, args.scale)

@@ -14,11 +14,13 @@ The new set is written into a hidden sibling folder, renamed into place at the e
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from pixeljit.files.atomic import temp_sibling
+from pixeljit.files.atomic import process_alive, temp_sibling
 
 from .manifest import ManifestError, listed_names, read_manifest_json
 from .shards import MANIFEST
@@ -104,11 +106,39 @@ def _check_output(out_dir: Path, overwrite: bool, sources: Iterable) -> None:
         own_pack_files(out_dir)
 
 
+# what a staging folder may hold: shards, labels, the manifest, atomic-write temporaries
+STAGED_FILE_RE = re.compile(
+    r"^(images-\d+\.npy|labels\.npy|manifest\.json|\..+\.tmp-\d+-[0-9a-f]+)$"
+)
+
+
+def sweep_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove the staging folders of `out_dir` (`.NAME.partial-<pid>-<hex>`) left by packing
+    processes that were killed: each may hold gigabytes. A live process's folder, or one holding
+    any file a pack does not write, is left alone. Returns what was removed."""
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.partial-(\d+)-[0-9a-f]+$")
+    removed = []
+    if not out_dir.parent.is_dir():
+        return removed
+    for path in sorted(out_dir.parent.iterdir()):
+        match = pattern.match(path.name)
+        if match is None or path.is_symlink() or not path.is_dir():
+            continue
+        if process_alive(int(match.group(1))):
+            continue
+        if all(f.is_file() and STAGED_FILE_RE.match(f.name) for f in path.iterdir()):
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
 def open_staging(out_dir: Path) -> Path:
     """A fresh hidden folder beside `out_dir` (same file system, for the final rename): made
-    first, so an unwritable output fails in a second, not after hours of packing."""
+    first, so an unwritable output fails in a second, not after hours of packing. Staging
+    folders of killed earlier packs into `out_dir` are removed first."""
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_staging(out_dir)
         staging = temp_sibling(out_dir, "partial")
         staging.mkdir()
     except OSError as err:

@@ -206,11 +206,17 @@ class _NetDenoiser:
         return precondition(out, z, t, self.preconditioner, self.noise_scale)
 
 
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)  # what amp_dtype may name
+
+
 def _device_of(net, labels, noise, device) -> torch.device:
     if noise is not None:
         return noise.device
     if device is not None:
-        return torch.device(device)
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: CUDA is not available here; use 'cpu'")
+        return device
     if isinstance(net, nn.Module):
         param = next(net.parameters(), None)
         if param is not None:
@@ -344,6 +350,11 @@ def sample(
     Seeded noise is drawn on the sampling device (see `noise_from_seeds`).
     """
     config = getattr(net, "config", None)
+    if config is None and all(hasattr(net, k) for k in ("net", "prediction", "noise_scale")):
+        raise ValueError(  # a load_trained() result: its objective must come along with the net
+            "net is a loaded model, not a network: pass model.net with prediction=model."
+            "prediction, noise_scale=model.noise_scale, preconditioner=model.preconditioner"
+        )
     if config is None:
         raise ValueError("net must carry a `config` with num_classes, in_channels and image_size")
     interval = check_sampling_args(
@@ -352,6 +363,9 @@ def sample(
     )  # fmt: skip
     check_seed(seed, first_index)
     check_compile_mode(compile_mode)
+    if amp_dtype is not None and amp_dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"amp_dtype must be None (float32) or one of {AUTOCAST_DTYPES}, got "
+                         f"{amp_dtype!r}")  # fmt: skip
     if noise_scale is None:
         noise_scale = default_noise_scale(config.image_size)
     classes = int(config.num_classes)

@@ -21,6 +21,19 @@ def temp_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{token}")
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (the writer of a temporary named with its pid)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call write(temporary path), then move it to `path` (parents created)."""
     path = Path(path)

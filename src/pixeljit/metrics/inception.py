@@ -263,8 +263,8 @@ def load_fid_inception(
         if digest != INCEPTION_SHA256:
             raise ValueError(
                 f"{path} is not the standard FID Inception file (sha256 {digest}, expected "
-                f"{INCEPTION_SHA256}); its FIDs would not compare with published ones. Pass "
-                "allow_nonstandard=True to use it anyway."
+                f"{INCEPTION_SHA256}); its FIDs would not compare with published ones: use the "
+                "standard file (Python: allow_nonstandard=True accepts this one anyway)"
             )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

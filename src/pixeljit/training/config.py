@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 
 from pixeljit.diffusion.objective import ObjectiveConfig
 from pixeljit.diffusion.sampler import FAST_SAMPLER, SamplerConfig
-from pixeljit.files.yaml_file import read_yaml
+from pixeljit.files.yaml_file import parse_yaml, read_yaml
 from pixeljit.model import JiTConfig, model_config
 
 MAX_SEED = 2**63  # seeds are 64-bit (numpy SeedSequence, torch.manual_seed)
@@ -42,12 +43,23 @@ COMPILE_AUTO = "auto"  # run.compile: torch.compile on CUDA, eager elsewhere
 CHOICES = {"run.compile": "true, false or auto"}  # fields of several types: what they accept
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlevel = 60, 60, 2
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = 4
+
+
+def shown(value) -> str:
+    """A value's repr for an error message, bounded: a config's values come from files, and a
+    nested or shared structure there could have a repr of gigabytes."""
+    return _SHOWN.repr(value)
+
+
 def _number(name: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
     """A finite number in the range (None = not set, allowed where the field is optional)."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ValueError(f"{name} must be a finite number, got {shown(value)}")
     if low is not None and (value <= low if low_open else value < low):
         raise ValueError(f"{name} must be {'>' if low_open else '≥'} {low}, got {value}")
     if high is not None and (value >= high if high_open else value > high):
@@ -70,7 +82,7 @@ def _count(name: str, value, low: int = 1, high: int | None = None) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {shown(value)}")
     if value < low:
         raise ValueError(f"{name} must be ≥ {low}, got {value}")
     if high is not None and value > high:
@@ -97,7 +109,7 @@ class OptimConfig:
         _number("optim.lr", self.lr, low=0.0, low_open=True)
         _number("optim.blr", self.blr, low=0.0, low_open=True)
         if not isinstance(self.betas, tuple) or len(self.betas) != 2:
-            raise ValueError(f"optim.betas must be two numbers, got {self.betas!r}")
+            raise ValueError(f"optim.betas must be two numbers, got {shown(self.betas)}")
         for beta in self.betas:
             _number("optim.betas", beta, low=0.0, high=1.0, high_open=True)
         _number("optim.weight_decay", self.weight_decay, low=0.0)
@@ -110,7 +122,8 @@ class OptimConfig:
         _number("optim.epochs", self.epochs, low=0.0, low_open=True)
         _number("optim.grad_clip", self.grad_clip, low=0.0, low_open=True)
         if not isinstance(self.ema_decays, tuple) or not self.ema_decays:
-            raise ValueError(f"optim.ema_decays must be a non-empty list, got {self.ema_decays!r}")
+            got = shown(self.ema_decays)
+            raise ValueError(f"optim.ema_decays must be a non-empty list, got {got}")
         for decay in self.ema_decays:
             _number("optim.ema_decays", decay, low=0.0, high=1.0, low_open=True, high_open=True)
         if len(set(self.ema_decays)) != len(self.ema_decays):
@@ -172,9 +185,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"run.precision must be auto, bf16 or fp32, got {self.precision!r}")
+            got = shown(self.precision)
+            raise ValueError(f"run.precision must be auto, bf16 or fp32, got {got}")
         if isinstance(self.compile, str) and self.compile != COMPILE_AUTO:
-            raise ValueError(f"run.compile must be {CHOICES['run.compile']}, got {self.compile!r}")
+            got = shown(self.compile)
+            raise ValueError(f"run.compile must be {CHOICES['run.compile']}, got {got}")
         _count("run.seed", self.seed, low=0)
         if self.seed >= MAX_SEED:
             raise ValueError(f"run.seed must be < 2**63, got {self.seed}")
@@ -284,7 +299,7 @@ def presets() -> dict[str, typing.Callable[[], TrainConfig]]:
 def get_preset(name: str) -> TrainConfig:
     table = presets()
     if name not in table:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(table)}")
+        raise ValueError(f"unknown preset {shown(name)}; choose one of {sorted(table)}")
     return table[name]()
 
 
@@ -319,19 +334,19 @@ def _coerce(name: str, value, hint):
         raise ValueError("; ".join(errors))
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{name} must be a list, got {value!r}")
+            raise ValueError(f"{name} must be a list, got {shown(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(name, v, args[0]) for v in value)
         if len(value) != len(args):
-            raise ValueError(f"{name} must have {len(args)} entries, got {value!r}")
+            raise ValueError(f"{name} must have {len(args)} entries, got {shown(value)}")
         return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
     if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{name} must be true or false, got {value!r}")
+            raise ValueError(f"{name} must be true or false, got {shown(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+            raise ValueError(f"{name} must be an integer, got {shown(value)}")
         return value
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string
@@ -340,13 +355,13 @@ def _coerce(name: str, value, hint):
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number, got {value!r}")
+            raise ValueError(f"{name} must be a number, got {shown(value)}")
         if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value!r}")
+            raise ValueError(f"{name} must be finite, got {shown(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ValueError(f"{name} must be a string, got {value!r}")
+            raise ValueError(f"{name} must be a string, got {shown(value)}")
         return value
     raise ValueError(f"{name}: unsupported field type {hint}")
 
@@ -356,25 +371,29 @@ def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
     nested: dict[str, dict] = {}
     for key, value in overrides.items():
         if not isinstance(key, str):
-            raise ValueError(f"config key {key!r} must be a section name (e.g. optim), not a "
+            raise ValueError(f"config key {shown(key)} must be a section name (e.g. optim), not a "
                              f"{type(key).__name__}")  # fmt: skip
         if key in SECTIONS and not isinstance(value, dict):
-            raise ValueError(f"config section {key!r} must be a mapping of fields (e.g. "
-                             f"{key}: {{field: value}}), got {value!r}")  # fmt: skip
+            raise ValueError(f"config section {shown(key)} must be a mapping of fields (e.g. "
+                             f"{key}: {{field: value}}), got {shown(value)}")  # fmt: skip
         if isinstance(value, dict) and "." not in key:
             for sub, v in value.items():
                 if not isinstance(sub, str):
-                    raise ValueError(f"config field {sub!r} of section {key!r} must be a name")
+                    raise ValueError(
+                        f"config field {shown(sub)} of section {shown(key)} must be a name"
+                    )
                 nested.setdefault(key, {})[sub] = v
         else:
             section, _, name = key.partition(".")
             if not name:
-                raise ValueError(f"override {key!r} must look like section.field (e.g. optim.lr)")
+                raise ValueError(
+                    f"override {shown(key)} must look like section.field (e.g. optim.lr)"
+                )
             nested.setdefault(section, {})[name] = value
     sections = {}
     for section, values in nested.items():
         if section not in SECTIONS:
-            raise ValueError(f"unknown config section {section!r}; sections are {SECTIONS}")
+            raise ValueError(f"unknown config section {shown(section)}; sections are {SECTIONS}")
         current = getattr(cfg, section)
         hints = typing.get_type_hints(type(current))
         changes = {}
@@ -387,7 +406,8 @@ def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
                 if f"{section}.{name}" not in CHOICES:
                     raise
                 choices = CHOICES[f"{section}.{name}"]  # one message, not one per type tried
-                raise ValueError(f"{section}.{name} must be {choices}, got {value!r}") from None
+                got = shown(value)
+                raise ValueError(f"{section}.{name} must be {choices}, got {got}") from None
         if section == "model":  # before JiTConfig divides by them
             check_model_fields({**dataclasses.asdict(current), **changes})
         sections[section] = dataclasses.replace(current, **changes)
@@ -400,11 +420,8 @@ def parse_set(items: list[str]) -> dict:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {item!r} must look like section.field=value")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as err:
-            raise ValueError(f"--set {item!r}: the value is not valid YAML ({err})") from None
+            raise ValueError(f"--set {shown(item)} must look like section.field=value")
+        out[key.strip()] = parse_yaml(raw, f"--set {shown(item)}") if raw.strip() else ""
     return out
 
 

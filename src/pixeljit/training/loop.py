@@ -163,6 +163,10 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
         if inexact and info.is_main:
             print("resuming inexactly (the run will not match an uninterrupted one bit for bit): "
                   + "; ".join(inexact), flush=True)  # fmt: skip
+        if saved["step"] >= plan.total_steps and info.is_main:
+            print(f"nothing to train: the checkpoint is at step {saved['step']}, at or past the "
+                  f"{plan.total_steps} steps asked for; raise --steps / --epochs to continue",
+                  flush=True)  # fmt: skip
     if info.is_main:
         _settle_run_folder(out, resume_file, restart, saved["step"] if saved else 0)
         save_yaml(cfg, out / "config.yaml")

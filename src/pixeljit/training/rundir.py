@@ -27,7 +27,7 @@ import shutil
 import time
 from pathlib import Path
 
-from pixeljit.files.atomic import atomic_write
+from pixeljit.files.atomic import atomic_write, process_alive
 
 LOCK_FILE = ".lock"
 # What a run writes into its folder (see README "### Training"); anything else is not ours.
@@ -58,6 +58,12 @@ class RunLock:
         self._made_folder = self._made_file = False
 
     def acquire(self) -> RunLock:
+        # mkdir would say only "File exists" / "Not a directory"
+        existing = next(p for p in (self.folder, *self.folder.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            what = "is a file" if existing == self.folder else f"is inside {existing}, a file"
+            raise ValueError(f"the run folder {self.folder} (--out) {what}, not a folder: pass "
+                             "a folder for the run")  # fmt: skip
         self._made_folder = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
@@ -157,10 +163,16 @@ def prepare_fresh(folder: str | os.PathLike, restart: bool) -> Path | None:
         return None
     if not restart:
         shown = ", ".join(p.name for p in found[:4]) + (" …" if len(found) > 4 else "")
+        aside = f"to a new sibling {folder.name}.old-<time> and start fresh (nothing is deleted)"
+        if not holds_checkpoint(folder):  # a run that stopped before its first checkpoint
+            raise ValueError(
+                f"{folder} holds files of a training run that saved no checkpoint ({shown}), "
+                f"so there is nothing to resume: pass --restart to move them aside {aside}, or "
+                "train into another folder"
+            )
         raise ValueError(
             f"{folder} already holds a training run ({shown}); continue it with "
-            f"`pixeljit train --resume {folder}`, or pass --restart to move it aside to a new "
-            f"sibling {folder.name}.old-<time> and start fresh (nothing is deleted)"
+            f"`pixeljit train --resume {folder}`, or pass --restart to move it aside {aside}"
         )
     aside = _new_sibling(folder)
     for path in found:
@@ -245,23 +257,11 @@ def sweep_temporaries(folder: str | os.PathLike) -> list[Path]:
         return removed
     for path in sorted(folder.iterdir()):
         match = TEMP_RE.match(path.name)
-        if match is None or not path.is_file() or _alive(int(match.group(1))):
+        if match is None or not path.is_file() or process_alive(int(match.group(1))):
             continue
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def check_out_folder(out: str | os.PathLike, data_source: str | None) -> None:

@@ -7,14 +7,21 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from pixeljit.data.open import open_dataset
 from pixeljit.data.packed import PackedDataset
+from pixeljit.model import JiT
 from pixeljit.training import distributed as dist_utils
 from pixeljit.training.config import TrainConfig
 
 MAX_TOTAL_STEPS = 10**10  # far beyond any run; keeps step counts finite integers
 MAX_PREVIEW_IMAGES = 4096  # images in one training sample grid (rows × sample.per_class)
+# float32 bytes each parameter costs in training, activations aside: weights, gradients and
+# AdamW's two moments, plus one copy per EMA
+TRAIN_BYTES_PER_PARAM = 4 * 4
+EMA_BYTES_PER_PARAM = 4
+GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,7 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
         total = max(1, total)
     warmup = _steps("optim.warmup_epochs", cfg.optim.warmup_epochs, steps_per_epoch, np.round)
     _check_preview(cfg)
+    check_model_fits(cfg, info)
     precision = cfg.run.precision
     bf16 = precision == "bf16" or (precision == "auto" and info.device.type == "cuda")
     plan = BatchPlan(
@@ -123,4 +131,36 @@ def _check_preview(cfg: TrainConfig) -> None:
             f"the training sample grid would hold {rows} × {s.per_class} images "
             f"(sample.max_classes rows × sample.per_class), more than {MAX_PREVIEW_IMAGES}; "
             "lower sample.per_class or sample.max_classes"
+        )
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """The memory a device has in all (a CUDA device's, else the host's RAM); None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_model_fits(cfg: TrainConfig, info: dist_utils.DistInfo) -> None:
+    """Refuse, before anything is allocated, a model whose training state alone (weights,
+    gradients, AdamW moments, EMAs; FSDP shards them over the ranks) exceeds the device's whole
+    memory: the sizes' upper bounds allow models of hundreds of GB, which would otherwise be
+    allocated until the allocator or the kernel's OOM killer stops the process."""
+    with torch.device("meta"):
+        params = sum(p.numel() for p in JiT(cfg.model).parameters())
+    per_param = TRAIN_BYTES_PER_PARAM + EMA_BYTES_PER_PARAM * len(cfg.optim.ema_decays)
+    shards = info.world_size if cfg.run.distributed == "fsdp" else 1
+    need = params * per_param // shards
+    have = device_memory_bytes(info.device)
+    if have is not None and need > have:
+        raise ValueError(
+            f"the model has {params:,} parameters; training it needs at least "
+            f"{need / GIB:,.1f} GiB per device for weights, gradients, AdamW moments and "
+            f"{len(cfg.optim.ema_decays)} EMA(s), more than the {have / GIB:,.1f} GiB of "
+            f"{info.device}: choose a smaller model (model.hidden_size, model.depth, --preset)"
         )

@@ -1,0 +1,62 @@
+"""The Python API's arguments: each bad one gets a ValueError / TypeError naming it, before any
+file is read or any work is done (never a torch assertion, nor a damaged-file message)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pixeljit
+from pixeljit.model import JiTConfig
+
+TINY = JiTConfig(
+    image_size=8, patch_size=4, hidden_size=16, depth=2, num_heads=2, num_classes=3,
+    bottleneck_dim=4, in_context_len=2, in_context_start=1,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    pixeljit.save_safetensors(pixeljit.JiT(TINY), path)
+    return path
+
+
+def test_load_trained_refuses_bad_arguments_before_reading(tiny_file, tmp_path, monkeypatch):
+    """An empty path loaded the current folder, and a non-string `weights` was reported as a
+    damaged checkpoint."""
+    monkeypatch.chdir(tiny_file.parent)
+    with pytest.raises(ValueError, match="source is empty"):
+        pixeljit.load_trained("")
+    with pytest.raises(TypeError, match="source must be a path"):
+        pixeljit.load_trained(None)
+    with pytest.raises(TypeError, match="weights must be a name"):
+        pixeljit.load_trained(tiny_file, weights=5)
+
+
+def test_sample_given_a_loaded_model_says_to_pass_its_net(tiny_file):
+    model = pixeljit.load_trained(tiny_file)
+    with pytest.raises(ValueError, match="pass model.net with prediction=model.prediction"):
+        pixeljit.sample(model, [0], steps=1)
+    images = pixeljit.sample(model.net, [0], steps=1, prediction=model.prediction)
+    assert images.shape == (1, 3, 8, 8)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_sample_on_cuda_without_cuda_is_a_value_error(device):
+    """It was torch's AssertionError "Torch not compiled with CUDA enabled"."""
+    net = pixeljit.JiT(TINY)
+    with pytest.raises(ValueError, match="CUDA is not available here"):
+        pixeljit.sample(net, [0], steps=1, device=device)
+
+
+@pytest.mark.parametrize("amp_dtype", ["bf16", torch.float32, torch.int8])
+def test_sample_amp_dtype_must_be_an_autocast_dtype(amp_dtype):
+    """A string was a TypeError from deep inside autocast, after a warning."""
+    net = pixeljit.JiT(TINY)
+    with pytest.raises(ValueError, match="amp_dtype must be None"):
+        pixeljit.sample(net, [0], steps=1, amp_dtype=amp_dtype)
+    images = pixeljit.sample(net, [0], steps=1, amp_dtype=torch.bfloat16)
+    assert images.dtype == torch.float32 and images.shape == (1, 3, 8, 8)
