@@ -33,7 +33,7 @@ from pixeljit.diffusion.sampler import SamplerConfig, sample
 from pixeljit.model import model_config
 
 OBJECTIVE = {"objective.prediction": "v", "objective.noise_scale": 0.5}
-PREVIEW = {"sample.cfg": 1.5, "sample.steps": 2}
+PREVIEW = {"sample.cfg": 1.5, "sample.steps": 2, "sample.method": "heun"}  # set, not the preset's
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # a snapshot's commit hash (40 hex digits)
 SAMPLE_ARGS = ["--steps", "2", "--cfg", "1.5", "--num", "4", "--labels", "0", "3", "--seed", "5"]
 
