@@ -60,3 +60,31 @@ def test_sample_amp_dtype_must_be_an_autocast_dtype(amp_dtype):
         pixeljit.sample(net, [0], steps=1, amp_dtype=amp_dtype)
     images = pixeljit.sample(net, [0], steps=1, amp_dtype=torch.bfloat16)
     assert images.dtype == torch.float32 and images.shape == (1, 3, 8, 8)
+
+
+# ------------------------------------------------ the network's own config: types and bounds
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"dropout_blocks": -5}, "dropout_blocks must be two integers, got -5"),
+        ({"hidden_size": 10**6}, "hidden_size must be ≤ 8192"),
+        ({"depth": 10**5}, "depth must be ≤ 256"),
+        ({"mlp_ratio": 1e9}, r"mlp_ratio must lie in \(0, 64\]"),
+        ({"num_classes": 10**9}, "num_classes must be ≤ 100000"),
+        ({"in_context_len": 10**7}, "in_context_len must be ≤ 4096"),
+        ({"bottleneck_dim": 10**6}, "bottleneck_dim must be ≤ 8192"),
+    ],
+)
+def test_jit_config_bounds_every_size_before_anything_is_built(fields, message):
+    """The Python API is bounded like `--set model.…`: a mistyped size is refused by JiTConfig
+    itself, so `JiT(config)` never starts allocating terabytes."""
+    with pytest.raises(ValueError, match=message):
+        JiTConfig(**fields)
+
+
+def test_create_model_names_a_bad_name():
+    for name in (None, 16, "JiT-X/16", "JiT-B", "JiT-B/x"):
+        with pytest.raises(ValueError, match="JiT-B/16"):
+            pixeljit.create_model(name)

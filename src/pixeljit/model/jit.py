@@ -31,6 +31,12 @@ _INT_FIELDS = ("image_size", "patch_size", "in_channels", "hidden_size", "depth"
                "num_classes", "in_context_len", "in_context_start")  # fmt: skip
 _POSITIVE_FIELDS = ("image_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads")
 _OPTIONAL_INT_FIELDS = ("bottleneck_dim",)
+# Upper bounds, checked before anything is allocated (JiT-G is 1664 wide and 40 deep; a
+# hostile or mistyped config must not make the process allocate terabytes).
+MAX_FIELDS = {"image_size": 4096, "patch_size": 512, "in_channels": 64, "hidden_size": 8192,
+              "depth": 256, "num_heads": 256, "num_classes": 100_000, "in_context_len": 4096,
+              "bottleneck_dim": 8192}  # fmt: skip
+MAX_MLP_RATIO = 64.0  # the paper's is 4
 _FLOAT_FIELDS = ("mlp_ratio", "dropout", "attn_dropout")
 
 
@@ -71,8 +77,12 @@ class JiTConfig:
         for name in _POSITIVE_FIELDS:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
-            raise ValueError(f"mlp_ratio must be a finite number > 0, got {self.mlp_ratio}")
+        for name, high in MAX_FIELDS.items():
+            value = getattr(self, name)
+            if value is not None and value > high:
+                raise ValueError(f"{name} must be ≤ {high}, got {value}")
+        if not (math.isfinite(self.mlp_ratio) and 0 < self.mlp_ratio <= MAX_MLP_RATIO):
+            raise ValueError(f"mlp_ratio must lie in (0, {MAX_MLP_RATIO:g}], got {self.mlp_ratio}")
         if self.mlp not in MLP_KINDS:
             raise ValueError(f"mlp must be one of {MLP_KINDS}, got {self.mlp!r}")
         if self.norm not in NORM_KINDS:
@@ -125,7 +135,8 @@ class JiTConfig:
             elif f.name in ("rope", "qk_norm") and not isinstance(value, bool):
                 raise ValueError(f"{f.name} must be true or false, got {value!r}")
         if self.dropout_blocks is not None and (
-            len(self.dropout_blocks) != 2
+            not isinstance(self.dropout_blocks, (tuple, list))
+            or len(self.dropout_blocks) != 2
             or any(isinstance(v, bool) or not isinstance(v, int) for v in self.dropout_blocks)
         ):
             raise ValueError(f"dropout_blocks must be two integers, got {self.dropout_blocks!r}")

@@ -40,6 +40,9 @@ def model_names() -> list[str]:
 
 def model_config(name: str, **overrides) -> JiTConfig:
     """The config of a registry model ('JiT-B/16', 'JiT-H/32', ...) with field overrides."""
+    if not isinstance(name, str):
+        raise ValueError(f"model name must be a string such as 'JiT-B/16', got {name!r}; "
+                         f"choose one of {model_names()}")  # fmt: skip
     try:
         size, patch = name.removeprefix("JiT-").split("/")
         base = dict(MODEL_SIZES[size])

@@ -21,6 +21,7 @@ from pixeljit.diffusion.objective import ObjectiveConfig
 from pixeljit.diffusion.sampler import FAST_SAMPLER, SamplerConfig
 from pixeljit.files.yaml_file import parse_yaml, read_yaml
 from pixeljit.model import JiTConfig, model_config
+from pixeljit.model.jit import MAX_FIELDS, MAX_MLP_RATIO
 
 MAX_SEED = 2**63  # seeds are 64-bit (numpy SeedSequence, torch.manual_seed)
 BASE_BATCH = 256  # lr = blr × global_batch / 256
@@ -34,10 +35,11 @@ PAPER_CFG = {
     ("H", 16): 2.2, ("H", 32): 2.3, ("H", 64): 2.3,
     ("G", 16): 2.2, ("G", 32): 2.2, ("G", 64): 2.2,
 }  # fmt: skip
-# upper bounds of the sizes, checked before anything is allocated (JiT-G is 1664 wide, 40 deep)
-MAX_MODEL = {"image_size": 4096, "patch_size": 512, "in_channels": 64, "hidden_size": 8192,
-             "depth": 256, "num_heads": 256}  # fmt: skip
-MAX_CLASSES = 100_000
+# upper bounds of the sizes (the network's own, model.jit.MAX_FIELDS), checked here with the
+# field's config name before anything is allocated
+MAX_MODEL = {name: MAX_FIELDS[name] for name in ("image_size", "patch_size", "in_channels",
+                                                  "hidden_size", "depth", "num_heads")}  # fmt: skip
+MAX_CLASSES = MAX_FIELDS["num_classes"]
 MAX_PREVIEW = 1000  # preview grid rows / columns
 COMPILE_AUTO = "auto"  # run.compile: torch.compile on CUDA, eager elsewhere
 CHOICES = {"run.compile": "true, false or auto"}  # fields of several types: what they accept
@@ -72,7 +74,7 @@ def check_model_fields(fields: dict) -> None:
     for name, high in MAX_MODEL.items():
         _count(f"model.{name}", fields.get(name), high=high)
     _count("model.num_classes", fields.get("num_classes"), low=0, high=MAX_CLASSES)
-    _number("model.mlp_ratio", fields.get("mlp_ratio"), low=0.0, low_open=True)
+    _number("model.mlp_ratio", fields.get("mlp_ratio"), low=0.0, high=MAX_MLP_RATIO, low_open=True)
     for name in ("dropout", "attn_dropout"):
         _number(f"model.{name}", fields.get(name), 0.0, 1.0, high_open=True)
 
