@@ -379,3 +379,19 @@ def test_flags_without_effect_are_refused(tiny_file, tmp_path, capsys):
     err = _cli_error(base + ["--inception-weights", "/nonexistent"], capsys)
     assert "--inception-weights has no effect" in err
     assert "--ref-split has no effect" in _cli_error(base + ["--ref-split", "foo"], capsys)
+
+
+# -------------------------------------------------- refusals come before the first line printed
+
+
+def test_demo_and_make_ref_refuse_before_printing_anything(tmp_path, capsys):
+
+    assert main(["demo", "--device", "tpu", "--out", str(tmp_path / "d")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--device 'tpu'" in captured.err
+    argv = ["eval", "--make-ref", "fashion-mnist", "--size", "100000", "--channels", "1",
+            "--out", str(tmp_path / "x.npz")]  # fmt: skip
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--size must be" in captured.err
+    assert not list(tmp_path.iterdir())

@@ -45,8 +45,10 @@ def demo_config(out: str, steps: int | None, device: str):
 
 
 def run(args) -> int:
+    from pixeljit.cli.checks import check_device
     from pixeljit.training.loop import train
 
+    check_device("--device", args.device)  # before the first line is printed
     cfg = demo_config(args.out, args.steps, args.device)
     m = cfg.model
     print(

@@ -27,6 +27,7 @@ from pixeljit.cli.checks import (
 )
 from pixeljit.cli.sample import check_authors_only, check_memory
 from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
+from pixeljit.data.transforms import MAX_SIZE
 from pixeljit.metrics.score import ScoreConfig
 
 METRIC_NAMES = ("fd", "kid", "is", "pr")
@@ -148,7 +149,7 @@ def check_args(args) -> list[float] | None:
                 raise ValueError(f"{flag} has no effect with --checkpoint (the model fixes it): "
                                  "drop it (it is for --images / --make-ref)")  # fmt: skip
     check_seed("--seed", args.seed)
-    check_int("--size", args.size)
+    check_int("--size", args.size, 1, MAX_SIZE + 1)
     check_int("--in-context-start", args.in_context_start, 0)
     if args.channels is not None and args.channels not in CHANNELS:
         raise ValueError(f"--channels must be one of {CHANNELS}, got {args.channels}")
