@@ -80,6 +80,20 @@ def test_bank_keeps_all_in_order_or_a_uniform_reservoir():
     np.testing.assert_allclose(hits / trials, capacity / 20, atol=0.05)
 
 
+def test_kid_and_pr_keep_a_bounded_bank_by_default():
+    """10M generated images must not keep 80 GB of features: the default bank holds the
+    FID-standard 50k (every image up to there, a uniform sample beyond)."""
+    import inspect
+
+    from pixeljit.metrics.dataset_stats import compute_dataset_stats
+    from pixeljit.metrics.score import ScoreConfig
+    from pixeljit.metrics.stats import DEFAULT_BANK_CAPACITY
+
+    assert DEFAULT_BANK_CAPACITY == 50_000 and ScoreConfig().bank_capacity == 50_000
+    default = inspect.signature(compute_dataset_stats).parameters["bank_capacity"].default
+    assert default == DEFAULT_BANK_CAPACITY
+
+
 class _PooledPixels(FeatureExtractor):
     """A tiny deterministic extractor: 4×4 average-pooled pixels and a fixed linear head."""
 

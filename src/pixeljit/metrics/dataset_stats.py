@@ -25,7 +25,7 @@ from pixeljit.files.atomic import atomic_write
 from .distances import sqrt_psd
 from .extractor import FeatureExtractor
 from .image_sources import DEFAULT_BATCH, ImageSource, iter_batches, npz_headers
-from .stats import FeatureBank, FeatureStats, distributed_active
+from .stats import DEFAULT_BANK_CAPACITY, FeatureBank, FeatureStats, distributed_active
 
 MAX_STATS_DIM = 16384  # feature dimension bound when no extractor is given (sigma: 2 GiB)
 MAX_NAME_BYTES = 4096  # the extractor name stored with the statistics
@@ -193,13 +193,14 @@ def compute_dataset_stats(
     extractor: FeatureExtractor,
     batch_size: int = DEFAULT_BATCH,
     keep_features: bool = True,
-    bank_capacity: int | None = None,
+    bank_capacity: int | None = DEFAULT_BANK_CAPACITY,
     seed: int = 0,
 ) -> DatasetStats:
     """Moments (and by default the features, for KID / PR) of a set of uint8 images.
 
     Under torch.distributed each rank passes its own shard; the result covers all ranks.
-    `bank_capacity` bounds the kept features per rank (uniform reservoir; None keeps all).
+    `bank_capacity` bounds the kept features per rank (uniform reservoir, 50k by default as in
+    `ScoreConfig`; None keeps all, e.g. 10 GB for ImageNet's 1.28M Inception features).
     """
     stats = FeatureStats(extractor.dim, device=extractor.device)
     bank = FeatureBank(bank_capacity, seed=seed) if keep_features else None

@@ -22,7 +22,7 @@ from .distances import (
 )
 from .extractor import FeatureExtractor
 from .image_sources import DEFAULT_BATCH, ImageSource, iter_batches
-from .stats import FeatureBank, FeatureStats, all_gather_rows
+from .stats import DEFAULT_BANK_CAPACITY, FeatureBank, FeatureStats, all_gather_rows
 
 METRICS = ("fd", "kid", "is", "pr")
 
@@ -30,7 +30,9 @@ METRICS = ("fd", "kid", "is", "pr")
 @dataclass
 class ScoreConfig:
     """What to compute and how. `bank_capacity` bounds the generated features kept for KID/PR
-    (per rank; None keeps all: N × dim float32 on the host, 400 MB for 50k Inception features).
+    (per rank, a uniform reservoir; None keeps all: N × dim float32 on the host). The default
+    keeps 50k (400 MB of Inception features): up to the FID-standard 50k images KID/PR see every
+    image, beyond it a uniform sample, so a 10M-image run cannot hold 80 GB of features.
     """
 
     metrics: tuple[str, ...] = METRICS
@@ -38,7 +40,7 @@ class ScoreConfig:
     kid: KIDConfig = field(default_factory=KIDConfig)
     pr: PRConfig = field(default_factory=PRConfig)
     is_splits: int = 10
-    bank_capacity: int | None = None
+    bank_capacity: int | None = DEFAULT_BANK_CAPACITY
     seed: int = 0
 
     def __post_init__(self) -> None:

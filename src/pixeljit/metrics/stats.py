@@ -97,6 +97,9 @@ class FeatureStats:
         return self.mean.cpu().numpy(), self.covariance().cpu().numpy()
 
 
+DEFAULT_BANK_CAPACITY = 50_000  # generated / real features kept for KID and PR, per rank
+
+
 class FeatureBank:
     """Features kept for sample-based metrics: all of them, or a uniform reservoir sample.
 
