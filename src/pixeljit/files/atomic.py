@@ -34,10 +34,32 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def sweep_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries a killed earlier write of `path` left beside it
+    (`.NAME.tmp-PID-TOKEN` files whose process is gone); returns what was removed. Only that
+    exact pattern for that exact name is touched: nothing else in the folder."""
+    prefix = f".{path.name}.tmp-"
+    removed = []
+    try:
+        siblings = [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:  # no folder yet, or unreadable: nothing of ours to sweep
+        return removed
+    for sibling in siblings:
+        pid, _, token = sibling.name[len(prefix) :].partition("-")
+        if not (pid.isdigit() and len(token) == _TOKEN_CHARS) or not sibling.is_file():
+            continue
+        if not process_alive(int(pid)):
+            sibling.unlink(missing_ok=True)
+            removed.append(sibling)
+    return removed
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call write(temporary path), then move it to `path` (parents created)."""
+    """Call write(temporary path), then move it to `path` (parents created). Temporaries of an
+    earlier, killed write of the same `path` are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(path)
     tmp = temp_sibling(path)
     try:
         write(tmp)
