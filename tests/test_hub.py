@@ -31,6 +31,7 @@ from pixeljit.checkpoints.load import authors_sampler, load_trained
 from pixeljit.cli import main
 from pixeljit.diffusion.sampler import SamplerConfig, sample
 from pixeljit.model import model_config
+from pixeljit.model.jit import MAX_FIELDS
 
 OBJECTIVE = {"objective.prediction": "v", "objective.noise_scale": 0.5}
 PREVIEW = {"sample.cfg": 1.5, "sample.steps": 2, "sample.method": "heun"}  # set, not the preset's
@@ -373,8 +374,12 @@ def test_weights_bound_is_exact_and_cheap(hub, tmp_path):
     building a block per claimed layer (a config claiming 10⁹ blocks answers at once)."""
     params = sum(p.numel() for p in load_trained(hub).net.state_dict().values())
     assert weights_bound(hub / CONFIG_NAME) == params * 8 + HEADER_ALLOWANCE
-    deep = _broken(hub, tmp_path, lambda c: _set(c, "architecture.depth", 10**9))
-    assert weights_bound(os.path.join(deep, CONFIG_NAME)) > 10**9 * 8
+    deep = _broken(hub, tmp_path, lambda c: _set(c, "architecture.depth", MAX_FIELDS["depth"]))
+    assert weights_bound(os.path.join(deep, CONFIG_NAME)) > params * 8 + HEADER_ALLOWANCE
+    (tmp_path / "x").mkdir()
+    deeper = _broken(hub, tmp_path / "x", lambda c: _set(c, "architecture.depth", 10**9))
+    with pytest.raises(ValueError, match="depth must be ≤ 256"):  # refused at once
+        weights_bound(os.path.join(deeper, CONFIG_NAME))
 
 
 def test_hf_uri_on_the_command_line_offline(hub, tmp_path):
