@@ -16,7 +16,7 @@ from pathlib import Path
 from pixeljit.diffusion.objective import LOSS_SPACES, PREDICTIONS
 from pixeljit.experiments import grid
 from pixeljit.experiments.evidence import Cell
-from pixeljit.experiments.grid import CELLS_FOLDER, GridConfig, baseline_config, check_distinct
+from pixeljit.experiments.grid import GridConfig, check_distinct
 from pixeljit.experiments.sweep_report import Layout
 from pixeljit.metrics.extractor import FeatureExtractor
 
@@ -47,10 +47,6 @@ class BottleneckConfig(GridConfig):
         if self.size % self.patch:
             raise ValueError(f"size {self.size} must be a multiple of patch {self.patch}")
 
-    @property
-    def patch_dim(self) -> int:
-        return self.patch * self.patch * grid.CHANNELS
-
 
 def dim_text(dim: int | None) -> str:
     return "none" if dim is None else str(dim)
@@ -61,16 +57,11 @@ def build_cells(config: BottleneckConfig, out: Path, sources: dict[int, str]) ->
     for seed in config.seeds:
         for dim in config.dims:
             name = f"bottleneck{dim_text(dim)}-seed{seed}"
-            cfg = baseline_config(
-                config, out / CELLS_FOLDER / name, size=config.size, patch=config.patch,
+            cells.append(grid.make_cell(
+                config, out, name, size=config.size, patch=config.patch,
                 prediction=config.prediction, loss=config.loss, seed=seed,
-                source=sources[config.size], bottleneck_dim=dim,
-            )  # fmt: skip
-            labels = {"bottleneck_dim": dim, "image_size": config.size,
-                      "patch_size": config.patch, "patch_dim": config.patch_dim,
-                      "prediction": config.prediction, "loss": config.loss,
-                      "seed": seed}  # fmt: skip
-            cells.append(Cell(name, cfg, labels))
+                source=sources[config.size], bottleneck_dim=dim, labels={"bottleneck_dim": dim},
+            ))  # fmt: skip
     return cells
 
 

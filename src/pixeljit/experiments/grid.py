@@ -174,6 +174,32 @@ def baseline_config(
     })  # fmt: skip
 
 
+def make_cell(
+    config: GridConfig,
+    out: Path,
+    name: str,
+    *,
+    size: int,
+    patch: int,
+    prediction: str,
+    loss: str,
+    seed: int,
+    source: str,
+    labels: dict | None = None,
+    **network_or_objective,
+) -> Cell:
+    """One cell `name` of a grid in `out`: its `baseline_config` (`network_or_objective`:
+    noise_scale / p_mean / bottleneck_dim) and the labels every grid reports (size, patch, patch
+    dimension, prediction, loss, seed), plus the grid's own `labels`."""
+    cfg = baseline_config(
+        config, out / CELLS_FOLDER / name, size=size, patch=patch, prediction=prediction,
+        loss=loss, seed=seed, source=source, **network_or_objective,
+    )  # fmt: skip
+    common = {"image_size": size, "patch_size": patch, "patch_dim": patch * patch * CHANNELS,
+              "prediction": prediction, "loss": loss, "seed": seed}  # fmt: skip
+    return Cell(name, cfg, (labels or {}) | common)
+
+
 def packed_data(config: GridConfig, sizes, out: Path) -> dict[int, PackedDataset]:
     """The packed images of each size: the whole set from the cache, or the first
     `data_limit` images packed once into the results folder."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from pixeljit.diffusion.objective import LOSS_SPACES, P_STD, PREDICTIONS
 from pixeljit.experiments import grid
 from pixeljit.experiments.evidence import Cell
-from pixeljit.experiments.grid import CELLS_FOLDER, GridConfig, baseline_config, check_distinct
+from pixeljit.experiments.grid import GridConfig, check_distinct
 from pixeljit.experiments.sweep_report import Layout
 from pixeljit.metrics.extractor import FeatureExtractor
 
@@ -56,16 +56,11 @@ def build_cells(config: NoiseConfig, out: Path, sources: dict[int, str]) -> list
         for mu in config.p_means:
             for prediction in config.predictions:
                 name = f"mu{mu:+g}-{prediction}pred-seed{seed}"
-                cfg = baseline_config(
-                    config, out / CELLS_FOLDER / name, size=config.size, patch=config.patch,
+                cells.append(grid.make_cell(
+                    config, out, name, size=config.size, patch=config.patch,
                     prediction=prediction, loss=config.loss, seed=seed,
-                    source=sources[config.size], p_mean=float(mu),
-                )  # fmt: skip
-                labels = {"p_mean": float(mu), "prediction": prediction, "loss": config.loss,
-                          "image_size": config.size, "patch_size": config.patch,
-                          "patch_dim": config.patch ** 2 * grid.CHANNELS,
-                          "seed": seed}  # fmt: skip
-                cells.append(Cell(name, cfg, labels))
+                    source=sources[config.size], p_mean=float(mu), labels={"p_mean": float(mu)},
+                ))  # fmt: skip
     return cells
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from pixeljit.diffusion.objective import LOSS_SPACES, PREDICTIONS
 from pixeljit.experiments import grid
 from pixeljit.experiments.evidence import Cell
-from pixeljit.experiments.grid import CELLS_FOLDER, GridConfig, baseline_config, check_distinct
+from pixeljit.experiments.grid import GridConfig, check_distinct
 from pixeljit.experiments.sweep_report import Layout
 from pixeljit.metrics.extractor import FeatureExtractor
 
@@ -92,16 +92,11 @@ def build_cells(config: ResolutionConfig, out: Path, sources: dict[int, str]) ->
                     by_scale.setdefault(config.noise_scale(size, variant), []).append(variant)
                 for scale, variants in by_scale.items():
                     name = f"{size}px-{prediction}pred-s{scale:g}-seed{seed}"
-                    cfg = baseline_config(
-                        config, out / CELLS_FOLDER / name, size=size, patch=patch,
-                        prediction=prediction, loss=config.loss, seed=seed,
-                        source=sources[size], noise_scale=scale,
-                    )  # fmt: skip
-                    labels = {"image_size": size, "patch_size": patch,
-                              "patch_dim": patch * patch * grid.CHANNELS,
-                              "prediction": prediction, "loss": config.loss, "seed": seed,
-                              "noise_scale": scale, "variants": variants}  # fmt: skip
-                    cells.append(Cell(name, cfg, labels))
+                    cells.append(grid.make_cell(
+                        config, out, name, size=size, patch=patch, prediction=prediction,
+                        loss=config.loss, seed=seed, source=sources[size], noise_scale=scale,
+                        labels={"noise_scale": scale, "variants": variants},
+                    ))  # fmt: skip
     return cells
 
 

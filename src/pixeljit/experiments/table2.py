@@ -67,10 +67,6 @@ class Table2Config(GridConfig):
             return self.big_size, self.big_patch
         return self.small_size, self.small_patch
 
-    def patch_dim(self, setting: str) -> int:
-        size, patch = self.size_patch(setting)
-        return patch * patch * grid.CHANNELS
-
 
 def cell_name(setting: str, prediction: str, loss: str, seed: int) -> str:
     return f"{setting}-{prediction}pred-{loss}loss-seed{seed}"
@@ -85,14 +81,10 @@ def build_cells(config: Table2Config, out: Path, data: dict[str, str]) -> list[C
             for loss in config.losses:
                 for prediction in config.predictions:
                     name = cell_name(setting, prediction, loss, seed)
-                    cfg = baseline_config(
-                        config, out / CELLS_FOLDER / name, size=size, patch=patch,
-                        prediction=prediction, loss=loss, seed=seed, source=data[setting],
-                    )  # fmt: skip
-                    labels = {"setting": setting, "prediction": prediction, "loss": loss,
-                              "seed": seed, "image_size": size, "patch_size": patch,
-                              "patch_dim": config.patch_dim(setting)}  # fmt: skip
-                    cells.append(Cell(name, cfg, labels))
+                    cells.append(grid.make_cell(
+                        config, out, name, size=size, patch=patch, prediction=prediction,
+                        loss=loss, seed=seed, source=data[setting], labels={"setting": setting},
+                    ))  # fmt: skip
     return cells
 
 
