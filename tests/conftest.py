@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import pixeljit
 from pixeljit.data import prepare
+from pixeljit.model import JiTConfig
 from pixeljit.training.config import TrainConfig, apply_overrides, get_preset
 
 # The tests run tiny tensors, where intra-op threads only add overhead, and on a loaded 2-core
@@ -24,6 +26,22 @@ REFERENCE_FILE = SHARED / "reference" / "jit_reference_tiny.pt"
 # The README's claim: "relative error ≤ 3e-7 on their parity vectors" (network, loss, samplers).
 # Measured in float32 on CPU: forward 1.2e-7, loss 6.5e-8, Euler 2.5e-7, Heun 2.4e-7.
 PARITY_REL_ERR = 3e-7
+
+
+# A conditional network with every part (bottleneck, in-context tokens) at 8 px: fast to build.
+TINY_NET = JiTConfig(
+    image_size=8, patch_size=4, hidden_size=16, depth=2, num_heads=2, num_classes=3,
+    bottleneck_dim=4, in_context_len=2, in_context_start=1,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    """`TINY_NET` (seed 0) saved as .safetensors (modules needing another net define their own)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    pixeljit.save_safetensors(pixeljit.JiT(TINY_NET), path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -11,22 +11,11 @@ import pytest
 import torch
 
 import pixeljit
+from conftest import TINY_NET
 from pixeljit.checkpoints.run import LATEST, save_checkpoint
 from pixeljit.cli import build_parser, main
-from pixeljit.model import JiTConfig
 
-TINY = JiTConfig(
-    image_size=8, patch_size=4, hidden_size=16, depth=2, num_heads=2, num_classes=3,
-    bottleneck_dim=4, in_context_len=2, in_context_start=1,
-)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    pixeljit.save_safetensors(pixeljit.JiT(TINY), path)
-    return path
+TINY = TINY_NET  # conftest: the network `tiny_file` holds
 
 
 @pytest.fixture(scope="module")
