@@ -131,7 +131,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(packed, tmp_path, monkeypatch,
     run stops at the step-6 check and latest.pt stays the step-3 one, loadable and all finite."""
     from pixeljit.training import loop
 
-    def learning_rate(step, base, warmup):
+    def learning_rate(step, base, *schedule):
         return float("inf") if step == bad_step else base
 
     monkeypatch.setattr(loop, "learning_rate", learning_rate)

@@ -93,7 +93,13 @@ def _count(name: str, value, low: int = 1, high: int | None = None) -> None:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warm-up then a constant rate; duration in epochs or steps."""
+    """AdamW with linear warm-up then a constant rate (the authors' schedule), optionally falling
+    linearly to zero over the last `cooldown` fraction of the steps; duration in epochs or steps.
+
+    `ema_warmup` caps each EMA decay at (1 + n)/(10 + n) after n updates (the `num_updates` rule
+    of TensorFlow's ExponentialMovingAverage), so a slow average forgets the initial weights
+    within a short run; off (the authors' plain EMA) by default.
+    """
 
     lr: float | None = None  # absolute rate; None → blr × global_batch / 256
     blr: float = PAPER_BLR
@@ -106,6 +112,8 @@ class OptimConfig:
     steps: int | None = None  # when set, overrides epochs
     grad_clip: float | None = None
     ema_decays: tuple[float, ...] = PAPER_EMA_DECAYS
+    ema_warmup: bool = False
+    cooldown: float = 0.0  # fraction of the steps, at the end, over which the rate falls to 0
 
     def __post_init__(self) -> None:
         _number("optim.lr", self.lr, low=0.0, low_open=True)
@@ -130,6 +138,10 @@ class OptimConfig:
             _number("optim.ema_decays", decay, low=0.0, high=1.0, low_open=True, high_open=True)
         if len(set(self.ema_decays)) != len(self.ema_decays):
             raise ValueError(f"optim.ema_decays must not repeat, got {self.ema_decays}")
+        if not isinstance(self.ema_warmup, bool):
+            got = shown(self.ema_warmup)
+            raise ValueError(f"optim.ema_warmup must be true or false, got {got}")
+        _number("optim.cooldown", self.cooldown, low=0.0, high=1.0, high_open=True)
 
     @property
     def learning_rate(self) -> float:

@@ -16,6 +16,12 @@ unchanged, and the values equal a plain per-decay `lerp_` bit for bit.
 
 Works on plain tensors and on FSDP2's sharded DTensors alike: each rank stacks its own local
 shards, and `shadows` hands out DTensors wrapping views of them.
+
+With `warmup`, the decay used at update n (n updates came before it) is min(decay, (1 + n) /
+(10 + n)), the `num_updates` rule of TensorFlow's `tf.train.ExponentialMovingAverage`: early
+updates follow the weights closely, so a slow average (0.999) is usable after a few thousand steps
+instead of holding e^(−1) of the random initial weights after 1000. Once every decay is below its
+cap (n ≥ 9/(1 − decay) − 1) the update is the plain one, bit for bit.
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ import torch
 from torch import nn
 
 MULTI_TENSOR_DEVICE_TYPES = ("cuda",)  # devices whose foreach kernels batch many tensors a launch
+WARMUP_OFFSET = 10  # warm-up cap (1 + n) / (WARMUP_OFFSET + n), TensorFlow's constant
+
+
+def warmup_decay(decay: float, updates: int) -> float:
+    """The decay of an EMA with warm-up at its update number `updates` (0 for the first)."""
+    return min(decay, (1 + updates) / (WARMUP_OFFSET + updates))
 
 
 def _has_scalar_list_lerp() -> bool:
@@ -62,7 +74,7 @@ def _like(view: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 class EMA:
     """Shadow copies of `model`'s parameters for each decay in `decays`."""
 
-    def __init__(self, model: nn.Module, decays: Sequence[float]):
+    def __init__(self, model: nn.Module, decays: Sequence[float], warmup: bool = False):
         decays = tuple(float(d) for d in decays)
         if not decays:
             raise ValueError("EMA needs at least one decay")
@@ -71,6 +83,7 @@ class EMA:
         if len(set(decays)) != len(decays):
             raise ValueError(f"EMA decays must be distinct, got {decays}")
         self.decays = decays
+        self.warmup = warmup
         self.names = [name for name, _ in model.named_parameters()]
         params = [p.detach() for p in model.parameters()]
         k = len(decays)
@@ -93,30 +106,48 @@ class EMA:
             for j in range(k)
         ]
 
-    def _rate(self, stack: torch.Tensor) -> torch.Tensor:
+    def _rate(self, stack: torch.Tensor, decays: tuple[float, ...] | None = None,
+              made: dict | None = None) -> torch.Tensor:  # fmt: skip
+        """The (K, 1, …, 1) column of rates 1 − decay for `stack`'s rank, dtype and device, kept
+        in `made` (the configured decays' columns are made once, warm-up decays' each update)."""
+        made = self._rates if made is None else made
         key = (stack.ndim, stack.dtype, stack.device)
-        if key not in self._rates:
-            rates = torch.tensor([1.0 - d for d in self.decays], dtype=torch.float64)
+        if key not in made:
+            rates = torch.tensor([1.0 - d for d in decays or self.decays], dtype=torch.float64)
             shape = (len(self.decays),) + (1,) * (stack.ndim - 1)
-            self._rates[key] = rates.to(dtype=stack.dtype, device=stack.device).view(shape)
-        return self._rates[key]
+            made[key] = rates.to(dtype=stack.dtype, device=stack.device).view(shape)
+        return made[key]
+
+    def decays_at(self, updates: int | None) -> tuple[float, ...]:
+        """The decays that update number `updates` uses (the configured ones without warm-up)."""
+        if not self.warmup:
+            return self.decays
+        if updates is None or updates < 0:
+            raise ValueError("an EMA with warm-up needs the update number (updates ≥ 0)")
+        return tuple(warmup_decay(d, updates) for d in self.decays)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """ema ← lerp(ema, θ, 1 − decay) for every decay and parameter, one kernel a parameter."""
+    def update(self, model: nn.Module, updates: int | None = None) -> None:
+        """ema ← lerp(ema, θ, 1 − decay) for every decay and parameter, one kernel a parameter;
+        `updates` (the number of earlier updates) sets the warm-up decays."""
         params = [_local(p.detach()) for p in model.parameters()]
         if len(params) != len(self._stacks):
             raise ValueError(f"the model has {len(params)} parameters, the EMA {len(self._stacks)}")
+        decays = self.decays_at(updates)
+        plain = decays == self.decays
         if self._multi_tensor and SCALAR_LIST_LERP:
-            torch._foreach_lerp_(self._views, params * len(self.decays), self._scalar_rates)
+            rates = self._scalar_rates if plain else [1.0 - d for d in decays for _ in params]
+            torch._foreach_lerp_(self._views, params * len(decays), rates)
             return
         if self._multi_tensor:
-            for j, decay in enumerate(self.decays):
+            for j, decay in enumerate(decays):
                 torch._foreach_lerp_(self._views[j * len(params) : (j + 1) * len(params)], params,
                                      1.0 - decay)  # fmt: skip
             return
         ends = [p.unsqueeze(0).expand_as(s) for p, s in zip(params, self._stacks, strict=True)]
-        torch._foreach_lerp_(self._stacks, ends, self._weights)
+        made: dict = {}
+        weights = self._weights if plain else [self._rate(s, decays, made) for s in self._stacks]
+        torch._foreach_lerp_(self._stacks, ends, weights)
 
     def index(self, decay: float) -> int:
         try:

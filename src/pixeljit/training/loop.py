@@ -59,11 +59,16 @@ def step_seed(seed: int, step: int, chunk: int) -> int:
     return derive_seed(seed, step, chunk, STEP_NOISE_TAG)
 
 
-def learning_rate(step: int, base: float, warmup_steps: int) -> float:
-    """Per-iteration linear warm-up to `base`, then constant (the authors' schedule)."""
-    if warmup_steps <= 0:
-        return base
-    return base * min(1.0, (step + 1) / warmup_steps)
+def learning_rate(
+    step: int, base: float, warmup_steps: int, total_steps: int = 0, cooldown_steps: int = 0
+) -> float:
+    """Per-iteration linear warm-up to `base`, then constant (the authors' schedule); with
+    `cooldown_steps` > 0 the last that many steps of `total_steps` fall linearly towards 0 (the
+    last step still moves: its rate is base / cooldown_steps)."""
+    factor = 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+    if cooldown_steps > 0:
+        factor = min(factor, (total_steps - step) / cooldown_steps)
+    return base * factor
 
 
 def train(
@@ -175,7 +180,8 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
     torch.manual_seed(cfg.run.seed)
     raw = JiT(cfg.model).to(device)  # (same init on every rank: same seed)
     model = dist_utils.wrap_model(raw, info, cfg.run.distributed)  # FSDP2 shards raw in place
-    ema = EMA(raw, cfg.optim.ema_decays)  # after sharding: each rank averages its own shard
+    # after sharding: each rank averages its own shard
+    ema = EMA(raw, cfg.optim.ema_decays, warmup=cfg.optim.ema_warmup)
     params = [p for p in raw.parameters() if p.requires_grad]
     opt = build_adamw(params, cfg.optim.learning_rate, cfg.optim.betas, cfg.optim.weight_decay)
     loader = DeviceLoader(
@@ -211,7 +217,8 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
     bar = _progress(progress and info.is_main, step, plan.total_steps)
     model.train()
     while step < plan.total_steps:
-        lr = learning_rate(step, cfg.optim.learning_rate, plan.warmup_steps)
+        lr = learning_rate(step, cfg.optim.learning_rate, plan.warmup_steps, plan.total_steps,
+                           plan.cooldown_steps)  # fmt: skip
         for group in opt.param_groups:
             group["lr"] = lr
         step_loss = torch.zeros((), device=device)
@@ -238,7 +245,7 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        ema.update(raw)
+        ema.update(raw, updates=step)  # `step` updates came before this one
         bad = (~torch.isfinite(step_loss)) & (first_bad < 0)
         first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
         loss_sum += step_loss

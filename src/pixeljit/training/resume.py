@@ -19,6 +19,11 @@ Every config field falls in one class (`field_class`), and a test holds every fi
   is inexact (checkpoints written before the fingerprint existed are not compared).
 - recipe: `run.seed` (it fixes the data order and every noise draw) and everything outside `run`
   but the length and previews (model, objective, optim, data): always refused.
+- the length is free unless `optim.cooldown` > 0: the cool-down is a fraction of the run's length,
+  so a new length moves it and the resume is inexact.
+
+A field added to the config after a checkpoint was written is absent from its saved config; it
+counts as the value that reproduces what the code did before the field existed (`ADDED_FIELDS`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,18 @@ RECIPE_RUN = frozenset({"run.seed"})
 ALLOW_FLAG = "--allow-inexact-resume"
 DATA_KEY = "data_fingerprint"  # the checkpoint field holding `data_fingerprint(dataset)`
 MANIFEST_CONTENT_KEYS = ("shards", "labels", "class_names", "image_shape", "num_classes")
+# fields added since checkpoints were first written → the value that means the old behaviour
+ADDED_FIELDS = {("optim", "ema_warmup"): False, ("optim", "cooldown"): 0.0}
+LENGTH_FIELDS = ("steps", "epochs")  # optim fields that set the run's length
+
+
+def with_added_fields(config: dict) -> dict:
+    """A saved config with every field of `ADDED_FIELDS` it lacks filled in (a copy)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for (section, name), old in ADDED_FIELDS.items():
+        if isinstance(out.get(section), dict):
+            out[section].setdefault(name, old)
+    return out
 
 
 def data_fingerprint(dataset) -> str | None:
@@ -87,7 +104,8 @@ def check_resume(
     """Raise if the resumed run may not continue `saved` (a checkpoint dict); return the inexact
     changes that `allow_inexact` lets through (empty when the resume is bit-exact)."""
     recipe, inexact = [], []
-    for diff in diff_configs(saved["config"], config):
+    saved_config = with_added_fields(saved["config"])
+    for diff in diff_configs(saved_config, config):
         kind = field_class(diff.split(":", 1)[0])
         if kind == "recipe":
             recipe.append(diff)
@@ -98,6 +116,14 @@ def check_resume(
             f"config differs from the checkpoint {path} in: " + "; ".join(recipe) + "; set these "
             "back (a run's recipe cannot change on resume; start a new run with --restart or "
             "another --out)"
+        )
+    cooldown = config.get("optim", {}).get("cooldown", 0.0)
+    was_optim, now_optim = saved_config.get("optim", {}), config.get("optim", {})
+    if cooldown and any(was_optim.get(k) != now_optim.get(k) for k in LENGTH_FIELDS):
+        inexact.append(
+            f"the run's length (optim.steps {was_optim.get('steps')} → {now_optim.get('steps')}, "
+            f"optim.epochs {was_optim.get('epochs')} → {now_optim.get('epochs')}) moves the "
+            f"learning-rate cool-down (optim.cooldown {cooldown} of the length)"
         )
     before = saved.get("execution")
     if before is not None and "compiled" not in before:  # written before it was recorded

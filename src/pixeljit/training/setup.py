@@ -32,6 +32,7 @@ class BatchPlan:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    cooldown_steps: int  # the last steps, over which the rate falls linearly to 0
     bf16: bool
 
 
@@ -106,6 +107,7 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
         warmup_steps=warmup,
+        cooldown_steps=int(np.round(cfg.optim.cooldown * total)),
         bf16=bf16,
     )
     return cfg, plan
