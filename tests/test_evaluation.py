@@ -133,3 +133,30 @@ def test_sets_in_folders_of_the_same_name_never_share_cached_statistics(tmp_path
         got = dataset_stats_for(str(tmp_path / parent / "data"), extractor, 16, 1)
         want = compute_dataset_stats(torch.from_numpy(images), extractor)
         np.testing.assert_allclose(got.mu, want.mu, rtol=1e-6, atol=1e-9)
+
+
+def test_the_demo_scores_itself_beside_real_held_out_images(fmnist16, tmp_path):
+    """`pixeljit demo` ends with its samples' class accuracy and FD beside the same scores of as
+    many real held-out images (the floor), also written to score.json."""
+    import json
+
+    from conftest import tiny_run
+    from pixeljit.cli.demo import SCORE_FILE, score_demo, score_lines
+    from pixeljit.data.packed import PackedDataset
+    from pixeljit.metrics import class_accuracy
+    from pixeljit.training.loop import train
+
+    data, held = fmnist16(256), fmnist16(64)
+    result = train(tiny_run(data, tmp_path / "run"), progress=False)
+    cfg = tiny_run(data, tmp_path / "run")
+    score = score_demo(cfg, result.checkpoint, num=40, held_out=(str(held), None))
+    assert json.loads((tmp_path / "run" / SCORE_FILE).read_text()) == score
+    real = PackedDataset(held)
+    images, labels = torch.from_numpy(real.slice(0, 40)), torch.from_numpy(real.labels[:40])
+    expected = class_accuracy(images, labels, create_extractor("fmnist-cnn"), batch_size=40)
+    assert score["real_test_images"]["class_accuracy"] == pytest.approx(expected)
+    # two training steps make noise: far from the real images, near chance for the classifier
+    assert score["model"]["fd"] > 5 * score["real_test_images"]["fd"]
+    assert score["model"]["class_accuracy"] < 0.5 < score["real_test_images"]["class_accuracy"]
+    lines = score_lines(score)
+    assert f"{score['model']['fd']:.2f}" in lines and "real test images" in lines

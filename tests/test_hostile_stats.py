@@ -35,7 +35,7 @@ def _array(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-EXTRACTOR = SimpleNamespace(name="toy", dim=4)
+EXTRACTOR = SimpleNamespace(name="toy", stats_name="toy", dim=4)
 
 
 def _good(d=4):

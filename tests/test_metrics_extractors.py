@@ -86,13 +86,22 @@ def test_shipped_classifier_accuracy(fmnist, classifier):
 
 def test_classifier_accepts_rgb_and_other_sizes(fmnist, classifier):
     x = fmnist[0][:300]
-    pred = classifier.logits(x).argmax(1)
     rgb = x.expand(-1, 3, -1, -1)  # equal channels: BT.601 luma returns the grey values
     torch.testing.assert_close(classifier.logits(rgb), classifier.logits(x), rtol=1e-4, atol=1e-4)
-    big = F.interpolate(x.float(), scale_factor=2, mode="nearest").to(torch.uint8)  # 56×56
-    # shrinking averages 2×2 blocks, which undoes a nearest-neighbour ×2 enlargement exactly
-    torch.testing.assert_close(classifier.logits(big), classifier.logits(x), rtol=1e-4, atol=1e-4)
-    assert (classifier.logits(big).argmax(1) == pred).all()
+    assert classifier.logits(F.pad(x, (2, 2, 2, 2))).shape == (300, 10)  # 32×32 is accepted
+
+
+@pytest.mark.parametrize("size", [32, 56, 64])
+def test_images_enlarged_as_prepare_does_classify_nearly_as_the_originals(fmnist, classifier, size):
+    """Training sets at 32 / 56 / 64 px are the 28-px originals enlarged bicubically (`prepare`);
+    the classifier shrinks them back bicubically. It used to box-average, which left 32-px test
+    images 82.5 % right against 92.4 % at 28 px (first 2000); now within 2.5 points."""
+    from pixeljit.data.transforms import resize_stack
+
+    images, labels = fmnist[0][:2000], fmnist[1][:2000]
+    native = class_accuracy(images, labels, classifier, batch_size=1000)
+    big = torch.from_numpy(resize_stack(images.numpy(), size, 1))
+    assert class_accuracy(big, labels, classifier, batch_size=1000) >= native - 0.025
 
 
 def test_classifier_scores_rank_degradations(fmnist, classifier):
@@ -176,7 +185,7 @@ def test_sources_dataset_stats_files_and_cache(fmnist, classifier, tmp_path):
 
     ref = cached_dataset_stats(ref_path, dataset_images, classifier, batch_size=100)
     again = cached_dataset_stats(ref_path, dataset_images, classifier)
-    assert len(calls) == 1 and again.extractor == classifier.name and again.count == 200
+    assert len(calls) == 1 and again.extractor == classifier.stats_name and again.count == 200
     np.testing.assert_array_equal(again.features, ref.features)
     cfg = ScoreConfig(batch_size=50, kid=KIDConfig(num_subsets=5, subset_size=100), is_splits=2)
     scores = [score_images(src, classifier, again, cfg=cfg) for src in (images, folder, npz)]

@@ -120,7 +120,8 @@ class _AccuracyCounter(FeatureExtractor):
 
     def __init__(self, inner: FeatureExtractor):
         self.inner = inner
-        self.name, self.fd_label, self.dim = inner.name, inner.fd_label, inner.dim
+        self.name, self.revision = inner.name, inner.revision
+        self.fd_label, self.dim = inner.fd_label, inner.dim
         self.num_classes, self.device = inner.num_classes, inner.device
         self.queue: list[torch.Tensor] = []
         self.counts = torch.zeros(2, dtype=torch.float64)  # (hits, seen)
@@ -160,21 +161,47 @@ def evaluate(
 
     Adds `class_accuracy` when the extractor classifies the model's own label space (the
     Fashion-MNIST classifier on a 10-class model)."""
+    batches = generate(model, spec, rank, world, save_dir, progress)
+    classes = model.net.config.num_classes
+    return score_labelled(batches, classes, extractor, ref, metrics, spec.batch_size)
+
+
+def score_labelled(
+    batches, classes: int, extractor: FeatureExtractor, ref: DatasetStats | None,
+    metrics: tuple[str, ...], batch_size: int,
+) -> dict[str, float]:  # fmt: skip
+    """Score (uint8 images (B, C, H, W), labels (B,) or None) batches against `ref`; adds
+    `class_accuracy` when the extractor classifies the `classes`-way label space."""
     if "is" in metrics and extractor.num_classes == 0:
         metrics = tuple(m for m in metrics if m != "is")
-    classes = model.net.config.num_classes
-    batches = generate(model, spec, rank, world, save_dir, progress)
     counter = None
     if classes > 0 and extractor.num_classes == classes:
         counter = _AccuracyCounter(extractor)
         images, extractor = counter.images(batches), counter
     else:
         images = (u8 for u8, _ in batches)
-    config = ScoreConfig(batch_size=spec.batch_size)
+    config = ScoreConfig(batch_size=batch_size)
     out = score_images(images, extractor, ref, metrics, config).as_dict()
     if counter is not None:
         out["class_accuracy"] = counter.accuracy()
     return out
+
+
+def score_real_images(
+    dataset, num: int, extractor: FeatureExtractor, ref: DatasetStats | None,
+    metrics: tuple[str, ...] = ("fd",), batch_size: int = 500,
+) -> dict[str, float]:  # fmt: skip
+    """The floor a model is measured against: the first `num` images of `dataset` (e.g. the held-out
+    test split) scored exactly as generated ones, with their own labels for the class accuracy."""
+    stop = min(num, len(dataset))
+
+    def batches():
+        for first in range(0, stop, batch_size):
+            last = min(first + batch_size, stop)
+            yield (torch.from_numpy(dataset.slice(first, last)),
+                   torch.from_numpy(dataset.labels[first:last]))  # fmt: skip
+
+    return score_labelled(batches(), dataset.num_classes, extractor, ref, metrics, batch_size)
 
 
 # ---------------------------------------------------------------------- data-set statistics
@@ -209,7 +236,7 @@ def dataset_stats_for(
         return load_dataset_stats(ref, extractor)
     dataset = open_dataset(ref, image_size, channels, split, is_main, barrier)
     tag = f"{Path(dataset.folder).name}-{content_digest(dataset)}"
-    path = cache_root() / "refstats" / f"{tag}-{extractor.name}.npz"
+    path = cache_root() / "refstats" / f"{tag}-{extractor.stats_name.replace('@', '-')}.npz"
 
     def images():
         batch = 500

@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 CPU_PRESET, CPU_STEPS = "fmnist-small", 1000
+SCORE_NUM, SCORE_SEED = 1000, 1  # the demo scores 1000 samples (100 a class) against the data
+SCORE_FILE = "score.json"
 GPU_PRESET_OVERRIDES = {"model.hidden_size": 384, "model.depth": 8, "optim.global_batch": 256}
 GPU_STEPS = 4000
 
@@ -59,10 +61,75 @@ def run(args) -> int:
     if result.stopped_on_nan:
         return 1
     out = Path(cfg.run.out)
+    print(f"\nscoring {SCORE_NUM} samples (the previews' sampler) against the training set ...",
+          flush=True)  # fmt: skip
+    score = score_demo(cfg, result.checkpoint)
     grids = sorted(out.glob("samples-*.png"))
     print("\nwrote:")
     print(f"  samples     {grids[-1] if grids else '(none)'}   (one row per class)")
     print(f"  loss curve  {out / 'loss.png'}")
     print(f"  checkpoint  {result.checkpoint}")
     print(f"  metrics     {out / 'metrics.jsonl'}")
+    print(f"  score       {out / SCORE_FILE}")
+    print("\n" + score_lines(score))
     return 0
+
+
+def score_demo(cfg, checkpoint, num: int = SCORE_NUM, held_out=None) -> dict:
+    """Class accuracy and FD-FMNIST of `num` samples (the run's preview sampler and EMA, seed
+    `SCORE_SEED`) against the training set, beside the same scores of as many real held-out
+    images (the floor; `held_out` = (source, split), default the training source's test split);
+    written to the run folder as `score.json`."""
+    import json
+
+    import torch
+
+    from pixeljit.checkpoints.load import load_trained
+    from pixeljit.data.open import open_dataset
+    from pixeljit.diffusion.sampler import SamplerConfig
+    from pixeljit.evaluation import (
+        GenerationSpec,
+        dataset_stats_for,
+        evaluate,
+        score_real_images,
+    )
+    from pixeljit.files.atomic import atomic_write_text
+    from pixeljit.metrics import create_extractor
+    from pixeljit.training.distributed import resolve_device
+
+    device = resolve_device(cfg.run.device)
+    model = load_trained(checkpoint, None, device)
+    size, channels = cfg.model.image_size, cfg.model.in_channels
+    extractor = create_extractor("fmnist-cnn", device=device)
+    ref = dataset_stats_for(cfg.data.source, extractor, size, channels)
+    fields = {f: getattr(cfg.sample, f) for f in SamplerConfig.__dataclass_fields__}
+    sampler = SamplerConfig(**fields)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    spec = GenerationSpec(num, sampler, seed=SCORE_SEED, batch_size=250, amp_dtype=amp)
+    model_scores = evaluate(model, spec, extractor, ref, ("fd",))
+    source, split = held_out or (cfg.data.source, "test")
+    floor = score_real_images(open_dataset(source, size, channels, split), num, extractor, ref)
+    label = extractor.fd_label
+    score = {
+        "num": num, "seed": SCORE_SEED, "reference": f"{cfg.data.source} (train)",
+        "held_out": f"{source} ({split or 'all'})",
+        "sampler": {k: list(v) if isinstance(v, tuple) else v
+                    for k, v in sampler.kwargs().items()},
+        "weights": model.weights,
+        "fd_label": label,
+        "model": {"class_accuracy": model_scores["class_accuracy"], "fd": model_scores[label]},
+        "real_test_images": {"class_accuracy": floor["class_accuracy"], "fd": floor[label]},
+    }  # fmt: skip
+    atomic_write_text(Path(cfg.run.out) / SCORE_FILE, json.dumps(score, indent=2) + "\n")
+    return score
+
+
+def score_lines(score: dict) -> str:
+    m, f = score["model"], score["real_test_images"]
+    return (
+        f"score ({score['num']} samples against the training set):\n"
+        f"  class accuracy  {m['class_accuracy']:6.1%}   (real test images: "
+        f"{f['class_accuracy']:.1%})\n"
+        f"  {score['fd_label']:<15} {m['fd']:6.2f}   (real test images: {f['fd']:.2f}; lower is "
+        "better)"
+    )

@@ -310,10 +310,10 @@ def run_grid(
     cells = build({size: str(found.folder) for size, found in data.items()})
     cached = out / REFERENCE_NAME
     if cached.is_file():
-        real, floor = RealReference.load(cached, extractor.name)
+        real, floor = RealReference.load(cached, extractor.stats_name)
     else:
         real, floor = reference(data, extractor)
-        real.save(cached, extractor.name, floor)
+        real.save(cached, extractor.stats_name, floor)
     floors = ", ".join(f"{k} {v:.1f}" for k, v in floor.items())
     say(f"real reference: {real.count} images" + (f"; FD floor {floors}" if floors else ""))
     measure = config.measure(score_size)

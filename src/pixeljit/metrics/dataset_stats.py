@@ -76,9 +76,10 @@ class DatasetStats:
                 f"{source} has {self.dim}-d statistics but extractor {extractor.name!r} gives "
                 f"{extractor.dim}-d features: use the extractor the statistics were computed with"
             )
-        if self.extractor is not None and self.extractor != extractor.name:
+        if self.extractor is not None and self.extractor != extractor.stats_name:
             raise ValueError(
-                f"{source} was computed with extractor {self.extractor!r}, not {extractor.name!r}"
+                f"{source} was computed with extractor {self.extractor!r}, not "
+                f"{extractor.stats_name!r}: compute it again with `pixeljit eval --make-ref`"
             )
 
 
@@ -214,7 +215,7 @@ def compute_dataset_stats(
         raise ValueError(f"data-set statistics need at least 2 images, got {stats.count}")
     mu, sigma = stats.mu_sigma()
     features = bank.all_gather(extractor.device).cpu().numpy() if bank is not None else None
-    return DatasetStats(mu, sigma, stats.count, extractor.name, features)
+    return DatasetStats(mu, sigma, stats.count, extractor.stats_name, features)
 
 
 def cached_dataset_stats(

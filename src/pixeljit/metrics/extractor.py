@@ -31,7 +31,9 @@ class FeatureExtractor(ABC):
     """A frozen network that embeds uint8 images.
 
     Attributes:
-        name: short identifier stored next to data-set statistics (guards against mixing).
+        name: short identifier (the `--extractor` choice).
+        revision: '' until the extractor's features change (e.g. a new resize rule); then a tag
+            that `stats_name` adds, so statistics made before are refused instead of mixed.
         fd_label: how its Fréchet distance is reported ("FID" only for the standard Inception).
         dim: feature width.
         num_classes: width of `logits`, 0 when the extractor has no classifier head.
@@ -39,10 +41,16 @@ class FeatureExtractor(ABC):
     """
 
     name: str
+    revision: str = ""
     fd_label: str
     dim: int
     num_classes: int = 0
     device: torch.device = torch.device("cpu")
+
+    @property
+    def stats_name(self) -> str:
+        """The identifier stored next to data-set statistics (guards against mixing)."""
+        return f"{self.name}@{self.revision}" if self.revision else self.name
 
     @abstractmethod
     def extract(self, images: torch.Tensor) -> Extracted:
@@ -89,11 +97,19 @@ def to_grey(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(dim=1, keepdim=True)
 
 
-def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize float (N, C, H, W) to (N, C, size, size): bilinear when enlarging, area (box)
-    averaging when shrinking, so integer down-scales of block-upsampled images are exact."""
+def resize_square(x: torch.Tensor, size: int, shrink: str = "area") -> torch.Tensor:
+    """Resize float (N, C, H, W) pixels in [0, 255] to (N, C, size, size): bilinear when
+    enlarging; when shrinking, `shrink` 'area' (box averaging, so integer down-scales of
+    block-upsampled images are exact) or 'bicubic' (antialiased, clamped to [0, 255]: the inverse
+    of a bicubic enlargement such as `prepare`'s 28 → 32 px Fashion-MNIST)."""
     if x.shape[-2:] == (size, size):
         return x
     if x.shape[-1] >= size and x.shape[-2] >= size:
+        if shrink == "bicubic":
+            out = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True,
+                                align_corners=False)  # fmt: skip
+            return out.clamp(0.0, 255.0)
+        if shrink != "area":
+            raise ValueError(f"shrink must be 'area' or 'bicubic', got {shrink!r}")
         return F.interpolate(x, size=(size, size), mode="area")
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

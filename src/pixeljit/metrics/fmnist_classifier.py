@@ -189,10 +189,14 @@ def load_classifier(path: str | os.PathLike | None = None) -> FMNISTNet:
 class FMNISTExtractor(FeatureExtractor):
     """Penultimate features (128-d) and 10-way logits of the Fashion-MNIST classifier.
 
-    Accepts grey or RGB (reduced to grey with BT.601 weights) at any size (resized to 28×28).
+    Accepts grey or RGB (reduced to grey with BT.601 weights) at any size (resized to 28×28;
+    larger images shrink bicubically, antialiased: the inverse of how `prepare` enlarges the
+    28-px originals. Box averaging, used before revision 'bicubic', left the real 32-px test
+    images 82.5 % classified right against 90.5 % now and 92.4 % at 28 px, first 2000 images).
     """
 
     name = "fmnist-cnn"
+    revision = "bicubic"
     fd_label = "FD-FMNIST"
     dim = FEATURE_DIM
     num_classes = FMNIST_CLASSES
@@ -206,7 +210,7 @@ class FMNISTExtractor(FeatureExtractor):
     @torch.inference_mode()
     def extract(self, images: torch.Tensor) -> Extracted:
         x = to_grey(check_uint8_images(images).to(self.device).float())  # (N, 1, H, W)
-        x = resize_square(x, FMNIST_SIZE)  # (N, 1, 28, 28)
+        x = resize_square(x, FMNIST_SIZE, shrink="bicubic")  # (N, 1, 28, 28)
         feats = self.net.features(x)  # (N, 128)
         return Extracted(features=feats.float(), logits=self.net.fc(feats).float())
 
