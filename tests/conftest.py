@@ -14,7 +14,8 @@ import torch
 import pixeljit
 from pixeljit.data import prepare
 from pixeljit.model import JiTConfig
-from pixeljit.training.config import TrainConfig, apply_overrides, get_preset
+from pixeljit.training.config import TrainConfig, apply_overrides
+from pixeljit.training.presets import get_preset
 
 # The tests run tiny tensors, where intra-op threads only add overhead, and on a loaded 2-core
 # machine they spin against each other (measured: one test 90 s with 2 threads, 2 s with 1).

@@ -20,12 +20,12 @@ from pixeljit.training.config import (
     COMPILE_AUTO,
     RunConfig,
     apply_overrides,
-    get_preset,
     parse_set,
     resolve_compile,
     to_dict,
 )
 from pixeljit.training.optimizer import adamw_kind, build_adamw, use_fused
+from pixeljit.training.presets import get_preset
 from pixeljit.training.resume import check_resume
 
 TINY = dict(image_size=16, patch_size=4, in_channels=3, hidden_size=32, depth=3, num_heads=2,

@@ -9,12 +9,12 @@ from pixeljit.cli.train import build_config
 from pixeljit.training.config import (
     apply_overrides,
     from_dict,
-    get_preset,
     load_yaml,
     parse_set,
     save_yaml,
     to_dict,
 )
+from pixeljit.training.presets import get_preset
 
 
 def test_set_values_are_typed():

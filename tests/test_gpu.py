@@ -28,9 +28,9 @@ from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss
 from pixeljit.diffusion.sampler import noise_from_seeds, sample, sample_seeds
 from pixeljit.files.images import to_uint8
 from pixeljit.model import JiTConfig
-from pixeljit.training.config import get_preset
 from pixeljit.training.ema import EMA
 from pixeljit.training.loop import train
+from pixeljit.training.presets import get_preset
 
 pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::UserWarning")]
 # cuBLAS needs this before its first handle for deterministic products (the resume test)

@@ -15,7 +15,7 @@ import torch
 import pixeljit
 from conftest import REPO_ROOT
 from pixeljit.cli.demo import demo_config
-from pixeljit.training.config import get_preset, presets
+from pixeljit.training.presets import get_preset, presets
 
 # Tab. 9: depth, hidden size, heads, bottleneck, dropout, in-context start block; SwiGLU hidden
 # int(4·D·2/3) as listed in paper_facts §5e; dropout on blocks depth/4 ≤ i < 3·depth/4 (H, G)

@@ -13,9 +13,10 @@ from torch import nn
 
 from conftest import tiny_run
 from pixeljit.checkpoints.run import load_checkpoint
-from pixeljit.training.config import apply_overrides, get_preset, to_dict
+from pixeljit.training.config import apply_overrides, to_dict
 from pixeljit.training.ema import EMA, warmup_decay
 from pixeljit.training.loop import learning_rate, train
+from pixeljit.training.presets import get_preset
 from pixeljit.training.resume import check_resume
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -14,8 +14,9 @@ import pixeljit
 from conftest import tiny_run, torchrun
 from pixeljit.checkpoints.run import load_checkpoint
 from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss
-from pixeljit.training.config import apply_overrides, get_preset
+from pixeljit.training.config import apply_overrides
 from pixeljit.training.loop import learning_rate, train
+from pixeljit.training.presets import get_preset
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

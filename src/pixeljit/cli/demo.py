@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
 def demo_config(out: str, steps: int | None, device: str):
     import torch
 
-    from pixeljit.training.config import apply_overrides, get_preset
+    from pixeljit.training.config import apply_overrides
+    from pixeljit.training.presets import get_preset
 
     gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     overrides = {"run.out": out, "run.device": device, "sample.per_class": 8,

@@ -11,14 +11,8 @@ the folder --resume names (never in the `run.out` saved inside the checkpoint).
 
 from __future__ import annotations
 
-from pixeljit.training.config import (
-    apply_overrides,
-    from_dict,
-    get_preset,
-    load_yaml,
-    parse_set,
-    presets,
-)
+from pixeljit.training.config import apply_overrides, from_dict, load_yaml, parse_set
+from pixeljit.training.presets import get_preset, presets
 
 
 def add_parser(sub) -> None:

@@ -43,7 +43,8 @@ from pixeljit.experiments.evidence import (
     write_json,
 )
 from pixeljit.metrics.extractor import FeatureExtractor
-from pixeljit.training.config import TrainConfig, apply_overrides, get_preset
+from pixeljit.training.config import TrainConfig, apply_overrides
+from pixeljit.training.presets import get_preset
 
 PRESET = "emoji-cpu"
 CELLS_FOLDER = "cells"
