@@ -31,7 +31,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from pixeljit.diffusion import sampler as sampler_module
+from pixeljit.diffusion import execution
 from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss
 from pixeljit.diffusion.sampler import sample
 from pixeljit.files.atomic import atomic_write_text
@@ -329,7 +329,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sample-modes",
         nargs="+",
         default=["eager", "reduce-overhead"],
-        choices=["eager", *sampler_module.COMPILE_MODES],
+        choices=["eager", *execution.COMPILE_MODES],
     )
     p.add_argument("--steps", type=int, default=20, help="timed training steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
@@ -375,7 +375,7 @@ def plan(args: argparse.Namespace) -> tuple[SimpleNamespace, dict, tuple, list[d
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ctx, models, (sample_name, sample_cfg), samplers = plan(args)
-    sampler_module._COMPILE_BACKEND = ctx.backend
+    execution._COMPILE_BACKEND = ctx.backend
     if ctx.device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts, as `sample` does
     out = Path(args.out)

@@ -24,8 +24,9 @@ from pixeljit.checkpoints.load import load_trained
 from pixeljit.checkpoints.run import load_checkpoint
 from pixeljit.cli import main
 from pixeljit.data import pack_arrays
+from pixeljit.diffusion.noise import noise_from_seeds, sample_seeds
 from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss
-from pixeljit.diffusion.sampler import noise_from_seeds, sample, sample_seeds
+from pixeljit.diffusion.sampler import sample
 from pixeljit.files.images import to_uint8
 from pixeljit.model import JiTConfig
 from pixeljit.training.ema import EMA

@@ -9,14 +9,10 @@ import torch
 
 import pixeljit
 from pixeljit.cli import build_parser
-from pixeljit.diffusion import sampler as sampler_module
-from pixeljit.diffusion.sampler import (
-    default_amp_dtype,
-    noise_from_seeds,
-    sample,
-    sample_seeds,
-    tf32_matmuls,
-)
+from pixeljit.diffusion import execution
+from pixeljit.diffusion.execution import default_amp_dtype, tf32_matmuls
+from pixeljit.diffusion.noise import noise_from_seeds, sample_seeds
+from pixeljit.diffusion.sampler import sample
 from pixeljit.model import JiTConfig
 
 TINY = JiTConfig(image_size=16, patch_size=4, hidden_size=32, depth=2, num_heads=2,
@@ -63,7 +59,7 @@ def recording_backend(compiled: list[tuple[int, ...]]):
 def test_compiled_sampling_equals_eager_and_compiles_once_per_batch_shape(tiny_net, monkeypatch):
     torch._dynamo.reset()
     graphs: list = []
-    monkeypatch.setattr(sampler_module, "_COMPILE_BACKEND", recording_backend(graphs))
+    monkeypatch.setattr(execution, "_COMPILE_BACKEND", recording_backend(graphs))
     labels = [0, 1, 2]
     kwargs = dict(steps=6, method="heun", cfg=2.0, interval=(0.3, 1.0), seed=3)
     eager = sample(tiny_net, labels, **kwargs)

@@ -13,8 +13,9 @@ from torch import nn
 import pixeljit
 from conftest import PARITY_REL_ERR, rel_err
 from pixeljit.diffusion.guidance import GuidedField, guidance_mask
+from pixeljit.diffusion.noise import noise_from_seeds, sample_seeds
 from pixeljit.diffusion.objective import PREDICTIONS, convert
-from pixeljit.diffusion.sampler import noise_from_seeds, sample, sample_seeds
+from pixeljit.diffusion.sampler import sample
 from pixeljit.diffusion.solvers import dpmpp_2m, euler, evaluations, heun, time_grid
 
 F64 = torch.float64

@@ -187,7 +187,7 @@ def _inputs(args) -> list[Path]:
 
 
 def _amp(name: str, device) -> torch.dtype | None:
-    from pixeljit.diffusion.sampler import default_amp_dtype
+    from pixeljit.diffusion.execution import default_amp_dtype
 
     return default_amp_dtype(device) if name == AUTO_AMP else AMP[name]
 

@@ -24,7 +24,8 @@ from pixeljit.cli.checks import (
     check_seed,
 )
 from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
-from pixeljit.diffusion.sampler import check_finite, default_amp_dtype, sample, tf32_matmuls
+from pixeljit.diffusion.execution import default_amp_dtype, tf32_matmuls
+from pixeljit.diffusion.sampler import check_finite, sample
 from pixeljit.files.images import MAX_GRID_PIXELS, save_grid, save_npz, save_pngs, to_uint8
 from pixeljit.training.distributed import resolve_device
 

@@ -10,7 +10,6 @@ sampling state z stays float32 whatever `amp_dtype` the network runs in.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -19,13 +18,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pixeljit.diffusion.execution import (
+    AUTOCAST_DTYPES,
+    NetDenoiser,
+    check_compile_mode,
+    compiled_network,
+)
 from pixeljit.diffusion.guidance import GuidedField, check_interval
+from pixeljit.diffusion.noise import noise_from_seeds, sample_seeds
 from pixeljit.diffusion.objective import (
     DEFAULT_T_MIN,
     PRECONDITIONERS,
     PREDICTIONS,
     default_noise_scale,
-    precondition,
 )
 from pixeljit.diffusion.solvers import (
     DEFAULT_SHIFT,
@@ -35,7 +40,6 @@ from pixeljit.diffusion.solvers import (
     solve,
     time_grid,
 )
-from pixeljit.rng import derive_seed
 
 Tensor = torch.Tensor
 
@@ -121,92 +125,7 @@ def check_finite(images: Tensor, start: int = 0, knobs: str = "cfg / noise_scale
         )
 
 
-# ------------------------------------------------------------------------------------ noise
-
-
-def sample_seeds(seed: int, count: int, start: int = 0) -> list[int]:
-    """Per-sample seeds for samples start … start + count − 1 of a run with base `seed`
-    (hashed with numpy's SeedSequence, so nearby seeds and indices don't collide)."""
-    return [derive_seed(seed, index) for index in range(start, start + count)]
-
-
-def noise_from_seeds(
-    seeds: Sequence[int],
-    shape: tuple[int, ...],
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """(len(seeds), *shape) standard normal noise drawn on `device`, row i from its own
-    generator seeded with seeds[i]: the same seed gives the same row whatever the batch split.
-
-    The draw is float32 on the device's own generator (mt19937 on the CPU, Philox on CUDA), so
-    a seed gives the same noise on every CPU and on every CUDA device, but CPU and CUDA noise
-    differ (draw on the CPU and pass `noise=` to `sample` for images that match across them).
-    """
-    device = torch.device(device if device is not None else "cpu")
-    out = torch.empty((len(seeds), *shape), device=device, dtype=torch.float32)
-    gen = torch.Generator(device=device)
-    for row, s in zip(out, seeds, strict=True):  # one small launch per row, no host sync
-        gen.manual_seed(s)
-        torch.randn(shape, generator=gen, out=row)
-    return out.to(dtype)
-
-
 # ----------------------------------------------------------------------------------- sample
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-_COMPILE_BACKEND = "inductor"  # the tests swap in "eager" (no C++/Triton build on CI)
-_COMPILED_ATTR = "_pixeljit_compiled"  # net.__dict__ entry: {(mode, backend): compiled net}
-
-
-def check_compile_mode(mode: str | None) -> None:
-    if mode is not None and mode not in COMPILE_MODES:
-        raise ValueError(
-            f"compile_mode must be None (eager) or one of {COMPILE_MODES}, got {mode!r}"
-        )
-
-
-def compiled_network(net, mode: str):
-    """`torch.compile(net, mode=mode, dynamic=False)`, built once per (net, mode) and kept in the
-    net's `__dict__` (not a submodule: its state_dict is unchanged) for later `sample` calls;
-    dynamo compiles each batch shape it meets once (N and 2N). The net itself stays eager."""
-    check_compile_mode(mode)
-    cache = getattr(net, "__dict__", {}).setdefault(_COMPILED_ATTR, {})
-    key = (mode, _COMPILE_BACKEND)
-    if key not in cache:
-        options = {"mode": mode} if _COMPILE_BACKEND == "inductor" else {}  # modes: inductor's
-        cache[key] = torch.compile(net, dynamic=False, backend=_COMPILE_BACKEND, **options)
-    return cache[key]
-
-
-class _NetDenoiser:
-    """net(z, t, y) with the pre-conditioner and optional autocast; float output in z's dtype.
-
-    A compiled network (CUDA graphs under "reduce-overhead") writes its outputs into memory the
-    next replay reuses: each call marks a new step and copies the output out of it.
-    """
-
-    def __init__(self, net, preconditioner: str, noise_scale: float, amp_dtype, compiled=False):
-        self.net, self.preconditioner = net, preconditioner
-        self.noise_scale, self.amp_dtype = noise_scale, amp_dtype
-        self.compiled = compiled
-
-    def __call__(self, z: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        if self.compiled:
-            torch.compiler.cudagraph_mark_step_begin()
-        if self.amp_dtype is None:
-            out = self.net(z, t, y)
-        else:
-            with torch.autocast(device_type=z.device.type, dtype=self.amp_dtype):
-                out = self.net(z, t, y)
-        if self.compiled and out.dtype == z.dtype:  # (a cast copies already)
-            out = out.clone()
-        out = out.to(z.dtype)
-        return precondition(out, z, t, self.preconditioner, self.noise_scale)
-
-
-AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)  # what amp_dtype may name
 
 
 def _device_of(net, labels, noise, device) -> torch.device:
@@ -283,27 +202,6 @@ def check_seed(seed: int | None, first_index: int = 0) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_SEED:
             raise ValueError(f"{name} must be an integer in [0, 2**63), got {value!r}")
-
-
-def default_amp_dtype(device: torch.device | str) -> torch.dtype | None:
-    """The network's precision when none is asked for: bf16 autocast on CUDA (the authors
-    sample in bf16; the sampling state stays float32), float32 elsewhere."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else None
-
-
-@contextlib.contextmanager
-def tf32_matmuls(device: torch.device | str):
-    """Within the block, on CUDA, float32 matrix products may use TF32 (the parts that autocast
-    leaves in float32, or the whole network with no autocast); the setting is restored after."""
-    if torch.device(device).type != "cuda":
-        yield
-        return
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
 
 
 @torch.no_grad()
@@ -394,7 +292,7 @@ def sample(
 
     runner = net if compile_mode is None else compiled_network(net, compile_mode)
     compiled = compile_mode is not None
-    denoiser = _NetDenoiser(runner, preconditioner, noise_scale, amp_dtype, compiled)
+    denoiser = NetDenoiser(runner, preconditioner, noise_scale, amp_dtype, compiled)
     field = GuidedField(
         denoiser,
         y,
