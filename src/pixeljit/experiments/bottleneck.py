@@ -9,7 +9,6 @@ on none. Everything else is `table2`'s bottlenecked cell.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from pixeljit.experiments import grid
 from pixeljit.experiments.evidence import Cell
 from pixeljit.experiments.grid import GridConfig, check_distinct
 from pixeljit.experiments.sweep_report import Layout
-from pixeljit.metrics.extractor import FeatureExtractor
 
 EXPERIMENT = "bottleneck"
 NAMES = {"x": "x", "eps": "ε", "v": "v"}
@@ -53,33 +51,14 @@ def dim_text(dim: int | None) -> str:
 
 
 def build_cells(config: BottleneckConfig, out: Path, sources: dict[int, str]) -> list[Cell]:
-    cells = []
-    for seed in config.seeds:
-        for dim in config.dims:
-            name = f"bottleneck{dim_text(dim)}-seed{seed}"
-            cells.append(grid.make_cell(
-                config, out, name, size=config.size, patch=config.patch,
-                prediction=config.prediction, loss=config.loss, seed=seed,
-                source=sources[config.size], bottleneck_dim=dim, labels={"bottleneck_dim": dim},
-            ))  # fmt: skip
-    return cells
+    points = [
+        (f"bottleneck{dim_text(d)}", config.prediction, {"bottleneck_dim": d}) for d in config.dims
+    ]
+    return grid.one_setting_cells(config, out, sources, points)
 
 
-def run_bottleneck(
-    config: BottleneckConfig,
-    out: str | Path,
-    extractor: FeatureExtractor | None = None,
-    progress: Callable[[str], None] | None = None,
-    train_fn: Callable | None = None,
-) -> dict:
-    """Run (or resume) every cell; returns the report dict written as bottleneck.json."""
-    out = Path(out)
-    return grid.run_grid(
-        EXPERIMENT, config, out, (config.size,),
-        lambda sources: build_cells(config, out, sources),
-        lambda data, ext: grid.real_reference(config, data, ext, config.size),
-        extractor, progress, train_fn,
-    )  # fmt: skip
+# (config, out, extractor=None, progress=None, train_fn=None) → bottleneck.json's dict
+run_bottleneck = grid.GridExperiment(EXPERIMENT, build_cells).run
 
 
 def layout(report: dict) -> Layout:

@@ -10,9 +10,12 @@ images of each model size, the real images' reference, and the loop over the cel
   in-context tokens, SwiGLU + RMSNorm) and the cell's prediction, loss, noise scale, μ.
 - `check_results_folder`: a folder holds one grid; the same config resumes, another is refused,
   and a non-empty folder without the grid's config file is not taken over.
+- `make_cell` / `one_setting_cells`: a grid's cells, each labelled with what every report shows.
 - `run_grid`: extractor first (a missing package fails before anything is written), then the
   folder check, the data, the real reference (computed once, kept as real-reference.npz), and
   every cell through `evidence.run_cell` (finished cells are kept, unfinished ones resume).
+- `GridExperiment`: an experiment as `run_grid` needs it (sizes, cells, reference, scoring
+  size, each a function of its config); its `run` is the experiment's `run_<name>`.
 """
 
 from __future__ import annotations
@@ -176,29 +179,42 @@ def baseline_config(
 
 
 def make_cell(
-    config: GridConfig,
-    out: Path,
-    name: str,
-    *,
-    size: int,
-    patch: int,
-    prediction: str,
-    loss: str,
-    seed: int,
-    source: str,
-    labels: dict | None = None,
-    **network_or_objective,
+    config: GridConfig, out: Path, name: str, *, labels: dict | None = None, **training
 ) -> Cell:
-    """One cell `name` of a grid in `out`: its `baseline_config` (`network_or_objective`:
-    noise_scale / p_mean / bottleneck_dim) and the labels every grid reports (size, patch, patch
-    dimension, prediction, loss, seed), plus the grid's own `labels`."""
-    cfg = baseline_config(
-        config, out / CELLS_FOLDER / name, size=size, patch=patch, prediction=prediction,
-        loss=loss, seed=seed, source=source, **network_or_objective,
-    )  # fmt: skip
+    """One cell `name` of a grid in `out`: its `baseline_config` (`training`: that function's
+    keywords: size, patch, prediction, loss, seed, source and any of noise_scale / p_mean /
+    bottleneck_dim) and the labels every grid reports (size, patch, patch dimension,
+    prediction, loss, seed, as that config holds them), plus the grid's own `labels`."""
+    cfg = baseline_config(config, out / CELLS_FOLDER / name, **training)
+    size, patch = cfg.model.image_size, cfg.model.patch_size
     common = {"image_size": size, "patch_size": patch, "patch_dim": patch * patch * CHANNELS,
-              "prediction": prediction, "loss": loss, "seed": seed}  # fmt: skip
+              "prediction": cfg.objective.prediction, "loss": cfg.objective.loss,
+              "seed": cfg.run.seed}  # fmt: skip
     return Cell(name, cfg, (labels or {}) | common)
+
+
+def one_setting_cells(
+    config: GridConfig, out: Path, sources: dict[int, str], points: list[tuple[str, str, dict]]
+) -> list[Cell]:
+    """The cells of a grid at one setting (`config.size` px, patch `config.patch`, `config.loss`):
+    for every seed, one cell per point (name, prediction, axis), named NAME-seedSEED, the axis
+    (e.g. {"p_mean": -0.8}) being both `baseline_config` keywords and the cell's own labels."""
+    setting = {"size": config.size, "patch": config.patch, "loss": config.loss,
+               "source": sources[config.size]}  # fmt: skip
+    return [
+        make_cell(
+            config,
+            out,
+            f"{name}-seed{seed}",
+            prediction=prediction,
+            seed=seed,
+            labels=axis,
+            **setting,
+            **axis,
+        )  # fmt: skip
+        for seed in config.seeds
+        for name, prediction, axis in points
+    ]
 
 
 def packed_data(config: GridConfig, sizes, out: Path) -> dict[int, PackedDataset]:
@@ -342,3 +358,47 @@ def run_grid(
         "this_run_s": time.perf_counter() - start,
         "total_cell_s": sum(r["train_s"] + r["sample_s"] + r["score_s"] for r in results),
     }
+
+
+def one_size(config) -> tuple[int, ...]:
+    """The images of a one-setting grid: `config.size` px."""
+    return (config.size,)
+
+
+def one_size_reference(
+    config, data: dict[int, PackedDataset], extractor: FeatureExtractor
+) -> tuple[RealReference, dict[str, float]]:
+    """The real reference of a one-setting grid: its `config.size`-px images, no floors."""
+    return real_reference(config, data, extractor, config.size)
+
+
+@dataclass(frozen=True)
+class GridExperiment:
+    """One grid for `run_grid`, each part a function of the experiment's config: the image sizes
+    it packs, its cells (`build(config, out, sources)`, sources: size → packed folder), its
+    real reference and floors, and the size samples are resized to before the FD (None: their
+    own). The defaults are those of a grid at one setting (`config.size` px)."""
+
+    name: str
+    build: Callable[[GridConfig, Path, dict[int, str]], list[Cell]]
+    sizes: Callable[[GridConfig], typing.Sequence[int]] = one_size
+    reference: Callable[..., tuple[RealReference, dict[str, float]]] = one_size_reference
+    score_size: Callable[[GridConfig], int] | None = None
+
+    def run(
+        self,
+        config: GridConfig,
+        out: str | Path,
+        extractor: FeatureExtractor | None = None,
+        progress: Callable[[str], None] | None = None,
+        train_fn: Callable | None = None,
+    ) -> dict:
+        """Run (or resume) every cell; returns the report dict written as NAME.json."""
+        out = Path(out)
+        score_size = None if self.score_size is None else self.score_size(config)
+        return run_grid(
+            self.name, config, out, self.sizes(config),
+            lambda sources: self.build(config, out, sources),
+            lambda data, found: self.reference(config, data, found),
+            extractor, progress, train_fn, score_size,
+        )  # fmt: skip

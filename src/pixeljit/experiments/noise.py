@@ -11,7 +11,6 @@ at every μ, ε and v fail at every μ; for x-prediction μ = −0.8 is best.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from pixeljit.experiments import grid
 from pixeljit.experiments.evidence import Cell
 from pixeljit.experiments.grid import GridConfig, check_distinct
 from pixeljit.experiments.sweep_report import Layout
-from pixeljit.metrics.extractor import FeatureExtractor
 
 EXPERIMENT = "noise"
 NAMES = {"x": "x", "eps": "ε", "v": "v"}
@@ -51,34 +49,16 @@ class NoiseConfig(GridConfig):
 
 
 def build_cells(config: NoiseConfig, out: Path, sources: dict[int, str]) -> list[Cell]:
-    cells = []
-    for seed in config.seeds:
-        for mu in config.p_means:
-            for prediction in config.predictions:
-                name = f"mu{mu:+g}-{prediction}pred-seed{seed}"
-                cells.append(grid.make_cell(
-                    config, out, name, size=config.size, patch=config.patch,
-                    prediction=prediction, loss=config.loss, seed=seed,
-                    source=sources[config.size], p_mean=float(mu), labels={"p_mean": float(mu)},
-                ))  # fmt: skip
-    return cells
+    points = [
+        (f"mu{mu:+g}-{prediction}pred", prediction, {"p_mean": float(mu)})
+        for mu in config.p_means
+        for prediction in config.predictions
+    ]
+    return grid.one_setting_cells(config, out, sources, points)
 
 
-def run_noise(
-    config: NoiseConfig,
-    out: str | Path,
-    extractor: FeatureExtractor | None = None,
-    progress: Callable[[str], None] | None = None,
-    train_fn: Callable | None = None,
-) -> dict:
-    """Run (or resume) every cell; returns the report dict written as noise.json."""
-    out = Path(out)
-    return grid.run_grid(
-        EXPERIMENT, config, out, (config.size,),
-        lambda sources: build_cells(config, out, sources),
-        lambda data, ext: grid.real_reference(config, data, ext, config.size),
-        extractor, progress, train_fn,
-    )  # fmt: skip
+# (config, out, extractor=None, progress=None, train_fn=None) → noise.json's dict
+run_noise = grid.GridExperiment(EXPERIMENT, build_cells).run
 
 
 def layout(report: dict) -> Layout:

@@ -17,13 +17,13 @@ measured at each model's own size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pixeljit.data.packed import PackedDataset
 from pixeljit.diffusion.objective import LOSS_SPACES, PREDICTIONS
 from pixeljit.experiments import grid
-from pixeljit.experiments.evidence import Cell
+from pixeljit.experiments.evidence import Cell, RealReference
 from pixeljit.experiments.grid import GridConfig, check_distinct
 from pixeljit.experiments.sweep_report import Layout
 from pixeljit.metrics.extractor import FeatureExtractor
@@ -100,22 +100,27 @@ def build_cells(config: ResolutionConfig, out: Path, sources: dict[int, str]) ->
     return cells
 
 
-def run_resolution(
-    config: ResolutionConfig,
-    out: str | Path,
-    extractor: FeatureExtractor | None = None,
-    progress: Callable[[str], None] | None = None,
-    train_fn: Callable | None = None,
-) -> dict:
-    """Run (or resume) every cell; returns the report dict written as resolution.json."""
-    out = Path(out)
-    common = max(config.sizes)
-    return grid.run_grid(
-        EXPERIMENT, config, out, config.sizes,
-        lambda sources: build_cells(config, out, sources),
-        lambda data, ext: grid.real_reference(config, data, ext, common, config.sizes, common),
-        extractor, progress, train_fn, score_size=common,
-    )  # fmt: skip
+def common_size(config: ResolutionConfig) -> int:
+    """Every sample set, and the real images of every size, are scored at the largest size."""
+    return max(config.sizes)
+
+
+def real_reference(
+    config: ResolutionConfig, data: dict[int, PackedDataset], extractor: FeatureExtractor
+) -> tuple[RealReference, dict[str, float]]:
+    """The real images of the largest size as the reference, and each size's floor."""
+    common = common_size(config)
+    return grid.real_reference(config, data, extractor, common, config.sizes, common)
+
+
+# (config, out, extractor=None, progress=None, train_fn=None) → resolution.json's dict
+run_resolution = grid.GridExperiment(
+    EXPERIMENT,
+    build_cells,
+    sizes=lambda config: config.sizes,
+    reference=real_reference,
+    score_size=common_size,
+).run
 
 
 def layout(report: dict) -> Layout:

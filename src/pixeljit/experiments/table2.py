@@ -9,12 +9,11 @@ grid in two settings of the same images:
   (default 16 px, patch 2: 12-d).
 Every cell trains through `pixeljit.training.loop.train` (preset `emoji-cpu` + overrides) with
 the same seed and steps; the noise scale of each setting is the project's rule image_size/256
-(`ObjectiveConfig.noise_scale=None`). The grid runs through `grid.run_grid`.
+(`ObjectiveConfig.noise_scale=None`). The grid runs through `grid.GridExperiment`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,9 +87,14 @@ def build_cells(config: Table2Config, out: Path, data: dict[str, str]) -> list[C
     return cells
 
 
+def setting_sizes(config: Table2Config) -> list[int]:
+    """Both settings' image sizes (each packed, whichever settings the grid runs)."""
+    return [config.size_patch(s)[0] for s in SETTINGS]
+
+
 def setting_data(config: Table2Config, out: Path) -> dict[int, PackedDataset]:
     """The packed images of both settings' sizes (see `grid.packed_data`)."""
-    return grid.packed_data(config, [config.size_patch(s)[0] for s in SETTINGS], out)
+    return grid.packed_data(config, setting_sizes(config), out)
 
 
 def real_reference(
@@ -105,22 +109,12 @@ def real_reference(
     return real, {s: floor[str(size)] for s, size in sizes.items()}
 
 
-def run_table2(
-    config: Table2Config,
-    out: str | Path,
-    extractor: FeatureExtractor | None = None,
-    progress: Callable[[str], None] | None = None,
-    train_fn: Callable | None = None,
-) -> dict:
-    """Run (or resume) every cell; returns the report dict written as table2.json."""
-    out = Path(out)
+def build_sized_cells(config: Table2Config, out: Path, sources: dict[int, str]) -> list[Cell]:
+    """`build_cells` given each size's packed images (`sources`: size → source)."""
+    return build_cells(config, out, {s: sources[config.size_patch(s)[0]] for s in SETTINGS})
 
-    def build(sources: dict[int, str]) -> list[Cell]:
-        by_setting = {s: sources[config.size_patch(s)[0]] for s in SETTINGS}
-        return build_cells(config, out, by_setting)
 
-    return grid.run_grid(
-        EXPERIMENT, config, out, [config.size_patch(s)[0] for s in SETTINGS], build,
-        lambda data, extractor: real_reference(config, data, extractor), extractor, progress,
-        train_fn,
-    )  # fmt: skip
+# (config, out, extractor=None, progress=None, train_fn=None) → table2.json's dict
+run_table2 = grid.GridExperiment(
+    EXPERIMENT, build_sized_cells, sizes=setting_sizes, reference=real_reference
+).run
