@@ -18,12 +18,9 @@ from pathlib import Path
 
 from pixeljit.experiments.evidence import GRID_NAME, write_json
 from pixeljit.experiments.grid import CELLS_FOLDER
+from pixeljit.experiments.grid_tables import MEASURES, MISSING, closing_lines, entry
 from pixeljit.files.atomic import atomic_write, atomic_write_text
 
-MEASURES = (
-    ("fd", "FD (lower is better)", "{:.1f}"),
-    ("hf_ratio", "HF energy ratio, samples / real (1 = like the data)", "{:.2f}"),
-)
 PANEL_INCHES = 2.0
 PLOT_DPI = 110
 
@@ -59,16 +56,7 @@ def collect(report: dict, layout: Layout, key: str) -> dict[tuple[str, object], 
     return found
 
 
-def _entry(values: list[float] | None, fmt: str) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
-
-
 def table_markdown(report: dict, layout: Layout) -> str:
-    config = report["config"]
     lines = []
     for key, title, fmt in MEASURES:
         values = collect(report, layout, key)
@@ -77,14 +65,14 @@ def table_markdown(report: dict, layout: Layout) -> str:
             lines.append(f"| {layout.x_label} | " + " | ".join(layout.series) + " |")
             lines.append("|---|" + "---|" * len(layout.series))
             for x in layout.xs:
-                row = [_entry(values.get((s, x)), fmt) for s in layout.series]
+                row = [entry(values.get((s, x)), fmt) for s in layout.series]
                 lines.append(f"| {layout.x_text(x)} | " + " | ".join(row) + " |")
         else:
             lines.append(f"| variant \\ {layout.x_label} | "
                          + " | ".join(layout.x_text(x) for x in layout.xs) + " |")  # fmt: skip
             lines.append("|---|" + "---|" * len(layout.xs))
             for s in layout.series:
-                row = [_entry(values.get((s, x)), fmt) for x in layout.xs]
+                row = [entry(values.get((s, x)), fmt) for x in layout.xs]
                 lines.append(f"| {s} | " + " | ".join(row) + " |")
             if key == "fd" and layout.floor:
                 row = [_floor_text(layout.floor.get(x)) for x in layout.xs]
@@ -92,20 +80,11 @@ def table_markdown(report: dict, layout: Layout) -> str:
         lines.append("")
     if layout.note:
         lines.append(layout.note + "\n")
-    seeds = len(config["seeds"])
-    lines.append(
-        f"{report['fd_label']} of {config['num_samples']} samples (Heun, "
-        f"{config['sampler_steps']} steps) against {report['real_count']} real images; "
-        f"{config['steps']} steps of batch {config['batch']}; "
-        + (f"mean ± std over {seeds} seeds." if seeds > 1 else "one seed.")
-    )
-    lines.append(f"Total cell time {report['total_cell_s']:.0f} s "
-                 f"(this invocation {report['this_run_s']:.0f} s).")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + closing_lines(report)) + "\n"
 
 
 def _floor_text(value: float | None) -> str:
-    return "—" if value is None else f"{max(value, 0.0):.1f}"
+    return MISSING if value is None else f"{max(value, 0.0):.1f}"
 
 
 def _pyplot():

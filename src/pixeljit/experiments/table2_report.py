@@ -4,20 +4,16 @@ table2_samples.png (the sample grid of every cell)."""
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 from pixeljit.experiments.evidence import GRID_NAME, write_json
+from pixeljit.experiments.grid_tables import MEASURES, closing_lines, entry
 from pixeljit.files.atomic import atomic_write, atomic_write_text
 
 JSON_NAME = "table2.json"
 MARKDOWN_NAME = "table2.md"
 FIGURE_NAME = "table2_samples.png"
 NAMES = {"x": "x", "eps": "ε", "v": "v"}
-MEASURES = (
-    ("fd", "FD (lower is better)", "{:.1f}"),
-    ("hf_ratio", "HF energy ratio, samples / real (1 = like the data)", "{:.2f}"),
-)
 SETTING_TITLES = {
     "bottlenecked": "(a) bottlenecked",
     "plain": "(b) not bottlenecked",
@@ -36,14 +32,6 @@ def cell_values(report: dict, setting: str, key: str) -> dict[tuple[str, str], l
         if labels["setting"] == setting:
             found.setdefault((labels["loss"], labels["prediction"]), []).append(cell[key])
     return found
-
-
-def _entry(values: list[float] | None, fmt: str) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
 def table_markdown(report: dict) -> str:
@@ -70,7 +58,7 @@ def table_markdown(report: dict) -> str:
                          + " |")  # fmt: skip
             lines.append("|---|" + "---|" * len(preds))
             for loss in losses:
-                row = [_entry(values.get((loss, p)), fmt) for p in preds]
+                row = [entry(values.get((loss, p)), fmt) for p in preds]
                 lines.append(f"| {NAMES[loss]}-loss | " + " | ".join(row) + " |")
             lines.append("")
         if floor is not None:
@@ -79,16 +67,7 @@ def table_markdown(report: dict) -> str:
                 f"{max(floor, 0.0):.1f}"
                 " (the floor of this setting).\n"
             )
-    seeds = len(config["seeds"])
-    lines.append(
-        f"{report['fd_label']} of {config['num_samples']} samples (Heun, "
-        f"{config['sampler_steps']} steps) against {report['real_count']} real images; "
-        f"{config['steps']} steps of batch {config['batch']}; "
-        + (f"mean ± std over {seeds} seeds." if seeds > 1 else "one seed.")
-    )
-    lines.append(f"Total cell time {report['total_cell_s']:.0f} s "
-                 f"(this invocation {report['this_run_s']:.0f} s).")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + closing_lines(report)) + "\n"
 
 
 def save_figure(report: dict, out: Path) -> Path:
