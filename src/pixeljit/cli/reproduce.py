@@ -23,14 +23,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pixeljit.experiments.toy import ToyConfig
 
-from pixeljit.cli.checks import check_device, check_int, check_output, check_seed
-from pixeljit.cli.reproduce_grid import GRID_EXPERIMENTS
+from pixeljit.cli.checks import check_int, check_output, check_seed
+from pixeljit.cli.reproduce_grid import (
+    GRID_EXPERIMENTS,
+    add_grid_flags,
+    check_grid_flags,
+    grid_config,
+    print_outputs,
+    run_and_report,
+)
 from pixeljit.cli.reproduce_nfe import _add_nfe
 
 DEFAULT_TOY_OUT = "runs/toy"
 MAX_TOY_DIM = 65_536  # the paper's toy goes to D = 512; 10⁸ tried to allocate 100 GB
 MAX_TOY_STEPS = 10_000_000
-DEFAULT_TABLE2_OUT = "runs/table2"
 
 
 def _add_toy(experiments) -> None:
@@ -127,18 +133,10 @@ def _run_toy(args) -> int:
     result = run_toy(config, progress=lambda line: print("  " + line, flush=True))
     rows = measure(result)
     paths = write_outputs(result, out, rows)
-    print()
-    print(table_markdown(rows), end="")
-    print(f"\ntotal {time.perf_counter() - start:.0f} s; wrote:")
-    for name, path in paths.items():
-        print(f"  {name:<7s} {path}")
-    return 0
+    return print_outputs(table_markdown(rows), start, paths)
 
 
 def _add_table2(experiments) -> None:
-    from pixeljit.experiments.table2 import QUICK_STEPS, Table2Config
-
-    defaults = Table2Config()
     p = experiments.add_parser(
         "table2",
         help="Tab. 2: nine prediction × loss pairs on emoji, bottlenecked vs not (CPU, ~1 h)",
@@ -149,88 +147,32 @@ def _add_table2(experiments) -> None:
             "finished cells are kept, unfinished ones continue from their checkpoint."
         ),
     )
-    p.add_argument(
-        "--out", default=DEFAULT_TABLE2_OUT, help=f"results folder (default {DEFAULT_TABLE2_OUT})"
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"CI-sized: {QUICK_STEPS} steps, few samples, a subset of the images",
-    )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="SEED",
-        help="training / sampling seeds (default 0)",
-    )
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help=f"training steps per cell (default {defaults.steps}, --quick {QUICK_STEPS})",
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="training and sampling device: auto | cpu | cuda | cuda:N (default auto)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (default 1: fastest for these small models on a shared CPU)",
-    )
+    add_grid_flags(p, "table2", gpu=False)  # no GPU settings: --device cuda runs the CPU grid
     p.set_defaults(experiment=_run_table2)
 
 
-def table2_config(quick: bool, seeds: list[int] | None, steps: int | None, device: str):
-    """The Table2Config of the command-line flags (explicit flags override --quick)."""
-    from pixeljit.experiments.table2 import Table2Config
-
-    overrides: dict = {"device": device}
-    if seeds is not None:
-        overrides["seeds"] = tuple(seeds)
-    if steps is not None:
-        overrides["steps"] = steps
-    return Table2Config.quick(**overrides) if quick else Table2Config(**overrides)
-
-
 def _run_table2(args) -> int:
-    import torch
-
-    from pixeljit.experiments.table2 import CONFIG_NAME, run_table2
+    from pixeljit.experiments.table2 import CONFIG_NAME, Table2Config, run_table2
     from pixeljit.experiments.table2_report import table_markdown, write_outputs
 
-    for seed in args.seeds or ():
-        check_seed("--seeds", seed)
-    check_int("--steps", args.steps, 1, MAX_TOY_STEPS + 1)
-    check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)
-    check_device("--device", args.device)
-    config = table2_config(args.quick, args.seeds, args.steps, args.device)
+    check_grid_flags(args)
+    config = grid_config(
+        Table2Config, args.quick, args.device, args.seeds, args.steps, {}, gpu=False
+    )
     out = check_output("--out", args.out, folder=True, overwrite=True)
     if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
         raise ValueError(
             f"--out {out} is not empty and holds no {CONFIG_NAME} of an earlier table2 run: "
             "choose a new or empty folder"
         )
-    torch.set_num_threads(args.threads)
     cells = len(config.settings) * len(config.seeds) * len(config.predictions) * len(config.losses)
-    print(f"pixeljit reproduce table2: {cells} cells, {config.steps} steps each, seeds "
-          f"{list(config.seeds)} → {out}", flush=True)  # fmt: skip
-    start = time.perf_counter()
-    try:
-        report = run_table2(config, out, progress=lambda line: print("  " + line, flush=True))
-    except ImportError as err:  # the EffNet packages (the `eval` extra)
-        raise RuntimeError(str(err)) from None
-    paths = write_outputs(report, out)
-    print()
-    print(table_markdown(report), end="")
-    print(f"\ntotal {time.perf_counter() - start:.0f} s; wrote:")
-    for name, path in paths.items():
-        print(f"  {name:<7s} {path}")
-    return 0
+    return run_and_report(
+        args.threads,
+        f"pixeljit reproduce table2: {cells} cells, {config.steps} steps each, seeds "
+        f"{list(config.seeds)} → {out}",
+        lambda progress: run_table2(config, out, progress=progress),
+        lambda report: (write_outputs(report, out), table_markdown(report)),
+    )
 
 
 EXPERIMENTS = {"toy": _add_toy, "table2": _add_table2, "nfe": _add_nfe}

@@ -2,11 +2,15 @@
 `pixeljit.experiments` (resolution transfer, Fig. 4, Tab. 3), with the flags they share
 (`--out --quick --seeds --steps --device --threads`) and one axis flag each. Registered in
 `reproduce.EXPERIMENTS` through GRID_EXPERIMENTS; see docs/evidence.md.
+
+`reproduce table2` (cli/reproduce.py) is a grid too and uses the same pieces: `add_grid_flags`,
+`check_grid_flags`, `grid_config`, `run_and_report`; `print_outputs` ends every reproduction.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -17,10 +21,17 @@ MAX_GRID_SIZE = 1024  # image sizes of the resolution grid (the paper's largest)
 MAX_BASE_SIZE = 4096
 MAX_BOTTLENECK = 65_536
 MAX_ABS_MU = 5.0  # logit-normal means beyond ±5 put every t at 0 or 1
+DEVICE_HELP = "training and sampling device: auto | cpu | cuda | cuda:N (default auto)"
+GPU_DEVICE_HELP = (
+    "auto | cpu | cuda | cuda:N (default auto); cuda also selects the larger GPU settings "
+    "(docs/evidence.md) unless --quick"
+)
+THREADS_HELP = "torch CPU threads (default 1: fastest for these small models on a shared CPU)"
 
 
-def _add_grid_flags(p, name: str) -> None:
-    """The flags every grid experiment shares (see `_run_grid`)."""
+def add_grid_flags(p, name: str, gpu: bool = True) -> None:
+    """The flags every image grid shares (checked by `check_grid_flags`); `gpu`: the grid has
+    GPU settings, which --device cuda selects (see `grid_config`)."""
     from pixeljit.experiments.grid import GPU_VALUES, QUICK_STEPS, GridConfig
 
     p.add_argument("--out", default=f"runs/{name}", help=f"results folder (default runs/{name})")
@@ -37,28 +48,40 @@ def _add_grid_flags(p, name: str) -> None:
         metavar="SEED",
         help="training / sampling seeds (default 0)",
     )
+    on_gpu = f", --device cuda {GPU_VALUES['steps']}" if gpu else ""
     p.add_argument(
         "--steps",
         type=int,
         default=None,
-        help=f"training steps per cell (default {GridConfig().steps}, --quick "
-        f"{QUICK_STEPS}, --device cuda {GPU_VALUES['steps']})",
+        help=f"training steps per cell (default {GridConfig().steps}, --quick {QUICK_STEPS}"
+        f"{on_gpu})",
     )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="auto | cpu | cuda | cuda:N (default auto); cuda also selects the larger "
-        "GPU settings (docs/evidence.md) unless --quick",
-    )
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: fastest for these small models on a "
-                   "shared CPU)")  # fmt: skip
+    p.add_argument("--device", default="auto", help=GPU_DEVICE_HELP if gpu else DEVICE_HELP)
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
 
 
-def _grid_parser(experiments, name: str, help: str, what: str):
+def check_grid_flags(args) -> None:
+    """The values of `add_grid_flags`' flags (--out is checked where it is used)."""
+    for seed in args.seeds or ():
+        check_seed("--seeds", seed)
+    check_int("--steps", args.steps, 1, MAX_STEPS + 1)
+    check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)
+    check_device("--device", args.device)
+
+
+def _checked(values: list | None, flag: str, check, low, high) -> tuple | None:
+    """An axis flag's values (None: not given), each passed to `check(flag, value, low, high)`."""
+    for value in values or ():
+        check(flag, value, low, high)
+    return None if values is None else tuple(values)
+
+
+def _add_grid(name: str, experiments) -> None:
+    """The sub-command of grid `name` (see GRIDS): the shared flags, then its axis flags."""
+    summary, what, add_axes, run = GRIDS[name]
     p = experiments.add_parser(
         name,
-        help=help,
+        help=summary,
         description=(
             f"{what} Every cell trains through the training engine, samples with Heun and "
             f"scores FD-EffNetLite0 and HF energy; writes {name}.json, {name}.md, "
@@ -66,20 +89,15 @@ def _grid_parser(experiments, name: str, help: str, what: str):
             "resumes: finished cells are kept, unfinished ones continue from their checkpoint."
         ),
     )
-    _add_grid_flags(p, name)
-    return p
+    add_grid_flags(p, name)
+    add_axes(p)
+    p.set_defaults(experiment=run)
 
 
-def _add_resolution(experiments) -> None:
+def _resolution_flags(p) -> None:
     from pixeljit.experiments.resolution import ResolutionConfig
 
     defaults = ResolutionConfig()
-    p = _grid_parser(
-        experiments, "resolution",
-        "resolution transfer: one network at 3 sizes, x- vs v-pred, noise scaled vs fixed",
-        "The same network (one token grid) at several resolutions of the emoji images, x- and "
-        "v-prediction, with the noise scale s = size/base and with the smallest size's s kept.",
-    )  # fmt: skip
     p.add_argument("--sizes", type=int, nargs="+", default=None, metavar="PX",
                    help=f"image sizes, increasing, multiples of the {defaults.tokens}-token "
                    f"grid side (default {' '.join(map(str, defaults.sizes))})")  # fmt: skip
@@ -89,22 +107,15 @@ def _add_resolution(experiments) -> None:
         default=None,
         help=f"s = size / base (default {defaults.base_size}: the project's rule)",
     )
-    p.set_defaults(experiment=_run_resolution)
 
 
 def _run_resolution(args) -> int:
     from pixeljit.experiments import resolution
 
-    overrides: dict = {}
-    if args.sizes is not None:
-        for size in args.sizes:
-            check_int("--sizes", size, 2, MAX_GRID_SIZE + 1)
-        overrides["sizes"] = tuple(args.sizes)
-    if args.base_size is not None:
-        check_int("--base-size", args.base_size, 1, MAX_BASE_SIZE + 1)
-        overrides["base_size"] = args.base_size
-    return _run_grid(args, resolution, resolution.ResolutionConfig,
-                     resolution.run_resolution, overrides)  # fmt: skip
+    sizes = _checked(args.sizes, "--sizes", check_int, 2, MAX_GRID_SIZE + 1)
+    check_int("--base-size", args.base_size, 1, MAX_BASE_SIZE + 1)
+    return _run_grid(args, resolution, resolution.ResolutionConfig, resolution.run_resolution,
+                     {"sizes": sizes, "base_size": args.base_size})  # fmt: skip
 
 
 def _bottleneck_dim(text: str) -> int | None:
@@ -118,43 +129,26 @@ def _bottleneck_dim(text: str) -> int | None:
         ) from None
 
 
-def _add_bottleneck(experiments) -> None:
+def _bottleneck_flags(p) -> None:
     from pixeljit.experiments.bottleneck import BottleneckConfig, dim_text
 
     defaults = BottleneckConfig()
-    p = _grid_parser(
-        experiments, "bottleneck",
-        "Fig. 4: x-pred at the bottlenecked setting, bottleneck patch-embedding width swept",
-        "x-prediction (v-loss) with large patches and the bottleneck patch embedding "
-        "p²·C → d′ → width, for several d′ and none.",
-    )  # fmt: skip
     p.add_argument("--dims", type=_bottleneck_dim, nargs="+", default=None, metavar="D",
                    help="bottleneck dims, 'none' = the plain embedding (default "
                    f"{' '.join(dim_text(d) for d in defaults.dims)})")  # fmt: skip
-    p.set_defaults(experiment=_run_bottleneck)
 
 
 def _run_bottleneck(args) -> int:
     from pixeljit.experiments import bottleneck
 
-    overrides: dict = {}
-    if args.dims is not None:
-        for dim in args.dims:
-            check_int("--dims", dim, 1, MAX_BOTTLENECK + 1)
-        overrides["dims"] = tuple(args.dims)
-    return _run_grid(args, bottleneck, bottleneck.BottleneckConfig,
-                     bottleneck.run_bottleneck, overrides)  # fmt: skip
+    dims = _checked(args.dims, "--dims", check_int, 1, MAX_BOTTLENECK + 1)  # None: 'none'
+    return _run_grid(args, bottleneck, bottleneck.BottleneckConfig, bottleneck.run_bottleneck,
+                     {"dims": dims})  # fmt: skip
 
 
-def _add_noise(experiments) -> None:
+def _noise_flags(p) -> None:
     from pixeljit.experiments.noise import PAPER_MUS
 
-    p = _grid_parser(
-        experiments, "noise",
-        "Tab. 3: logit-normal μ × {x, ε, v}-pred (v-loss) at the bottlenecked setting",
-        "The t-sampler's mean μ (lower: more noise) × x-, ε- and v-prediction with the v-loss, "
-        "large patches.",
-    )  # fmt: skip
     p.add_argument(
         "--mus",
         type=float,
@@ -163,23 +157,20 @@ def _add_noise(experiments) -> None:
         metavar="MU",
         help=f"logit-normal means (default {' '.join(f'{m:g}' for m in PAPER_MUS)})",
     )
-    p.set_defaults(experiment=_run_noise)
 
 
 def _run_noise(args) -> int:
     from pixeljit.experiments import noise
 
-    overrides: dict = {}
-    if args.mus is not None:
-        for mu in args.mus:
-            check_float("--mus", mu, -MAX_ABS_MU, MAX_ABS_MU)
-        overrides["p_means"] = tuple(args.mus)
-    return _run_grid(args, noise, noise.NoiseConfig, noise.run_noise, overrides)
+    mus = _checked(args.mus, "--mus", check_float, -MAX_ABS_MU, MAX_ABS_MU)
+    return _run_grid(args, noise, noise.NoiseConfig, noise.run_noise, {"p_means": mus})
 
 
-def grid_config(config_cls, quick: bool, device: str, seeds, steps, overrides: dict):
+def grid_config(
+    config_cls, quick: bool, device: str, seeds, steps, overrides: dict, gpu: bool = True
+):
     """The experiment's config of the shared flags: --quick (CI-sized), else --device cuda
-    (the GPU settings), else the CPU default; explicit flags override all three."""
+    (the GPU settings, where `gpu`), else the CPU default; explicit flags override all three."""
     values = dict(overrides, device=device)
     if seeds is not None:
         values["seeds"] = tuple(seeds)
@@ -187,43 +178,86 @@ def grid_config(config_cls, quick: bool, device: str, seeds, steps, overrides: d
         values["steps"] = steps
     if quick:
         return config_cls.quick(**values)
-    if device.startswith("cuda"):
+    if gpu and device.startswith("cuda"):
         return config_cls.gpu(**values)
     return config_cls(**values)
 
 
-def _run_grid(args, module, config_cls, run_fn, overrides: dict) -> int:
+def run_and_report(threads: int, header: str, run, write) -> int:
+    """Print `header`, run the grid (`run(progress=...)`, the report dict) on `threads` torch
+    threads, write its outputs (`write(report)`: the paths written and the table) and print
+    them. A missing EffNet package (the `eval` extra) is a one-line error."""
     import torch
 
-    from pixeljit.experiments.grid import check_results_folder
-    from pixeljit.experiments.sweep_report import table_markdown, write_outputs
-
-    for seed in args.seeds or ():
-        check_seed("--seeds", seed)
-    check_int("--steps", args.steps, 1, MAX_STEPS + 1)
-    check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)
-    check_device("--device", args.device)
-    name = module.EXPERIMENT
-    config = grid_config(config_cls, args.quick, args.device, args.seeds, args.steps, overrides)
-    out = check_output("--out", args.out, folder=True, overwrite=True)
-    check_results_folder(config, out, name)  # a foreign folder or another config: refused
-    torch.set_num_threads(args.threads)
-    print(f"pixeljit reproduce {name}: {config.steps} steps per cell, seeds "
-          f"{list(config.seeds)} → {out}", flush=True)  # fmt: skip
+    torch.set_num_threads(threads)
+    print(header, flush=True)
     start = time.perf_counter()
     try:
-        report = run_fn(config, out, progress=lambda line: print("  " + line, flush=True))
+        report = run(progress=lambda line: print("  " + line, flush=True))
     except ImportError as err:  # the EffNet packages (the `eval` extra)
         raise RuntimeError(str(err)) from None
-    layout = module.layout(report)
-    paths = write_outputs(report, layout, out)
+    paths, table = write(report)
+    return print_outputs(table, start, paths)
+
+
+def print_outputs(table: str, start: float, paths: dict) -> int:
+    """The end of every reproduction: its table, the time since `start`, the files written."""
     print()
-    print(table_markdown(report, layout), end="")
+    print(table, end="")
     print(f"\ntotal {time.perf_counter() - start:.0f} s; wrote:")
     for key, path in paths.items():
         print(f"  {key:<7s} {path}")
     return 0
 
 
-GRID_EXPERIMENTS = {"resolution": _add_resolution, "bottleneck": _add_bottleneck,
-                    "noise": _add_noise}  # fmt: skip
+def _run_grid(args, module, config_cls, run_fn, axes: dict) -> int:
+    """A one-axis grid from its flags (`axes`: config field → the axis flag's value, None: not
+    given), its report written as NAME.json, NAME.md and the figures."""
+    from pixeljit.experiments.grid import check_results_folder
+    from pixeljit.experiments.sweep_report import table_markdown, write_outputs
+
+    check_grid_flags(args)
+    name = module.EXPERIMENT
+    overrides = {key: value for key, value in axes.items() if value is not None}
+    config = grid_config(config_cls, args.quick, args.device, args.seeds, args.steps, overrides)
+    out = check_output("--out", args.out, folder=True, overwrite=True)
+    check_results_folder(config, out, name)  # a foreign folder or another config: refused
+
+    def write(report: dict) -> tuple[dict, str]:
+        layout = module.layout(report)
+        return write_outputs(report, layout, out), table_markdown(report, layout)
+
+    return run_and_report(
+        args.threads,
+        f"pixeljit reproduce {name}: {config.steps} steps per cell, seeds {list(config.seeds)} → "
+        f"{out}",
+        lambda progress: run_fn(config, out, progress=progress),
+        write,
+    )
+
+
+# name → (the sub-command's help, the start of its description, its axis flags, its runner)
+GRIDS = {
+    "resolution": (
+        "resolution transfer: one network at 3 sizes, x- vs v-pred, noise scaled vs fixed",
+        "The same network (one token grid) at several resolutions of the emoji images, x- and "
+        "v-prediction, with the noise scale s = size/base and with the smallest size's s kept.",
+        _resolution_flags,
+        _run_resolution,
+    ),
+    "bottleneck": (
+        "Fig. 4: x-pred at the bottlenecked setting, bottleneck patch-embedding width swept",
+        "x-prediction (v-loss) with large patches and the bottleneck patch embedding "
+        "p²·C → d′ → width, for several d′ and none.",
+        _bottleneck_flags,
+        _run_bottleneck,
+    ),
+    "noise": (
+        "Tab. 3: logit-normal μ × {x, ε, v}-pred (v-loss) at the bottlenecked setting",
+        "The t-sampler's mean μ (lower: more noise) × x-, ε- and v-prediction with the v-loss, "
+        "large patches.",
+        _noise_flags,
+        _run_noise,
+    ),
+}
+GRID_EXPERIMENTS = {name: functools.partial(_add_grid, name) for name in GRIDS}
