@@ -201,20 +201,12 @@ def one_setting_cells(
     (e.g. {"p_mean": -0.8}) being both `baseline_config` keywords and the cell's own labels."""
     setting = {"size": config.size, "patch": config.patch, "loss": config.loss,
                "source": sources[config.size]}  # fmt: skip
-    return [
-        make_cell(
-            config,
-            out,
-            f"{name}-seed{seed}",
-            prediction=prediction,
-            seed=seed,
-            labels=axis,
-            **setting,
-            **axis,
-        )  # fmt: skip
-        for seed in config.seeds
-        for name, prediction, axis in points
-    ]
+    cells = []
+    for seed in config.seeds:
+        for name, prediction, axis in points:
+            cells.append(make_cell(config, out, f"{name}-seed{seed}", prediction=prediction,
+                                   seed=seed, labels=axis, **setting, **axis))  # fmt: skip
+    return cells
 
 
 def packed_data(config: GridConfig, sizes, out: Path) -> dict[int, PackedDataset]:
