@@ -84,11 +84,9 @@ def score_demo(cfg, checkpoint, num: int = SCORE_NUM, held_out=None) -> dict:
     written to the run folder as `score.json`."""
     import json
 
-    import torch
-
     from pixeljit.checkpoints.load import load_trained
     from pixeljit.data.open import open_dataset
-    from pixeljit.diffusion.sampler import SamplerConfig
+    from pixeljit.diffusion.execution import default_amp_dtype
     from pixeljit.evaluation import (
         GenerationSpec,
         dataset_stats_for,
@@ -104,9 +102,8 @@ def score_demo(cfg, checkpoint, num: int = SCORE_NUM, held_out=None) -> dict:
     size, channels = cfg.model.image_size, cfg.model.in_channels
     extractor = create_extractor("fmnist-cnn", device=device)
     ref = dataset_stats_for(cfg.data.source, extractor, size, channels)
-    fields = {f: getattr(cfg.sample, f) for f in SamplerConfig.__dataclass_fields__}
-    sampler = SamplerConfig(**fields)
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    sampler = model.sampler  # the run's preview settings, read back with the weights
+    amp = default_amp_dtype(device)
     spec = GenerationSpec(num, sampler, seed=SCORE_SEED, batch_size=250, amp_dtype=amp)
     model_scores = evaluate(model, spec, extractor, ref, ("fd",))
     source, split = held_out or (cfg.data.source, "test")

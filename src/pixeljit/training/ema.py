@@ -91,8 +91,8 @@ class EMA:
         self._stacks = [_local(p).unsqueeze(0).repeat(k, *([1] * p.ndim)) for p in params]
         # the rates 1 − decay as a (K, 1, …, 1) column per parameter rank and dtype/device,
         # made here so that `update` never copies from the host
-        self._rates: dict[tuple, torch.Tensor] = {}
-        self._weights = [self._rate(s) for s in self._stacks]
+        made: dict[tuple, torch.Tensor] = {}
+        self._weights = [self._rate(s, decays, made) for s in self._stacks]
         # on CUDA one multi-tensor launch covers many tensors, but only same-shaped pairs: there
         # the K·P views go to one `_foreach_lerp_` with a list of scalar rates (CPU kernels are
         # per tensor, where the stacked form's P kernels beat K·P)
@@ -106,15 +106,14 @@ class EMA:
             for j in range(k)
         ]
 
-    def _rate(self, stack: torch.Tensor, decays: tuple[float, ...] | None = None,
-              made: dict | None = None) -> torch.Tensor:  # fmt: skip
+    @staticmethod
+    def _rate(stack: torch.Tensor, decays: tuple[float, ...], made: dict) -> torch.Tensor:
         """The (K, 1, …, 1) column of rates 1 − decay for `stack`'s rank, dtype and device, kept
         in `made` (the configured decays' columns are made once, warm-up decays' each update)."""
-        made = self._rates if made is None else made
         key = (stack.ndim, stack.dtype, stack.device)
         if key not in made:
-            rates = torch.tensor([1.0 - d for d in decays or self.decays], dtype=torch.float64)
-            shape = (len(self.decays),) + (1,) * (stack.ndim - 1)
+            rates = torch.tensor([1.0 - d for d in decays], dtype=torch.float64)
+            shape = (len(decays),) + (1,) * (stack.ndim - 1)
             made[key] = rates.to(dtype=stack.dtype, device=stack.device).view(shape)
         return made[key]
 

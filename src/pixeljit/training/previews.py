@@ -31,6 +31,7 @@ def ema_network(cfg: TrainConfig, ema, decay: float, info, device) -> torch.nn.M
 def sample_grid(cfg: TrainConfig, ema, dataset, path: Path, info, device) -> Path | None:
     """A grid from an EMA: one row per class (up to sample.max_classes), sample.per_class columns,
     fixed seed, so grids of successive steps are comparable. All ranks call; rank 0 samples."""
+    from pixeljit.diffusion.execution import default_amp_dtype
     from pixeljit.diffusion.sampler import NO_GUIDANCE, sample
     from pixeljit.files.images import save_grid
 
@@ -43,7 +44,7 @@ def sample_grid(cfg: TrainConfig, ema, dataset, path: Path, info, device) -> Pat
     rows = max(classes, 1)
     labels = [c for c in range(classes) for _ in range(s.per_class)] if classes else None
     names = list(dataset.class_names[:classes]) if classes else None
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    amp = default_amp_dtype(device)
     sampler = s.kwargs() | ({} if classes else {"cfg": NO_GUIDANCE})
     images = sample(
         net, labels, **sampler, noise_scale=cfg.objective.noise_scale,
