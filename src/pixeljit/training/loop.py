@@ -11,7 +11,7 @@ process with gradient accumulation sees the same samples and noise as W processe
 from __future__ import annotations
 
 import contextlib
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,8 @@ import torch
 
 from pixeljit.checkpoints.run import find_checkpoint, load_checkpoint, run_folder, save_checkpoint
 from pixeljit.data.loader import DeviceLoader
-from pixeljit.diffusion.objective import bucket_edges, bucket_losses, flow_matching_loss
+from pixeljit.data.packed import PackedDataset
+from pixeljit.diffusion.objective import flow_matching_loss
 from pixeljit.model import JiT
 from pixeljit.rng import derive_seed
 from pixeljit.training import distributed as dist_utils
@@ -35,11 +36,9 @@ from pixeljit.training.rundir import (
     set_aside_newer,
     sweep_temporaries,
 )
-from pixeljit.training.runlog import LOSS_PLOT, RunLog, plot_loss
-from pixeljit.training.setup import open_training_data, resolve_config
+from pixeljit.training.runlog import LOSS_PLOT, LossTally, RunLog, plot_loss
+from pixeljit.training.setup import BatchPlan, open_training_data, resolve_config
 from pixeljit.training.state import all_finite, capture_rng, gather_state, load_training_state
-
-LOSS_BUCKETS = 4  # loss logged by t ∈ [0, .25), [.25, .5), [.5, .75), [.75, 1]
 
 
 @dataclass
@@ -151,13 +150,40 @@ def _rank0_first(info, fn) -> None:
         raise error
 
 
-def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, info, restart):
-    # ---------------------------------------------------------------- processes and data
-    device = info.device
+@dataclass
+class _Run:
+    """What the data, the config and the resume check settled, the same on every rank."""
+
+    cfg: TrainConfig
+    plan: BatchPlan
+    dataset: PackedDataset
+    out: Path
+    compiled: bool
+    execution: dict
+    fingerprint: dict | None
+    saved: dict | None  # the checkpoint resumed from
+
+
+@dataclass
+class _Parts:
+    """The trainable state and what drives it."""
+
+    raw: JiT  # the bare model: what the EMA, the checkpoints and the previews see
+    model: torch.nn.Module  # `raw` wrapped for DDP / FSDP2 (or `raw` itself)
+    forward: Callable  # `model`, compiled where configured
+    ema: EMA
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    loader: DeviceLoader
+    autocast: contextlib.AbstractContextManager
+
+
+def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, progress) -> _Run:
+    """Open the data, resolve the config, check a resume against it; rank 0 settles the folder."""
     dataset = open_training_data(cfg, info, progress)
     cfg, plan = resolve_config(cfg, dataset, info)
     out = Path(cfg.run.out)
-    compiled = resolve_compile(cfg.run.compile, device.type)
+    compiled = resolve_compile(cfg.run.compile, info.device.type)
     execution = execution_facts(plan, info, cfg.run.distributed, compiled)
     saved = load_checkpoint(resume_file) if resume_file is not None else None
     fingerprint = data_fingerprint(dataset)
@@ -175,8 +201,12 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
     if info.is_main:
         _settle_run_folder(out, resume_file, restart, saved["step"] if saved else 0)
         save_yaml(cfg, out / "config.yaml")
+    return _Run(cfg, plan, dataset, out, compiled, execution, fingerprint, saved)
 
-    # ------------------------------------------------------------- model, EMA, optimiser
+
+def _build(run: _Run, info) -> tuple[_Parts, int]:
+    """Model, EMA, optimiser and loader, restored from the checkpoint if resuming; and the step."""
+    cfg, device = run.cfg, info.device
     torch.manual_seed(cfg.run.seed)
     raw = JiT(cfg.model).to(device)  # (same init on every rank: same seed)
     model = dist_utils.wrap_model(raw, info, cfg.run.distributed)  # FSDP2 shards raw in place
@@ -185,8 +215,8 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
     params = [p for p in raw.parameters() if p.requires_grad]
     opt = build_adamw(params, cfg.optim.learning_rate, cfg.optim.betas, cfg.optim.weight_decay)
     loader = DeviceLoader(
-        dataset,
-        plan.micro_batch * info.world_size,
+        run.dataset,
+        run.plan.micro_batch * info.world_size,
         device=device,
         seed=cfg.run.seed,
         rank=info.rank,
@@ -194,63 +224,32 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
         flip=cfg.data.flip,
     )
     step = 0
-    if saved is not None:
-        step = load_training_state(saved, raw, ema, opt, loader, info, cfg.run.distributed)
+    if run.saved is not None:
+        step = load_training_state(run.saved, raw, ema, opt, loader, info, cfg.run.distributed)
     # static shapes: the micro-batch is fixed, so one graph serves every step (no recompiles)
-    forward = torch.compile(model, dynamic=False) if compiled else model
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if plan.bf16 else contextlib.nullcontext()
-    )
-    num_classes = cfg.model.num_classes
+    forward = torch.compile(model, dynamic=False) if run.compiled else model
+    bf16 = torch.autocast(device.type, dtype=torch.bfloat16) if run.plan.bf16 else None
+    autocast = bf16 or contextlib.nullcontext()
+    return _Parts(raw, model, forward, ema, params, opt, loader, autocast), step
+
+
+def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, info, restart):
+    run = _prepare(cfg, resume_file, allow_inexact, info, restart, progress)
+    parts, step = _build(run, info)
+    cfg, plan, out = run.cfg, run.plan, run.out
     log = RunLog(out, enabled=info.is_main, tensorboard=cfg.run.tensorboard)
     log.truncate_after(step)
-
-    # ------------------------------------------------------------------ the loop
-    edges = bucket_edges(LOSS_BUCKETS)
-    loss_sum = torch.zeros((), device=device)
-    bucket_sum = torch.zeros(LOSS_BUCKETS, device=device)
-    bucket_count = torch.zeros(LOSS_BUCKETS, device=device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step
-    samples_since_log, t_log = 0, time.perf_counter()
-    last_ckpt = Path(saved["path"]) if saved is not None else None  # the last good checkpoint
+    tally = LossTally(info.device)
+    last_ckpt = Path(run.saved["path"]) if run.saved is not None else None  # the last good one
     final_loss, nan_step = None, None
     bar = _progress(progress and info.is_main, step, plan.total_steps)
-    model.train()
+    parts.model.train()
     while step < plan.total_steps:
         lr = learning_rate(step, cfg.optim.learning_rate, plan.warmup_steps, plan.total_steps,
                            plan.cooldown_steps)  # fmt: skip
-        for group in opt.param_groups:
-            group["lr"] = lr
-        step_loss = torch.zeros((), device=device)
-        for micro in range(plan.accumulation):
-            x, y = next(loader)  # (B, C, H, W) in [-1, 1], (B,)
-            chunk = micro * info.world_size + info.rank
-            gen = torch.Generator(device=device).manual_seed(step_seed(cfg.run.seed, step, chunk))
-            torch.manual_seed(step_seed(cfg.run.seed, step, chunk) ^ 1)  # dropout masks
-            sync = micro == plan.accumulation - 1
-            no_sync = getattr(model, "no_sync", None)
-            ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
-            with ctx, autocast:
-                labels = y if num_classes > 0 else None
-                per_sample, t = flow_matching_loss(
-                    forward, x, labels, cfg.objective, num_classes, gen
-                )  # (B,), (B,)
-                loss = per_sample.float().mean() / plan.accumulation
-            loss.backward()
-            step_loss += loss.detach()
-            sums, counts = bucket_losses(per_sample, t, LOSS_BUCKETS)
-            bucket_sum += sums
-            bucket_count += counts
-        if cfg.optim.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(raw, updates=step)  # `step` updates came before this one
-        bad = (~torch.isfinite(step_loss)) & (first_bad < 0)
-        first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
-        loss_sum += step_loss
+        step_loss = _optimizer_step(parts, run, info, step, lr, tally)
+        tally.end_step(step, step_loss, plan.global_batch)
         step += 1
-        samples_since_log += plan.global_batch
         if bar is not None:
             bar.update(1)
 
@@ -259,50 +258,28 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
         due_ckpt = step % cfg.run.ckpt_every == 0 or last
         due_sample = last or (cfg.sample.every and step % cfg.sample.every == 0)
         if step % cfg.run.log_every == 0 or due_ckpt or due_sample:
-            bad_step = _first_bad_step(first_bad, info)
+            bad_step = tally.first_bad_step(info)
             if bad_step >= 0:
                 nan_step = bad_step
-                if info.is_main:
-                    print(
-                        f"\nnon-finite loss at step {bad_step + 1}: training stopped; the last "
-                        f"good checkpoint is {last_ckpt or 'none (none was written yet)'}",
-                        flush=True,
-                    )
+                _say_stopped(info, f"non-finite loss at step {bad_step + 1}", last_ckpt)
                 break
-            stats = torch.cat([loss_sum[None], bucket_sum, bucket_count])
-            dist_utils.all_reduce_mean(stats, info)
-            elapsed = time.perf_counter() - t_log
-            n_steps = samples_since_log // plan.global_batch
-            record = _record(stats, step, plan, lr, samples_since_log / elapsed, edges, n_steps)
+            record = tally.flush(step, plan, lr, info)
             final_loss = record["loss"]
             log.write(record)
             if bar is not None:
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
                                 img_s=f"{record['img_per_s']:.0f}")  # fmt: skip
-            loss_sum.zero_()
-            bucket_sum.zero_()
-            bucket_count.zero_()
-            samples_since_log, t_log = 0, time.perf_counter()
         if due_ckpt:
-            if not all_finite(raw, ema, opt, info):  # a finite loss can still end in NaN weights
+            # a finite loss can still end in NaN weights
+            if not all_finite(parts.raw, parts.ema, parts.opt, info):
                 nan_step = step - 1
-                if info.is_main:
-                    print(f"\nnon-finite weights after step {step}: training stopped; the last "
-                          f"good checkpoint is {last_ckpt or 'none (none was written yet)'}",
-                          flush=True)  # fmt: skip
+                _say_stopped(info, f"non-finite weights after step {step}", last_ckpt)
                 break
-            state = gather_state(raw, ema, opt, loader, info, cfg.run.distributed)
-            if info.is_main:
-                milestone = bool(cfg.run.milestone_every) and step % cfg.run.milestone_every == 0
-                state.update(step=step, images_seen=step * plan.global_batch,
-                             config=to_dict(cfg), rng=capture_rng(), execution=execution,
-                             class_names=list(dataset.class_names))  # fmt: skip
-                if fingerprint is not None:
-                    state[DATA_KEY] = fingerprint
-                last_ckpt = save_checkpoint(state, out, step, milestone)
-            dist_utils.barrier(info)
+            written = _save(run, parts, info, step)
+            last_ckpt = written or last_ckpt
         if due_sample:
-            sample_grid(cfg, ema, dataset, out / f"samples-{step:07d}.png", info, device)
+            sample_grid(cfg, parts.ema, run.dataset, out / f"samples-{step:07d}.png", info,
+                        info.device)  # fmt: skip
     if bar is not None:
         bar.close()
     if info.is_main and (out / "metrics.jsonl").is_file():
@@ -312,30 +289,60 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
     return TrainResult(step, out, last_ckpt, final_loss, nan_step is not None, info.is_main)
 
 
-def _first_bad_step(first_bad: torch.Tensor, info) -> int:
-    """The first step whose loss was not finite on any rank, or −1 (a host sync)."""
-    flag = first_bad.clone()
-    if info.enabled:
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return int(flag.item())
+def _optimizer_step(parts: _Parts, run: _Run, info, step: int, lr: float, tally: LossTally):
+    """One step: forward and backward over every micro-batch (gradients synced on the last),
+    clip, AdamW, EMA. Returns the step's mean loss, a device scalar (no host sync)."""
+    cfg, plan, device = run.cfg, run.plan, info.device
+    num_classes = cfg.model.num_classes
+    for group in parts.opt.param_groups:
+        group["lr"] = lr
+    step_loss = torch.zeros((), device=device)
+    for micro in range(plan.accumulation):
+        x, y = next(parts.loader)  # (B, C, H, W) in [-1, 1], (B,)
+        chunk = micro * info.world_size + info.rank
+        gen = torch.Generator(device=device).manual_seed(step_seed(cfg.run.seed, step, chunk))
+        torch.manual_seed(step_seed(cfg.run.seed, step, chunk) ^ 1)  # dropout masks
+        sync = micro == plan.accumulation - 1
+        no_sync = getattr(parts.model, "no_sync", None)
+        ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
+        with ctx, parts.autocast:
+            labels = y if num_classes > 0 else None
+            per_sample, t = flow_matching_loss(
+                parts.forward, x, labels, cfg.objective, num_classes, gen
+            )  # (B,), (B,)
+            loss = per_sample.float().mean() / plan.accumulation
+        loss.backward()
+        step_loss += loss.detach()
+        tally.add_losses(per_sample, t)
+    if cfg.optim.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(parts.params, cfg.optim.grad_clip)
+    parts.opt.step()
+    parts.opt.zero_grad(set_to_none=True)
+    parts.ema.update(parts.raw, updates=step)  # `step` updates came before this one
+    return step_loss
 
 
-def _record(stats, step, plan, lr, img_s, edges, n_steps) -> dict:
-    values = stats.tolist()  # one host sync per log line
-    k = LOSS_BUCKETS
-    loss_sum, sums, counts = values[0], values[1 : 1 + k], values[1 + k : 1 + 2 * k]
-    record = {
-        "step": step,
-        "epoch": step / plan.steps_per_epoch,
-        "images_seen": step * plan.global_batch,
-        "loss": loss_sum / max(n_steps, 1),
-        "lr": lr,
-        "img_per_s": img_s,
-    }
-    for i in range(k):
-        if counts[i] > 0:
-            record[f"loss_t[{edges[i]:.2f},{edges[i + 1]:.2f})"] = sums[i] / counts[i]
-    return record
+def _save(run: _Run, parts: _Parts, info, step: int) -> Path | None:
+    """Checkpoint after `step` (every rank gathers; rank 0 writes and returns the path)."""
+    cfg, plan = run.cfg, run.plan
+    state = gather_state(parts.raw, parts.ema, parts.opt, parts.loader, info, cfg.run.distributed)
+    written = None
+    if info.is_main:
+        milestone = bool(cfg.run.milestone_every) and step % cfg.run.milestone_every == 0
+        state.update(step=step, images_seen=step * plan.global_batch, config=to_dict(cfg),
+                     rng=capture_rng(), execution=run.execution,
+                     class_names=list(run.dataset.class_names))  # fmt: skip
+        if run.fingerprint is not None:
+            state[DATA_KEY] = run.fingerprint
+        written = save_checkpoint(state, run.out, step, milestone)
+    dist_utils.barrier(info)
+    return written
+
+
+def _say_stopped(info, what: str, last_ckpt: Path | None) -> None:
+    if info.is_main:
+        print(f"\n{what}: training stopped; the last good checkpoint is "
+              f"{last_ckpt or 'none (none was written yet)'}", flush=True)  # fmt: skip
 
 
 def _progress(enabled: bool, start: int, total: int):

@@ -1,22 +1,87 @@
 """What a training run tells its user: JSONL metrics, TensorBoard (when installed), the loss plot.
 
-Only rank 0 writes. Metrics arrive as host floats at log steps (the training loop reads its
-on-device accumulators every `log_every` steps, never per step).
+Only rank 0 writes. The loss sums live on the device (`LossTally`) and are read once every
+`log_every` steps, never per step, so training has no host sync per step.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 
+import torch
+
+from pixeljit.diffusion.objective import bucket_edges, bucket_losses
 from pixeljit.files.atomic import atomic_write, atomic_write_text
+from pixeljit.training import distributed as dist_utils
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 TENSORBOARD_FOLDER = "tensorboard"
 TENSORBOARD_HINT = "pip install 'pixeljit[tensorboard]'"
+LOSS_BUCKETS = 4  # loss logged by t ∈ [0, .25), [.25, .5), [.5, .75), [.75, 1]
+LOSS_EDGES = bucket_edges(LOSS_BUCKETS)
+
+
+class LossTally:
+    """Running sums between log lines, kept on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.bucket_sum = torch.zeros(LOSS_BUCKETS, device=device)
+        self.bucket_count = torch.zeros(LOSS_BUCKETS, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first NaN step
+        self.images, self.since = 0, time.perf_counter()
+
+    def add_losses(self, per_sample: torch.Tensor, t: torch.Tensor) -> None:
+        sums, counts = bucket_losses(per_sample, t, LOSS_BUCKETS)
+        self.bucket_sum += sums
+        self.bucket_count += counts
+
+    def end_step(self, step: int, step_loss: torch.Tensor, images: int) -> None:
+        bad = (~torch.isfinite(step_loss)) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+        self.loss += step_loss
+        self.images += images
+
+    def first_bad_step(self, info) -> int:
+        """The first step whose loss was not finite on any rank, or −1 (a host sync)."""
+        flag = self.first_bad.clone()
+        if info.enabled:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
+
+    def flush(self, step: int, plan, lr: float, info) -> dict:
+        """The log record since the last flush (averaged over ranks); the sums restart."""
+        stats = torch.cat([self.loss[None], self.bucket_sum, self.bucket_count])
+        dist_utils.all_reduce_mean(stats, info)
+        img_s = self.images / (time.perf_counter() - self.since)
+        record = _record(stats, step, plan, lr, img_s, self.images // plan.global_batch)
+        for total in (self.loss, self.bucket_sum, self.bucket_count):
+            total.zero_()
+        self.images, self.since = 0, time.perf_counter()
+        return record
+
+
+def _record(stats, step, plan, lr, img_s, n_steps) -> dict:
+    values = stats.tolist()  # one host sync per log line
+    k = LOSS_BUCKETS
+    loss_sum, sums, counts = values[0], values[1 : 1 + k], values[1 + k : 1 + 2 * k]
+    record = {
+        "step": step,
+        "epoch": step / plan.steps_per_epoch,
+        "images_seen": step * plan.global_batch,
+        "loss": loss_sum / max(n_steps, 1),
+        "lr": lr,
+        "img_per_s": img_s,
+    }
+    for i in range(k):
+        if counts[i] > 0:
+            record[f"loss_t[{LOSS_EDGES[i]:.2f},{LOSS_EDGES[i + 1]:.2f})"] = sums[i] / counts[i]
+    return record
 
 
 class RunLog:
