@@ -247,14 +247,7 @@ def sample(
     calls with the same net; "reduce-overhead" replays CUDA graphs (two at most: N and 2N rows).
     Seeded noise is drawn on the sampling device (see `noise_from_seeds`).
     """
-    config = getattr(net, "config", None)
-    if config is None and all(hasattr(net, k) for k in ("net", "prediction", "noise_scale")):
-        raise ValueError(  # a load_trained() result: its objective must come along with the net
-            "net is a loaded model, not a network: pass model.net with prediction=model."
-            "prediction, noise_scale=model.noise_scale, preconditioner=model.preconditioner"
-        )
-    if config is None:
-        raise ValueError("net must carry a `config` with num_classes, in_channels and image_size")
+    config = _network_config(net)
     interval = check_sampling_args(
         steps, method, cfg, interval, t_eps, noise_scale, prediction, grid, shift, preconditioner,
         t_min,
@@ -271,24 +264,7 @@ def sample(
         raise ValueError("an unconditional model cannot be guided: use cfg=1.0")
     dev = _device_of(net, labels, noise, device)
     y = _labels_tensor(labels, classes, dev)
-    if y is not None and num is not None and num != y.numel():
-        raise ValueError(f"num={num} disagrees with {y.numel()} labels; pass one of them")
-    n = y.numel() if y is not None else (num if num is not None else None)
-    if noise is not None and n is None:
-        n = noise.shape[0]
-    if n is None or n < 1:
-        raise ValueError("pass labels, or num=N (≥ 1) for an unconditional model")
-    shape = (config.in_channels, config.image_size, config.image_size)
-    if noise is not None:
-        if tuple(noise.shape) != (n, *shape):
-            raise ValueError(f"noise must have shape {(n, *shape)}, got {tuple(noise.shape)}")
-        z = noise
-    elif seed is not None:
-        z = noise_scale * noise_from_seeds(sample_seeds(seed, n, first_index), shape, dev)
-    else:
-        gen_device = generator.device if generator is not None else dev
-        z = noise_scale * torch.randn((n, *shape), generator=generator, device=gen_device)
-        z = z.to(dev)
+    z = _start_state(config, y, noise, num, seed, first_index, generator, noise_scale, dev)
 
     runner = net if compile_mode is None else compiled_network(net, compile_mode)
     compiled = compile_mode is not None
@@ -311,3 +287,38 @@ def sample(
     finally:
         if was_training:
             net.train()
+
+
+def _network_config(net):
+    """`net.config`, or an error saying what to pass instead."""
+    config = getattr(net, "config", None)
+    if config is None and all(hasattr(net, k) for k in ("net", "prediction", "noise_scale")):
+        raise ValueError(  # a load_trained() result: its objective must come along with the net
+            "net is a loaded model, not a network: pass model.net with prediction=model."
+            "prediction, noise_scale=model.noise_scale, preconditioner=model.preconditioner"
+        )
+    if config is None:
+        raise ValueError("net must carry a `config` with num_classes, in_channels and image_size")
+    return config
+
+
+def _start_state(config, y, noise, num, seed, first_index, generator, noise_scale, dev) -> Tensor:
+    """The state at t = 0, (N, C, H, W) on `dev`: `noise` as given, or noise_scale·N(0, I) from
+    per-sample seeds or from `generator`; N from the labels `y`, `num` or `noise`."""
+    if y is not None and num is not None and num != y.numel():
+        raise ValueError(f"num={num} disagrees with {y.numel()} labels; pass one of them")
+    n = y.numel() if y is not None else num
+    if noise is not None and n is None:
+        n = noise.shape[0]
+    if n is None or n < 1:
+        raise ValueError("pass labels, or num=N (≥ 1) for an unconditional model")
+    shape = (config.in_channels, config.image_size, config.image_size)
+    if noise is not None:
+        if tuple(noise.shape) != (n, *shape):
+            raise ValueError(f"noise must have shape {(n, *shape)}, got {tuple(noise.shape)}")
+        return noise
+    if seed is not None:
+        return noise_scale * noise_from_seeds(sample_seeds(seed, n, first_index), shape, dev)
+    gen_device = generator.device if generator is not None else dev
+    z = noise_scale * torch.randn((n, *shape), generator=generator, device=gen_device)
+    return z.to(dev)
