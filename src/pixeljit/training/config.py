@@ -146,7 +146,8 @@ class DataConfig:
 
     source: str = ""
     split: str | None = None  # fashion-mnist: train (default) | test; folders: a sub-folder
-    flip: bool = True
+    flip: bool = True  # random horizontal mirroring (the authors', for ImageNet); false for data
+    # that is not mirror-symmetric (text, digits, Fashion-MNIST's left-facing shoes)
     conditional: bool = True  # False trains unconditionally whatever the labels
     num_classes: int | None = None  # None → from the data set
 

@@ -37,7 +37,7 @@ from pixeljit.training.rundir import (
     sweep_temporaries,
 )
 from pixeljit.training.runlog import LOSS_PLOT, LossTally, RunLog, plot_loss
-from pixeljit.training.setup import BatchPlan, open_training_data, resolve_config
+from pixeljit.training.setup import BatchPlan, flip_warning, open_training_data, resolve_config
 from pixeljit.training.state import all_finite, capture_rng, gather_state, load_training_state
 
 
@@ -198,6 +198,9 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
             print(f"nothing to train: the checkpoint is at step {saved['step']}, at or past the "
                   f"{plan.total_steps} steps asked for; raise --steps / --epochs to continue",
                   flush=True)  # fmt: skip
+    warning = flip_warning(cfg)
+    if warning is not None and info.is_main:
+        print(f"warning: {warning}", flush=True)
     if info.is_main:
         _settle_run_folder(out, resume_file, restart, saved["step"] if saved else 0)
         save_yaml(cfg, out / "config.yaml")

@@ -57,7 +57,7 @@ def _fmnist(depth: int, width: int, heads: int, size: int, patch: int, batch: in
             lr=lr, global_batch=batch, warmup_epochs=0.2, epochs=None, steps=1000,
             ema_decays=(0.995, 0.999),
         ),
-        data=DataConfig(source="fashion-mnist", flip=True),
+        data=DataConfig(source="fashion-mnist", flip=False),  # its shoes all face left
         # previews: the few-step sampler that scored best on the demo model (docs/sampling.md)
         sample=SampleConfig(**FAST_SAMPLER, cfg=2.0, interval=(0.1, 1.0), every=0),
         run=RunConfig(out="runs/fmnist", log_every=25, ckpt_every=250, precision="auto"),
@@ -68,7 +68,8 @@ def _fmnist_small() -> TrainConfig:
     """The demo's model, tuned in docs/demo_tuning.md: lr 2e-3 (against 1e-3), the EMA warm-up
     (the 0.999 average is otherwise at chance after 1000 steps), the 28-px originals (49 tokens:
     1.24× the steps per second of 32 px, and what the classifier that scores them sees), and
-    batch 64 (twice the steps of batch 128 in the same time: FD 10.98 against 13.77)."""
+    batch 64 (twice the steps of batch 128 in the same time: FD 10.98 against 13.77), and no
+    mirroring (the data's shoes all face left: FD 4.26 against 10.98)."""
     base = _fmnist(4, 128, 4, 28, 4, 64, 2e-3)
     return dataclasses.replace(base, optim=dataclasses.replace(base.optim, ema_warmup=True))
 

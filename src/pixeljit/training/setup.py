@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pixeljit.data import fashion_mnist
 from pixeljit.data.open import open_dataset
 from pixeljit.data.packed import PackedDataset
 from pixeljit.model import JiT
@@ -45,6 +46,15 @@ def open_training_data(
         cfg.data.source, m.image_size, m.in_channels, cfg.data.split, info.is_main,
         lambda: dist_utils.barrier(info), progress=progress,
     )  # fmt: skip
+
+
+def flip_warning(cfg: TrainConfig) -> str | None:
+    """Why `data.flip` is likely a mistake for this source, or None. Fashion-MNIST is the one
+    source known here to be asymmetric under mirroring (its shoes all face one way); image
+    folders (ImageNet, the authors' flips) and the emoji set are left to the user."""
+    if cfg.data.flip and cfg.data.source == "fashion-mnist":
+        return fashion_mnist.MIRROR_WARNING
+    return None
 
 
 def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
