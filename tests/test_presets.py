@@ -124,19 +124,19 @@ def test_exact_parameter_count(name):
 
 def test_demo_settings_are_the_readme_ones():
     """README, "The demo": fmnist-small (depth 4, width 128, patch 4, 28 px Fashion-MNIST, 10
-    classes, x-prediction, v-loss, batch 64, lr 2e-3, EMA warm-up, 2200 steps), DPM-Solver++(3M)
-    10 steps (uniform grid), CFG 2.0 on [0.1, 1], EMA 0.995; with a GPU depth 8, width 384, batch
-    256, 4000 steps."""
+    classes, x-prediction, v-loss, batch 64, lr 2e-3, EMA warm-up, no mirroring, 2200 steps),
+    DPM-Solver++(3M) 10 steps (uniform grid), CFG 2.5 on (0.2, 1), EMA 0.995; with a GPU depth 8,
+    width 384, batch 256, 4000 steps."""
     cpu = demo_config("runs/demo", None, "cpu")
     m = cpu.model
     assert (m.depth, m.hidden_size, m.patch_size, m.image_size) == (4, 128, 4, 28)
     assert (m.in_channels, m.num_classes, cpu.data.source) == (1, 10, "fashion-mnist")
     assert (cpu.objective.prediction, cpu.objective.loss) == ("x", "v")
     assert (cpu.optim.global_batch, cpu.optim.steps, cpu.optim.lr) == (64, 2200, 2e-3)
-    assert cpu.optim.ema_warmup and cpu.optim.cooldown == 0.0
+    assert cpu.optim.ema_warmup and cpu.optim.cooldown == 0.0 and not cpu.data.flip
     s = cpu.sample
-    assert (s.method, s.steps, s.grid, s.cfg, s.interval) == ("dpm++3m", 10, "uniform", 2.0,
-                                                               (0.1, 1.0))  # fmt: skip
+    assert (s.method, s.steps, s.grid, s.cfg, s.interval) == ("dpm++3m", 10, "uniform", 2.5,
+                                                               (0.2, 1.0))  # fmt: skip
     assert cpu.optim.ema_decays[0] == 0.995 and s.ema_decay in (None, 0.995)
     gpu = demo_config("runs/demo", None, "cuda")
     assert (gpu.model.depth, gpu.model.hidden_size) == (8, 384)
