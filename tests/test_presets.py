@@ -124,7 +124,7 @@ def test_exact_parameter_count(name):
 
 def test_demo_settings_are_the_readme_ones():
     """README, "The demo": fmnist-small (depth 4, width 128, patch 4, 28 px Fashion-MNIST, 10
-    classes, x-prediction, v-loss, batch 64, lr 2e-3, EMA warm-up, no mirroring, 2200 steps),
+    classes, x-prediction, v-loss, batch 64, lr 3e-3, EMA warm-up, no mirroring, 2200 steps),
     DPM-Solver++(3M) 10 steps (uniform grid), CFG 2.5 on (0.2, 1), EMA 0.995; with a GPU depth 8,
     width 384, batch 256, 4000 steps."""
     cpu = demo_config("runs/demo", None, "cpu")
@@ -132,7 +132,7 @@ def test_demo_settings_are_the_readme_ones():
     assert (m.depth, m.hidden_size, m.patch_size, m.image_size) == (4, 128, 4, 28)
     assert (m.in_channels, m.num_classes, cpu.data.source) == (1, 10, "fashion-mnist")
     assert (cpu.objective.prediction, cpu.objective.loss) == ("x", "v")
-    assert (cpu.optim.global_batch, cpu.optim.steps, cpu.optim.lr) == (64, 2200, 2e-3)
+    assert (cpu.optim.global_batch, cpu.optim.steps, cpu.optim.lr) == (64, 2200, 3e-3)
     assert cpu.optim.ema_warmup and cpu.optim.cooldown == 0.0 and not cpu.data.flip
     s = cpu.sample
     assert (s.method, s.steps, s.grid, s.cfg, s.interval) == ("dpm++3m", 10, "uniform", 2.5,
