@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CPU_PRESET, CPU_STEPS = "fmnist-small", 2200  # ≈ 9.5 min of training on 2 cores (measured)
+CPU_PRESET, CPU_STEPS = "fmnist-small", 2200  # ≈ 9–10 min of training on 2 cores (measured)
 SCORE_NUM, SCORE_SEED = 1000, 1  # the demo scores 1000 samples (100 a class) against the data
 SCORE_FILE = "score.json"
 GPU_PRESET_OVERRIDES = {"model.hidden_size": 384, "model.depth": 8, "optim.global_batch": 256}
