@@ -8,7 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from conftest import tiny_run
 from pixeljit.data import fashion_mnist
+from pixeljit.training.loop import train
 from pixeljit.training.presets import get_preset, presets
 from pixeljit.training.setup import flip_warning
 
@@ -55,3 +57,11 @@ def test_flips_elsewhere_do_not_warn():
     assert cfg.data.flip is True and flip_warning(cfg) is None
     folder = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="/data/imagenet"))
     assert flip_warning(folder) is None
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_packed_fashion_mnist_warns_only_when_mirrored(fmnist16, tmp_path, capsys, flip):
+    """A folder packed from Fashion-MNIST is recognised by its manifest, not only the name."""
+    train(tiny_run(fmnist16(64), tmp_path / "run", **{"data.flip": flip}), progress=False)
+    said = "warning: data.flip=true mirrors Fashion-MNIST" in capsys.readouterr().out
+    assert said is flip

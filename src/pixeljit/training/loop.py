@@ -198,7 +198,7 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
             print(f"nothing to train: the checkpoint is at step {saved['step']}, at or past the "
                   f"{plan.total_steps} steps asked for; raise --steps / --epochs to continue",
                   flush=True)  # fmt: skip
-    warning = flip_warning(cfg)
+    warning = flip_warning(cfg, dataset)
     if warning is not None and info.is_main:
         print(f"warning: {warning}", flush=True)
     if info.is_main:

@@ -48,11 +48,16 @@ def open_training_data(
     )  # fmt: skip
 
 
-def flip_warning(cfg: TrainConfig) -> str | None:
-    """Why `data.flip` is likely a mistake for this source, or None. Fashion-MNIST is the one
-    source known here to be asymmetric under mirroring (its shoes all face one way); image
+def flip_warning(cfg: TrainConfig, dataset: PackedDataset | None = None) -> str | None:
+    """Why `data.flip` is likely a mistake for this data, or None. Fashion-MNIST is the one
+    source known here to be asymmetric under mirroring (its shoes all face one way), named as
+    `fashion-mnist` or packed from it (the packed folder's manifest records its source); image
     folders (ImageNet, the authors' flips) and the emoji set are left to the user."""
-    if cfg.data.flip and cfg.data.source == "fashion-mnist":
+    if not cfg.data.flip:
+        return None
+    source = getattr(dataset, "manifest", {}).get("source") if dataset is not None else None
+    packed_kind = source.get("kind") if isinstance(source, dict) else None
+    if cfg.data.source == "fashion-mnist" or packed_kind == "fashion-mnist":
         return fashion_mnist.MIRROR_WARNING
     return None
 
