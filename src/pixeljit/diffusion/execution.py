@@ -27,6 +27,12 @@ def check_compile_mode(mode: str | None) -> None:
         )
 
 
+def check_amp_dtype(amp_dtype: torch.dtype | None) -> None:
+    if amp_dtype is not None and amp_dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"amp_dtype must be None (float32) or one of {AUTOCAST_DTYPES}, got "
+                         f"{amp_dtype!r}")  # fmt: skip
+
+
 def compiled_network(net, mode: str):
     """`torch.compile(net, mode=mode, dynamic=False)`, built once per (net, mode) and kept in the
     net's `__dict__` (not a submodule: its state_dict is unchanged) for later `sample` calls;

@@ -10,6 +10,7 @@ sampling state z stays float32 whatever `amp_dtype` the network runs in.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -19,8 +20,8 @@ import torch
 from torch import nn
 
 from pixeljit.diffusion.execution import (
-    AUTOCAST_DTYPES,
     NetDenoiser,
+    check_amp_dtype,
     check_compile_mode,
     compiled_network,
 )
@@ -254,9 +255,7 @@ def sample(
     )  # fmt: skip
     check_seed(seed, first_index)
     check_compile_mode(compile_mode)
-    if amp_dtype is not None and amp_dtype not in AUTOCAST_DTYPES:
-        raise ValueError(f"amp_dtype must be None (float32) or one of {AUTOCAST_DTYPES}, got "
-                         f"{amp_dtype!r}")  # fmt: skip
+    check_amp_dtype(amp_dtype)
     if noise_scale is None:
         noise_scale = default_noise_scale(config.image_size)
     classes = int(config.num_classes)
@@ -279,11 +278,18 @@ def sample(
         t_eps=t_eps,
         t_min=t_min,
     )
+    with _eval_mode(net):
+        return solve(field, z, time_grid(steps, grid, shift), method)
+
+
+@contextlib.contextmanager
+def _eval_mode(net):
+    """`net` in eval mode inside the block; a module in training mode is put back after."""
     was_training = isinstance(net, nn.Module) and net.training
     if was_training:
         net.eval()
     try:
-        return solve(field, z, time_grid(steps, grid, shift), method)
+        yield
     finally:
         if was_training:
             net.train()

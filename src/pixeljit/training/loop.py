@@ -231,8 +231,11 @@ def _build(run: _Run, info) -> tuple[_Parts, int]:
         step = load_training_state(run.saved, raw, ema, opt, loader, info, cfg.run.distributed)
     # static shapes: the micro-batch is fixed, so one graph serves every step (no recompiles)
     forward = torch.compile(model, dynamic=False) if run.compiled else model
-    bf16 = torch.autocast(device.type, dtype=torch.bfloat16) if run.plan.bf16 else None
-    autocast = bf16 or contextlib.nullcontext()
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if run.plan.bf16
+        else contextlib.nullcontext()
+    )
     return _Parts(raw, model, forward, ema, params, opt, loader, autocast), step
 
 

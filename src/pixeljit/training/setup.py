@@ -55,7 +55,7 @@ def flip_warning(cfg: TrainConfig, dataset: PackedDataset | None = None) -> str 
     folders (ImageNet, the authors' flips) and the emoji set are left to the user."""
     if not cfg.data.flip:
         return None
-    source = getattr(dataset, "manifest", {}).get("source") if dataset is not None else None
+    source = dataset.manifest.get("source") if dataset is not None else None
     packed_kind = source.get("kind") if isinstance(source, dict) else None
     if cfg.data.source == "fashion-mnist" or packed_kind == "fashion-mnist":
         return fashion_mnist.MIRROR_WARNING
