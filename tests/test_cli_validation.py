@@ -14,6 +14,7 @@ import pixeljit
 from conftest import TINY_NET
 from pixeljit.checkpoints.run import LATEST, save_checkpoint
 from pixeljit.cli import build_parser, main
+from pixeljit.cli.reproduce_grid import MAX_JOBS
 
 TINY = TINY_NET  # conftest: the network `tiny_file` holds
 
@@ -93,6 +94,14 @@ def test_eval_numbers_are_checked_before_loading(tiny_file, no_loading, capsys, 
 def test_reproduce_numbers_are_checked(tmp_path, capsys, argv, flag):
     err = _error(capsys, ["reproduce", "toy", "--quick", "--out", str(tmp_path / "t"), *argv])
     assert flag in err and not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("name", ["table2", "resolution", "bottleneck", "noise"])
+@pytest.mark.parametrize("value", ["0", "-2", str(MAX_JOBS + 1)])
+def test_grid_jobs_are_checked_before_anything_is_written(tmp_path, capsys, name, value):
+    err = _error(capsys, ["reproduce", name, "--quick", "--out", str(tmp_path / "g"),
+                          "--jobs", value])  # fmt: skip
+    assert "--jobs" in err and not (tmp_path / "g").exists()
 
 
 def test_outputs_are_checked_before_loading(tiny_file, tmp_path, no_loading, capsys):

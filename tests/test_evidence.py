@@ -196,6 +196,33 @@ def test_unfinished_cell_continues_from_its_checkpoint(grid, tmp_path):
     assert result["fd"] == pytest.approx(straight["fd"], rel=1e-5)
 
 
+def _refuse(cfg, resume=None, progress=False):
+    """A train function for worker processes (picklable: module level) that always fails."""
+    raise ValueError("refused on purpose")
+
+
+def test_cells_in_worker_processes_give_the_grids_results(grid, tmp_path):
+    """jobs=2: the same cells, trained two at a time in spawned processes (each with this
+    process's one torch thread), give the sequential grid's measures, in the grid's order."""
+    config, _, report, _ = grid
+    lines = []
+    parallel = run_table2(config, tmp_path, extractor=PoolExtractor(), progress=lines.append,
+                          jobs=2)  # fmt: skip
+    assert [c["name"] for c in parallel["cells"]] == [c["name"] for c in report["cells"]]
+    for got, want in zip(parallel["cells"], report["cells"]):
+        assert got["fd"] == pytest.approx(want["fd"], rel=1e-6, abs=1e-9)
+        assert got["hf_ratio"] == pytest.approx(want["hf_ratio"], rel=1e-6)
+        assert got["steps"] == config.steps and (tmp_path / CELLS_FOLDER / got["name"]).is_dir()
+    assert sum("s train" in line for line in lines) == len(report["cells"])
+
+
+def test_a_failed_cell_in_a_worker_stops_the_grid_naming_it(tmp_path):
+    config = tiny_config(predictions=("x",), losses=("v",))  # 2 cells, one per setting
+    with pytest.raises(RuntimeError, match=r"cell \S+-xpred-vloss-seed0 failed: refused on"):
+        run_table2(config, tmp_path, extractor=PoolExtractor(), train_fn=_refuse, jobs=2)
+    assert not list(tmp_path.glob(f"{CELLS_FOLDER}/*/{RESULT_NAME}"))
+
+
 def test_cli_refuses_a_foreign_results_folder(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["reproduce", "table2", "--quick", "--out", str(tmp_path)]) != 0

@@ -170,7 +170,7 @@ def _run_table2(args) -> int:
         args.threads,
         f"pixeljit reproduce table2: {cells} cells, {config.steps} steps each, seeds "
         f"{list(config.seeds)} → {out}",
-        lambda progress: run_table2(config, out, progress=progress),
+        lambda progress: run_table2(config, out, progress=progress, jobs=args.jobs),
         lambda report: (write_outputs(report, out), table_markdown(report)),
     )
 

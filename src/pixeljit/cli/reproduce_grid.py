@@ -1,6 +1,6 @@
 """`pixeljit reproduce resolution | bottleneck | noise`: the one-axis image grids of
 `pixeljit.experiments` (resolution transfer, Fig. 4, Tab. 3), with the flags they share
-(`--out --quick --seeds --steps --device --threads`) and one axis flag each. Registered in
+(`--out --quick --seeds --steps --device --threads --jobs`) and one axis flag each. Registered in
 `reproduce.EXPERIMENTS` through GRID_EXPERIMENTS; see docs/evidence.md.
 
 `reproduce table2` (cli/reproduce.py) is a grid too and uses the same pieces: `add_grid_flags`,
@@ -17,6 +17,7 @@ import time
 from pixeljit.cli.checks import check_device, check_float, check_int, check_output, check_seed
 
 MAX_STEPS = 10_000_000
+MAX_JOBS = 256  # worker processes of a grid
 MAX_GRID_SIZE = 1024  # image sizes of the resolution grid (the paper's largest)
 MAX_BASE_SIZE = 4096
 MAX_BOTTLENECK = 65_536
@@ -27,6 +28,10 @@ GPU_DEVICE_HELP = (
     "(docs/evidence.md) unless --quick"
 )
 THREADS_HELP = "torch CPU threads (default 1: fastest for these small models on a shared CPU)"
+JOBS_HELP = (
+    "cells trained at once, each in its own process with --threads threads (default 1; on a "
+    "CPU, jobs × threads ≤ the cores)"
+)
 
 
 def add_grid_flags(p, name: str, gpu: bool = True) -> None:
@@ -58,6 +63,7 @@ def add_grid_flags(p, name: str, gpu: bool = True) -> None:
     )
     p.add_argument("--device", default="auto", help=GPU_DEVICE_HELP if gpu else DEVICE_HELP)
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    p.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
 
 
 def check_grid_flags(args) -> None:
@@ -66,6 +72,7 @@ def check_grid_flags(args) -> None:
         check_seed("--seeds", seed)
     check_int("--steps", args.steps, 1, MAX_STEPS + 1)
     check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)
+    check_int("--jobs", args.jobs, 1, MAX_JOBS + 1)
     check_device("--device", args.device)
 
 
@@ -231,7 +238,7 @@ def _run_grid(args, module, config_cls, run_fn, axes: dict) -> int:
         args.threads,
         f"pixeljit reproduce {name}: {config.steps} steps per cell, seeds {list(config.seeds)} → "
         f"{out}",
-        lambda progress: run_fn(config, out, progress=progress),
+        lambda progress: run_fn(config, out, progress=progress, jobs=args.jobs),
         write,
     )
 

@@ -13,7 +13,8 @@ images of each model size, the real images' reference, and the loop over the cel
 - `make_cell` / `one_setting_cells`: a grid's cells, each labelled with what every report shows.
 - `run_grid`: extractor first (a missing package fails before anything is written), then the
   folder check, the data, the real reference (computed once, kept as real-reference.npz), and
-  every cell through `evidence.run_cell` (finished cells are kept, unfinished ones resume).
+  every cell through `evidence.run_cell` (finished cells are kept, unfinished ones resume), `jobs`
+  at a time in worker processes (`workers.run_cells`).
 - `GridExperiment`: an experiment as `run_grid` needs it (sizes, cells, reference, scoring
   size, each a function of its config); its `run` is the experiment's `run_<name>`.
 """
@@ -42,9 +43,9 @@ from pixeljit.experiments.evidence import (
     real_subset,
     resize_uint8,
     resolve_device,
-    run_cell,
     write_json,
 )
+from pixeljit.experiments.workers import run_cells
 from pixeljit.metrics.extractor import FeatureExtractor
 from pixeljit.training.config import TrainConfig, apply_overrides
 from pixeljit.training.presets import get_preset
@@ -83,11 +84,11 @@ class GridConfig:
     width: int = 128
     depth: int = 4
     heads: int = 4
-    steps: int = 400
-    batch: int = 32
-    lr: float = 1e-3
-    ema_decays: tuple[float, ...] = (0.99,)
-    num_samples: int = 128
+    steps: int = 1000
+    batch: int = 64
+    lr: float = 3e-3
+    ema_decays: tuple[float, ...] = (0.995,)
+    num_samples: int = 256
     sampler_steps: int = 25  # Heun steps (2 × steps − 1 network evaluations)
     weights: str = "ema"
     real_count: int = 512
@@ -304,9 +305,11 @@ def run_grid(
     progress: Callable[[str], None] | None = None,
     train_fn: Callable | None = None,
     score_size: int | None = None,
+    jobs: int = 1,
 ) -> dict:
-    """Run (or resume) every cell `build` returns (given each size's packed data folder); the
-    report dict: the config, every cell's config and measures, the floors, the times."""
+    """Run (or resume) every cell `build` returns (given each size's packed data folder), `jobs`
+    at a time (`workers.run_cells`); the report dict: the config, every cell's config and
+    measures, the floors, the times."""
     out = Path(out)
     start = time.perf_counter()
     extractor = extractor or default_extractor(config.device)
@@ -326,10 +329,8 @@ def run_grid(
     floors = ", ".join(f"{k} {v:.1f}" for k, v in floor.items())
     say(f"real reference: {real.count} images" + (f"; FD floor {floors}" if floors else ""))
     measure = config.measure(score_size)
-    results = []
-    for k, cell in enumerate(cells, 1):
-        result, kept = run_cell(cell, measure, extractor, real, train_fn)
-        results.append(result)
+
+    def report(k: int, cell: Cell, result: dict, kept: bool) -> None:
         after = result["sample_s"] + result["score_s"]
         state = (
             "finished earlier, kept"
@@ -338,6 +339,8 @@ def run_grid(
         )
         say(f"[{k}/{len(cells)}] {cell.name}: FD {result['fd']:.1f}, HF ratio "
             f"{result['hf_ratio']:.2f} ({state})")  # fmt: skip
+
+    results = run_cells(cells, measure, extractor, real, report, train_fn, jobs)
     return {
         "experiment": experiment,
         "config": config.as_dict(),
@@ -384,13 +387,15 @@ class GridExperiment:
         extractor: FeatureExtractor | None = None,
         progress: Callable[[str], None] | None = None,
         train_fn: Callable | None = None,
+        jobs: int = 1,
     ) -> dict:
-        """Run (or resume) every cell; returns the report dict written as NAME.json."""
+        """Run (or resume) every cell, `jobs` at a time in worker processes (each with this
+        process's torch threads); returns the report dict written as NAME.json."""
         out = Path(out)
         score_size = None if self.score_size is None else self.score_size(config)
         return run_grid(
             self.name, config, out, self.sizes(config),
             lambda sources: self.build(config, out, sources),
             lambda data, found: self.reference(config, data, found),
-            extractor, progress, train_fn, score_size,
+            extractor, progress, train_fn, score_size, jobs,
         )  # fmt: skip

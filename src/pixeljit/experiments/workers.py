@@ -1,0 +1,77 @@
+"""Run a grid's cells one after another, or `jobs` at a time in worker processes.
+
+The cells of a grid are independent training runs of small models; on a CPU with more cores
+than one cell uses, running several at once is the cheap way to finish sooner (each worker keeps
+the parent's torch thread count, so `jobs × threads` cores are busy). Every cell is still
+`evidence.run_cell` (finished cells are read back, unfinished ones resume from their checkpoint),
+so a cell gives the same result whichever process runs it, and the report lists the cells in
+the grid's order whatever order they finish in.
+
+Workers start with `spawn` (no forked torch state, the same on every OS); the extractor, the
+real reference and the cells are pickled to them. A failed cell stops the grid: the cells not
+started are cancelled, the running ones finish (their checkpoints are kept), and the error is
+raised with the cell's name.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+import torch
+
+from pixeljit.experiments.evidence import Cell, Measure, RealReference, run_cell
+from pixeljit.metrics.extractor import FeatureExtractor
+
+Report = Callable[[int, Cell, dict, bool], None]  # (1-based index, cell, result, kept)
+
+
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_cells(
+    cells: list[Cell],
+    measure: Measure,
+    extractor: FeatureExtractor,
+    real: RealReference,
+    report: Report,
+    train_fn: Callable | None = None,
+    jobs: int = 1,
+) -> list[dict]:
+    """Every cell's result, in `cells`' order; `report` is called as each one ends (in the
+    order they end when `jobs` > 1). `train_fn` must be picklable (a module-level function)
+    when `jobs` > 1."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be ≥ 1, got {jobs}")
+    if jobs == 1 or len(cells) <= 1:
+        results = []
+        for k, cell in enumerate(cells, 1):
+            result, kept = run_cell(cell, measure, extractor, real, train_fn)
+            report(k, cell, result, kept)
+            results.append(result)
+        return results
+    results: list[dict | None] = [None] * len(cells)
+    context = multiprocessing.get_context("spawn")
+    workers = min(jobs, len(cells))
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_set_threads, initargs=(torch.get_num_threads(),)
+    ) as pool:
+        pending = {
+            pool.submit(run_cell, cell, measure, extractor, real, train_fn): k
+            for k, cell in enumerate(cells)
+        }
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                k = pending.pop(future)
+                error = future.exception()
+                if error is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise RuntimeError(f"cell {cells[k].name} failed: {error}") from error
+                result, kept = future.result()
+                results[k] = result
+                report(k + 1, cells[k], result, kept)
+    return [r for r in results if r is not None]
