@@ -209,7 +209,7 @@ def test_cells_in_worker_processes_give_the_grids_results(grid, tmp_path):
     parallel = run_table2(config, tmp_path, extractor=PoolExtractor(), progress=lines.append,
                           jobs=2)  # fmt: skip
     assert [c["name"] for c in parallel["cells"]] == [c["name"] for c in report["cells"]]
-    for got, want in zip(parallel["cells"], report["cells"]):
+    for got, want in zip(parallel["cells"], report["cells"], strict=True):
         assert got["fd"] == pytest.approx(want["fd"], rel=1e-6, abs=1e-9)
         assert got["hf_ratio"] == pytest.approx(want["hf_ratio"], rel=1e-6)
         assert got["steps"] == config.steps and (tmp_path / CELLS_FOLDER / got["name"]).is_dir()
