@@ -251,8 +251,8 @@ CLAIM_RATIO = 2.0
 def test_bottlenecked_x_prediction_has_no_residual_noise(tmp_path):
     torch.set_num_threads(1)
     config = Table2Config(
-        settings=("bottlenecked",), losses=("v",), steps=200, num_samples=64, sampler_steps=10,
-        real_count=256, device="cpu",
+        settings=("bottlenecked",), losses=("v",), steps=200, batch=32, lr=1e-3,
+        ema_decays=(0.99,), num_samples=64, sampler_steps=10, real_count=256, device="cpu",
     )  # fmt: skip
     report = run_table2(config, tmp_path, extractor=PoolExtractor())
     hf = {c["labels"]["prediction"]: c["hf_ratio"] for c in report["cells"]}
