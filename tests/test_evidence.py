@@ -205,15 +205,21 @@ def test_cells_in_worker_processes_give_the_grids_results(grid, tmp_path):
     """jobs=2: the same cells, trained two at a time in spawned processes (each with this
     process's one torch thread), give the sequential grid's measures, in the grid's order."""
     config, _, report, _ = grid
-    lines = []
-    parallel = run_table2(config, tmp_path, extractor=PoolExtractor(), progress=lines.append,
-                          jobs=2)  # fmt: skip
+    lines, finished_at_report = [], []
+
+    def progress(line: str) -> None:
+        lines.append(line)
+        finished_at_report.append(len(list(tmp_path.glob(f"{CELLS_FOLDER}/*/{RESULT_NAME}"))))
+
+    parallel = run_table2(config, tmp_path, extractor=PoolExtractor(), progress=progress, jobs=2)
     assert [c["name"] for c in parallel["cells"]] == [c["name"] for c in report["cells"]]
     for got, want in zip(parallel["cells"], report["cells"], strict=True):
         assert got["fd"] == pytest.approx(want["fd"], rel=1e-6, abs=1e-9)
         assert got["hf_ratio"] == pytest.approx(want["hf_ratio"], rel=1e-6)
         assert got["steps"] == config.steps and (tmp_path / CELLS_FOLDER / got["name"]).is_dir()
     assert sum("s train" in line for line in lines) == len(report["cells"])
+    # each cell is reported as it ends, not all at the end
+    assert finished_at_report[1] < len(report["cells"])  # [0]: the real reference's line
 
 
 def test_a_failed_cell_in_a_worker_stops_the_grid_naming_it(tmp_path):

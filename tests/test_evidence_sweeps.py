@@ -288,10 +288,11 @@ def test_cli_flags_select_the_variant_and_axes(capsys, tmp_path):
 # 200 steps, 64 samples, Heun-10, 256 real images); the HF ratio does not depend on the
 # extractor, so the pooling one stands in for EffNet. CLAIM_RATIO is table2's (2.0).
 CLAIM_RATIO = 2.0
+# the grid defaults of those runs: batch 32, lr 1e-3, EMA 0.99
 MEASURED = dict(
     steps=200, batch=32, lr=1e-3, ema_decays=(0.99,), num_samples=64, sampler_steps=10,
     real_count=256, device="cpu",
-)  # fmt: skip  (the grid defaults of those runs: batch 32, lr 1e-3, EMA 0.99)
+)  # fmt: skip
 
 
 @pytest.mark.slow
