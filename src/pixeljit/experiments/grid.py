@@ -13,8 +13,7 @@ images of each model size, the real images' reference, and the loop over the cel
 - `make_cell` / `one_setting_cells`: a grid's cells, each labelled with what every report shows.
 - `run_grid`: extractor first (a missing package fails before anything is written), then the
   folder check, the data, the real reference (computed once, kept as real-reference.npz), and
-  every cell through `evidence.run_cell` (finished cells are kept, unfinished ones resume), `jobs`
-  at a time in worker processes (`workers.run_cells`).
+  every cell through `workers.run_cells` (finished cells kept, unfinished ones resume; N at once).
 - `GridExperiment`: an experiment as `run_grid` needs it (sizes, cells, reference, scoring
   size, each a function of its config); its `run` is the experiment's `run_<name>`.
 """

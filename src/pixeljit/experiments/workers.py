@@ -7,10 +7,11 @@ the parent's torch thread count, so `jobs × threads` cores are busy). Every cel
 so a cell gives the same result whichever process runs it, and the report lists the cells in
 the grid's order whatever order they finish in.
 
-Workers start with `spawn` (no forked torch state, the same on every OS); the extractor, the
-real reference and the cells are pickled to them. A failed cell stops the grid: the cells not
-started are cancelled, the running ones finish (their checkpoints are kept), and the error is
-raised with the cell's name.
+Workers start with `spawn` (no forked torch state, the same on every OS). What every cell shares
+(the measure, the extractor with its weights, the real reference, the train function) is
+pickled to each worker once, when it starts; each task carries only its cell. A failed cell
+stops the grid: the cells not started are cancelled, the running ones finish (their checkpoints
+are kept), and the error is raised with the cell's name.
 """
 
 from __future__ import annotations
@@ -27,8 +28,17 @@ from pixeljit.metrics.extractor import FeatureExtractor
 Report = Callable[[int, Cell, dict, bool], None]  # (1-based index, cell, result, kept)
 
 
-def _set_threads(threads: int) -> None:
+_shared: tuple = ()  # in a worker: (measure, extractor, real, train_fn), set by `_start_worker`
+
+
+def _start_worker(threads: int, *shared) -> None:
+    global _shared
     torch.set_num_threads(threads)
+    _shared = shared
+
+
+def _run_in_worker(cell: Cell) -> tuple[dict, bool]:
+    return run_cell(cell, *_shared)
 
 
 def run_cells(
@@ -55,13 +65,11 @@ def run_cells(
     results: list[dict | None] = [None] * len(cells)
     context = multiprocessing.get_context("spawn")
     workers = min(jobs, len(cells))
+    shared = (torch.get_num_threads(), measure, extractor, real, train_fn)
     with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_set_threads, initargs=(torch.get_num_threads(),)
+        workers, mp_context=context, initializer=_start_worker, initargs=shared
     ) as pool:
-        pending = {
-            pool.submit(run_cell, cell, measure, extractor, real, train_fn): k
-            for k, cell in enumerate(cells)
-        }
+        pending = {pool.submit(_run_in_worker, cell): k for k, cell in enumerate(cells)}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
