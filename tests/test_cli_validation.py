@@ -13,7 +13,7 @@ import torch
 import pixeljit
 from conftest import TINY_NET
 from pixeljit.checkpoints.run import LATEST, save_checkpoint
-from pixeljit.cli import build_parser, main
+from pixeljit.cli import build_parser, main, reproduce_grid
 from pixeljit.cli.reproduce_grid import MAX_JOBS
 
 TINY = TINY_NET  # conftest: the network `tiny_file` holds
@@ -102,6 +102,24 @@ def test_grid_jobs_are_checked_before_anything_is_written(tmp_path, capsys, name
     err = _error(capsys, ["reproduce", name, "--quick", "--out", str(tmp_path / "g"),
                           "--jobs", value])  # fmt: skip
     assert "--jobs" in err and not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("name", ["table2", "resolution", "bottleneck", "noise"])
+def test_grid_jobs_beyond_the_cores_are_warned_about(monkeypatch, capsys, name):
+    monkeypatch.setattr(reproduce_grid.os, "cpu_count", lambda: 4)
+
+    def warning(*flags):
+        args = build_parser().parse_args(["reproduce", name, "--quick", *flags])
+        reproduce_grid.check_grid_flags(args)
+        return capsys.readouterr().err
+
+    assert warning("--jobs", "4", "--device", "cpu") == ""
+    assert warning("--jobs", "2", "--threads", "2", "--device", "cpu") == ""
+    err = warning("--jobs", "3", "--threads", "2", "--device", "cpu")
+    assert "6 CPU threads on 4 cores" in err and "use --jobs 2 or fewer" in err
+    assert "--jobs 5" in warning("--jobs", "5", "--device", "cpu")
+    # cells on a GPU share the card, not the cores
+    assert reproduce_grid.oversubscription("cuda:1", 8, 1, 4) is None
 
 
 def test_outputs_are_checked_before_loading(tiny_file, tmp_path, no_loading, capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sys
 import time
 
 from pixeljit.cli.checks import check_device, check_float, check_int, check_output, check_seed
@@ -74,6 +75,27 @@ def check_grid_flags(args) -> None:
     check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)
     check_int("--jobs", args.jobs, 1, MAX_JOBS + 1)
     check_device("--device", args.device)
+    warning = oversubscription(args.device, args.jobs, args.threads, os.cpu_count() or 1)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
+def oversubscription(device: str, jobs: int, threads: int, cores: int) -> str | None:
+    """The warning for more CPU threads than cores (None: none): the cells still run, each
+    slower, and together no faster than at jobs × threads = cores. Cells on a GPU share it
+    instead, so only a CPU device (or `auto` without CUDA) is checked."""
+    if jobs * threads <= cores or device.startswith("cuda"):
+        return None
+    if device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    return (
+        f"--jobs {jobs} × --threads {threads} = {jobs * threads} CPU threads on {cores} cores: "
+        f"the cells compete for the cores and each runs slower; use --jobs "
+        f"{max(cores // threads, 1)} or fewer at --threads {threads}"
+    )
 
 
 def _checked(values: list | None, flag: str, check, low, high) -> tuple | None:
