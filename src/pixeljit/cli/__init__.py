@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+
+from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
 
 DEBUG_HELP = "show the full traceback of an error instead of one line"
 # verb -> module under pixeljit.cli (imported lazily so `pixeljit --help` stays fast)
@@ -104,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pixeljit {args.verb}: error: {error_line(err)} (--debug shows the traceback)",
               file=sys.stderr)  # fmt: skip
         return 2
+    except KeyboardInterrupt as err:  # a second Ctrl-C, or a grid cell stopped with a checkpoint
+        if args.debug:
+            raise
+        detail = f": {error_line(err)}" if str(err) else ""
+        print(f"pixeljit {args.verb}: interrupted{detail}", file=sys.stderr)
+        return SIGNAL_EXIT_BASE + signal.SIGINT
 
 
 if __name__ == "__main__":

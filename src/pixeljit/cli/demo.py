@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
+
 CPU_PRESET, CPU_STEPS = "fmnist-small", 2200  # ≈ 9–10 min of training on 2 cores (measured)
 SCORE_NUM, SCORE_SEED = 1000, 1  # the demo scores 1000 samples (100 a class) against the data
 SCORE_FILE = "score.json"
@@ -60,6 +62,9 @@ def run(args) -> int:
         f"({m.image_size}px, patch {m.patch_size}) for {cfg.optim.steps} steps → {cfg.run.out}"
     )
     result = train(cfg, restart=args.restart)
+    if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
+        print(f"continue the demo's training with `pixeljit train --resume {result.out}`")
+        return SIGNAL_EXIT_BASE + result.stopped_by_signal
     if result.stopped_on_nan:
         return 1
     out = Path(cfg.run.out)

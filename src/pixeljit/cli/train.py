@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pixeljit.training.config import apply_overrides, from_dict, load_yaml, parse_set
 from pixeljit.training.presets import get_preset, presets
+from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
 
 
 def add_parser(sub) -> None:
@@ -97,6 +98,9 @@ def run(args) -> int:
         restart=args.restart,
         allow_inexact_resume=args.allow_inexact_resume,
     )
+    if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
+        print(f"continue with `pixeljit train --resume {result.out}`")
+        return SIGNAL_EXIT_BASE + result.stopped_by_signal
     if result.stopped_on_nan:
         return 1
     if result.is_main:

@@ -208,6 +208,11 @@ def train_cell(cell: Cell, train_fn: Callable | None = None) -> dict:
     resumed = has_checkpoint(folder)
     start = time.perf_counter()
     result = train_fn(cell.config, resume=str(folder) if resumed else None, progress=False)
+    if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM: the checkpoint is kept
+        raise KeyboardInterrupt(
+            f"cell {cell.name} stopped after step {result.step}; re-run the same command to "
+            "continue it from its checkpoint"
+        )
     if result.stopped_on_nan:
         raise RuntimeError(
             f"cell {cell.name}: non-finite loss or weights at step {result.step + 1} (see "

@@ -39,6 +39,7 @@ from pixeljit.training.rundir import (
 from pixeljit.training.runlog import LOSS_PLOT, LossTally, RunLog, plot_loss
 from pixeljit.training.setup import BatchPlan, flip_warning, open_training_data, resolve_config
 from pixeljit.training.state import all_finite, capture_rng, gather_state, load_training_state
+from pixeljit.training.stopsignal import StopRequest
 
 
 @dataclass
@@ -49,6 +50,7 @@ class TrainResult:
     final_loss: float | None
     stopped_on_nan: bool = False
     is_main: bool = True  # rank 0 (the one that writes files and reports)
+    stopped_by_signal: int | None = None  # SIGINT / SIGTERM: stopped early, with a checkpoint
 
 
 STEP_NOISE_TAG = 0x70786A74  # 'pxjt': keeps step noise apart from other streams
@@ -247,52 +249,59 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
     log.truncate_after(step)
     tally = LossTally(info.device)
     last_ckpt = Path(run.saved["path"]) if run.saved is not None else None  # the last good one
-    final_loss, nan_step = None, None
+    final_loss, nan_step, interrupted = None, None, None
     bar = _progress(progress and info.is_main, step, plan.total_steps)
     parts.model.train()
-    while step < plan.total_steps:
-        lr = learning_rate(step, cfg.optim.learning_rate, plan.warmup_steps, plan.total_steps,
-                           plan.cooldown_steps)  # fmt: skip
-        step_loss = _optimizer_step(parts, run, info, step, lr, tally)
-        tally.end_step(step, step_loss, plan.global_batch)
-        step += 1
-        if bar is not None:
-            bar.update(1)
-
-        # -------------------------------------------- log / checkpoint / sample (host syncs)
-        last = step == plan.total_steps
-        due_ckpt = step % cfg.run.ckpt_every == 0 or last
-        due_sample = last or (cfg.sample.every and step % cfg.sample.every == 0)
-        if step % cfg.run.log_every == 0 or due_ckpt or due_sample:
-            bad_step = tally.first_bad_step(info)
-            if bad_step >= 0:
-                nan_step = bad_step
-                _say_stopped(info, f"non-finite loss at step {bad_step + 1}", last_ckpt)
-                break
-            record = tally.flush(step, plan, lr, info)
-            final_loss = record["loss"]
-            log.write(record)
+    with StopRequest(enabled=info.world_size == 1) as stop:
+        while step < plan.total_steps:
+            lr = learning_rate(step, cfg.optim.learning_rate, plan.warmup_steps, plan.total_steps,
+                               plan.cooldown_steps)  # fmt: skip
+            step_loss = _optimizer_step(parts, run, info, step, lr, tally)
+            tally.end_step(step, step_loss, plan.global_batch)
+            step += 1
             if bar is not None:
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
-                                img_s=f"{record['img_per_s']:.0f}")  # fmt: skip
-        if due_ckpt:
-            # a finite loss can still end in NaN weights
-            if not all_finite(parts.raw, parts.ema, parts.opt, info):
-                nan_step = step - 1
-                _say_stopped(info, f"non-finite weights after step {step}", last_ckpt)
+                bar.update(1)
+
+            # -------------------------------------------- log / checkpoint / sample (host syncs)
+            last = step == plan.total_steps
+            stopping = stop.signal is not None and not last  # Ctrl-C / SIGTERM: save, return
+            due_ckpt = step % cfg.run.ckpt_every == 0 or last or stopping
+            due_sample = last or (cfg.sample.every and step % cfg.sample.every == 0)
+            if step % cfg.run.log_every == 0 or due_ckpt or due_sample:
+                bad_step = tally.first_bad_step(info)
+                if bad_step >= 0:
+                    nan_step = bad_step
+                    _say_stopped(info, f"non-finite loss at step {bad_step + 1}", last_ckpt)
+                    break
+                record = tally.flush(step, plan, lr, info)
+                final_loss = record["loss"]
+                log.write(record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
+                                    img_s=f"{record['img_per_s']:.0f}")  # fmt: skip
+            if due_ckpt:
+                # a finite loss can still end in NaN weights
+                if not all_finite(parts.raw, parts.ema, parts.opt, info):
+                    nan_step = step - 1
+                    _say_stopped(info, f"non-finite weights after step {step}", last_ckpt)
+                    break
+                written = _save(run, parts, info, step)
+                last_ckpt = written or last_ckpt
+            if stopping:
+                interrupted = stop.signal
+                _say_stopped(info, f"stopped after step {step} of {plan.total_steps}", last_ckpt)
                 break
-            written = _save(run, parts, info, step)
-            last_ckpt = written or last_ckpt
-        if due_sample:
-            sample_grid(cfg, parts.ema, run.dataset, out / f"samples-{step:07d}.png", info,
-                        info.device)  # fmt: skip
+            if due_sample:
+                sample_grid(cfg, parts.ema, run.dataset, out / f"samples-{step:07d}.png", info,
+                            info.device)  # fmt: skip
     if bar is not None:
         bar.close()
     if info.is_main and (out / "metrics.jsonl").is_file():
         plot_loss(out / "metrics.jsonl", out / LOSS_PLOT)
     log.close()
     dist_utils.teardown()
-    return TrainResult(step, out, last_ckpt, final_loss, nan_step is not None, info.is_main)
+    return TrainResult(step, out, last_ckpt, final_loss, nan_step is not None, info.is_main,
+                       interrupted)  # fmt: skip
 
 
 def _optimizer_step(parts: _Parts, run: _Run, info, step: int, lr: float, tally: LossTally):

@@ -1,0 +1,59 @@
+"""Ctrl-C and SIGTERM stop a run at the next step boundary, with a checkpoint, not mid-step.
+
+Without this, the first Ctrl-C (SIGINT) or a scheduler's SIGTERM kills a run wherever it is and
+loses every step since the last periodic checkpoint (`run.ckpt_every`, 1000 steps by default).
+`StopRequest` turns the first such signal into a request: the loop finishes the step it is in,
+saves a checkpoint there (a step boundary, so resuming from it is as exact as from any other)
+and returns. A second signal acts at once, as it would without this (Ctrl-C raises
+KeyboardInterrupt; SIGTERM ends the process).
+
+Only a single-process run listens: under `torchrun` each rank would see the signal at a
+different step, and agreeing on one would cost a collective every step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNAL_EXIT_BASE = 128  # the shell's exit status of a process ended by signal N is 128 + N
+
+
+class StopRequest:
+    """`with StopRequest(enabled) as stop:` … `stop.signal` is None until the first SIGINT or
+    SIGTERM arrives, then that signal's number. Outside the main thread (where Python cannot
+    install handlers) or when not `enabled`, it never listens and `signal` stays None. The
+    previous handlers are back in place on exit."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        if self.enabled:
+            for signum in SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signal is not None:  # the second: act as if we were not listening
+            self._restore()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.raise_signal(signum)
+            return
+        self.signal = signum
+        # os.write, not print: a handler can run in the middle of another print
+        os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step with a "
+                 "checkpoint (send it again to stop at once)\n".encode())  # fmt: skip

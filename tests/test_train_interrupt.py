@@ -1,0 +1,134 @@
+"""Ctrl-C (SIGINT) and SIGTERM during training: the run stops at the end of the step it is in,
+with a checkpoint there, and resuming from it ends bit-identical to a run never stopped; a second
+signal acts at once; `pixeljit train`, `pixeljit reproduce` grids and the handlers they leave."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_run
+from pixeljit.checkpoints.run import find_checkpoint, load_checkpoint
+from pixeljit.cli import main
+from pixeljit.experiments import bottleneck
+from pixeljit.training import loop
+from pixeljit.training.loop import train
+from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE, StopRequest
+from test_evidence import PoolExtractor
+from test_train import states_equal
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+# 6 steps, checkpoints every 3: a signal during step 2 falls between two periodic checkpoints
+RUN = {"run.ckpt_every": 3, "optim.steps": 6, "run.log_every": 3}
+SIGNAL_STEP = 1  # 0-based: the signal arrives while step 2 of 6 runs
+
+
+@pytest.fixture(scope="module")
+def packed(fmnist16) -> Path:
+    return fmnist16(64)
+
+
+def signal_during(monkeypatch, signum: int, times: int = 1) -> None:
+    """Deliver `signum` (`times` times) to this process in the middle of step SIGNAL_STEP + 1,
+    after its backward pass and before the loop's bookkeeping."""
+    real_step = loop._optimizer_step
+
+    def step_then_signal(parts, run, info, step, lr, tally):
+        loss = real_step(parts, run, info, step, lr, tally)
+        if step == SIGNAL_STEP:
+            for _ in range(times):
+                signal.raise_signal(signum)
+        return loss
+
+    monkeypatch.setattr(loop, "_optimizer_step", step_then_signal)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_at_the_step_boundary_and_resume_is_bit_exact(
+    packed, tmp_path, monkeypatch, capsys, signum
+):
+    before = signal.getsignal(signum)
+    straight = train(tiny_run(packed, tmp_path / "a", **RUN), progress=False)
+    assert straight.step == 6 and straight.stopped_by_signal is None
+
+    signal_during(monkeypatch, signum)
+    stopped = train(tiny_run(packed, tmp_path / "b", **RUN), progress=False)
+    assert stopped.stopped_by_signal == signum and stopped.step == SIGNAL_STEP + 1
+    assert signal.getsignal(signum) is before  # the handler is given back
+    ckpt = load_checkpoint(tmp_path / "b")  # not a periodic one: written because of the signal
+    assert ckpt["step"] == SIGNAL_STEP + 1 and stopped.checkpoint is not None
+    assert f"stopped after step {SIGNAL_STEP + 1} of 6" in capsys.readouterr().out
+
+    monkeypatch.undo()
+    resumed = train(tiny_run(packed, tmp_path / "b", **RUN), resume=str(tmp_path / "b"),
+                    progress=False)  # fmt: skip
+    assert resumed.step == 6 and resumed.stopped_by_signal is None
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert states_equal(a["model"], b["model"])
+    for sa, sb in zip(a["ema"]["shadows"], b["ema"]["shadows"], strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(sa, sb, strict=True))
+    assert a["loader"] == b["loader"] and a["images_seen"] == b["images_seen"]
+
+
+def test_a_second_ctrl_c_stops_at_once(packed, tmp_path, monkeypatch, capsys):
+    signal_during(monkeypatch, signal.SIGINT, times=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_run(packed, tmp_path / "a", **RUN), progress=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(FileNotFoundError):  # at once: no checkpoint before the periodic one
+        find_checkpoint(tmp_path / "a")
+    # the CLI: one line, no traceback, the shell's status for SIGINT
+    argv = ["train", "--preset", "fmnist-tiny", "--data", str(packed), "--out",
+            str(tmp_path / "b"), "--steps", "6", "--no-progress", "--set", "run.device=cpu",
+            "--set", "run.ckpt_every=3"]  # fmt: skip
+    assert main(argv) == SIGNAL_EXIT_BASE + signal.SIGINT
+    assert capsys.readouterr().err.strip().endswith("pixeljit train: interrupted")
+
+
+def test_cli_train_exits_with_the_signal_status_and_the_resume_command(
+    packed, tmp_path, monkeypatch, capsys
+):
+    signal_during(monkeypatch, signal.SIGINT)
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "fmnist-tiny", "--data", str(packed), "--out", str(out),
+            "--steps", "6", "--batch-size", "16", "--no-progress", "--set", "run.device=cpu",
+            "--set", "run.ckpt_every=3", "--set", "sample.steps=1",
+            "--set", "sample.max_classes=1"]  # fmt: skip
+    assert main(argv) == SIGNAL_EXIT_BASE + signal.SIGINT
+    assert f"pixeljit train --resume {out}" in capsys.readouterr().out
+    assert load_checkpoint(out)["step"] == SIGNAL_STEP + 1
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert load_checkpoint(out)["step"] == 6
+
+
+def test_a_grid_cell_stopped_by_a_signal_is_not_scored_and_continues_on_re_run(
+    tmp_path, monkeypatch
+):
+    torch.set_num_threads(1)
+    config = bottleneck.BottleneckConfig(
+        size=16, patch=4, dims=(4,), width=32, depth=1, heads=2, steps=4, batch=8,
+        num_samples=8, sampler_steps=2, weights="model", real_count=16, data_limit=32,
+        device="cpu", ckpt_every=10,
+    )  # fmt: skip
+    signal_during(monkeypatch, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="re-run the same command"):
+        bottleneck.run_bottleneck(config, tmp_path, extractor=PoolExtractor())
+    assert not list(tmp_path.rglob("result.json"))  # a stopped cell is not scored
+    monkeypatch.undo()
+    report = bottleneck.run_bottleneck(config, tmp_path, extractor=PoolExtractor())
+    (cell,) = report["cells"]
+    assert cell["resumed"] and cell["steps"] == 4
+
+
+def test_stop_request_listens_only_where_asked():
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest(enabled=False) as stop:
+        assert signal.getsignal(signal.SIGINT) is before and stop.signal is None
+    with StopRequest() as stop:
+        assert signal.getsignal(signal.SIGINT) is not before
+    assert signal.getsignal(signal.SIGINT) is before
