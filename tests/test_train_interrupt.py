@@ -4,7 +4,11 @@ signal acts at once; `pixeljit train`, `pixeljit reproduce` grids and the handle
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +136,44 @@ def test_stop_request_listens_only_where_asked():
     with StopRequest() as stop:
         assert signal.getsignal(signal.SIGINT) is not before
     assert signal.getsignal(signal.SIGINT) is before
+
+
+GRID_SCRIPT = """
+import sys, torch
+from pixeljit.experiments import bottleneck
+from test_evidence import PoolExtractor
+torch.set_num_threads(1)
+config = bottleneck.BottleneckConfig(
+    size=16, patch=4, dims=(4, None), width=32, depth=1, heads=2, steps=10**6, batch=8,
+    num_samples=8, sampler_steps=2, weights="model", real_count=16, data_limit=32,
+    device="cpu", ckpt_every=10**6)
+bottleneck.run_bottleneck(config, sys.argv[1], extractor=PoolExtractor(), jobs=2)
+"""
+
+
+def test_ctrl_c_on_a_grid_with_jobs_leaves_each_running_cell_a_checkpoint(tmp_path):
+    """Ctrl-C in a terminal signals the whole process group: the grid's parent and both workers.
+    Each worker ends its step and saves (no periodic checkpoint could have been written)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", GRID_SCRIPT, str(tmp_path)], env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        logs = []
+        while len(logs) < 2 or not all(log.stat().st_size for log in logs):  # both are training
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.5)
+            logs = list(tmp_path.glob("cells/*/metrics.jsonl"))
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    for log in logs:
+        assert 0 < load_checkpoint(log.parent)["step"] < 10**6
+    assert not list(tmp_path.rglob("result.json"))
