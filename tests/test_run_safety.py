@@ -99,8 +99,9 @@ def test_demo_into_an_earlier_demo_says_what_to_do(tmp_path, capsys):
     (tmp_path / LATEST).write_text("an earlier demo")
     assert main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "already holds a training run" in err and "--restart" in err
-    assert f"pixeljit train --resume {tmp_path}" in err and len(err.strip().splitlines()) == 1
+    assert "already holds a demo run" in err and "--restart" in err
+    assert f"pixeljit demo --resume --out {tmp_path} --device cpu" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------- one writer per folder

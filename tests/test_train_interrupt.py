@@ -4,6 +4,7 @@ signal acts at once; `pixeljit train`, `pixeljit reproduce` grids and the handle
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import torch
 
 from conftest import tiny_run
 from pixeljit.checkpoints.run import find_checkpoint, load_checkpoint
-from pixeljit.cli import main
+from pixeljit.cli import demo, main
 from pixeljit.experiments import bottleneck
 from pixeljit.training import loop
 from pixeljit.training.loop import train
@@ -177,3 +178,34 @@ def test_ctrl_c_on_a_grid_with_jobs_leaves_each_running_cell_a_checkpoint(tmp_pa
     for log in logs:
         assert 0 < load_checkpoint(log.parent)["step"] < 10**6
     assert not list(tmp_path.rglob("result.json"))
+
+
+def test_an_interrupted_demo_continues_with_demo_resume_and_is_scored(
+    fmnist16, tmp_path, monkeypatch, capsys
+):
+    """The demo's own flow (folder checks, the hint, --resume, the score) on the tiny run: the
+    demo's real recipe trains for minutes."""
+    data = fmnist16(64)
+    monkeypatch.setattr(demo, "demo_config", lambda out, steps, device: tiny_run(data, out, **RUN))
+    monkeypatch.setattr(demo, "score_demo", functools.partial(
+        demo.score_demo, num=20, held_out=(str(data), None)))  # fmt: skip
+    real_step = loop._optimizer_step
+    signal_during(monkeypatch, signal.SIGINT)
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--device", "cpu"]
+    assert main(argv) == SIGNAL_EXIT_BASE + signal.SIGINT
+    command = f"pixeljit demo --resume --out {out} --device cpu"
+    assert command in capsys.readouterr().out
+    assert not (out / demo.SCORE_FILE).exists()
+    monkeypatch.setattr(loop, "_optimizer_step", real_step)
+
+    assert main(argv) == 2  # a fresh demo over it: refused, naming the way on
+    err = capsys.readouterr().err
+    assert command in err and "--restart" in err
+    assert main(["demo", "--resume", "--restart", *argv[1:]]) == 2
+    assert "cannot be combined" in capsys.readouterr().err
+    assert main(["demo", "--resume", "--out", str(tmp_path / "none"), "--device", "cpu"]) == 2
+    assert "holds no demo checkpoint" in capsys.readouterr().err
+
+    assert main(["demo", "--resume", *argv[1:]]) == 0
+    assert load_checkpoint(out)["step"] == 6 and (out / demo.SCORE_FILE).is_file()

@@ -5,8 +5,9 @@ No arguments needed. On a CPU it trains the `fmnist-small` preset (x-prediction,
 longer. Writes a labelled sample grid (one row per class), the loss curve and the final
 checkpoint, then scores 1000 samples (class accuracy, FD-FMNIST) beside as many real test images.
 Like `pixeljit train`, it never trains over an earlier run: an --out folder that holds one is
-refused, with the choice of --restart (move the old run aside to DIR.old-<time>, train again),
-another --out, or `pixeljit train --resume DIR` to continue an interrupted demo.
+refused, with the choice of --resume (continue that demo from its checkpoint, then score it),
+--restart (move the old run aside to DIR.old-<time>, train again) or another --out. Ctrl-C stops
+the training at a step boundary with a checkpoint, and prints the --resume command.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--steps", type=int, default=None, help="override the step budget")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--resume", action="store_true",
+                   help="--out holds an interrupted demo: continue its training from the "
+                        "checkpoint (same --steps and --device), then score it")  # fmt: skip
     p.add_argument("--restart", action="store_true",
                    help="--out holds an earlier run: move it aside to a new sibling "
                         "DIR.old-<time> (nothing is deleted) and train again")  # fmt: skip
@@ -50,20 +54,49 @@ def demo_config(out: str, steps: int | None, device: str):
     return apply_overrides(get_preset(CPU_PRESET), overrides)
 
 
+def resume_command(args) -> str:
+    """The command that continues this demo: its --out, and --steps / --device if given."""
+    flags = ["--resume", "--out", args.out]
+    if args.steps is not None:
+        flags += ["--steps", str(args.steps)]
+    if args.device != "auto":
+        flags += ["--device", args.device]
+    return "pixeljit demo " + " ".join(flags)
+
+
+def check_demo_folder(out: Path, resume: bool, restart: bool, command: str) -> None:
+    """Refuse, before anything is printed: --resume with --restart, --resume of a folder with
+    no checkpoint, and a fresh demo into a folder that holds a run (naming --resume)."""
+    from pixeljit.training.rundir import holds_checkpoint
+
+    if resume and restart:
+        raise ValueError("--restart starts a fresh demo; it cannot be combined with --resume")
+    if resume and not holds_checkpoint(out):
+        raise ValueError(f"--resume: {out} holds no demo checkpoint to continue; drop --resume "
+                         "to start a fresh demo there")  # fmt: skip
+    if not resume and not restart and holds_checkpoint(out):
+        raise ValueError(
+            f"{out} already holds a demo run; continue it with `{command}`, or pass --restart "
+            f"to move it aside to a new sibling {out.name}.old-<time> and train again (nothing "
+            "is deleted), or choose another --out"
+        )
+
+
 def run(args) -> int:
     from pixeljit.cli.checks import check_device
     from pixeljit.training.loop import train
 
     check_device("--device", args.device)  # before the first line is printed
     cfg = demo_config(args.out, args.steps, args.device)
+    check_demo_folder(Path(args.out), args.resume, args.restart, resume_command(args))
     m = cfg.model
     print(
         f"pixeljit demo: training a depth-{m.depth}, width-{m.hidden_size} JiT on Fashion-MNIST "
         f"({m.image_size}px, patch {m.patch_size}) for {cfg.optim.steps} steps → {cfg.run.out}"
     )
-    result = train(cfg, restart=args.restart)
+    result = train(cfg, resume=args.out if args.resume else None, restart=args.restart)
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
-        print(f"continue the demo's training with `pixeljit train --resume {result.out}`")
+        print(f"continue the demo with `{resume_command(args)}`")
         return SIGNAL_EXIT_BASE + result.stopped_by_signal
     if result.stopped_on_nan:
         return 1
