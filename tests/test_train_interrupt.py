@@ -4,6 +4,7 @@ signal acts at once; `pixeljit train`, `pixeljit reproduce` grids and the handle
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -152,8 +153,10 @@ bottleneck.run_bottleneck(config, sys.argv[1], extractor=PoolExtractor(), jobs=2
 """
 
 
-def test_ctrl_c_on_a_grid_with_jobs_leaves_each_running_cell_a_checkpoint(tmp_path):
-    """Ctrl-C in a terminal signals the whole process group: the grid's parent and both workers.
+@pytest.mark.parametrize("whom", ["group", "parent"])
+def test_a_signal_to_a_grid_with_jobs_leaves_each_running_cell_a_checkpoint(tmp_path, whom):
+    """Ctrl-C in a terminal signals the whole process group: the grid's parent and both workers;
+    `kill PID` or `timeout` signals the parent alone, which passes SIGTERM on to its workers.
     Each worker ends its step and saves (no periodic checkpoint could have been written)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}  # fmt: skip
@@ -168,11 +171,15 @@ def test_ctrl_c_on_a_grid_with_jobs_leaves_each_running_cell_a_checkpoint(tmp_pa
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.5)
             logs = list(tmp_path.glob("cells/*/metrics.jsonl"))
-        os.killpg(proc.pid, signal.SIGINT)
+        if whom == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
+    finally:  # nothing of the group outlives the test, whatever happened
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
             proc.communicate()
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     for log in logs:

@@ -11,12 +11,17 @@ Workers start with `spawn` (no forked torch state, the same on every OS). What e
 (the measure, the extractor with its weights, the real reference, the train function) is
 pickled to each worker once, when it starts; each task carries only its cell. A failed cell
 stops the grid: the cells not started are cancelled, the running ones finish (their checkpoints
-are kept), and the error is raised with the cell's name.
+are kept), and the error is raised with the cell's name. Ctrl-C, or SIGTERM to this process,
+stops every running cell at a step boundary with a checkpoint (see `_forward_sigterm`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import signal
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -39,6 +44,28 @@ def _start_worker(threads: int, *shared) -> None:
 
 def _run_in_worker(cell: Cell) -> tuple[dict, bool]:
     return run_cell(cell, *_shared)
+
+
+@contextlib.contextmanager
+def _forward_sigterm():
+    """While the workers run, a SIGTERM sent to this process alone (`kill PID`, `timeout`) is
+    passed on to them, so each stops its cell at a step boundary with a checkpoint (as Ctrl-C,
+    which reaches the whole process group, does), and this process then stops as on Ctrl-C,
+    once they have. Without it they would outlive it. Only the main thread can listen."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum, frame):
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signum)
+        raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the grid's cells were stopped")
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_cells(
@@ -66,9 +93,12 @@ def run_cells(
     context = multiprocessing.get_context("spawn")
     workers = min(jobs, len(cells))
     shared = (torch.get_num_threads(), measure, extractor, real, train_fn)
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_start_worker, initargs=shared
-    ) as pool:
+    with (
+        _forward_sigterm(),
+        ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker, initargs=shared
+        ) as pool,
+    ):
         pending = {pool.submit(_run_in_worker, cell): k for k, cell in enumerate(cells)}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
