@@ -84,13 +84,10 @@ def oversubscription(device: str, jobs: int, threads: int, cores: int) -> str | 
     """The warning for more CPU threads than cores (None: none): the cells still run, each
     slower, and together no faster than at jobs × threads = cores. Cells on a GPU share it
     instead, so only a CPU device (or `auto` without CUDA) is checked."""
-    if jobs * threads <= cores or device.startswith("cuda"):
-        return None
-    if device == "auto":
-        import torch
+    from pixeljit.experiments.evidence import resolve_device
 
-        if torch.cuda.is_available():
-            return None
+    if jobs * threads <= cores or resolve_device(device).type == "cuda":
+        return None
     return (
         f"--jobs {jobs} × --threads {threads} = {jobs * threads} CPU threads on {cores} cores: "
         f"the cells compete for the cores and each runs slower; use --jobs "
