@@ -45,6 +45,32 @@ def test_warmup_decay_is_tensorflows_num_updates_rule():
     assert warmup_decay(0.995, 10**6) == 0.995
 
 
+@pytest.mark.parametrize("offset", [4.0, 5.0, 10.0])
+def test_warmup_weighs_update_k_as_a_power_of_k(offset):
+    # the parameter is the one-hot e_k at update k, so the shadow holds the weight of every update:
+    # while the cap binds, w_k = (c − 1)·(k+2)…(k+c−1)/((n+1)…(n+c−1)) after n updates: γ = c − 2
+    updates, c = 60, int(offset)
+    net = nn.Linear(updates, 1, bias=False)
+    with torch.no_grad():
+        net.weight.zero_()
+    ema = EMA(net, (0.9999,), warmup=True, warmup_offset=offset)
+    for k in range(updates):
+        with torch.no_grad():
+            net.weight.zero_()
+            net.weight[0, k] = 1.0
+        ema.update(net, updates=k)
+    got = ema.shadows[0][0][0].double()
+
+    def rising(k: int) -> float:  # (k+2)(k+3)…(k+c−1)
+        return float(torch.arange(k + 2, k + c, dtype=torch.float64).prod())
+
+    scale = (c - 1) / float(torch.arange(updates + 1, updates + c, dtype=torch.float64).prod())
+    want = torch.tensor([scale * rising(k) for k in range(updates)], dtype=torch.float64)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match=r"optim.ema_warmup_offset must be > 1"):
+        apply_overrides(get_preset("fmnist-tiny"), {"optim.ema_warmup_offset": 1.0})
+
+
 def _net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(5, 3), nn.LayerNorm(3))
@@ -129,8 +155,8 @@ def test_resume_with_cooldown_and_ema_warmup_is_bit_exact(fmnist16, tmp_path):
 def test_checkpoints_from_before_the_switches_resume_as_if_they_were_off():
     cfg = get_preset("fmnist-tiny")
     config = to_dict(cfg)
-    old = {**config, "optim": {k: v for k, v in config["optim"].items()
-                               if k not in ("cooldown", "ema_warmup")}}  # fmt: skip
+    added = ("cooldown", "ema_warmup", "ema_warmup_offset")
+    old = {**config, "optim": {k: v for k, v in config["optim"].items() if k not in added}}
     saved = {"config": old, "step": 3}
     assert check_resume(saved, config, {}, "old.pt", allow_inexact=False) == []
     warm = to_dict(apply_overrides(cfg, {"optim.ema_warmup": True}))

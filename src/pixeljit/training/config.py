@@ -87,9 +87,11 @@ class OptimConfig:
     """AdamW with linear warm-up then a constant rate (the authors' schedule), optionally falling
     linearly to zero over the last `cooldown` fraction of the steps; duration in epochs or steps.
 
-    `ema_warmup` caps each EMA decay at (1 + n)/(10 + n) after n updates (the `num_updates` rule
-    of TensorFlow's ExponentialMovingAverage), so a slow average forgets the initial weights
-    within a short run; off (the authors' plain EMA) by default.
+    `ema_warmup` caps each EMA decay at (1 + n)/(c + n) after n updates, c = `ema_warmup_offset`
+    (10: the `num_updates` rule of TensorFlow's ExponentialMovingAverage), so a slow average
+    forgets the initial weights within a short run; off (the authors' plain EMA) by default. While
+    the cap binds the average weighs update k about as k^(c − 2): a smaller c averages a longer
+    tail of the run.
     """
 
     lr: float | None = None  # absolute rate; None → blr × global_batch / 256
@@ -104,6 +106,7 @@ class OptimConfig:
     grad_clip: float | None = None
     ema_decays: tuple[float, ...] = PAPER_EMA_DECAYS
     ema_warmup: bool = False
+    ema_warmup_offset: float = 10.0  # c in the warm-up cap (1 + n)/(c + n)
     cooldown: float = 0.0  # fraction of the steps, at the end, over which the rate falls to 0
 
     def __post_init__(self) -> None:
@@ -132,6 +135,7 @@ class OptimConfig:
         if not isinstance(self.ema_warmup, bool):
             got = shown(self.ema_warmup)
             raise ValueError(f"optim.ema_warmup must be true or false, got {got}")
+        _number("optim.ema_warmup_offset", self.ema_warmup_offset, low=1.0, low_open=True)
         _number("optim.cooldown", self.cooldown, low=0.0, high=1.0, high_open=True)
 
     @property

@@ -18,10 +18,13 @@ Works on plain tensors and on FSDP2's sharded DTensors alike: each rank stacks i
 shards, and `shadows` hands out DTensors wrapping views of them.
 
 With `warmup`, the decay used at update n (n updates came before it) is min(decay, (1 + n) /
-(10 + n)), the `num_updates` rule of TensorFlow's `tf.train.ExponentialMovingAverage`: early
-updates follow the weights closely, so a slow average (0.999) is usable after a few thousand steps
-instead of holding e^(−1) of the random initial weights after 1000. Once every decay is below its
-cap (n ≥ 9/(1 − decay) − 1) the update is the plain one, bit for bit.
+(c + n)), c = `warmup_offset` (10: the `num_updates` rule of TensorFlow's
+`tf.train.ExponentialMovingAverage`): early updates follow the weights closely, so a slow average
+(0.999) is usable after a few thousand steps instead of holding e^(−1) of the random initial
+weights after 1000. While the cap binds, update k carries a weight ∝ (k+2)(k+3)…(k+c−1), about
+k^(c−2), so a smaller c averages a longer tail (EDM2's power-function EMA, γ = c − 2). Once
+every decay is below its cap (n ≥ (c − 1)/(1 − decay) − 1) the update is the plain one, bit for
+bit.
 """
 
 from __future__ import annotations
@@ -32,12 +35,12 @@ import torch
 from torch import nn
 
 MULTI_TENSOR_DEVICE_TYPES = ("cuda",)  # devices whose foreach kernels batch many tensors a launch
-WARMUP_OFFSET = 10  # warm-up cap (1 + n) / (WARMUP_OFFSET + n), TensorFlow's constant
+WARMUP_OFFSET = 10.0  # warm-up cap (1 + n) / (WARMUP_OFFSET + n), TensorFlow's constant
 
 
-def warmup_decay(decay: float, updates: int) -> float:
+def warmup_decay(decay: float, updates: int, offset: float = WARMUP_OFFSET) -> float:
     """The decay of an EMA with warm-up at its update number `updates` (0 for the first)."""
-    return min(decay, (1 + updates) / (WARMUP_OFFSET + updates))
+    return min(decay, (1 + updates) / (offset + updates))
 
 
 def _has_scalar_list_lerp() -> bool:
@@ -74,7 +77,8 @@ def _like(view: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 class EMA:
     """Shadow copies of `model`'s parameters for each decay in `decays`."""
 
-    def __init__(self, model: nn.Module, decays: Sequence[float], warmup: bool = False):
+    def __init__(self, model: nn.Module, decays: Sequence[float], warmup: bool = False,
+                 warmup_offset: float = WARMUP_OFFSET):  # fmt: skip
         decays = tuple(float(d) for d in decays)
         if not decays:
             raise ValueError("EMA needs at least one decay")
@@ -83,7 +87,10 @@ class EMA:
         if len(set(decays)) != len(decays):
             raise ValueError(f"EMA decays must be distinct, got {decays}")
         self.decays = decays
+        if not warmup_offset > 1.0:
+            raise ValueError(f"the EMA warm-up offset must exceed 1, got {warmup_offset}")
         self.warmup = warmup
+        self.warmup_offset = float(warmup_offset)
         self.names = [name for name, _ in model.named_parameters()]
         params = [p.detach() for p in model.parameters()]
         k = len(decays)
@@ -123,7 +130,7 @@ class EMA:
             return self.decays
         if updates is None or updates < 0:
             raise ValueError("an EMA with warm-up needs the update number (updates ≥ 0)")
-        return tuple(warmup_decay(d, updates) for d in self.decays)
+        return tuple(warmup_decay(d, updates, self.warmup_offset) for d in self.decays)
 
     @torch.no_grad()
     def update(self, model: nn.Module, updates: int | None = None) -> None:

@@ -216,7 +216,8 @@ def _build(run: _Run, info) -> tuple[_Parts, int]:
     raw = JiT(cfg.model).to(device)  # (same init on every rank: same seed)
     model = dist_utils.wrap_model(raw, info, cfg.run.distributed)  # FSDP2 shards raw in place
     # after sharding: each rank averages its own shard
-    ema = EMA(raw, cfg.optim.ema_decays, warmup=cfg.optim.ema_warmup)
+    ema = EMA(raw, cfg.optim.ema_decays, warmup=cfg.optim.ema_warmup,
+              warmup_offset=cfg.optim.ema_warmup_offset)  # fmt: skip
     params = [p for p in raw.parameters() if p.requires_grad]
     opt = build_adamw(params, cfg.optim.learning_rate, cfg.optim.betas, cfg.optim.weight_decay)
     loader = DeviceLoader(

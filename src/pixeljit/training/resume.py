@@ -46,7 +46,8 @@ ALLOW_FLAG = "--allow-inexact-resume"
 DATA_KEY = "data_fingerprint"  # the checkpoint field holding `data_fingerprint(dataset)`
 MANIFEST_CONTENT_KEYS = ("shards", "labels", "class_names", "image_shape", "num_classes")
 # fields added since checkpoints were first written → the value that means the old behaviour
-ADDED_FIELDS = {("optim", "ema_warmup"): False, ("optim", "cooldown"): 0.0}
+ADDED_FIELDS = {("optim", "ema_warmup"): False, ("optim", "cooldown"): 0.0,
+                ("optim", "ema_warmup_offset"): 10.0}  # fmt: skip
 LENGTH_FIELDS = ("steps", "epochs")  # optim fields that set the run's length
 
 
