@@ -21,7 +21,6 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -29,6 +28,7 @@ import torch
 
 from pixeljit.experiments.evidence import Cell, Measure, RealReference, run_cell
 from pixeljit.metrics.extractor import FeatureExtractor
+from pixeljit.training import stopsignal
 
 Report = Callable[[int, Cell, dict, bool], None]  # (1-based index, cell, result, kept)
 
@@ -52,7 +52,7 @@ def _forward_sigterm():
     passed on to them, so each stops its cell at a step boundary with a checkpoint (as Ctrl-C,
     which reaches the whole process group, does), and this process then stops as on Ctrl-C,
     once they have. Without it they would outlive it. Only the main thread can listen."""
-    if threading.current_thread() is not threading.main_thread():
+    if not stopsignal.can_listen():
         yield
         return
 
@@ -61,11 +61,11 @@ def _forward_sigterm():
             os.kill(child.pid, signum)
         raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the grid's cells were stopped")
 
-    previous = signal.signal(signal.SIGTERM, forward)
+    previous = stopsignal.install(forward, (signal.SIGTERM,))
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        stopsignal.restore(previous)
 
 
 def run_cells(

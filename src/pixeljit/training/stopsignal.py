@@ -21,6 +21,23 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SIGNAL_EXIT_BASE = 128  # the shell's exit status of a process ended by signal N is 128 + N
 
 
+def can_listen() -> bool:
+    """Whether this thread may install signal handlers (Python allows it in the main one only)."""
+    return threading.current_thread() is threading.main_thread()
+
+
+def install(handler, signums=SIGNALS) -> dict[int, object]:
+    """`handler` for each of `signums`; returns the handlers it replaced, for `restore`."""
+    return {signum: signal.signal(signum, handler) for signum in signums}
+
+
+def restore(previous: dict[int, object]) -> None:
+    """Put back the handlers that `install` replaced (and forget them)."""
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+    previous.clear()
+
+
 class StopRequest:
     """`with StopRequest(enabled) as stop:` … `stop.signal` is None until the first SIGINT or
     SIGTERM arrives, then that signal's number. Outside the main thread (where Python cannot
@@ -28,27 +45,21 @@ class StopRequest:
     previous handlers are back in place on exit."""
 
     def __init__(self, enabled: bool = True):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.enabled = enabled and can_listen()
         self.signal: int | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequest:
         if self.enabled:
-            for signum in SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+            self._previous = install(self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
+        restore(self._previous)
 
     def _handle(self, signum: int, frame) -> None:
         if self.signal is not None:  # the second: act as if we were not listening
-            self._restore()
+            restore(self._previous)
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             signal.raise_signal(signum)
