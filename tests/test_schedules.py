@@ -67,8 +67,16 @@ def test_warmup_weighs_update_k_as_a_power_of_k(offset):
     scale = (c - 1) / float(torch.arange(updates + 1, updates + c, dtype=torch.float64).prod())
     want = torch.tensor([scale * rising(k) for k in range(updates)], dtype=torch.float64)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-9)
+    warm = {"optim.ema_warmup": True}
     with pytest.raises(ValueError, match=r"optim.ema_warmup_offset must be > 1"):
-        apply_overrides(get_preset("fmnist-tiny"), {"optim.ema_warmup_offset": 1.0})
+        apply_overrides(get_preset("fmnist-tiny"), {**warm, "optim.ema_warmup_offset": 1.0})
+    with pytest.raises(ValueError, match=r"no effect without the warm-up: add optim.ema_warmup"):
+        apply_overrides(
+            get_preset("fmnist-tiny"),
+            {"optim.ema_warmup": False, "optim.ema_warmup_offset": offset + 0.5},
+        )
+    cfg = apply_overrides(get_preset("fmnist-tiny"), {**warm, "optim.ema_warmup_offset": offset})
+    assert cfg.optim.ema_warmup_offset == offset
 
 
 def _net() -> nn.Module:

@@ -21,6 +21,7 @@ from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.files.yaml_file import parse_yaml, read_yaml
 from pixeljit.model import JiTConfig
 from pixeljit.model.jit import MAX_FIELDS, MAX_MLP_RATIO
+from pixeljit.training.ema import WARMUP_OFFSET
 
 MAX_SEED = 2**63  # seeds are 64-bit (numpy SeedSequence, torch.manual_seed)
 BASE_BATCH = 256  # lr = blr × global_batch / 256
@@ -106,7 +107,7 @@ class OptimConfig:
     grad_clip: float | None = None
     ema_decays: tuple[float, ...] = PAPER_EMA_DECAYS
     ema_warmup: bool = False
-    ema_warmup_offset: float = 10.0  # c in the warm-up cap (1 + n)/(c + n)
+    ema_warmup_offset: float = WARMUP_OFFSET  # c in the warm-up cap (1 + n)/(c + n)
     cooldown: float = 0.0  # fraction of the steps, at the end, over which the rate falls to 0
 
     def __post_init__(self) -> None:
@@ -136,6 +137,10 @@ class OptimConfig:
             got = shown(self.ema_warmup)
             raise ValueError(f"optim.ema_warmup must be true or false, got {got}")
         _number("optim.ema_warmup_offset", self.ema_warmup_offset, low=1.0, low_open=True)
+        if not self.ema_warmup and self.ema_warmup_offset != WARMUP_OFFSET:
+            raise ValueError(f"optim.ema_warmup_offset {self.ema_warmup_offset} has no effect "
+                             "without the warm-up: add optim.ema_warmup=true, or leave the offset "
+                             f"at {WARMUP_OFFSET:g}")  # fmt: skip
         _number("optim.cooldown", self.cooldown, low=0.0, high=1.0, high_open=True)
 
     @property
