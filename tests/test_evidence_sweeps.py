@@ -338,3 +338,33 @@ def test_bottleneck_has_no_catastrophic_failure_at_16(tmp_path):
     (cell,) = report["cells"]
     assert cell["labels"]["bottleneck_dim"] == 16
     assert cell["hf_ratio"] < 1.0  # no noisier than the data
+
+
+def test_more_seeds_extend_a_finished_grid(tmp_path):
+    """`--seeds 0 1` into the folder of a finished seed-0 grid trains the seed-1 cells only,
+    keeps the seed-0 ones as they were and reports both; seeds that do not start with the
+    earlier ones are refused with the fix."""
+    config = dataclasses.replace(CONFIGS["bottleneck"], dims=(4,))
+    first = bottleneck.run_bottleneck(config, tmp_path, extractor=PoolExtractor(),
+                                      train_fn=Recorder())  # fmt: skip
+    (cell,) = first["cells"]
+    result = tmp_path / CELLS_FOLDER / cell["name"] / RESULT_NAME
+    stamp = result.stat().st_mtime_ns
+    recorder, lines = Recorder(), []
+    more = dataclasses.replace(config, seeds=(0, 1))
+    report = bottleneck.run_bottleneck(more, tmp_path, extractor=PoolExtractor(),
+                                       train_fn=recorder, progress=lines.append)  # fmt: skip
+    assert [c["name"] for c in report["cells"]] == [cell["name"], "bottleneck4-seed1"]
+    assert [out.rsplit("/", 1)[-1] for out, _ in recorder.calls] == ["bottleneck4-seed1"]
+    assert report["cells"][0]["fd"] == cell["fd"] and result.stat().st_mtime_ns == stamp
+    assert any("adding seed(s) 1" in line for line in lines)
+    saved = json.loads((tmp_path / config_name("bottleneck")).read_text())
+    assert saved["seeds"] == [0, 1]
+    # the extended grid now resumes as itself, without training anything
+    again = bottleneck.run_bottleneck(more, tmp_path, extractor=PoolExtractor(),
+                                      train_fn=Recorder(allowed=False))  # fmt: skip
+    assert [c["fd"] for c in again["cells"]] == [c["fd"] for c in report["cells"]]
+    for seeds in ((1, 0, 2), (0,), (2,)):  # reordered, fewer, or without the earlier ones
+        with pytest.raises(ValueError, match=r"differs in seeds.*--seeds 0 1 …"):
+            bottleneck.run_bottleneck(dataclasses.replace(config, seeds=seeds), tmp_path,
+                                      extractor=PoolExtractor())  # fmt: skip

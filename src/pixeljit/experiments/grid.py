@@ -8,8 +8,9 @@ images of each model size, the real images' reference, and the loop over the cel
 - `baseline_config`: one cell's `TrainConfig`, the preset `emoji-cpu` plus the Tab. 2 baseline
   network (plain linear patch embedding unless a bottleneck is asked for, no RoPE / qk-norm /
   in-context tokens, SwiGLU + RMSNorm) and the cell's prediction, loss, noise scale, μ.
-- `check_results_folder`: a folder holds one grid; the same config resumes, another is refused,
-  and a non-empty folder without the grid's config file is not taken over.
+- `check_results_folder`: a folder holds one grid; the same config resumes, the same with more
+  seeds (the earlier ones first) adds their cells, another is refused, and a non-empty folder
+  without the grid's config file is not taken over.
 - `make_cell` / `one_setting_cells`: a grid's cells, each labelled with what every report shows.
 - `run_grid`: extractor first (a missing package fails before anything is written), then the
   folder check, the data, the real reference (computed once, kept as real-reference.npz), and
@@ -257,28 +258,48 @@ def real_reference(
     return real, floor
 
 
-def check_results_folder(config: GridConfig, out: Path, experiment: str) -> None:
+def added_seeds(saved: dict, wanted: dict) -> list[int]:
+    """The seeds `wanted` adds to the grid `saved` when it is that grid with more seeds listed
+    after the earlier ones (whose cells, and the real reference drawn with the first seed, stay
+    valid), else []."""
+    old, new = list(saved.get("seeds") or []), list(wanted.get("seeds") or [])
+    rest = {k: v for k, v in saved.items() if k != "seeds"}
+    if rest != {k: v for k, v in wanted.items() if k != "seeds"} or new[: len(old)] != old:
+        return []
+    return new[len(old) :]
+
+
+def check_results_folder(config: GridConfig, out: Path, experiment: str) -> list[int]:
     """A results folder belongs to one grid: a re-run with another config is refused (its cells
-    would mix), the same config resumes; a non-empty folder holding no such grid is refused.
-    Writes nothing (`run_grid` writes the config file after this check)."""
+    would mix), the same config resumes, the same config with more seeds listed after the
+    earlier ones extends it; a non-empty folder holding no such grid is refused. Returns the
+    seeds added (`run_grid` then rewrites the config file; this writes nothing)."""
     out = Path(out)
     path = out / config_name(experiment)
     wanted = config.as_dict()
     if path.is_file():
         saved = read_json(path)
-        if saved != wanted:
-            changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
-            raise ValueError(
-                f"--out {out} holds a {experiment} run with another config (differs in "
-                f"{', '.join(changed) or 'its fields'}; see {path}): rerun with the same flags "
-                "to resume it, or choose another --out"
-            )
-        return
+        if saved == wanted:
+            return []
+        extra = added_seeds(saved, wanted)
+        if extra:
+            return extra
+        changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+        hint = ""
+        if changed == ["seeds"]:
+            earlier = " ".join(str(seed) for seed in saved.get("seeds") or [])
+            hint = f" (to add seeds, list the earlier ones first: --seeds {earlier} …)"
+        raise ValueError(
+            f"--out {out} holds a {experiment} run with another config (differs in "
+            f"{', '.join(changed) or 'its fields'}; see {path}){hint}: rerun with the same "
+            "flags to resume it, or choose another --out"
+        )
     if out.is_dir() and any(out.iterdir()):
         raise ValueError(
             f"--out {out} is not empty and holds no {path.name} of an earlier {experiment} run: "
             "choose a new or empty folder"
         )
+    return []
 
 
 def default_extractor(device: str) -> FeatureExtractor:
@@ -313,10 +334,13 @@ def run_grid(
     start = time.perf_counter()
     extractor = extractor or default_extractor(config.device)
     out.mkdir(parents=True, exist_ok=True)
-    check_results_folder(config, out, experiment)
-    if not (out / config_name(experiment)).is_file():
+    extra = check_results_folder(config, out, experiment)
+    if extra or not (out / config_name(experiment)).is_file():
         write_json(out / config_name(experiment), config.as_dict())
     say = progress or (lambda line: None)
+    if extra:
+        say(f"adding seed(s) {', '.join(map(str, extra))} to the grid; the earlier seeds' cells "
+            "are kept")  # fmt: skip
     data = packed_data(config, sizes, out)
     cells = build({size: str(found.folder) for size, found in data.items()})
     cached = out / REFERENCE_NAME
