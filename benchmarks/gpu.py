@@ -5,7 +5,9 @@ training engine's own pieces in the loop's order: the JiT, `flow_matching_loss` 
 autocast with a per-step generator, backward, AdamW (fused on CUDA), the EMA update of every
 decay. Reported: img/s, TFLOP/s and MFU (3 × the forward FLOPs per image, counted from the
 config by `forward_flops`, over the card's bf16 dense peak), peak memory, the first step's time
-(the compile, for compiled runs), eager and `torch.compile(dynamic=False)`.
+(the compile, for compiled runs), eager and `torch.compile(dynamic=False)`; and, for the models
+of `--checkpointed` (JiT-L/16 by default), compiled with activation checkpointing (`-ckpt` modes,
+`run.activation_checkpointing`): what recomputing every block in backward saves and costs.
 
 Sampling (JiT-B/16 with perturbed random weights): `pixeljit.sample` with Heun-50 and CFG 2.9 on
 the interval (0.1, 1], and the few-step solver; img/s, network rows per image, TFLOP/s, the
@@ -14,6 +16,7 @@ ceiling (peak / FLOPs per image), eager and compiled (`compile_mode`, CUDA graph
 Prints a table and writes JSON (after every measurement, so a cut-short run keeps what it has).
 
     python benchmarks/gpu.py [--out DIR] [--models JiT-B/16 JiT-L/16] [--batch 128]
+                             [--checkpointed JiT-L/16] [--skip-sampling]
     python benchmarks/gpu.py --smoke     # a tiny model on the CPU in seconds (tested in CI)
 """
 
@@ -43,6 +46,7 @@ from pixeljit.training.ema import EMA
 
 H200_BF16_PEAK_TFLOPS = 790.0  # dense bf16, the issue's figure (788 measured on an 8k³ GEMM)
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (≈ 2 × forward)
+TRAIN_MODES = ("compiled", "eager", "compiled-ckpt", "eager-ckpt")  # -ckpt: checkpointed blocks
 IMAGENET_CLASSES = 1000
 LEARNING_RATE, BETAS, WEIGHT_DECAY = 2e-4, (0.9, 0.95), 0.0  # JiT-B/16 at batch 1024 (Tab. 9)
 PAPER_SAMPLER = dict(method="heun", steps=50, cfg=2.9, interval=(0.1, 1.0))  # the issue's
@@ -128,7 +132,9 @@ def bench_training(name: str, cfg: JiTConfig, mode: str, ctx: SimpleNamespace) -
     _reset_memory(device)
     torch.manual_seed(0)
     raw = JiT(cfg).to(device)
-    forward = raw if mode == "eager" else torch.compile(raw, dynamic=False, backend=ctx.backend)
+    base, _, extra = mode.partition("-")
+    raw.checkpoint_blocks = extra == "ckpt"  # activation checkpointing (FLOPs counted once)
+    forward = raw if base == "eager" else torch.compile(raw, dynamic=False, backend=ctx.backend)
     ema = EMA(raw, PAPER_EMA_DECAYS)
     params = [p for p in raw.parameters() if p.requires_grad]
     fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
@@ -322,9 +328,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--train-modes",
         nargs="+",
         default=["compiled", "eager"],
-        choices=["eager", "compiled"],
+        choices=TRAIN_MODES,
         help="in this order per model (compiled first: the targets' figure, if time runs out)",
     )
+    p.add_argument(
+        "--checkpointed",
+        nargs="*",
+        default=["JiT-L/16"],
+        help="models (of --models) also timed compiled with activation checkpointing, last",
+    )
+    p.add_argument("--skip-sampling", action="store_true", help="training rows only")
     p.add_argument(
         "--sample-modes",
         nargs="+",
@@ -365,9 +378,11 @@ def plan(args: argparse.Namespace) -> tuple[SimpleNamespace, dict, tuple, list[d
     if args.smoke:  # the compiled code path without a C++ / Triton build, tiny everything
         ctx.backend, ctx.batch, ctx.sample_batch = "eager", 4, 4
         ctx.steps, ctx.warmup, ctx.repeats, ctx.sample_modes = 2, 1, 1, ["eager", "default"]
+        ctx.checkpointed = ["smoke"]
         return ctx, {"smoke": SMOKE}, ("smoke", SMOKE), [
             {**PAPER_SAMPLER, "steps": 4}, {**fast, "steps": 2}]  # fmt: skip
     models = {m: model_config(m, num_classes=IMAGENET_CLASSES) for m in args.models}
+    ctx.checkpointed = [m for m in args.checkpointed if m in models]
     sampled = (args.sample_model, model_config(args.sample_model, num_classes=IMAGENET_CLASSES))
     return ctx, models, sampled, [dict(PAPER_SAMPLER), fast]
 
@@ -396,15 +411,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED {what}: {type(err).__name__}: {err}", flush=True)
         atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
 
-    def train_rows(names) -> None:
+    def train_rows(names, modes) -> None:
         for model in names:
-            for mode in args.train_modes:
+            for mode in modes:
                 record(f"train {model} {mode}", bench_training, model, models[model], mode)
 
     print(table([]), flush=True)
-    train_rows(list(models)[:1])  # the first model, then sampling, then the larger models
+    train_rows(list(models)[:1], args.train_modes)  # the first model, sampling, the larger ones
     try:
-        net = sampling_net(sample_cfg, ctx.device)
+        if args.skip_sampling:
+            samplers = []
+        net = sampling_net(sample_cfg, ctx.device) if samplers else None
         for settings in samplers:
             for mode in ctx.sample_modes:
                 what = f"sample {settings['method']}-{settings['steps']} {mode}"
@@ -412,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         del net
     except Exception as err:
         report["errors"].append(f"sampling net: {type(err).__name__}: {err}")
-    train_rows(list(models)[1:])
+    train_rows(list(models)[1:], args.train_modes)
+    train_rows(ctx.checkpointed, ["compiled-ckpt"])  # last: what the memory cut costs
     atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     print("\n" + table(report["rows"]))
     print(f"\n{report['environment']}\n→ {json_path}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pixeljit.model.layers import (
     Block,
@@ -179,11 +180,18 @@ class JiT(nn.Module):
     """net(z, t, y): z (N, C, H, W), t (N,) in [0, 1], y (N,) int64 with `num_classes` = null.
 
     Returns (N, C, H, W). For unconditional models (`num_classes == 0`) y may be None.
+
+    `checkpoint_blocks` (off; training's `run.activation_checkpointing` turns it on) keeps only
+    each block's input while a forward pass records gradients and recomputes the block's
+    activations during backward: activation memory falls from every block's intermediates to one
+    (N, L + S², D) tensor per block, for about one more forward pass of compute. The values are
+    the same bit for bit (dropout masks are replayed from the saved RNG state).
     """
 
     def __init__(self, config: JiTConfig):
         super().__init__()
         self.config = cfg = config
+        self.checkpoint_blocks = False  # an execution choice, not architecture: not in config
         dim, side = cfg.hidden_size, cfg.grid_size
         self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, dim, cfg.bottleneck_dim)
         self.t_embedder = TimestepEmbedder(dim)
@@ -319,7 +327,10 @@ class JiT(nn.Module):
                     ctx = ctx + y_emb.unsqueeze(1)
                 x = torch.cat([ctx.to(x.dtype), x], dim=1)  # (N, L + S², D)
                 rope = self._rope(cfg.in_context_len)
-            x = block(x, c, rope)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                x = checkpoint(block, x, c, rope, use_reentrant=False)
+            else:
+                x = block(x, c, rope)
         if cfg.in_context_len:
             x = x[:, cfg.in_context_len :]
         return self.unpatchify(self.final_layer(x, c))

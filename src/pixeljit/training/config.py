@@ -193,6 +193,12 @@ class RunConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool | str = COMPILE_AUTO  # true | false | auto (on for CUDA, off for CPU)
     distributed: str = "ddp"  # ddp | fsdp (under torchrun)
+    # recompute each block's activations in backward: activation memory of one tensor per block
+    # for about one more forward pass (bit-exact in eager; for models that do not fit otherwise)
+    activation_checkpointing: bool = False
+    # FSDP2 gathers parameters in bf16 and reduces gradients in fp32 (MixedPrecisionPolicy):
+    # half the all-gather traffic, but a bf16 residual stream (the authors' numerics keep it fp32)
+    fsdp_bf16_params: bool = False
     log_every: int = 50
     ckpt_every: int = 1000
     milestone_every: int = 0  # keep step-N.pt every this many steps; 0 = none
@@ -205,6 +211,15 @@ class RunConfig:
         if isinstance(self.compile, str) and self.compile != COMPILE_AUTO:
             got = shown(self.compile)
             raise ValueError(f"run.compile must be {CHOICES['run.compile']}, got {got}")
+        if self.fsdp_bf16_params is True and self.distributed != "fsdp":
+            raise ValueError(
+                "run.fsdp_bf16_params applies to FSDP2 only: add run.distributed=fsdp, or drop it"
+            )
+        if self.fsdp_bf16_params is True and self.precision == "fp32":
+            raise ValueError(
+                "run.fsdp_bf16_params computes in bf16: set run.precision=bf16 (or auto on CUDA), "
+                "or drop it"
+            )
         _count("run.seed", self.seed, low=0)
         if self.seed >= MAX_SEED:
             raise ValueError(f"run.seed must be < 2**63, got {self.seed}")

@@ -7,6 +7,7 @@ PyTorch's own DistributedDataParallel or FSDP2 `fully_shard`. Nothing home-made.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -69,27 +70,44 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
-    """DDP or FSDP2 around `model` (already on info.device); the bare model when single-process."""
+def wrap_model(
+    model: nn.Module, info: DistInfo, strategy: str, bf16_params: bool = False
+) -> nn.Module:
+    """DDP or FSDP2 around `model` (already on info.device); the bare model when single-process.
+
+    DDP: gradients are views into its all-reduce buckets (`gradient_as_bucket_view`: no second
+    copy of every gradient), buffers are not broadcast (the RoPE tables are the same constants on
+    every rank). `static_graph` is left off: every parameter takes part in every step, so DDP has
+    no unused parameters to search for, which is all it would save here.
+    FSDP2: one communication unit per block, then the rest; with `bf16_params`
+    (`run.fsdp_bf16_params`) parameters are all-gathered in bf16 and gradients reduce-scattered
+    in fp32, the sharded master weights and AdamW state staying fp32."""
     if strategy not in STRATEGIES:
         raise ValueError(f"distributed strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if strategy == "fsdp":
-        if not info.enabled:
-            return model
-        from torch.distributed.fsdp import fully_shard
-
-        for block in model.blocks:  # one communication unit per transformer block
-            fully_shard(block)
-        fully_shard(model)
-        return model
     if not info.enabled:
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if bf16_params
+            else MixedPrecisionPolicy()  # parameters as they are (fp32): the authors' numerics
+        )
+        for block in model.blocks:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [info.device.index] if info.device.type == "cuda" else None
-    # JiT's only buffers are the RoPE tables, constants built alike on every rank: no per-step
-    # broadcast of them
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    # torch ≥ 2.13 names the per-forward buffer broadcast `forward_sync_buffers` and warns on the
+    # old name (its one sync at construction copies rank 0's RoPE tables: the same values)
+    takes = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in takes else "broadcast_buffers"
+    return DistributedDataParallel(
+        model, device_ids=ids, gradient_as_bucket_view=True, **{no_sync: False}
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:

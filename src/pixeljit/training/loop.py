@@ -186,7 +186,9 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
     cfg, plan = resolve_config(cfg, dataset, info)
     out = Path(cfg.run.out)
     compiled = resolve_compile(cfg.run.compile, info.device.type)
-    execution = execution_facts(plan, info, cfg.run.distributed, compiled)
+    execution = execution_facts(plan, info, cfg.run.distributed, compiled,
+                                cfg.run.activation_checkpointing,
+                                cfg.run.fsdp_bf16_params)  # fmt: skip
     saved = load_checkpoint(resume_file) if resume_file is not None else None
     fingerprint = data_fingerprint(dataset)
     if saved is not None:
@@ -214,7 +216,9 @@ def _build(run: _Run, info) -> tuple[_Parts, int]:
     cfg, device = run.cfg, info.device
     torch.manual_seed(cfg.run.seed)
     raw = JiT(cfg.model).to(device)  # (same init on every rank: same seed)
-    model = dist_utils.wrap_model(raw, info, cfg.run.distributed)  # FSDP2 shards raw in place
+    raw.checkpoint_blocks = cfg.run.activation_checkpointing
+    # FSDP2 shards raw in place
+    model = dist_utils.wrap_model(raw, info, cfg.run.distributed, cfg.run.fsdp_bf16_params)
     # after sharding: each rank averages its own shard
     ema = EMA(raw, cfg.optim.ema_decays, warmup=cfg.optim.ema_warmup,
               warmup_offset=cfg.optim.ema_warmup_offset)  # fmt: skip

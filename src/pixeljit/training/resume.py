@@ -4,9 +4,11 @@ Every config field falls in one class (`field_class`), and a test holds every fi
 `RunConfig` to an explicit entry here:
 
 - logistical: where and how often things are written, the run's length, preview sampling. Free.
-- resolved: `run.device`, `run.precision`, `run.compile`, `run.distributed`, `optim.micro_batch`
-  are compared by what they resolve to (the `execution` facts saved in each checkpoint: device
-  type, bf16 or fp32, compiled or eager, world size, micro-batch, strategy), since e.g. precision
+- resolved: `run.device`, `run.precision`, `run.compile`, `run.distributed`,
+  `run.activation_checkpointing`, `run.fsdp_bf16_params`, `optim.micro_batch` are compared by what
+  they resolve to (the `execution` facts saved in each checkpoint: device type, bf16 or fp32,
+  compiled or eager, a compiled graph with checkpointed blocks, FSDP2 gathering bf16 parameters,
+  world size, micro-batch, strategy), since e.g. precision
   `auto` and `bf16`, or compile `auto` and `true`, are one thing on a GPU. A checkpoint written
   before `compiled` was recorded counts as compiled when its saved `run.compile` resolves so.
   The AdamW implementation (`adamw`: fused or foreach, `training.optimizer`) is a fact too; a
@@ -39,6 +41,7 @@ LOGISTICAL = frozenset({"run.out", "run.log_every", "run.ckpt_every", "run.miles
                         "run.tensorboard", "optim.steps", "optim.epochs"})  # fmt: skip
 LOGISTICAL_SECTIONS = ("sample.",)  # previews draw from their own seeds
 RESOLVED = frozenset({"run.device", "run.precision", "run.compile", "run.distributed",
+                      "run.activation_checkpointing", "run.fsdp_bf16_params",
                       "optim.micro_batch"})  # fmt: skip
 INEXACT: frozenset[str] = frozenset()  # config fields compared as they are (none at present)
 RECIPE_RUN = frozenset({"run.seed"})
@@ -48,6 +51,8 @@ MANIFEST_CONTENT_KEYS = ("shards", "labels", "class_names", "image_shape", "num_
 # fields added since checkpoints were first written → the value that means the old behaviour
 ADDED_FIELDS = {("optim", "ema_warmup"): False, ("optim", "cooldown"): 0.0,
                 ("optim", "ema_warmup_offset"): 10.0}  # fmt: skip
+# execution facts added since checkpoints were first written → the value they had before
+ADDED_FACTS = {"checkpointed_graph": False, "fsdp_bf16_params": False}
 LENGTH_FIELDS = ("steps", "epochs")  # optim fields that set the run's length
 
 
@@ -81,16 +86,26 @@ def field_class(name: str) -> str:
     return "recipe"
 
 
-def execution_facts(plan, info, strategy: str, compiled: bool) -> dict:
-    """How the run executes, as resolved on this machine (saved in every checkpoint)."""
+def execution_facts(
+    plan, info, strategy: str, compiled: bool, checkpointing: bool = False,
+    fsdp_bf16_params: bool = False,
+) -> dict:  # fmt: skip
+    """How the run executes, as resolved on this machine (saved in every checkpoint).
+
+    Activation checkpointing recomputes the same values bit for bit in eager mode, so it is a
+    fact only for a compiled model, whose backward graph the compiler then partitions anew.
+    bf16 parameter gathering is one only where FSDP2 runs (torchrun, more than one rank)."""
+    sharded = strategy == "fsdp" and info.world_size > 1
     return {
         "device_type": info.device.type,
         "precision": "bf16" if plan.bf16 else "fp32",
         "compiled": compiled,
+        "checkpointed_graph": bool(checkpointing and compiled),
         "adamw": adamw_kind(info.device.type),
         "world_size": info.world_size,
         "micro_batch": plan.micro_batch,
         "strategy": strategy if info.world_size > 1 else "single",
+        "fsdp_bf16_params": bool(fsdp_bf16_params and sharded),
     }
 
 
@@ -133,7 +148,8 @@ def check_resume(
     if before is not None and "adamw" not in before:  # written before fused AdamW (foreach)
         before = {**before, "adamw": ADAMW_BEFORE_FUSED}
     if before is not None:
-        inexact += [f"execution.{d}" for d in diff_configs(before, execution)]
+        before = {**ADDED_FACTS, **before}
+        inexact += [f"execution.{d}" for d in diff_configs(before, {**ADDED_FACTS, **execution})]
     was = saved.get(DATA_KEY)
     if was is not None and fingerprint is not None and was != fingerprint:
         source = config.get("data", {}).get("source")

@@ -115,6 +115,11 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
     check_model_fits(cfg, info)
     precision = cfg.run.precision
     bf16 = precision == "bf16" or (precision == "auto" and info.device.type == "cuda")
+    if cfg.run.fsdp_bf16_params and not bf16:
+        raise ValueError(
+            f"run.fsdp_bf16_params computes in bf16, but run.precision={precision} is fp32 on "
+            f"{info.device.type}: set run.precision=bf16, or drop run.fsdp_bf16_params"
+        )
     plan = BatchPlan(
         global_batch=global_batch,
         micro_batch=micro,
