@@ -5,9 +5,11 @@ training engine's own pieces in the loop's order: the JiT, `flow_matching_loss` 
 autocast with a per-step generator, backward, AdamW (fused on CUDA), the EMA update of every
 decay. Reported: img/s, TFLOP/s and MFU (3 × the forward FLOPs per image, counted from the
 config by `forward_flops`, over the card's bf16 dense peak), peak memory, the first step's time
-(the compile, for compiled runs), eager and `torch.compile(dynamic=False)`; and, for the models
-of `--checkpointed` (JiT-L/16 by default), compiled with activation checkpointing (`-ckpt` modes,
-`run.activation_checkpointing`): what recomputing every block in backward saves and costs.
+(the compile, for compiled runs), eager and `torch.compile(dynamic=False)`. Then the `--extra`
+rows, MODEL:MODE: by default JiT-B/16 compiled with a bf16 residual stream (`-bf16res`,
+`run.bf16_residual`: what the authors' fp32 stream costs) and JiT-L/16 compiled with activation
+checkpointing (`-ckpt`, `run.activation_checkpointing`: what recomputing every block saves and
+costs).
 
 Sampling (JiT-B/16 with perturbed random weights): `pixeljit.sample` with Heun-50 and CFG 2.9 on
 the interval (0.1, 1], and the few-step solver; img/s, network rows per image, TFLOP/s, the
@@ -16,7 +18,7 @@ ceiling (peak / FLOPs per image), eager and compiled (`compile_mode`, CUDA graph
 Prints a table and writes JSON (after every measurement, so a cut-short run keeps what it has).
 
     python benchmarks/gpu.py [--out DIR] [--models JiT-B/16 JiT-L/16] [--batch 128]
-                             [--checkpointed JiT-L/16] [--skip-sampling]
+                             [--extra JiT-L/16:compiled-ckpt ...] [--skip-sampling]
     python benchmarks/gpu.py --smoke     # a tiny model on the CPU in seconds (tested in CI)
 """
 
@@ -46,7 +48,10 @@ from pixeljit.training.ema import EMA
 
 H200_BF16_PEAK_TFLOPS = 790.0  # dense bf16, the issue's figure (788 measured on an 8k³ GEMM)
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (≈ 2 × forward)
-TRAIN_MODES = ("compiled", "eager", "compiled-ckpt", "eager-ckpt")  # -ckpt: checkpointed blocks
+# a base mode, then options: -ckpt checkpointed blocks, -bf16res a bf16 residual stream
+TRAIN_MODES = ("compiled", "eager", "compiled-ckpt", "eager-ckpt", "compiled-bf16res",
+               "eager-bf16res")  # fmt: skip
+EXTRA_ROWS = ("JiT-B/16:compiled-bf16res", "JiT-L/16:compiled-ckpt")
 IMAGENET_CLASSES = 1000
 LEARNING_RATE, BETAS, WEIGHT_DECAY = 2e-4, (0.9, 0.95), 0.0  # JiT-B/16 at batch 1024 (Tab. 9)
 PAPER_SAMPLER = dict(method="heun", steps=50, cfg=2.9, interval=(0.1, 1.0))  # the issue's
@@ -132,8 +137,9 @@ def bench_training(name: str, cfg: JiTConfig, mode: str, ctx: SimpleNamespace) -
     _reset_memory(device)
     torch.manual_seed(0)
     raw = JiT(cfg).to(device)
-    base, _, extra = mode.partition("-")
-    raw.checkpoint_blocks = extra == "ckpt"  # activation checkpointing (FLOPs counted once)
+    base, *options = mode.split("-")
+    raw.checkpoint_blocks = "ckpt" in options  # activation checkpointing (FLOPs counted once)
+    raw.bf16_residual = "bf16res" in options
     forward = raw if base == "eager" else torch.compile(raw, dynamic=False, backend=ctx.backend)
     ema = EMA(raw, PAPER_EMA_DECAYS)
     params = [p for p in raw.parameters() if p.requires_grad]
@@ -332,10 +338,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="in this order per model (compiled first: the targets' figure, if time runs out)",
     )
     p.add_argument(
-        "--checkpointed",
+        "--extra",
         nargs="*",
-        default=["JiT-L/16"],
-        help="models (of --models) also timed compiled with activation checkpointing, last",
+        default=list(EXTRA_ROWS),
+        help="MODEL:MODE training rows timed last (models of --models; none: --extra)",
     )
     p.add_argument("--skip-sampling", action="store_true", help="training rows only")
     p.add_argument(
@@ -378,11 +384,15 @@ def plan(args: argparse.Namespace) -> tuple[SimpleNamespace, dict, tuple, list[d
     if args.smoke:  # the compiled code path without a C++ / Triton build, tiny everything
         ctx.backend, ctx.batch, ctx.sample_batch = "eager", 4, 4
         ctx.steps, ctx.warmup, ctx.repeats, ctx.sample_modes = 2, 1, 1, ["eager", "default"]
-        ctx.checkpointed = ["smoke"]
+        ctx.extra = [("smoke", "compiled-ckpt"), ("smoke", "compiled-bf16res")]
         return ctx, {"smoke": SMOKE}, ("smoke", SMOKE), [
             {**PAPER_SAMPLER, "steps": 4}, {**fast, "steps": 2}]  # fmt: skip
     models = {m: model_config(m, num_classes=IMAGENET_CLASSES) for m in args.models}
-    ctx.checkpointed = [m for m in args.checkpointed if m in models]
+    ctx.extra = [tuple(row.split(":", 1)) for row in args.extra]
+    for model, mode in ctx.extra:
+        if model not in models or mode not in TRAIN_MODES:
+            raise SystemExit(f"--extra {model}:{mode}: the model must be one of --models "
+                             f"{list(models)} and the mode one of {list(TRAIN_MODES)}")  # fmt: skip
     sampled = (args.sample_model, model_config(args.sample_model, num_classes=IMAGENET_CLASSES))
     return ctx, models, sampled, [dict(PAPER_SAMPLER), fast]
 
@@ -430,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         report["errors"].append(f"sampling net: {type(err).__name__}: {err}")
     train_rows(list(models)[1:], args.train_modes)
-    train_rows(ctx.checkpointed, ["compiled-ckpt"])  # last: what the memory cut costs
+    for model, mode in ctx.extra:  # last: what each option costs or saves
+        train_rows([model], [mode])
     atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     print("\n" + table(report["rows"]))
     print(f"\n{report['environment']}\n→ {json_path}")

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import pixeljit
 from pixeljit.data import prepare
@@ -163,3 +166,29 @@ def torchrun(args: list[str], timeout: float = 300, **kwargs) -> subprocess.Comp
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "pixeljit", *args]  # fmt: skip
     return run_group(cmd, timeout, env=env, **kwargs)
+
+
+# ------------------------------------------------------------------ memory kept for backward
+
+
+class LiveStorages(TorchDispatchMode):
+    """Weak references to the storage of every tensor an op creates under this mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.storages: list[tuple[StorageWeakRef, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                self.storages.append((StorageWeakRef(storage), storage.nbytes()))
+        return out
+
+    def live_bytes(self, existing) -> int:
+        """Bytes of the distinct storages made under the mode that are still alive, leaving out
+        the `existing` tensors' (a weight's transpose is a view of the weight's storage)."""
+        old = {StorageWeakRef(t.untyped_storage()).cdata for t in existing}
+        alive = {ref.cdata: size for ref, size in self.storages if not ref.expired()}
+        return sum(size for cdata, size in alive.items() if cdata not in old)

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
-from conftest import tiny_run
+from conftest import LiveStorages, tiny_run
 from pixeljit.checkpoints.run import load_checkpoint
 from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss_at
 from pixeljit.model import JiT, JiTConfig
@@ -62,32 +59,9 @@ def test_checkpointed_blocks_give_the_same_loss_and_gradients_bit_for_bit():
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
 
 
-class _LiveStorages(TorchDispatchMode):
-    """Weak references to the storage of every tensor an op creates under this mode."""
-
-    def __init__(self):
-        super().__init__()
-        self.storages: list[tuple[StorageWeakRef, int]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                self.storages.append((StorageWeakRef(storage), storage.nbytes()))
-        return out
-
-    def live_bytes(self, existing) -> int:
-        """Bytes of the distinct storages made under the mode that are still alive, leaving out
-        the `existing` tensors' (a weight's transpose is a view of the weight's storage)."""
-        old = {StorageWeakRef(t.untyped_storage()).cdata for t in existing}
-        alive = {ref.cdata: size for ref, size in self.storages if not ref.expired()}
-        return sum(size for cdata, size in alive.items() if cdata not in old)
-
-
 def _bytes_kept_for_backward(checkpoint_blocks: bool) -> int:
     net, batch = _model(checkpoint_blocks), _batch(32)
-    with _LiveStorages() as mode:
+    with LiveStorages() as mode:
         loss = _loss(net, batch)
     # what the graph holds between forward and backward
     kept = mode.live_bytes([*net.parameters(), *net.buffers(), *batch])

@@ -70,7 +70,7 @@ def test_smoke_run_writes_every_row(gpu_bench, tmp_path, capsys):
     assert report["environment"]["torch"] == torch.__version__
     rows = report["rows"]
     train = [r for r in rows if r["kind"] == "train"]
-    assert [r["mode"] for r in train] == ["compiled", "eager", "compiled-ckpt"]
+    assert [r["mode"] for r in train] == ["compiled", "eager", "compiled-ckpt", "compiled-bf16res"]
     smoke_flops = 3 * gpu_bench.forward_flops(gpu_bench.SMOKE)
     for r in train:
         assert r["img_per_s"] > 0 and r["first_step_s"] > 0
@@ -92,11 +92,12 @@ def test_smoke_run_writes_every_row(gpu_bench, tmp_path, capsys):
 
 def test_training_rows_only(gpu_bench, tmp_path):
     argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path), "--skip-sampling",
-            "--train-modes", "eager-ckpt"]  # fmt: skip
+            "--train-modes", "eager-ckpt", "eager-bf16res"]  # fmt: skip
     assert gpu_bench.main(argv) == 0
     rows = json.loads((tmp_path / "gpu_benchmark.json").read_text())["rows"]
     assert [(r["kind"], r["mode"]) for r in rows] == [
-        ("train", "eager-ckpt"), ("train", "compiled-ckpt")]  # fmt: skip
+        ("train", "eager-ckpt"), ("train", "eager-bf16res"), ("train", "compiled-ckpt"),
+        ("train", "compiled-bf16res")]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -113,6 +114,6 @@ def test_gpu_suite_smoke_end_to_end(tmp_path):
     assert files == {"environment.txt", "pytest.log", "pytest-junit.xml", "benchmark.log",
                      "gpu_benchmark.json", "summary.txt"}  # fmt: skip
     report = json.loads((tmp_path / "out" / "gpu_benchmark.json").read_text())
-    assert report["smoke"] and len(report["rows"]) == 7 and not report["errors"]
+    assert report["smoke"] and len(report["rows"]) == 8 and not report["errors"]
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert "pytest -m gpu: exit 0" in summary and "benchmarks/gpu.py: exit 0" in summary

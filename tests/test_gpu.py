@@ -67,10 +67,12 @@ def random_net(cfg: JiTConfig, device, seed: int = 0) -> pixeljit.JiT:
 
 def test_bf16_training_step(cuda):
     """One step as the loop does it (bf16 autocast, fused AdamW, EMA): float32 weights and
-    optimiser state, a finite loss close to the float32 loss, every trainable weight moved."""
+    optimiser state, a finite loss close to the float32 loss, every trainable weight moved; also
+    with a bf16 residual stream (`run.bf16_residual`)."""
     losses, nets = {}, {}
-    for bf16 in (False, True):
+    for bf16 in (False, True, "bf16 residual"):
         net = random_net(TINY, cuda).train()
+        net.bf16_residual = bf16 == "bf16 residual"
         before = [p.detach().clone() for p in net.parameters()]
         ema = EMA(net, (0.999, 0.9999))
         opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3,
@@ -78,7 +80,7 @@ def test_bf16_training_step(cuda):
         x = torch.rand(8, 3, 32, 32, device=cuda) * 2 - 1
         y = torch.arange(8, device=cuda)
         gen = torch.Generator(device=cuda).manual_seed(0)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(bf16)):
             per_sample, _ = flow_matching_loss(net, x, y, ObjectiveConfig(), 10, gen)
             loss = per_sample.float().mean()
         loss.backward()
@@ -90,8 +92,9 @@ def test_bf16_training_step(cuda):
         moved = [not torch.equal(p, b) for p, b in zip(net.parameters(), before, strict=True)
                  if p.requires_grad]  # fmt: skip
         assert all(moved)
-    assert np.isfinite(losses[True])
-    assert losses[True] == pytest.approx(losses[False], rel=BF16_REL_ERR)
+    for bf16 in (True, "bf16 residual"):
+        assert np.isfinite(losses[bf16])
+        assert losses[bf16] == pytest.approx(losses[False], rel=BF16_REL_ERR)
 
 
 def test_activation_checkpointing_on_cuda_cuts_memory_not_gradients(cuda):

@@ -186,12 +186,18 @@ class JiT(nn.Module):
     activations during backward: activation memory falls from every block's intermediates to one
     (N, L + S², D) tensor per block, for about one more forward pass of compute. The values are
     the same bit for bit (dropout masks are replayed from the saved RNG state).
+
+    `bf16_residual` (off; `run.bf16_residual`): under bf16 autocast the fp32 position embedding
+    makes the residual stream fp32 (the authors' numerics); on, it is cast to the patch
+    embedding's dtype, so the stream between blocks is bf16 (half the bytes every residual add
+    and norm reads and writes). No effect without autocast.
     """
 
     def __init__(self, config: JiTConfig):
         super().__init__()
         self.config = cfg = config
         self.checkpoint_blocks = False  # an execution choice, not architecture: not in config
+        self.bf16_residual = False  # a numerics choice, not architecture: not in config
         dim, side = cfg.hidden_size, cfg.grid_size
         self.x_embedder = PatchEmbed(cfg.patch_size, cfg.in_channels, dim, cfg.bottleneck_dim)
         self.t_embedder = TimestepEmbedder(dim)
@@ -313,7 +319,8 @@ class JiT(nn.Module):
     def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
         self._check_inputs(z, t, y)
         cfg = self.config
-        x = self.x_embedder(z) + self.pos_embed  # (N, S², D)
+        x = self.x_embedder(z)  # (N, S², D), bf16 under autocast
+        x = x + (self.pos_embed.to(x.dtype) if self.bf16_residual else self.pos_embed)
         c = self.t_embedder(t)  # (N, D)
         y_emb = None
         if self.y_embedder is not None:

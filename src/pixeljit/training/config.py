@@ -199,6 +199,9 @@ class RunConfig:
     # FSDP2 gathers parameters in bf16 and reduces gradients in fp32 (MixedPrecisionPolicy):
     # half the all-gather traffic, but a bf16 residual stream (the authors' numerics keep it fp32)
     fsdp_bf16_params: bool = False
+    # under bf16: a bf16 residual stream (the fp32 position embedding makes it fp32 otherwise, as
+    # in the authors' code); half the bytes of every residual add and norm, other numerics
+    bf16_residual: bool = False
     log_every: int = 50
     ckpt_every: int = 1000
     milestone_every: int = 0  # keep step-N.pt every this many steps; 0 = none
@@ -218,6 +221,11 @@ class RunConfig:
         if self.fsdp_bf16_params is True and self.precision == "fp32":
             raise ValueError(
                 "run.fsdp_bf16_params computes in bf16: set run.precision=bf16 (or auto on CUDA), "
+                "or drop it"
+            )
+        if self.bf16_residual is True and self.precision == "fp32":
+            raise ValueError(
+                "run.bf16_residual needs bf16 autocast: set run.precision=bf16 (or auto on CUDA), "
                 "or drop it"
             )
         _count("run.seed", self.seed, low=0)

@@ -187,8 +187,8 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
     out = Path(cfg.run.out)
     compiled = resolve_compile(cfg.run.compile, info.device.type)
     execution = execution_facts(plan, info, cfg.run.distributed, compiled,
-                                cfg.run.activation_checkpointing,
-                                cfg.run.fsdp_bf16_params)  # fmt: skip
+                                cfg.run.activation_checkpointing, cfg.run.fsdp_bf16_params,
+                                cfg.run.bf16_residual)  # fmt: skip
     saved = load_checkpoint(resume_file) if resume_file is not None else None
     fingerprint = data_fingerprint(dataset)
     if saved is not None:
@@ -217,6 +217,7 @@ def _build(run: _Run, info) -> tuple[_Parts, int]:
     torch.manual_seed(cfg.run.seed)
     raw = JiT(cfg.model).to(device)  # (same init on every rank: same seed)
     raw.checkpoint_blocks = cfg.run.activation_checkpointing
+    raw.bf16_residual = cfg.run.bf16_residual
     # FSDP2 shards raw in place
     model = dist_utils.wrap_model(raw, info, cfg.run.distributed, cfg.run.fsdp_bf16_params)
     # after sharding: each rank averages its own shard

@@ -115,11 +115,12 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
     check_model_fits(cfg, info)
     precision = cfg.run.precision
     bf16 = precision == "bf16" or (precision == "auto" and info.device.type == "cuda")
-    if cfg.run.fsdp_bf16_params and not bf16:
-        raise ValueError(
-            f"run.fsdp_bf16_params computes in bf16, but run.precision={precision} is fp32 on "
-            f"{info.device.type}: set run.precision=bf16, or drop run.fsdp_bf16_params"
-        )
+    for name in ("fsdp_bf16_params", "bf16_residual"):
+        if getattr(cfg.run, name) and not bf16:
+            raise ValueError(
+                f"run.{name} computes in bf16, but run.precision={precision} is fp32 on "
+                f"{info.device.type}: set run.precision=bf16, or drop run.{name}"
+            )
     plan = BatchPlan(
         global_batch=global_batch,
         micro_batch=micro,
