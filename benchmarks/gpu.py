@@ -5,11 +5,11 @@ training engine's own pieces in the loop's order: the JiT, `flow_matching_loss` 
 autocast with a per-step generator, backward, AdamW (fused on CUDA), the EMA update of every
 decay. Reported: img/s, TFLOP/s and MFU (3 × the forward FLOPs per image, counted from the
 config by `forward_flops`, over the card's bf16 dense peak), peak memory, the first step's time
-(the compile, for compiled runs), eager and `torch.compile(dynamic=False)`. Then the `--extra`
-rows, MODEL:MODE: by default JiT-B/16 compiled with a bf16 residual stream (`-bf16res`,
-`run.bf16_residual`: what the authors' fp32 stream costs) and JiT-L/16 compiled with activation
-checkpointing (`-ckpt`, `run.activation_checkpointing`: what recomputing every block saves and
-costs).
+(the compile, for compiled runs), eager and `torch.compile(dynamic=False)`; after each model's
+rows its `--extra` rows, MODEL:MODE: by default JiT-B/16 compiled with a bf16 residual stream
+(`-bf16res`, `run.bf16_residual`: what the authors' fp32 stream costs) and JiT-L/16 compiled
+with activation checkpointing (`-ckpt`, `run.activation_checkpointing`: what recomputing every
+block saves and costs).
 
 Sampling (JiT-B/16 with perturbed random weights): `pixeljit.sample` with Heun-50 and CFG 2.9 on
 the interval (0.1, 1], and the few-step solver; img/s, network rows per image, TFLOP/s, the
@@ -427,7 +427,12 @@ def main(argv: list[str] | None = None) -> int:
                 record(f"train {model} {mode}", bench_training, model, models[model], mode)
 
     print(table([]), flush=True)
-    train_rows(list(models)[:1], args.train_modes)  # the first model, sampling, the larger ones
+    first = list(models)[:1]
+    # the first model with its extra rows, sampling, the larger models, their extra rows
+    train_rows(first, args.train_modes)
+    for model, mode in ctx.extra:
+        if model in first:
+            train_rows([model], [mode])
     try:
         if args.skip_sampling:
             samplers = []
@@ -440,8 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         report["errors"].append(f"sampling net: {type(err).__name__}: {err}")
     train_rows(list(models)[1:], args.train_modes)
-    for model, mode in ctx.extra:  # last: what each option costs or saves
-        train_rows([model], [mode])
+    for model, mode in ctx.extra:
+        if model not in first:
+            train_rows([model], [mode])
     atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     print("\n" + table(report["rows"]))
     print(f"\n{report['environment']}\n→ {json_path}")
