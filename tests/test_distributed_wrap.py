@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import tiny_run
+from conftest import tiny_run, torchrun
+from pixeljit.checkpoints.run import load_checkpoint
 from pixeljit.model import JiT, JiTConfig
 from pixeljit.training.config import apply_overrides, parse_set
 from pixeljit.training.distributed import DistInfo, wrap_model
@@ -96,3 +97,31 @@ def test_a_cpu_run_whose_precision_resolves_to_fp32_is_refused(fmnist16, tmp_pat
     with pytest.raises(ValueError, match="fp32 on cpu: set run.precision=bf16"):
         train(cfg, progress=False)
     assert not (tmp_path / "run").exists()  # refused before the folder was made
+
+
+def test_fsdp2_with_every_memory_switch_trains_under_torchrun(fmnist16, tmp_path):
+    """Two ranks, FSDP2 gathering bf16 parameters, checkpointed blocks and a bf16 residual stream
+    (gloo on the CPU): the run finishes, records how it ran, and keeps fp32 master weights that
+    moved from the initial ones."""
+    sets = ["run.distributed=fsdp", "run.fsdp_bf16_params=true", "run.precision=bf16",
+            "run.activation_checkpointing=true", "run.bf16_residual=true", "run.device=cpu",
+            "run.tensorboard=false", "sample.steps=2", "sample.max_classes=2"]  # fmt: skip
+    flags = ["train", "--preset", "fmnist-tiny", "--data", str(fmnist16(64)), "--steps", "2",
+             "--out", str(tmp_path / "run"), "--batch-size", "16", "--no-progress"]  # fmt: skip
+    for s in sets:
+        flags += ["--set", s]
+    done = torchrun(flags, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = load_checkpoint(tmp_path / "run")
+    assert saved["step"] == 2
+    facts = saved["execution"]
+    assert facts["strategy"] == "fsdp" and facts["world_size"] == 2
+    assert facts["fsdp_bf16_params"] and facts["bf16_residual"] and facts["precision"] == "bf16"
+    torch.manual_seed(0)  # the run's seed: its initial weights
+    initial = JiT(JiTConfig(**saved["config"]["model"])).state_dict()
+    assert all(v.dtype == torch.float32 for v in saved["model"].values())
+    moved = [k for k, v in saved["model"].items() if not torch.equal(v, initial[k])]
+    # (adaLN-Zero: the MLPs get gradients only once the gates have moved)
+    for key in ("x_embedder.proj.weight", "blocks.1.adaLN_modulation.1.weight",
+                "final_layer.linear.weight"):  # fmt: skip
+        assert key in moved, key
