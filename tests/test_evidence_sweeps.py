@@ -368,3 +368,46 @@ def test_more_seeds_extend_a_finished_grid(tmp_path):
         with pytest.raises(ValueError, match=r"differs in seeds.*--seeds 0 1 …"):
             bottleneck.run_bottleneck(dataclasses.replace(config, seeds=seeds), tmp_path,
                                       extractor=PoolExtractor())  # fmt: skip
+
+
+def test_reuse_takes_another_grids_finished_cell(runs, tmp_path):
+    """`bottleneck`'s `none` cell is `noise`'s μ = −0.8 x-pred cell (same recipe, images,
+    sampler, reference): with `reuse` it is taken, not trained, under bottleneck's own name and
+    labels; the other folder is only read. With another recipe (3 steps) nothing is taken."""
+    _, noise_out, noise_report, _, _ = runs["noise"]
+    (donor,) = [c for c in noise_report["cells"]
+                if c["labels"]["p_mean"] == -0.8 and c["labels"]["prediction"] == "x"]  # fmt: skip
+    donor_file = noise_out / CELLS_FOLDER / donor["name"] / RESULT_NAME
+    stamp = donor_file.stat().st_mtime_ns
+    recorder, lines = Recorder(), []
+    report = bottleneck.run_bottleneck(CONFIGS["bottleneck"], tmp_path / "b", reuse=[noise_out],
+                                       extractor=PoolExtractor(), train_fn=recorder,
+                                       progress=lines.append)  # fmt: skip
+    (plain,) = [c for c in report["cells"] if c["labels"]["bottleneck_dim"] is None]
+    trained = [out.rsplit("/", 1)[-1] for out, _ in recorder.calls]
+    assert plain["name"] not in trained and len(trained) == 1  # only d′ = 4 trained
+    assert plain["fd"] == donor["fd"] and plain["hf_ratio"] == donor["hf_ratio"]
+    assert plain["reused_from"] == str(donor_file.parent)
+    assert plain["name"].startswith("bottleneck") and "p_mean" not in plain["labels"]
+    assert plain["config"]["run"]["out"] == str(tmp_path / "b" / CELLS_FOLDER / plain["name"])
+    assert (tmp_path / "b" / CELLS_FOLDER / plain["name"] / "grid.png").is_file()
+    assert any("taken from --reuse: 1 finished cell" in line for line in lines)
+    assert donor_file.stat().st_mtime_ns == stamp
+    other = dataclasses.replace(CONFIGS["bottleneck"], steps=3, dims=(None,))
+    recorder = Recorder()
+    again = bottleneck.run_bottleneck(other, tmp_path / "c", reuse=[noise_out],
+                                      extractor=PoolExtractor(), train_fn=recorder)  # fmt: skip
+    assert len(recorder.calls) == 1 and "reused_from" not in again["cells"][0]
+
+
+def test_cli_reuse_must_name_a_results_folder(runs, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    (tmp_path / "plain").mkdir()
+    for bad in (tmp_path / "missing", tmp_path / "plain"):
+        assert main(["reproduce", "noise", "--quick", "--out", out, "--reuse", str(bad)]) != 0
+        assert "not the results folder of a reproduction" in capsys.readouterr().err
+    _, noise_out, *_ = runs["noise"]
+    args = ["reproduce", "noise", "--quick", "--out", str(noise_out), "--reuse", str(noise_out)]
+    assert main(args) != 0
+    assert "is --out itself" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

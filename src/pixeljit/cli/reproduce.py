@@ -170,7 +170,9 @@ def _run_table2(args) -> int:
         args.threads,
         f"pixeljit reproduce table2: {cells} cells, {config.steps} steps each, seeds "
         f"{list(config.seeds)} → {out}",
-        lambda progress: run_table2(config, out, progress=progress, jobs=args.jobs),
+        lambda progress: run_table2(
+            config, out, progress=progress, jobs=args.jobs, reuse=args.reuse
+        ),  # fmt: skip
         lambda report: (write_outputs(report, out), table_markdown(report)),
     )
 

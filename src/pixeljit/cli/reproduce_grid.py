@@ -1,7 +1,7 @@
 """`pixeljit reproduce resolution | bottleneck | noise`: the one-axis image grids of
 `pixeljit.experiments` (resolution transfer, Fig. 4, Tab. 3), with the flags they share
-(`--out --quick --seeds --steps --device --threads --jobs`) and one axis flag each. Registered in
-`reproduce.EXPERIMENTS` through GRID_EXPERIMENTS; see docs/evidence.md.
+(`--out --quick --seeds --steps --device --threads --jobs --reuse`) and one axis flag each.
+Registered in `reproduce.EXPERIMENTS` through GRID_EXPERIMENTS; see docs/evidence.md.
 
 `reproduce table2` (cli/reproduce.py) is a grid too and uses the same pieces: `add_grid_flags`,
 `check_grid_flags`, `grid_config`, `run_and_report`; `print_outputs` ends every reproduction.
@@ -14,6 +14,7 @@ import functools
 import os
 import sys
 import time
+from pathlib import Path
 
 from pixeljit.cli.checks import check_device, check_float, check_int, check_output, check_seed
 
@@ -65,10 +66,35 @@ def add_grid_flags(p, name: str, gpu: bool = True) -> None:
     p.add_argument("--device", default="auto", help=GPU_DEVICE_HELP if gpu else DEVICE_HELP)
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     p.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
+    p.add_argument(
+        "--reuse",
+        nargs="+",
+        default=(),
+        metavar="DIR",
+        help="results folders of other reproductions (any grid, e.g. runs/table2): cells they "
+        "finished with the same recipe, images, sampler and reference are taken, not trained "
+        "again (table2's bottlenecked v-loss cells are noise's μ = −0.8 row, for one)",
+    )
+
+
+def check_reuse(folders, out) -> list[Path]:
+    """--reuse: existing results folders of some reproduction, not --out itself."""
+    found = []
+    for folder in map(Path, folders):
+        if not folder.is_dir() or not any(folder.glob("*-config.json")):
+            raise ValueError(
+                f"--reuse {folder}: not the results folder of a reproduction (no *-config.json "
+                "in it); give the --out folder of an earlier pixeljit reproduce run"
+            )
+        if out is not None and folder.resolve() == Path(out).resolve():
+            raise ValueError(f"--reuse {folder} is --out itself: its cells are kept anyway")
+        found.append(folder)
+    return found
 
 
 def check_grid_flags(args) -> None:
     """The values of `add_grid_flags`' flags (--out is checked where it is used)."""
+    args.reuse = check_reuse(args.reuse, args.out)
     for seed in args.seeds or ():
         check_seed("--seeds", seed)
     check_int("--steps", args.steps, 1, MAX_STEPS + 1)
@@ -257,7 +283,9 @@ def _run_grid(args, module, config_cls, run_fn, axes: dict) -> int:
         args.threads,
         f"pixeljit reproduce {name}: {config.steps} steps per cell, seeds {list(config.seeds)} → "
         f"{out}",
-        lambda progress: run_fn(config, out, progress=progress, jobs=args.jobs),
+        lambda progress: run_fn(
+            config, out, progress=progress, jobs=args.jobs, reuse=args.reuse
+        ),  # fmt: skip
         write,
     )
 

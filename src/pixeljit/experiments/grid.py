@@ -45,15 +45,20 @@ from pixeljit.experiments.evidence import (
     resolve_device,
     write_json,
 )
+from pixeljit.experiments.reuse import (
+    CELLS_FOLDER,
+    REFERENCE_NAME,
+    REUSED_KEY,
+    find_donors,
+    take_finished,
+)
 from pixeljit.experiments.workers import run_cells
 from pixeljit.metrics.extractor import FeatureExtractor
 from pixeljit.training.config import TrainConfig, apply_overrides
 from pixeljit.training.presets import get_preset
 
 PRESET = "emoji-cpu"
-CELLS_FOLDER = "cells"
 DATA_FOLDER = "data"
-REFERENCE_NAME = "real-reference.npz"  # the real images' statistics, computed once per folder
 CHANNELS = 3
 GRID_PANEL = 16  # samples in each cell's grid (4×4)
 MAX_LOG_EVERY = 50
@@ -326,10 +331,12 @@ def run_grid(
     train_fn: Callable | None = None,
     score_size: int | None = None,
     jobs: int = 1,
+    reuse=(),
 ) -> dict:
     """Run (or resume) every cell `build` returns (given each size's packed data folder), `jobs`
-    at a time (`workers.run_cells`); the report dict: the config, every cell's config and
-    measures, the floors, the times."""
+    at a time (`workers.run_cells`), first taking the cells that the results folders `reuse`
+    finished with the same recipe, data, measure and reference (`experiments.reuse`); the
+    report dict: the config, every cell's config and measures, the floors, the times."""
     out = Path(out)
     start = time.perf_counter()
     extractor = extractor or default_extractor(config.device)
@@ -352,14 +359,19 @@ def run_grid(
     floors = ", ".join(f"{k} {v:.1f}" for k, v in floor.items())
     say(f"real reference: {real.count} images" + (f"; FD floor {floors}" if floors else ""))
     measure = config.measure(score_size)
+    if reuse:
+        taken = take_finished(cells, measure, real, find_donors(reuse, extractor.stats_name))
+        say(f"taken from --reuse: {len(taken)} finished cell(s)"
+            + "".join(f"\n  {name} ← {src}" for name, src in taken.items()))  # fmt: skip
 
     def report(k: int, cell: Cell, result: dict, kept: bool) -> None:
         after = result["sample_s"] + result["score_s"]
-        state = (
-            "finished earlier, kept"
-            if kept
-            else f"{result['train_s']:.0f} s train + {after:.0f} s sample/score"
-        )
+        if REUSED_KEY in result:
+            state = f"taken from {result[REUSED_KEY]}"
+        elif kept:
+            state = "finished earlier, kept"
+        else:
+            state = f"{result['train_s']:.0f} s train + {after:.0f} s sample/score"
         say(f"[{k}/{len(cells)}] {cell.name}: FD {result['fd']:.1f}, HF ratio "
             f"{result['hf_ratio']:.2f} ({state})")  # fmt: skip
 
@@ -411,14 +423,16 @@ class GridExperiment:
         progress: Callable[[str], None] | None = None,
         train_fn: Callable | None = None,
         jobs: int = 1,
+        reuse=(),
     ) -> dict:
         """Run (or resume) every cell, `jobs` at a time in worker processes (each with this
-        process's torch threads); returns the report dict written as NAME.json."""
+        process's torch threads), taking finished ones from the folders `reuse`; returns the
+        report dict written as NAME.json."""
         out = Path(out)
         score_size = None if self.score_size is None else self.score_size(config)
         return run_grid(
             self.name, config, out, self.sizes(config),
             lambda sources: self.build(config, out, sources),
             lambda data, found: self.reference(config, data, found),
-            extractor, progress, train_fn, score_size, jobs,
+            extractor, progress, train_fn, score_size, jobs, reuse,
         )  # fmt: skip

@@ -1,0 +1,165 @@
+"""Cells another results folder already finished, taken instead of trained again (`--reuse DIR`).
+
+The image grids share cells: `table2`'s bottlenecked v-loss cells are `noise`'s μ = −0.8 row and
+`resolution`'s largest size with s = size/256, and its x-prediction one is `bottleneck`'s `none`.
+A finished cell of another folder is taken only when everything its numbers depend on is the
+same:
+
+- the training recipe as the engine resolved it (its saved config), all but where the run wrote
+  (`run.out`) and the path of its packed images (`data.source`);
+- the packed images themselves (the fingerprint of their manifest: file digests, labels, shape);
+- how it was sampled and scored (samples, sampler, weights, scoring size);
+- the real statistics it was scored against (features' mean and covariance, HF energy, count).
+
+The taken result is written into this grid's own cell folder under this grid's name and labels,
+with `reused_from` naming the cell folder it came from; its sample grid is copied beside it.
+Nothing in the other folder is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixeljit.data.packed import PackedDataset
+from pixeljit.experiments.evidence import (
+    GRID_NAME,
+    RESULT_NAME,
+    Cell,
+    Measure,
+    RealReference,
+    read_json,
+    write_json,
+)
+from pixeljit.training import distributed
+from pixeljit.training.config import to_dict
+from pixeljit.training.resume import data_fingerprint
+from pixeljit.training.setup import resolve_config
+
+CELLS_FOLDER = "cells"
+REFERENCE_NAME = "real-reference.npz"
+WHERE = (("run", "out"), ("data", "source"))  # where a run wrote and read: not its recipe
+REUSED_KEY = "reused_from"
+
+
+def recipe(config: dict) -> dict:
+    """A saved training config without the fields that only say where things were."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for section, name in WHERE:
+        out.get(section, {}).pop(name, None)
+    return out
+
+
+def measure_facts(measure: dict, size: int) -> dict:
+    """How a cell was sampled and scored (its result's `measure`), the scoring size spelled out
+    (None: the cell's own `size`)."""
+    return _plain({**measure, "score_size": measure.get("score_size") or size})
+
+
+def _plain(value):
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _fingerprint(source: str, cache: dict[str, str | None]) -> str | None:
+    if source not in cache:
+        try:
+            cache[source] = data_fingerprint(PackedDataset(source))
+        except (OSError, ValueError):  # moved or unreadable: nothing to compare with
+            cache[source] = None
+    return cache[source]
+
+
+@dataclass(frozen=True)
+class Donor:
+    """A finished cell of another results folder."""
+
+    folder: Path
+    result: dict
+    recipe: dict
+    data: str | None  # fingerprint of its packed images
+    real: RealReference
+
+
+def same_real(a: RealReference, b: RealReference, size: int) -> bool:
+    return (a.count == b.count and a.hf_by_size.get(size) == b.hf_by_size.get(size)
+            and np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma))  # fmt: skip
+
+
+def find_donors(folders, stats_name: str) -> list[Donor]:
+    """Every finished cell of `folders` (results folders of any grid) whose real statistics were
+    taken with the extractor `stats_name`; folders without them offer nothing."""
+    donors, prints = [], {}
+    for folder in map(Path, folders):
+        try:
+            real, _ = RealReference.load(folder / REFERENCE_NAME, stats_name)
+        except (OSError, ValueError):
+            continue
+        cells = folder / CELLS_FOLDER
+        for cell in sorted(cells.iterdir()) if cells.is_dir() else ():
+            if not (cell / RESULT_NAME).is_file():
+                continue
+            result = read_json(cell / RESULT_NAME)
+            config = result.get("config")
+            if not isinstance(config, dict) or REUSED_KEY in result:  # take from the source
+                continue
+            source = config.get("data", {}).get("source", "")
+            data = _fingerprint(str(source), prints) if source else None
+            donors.append(Donor(cell, result, recipe(config), data, real))
+    return donors
+
+
+def take_finished(
+    cells: list[Cell], measure: Measure, real: RealReference, donors: list[Donor]
+) -> dict[str, Path]:
+    """Write the result of a matching donor into every unfinished cell that has one; returns
+    cell name → the donor's folder, for the cells taken."""
+    taken, prints = {}, {}
+    single = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    ours = {"num_samples": measure.num_samples, "sampler": dataclasses.asdict(measure.sampler),
+            "weights": measure.weights, "score_size": measure.score_size}  # fmt: skip
+    for cell in cells:
+        folder = Path(cell.config.run.out)
+        if (folder / RESULT_NAME).is_file() or not donors:
+            continue
+        source = cell.config.data.source
+        try:  # the config as the engine will resolve it (classes, noise scale)
+            resolved, _ = resolve_config(cell.config, PackedDataset(source), single)
+        except (OSError, ValueError):  # training the cell will say what is wrong
+            continue
+        wanted = recipe(to_dict(resolved))
+        data = _fingerprint(source, prints)
+        size = cell.config.model.image_size
+        facts = measure_facts(ours, size)
+        for donor in donors:
+            measured = donor.result.get("measure")
+            if (donor.recipe == wanted and donor.data is not None and donor.data == data
+                    and isinstance(measured, dict) and measure_facts(measured, size) == facts
+                    and same_real(donor.real, real, size)):  # fmt: skip
+                adopt(cell, donor)
+                taken[cell.name] = donor.folder
+                break
+    return taken
+
+
+def adopt(cell: Cell, donor: Donor) -> None:
+    """The donor's result under this cell's name, labels and config, and its sample grid."""
+    folder = Path(cell.config.run.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = donor.folder / donor.result.get("grid", GRID_NAME)
+    if grid.is_file():
+        shutil.copyfile(grid, folder / GRID_NAME)
+    config = donor.result["config"]
+    config = {**config, "run": {**config.get("run", {}), "out": str(folder)},
+              "data": {**config.get("data", {}), "source": cell.config.data.source}}  # fmt: skip
+    result = {**donor.result, "name": cell.name, "labels": _plain(cell.labels),
+              "config": config, "grid": GRID_NAME, REUSED_KEY: str(donor.folder)}  # fmt: skip
+    write_json(folder / RESULT_NAME, result)  # last: its presence marks the cell finished
