@@ -411,3 +411,26 @@ def test_cli_reuse_must_name_a_results_folder(runs, tmp_path, capsys):
     assert main(args) != 0
     assert "is --out itself" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_reuse_compares_what_decides_a_cells_numbers():
+    """Where a run wrote, how often it logged or saved, and its previews do not count; a field
+    added since a cell was trained reads as the old behaviour; the length and the recipe do."""
+    from pixeljit.experiments.reuse import recipe
+    from pixeljit.training.config import to_dict
+    from pixeljit.training.presets import get_preset
+
+    now = to_dict(get_preset("emoji-cpu"))
+    older = json.loads(json.dumps(now))
+    for section, name in (("run", "bf16_residual"), ("run", "activation_checkpointing"),
+                          ("optim", "ema_warmup_offset"), ("optim", "cooldown")):  # fmt: skip
+        del older[section][name]  # written before these fields existed
+    older["run"].update(out="elsewhere", log_every=7, ckpt_every=9, tensorboard=False)
+    older["data"]["source"] = "/other/copy/of/the/images"
+    older["sample"]["steps"] = 3
+    assert recipe(older) == recipe(now)
+    for section, name, value in (("optim", "steps", 999), ("run", "seed", 5),
+                                 ("model", "hidden_size", 64)):  # fmt: skip
+        changed = json.loads(json.dumps(now))
+        changed[section][name] = value
+        assert recipe(changed) != recipe(now), name

@@ -6,7 +6,7 @@ A finished cell of another folder is taken only when everything its numbers depe
 same:
 
 - the training recipe as the engine resolved it (its saved config), all but where the run wrote
-  (`run.out`) and the path of its packed images (`data.source`);
+  and read (`run.out`, `data.source`), how often it logged and saved, and its preview grids;
 - the packed images themselves (the fingerprint of their manifest: file digests, labels, shape);
 - how it was sampled and scored (samples, sampler, weights, scoring size);
 - the real statistics it was scored against (features' mean and covariance, HF energy, count).
@@ -37,22 +37,36 @@ from pixeljit.experiments.evidence import (
     write_json,
 )
 from pixeljit.training import distributed
-from pixeljit.training.config import to_dict
-from pixeljit.training.resume import data_fingerprint
+from pixeljit.training.config import TrainConfig, to_dict
+from pixeljit.training.resume import RESOLVED, data_fingerprint, with_added_fields
 from pixeljit.training.setup import resolve_config
 
 CELLS_FOLDER = "cells"
 REFERENCE_NAME = "real-reference.npz"
-WHERE = (("run", "out"), ("data", "source"))  # where a run wrote and read: not its recipe
 REUSED_KEY = "reused_from"
+# where a run wrote and read, and how often it logged and saved: not what it computed
+NOT_RESULTS = frozenset({"run.out", "data.source", "run.log_every", "run.ckpt_every",
+                         "run.milestone_every", "run.tensorboard"})  # fmt: skip
+PREVIEWS = "sample."  # preview grids draw from their own seeds
+
+
+def _flat(config: dict) -> dict:
+    return {f"{section}.{name}": value for section, fields in config.items()
+            if isinstance(fields, dict) for name, value in fields.items()}  # fmt: skip
+
+
+_DEFAULTS = _flat(to_dict(TrainConfig()))
 
 
 def recipe(config: dict) -> dict:
-    """A saved training config without the fields that only say where things were."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
-    for section, name in WHERE:
-        out.get(section, {}).pop(name, None)
-    return out
+    """What of a saved training config decides the cell's numbers, flat ("section.field").
+    A field added to the config after the cell was trained reads as the value that means what
+    the code did before (`ADDED_FIELDS`; execution choices such as `run.bf16_residual`: their
+    defaults, which are the old behaviour)."""
+    flat = _flat(with_added_fields(config))
+    for key in RESOLVED:
+        flat.setdefault(key, _DEFAULTS.get(key))
+    return {k: v for k, v in flat.items() if k not in NOT_RESULTS and not k.startswith(PREVIEWS)}
 
 
 def measure_facts(measure: dict, size: int) -> dict:
