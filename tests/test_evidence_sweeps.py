@@ -391,7 +391,7 @@ def test_reuse_takes_another_grids_finished_cell(runs, tmp_path):
     assert plain["name"].startswith("bottleneck") and "p_mean" not in plain["labels"]
     assert plain["config"]["run"]["out"] == str(tmp_path / "b" / CELLS_FOLDER / plain["name"])
     assert (tmp_path / "b" / CELLS_FOLDER / plain["name"] / "grid.png").is_file()
-    assert any("taken from --reuse: 1 finished cell" in line for line in lines)
+    assert any("taken from --reuse: 1 of the 2 unfinished cell(s)" in line for line in lines)
     assert donor_file.stat().st_mtime_ns == stamp
     other = dataclasses.replace(CONFIGS["bottleneck"], steps=3, dims=(None,))
     recorder = Recorder()
