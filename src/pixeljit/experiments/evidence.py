@@ -304,15 +304,15 @@ def run_cell(
         "score_s": time.perf_counter() - start,
         "grid": GRID_NAME,
     }
-    result = _plain(result)
+    result = plain_json(result)
     write_json(done, result)
     return result, False
 
 
-def _plain(value):
+def plain_json(value):
     """Tuples → lists, so a result equals what its JSON reads back as."""
     if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_json(v) for k, v in value.items()}
     return value

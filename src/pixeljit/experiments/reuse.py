@@ -33,6 +33,7 @@ from pixeljit.experiments.evidence import (
     Cell,
     Measure,
     RealReference,
+    plain_json,
     read_json,
     write_json,
 )
@@ -72,15 +73,7 @@ def recipe(config: dict) -> dict:
 def measure_facts(measure: dict, size: int) -> dict:
     """How a cell was sampled and scored (its result's `measure`), the scoring size spelled out
     (None: the cell's own `size`)."""
-    return _plain({**measure, "score_size": measure.get("score_size") or size})
-
-
-def _plain(value):
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+    return plain_json({**measure, "score_size": measure.get("score_size") or size})
 
 
 def _fingerprint(source: str, cache: dict[str, str | None]) -> str | None:
@@ -174,6 +167,6 @@ def adopt(cell: Cell, donor: Donor) -> None:
     config = donor.result["config"]
     config = {**config, "run": {**config.get("run", {}), "out": str(folder)},
               "data": {**config.get("data", {}), "source": cell.config.data.source}}  # fmt: skip
-    result = {**donor.result, "name": cell.name, "labels": _plain(cell.labels),
+    result = {**donor.result, "name": cell.name, "labels": plain_json(cell.labels),
               "config": config, "grid": GRID_NAME, REUSED_KEY: str(donor.folder)}  # fmt: skip
     write_json(folder / RESULT_NAME, result)  # last: its presence marks the cell finished
