@@ -421,21 +421,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED {what}: {type(err).__name__}: {err}", flush=True)
         atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
 
-    def train_rows(names, modes) -> None:
+    def train_rows(names) -> None:
+        """Each model's --train-modes, then its --extra rows."""
         for model in names:
-            for mode in modes:
+            extra = [mode for name, mode in ctx.extra if name == model]
+            for mode in [*args.train_modes, *extra]:
                 record(f"train {model} {mode}", bench_training, model, models[model], mode)
 
     print(table([]), flush=True)
-    first = list(models)[:1]
-    # the first model with its extra rows, sampling, the larger models, their extra rows
-    train_rows(first, args.train_modes)
-    for model, mode in ctx.extra:
-        if model in first:
-            train_rows([model], [mode])
+    train_rows(list(models)[:1])  # the first model, then sampling, then the larger models
+    if args.skip_sampling:
+        samplers = []
     try:
-        if args.skip_sampling:
-            samplers = []
         net = sampling_net(sample_cfg, ctx.device) if samplers else None
         for settings in samplers:
             for mode in ctx.sample_modes:
@@ -444,10 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         del net
     except Exception as err:
         report["errors"].append(f"sampling net: {type(err).__name__}: {err}")
-    train_rows(list(models)[1:], args.train_modes)
-    for model, mode in ctx.extra:
-        if model not in first:
-            train_rows([model], [mode])
+    train_rows(list(models)[1:])
     atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     print("\n" + table(report["rows"]))
     print(f"\n{report['environment']}\n→ {json_path}")

@@ -71,6 +71,11 @@ class Measure:
     grid_samples: int = 16  # samples shown in the cell's grid (≤ num_samples)
     score_size: int | None = None  # FD of samples resized to this size (None: as sampled)
 
+    def record(self) -> dict:
+        """What a cell's result records of how it was sampled and scored."""
+        return {"num_samples": self.num_samples, "sampler": dataclasses.asdict(self.sampler),
+                "weights": self.weights, "score_size": self.score_size}  # fmt: skip
+
     def __post_init__(self) -> None:
         if self.num_samples < 2:
             raise ValueError(f"num_samples must be ≥ 2 (a covariance), got {self.num_samples}")
@@ -292,12 +297,7 @@ def run_cell(
         "name": cell.name,
         "labels": cell.labels,
         "config": load_yaml(folder / "config.yaml"),  # as the engine resolved it
-        "measure": {
-            "num_samples": measure.num_samples,
-            "sampler": dataclasses.asdict(measure.sampler),
-            "weights": measure.weights,
-            "score_size": measure.score_size,
-        },
+        "measure": measure.record(),
         **scores,
         **trained,
         "sample_s": sample_s,

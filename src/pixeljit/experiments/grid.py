@@ -34,7 +34,6 @@ from pixeljit.data.open import open_dataset
 from pixeljit.data.packed import PackedDataset
 from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.experiments.evidence import (
-    RESULT_NAME,
     Cell,
     Measure,
     RealReference,
@@ -361,9 +360,10 @@ def run_grid(
     say(f"real reference: {real.count} images" + (f"; FD floor {floors}" if floors else ""))
     measure = config.measure(score_size)
     if reuse:
-        open_cells = sum(not (Path(c.config.run.out) / RESULT_NAME).is_file() for c in cells)
-        taken = take_finished(cells, measure, real, find_donors(reuse, extractor.stats_name))
-        say(f"taken from --reuse: {len(taken)} of the {open_cells} unfinished cell(s)"
+        donors = find_donors(reuse, extractor.stats_name)
+        datasets = {str(found.folder): found for found in data.values()}
+        taken, unfinished = take_finished(cells, measure, real, donors, datasets)
+        say(f"taken from --reuse: {len(taken)} of the {unfinished} unfinished cell(s)"
             + "".join(f"\n  {name} ← {src}" for name, src in taken.items()))  # fmt: skip
 
     def report(k: int, cell: Cell, result: dict, kept: bool) -> None:

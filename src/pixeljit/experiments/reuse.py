@@ -18,7 +18,6 @@ Nothing in the other folder is written.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +38,22 @@ from pixeljit.experiments.evidence import (
 )
 from pixeljit.training import distributed
 from pixeljit.training.config import TrainConfig, to_dict
-from pixeljit.training.resume import RESOLVED, data_fingerprint, with_added_fields
+from pixeljit.training.resume import (
+    LENGTH_FIELDS,
+    LOGISTICAL,
+    LOGISTICAL_SECTIONS,
+    RESOLVED,
+    data_fingerprint,
+    with_added_fields,
+)
 from pixeljit.training.setup import resolve_config
 
 CELLS_FOLDER = "cells"
 REFERENCE_NAME = "real-reference.npz"
 REUSED_KEY = "reused_from"
-# where a run wrote and read, and how often it logged and saved: not what it computed
-NOT_RESULTS = frozenset({"run.out", "data.source", "run.log_every", "run.ckpt_every",
-                         "run.milestone_every", "run.tensorboard"})  # fmt: skip
-PREVIEWS = "sample."  # preview grids draw from their own seeds
+# what resuming may change freely but the run's length, and where the data was read: not what
+# the cell computed (the preview sections draw from their own seeds)
+NOT_RESULTS = (LOGISTICAL - {f"optim.{name}" for name in LENGTH_FIELDS}) | {"data.source"}
 
 
 def _flat(config: dict) -> dict:
@@ -67,7 +72,8 @@ def recipe(config: dict) -> dict:
     flat = _flat(with_added_fields(config))
     for key in RESOLVED:
         flat.setdefault(key, _DEFAULTS.get(key))
-    return {k: v for k, v in flat.items() if k not in NOT_RESULTS and not k.startswith(PREVIEWS)}
+    return {k: v for k, v in flat.items()
+            if k not in NOT_RESULTS and not k.startswith(LOGISTICAL_SECTIONS)}  # fmt: skip
 
 
 def measure_facts(measure: dict, size: int) -> dict:
@@ -77,10 +83,11 @@ def measure_facts(measure: dict, size: int) -> dict:
 
 
 def _fingerprint(source: str, cache: dict[str, str | None]) -> str | None:
+    """The fingerprint of a donor's packed images (None: moved or unreadable)."""
     if source not in cache:
         try:
             cache[source] = data_fingerprint(PackedDataset(source))
-        except (OSError, ValueError):  # moved or unreadable: nothing to compare with
+        except (OSError, ValueError):
             cache[source] = None
     return cache[source]
 
@@ -125,27 +132,28 @@ def find_donors(folders, stats_name: str) -> list[Donor]:
 
 
 def take_finished(
-    cells: list[Cell], measure: Measure, real: RealReference, donors: list[Donor]
-) -> dict[str, Path]:
-    """Write the result of a matching donor into every unfinished cell that has one; returns
-    cell name → the donor's folder, for the cells taken."""
-    taken, prints = {}, {}
+    cells: list[Cell],
+    measure: Measure,
+    real: RealReference,
+    donors: list[Donor],
+    datasets: dict[str, PackedDataset],
+) -> tuple[dict[str, Path], int]:
+    """Write the result of a matching donor into every unfinished cell that has one (`datasets`:
+    the grid's packed images, by folder); returns cell name → the donor's folder for the cells
+    taken, and how many cells were unfinished."""
+    unfinished = [c for c in cells if not (Path(c.config.run.out) / RESULT_NAME).is_file()]
+    taken: dict[str, Path] = {}
     single = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    ours = {"num_samples": measure.num_samples, "sampler": dataclasses.asdict(measure.sampler),
-            "weights": measure.weights, "score_size": measure.score_size}  # fmt: skip
-    for cell in cells:
-        folder = Path(cell.config.run.out)
-        if (folder / RESULT_NAME).is_file() or not donors:
-            continue
-        source = cell.config.data.source
+    for cell in unfinished if donors else ():
+        dataset = datasets[cell.config.data.source]
         try:  # the config as the engine will resolve it (classes, noise scale)
-            resolved, _ = resolve_config(cell.config, PackedDataset(source), single)
-        except (OSError, ValueError):  # training the cell will say what is wrong
+            resolved, _ = resolve_config(cell.config, dataset, single)
+        except ValueError:  # training the cell will say what is wrong
             continue
         wanted = recipe(to_dict(resolved))
-        data = _fingerprint(source, prints)
+        data = data_fingerprint(dataset)
         size = cell.config.model.image_size
-        facts = measure_facts(ours, size)
+        facts = measure_facts(measure.record(), size)
         for donor in donors:
             measured = donor.result.get("measure")
             if (donor.recipe == wanted and donor.data is not None and donor.data == data
@@ -154,7 +162,7 @@ def take_finished(
                 adopt(cell, donor)
                 taken[cell.name] = donor.folder
                 break
-    return taken
+    return taken, len(unfinished)
 
 
 def adopt(cell: Cell, donor: Donor) -> None:

@@ -185,6 +185,9 @@ class SampleConfig(SamplerConfig):
         _number("sample.ema_decay", self.ema_decay, 0.0, 1.0, low_open=True, high_open=True)
 
 
+BF16_ONLY = ("fsdp_bf16_params", "bf16_residual")  # run fields that need bf16 autocast
+
+
 @dataclass(frozen=True)
 class RunConfig:
     out: str = "runs/default"
@@ -218,16 +221,12 @@ class RunConfig:
             raise ValueError(
                 "run.fsdp_bf16_params applies to FSDP2 only: add run.distributed=fsdp, or drop it"
             )
-        if self.fsdp_bf16_params is True and self.precision == "fp32":
-            raise ValueError(
-                "run.fsdp_bf16_params computes in bf16: set run.precision=bf16 (or auto on CUDA), "
-                "or drop it"
-            )
-        if self.bf16_residual is True and self.precision == "fp32":
-            raise ValueError(
-                "run.bf16_residual needs bf16 autocast: set run.precision=bf16 (or auto on CUDA), "
-                "or drop it"
-            )
+        for name in BF16_ONLY:  # (an auto precision that resolves to fp32: refused in setup)
+            if getattr(self, name) is True and self.precision == "fp32":
+                raise ValueError(
+                    f"run.{name} needs bf16 autocast: set run.precision=bf16 (or auto on CUDA), "
+                    "or drop it"
+                )
         _count("run.seed", self.seed, low=0)
         if self.seed >= MAX_SEED:
             raise ValueError(f"run.seed must be < 2**63, got {self.seed}")

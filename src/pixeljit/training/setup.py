@@ -14,7 +14,7 @@ from pixeljit.data.open import open_dataset
 from pixeljit.data.packed import PackedDataset
 from pixeljit.model import JiT
 from pixeljit.training import distributed as dist_utils
-from pixeljit.training.config import TrainConfig
+from pixeljit.training.config import BF16_ONLY, TrainConfig
 
 MAX_TOTAL_STEPS = 10**10  # far beyond any run; keeps step counts finite integers
 MAX_PREVIEW_IMAGES = 4096  # images in one training sample grid (rows × sample.per_class)
@@ -115,7 +115,7 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
     check_model_fits(cfg, info)
     precision = cfg.run.precision
     bf16 = precision == "bf16" or (precision == "auto" and info.device.type == "cuda")
-    for name in ("fsdp_bf16_params", "bf16_residual"):
+    for name in BF16_ONLY:
         if getattr(cfg.run, name) and not bf16:
             raise ValueError(
                 f"run.{name} computes in bf16, but run.precision={precision} is fp32 on "
