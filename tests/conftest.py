@@ -17,7 +17,8 @@ from torch.utils._pytree import tree_leaves
 import pixeljit
 from pixeljit.data import prepare
 from pixeljit.model import JiTConfig
-from pixeljit.training.config import TrainConfig, apply_overrides
+from pixeljit.training.config import TrainConfig
+from pixeljit.training.config_io import apply_overrides
 from pixeljit.training.presets import get_preset
 
 # The tests run tiny tensors, where intra-op threads only add overhead, and on a loaded 2-core

@@ -11,7 +11,7 @@ from conftest import LiveStorages, tiny_run
 from pixeljit.checkpoints.run import load_checkpoint
 from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss_at
 from pixeljit.model import JiT, JiTConfig
-from pixeljit.training.config import to_dict
+from pixeljit.training.config_io import to_dict
 from pixeljit.training.loop import train
 from pixeljit.training.resume import check_resume
 

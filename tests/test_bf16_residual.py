@@ -9,7 +9,7 @@ import torch
 
 from conftest import rel_err, tiny_run
 from pixeljit.model import JiT, JiTConfig
-from pixeljit.training.config import apply_overrides, parse_set, to_dict
+from pixeljit.training.config_io import apply_overrides, parse_set, to_dict
 from pixeljit.training.presets import get_preset
 from pixeljit.training.resume import check_resume
 

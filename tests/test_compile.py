@@ -16,14 +16,8 @@ from conftest import tiny_run
 from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss_at
 from pixeljit.model import JiT, JiTConfig
 from pixeljit.model.layers import rope_2d_tables
-from pixeljit.training.config import (
-    COMPILE_AUTO,
-    RunConfig,
-    apply_overrides,
-    parse_set,
-    resolve_compile,
-    to_dict,
-)
+from pixeljit.training.config import COMPILE_AUTO, RunConfig, resolve_compile
+from pixeljit.training.config_io import apply_overrides, parse_set, to_dict
 from pixeljit.training.optimizer import adamw_kind, build_adamw, use_fused
 from pixeljit.training.presets import get_preset
 from pixeljit.training.resume import check_resume

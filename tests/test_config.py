@@ -6,7 +6,7 @@ import pytest
 
 from pixeljit.cli import build_parser
 from pixeljit.cli.train import build_config
-from pixeljit.training.config import (
+from pixeljit.training.config_io import (
     apply_overrides,
     from_dict,
     load_yaml,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pixeljit.cli import main
-from pixeljit.training.config import apply_overrides
+from pixeljit.training.config_io import apply_overrides
 from pixeljit.training.presets import get_preset
 
 NAN, INF = float("nan"), float("inf")

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from conftest import tiny_run, torchrun
 from pixeljit.checkpoints.run import load_checkpoint
 from pixeljit.model import JiT, JiTConfig
-from pixeljit.training.config import apply_overrides, parse_set
+from pixeljit.training.config_io import apply_overrides, parse_set
 from pixeljit.training.distributed import DistInfo, wrap_model
 from pixeljit.training.presets import get_preset
 

@@ -417,7 +417,7 @@ def test_reuse_compares_what_decides_a_cells_numbers():
     """Where a run wrote, how often it logged or saved, and its previews do not count; a field
     added since a cell was trained reads as the old behaviour; the length and the recipe do."""
     from pixeljit.experiments.reuse import recipe
-    from pixeljit.training.config import to_dict
+    from pixeljit.training.config_io import to_dict
     from pixeljit.training.presets import get_preset
 
     now = to_dict(get_preset("emoji-cpu"))

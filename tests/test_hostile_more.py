@@ -15,7 +15,8 @@ from pixeljit.data.folders import scan_image_folder
 from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.files.images import make_grid
 from pixeljit.model import JiTConfig
-from pixeljit.training.config import TrainConfig, apply_overrides, load_yaml, parse_set
+from pixeljit.training.config import TrainConfig
+from pixeljit.training.config_io import apply_overrides, load_yaml, parse_set
 
 TINY = JiTConfig(image_size=8, patch_size=4, hidden_size=16, depth=1, num_heads=2,
                  num_classes=2, bottleneck_dim=4, in_context_len=0)  # fmt: skip
@@ -93,7 +94,7 @@ LAUGHS = (
 
 
 def test_a_set_value_with_aliases_is_refused_before_it_expands():
-    from pixeljit.training.config import parse_set
+    from pixeljit.training.config_io import parse_set
 
     with pytest.raises(ValueError, match=r"--set 'optim.lr=.*' is not valid YAML: alias \*a0"):
         parse_set([f"optim.lr={LAUGHS}"])
@@ -102,7 +103,8 @@ def test_a_set_value_with_aliases_is_refused_before_it_expands():
 def test_error_messages_show_a_bounded_repr_of_shared_structures():
     """A saved config (a checkpoint's, unpickled with its memo) can share one list many times:
     the error names the field and shows a few entries, whatever the structure expands to."""
-    from pixeljit.training.config import TrainConfig, apply_overrides
+    from pixeljit.training.config import TrainConfig
+    from pixeljit.training.config_io import apply_overrides
 
     shared: list = ["lol"] * 9
     for _ in range(8):

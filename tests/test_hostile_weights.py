@@ -19,7 +19,8 @@ from pixeljit.checkpoints.safetensors_io import SAFETENSORS_CONFIG_KEY
 from pixeljit.cli import main
 from pixeljit.diffusion.objective import ObjectiveConfig
 from pixeljit.model import JiTConfig
-from pixeljit.training.config import TrainConfig, to_dict
+from pixeljit.training.config import TrainConfig
+from pixeljit.training.config_io import to_dict
 
 TINY = JiTConfig(
     image_size=8, patch_size=4, hidden_size=16, depth=2, num_heads=2, num_classes=3,

@@ -13,7 +13,7 @@ from torch import nn
 
 from conftest import tiny_run
 from pixeljit.checkpoints.run import load_checkpoint
-from pixeljit.training.config import apply_overrides, to_dict
+from pixeljit.training.config_io import apply_overrides, to_dict
 from pixeljit.training.ema import EMA, warmup_decay
 from pixeljit.training.loop import learning_rate, train
 from pixeljit.training.presets import get_preset

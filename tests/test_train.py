@@ -14,7 +14,7 @@ import pixeljit
 from conftest import tiny_run, torchrun
 from pixeljit.checkpoints.run import load_checkpoint
 from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss
-from pixeljit.training.config import apply_overrides
+from pixeljit.training.config_io import apply_overrides
 from pixeljit.training.loop import learning_rate, train
 from pixeljit.training.presets import get_preset
 

@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
 def demo_config(out: str, steps: int | None, device: str):
     import torch
 
-    from pixeljit.training.config import apply_overrides
+    from pixeljit.training.config_io import apply_overrides
     from pixeljit.training.presets import get_preset
 
     gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())

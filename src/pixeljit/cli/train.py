@@ -11,7 +11,7 @@ the folder --resume names (never in the `run.out` saved inside the checkpoint).
 
 from __future__ import annotations
 
-from pixeljit.training.config import apply_overrides, from_dict, load_yaml, parse_set
+from pixeljit.training.config_io import apply_overrides, from_dict, load_yaml, parse_set
 from pixeljit.training.presets import get_preset, presets
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
 

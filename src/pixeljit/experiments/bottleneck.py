@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixeljit.diffusion.objective import LOSS_SPACES, PREDICTIONS
-from pixeljit.experiments import grid
+from pixeljit.experiments import grid, grid_data
 from pixeljit.experiments.evidence import Cell
 from pixeljit.experiments.grid import GridConfig, check_distinct
 from pixeljit.experiments.sweep_report import Layout
@@ -64,7 +64,7 @@ run_bottleneck = grid.GridExperiment(EXPERIMENT, build_cells).run
 def layout(report: dict) -> Layout:
     config = report["config"]
     dims = [d for d in config["dims"] if d is not None]
-    patch_dim = config["patch"] ** 2 * grid.CHANNELS
+    patch_dim = config["patch"] ** 2 * grid_data.CHANNELS
     none_at = NONE_GAP * max(dims + [patch_dim // NONE_GAP])
     name = f"{NAMES[config['prediction']]}-pred, {NAMES[config['loss']]}-loss"
     return Layout(

@@ -39,7 +39,8 @@ from pixeljit.files.images import save_grid, to_uint8
 from pixeljit.metrics.distances import frechet_distance, sqrt_psd
 from pixeljit.metrics.extractor import FeatureExtractor
 from pixeljit.metrics.stats import FeatureStats
-from pixeljit.training.config import TrainConfig, load_yaml
+from pixeljit.training.config import TrainConfig
+from pixeljit.training.config_io import load_yaml
 
 RESULT_NAME = "result.json"  # its presence marks a finished cell
 GRID_NAME = "grid.png"

@@ -1,6 +1,6 @@
 """The frame every image reproduction shares (`reproduce table2 / resolution / bottleneck /
-noise`): one results folder per grid, the small Tab. 2-baseline JiT each cell trains, the packed
-images of each model size, the real images' reference, and the loop over the cells.
+noise`): one results folder per grid, the small Tab. 2-baseline JiT each cell trains, and the
+loop over the cells (the images and the real reference they are scored against: `grid_data`).
 
 - `GridConfig`: the fields every grid has (seeds, network width / depth / heads, training steps,
   batch, learning rate, EMA, samples, sampler, real images, data, device); each experiment's
@@ -28,22 +28,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from pixeljit.data.open import open_dataset
-from pixeljit.data.packed import PackedDataset
 from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.experiments.evidence import (
     Cell,
     Measure,
     RealReference,
-    feature_stats,
-    hf_energy,
     read_json,
-    real_subset,
-    resize_uint8,
-    resolve_device,
     write_json,
+)
+from pixeljit.experiments.grid_data import (
+    CHANNELS,
+    ReferenceFn,
+    default_extractor,
+    one_size_reference,
+    packed_data,
 )
 from pixeljit.experiments.reuse import (
     CELLS_FOLDER,
@@ -54,12 +52,11 @@ from pixeljit.experiments.reuse import (
 )
 from pixeljit.experiments.workers import run_cells
 from pixeljit.metrics.extractor import FeatureExtractor
-from pixeljit.training.config import TrainConfig, apply_overrides
+from pixeljit.training.config import TrainConfig
+from pixeljit.training.config_io import apply_overrides
 from pixeljit.training.presets import get_preset
 
 PRESET = "emoji-cpu"
-DATA_FOLDER = "data"
-CHANNELS = 3
 GRID_PANEL = 16  # samples in each cell's grid (4×4)
 MAX_LOG_EVERY = 50
 # the quick variant (CI-sized): 30 steps, few samples, a 512-image subset of the emoji set
@@ -215,54 +212,6 @@ def one_setting_cells(
     return cells
 
 
-def packed_data(config: GridConfig, sizes, out: Path) -> dict[int, PackedDataset]:
-    """The packed images of each size: the whole set from the cache, or the first
-    `data_limit` images packed once into the results folder."""
-    from pixeljit.data.prepare import prepare
-    from pixeljit.data.shards import MANIFEST
-
-    found = {}
-    for size in sorted(set(sizes)):
-        if config.data_limit is None:
-            found[size] = open_dataset(config.data, size, CHANNELS, progress=False)
-            continue
-        folder = out / DATA_FOLDER / f"{Path(config.data).name}-{size}px-{config.data_limit}"
-        if not (folder / MANIFEST).is_file():
-            prepare(config.data, size, folder, channels=CHANNELS, limit=config.data_limit,
-                    progress=False, overwrite=True)  # fmt: skip
-        found[size] = PackedDataset(folder)
-    return found
-
-
-def real_reference(
-    config: GridConfig,
-    data: dict[int, PackedDataset],
-    extractor: FeatureExtractor,
-    ref_size: int,
-    floor_sizes=(),
-    score_size: int | None = None,
-) -> tuple[RealReference, dict[str, float]]:
-    """The real images at `ref_size` (resized to `score_size` when given) as the FD reference,
-    their HF energy at every size of `data`, and the *floor* of each of `floor_sizes`: the FD of
-    the same real images at that size against the reference (the best a perfect model of those
-    images can score at the common resolution), keyed by str(size) as JSON reads it back."""
-    seed = config.seeds[0]
-    ref = real_subset(data[ref_size], config.real_count, seed)
-    hf_by_size = {
-        size: hf_energy(real_subset(data[size], config.real_count, seed)) for size in data
-    }
-
-    def scored(images: torch.Tensor) -> torch.Tensor:
-        return images if score_size is None else resize_uint8(images, score_size)
-
-    real = RealReference.from_stats(feature_stats(extractor, scored(ref)), hf_by_size)
-    floor = {}
-    for size in floor_sizes:
-        images = ref if size == ref_size else real_subset(data[size], real.count, seed)
-        floor[str(size)] = real.fd(feature_stats(extractor, scored(images)))
-    return real, floor
-
-
 def added_seeds(saved: dict, wanted: dict) -> list[int]:
     """The seeds `wanted` adds to the grid `saved` when it is that grid with more seeds listed
     after the earlier ones (whose cells, and the real reference drawn with the first seed, stay
@@ -305,18 +254,6 @@ def check_results_folder(config: GridConfig, out: Path, experiment: str) -> list
             "choose a new or empty folder"
         )
     return []
-
-
-def default_extractor(device: str) -> FeatureExtractor:
-    """FD-EffNetLite0 (ImportError naming the `eval` extra when its packages are missing)."""
-    from pixeljit.metrics import EffNetLite0Extractor
-
-    return EffNetLite0Extractor(device=resolve_device(device))
-
-
-ReferenceFn = Callable[
-    [dict[int, PackedDataset], FeatureExtractor], tuple[RealReference, dict[str, float]]
-]
 
 
 def run_grid(
@@ -395,13 +332,6 @@ def run_grid(
 def one_size(config) -> tuple[int, ...]:
     """The images of a one-setting grid: `config.size` px."""
     return (config.size,)
-
-
-def one_size_reference(
-    config, data: dict[int, PackedDataset], extractor: FeatureExtractor
-) -> tuple[RealReference, dict[str, float]]:
-    """The real reference of a one-setting grid: its `config.size`-px images, no floors."""
-    return real_reference(config, data, extractor, config.size)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixeljit.diffusion.objective import LOSS_SPACES, P_STD, PREDICTIONS
-from pixeljit.experiments import grid
+from pixeljit.experiments import grid, grid_data
 from pixeljit.experiments.evidence import Cell
 from pixeljit.experiments.grid import GridConfig, check_distinct
 from pixeljit.experiments.sweep_report import Layout
@@ -75,6 +75,6 @@ def layout(report: dict) -> Layout:
         note=(
             f"{NAMES[config['loss']]}-loss; logit-normal t-sampler with σ = {P_STD:g} and mean μ "
             f"(lower μ: more noise); {config['size']} px, patch {config['patch']}: "
-            f"{config['patch'] ** 2 * grid.CHANNELS}-d patches into width {config['width']}."
+            f"{config['patch'] ** 2 * grid_data.CHANNELS}-d patches into width {config['width']}."
         ),
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pixeljit.data.packed import PackedDataset
 from pixeljit.diffusion.objective import LOSS_SPACES, PREDICTIONS
-from pixeljit.experiments import grid
+from pixeljit.experiments import grid, grid_data
 from pixeljit.experiments.evidence import Cell, RealReference
 from pixeljit.experiments.grid import GridConfig, check_distinct
 from pixeljit.experiments.sweep_report import Layout
@@ -110,7 +110,7 @@ def real_reference(
 ) -> tuple[RealReference, dict[str, float]]:
     """The real images of the largest size as the reference, and each size's floor."""
     common = common_size(config)
-    return grid.real_reference(config, data, extractor, common, config.sizes, common)
+    return grid_data.real_reference(config, data, extractor, common, config.sizes, common)
 
 
 # (config, out, extractor=None, progress=None, train_fn=None) → resolution.json's dict

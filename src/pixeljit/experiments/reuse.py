@@ -37,7 +37,8 @@ from pixeljit.experiments.evidence import (
     write_json,
 )
 from pixeljit.training import distributed
-from pixeljit.training.config import TrainConfig, to_dict
+from pixeljit.training.config import TrainConfig
+from pixeljit.training.config_io import to_dict
 from pixeljit.training.resume import (
     LENGTH_FIELDS,
     LOGISTICAL,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pixeljit.data.packed import PackedDataset
 from pixeljit.diffusion.objective import LOSS_SPACES, PREDICTIONS
-from pixeljit.experiments import grid
+from pixeljit.experiments import grid, grid_data
 from pixeljit.experiments.evidence import Cell, RealReference
 from pixeljit.experiments.grid import (  # noqa: F401  (re-exported: the CLI and tests use them)
     CELLS_FOLDER,
@@ -93,8 +93,8 @@ def setting_sizes(config: Table2Config) -> list[int]:
 
 
 def setting_data(config: Table2Config, out: Path) -> dict[int, PackedDataset]:
-    """The packed images of both settings' sizes (see `grid.packed_data`)."""
-    return grid.packed_data(config, setting_sizes(config), out)
+    """The packed images of both settings' sizes (see `grid_data.packed_data`)."""
+    return grid_data.packed_data(config, setting_sizes(config), out)
 
 
 def real_reference(
@@ -105,7 +105,7 @@ def real_reference(
     real images at that setting's size against the reference (the best a perfect model of the
     small images can score at the common resolution)."""
     sizes = {s: config.size_patch(s)[0] for s in config.settings}
-    real, floor = grid.real_reference(config, data, extractor, config.big_size, sizes.values())
+    real, floor = grid_data.real_reference(config, data, extractor, config.big_size, sizes.values())
     return real, {s: floor[str(size)] for s, size in sizes.items()}
 
 

@@ -24,7 +24,8 @@ from pixeljit.diffusion.objective import flow_matching_loss
 from pixeljit.model import JiT
 from pixeljit.rng import derive_seed
 from pixeljit.training import distributed as dist_utils
-from pixeljit.training.config import TrainConfig, resolve_compile, save_yaml, to_dict
+from pixeljit.training.config import TrainConfig, resolve_compile
+from pixeljit.training.config_io import save_yaml, to_dict
 from pixeljit.training.ema import EMA
 from pixeljit.training.optimizer import build_adamw
 from pixeljit.training.previews import sample_grid
