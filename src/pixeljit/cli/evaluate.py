@@ -26,7 +26,12 @@ from pixeljit.cli.checks import (
     check_seed,
 )
 from pixeljit.cli.sample import check_authors_only, check_memory
-from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
+from pixeljit.cli.sampler_args import (
+    add_sampler_arguments,
+    describe_sampler,
+    given_sampler_flags,
+    sampler_from_args,
+)
 from pixeljit.data.transforms import MAX_SIZE
 from pixeljit.metrics.score import ScoreConfig
 
@@ -229,11 +234,12 @@ def _run(args, info) -> int:
         _report(scores, args, say, info)
         return 0
 
-    sampler = sampler_from_args(args)  # validated before anything is loaded
+    given_sampler_flags(args)  # validated before anything is loaded
     cfgs = check_args(args)
     load = lambda w: load_trained(args.checkpoint, w, info.device, args.in_context_start)  # noqa: E731
     emas = _emas(args, args.checkpoint) if cfgs else None
     model = load(args.weights)
+    sampler = sampler_from_args(args, model.sampler)  # flags over the model's recommendation
     cfg = model.net.config
     check_memory(args.num, min(args.batch_size, args.num), False, cfg, info.device)
     extractor = _extractor(args.extractor, cfg.in_channels, cfg.num_classes,
@@ -258,8 +264,8 @@ def _run(args, info) -> int:
     save = args.save_images
     scores = evaluate(model, spec, extractor, ref, tuple(args.metrics), save_dir=save,
                       progress=info.is_main, **kw)  # fmt: skip
-    say(f"{model.description}: {args.num} images, {args.method} {args.steps} steps, "
-        f"cfg {args.cfg} in {tuple(args.interval)}")  # fmt: skip
+    say(f"{model.description}: {args.num} images, "
+        f"{describe_sampler(sampler, args, model.sampler)}")  # fmt: skip
     _report(scores, args, say, info)
     return 0
 

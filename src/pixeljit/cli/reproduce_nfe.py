@@ -65,14 +65,17 @@ def _add_nfe(experiments) -> None:
     p.add_argument("--num", type=int, default=None,
                    help=f"images per row (default {DEFAULT_NUM}, --quick {QUICK_NUM})")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same in every row)")
+    rec = "the model's recommended setting, else"
     p.add_argument("--cfg", type=float, default=None,
-                   help=f"guidance scale (default {DEFAULT_CFG}; 1 if unconditional)")  # fmt: skip
+                   help=f"guidance scale (default: {rec} {DEFAULT_CFG}; 1 if "
+                   "unconditional)")  # fmt: skip
     low, high = defaults.interval
-    p.add_argument("--interval", type=float, nargs=2, default=defaults.interval,
-                   metavar=("LO", "HI"),
-                   help=f"CFG interval in t (default {low} {high})")  # fmt: skip
-    p.add_argument("--shift", type=float, default=defaults.shift, help="shift of grid shifted")
-    p.add_argument("--t-eps", type=float, default=defaults.t_eps, help="clamp of 1 − t")
+    p.add_argument("--interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help=f"CFG interval in t (default: {rec} {low} {high})")  # fmt: skip
+    p.add_argument("--shift", type=float, default=None,
+                   help=f"shift of grid shifted (default: {rec} {defaults.shift})")  # fmt: skip
+    p.add_argument("--t-eps", type=float, default=None,
+                   help=f"clamp of 1 − t (default: {rec} {defaults.t_eps})")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None,
@@ -85,15 +88,29 @@ def _add_nfe(experiments) -> None:
     p.set_defaults(experiment=_run_nfe)
 
 
-def nfe_config(args, conditional: bool):
-    """The NfeConfig of the flags (explicit --budgets / --num override --quick)."""
+def nfe_config(args, conditional: bool, recommended=None):
+    """The NfeConfig of the flags (explicit --budgets / --num override --quick). Guidance, its
+    interval, the shift and t_eps left out come from the model's `recommended` SamplerConfig
+    (else SamplerConfig's defaults, and CFG DEFAULT_CFG for a conditional model)."""
+    from pixeljit.diffusion.sampler import SamplerConfig
     from pixeljit.experiments.nfe import DEFAULT_CFG, NfeConfig
 
-    cfg = args.cfg if args.cfg is not None else (DEFAULT_CFG if conditional else 1.0)
+    base = (
+        recommended
+        if recommended is not None
+        else SamplerConfig(cfg=DEFAULT_CFG if conditional else 1.0)
+    )
+    if not conditional:
+        base = SamplerConfig(**{**base.kwargs(), "cfg": 1.0})  # nothing to guide
+
+    def flag(name):
+        value = getattr(args, name)
+        return getattr(base, name) if value is None else value
+
     overrides = {"methods": tuple(dict.fromkeys(args.methods)),
-                 "grids": tuple(dict.fromkeys(args.grids)), "seed": args.seed, "cfg": cfg,
-                 "interval": tuple(args.interval), "shift": args.shift, "t_eps": args.t_eps,
-                 "batch_size": args.batch_size}  # fmt: skip
+                 "grids": tuple(dict.fromkeys(args.grids)), "seed": args.seed,
+                 "cfg": flag("cfg"), "interval": tuple(flag("interval")), "shift": flag("shift"),
+                 "t_eps": flag("t_eps"), "batch_size": args.batch_size}  # fmt: skip
     if args.budgets is not None:
         overrides["budgets"] = tuple(sorted(set(args.budgets)))
     if args.num is not None:
@@ -135,7 +152,7 @@ def _run_nfe(args) -> int:
     device = dist_utils.resolve_device(args.device)
     model = load_trained(args.checkpoint, args.weights, device)
     net_cfg = model.net.config
-    config = nfe_config(args, net_cfg.num_classes > 0)  # validated: names the bad value
+    config = nfe_config(args, net_cfg.num_classes > 0, model.sampler)  # validated
     if config.cfg != 1.0 and net_cfg.num_classes == 0:
         raise ValueError("an unconditional model cannot be guided: pass --cfg 1 (or leave it out)")
     extractor = _extractor(args.extractor, net_cfg.in_channels, net_cfg.num_classes, None, device)
@@ -146,8 +163,9 @@ def _run_nfe(args) -> int:
     info = dist_utils.DistInfo(rank=0, world_size=1, local_rank=0, device=device)
     ref = _dataset_stats("--ref", args.ref, extractor, net_cfg.image_size, net_cfg.in_channels,
                          args.ref_split, info, lambda: None)  # fmt: skip
+    low, high = config.interval
     print(f"pixeljit reproduce nfe: {model.description}, {config.num} images per row, CFG "
-          f"{config.cfg} → {out}", flush=True)  # fmt: skip
+          f"{config.cfg:g} on ({low:g}, {high:g}) → {out}", flush=True)  # fmt: skip
     start = time.perf_counter()
     results = run_nfe(config, model, extractor, ref, out, describe, args.overwrite,
                       progress=lambda line: print("  " + line, flush=True))  # fmt: skip

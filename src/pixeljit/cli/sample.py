@@ -2,6 +2,8 @@
 and/or an .npz of uint8 images.
 
 Noise is drawn per sample from (seed, index), so the images do not depend on --batch-size.
+Sampler flags left out take the model's recommended settings (`cli.sampler_args`); the line
+printed at the end names the settings used.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from pixeljit.cli.checks import (
     check_output,
     check_seed,
 )
-from pixeljit.cli.sampler_args import add_sampler_arguments, sampler_from_args
+from pixeljit.cli.sampler_args import (
+    add_sampler_arguments,
+    describe_sampler,
+    given_sampler_flags,
+    sampler_from_args,
+)
 from pixeljit.diffusion.execution import default_amp_dtype, tf32_matmuls
 from pixeljit.diffusion.sampler import check_finite, sample
 from pixeljit.files.images import MAX_GRID_PIXELS, save_grid, save_npz, save_pngs, to_uint8
@@ -84,7 +91,8 @@ def add_parser(sub) -> None:
     add_sampler_arguments(p)
     p.add_argument("--fast", action="store_true",
                    help="few-step sampling: DPM-Solver++(3M), 10 steps (10 network "
-                   "evaluations), uniform grid, not Heun-50 (99): docs/sampling.md")  # fmt: skip
+                   "evaluations), uniform grid; guidance as the model recommends: "
+                   "docs/sampling.md")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -154,7 +162,7 @@ def parse_outputs(paths: list[str] | None, overwrite: bool = False) -> Outputs:
 def check_args(args) -> None:
     """Every numeric flag finite and in range (the sampler's via SamplerConfig), before any
     model is loaded."""
-    apply_fast(args)
+    given_sampler_flags(args)  # each sampler flag alone, --fast against them
     check_int("--num", args.num, 1, MAX_IMAGES + 1)
     check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
     check_int("--ncols", args.ncols, 1, MAX_IMAGES + 1)
@@ -166,22 +174,6 @@ def check_args(args) -> None:
     for y in args.labels or ():
         check_int("--labels", y, 0)
     check_authors_only(args.checkpoint, args.in_context_start)
-
-
-def apply_fast(args) -> None:
-    """--fast sets the sampler's method, steps and grid (FAST_SAMPLER); given with one of those
-    flags changed from its default it is refused (which one wins would be a guess)."""
-    if not getattr(args, "fast", False):
-        return
-    from pixeljit.cli.sampler_args import DEFAULTS, FLAGS
-    from pixeljit.diffusion.sampler import FAST_SAMPLER
-
-    for field, value in FAST_SAMPLER.items():
-        given = getattr(args, field)
-        if given != getattr(DEFAULTS, field) and given != value:
-            raise ValueError(f"--fast sets {FLAGS[field]} {value}, but {FLAGS[field]} {given} "
-                             f"was given: drop one of them")  # fmt: skip
-        setattr(args, field, value)
 
 
 def check_authors_only(checkpoint: str, in_context_start: int | None) -> None:
@@ -283,10 +275,10 @@ def check_grid_size(num: int, ncols: int, image_size: int, scale: int) -> None:
 
 def run(args) -> int:
     check_args(args)
-    sampler = sampler_from_args(args)
     outputs = parse_outputs(args.out, args.overwrite)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.weights, args.in_context_start, device)
+    sampler = sampler_from_args(args, model.sampler)  # flags over the model's recommendation
     net = model.net
     noise_scale = model.noise_scale if args.noise_scale is None else args.noise_scale
     classes = net.config.num_classes
@@ -330,7 +322,6 @@ def run(args) -> int:
         y = torch.tensor(labels) if labels is not None else None
         for path in outputs.npzs:
             written.append(str(save_npz(everything, path, y)))
-    print(
-        f"{num} images ({args.method}, {args.steps} steps, cfg {args.cfg}) → {', '.join(written)}"
-    )
+    print(f"{num} images, {describe_sampler(sampler, args, model.sampler)} → "
+          f"{', '.join(written)}")  # fmt: skip
     return 0

@@ -1,30 +1,41 @@
 """The sampler's command-line flags, shared by `pixeljit sample` and `pixeljit eval`.
 
-Defaults and validation come from `SamplerConfig` (the one place they live), so the two verbs
-cannot drift apart from each other or from the Python API.
+A flag left out takes the model's recommended setting (`TrainedModel.sampler`: a run's `sample`
+section, as its previews used; a hub folder's `config.json`; the authors' README values for their
+released checkpoints), else `SamplerConfig`'s default (the paper's Heun-50, no guidance). So
+`pixeljit sample runs/demo` draws as the demo's own grid and score did, and an authors'
+checkpoint samples with their guidance. Validation comes from `SamplerConfig` (the one place
+the rules live), so the two verbs cannot drift apart from each other or from the Python API.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from pixeljit.diffusion.sampler import SamplerConfig
+from pixeljit.diffusion.sampler import FAST_SAMPLER, SamplerConfig
 from pixeljit.diffusion.solvers import GRIDS, METHODS
 
 DEFAULTS = SamplerConfig()
+UNSET = "the model's recommended setting, else"  # how each flag's help names its default
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="solver steps")
-    p.add_argument("--method", default=DEFAULTS.method, choices=METHODS, help="ODE solver")
-    p.add_argument("--grid", default=DEFAULTS.grid, choices=GRIDS, help="time grid")
-    p.add_argument("--shift", type=float, default=DEFAULTS.shift, help="shift of --grid shifted")
-    p.add_argument("--cfg", type=float, default=DEFAULTS.cfg, help="guidance scale (1 = none)")
-    low, high = DEFAULTS.interval
-    p.add_argument("--interval", type=float, nargs=2, default=DEFAULTS.interval,
-                   metavar=("LO", "HI"),
-                   help=f"CFG interval in t (default {low} {high}, the paper's)")  # fmt: skip
-    p.add_argument("--t-eps", type=float, default=DEFAULTS.t_eps, help="clamp of 1 − t")
+    d = DEFAULTS
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"solver steps (default: {UNSET} {d.steps})")  # fmt: skip
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help=f"ODE solver (default: {UNSET} {d.method})")  # fmt: skip
+    p.add_argument("--grid", default=None, choices=GRIDS,
+                   help=f"time grid (default: {UNSET} {d.grid})")  # fmt: skip
+    p.add_argument("--shift", type=float, default=None,
+                   help=f"shift of --grid shifted (default: {UNSET} {d.shift})")  # fmt: skip
+    p.add_argument("--cfg", type=float, default=None,
+                   help=f"guidance scale, 1 = none (default: {UNSET} {d.cfg})")  # fmt: skip
+    low, high = d.interval
+    p.add_argument("--interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help=f"CFG interval in t (default: {UNSET} {low} {high})")  # fmt: skip
+    p.add_argument("--t-eps", type=float, default=None,
+                   help=f"clamp of 1 − t (default: {UNSET} {d.t_eps})")  # fmt: skip
 
 
 # SamplerConfig field → its flag
@@ -32,14 +43,56 @@ FLAGS = {"steps": "--steps", "method": "--method", "grid": "--grid", "shift": "-
          "cfg": "--cfg", "interval": "--interval", "t_eps": "--t-eps"}  # fmt: skip
 
 
-def sampler_from_args(args: argparse.Namespace) -> SamplerConfig:
-    """The validated SamplerConfig of the flags. Each flag is checked alone first (with
-    SamplerConfig's own rules), so an error names the flag the user typed."""
-    values = {field: getattr(args, field) for field in FLAGS}
-    values["interval"] = tuple(values["interval"])
-    for field, flag in FLAGS.items():
+def given_sampler_flags(args: argparse.Namespace) -> dict:
+    """The sampler fields the command line sets (--fast's included), each checked alone with
+    SamplerConfig's own rules so that an error names the flag the user typed. --fast given with
+    a different --method / --steps / --grid is refused (which one wins would be a guess)."""
+    given = {field: getattr(args, field) for field in FLAGS if getattr(args, field) is not None}
+    if "interval" in given:
+        given["interval"] = tuple(given["interval"])
+    if getattr(args, "fast", False):
+        for field, value in FAST_SAMPLER.items():
+            if given.get(field, value) != value:
+                raise ValueError(f"--fast sets {FLAGS[field]} {value}, but {FLAGS[field]} "
+                                 f"{given[field]} was given: drop one of them")  # fmt: skip
+            given[field] = value
+    for field, value in given.items():
         try:
-            SamplerConfig(**{field: values[field]})
+            SamplerConfig(**{field: value})
         except ValueError as err:
-            raise ValueError(f"{flag}: {err}") from None
-    return SamplerConfig(**values)
+            raise ValueError(f"{FLAGS[field]}: {err}") from None
+    return given
+
+
+def sampler_from_args(
+    args: argparse.Namespace, recommended: SamplerConfig | None = None
+) -> SamplerConfig:
+    """The flags given over the model's `recommended` settings (else SamplerConfig's defaults)."""
+    given = given_sampler_flags(args)
+    base = recommended if recommended is not None else DEFAULTS
+    try:
+        return SamplerConfig(**{**base.kwargs(), **given})
+    except ValueError as err:
+        raise ValueError(f"the sampler flags with the model's settings: {err}") from None
+
+
+def describe_sampler(
+    sampler: SamplerConfig, args: argparse.Namespace, recommended: SamplerConfig | None
+) -> str:
+    """One line: the settings used, and where the ones not given on the command line came from."""
+    low, high = sampler.interval
+    grid = sampler.grid if sampler.grid != "shifted" else f"shifted {sampler.shift:g}"
+    text = f"{sampler.method}, {sampler.steps} steps, {grid} grid, cfg {sampler.cfg:g}"
+    if sampler.cfg != 1:
+        text += f" on ({low:g}, {high:g})"
+    fields = given_sampler_flags(args)
+    if len(fields) == len(FLAGS):
+        return f"{text}: as given"
+    fast = getattr(args, "fast", False)
+    given = [FLAGS[f] for f in fields if not (fast and f in FAST_SAMPLER)]
+    given += ["--fast"] if fast else []
+    if recommended is not None:
+        source = "the model's recommended settings"
+    else:
+        source = "SamplerConfig's defaults (the model recommends none)"
+    return f"{text}: {source}" + (f", with {' '.join(given)} as given" if given else "")

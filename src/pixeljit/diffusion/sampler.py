@@ -1,6 +1,7 @@
 """`sample()`: a network end to end — noise (per-sample seeds), labels, the CFG interval
 (`guidance`), a time grid and a solver (`solvers`). `SamplerConfig` is the one place the sampling
-defaults live: the API, `pixeljit sample`, training previews and evaluation all read it.
+defaults live: the API, training previews, evaluation, and `pixeljit sample` / `eval` for a model
+that recommends no settings of its own all read it.
 
 On a GPU: the noise is drawn on the device (one generator per sample, so still independent of
 the batch split), the network sees two batch shapes at most (N, and 2N inside the CFG interval),
@@ -71,9 +72,10 @@ def _finite(name: str, value) -> float:
 class SamplerConfig:
     """How to sample: solver, time grid, guidance and clamps.
 
-    The one place the sampling defaults live: `sample()`'s keyword defaults, `pixeljit sample`,
-    `pixeljit eval`, training previews (`pixeljit.training.config.SampleConfig` extends it) and
-    evaluation all read them from here. Every field is validated on construction.
+    The one place the sampling defaults live: `sample()`'s keyword defaults, training previews
+    (`pixeljit.training.config.SampleConfig` extends it), evaluation, and `pixeljit sample` /
+    `eval` where the model recommends nothing (`cli.sampler_args`) all read them from here.
+    Every field is validated on construction.
     """
 
     steps: int = DEFAULT_STEPS
