@@ -96,17 +96,31 @@ def packed(fmnist16):
     return fmnist16(64)
 
 
-def test_resuming_with_checkpointing_switched_on_continues_bit_exactly(packed, tmp_path):
+def test_resuming_with_checkpointing_switched_on_continues_bit_exactly(
+    packed, tmp_path, monkeypatch
+):
     """6 steps straight against 3 steps, then 3 more with checkpointed blocks (and dropout):
     the same weights, EMA and optimizer state, and no --allow-inexact-resume needed."""
+    import pixeljit.model.jit as jit_module
+
     extra = {"optim.steps": 6, "run.ckpt_every": 3, "model.dropout": 0.1,
              "run.tensorboard": False}  # fmt: skip
     train(tiny_run(packed, tmp_path / "straight", **extra), progress=False)
     train(tiny_run(packed, tmp_path / "split", **{**extra, "optim.steps": 3}), progress=False)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return torch.utils.checkpoint.checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(jit_module, "checkpoint", counted)
     on = {**extra, "run.activation_checkpointing": True}
     train(tiny_run(packed, tmp_path / "split", **on), resume=tmp_path / "split", progress=False)
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
     assert a["step"] == b["step"] == 6
+    # the resumed steps really ran checkpointed: every block of every training forward
+    assert b["config"]["run"]["activation_checkpointing"] is True
+    assert len(calls) >= 3 * b["config"]["model"]["depth"]
     for key in ("model", "ema", "optimizer"):
         assert _equal(a[key], b[key]), key
 

@@ -29,6 +29,10 @@ def authors_file(tmp_path_factory):
     return path
 
 
+def _never_called(*args, **kwargs):
+    raise AssertionError("the work ran before the check that should refuse it")
+
+
 def _error(capsys, argv) -> str:
     assert main(argv) == 2, argv
     err = capsys.readouterr().err
@@ -210,17 +214,31 @@ def test_overwrite_replaces(tiny_file, tmp_path, capsys):
     assert pixeljit.load_safetensors(out).config == TINY
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
-                    reason="root may write in read-only folders")  # fmt: skip
-def test_read_only_folder_is_refused(tiny_file, tmp_path, no_loading, capsys):
+def test_read_only_folder_is_refused(tiny_file, tmp_path, no_loading, capsys, monkeypatch):
+    """A folder the user cannot write in is refused before any work, by really trying to write
+    there (mode bits alone mislead root). As root a chmod stops nothing, so the write is made to
+    fail as it would for a user without permission."""
+    import os
+    from pathlib import Path
+
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
+    if getattr(os, "geteuid", lambda: 1)() == 0:
+        real_touch = Path.touch
+
+        def denied(self, *args, **kwargs):
+            if self.parent == ro:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+            return real_touch(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "touch", denied)
     try:
-        assert "no permission" in _error(capsys, ["sample", str(tiny_file), "--out",
-                                                  str(ro / "g.png")])  # fmt: skip
+        err = _error(capsys, ["sample", str(tiny_file), "--out", str(ro / "g.png")])
+        assert f"cannot write in {ro}" in err and "Permission denied" in err
     finally:
         ro.chmod(0o755)
+    assert list(ro.iterdir()) == []  # nothing written, not even the probe
 
 
 def test_os_errors_are_one_line(tiny_file, tmp_path, monkeypatch, capsys):
@@ -407,11 +425,13 @@ def test_sample_memory_is_checked_before_sampling(tiny_file, tmp_path, monkeypat
     memory = one  # what the (patched) device has
     monkeypatch.setattr("pixeljit.training.setup.device_memory_bytes", lambda device: memory)
     argv = ["sample", str(tiny_file), "--steps", "1", "--num", "40"]
-    err = _error(capsys, [*argv, "--batch-size", "2", "--out", str(tmp_path / "a")])
-    assert "--batch-size 2 needs at least" in err and "lower --batch-size" in err
-    assert 40 * pixels > memory  # one image's state fits; 40 kept uint8 images do not
-    err = _error(capsys, [*argv, "--batch-size", "1", "--out", str(tmp_path / "b.npz")])
-    assert "--num 40 images holds" in err and "write a folder of PNGs" in err
+    with monkeypatch.context() as patch:  # refused before the sampler runs at all
+        patch.setattr("pixeljit.cli.sample.sample", _never_called)
+        err = _error(capsys, [*argv, "--batch-size", "2", "--out", str(tmp_path / "a")])
+        assert "--batch-size 2 needs at least" in err and "lower --batch-size" in err
+        assert 40 * pixels > memory  # one image's state fits; 40 kept uint8 images do not
+        err = _error(capsys, [*argv, "--batch-size", "1", "--out", str(tmp_path / "b.npz")])
+        assert "--num 40 images holds" in err and "write a folder of PNGs" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b.npz").exists()
     assert main([*argv, "--batch-size", "1", "--out", str(tmp_path / "c")]) == 0  # keeps none
     assert len(list((tmp_path / "c").glob("*.png"))) == 40
@@ -422,6 +442,8 @@ def test_eval_batch_memory_is_checked_before_generating(tiny_file, monkeypatch, 
 
     one = TINY.in_channels * TINY.image_size**2 * FLOAT32_BYTES * SAMPLER_STATE_COPIES
     monkeypatch.setattr("pixeljit.training.setup.device_memory_bytes", lambda device: one)
+    monkeypatch.setattr("pixeljit.evaluation.evaluate", _never_called)  # refused before it
+    monkeypatch.setattr("pixeljit.evaluation.generate", _never_called)
     err = _error(capsys, ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--num",
                           "10", "--batch-size", "2", "--device", "cpu"])  # fmt: skip
     assert "--batch-size 2 needs at least" in err

@@ -65,8 +65,7 @@ def test_bad_values_are_refused_naming_the_field(field, value):
     with pytest.raises(ValueError) as err:
         apply_overrides(base, {field: value})
     message = str(err.value)
-    name = field.split(".", 1)[1]
-    assert name in message and "\n" not in message, message
+    assert field in message and "\n" not in message, message  # section.field, as typed
 
 
 def test_good_values_pass():

@@ -8,6 +8,7 @@ import json
 import struct
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,26 +77,39 @@ def png_bomb(path, side: int) -> None:
     )
 
 
-def test_image_decompression_bomb_is_refused_before_decoding(tmp_path):
+def _never(what: str):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{what} was called")
+
+    return refuse
+
+
+def test_image_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
     """67 M pixels in ~70 KB: under Pillow's own limits (89 M warns, 179 M refuses), so the old
     code decoded it (67 MB grey, 200 MB as RGB) without a word."""
+    from PIL import ImageFile
+
     side = 8193
     assert side * side > MAX_IMAGE_PIXELS
     bomb = tmp_path / "bomb.png"
     png_bomb(bomb, side)
     assert bomb.stat().st_size < 400_000
-    with pytest.raises(ValueError, match=r"8193x8193 .* over the limit"):
-        decode_image(bomb, 8, 3)
+    with monkeypatch.context() as patch:  # refused from the header: no pixel is decoded
+        patch.setattr(ImageFile.ImageFile, "load", _never("decoding"))
+        patch.setattr(Image.Image, "load", _never("decoding"))
+        with pytest.raises(ValueError, match=r"8193x8193 .* over the limit"):
+            decode_image(bomb, 8, 3)
     Image.new("RGB", (6, 4), (1, 2, 3)).save(tmp_path / "fine.png")
     result = prepare(tmp_path, 4, tmp_path.parent / "packed-bomb", skip_bad=True)
     assert result.count == 1 and result.skipped[0].path.endswith("bomb.png")
     assert "over the limit" in result.skipped[0].reason
 
 
-def test_extreme_aspect_ratio_is_refused_before_resizing(tmp_path):
+def test_extreme_aspect_ratio_is_refused_before_resizing(tmp_path, monkeypatch):
     """1 x 70,000 pixels is a small image, but the crop would first resize it to 64 x 4.5 M
     (286 MB; 1.1 GB at 256 px): the old code did."""
     Image.new("L", (1, 70_000), 7).save(tmp_path / "sliver.png")
+    monkeypatch.setattr(Image.Image, "resize", _never("resizing"))
     with pytest.raises(ValueError, match=r"64x4480000, over the limit .* aspect ratio"):
         decode_image(tmp_path / "sliver.png", 64, 1)
 
@@ -113,8 +127,21 @@ def edit_manifest(folder, change) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest))
 
 
-def test_manifest_paths_escaping_the_folder_are_never_read(packed, tmp_path):
+def test_manifest_paths_escaping_the_folder_are_never_read(packed, tmp_path, monkeypatch):
     """The old reader memory-mapped whatever path the manifest named, here a file outside."""
+    import pixeljit.data.packed as packed_module
+
+    opened = []
+    real_load = np.load
+
+    def recording_load(path, *args, **kwargs):
+        opened.append(Path(path).resolve())
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(packed_module.np, "load", recording_load)
+    PackedDataset(packed)
+    assert opened, "the spy sees the shards a valid manifest names"
+    opened.clear()
     outside = tmp_path / "outside.npy"
     outside.write_bytes((packed / "images-00001.npy").read_bytes())
     edit_manifest(packed, lambda m: m["shards"][1].update(file="../outside.npy"))
@@ -128,6 +155,7 @@ def test_manifest_paths_escaping_the_folder_are_never_read(packed, tmp_path):
     edit_manifest(packed, lambda m: m["shards"][1].update(file="images-00001.npy"))
     with pytest.raises(ValueError, match="a link that leads outside"):
         PackedDataset(packed)
+    assert outside.resolve() not in opened  # refused from the manifest, never opened
 
 
 @pytest.mark.parametrize(

@@ -110,7 +110,8 @@ def test_resume_on_more_ranks(dataset):
         loader = DeviceLoader(dataset, 8, seed=1, rank=rank, world_size=2)
         loader.load_state_dict(state)
         halves.append(take(loader, 3))
-    for step in range(3):
+    for step in range(3):  # the same images (flips included) and labels, split by rank
+        assert torch.equal(torch.cat([h[step][0] for h in halves]), expected[step][0])
         assert torch.equal(torch.cat([h[step][1] for h in halves]), expected[step][1])
 
 

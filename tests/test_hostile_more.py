@@ -194,7 +194,11 @@ def test_sample_cli_bounds_name_the_flag_before_loading(tmp_path, capsys):
         assert flag in err and "missing" not in err
 
 
-def test_sample_grid_too_large_is_refused_before_sampling(tiny_file, tmp_path, capsys):
+def test_sample_grid_too_large_is_refused_before_sampling(tiny_file, tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("sampled before the grid size was checked")
+
+    monkeypatch.setattr("pixeljit.cli.sample.sample", never)
     out = tmp_path / "g.png"
     argv = ["sample", str(tiny_file), "--num", "4", "--scale", "32", "--ncols", "1000000",
             "--steps", "1", "--device", "cpu", "--out", str(out)]  # fmt: skip

@@ -4,6 +4,7 @@ lookup, offline, on a cache laid out here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import pixeljit
 from conftest import REPO_ROOT, tiny_run
+from pixeljit.checkpoints import hub as hub_module
 from pixeljit.checkpoints.hub import (
     CONFIG_NAME,
     HEADER_ALLOWANCE,
@@ -30,7 +32,7 @@ from pixeljit.checkpoints.hub_remote import parse_hf_uri
 from pixeljit.checkpoints.load import authors_sampler, load_trained
 from pixeljit.cli import main
 from pixeljit.diffusion.sampler import SamplerConfig, sample
-from pixeljit.model import model_config
+from pixeljit.model import JiT, model_config
 from pixeljit.model.jit import MAX_FIELDS
 
 OBJECTIVE = {"objective.prediction": "v", "objective.noise_scale": 0.5}
@@ -375,7 +377,20 @@ def test_weights_bound_is_exact_and_cheap(hub, tmp_path):
     params = sum(p.numel() for p in load_trained(hub).net.state_dict().values())
     assert weights_bound(hub / CONFIG_NAME) == params * 8 + HEADER_ALLOWANCE
     deep = _broken(hub, tmp_path, lambda c: _set(c, "architecture.depth", MAX_FIELDS["depth"]))
-    assert weights_bound(os.path.join(deep, CONFIG_NAME)) > params * 8 + HEADER_ALLOWANCE
+    deep_config = dataclasses.replace(load_trained(hub).net.config, depth=MAX_FIELDS["depth"])
+    with torch.device("meta"):  # exact at the deepest allowed config too: the full count
+        deep_params = sum(p.numel() for p in JiT(deep_config).state_dict().values())
+    built = []
+    real_jit = hub_module.JiT
+
+    def recording_jit(config):
+        built.append(config.depth)
+        return real_jit(config)
+
+    with pytest.MonkeyPatch.context() as patch:  # cheap: one block is built, not 256
+        patch.setattr(hub_module, "JiT", recording_jit)
+        bound = weights_bound(os.path.join(deep, CONFIG_NAME))
+    assert bound == deep_params * 8 + HEADER_ALLOWANCE and built == [1]
     (tmp_path / "x").mkdir()
     deeper = _broken(hub, tmp_path / "x", lambda c: _set(c, "architecture.depth", 10**9))
     with pytest.raises(ValueError, match="depth must be ≤ 256"):  # refused at once

@@ -80,18 +80,34 @@ def test_bank_keeps_all_in_order_or_a_uniform_reservoir():
     np.testing.assert_allclose(hits / trials, capacity / 20, atol=0.05)
 
 
-def test_kid_and_pr_keep_a_bounded_bank_by_default():
+def test_kid_and_pr_keep_a_bounded_bank_by_default(monkeypatch):
     """10M generated images must not keep 80 GB of features: the default bank holds the
     FID-standard 50k (every image up to there, a uniform sample beyond)."""
     import inspect
 
+    import pixeljit.metrics.dataset_stats as dataset_stats_module
+    import pixeljit.metrics.score as score_module
     from pixeljit.metrics.dataset_stats import compute_dataset_stats
     from pixeljit.metrics.score import ScoreConfig
-    from pixeljit.metrics.stats import DEFAULT_BANK_CAPACITY
+    from pixeljit.metrics.stats import DEFAULT_BANK_CAPACITY, FeatureBank
 
     assert DEFAULT_BANK_CAPACITY == 50_000 and ScoreConfig().bank_capacity == 50_000
     default = inspect.signature(compute_dataset_stats).parameters["bank_capacity"].default
     assert default == DEFAULT_BANK_CAPACITY
+    capacities = []
+
+    class Recorded(FeatureBank):
+        def __init__(self, capacity, *args, **kwargs):
+            capacities.append(capacity)
+            super().__init__(capacity, *args, **kwargs)
+
+    for module in (score_module, dataset_stats_module):  # the banks scoring really builds
+        if hasattr(module, "FeatureBank"):
+            monkeypatch.setattr(module, "FeatureBank", Recorded)
+    ref = compute_dataset_stats(_images(1), _PooledPixels(), batch_size=32)
+    config = ScoreConfig(batch_size=32, kid=KIDConfig(num_subsets=2, subset_size=50))
+    score_images(_images(2), _PooledPixels(), ref, ("kid", "pr"), config)
+    assert capacities and set(capacities) == {DEFAULT_BANK_CAPACITY}
 
 
 class _PooledPixels(FeatureExtractor):

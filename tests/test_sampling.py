@@ -286,10 +286,17 @@ def test_noise_scale_and_unconditional_model():
         sample(net, [0, 1])
 
 
-def test_sample_restores_training_mode():
-    net = AnalyticNet(Gaussian()).train()
+def test_sample_runs_the_net_in_eval_mode_and_restores_training_mode():
+    class ModeRecorder(AnalyticNet):
+        def forward(self, z, t, y):
+            self.modes.append(self.training)
+            return super().forward(z, t, y)
+
+    net = ModeRecorder(Gaussian()).train()
+    net.modes = []
     sample(net, [0], steps=2)
-    assert net.training
+    assert net.modes and not any(net.modes)  # every network call in eval mode (no dropout)
+    assert net.training  # and the caller's mode back afterwards
 
 
 @pytest.mark.parametrize(

@@ -181,6 +181,7 @@ def test_two_process_ddp_equals_one_process_and_resumes_exactly_also_under_fsdp(
     rest = torchrun(["train", *flags], cwd=tmp_path)
     assert rest.returncode == 0, rest.stderr[-3000:]
     three = load_checkpoint(tmp_path / "ddp2")
+    assert three["config"]["run"]["activation_checkpointing"] is True  # the switch reached it
     assert states_equal(two["model"], three["model"])
     # the same 3-step checkpoint resumed under FSDP2 (sharded model, EMA and optimizer)
     flags = common_flags(packed, tmp_path / "fsdp", 6) + [

@@ -251,8 +251,9 @@ class ObjectiveConfig:
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
         if self.noise_scale is not None and not math.isfinite(self.noise_scale):
             raise ValueError(f"noise_scale must be finite (or None), got {self.noise_scale}")
-        if not 0.0 < self.t_eps <= 1.0 or not 0.0 < self.t_min <= 1.0:
-            raise ValueError(f"t_eps and t_min must lie in (0, 1], got {self.t_eps}, {self.t_min}")
+        for name in ("t_eps", "t_min"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
         if self.p_std < 0:
             raise ValueError(f"p_std must be ≥ 0, got {self.p_std}")
         if self.noise_scale is not None and self.noise_scale <= 0:

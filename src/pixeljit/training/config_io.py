@@ -121,8 +121,20 @@ def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
                 raise ValueError(f"{section}.{name} must be {choices}, got {got}") from None
         if section == "model":  # before JiTConfig divides by them
             check_model_fields({**dataclasses.asdict(current), **changes})
-        sections[section] = dataclasses.replace(current, **changes)
+        try:
+            sections[section] = dataclasses.replace(current, **changes)
+        except ValueError as err:  # the section's own check: name the field as the user does
+            raise ValueError(_qualified(section, str(err), hints)) from None
     return dataclasses.replace(cfg, **sections)
+
+
+def _qualified(section: str, message: str, fields) -> str:
+    """'p_std must be ≥ 0' → 'objective.p_std must be ≥ 0' (a message that starts with one of
+    the section's fields; any other gets 'objective: ' in front)."""
+    if message.startswith(f"{section}."):
+        return message
+    first = message.split(" ", 1)[0]
+    return f"{section}.{message}" if first in fields else f"{section}: {message}"
 
 
 def parse_set(items: list[str]) -> dict:
