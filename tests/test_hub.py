@@ -135,14 +135,21 @@ def test_scores_flag_and_unknown_scores(run, tmp_path):
     assert main(["convert", str(run), "--hub", str(out), "--scores", str(scores)]) == 0
     card = (out / "README.md").read_text()
     assert "| FD-FMNIST | 3.25 |" in card and "12.5" not in card and "sweep.json" in card
-    # a .safetensors export records neither grid nor scores: the card says so
+    # a .safetensors export records neither grid nor scores: the card says so; it does carry
+    # the run's recommended sampler settings
     plain = tmp_path / "w.safetensors"
     assert main(["convert", str(run), str(plain)]) == 0
     assert main(["convert", str(plain), "--hub", str(tmp_path / "bare")]) == 0
     card = (tmp_path / "bare" / "README.md").read_text()
     assert "None: the source holds no sample grid" in card and "Unknown: no evaluation" in card
-    assert "pixeljit's defaults" in card
+    assert "the source's settings" in card
+    assert load_trained(tmp_path / "bare").sampler == load_trained(run).sampler is not None
     assert not (tmp_path / "bare" / "samples.png").exists()
+    # a file that records no sampler: the card names the defaults it fell back to
+    bare = tmp_path / "bare.safetensors"
+    pixeljit.save_safetensors(load_trained(run).net, bare)
+    assert main(["convert", str(bare), "--hub", str(tmp_path / "bare2")]) == 0
+    assert "pixeljit's defaults" in (tmp_path / "bare2" / "README.md").read_text()
 
 
 def test_authors_checkpoint_converts(reference, tmp_path):

@@ -143,3 +143,26 @@ def test_describe_names_the_source():
     assert describe_sampler(sampler_from_args(args, RECOMMENDED), args, RECOMMENDED).endswith(
         ": as given"
     )
+
+
+def test_a_safetensors_export_keeps_the_recommendation(hub, tiny_net, tmp_path):
+    from pixeljit.checkpoints.load import export_safetensors
+
+    path = export_safetensors(load_trained(hub), tmp_path / "tiny.safetensors")
+    assert load_trained(path).sampler == RECOMMENDED
+    images = tmp_path / "out"
+    images.mkdir()
+    got = _cli_sample(path, images)
+    assert np.abs(got - _library(tiny_net, LABELS, SEED, **RECOMMENDED.kwargs())).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "sampler, problem",
+    [({"steps": 0}, "invalid sampler settings"), ({"solver": "rk4"}, "fields among"),
+     (["euler"], "fields among"), ({"interval": [0.9, 0.1]}, "invalid sampler settings")],
+)  # fmt: skip
+def test_bad_sampler_metadata_is_refused_naming_the_file(tiny_net, tmp_path, sampler, problem):
+    path = tmp_path / "bad.safetensors"
+    pixeljit.save_safetensors(tiny_net, path, sampler=sampler)
+    with pytest.raises(ValueError, match=f"bad.safetensors.*{problem}"):
+        load_trained(path)

@@ -149,7 +149,8 @@ def load_trained(
             obj.get("preconditioner", "none"),
         )  # fmt: skip
         names = _class_names(source, meta.get("class_names"))
-        return TrainedModel(net, *objective, names, str(source))
+        sampler = sampler_from_metadata(source, meta.get("sampler"))
+        return TrainedModel(net, *objective, names, str(source), sampler=sampler)
     if kind == "authors":
         weights = weights or "model_ema1"
         if weights not in WEIGHT_ENTRIES:
@@ -277,7 +278,28 @@ def authors_sampler(config: JiTConfig) -> SamplerConfig | None:
 
 
 def export_safetensors(model: TrainedModel, path: str | os.PathLike) -> Path:
-    """A .safetensors with the weights, the JiT config, the objective and class names."""
-    return save_safetensors(
-        model.net, path, objective=model.objective_metadata(), class_names=model.class_names
-    )
+    """A .safetensors with the weights, the JiT config, the objective, class names and the
+    recommended sampler settings (read back as `.sampler`, used by `pixeljit sample`)."""
+    sampler = None
+    if model.sampler is not None:
+        sampler = {**model.sampler.kwargs(), "interval": list(model.sampler.interval)}
+    return save_safetensors(model.net, path, objective=model.objective_metadata(),
+                            class_names=model.class_names, sampler=sampler)  # fmt: skip
+
+
+def sampler_from_metadata(source, data) -> SamplerConfig | None:
+    """The recommended sampler a .safetensors records (None when it records none); every key a
+    SamplerConfig field, every value valid, or a one-line error naming the file."""
+    if data is None:
+        return None
+    known = SamplerConfig().kwargs()
+    if not isinstance(data, dict) or not set(data) <= set(known):
+        raise ValueError(f"{source}: metadata 'sampler' must be an object with fields among "
+                         f"{sorted(known)}")  # fmt: skip
+    fields = dict(data)
+    if isinstance(fields.get("interval"), list):
+        fields["interval"] = tuple(fields["interval"])
+    try:
+        return SamplerConfig(**fields)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{source}: invalid sampler settings in its metadata: {err}") from None

@@ -24,9 +24,10 @@ def save_safetensors(
     path: str | os.PathLike,
     objective: dict | None = None,
     class_names: Sequence[str] | None = None,
+    sampler: dict | None = None,
 ) -> Path:
-    """Weights + JSON config (+ the objective sampling must match, and class names) in one
-    .safetensors file, written atomically."""
+    """Weights + JSON config (+ the objective sampling must match, class names and the
+    recommended sampler settings) in one .safetensors file, written atomically."""
     from safetensors.torch import save
 
     path = Path(path)
@@ -37,10 +38,15 @@ def save_safetensors(
         meta["objective"] = json.dumps(objective)
     if class_names is not None:
         meta["class_names"] = json.dumps(list(class_names))
+    if sampler is not None:
+        meta["sampler"] = json.dumps(sampler)
     # serialised here and written by Python: a failed write is an OSError naming the file (not a
     # SafetensorError), and the file gets the usual umask-derived mode
     blob = save(tensors, metadata=meta)
     return atomic_write_stream(path, lambda f: f.write(blob))
+
+
+EXTRA_METADATA = ("objective", "class_names", "sampler")  # beside the config, when present
 
 
 def _metadata_json(path: Path, meta: dict, key: str):
@@ -72,7 +78,8 @@ def _positive_int(value) -> bool:
 
 
 def load_safetensors_with_meta(path: str | os.PathLike, device=None, **overrides):
-    """(JiT in eval mode, {'objective': {...}, 'class_names': [...]} where present).
+    """(JiT in eval mode, {'objective': {...}, 'class_names': [...], 'sampler': {...}} where
+    present).
 
     The header's dtypes and shapes and the config in the metadata are checked against each
     other and the file's size before the network is built or any tensor is read."""
@@ -101,7 +108,7 @@ def load_safetensors_with_meta(path: str | os.PathLike, device=None, **overrides
             state = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as err:
         raise ValueError(f"{path} is not a valid .safetensors file ({err})") from None
-    extra = {k: _metadata_json(path, meta, k) for k in ("objective", "class_names") if k in meta}
+    extra = {k: _metadata_json(path, meta, k) for k in EXTRA_METADATA if k in meta}
     return materialise(net, state, str(path), device), extra
 
 
