@@ -447,3 +447,18 @@ def test_eval_batch_memory_is_checked_before_generating(tiny_file, monkeypatch, 
     err = _error(capsys, ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--num",
                           "10", "--batch-size", "2", "--device", "cpu"])  # fmt: skip
     assert "--batch-size 2 needs at least" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_a_grid_on_cuda_without_cuda_is_one_line_before_any_file(tmp_path, capsys):
+    out = tmp_path / "t2"
+    err = _error(capsys, ["reproduce", "table2", "--device", "cuda", "--out", str(out)])
+    assert "--device cuda: CUDA is not available here; use cpu" in err
+    assert not out.exists()
+
+
+def test_printed_commands_quote_paths_with_spaces(tmp_path):
+    from pixeljit.cli.demo import resume_command
+
+    args = argparse.Namespace(out=str(tmp_path / "demo 1"), steps=5, device="auto")
+    assert resume_command(args) == f"pixeljit demo --resume --out '{tmp_path}/demo 1' --steps 5"

@@ -51,6 +51,7 @@ BAD = {
     "sample.max_classes": [0],
     "sample.ema_decay": [0.0, 1.0, NAN],
     "data.num_classes": [-1],
+    "run.out": ["", "  "],  # never the current folder by accident
     "run.seed": [-1, 2**63],
     "run.log_every": [0],
     "run.ckpt_every": [0],

@@ -166,3 +166,22 @@ def test_bad_sampler_metadata_is_refused_naming_the_file(tiny_net, tmp_path, sam
     pixeljit.save_safetensors(tiny_net, path, sampler=sampler)
     with pytest.raises(ValueError, match=f"bad.safetensors.*{problem}"):
         load_trained(path)
+
+
+def test_an_unconditional_model_recommends_no_guidance_and_no_class_names(tmp_path, capsys):
+    """An unconditional run keeps its preset's CFG in its sample section and its data set's
+    class names: `pixeljit sample RUN` refused it ('cannot be guided') and its hub folder did
+    not load back ('10 class names for num_classes 0')."""
+    import dataclasses
+
+    torch.manual_seed(1)
+    net = pixeljit.JiT(dataclasses.replace(TINY, num_classes=0)).eval()
+    model = TrainedModel(net, class_names=tuple(f"c{k}" for k in range(10)), sampler=RECOMMENDED)
+    assert model.sampler == SamplerConfig(**{**RECOMMENDED.kwargs(), "cfg": 1.0})
+    assert model.class_names is None
+    folder = write_hub_folder(model, tmp_path / "hub")
+    assert load_trained(folder).sampler.cfg == 1.0
+    npz = tmp_path / "u.npz"
+    assert main(["sample", str(folder), "--num", "2", "--device", "cpu", "--out", str(npz)]) == 0
+    assert np.load(npz)["arr_0"].shape == (2, 16, 16, 1)
+    assert "cfg 1: the model's recommended settings" in capsys.readouterr().out

@@ -22,7 +22,7 @@ from pixeljit.checkpoints.run import LATEST, load_checkpoint
 from pixeljit.checkpoints.safetensors_io import load_safetensors_with_meta, save_safetensors
 from pixeljit.checkpoints.weights import build_loaded
 from pixeljit.diffusion.objective import BASE_RESOLUTION, PRECONDITIONERS, PREDICTIONS
-from pixeljit.diffusion.sampler import SamplerConfig
+from pixeljit.diffusion.sampler import NO_GUIDANCE, SamplerConfig
 from pixeljit.model import MODEL_SIZES, JiT, JiTConfig
 
 OUR_WEIGHTS = ("ema", "model")  # 'ema' = the configured sampling EMA; or 'ema:<decay>'
@@ -49,6 +49,15 @@ class TrainedModel:
     weights: str = ""  # which weights: 'ema:<decay>', 'model', 'model_ema1', … ('' = unknown)
     step: int | None = None  # training step of the weights, when known
     sampler: SamplerConfig | None = None  # recommended sampling settings, when known
+
+    def __post_init__(self) -> None:
+        """A model without classes has nothing to guide or to name: a recommended CFG (a preset's,
+        kept by an unconditional run) reads as 1, and class names (its data set's) are dropped."""
+        if self.net.config.num_classes == 0:
+            if self.sampler is not None and self.sampler.cfg != NO_GUIDANCE:
+                unguided = SamplerConfig(**{**self.sampler.kwargs(), "cfg": NO_GUIDANCE})
+                object.__setattr__(self, "sampler", unguided)
+            object.__setattr__(self, "class_names", None)
 
     @property
     def ema_decay(self) -> float | None:

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -144,7 +145,8 @@ def save_checkpoint(state: dict, folder: str | os.PathLike, step: int, milestone
         raise RuntimeError(
             f"no space left to write the step-{step} checkpoint in {folder}: it needs about "
             f"{need / 1e6:.1f} MB ({need} bytes) and {free / 1e6:.1f} MB are free; free some "
-            f"space and `pixeljit train --resume {folder}` (the previous {LATEST} is intact)"
+            f"space and `pixeljit train --resume {shlex.quote(str(folder))}` (the previous "
+            f"{LATEST} is intact)"
         ) from None
     return latest
 

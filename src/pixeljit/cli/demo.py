@@ -12,6 +12,7 @@ the training at a step boundary with a checkpoint, and prints the --resume comma
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
@@ -56,7 +57,7 @@ def demo_config(out: str, steps: int | None, device: str):
 
 def resume_command(args) -> str:
     """The command that continues this demo: its --out, and --steps / --device if given."""
-    flags = ["--resume", "--out", args.out]
+    flags = ["--resume", "--out", shlex.quote(args.out)]
     if args.steps is not None:
         flags += ["--steps", str(args.steps)]
     if args.device != "auto":

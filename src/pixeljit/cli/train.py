@@ -11,6 +11,8 @@ the folder --resume names (never in the `run.out` saved inside the checkpoint).
 
 from __future__ import annotations
 
+import shlex
+
 from pixeljit.training.config_io import apply_overrides, from_dict, load_yaml, parse_set
 from pixeljit.training.presets import get_preset, presets
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
@@ -99,7 +101,7 @@ def run(args) -> int:
         allow_inexact_resume=args.allow_inexact_resume,
     )
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
-        print(f"continue with `pixeljit train --resume {result.out}`")
+        print(f"continue with `pixeljit train --resume {shlex.quote(str(result.out))}`")
         return SIGNAL_EXIT_BASE + result.stopped_by_signal
     if result.stopped_on_nan:
         return 1

@@ -205,6 +205,9 @@ class RunConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.out, str) or not self.out.strip():
+            raise ValueError(f"run.out must name a run folder, got {shown(self.out)} (an empty "
+                             "value never means the current folder)")  # fmt: skip
         if self.precision not in ("auto", "bf16", "fp32"):
             got = shown(self.precision)
             raise ValueError(f"run.precision must be auto, bf16 or fp32, got {got}")

@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -172,7 +173,8 @@ def prepare_fresh(folder: str | os.PathLike, restart: bool) -> Path | None:
             )
         raise ValueError(
             f"{folder} already holds a training run ({shown}); continue it with "
-            f"`pixeljit train --resume {folder}`, or pass --restart to move it aside {aside}"
+            f"`pixeljit train --resume {shlex.quote(str(folder))}`, or pass --restart to move it "
+            f"aside {aside}"
         )
     aside = _new_sibling(folder)
     for path in found:
