@@ -462,3 +462,36 @@ def test_printed_commands_quote_paths_with_spaces(tmp_path):
 
     args = argparse.Namespace(out=str(tmp_path / "demo 1"), steps=5, device="auto")
     assert resume_command(args) == f"pixeljit demo --resume --out '{tmp_path}/demo 1' --steps 5"
+
+
+def test_overwrite_never_leaves_an_earlier_sample_set_mixed_in(tiny_file, tmp_path, capsys):
+    """`sample --out DIR --overwrite` replaced only the new images' numbers: six old PNGs and two
+    new ones made one folder of two sets, which `eval --images` then scored as one."""
+    folder = tmp_path / "pngs"
+    argv = ["sample", str(tiny_file), "--steps", "1", "--device", "cpu", "--labels", "0"]
+    assert main([*argv, "--num", "6", "--out", str(folder)]) == 0
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    capsys.readouterr()  # (the progress bar)
+    err = _error(capsys, [*argv, "--num", "2", "--out", str(folder), "--overwrite"])
+    assert "holds 4 numbered PNGs beyond the 2 new ones (e.g. 000002.png)" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing touched
+    assert main([*argv, "--num", "6", "--seed", "1", "--out", str(folder), "--overwrite"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == sorted(before)
+    capsys.readouterr()
+    assert main([*argv, "--num", "12", "--out", str(folder), "--overwrite"]) == 0
+    capsys.readouterr()
+    err = _error(capsys, ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--num",
+                          "10", "--save-images", str(folder), "--overwrite"])  # fmt: skip
+    assert "--save-images" in err and "beyond the 10 new ones" in err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--out", "a", "--set", "run.out=b"], "--set run.out=b and --out a both set run.out"),
+     (["--out", "a", "--epochs", "1", "--set", "optim.steps=3"], "--epochs 1.0 both set"),
+     (["--out", "a", "--seed", "1", "--set", "run.seed=2"], "--seed 1 both set run.seed")],
+)  # fmt: skip
+def test_a_set_contradicting_a_flag_is_refused(flags, message, tmp_path, capsys):
+    """`--set run.out=B` silently trained into B although --out A was given."""
+    err = _error(capsys, ["train", "--preset", "fmnist-tiny", *flags])
+    assert message in err and "pass one of them" in err

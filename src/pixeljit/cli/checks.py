@@ -112,3 +112,23 @@ def check_not_an_input(flag: str, path: str | os.PathLike, inputs: list[Path]) -
         if source.is_file() and path.samefile(source):
             raise ValueError(f"{flag} {path} is an input of this command ({source}): write the "
                              "results to another file")  # fmt: skip
+
+
+NUMBERED_PNG = re.compile(r"\d{6}\.png")  # what `save_pngs` writes: 000000.png, 000001.png, …
+
+
+def check_no_stale_pngs(flag: str, folder: str | os.PathLike, count: int) -> None:
+    """With --overwrite, a folder whose numbered PNGs go beyond the `count` new ones would end up
+    holding two sample sets (the new images replace only their own numbers): refused, before any
+    work, naming how many would be left over."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    stale = [p.name for p in folder.iterdir()
+             if NUMBERED_PNG.fullmatch(p.name) and int(p.name[:6]) >= count]  # fmt: skip
+    if stale:
+        raise ValueError(
+            f"{flag} {folder} holds {len(stale)} numbered PNGs beyond the {count} new ones (e.g. "
+            f"{sorted(stale)[0]}): they would be mixed with the new set; choose an empty folder "
+            "or remove them first"
+        )

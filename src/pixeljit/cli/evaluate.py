@@ -21,6 +21,7 @@ from pixeljit.cli.checks import (
     check_device,
     check_float,
     check_int,
+    check_no_stale_pngs,
     check_not_an_input,
     check_output,
     check_seed,
@@ -167,6 +168,7 @@ def check_args(args) -> list[float] | None:
         check_not_an_input("--out", args.out, _inputs(args))
     if args.save_images:
         check_output("--save-images", args.save_images, True, args.overwrite, "--overwrite")
+        check_no_stale_pngs("--save-images", args.save_images, args.num)
     if not args.sweep_cfg:
         return None
     lo, hi, step = args.sweep_cfg

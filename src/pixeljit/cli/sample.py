@@ -22,6 +22,7 @@ from pixeljit.cli.checks import (
     check_device,
     check_float,
     check_int,
+    check_no_stale_pngs,
     check_output,
     check_seed,
 )
@@ -285,6 +286,8 @@ def run(args) -> int:
     labels = choose_labels(args.num, classes, args.labels)
     num = len(labels) if labels is not None else (args.num or UNCONDITIONAL_NUM)
     keep = bool(outputs.grids or outputs.npzs)
+    for folder in outputs.folders:
+        check_no_stale_pngs("--out", folder, num)
     check_memory(num, min(args.batch_size, num), keep, net.config, device)
     ncols, row_labels = grid_layout(labels, num, args.ncols, model.class_names)
     if outputs.grids:
