@@ -258,13 +258,18 @@ def _run_sampler(file, cfg: dict) -> SamplerConfig | None:
     if not isinstance(section, dict):
         return None
     known = {f for f in SamplerConfig().kwargs() if f in section}
-    fields = {k: section[k] for k in known}
+    where = f"{file}: invalid sample settings in its config"
+    return _sampler({k: section[k] for k in known}, where)
+
+
+def _sampler(fields: dict, where: str) -> SamplerConfig:
+    """SamplerConfig from JSON-read fields (a list interval as a tuple); `where` leads the error."""
     if isinstance(fields.get("interval"), list):
-        fields["interval"] = tuple(fields["interval"])
+        fields = {**fields, "interval": tuple(fields["interval"])}
     try:
         return SamplerConfig(**fields)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{file}: invalid sample settings in its config: {err}") from None
+        raise ValueError(f"{where}: {err}") from None
 
 
 def model_size_name(config: JiTConfig) -> str | None:
@@ -305,10 +310,4 @@ def sampler_from_metadata(source, data) -> SamplerConfig | None:
     if not isinstance(data, dict) or not set(data) <= set(known):
         raise ValueError(f"{source}: metadata 'sampler' must be an object with fields among "
                          f"{sorted(known)}")  # fmt: skip
-    fields = dict(data)
-    if isinstance(fields.get("interval"), list):
-        fields["interval"] = tuple(fields["interval"])
-    try:
-        return SamplerConfig(**fields)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{source}: invalid sampler settings in its metadata: {err}") from None
+    return _sampler(dict(data), f"{source}: invalid sampler settings in its metadata")

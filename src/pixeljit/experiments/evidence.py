@@ -40,7 +40,7 @@ from pixeljit.metrics.distances import frechet_distance, sqrt_psd
 from pixeljit.metrics.extractor import FeatureExtractor
 from pixeljit.metrics.stats import FeatureStats
 from pixeljit.training.config import TrainConfig
-from pixeljit.training.config_io import load_yaml
+from pixeljit.training.config_io import load_yaml, plain_json
 
 RESULT_NAME = "result.json"  # its presence marks a finished cell
 GRID_NAME = "grid.png"
@@ -308,12 +308,3 @@ def run_cell(
     result = plain_json(result)
     write_json(done, result)
     return result, False
-
-
-def plain_json(value):
-    """Tuples → lists, so a result equals what its JSON reads back as."""
-    if isinstance(value, (tuple, list)):
-        return [plain_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: plain_json(v) for k, v in value.items()}
-    return value

@@ -32,13 +32,12 @@ from pixeljit.experiments.evidence import (
     Cell,
     Measure,
     RealReference,
-    plain_json,
     read_json,
     write_json,
 )
 from pixeljit.training import distributed
 from pixeljit.training.config import TrainConfig
-from pixeljit.training.config_io import to_dict
+from pixeljit.training.config_io import plain_json, to_dict
 from pixeljit.training.resume import (
     LENGTH_FIELDS,
     LOGISTICAL,

@@ -17,17 +17,18 @@ from pixeljit.files.yaml_file import parse_yaml, read_yaml
 from pixeljit.training.config import CHOICES, SECTIONS, TrainConfig, check_model_fields, shown
 
 
+def plain_json(value):
+    """Tuples → lists, so a value equals what its JSON (or YAML) reads back as."""
+    if isinstance(value, (tuple, list)):
+        return [plain_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain_json(v) for k, v in value.items()}
+    return value
+
+
 def to_dict(cfg: TrainConfig) -> dict:
     """Nested plain dict (tuples → lists), as saved with runs and checkpoints."""
-
-    def plain(v):
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(cfg))
+    return plain_json(dataclasses.asdict(cfg))
 
 
 def _coerce(name: str, value, hint):
