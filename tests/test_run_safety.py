@@ -104,6 +104,19 @@ def test_demo_into_an_earlier_demo_says_what_to_do(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_demo_into_another_training_run_says_so(packed, tmp_path, capsys):
+    """A folder holding a non-demo run was called 'a demo run', with advice (--resume) that then
+    failed on the changed model."""
+    train(tiny(packed, tmp_path), progress=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for extra in ([], ["--resume"]):
+        assert main(["demo", "--out", str(tmp_path), "--device", "cpu", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "holds another training run, not this demo" in err and "model.depth" in err
+        assert "--restart" in err and "--resume" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 # ----------------------------------------------------------------------- one writer per folder
 
 

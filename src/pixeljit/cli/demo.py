@@ -12,6 +12,7 @@ the training at a step boundary with a checkpoint, and prints the --resume comma
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from pathlib import Path
 
@@ -65,11 +66,38 @@ def resume_command(args) -> str:
     return "pixeljit demo " + " ".join(flags)
 
 
-def check_demo_folder(out: Path, resume: bool, restart: bool, command: str) -> None:
+def other_model(out: Path, model: dict | None) -> list[str]:
+    """The fields where the run in `out` (its config.yaml) differs from the demo's `model`
+    ([] when they match, or when there is nothing readable to compare)."""
+    from pixeljit.files.yaml_file import read_yaml
+
+    if model is None:
+        return []
+    try:
+        saved = (read_yaml(out / "config.yaml", "run config") or {}).get("model")
+    except (ValueError, OSError, AttributeError):
+        return []
+    if not isinstance(saved, dict):
+        return []
+    return [f"model.{k} {saved[k]!r} (the demo's: {v!r})" for k, v in model.items()
+            if k in saved and saved[k] != v]  # fmt: skip
+
+
+def check_demo_folder(
+    out: Path, resume: bool, restart: bool, command: str, model: dict | None = None
+) -> None:
     """Refuse, before anything is printed: --resume with --restart, --resume of a folder with
-    no checkpoint, and a fresh demo into a folder that holds a run (naming --resume)."""
+    no checkpoint, a fresh demo into a folder that holds a run (naming --resume when it is a
+    demo run, --restart or another --out when its model is not the demo's)."""
     from pixeljit.training.rundir import holds_checkpoint
 
+    differs = other_model(out, model) if holds_checkpoint(out) else []
+    if differs and not restart:
+        raise ValueError(
+            f"{out} holds another training run, not this demo (its {', '.join(differs[:3])}): "
+            f"pass --restart to move it aside to a new sibling {out.name}.old-<time> and train "
+            "the demo there (nothing is deleted), or choose another --out"
+        )
     if resume and restart:
         raise ValueError("--restart starts a fresh demo; it cannot be combined with --resume")
     if resume and not holds_checkpoint(out):
@@ -89,7 +117,8 @@ def run(args) -> int:
 
     check_device("--device", args.device)  # before the first line is printed
     cfg = demo_config(args.out, args.steps, args.device)
-    check_demo_folder(Path(args.out), args.resume, args.restart, resume_command(args))
+    model = dataclasses.asdict(cfg.model)
+    check_demo_folder(Path(args.out), args.resume, args.restart, resume_command(args), model)
     m = cfg.model
     print(
         f"pixeljit demo: training a depth-{m.depth}, width-{m.hidden_size} JiT on Fashion-MNIST "
