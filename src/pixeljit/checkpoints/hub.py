@@ -29,6 +29,7 @@ from pixeljit.checkpoints.load import (
     _class_names,
     _objective,
     model_size_name,
+    sampler_config,
 )
 from pixeljit.checkpoints.safetensors_io import (
     COUNT_FIELDS,
@@ -81,7 +82,7 @@ def hub_config(model: TrainedModel, sampler: SamplerConfig, sampler_source: str)
         "objective": model.objective_metadata(),
         "class_names": list(model.class_names) if model.class_names else None,
         "weights": {"name": model.weights, "ema_decay": model.ema_decay, "step": model.step},
-        "sampler": {**sampler.kwargs(), "interval": list(sampler.interval)},
+        "sampler": sampler.as_json(),
         "sampler_source": sampler_source,
     }
 
@@ -183,11 +184,7 @@ def read_hub_config(path: str | os.PathLike) -> HubConfig:
     if step is not None and not (_positive_int(step) or (type(step) is int and step == 0)):
         raise ValueError(f"{path}: weights.step must be an integer ≥ 0 or null")
     sampler = _section(path, data, "sampler", tuple(SamplerConfig().kwargs()))
-    try:
-        fields = {**sampler, "interval": tuple(sampler.get("interval", SamplerConfig().interval))}
-        sampler_config = SamplerConfig(**fields)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: invalid sampler settings: {err}") from None
+    recommended = sampler_config(sampler, f"{path}: invalid sampler settings")
     return HubConfig(
         arch,
         objective,
@@ -195,7 +192,7 @@ def read_hub_config(path: str | os.PathLike) -> HubConfig:
         _text(path, "weights.name", weights.get("name")),
         None if decay is None else float(decay),
         step,
-        sampler_config,
+        recommended,
         _text(path, "sampler_source", data.get("sampler_source"), optional=True),
     )
 

@@ -9,6 +9,7 @@ pre-conditioner (and class names, the exported weights and recommended sampler w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ class TrainedModel:
         kept by an unconditional run) reads as 1, and class names (its data set's) are dropped."""
         if self.net.config.num_classes == 0:
             if self.sampler is not None and self.sampler.cfg != NO_GUIDANCE:
-                unguided = SamplerConfig(**{**self.sampler.kwargs(), "cfg": NO_GUIDANCE})
+                unguided = dataclasses.replace(self.sampler, cfg=NO_GUIDANCE)
                 object.__setattr__(self, "sampler", unguided)
             object.__setattr__(self, "class_names", None)
 
@@ -259,13 +260,11 @@ def _run_sampler(file, cfg: dict) -> SamplerConfig | None:
         return None
     known = {f for f in SamplerConfig().kwargs() if f in section}
     where = f"{file}: invalid sample settings in its config"
-    return _sampler({k: section[k] for k in known}, where)
+    return sampler_config({k: section[k] for k in known}, where)
 
 
-def _sampler(fields: dict, where: str) -> SamplerConfig:
-    """SamplerConfig from JSON-read fields (a list interval as a tuple); `where` leads the error."""
-    if isinstance(fields.get("interval"), list):
-        fields = {**fields, "interval": tuple(fields["interval"])}
+def sampler_config(fields: dict, where: str) -> SamplerConfig:
+    """SamplerConfig from JSON-read fields (`SamplerConfig.as_json`); `where` leads the error."""
     try:
         return SamplerConfig(**fields)
     except (ValueError, TypeError) as err:
@@ -294,9 +293,7 @@ def authors_sampler(config: JiTConfig) -> SamplerConfig | None:
 def export_safetensors(model: TrainedModel, path: str | os.PathLike) -> Path:
     """A .safetensors with the weights, the JiT config, the objective, class names and the
     recommended sampler settings (read back as `.sampler`, used by `pixeljit sample`)."""
-    sampler = None
-    if model.sampler is not None:
-        sampler = {**model.sampler.kwargs(), "interval": list(model.sampler.interval)}
+    sampler = model.sampler.as_json() if model.sampler is not None else None
     return save_safetensors(model.net, path, objective=model.objective_metadata(),
                             class_names=model.class_names, sampler=sampler)  # fmt: skip
 
@@ -310,4 +307,4 @@ def sampler_from_metadata(source, data) -> SamplerConfig | None:
     if not isinstance(data, dict) or not set(data) <= set(known):
         raise ValueError(f"{source}: metadata 'sampler' must be an object with fields among "
                          f"{sorted(known)}")  # fmt: skip
-    return _sampler(dict(data), f"{source}: invalid sampler settings in its metadata")
+    return sampler_config(data, f"{source}: invalid sampler settings in its metadata")

@@ -6,6 +6,7 @@ pixeljit reproduce nfe --checkpoint RUN --ref DATASET|STATS.npz [--num 1000] [--
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -101,7 +102,7 @@ def nfe_config(args, conditional: bool, recommended=None):
         else SamplerConfig(cfg=DEFAULT_CFG if conditional else 1.0)
     )
     if not conditional:
-        base = SamplerConfig(**{**base.kwargs(), "cfg": 1.0})  # nothing to guide
+        base = dataclasses.replace(base, cfg=1.0)  # nothing to guide
 
     def flag(name):
         value = getattr(args, name)

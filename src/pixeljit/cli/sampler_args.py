@@ -11,6 +11,7 @@ the rules live), so the two verbs cannot drift apart from each other or from the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from pixeljit.diffusion.sampler import FAST_SAMPLER, SamplerConfig
 from pixeljit.diffusion.solvers import GRIDS, METHODS
@@ -71,7 +72,7 @@ def sampler_from_args(
     given = given_sampler_flags(args)
     base = recommended if recommended is not None else DEFAULTS
     try:
-        return SamplerConfig(**{**base.kwargs(), **given})
+        return dataclasses.replace(base, **given)
     except ValueError as err:
         raise ValueError(f"the sampler flags with the model's settings: {err}") from None
 

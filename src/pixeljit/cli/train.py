@@ -87,23 +87,18 @@ def build_config(args):
         flags["run.seed"] = args.seed
     cfg = apply_overrides(cfg, flags)
     settings = parse_set(args.set)
-    given = {"data.source": args.data, "run.out": args.out, "optim.steps": args.steps,
-             "optim.global_batch": args.batch_size, "run.seed": args.seed}  # fmt: skip
-    if args.epochs is not None:
-        given.update({"optim.epochs": args.epochs, "optim.steps": args.epochs})
-    for key, value in given.items():
+    # the field each flag given sets: a --set of the same field would silently win over it
+    given = {"data.source": ("--data", args.data), "run.out": ("--out", args.out),
+             "optim.steps": ("--steps", args.steps),
+             "optim.global_batch": ("--batch-size", args.batch_size),
+             "run.seed": ("--seed", args.seed)}  # fmt: skip
+    if args.epochs is not None:  # --epochs also clears optim.steps
+        given["optim.epochs"] = given["optim.steps"] = ("--epochs", args.epochs)
+    for key, (flag, value) in given.items():
         if value is not None and key in settings:
-            flag = FLAG_OF[key] if not (key == "optim.steps" and args.epochs is not None) else (
-                "--epochs")  # fmt: skip
             raise ValueError(f"--set {key}={settings[key]} and {flag} {value} both set "
                              f"{key}: pass one of them")  # fmt: skip
     return apply_overrides(cfg, settings)
-
-
-# the config field each flag of `train` sets (a --set of the same field would silently win)
-FLAG_OF = {"data.source": "--data", "run.out": "--out", "optim.steps": "--steps",
-           "optim.epochs": "--epochs", "optim.global_batch": "--batch-size",
-           "run.seed": "--seed"}  # fmt: skip
 
 
 def run(args) -> int:

@@ -111,6 +111,11 @@ class SamplerConfig:
         """The fields as keyword arguments of `sample()`."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplerConfig)}
 
+    def as_json(self) -> dict:
+        """The fields as JSON holds them (the interval a list); `SamplerConfig(**that)` reads
+        them back (the interval check turns the list into a tuple)."""
+        return {**self.kwargs(), "interval": list(self.interval)}
+
     def nfe(self) -> int:
         """Network evaluations per image and guidance branch."""
         return evaluations(self.method, self.steps)
