@@ -81,6 +81,19 @@ EVAL_BAD = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "extra, flag",
+    [(["--cfg", "2"], "--cfg"), (["--metrics", "fd", "kid"], "--metrics"),
+     (["--save-images", "pngs"], "--save-images")],
+)  # fmt: skip
+def test_eval_sweep_refuses_flags_it_would_ignore(tiny_file, no_loading, capsys, extra, flag):
+    """--sweep-cfg scores FD at each scale of its range: a --cfg, --metrics or --save-images
+    beside it would be ignored, so it is refused, naming the flag."""
+    argv = ["eval", "--checkpoint", str(tiny_file), "--sweep-cfg", "1", "2", "1", "--ref", "r.npz"]
+    err = _error(capsys, [*argv, *extra])
+    assert f"{flag} has no effect with --sweep-cfg" in err
+
+
 @pytest.mark.parametrize("flag, values", EVAL_BAD)
 def test_eval_numbers_are_checked_before_loading(tiny_file, no_loading, capsys, flag, values):
     argv = ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--device", "cpu"]
@@ -322,7 +335,7 @@ def test_error_messages_name_only_flags_of_the_verb(
             ["--images", str(images), "--size", "8", "--channels", "3", "--extractor",
              "inception-v3-fid", "--metrics", "is", "--device", "cpu"],
             ["--checkpoint", str(tiny_file), "--emas", "all", "--sweep-cfg", "1", "2", "1",
-             "--metrics", "fd", "--device", "cpu"],
+             "--device", "cpu"],
             ["--images", str(images), "--size", "8", "--channels", "3", "--extractor",
              "inception-v3-fid", "--inception-weights", str(not_inception), "--metrics", "is"],
         ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pixeljit.cli import build_parser
@@ -83,3 +84,64 @@ def test_cli_flags_then_file_then_set(tmp_path):
         build_parser().parse_args(["train", "--preset", "p", "--steps", "1", "--epochs", "1"])
     with pytest.raises(ValueError, match="pass --preset"):
         build_config(build_parser().parse_args(["train"]))
+
+
+def _built(tmp_path, yaml_text: str | None = None, *sets: str):
+    argv = ["train", "--preset", "fmnist-small", "--out", str(tmp_path / "r")]
+    if yaml_text is not None:
+        (tmp_path / "c.yaml").write_text(yaml_text)
+        argv += ["--config", str(tmp_path / "c.yaml")]
+    for item in sets:
+        argv += ["--set", item]
+    return build_config(build_parser().parse_args(argv))
+
+
+def test_epochs_in_a_file_or_set_replace_the_presets_steps(tmp_path):
+    """fmnist-small fixes optim.steps; a user's optim.epochs alone used to lose to it silently."""
+    assert _built(tmp_path).optim.steps is not None  # the preset's length
+    built = _built(tmp_path, "optim:\n  epochs: 2\n"), _built(tmp_path, None, "optim.epochs=2")
+    for cfg in built:
+        assert (cfg.optim.epochs, cfg.optim.steps) == (2.0, None)
+    with pytest.raises(ValueError, match=r"sets both optim.steps \(5\) and optim.epochs \(2\)"):
+        _built(tmp_path, "optim:\n  steps: 5\n  epochs: 2\n")
+    with pytest.raises(ValueError, match="--set sets both optim.steps"):
+        _built(tmp_path, None, "optim.steps=5", "optim.epochs=2")
+    cfg = _built(tmp_path, "optim:\n  steps: 7\n  epochs: null\n")  # the way to say one of them
+    assert (cfg.optim.steps, cfg.optim.epochs) == (7, None)
+
+
+def test_model_num_classes_asks_the_data_for_that_many(tmp_path, fmnist16):
+    """model.num_classes is filled in from the data; set by the user it is the number of classes
+    asked for (data.num_classes), so labels beyond it are refused instead of the value ignored."""
+    from pixeljit.training.loop import train
+
+    cfg = _built(tmp_path, None, "model.num_classes=5")
+    assert cfg.data.num_classes == 5 and cfg.data.conditional
+    assert not _built(tmp_path, "model:\n  num_classes: 0\n").data.conditional
+    with pytest.raises(ValueError, match="the model's classes are the data's"):
+        _built(tmp_path, None, "model.num_classes=5", "data.num_classes=10")
+    from conftest import tiny_run
+
+    data = fmnist16(64)  # ten classes
+    with pytest.raises(ValueError, match=r"outside \[0, 5\)"):
+        train(tiny_run(data, tmp_path / "five", **{"data.num_classes": 5}), progress=False)
+    wide = train(tiny_run(data, tmp_path / "wide", **{"data.num_classes": 12}), progress=False)
+    from pixeljit.checkpoints.load import load_trained
+
+    assert load_trained(wide.checkpoint).net.config.num_classes == 12
+
+
+def test_classes_asked_of_unlabelled_data_are_refused(tmp_path):
+    from conftest import tiny_run
+    from pixeljit.data import pack_arrays
+    from pixeljit.training.loop import train
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (32, 1, 16, 16), dtype=np.uint8)
+    pack_arrays(images, tmp_path / "one", np.zeros(32, np.int64))  # a single class
+    with pytest.raises(ValueError, match="data.num_classes is 10, but the data has 1 class"):
+        train(tiny_run(tmp_path / "one", tmp_path / "r", **{"data.num_classes": 10}))
+    run = train(tiny_run(tmp_path / "one", tmp_path / "u"), progress=False)  # unconditional
+    from pixeljit.checkpoints.load import load_trained
+
+    assert load_trained(run.checkpoint).net.config.num_classes == 0

@@ -76,11 +76,11 @@ def test_real_images_score_far_better_than_an_untrained_model(setup, tmp_path):
     out = tmp_path / "real.json"
     assert main(["eval", "--images", str(real), "--ref", str(ref), "--size", "16",
                  "--channels", "1", "--metrics", "fd", "--out", str(out)]) == 0  # fmt: skip
-    floor = json.loads(out.read_text())["FD-FMNIST"]
+    floor = json.loads(out.read_text())["scores"]["FD-FMNIST"]
     gen = tmp_path / "gen.json"
     assert main(["eval", "--checkpoint", str(setup / "run"), "--num", "60", "--steps", "2",
                  "--ref", str(ref), "--metrics", "fd", "--out", str(gen)]) == 0  # fmt: skip
-    assert json.loads(gen.read_text())["FD-FMNIST"] > 5 * floor
+    assert json.loads(gen.read_text())["scores"]["FD-FMNIST"] > 5 * floor
 
 
 def test_sweep_covers_every_ema_and_scale(setup, tmp_path, capsys):
@@ -100,7 +100,10 @@ def test_eval_errors(setup, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(setup / "run"), "--num", "10"]) == 2
     assert "need --ref" in capsys.readouterr().err
     assert main(["eval", "--images", str(tmp_path), "--ref", "x.npz"]) == 2
-    assert "--size and --channels" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"no image files (.png, .jpg, .jpeg, .bmp, .webp) in {tmp_path}" in err
+    assert main(["eval", "--make-ref", str(setup / "data"), "--out", str(tmp_path / "r.npz")]) == 2
+    assert "--make-ref needs --size and --channels" in capsys.readouterr().err
 
 
 def test_two_ranks_score_like_one(setup, tmp_path):
@@ -112,7 +115,7 @@ def test_two_ranks_score_like_one(setup, tmp_path):
     two = tmp_path / "two.json"
     done = torchrun([*flags, "--out", str(two)])
     assert done.returncode == 0, done.stderr[-3000:]
-    a, b = json.loads(Path(one).read_text()), json.loads(Path(two).read_text())
+    a, b = (json.loads(Path(f).read_text())["scores"] for f in (one, two))
     assert a["FD-FMNIST"] == pytest.approx(b["FD-FMNIST"], rel=1e-6)
     assert (a["precision"], a["recall"]) == (b["precision"], b["recall"])
 
@@ -156,7 +159,19 @@ def test_the_demo_scores_itself_beside_real_held_out_images(fmnist16, tmp_path):
     expected = class_accuracy(images, labels, create_extractor("fmnist-cnn"), batch_size=40)
     assert score["real_test_images"]["class_accuracy"] == pytest.approx(expected)
     # two training steps make noise: far from the real images, near chance for the classifier
-    assert score["model"]["fd"] > 5 * score["real_test_images"]["fd"]
-    assert score["model"]["class_accuracy"] < 0.5 < score["real_test_images"]["class_accuracy"]
+    model, floor = score["scores"], score["real_test_images"]
+    assert model["FD-FMNIST"] > 5 * floor["FD-FMNIST"]
+    assert model["class_accuracy"] < 0.5 < floor["class_accuracy"]
     lines = score_lines(score)
-    assert f"{score['model']['fd']:.2f}" in lines and "real test images" in lines
+    assert f"{model['FD-FMNIST']:.2f}" in lines and "real test images" in lines
+    # it records the weights it scored: `convert --hub` publishes it with them, not with others
+    assert score["model"]["step"] == result.step and score["model"]["weights"] == "ema:0.995"
+    hub = tmp_path / "hub"
+    assert main(["convert", str(tmp_path / "run"), "--hub", str(hub)]) == 0
+    card = (hub / "README.md").read_text()
+    assert f"| FD-FMNIST | {model['FD-FMNIST']:.6g} |" in card
+    assert "As recorded in `score.json`" in card
+    assert main(["convert", str(tmp_path / "run"), "--hub", str(tmp_path / "hub2"),
+                 "--weights", "ema:0.999"]) == 0  # fmt: skip
+    other = (tmp_path / "hub2" / "README.md").read_text()
+    assert "Unknown: no evaluation of these weights" in other

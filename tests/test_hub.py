@@ -41,14 +41,21 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"  # a snapshot's commit hash 
 SAMPLE_ARGS = ["--steps", "2", "--cfg", "1.5", "--num", "4", "--labels", "0", "3", "--seed", "5"]
 
 
+def eval_args(source, ref, out, *extra) -> list[str]:
+    """`pixeljit eval` of `source`: FD of 8 two-step samples against `ref`, into `out`."""
+    return ["eval", "--checkpoint", str(source), "--num", "8", "--steps", "2", "--ref", str(ref),
+            "--metrics", "fd", "--batch-size", "8", "--out", str(out), *extra]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, fmnist16):
-    """A 2-step v-prediction run (noise scale 0.5) with its preview grid and an eval.json."""
+    """A 2-step v-prediction run (noise scale 0.5) with its preview grid and an eval.json of its
+    default weights."""
     from pixeljit.training.loop import train
 
     out = tmp_path_factory.mktemp("hubrun") / "run"
     train(tiny_run(fmnist16(64), out, **OBJECTIVE, **PREVIEW), progress=False)
-    (out / "eval.json").write_text(json.dumps({"FD-FMNIST": 12.5, "precision": 0.25}))
+    assert main(eval_args(out, fmnist16(64), out / "eval.json")) == 0
     return out
 
 
@@ -102,11 +109,13 @@ def test_sample_and_eval_read_the_folder_as_the_run(run, hub, tmp_path, fmnist16
     scores = {}
     for name, source in (("run", run), ("hub", hub)):
         out = tmp_path / f"{name}-eval.json"
-        assert main(["eval", "--checkpoint", str(source), "--num", "8", "--steps", "2",
-                     "--ref", str(fmnist16(64)), "--metrics", "fd", "--batch-size", "8",
-                     "--out", str(out)]) == 0  # fmt: skip
+        assert main(eval_args(source, fmnist16(64), out)) == 0
         scores[name] = json.loads(out.read_text())
-    assert scores["run"] == scores["hub"] and len(scores["hub"]) >= 2
+    assert scores["run"]["scores"] == scores["hub"]["scores"] and len(scores["hub"]["scores"]) >= 2
+    # the record names each checkpoint, and the exported weights digest as the run's
+    run_model, hub_model = scores["run"]["model"], scores["hub"]["model"]
+    assert run_model["weights_sha256"] == hub_model["weights_sha256"]
+    assert (run_model["checkpoint"], hub_model["checkpoint"]) == (str(run), str(hub))
 
 
 def test_model_card_front_matter_and_content(hub, run):
@@ -119,7 +128,9 @@ def test_model_card_front_matter_and_content(hub, run):
     assert {"diffusion", "image-generation", "jit", "pixel-space"} <= set(meta["tags"])
     assert {"v-prediction", "class-conditional"} <= set(meta["tags"])
     assert "![samples](samples.png)" in body and "step 2" in body
-    assert "| FD-FMNIST | 12.5 |" in body and "| precision | 0.25 |" in body  # the run's eval.json
+    fd = json.loads((run / "eval.json").read_text())["scores"]["FD-FMNIST"]
+    assert f"| FD-FMNIST | {fd:.6g} |" in body  # the run's eval.json, which scored these weights
+    assert "8 images, seed 0, heun 2 steps, CFG 1.5 on (0.1, 1)" in body
     assert "v-prediction, noise scale 0.5" in body and "T-shirt/top" in body
     params = sum(p.numel() for p in load_trained(run).net.parameters())
     assert f"| parameters | {params:,} |" in body
@@ -129,12 +140,13 @@ def test_model_card_front_matter_and_content(hub, run):
 
 def test_scores_flag_and_unknown_scores(run, tmp_path):
     scores = tmp_path / "sweep.json"
-    best = {"weights": "ema:0.995", "cfg": 1.5, "FD-FMNIST": 3.25}
+    best = {"weights": "ema:0.995", "cfg": 1.5, "FD-FMNIST": 3.25}  # records no weights digest
     scores.write_text(json.dumps({"sweep": [best], "best": best}))
     out = tmp_path / "hub"
     assert main(["convert", str(run), "--hub", str(out), "--scores", str(scores)]) == 0
     card = (out / "README.md").read_text()
-    assert "| FD-FMNIST | 3.25 |" in card and "12.5" not in card and "sweep.json" in card
+    assert "| FD-FMNIST | 3.25 |" in card and "sweep.json" in card
+    assert "Unverified: the file does not record which weights it scored" in card
     # a .safetensors export records neither grid nor scores: the card says so; it does carry
     # the run's recommended sampler settings
     plain = tmp_path / "w.safetensors"

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from pixeljit.checkpoints.load import TrainedModel
+from pixeljit.checkpoints.provenance import DIGEST_KEY, model_record, weights_digest
 from pixeljit.data.open import open_dataset
 from pixeljit.diffusion.sampler import (
     NO_GUIDANCE,
@@ -235,6 +236,15 @@ def dataset_stats_for(
     if ref.endswith(".npz"):
         return load_dataset_stats(ref, extractor)
     dataset = open_dataset(ref, image_size, channels, split, is_main, barrier)
+    wanted = (channels, image_size, image_size)
+    if tuple(dataset.image_shape) != wanted:  # a packed folder is read as it was packed
+        have = tuple(dataset.image_shape)
+        raise ValueError(
+            f"{ref} is packed at {have[-1]}×{have[-2]} px with {have[0]} channel(s), not the "
+            f"{image_size}×{image_size} px with {channels} channel(s) being scored: pass its "
+            f"source (resized to match) or pack it again (`pixeljit prepare SOURCE --size "
+            f"{image_size} --out DIR`)"
+        )
     tag = f"{Path(dataset.folder).name}-{content_digest(dataset)}"
     path = cache_root() / "refstats" / f"{tag}-{extractor.stats_name.replace('@', '-')}.npz"
 
@@ -246,15 +256,36 @@ def dataset_stats_for(
     return cached_dataset_stats(path, images, extractor)
 
 
+def generation_record(
+    model: TrainedModel, checkpoint, spec: GenerationSpec, reference: str | None, extractor: str
+) -> dict:
+    """What generated scores were measured on, written beside them: the weights (with their
+    digest, `checkpoints.provenance`), the sampler, the count, seed and precision, the reference
+    and the extractor."""
+    amp = str(spec.amp_dtype).removeprefix("torch.") if spec.amp_dtype is not None else "none"
+    return {
+        "model": model_record(model, checkpoint),
+        "sampler": spec.sampler.as_json(),
+        "num": spec.num,
+        "seed": spec.seed,
+        "amp": amp,
+        "noise_scale": spec.noise_scale if spec.noise_scale is not None else model.noise_scale,
+        "reference": reference,
+        "extractor": extractor,
+    }
+
+
 def sweep_rows(
     load, emas: list[str], cfgs: list[float], spec: GenerationSpec, extractor, ref, **kw
 ) -> list[dict]:
-    """FD for every (EMA, CFG) pair on `spec.num` samples: the paper's selection procedure."""
+    """FD for every (EMA, CFG) pair on `spec.num` samples: the paper's selection procedure. Each
+    row names the weights it scored as loaded ('ema:0.9999', not 'ema') with their digest."""
     rows = []
     for weights in emas:
         model = load(weights)
+        name, digest = model.weights or weights, weights_digest(model.net)
         for w in cfgs:
             guided = dataclasses.replace(spec, sampler=dataclasses.replace(spec.sampler, cfg=w))
             scores = evaluate(model, guided, extractor, ref, ("fd",), **kw)
-            rows.append({"weights": weights, "cfg": w, **scores})
+            rows.append({"weights": name, "cfg": w, **scores, DIGEST_KEY: digest})
     return rows

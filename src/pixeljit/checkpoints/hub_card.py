@@ -2,16 +2,13 @@
 empty license for the publisher to fill in, tags), then what the model is, how to sample it, its
 sample grid and its evaluation scores, each stated as known or as unknown.
 
-The grid and scores come from the run folder when there is one (`run_extras`): the preview grid
-the run drew at the exported step, and `eval.json` (what `pixeljit eval --out` writes) or a
-scores file named explicitly.
+The grid comes from the run folder when there is one (`run_grid`): the preview grid the run drew
+at the exported step, said to be of other weights when it is. The scores are a `pixeljit eval
+--out` file of these very weights (`checkpoints.provenance` checks the digest it records).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +19,11 @@ PAPER = (
     "[arXiv:2511.13720](https://arxiv.org/abs/2511.13720))"
 )
 BASE_TAGS = ("diffusion", "image-generation", "jit", "pixel-space")
-RUN_SCORES_FILE = "eval.json"  # `pixeljit eval --checkpoint RUN ... --out RUN/eval.json`
+# scores a run folder may hold, in order of preference: `pixeljit eval --checkpoint RUN ... --out
+# RUN/eval.json`, and the demo's own score.json
+RUN_SCORES_FILES = ("eval.json", "score.json")
 RUN_GRID = "samples-{step:07d}.png"  # the preview a run draws at a step (training.loop)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-MAX_SCORES_BYTES = 1 << 20
-MAX_SCORES = 100
-MAX_SCORE_TEXT = 100  # characters of a score's name or text value
 MAX_NAMES_SHOWN = 20  # class names listed in the card (all of them are in config.json)
 LICENSE_LINE = "license:  # fill in before publishing, e.g. mit, apache-2.0, cc-by-4.0"
 
@@ -41,6 +37,8 @@ class CardExtras:
     grid_missing: str = "no sample grid was exported with these weights"
     scores: dict | None = None  # name → number or short text
     scores_source: str = ""
+    scores_about: str = ""  # what they were measured on (images, seed, sampler, reference)
+    scores_note: str = ""  # why there are none, or that they are unverified
     source: str = ""  # what was converted
     authors: bool = False  # an authors' released checkpoint (ImageNet-1k)
     sampler_source: str = ""  # where the recommended sampler settings come from
@@ -49,75 +47,30 @@ class CardExtras:
 # ------------------------------------------------------------------------ grid and scores
 
 
-def read_scores(path: str | os.PathLike) -> dict:
-    """The scores of a `pixeljit eval --out` JSON: a flat {name: value} object, or a CFG sweep's
-    'best' row. Names and text values short and on one line, numbers finite."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"scores file {path} does not exist")
-    with open(path, "rb") as f:
-        raw = f.read(MAX_SCORES_BYTES + 1)
-    if len(raw) > MAX_SCORES_BYTES:
-        raise ValueError(f"scores file {path} is over {MAX_SCORES_BYTES:,} bytes: not eval output")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:
-        raise ValueError(f"scores file {path} is not valid JSON ({err})") from None
-    if isinstance(data, dict) and isinstance(data.get("best"), dict):
-        data = data["best"]  # eval --sweep-cfg: the best (weights, cfg) row
-    if not isinstance(data, dict) or not data or len(data) > MAX_SCORES:
-        raise ValueError(
-            f"scores file {path}: expected a JSON object of 1 to {MAX_SCORES} scores "
-            "(what `pixeljit eval --out` writes)"
-        )
-    for name, value in data.items():
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (_plain(name) and ((number and math.isfinite(value)) or _plain(value))):
-            raise ValueError(
-                f"scores file {path}: entry {str(name)[:40]!r} must map a short "
-                "name to a finite number or a short text"
-            )
-    return data
-
-
 def _head(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read(len(PNG_MAGIC))
 
 
-def _plain(text) -> bool:
-    return (
-        isinstance(text, str)
-        and 0 < len(text) <= MAX_SCORE_TEXT
-        and text.isprintable()
-        and "|" not in text
+def run_grid(run_folder: Path, model, preview_weights: str | None) -> CardExtras:
+    """The grid the run drew at the exported step, if it did (`model` is the exported
+    TrainedModel, `preview_weights` the weights the run's previews draw from, e.g. 'ema:0.995')."""
+    if model.step is None:
+        return CardExtras()
+    candidate = run_folder / RUN_GRID.format(step=model.step)
+    if not (candidate.is_file() and _head(candidate) == PNG_MAGIC):
+        return CardExtras(grid_missing=f"the run folder holds no preview grid of step {model.step}")
+    if preview_weights is None:  # not recorded: only raw weights are surely not the EMA
+        drawn = "its sampling EMA" + (", not these raw weights" if model.weights == "model" else "")
+    else:
+        drawn = f"its sampling average ({preview_weights})"
+        if preview_weights != model.weights:
+            drawn += f", not these weights ({model.weights or 'unnamed'})"
+    caption = (
+        f"The preview grid the training run drew at step {model.step} ({candidate.name}), "
+        f"from {drawn}, with the sampler settings above."
     )
-
-
-def run_extras(run_folder: Path, model, scores: str | os.PathLike | None = None) -> CardExtras:
-    """The grid the run drew at the exported step (if it did) and the scores of `scores` or of
-    the run's eval.json (if either exists); `model` is the exported TrainedModel."""
-    grid = None
-    missing = "no sample grid was exported with these weights"
-    if model.step is not None:
-        candidate = run_folder / RUN_GRID.format(step=model.step)
-        if candidate.is_file() and _head(candidate) == PNG_MAGIC:
-            grid = candidate
-        else:
-            missing = f"the run folder holds no preview grid of step {model.step}"
-    caption = ""
-    if grid is not None:
-        drawn = "its sampling EMA" + (
-            " (not these raw weights)" if model.weights == "model" else ""
-        )
-        caption = (
-            f"The preview grid the training run drew at step {model.step} ({grid.name}), "
-            f"from {drawn}, with the sampler settings above."
-        )
-    if scores is None and (run_folder / RUN_SCORES_FILE).is_file():
-        scores = run_folder / RUN_SCORES_FILE
-    values = read_scores(scores) if scores is not None else None
-    return CardExtras(grid, caption, missing, values, str(scores) if scores else "")
+    return CardExtras(grid=candidate, grid_caption=caption)
 
 
 # ------------------------------------------------------------------------------ the card
@@ -244,17 +197,22 @@ def model_card(config: dict, params: int, extras: CardExtras, size: str | None) 
 
 def _scores_lines(extras: CardExtras) -> list[str]:
     if not extras.scores:
+        why = f" ({extras.scores_note})" if extras.scores_note else ""
         return [
-            "Unknown: no evaluation was recorded with this export (`pixeljit eval --checkpoint"
-            " RUN ... --out RUN/eval.json` before converting puts its scores here)."
+            f"Unknown: no evaluation of these weights was recorded with this export{why}. "
+            "`pixeljit eval --checkpoint RUN ... --out RUN/eval.json` before converting puts "
+            "its scores here."
         ]
     rows = [
         f"| {k} | {v:.6g} |" if not isinstance(v, str) else f"| {k} | {v} |"
         for k, v in extras.scores.items()
     ]
+    about = f" ({_cell(extras.scores_about)})" if extras.scores_about else ""
+    note = [f"Unverified: {_cell(extras.scores_note)}.", ""] if extras.scores_note else []
     return [
-        f"As recorded in `{Path(extras.scores_source).name}`:",
+        f"As recorded in `{Path(extras.scores_source).name}`{about}:",
         "",
+        *note,
         "| score | value |",
         "|---|---|",
         *rows,

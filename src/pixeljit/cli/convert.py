@@ -33,8 +33,9 @@ def add_parser(sub) -> None:
         "--scores",
         metavar="JSON",
         default=None,
-        help="--hub: eval scores for the model card (a `pixeljit eval --out` file; "
-        "default: the run folder's eval.json if there is one)",
+        help="--hub: eval scores for the model card (a `pixeljit eval --out` file of these "
+        "weights; default: the run folder's eval.json, else the demo's score.json, when it "
+        "scored these weights)",
     )
     p.add_argument(
         "--weights",
@@ -88,7 +89,8 @@ def _summary(model) -> str:
 
 def _run_hub(args) -> int:
     from pixeljit.checkpoints.hub import check_hub_output, write_hub_folder
-    from pixeljit.checkpoints.hub_card import CardExtras, read_scores, run_extras
+    from pixeljit.checkpoints.hub_card import RUN_SCORES_FILES, CardExtras, run_grid
+    from pixeljit.checkpoints.provenance import read_scores, scores_for, weights_digest
     from pixeljit.checkpoints.run import find_checkpoint, run_folder
 
     out = Path(args.hub)
@@ -101,20 +103,33 @@ def _run_hub(args) -> int:
         read_scores(args.scores)  # a bad scores file is refused before the model is loaded
     kind = checkpoint_kind(args.source)
     model = load_trained(args.source, args.weights, in_context_start=args.in_context_start)
+    scores_path = args.scores
     if kind == "run":
-        extras = run_extras(run_folder(find_checkpoint(args.source, None)), model, args.scores)
+        folder = run_folder(find_checkpoint(args.source, None))
+        extras = run_grid(folder, model, _preview_weights(folder))
+        if scores_path is None:
+            found = [folder / name for name in RUN_SCORES_FILES if (folder / name).is_file()]
+            scores_path = found[0] if found else None
         sampler_source = "the training run's sample settings (its previews used them)"
     else:
-        scores = read_scores(args.scores) if args.scores else None
-        extras = CardExtras(
-            scores=scores,
-            scores_source=args.scores or "",
-            grid_missing="the source holds no sample grid",
-        )
+        extras = CardExtras(grid_missing="the source holds no sample grid")
         sampler_source = (
             "the authors' README (Heun-50, their CFG scale for this model, interval [0.1, 1])"
             if kind == "authors" and model.sampler is not None
             else ""
+        )
+    if scores_path is not None:
+        found, note = scores_for(
+            scores_path, model, weights_digest(model.net), named=args.scores is not None
+        )
+        if found is None:
+            print(f"note: {note}; the model card says the scores are unknown")
+        extras = dataclasses.replace(
+            extras,
+            scores=found.scores if found else None,
+            scores_source=str(scores_path),
+            scores_about=found.about if found else "",
+            scores_note=note,
         )
     extras = dataclasses.replace(
         extras, source=args.source, authors=kind == "authors", sampler_source=sampler_source
@@ -127,3 +142,16 @@ def _run_hub(args) -> int:
         f"{_summary(model)}. Fill in `license:` in README.md before publishing."
     )
     return 0
+
+
+def _preview_weights(folder: Path) -> str | None:
+    """The weights a run's preview grids are drawn from ('ema:<decay>': sample.ema_decay, else
+    the first of optim.ema_decays), from its config.yaml; None when that is missing or unread."""
+    from pixeljit.training.config_io import from_dict, load_yaml
+
+    try:
+        cfg = from_dict(load_yaml(folder / "config.yaml"))
+    except (OSError, ValueError):
+        return None
+    decay = cfg.sample.ema_decay if cfg.sample.ema_decay is not None else cfg.optim.ema_decays[0]
+    return f"ema:{float(decay)}"

@@ -159,6 +159,7 @@ def score_demo(cfg, checkpoint, num: int = SCORE_NUM, held_out=None) -> dict:
         GenerationSpec,
         dataset_stats_for,
         evaluate,
+        generation_record,
         score_real_images,
     )
     from pixeljit.files.atomic import atomic_write_text
@@ -177,26 +178,24 @@ def score_demo(cfg, checkpoint, num: int = SCORE_NUM, held_out=None) -> dict:
     source, split = held_out or (cfg.data.source, "test")
     floor = score_real_images(open_dataset(source, size, channels, split), num, extractor, ref)
     label = extractor.fd_label
+    reference = f"{cfg.data.source} (train)"
     score = {
-        "num": num, "seed": SCORE_SEED, "reference": f"{cfg.data.source} (train)",
+        "scores": {"class_accuracy": model_scores["class_accuracy"], label: model_scores[label]},
+        "real_test_images": {"class_accuracy": floor["class_accuracy"], label: floor[label]},
         "held_out": f"{source} ({split or 'all'})",
-        "sampler": {k: list(v) if isinstance(v, tuple) else v
-                    for k, v in sampler.kwargs().items()},
-        "weights": model.weights,
         "fd_label": label,
-        "model": {"class_accuracy": model_scores["class_accuracy"], "fd": model_scores[label]},
-        "real_test_images": {"class_accuracy": floor["class_accuracy"], "fd": floor[label]},
-    }  # fmt: skip
+        **generation_record(model, checkpoint, spec, reference, extractor.name),
+    }
     atomic_write_text(Path(cfg.run.out) / SCORE_FILE, json.dumps(score, indent=2) + "\n")
     return score
 
 
 def score_lines(score: dict) -> str:
-    m, f = score["model"], score["real_test_images"]
+    m, f, label = score["scores"], score["real_test_images"], score["fd_label"]
     return (
         f"score ({score['num']} samples against the training set):\n"
         f"  class accuracy  {m['class_accuracy']:6.1%}   (real test images: "
         f"{f['class_accuracy']:.1%})\n"
-        f"  {score['fd_label']:<15} {m['fd']:6.2f}   (real test images: {f['fd']:.2f}; lower is "
+        f"  {label:<15} {m[label]:6.2f}   (real test images: {f[label]:.2f}; lower is "
         "better)"
     )

@@ -1,9 +1,13 @@
 """`pixeljit eval`: score a model (generate and score in one streaming pass), or images.
 
 pixeljit eval --checkpoint CKPT --num N --ref STATS.npz|DATASET [--extractor E] [--cfg W] ...
-pixeljit eval --images FOLDER|X.npz --ref STATS.npz|DATASET --size S --channels C
+pixeljit eval --images FOLDER|X.npz --ref STATS.npz|DATASET
 pixeljit eval --make-ref DATASET --size S --channels C --out STATS.npz
 pixeljit eval --checkpoint RUN --num 8000 --ref DATASET --sweep-cfg 1.0 4.0 0.1 --emas all
+
+The JSON of --out holds the scores and what they measured: the checkpoint, step and weights with
+a SHA-256 of them (`checkpoints.provenance`; `convert --hub` publishes only matching scores), the
+sampler, count, seed, precision, reference and extractor.
 
 Under `torchrun` the images are split over the ranks (each makes its block of indices) and the
 statistics are merged; only rank 0 prints and writes.
@@ -11,6 +15,7 @@ statistics are merged; only rank 0 prints and writes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -62,7 +67,8 @@ def add_parser(sub) -> None:
                    help="fmnist-cnn | effnet-lite0 | inception-v3-fid | auto")  # fmt: skip
     p.add_argument("--inception-weights", default=None,
                    help="pt_inception-2015-12-05 weights (for inception-v3-fid)")  # fmt: skip
-    p.add_argument("--metrics", nargs="+", default=list(METRIC_NAMES), choices=METRIC_NAMES)
+    p.add_argument("--metrics", nargs="+", default=None, choices=METRIC_NAMES,
+                   help=f"default: {' '.join(METRIC_NAMES)} (--sweep-cfg: FD only)")  # fmt: skip
     p.add_argument("--num", "--num-images", dest="num", type=int, default=10000,
                    help="images to generate (under torchrun write --num-images: torchrun's own "
                    "parser takes --num for its --numa-binding)")  # fmt: skip
@@ -79,8 +85,10 @@ def add_parser(sub) -> None:
                    help="FD for every CFG scale in [LO, HI] (the paper: 1.0 4.0 0.1)")  # fmt: skip
     p.add_argument("--emas", nargs="+", default=None,
                    help="with --sweep-cfg: weights to compare, or 'all' EMAs of a run")  # fmt: skip
-    p.add_argument("--size", type=int, default=None, help="--images/--make-ref: image size")
-    p.add_argument("--channels", type=int, default=None, help="--images/--make-ref: 1 or 3")
+    p.add_argument("--size", type=int, default=None,
+                   help="--make-ref: image size (--images: read from the images)")  # fmt: skip
+    p.add_argument("--channels", type=int, default=None,
+                   help="--make-ref: 1 or 3 (--images: read from the images)")  # fmt: skip
     p.add_argument("--out", default=None, help="--make-ref: .npz; otherwise a JSON of results")
     p.add_argument(
         "--overwrite",
@@ -142,8 +150,16 @@ def check_args(args) -> list[float] | None:
     if args.emas is not None and not args.sweep_cfg:
         raise ValueError("--emas has no effect without --sweep-cfg: add --sweep-cfg LO HI STEP, "
                          "or pick one set of weights with --weights")  # fmt: skip
+    if args.sweep_cfg:
+        for flag, value in (("--metrics", args.metrics), ("--cfg", args.cfg),
+                            ("--save-images", args.save_images)):  # fmt: skip
+            if value is not None:
+                raise ValueError(f"{flag} has no effect with --sweep-cfg (it scores FD at each "
+                                 f"scale of LO HI STEP): drop {flag}")  # fmt: skip
+        if args.weights is not None and args.emas is not None:
+            raise ValueError("--weights and --emas both name the weights of the sweep: keep one")
     if args.checkpoint:
-        for metric in args.metrics:
+        for metric in metrics(args):
             if args.num < MIN_IMAGES[metric]:
                 raise ValueError(
                     f"--metrics {metric} needs --num ≥ {MIN_IMAGES[metric]} (for "
@@ -184,6 +200,13 @@ def check_args(args) -> list[float] | None:
     return [round(lo + k * step, 6) for k in range(count)]
 
 
+def metrics(args) -> tuple[str, ...]:
+    """The metrics to compute: --metrics, else all (a CFG sweep: FD only)."""
+    if args.metrics is not None:
+        return tuple(args.metrics)
+    return ("fd",) if args.sweep_cfg else METRIC_NAMES
+
+
 def _inputs(args) -> list[Path]:
     """The files this command reads: its inputs, and the files of a checkpoint folder (a run's
     latest.pt, a hub folder's config.json and weights)."""
@@ -212,28 +235,31 @@ def run(args) -> int:
 
 def _run(args, info) -> int:
     from pixeljit.checkpoints.load import load_trained
-    from pixeljit.evaluation import GenerationSpec, evaluate, sweep_rows
+    from pixeljit.evaluation import GenerationSpec, evaluate, generation_record, sweep_rows
     from pixeljit.metrics import save_dataset_stats, score_images
     from pixeljit.training import distributed as dist_utils
 
     barrier = lambda: dist_utils.barrier(info)  # noqa: E731
     say = print if info.is_main else (lambda *a, **k: None)
-    if args.make_ref or args.images:
+    if args.make_ref:
         if args.size is None or args.channels is None:
-            raise ValueError("--images / --make-ref need --size and --channels")
+            raise ValueError("--make-ref needs --size and --channels (the images to measure)")
         extractor = _extractor(args.extractor, args.channels, 10, args.inception_weights,
                                info.device)  # fmt: skip
-        if args.make_ref:
-            ref = _dataset_stats("--make-ref", args.make_ref, extractor, args.size, args.channels,
+        ref = _dataset_stats("--make-ref", args.make_ref, extractor, args.size, args.channels,
                              args.ref_split, info, barrier)  # fmt: skip
-            if info.is_main:
-                save_dataset_stats(args.out, ref)
-            say(f"reference statistics of {args.make_ref} ({ref.count} images, "
-                f"{extractor.name}) → {args.out}")  # fmt: skip
-            return 0
-        ref = _ref(args, extractor, args.size, args.channels, info, barrier)
-        scores = score_images(args.images, extractor, ref, tuple(args.metrics)).as_dict()
-        _report(scores, args, say, info)
+        if info.is_main:
+            save_dataset_stats(args.out, ref)
+        say(f"reference statistics of {args.make_ref} ({ref.count} images, "
+            f"{extractor.name}) → {args.out}")  # fmt: skip
+        return 0
+    if args.images:
+        shape = _image_shape(args)
+        extractor = _extractor(args.extractor, shape[0], 10, args.inception_weights, info.device)
+        ref = _ref(args, extractor, shape, f"the images of --images {args.images}", info, barrier)
+        scores = score_images(args.images, extractor, ref, metrics(args)).as_dict()
+        record = {"images": args.images, "reference": _reference(args), "extractor": extractor.name}
+        _report(scores, record, args, say, info)
         return 0
 
     given_sampler_flags(args)  # validated before anything is loaded
@@ -246,12 +272,14 @@ def _run(args, info) -> int:
     check_memory(args.num, min(args.batch_size, args.num), False, cfg, info.device)
     extractor = _extractor(args.extractor, cfg.in_channels, cfg.num_classes,
                            args.inception_weights, info.device)  # fmt: skip
-    ref = _ref(args, extractor, cfg.image_size, cfg.in_channels, info, barrier)
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    ref = _ref(args, extractor, shape, "the model's images", info, barrier)
     spec = GenerationSpec(
         num=args.num, sampler=sampler, seed=args.seed,
         batch_size=args.batch_size, amp_dtype=_amp(args.amp, info.device),
     )  # fmt: skip
     kw = {"rank": info.rank, "world": info.world_size}
+    record = generation_record(model, args.checkpoint, spec, _reference(args), extractor.name)
     if cfgs:
         rows = sweep_rows(load, emas, cfgs, spec, extractor, ref, **kw)
         label = extractor.fd_label
@@ -261,26 +289,60 @@ def _run(args, info) -> int:
         best = min(rows, key=lambda r: r[label])
         say(f"best: weights {best['weights']}, cfg {best['cfg']} ({label} {best[label]:.4f}, "
             f"{args.num} samples)")  # fmt: skip
-        _write_json({"sweep": rows, "best": best}, args, info)
+        # the record of the sweep: which weights each row scored is in the row itself
+        record["model"] = {k: record["model"][k] for k in ("checkpoint", "description", "step")}
+        record["sampler"] = dataclasses.replace(sampler, cfg=best["cfg"]).as_json()
+        _write_json({"sweep": rows, "best": best, **record}, args, info)
         return 0
     save = args.save_images
-    scores = evaluate(model, spec, extractor, ref, tuple(args.metrics), save_dir=save,
+    scores = evaluate(model, spec, extractor, ref, metrics(args), save_dir=save,
                       progress=info.is_main, **kw)  # fmt: skip
     say(f"{model.description}: {args.num} images, "
         f"{describe_sampler(sampler, args, model.sampler)}")  # fmt: skip
-    _report(scores, args, say, info)
+    _report(scores, record, args, say, info)
     return 0
 
 
-def _ref(args, extractor, size, channels, info, barrier):
-    needs_ref = set(args.metrics) & {"fd", "kid", "pr"}
+def _image_shape(args) -> tuple[int, int, int]:
+    """(C, H, W) of the --images (its first image), checked against --size / --channels."""
+    from pixeljit.metrics.image_sources import iter_batches
+
+    first = next(iter_batches(args.images, 1), None)
+    if first is None:
+        raise ValueError(f"--images {args.images} holds no images")
+    c, h, w = first.shape[1:]
+    if h != w:
+        raise ValueError(f"--images {args.images}: the images are {h}×{w}, not square like every "
+                         "reference pixeljit makes: crop or resize them square")  # fmt: skip
+    for flag, given, actual in (("--size", args.size, h), ("--channels", args.channels, c)):
+        if given is not None and given != actual:
+            raise ValueError(
+                f"{flag} {given}, but the images of --images {args.images} are {h}×{w} px with "
+                f"{c} channel(s): drop {flag} (it is read from the images) or resize the images"
+            )
+    return int(c), int(h), int(w)
+
+
+def _reference(args) -> str | None:
+    if not args.ref:
+        return None
+    return args.ref + (f" ({args.ref_split})" if args.ref_split else "")
+
+
+def _ref(args, extractor, shape: tuple[int, int, int], scored: str, info, barrier):
+    """The reference statistics the metrics need (None when none of them does), measured on
+    images of `shape` (C, H, W) like the `scored` ones."""
+    needs_ref = set(metrics(args)) & {"fd", "kid", "pr"}
     if not needs_ref:
         return None
     if not args.ref:
         raise ValueError(f"metrics {sorted(needs_ref)} need --ref (statistics .npz or a data set)")
-    return _dataset_stats(
+    channels, size = shape[0], shape[-1]
+    ref = _dataset_stats(
         "--ref", args.ref, extractor, size, channels, args.ref_split, info, barrier
     )
+    ref.check_image_shape(shape, f"--ref {args.ref}", scored)
+    return ref
 
 
 def _dataset_stats(flag, ref, extractor, size, channels, split, info, barrier):
@@ -302,10 +364,10 @@ def _dataset_stats(flag, ref, extractor, size, channels, split, info, barrier):
         ) from None
 
 
-def _report(scores: dict, args, say, info) -> None:
+def _report(scores: dict, record: dict, args, say, info) -> None:
     for key, value in scores.items():
         say(f"  {key:>16}: {value:.6g}")
-    _write_json(scores, args, info)
+    _write_json({"scores": scores, **record}, args, info)
 
 
 def _write_json(obj, args, info) -> None:

@@ -67,7 +67,7 @@ def build_config(args):
     else:
         raise ValueError("pass --preset (or --resume to continue a run with its saved config)")
     if args.config:
-        cfg = apply_overrides(cfg, load_yaml(args.config))
+        cfg = apply_overrides(cfg, user_layer(load_yaml(args.config), f"--config {args.config}"))
     flags = {}
     if args.data is not None:
         flags["data.source"] = args.data
@@ -98,7 +98,48 @@ def build_config(args):
         if value is not None and key in settings:
             raise ValueError(f"--set {key}={settings[key]} and {flag} {value} both set "
                              f"{key}: pass one of them")  # fmt: skip
-    return apply_overrides(cfg, settings)
+    return apply_overrides(cfg, user_layer(settings, "--set"))
+
+
+def _flat(overrides: dict) -> dict:
+    """{'optim': {'steps': 5}} or {'optim.steps': 5} → {'optim.steps': 5} (other keys as they
+    are; apply_overrides judges them)."""
+    flat = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(key, str) and "." not in key:
+            flat.update({f"{key}.{sub}": v for sub, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def user_layer(overrides: dict, where: str) -> dict:
+    """A layer of fields the user wrote (a --config file, the --set flags), made to mean what it
+    says where two fields interact: optim.epochs alone also clears the preset's optim.steps (which
+    would otherwise win, as --epochs does), both at once are refused; model.num_classes, which
+    the data fills in, is taken as the number of classes asked for (data.num_classes)."""
+    flat = _flat(overrides)
+    extra: dict = {}
+    steps, epochs = flat.get("optim.steps"), flat.get("optim.epochs")
+    if steps is not None and epochs is not None:
+        raise ValueError(
+            f"{where} sets both optim.steps ({steps}) and optim.epochs ({epochs}); the run's "
+            "length is one of them (optim.steps would win): keep one, or set the other to null"
+        )
+    if epochs is not None and "optim.steps" not in flat:
+        extra["optim.steps"] = None
+    if "model.num_classes" in flat:
+        classes, data_classes = flat["model.num_classes"], flat.get("data.num_classes")
+        if data_classes is not None and data_classes != classes:
+            raise ValueError(
+                f"{where} sets model.num_classes {classes} and data.num_classes {data_classes}: "
+                "the model's classes are the data's; keep data.num_classes"
+            )
+        if classes == 0:  # a model without classes: the labels are not used
+            extra["data.conditional"] = False
+        else:
+            extra["data.num_classes"] = classes  # labels outside it are refused at start
+    return {**overrides, **extra} if extra else overrides
 
 
 def run(args) -> int:

@@ -4,6 +4,7 @@ ADM / JiT format.
 File format (a superset of the ADM evaluator's and the JiT authors' `jit_in{256,512}_stats.npz`):
     mu (d,) float64, sigma (d, d) float64       — required; all these tools read/write them
     count () int64, extractor () str            — optional; written by pixeljit
+    image_shape (3,) int64                      — optional; (C, H, W) of the images measured
     features (M, d) float32                     — optional; needed for KID and precision/recall
 ADM's "reference batches" (their name for such files) also hold `arr_0` images and spatial
 `mu_s`/`sigma_s`: they are ignored.
@@ -42,6 +43,7 @@ class DatasetStats:
     count: int | None = None
     extractor: str | None = None
     features: np.ndarray | None = None  # (M, d) float32
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) of the images measured
     _sqrt_sigma: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def sqrt_sigma(self) -> np.ndarray:
@@ -67,6 +69,19 @@ class DatasetStats:
     def dim(self) -> int:
         return self.mu.shape[0]
 
+    def check_image_shape(self, shape: tuple[int, ...], source: str, scored: str) -> None:
+        """ValueError when these statistics were measured on images of another size or channel
+        count than `shape` (C, H, W): an FD between the two measures the resize, not the model."""
+        if self.image_shape is None or tuple(self.image_shape) == tuple(shape):
+            return
+        raise ValueError(
+            f"{source} holds statistics of {_shape_text(self.image_shape)} images, but "
+            f"{scored} are {_shape_text(shape)}: an FD between them measures the difference in "
+            f"size. Compute statistics at {_shape_text(shape)} (`pixeljit eval --make-ref "
+            f"DATASET --size {shape[-1]} --channels {shape[0]} --out STATS.npz`) or pass the data "
+            "set itself as --ref (it is resized to match)"
+        )
+
     def check_extractor(
         self, extractor: FeatureExtractor, source: str = "data-set statistics"
     ) -> None:
@@ -83,6 +98,11 @@ class DatasetStats:
             )
 
 
+def _shape_text(shape) -> str:
+    c, h, w = (int(v) for v in shape)
+    return f"{h}×{w}-px {c}-channel"
+
+
 def save_dataset_stats(path: str | os.PathLike, ref: DatasetStats) -> Path:
     """Write `ref` as `.npz` atomically (temp file + rename)."""
     path = Path(path)
@@ -94,6 +114,8 @@ def save_dataset_stats(path: str | os.PathLike, ref: DatasetStats) -> Path:
         arrays["extractor"] = np.asarray(ref.extractor)
     if ref.features is not None:
         arrays["features"] = ref.features
+    if ref.image_shape is not None:
+        arrays["image_shape"] = np.asarray(ref.image_shape, dtype=np.int64)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
@@ -131,6 +153,9 @@ def _check_stats_headers(path: Path, headers: dict, extractor: FeatureExtractor 
     count = headers.get("count")
     if count is not None and (count.shape != () or count.dtype.kind not in "iu"):
         raise ValueError(f"{path}: count must be an integer scalar")
+    shape = headers.get("image_shape")
+    if shape is not None and (shape.shape != (3,) or shape.dtype.kind not in "iu"):
+        raise ValueError(f"{path}: image_shape must be 3 integers (C, H, W)")
     if "extractor" in headers:
         head = headers["extractor"]
         if head.shape != () or head.dtype.kind != "U" or head.nbytes > MAX_NAME_BYTES:
@@ -180,6 +205,7 @@ def load_dataset_stats(
                 count=int(data["count"]) if "count" in data else None,
                 extractor=str(data["extractor"]) if "extractor" in data else None,
                 features=data["features"] if "features" in data else None,
+                image_shape=_image_shape(path, data),
             )
     except (OSError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: could not read the statistics ({err})") from None
@@ -187,6 +213,15 @@ def load_dataset_stats(
     if extractor is not None:
         ref.check_extractor(extractor, str(path))
     return ref
+
+
+def _image_shape(path: Path, data) -> tuple[int, int, int] | None:
+    if "image_shape" not in data:
+        return None
+    shape = tuple(int(v) for v in data["image_shape"])
+    if min(shape) < 1:
+        raise ValueError(f"{path}: image_shape must be positive, got {shape}")
+    return shape  # type: ignore[return-value]
 
 
 def compute_dataset_stats(
@@ -205,7 +240,9 @@ def compute_dataset_stats(
     """
     stats = FeatureStats(extractor.dim, device=extractor.device)
     bank = FeatureBank(bank_capacity, seed=seed) if keep_features else None
+    shapes = set()
     for batch in iter_batches(images, batch_size):
+        shapes.add(tuple(batch.shape[1:]))
         feats = extractor.features(batch)  # (n, dim)
         stats.update(feats)
         if bank is not None:
@@ -215,7 +252,8 @@ def compute_dataset_stats(
         raise ValueError(f"data-set statistics need at least 2 images, got {stats.count}")
     mu, sigma = stats.mu_sigma()
     features = bank.all_gather(extractor.device).cpu().numpy() if bank is not None else None
-    return DatasetStats(mu, sigma, stats.count, extractor.stats_name, features)
+    shape = shapes.pop() if len(shapes) == 1 else None  # images of mixed sizes: not one shape
+    return DatasetStats(mu, sigma, stats.count, extractor.stats_name, features, shape)
 
 
 def cached_dataset_stats(

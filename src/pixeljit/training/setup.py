@@ -72,6 +72,13 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
             "model.image_size / model.in_channels to match, or repack the data"
         )
     conditional = cfg.data.conditional and dataset.num_classes > 1
+    asked = cfg.data.num_classes
+    if cfg.data.conditional and not conditional and asked:
+        raise ValueError(
+            f"data.num_classes is {asked}, but the data has {dataset.num_classes} class: there "
+            "are no labels to condition on. Drop data.num_classes (the model is then "
+            "unconditional) or train on labelled data (an image folder of class sub-folders)"
+        )
     classes = 0
     if conditional:
         classes = cfg.data.num_classes if cfg.data.num_classes is not None else dataset.num_classes
