@@ -129,6 +129,12 @@ def test_model_num_classes_asks_the_data_for_that_many(tmp_path, fmnist16):
     from pixeljit.checkpoints.load import load_trained
 
     assert load_trained(wide.checkpoint).net.config.num_classes == 12
+    # its model card does not claim a name for every class
+    from pixeljit.cli import main
+
+    assert main(["convert", str(tmp_path / "wide"), "--hub", str(tmp_path / "hub")]) == 0
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert "| classes | 12: T-shirt/top," in card and "10 of the 12 classes named" in card
 
 
 def test_classes_asked_of_unlabelled_data_are_refused(tmp_path):
@@ -139,9 +145,30 @@ def test_classes_asked_of_unlabelled_data_are_refused(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (32, 1, 16, 16), dtype=np.uint8)
     pack_arrays(images, tmp_path / "one", np.zeros(32, np.int64))  # a single class
-    with pytest.raises(ValueError, match="data.num_classes is 10, but the data has 1 class"):
+    with pytest.raises(ValueError, match="10 classes were asked .* but the data has 1 class"):
         train(tiny_run(tmp_path / "one", tmp_path / "r", **{"data.num_classes": 10}))
     run = train(tiny_run(tmp_path / "one", tmp_path / "u"), progress=False)  # unconditional
     from pixeljit.checkpoints.load import load_trained
 
     assert load_trained(run.checkpoint).net.config.num_classes == 0
+
+
+def test_a_length_flag_and_a_length_setting_are_refused_together(tmp_path):
+    """--steps with --set optim.epochs silently trained for the epochs (and the reverse was
+    already refused); --steps over a file's epochs keeps no stale epochs in the config."""
+    small = ["train", "--preset", "fmnist-small"]
+    with pytest.raises(ValueError, match="--set optim.epochs=0.5 and --steps 3 both set"):
+        argv = [*small, "--steps", "3", "--set", "optim.epochs=0.5"]
+        build_config(build_parser().parse_args(argv))
+    (tmp_path / "e.yaml").write_text("optim:\n  epochs: 0.25\n")
+    argv = [*small, "--config", str(tmp_path / "e.yaml"), "--steps", "2"]
+    cfg = build_config(build_parser().parse_args(argv))
+    assert (cfg.optim.steps, cfg.optim.epochs) == (2, None)
+
+
+def test_contradictory_class_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="model.num_classes 5 and data.conditional false"):
+        _built(tmp_path, None, "model.num_classes=5", "data.conditional=false")
+    # a saved config replayed: model.num_classes as the preset has it is no request
+    cfg = _built(tmp_path, "model:\n  num_classes: 10\ndata:\n  conditional: true\n")
+    assert cfg.data.num_classes is None

@@ -131,3 +131,44 @@ def test_statistics_of_another_image_size_are_refused(run, fmnist16, tmp_path, c
     out = tmp_path / "images.json"
     assert main([*base, "--ref", str(fmnist16(64)), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["scores"]["FD-FMNIST"] >= 0
+
+
+def test_found_files_that_do_not_fit_are_passed_over_not_fatal(run, fmnist16, tmp_path, capsys):
+    """In the run folder: a broken eval.json is left out with a note (not an error that blocks
+    the export), and a stale eval.json does not hide a score.json of these weights."""
+    (run / "eval.json").write_text("{bad")
+    assert main(["convert", str(run), "--hub", str(tmp_path / "h1")]) == 0
+    assert "eval.json was not used: scores file" in capsys.readouterr().out
+    assert main(["train", "--resume", str(run), "--steps", "4", "--no-progress"]) == 0
+    assert main(_eval(run, fmnist16(64), run / "score.json", "--seed", "3")) == 0
+    capsys.readouterr()
+    assert main(["convert", str(run), "--hub", str(tmp_path / "h2")]) == 0
+    card = (tmp_path / "h2" / "README.md").read_text()
+    fd = json.loads((run / "score.json").read_text())["scores"]["FD-FMNIST"]
+    assert f"| FD-FMNIST | {fd:.6g} |" in card and "As recorded in `score.json`" in card
+
+
+@pytest.mark.parametrize(
+    "scores, why",
+    [({"FD": 10**400}, "finite number"), ({"FD": float("nan")}, "finite number"),
+     ({"model": {"fd": 3.0}, "num": 5}, "no 'scores'")],
+)  # fmt: skip
+def test_named_scores_files_are_checked(run, tmp_path, capsys, scores, why):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(scores))
+    assert main(["convert", str(run), "--hub", str(tmp_path / "h"), "--scores", str(bad)]) == 2
+    assert why in capsys.readouterr().err
+
+
+def test_text_from_a_scores_file_is_shown_as_text(run, tmp_path):
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps({"<b>FD</b>": "[x](http://e)"}))
+    assert main(["convert", str(run), "--hub", str(tmp_path / "h"), "--scores", str(named)]) == 0
+    card = (tmp_path / "h" / "README.md").read_text()
+    assert "<b>" not in card and "](http://e)" not in card
+    assert "| &#60;b&#62;FD&#60;/b&#62; | &#91;x&#93;(http://e) |" in card
+
+
+def test_a_split_of_a_packed_reference_is_refused(run, fmnist16, tmp_path, capsys):
+    assert main(_eval(run, fmnist16(64), tmp_path / "e.json", "--ref-split", "test")) == 2
+    assert "--ref-split has no effect with the packed folder --ref" in capsys.readouterr().err

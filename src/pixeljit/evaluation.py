@@ -241,9 +241,9 @@ def dataset_stats_for(
         have = tuple(dataset.image_shape)
         raise ValueError(
             f"{ref} is packed at {have[-1]}×{have[-2]} px with {have[0]} channel(s), not the "
-            f"{image_size}×{image_size} px with {channels} channel(s) being scored: pass its "
-            f"source (resized to match) or pack it again (`pixeljit prepare SOURCE --size "
-            f"{image_size} --out DIR`)"
+            f"{image_size}×{image_size} px with {channels} channel(s) asked for: pass its source "
+            f"(packed to match) or pack it again (`pixeljit prepare SOURCE --size {image_size} "
+            f"--channels {channels} --out DIR`)"
         )
     tag = f"{Path(dataset.folder).name}-{content_digest(dataset)}"
     path = cache_root() / "refstats" / f"{tag}-{extractor.stats_name.replace('@', '-')}.npz"

@@ -107,19 +107,24 @@ def _classes_line(config: dict, authors: bool) -> str:
         return "none (unconditional)"
     if names:
         shown = ", ".join(_cell(n) for n in names[:MAX_NAMES_SHOWN])
-        more = (
-            f", … ({count} in all; every name is in config.json)"
-            if count > len(names[:MAX_NAMES_SHOWN])
-            else ""
-        )
+        if len(names) < count:  # a model with more class slots than its data named
+            more = f", … ({len(names)} of the {count} classes named; the names are in config.json)"
+        elif count > MAX_NAMES_SHOWN:
+            more = f", … ({count} in all; every name is in config.json)"
+        else:
+            more = ""
         return f"{count}: {shown}{more}"
     which = "ImageNet-1k class indices" if authors else "class indices"
     return f"{count} ({which} 0–{count - 1}; no class names recorded)"
 
 
+MARKUP = str.maketrans({c: f"&#{ord(c)};" for c in "<>[]`|*"})  # shown as text, never markup
+
+
 def _cell(text: str) -> str:
-    """`text` safe inside a Markdown table cell (one line, no column break)."""
-    return " ".join(text.split()).replace("|", "\\|")
+    """`text` from a file shown as text in the card: one line, no table column break, no HTML,
+    link or code markup."""
+    return " ".join(str(text).split()).translate(MARKUP)
 
 
 def model_card(config: dict, params: int, extras: CardExtras, size: str | None) -> str:
@@ -184,7 +189,7 @@ def model_card(config: dict, params: int, extras: CardExtras, size: str | None) 
         "",
         "## Evaluation",
         "",
-        *_scores_lines(extras),
+        *_scores_lines(extras, weights["name"]),
         "",
         "## License",
         "",
@@ -195,16 +200,17 @@ def model_card(config: dict, params: int, extras: CardExtras, size: str | None) 
     return "\n".join(lines)
 
 
-def _scores_lines(extras: CardExtras) -> list[str]:
+def _scores_lines(extras: CardExtras, weights: str | None) -> list[str]:
     if not extras.scores:
-        why = f" ({extras.scores_note})" if extras.scores_note else ""
+        why = f" ({_cell(extras.scores_note)})" if extras.scores_note else ""
+        chosen = f" --weights {weights}" if weights else ""
         return [
             f"Unknown: no evaluation of these weights was recorded with this export{why}. "
-            "`pixeljit eval --checkpoint RUN ... --out RUN/eval.json` before converting puts "
-            "its scores here."
+            f"`pixeljit eval --checkpoint SOURCE{chosen} ... --out FILE.json`, then `pixeljit "
+            "convert SOURCE --hub DIR --scores FILE.json`, puts their scores here."
         ]
     rows = [
-        f"| {k} | {v:.6g} |" if not isinstance(v, str) else f"| {k} | {v} |"
+        f"| {_cell(k)} | {v:.6g} |" if not isinstance(v, str) else f"| {_cell(k)} | {_cell(v)} |"
         for k, v in extras.scores.items()
     ]
     about = f" ({_cell(extras.scores_about)})" if extras.scores_about else ""

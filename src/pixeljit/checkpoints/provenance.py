@@ -101,26 +101,30 @@ def read_scores(path: str | os.PathLike) -> ScoresFile:
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"scores file {path} is not valid JSON ({err})") from None
     record = data.get(MODEL_KEY) if isinstance(data, dict) else None
-    if not (isinstance(record, dict) and isinstance(record.get(DIGEST_KEY), str)):
-        record = None
+    record = record if isinstance(record, dict) else None
     if isinstance(data, dict) and isinstance(data.get("best"), dict):  # eval --sweep-cfg
-        best = data["best"]
-        digest = best.get(DIGEST_KEY)
-        record = {**(record or {}), "weights": best.get("weights"), DIGEST_KEY: digest}
-        record = record if isinstance(digest, str) else None
+        best = data["best"]  # the checkpoint and step are the sweep's, the weights the row's
+        row = {"weights": best.get("weights"), DIGEST_KEY: best.get(DIGEST_KEY)}
+        record = {**(record or {}), **row}
         scores = {k: v for k, v in best.items() if k not in SWEEP_ONLY}
     elif isinstance(data, dict) and isinstance(data.get("scores"), dict):
         scores = data["scores"]
+    elif record is not None:
+        raise ValueError(
+            f"scores file {path} has a 'model' entry but no 'scores' (an older demo's "
+            "score.json?): score the weights again with `pixeljit eval --out`"
+        )
     else:
-        scores, record = data, None
+        scores = data
+    if record is not None and not isinstance(record.get(DIGEST_KEY), str):
+        record = None  # names no digest: cannot be matched to weights
     if not isinstance(scores, dict) or not scores or len(scores) > MAX_SCORES:
         raise ValueError(
             f"scores file {path}: expected a JSON object of 1 to {MAX_SCORES} scores "
             "(what `pixeljit eval --out` writes)"
         )
     for name, value in scores.items():
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (plain(name) and ((number and math.isfinite(value)) or plain(value))):
+        if not (plain(name) and (finite(value) or plain(value))):
             raise ValueError(
                 f"scores file {path}: entry {str(name)[:40]!r} must map a short "
                 "name to a finite number or a short text"
@@ -138,6 +142,16 @@ def plain(text) -> bool:
     )
 
 
+def finite(value) -> bool:
+    """A JSON number (not a bool) that a float holds, finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer of hundreds of digits
+        return False
+
+
 def _count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -153,10 +167,9 @@ def _about(data: dict) -> str:
     if isinstance(s, dict) and plain(s.get("method")) and _count(s.get("steps")):
         text = f"{s['method']} {s['steps']} steps"
         cfg, interval = s.get("cfg"), s.get("interval")
-        if isinstance(cfg, (int, float)) and not isinstance(cfg, bool) and math.isfinite(cfg):
+        if finite(cfg):
             text += f", CFG {cfg:g}"
-            ok = isinstance(interval, list) and len(interval) == 2
-            if ok and all(isinstance(v, (int, float)) and math.isfinite(v) for v in interval):
+            if isinstance(interval, list) and len(interval) == 2 and all(map(finite, interval)):
                 text += f" on ({interval[0]:g}, {interval[1]:g})"
         parts.append(text)
     reference = data.get("reference")
@@ -173,7 +186,12 @@ def scores_for(path, model, digest: str, named: bool) -> tuple[ScoresFile | None
     note: scores of other weights are refused when the user named the file (`named`) and left
     out when it was found (a run's eval.json), with the reason; a file that records no weights
     is published only when named, marked unverified."""
-    found = read_scores(path)
+    try:
+        found = read_scores(path)
+    except (OSError, ValueError) as err:
+        if named:
+            raise
+        return None, f"{path} was not used: {err}"
     why = mismatch(found.model, model, digest)
     if why is None:
         return found, ""

@@ -103,13 +103,12 @@ def _run_hub(args) -> int:
         read_scores(args.scores)  # a bad scores file is refused before the model is loaded
     kind = checkpoint_kind(args.source)
     model = load_trained(args.source, args.weights, in_context_start=args.in_context_start)
-    scores_path = args.scores
+    scores_path, candidates = args.scores, []
     if kind == "run":
         folder = run_folder(find_checkpoint(args.source, None))
         extras = run_grid(folder, model, _preview_weights(folder))
         if scores_path is None:
-            found = [folder / name for name in RUN_SCORES_FILES if (folder / name).is_file()]
-            scores_path = found[0] if found else None
+            candidates = [folder / name for name in RUN_SCORES_FILES if (folder / name).is_file()]
         sampler_source = "the training run's sample settings (its previews used them)"
     else:
         extras = CardExtras(grid_missing="the source holds no sample grid")
@@ -118,19 +117,26 @@ def _run_hub(args) -> int:
             if kind == "authors" and model.sampler is not None
             else ""
         )
-    if scores_path is not None:
-        found, note = scores_for(
-            scores_path, model, weights_digest(model.net), named=args.scores is not None
-        )
-        if found is None:
-            print(f"note: {note}; the model card says the scores are unknown")
-        extras = dataclasses.replace(
-            extras,
-            scores=found.scores if found else None,
-            scores_source=str(scores_path),
-            scores_about=found.about if found else "",
-            scores_note=note,
-        )
+    digest = weights_digest(model.net)
+    found, notes = None, []
+    for path in [scores_path] if scores_path is not None else candidates:
+        found, note = scores_for(path, model, digest, named=args.scores is not None)
+        if found is not None:  # the first file of these weights (`note`: unverified or '')
+            scores_path, notes = path, [note] if note else []
+            break
+        notes.append(note)
+    if found is None:
+        for note in notes:
+            print(f"note: {note}")
+        if notes:
+            print("note: the model card says the scores are unknown")
+    extras = dataclasses.replace(
+        extras,
+        scores=found.scores if found else None,
+        scores_source=str(scores_path) if found else "",
+        scores_about=found.about if found else "",
+        scores_note="; ".join(notes),
+    )
     extras = dataclasses.replace(
         extras, source=args.source, authors=kind == "authors", sampler_source=sampler_source
     )

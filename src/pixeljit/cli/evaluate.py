@@ -147,6 +147,13 @@ def check_args(args) -> list[float] | None:
     if args.ref_split and args.ref and args.ref.endswith(".npz"):
         raise ValueError(f"--ref-split has no effect with the statistics file --ref {args.ref}: "
                          "drop it (it picks a split of a data-set reference)")  # fmt: skip
+    from pixeljit.data.shards import MANIFEST
+
+    for flag in ("--ref", "--make-ref"):
+        data = getattr(args, flag[2:].replace("-", "_"))
+        if args.ref_split and data and (Path(data) / MANIFEST).is_file():
+            raise ValueError(f"--ref-split has no effect with the packed folder {flag} {data} "
+                             "(it holds one split, packed): drop --ref-split")  # fmt: skip
     if args.emas is not None and not args.sweep_cfg:
         raise ValueError("--emas has no effect without --sweep-cfg: add --sweep-cfg LO HI STEP, "
                          "or pick one set of weights with --weights")  # fmt: skip

@@ -67,7 +67,8 @@ def build_config(args):
     else:
         raise ValueError("pass --preset (or --resume to continue a run with its saved config)")
     if args.config:
-        cfg = apply_overrides(cfg, user_layer(load_yaml(args.config), f"--config {args.config}"))
+        layer = user_layer(load_yaml(args.config), f"--config {args.config}", cfg)
+        cfg = apply_overrides(cfg, layer)
     flags = {}
     if args.data is not None:
         flags["data.source"] = args.data
@@ -77,8 +78,8 @@ def build_config(args):
         from pixeljit.checkpoints.run import find_checkpoint
 
         flags["run.out"] = str(find_checkpoint(args.resume).parent)
-    if args.steps is not None:
-        flags.update({"optim.steps": args.steps})
+    if args.steps is not None:  # the length is steps alone: a preset's or file's epochs go
+        flags.update({"optim.steps": args.steps, "optim.epochs": None})
     if args.epochs is not None:
         flags.update({"optim.epochs": args.epochs, "optim.steps": None})
     if args.batch_size is not None:
@@ -92,13 +93,14 @@ def build_config(args):
              "optim.steps": ("--steps", args.steps),
              "optim.global_batch": ("--batch-size", args.batch_size),
              "run.seed": ("--seed", args.seed)}  # fmt: skip
-    if args.epochs is not None:  # --epochs also clears optim.steps
-        given["optim.epochs"] = given["optim.steps"] = ("--epochs", args.epochs)
+    for flag, value in (("--steps", args.steps), ("--epochs", args.epochs)):
+        if value is not None:  # each sets the run's length: both fields are the flag's
+            given["optim.epochs"] = given["optim.steps"] = (flag, value)
     for key, (flag, value) in given.items():
         if value is not None and key in settings:
             raise ValueError(f"--set {key}={settings[key]} and {flag} {value} both set "
                              f"{key}: pass one of them")  # fmt: skip
-    return apply_overrides(cfg, user_layer(settings, "--set"))
+    return apply_overrides(cfg, user_layer(settings, "--set", cfg))
 
 
 def _flat(overrides: dict) -> dict:
@@ -113,11 +115,12 @@ def _flat(overrides: dict) -> dict:
     return flat
 
 
-def user_layer(overrides: dict, where: str) -> dict:
-    """A layer of fields the user wrote (a --config file, the --set flags), made to mean what it
-    says where two fields interact: optim.epochs alone also clears the preset's optim.steps (which
-    would otherwise win, as --epochs does), both at once are refused; model.num_classes, which
-    the data fills in, is taken as the number of classes asked for (data.num_classes)."""
+def user_layer(overrides: dict, where: str, base) -> dict:
+    """A layer of fields the user wrote (a --config file, the --set flags) over the config `base`,
+    made to mean what it says where two fields interact: optim.epochs alone also clears the
+    preset's optim.steps (which would otherwise win, as --epochs does), both at once are refused;
+    model.num_classes, which the data fills in, changed from `base`'s is the number of classes
+    asked for (data.num_classes; 0: an unconditional model)."""
     flat = _flat(overrides)
     extra: dict = {}
     steps, epochs = flat.get("optim.steps"), flat.get("optim.epochs")
@@ -128,12 +131,18 @@ def user_layer(overrides: dict, where: str) -> dict:
         )
     if epochs is not None and "optim.steps" not in flat:
         extra["optim.steps"] = None
-    if "model.num_classes" in flat:
-        classes, data_classes = flat["model.num_classes"], flat.get("data.num_classes")
+    classes = flat.get("model.num_classes", base.model.num_classes)
+    if classes != base.model.num_classes:  # the same value (a saved config replayed) is no ask
+        data_classes, conditional = flat.get("data.num_classes"), flat.get("data.conditional")
         if data_classes is not None and data_classes != classes:
             raise ValueError(
                 f"{where} sets model.num_classes {classes} and data.num_classes {data_classes}: "
                 "the model's classes are the data's; keep data.num_classes"
+            )
+        if classes and conditional is False:
+            raise ValueError(
+                f"{where} sets model.num_classes {classes} and data.conditional false (a model "
+                "without classes): keep one of them"
             )
         if classes == 0:  # a model without classes: the labels are not used
             extra["data.conditional"] = False

@@ -97,7 +97,8 @@ def iter_folder_images(
         for p, a in zip(files[start : start + batch_size], arrays, strict=True):
             shape = shape or a.shape
             if a.shape != shape:
-                raise ValueError(f"{p} has shape {a.shape}, the first image {shape}: resize first")
+                raise ValueError(f"{p} has shape {a.shape}, the first image {shape}: "
+                                 "bring them to one size and channel count first")  # fmt: skip
         yield torch.from_numpy(np.stack(arrays))
 
 

@@ -54,7 +54,16 @@ ADDED_FIELDS = {("optim", "ema_warmup"): False, ("optim", "cooldown"): 0.0,
                 ("optim", "ema_warmup_offset"): 10.0}  # fmt: skip
 # execution facts added since checkpoints were first written → the value they had before
 ADDED_FACTS = {"checkpointed_graph": False, "fsdp_bf16_params": False, "bf16_residual": False}
-LENGTH_FIELDS = ("steps", "epochs")  # optim fields that set the run's length
+LENGTH_FIELDS = ("steps", "epochs")  # optim fields that set the run's length, steps first
+
+
+def run_length(optim: dict) -> tuple:
+    """The field that sets a run's length and its value: optim.steps when set (it wins), else
+    optim.epochs (so epochs left beside steps, or cleared by --steps, is no change)."""
+    for name in LENGTH_FIELDS:
+        if optim.get(name) is not None:
+            return name, optim[name]
+    return ()
 
 
 def with_added_fields(config: dict) -> dict:
@@ -137,7 +146,7 @@ def check_resume(
         )
     cooldown = config.get("optim", {}).get("cooldown", 0.0)
     was_optim, now_optim = saved_config.get("optim", {}), config.get("optim", {})
-    if cooldown and any(was_optim.get(k) != now_optim.get(k) for k in LENGTH_FIELDS):
+    if cooldown and run_length(was_optim) != run_length(now_optim):
         inexact.append(
             f"the run's length (optim.steps {was_optim.get('steps')} → {now_optim.get('steps')}, "
             f"optim.epochs {was_optim.get('epochs')} → {now_optim.get('epochs')}) moves the "

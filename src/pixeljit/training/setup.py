@@ -75,9 +75,10 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
     asked = cfg.data.num_classes
     if cfg.data.conditional and not conditional and asked:
         raise ValueError(
-            f"data.num_classes is {asked}, but the data has {dataset.num_classes} class: there "
-            "are no labels to condition on. Drop data.num_classes (the model is then "
-            "unconditional) or train on labelled data (an image folder of class sub-folders)"
+            f"{asked} classes were asked (data.num_classes, or model.num_classes given), but the "
+            f"data has {dataset.num_classes} class: there are no labels to condition on. Drop "
+            "that setting (the model is then unconditional) or train on labelled data (an image "
+            "folder of class sub-folders)"
         )
     classes = 0
     if conditional:
@@ -88,7 +89,8 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
             i = int(bad[0])
             raise ValueError(
                 f"sample {i} has label {int(labels[i])}, outside [0, {classes}) "
-                f"({bad.size} such samples); fix the labels or data.num_classes"
+                f"({bad.size} such samples); fix the labels or the classes asked for "
+                "(data.num_classes, or model.num_classes given)"
             )
     model = dataclasses.replace(m, num_classes=classes)
     objective = cfg.objective
