@@ -135,6 +135,15 @@ def test_model_num_classes_asks_the_data_for_that_many(tmp_path, fmnist16):
     assert main(["convert", str(tmp_path / "wide"), "--hub", str(tmp_path / "hub")]) == 0
     card = (tmp_path / "hub" / "README.md").read_text()
     assert "| classes | 12: T-shirt/top," in card and "10 of the 12 classes named" in card
+    # the folder loads back, and a class without a name is labelled by its number
+    assert load_trained(tmp_path / "hub").class_names[9] == "Ankle boot"
+    grid = tmp_path / "grid.png"
+    assert main(["sample", str(tmp_path / "hub"), "--labels", "9", "11", "--steps", "1",
+                 "--out", str(grid)]) == 0  # fmt: skip
+    from pixeljit.cli.sample import grid_layout
+
+    names = load_trained(tmp_path / "hub").class_names
+    assert grid_layout([9, 9, 11, 11], 4, None, names) == (2, ["Ankle boot", "class 11"])
 
 
 def test_classes_asked_of_unlabelled_data_are_refused(tmp_path):

@@ -251,7 +251,7 @@ def _set(config, dotted, value):
         (lambda c: _set(c, "architecture.colour", 1), "unknown JiT config fields"),
         (lambda c: _set(c, "objective.prediction", "z"), "prediction must be one of"),
         (lambda c: _set(c, "objective.noise_scale", -1), "noise_scale must be"),
-        (lambda c: _set(c, "class_names", ["a", "b"]), "2 class names for num_classes 10"),
+        (lambda c: _set(c, "class_names", ["a"] * 11), "11 class names for num_classes 10"),
         (lambda c: _set(c, "class_names", [1] * 10), "class_names must be a list of strings"),
         (lambda c: _set(c, "weights.ema_decay", 2), "ema_decay must be"),
         (lambda c: _set(c, "weights.step", False), "step must be"),

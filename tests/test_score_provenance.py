@@ -38,7 +38,10 @@ def test_digest_names_the_weights_not_the_file(run, tmp_path):
     model = load_trained(run)
     export = tmp_path / "w.safetensors"
     assert main(["convert", str(run), str(export)]) == 0
-    assert weights_digest(load_trained(export).net) == weights_digest(model.net)
+    back = load_trained(export)
+    assert weights_digest(back.net) == weights_digest(model.net)
+    # the export names them too: messages about scores can say which weights they are
+    assert (back.weights, back.step) == ("ema:0.995", 2) and "(ema:0.995)" in back.description
     assert weights_digest(load_trained(run, "ema:0.999").net) != weights_digest(model.net)
     with torch.no_grad():  # one element moved by one ulp is other weights
         p = next(model.net.parameters())
@@ -172,3 +175,15 @@ def test_text_from_a_scores_file_is_shown_as_text(run, tmp_path):
 def test_a_split_of_a_packed_reference_is_refused(run, fmnist16, tmp_path, capsys):
     assert main(_eval(run, fmnist16(64), tmp_path / "e.json", "--ref-split", "test")) == 2
     assert "--ref-split has no effect with the packed folder --ref" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "weights", [{"name": 5}, {"step": -1}, {"step": True}, {"name": "x", "other": 1}, [1]]
+)
+def test_a_safetensors_weights_record_is_checked(run, tmp_path, weights):
+    import pixeljit
+
+    path = tmp_path / "w.safetensors"
+    pixeljit.save_safetensors(load_trained(run).net, path, weights=weights)
+    with pytest.raises(ValueError, match="metadata 'weights' must be"):
+        load_trained(path)

@@ -173,9 +173,10 @@ def read_hub_config(path: str | os.PathLike) -> HubConfig:
     objective = _objective(path, *(obj.get(k) for k in OBJECTIVE_KEYS))
     names = _class_names(path, data.get("class_names"))
     classes = arch.get("num_classes")
-    if names is not None and (not isinstance(classes, int) or len(names) != classes):
+    if names is not None and (not isinstance(classes, int) or len(names) > classes):
         raise ValueError(
-            f"{path}: {len(names)} class names for num_classes {classes!r}: they must match"
+            f"{path}: {len(names)} class names for num_classes {classes!r}: there must be no "
+            "more names than classes"
         )
     weights = _section(path, data, "weights", WEIGHTS_KEYS)
     decay, step = weights.get("ema_decay"), weights.get("step")

@@ -160,7 +160,9 @@ def load_trained(
         )  # fmt: skip
         names = _class_names(source, meta.get("class_names"))
         sampler = sampler_from_metadata(source, meta.get("sampler"))
-        return TrainedModel(net, *objective, names, str(source), sampler=sampler)
+        name, step = _weights_metadata(source, meta.get("weights"))
+        description = f"{source} ({name})" if name else str(source)
+        return TrainedModel(net, *objective, names, description, name, step, sampler=sampler)
     if kind == "authors":
         weights = weights or "model_ema1"
         if weights not in WEIGHT_ENTRIES:
@@ -294,8 +296,28 @@ def export_safetensors(model: TrainedModel, path: str | os.PathLike) -> Path:
     """A .safetensors with the weights, the JiT config, the objective, class names and the
     recommended sampler settings (read back as `.sampler`, used by `pixeljit sample`)."""
     sampler = model.sampler.as_json() if model.sampler is not None else None
+    weights = {"name": model.weights or None, "step": model.step}
     return save_safetensors(model.net, path, objective=model.objective_metadata(),
-                            class_names=model.class_names, sampler=sampler)  # fmt: skip
+                            class_names=model.class_names, sampler=sampler,
+                            weights=weights)  # fmt: skip
+
+
+MAX_WEIGHTS_NAME = 100  # characters of a weights name ('ema:0.9999', 'model_ema1', …)
+
+
+def _weights_metadata(source, data) -> tuple[str, int | None]:
+    """(name, step) of the weights a .safetensors records ('' and None when it records none)."""
+    if data is None:
+        return "", None
+    name, step = (data.get(k) for k in ("name", "step")) if isinstance(data, dict) else (0, 0)
+    good_name = name is None or (
+        isinstance(name, str) and 0 < len(name) <= MAX_WEIGHTS_NAME and name.isprintable()
+    )
+    good_step = step is None or (type(step) is int and step >= 0)
+    if not (isinstance(data, dict) and set(data) <= {"name", "step"} and good_name and good_step):
+        raise ValueError(f"{source}: metadata 'weights' must be {{\"name\": short text or null, "
+                         "\"step\": integer ≥ 0 or null}")  # fmt: skip
+    return name or "", step
 
 
 def sampler_from_metadata(source, data) -> SamplerConfig | None:

@@ -25,9 +25,11 @@ def save_safetensors(
     objective: dict | None = None,
     class_names: Sequence[str] | None = None,
     sampler: dict | None = None,
+    weights: dict | None = None,
 ) -> Path:
-    """Weights + JSON config (+ the objective sampling must match, class names and the
-    recommended sampler settings) in one .safetensors file, written atomically."""
+    """Weights + JSON config (+ the objective sampling must match, class names, the recommended
+    sampler settings and which weights these are: {'name', 'step'}) in one .safetensors file,
+    written atomically."""
     from safetensors.torch import save
 
     path = Path(path)
@@ -40,13 +42,16 @@ def save_safetensors(
         meta["class_names"] = json.dumps(list(class_names))
     if sampler is not None:
         meta["sampler"] = json.dumps(sampler)
+    if weights is not None:
+        meta["weights"] = json.dumps(weights)
     # serialised here and written by Python: a failed write is an OSError naming the file (not a
     # SafetensorError), and the file gets the usual umask-derived mode
     blob = save(tensors, metadata=meta)
     return atomic_write_stream(path, lambda f: f.write(blob))
 
 
-EXTRA_METADATA = ("objective", "class_names", "sampler")  # beside the config, when present
+# beside the config, when present
+EXTRA_METADATA = ("objective", "class_names", "sampler", "weights")
 
 
 def _metadata_json(path: Path, meta: dict, key: str):

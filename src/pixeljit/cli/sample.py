@@ -231,7 +231,8 @@ def grid_layout(labels: list[int] | None, num: int, ncols: int | None, names=Non
         width = ncols or labels.count(labels[0])
         rows = [labels[i : i + width] for i in range(0, num, width)]
         if all(len(set(r)) == 1 for r in rows):
-            return width, [names[r[0]] if names else f"class {r[0]}" for r in rows]
+            named = lambda c: names[c] if names and c < len(names) else f"class {c}"  # noqa: E731
+            return width, [named(r[0]) for r in rows]
         if ncols:
             return ncols, None
     return ncols or math.ceil(math.sqrt(num)), None
