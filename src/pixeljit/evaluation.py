@@ -257,14 +257,25 @@ def dataset_stats_for(
 
 
 def generation_record(
-    model: TrainedModel, checkpoint, spec: GenerationSpec, reference: str | None, extractor: str
+    model: TrainedModel,
+    checkpoint,
+    spec: GenerationSpec,
+    reference: str | None,
+    extractor: str,
+    weights_in_rows: bool = False,
 ) -> dict:
     """What generated scores were measured on, written beside them: the weights (with their
     digest, `checkpoints.provenance`), the sampler, the count, seed and precision, the reference
-    and the extractor."""
+    and the extractor. `weights_in_rows` (a CFG / EMA sweep, whose rows each name their weights
+    and digest): the checkpoint and step only."""
     amp = str(spec.amp_dtype).removeprefix("torch.") if spec.amp_dtype is not None else "none"
+    scored = (
+        {"checkpoint": str(checkpoint), "step": model.step}
+        if weights_in_rows
+        else model_record(model, checkpoint)
+    )
     return {
-        "model": model_record(model, checkpoint),
+        "model": scored,
         "sampler": spec.sampler.as_json(),
         "num": spec.num,
         "seed": spec.seed,

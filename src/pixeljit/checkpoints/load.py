@@ -309,12 +309,13 @@ def _weights_metadata(source, data) -> tuple[str, int | None]:
     """(name, step) of the weights a .safetensors records ('' and None when it records none)."""
     if data is None:
         return "", None
-    name, step = (data.get(k) for k in ("name", "step")) if isinstance(data, dict) else (0, 0)
+    well_formed = isinstance(data, dict) and set(data) <= {"name", "step"}
+    name, step = (data.get("name"), data.get("step")) if well_formed else (None, None)
     good_name = name is None or (
         isinstance(name, str) and 0 < len(name) <= MAX_WEIGHTS_NAME and name.isprintable()
     )
     good_step = step is None or (type(step) is int and step >= 0)
-    if not (isinstance(data, dict) and set(data) <= {"name", "step"} and good_name and good_step):
+    if not (well_formed and good_name and good_step):
         raise ValueError(f"{source}: metadata 'weights' must be {{\"name\": short text or null, "
                          "\"step\": integer ≥ 0 or null}")  # fmt: skip
     return name or "", step

@@ -136,9 +136,9 @@ def _run_hub(args) -> int:
         scores_source=str(scores_path) if found else "",
         scores_about=found.about if found else "",
         scores_note="; ".join(notes),
-    )
-    extras = dataclasses.replace(
-        extras, source=args.source, authors=kind == "authors", sampler_source=sampler_source
+        source=args.source,
+        authors=kind == "authors",
+        sampler_source=sampler_source,
     )
     path = write_hub_folder(model, out, extras, args.overwrite)
     shown = "grid" if extras.grid is not None else "no grid"
@@ -159,5 +159,4 @@ def _preview_weights(folder: Path) -> str | None:
         cfg = from_dict(load_yaml(folder / "config.yaml"))
     except (OSError, ValueError):
         return None
-    decay = cfg.sample.ema_decay if cfg.sample.ema_decay is not None else cfg.optim.ema_decays[0]
-    return f"ema:{float(decay)}"
+    return f"ema:{cfg.sampling_decay}"

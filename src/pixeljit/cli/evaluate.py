@@ -149,8 +149,7 @@ def check_args(args) -> list[float] | None:
                          "drop it (it picks a split of a data-set reference)")  # fmt: skip
     from pixeljit.data.shards import MANIFEST
 
-    for flag in ("--ref", "--make-ref"):
-        data = getattr(args, flag[2:].replace("-", "_"))
+    for flag, data in (("--ref", args.ref), ("--make-ref", args.make_ref)):
         if args.ref_split and data and (Path(data) / MANIFEST).is_file():
             raise ValueError(f"--ref-split has no effect with the packed folder {flag} {data} "
                              "(it holds one split, packed): drop --ref-split")  # fmt: skip
@@ -286,7 +285,8 @@ def _run(args, info) -> int:
         batch_size=args.batch_size, amp_dtype=_amp(args.amp, info.device),
     )  # fmt: skip
     kw = {"rank": info.rank, "world": info.world_size}
-    record = generation_record(model, args.checkpoint, spec, _reference(args), extractor.name)
+    record = generation_record(model, args.checkpoint, spec, _reference(args), extractor.name,
+                               weights_in_rows=bool(cfgs))  # fmt: skip
     if cfgs:
         rows = sweep_rows(load, emas, cfgs, spec, extractor, ref, **kw)
         label = extractor.fd_label
@@ -296,8 +296,6 @@ def _run(args, info) -> int:
         best = min(rows, key=lambda r: r[label])
         say(f"best: weights {best['weights']}, cfg {best['cfg']} ({label} {best[label]:.4f}, "
             f"{args.num} samples)")  # fmt: skip
-        # the record of the sweep: which weights each row scored is in the row itself
-        record["model"] = {k: record["model"][k] for k in ("checkpoint", "description", "step")}
         record["sampler"] = dataclasses.replace(sampler, cfg=best["cfg"]).as_json()
         _write_json({"sweep": rows, "best": best, **record}, args, info)
         return 0

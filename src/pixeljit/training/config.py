@@ -264,5 +264,12 @@ class TrainConfig:
                 f"{optim.global_batch}"
             )
 
+    @property
+    def sampling_decay(self) -> float:
+        """The EMA decay the run samples with (its previews; `--weights ema` when loaded):
+        sample.ema_decay, else the first of optim.ema_decays."""
+        chosen = self.sample.ema_decay
+        return float(chosen if chosen is not None else self.optim.ema_decays[0])
+
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))

@@ -36,8 +36,7 @@ def sample_grid(cfg: TrainConfig, ema, dataset, path: Path, info, device) -> Pat
     from pixeljit.files.images import save_grid
 
     s = cfg.sample
-    decay = s.ema_decay if s.ema_decay is not None else cfg.optim.ema_decays[0]
-    net = ema_network(cfg, ema, decay, info, device)
+    net = ema_network(cfg, ema, cfg.sampling_decay, info, device)
     if net is None:
         return None
     classes = min(cfg.model.num_classes, s.max_classes)
