@@ -4,12 +4,12 @@ Training (JiT-B/16, JiT-L/16 by default; batch 128, 256 px, 1000 classes, random
 training engine's own pieces in the loop's order: the JiT, `flow_matching_loss` under bf16
 autocast with a per-step generator, backward, AdamW (fused on CUDA), the EMA update of every
 decay. Reported: img/s, TFLOP/s and MFU (3 × the forward FLOPs per image, counted from the
-config by `forward_flops`, over the card's bf16 dense peak), peak memory, the first step's time
-(the compile, for compiled runs), eager and `torch.compile(dynamic=False)`; after each model's
-rows its `--extra` rows, MODEL:MODE: by default JiT-B/16 compiled with a bf16 residual stream
-(`-bf16res`, `run.bf16_residual`: what the authors' fp32 stream costs) and JiT-L/16 compiled
-with activation checkpointing (`-ckpt`, `run.activation_checkpointing`: what recomputing every
-block saves and costs).
+config by `pixeljit.model.forward_flops`, over the card's bf16 dense peak), peak memory, the
+first step's time (the compile, for compiled runs), eager and `torch.compile(dynamic=False)`;
+after each model's rows its `--extra` rows, MODEL:MODE: by default JiT-B/16 compiled with a bf16
+residual stream (`-bf16res`, `run.bf16_residual`: what the authors' fp32 stream costs) and
+JiT-L/16 compiled with activation checkpointing (`-ckpt`, `run.activation_checkpointing`: what
+recomputing every block saves and costs).
 
 Sampling (JiT-B/16 with perturbed random weights): `pixeljit.sample` with Heun-50 and CFG 2.9 on
 the interval (0.1, 1], and the few-step solver; img/s, network rows per image, TFLOP/s, the
@@ -40,8 +40,7 @@ from pixeljit.diffusion import execution
 from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss
 from pixeljit.diffusion.sampler import sample
 from pixeljit.files.atomic import atomic_write_text
-from pixeljit.model import JiT, JiTConfig, model_config
-from pixeljit.model.layers import swiglu_hidden
+from pixeljit.model import JiT, JiTConfig, forward_flops, model_config
 from pixeljit.rng import derive_seed
 from pixeljit.training.config import PAPER_EMA_DECAYS
 from pixeljit.training.ema import EMA
@@ -68,33 +67,6 @@ AUTHORS = {
 SMOKE = JiTConfig(image_size=32, patch_size=8, hidden_size=64, depth=2, num_heads=2,
                   num_classes=10, bottleneck_dim=16, in_context_len=4,
                   in_context_start=1)  # fmt: skip
-
-
-# ------------------------------------------------------------------------------- FLOPs
-
-
-def forward_flops(cfg: JiTConfig) -> int:
-    """FLOPs of one image's forward pass, 2 per multiply-add, attention included (QKᵀ and AV);
-    norms, activations and RoPE are left out (elementwise). JiT-B/16 at 256 px: ≈ 50.5 GFLOP."""
-    d, tokens = cfg.hidden_size, cfg.grid_size**2
-    patch_values = cfg.patch_size**2 * cfg.in_channels
-    if cfg.bottleneck_dim is None:
-        macs = tokens * patch_values * d
-    else:
-        macs = tokens * (patch_values * cfg.bottleneck_dim + cfg.bottleneck_dim * d)
-    macs += 256 * d + d * d  # time embedding MLP (TIME_FREQ_DIM = 256 features)
-    mlp_hidden = swiglu_hidden(d, cfg.mlp_ratio) if cfg.mlp == "swiglu" else int(d * cfg.mlp_ratio)
-    mlp_matrices = 3 if cfg.mlp == "swiglu" else 2
-    for block in range(cfg.depth):
-        n = tokens + (
-            cfg.in_context_len if cfg.in_context_len and block >= cfg.in_context_start else 0
-        )
-        macs += d * 6 * d  # adaLN modulation (one row per image)
-        macs += n * d * 4 * d  # qkv and the output projection
-        macs += 2 * n * n * d  # QKᵀ and attention × V over all heads
-        macs += n * d * mlp_hidden * mlp_matrices
-    macs += d * 2 * d + tokens * d * patch_values  # final adaLN and linear
-    return 2 * macs
 
 
 # ------------------------------------------------------------------------------ timing

@@ -1,5 +1,5 @@
-"""benchmarks/gpu.py: its FLOP count (against the issue's figures and torch's own FLOP counter)
-and its `--smoke` run on the CPU (what CI can check of the GPU benchmark)."""
+"""benchmarks/gpu.py: its sampling ceiling, rows per image and its `--smoke` run on the CPU (what
+CI can check of the GPU benchmark)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,10 @@ import sys
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-import pixeljit
 from conftest import REPO_ROOT
 from pixeljit.diffusion.solvers import evaluations, time_grid
-from pixeljit.model import JiTConfig, model_config
+from pixeljit.model import forward_flops, model_config
 
 
 @pytest.fixture(scope="module")
@@ -27,40 +25,14 @@ def gpu_bench():
     return module
 
 
-def test_b16_forward_is_50_5_gflop_and_the_heun_ceiling_is_84_img_s(gpu_bench):
-    """The issue: B/16 ≈ 50.5 GFLOP per image forward; Heun-50 with guidance on (0.1, 1]
-    (187 rows per image) cannot exceed ≈ 84 img/s at 790 TFLOP/s."""
-    flops = gpu_bench.forward_flops(model_config("JiT-B/16"))
-    assert flops / 1e9 == pytest.approx(50.5, abs=0.1)
+def test_the_heun_ceiling_is_84_img_s(gpu_bench):
+    """The issue: Heun-50 with guidance on (0.1, 1] (187 rows per image) of B/16 (≈ 50.5 GFLOP
+    per image forward, tests/test_flops.py) cannot exceed ≈ 84 img/s at 790 TFLOP/s."""
+    flops = forward_flops(model_config("JiT-B/16"))
     rows = gpu_bench.rows_per_image(model_config("JiT-B/16"), gpu_bench.PAPER_SAMPLER)
     assert rows == 187
     ceiling = gpu_bench.H200_BF16_PEAK_TFLOPS * 1e12 / (rows * flops)
     assert ceiling == pytest.approx(84, abs=0.5)
-
-
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {},
-        {"mlp": "gelu", "bottleneck_dim": None, "in_context_len": 0},
-        {"in_context_start": 0, "mlp_ratio": 2.5},
-    ],
-)
-def test_forward_flops_equal_torch_flop_counter(gpu_bench, overrides):
-    """An independent count: torch's FlopCounterMode over a real forward (matrix products,
-    convolutions, 2 FLOPs per multiply-add) of a small JiT. Attention runs as explicit products
-    (`attention='fp32'`, the same FLOPs as SDPA), which the counter sees on a CPU."""
-    fields = dict(image_size=32, patch_size=4, hidden_size=48, depth=3, num_heads=3,
-                  num_classes=5, bottleneck_dim=12, in_context_len=3, in_context_start=1,
-                  attention="fp32")  # fmt: skip
-    cfg = JiTConfig(**{**fields, **overrides})
-    net = pixeljit.JiT(cfg).eval()
-    batch = 2
-    z = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        net(z, torch.rand(batch), torch.zeros(batch, dtype=torch.long))
-    assert counter.get_total_flops() == batch * gpu_bench.forward_flops(cfg)
 
 
 def test_smoke_run_writes_every_row(gpu_bench, tmp_path, capsys):
@@ -71,7 +43,7 @@ def test_smoke_run_writes_every_row(gpu_bench, tmp_path, capsys):
     rows = report["rows"]
     train = [r for r in rows if r["kind"] == "train"]
     assert [r["mode"] for r in train] == ["compiled", "eager", "compiled-ckpt", "compiled-bf16res"]
-    smoke_flops = 3 * gpu_bench.forward_flops(gpu_bench.SMOKE)
+    smoke_flops = 3 * forward_flops(gpu_bench.SMOKE)
     for r in train:
         assert r["img_per_s"] > 0 and r["first_step_s"] > 0
         assert r["tflops"] == pytest.approx(r["img_per_s"] * smoke_flops / 1e12)

@@ -10,6 +10,7 @@ from pixeljit.model.registry import (
     TOKENS_PER_SIDE,
     count_parameters,
     create_model,
+    forward_flops,
     model_config,
     model_names,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "JiTConfig",
     "count_parameters",
     "create_model",
+    "forward_flops",
     "model_config",
     "model_names",
 ]

@@ -1,4 +1,5 @@
-"""The size registry: the paper's JiT-B/L/H/G at patch 16, 32 and 64, and `create_model`."""
+"""The size registry: the paper's JiT-B/L/H/G at patch 16, 32 and 64, `create_model`, and what a
+config costs (`count_parameters`, `forward_flops`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from pixeljit.model.jit import JiT, JiTConfig
+from pixeljit.model.layers import TIME_FREQ_DIM, swiglu_hidden
 
 # Tab. 9: depth, width, heads, bottleneck, in-context start block, dropout (middle half)
 MODEL_SIZES: dict[str, dict] = {
@@ -70,3 +72,28 @@ def create_model(name: str, device: torch.device | str | None = None, **override
 
 def count_parameters(net: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad or not trainable_only)
+
+
+def forward_flops(cfg: JiTConfig) -> int:
+    """FLOPs of one image's forward pass, 2 per multiply-add, attention included (QKᵀ and AV);
+    norms, activations and RoPE are left out (elementwise). Half of it is the paper's "Gflops"
+    (GMACs, in-context tokens included): JiT-B/16 at 256 px ≈ 50.5 GFLOP, the paper's 25."""
+    d, tokens = cfg.hidden_size, cfg.grid_size**2
+    patch_values = cfg.patch_size**2 * cfg.in_channels
+    if cfg.bottleneck_dim is None:
+        macs = tokens * patch_values * d
+    else:
+        macs = tokens * (patch_values * cfg.bottleneck_dim + cfg.bottleneck_dim * d)
+    macs += TIME_FREQ_DIM * d + d * d  # time embedding MLP
+    mlp_hidden = swiglu_hidden(d, cfg.mlp_ratio) if cfg.mlp == "swiglu" else int(d * cfg.mlp_ratio)
+    mlp_matrices = 3 if cfg.mlp == "swiglu" else 2
+    for block in range(cfg.depth):
+        n = tokens + (
+            cfg.in_context_len if cfg.in_context_len and block >= cfg.in_context_start else 0
+        )
+        macs += d * 6 * d  # adaLN modulation (one row per image)
+        macs += n * d * 4 * d  # qkv and the output projection
+        macs += 2 * n * n * d  # QKᵀ and attention × V over all heads
+        macs += n * d * mlp_hidden * mlp_matrices
+    macs += d * 2 * d + tokens * d * patch_values  # final adaLN and linear
+    return 2 * macs
