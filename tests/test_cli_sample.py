@@ -84,7 +84,8 @@ def test_cli_reads_authors_checkpoint_folder(reference, tmp_path):
     "extra, message",
     [
         (["--cfg", "-1"], "cfg"),
-        (["--interval", "0.5", "0.2"], "low ≤ high"),
+        (["--interval", "0.5", "0.2"], "low < high"),
+        (["--interval", "0.3", "0.3"], "hold no t"),
         (["--steps", "0"], "steps"),
         (["--labels", "7"], "outside [0, 4)"),
         (["--num", "0"], "--num"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -137,3 +138,30 @@ def test_unreadable_image_in_a_folder_is_named(tmp_path):
     (tmp_path / "b.png").write_bytes(b"\x89PNG but not really")
     with pytest.raises(ValueError, match=r"b.png is not a readable image"):
         list(iter_folder_images(tmp_path))
+
+
+def test_a_cached_reference_without_its_image_size_is_measured_again(tmp_path, fmnist16):
+    """A cache entry written before statistics recorded their image size was reused, and with
+    no size to compare the size check passed whatever the model's images were."""
+    import dataclasses
+
+    from pixeljit.evaluation import dataset_stats_for
+    from pixeljit.files.cache import cache_root
+    from pixeljit.metrics import save_dataset_stats
+    from test_nfe import PoolExtractor
+
+    data, extractor = str(fmnist16(16)), PoolExtractor()
+    fresh = dataset_stats_for(data, extractor, 16, 1)
+    assert fresh.image_shape == (1, 16, 16) and extractor.calls > 0
+    cached = list((cache_root() / "refstats").glob(f"{Path(data).name}-*pool4*.npz"))
+    assert len(cached) == 1
+    old = dataclasses.replace(fresh, image_shape=None, mu=fresh.mu + 1)  # an older entry
+    save_dataset_stats(cached[0], old)
+    calls = extractor.calls
+    again = dataset_stats_for(data, extractor, 16, 1)
+    assert extractor.calls > calls and again.image_shape == (1, 16, 16)
+    assert np.array_equal(again.mu, fresh.mu)
+    assert load_dataset_stats(cached[0], extractor).image_shape == (1, 16, 16)  # rewritten
+    calls = extractor.calls
+    dataset_stats_for(data, extractor, 16, 1)
+    assert extractor.calls == calls  # a current entry is reused

@@ -95,6 +95,9 @@ def test_run_to_hub_folder_loads_identically(run, hub):
     assert back.sampler == original.sampler == SamplerConfig(steps=2, cfg=1.5)
     assert back.net.config == original.net.config
     assert torch.equal(_images(back), _images(original))
+    # the folder's weights file alone loads as the folder: sampler, weights and step included
+    alone = load_trained(hub / "model.safetensors")
+    assert (alone.sampler, alone.weights, alone.step) == (back.sampler, "ema:0.995", 2)
     # the grid is the run's own preview of the exported step, byte for byte
     assert (hub / "samples.png").read_bytes() == (run / "samples-0000002.png").read_bytes()
 
@@ -311,7 +314,11 @@ def test_non_finite_weights_refused(hub, tmp_path):
     assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never*"))
 
 
-def test_one_set_of_weights_and_no_in_context_start(hub, capsys):
+@pytest.mark.parametrize("inside", [False, True])
+def test_one_set_of_weights_and_no_in_context_start(hub, capsys, inside):
+    """A hub folder and a .safetensors (its own weights file here) hold one set of weights: any
+    other choice is refused, never silently replaced by the one held."""
+    hub = hub / "model.safetensors" if inside else hub
     with pytest.raises(ValueError, match="holds one set of weights"):
         load_trained(hub, "model")
     assert load_trained(hub, "ema:0.995").weights == load_trained(hub, "ema").weights == "ema:0.995"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from pixeljit.experiments.nfe import (
     sorted_rows,
 )
 from pixeljit.experiments.nfe_report import NFE_NOTE, write_outputs
+from pixeljit.metrics import DatasetStats, create_extractor, save_dataset_stats
 from pixeljit.metrics.extractor import Extracted, FeatureExtractor
 from pixeljit.training.loop import train
 from test_sampling import AnalyticNet, Gaussian, noise
@@ -141,7 +143,7 @@ def test_resume_keeps_rows_and_refuses_other_settings(setup, tmp_path):
     more = run_nfe(wider, model, extractor, ref, tmp_path, DESCRIBE)
     assert more["rows"][:2] == first["rows"] and len(more["rows"]) == 4
     other = NfeConfig.quick(methods=("euler",), grids=("uniform",), budgets=(2,), seed=1)
-    with pytest.raises(ValueError, match="other settings \\(settings\\).*--overwrite"):
+    with pytest.raises(ValueError, match="other settings \\(seed 0 → 1\\).*--overwrite"):
         run_nfe(other, model, extractor, ref, tmp_path, DESCRIBE)
     fresh = run_nfe(other, model, extractor, ref, tmp_path, DESCRIBE, overwrite=True)
     assert len(fresh["rows"]) == 1
@@ -193,7 +195,40 @@ def test_cli_quick_study_with_the_classifier(setup, tmp_path, capsys):
     assert "Within 5%" in capsys.readouterr().out
     assert (out / "nfe.png").is_file() and (out / "nfe.md").is_file()
     assert main([*argv[:-2], "--num", "12"]) == 2  # other settings, no --overwrite
-    assert "other settings (settings)" in capsys.readouterr().err
+    assert "other settings (num 10 → 12)" in capsys.readouterr().err
     assert json.loads((out / RESULTS_NAME).read_text()) == saved  # nothing overwritten
     assert main([*argv, "--cfg", "1.0", "--budgets", "0"]) == 2
     assert "--budgets must be ≥ 1" in capsys.readouterr().err
+
+
+def test_cli_refuses_too_few_images_before_loading_and_a_reference_of_another_size(
+    setup, tmp_path, capsys, monkeypatch
+):
+    """--num below what precision / recall need is refused before the checkpoint is read; a
+    statistics file of other-sized images is refused (the FD would measure the resize)."""
+    out = tmp_path / "study"
+    argv = ["reproduce", "nfe", "--checkpoint", str(setup["run"]), "--quick", "--methods",
+            "euler", "--grids", "uniform", "--budgets", "2", "--out", str(out)]  # fmt: skip
+    with monkeypatch.context() as m:
+        m.setattr("pixeljit.checkpoints.load.load_trained", _never_loaded)
+        assert main([*argv, "--ref", str(setup["data"]), "--num", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "pr needs at least 4 images" in err and "raise --num to 4" in err
+    assert not out.exists()
+    stats = tmp_path / "ref28.npz"
+    classifier = create_extractor("fmnist-cnn")  # what the CLI picks for this 1-channel model
+    d = classifier.dim
+    save_dataset_stats(stats, DatasetStats(np.zeros(d), np.eye(d), 100, classifier.stats_name,
+                                           image_shape=(1, 28, 28)))  # fmt: skip
+    assert main([*argv, "--ref", str(stats), "--num", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "28×28" in err and "16×16" in err and not (out / RESULTS_NAME).exists()
+
+
+def _never_loaded(*args, **kwargs):
+    raise AssertionError("the checkpoint was loaded before --num was checked")
+
+
+def test_nfe_config_refuses_too_few_images():
+    with pytest.raises(ValueError, match="pr needs at least 4 images"):
+        NfeConfig(num=3)

@@ -137,7 +137,7 @@ def test_describe_names_the_source():
     assert sampler == SamplerConfig(**{**RECOMMENDED.kwargs(), "steps": 7})
     text = describe_sampler(sampler, args, RECOMMENDED)
     assert text.endswith("the model's recommended settings, with --steps as given")
-    every = ["sample", "ckpt", "--steps", "2", "--method", "heun", "--grid", "uniform", "--shift",
+    every = ["sample", "ckpt", "--steps", "2", "--method", "heun", "--grid", "shifted", "--shift",
              "3", "--cfg", "1", "--interval", "0.1", "1", "--t-eps", "0.05"]  # fmt: skip
     args = build_parser().parse_args(every)
     assert describe_sampler(sampler_from_args(args, RECOMMENDED), args, RECOMMENDED).endswith(

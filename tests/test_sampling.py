@@ -304,7 +304,8 @@ def test_sample_runs_the_net_in_eval_mode_and_restores_training_mode():
     [
         (dict(cfg=-1.0), "cfg"),
         (dict(interval=(0.2, 1.5)), r"\[0, 1\]"),
-        (dict(interval=(0.8, 0.2)), "low ≤ high"),
+        (dict(interval=(0.8, 0.2)), "low < high"),
+        (dict(interval=(0.5, 0.5)), "hold no t"),
         (dict(steps=0), "steps"),
         (dict(method="rk4"), "method"),
         (dict(grid="cosine"), "grid"),

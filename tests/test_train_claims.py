@@ -55,3 +55,17 @@ def test_non_finite_loss_names_the_step_and_keeps_a_finite_checkpoint(data, tmp_
     assert all(torch.isfinite(s).all() for shadow in ckpt["ema"]["shadows"] for s in shadow)
     logged = read_metrics(tmp_path / "run" / METRICS_FILE)
     assert all(math.isfinite(r["loss"]) for r in logged) and logged[-1]["step"] < bad_step
+
+
+def test_milestones_are_kept_every_milestone_every_steps_between_checkpoints(data, tmp_path):
+    """run.milestone_every says "keep step-N.pt every this many steps": with run.ckpt_every
+    larger (not a multiple of it), the milestones were silently skipped; a milestone step now
+    writes a checkpoint."""
+    out = tmp_path / "run"
+    cfg = tiny_run(data, out, **{"optim.steps": 5, "run.ckpt_every": 100,
+                                 "run.milestone_every": 2})  # fmt: skip
+    train(cfg, progress=False)
+    kept = sorted(p.name for p in out.glob("step-*.pt"))
+    assert kept == ["step-000000002.pt", "step-000000004.pt"]
+    assert load_checkpoint(out / kept[0])["step"] == 2
+    assert load_checkpoint(out)["step"] == 5  # latest.pt: the last step, as always

@@ -24,7 +24,6 @@ from pixeljit.checkpoints.load import TrainedModel
 from pixeljit.checkpoints.provenance import DIGEST_KEY, model_record, weights_digest
 from pixeljit.data.open import open_dataset
 from pixeljit.diffusion.sampler import (
-    NO_GUIDANCE,
     SamplerConfig,
     check_finite,
     check_seed,
@@ -98,7 +97,7 @@ def generate(
         labels = balanced_labels(first, last, classes)
         images = sample(
             model.net, labels, num=last - first,
-            **(spec.sampler.kwargs() | ({} if classes else {"cfg": NO_GUIDANCE})),
+            **spec.sampler.kwargs(),  # an unconditional model with cfg ≠ 1: refused there
             noise_scale=scale, prediction=model.prediction,
             preconditioner=model.preconditioner, seed=spec.seed, first_index=first,
             amp_dtype=spec.amp_dtype,
@@ -253,7 +252,7 @@ def dataset_stats_for(
         for start in range(0, len(dataset), batch):
             yield torch.from_numpy(dataset.slice(start, start + batch))
 
-    return cached_dataset_stats(path, images, extractor)
+    return cached_dataset_stats(path, images, extractor, image_shape=wanted)
 
 
 def generation_record(

@@ -28,6 +28,8 @@ from pixeljit.checkpoints.load import (
     TrainedModel,
     _class_names,
     _objective,
+    check_one_set,
+    export_safetensors,
     model_size_name,
     sampler_config,
 )
@@ -35,7 +37,6 @@ from pixeljit.checkpoints.safetensors_io import (
     COUNT_FIELDS,
     SAFETENSORS_CONFIG_KEY,
     SAFETENSORS_FLOATS,
-    save_safetensors,
 )
 from pixeljit.checkpoints.weights import check_finite, materialise, meta_model
 from pixeljit.diffusion.sampler import SamplerConfig
@@ -238,12 +239,7 @@ def load_hub(
     else:
         folder, label = Path(source), str(source)
     config = read_hub_config(folder / CONFIG_NAME)
-    named_ema = weights == "ema" and config.weights.startswith("ema:")  # 'ema': the run's EMA
-    if weights is not None and weights != config.weights and not named_ema:
-        raise ValueError(
-            f"{label} holds one set of weights ({config.weights or 'unnamed'}), "
-            f"not {weights!r}: drop the weights choice (--weights)"
-        )
+    check_one_set(label, config.weights or None, weights)
     net = _read_weights(folder / WEIGHTS_NAME, config, device, overrides)
     shown = f"{label} ({config.weights})" if config.weights else label
     return TrainedModel(
@@ -337,9 +333,7 @@ def write_hub_folder(
     card = model_card(config, params, extras, model_size_name(model.net.config))
 
     def write_into(folder: Path) -> None:
-        save_safetensors(
-            model.net, folder / WEIGHTS_NAME, model.objective_metadata(), model.class_names
-        )
+        export_safetensors(model, folder / WEIGHTS_NAME)  # the file alone loads as the folder
         atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         if extras.grid is not None:
             _copy(extras.grid, folder / GRID_NAME)

@@ -161,6 +161,7 @@ def load_trained(
         names = _class_names(source, meta.get("class_names"))
         sampler = sampler_from_metadata(source, meta.get("sampler"))
         name, step = _weights_metadata(source, meta.get("weights"))
+        check_one_set(source, name, weights)
         description = f"{source} ({name})" if name else str(source)
         return TrainedModel(net, *objective, names, description, name, step, sampler=sampler)
     if kind == "authors":
@@ -173,6 +174,15 @@ def load_trained(
         return TrainedModel(net, "x", scale, "none", None, f"{source} ({weights})", weights,
                             sampler=authors_sampler(net.config))  # fmt: skip
     return _load_run(source, weights or "ema", device, overrides)
+
+
+def check_one_set(label, held: str | None, weights: str | None) -> None:
+    """A .safetensors export or a hub folder holds one set of weights (`held`, e.g. 'ema:0.995'):
+    `weights` may be None, that name, or 'ema' for a run's EMA; anything else is refused."""
+    named_ema = weights == "ema" and (held or "").startswith("ema:")
+    if weights is not None and weights != held and not named_ema:
+        raise ValueError(f"{label} holds one set of weights ({held or 'unnamed'}), not "
+                         f"{weights!r}: drop the weights choice (--weights)")  # fmt: skip
 
 
 def _check_arguments(source, weights) -> None:

@@ -19,8 +19,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
-
 from pixeljit.cli.checks import (
     MAX_IMAGES,
     check_device,
@@ -33,25 +31,29 @@ from pixeljit.cli.checks import (
 )
 from pixeljit.cli.sample import check_authors_only, check_memory
 from pixeljit.cli.sampler_args import (
+    AUTO_AMP,
+    FLAGS,
     add_sampler_arguments,
+    amp_dtype,
     describe_sampler,
     given_sampler_flags,
     sampler_from_args,
 )
 from pixeljit.data.transforms import MAX_SIZE
+from pixeljit.diffusion.sampler import NO_GUIDANCE
 from pixeljit.metrics.score import ScoreConfig
 
 METRIC_NAMES = ("fd", "kid", "is", "pr")
-AMP = {"none": None, "bf16": torch.bfloat16}
-AUTO_AMP = "auto"  # bf16 on CUDA, none (float32) on a CPU
 CHANNELS = (1, 3)
-IS_SPLITS = ScoreConfig().is_splits
-# the fewest images each metric can be computed from: a covariance (FD) and the unbiased MMD
-# (KID) need 2, the k-NN radii of precision / recall k + 1, IS one per split
-MIN_IMAGES = {"fd": 2, "kid": 2, "pr": ScoreConfig().pr.k + 1, "is": IS_SPLITS}
-METRIC_WHY = {"fd": "a covariance", "kid": "the unbiased MMD", "pr": "the k-NN radii",
-              "is": f"its {IS_SPLITS} splits"}  # fmt: skip
 JSON_SUFFIX = ".json"
+DEFAULT_NUM, DEFAULT_SEED, DEFAULT_BATCH = 10000, 0, 100  # generation (--checkpoint)
+# flags that only generating images uses (attribute → flag): refused with --images / --make-ref
+GENERATION_FLAGS = {
+    "num": "--num", "weights": "--weights", **FLAGS, "fast": "--fast", "amp": "--amp",
+    "seed": "--seed", "batch_size": "--batch-size", "save_images": "--save-images",
+    "sweep_cfg": "--sweep-cfg", "emas": "--emas", "in_context_start": "--in-context-start",
+}  # fmt: skip
+UNSET_VALUES = (None, False, AUTO_AMP)  # argparse's defaults of those flags
 MAX_SWEEP_SCALES = 1000  # --sweep-cfg: CFG scales in one sweep
 
 
@@ -69,17 +71,15 @@ def add_parser(sub) -> None:
                    help="pt_inception-2015-12-05 weights (for inception-v3-fid)")  # fmt: skip
     p.add_argument("--metrics", nargs="+", default=None, choices=METRIC_NAMES,
                    help=f"default: {' '.join(METRIC_NAMES)} (--sweep-cfg: FD only)")  # fmt: skip
-    p.add_argument("--num", "--num-images", dest="num", type=int, default=10000,
-                   help="images to generate (under torchrun write --num-images: torchrun's own "
-                   "parser takes --num for its --numa-binding)")  # fmt: skip
+    p.add_argument("--num", "--num-images", dest="num", type=int, default=None,
+                   help=f"images to generate (default {DEFAULT_NUM}; under torchrun write "
+                   "--num-images: torchrun's own parser takes --num for its "
+                   "--numa-binding)")  # fmt: skip
     p.add_argument("--weights", default=None, help="ema | ema:<decay> | model | model_ema1 …")
     add_sampler_arguments(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--seed", type=int, default=None, help=f"default {DEFAULT_SEED}")
+    p.add_argument("--batch-size", type=int, default=None, help=f"default {DEFAULT_BATCH}")
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default=AUTO_AMP, choices=(AUTO_AMP, *AMP),
-                   help="the network's autocast precision when sampling (default auto: bf16 on "
-                   "CUDA, none on a CPU); the sampling state stays float32")  # fmt: skip
     p.add_argument("--save-images", default=None, help="also write the PNGs to this folder")
     p.add_argument("--sweep-cfg", type=float, nargs=3, metavar=("LO", "HI", "STEP"),
                    help="FD for every CFG scale in [LO, HI] (the paper: 1.0 4.0 0.1)")  # fmt: skip
@@ -133,9 +133,30 @@ def _emas(args, checkpoint: str) -> list[str]:
     return list(args.emas)
 
 
+def check_mode_flags(args) -> None:
+    """Flags that do nothing in the mode asked for are refused (generation flags with --images /
+    --make-ref, scoring flags with --make-ref); then the generation defaults are filled in."""
+    if not args.checkpoint:
+        mode = f"--images {args.images}" if args.images else f"--make-ref {args.make_ref}"
+        for attr, flag in GENERATION_FLAGS.items():
+            if getattr(args, attr) not in UNSET_VALUES:
+                raise ValueError(f"{flag} has no effect with {mode} (it sets how a --checkpoint "
+                                 f"generates images): drop {flag}")  # fmt: skip
+    if args.make_ref:
+        for flag, value in (("--ref", args.ref), ("--metrics", args.metrics)):
+            if value is not None:
+                raise ValueError(f"{flag} has no effect with --make-ref (it measures the data "
+                                 f"set's statistics; nothing is scored): drop {flag}")  # fmt: skip
+    for attr, default in (("num", DEFAULT_NUM), ("seed", DEFAULT_SEED),
+                          ("batch_size", DEFAULT_BATCH)):  # fmt: skip
+        if getattr(args, attr) is None:
+            setattr(args, attr, default)
+
+
 def check_args(args) -> list[float] | None:
     """Every numeric flag and output path, before anything is loaded or generated; returns the
     CFG scales of --sweep-cfg (None without it)."""
+    check_mode_flags(args)
     check_int("--num", args.num, 1, MAX_IMAGES + 1)
     check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
     check_device("--device", args.device)
@@ -165,13 +186,8 @@ def check_args(args) -> list[float] | None:
         if args.weights is not None and args.emas is not None:
             raise ValueError("--weights and --emas both name the weights of the sweep: keep one")
     if args.checkpoint:
-        for metric in metrics(args):
-            if args.num < MIN_IMAGES[metric]:
-                raise ValueError(
-                    f"--metrics {metric} needs --num ≥ {MIN_IMAGES[metric]} (for "
-                    f"{METRIC_WHY[metric]}), got --num {args.num}: raise --num or leave "
-                    f"{metric} out of --metrics"
-                )
+        fix = "raise --num to {least} or more, or leave {metric} out of --metrics"
+        ScoreConfig().check_count(metrics(args), args.num, fix)
         for flag, value in (("--size", args.size), ("--channels", args.channels)):
             if value is not None:
                 raise ValueError(f"{flag} has no effect with --checkpoint (the model fixes it): "
@@ -181,8 +197,11 @@ def check_args(args) -> list[float] | None:
     check_int("--in-context-start", args.in_context_start, 0)
     if args.channels is not None and args.channels not in CHANNELS:
         raise ValueError(f"--channels must be one of {CHANNELS}, got {args.channels}")
-    if args.make_ref and (not args.out or not args.out.endswith(".npz")):
-        raise ValueError("--make-ref needs --out STATS.npz")
+    if args.make_ref and not args.out:
+        raise ValueError("--make-ref needs --out STATS.npz (where the statistics go)")
+    if args.make_ref and not args.out.endswith(".npz"):
+        raise ValueError(f"--make-ref writes statistics as .npz, not --out {args.out}: name the "
+                         "file *.npz")  # fmt: skip
     if args.out and not args.make_ref and not args.out.endswith(JSON_SUFFIX):
         raise ValueError(f"--out {args.out}: the results are JSON; name the file *.json")
     if args.out:
@@ -220,12 +239,6 @@ def _inputs(args) -> list[Path]:
              if p and "://" not in p]  # fmt: skip
     folders = [p for p in paths if p.is_dir()]
     return paths + [f for d in folders for f in d.iterdir() if f.is_file()]
-
-
-def _amp(name: str, device) -> torch.dtype | None:
-    from pixeljit.diffusion.execution import default_amp_dtype
-
-    return default_amp_dtype(device) if name == AUTO_AMP else AMP[name]
 
 
 def run(args) -> int:
@@ -275,6 +288,10 @@ def _run(args, info) -> int:
     model = load(args.weights)
     sampler = sampler_from_args(args, model.sampler)  # flags over the model's recommendation
     cfg = model.net.config
+    if cfg.num_classes == 0 and (sampler.cfg != NO_GUIDANCE or set(cfgs or ()) - {NO_GUIDANCE}):
+        flag = "--sweep-cfg" if cfgs else "--cfg"
+        raise ValueError(f"{flag}: {args.checkpoint} is an unconditional model, which cannot be "
+                         f"guided: drop {flag}")  # fmt: skip
     check_memory(args.num, min(args.batch_size, args.num), False, cfg, info.device)
     extractor = _extractor(args.extractor, cfg.in_channels, cfg.num_classes,
                            args.inception_weights, info.device)  # fmt: skip
@@ -282,7 +299,7 @@ def _run(args, info) -> int:
     ref = _ref(args, extractor, shape, "the model's images", info, barrier)
     spec = GenerationSpec(
         num=args.num, sampler=sampler, seed=args.seed,
-        batch_size=args.batch_size, amp_dtype=_amp(args.amp, info.device),
+        batch_size=args.batch_size, amp_dtype=amp_dtype(args.amp, info.device),
     )  # fmt: skip
     kw = {"rank": info.rank, "world": info.world_size}
     record = generation_record(model, args.checkpoint, spec, _reference(args), extractor.name,

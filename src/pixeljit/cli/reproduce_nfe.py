@@ -120,7 +120,13 @@ def nfe_config(args, conditional: bool, recommended=None):
 
 
 def _check_flags(args) -> Path:
+    from pixeljit.experiments.nfe import METRICS
+    from pixeljit.metrics.score import ScoreConfig
+
     check_int("--num", args.num, 1, MAX_IMAGES + 1)
+    if args.num is not None:  # each row scores FD and precision / recall
+        fix = "raise --num to {least} or more"
+        ScoreConfig().check_count(METRICS, args.num, fix)
     check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
     for budget in args.budgets or ():
         check_int("--budgets", budget, 1, MAX_BUDGET + 1)
@@ -157,13 +163,18 @@ def _run_nfe(args) -> int:
     if config.cfg != 1.0 and net_cfg.num_classes == 0:
         raise ValueError("an unconditional model cannot be guided: pass --cfg 1 (or leave it out)")
     extractor = _extractor(args.extractor, net_cfg.in_channels, net_cfg.num_classes, None, device)
-    describe = {"checkpoint": str(args.checkpoint), "weights": args.weights or "default",
+    describe = {"checkpoint": str(args.checkpoint), "weights": model.weights or "default",
                 "ref": str(args.ref)}  # fmt: skip
     # a folder with another study is refused before the reference statistics are computed
     open_results(out, study_header(config, model, extractor, describe), args.overwrite)
     info = dist_utils.DistInfo(rank=0, world_size=1, local_rank=0, device=device)
     ref = _dataset_stats("--ref", args.ref, extractor, net_cfg.image_size, net_cfg.in_channels,
                          args.ref_split, info, lambda: None)  # fmt: skip
+    ref.check_image_shape(
+        (net_cfg.in_channels, net_cfg.image_size, net_cfg.image_size),
+        f"--ref {args.ref}",
+        "the model's images",
+    )
     low, high = config.interval
     print(f"pixeljit reproduce nfe: {model.description}, {config.num} images per row, CFG "
           f"{config.cfg:g} on ({low:g}, {high:g}) → {out}", flush=True)  # fmt: skip

@@ -28,11 +28,12 @@ from pixeljit.cli.checks import (
 )
 from pixeljit.cli.sampler_args import (
     add_sampler_arguments,
+    amp_dtype,
     describe_sampler,
     given_sampler_flags,
     sampler_from_args,
 )
-from pixeljit.diffusion.execution import default_amp_dtype, tf32_matmuls
+from pixeljit.diffusion.execution import tf32_matmuls
 from pixeljit.diffusion.sampler import check_finite, sample
 from pixeljit.files.images import MAX_GRID_PIXELS, save_grid, save_npz, save_pngs, to_uint8
 from pixeljit.training.distributed import resolve_device
@@ -43,8 +44,6 @@ DEFAULT_ROWS = 10  # default number of classes shown when --labels and --num are
 UNCONDITIONAL_NUM = 64
 MAX_GRID_SCALE = 32  # --scale: a 256-px grid of 8 × 10 cells at ×32 is already 650 MP
 MAX_NOISE_SCALE = 1e3  # the paper's noise scales are 1-2; far beyond, samples overflow
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-AUTO_AMP = "auto"  # bf16 autocast on CUDA, none (float32) on a CPU
 # float32 copies of a batch the sampler holds at once, the network's work aside: the state z,
 # the noise, the guided rows ([cond; uncond] in and out) and the solver's slopes
 SAMPLER_STATE_COPIES = 8
@@ -90,21 +89,9 @@ def add_parser(sub) -> None:
         help=f"number of images (default {PER_CLASS} per class shown)",
     )
     add_sampler_arguments(p)
-    p.add_argument("--fast", action="store_true",
-                   help="few-step sampling: DPM-Solver++(3M), 10 steps (10 network "
-                   "evaluations), uniform grid; guidance as the model recommends: "
-                   "docs/sampling.md")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument(
-        "--amp",
-        default=AUTO_AMP,
-        choices=(AUTO_AMP, *AMP_DTYPES),
-        help="the network's autocast precision; the sampling state stays float32 (default auto: "
-        "bf16 on CUDA, as the authors sample, with TF32 for float32 products; none on a CPU; "
-        "none = float32 throughout)",
-    )
     p.add_argument(
         "--noise-scale",
         type=float,
@@ -123,8 +110,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--scale",
         type=int,
-        default=1,
-        help=f"enlarge grid cells by this factor (1 to {MAX_GRID_SCALE})",
+        default=None,
+        help=f"enlarge grid cells by this factor (1 to {MAX_GRID_SCALE}; default 1)",
     )
     p.add_argument(
         "--overwrite",
@@ -144,8 +131,12 @@ class Outputs:
 def parse_outputs(paths: list[str] | None, overwrite: bool = False) -> Outputs:
     """The --out paths by kind, each checked writable (and not clobbering) before any work."""
     grids, npzs, folders = [], [], []
+    seen = set()
     for raw in paths or [DEFAULT_OUT]:
         path = Path(raw)
+        if path.resolve() in seen:
+            raise ValueError(f"--out {raw} is given twice: name each output once")
+        seen.add(path.resolve())
         suffix = path.suffix.lower()
         if suffix == ".png":
             grids.append(check_output("--out", path, False, overwrite, "--overwrite"))
@@ -158,6 +149,16 @@ def parse_outputs(paths: list[str] | None, overwrite: bool = False) -> Outputs:
         else:
             folders.append(check_output("--out", path, True, overwrite, "--overwrite"))
     return Outputs(tuple(grids), tuple(npzs), tuple(folders))
+
+
+def check_grid_flags(args, outputs: Outputs) -> None:
+    """--ncols and --scale lay out a .png grid: refused when no --out is one."""
+    if outputs.grids:
+        return
+    for flag, value in (("--ncols", args.ncols), ("--scale", args.scale)):
+        if value is not None:
+            raise ValueError(f"{flag} lays out a .png grid, and no --out is one: add --out "
+                             f"GRID.png or drop {flag}")  # fmt: skip
 
 
 def check_args(args) -> None:
@@ -278,6 +279,8 @@ def check_grid_size(num: int, ncols: int, image_size: int, scale: int) -> None:
 def run(args) -> int:
     check_args(args)
     outputs = parse_outputs(args.out, args.overwrite)
+    check_grid_flags(args, outputs)
+    scale = args.scale if args.scale is not None else 1
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.weights, args.in_context_start, device)
     sampler = sampler_from_args(args, model.sampler)  # flags over the model's recommendation
@@ -292,8 +295,8 @@ def run(args) -> int:
     check_memory(num, min(args.batch_size, num), keep, net.config, device)
     ncols, row_labels = grid_layout(labels, num, args.ncols, model.class_names)
     if outputs.grids:
-        check_grid_size(num, ncols, net.config.image_size, args.scale)
-    amp = default_amp_dtype(device) if args.amp == AUTO_AMP else AMP_DTYPES[args.amp]
+        check_grid_size(num, ncols, net.config.image_size, scale)
+    amp = amp_dtype(args.amp, device)
     tf32 = tf32_matmuls(device) if amp is not None else contextlib.nullcontext()  # none: true fp32
     chunks = []
     with tqdm(total=num, unit="img", desc="sampling") as bar, tf32:
@@ -322,10 +325,10 @@ def run(args) -> int:
     if keep:
         everything = torch.cat(chunks)
         for path in outputs.grids:
-            written.append(str(save_grid(everything, path, ncols, row_labels, args.scale)))
+            written.append(str(save_grid(everything, path, ncols, row_labels, scale)))
         y = torch.tensor(labels) if labels is not None else None
         for path in outputs.npzs:
             written.append(str(save_npz(everything, path, y)))
-    print(f"{num} images, {describe_sampler(sampler, args, model.sampler)} → "
-          f"{', '.join(written)}")  # fmt: skip
+    print(f"{model.description}: {num} images, "
+          f"{describe_sampler(sampler, args, model.sampler)} → {', '.join(written)}")  # fmt: skip
     return 0

@@ -1,4 +1,4 @@
-"""The sampler's command-line flags, shared by `pixeljit sample` and `pixeljit eval`.
+"""The sampler's command-line flags (and --fast, --amp), shared by `pixeljit sample` and `eval`.
 
 A flag left out takes the model's recommended setting (`TrainedModel.sampler`: a run's `sample`
 section, as its previews used; a hub folder's `config.json`; the authors' README values for their
@@ -13,11 +13,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import torch
+
 from pixeljit.diffusion.sampler import FAST_SAMPLER, SamplerConfig
 from pixeljit.diffusion.solvers import GRIDS, METHODS
 
 DEFAULTS = SamplerConfig()
 UNSET = "the model's recommended setting, else"  # how each flag's help names its default
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTO_AMP = "auto"  # bf16 autocast on CUDA, none (float32) on a CPU
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,6 +41,21 @@ def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"CFG interval in t (default: {UNSET} {low} {high})")  # fmt: skip
     p.add_argument("--t-eps", type=float, default=None,
                    help=f"clamp of 1 − t (default: {UNSET} {d.t_eps})")  # fmt: skip
+    p.add_argument("--fast", action="store_true",
+                   help="few-step sampling: DPM-Solver++(3M), 10 steps (10 network "
+                   "evaluations), uniform grid; guidance as the model recommends: "
+                   "docs/sampling.md")  # fmt: skip
+    p.add_argument("--amp", default=AUTO_AMP, choices=(AUTO_AMP, *AMP_DTYPES),
+                   help="the network's autocast precision; the sampling state stays float32 "
+                   "(default auto: bf16 on CUDA, as the authors sample, with TF32 for float32 "
+                   "products; none on a CPU; none = float32 throughout)")  # fmt: skip
+
+
+def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """--amp's dtype on `device` (auto: bf16 on CUDA, none on a CPU)."""
+    from pixeljit.diffusion.execution import default_amp_dtype
+
+    return default_amp_dtype(device) if name == AUTO_AMP else AMP_DTYPES[name]
 
 
 # SamplerConfig field → its flag
@@ -72,9 +91,13 @@ def sampler_from_args(
     given = given_sampler_flags(args)
     base = recommended if recommended is not None else DEFAULTS
     try:
-        return dataclasses.replace(base, **given)
+        sampler = dataclasses.replace(base, **given)
     except ValueError as err:
         raise ValueError(f"the sampler flags with the model's settings: {err}") from None
+    if "shift" in given and sampler.grid != "shifted":
+        raise ValueError(f"--shift has no effect on the {sampler.grid} grid (it shapes --grid "
+                         "shifted only): add --grid shifted or drop --shift")  # fmt: skip
+    return sampler
 
 
 def describe_sampler(

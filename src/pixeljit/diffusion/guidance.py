@@ -26,15 +26,18 @@ Tensor = torch.Tensor
 
 
 def check_interval(interval: tuple[float, float]) -> tuple[float, float]:
-    """Validate a CFG interval (low, high) ⊂ [0, 1] with low ≤ high."""
+    """Validate a CFG interval (low, high) ⊂ [0, 1] with low < high (open: an interval with
+    low = high holds no t, so guidance would never apply)."""
     try:
         low, high = (float(v) for v in interval)
     except (TypeError, ValueError):
         raise ValueError(f"interval must be two numbers (low, high), got {interval!r}") from None
     if not (0.0 <= low <= 1.0 and 0.0 <= high <= 1.0):
         raise ValueError(f"interval (of CFG) must lie in [0, 1], got ({low}, {high})")
-    if low > high:
-        raise ValueError(f"interval (of CFG) needs low ≤ high, got ({low}, {high})")
+    if low >= high:
+        raise ValueError(f"interval (of CFG) needs low < high, got ({low}, {high})"
+                         + (": it is open, so it would hold no t (cfg 1 turns guidance off)"
+                            if low == high else ""))  # fmt: skip
     return low, high
 
 

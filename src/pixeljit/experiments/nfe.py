@@ -20,7 +20,6 @@ is refused unless `overwrite` (then its results are replaced).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pixeljit.checkpoints.provenance import weights_digest
 from pixeljit.diffusion.guidance import check_interval, guidance_mask
 from pixeljit.diffusion.sampler import PAPER_INTERVAL, SAMPLE_T_EPS, SamplerConfig
 from pixeljit.diffusion.solvers import (
@@ -43,6 +43,7 @@ from pixeljit.diffusion.solvers import (
     time_grid,
 )
 from pixeljit.files.atomic import atomic_write_text
+from pixeljit.metrics.score import ScoreConfig
 
 RESULTS_NAME = "nfe.json"
 FORMAT = "pixeljit.nfe/1"
@@ -55,6 +56,7 @@ PR_REAL_SEED = 0  # draws the real features that precision / recall compare agai
 FEW_NFE = 20  # the issue's goal: a solver at ≤ 20 NFE …
 MANY_NFE = 100  # … within FD_TOLERANCE of the best FD at ≤ 100 NFE
 FD_TOLERANCE = 0.05
+METRICS = ("fd", "pr")  # what each row scores
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ class NfeConfig:
             isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.budgets
         ):
             raise ValueError(f"budgets must be NFE counts ≥ 1, got {self.budgets}")
+        if isinstance(self.num, bool) or not isinstance(self.num, int):
+            raise ValueError(f"num must be a whole number of images, got {self.num!r}")
+        ScoreConfig().check_count(METRICS, self.num, "raise num to {least} or more")
         object.__setattr__(self, "interval", check_interval(self.interval))
         self.sampler("heun", "uniform", 1)  # cfg, shift, t_eps: SamplerConfig's own checks
 
@@ -140,15 +145,6 @@ def rows_per_image(sampler: SamplerConfig) -> int:
     return int(times.numel() + guidance_mask(times, sampler.interval).sum())
 
 
-def weights_digest(net: torch.nn.Module) -> str:
-    """SHA-256 (16 hex) of the network's tensors: rows are only resumed on the same weights."""
-    sha = hashlib.sha256()
-    for name, tensor in sorted(net.state_dict().items()):
-        sha.update(name.encode())
-        sha.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-    return sha.hexdigest()[:16]
-
-
 def matched_real_features(ref, num: int):
     """`ref` with its kept features cut to `num` rows drawn with PR_REAL_SEED (all if fewer)."""
     if ref.features is None or len(ref.features) <= num:
@@ -182,7 +178,7 @@ def open_results(out: Path, header: dict, overwrite: bool) -> dict:
     earlier = None if overwrite else _load_results(path)
     if earlier is not None:
         if earlier.get("header") != header:
-            differ = sorted(k for k in header if earlier.get("header", {}).get(k) != header[k])
+            differ = _differences(earlier.get("header"), header)
             raise ValueError(
                 f"--out {out} holds an NFE study with other settings ({', '.join(differ)}): "
                 "choose another --out, or pass --overwrite to replace its results"
@@ -192,6 +188,19 @@ def open_results(out: Path, header: dict, overwrite: bool) -> dict:
         raise ValueError(f"--out {out} is not empty and holds no {RESULTS_NAME}: choose a new "
                          "or empty folder, or pass --overwrite")  # fmt: skip
     return {"format": FORMAT, "header": header, "rows": []}
+
+
+def _differences(earlier, header: dict) -> list[str]:
+    """What differs between two study headers, settings by name ('seed 1 → 3')."""
+    earlier = earlier if isinstance(earlier, dict) else {}
+    old, new = earlier.get("settings"), header["settings"]
+    old = old if isinstance(old, dict) else {}
+    differ = [f"{k} {old.get(k)!r} → {new[k]!r}" for k in new if old.get(k) != new[k]]
+    for k in header:
+        if k != "settings" and earlier.get(k) != header[k]:
+            same_name = k == "weights_digest"  # other weights under the same name: no values
+            differ.append(k if same_name else f"{k} {earlier.get(k)!r} → {header[k]!r}")
+    return differ
 
 
 def save_results(out: Path, results: dict) -> Path:
@@ -241,7 +250,7 @@ def run_nfe(
         spec = GenerationSpec(num=config.num, sampler=sampler, seed=config.seed,
                               batch_size=config.batch_size)  # fmt: skip
         start = time.perf_counter()
-        scores = evaluate(model, spec, extractor, ref_pr, ("fd", "pr"))
+        scores = evaluate(model, spec, extractor, ref_pr, METRICS)
         seconds = time.perf_counter() - start
         fd = scores[extractor.fd_label]
         if not math.isfinite(fd):

@@ -260,16 +260,21 @@ def cached_dataset_stats(
     path: str | os.PathLike,
     images: Callable[[], ImageSource],
     extractor: FeatureExtractor,
+    image_shape: tuple[int, int, int] | None = None,
     **compute_kwargs,
 ) -> DatasetStats:
-    """Load `path` if it holds statistics of this extractor, else compute and write them.
+    """Load the cache file `path` if it holds statistics of this extractor (and, given, of
+    `image_shape` (C, H, W), recorded: an entry written before the shape was recorded is
+    stale), else compute them from `images` and write them there.
 
     `images` is called only when computing (so an expensive dataset is opened only if needed).
     Under torch.distributed only rank 0 writes.
     """
     path = Path(path)
     if path.is_file():
-        return load_dataset_stats(path, extractor)
+        ref = load_dataset_stats(path, extractor)
+        if image_shape is None or ref.image_shape == tuple(image_shape):
+            return ref
     ref = compute_dataset_stats(images(), extractor, **compute_kwargs)
     if not distributed_active() or dist.get_rank() == 0:
         save_dataset_stats(path, ref)

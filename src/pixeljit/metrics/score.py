@@ -48,6 +48,23 @@ class ScoreConfig:
         if unknown:
             raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
 
+    def fewest_images(self, metric: str) -> tuple[int, str]:
+        """The fewest images `metric` can be computed from, and why: a covariance (FD) and the
+        unbiased MMD (KID) need 2, the k-NN radii of precision / recall k + 1, IS one per
+        split."""
+        return {"fd": (2, "a covariance"), "kid": (2, "the unbiased MMD"),
+                "pr": (self.pr.k + 1, "the k-NN radii"),
+                "is": (self.is_splits, f"its {self.is_splits} splits")}[metric]  # fmt: skip
+
+    def check_count(self, metrics, count: int, fix: str) -> None:
+        """Refuse `count` images for a metric that needs more; `fix` ({metric} filled in) says
+        what to do."""
+        for metric in metrics:
+            least, why = self.fewest_images(metric)
+            if count < least:
+                raise ValueError(f"{metric} needs at least {least} images (for {why}), got "
+                                 f"{count}: {fix.format(metric=metric, least=least)}")  # fmt: skip
+
 
 @dataclass
 class Scores:
@@ -125,6 +142,7 @@ def score_images(
         if "is" in wanted:
             logits.append(out.logits.cpu())
     stats.all_reduce()
+    cfg.check_count(wanted, stats.count, "score more images or leave {metric} out")
     scores = Scores(extractor.name, extractor.fd_label, stats.count)
     if "fd" in wanted:
         mu, sigma = stats.mu_sigma()

@@ -272,7 +272,7 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
             # -------------------------------------------- log / checkpoint / sample (host syncs)
             last = step == plan.total_steps
             stopping = stop.signal is not None and not last  # Ctrl-C / SIGTERM: save, return
-            due_ckpt = step % cfg.run.ckpt_every == 0 or last or stopping
+            due_ckpt = step % cfg.run.ckpt_every == 0 or _milestone(cfg, step) or last or stopping
             due_sample = last or (cfg.sample.every and step % cfg.sample.every == 0)
             if step % cfg.run.log_every == 0 or due_ckpt or due_sample:
                 bad_step = tally.first_bad_step(info)
@@ -344,19 +344,23 @@ def _optimizer_step(parts: _Parts, run: _Run, info, step: int, lr: float, tally:
     return step_loss
 
 
+def _milestone(cfg: TrainConfig, step: int) -> bool:
+    """Whether `step` keeps a step-N.pt (saved then even between run.ckpt_every steps)."""
+    return bool(cfg.run.milestone_every) and step % cfg.run.milestone_every == 0
+
+
 def _save(run: _Run, parts: _Parts, info, step: int) -> Path | None:
     """Checkpoint after `step` (every rank gathers; rank 0 writes and returns the path)."""
     cfg, plan = run.cfg, run.plan
     state = gather_state(parts.raw, parts.ema, parts.opt, parts.loader, info, cfg.run.distributed)
     written = None
     if info.is_main:
-        milestone = bool(cfg.run.milestone_every) and step % cfg.run.milestone_every == 0
         state.update(step=step, images_seen=step * plan.global_batch, config=to_dict(cfg),
                      rng=capture_rng(), execution=run.execution,
                      class_names=list(run.dataset.class_names))  # fmt: skip
         if run.fingerprint is not None:
             state[DATA_KEY] = run.fingerprint
-        written = save_checkpoint(state, run.out, step, milestone)
+        written = save_checkpoint(state, run.out, step, _milestone(cfg, step))
     dist_utils.barrier(info)
     return written
 
