@@ -175,3 +175,33 @@ def test_the_demo_scores_itself_beside_real_held_out_images(fmnist16, tmp_path):
                  "--weights", "ema:0.999"]) == 0  # fmt: skip
     other = (tmp_path / "hub2" / "README.md").read_text()
     assert "Unknown: no evaluation of these weights" in other
+
+
+def test_images_with_labels_get_the_class_accuracy(setup, tmp_path, capsys):
+    """An .npz from `pixeljit sample` carries its labels: eval --images scores their class
+    accuracy (it was left out), by the same classifier as a --checkpoint's images; labels outside
+    the classifier's classes give none, and labels that do not match the images are refused."""
+    from pixeljit.metrics import class_accuracy
+
+    images = tmp_path / "s.npz"
+    assert main(["sample", str(setup / "run"), "--num", "20", "--steps", "2", "--cfg", "1.5",
+                 "--out", str(images)]) == 0  # fmt: skip
+    out = tmp_path / "scores.json"
+    argv = ["eval", "--images", str(images), "--ref", str(setup / "data"), "--metrics", "fd",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "class_accuracy" in capsys.readouterr().out
+    scores = json.loads(out.read_text())["scores"]
+    saved = np.load(images)
+    pixels = torch.from_numpy(saved["arr_0"]).permute(0, 3, 1, 2)
+    expected = class_accuracy(pixels, torch.from_numpy(saved["labels"]),
+                              create_extractor("fmnist-cnn"))  # fmt: skip
+    assert scores["class_accuracy"] == pytest.approx(expected) and scores["count"] == 20
+    for labels, accuracy in ((saved["labels"] + 10, False), (saved["labels"][:5], None)):
+        other = tmp_path / f"other{len(labels)}.npz"
+        np.savez(other, arr_0=saved["arr_0"], labels=labels)
+        code = main([*argv[:2], str(other), *argv[3:-2]])
+        if accuracy is None:
+            assert code == 2 and "one per image" in capsys.readouterr().err
+        else:
+            assert code == 0 and "class_accuracy" not in capsys.readouterr().out

@@ -23,6 +23,7 @@ from pixeljit.data.transforms import check_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NPZ_IMAGE_KEY = "arr_0"
+NPZ_LABELS_KEY = "labels"  # the class of each image, as `pixeljit sample --out X.npz` writes
 DEFAULT_BATCH = 100
 MAX_INFLATION = 100  # a member may inflate at most this much (zlib alone allows ~1032×)
 
@@ -197,6 +198,28 @@ def iter_npz_images(
                 raise ValueError(f"{path}:{key} is truncated at image {start}")
             arr = np.frombuffer(buf, dtype=np.uint8).reshape(count, *shape[1:])
             yield torch.from_numpy(arr.transpose(0, 3, 1, 2).copy())  # (n, C, H, W)
+
+
+def npz_labels(path: str | os.PathLike) -> np.ndarray | None:
+    """The 'labels' (N,) integers ≥ 0 an images `.npz` carries beside its N images, None when
+    it has none (a folder, or an .npz without them); checked against the images' count."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        return None
+    headers = npz_headers(path)
+    if NPZ_LABELS_KEY not in headers:
+        return None
+    header, images = headers[NPZ_LABELS_KEY], headers.get(NPZ_IMAGE_KEY)
+    count = images.shape[0] if images is not None and images.shape else None
+    if header.dtype.kind not in "iu" or header.shape != (count,):
+        raise ValueError(f"{path}: 'labels' must be {count} integers, one per image, got "
+                         f"{header.dtype} {header.shape}: drop it or write one per "
+                         "image")  # fmt: skip
+    with np.load(path, allow_pickle=False) as data:
+        labels = data[NPZ_LABELS_KEY].astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{path}: 'labels' holds {labels.min()}; classes are ≥ 0")
+    return labels
 
 
 def load_images(source: ImageSource, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
