@@ -204,16 +204,19 @@ def test_cli_quick_study_with_the_classifier(setup, tmp_path, capsys):
 def test_cli_refuses_too_few_images_before_loading_and_a_reference_of_another_size(
     setup, tmp_path, capsys, monkeypatch
 ):
-    """--num below what precision / recall need is refused before the checkpoint is read; a
-    statistics file of other-sized images is refused (the FD would measure the resize)."""
+    """--num below what precision / recall need, and --shift without the shifted grid, are
+    refused before the checkpoint is read; a statistics file of other-sized images is refused
+    (the FD would measure the resize)."""
     out = tmp_path / "study"
     argv = ["reproduce", "nfe", "--checkpoint", str(setup["run"]), "--quick", "--methods",
             "euler", "--grids", "uniform", "--budgets", "2", "--out", str(out)]  # fmt: skip
     with monkeypatch.context() as m:
         m.setattr("pixeljit.checkpoints.load.load_trained", _never_loaded)
         assert main([*argv, "--ref", str(setup["data"]), "--num", "3"]) == 2
-    err = capsys.readouterr().err
-    assert "pr needs at least 4 images" in err and "raise --num to 4" in err
+        err = capsys.readouterr().err
+        assert "pr needs at least 4 images" in err and "raise --num to 4" in err
+        assert main([*argv, "--ref", str(setup["data"]), "--shift", "2"]) == 2
+        assert "--shift has no effect without the shifted grid" in capsys.readouterr().err
     assert not out.exists()
     stats = tmp_path / "ref28.npz"
     classifier = create_extractor("fmnist-cnn")  # what the CLI picks for this 1-channel model

@@ -133,6 +133,9 @@ def _check_flags(args) -> Path:
     check_seed("--seed", args.seed)
     check_float("--cfg", args.cfg, 0.0)
     check_float("--shift", args.shift, 0.0, low_open=True)
+    if args.shift is not None and "shifted" not in args.grids:
+        raise ValueError("--shift has no effect without the shifted grid (it shapes --grids "
+                         "shifted only): add shifted to --grids or drop --shift")  # fmt: skip
     check_device("--device", args.device)
     check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)
     if args.ref_split and args.ref.endswith(".npz"):
