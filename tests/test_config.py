@@ -110,7 +110,7 @@ def test_epochs_in_a_file_or_set_replace_the_presets_steps(tmp_path):
     assert (cfg.optim.steps, cfg.optim.epochs) == (7, None)
 
 
-def test_model_num_classes_asks_the_data_for_that_many(tmp_path, fmnist16):
+def test_model_num_classes_asks_the_data_for_that_many(tmp_path, fmnist16, capsys):
     """model.num_classes is filled in from the data; set by the user it is the number of classes
     asked for (data.num_classes), so labels beyond it are refused instead of the value ignored."""
     from pixeljit.training.loop import train
@@ -126,6 +126,8 @@ def test_model_num_classes_asks_the_data_for_that_many(tmp_path, fmnist16):
     with pytest.raises(ValueError, match=r"outside \[0, 5\)"):
         train(tiny_run(data, tmp_path / "five", **{"data.num_classes": 5}), progress=False)
     wide = train(tiny_run(data, tmp_path / "wide", **{"data.num_classes": 12}), progress=False)
+    warned = capsys.readouterr().out  # allowed, but never silently
+    assert "warning: 12 classes asked" in warned and "classes 10…11 are never trained" in warned
     from pixeljit.checkpoints.load import load_trained
 
     assert load_trained(wide.checkpoint).net.config.num_classes == 12

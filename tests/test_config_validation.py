@@ -85,3 +85,18 @@ def test_set_from_the_command_line_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert item.split("=")[0].split(".")[1] in err and err.count("\n") == 1
         assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("text", ["a: 1\n", "optimm:\n  lr: 0.1\n"])
+def test_an_unknown_top_level_key_of_a_config_file_names_the_file_and_the_sections(
+    tmp_path, capsys, text
+):
+    """A scalar top-level key got --set's wording ("override 'a' must look like section.field")
+    and no file name; a mapping got "unknown config section". Both now read the same."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    argv = ["train", "--preset", "fmnist-tiny", "--out", str(tmp_path / "r"), "--config", str(path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--config {path}: unknown config section" in err and "optim" in err
+    assert not (tmp_path / "r").exists()

@@ -185,3 +185,17 @@ def test_an_unconditional_model_recommends_no_guidance_and_no_class_names(tmp_pa
     assert main(["sample", str(folder), "--num", "2", "--device", "cpu", "--out", str(npz)]) == 0
     assert np.load(npz)["arr_0"].shape == (2, 16, 16, 1)
     assert "cfg 1: the model's recommended settings" in capsys.readouterr().out
+
+
+def test_a_loaded_model_samples_with_its_objective_and_recommendation(hub, tiny_net):
+    """`pixeljit.sample(load_trained(...))` was refused, and the README showed no other way; a
+    loaded model now samples itself: its recommendation, any keyword of sample() on top."""
+    model = load_trained(hub)
+    expected = sample(tiny_net, LABELS, seed=SEED, **RECOMMENDED.kwargs())
+    assert torch.equal(model.sample(LABELS, seed=SEED), expected)
+    fewer = sample(tiny_net, LABELS, seed=SEED, **{**RECOMMENDED.kwargs(), "steps": 2})
+    assert torch.equal(model.sample(LABELS, seed=SEED, steps=2), fewer)
+    scaled = sample(tiny_net, LABELS, seed=SEED, **{**RECOMMENDED.kwargs(), "noise_scale": 2.0})
+    assert torch.equal(model.sample(LABELS, seed=SEED, noise_scale=2.0), scaled)
+    with pytest.raises(ValueError, match=r"call model.sample\(labels"):
+        sample(model, LABELS)

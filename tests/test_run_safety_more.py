@@ -241,11 +241,31 @@ def test_resuming_past_the_steps_asked_for_says_nothing_was_trained(packed, tmp_
     """`train --steps 200 --resume RUN` of a run at step 1080 trained nothing and said only
     "done: 1080 steps"."""
     train(tiny(packed, tmp_path, **{"optim.steps": 4}), progress=False)
-    before = (tmp_path / LATEST).read_bytes()
+    before = files(tmp_path)
     capsys.readouterr()
-    train(tiny(packed, tmp_path, **{"optim.steps": 2}), resume=str(tmp_path), progress=False)
+    result = train(tiny(packed, tmp_path, **{"optim.steps": 2}), resume=str(tmp_path),
+                   progress=False)  # fmt: skip
     assert "nothing to train: the checkpoint is at step 4" in capsys.readouterr().out
-    assert (tmp_path / LATEST).read_bytes() == before
+    assert result.step == 4 and result.checkpoint == tmp_path / LATEST
+    # nothing renamed (metrics.jsonl, loss.png), config.yaml not rewritten with the shorter run
+    assert files(tmp_path) == before
+
+
+def test_a_resume_with_another_recipe_is_refused_before_the_data_is_opened(
+    packed, tmp_path, monkeypatch
+):
+    """`train --resume RUN --preset other` packed the other preset's data (minutes for a large
+    set) before saying the recipe differs."""
+    train(tiny(packed, tmp_path), progress=False)
+    before = files(tmp_path)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the data was opened before the recipe was compared")
+
+    monkeypatch.setattr("pixeljit.training.loop.open_training_data", never)
+    with pytest.raises(ValueError, match="config differs from the checkpoint .* model.depth"):
+        train(tiny(packed, tmp_path, **{"model.depth": 3}), resume=str(tmp_path), progress=False)
+    assert files(tmp_path) == before
 
 
 def test_an_out_that_is_or_lies_in_a_file_is_named_as_such(packed, tmp_path):

@@ -67,6 +67,18 @@ class TrainedModel:
             return float(self.weights.split(":", 1)[1])
         return AUTHORS_EMA_DECAYS.get(self.weights)
 
+    def sample(self, labels=None, **kwargs) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1] from these weights, with their objective (prediction,
+        noise scale, pre-conditioner) and their recommended sampler settings (else
+        SamplerConfig's defaults); any keyword of `pixeljit.sample` given here takes precedence,
+        e.g. `model.sample([0, 3], steps=10, seed=0)`."""
+        from pixeljit.diffusion.sampler import sample
+
+        settings = (self.sampler or SamplerConfig()).kwargs()
+        objective = {"prediction": self.prediction, "noise_scale": self.noise_scale,
+                     "preconditioner": self.preconditioner}  # fmt: skip
+        return sample(self.net, labels, **{**settings, **objective, **kwargs})
+
     def objective_metadata(self) -> dict:
         return {"prediction": self.prediction, "noise_scale": self.noise_scale,
                 "preconditioner": self.preconditioner}  # fmt: skip

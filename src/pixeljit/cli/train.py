@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a JiT (single process, or under torchrun)")
     p.add_argument("--preset", help=f"one of: {', '.join(sorted(presets()))}")
     p.add_argument("--data", help="packed folder, fashion-mnist, emoji, or an image folder")
-    p.add_argument("--out", help="run folder (checkpoints, metrics, samples)")
+    p.add_argument("--out", help="run folder (checkpoints, metrics, samples; default: the "
+                   "preset's run.out, e.g. runs/fmnist)")  # fmt: skip
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimiser steps to train in total")
     length.add_argument("--epochs", type=float, help="epochs to train in total")
@@ -68,7 +69,10 @@ def build_config(args):
         raise ValueError("pass --preset (or --resume to continue a run with its saved config)")
     if args.config:
         layer = user_layer(load_yaml(args.config), f"--config {args.config}", cfg)
-        cfg = apply_overrides(cfg, layer)
+        try:
+            cfg = apply_overrides(cfg, layer)
+        except ValueError as err:
+            raise ValueError(f"--config {args.config}: {err}") from None
     flags = {}
     if args.data is not None:
         flags["data.source"] = args.data

@@ -307,8 +307,10 @@ def _network_config(net):
     config = getattr(net, "config", None)
     if config is None and all(hasattr(net, k) for k in ("net", "prediction", "noise_scale")):
         raise ValueError(  # a load_trained() result: its objective must come along with the net
-            "net is a loaded model, not a network: pass model.net with prediction=model."
-            "prediction, noise_scale=model.noise_scale, preconditioner=model.preconditioner"
+            "net is a loaded model, not a network: call model.sample(labels, …) (its objective "
+            "and recommended sampler, any keyword of sample() on top), or pass model.net with "
+            "prediction=model.prediction, noise_scale=model.noise_scale, "
+            "preconditioner=model.preconditioner"
         )
     if config is None:
         raise ValueError("net must carry a `config` with num_classes, in_channels and image_size")

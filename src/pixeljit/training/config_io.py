@@ -97,10 +97,10 @@ def apply_overrides(cfg: TrainConfig, overrides: dict) -> TrainConfig:
                 nested.setdefault(key, {})[sub] = v
         else:
             section, _, name = key.partition(".")
-            if not name:
-                raise ValueError(
-                    f"override {shown(key)} must look like section.field (e.g. optim.lr)"
-                )
+            if not name:  # a bare key: a section name given a value, or a typo of one
+                raise ValueError(f"unknown config section {shown(key)}; sections are {SECTIONS} "
+                                 "(each a mapping of fields; on the command line --set "
+                                 "section.field=value)")  # fmt: skip
             nested.setdefault(section, {})[name] = value
     sections = {}
     for section, values in nested.items():

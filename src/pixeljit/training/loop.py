@@ -29,7 +29,13 @@ from pixeljit.training.config_io import save_yaml, to_dict
 from pixeljit.training.ema import EMA
 from pixeljit.training.optimizer import build_adamw
 from pixeljit.training.previews import sample_grid
-from pixeljit.training.resume import DATA_KEY, check_resume, data_fingerprint, execution_facts
+from pixeljit.training.resume import (
+    DATA_KEY,
+    check_recipe_before_data,
+    check_resume,
+    data_fingerprint,
+    execution_facts,
+)
 from pixeljit.training.rundir import (
     RunLock,
     check_out_folder,
@@ -38,7 +44,13 @@ from pixeljit.training.rundir import (
     sweep_temporaries,
 )
 from pixeljit.training.runlog import LOSS_PLOT, LossTally, RunLog, plot_loss
-from pixeljit.training.setup import BatchPlan, flip_warning, open_training_data, resolve_config
+from pixeljit.training.setup import (
+    BatchPlan,
+    flip_warning,
+    open_training_data,
+    resolve_config,
+    unused_classes_warning,
+)
 from pixeljit.training.state import all_finite, capture_rng, gather_state, load_training_state
 from pixeljit.training.stopsignal import StopRequest
 
@@ -182,7 +194,11 @@ class _Parts:
 
 
 def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, progress) -> _Run:
-    """Open the data, resolve the config, check a resume against it; rank 0 settles the folder."""
+    """Open the data, resolve the config, check a resume against it; rank 0 settles the folder
+    (not when a resume has nothing to train: the folder is left as it is)."""
+    saved = load_checkpoint(resume_file) if resume_file is not None else None
+    if saved is not None:  # a changed recipe is refused before the data is opened or packed
+        check_recipe_before_data(saved, to_dict(cfg), saved["path"])
     dataset = open_training_data(cfg, info, progress)
     cfg, plan = resolve_config(cfg, dataset, info)
     out = Path(cfg.run.out)
@@ -190,7 +206,6 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
     execution = execution_facts(plan, info, cfg.run.distributed, compiled,
                                 cfg.run.activation_checkpointing, cfg.run.fsdp_bf16_params,
                                 cfg.run.bf16_residual)  # fmt: skip
-    saved = load_checkpoint(resume_file) if resume_file is not None else None
     fingerprint = data_fingerprint(dataset)
     if saved is not None:
         inexact = check_resume(
@@ -199,17 +214,21 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
         if inexact and info.is_main:
             print("resuming inexactly (the run will not match an uninterrupted one bit for bit): "
                   + "; ".join(inexact), flush=True)  # fmt: skip
-        if saved["step"] >= plan.total_steps and info.is_main:
+        if _nothing_to_train(saved, plan) and info.is_main:
             print(f"nothing to train: the checkpoint is at step {saved['step']}, at or past the "
-                  f"{plan.total_steps} steps asked for; raise --steps / --epochs to continue",
-                  flush=True)  # fmt: skip
-    warning = flip_warning(cfg, dataset)
-    if warning is not None and info.is_main:
-        print(f"warning: {warning}", flush=True)
-    if info.is_main:
+                  f"{plan.total_steps} steps asked for; raise --steps / --epochs to continue "
+                  "(the run folder is left as it is)", flush=True)  # fmt: skip
+    for warning in (flip_warning(cfg, dataset), unused_classes_warning(cfg, dataset)):
+        if warning is not None and info.is_main:
+            print(f"warning: {warning}", flush=True)
+    if info.is_main and not _nothing_to_train(saved, plan):
         _settle_run_folder(out, resume_file, restart, saved["step"] if saved else 0)
         save_yaml(cfg, out / "config.yaml")
     return _Run(cfg, plan, dataset, out, compiled, execution, fingerprint, saved)
+
+
+def _nothing_to_train(saved: dict | None, plan) -> bool:
+    return saved is not None and saved["step"] >= plan.total_steps
 
 
 def _build(run: _Run, info) -> tuple[_Parts, int]:
@@ -250,6 +269,10 @@ def _build(run: _Run, info) -> tuple[_Parts, int]:
 
 def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, info, restart):
     run = _prepare(cfg, resume_file, allow_inexact, info, restart, progress)
+    if _nothing_to_train(run.saved, run.plan):  # no model built, no file touched
+        dist_utils.teardown()
+        return TrainResult(run.saved["step"], run.out, Path(run.saved["path"]), None,
+                           is_main=info.is_main)  # fmt: skip
     parts, step = _build(run, info)
     cfg, plan, out = run.cfg, run.plan, run.out
     log = RunLog(out, enabled=info.is_main, tensorboard=cfg.run.tensorboard)

@@ -120,6 +120,33 @@ def execution_facts(
     }
 
 
+# filled from the data when the run starts (setup.resolve_config): unknown before it is opened
+RESOLVED_FROM_DATA = (("model", "num_classes"), ("objective", "noise_scale"))
+
+
+def _refuse_recipe_changes(saved_config: dict, config: dict, path) -> None:
+    recipe = [d for d in diff_configs(saved_config, config)
+              if field_class(d.split(":", 1)[0]) == "recipe"]  # fmt: skip
+    if recipe:
+        raise ValueError(
+            f"config differs from the checkpoint {path} in: " + "; ".join(recipe) + "; set these "
+            "back (a run's recipe cannot change on resume; start a new run with --restart or "
+            "another --out)"
+        )
+
+
+def check_recipe_before_data(saved: dict, config: dict, path) -> None:
+    """The recipe check of `check_resume` on the config as given, before the data is opened (or
+    packed: minutes for a large set); the fields the data fills in are taken as saved here and
+    compared by `check_resume` once they are known."""
+    saved_config = with_added_fields(saved["config"])
+    given = {section: dict(fields) for section, fields in config.items()}
+    for section, name in RESOLVED_FROM_DATA:
+        if section in given and section in saved_config:
+            given[section][name] = saved_config[section].get(name)
+    _refuse_recipe_changes(saved_config, given, path)
+
+
 def check_resume(
     saved: dict,
     config: dict,
@@ -130,20 +157,10 @@ def check_resume(
 ) -> list[str]:
     """Raise if the resumed run may not continue `saved` (a checkpoint dict); return the inexact
     changes that `allow_inexact` lets through (empty when the resume is bit-exact)."""
-    recipe, inexact = [], []
     saved_config = with_added_fields(saved["config"])
-    for diff in diff_configs(saved_config, config):
-        kind = field_class(diff.split(":", 1)[0])
-        if kind == "recipe":
-            recipe.append(diff)
-        elif kind == "inexact":
-            inexact.append(diff)
-    if recipe:
-        raise ValueError(
-            f"config differs from the checkpoint {path} in: " + "; ".join(recipe) + "; set these "
-            "back (a run's recipe cannot change on resume; start a new run with --restart or "
-            "another --out)"
-        )
+    _refuse_recipe_changes(saved_config, config, path)
+    inexact = [d for d in diff_configs(saved_config, config)
+               if field_class(d.split(":", 1)[0]) == "inexact"]  # fmt: skip
     cooldown = config.get("optim", {}).get("cooldown", 0.0)
     was_optim, now_optim = saved_config.get("optim", {}), config.get("optim", {})
     if cooldown and run_length(was_optim) != run_length(now_optim):

@@ -62,6 +62,19 @@ def flip_warning(cfg: TrainConfig, dataset: PackedDataset | None = None) -> str 
     return None
 
 
+def unused_classes_warning(cfg: TrainConfig, dataset) -> str | None:
+    """More classes asked (data.num_classes) than the data's labels use: allowed (room for
+    classes added later), but the extra ones are never trained, so it is said at the start."""
+    asked, have = cfg.data.num_classes, dataset.num_classes
+    if not (cfg.data.conditional and have > 1 and asked is not None and asked > have):
+        return None
+    return (
+        f"{asked} classes asked (data.num_classes, or model.num_classes given), but the data has "
+        f"{have}: classes {have}…{asked - 1} are never trained, and sampling them draws from "
+        f"untrained embeddings. Ask for {have} (or leave it out) unless that is meant"
+    )
+
+
 def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
     """Fill what depends on the data and the world: classes, noise scale, batch plan."""
     m = cfg.model
@@ -82,7 +95,7 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
         )
     classes = 0
     if conditional:
-        classes = cfg.data.num_classes if cfg.data.num_classes is not None else dataset.num_classes
+        classes = asked if asked is not None else dataset.num_classes
         labels = np.asarray(dataset.labels)
         bad = np.flatnonzero((labels < 0) | (labels >= classes))
         if bad.size:
