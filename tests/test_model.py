@@ -213,3 +213,17 @@ def test_objective_config_rejects_non_finite_values(field):
 
     with pytest.raises(ValueError, match=field):
         ObjectiveConfig(**{field: float("nan")})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message of a machine without CUDA")
+def test_a_device_this_machine_lacks_is_named():
+    """create_model(device='cuda') without CUDA raised torch's bare AssertionError, and a
+    misspelt device torch's device list; sample() likewise."""
+    for device, message in (("cuda", "CUDA is not available here"), ("bogus", "not a device")):
+        with pytest.raises(ValueError, match=message):
+            pixeljit.create_model("JiT-B/16", device=device)
+    net = pixeljit.JiT(JiTConfig(image_size=8, patch_size=4, hidden_size=16, depth=2,
+                                 num_heads=2, num_classes=2, in_context_start=1))  # fmt: skip
+    for device, message in (("cuda", "CUDA is not available here"), ("bogus", "not a device")):
+        with pytest.raises(ValueError, match=message):
+            pixeljit.sample(net, [0], steps=1, device=device)

@@ -140,7 +140,10 @@ def _device_of(net, labels, noise, device) -> torch.device:
     if noise is not None:
         return noise.device
     if device is not None:
-        device = torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device {device!r} is not a device (cpu, cuda, cuda:N)") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r}: CUDA is not available here; use 'cpu'")
         return device
