@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pixeljit.devices import as_device
 from pixeljit.diffusion.execution import (
     NetDenoiser,
     check_amp_dtype,
@@ -140,13 +141,7 @@ def _device_of(net, labels, noise, device) -> torch.device:
     if noise is not None:
         return noise.device
     if device is not None:
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device {device!r} is not a device (cpu, cuda, cuda:N)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r}: CUDA is not available here; use 'cpu'")
-        return device
+        return as_device(device)
     if isinstance(net, nn.Module):
         param = next(net.parameters(), None)
         if param is not None:

@@ -8,6 +8,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from pixeljit.devices import as_device
 from pixeljit.model.jit import JiT, JiTConfig
 from pixeljit.model.layers import TIME_FREQ_DIM, swiglu_hidden
 
@@ -66,20 +67,9 @@ def create_model(name: str, device: torch.device | str | None = None, **override
     `device='meta'` builds without allocating memory (to count parameters of JiT-G).
     """
     config = model_config(name, **overrides)
-    device = _as_device(device if device is not None else "cpu")
+    device = as_device(device if device is not None else "cpu", "cpu, cuda, cuda:N, meta")
     with device:
         return JiT(config)
-
-
-def _as_device(name) -> torch.device:
-    """`name` as a torch.device this machine has, or a ValueError saying why not."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {name!r} is not a device (cpu, cuda, cuda:N, meta)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: CUDA is not available here; use 'cpu' or 'meta'")
-    return device
 
 
 def count_parameters(net: nn.Module, trainable_only: bool = True) -> int:
