@@ -39,6 +39,7 @@ from pixeljit.metrics import (
     load_dataset_stats,
     score_images,
 )
+from pixeljit.metrics.image_sources import DEFAULT_BATCH, iter_batches, npz_labels
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,28 @@ def score_real_images(
                    torch.from_numpy(dataset.labels[first:last]))  # fmt: skip
 
     return score_labelled(batches(), dataset.num_classes, extractor, ref, metrics, batch_size)
+
+
+def score_image_source(
+    images, extractor: FeatureExtractor, ref: DatasetStats | None, metrics: tuple[str, ...],
+    batch_size: int = DEFAULT_BATCH,
+) -> dict[str, float]:  # fmt: skip
+    """Score existing images (a folder or an `.npz`) like generated ones; an `.npz` with
+    'labels' (`pixeljit sample --out X.npz`) in the classifier's label space also gets the class
+    accuracy, as the same images generated from a checkpoint do."""
+    labels = npz_labels(images)
+    classes = extractor.num_classes
+    if labels is None or not classes or (labels.size and labels.max() >= classes):
+        config = ScoreConfig(batch_size=batch_size)
+        return score_images(images, extractor, ref, metrics, config).as_dict()
+
+    def batches():
+        start = 0
+        for u8 in iter_batches(images, batch_size):
+            yield u8, torch.from_numpy(labels[start : start + len(u8)])
+            start += len(u8)
+
+    return score_labelled(batches(), classes, extractor, ref, metrics, batch_size)
 
 
 # ---------------------------------------------------------------------- data-set statistics

@@ -19,8 +19,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
-
 from pixeljit.cli.checks import (
     MAX_IMAGES,
     check_device,
@@ -256,7 +254,13 @@ def run(args) -> int:
 
 def _run(args, info) -> int:
     from pixeljit.checkpoints.load import load_trained
-    from pixeljit.evaluation import GenerationSpec, evaluate, generation_record, sweep_rows
+    from pixeljit.evaluation import (
+        GenerationSpec,
+        evaluate,
+        generation_record,
+        score_image_source,
+        sweep_rows,
+    )
     from pixeljit.metrics import save_dataset_stats
     from pixeljit.training import distributed as dist_utils
 
@@ -278,7 +282,7 @@ def _run(args, info) -> int:
         shape = _image_shape(args)
         extractor = _extractor(args.extractor, shape[0], 10, args.inception_weights, info.device)
         ref = _ref(args, extractor, shape, f"the images of --images {args.images}", info, barrier)
-        scores = _score_image_source(args, extractor, ref)
+        scores = score_image_source(args.images, extractor, ref, metrics(args))
         record = {"images": args.images, "reference": _reference(args), "extractor": extractor.name}
         _report(scores, record, args, say, info)
         return 0
@@ -325,27 +329,6 @@ def _run(args, info) -> int:
         f"{describe_sampler(sampler, args, model.sampler)}")  # fmt: skip
     _report(scores, record, args, say, info)
     return 0
-
-
-def _score_image_source(args, extractor, ref) -> dict:
-    """Score --images; an .npz with 'labels' (`pixeljit sample --out X.npz`) in the classifier's
-    label space also gets the class accuracy, as a --checkpoint of the same images does."""
-    from pixeljit.evaluation import score_labelled
-    from pixeljit.metrics import score_images
-    from pixeljit.metrics.image_sources import DEFAULT_BATCH, iter_batches, npz_labels
-
-    labels = npz_labels(args.images)
-    classes = extractor.num_classes
-    if labels is None or not classes or (labels.size and labels.max() >= classes):
-        return score_images(args.images, extractor, ref, metrics(args)).as_dict()
-
-    def batches():
-        start = 0
-        for u8 in iter_batches(args.images, DEFAULT_BATCH):
-            yield u8, torch.from_numpy(labels[start : start + len(u8)])
-            start += len(u8)
-
-    return score_labelled(batches(), classes, extractor, ref, metrics(args), DEFAULT_BATCH)
 
 
 def _image_shape(args) -> tuple[int, int, int]:

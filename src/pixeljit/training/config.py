@@ -204,6 +204,11 @@ class RunConfig:
     milestone_every: int = 0  # keep step-N.pt every this many steps; 0 = none
     tensorboard: bool = True
 
+    def keeps_milestone(self, step: int) -> bool:
+        """Whether `step` keeps a step-N.pt (a checkpoint is then written even between
+        ckpt_every steps)."""
+        return bool(self.milestone_every) and step % self.milestone_every == 0
+
     def __post_init__(self) -> None:
         if not isinstance(self.out, str) or not self.out.strip():
             raise ValueError(f"run.out must name a run folder, got {shown(self.out)} (an empty "

@@ -295,7 +295,8 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
             # -------------------------------------------- log / checkpoint / sample (host syncs)
             last = step == plan.total_steps
             stopping = stop.signal is not None and not last  # Ctrl-C / SIGTERM: save, return
-            due_ckpt = step % cfg.run.ckpt_every == 0 or _milestone(cfg, step) or last or stopping
+            regular = step % cfg.run.ckpt_every == 0 or cfg.run.keeps_milestone(step)
+            due_ckpt = regular or last or stopping
             due_sample = last or (cfg.sample.every and step % cfg.sample.every == 0)
             if step % cfg.run.log_every == 0 or due_ckpt or due_sample:
                 bad_step = tally.first_bad_step(info)
@@ -367,11 +368,6 @@ def _optimizer_step(parts: _Parts, run: _Run, info, step: int, lr: float, tally:
     return step_loss
 
 
-def _milestone(cfg: TrainConfig, step: int) -> bool:
-    """Whether `step` keeps a step-N.pt (saved then even between run.ckpt_every steps)."""
-    return bool(cfg.run.milestone_every) and step % cfg.run.milestone_every == 0
-
-
 def _save(run: _Run, parts: _Parts, info, step: int) -> Path | None:
     """Checkpoint after `step` (every rank gathers; rank 0 writes and returns the path)."""
     cfg, plan = run.cfg, run.plan
@@ -383,7 +379,7 @@ def _save(run: _Run, parts: _Parts, info, step: int) -> Path | None:
                      class_names=list(run.dataset.class_names))  # fmt: skip
         if run.fingerprint is not None:
             state[DATA_KEY] = run.fingerprint
-        written = save_checkpoint(state, run.out, step, _milestone(cfg, step))
+        written = save_checkpoint(state, run.out, step, cfg.run.keeps_milestone(step))
     dist_utils.barrier(info)
     return written
 
