@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 
 from pixeljit.data import ArrayDataset, DeviceLoader, PackedDataset, pack_arrays
+from pixeljit.data.loader import ACCELERATOR_PREFETCH
 
 N, C, H, W = 50, 3, 4, 6
 
@@ -54,6 +57,23 @@ def test_order_depends_only_on_seed_and_epoch(dataset):
     for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not all(torch.equal(ya, yc) for (_, ya), (_, yc) in zip(a, c, strict=True))
+
+
+def _loader_threads() -> int:
+    return sum(t.name.startswith("pixeljit-loader") for t in threading.enumerate())
+
+
+def test_a_cpu_device_gathers_inline_and_an_accelerator_ahead(dataset):
+    """On a CPU the prefetch thread would share the cores with the training step (it slowed the
+    demo's steps by a third): by default no thread is started there."""
+    before = _loader_threads()
+    with DeviceLoader(dataset, 8, seed=5) as loader:
+        take(loader, 3)
+        assert loader.prefetch == 0 and _loader_threads() == before
+    with DeviceLoader(dataset, 8, seed=5, prefetch=2) as loader:
+        take(loader, 3)
+        assert _loader_threads() == before + 1  # asked for explicitly: still honoured
+    assert DeviceLoader(dataset, 8, device="meta").prefetch == ACCELERATOR_PREFETCH
 
 
 @pytest.mark.parametrize("world_size", [2, 4])

@@ -19,42 +19,23 @@ import dataclasses
 import json
 from pathlib import Path
 
-from pixeljit.cli.checks import (
-    MAX_IMAGES,
-    check_device,
-    check_float,
-    check_int,
-    check_no_stale_pngs,
-    check_not_an_input,
-    check_output,
-    check_seed,
+from pixeljit.cli.evaluate_args import (
+    DEFAULT_BATCH,
+    DEFAULT_NUM,
+    DEFAULT_SEED,
+    METRIC_NAMES,
+    check_args,
+    metrics,
 )
-from pixeljit.cli.sample import check_authors_only, check_memory
+from pixeljit.cli.sample import check_memory
 from pixeljit.cli.sampler_args import (
-    AUTO_AMP,
-    FLAGS,
     add_sampler_arguments,
     amp_dtype,
     describe_sampler,
     given_sampler_flags,
     sampler_from_args,
 )
-from pixeljit.data.transforms import MAX_SIZE
 from pixeljit.diffusion.sampler import NO_GUIDANCE
-from pixeljit.metrics.score import ScoreConfig
-
-METRIC_NAMES = ("fd", "kid", "is", "pr")
-CHANNELS = (1, 3)
-JSON_SUFFIX = ".json"
-DEFAULT_NUM, DEFAULT_SEED, DEFAULT_BATCH = 10000, 0, 100  # generation (--checkpoint)
-# flags that only generating images uses (attribute → flag): refused with --images / --make-ref
-GENERATION_FLAGS = {
-    "num": "--num", "weights": "--weights", **FLAGS, "fast": "--fast", "amp": "--amp",
-    "seed": "--seed", "batch_size": "--batch-size", "save_images": "--save-images",
-    "sweep_cfg": "--sweep-cfg", "emas": "--emas", "in_context_start": "--in-context-start",
-}  # fmt: skip
-UNSET_VALUES = (None, False, AUTO_AMP)  # argparse's defaults of those flags
-MAX_SWEEP_SCALES = 1000  # --sweep-cfg: CFG scales in one sweep
 
 
 def add_parser(sub) -> None:
@@ -133,126 +114,21 @@ def _emas(args, checkpoint: str) -> list[str]:
     return list(args.emas)
 
 
-def check_mode_flags(args) -> None:
-    """Flags that do nothing in the mode asked for are refused (generation flags with --images /
-    --make-ref, scoring flags with --make-ref); then the generation defaults are filled in."""
-    if not args.checkpoint:
-        mode = f"--images {args.images}" if args.images else f"--make-ref {args.make_ref}"
-        for attr, flag in GENERATION_FLAGS.items():
-            if getattr(args, attr) not in UNSET_VALUES:
-                raise ValueError(f"{flag} has no effect with {mode} (it sets how a --checkpoint "
-                                 f"generates images): drop {flag}")  # fmt: skip
-    if args.make_ref:
-        for flag, value in (("--ref", args.ref), ("--metrics", args.metrics)):
-            if value is not None:
-                raise ValueError(f"{flag} has no effect with --make-ref (it measures the data "
-                                 f"set's statistics; nothing is scored): drop {flag}")  # fmt: skip
-    for attr, default in (("num", DEFAULT_NUM), ("seed", DEFAULT_SEED),
-                          ("batch_size", DEFAULT_BATCH)):  # fmt: skip
-        if getattr(args, attr) is None:
-            setattr(args, attr, default)
-
-
-def check_args(args) -> list[float] | None:
-    """Every numeric flag and output path, before anything is loaded or generated; returns the
-    CFG scales of --sweep-cfg (None without it)."""
-    check_mode_flags(args)
-    check_int("--num", args.num, 1, MAX_IMAGES + 1)
-    check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
-    check_device("--device", args.device)
-    if args.checkpoint:
-        check_authors_only(args.checkpoint, args.in_context_start)
-    if args.inception_weights and args.extractor != "inception-v3-fid":
-        raise ValueError("--inception-weights has no effect without --extractor inception-v3-fid: "
-                         "add that flag or drop --inception-weights")  # fmt: skip
-    if args.ref_split and args.ref and args.ref.endswith(".npz"):
-        raise ValueError(f"--ref-split has no effect with the statistics file --ref {args.ref}: "
-                         "drop it (it picks a split of a data-set reference)")  # fmt: skip
-    from pixeljit.data.shards import MANIFEST
-
-    for flag, data in (("--ref", args.ref), ("--make-ref", args.make_ref)):
-        if args.ref_split and data and (Path(data) / MANIFEST).is_file():
-            raise ValueError(f"--ref-split has no effect with the packed folder {flag} {data} "
-                             "(it holds one split, packed): drop --ref-split")  # fmt: skip
-    if args.emas is not None and not args.sweep_cfg:
-        raise ValueError("--emas has no effect without --sweep-cfg: add --sweep-cfg LO HI STEP, "
-                         "or pick one set of weights with --weights")  # fmt: skip
-    if args.sweep_cfg:
-        for flag, value in (("--metrics", args.metrics), ("--cfg", args.cfg),
-                            ("--save-images", args.save_images)):  # fmt: skip
-            if value is not None:
-                raise ValueError(f"{flag} has no effect with --sweep-cfg (it scores FD at each "
-                                 f"scale of LO HI STEP): drop {flag}")  # fmt: skip
-        if args.weights is not None and args.emas is not None:
-            raise ValueError("--weights and --emas both name the weights of the sweep: keep one")
-    if args.checkpoint:
-        fix = "raise --num to {least} or more, or leave {metric} out of --metrics"
-        ScoreConfig().check_count(metrics(args), args.num, fix)
-        for flag, value in (("--size", args.size), ("--channels", args.channels)):
-            if value is not None:
-                raise ValueError(f"{flag} has no effect with --checkpoint (the model fixes it): "
-                                 "drop it (it is for --images / --make-ref)")  # fmt: skip
-    check_seed("--seed", args.seed)
-    check_int("--size", args.size, 1, MAX_SIZE + 1)
-    check_int("--in-context-start", args.in_context_start, 0)
-    if args.channels is not None and args.channels not in CHANNELS:
-        raise ValueError(f"--channels must be one of {CHANNELS}, got {args.channels}")
-    if args.make_ref and not args.out:
-        raise ValueError("--make-ref needs --out STATS.npz (where the statistics go)")
-    if args.make_ref and not args.out.endswith(".npz"):
-        raise ValueError(f"--make-ref writes statistics as .npz, not --out {args.out}: name the "
-                         "file *.npz")  # fmt: skip
-    if args.out and not args.make_ref and not args.out.endswith(JSON_SUFFIX):
-        raise ValueError(f"--out {args.out}: the results are JSON; name the file *.json")
-    if args.out:
-        check_output("--out", args.out, False, args.overwrite, "--overwrite")
-        check_not_an_input("--out", args.out, _inputs(args))
-    if args.save_images:
-        check_output("--save-images", args.save_images, True, args.overwrite, "--overwrite")
-        check_no_stale_pngs("--save-images", args.save_images, args.num)
-    if not args.sweep_cfg:
-        return None
-    lo, hi, step = args.sweep_cfg
-    check_float("--sweep-cfg LO", lo, 0.0)
-    check_float("--sweep-cfg HI", hi, lo)
-    check_float("--sweep-cfg STEP", step, 0.0, low_open=True)
-    count = int(round((hi - lo) / step)) + 1
-    if count > MAX_SWEEP_SCALES:
-        raise ValueError(
-            f"--sweep-cfg {lo} {hi} {step} gives {count} CFG scales, over {MAX_SWEEP_SCALES}: "
-            "use a larger STEP"
-        )
-    return [round(lo + k * step, 6) for k in range(count)]
-
-
-def metrics(args) -> tuple[str, ...]:
-    """The metrics to compute: --metrics, else all (a CFG sweep: FD only)."""
-    if args.metrics is not None:
-        return tuple(args.metrics)
-    return ("fd",) if args.sweep_cfg else METRIC_NAMES
-
-
-def _inputs(args) -> list[Path]:
-    """The files this command reads: its inputs, and the files of a checkpoint folder (a run's
-    latest.pt, a hub folder's config.json and weights)."""
-    paths = [Path(p) for p in (args.checkpoint, args.images, args.ref, args.inception_weights)
-             if p and "://" not in p]  # fmt: skip
-    folders = [p for p in paths if p.is_dir()]
-    return paths + [f for d in folders for f in d.iterdir() if f.is_file()]
-
-
 def run(args) -> int:
     from pixeljit.training import distributed as dist_utils
 
-    check_args(args)  # before the process group and the device
+    cfgs = check_args(args)  # before the process group and the device
+    if args.checkpoint:
+        given_sampler_flags(args)
     info = dist_utils.setup(args.device)
     try:
-        return _run(args, info)
+        return _run(args, info, cfgs)
     finally:
         dist_utils.teardown()
 
 
-def _run(args, info) -> int:
+def _run(args, info, cfgs: list[float] | None) -> int:
+    """cfgs: the CFG scales of --sweep-cfg (None without it)."""
     from pixeljit.checkpoints.load import load_trained
     from pixeljit.evaluation import (
         GenerationSpec,
@@ -287,8 +163,6 @@ def _run(args, info) -> int:
         _report(scores, record, args, say, info)
         return 0
 
-    given_sampler_flags(args)  # validated before anything is loaded
-    cfgs = check_args(args)
     load = lambda w: load_trained(args.checkpoint, w, info.device, args.in_context_start)  # noqa: E731
     emas = _emas(args, args.checkpoint) if cfgs else None
     model = load(args.weights)

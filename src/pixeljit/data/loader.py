@@ -33,6 +33,10 @@ FLIP_STREAM = 1
 FLIP_PROBABILITY = 0.5
 UINT8_HALF_RANGE = 127.5  # u8 / 127.5 - 1 maps 0 -> -1 and 255 -> +1
 _EPOCH_CACHE = 2
+# batches gathered ahead by a background thread when the device is an accelerator. On a CPU device
+# none: the thread shares the cores with the training step and slowed it (the demo's model, 2
+# cores: 200 steps in 45 s inline against 70 s with 2 ahead, docs/benchmarks.md).
+ACCELERATOR_PREFETCH = 2
 
 
 def derive_seed(seed: int, epoch: int, stream: int) -> int:
@@ -53,7 +57,8 @@ class DeviceLoader:
     """Infinite (x, y) batches from a PackedDataset / ArrayDataset (see the module doc).
 
     x: (global_batch / world_size, C, H, W) float in [-1, 1] on `device`; y: int64 on `device`.
-    `prefetch` batches are gathered ahead in a background thread (0: gather inline).
+    `prefetch` batches are gathered ahead in a background thread (0: gather inline; None:
+    ACCELERATOR_PREFETCH on an accelerator, inline on a CPU device).
     """
 
     def __init__(
@@ -66,7 +71,7 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
         flip: bool = True,
-        prefetch: int = 2,
+        prefetch: int | None = None,
         dtype: torch.dtype = torch.float32,
     ):
         if world_size < 1 or not 0 <= rank < world_size:
@@ -90,6 +95,8 @@ class DeviceLoader:
         self.batch_size = global_batch // world_size  # per rank
         self.num_samples = len(dataset)
         self.steps_per_epoch = self.num_samples // global_batch
+        if prefetch is None:
+            prefetch = 0 if self.device.type == "cpu" else ACCELERATOR_PREFETCH
         self.prefetch = max(0, prefetch)
         self._pin = self.device.type == "cuda"
         self._epoch, self._position = 0, 0
