@@ -35,7 +35,7 @@ UINT8_HALF_RANGE = 127.5  # u8 / 127.5 - 1 maps 0 -> -1 and 255 -> +1
 _EPOCH_CACHE = 2
 # batches gathered ahead by a background thread when the device is an accelerator. On a CPU device
 # none: the thread shares the cores with the training step and slowed it (the demo's model, 2
-# cores: 200 steps in 45 s inline against 70 s with 2 ahead, docs/benchmarks.md).
+# cores: 200 steps in 51–59 s inline against 73–86 s with 2 ahead, docs/benchmarks.md).
 ACCELERATOR_PREFETCH = 2
 
 
