@@ -1,16 +1,16 @@
 """Every verb as a user runs it with bad values, bad paths and bad files: one line on stderr,
-exit 2, nothing loaded or written first; every --flag a message names exists on that verb."""
+exit 2, nothing loaded or written first (the flags the messages name: test_cli_message_flags.py)."""
 
 from __future__ import annotations
 
 import argparse
 import errno
-import re
 
 import pytest
 import torch
 
 import pixeljit
+from cli_errors import check_flags, cli_error
 from conftest import TINY_NET
 from pixeljit.checkpoints.run import LATEST, save_checkpoint
 from pixeljit.cli import build_parser, main, reproduce_grid
@@ -19,25 +19,8 @@ from pixeljit.cli.reproduce_grid import MAX_JOBS
 TINY = TINY_NET  # conftest: the network `tiny_file` holds
 
 
-@pytest.fixture(scope="module")
-def authors_file(tmp_path_factory):
-    """An authors'-format checkpoint of non-standard depth (needs --in-context-start)."""
-    torch.manual_seed(0)
-    state = {"net." + k: v for k, v in pixeljit.JiT(TINY).state_dict().items()}
-    path = tmp_path_factory.mktemp("authors") / "checkpoint-last.pth"
-    torch.save({"model_ema1": state}, path)
-    return path
-
-
 def _never_called(*args, **kwargs):
     raise AssertionError("the work ran before the check that should refuse it")
-
-
-def _error(capsys, argv) -> str:
-    assert main(argv) == 2, argv
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture
@@ -68,7 +51,7 @@ SAMPLE_BAD = [
 @pytest.mark.parametrize("flag, values", SAMPLE_BAD)
 def test_sample_numbers_are_checked_before_loading(tiny_file, no_loading, capsys, flag, values):
     given = [f"{flag}={values[0]}"] if len(values) == 1 else [flag, *values]  # "=-inf"
-    err = _error(capsys, ["sample", str(tiny_file), *given, "--device", "cpu"])
+    err = cli_error(capsys, ["sample", str(tiny_file), *given, "--device", "cpu"])
     assert flag in err
 
 
@@ -90,14 +73,14 @@ def test_eval_sweep_refuses_flags_it_would_ignore(tiny_file, no_loading, capsys,
     """--sweep-cfg scores FD at each scale of its range: a --cfg, --metrics or --save-images
     beside it would be ignored, so it is refused, naming the flag."""
     argv = ["eval", "--checkpoint", str(tiny_file), "--sweep-cfg", "1", "2", "1", "--ref", "r.npz"]
-    err = _error(capsys, [*argv, *extra])
+    err = cli_error(capsys, [*argv, *extra])
     assert f"{flag} has no effect with --sweep-cfg" in err
 
 
 @pytest.mark.parametrize("flag, values", EVAL_BAD)
 def test_eval_numbers_are_checked_before_loading(tiny_file, no_loading, capsys, flag, values):
     argv = ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--device", "cpu"]
-    err = _error(capsys, [*argv, flag, *values])
+    err = cli_error(capsys, [*argv, flag, *values])
     assert flag in err
 
 
@@ -109,14 +92,14 @@ def test_eval_numbers_are_checked_before_loading(tiny_file, no_loading, capsys, 
     ],
 )  # fmt: skip
 def test_reproduce_numbers_are_checked(tmp_path, capsys, argv, flag):
-    err = _error(capsys, ["reproduce", "toy", "--quick", "--out", str(tmp_path / "t"), *argv])
+    err = cli_error(capsys, ["reproduce", "toy", "--quick", "--out", str(tmp_path / "t"), *argv])
     assert flag in err and not (tmp_path / "t").exists()
 
 
 @pytest.mark.parametrize("name", ["table2", "resolution", "bottleneck", "noise"])
 @pytest.mark.parametrize("value", ["0", "-2", str(MAX_JOBS + 1)])
 def test_grid_jobs_are_checked_before_anything_is_written(tmp_path, capsys, name, value):
-    err = _error(capsys, ["reproduce", name, "--quick", "--out", str(tmp_path / "g"),
+    err = cli_error(capsys, ["reproduce", name, "--quick", "--out", str(tmp_path / "g"),
                           "--jobs", value])  # fmt: skip
     assert "--jobs" in err and not (tmp_path / "g").exists()
 
@@ -154,7 +137,7 @@ def test_outputs_are_checked_before_loading(tiny_file, tmp_path, no_loading, cap
           "--save-images", str(a_file)], "is a file, not a folder"),
     ]  # fmt: skip
     for argv, message in cases:
-        assert message in _error(capsys, argv)
+        assert message in cli_error(capsys, argv)
     assert a_file.read_text() == "keep me"
 
 
@@ -174,7 +157,7 @@ def test_existing_outputs_need_overwrite(tiny_file, tmp_path, no_loading, capsys
         ["convert", str(tiny_file), str(out)],
         ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--out", str(results)],
     ):
-        err = _error(capsys, argv)
+        err = cli_error(capsys, argv)
         assert "already" in err and "--overwrite" in err
     assert grid.read_bytes() == out.read_bytes() == results.read_bytes() == b"precious"
 
@@ -196,7 +179,7 @@ def test_eval_never_writes_its_results_over_an_input(tiny_file, tmp_path, no_loa
         (["--images", str(hub), "--size", "8", "--channels", "3", "--out", str(stats)], "*.json"),
     ]  # fmt: skip
     for argv, expected in cases:
-        err = _error(capsys, ["eval", *argv, "--metrics", "is", "--overwrite"])
+        err = cli_error(capsys, ["eval", *argv, "--metrics", "is", "--overwrite"])
         assert expected in err, err
     assert tiny_file.stat().st_size > 1000
     assert (hub / "config.json").read_bytes() == stats.read_bytes() == b"precious"
@@ -208,14 +191,14 @@ def test_eval_checks_each_metrics_fewest_images_before_generating(
 ):
     """FD / KID / PR with too few images failed only after every image was generated."""
     argv = ["eval", "--checkpoint", str(tiny_file), "--ref", "x.npz", "--metrics", metric]
-    err = _error(capsys, [*argv, "--num", str(fewest - 1)])
+    err = cli_error(capsys, [*argv, "--num", str(fewest - 1)])
     assert f"{metric} needs at least {fewest} images" in err and f"--num to {fewest}" in err
 
 
 def test_eval_image_flags_are_refused_with_a_checkpoint(tiny_file, no_loading, capsys):
     """--size / --channels were silently ignored with --checkpoint (the model fixes both)."""
     for flag, value in (("--size", "8"), ("--channels", "3")):
-        err = _error(capsys, ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", flag,
+        err = cli_error(capsys, ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", flag,
                               value])  # fmt: skip
         assert f"{flag} has no effect with --checkpoint" in err
 
@@ -247,7 +230,7 @@ def test_read_only_folder_is_refused(tiny_file, tmp_path, no_loading, capsys, mo
 
         monkeypatch.setattr(Path, "touch", denied)
     try:
-        err = _error(capsys, ["sample", str(tiny_file), "--out", str(ro / "g.png")])
+        err = cli_error(capsys, ["sample", str(tiny_file), "--out", str(ro / "g.png")])
         assert f"cannot write in {ro}" in err and "Permission denied" in err
     finally:
         ro.chmod(0o755)
@@ -259,7 +242,7 @@ def test_os_errors_are_one_line(tiny_file, tmp_path, monkeypatch, capsys):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.safetensors"))
 
     monkeypatch.setattr("pixeljit.cli.convert.export_safetensors", full)
-    err = _error(capsys, ["convert", str(tiny_file), str(tmp_path / "x.safetensors")])
+    err = cli_error(capsys, ["convert", str(tiny_file), str(tmp_path / "x.safetensors")])
     assert "No space left on device" in err and "x.safetensors" in err
     with pytest.raises(OSError):  # --debug shows the traceback, after the verb or before it
         main(["convert", str(tiny_file), str(tmp_path / "x.safetensors"), "--debug"])
@@ -270,93 +253,8 @@ def test_os_errors_are_one_line(tiny_file, tmp_path, monkeypatch, capsys):
 def test_unreadable_checkpoint_is_one_line(tmp_path, capsys):
     folder = tmp_path / "weights.safetensors"
     folder.mkdir()  # a folder named like a file
-    err = _error(capsys, ["sample", str(folder), "--out", str(tmp_path / "g.png")])
+    err = cli_error(capsys, ["sample", str(folder), "--out", str(tmp_path / "g.png")])
     assert "weights.safetensors" in err
-
-
-# ------------------------------------------------------------------- flags named in messages
-
-
-def _parsers() -> dict[str, argparse.ArgumentParser]:
-    top = build_parser()
-    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
-    return {verb: p for verb, p in sub.choices.items()}
-
-
-def _flags(parser: argparse.ArgumentParser) -> set[str]:
-    out = set(parser._option_string_actions)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                out |= _flags(child)
-    return out
-
-
-COMMAND = re.compile(r"`pixeljit (\w+)([^`]*)`")
-FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
-PYTHON_NOTE = re.compile(r"\(Python: [^)]*\)")  # a Python alternative, said as such
-KWARG = re.compile(r"(?<![\w.-])[a-z_]+=(?:True|False|None)\b")  # a Python argument, no flag
-
-
-def _check_flags(verb: str, message: str) -> None:
-    parsers = _parsers()
-    for other, args in COMMAND.findall(message):  # a quoted command names its own verb's flags
-        assert set(FLAG.findall(args)) <= _flags(parsers[other]), (other, message)
-    rest = COMMAND.sub("", message)
-    unknown = set(FLAG.findall(rest)) - _flags(parsers[verb]) - {"--debug"}
-    assert not unknown, f"`pixeljit {verb}` has no {sorted(unknown)}; message: {message}"
-    kwargs = KWARG.findall(PYTHON_NOTE.sub("", rest))
-    assert not kwargs, f"`pixeljit {verb}` users cannot pass {kwargs}; message: {message}"
-
-
-def test_error_messages_name_only_flags_of_the_verb(
-    tiny_file, authors_file, tmp_path, monkeypatch, capsys
-):
-    monkeypatch.setenv("PIXELJIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("pixeljit.data.fashion_mnist.DEBIAN_DIR", tmp_path / "nothing")
-    monkeypatch.delenv("PIXELJIT_INCEPTION_WEIGHTS", raising=False)
-    missing = str(tmp_path / "missing")
-    images = tmp_path / "imgs"
-    images.mkdir()
-    not_inception = tmp_path / "other-inception.pth"
-    not_inception.write_bytes(b"not the standard weights")
-    runs = {
-        "sample": [
-            [missing], [str(tiny_file), "--out", "x.txt"], [str(authors_file)],
-            [str(tiny_file), "--labels", "7", "--out", str(tmp_path / "s.png")],
-            [str(tiny_file), "--num", "0"], [str(tiny_file), "--cfg", NAN],
-        ],
-        "eval": [
-            ["--images", str(images)], ["--make-ref", "fashion-mnist", "--size", "8"],
-            ["--checkpoint", missing], ["--images", str(images), "--size", "8", "--channels", "1"],
-            ["--checkpoint", str(authors_file), "--metrics", "is", "--device", "cpu"],
-            ["--make-ref", "fashion-mnist", "--size", "8", "--channels", "1", "--extractor",
-             "fmnist-cnn", "--out", str(tmp_path / "r.npz"), "--device", "cpu"],
-            ["--images", str(images), "--size", "8", "--channels", "3", "--extractor",
-             "inception-v3-fid", "--metrics", "is", "--device", "cpu"],
-            ["--checkpoint", str(tiny_file), "--emas", "all", "--sweep-cfg", "1", "2", "1",
-             "--device", "cpu"],
-            ["--images", str(images), "--size", "8", "--channels", "3", "--extractor",
-             "inception-v3-fid", "--inception-weights", str(not_inception), "--metrics", "is"],
-        ],
-        "convert": [
-            [missing, str(tmp_path / "o.safetensors")], [str(tiny_file), "o.pt"],
-            [str(authors_file), str(tmp_path / "o.safetensors")],
-        ],
-        "reproduce": [["toy", "--out", str(tiny_file)], ["toy", "--steps", "0"]],
-    }  # fmt: skip
-    for verb, cases in runs.items():
-        for argv in cases:
-            _check_flags(verb, _error(capsys, [verb, *argv]))
-
-
-def test_flag_checker_catches_foreign_flags():
-    with pytest.raises(AssertionError, match="has no"):
-        _check_flags("sample", "pass --data-dir DIR")
-    with pytest.raises(AssertionError, match="cannot pass"):
-        _check_flags("eval", "Pass allow_nonstandard=True to use it anyway.")
-    _check_flags("sample", "run `pixeljit prepare fashion-mnist --download --size 8 --out D`")
-    _check_flags("prepare", "pass --overwrite (Python: overwrite=True) to replace it")
 
 
 # an empty value would mean the current folder (or, where code tests truth, no flag at all)
@@ -406,8 +304,8 @@ def test_a_corrupt_latest_names_a_milestone_in_the_verbs_own_terms(
         saved = torch.load(latest, weights_only=True)
         torch.save({**saved, "step": 4}, latest)
     args = [a.format(run=run, tmp=tmp_path) for a in argv]
-    err = _error(capsys, [verb, *args])
-    _check_flags(verb, err)
+    err = cli_error(capsys, [verb, *args])
+    check_flags(verb, err)
     assert LATEST in err and f"pass {run / 'step-000000003.pt'} instead" in err
 
 
@@ -423,7 +321,7 @@ def test_an_error_quoting_a_huge_value_from_a_file_stays_short(tiny_file, tmp_pa
     config["objective"]["prediction"] = "x" * 3_000_000
     (hub / "config.json").write_text(json.dumps(config))
     capsys.readouterr()
-    err = _error(capsys, ["sample", str(hub), "--out", str(tmp_path / "s.png")])
+    err = cli_error(capsys, ["sample", str(hub), "--out", str(tmp_path / "s.png")])
     assert "prediction must be one of" in err and "characters left out" in err
     assert len(err) < MAX_ERROR_CHARS + 200 and err.rstrip().endswith("shows the traceback)")
 
@@ -440,10 +338,10 @@ def test_sample_memory_is_checked_before_sampling(tiny_file, tmp_path, monkeypat
     argv = ["sample", str(tiny_file), "--steps", "1", "--num", "40"]
     with monkeypatch.context() as patch:  # refused before the sampler runs at all
         patch.setattr("pixeljit.cli.sample.sample", _never_called)
-        err = _error(capsys, [*argv, "--batch-size", "2", "--out", str(tmp_path / "a")])
+        err = cli_error(capsys, [*argv, "--batch-size", "2", "--out", str(tmp_path / "a")])
         assert "--batch-size 2 needs at least" in err and "lower --batch-size" in err
         assert 40 * pixels > memory  # one image's state fits; 40 kept uint8 images do not
-        err = _error(capsys, [*argv, "--batch-size", "1", "--out", str(tmp_path / "b.npz")])
+        err = cli_error(capsys, [*argv, "--batch-size", "1", "--out", str(tmp_path / "b.npz")])
         assert "--num 40 images holds" in err and "write a folder of PNGs" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b.npz").exists()
     assert main([*argv, "--batch-size", "1", "--out", str(tmp_path / "c")]) == 0  # keeps none
@@ -457,7 +355,7 @@ def test_eval_batch_memory_is_checked_before_generating(tiny_file, monkeypatch, 
     monkeypatch.setattr("pixeljit.training.setup.device_memory_bytes", lambda device: one)
     monkeypatch.setattr("pixeljit.evaluation.evaluate", _never_called)  # refused before it
     monkeypatch.setattr("pixeljit.evaluation.generate", _never_called)
-    err = _error(capsys, ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--num",
+    err = cli_error(capsys, ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--num",
                           "10", "--batch-size", "2", "--device", "cpu"])  # fmt: skip
     assert "--batch-size 2 needs at least" in err
 
@@ -465,7 +363,7 @@ def test_eval_batch_memory_is_checked_before_generating(tiny_file, monkeypatch, 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_a_grid_on_cuda_without_cuda_is_one_line_before_any_file(tmp_path, capsys):
     out = tmp_path / "t2"
-    err = _error(capsys, ["reproduce", "table2", "--device", "cuda", "--out", str(out)])
+    err = cli_error(capsys, ["reproduce", "table2", "--device", "cuda", "--out", str(out)])
     assert "--device cuda: CUDA is not available here; use cpu" in err
     assert not out.exists()
 
@@ -485,7 +383,7 @@ def test_overwrite_never_leaves_an_earlier_sample_set_mixed_in(tiny_file, tmp_pa
     assert main([*argv, "--num", "6", "--out", str(folder)]) == 0
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     capsys.readouterr()  # (the progress bar)
-    err = _error(capsys, [*argv, "--num", "2", "--out", str(folder), "--overwrite"])
+    err = cli_error(capsys, [*argv, "--num", "2", "--out", str(folder), "--overwrite"])
     assert "holds 4 numbered PNGs beyond the 2 new ones (e.g. 000002.png)" in err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing touched
     assert main([*argv, "--num", "6", "--seed", "1", "--out", str(folder), "--overwrite"]) == 0
@@ -493,7 +391,7 @@ def test_overwrite_never_leaves_an_earlier_sample_set_mixed_in(tiny_file, tmp_pa
     capsys.readouterr()
     assert main([*argv, "--num", "12", "--out", str(folder), "--overwrite"]) == 0
     capsys.readouterr()
-    err = _error(capsys, ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--num",
+    err = cli_error(capsys, ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--num",
                           "10", "--save-images", str(folder), "--overwrite"])  # fmt: skip
     assert "--save-images" in err and "beyond the 10 new ones" in err
 
@@ -506,5 +404,5 @@ def test_overwrite_never_leaves_an_earlier_sample_set_mixed_in(tiny_file, tmp_pa
 )  # fmt: skip
 def test_a_set_contradicting_a_flag_is_refused(flags, message, tmp_path, capsys):
     """`--set run.out=B` silently trained into B although --out A was given."""
-    err = _error(capsys, ["train", "--preset", "fmnist-tiny", *flags])
+    err = cli_error(capsys, ["train", "--preset", "fmnist-tiny", *flags])
     assert message in err and "pass one of them" in err
