@@ -78,6 +78,8 @@ def files(tmp_path_factory):
     pixeljit.save_safetensors(pixeljit.JiT(TINY_NET), folder / "cond.safetensors")
     uncond = pixeljit.JiTConfig(**{**TINY_NET.to_dict(), "num_classes": 0})
     pixeljit.save_safetensors(pixeljit.JiT(uncond), folder / "uncond.safetensors")
+    pixeljit.save_safetensors(pixeljit.JiT(TINY_NET), folder / "vpred.safetensors",
+                              objective={"prediction": "v"})  # fmt: skip
     rng = np.random.default_rng(0)
     np.savez(folder / "one.npz", rng.integers(0, 256, (1, 28, 28, 1), dtype=np.uint8))
     classifier = create_extractor("fmnist-cnn")
@@ -102,6 +104,19 @@ def test_too_few_images_name_the_count_they_need(files, capsys):
             "--metrics", "fd"]  # fmt: skip
     err = _error(capsys, argv)
     assert "fd needs at least 2 images (for a covariance), got 1" in err
+
+
+def test_too_few_images_are_refused_before_the_reference_is_measured(files, capsys, monkeypatch):
+    """One image against a data-set --ref packed all 60,000 training images at the image's size
+    and measured them before the count was checked."""
+
+    def never(*args, **kwargs):
+        raise AssertionError("the reference was measured before the count was checked")
+
+    monkeypatch.setattr("pixeljit.evaluation.dataset_stats_for", never)
+    argv = ["eval", "--images", str(files / "one.npz"), "--ref", "fashion-mnist", "--metrics",
+            "fd", "pr"]  # fmt: skip
+    assert "needs at least 2 images" in _error(capsys, argv)
 
 
 @pytest.mark.parametrize(
@@ -129,3 +144,60 @@ def test_a_shift_with_the_shifted_grid_and_the_summary_names_the_weights(files, 
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "cond.safetensors" in printed and "shifted 5 grid" in printed
+
+
+# --interval without guidance, --t-eps where the clamp cancels or is never applied, --cfg on an
+# unconditional model: each accepted and ignored before (a second probe; t_eps with dpm++3m gave
+# byte-identical images, the same flag with heun changed pixels by up to 128 levels)
+NO_EFFECT = [
+    ("cond", ["--cfg", "1", "--interval", "0.2", "1"], "--interval has no effect without guidance"),
+    ("uncond", ["--interval", "0.2", "1"], "--interval has no effect without guidance"),
+    ("uncond", ["--fast", "--cfg", "2"], "--cfg 2: "),  # the same words in the three verbs
+    ("cond", ["--fast", "--t-eps", "0.5"], "--t-eps has no effect with dpm++3m"),
+    ("cond", ["--method", "dpm++2m", "--t-eps", "0.5"], "--t-eps has no effect with dpm++2m"),
+    ("vpred", ["--method", "heun", "--t-eps", "0.5"], "a v-prediction model"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("verb", ["sample", "eval", "nfe"])
+@pytest.mark.parametrize("model, extra, message", NO_EFFECT)
+def test_guidance_and_clamp_flags_that_would_do_nothing_are_refused(
+    files, tmp_path, capsys, monkeypatch, verb, model, extra, message
+):
+    def never(*args, **kwargs):
+        raise AssertionError("sampled before the flags were checked")
+
+    monkeypatch.setattr("pixeljit.diffusion.sampler.solve", never)  # refused before any sampling
+    ckpt = str(files / f"{model}.safetensors")
+    ref = str(files / "ref.npz")
+    if verb == "nfe":
+        if "--fast" in extra or "--method" in extra:  # nfe names its solvers with --methods
+            i = extra.index("--method") if "--method" in extra else None
+            extra = [e for e in extra if e != "--fast"]
+            extra = (
+                (["--methods", extra[i + 1]] + extra[:i] + extra[i + 2 :])
+                if i is not None
+                else ["--methods", "dpm++3m", *extra]
+            )
+        argv = ["reproduce", "nfe", "--checkpoint", ckpt, "--ref", ref, "--num", "4",
+                "--budgets", "4", "--out", str(tmp_path / "nfe"), *extra]  # fmt: skip
+    elif verb == "eval":
+        argv = ["eval", "--checkpoint", ckpt, "--ref", ref, "--num", "4", "--metrics", "fd",
+                *extra]  # fmt: skip
+    else:
+        argv = ["sample", ckpt, "--num", "2", "--out", str(tmp_path / "g.npz"), *extra]
+    err = _error(capsys, argv)
+    assert message in err and ("drop --" in err), err
+    assert not (tmp_path / "g.npz").exists()
+
+
+def test_t_eps_with_heun_on_an_x_prediction_model_still_acts(files, tmp_path):
+    """The refusal above is only where the flag cannot act: with Heun it changes the images."""
+    outs = []
+    for t_eps in ("0.05", "0.5"):
+        out = tmp_path / f"h{t_eps}.npz"
+        argv = ["sample", str(files / "cond.safetensors"), "--num", "2", "--steps", "3",
+                "--method", "heun", "--cfg", "1", "--t-eps", t_eps, "--out", str(out)]  # fmt: skip
+        assert main(argv) == 0
+        outs.append(np.load(out)["arr_0"])
+    assert not np.array_equal(*outs)

@@ -76,6 +76,18 @@ def test_plan_fits_each_budget_without_repeats():
     assert all(c.steps >= 2 for c in plan(NfeConfig(budgets=(1, 2))) if c.method == "heun")
 
 
+def test_budgets_below_heuns_fewest_are_named_and_an_empty_study_refused():
+    """Heun's budgets 1 and 2 were dropped without a word, and `--methods heun --budgets 2`
+    finished at exit 0 with an empty table and plot."""
+    config = NfeConfig(methods=("heun", "euler"), grids=("uniform",), budgets=(1, 2, 3))
+    assert config.skipped() == [1, 2]
+    cells = sorted((c.method, c.steps) for c in plan(config))
+    assert cells == [("euler", 1), ("euler", 2), ("euler", 3), ("heun", 2)]
+    assert NfeConfig(methods=("euler",), budgets=(1,)).skipped() == []
+    with pytest.raises(ValueError, match="no row to run: Heun's fewest evaluations are 3"):
+        NfeConfig(methods=("heun",), budgets=(1, 2))
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("grid", ["uniform", "logsnr"])
 def test_rows_per_image_counts_the_guided_rows_the_network_sees(method, grid):

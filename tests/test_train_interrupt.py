@@ -216,3 +216,13 @@ def test_an_interrupted_demo_continues_with_demo_resume_and_is_scored(
 
     assert main(["demo", "--resume", *argv[1:]]) == 0
     assert load_checkpoint(out)["step"] == 6 and (out / demo.SCORE_FILE).is_file()
+
+    # stopped after its last checkpoint but before its grid: a resume with nothing left to train
+    # draws the grid as the training preview did, byte for byte
+    grid = out / "samples-0000006.png"
+    drawn = grid.read_bytes()
+    grid.unlink()
+    assert main(["demo", "--resume", *argv[1:]]) == 0
+    printed = capsys.readouterr().out
+    assert "nothing to train" in printed and f"samples     {grid}" in printed
+    assert grid.read_bytes() == drawn

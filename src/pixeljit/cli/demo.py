@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--resume", action="store_true",
                    help="--out holds an interrupted demo: continue its training from the "
-                        "checkpoint (same --steps and --device), then score it")  # fmt: skip
+                        "checkpoint up to --steps (default: the demo's budget; pass the --steps "
+                        "it was started with), draw its grid and score it")  # fmt: skip
     p.add_argument("--restart", action="store_true",
                    help="--out holds an earlier run: move it aside to a new sibling "
                         "DIR.old-<time> (nothing is deleted) and train again")  # fmt: skip
@@ -42,6 +43,7 @@ def add_parser(sub) -> None:
 def demo_config(out: str, steps: int | None, device: str):
     import torch
 
+    from pixeljit.training.config import MAX_OPTIM_STEPS
     from pixeljit.training.config_io import apply_overrides
     from pixeljit.training.presets import get_preset
 
@@ -50,8 +52,9 @@ def demo_config(out: str, steps: int | None, device: str):
                  "sample.max_classes": 10, "run.ckpt_every": 200}  # fmt: skip
     if gpu:
         overrides.update(GPU_PRESET_OVERRIDES)
-    if steps is not None and steps < 1:
-        raise ValueError(f"--steps must be ≥ 1, got {steps} (omit it for the default budget)")
+    if steps is not None and not 1 <= steps <= MAX_OPTIM_STEPS:
+        raise ValueError(f"--steps must lie in [1, {MAX_OPTIM_STEPS:,}], got {steps} (omit it "
+                         "for the default budget)")  # fmt: skip
     overrides["optim.steps"] = steps if steps is not None else (GPU_STEPS if gpu else CPU_STEPS)
     return apply_overrides(get_preset(CPU_PRESET), overrides)
 
@@ -120,9 +123,10 @@ def run(args) -> int:
     model = dataclasses.asdict(cfg.model)
     check_demo_folder(Path(args.out), args.resume, args.restart, resume_command(args), model)
     m = cfg.model
+    verb = "continuing" if args.resume else "training"
     print(
-        f"pixeljit demo: training a depth-{m.depth}, width-{m.hidden_size} JiT on Fashion-MNIST "
-        f"({m.image_size}px, patch {m.patch_size}) for {cfg.optim.steps} steps → {cfg.run.out}"
+        f"pixeljit demo: {verb} a depth-{m.depth}, width-{m.hidden_size} JiT on Fashion-MNIST "
+        f"({m.image_size}px, patch {m.patch_size}) to step {cfg.optim.steps} → {cfg.run.out}"
     )
     result = train(cfg, resume=args.out if args.resume else None, restart=args.restart)
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
@@ -134,15 +138,28 @@ def run(args) -> int:
     print(f"\nscoring {SCORE_NUM} samples (the previews' sampler) against the training set ...",
           flush=True)  # fmt: skip
     score = score_demo(cfg, result.checkpoint)
-    grids = sorted(out.glob("samples-*.png"))
+    grid = demo_grid(cfg, result.checkpoint, out / f"samples-{result.step:07d}.png")
     print("\nwrote:")
-    print(f"  samples     {grids[-1] if grids else '(none)'}   (one row per class)")
+    print(f"  samples     {grid}   (one row per class)")
     print(f"  loss curve  {out / 'loss.png'}")
     print(f"  checkpoint  {result.checkpoint}")
     print(f"  metrics     {out / 'metrics.jsonl'}")
     print(f"  score       {out / SCORE_FILE}")
     print("\n" + score_lines(score))
     return 0
+
+
+def demo_grid(cfg, checkpoint, path: Path) -> Path:
+    """The checkpoint's sample grid at `path`, as its training previews draw it; drawn here when
+    training did not (a resumed demo with nothing left to train, stopped before its last grid)."""
+    if path.is_file():
+        return path
+    from pixeljit.checkpoints.load import load_trained
+    from pixeljit.training.distributed import resolve_device
+    from pixeljit.training.previews import draw_grid
+
+    model = load_trained(checkpoint, None, resolve_device(cfg.run.device))
+    return draw_grid(cfg, model.net, model.class_names, path)
 
 
 def score_demo(cfg, checkpoint, num: int = SCORE_NUM, held_out=None) -> dict:

@@ -31,6 +31,7 @@ from pixeljit.cli.sample import check_memory
 from pixeljit.cli.sampler_args import (
     add_sampler_arguments,
     amp_dtype,
+    check_flags_take_effect,
     describe_sampler,
     given_sampler_flags,
     sampler_from_args,
@@ -155,6 +156,11 @@ def _run(args, info, cfgs: list[float] | None) -> int:
             f"{extractor.name}) → {args.out}")  # fmt: skip
         return 0
     if args.images:
+        from pixeljit.metrics.image_sources import count_path_images
+        from pixeljit.metrics.score import ScoreConfig
+
+        fix = "score {least} images or more, or leave {metric} out of --metrics"
+        ScoreConfig().check_count(metrics(args), count_path_images(args.images), fix)
         shape = _image_shape(args)
         extractor = _extractor(args.extractor, shape[0], 10, args.inception_weights, info.device)
         ref = _ref(args, extractor, shape, f"the images of --images {args.images}", info, barrier)
@@ -168,10 +174,12 @@ def _run(args, info, cfgs: list[float] | None) -> int:
     model = load(args.weights)
     sampler = sampler_from_args(args, model.sampler)  # flags over the model's recommendation
     cfg = model.net.config
-    if cfg.num_classes == 0 and (sampler.cfg != NO_GUIDANCE or set(cfgs or ()) - {NO_GUIDANCE}):
-        flag = "--sweep-cfg" if cfgs else "--cfg"
-        raise ValueError(f"{flag}: {args.checkpoint} is an unconditional model, which cannot be "
-                         f"guided: drop {flag}")  # fmt: skip
+    if cfg.num_classes == 0 and set(cfgs or ()) - {NO_GUIDANCE}:
+        raise ValueError(f"--sweep-cfg: {args.checkpoint} is an unconditional model, which "
+                         "cannot be guided: drop --sweep-cfg")  # fmt: skip
+    check_flags_take_effect(args, args.checkpoint, conditional=cfg.num_classes > 0,
+                            prediction=model.prediction, cfgs=cfgs or [sampler.cfg],
+                            methods=[sampler.method])  # fmt: skip
     check_memory(args.num, min(args.batch_size, args.num), False, cfg, info.device)
     extractor = _extractor(args.extractor, cfg.in_channels, cfg.num_classes,
                            args.inception_weights, info.device)  # fmt: skip

@@ -152,7 +152,14 @@ def _run_nfe(args) -> int:
 
     from pixeljit.checkpoints.load import load_trained
     from pixeljit.cli.evaluate import _dataset_stats, _extractor
-    from pixeljit.experiments.nfe import open_results, run_nfe, sorted_rows, study_header
+    from pixeljit.cli.sampler_args import check_flags_take_effect
+    from pixeljit.experiments.nfe import (
+        HEUN_FEWEST_NFE,
+        open_results,
+        run_nfe,
+        sorted_rows,
+        study_header,
+    )
     from pixeljit.experiments.nfe_report import table_markdown, write_outputs
     from pixeljit.training import distributed as dist_utils
 
@@ -163,8 +170,13 @@ def _run_nfe(args) -> int:
     model = load_trained(args.checkpoint, args.weights, device)
     net_cfg = model.net.config
     config = nfe_config(args, net_cfg.num_classes > 0, model.sampler)  # validated
-    if config.cfg != 1.0 and net_cfg.num_classes == 0:
-        raise ValueError("an unconditional model cannot be guided: pass --cfg 1 (or leave it out)")
+    check_flags_take_effect(args, args.checkpoint, conditional=net_cfg.num_classes > 0,
+                            prediction=model.prediction, cfgs=[config.cfg],
+                            methods=config.methods)  # fmt: skip
+    if config.skipped():
+        shown = ", ".join(str(b) for b in config.skipped())
+        print(f"note: no heun row at --budgets {shown}: Heun's fewest evaluations are "
+              f"{HEUN_FEWEST_NFE} (2 steps; one Heun step is an Euler step)")  # fmt: skip
     extractor = _extractor(args.extractor, net_cfg.in_channels, net_cfg.num_classes, None, device)
     describe = {"checkpoint": str(args.checkpoint), "weights": model.weights or "default",
                 "ref": str(args.ref)}  # fmt: skip

@@ -29,6 +29,7 @@ from pixeljit.cli.checks import (
 from pixeljit.cli.sampler_args import (
     add_sampler_arguments,
     amp_dtype,
+    check_flags_take_effect,
     describe_sampler,
     given_sampler_flags,
     sampler_from_args,
@@ -285,6 +286,9 @@ def run(args) -> int:
     model = load_model(args.checkpoint, args.weights, args.in_context_start, device)
     sampler = sampler_from_args(args, model.sampler)  # flags over the model's recommendation
     net = model.net
+    check_flags_take_effect(args, args.checkpoint, conditional=net.config.num_classes > 0,
+                            prediction=model.prediction, cfgs=[sampler.cfg],
+                            methods=[sampler.method])  # fmt: skip
     noise_scale = model.noise_scale if args.noise_scale is None else args.noise_scale
     classes = net.config.num_classes
     labels = choose_labels(args.num, classes, args.labels)

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 
-from pixeljit.diffusion.sampler import FAST_SAMPLER, SamplerConfig
+from pixeljit.diffusion.sampler import FAST_SAMPLER, NO_GUIDANCE, SamplerConfig
 from pixeljit.diffusion.solvers import GRIDS, METHODS
 
 DEFAULTS = SamplerConfig()
 UNSET = "the model's recommended setting, else"  # how each flag's help names its default
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_AMP = "auto"  # bf16 autocast on CUDA, none (float32) on a CPU
+# the solvers that step on the velocity v̂ itself; DPM-Solver++ steps on x̂ = z + d·v̂, where the
+# clamp max(1 − t, t_eps) of an x-prediction's v̂ = (x̂ − z)/d cancels (guidance.GuidedField)
+VELOCITY_SOLVERS = ("euler", "heun")
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
@@ -98,6 +102,41 @@ def sampler_from_args(
         raise ValueError(f"--shift has no effect on the {sampler.grid} grid (it shapes --grid "
                          "shifted only): add --grid shifted or drop --shift")  # fmt: skip
     return sampler
+
+
+def check_flags_take_effect(
+    args: argparse.Namespace,
+    source: str,
+    *,
+    conditional: bool,
+    prediction: str,
+    cfgs: Sequence[float],
+    methods: Sequence[str],
+) -> None:
+    """Refuse, by name, a guidance or clamp flag that would do nothing for this model: --cfg
+    above 1 on an unconditional model, --interval when every scale in `cfgs` is 1 (no guidance),
+    and --t-eps unless an x-prediction is turned into a velocity by one of `methods` (Euler or
+    Heun). `source` names the model in the message."""
+    cfg, interval, t_eps = (getattr(args, name, None) for name in ("cfg", "interval", "t_eps"))
+    if not conditional and cfg is not None and cfg != NO_GUIDANCE:
+        raise ValueError(f"--cfg {cfg:g}: {source} is an unconditional model, which cannot be "
+                         "guided: drop --cfg")  # fmt: skip
+    if interval is not None and all(w == NO_GUIDANCE for w in cfgs):
+        fix = "add --cfg W above 1, or drop --interval" if conditional else "drop --interval"
+        why = "" if conditional else f" ({source} is an unconditional model)"
+        raise ValueError(f"--interval has no effect without guidance (cfg 1){why}: it sets where "
+                         f"guidance applies: {fix}")  # fmt: skip
+    if t_eps is None:
+        return
+    if prediction != "x":
+        raise ValueError(f"--t-eps has no effect on {source}, a {prediction}-prediction "
+                         "model: it clamps 1 − t where an x-prediction becomes a velocity; "
+                         "drop --t-eps")  # fmt: skip
+    if not set(methods) & set(VELOCITY_SOLVERS):
+        shown = " / ".join(dict.fromkeys(methods))
+        raise ValueError(f"--t-eps has no effect with {shown}: DPM-Solver++ steps on x̂, where the "
+                         "clamp of 1 − t cancels; it acts with euler / heun only: drop --t-eps "
+                         "or choose one of those")  # fmt: skip
 
 
 def describe_sampler(

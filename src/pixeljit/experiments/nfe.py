@@ -48,6 +48,7 @@ from pixeljit.metrics.score import ScoreConfig
 RESULTS_NAME = "nfe.json"
 FORMAT = "pixeljit.nfe/1"
 PAPER_BUDGETS = (4, 6, 8, 10, 15, 20, 30, 50, 100)  # NFE budgets of the full study
+HEUN_FEWEST_NFE = evaluations("heun", 2)  # 3: one Heun step is an Euler step
 QUICK_BUDGETS = (2, 4)
 QUICK_NUM = 16
 DEFAULT_NUM = 1000
@@ -88,6 +89,16 @@ class NfeConfig:
         ScoreConfig().check_count(METRICS, self.num, "raise num to {least} or more")
         object.__setattr__(self, "interval", check_interval(self.interval))
         self.sampler("heun", "uniform", 1)  # cfg, shift, t_eps: SamplerConfig's own checks
+        if not plan(self):
+            raise ValueError(f"no row to run: Heun's fewest evaluations are {HEUN_FEWEST_NFE} "
+                             f"(2 steps), over every budget of {self.budgets}: add a budget of "
+                             f"{HEUN_FEWEST_NFE} or more, or another method")  # fmt: skip
+
+    def skipped(self) -> list[int]:
+        """The budgets below Heun's fewest evaluations, which get no Heun row."""
+        if "heun" not in self.methods:
+            return []
+        return sorted(b for b in set(self.budgets) if b < HEUN_FEWEST_NFE)
 
     @classmethod
     def quick(cls, **overrides) -> NfeConfig:
@@ -127,7 +138,7 @@ def plan(config: NfeConfig) -> list[Cell]:
         for grid in config.grids:
             for budget in sorted(config.budgets):
                 steps = steps_for(method, budget)
-                if method == "heun" and steps < 2:  # Heun-1 is one Euler step: not Heun
+                if method == "heun" and budget < HEUN_FEWEST_NFE:  # Heun-1 is Euler: not Heun
                     continue
                 cell = Cell(method, grid, steps)
                 cells.setdefault(cell.key, cell)

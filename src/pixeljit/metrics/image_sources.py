@@ -59,6 +59,20 @@ def iter_path_images(path: str | os.PathLike, batch_size: int = DEFAULT_BATCH):
     raise FileNotFoundError(f"{path} is neither a folder of images nor an .npz file")
 
 
+def count_path_images(path: str | os.PathLike) -> int:
+    """How many images a folder or an `.npz` holds, from the listing or the array's header alone
+    (nothing is decoded)."""
+    path = Path(path)
+    if path.is_dir():
+        return len(list_image_files(path))
+    if path.suffix == ".npz" and path.is_file():
+        headers = npz_headers(path)
+        if NPZ_IMAGE_KEY not in headers:
+            raise ValueError(f"{path} has no array {NPZ_IMAGE_KEY!r} (keys: {sorted(headers)})")
+        return int(headers[NPZ_IMAGE_KEY].shape[0]) if headers[NPZ_IMAGE_KEY].shape else 0
+    raise FileNotFoundError(f"{path} is neither a folder of images nor an .npz file")
+
+
 def list_image_files(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside `folder`, sorted by name."""
     folder = Path(folder)

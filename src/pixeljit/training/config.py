@@ -65,6 +65,11 @@ def check_model_fields(fields: dict) -> None:
         _number(f"model.{name}", fields.get(name), 0.0, 1.0, high_open=True)
 
 
+# optimiser steps of one run: far beyond any (the paper's longest, 600 ImageNet epochs at batch
+# 1024, is ≈ 750k), so a larger number is a typo, not a plan
+MAX_OPTIM_STEPS = 10**9
+
+
 def _count(name: str, value, low: int = 1, high: int | None = None) -> None:
     """An integer in [low, high] (None = not set)."""
     if value is None:
@@ -117,7 +122,7 @@ class OptimConfig:
         _count("optim.micro_batch", self.micro_batch)
         if self.steps is None and self.epochs is None:
             raise ValueError("set optim.steps or optim.epochs (--steps / --epochs)")
-        _count("optim.steps", self.steps)
+        _count("optim.steps", self.steps, 1, MAX_OPTIM_STEPS)
         _number("optim.epochs", self.epochs, low=0.0, low_open=True)
         _number("optim.grad_clip", self.grad_clip, low=0.0, low_open=True)
         if not isinstance(self.ema_decays, tuple) or not self.ema_decays:

@@ -31,18 +31,26 @@ def ema_network(cfg: TrainConfig, ema, decay: float, info, device) -> torch.nn.M
 def sample_grid(cfg: TrainConfig, ema, dataset, path: Path, info, device) -> Path | None:
     """A grid from an EMA: one row per class (up to sample.max_classes), sample.per_class columns,
     fixed seed, so grids of successive steps are comparable. All ranks call; rank 0 samples."""
+    net = ema_network(cfg, ema, cfg.sampling_decay, info, device)
+    if net is None:
+        return None
+    return draw_grid(cfg, net, dataset.class_names, path)
+
+
+@torch.no_grad()
+def draw_grid(cfg: TrainConfig, net: torch.nn.Module, class_names, path: Path) -> Path:
+    """The preview grid of `net` (on its own device) with `cfg`'s sample settings and seed, rows
+    labelled with `class_names`, written to `path`."""
     from pixeljit.diffusion.execution import default_amp_dtype
     from pixeljit.diffusion.sampler import NO_GUIDANCE, sample
     from pixeljit.files.images import save_grid
 
     s = cfg.sample
-    net = ema_network(cfg, ema, cfg.sampling_decay, info, device)
-    if net is None:
-        return None
+    device = next(net.parameters()).device
     classes = min(cfg.model.num_classes, s.max_classes)
     rows = max(classes, 1)
     labels = [c for c in range(classes) for _ in range(s.per_class)] if classes else None
-    names = list(dataset.class_names[:classes]) if classes else None
+    names = list(class_names[:classes]) if classes else None
     amp = default_amp_dtype(device)
     sampler = s.kwargs() | ({} if classes else {"cfg": NO_GUIDANCE})
     images = sample(
