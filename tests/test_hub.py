@@ -102,6 +102,15 @@ def test_run_to_hub_folder_loads_identically(run, hub):
     assert (hub / "samples.png").read_bytes() == (run / "samples-0000002.png").read_bytes()
 
 
+def test_a_hub_folder_converts_again_with_its_grid(hub, tmp_path, capsys):
+    """A folder converted again said 'the source holds no sample grid' beside its samples.png."""
+    again = tmp_path / "again"
+    assert main(["convert", str(hub), "--hub", str(again)]) == 0
+    assert "; grid," in capsys.readouterr().out
+    assert (again / "samples.png").read_bytes() == (hub / "samples.png").read_bytes()
+    assert _same_weights(load_trained(again), load_trained(hub))
+
+
 def test_sample_and_eval_read_the_folder_as_the_run(run, hub, tmp_path, fmnist16):
     got = {}
     for name, source in (("run", run), ("hub", hub)):

@@ -25,7 +25,12 @@ from pixeljit.experiments.nfe import (
     run_nfe,
     sorted_rows,
 )
-from pixeljit.experiments.nfe_report import NFE_NOTE, write_outputs
+from pixeljit.experiments.nfe_report import (
+    NFE_NOTE,
+    UNGUIDED_NOTE,
+    table_markdown,
+    write_outputs,
+)
 from pixeljit.metrics import DatasetStats, create_extractor, save_dataset_stats
 from pixeljit.metrics.extractor import Extracted, FeatureExtractor
 from pixeljit.training.loop import train
@@ -180,6 +185,10 @@ def test_outputs(setup, tmp_path):
     assert paths["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((tmp_path / RESULTS_NAME).read_text())
     assert saved["rows"] == results["rows"] and saved["header"]["fd_label"] == "FD-pool4"
+    # without guidance the table says so, and no longer speaks of two rows per evaluation
+    header = {**results["header"], "settings": {**results["header"]["settings"], "cfg": 1.0}}
+    table = table_markdown(rows, "FD-pool4", header)
+    assert "no guidance" in table and UNGUIDED_NOTE in table and NFE_NOTE not in table
 
 
 def test_precision_recall_compare_equal_numbers_of_features(setup):

@@ -153,6 +153,8 @@ def test_oversized_settings_are_refused_up_front_naming_them(packed, tmp_path, o
         (["train", "--preset", "fmnist-tiny", "--batch-size", "0"], "--batch-size must be ≥ 1"),
         (["train", "--preset", "fmnist-tiny", "--epochs", "inf"], "--epochs must be a finite"),
         (["demo", "--steps", "0"], "--steps must be ≥ 1, got 0"),
+        (["demo", "--steps", str(10**20)], "--steps must be ≤ 1,000,000,000"),
+        (["train", "--preset", "fmnist-tiny", "--steps", str(10**10)], "must be ≤ 1000000000"),
     ],
 )
 def test_bad_length_flags_name_the_flag(tmp_path, capsys, argv, named):

@@ -121,7 +121,9 @@ def _no_constant(name: str):
 
 
 def _section(source, data: dict, key: str, allowed: tuple[str, ...] | None) -> dict:
-    value = data.get(key)
+    if key not in data:
+        raise ValueError(f"{source}: the '{key}' section is missing (a JSON object)")
+    value = data[key]
     if not isinstance(value, dict):
         raise ValueError(f"{source}: '{key}' must be a JSON object, got {type(value).__name__}")
     unknown = sorted(set(value) - set(allowed)) if allowed is not None else []

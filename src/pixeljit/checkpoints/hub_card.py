@@ -207,7 +207,7 @@ def _scores_lines(extras: CardExtras, weights: str | None) -> list[str]:
         return [
             f"Unknown: no evaluation of these weights was recorded with this export{why}. "
             f"`pixeljit eval --checkpoint SOURCE{chosen} ... --out FILE.json`, then `pixeljit "
-            "convert SOURCE --hub DIR --scores FILE.json`, puts their scores here."
+            "convert SOURCE --hub DIR --scores FILE.json --overwrite`, puts their scores here."
         ]
     rows = [
         f"| {_cell(k)} | {v:.6g} |" if not isinstance(v, str) else f"| {_cell(k)} | {_cell(v)} |"
@@ -216,7 +216,8 @@ def _scores_lines(extras: CardExtras, weights: str | None) -> list[str]:
     about = f" ({_cell(extras.scores_about)})" if extras.scores_about else ""
     note = [f"Unverified: {_cell(extras.scores_note)}.", ""] if extras.scores_note else []
     return [
-        f"As recorded in `{Path(extras.scores_source).name}`{about}:",
+        f"As recorded in `{Path(extras.scores_source).name}` (the evaluation's output when this "
+        f"folder was written; not part of it){about}:",
         "",
         *note,
         "| score | value |",

@@ -68,10 +68,10 @@ class TrainedModel:
         return AUTHORS_EMA_DECAYS.get(self.weights)
 
     def sample(self, labels=None, **kwargs) -> torch.Tensor:
-        """Images (N, C, H, W) in [-1, 1] from these weights, with their objective (prediction,
-        noise scale, pre-conditioner) and their recommended sampler settings (else
-        SamplerConfig's defaults); any keyword of `pixeljit.sample` given here takes precedence,
-        e.g. `model.sample([0, 3], steps=10, seed=0)`."""
+        """Images (N, C, H, W), nominally in [-1, 1] (not clipped), from these weights, with
+        their objective (prediction, noise scale, pre-conditioner) and their recommended sampler
+        settings (else SamplerConfig's defaults); any keyword of `pixeljit.sample` given here
+        takes precedence, e.g. `model.sample([0, 3], steps=10, seed=0)`."""
         from pixeljit.diffusion.sampler import sample
 
         settings = (self.sampler or SamplerConfig()).kwargs()

@@ -70,7 +70,8 @@ def run(args) -> int:
     if args.scores is not None:
         raise ValueError("--scores has no effect without --hub: drop it or add --hub DIR")
     if not args.out.endswith(".safetensors"):
-        raise ValueError(f"output {args.out!r} must end in .safetensors")
+        raise ValueError(f"output {args.out!r} must end in .safetensors (or write a Hugging "
+                         "Face folder with --hub DIR)")  # fmt: skip
     check_output("OUT", args.out, False, args.overwrite, "--overwrite")  # before loading
     model = load_trained(args.source, args.weights, in_context_start=args.in_context_start)
     path = export_safetensors(model, args.out)
@@ -78,17 +79,21 @@ def run(args) -> int:
     return 0
 
 
+def _classes(num: int) -> str:
+    return f"{num} classes" if num else "unconditional"
+
+
 def _summary(model) -> str:
     cfg = model.net.config
     return (
         f"{model.description}; depth {cfg.depth}, width {cfg.hidden_size}, {cfg.image_size}px, "
-        f"patch {cfg.patch_size}, {cfg.num_classes} classes, {model.prediction}-prediction, "
+        f"patch {cfg.patch_size}, {_classes(cfg.num_classes)}, {model.prediction}-prediction, "
         f"noise scale {model.noise_scale}"
     )
 
 
 def _run_hub(args) -> int:
-    from pixeljit.checkpoints.hub import check_hub_output, write_hub_folder
+    from pixeljit.checkpoints.hub import GRID_NAME, check_hub_output, write_hub_folder
     from pixeljit.checkpoints.hub_card import RUN_SCORES_FILES, CardExtras, run_grid
     from pixeljit.checkpoints.provenance import read_scores, scores_for, weights_digest
     from pixeljit.checkpoints.run import find_checkpoint, run_folder
@@ -110,6 +115,9 @@ def _run_hub(args) -> int:
         if scores_path is None:
             candidates = [folder / name for name in RUN_SCORES_FILES if (folder / name).is_file()]
         sampler_source = "the training run's sample settings (its previews used them)"
+    elif kind == "hub" and (Path(args.source) / GRID_NAME).is_file():  # a local folder's grid
+        extras = CardExtras(grid=Path(args.source) / GRID_NAME)  # of its one set of weights
+        sampler_source = ""
     else:
         extras = CardExtras(grid_missing="the source holds no sample grid")
         sampler_source = (

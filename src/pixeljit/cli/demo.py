@@ -52,9 +52,11 @@ def demo_config(out: str, steps: int | None, device: str):
                  "sample.max_classes": 10, "run.ckpt_every": 200}  # fmt: skip
     if gpu:
         overrides.update(GPU_PRESET_OVERRIDES)
-    if steps is not None and not 1 <= steps <= MAX_OPTIM_STEPS:
-        raise ValueError(f"--steps must lie in [1, {MAX_OPTIM_STEPS:,}], got {steps} (omit it "
-                         "for the default budget)")  # fmt: skip
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be ≥ 1, got {steps} (omit it for the default budget)")
+    if steps is not None and steps > MAX_OPTIM_STEPS:
+        raise ValueError(f"--steps must be ≤ {MAX_OPTIM_STEPS:,}, got {steps} (omit it for the "
+                         "default budget)")  # fmt: skip
     overrides["optim.steps"] = steps if steps is not None else (GPU_STEPS if gpu else CPU_STEPS)
     return apply_overrides(get_preset(CPU_PRESET), overrides)
 

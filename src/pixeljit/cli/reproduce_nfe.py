@@ -191,8 +191,9 @@ def _run_nfe(args) -> int:
         "the model's images",
     )
     low, high = config.interval
-    print(f"pixeljit reproduce nfe: {model.description}, {config.num} images per row, CFG "
-          f"{config.cfg:g} on ({low:g}, {high:g}) → {out}", flush=True)  # fmt: skip
+    guidance = f"CFG {config.cfg:g} on ({low:g}, {high:g})" if config.cfg != 1 else "no guidance"
+    print(f"pixeljit reproduce nfe: {model.description}, {config.num} images per row, "
+          f"{guidance} → {out}", flush=True)  # fmt: skip
     start = time.perf_counter()
     results = run_nfe(config, model, extractor, ref, out, describe, args.overwrite,
                       progress=lambda line: print("  " + line, flush=True))  # fmt: skip

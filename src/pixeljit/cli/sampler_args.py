@@ -145,7 +145,8 @@ def describe_sampler(
     """One line: the settings used, and where the ones not given on the command line came from."""
     low, high = sampler.interval
     grid = sampler.grid if sampler.grid != "shifted" else f"shifted {sampler.shift:g}"
-    text = f"{sampler.method}, {sampler.steps} steps, {grid} grid, cfg {sampler.cfg:g}"
+    steps = f"{sampler.steps} step" + ("s" if sampler.steps != 1 else "")
+    text = f"{sampler.method}, {steps}, {grid} grid, cfg {sampler.cfg:g}"
     if sampler.cfg != 1:
         text += f" on ({low:g}, {high:g})"
     fields = given_sampler_flags(args)

@@ -34,8 +34,9 @@ def add_parser(sub) -> None:
                    help="the --out folder holds a run: move its files aside to a new sibling "
                         "DIR.old-<time> (nothing is deleted) and start fresh")  # fmt: skip
     p.add_argument("--allow-inexact-resume", action="store_true",
-                   help="resume although run.seed, run.compile, the precision, device type, "
-                        "world size, micro-batch or strategy changed (not bit-exact)")  # fmt: skip
+                   help="resume although run.compile, the precision, device type, world "
+                        "size, micro-batch, strategy or the data changed (not bit-exact; a "
+                        "changed run.seed or recipe is always refused)")  # fmt: skip
     p.add_argument("--config", help="YAML file of overrides {section: {field: value}}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set optim.lr=1e-4 (repeatable)")  # fmt: skip

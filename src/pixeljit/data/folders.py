@@ -179,7 +179,9 @@ def scan_image_folder(
             if not images:
                 raise ValueError(
                     f"class folder {folder} holds no images (extensions "
-                    f"{sorted(IMAGE_EXTENSIONS)}): add images or remove the folder"
+                    f"{sorted(IMAGE_EXTENSIONS)}): if {base} is meant as a data set of class "
+                    "folders, add images there or move that folder out; otherwise it is not "
+                    "one: give the path of an image data set"
                 )
             files.extend(images)
     if not files:

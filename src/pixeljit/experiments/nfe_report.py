@@ -21,6 +21,19 @@ NFE_NOTE = (
     "over two rows (conditional + unconditional): rows/image in the table"
 )
 
+UNGUIDED_NOTE = "NFE = network evaluations per image (no guidance: one row each)"
+
+
+def nfe_note(settings: dict) -> str:
+    """What NFE counts in a study of these settings (guided rows are counted as passes)."""
+    return UNGUIDED_NOTE if settings.get("cfg") == 1 else NFE_NOTE
+
+
+def _guidance(settings: dict) -> str:
+    if settings.get("cfg") == 1:
+        return "no guidance"
+    return f"CFG {settings.get('cfg')} on {tuple(settings.get('interval', ()))}"
+
 
 def _fmt(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
@@ -29,13 +42,12 @@ def _fmt(value, digits: int = 3) -> str:
 def table_markdown(rows: list[dict], fd_label: str, header: dict) -> str:
     """One line per row, grouped by solver and grid, NFE ascending; the verdict below."""
     s = header.get("settings", {})
-    interval = tuple(s.get("interval", ()))
     lines = [
         f"NFE study of `{header.get('checkpoint')}` ({header.get('weights')}), {s.get('num')} "
-        f"images per row, seed {s.get('seed')}, CFG {s.get('cfg')} on {interval}, "
+        f"images per row, seed {s.get('seed')}, {_guidance(s)}, "
         f"{fd_label} against `{header.get('ref')}`.",
         "",
-        f"{NFE_NOTE}.",
+        f"{nfe_note(s)}.",
         "",
         f"| solver | grid | steps | NFE | rows/image | {fd_label} | class acc. | precision | "
         "recall | seconds |",
@@ -60,7 +72,11 @@ def table_markdown(rows: list[dict], fd_label: str, header: dict) -> str:
 
 
 def write_figure(
-    rows: list[dict], fd_label: str, path: str | os.PathLike, title: str | None = None
+    rows: list[dict],
+    fd_label: str,
+    path: str | os.PathLike,
+    title: str | None = None,
+    note: str = NFE_NOTE,
 ) -> Path:
     """FD against NFE (log x), one line per solver × grid; the goal's band drawn in."""
     import matplotlib
@@ -99,7 +115,7 @@ def write_figure(
         ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", lw=0.3, alpha=0.5)
     ax.legend(fontsize=6, ncol=2, loc="upper right", bbox_to_anchor=(1.0, 0.93))
-    fig.text(0.01, 0.005, NFE_NOTE, fontsize=6)
+    fig.text(0.01, 0.005, note, fontsize=6)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
@@ -113,6 +129,6 @@ def write_outputs(rows: list[dict], fd_label: str, header: dict, out: Path) -> d
     table = atomic_write_text(out / TABLE_NAME, table_markdown(rows, fd_label, header))
     s = header.get("settings", {})
     title = (f"{header.get('checkpoint')} ({header.get('weights')}): {s.get('num')} images per "
-             f"row, seed {s.get('seed')}, CFG {s.get('cfg')}")  # fmt: skip
-    return {"table": table, "figure": write_figure(rows, fd_label, out / FIGURE_NAME, title),
-            "results": out / "nfe.json"}  # fmt: skip
+             f"row, seed {s.get('seed')}, {_guidance(s)}")  # fmt: skip
+    figure = write_figure(rows, fd_label, out / FIGURE_NAME, title, nfe_note(s))
+    return {"table": table, "figure": figure, "results": out / "nfe.json"}
