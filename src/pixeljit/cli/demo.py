@@ -141,7 +141,7 @@ def run(args) -> int:
           flush=True)  # fmt: skip
     score = score_demo(cfg, result.checkpoint)
     grid = demo_grid(cfg, result.checkpoint, out / f"samples-{result.step:07d}.png")
-    print("\nwrote:")
+    print("\nthe demo's files:")  # a resume with nothing to train rewrote only the score
     print(f"  samples     {grid}   (one row per class)")
     print(f"  loss curve  {out / 'loss.png'}")
     print(f"  checkpoint  {result.checkpoint}")

@@ -46,6 +46,7 @@ from pixeljit.training.rundir import (
 from pixeljit.training.runlog import LOSS_PLOT, LossTally, RunLog, plot_loss
 from pixeljit.training.setup import (
     BatchPlan,
+    ema_horizon_warning,
     flip_warning,
     open_training_data,
     resolve_config,
@@ -218,7 +219,9 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
             print(f"nothing to train: the checkpoint is at step {saved['step']}, at or past the "
                   f"{plan.total_steps} steps asked for; raise --steps / --epochs to continue "
                   "(the run folder is left as it is)", flush=True)  # fmt: skip
-    for warning in (flip_warning(cfg, dataset), unused_classes_warning(cfg, dataset)):
+    warnings = (flip_warning(cfg, dataset), unused_classes_warning(cfg, dataset),
+                ema_horizon_warning(cfg, plan.total_steps))  # fmt: skip
+    for warning in warnings:
         if warning is not None and info.is_main:
             print(f"warning: {warning}", flush=True)
     if info.is_main and not _nothing_to_train(saved, plan):

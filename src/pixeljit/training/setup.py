@@ -75,6 +75,25 @@ def unused_classes_warning(cfg: TrainConfig, dataset) -> str | None:
     )
 
 
+INITIAL_SHARE_WARNING = 0.5  # warn when the sampled EMA is still mostly the initial weights
+
+
+def ema_horizon_warning(cfg: TrainConfig, total_steps: int) -> str | None:
+    """The EMA the run samples with, without the warm-up, keeps decay^steps of the initial
+    weights at the end: more than half, and its samples are mostly the untrained network's."""
+    decay = cfg.sampling_decay
+    share = decay**total_steps
+    if cfg.optim.ema_warmup or share <= INITIAL_SHARE_WARNING:
+        return None
+    return (
+        f"the run samples (previews, `pixeljit sample`) with the EMA of decay {decay:g}, and "
+        f"after {total_steps} steps {share:.0%} of it is still the initial weights (its "
+        f"horizon is 1/(1 − decay) = {1 / (1 - decay):,.0f} steps): its samples will look "
+        "untrained. Set optim.ema_warmup=true (the average then follows the early weights), "
+        "train longer, or sample with --weights model"
+    )
+
+
 def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
     """Fill what depends on the data and the world: classes, noise scale, batch plan."""
     m = cfg.model
