@@ -127,6 +127,34 @@ def test_resuming_on_changed_data_is_refused_unless_allowed(tmp_path, capsys):
     assert "changed since the checkpoint" in capsys.readouterr().out
 
 
+def test_the_same_data_under_another_path_or_folder_resumes(packed, tmp_path, monkeypatch, capsys):
+    """A run trained on `--data data` (relative, as typed) could not be resumed from another
+    working folder, nor with the path spelled otherwise (`../copy/`): data.source was compared
+    as text. The fingerprint identifies the data; the path is saved absolute."""
+    import shutil
+
+    from pixeljit.cli import main
+
+    shutil.copytree(packed, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    train(tiny(Path("data"), run), progress=False)
+    assert load_checkpoint(run)["config"]["data"]["source"] == str(tmp_path / "data")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["train", "--resume", str(run), "--steps", "3", "--no-progress"]) == 0
+    shutil.copytree(tmp_path / "data", tmp_path / "copy")
+    argv = ["train", "--resume", str(run), "--steps", "4", "--data", "../copy/", "--no-progress"]
+    assert main(argv) == 0
+    assert "inexact" not in capsys.readouterr().out and load_checkpoint(run)["step"] == 4
+
+
+def test_data_num_classes_zero_trains_an_unconditional_model(packed, tmp_path):
+    """README: 0 classes trains an unconditional model; data.num_classes=0 failed on labels."""
+    train(tiny(packed, tmp_path, **{"data.num_classes": 0}), progress=False)
+    assert load_checkpoint(tmp_path)["config"]["model"]["num_classes"] == 0
+
+
 # ------------------------------------------------------------------------- B13, B14, D26
 
 
@@ -247,7 +275,9 @@ def test_resuming_past_the_steps_asked_for_says_nothing_was_trained(packed, tmp_
     capsys.readouterr()
     result = train(tiny(packed, tmp_path, **{"optim.steps": 2}), resume=str(tmp_path),
                    progress=False)  # fmt: skip
-    assert "nothing to train: the checkpoint is at step 4" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "nothing to train: the checkpoint is at step 4" in printed
+    assert "still the initial weights" not in printed  # no warning about training it won't do
     assert result.step == 4 and result.checkpoint == tmp_path / LATEST
     # nothing renamed (metrics.jsonl, loss.png), config.yaml not rewritten with the shorter run
     assert files(tmp_path) == before

@@ -219,8 +219,8 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
             print(f"nothing to train: the checkpoint is at step {saved['step']}, at or past the "
                   f"{plan.total_steps} steps asked for; raise --steps / --epochs to continue "
                   "(the run folder is left as it is)", flush=True)  # fmt: skip
-    warnings = (flip_warning(cfg, dataset), unused_classes_warning(cfg, dataset),
-                ema_horizon_warning(cfg, plan.total_steps))  # fmt: skip
+    horizon = None if _nothing_to_train(saved, plan) else ema_horizon_warning(cfg, plan.total_steps)
+    warnings = (flip_warning(cfg, dataset), unused_classes_warning(cfg, dataset), horizon)
     for warning in warnings:
         if warning is not None and info.is_main:
             print(f"warning: {warning}", flush=True)

@@ -19,7 +19,9 @@ Every config field falls in one class (`field_class`), and a test holds every fi
   change.
 - data: each checkpoint records a fingerprint of the packed training set (`data_fingerprint`: a
   SHA-256 over its manifest's shard and label digests and class names); resuming on other data
-  is inexact (checkpoints written before the fingerprint existed are not compared).
+  is inexact (checkpoints written before the fingerprint existed are not compared). Where the
+  checkpoint has a fingerprint, `data.source` (where the data is) may change freely: the same
+  data under another path, spelling or working folder resumes exactly. Paths are saved absolute.
 - recipe: `run.seed` (it fixes the data order and every noise draw) and everything outside `run`
   but the length and previews (model, objective, optim, data): always refused.
 - the length is free unless `optim.cooldown` > 0: the cool-down is a fraction of the run's length,
@@ -124,9 +126,16 @@ def execution_facts(
 RESOLVED_FROM_DATA = (("model", "num_classes"), ("objective", "noise_scale"))
 
 
-def _refuse_recipe_changes(saved_config: dict, config: dict, path) -> None:
+SOURCE_FIELD = "data.source"  # where the data is, not what it is: the fingerprint says that
+
+
+def _refuse_recipe_changes(saved: dict, saved_config: dict, config: dict, path) -> None:
+    """A checkpoint with a data fingerprint identifies its data by content (`check_resume`
+    compares it), so the data's path may differ: another spelling, working folder or copy."""
+    free = {SOURCE_FIELD} if saved.get(DATA_KEY) is not None else set()
     recipe = [d for d in diff_configs(saved_config, config)
-              if field_class(d.split(":", 1)[0]) == "recipe"]  # fmt: skip
+              if field_class(d.split(":", 1)[0]) == "recipe"
+              and d.split(":", 1)[0] not in free]  # fmt: skip
     if recipe:
         raise ValueError(
             f"config differs from the checkpoint {path} in: " + "; ".join(recipe) + "; set these "
@@ -144,7 +153,7 @@ def check_recipe_before_data(saved: dict, config: dict, path) -> None:
     for section, name in RESOLVED_FROM_DATA:
         if section in given and section in saved_config:
             given[section][name] = saved_config[section].get(name)
-    _refuse_recipe_changes(saved_config, given, path)
+    _refuse_recipe_changes(saved, saved_config, given, path)
 
 
 def check_resume(
@@ -158,7 +167,7 @@ def check_resume(
     """Raise if the resumed run may not continue `saved` (a checkpoint dict); return the inexact
     changes that `allow_inexact` lets through (empty when the resume is bit-exact)."""
     saved_config = with_added_fields(saved["config"])
-    _refuse_recipe_changes(saved_config, config, path)
+    _refuse_recipe_changes(saved, saved_config, config, path)
     inexact = [d for d in diff_configs(saved_config, config)
                if field_class(d.split(":", 1)[0]) == "inexact"]  # fmt: skip
     cooldown = config.get("optim", {}).get("cooldown", 0.0)

@@ -4,13 +4,14 @@ and the training data opened."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from pixeljit.data import fashion_mnist
-from pixeljit.data.open import open_dataset
+from pixeljit.data.open import BUILTIN_SOURCES, open_dataset
 from pixeljit.data.packed import PackedDataset
 from pixeljit.model import JiT
 from pixeljit.training import distributed as dist_utils
@@ -94,6 +95,15 @@ def ema_horizon_warning(cfg: TrainConfig, total_steps: int) -> str | None:
     )
 
 
+def _absolute_source(data):
+    """A data path saved as an absolute path, so the run resumes from any working folder (a
+    built-in name, or a path that does not exist here, is kept as given)."""
+    source = data.source
+    if source in BUILTIN_SOURCES or not os.path.exists(source):
+        return data
+    return dataclasses.replace(data, source=os.path.abspath(source))
+
+
 def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
     """Fill what depends on the data and the world: classes, noise scale, batch plan."""
     m = cfg.model
@@ -103,8 +113,9 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
             f"data images are {tuple(dataset.image_shape)} but the model expects {shape}; set "
             "model.image_size / model.in_channels to match, or repack the data"
         )
-    conditional = cfg.data.conditional and dataset.num_classes > 1
     asked = cfg.data.num_classes
+    # data.num_classes 0 asks for an unconditional model, as model.num_classes 0 does
+    conditional = cfg.data.conditional and dataset.num_classes > 1 and asked != 0
     if cfg.data.conditional and not conditional and asked:
         raise ValueError(
             f"{asked} classes were asked (data.num_classes, or model.num_classes given), but the "
@@ -128,7 +139,9 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
     objective = cfg.objective
     if objective.noise_scale is None:
         objective = dataclasses.replace(objective, noise_scale=m.image_size / 256)
-    cfg = dataclasses.replace(cfg, model=model, objective=objective)
+    cfg = dataclasses.replace(
+        cfg, model=model, objective=objective, data=_absolute_source(cfg.data)
+    )
 
     world, global_batch = info.world_size, cfg.optim.global_batch
     micro = cfg.optim.micro_batch or global_batch // world
