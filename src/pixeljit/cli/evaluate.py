@@ -156,11 +156,6 @@ def _run(args, info, cfgs: list[float] | None) -> int:
             f"{extractor.name}) → {args.out}")  # fmt: skip
         return 0
     if args.images:
-        from pixeljit.metrics.image_sources import count_path_images
-        from pixeljit.metrics.score import ScoreConfig
-
-        fix = "score {least} images or more, or leave {metric} out of --metrics"
-        ScoreConfig().check_count(metrics(args), count_path_images(args.images), fix)
         shape = _image_shape(args)
         extractor = _extractor(args.extractor, shape[0], 10, args.inception_weights, info.device)
         ref = _ref(args, extractor, shape, f"the images of --images {args.images}", info, barrier)

@@ -111,6 +111,13 @@ def check_args(args) -> list[float] | None:
     if args.save_images:
         check_output("--save-images", args.save_images, True, args.overwrite, "--overwrite")
         check_no_stale_pngs("--save-images", args.save_images, args.num)
+    # after the flags and paths; counted from the listing or the .npz header, before any
+    # reference work (packing a data-set reference can take minutes)
+    if args.images:
+        from pixeljit.metrics.image_sources import count_path_images
+
+        fix = "score {least} images or more, or leave {metric} out of --metrics"
+        ScoreConfig().check_count(metrics(args), count_path_images(args.images), fix)
     if not args.sweep_cfg:
         return None
     lo, hi, step = args.sweep_cfg

@@ -173,8 +173,9 @@ def _run_nfe(args) -> int:
     check_flags_take_effect(args, args.checkpoint, conditional=net_cfg.num_classes > 0,
                             prediction=model.prediction, cfgs=[config.cfg],
                             methods=config.methods)  # fmt: skip
-    if config.skipped():
-        shown = ", ".join(str(b) for b in config.skipped())
+    skipped = config.skipped()
+    if skipped:
+        shown = ", ".join(str(b) for b in skipped)
         print(f"note: no heun row at --budgets {shown}: Heun's fewest evaluations are "
               f"{HEUN_FEWEST_NFE} (2 steps; one Heun step is an Euler step)")  # fmt: skip
     extractor = _extractor(args.extractor, net_cfg.in_channels, net_cfg.num_classes, None, device)

@@ -208,6 +208,7 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
                                 cfg.run.activation_checkpointing, cfg.run.fsdp_bf16_params,
                                 cfg.run.bf16_residual)  # fmt: skip
     fingerprint = data_fingerprint(dataset)
+    idle = _nothing_to_train(saved, plan)  # a resume at or past the steps asked for
     if saved is not None:
         inexact = check_resume(
             saved, to_dict(cfg), execution, saved["path"], allow_inexact, fingerprint
@@ -215,16 +216,15 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
         if inexact and info.is_main:
             print("resuming inexactly (the run will not match an uninterrupted one bit for bit): "
                   + "; ".join(inexact), flush=True)  # fmt: skip
-        if _nothing_to_train(saved, plan) and info.is_main:
+        if idle and info.is_main:
             print(f"nothing to train: the checkpoint is at step {saved['step']}, at or past the "
                   f"{plan.total_steps} steps asked for; raise --steps / --epochs to continue "
                   "(the run folder is left as it is)", flush=True)  # fmt: skip
-    horizon = None if _nothing_to_train(saved, plan) else ema_horizon_warning(cfg, plan.total_steps)
-    warnings = (flip_warning(cfg, dataset), unused_classes_warning(cfg, dataset), horizon)
-    for warning in warnings:
+    horizon = None if idle else ema_horizon_warning(cfg, plan.total_steps)
+    for warning in (flip_warning(cfg, dataset), unused_classes_warning(cfg, dataset), horizon):
         if warning is not None and info.is_main:
             print(f"warning: {warning}", flush=True)
-    if info.is_main and not _nothing_to_train(saved, plan):
+    if info.is_main and not idle:
         _settle_run_folder(out, resume_file, restart, saved["step"] if saved else 0)
         save_yaml(cfg, out / "config.yaml")
     return _Run(cfg, plan, dataset, out, compiled, execution, fingerprint, saved)

@@ -133,9 +133,11 @@ def _refuse_recipe_changes(saved: dict, saved_config: dict, config: dict, path) 
     """A checkpoint with a data fingerprint identifies its data by content (`check_resume`
     compares it), so the data's path may differ: another spelling, working folder or copy."""
     free = {SOURCE_FIELD} if saved.get(DATA_KEY) is not None else set()
-    recipe = [d for d in diff_configs(saved_config, config)
-              if field_class(d.split(":", 1)[0]) == "recipe"
-              and d.split(":", 1)[0] not in free]  # fmt: skip
+    recipe = []
+    for difference in diff_configs(saved_config, config):
+        name = difference.split(":", 1)[0]
+        if field_class(name) == "recipe" and name not in free:
+            recipe.append(difference)
     if recipe:
         raise ValueError(
             f"config differs from the checkpoint {path} in: " + "; ".join(recipe) + "; set these "

@@ -104,17 +104,11 @@ def _absolute_source(data):
     return dataclasses.replace(data, source=os.path.abspath(source))
 
 
-def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
-    """Fill what depends on the data and the world: classes, noise scale, batch plan."""
-    m = cfg.model
-    shape = (m.in_channels, m.image_size, m.image_size)
-    if tuple(dataset.image_shape) != shape:
-        raise ValueError(
-            f"data images are {tuple(dataset.image_shape)} but the model expects {shape}; set "
-            "model.image_size / model.in_channels to match, or repack the data"
-        )
+def _num_classes(cfg: TrainConfig, dataset) -> int:
+    """The model's classes: data.num_classes (0 asks for an unconditional model, as
+    model.num_classes 0 does), else the data's; 0 for unlabelled data. Labels outside are
+    refused."""
     asked = cfg.data.num_classes
-    # data.num_classes 0 asks for an unconditional model, as model.num_classes 0 does
     conditional = cfg.data.conditional and dataset.num_classes > 1 and asked != 0
     if cfg.data.conditional and not conditional and asked:
         raise ValueError(
@@ -135,6 +129,19 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
                 f"({bad.size} such samples); fix the labels or the classes asked for "
                 "(data.num_classes, or model.num_classes given)"
             )
+    return classes
+
+
+def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
+    """Fill what depends on the data and the world: classes, noise scale, batch plan."""
+    m = cfg.model
+    shape = (m.in_channels, m.image_size, m.image_size)
+    if tuple(dataset.image_shape) != shape:
+        raise ValueError(
+            f"data images are {tuple(dataset.image_shape)} but the model expects {shape}; set "
+            "model.image_size / model.in_channels to match, or repack the data"
+        )
+    classes = _num_classes(cfg, dataset)
     model = dataclasses.replace(m, num_classes=classes)
     objective = cfg.objective
     if objective.noise_scale is None:
