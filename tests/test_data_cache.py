@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from pixeljit.data.open import cache_entry, open_dataset
+from pixeljit.data.prepare import prepare
 from pixeljit.files.cache import CACHE_ENV
 
 
@@ -59,3 +60,38 @@ def test_a_cache_entry_holding_foreign_files_is_refused_not_deleted(folder):
     with pytest.raises(ValueError, match="mine.txt"):
         open_dataset(str(folder), 4, 3)
     assert (data.folder / "mine.txt").read_text() == "not pixeljit's"
+
+
+def test_a_packed_folder_is_read_only_in_the_split_it_was_packed_from(folder, tmp_path):
+    """A split asked of a packed folder used to be ignored: `--set data.split=test` trained on
+    whatever the folder held."""
+    (folder / "train").mkdir()
+    for i in range(2):
+        Image.new("RGB", (6, 6), (40 + i, 0, 0)).save(folder / "train" / f"{i}.png")
+    packed = prepare(str(folder), 4, tmp_path / "packed", split="train")
+    assert packed.count == 2
+    path = str(tmp_path / "packed")
+    assert red(open_dataset(path, 4, 3)) == [40, 41]  # no split asked: as packed
+    assert red(open_dataset(path, 4, 3, split="train")) == [40, 41]  # the same split
+    with pytest.raises(ValueError, match=r"split 'test'.*'train' split of image-folder.*--split"):
+        open_dataset(path, 4, 3, split="test")
+    whole = prepare(str(folder / "train"), 4, tmp_path / "whole")
+    assert whole.count == 2  # a folder packed as a whole
+    with pytest.raises(ValueError, match="image-folder without a split"):
+        open_dataset(str(tmp_path / "whole"), 4, 3, split="train")
+
+
+def test_the_emoji_set_is_its_own_train_split(tmp_path):
+    from pixeljit.data.open import check_packed_split, packed_split
+    from pixeljit.data.packed import PackedDataset
+
+    class Packed(PackedDataset):
+        def __init__(self, source):  # only the manifest matters here
+            self.folder, self.manifest = tmp_path, {"source": source}
+
+    emoji = Packed({"kind": "emoji"})
+    assert packed_split(emoji) == "train"
+    check_packed_split(emoji, "train")
+    with pytest.raises(ValueError, match="'train' split of emoji"):
+        check_packed_split(emoji, "test")
+    assert packed_split(Packed("not a dict")) is None

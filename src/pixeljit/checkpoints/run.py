@@ -45,6 +45,16 @@ class NonFiniteStateError(ValueError):
     """A state to save holds NaN or ±inf (the previous checkpoint is kept)."""
 
 
+def resume_hint(folder: str | os.PathLike) -> str:
+    """How a user continues the run in `folder`: the command, or under torchrun (WORLD_SIZE > 1)
+    their own torchrun command with it (a single process would not resume a multi-rank run
+    exactly)."""
+    command = f"pixeljit train {RESUME_FLAG} {shlex.quote(str(folder))}"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"the same `torchrun …` launch of `{command}`"
+    return f"`{command}`"
+
+
 def atomic_save(obj, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
@@ -145,8 +155,7 @@ def save_checkpoint(state: dict, folder: str | os.PathLike, step: int, milestone
         raise RuntimeError(
             f"no space left to write the step-{step} checkpoint in {folder}: it needs about "
             f"{need / 1e6:.1f} MB ({need} bytes) and {free / 1e6:.1f} MB are free; free some "
-            f"space and `pixeljit train --resume {shlex.quote(str(folder))}` (the previous "
-            f"{LATEST} is intact)"
+            f"space and run {resume_hint(folder)} (the previous {LATEST} is intact)"
         ) from None
     return latest
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 
@@ -96,6 +97,13 @@ def error_line(err: BaseException) -> str:
     return text
 
 
+def rank_tag() -> str:
+    """' (rank R of W)' under torchrun, so each rank's error line says whose it is (every rank
+    fails on a bad config, each with its own line); '' for a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f" (rank {os.environ.get('RANK', '0')} of {world})" if world > 1 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -104,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError) as err:  # OSError: missing, unwritable, full disk
         if args.debug:
             raise
-        print(f"pixeljit {args.verb}: error: {error_line(err)} (--debug shows the traceback)",
-              file=sys.stderr)  # fmt: skip
+        print(f"pixeljit {args.verb}{rank_tag()}: error: {error_line(err)} (--debug shows the "
+              "traceback)", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt as err:  # a second Ctrl-C, or a grid cell stopped with a checkpoint
         if args.debug:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from pixeljit.data.folders import LAYOUTS
-from pixeljit.data.prepare import MAX_WORKERS, prepare
+from pixeljit.data.folders import LAYOUTS, is_image_file
+from pixeljit.data.prepare import KEYWORD_SOURCES, MAX_WORKERS, PrepareResult, prepare
 from pixeljit.data.transforms import MAX_SIZE
 
 _LIST_SKIPPED = 20  # how many skipped files to print (all are in the manifest)
+_LIST_EMPTY = 10  # how many empty classes to name (all are in the manifest's class_counts)
 
 
 def add_parser(sub) -> None:
@@ -42,7 +44,9 @@ def add_parser(sub) -> None:
         help="1 (grey) or 3 (RGB); default 1 for fashion-mnist, 3 otherwise",
     )
     p.add_argument(
-        "--skip-bad", action="store_true", help="skip unreadable images (listed) instead of failing"
+        "--skip-bad",
+        action="store_true",
+        help="folders and emoji: skip unreadable images (listed) instead of failing",
     )
     p.add_argument("--data-dir", type=Path, default=None, help="folder with Fashion-MNIST files")
     p.add_argument(
@@ -50,7 +54,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--font", type=Path, default=None, help="NotoColorEmoji.ttf for emoji")
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="folders: how to read them")
-    p.add_argument("--limit", type=int, default=None, help="keep only the first N (>= 1) images")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="keep only the first N (>= 1) images in packing order (a folder's classes one "
+        "after another, so a small N can leave classes empty: they are named)",
+    )
     p.add_argument(
         "--images-per-shard", type=int, default=None, help="default: ~1 GiB shards (max 16 GiB)"
     )
@@ -94,4 +104,52 @@ def run(args) -> int:
             print(f"  {bad.path}: {bad.reason}")
     if result.ignored:
         print(f"ignored {len(result.ignored)} non-image file(s), e.g. {result.ignored[0]}")
+    warning = empty_classes_warning(result, args.limit)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    note = flat_subfolders_note(args)
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
     return 0
+
+
+def empty_classes_warning(result: PrepareResult, limit: int | None) -> str | None:
+    """The warning for declared classes that got no image (None: every class has some)."""
+    empty = result.empty_classes
+    if not empty:
+        return None
+    names = ", ".join(empty[:_LIST_EMPTY])
+    if len(empty) > _LIST_EMPTY:
+        names += f" and {len(empty) - _LIST_EMPTY} more"
+    causes = []
+    if limit is not None:
+        causes.append(
+            f"--limit {limit} keeps the first {limit} images in packing order (an image folder's "
+            "classes one after another): pass a larger --limit, or none, to reach every class."
+        )
+    if result.skipped:
+        causes.append("--skip-bad may have skipped every image of a class (listed above).")
+    return " ".join(
+        [
+            f"{len(empty)} of {result.num_classes} classes got no images: {names}. The set still "
+            f"declares all {result.num_classes} (labels keep their meaning), so a model trained "
+            "on it never sees these classes and samples them from untrained embeddings.",
+            *causes,
+        ]
+    )
+
+
+def flat_subfolders_note(args) -> str | None:
+    """With --layout flat, a folder of sub-folders packs as one unconditional class: say so."""
+    if args.layout != "flat" or args.source in KEYWORD_SOURCES:
+        return None
+    base = Path(args.source) / (args.split or "")
+    entries = [p for p in base.iterdir() if not p.name.startswith(".")]
+    subdirs = [p for p in entries if p.is_dir()]
+    if not subdirs or any(p.is_file() and is_image_file(p) for p in entries):
+        return None
+    return (
+        f"--layout flat packed the images in the {len(subdirs)} sub-folder(s) of {base} as one "
+        "unconditional class (no labels); to use the sub-folders as classes, pack it again "
+        "with --layout classes (or auto, the default) and --overwrite"
+    )

@@ -11,8 +11,6 @@ the folder --resume names (never in the `run.out` saved inside the checkpoint).
 
 from __future__ import annotations
 
-import shlex
-
 from pixeljit.training.config_io import apply_overrides, from_dict, load_yaml, parse_set
 from pixeljit.training.presets import get_preset, presets
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
@@ -37,7 +35,11 @@ def add_parser(sub) -> None:
                    help="resume although run.compile, the precision, device type, world "
                         "size, micro-batch, strategy or the data changed (not bit-exact; a "
                         "changed run.seed or recipe is always refused)")  # fmt: skip
-    p.add_argument("--config", help="YAML file of overrides {section: {field: value}}")
+    p.add_argument(
+        "--config",
+        help="YAML file of overrides {section: {field: value}} over the "
+        "preset; the flags (--steps, --batch-size, …) and --set override it",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set optim.lr=1e-4 (repeatable)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -157,18 +159,28 @@ def user_layer(overrides: dict, where: str, base) -> dict:
 
 
 def run(args) -> int:
+    from pixeljit.checkpoints.run import resume_hint
     from pixeljit.training.loop import train
+    from pixeljit.training.resume import RecipeChanged
 
     cfg = build_config(args)
-    result = train(
-        cfg,
-        resume=args.resume,
-        progress=not args.no_progress,
-        restart=args.restart,
-        allow_inexact_resume=args.allow_inexact_resume,
-    )
+    try:
+        result = train(
+            cfg,
+            resume=args.resume,
+            progress=not args.no_progress,
+            restart=args.restart,
+            allow_inexact_resume=args.allow_inexact_resume,
+        )
+    except RecipeChanged as err:
+        if not args.preset:
+            raise
+        raise ValueError(
+            f"{err}. --preset {args.preset} starts from the preset's config, not from the run's "
+            "saved one: drop --preset to continue the run with its own config"
+        ) from None
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
-        print(f"continue with `pixeljit train --resume {shlex.quote(str(result.out))}`")
+        print(f"continue with {resume_hint(result.out)}")
         return SIGNAL_EXIT_BASE + result.stopped_by_signal
     if result.stopped_on_nan:
         return 1

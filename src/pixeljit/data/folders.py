@@ -159,6 +159,13 @@ def scan_image_folder(
                 "the packed folder (Python: layout='flat' / 'classes')"
             )
         layout = "classes" if subdirs else "flat"
+    if layout == "classes" and top_images and not subdirs:
+        raise ValueError(
+            f"{base} holds {len(top_images)} images directly but no class sub-folders, so "
+            "layout 'classes' finds no classes: pack it with `--layout flat` (every image, one "
+            "unconditional class) or `--layout auto` (the default, which picks flat here), or "
+            "sort the images into one sub-folder per class (Python: layout='flat' / 'auto')"
+        )
     ignored: list[str] = []
     files: list[tuple[Path, int]] = []
     top = Path(os.path.realpath(base))

@@ -21,7 +21,7 @@ from .fingerprint import FINGERPRINT_KEY, paths_fingerprint
 from .folders import folder_fingerprint, scan_image_folder
 from .manifest import read_manifest_json
 from .packed import PackedDataset
-from .prepare import EMOJI, FASHION_MNIST, prepare
+from .prepare import EMOJI, EMOJI_SPLIT, FASHION_MNIST, prepare
 from .shards import MANIFEST
 
 BUILTIN_SOURCES = (FASHION_MNIST, EMOJI)
@@ -50,6 +50,36 @@ def packed_fingerprint(folder: Path) -> str | None:
     return source.get(FINGERPRINT_KEY) if isinstance(source, dict) else None
 
 
+def packed_split(dataset: PackedDataset) -> str | None:
+    """The split a packed set was made from, as its manifest records it (None: the whole
+    source, e.g. an image folder without split folders, or the emoji set)."""
+    source = dataset.manifest.get("source")
+    if not isinstance(source, dict):
+        return None
+    if source.get("kind") == EMOJI:
+        return EMOJI_SPLIT
+    split = source.get("split")
+    return split if isinstance(split, str) else None
+
+
+def check_packed_split(dataset: PackedDataset, split: str | None) -> None:
+    """A packed folder is read as it was packed: a split asked for (data.split, --split,
+    --ref-split) must be the one it was packed from, not be silently ignored."""
+    if split is None:
+        return
+    have = packed_split(dataset)
+    if split == have:
+        return
+    source = dataset.manifest.get("source")
+    kind = source.get("kind", "a source") if isinstance(source, dict) else "a source"
+    made = f"the {have!r} split of {kind}" if have is not None else f"{kind} without a split"
+    raise ValueError(
+        f"split {split!r} was asked for, but {dataset.folder} is already packed, from {made}: "
+        f"a packed folder cannot change split. Pack that split (`pixeljit prepare SOURCE "
+        f"--split {split} --size S --out DIR`) and pass its folder, or leave the split out"
+    )
+
+
 def cache_entry(source: str, size: int, channels: int, split: str | None) -> Path:
     """Where `open_dataset` keeps the pack of a source."""
     name = source if source in BUILTIN_SOURCES else f"folder-{_slug(Path(source))}"
@@ -72,7 +102,9 @@ def open_dataset(
         raise ValueError("no data: pass a packed folder, fashion-mnist, emoji, or an image folder")
     path = Path(source)
     if (path / MANIFEST).is_file():
-        return PackedDataset(path)
+        dataset = PackedDataset(path)
+        check_packed_split(dataset, split)
+        return dataset
     if source not in BUILTIN_SOURCES and not path.is_dir():
         raise FileNotFoundError(
             f"data {source!r}: not a packed folder, an image folder, or one of {BUILTIN_SOURCES}"

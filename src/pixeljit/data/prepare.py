@@ -50,6 +50,9 @@ class PrepareResult:
     seconds: float
     skipped: list[BadImage] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    # declared classes left with no image (a small limit, or all their images skipped): the set
+    # keeps them in its label space, so labels mean the same as in the full data set
+    empty_classes: list[str] = field(default_factory=list)
 
 
 def _open_source(
@@ -74,6 +77,16 @@ def _open_source(
         raise ValueError("download (--download) only applies to fashion-mnist")
     if layout != "auto" and key in KEYWORD_SOURCES:
         raise ValueError(f"layout (--layout) only applies to image folders, not {key}")
+    if num_workers != 0 and key in KEYWORD_SOURCES:
+        raise ValueError(
+            f"num_workers (--workers) only applies to image folders (it sets their decoding "
+            f"processes), not {key}: leave it out"
+        )
+    if skip_bad and key == FASHION_MNIST:
+        raise ValueError(
+            f"skip_bad (--skip-bad) only applies to image folders and {EMOJI}, not {key} (its "
+            "IDX files are read whole, with no single image to skip): leave it out"
+        )
     if key == FASHION_MNIST:
         ch = GREY if channels is None else channels
         return fashion_mnist_stream(size, split or "train", ch, data_dir, download, limit)
@@ -121,6 +134,9 @@ def prepare(
     skip_bad: skip (and list in the manifest) unreadable images instead of failing.
     data_dir / download: where Fashion-MNIST lives / fetch it if missing (checksum-verified).
     layout: for folders, "auto", "classes" or "flat". limit: keep the first N images.
+    num_workers: for folders, decoding processes (0: decode in this process).
+    A class left with no image (by `limit`, or all its images skipped) stays declared and is
+    named in the result's `empty_classes`.
     """
     check_size(size)
     if channels is not None:
@@ -219,7 +235,7 @@ def write_stream(
         check_output(out_dir, overwrite, sources)
         staging = open_staging(out_dir)
     try:
-        count, shape = _pack(stream, staging, images_per_shard, progress)
+        count, shape, class_counts = _pack(stream, staging, images_per_shard, progress)
         publish(staging, out_dir, overwrite, sources)
     except OSError as err:  # a full disk, a vanished folder: one line, nothing half-written
         shutil.rmtree(staging, ignore_errors=True)
@@ -235,13 +251,14 @@ def write_stream(
         time.perf_counter() - start,
         list(stream.skipped),
         list(stream.ignored),
+        [name for name, n in zip(stream.class_names, class_counts, strict=True) if n == 0],
     )
 
 
 def _pack(
     stream: SourceStream, staging: Path, images_per_shard: int | None, progress: bool
-) -> tuple[int, tuple[int, int, int]]:
-    """Write shards, labels and manifest into `staging`; (count, image shape)."""
+) -> tuple[int, tuple[int, int, int], list[int]]:
+    """Write shards, labels and manifest into `staging`; (count, image shape, class counts)."""
     writer: ShardWriter | None = None
     bar = None
     if progress:
@@ -272,6 +289,7 @@ def _pack(
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels outside [0, {num_classes}) for classes {stream.class_names}")
     channels, height, width = writer.image_shape
+    class_counts = np.bincount(labels, minlength=num_classes).tolist()
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -284,7 +302,7 @@ def _pack(
         "num_classes": num_classes,
         "class_names": stream.class_names,
         "conditional": stream.conditional,
-        "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
+        "class_counts": class_counts,
         "images_per_shard": writer.per_shard,
         "shards": shards,
         "labels": labels_entry,
@@ -294,7 +312,7 @@ def _pack(
         "created_by": _creator(),
     }
     write_json_atomic(staging / MANIFEST, manifest)
-    return int(labels.shape[0]), writer.image_shape
+    return int(labels.shape[0]), writer.image_shape, class_counts
 
 
 def _creator() -> str:

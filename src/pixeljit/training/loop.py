@@ -44,16 +44,10 @@ from pixeljit.training.rundir import (
     sweep_temporaries,
 )
 from pixeljit.training.runlog import LOSS_PLOT, LossTally, RunLog, plot_loss
-from pixeljit.training.setup import (
-    BatchPlan,
-    ema_horizon_warning,
-    flip_warning,
-    open_training_data,
-    resolve_config,
-    unused_classes_warning,
-)
+from pixeljit.training.setup import BatchPlan, open_training_data, resolve_config
 from pixeljit.training.state import all_finite, capture_rng, gather_state, load_training_state
 from pixeljit.training.stopsignal import StopRequest
+from pixeljit.training.summary import start_report
 
 
 @dataclass
@@ -216,14 +210,8 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
         if inexact and info.is_main:
             print("resuming inexactly (the run will not match an uninterrupted one bit for bit): "
                   + "; ".join(inexact), flush=True)  # fmt: skip
-        if idle and info.is_main:
-            print(f"nothing to train: the checkpoint is at step {saved['step']}, at or past the "
-                  f"{plan.total_steps} steps asked for; raise --steps / --epochs to continue "
-                  "(the run folder is left as it is)", flush=True)  # fmt: skip
-    horizon = None if idle else ema_horizon_warning(cfg, plan.total_steps)
-    for warning in (flip_warning(cfg, dataset), unused_classes_warning(cfg, dataset), horizon):
-        if warning is not None and info.is_main:
-            print(f"warning: {warning}", flush=True)
+    for line in start_report(cfg, plan, dataset, saved, resume_file) if info.is_main else ():
+        print(line, flush=True)
     if info.is_main and not idle:
         _settle_run_folder(out, resume_file, restart, saved["step"] if saved else 0)
         save_yaml(cfg, out / "config.yaml")

@@ -129,6 +129,10 @@ RESOLVED_FROM_DATA = (("model", "num_classes"), ("objective", "noise_scale"))
 SOURCE_FIELD = "data.source"  # where the data is, not what it is: the fingerprint says that
 
 
+class RecipeChanged(ValueError):
+    """A resume whose config changes the run's recipe (never allowed)."""
+
+
 def _refuse_recipe_changes(saved: dict, saved_config: dict, config: dict, path) -> None:
     """A checkpoint with a data fingerprint identifies its data by content (`check_resume`
     compares it), so the data's path may differ: another spelling, working folder or copy."""
@@ -139,10 +143,10 @@ def _refuse_recipe_changes(saved: dict, saved_config: dict, config: dict, path) 
         if field_class(name) == "recipe" and name not in free:
             recipe.append(difference)
     if recipe:
-        raise ValueError(
+        raise RecipeChanged(
             f"config differs from the checkpoint {path} in: " + "; ".join(recipe) + "; set these "
-            "back (a run's recipe cannot change on resume; start a new run with --restart or "
-            "another --out)"
+            "back (a run's recipe cannot change on resume), or train them as a new run: without "
+            "--resume, into another --out or with --restart to move this run aside"
         )
 
 

@@ -23,11 +23,11 @@ import fcntl
 import json
 import os
 import re
-import shlex
 import shutil
 import time
 from pathlib import Path
 
+from pixeljit.checkpoints.run import resume_hint
 from pixeljit.files.atomic import atomic_write, process_alive
 
 LOCK_FILE = ".lock"
@@ -173,8 +173,7 @@ def prepare_fresh(folder: str | os.PathLike, restart: bool) -> Path | None:
             )
         raise ValueError(
             f"{folder} already holds a training run ({shown}); continue it with "
-            f"`pixeljit train --resume {shlex.quote(str(folder))}`, or pass --restart to move it "
-            f"aside {aside}"
+            f"{resume_hint(folder)}, or pass --restart to move it aside {aside}"
         )
     aside = _new_sibling(folder)
     for path in found:

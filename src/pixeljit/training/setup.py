@@ -13,7 +13,7 @@ import torch
 from pixeljit.data import fashion_mnist
 from pixeljit.data.open import BUILTIN_SOURCES, open_dataset
 from pixeljit.data.packed import PackedDataset
-from pixeljit.model import JiT
+from pixeljit.model import JiT, JiTConfig
 from pixeljit.training import distributed as dist_utils
 from pixeljit.training.config import BF16_ONLY, TrainConfig
 
@@ -230,13 +230,18 @@ def device_memory_bytes(device: torch.device) -> int | None:
         return None
 
 
+def parameter_count(model: JiTConfig) -> int:
+    """The model's parameters, counted without allocating them."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in JiT(model).parameters())
+
+
 def check_model_fits(cfg: TrainConfig, info: dist_utils.DistInfo) -> None:
     """Refuse, before anything is allocated, a model whose training state alone (weights,
     gradients, AdamW moments, EMAs; FSDP shards them over the ranks) exceeds the device's whole
     memory: the sizes' upper bounds allow models of hundreds of GB, which would otherwise be
     allocated until the allocator or the kernel's OOM killer stops the process."""
-    with torch.device("meta"):
-        params = sum(p.numel() for p in JiT(cfg.model).parameters())
+    params = parameter_count(cfg.model)
     per_param = TRAIN_BYTES_PER_PARAM + EMA_BYTES_PER_PARAM * len(cfg.optim.ema_decays)
     shards = info.world_size if cfg.run.distributed == "fsdp" else 1
     need = params * per_param // shards

@@ -1,0 +1,113 @@
+"""What a run says when it starts: the data, the model and the length it trains (so nothing it
+decided from the data — classes or none, grey or colour — goes unsaid), then its warnings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pixeljit.data.packed import PackedDataset
+from pixeljit.training.config import TrainConfig
+from pixeljit.training.setup import (
+    BatchPlan,
+    ema_horizon_warning,
+    flip_warning,
+    parameter_count,
+    unused_classes_warning,
+)
+
+COLOURS = {1: "grey", 3: "RGB"}
+IMAGE_FOLDER = "image-folder"  # a packed set's manifest source kind for an image folder
+
+
+def _classes(cfg: TrainConfig) -> str:
+    classes = cfg.model.num_classes
+    if classes:
+        return f"{classes} class{'es' if classes > 1 else ''}"
+    if not cfg.data.conditional:
+        return "unconditional (data.conditional=false)"
+    if cfg.data.num_classes == 0:
+        return "unconditional (data.num_classes=0)"
+    return "unconditional: the data has no class labels (a flat folder, or one class)"
+
+
+def data_line(cfg: TrainConfig, dataset: PackedDataset) -> str:
+    """`data: SOURCE — N images, H×W grey|RGB, K classes | unconditional …`; an image folder
+    packed here at one channel says it was made grey (model.in_channels)."""
+    channels, height, width = dataset.image_shape
+    colour = COLOURS.get(channels, f"{channels} channels")
+    source = dataset.manifest.get("source")
+    kind = source.get("kind") if isinstance(source, dict) else None
+    packed_here = Path(cfg.data.source).resolve() != Path(dataset.folder).resolve()
+    if kind == IMAGE_FOLDER and packed_here and channels == 1:
+        colour += " (packed grey for model.in_channels=1; model.in_channels=3 keeps colour)"
+    return (
+        f"data: {cfg.data.source} — {len(dataset):,} images, {height}×{width} {colour}, "
+        f"{_classes(cfg)}"
+    )
+
+
+def run_line(cfg: TrainConfig, plan: BatchPlan, start: int, resume_file: Path | None) -> str:
+    """`train: P parameters, S steps at batch B (E epochs)` and, resuming, where it starts."""
+    total = plan.total_steps
+    epochs = total / plan.steps_per_epoch
+    line = (
+        f"train: {parameter_count(cfg.model):,} parameters, {total:,} step"
+        f"{'s' if total != 1 else ''} at batch {plan.global_batch} ({epochs:.3g} epoch"
+        f"{'s' if epochs != 1 else ''}), "
+        f"{'bf16' if plan.bf16 else 'fp32'}"
+    )
+    if resume_file is not None:
+        line += f"; resuming {resume_file} at step {start:,} ({total - start:,} to go)"
+    return line
+
+
+MAX_NAMED_CLASSES = 10  # empty classes named in the warning
+
+
+def empty_classes_warning(cfg: TrainConfig, dataset: PackedDataset) -> str | None:
+    """Classes the model conditions on that no training image has (a pack cut short by
+    `prepare --limit`, or an empty class folder): they are never trained."""
+    classes = min(cfg.model.num_classes, dataset.num_classes)  # more: unused_classes_warning
+    if not classes:
+        return None
+    counts = np.bincount(np.asarray(dataset.labels), minlength=classes)[:classes]
+    empty = np.flatnonzero(counts == 0)
+    if not empty.size:
+        return None
+    names = getattr(dataset, "class_names", None) or []
+    shown = [names[i] if i < len(names) else str(i) for i in empty[:MAX_NAMED_CLASSES].tolist()]
+    more = f" and {empty.size - MAX_NAMED_CLASSES} more" if empty.size > MAX_NAMED_CLASSES else ""
+    return (
+        f"{empty.size} of the data's {classes} classes have no training image "
+        f"({', '.join(shown)}{more}): the model never learns them and samples them from "
+        "untrained embeddings. Pack the data without `prepare --limit`, or give those classes "
+        "images"
+    )
+
+
+def start_report(
+    cfg: TrainConfig,
+    plan: BatchPlan,
+    dataset: PackedDataset,
+    saved: dict | None,
+    resume_file: Path | None,
+) -> list[str]:
+    """The lines rank 0 prints once the run is settled; for a resume with nothing to train,
+    only that."""
+    start, total = (saved["step"] if saved is not None else 0), plan.total_steps
+    if saved is not None and start >= total:
+        return [
+            f"nothing to train: the checkpoint is at step {start} and the run is {total} "
+            f"step{'s' if total != 1 else ''} long; pass a larger --steps / --epochs to continue "
+            "(the run folder is left as it is)"
+        ]
+    lines = [data_line(cfg, dataset), run_line(cfg, plan, start, resume_file)]
+    warnings = (
+        flip_warning(cfg, dataset),
+        unused_classes_warning(cfg, dataset),
+        empty_classes_warning(cfg, dataset),
+        ema_horizon_warning(cfg, plan.total_steps),
+    )
+    return lines + [f"warning: {w}" for w in warnings if w is not None]
