@@ -193,3 +193,25 @@ class LiveStorages(TorchDispatchMode):
         old = {StorageWeakRef(t.untyped_storage()).cdata for t in existing}
         alive = {ref.cdata: size for ref, size in self.storages if not ref.expired()}
         return sum(size for cdata, size in alive.items() if cdata not in old)
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
+    )
+
+
+# a two-block JiT for CLI and solver tests (16 px, patch 4, 4 classes)
+TINY_MODEL = JiTConfig(
+    image_size=16,
+    patch_size=4,
+    hidden_size=32,
+    depth=2,
+    num_heads=2,
+    num_classes=4,
+    bottleneck_dim=8,
+    in_context_len=2,
+    in_context_start=1,
+)

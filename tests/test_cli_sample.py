@@ -8,24 +8,12 @@ import torch
 from PIL import Image
 
 import pixeljit
+from conftest import TINY_MODEL as TINY
 from conftest import tiny_run
 from pixeljit.cli import main
 from pixeljit.cli.sample import choose_labels, grid_layout
 from pixeljit.diffusion.sampler import sample
 from pixeljit.files.images import make_grid, save_npz, to_uint8
-from pixeljit.model import JiTConfig
-
-TINY = JiTConfig(
-    image_size=16,
-    patch_size=4,
-    hidden_size=32,
-    depth=2,
-    num_heads=2,
-    num_classes=4,
-    bottleneck_dim=8,
-    in_context_len=2,
-    in_context_start=1,
-)
 
 
 @pytest.fixture(scope="module")

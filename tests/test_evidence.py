@@ -10,8 +10,8 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from extractors import CountingExtractor, PoolExtractor, Recorder
 from pixeljit.cli import main
 from pixeljit.experiments.evidence import RESULT_NAME, hf_energy, run_cell
 from pixeljit.experiments.table2 import CELLS_FOLDER, Table2Config, build_cells, run_table2
@@ -22,31 +22,6 @@ from pixeljit.experiments.table2_report import (
     table_markdown,
     write_outputs,
 )
-from pixeljit.metrics.extractor import Extracted, FeatureExtractor
-from pixeljit.training.loop import train
-
-POOL = 4  # the test extractor's features: 4×4 average-pooled colours (48-d)
-
-
-class PoolExtractor(FeatureExtractor):
-    """A cheap stand-in for EffNet: any image size maps to the same 48-d features."""
-
-    name = "pool4"
-    fd_label = "FD-pool4"
-    dim = 3 * POOL * POOL
-
-    def extract(self, images: torch.Tensor) -> Extracted:
-        x = images.float() / 255.0
-        return Extracted(features=F.adaptive_avg_pool2d(x, POOL).flatten(1))
-
-
-class CountingExtractor(PoolExtractor):
-    def __init__(self):
-        self.images = 0
-
-    def extract(self, images: torch.Tensor) -> Extracted:
-        self.images += len(images)
-        return super().extract(images)
 
 
 def tiny_config(**overrides) -> Table2Config:
@@ -58,20 +33,6 @@ def tiny_config(**overrides) -> Table2Config:
     )  # fmt: skip
     values.update(overrides)
     return Table2Config(**values)
-
-
-class Recorder:
-    """A train function that records its calls and runs the real engine (or refuses)."""
-
-    def __init__(self, allowed: bool = True):
-        self.calls: list[tuple[str, str | None]] = []
-        self.allowed = allowed
-
-    def __call__(self, cfg, resume=None, progress=False):
-        self.calls.append((cfg.run.out, resume))
-        if not self.allowed:
-            raise AssertionError(f"cell {cfg.run.out} was trained again")
-        return train(cfg, resume=resume, progress=progress)
 
 
 @pytest.fixture(scope="module")

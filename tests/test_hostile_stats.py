@@ -145,10 +145,10 @@ def test_a_cached_reference_without_its_image_size_is_measured_again(tmp_path, f
     no size to compare the size check passed whatever the model's images were."""
     import dataclasses
 
+    from extractors import GreyPoolExtractor as PoolExtractor
     from pixeljit.evaluation import dataset_stats_for
     from pixeljit.files.cache import cache_root
     from pixeljit.metrics import save_dataset_stats
-    from test_nfe import PoolExtractor
 
     data, extractor = str(fmnist16(16)), PoolExtractor()
     fresh = dataset_stats_for(data, extractor, 16, 1)

@@ -1,14 +1,10 @@
 """Hugging Face layout folders (`pixeljit convert --hub`): the round trip from a run, the model
-card, the refusals of hostile or broken folders, and `hf://` through huggingface_hub's own cache
-lookup, offline, on a cache laid out here."""
+card, and the refusals of hostile or broken folders (`hf://`: test_hub_remote.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,67 +13,36 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import pixeljit
-from conftest import REPO_ROOT, tiny_run
-from pixeljit.checkpoints import hub as hub_module
+from hub_helpers import (
+    SAMPLE_ARGS,
+    broken,
+    eval_args,
+    images,
+    make_hub,
+    make_run,
+    same_weights,
+    set_field,
+)
 from pixeljit.checkpoints.hub import (
     CONFIG_NAME,
-    HEADER_ALLOWANCE,
     MAX_CONFIG_BYTES,
     WEIGHTS_NAME,
-    load_hub,
-    weights_bound,
     write_hub_folder,
 )
-from pixeljit.checkpoints.hub_remote import parse_hf_uri
 from pixeljit.checkpoints.load import authors_sampler, load_trained
 from pixeljit.cli import main
-from pixeljit.diffusion.sampler import SamplerConfig, sample
-from pixeljit.model import JiT, model_config
-from pixeljit.model.jit import MAX_FIELDS
-
-OBJECTIVE = {"objective.prediction": "v", "objective.noise_scale": 0.5}
-PREVIEW = {"sample.cfg": 1.5, "sample.steps": 2, "sample.method": "heun"}  # set, not the preset's
-COMMIT = "0123456789abcdef0123456789abcdef01234567"  # a snapshot's commit hash (40 hex digits)
-SAMPLE_ARGS = ["--steps", "2", "--cfg", "1.5", "--num", "4", "--labels", "0", "3", "--seed", "5"]
-
-
-def eval_args(source, ref, out, *extra) -> list[str]:
-    """`pixeljit eval` of `source`: FD of 8 two-step samples against `ref`, into `out`."""
-    return ["eval", "--checkpoint", str(source), "--num", "8", "--steps", "2", "--ref", str(ref),
-            "--metrics", "fd", "--batch-size", "8", "--out", str(out), *extra]  # fmt: skip
+from pixeljit.diffusion.sampler import SamplerConfig
+from pixeljit.model import model_config
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, fmnist16):
-    """A 2-step v-prediction run (noise scale 0.5) with its preview grid and an eval.json of its
-    default weights."""
-    from pixeljit.training.loop import train
-
-    out = tmp_path_factory.mktemp("hubrun") / "run"
-    train(tiny_run(fmnist16(64), out, **OBJECTIVE, **PREVIEW), progress=False)
-    assert main(eval_args(out, fmnist16(64), out / "eval.json")) == 0
-    return out
+    return make_run(tmp_path_factory, fmnist16)
 
 
 @pytest.fixture(scope="module")
 def hub(run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("hub") / "tiny-jit"
-    assert main(["convert", str(run), "--hub", str(out)]) == 0
-    return out
-
-
-def _state(model):
-    return model.net.state_dict()
-
-
-def _same_weights(a, b) -> bool:
-    sa, sb = _state(a), _state(b)
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def _images(model, seed=5):
-    objective = model.objective_metadata()
-    return sample(model.net, [0, 3, 3, 7], steps=2, cfg=1.5, seed=seed, **objective)
+    return make_hub(run, tmp_path_factory)
 
 
 # ----------------------------------------------------------------------------- round trip
@@ -88,13 +53,13 @@ def test_run_to_hub_folder_loads_identically(run, hub):
     assert sorted(p.name for p in hub.iterdir()) == [
         "README.md", "config.json", "model.safetensors", "samples.png",
     ]  # fmt: skip
-    assert _same_weights(original, back)
+    assert same_weights(original, back)
     assert (back.prediction, back.noise_scale, back.preconditioner) == ("v", 0.5, "none")
     assert back.class_names == original.class_names and back.class_names[0] == "T-shirt/top"
     assert (back.weights, back.step, back.ema_decay) == ("ema:0.995", 2, 0.995)
     assert back.sampler == original.sampler == SamplerConfig(steps=2, cfg=1.5)
     assert back.net.config == original.net.config
-    assert torch.equal(_images(back), _images(original))
+    assert torch.equal(images(back), images(original))
     # the folder's weights file alone loads as the folder: sampler, weights and step included
     alone = load_trained(hub / "model.safetensors")
     assert (alone.sampler, alone.weights, alone.step) == (back.sampler, "ema:0.995", 2)
@@ -108,7 +73,7 @@ def test_a_hub_folder_converts_again_with_its_grid(hub, tmp_path, capsys):
     assert main(["convert", str(hub), "--hub", str(again)]) == 0
     assert "; grid," in capsys.readouterr().out
     assert (again / "samples.png").read_bytes() == (hub / "samples.png").read_bytes()
-    assert _same_weights(load_trained(again), load_trained(hub))
+    assert same_weights(load_trained(again), load_trained(hub))
 
 
 def test_sample_and_eval_read_the_folder_as_the_run(run, hub, tmp_path, fmnist16):
@@ -227,27 +192,6 @@ def test_existing_folder_refused_without_overwrite(run, hub, tmp_path, capsys):
     assert "--scores has no effect without --hub" in capsys.readouterr().err
 
 
-def _broken(hub, tmp_path, edit) -> str:
-    """A copy of `hub` whose config.json is `edit(config dict)` (a str is written as is)."""
-    folder = tmp_path / "broken"
-    folder.mkdir(exist_ok=True)
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
-        (folder / name).write_bytes((hub / name).read_bytes())
-    config = json.loads((hub / CONFIG_NAME).read_text())
-    text = edit(config)
-    (folder / CONFIG_NAME).write_text(text if isinstance(text, str) else json.dumps(text))
-    return str(folder)
-
-
-def _set(config, dotted, value):
-    *path, last = dotted.split(".")
-    node = config
-    for key in path:
-        node = node[key]
-    node[last] = value
-    return config
-
-
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -255,32 +199,35 @@ def _set(config, dotted, value):
         (lambda c: '{"format": "pixeljit.hub/1", "format": "x"}', "duplicate keys"),
         (lambda c: json.dumps(c).replace('"noise_scale": 0.5', '"noise_scale": NaN'), "NaN"),
         (lambda c: [1, 2], "not a pixeljit hub config"),
-        (lambda c: _set(c, "format", "other/1"), "not a pixeljit hub config"),
-        (lambda c: _set(c, "extra", 1), "unknown fields ['extra']"),
-        (lambda c: _set(c, "architecture.depth", -1), "must be positive integers"),
-        (lambda c: _set(c, "architecture.depth", True), "must be positive integers"),
-        (lambda c: _set(c, "architecture.norm", "batch"), "invalid architecture"),
-        (lambda c: _set(c, "architecture.colour", 1), "unknown JiT config fields"),
-        (lambda c: _set(c, "objective.prediction", "z"), "prediction must be one of"),
-        (lambda c: _set(c, "objective.noise_scale", -1), "noise_scale must be"),
-        (lambda c: _set(c, "class_names", ["a"] * 11), "11 class names for num_classes 10"),
-        (lambda c: _set(c, "class_names", [1] * 10), "class_names must be a list of strings"),
-        (lambda c: _set(c, "weights.ema_decay", 2), "ema_decay must be"),
-        (lambda c: _set(c, "weights.step", False), "step must be"),
-        (lambda c: _set(c, "sampler.steps", 0), "invalid sampler settings"),
-        (lambda c: _set(c, "sampler.solver", "x"), "unknown 'sampler' fields"),
-        (lambda c: _set(c, "architecture.hidden_size", 64), "describe different architectures"),
+        (lambda c: set_field(c, "format", "other/1"), "not a pixeljit hub config"),
+        (lambda c: set_field(c, "extra", 1), "unknown fields ['extra']"),
+        (lambda c: set_field(c, "architecture.depth", -1), "must be positive integers"),
+        (lambda c: set_field(c, "architecture.depth", True), "must be positive integers"),
+        (lambda c: set_field(c, "architecture.norm", "batch"), "invalid architecture"),
+        (lambda c: set_field(c, "architecture.colour", 1), "unknown JiT config fields"),
+        (lambda c: set_field(c, "objective.prediction", "z"), "prediction must be one of"),
+        (lambda c: set_field(c, "objective.noise_scale", -1), "noise_scale must be"),
+        (lambda c: set_field(c, "class_names", ["a"] * 11), "11 class names for num_classes 10"),
+        (lambda c: set_field(c, "class_names", [1] * 10), "class_names must be a list of strings"),
+        (lambda c: set_field(c, "weights.ema_decay", 2), "ema_decay must be"),
+        (lambda c: set_field(c, "weights.step", False), "step must be"),
+        (lambda c: set_field(c, "sampler.steps", 0), "invalid sampler settings"),
+        (lambda c: set_field(c, "sampler.solver", "x"), "unknown 'sampler' fields"),
+        (
+            lambda c: set_field(c, "architecture.hidden_size", 64),
+            "describe different architectures",
+        ),
     ],
 )
 def test_malformed_config_refused(hub, tmp_path, edit, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
-        load_trained(_broken(hub, tmp_path, edit))
+        load_trained(broken(hub, tmp_path, edit))
 
 
 def test_shapes_that_do_not_fit_are_refused(hub, tmp_path):
     """Weights without pixeljit's metadata (as another tool would write them), checked against
     config.json alone: a wrong shape and a missing tensor are named."""
-    folder = _broken(hub, tmp_path, lambda c: c)
+    folder = broken(hub, tmp_path, lambda c: c)
     state = load_file(hub / WEIGHTS_NAME)
     state["final_layer.linear.weight"] = state["final_layer.linear.weight"][:-1]
     save_file(state, os.path.join(folder, WEIGHTS_NAME))
@@ -291,25 +238,25 @@ def test_shapes_that_do_not_fit_are_refused(hub, tmp_path):
     with pytest.raises(ValueError, match="missing keys"):
         load_trained(folder)
     save_file(load_file(hub / WEIGHTS_NAME), os.path.join(folder, WEIGHTS_NAME))
-    assert _same_weights(load_trained(folder), load_trained(hub))  # no metadata needed
-    _broken(hub, tmp_path, lambda c: _set(c, "architecture.depth", 3))
+    assert same_weights(load_trained(folder), load_trained(hub))  # no metadata needed
+    broken(hub, tmp_path, lambda c: set_field(c, "architecture.depth", 3))
     save_file(load_file(hub / WEIGHTS_NAME), os.path.join(folder, WEIGHTS_NAME))
     with pytest.raises(ValueError, match="depth 3 but the weights hold blocks 0–1"):
         load_trained(folder)
 
 
 def test_huge_config_and_missing_weights_refused(hub, tmp_path):
-    folder = _broken(hub, tmp_path, lambda c: json.dumps(c) + " " * MAX_CONFIG_BYTES)
+    folder = broken(hub, tmp_path, lambda c: json.dumps(c) + " " * MAX_CONFIG_BYTES)
     with pytest.raises(ValueError, match="over the"):
         load_trained(folder)
-    folder = _broken(hub, tmp_path, lambda c: c)
+    folder = broken(hub, tmp_path, lambda c: c)
     os.remove(os.path.join(folder, WEIGHTS_NAME))
     with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
         load_trained(folder)
 
 
 def test_non_finite_weights_refused(hub, tmp_path):
-    folder = _broken(hub, tmp_path, lambda c: c)
+    folder = broken(hub, tmp_path, lambda c: c)
     state = load_file(hub / WEIGHTS_NAME)
     state["pos_embed"][0, 0, 0] = float("nan")
     save_file(state, os.path.join(folder, WEIGHTS_NAME))
@@ -335,122 +282,3 @@ def test_one_set_of_weights_and_no_in_context_start(hub, capsys, inside):
         load_trained(hub, "ema:0.999")
     assert main(["sample", str(hub), "--in-context-start", "2"]) == 2
     assert "--in-context-start has no effect" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------------------------- hf://
-
-
-@pytest.mark.parametrize(
-    "uri, parsed",
-    [
-        ("hf://org/name", ("org/name", None)),
-        ("hf://Org-1/jit.b_16@main", ("Org-1/jit.b_16", "main")),
-        ("hf://org/name@refs/pr/3", ("org/name", "refs/pr/3")),
-        (f"hf://org/name@{COMMIT}", ("org/name", COMMIT)),
-    ],
-)
-def test_hf_names_parse(uri, parsed):
-    assert parse_hf_uri(uri) == parsed
-
-
-@pytest.mark.parametrize(
-    "uri", ["hf://name", "hf://org/name/extra", "hf://org/-x", "hf://o--x/name", "hf://org/n@",
-            "hf://org/name@../x", "hf://org/na me", "hf:///name"],
-)  # fmt: skip
-def test_bad_hf_names_refused(uri):
-    with pytest.raises(ValueError, match="is not a Hub model name"):
-        load_trained(uri)
-
-
-def _hub_cache(root, hub, repo="org--name"):
-    """`root` laid out as huggingface_hub's cache holding `hub` as the `main` of org/name."""
-    snapshot = root / f"models--{repo}" / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    for file in hub.iterdir():
-        (snapshot / file.name).write_bytes(file.read_bytes())
-    (root / f"models--{repo}" / "refs").mkdir()
-    (root / f"models--{repo}" / "refs" / "main").write_text(COMMIT)
-    return snapshot
-
-
-@pytest.fixture
-def offline_cache(tmp_path, hub, monkeypatch):
-    from huggingface_hub import constants
-
-    root = tmp_path / "hf-cache"
-    snapshot = _hub_cache(root, hub)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return snapshot
-
-
-def test_hf_uri_offline_from_the_cache(offline_cache, hub):
-    local = load_trained(hub)
-    for uri in ("hf://org/name", "hf://org/name@main", f"hf://org/name@{COMMIT}"):
-        model = load_trained(uri)
-        assert _same_weights(model, local) and model.sampler == local.sampler
-        assert model.description == f"hf://org/name@{COMMIT} (ema:0.995)"
-        assert torch.equal(_images(model), _images(local))
-    with pytest.raises(FileNotFoundError, match="not in the local Hub cache"):
-        load_trained("hf://org/name@v2")
-    with pytest.raises(FileNotFoundError, match="could not get config.json"):
-        load_trained("hf://other/model")
-
-
-def test_hf_weights_over_their_bound_are_not_fetched(offline_cache):
-    bound = weights_bound(offline_cache / CONFIG_NAME)
-    with open(offline_cache / WEIGHTS_NAME, "r+b") as f:
-        f.truncate(bound + 1)  # sparse: the size is asked for before any download
-    with pytest.raises(ValueError, match="not downloaded"):
-        load_hub("hf://org/name")
-
-
-def test_weights_bound_is_exact_and_cheap(hub, tmp_path):
-    """float64 for every parameter the config implies plus the header allowance, counted without
-    building a block per claimed layer (a config claiming 10⁹ blocks answers at once)."""
-    params = sum(p.numel() for p in load_trained(hub).net.state_dict().values())
-    assert weights_bound(hub / CONFIG_NAME) == params * 8 + HEADER_ALLOWANCE
-    deep = _broken(hub, tmp_path, lambda c: _set(c, "architecture.depth", MAX_FIELDS["depth"]))
-    deep_config = dataclasses.replace(load_trained(hub).net.config, depth=MAX_FIELDS["depth"])
-    with torch.device("meta"):  # exact at the deepest allowed config too: the full count
-        deep_params = sum(p.numel() for p in JiT(deep_config).state_dict().values())
-    built = []
-    real_jit = hub_module.JiT
-
-    def recording_jit(config):
-        built.append(config.depth)
-        return real_jit(config)
-
-    with pytest.MonkeyPatch.context() as patch:  # cheap: one block is built, not 256
-        patch.setattr(hub_module, "JiT", recording_jit)
-        bound = weights_bound(os.path.join(deep, CONFIG_NAME))
-    assert bound == deep_params * 8 + HEADER_ALLOWANCE and built == [1]
-    (tmp_path / "x").mkdir()
-    deeper = _broken(hub, tmp_path / "x", lambda c: _set(c, "architecture.depth", 10**9))
-    with pytest.raises(ValueError, match="depth must be ≤ 256"):  # refused at once
-        weights_bound(os.path.join(deeper, CONFIG_NAME))
-
-
-def test_hf_uri_on_the_command_line_offline(hub, tmp_path):
-    """`pixeljit sample hf://…` in a fresh process whose huggingface_hub reads HF_HUB_CACHE and
-    HF_HUB_OFFLINE=1 from the environment, as a user's would."""
-    _hub_cache(tmp_path / "hf-cache", hub)
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1"}  # fmt: skip
-    remote, local = tmp_path / "remote.npz", tmp_path / "local.npz"
-    command = ["-m", "pixeljit", "sample", "hf://org/name@main", *SAMPLE_ARGS, "--out", str(remote)]
-    proc = subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert main(["sample", str(hub), *SAMPLE_ARGS, "--out", str(local)]) == 0
-    assert np.array_equal(np.load(remote)["arr_0"], np.load(local)["arr_0"])
-
-
-def test_without_huggingface_hub_a_one_line_hint(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes the import fail
-    with pytest.raises(ImportError, match=r"pip install 'pixeljit\[hub\]'"):
-        load_trained("hf://org/name")
-    assert main(["sample", "hf://org/name"]) == 2
-    err = capsys.readouterr().err
-    assert "pip install 'pixeljit[hub]'" in err and err.count("\n") == 1

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
+from analytic import AnalyticNet, Gaussian, noise
 from conftest import FMNIST_TEST_SIZE, tiny_run
+from extractors import GreyPoolExtractor as PoolExtractor
 from pixeljit.checkpoints.load import load_trained
 from pixeljit.cli import main
 from pixeljit.diffusion.solvers import GRIDS, METHODS, evaluations
@@ -32,25 +32,11 @@ from pixeljit.experiments.nfe_report import (
     write_outputs,
 )
 from pixeljit.metrics import DatasetStats, create_extractor, save_dataset_stats
-from pixeljit.metrics.extractor import Extracted, FeatureExtractor
 from pixeljit.training.loop import train
-from test_sampling import AnalyticNet, Gaussian, noise
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-POOL = 4  # the cheap extractor's features: 4×4 average-pooled pixels (16-d)
 DESCRIBE = {"checkpoint": "tiny", "weights": "default", "ref": "fmnist16"}
-
-
-class PoolExtractor(FeatureExtractor):
-    name, fd_label, dim = "pool4", "FD-pool4", POOL * POOL
-
-    def __init__(self):
-        self.calls = 0
-
-    def extract(self, images: torch.Tensor) -> Extracted:
-        self.calls += 1
-        return Extracted(features=F.adaptive_avg_pool2d(images.float() / 255, POOL).flatten(1))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from analytic import NUM_CLASSES, AnalyticNet, D, Gaussian, error, noise
 from pixeljit.diffusion.guidance import GuidedField
 from pixeljit.diffusion.sampler import MAX_STEPS, SamplerConfig, sample
 from pixeljit.diffusion.solvers import (
@@ -32,7 +33,6 @@ from pixeljit.diffusion.timegrids import (
     GRIDS,
     time_grid,
 )
-from test_sampling import NUM_CLASSES, AnalyticNet, D, Gaussian, error, noise
 
 F64 = torch.float64
 

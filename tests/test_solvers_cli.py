@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 import pixeljit
+from conftest import TINY_MODEL as TINY
 from pixeljit.cli import main
 from pixeljit.diffusion.sampler import FAST_SAMPLER, sample
 from pixeljit.files.images import to_uint8
-from test_cli_sample import TINY
 
 
 def test_sample_fast_is_dpmpp_3m_with_ten_steps(tmp_path, capsys):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pixeljit
-from conftest import tiny_run, torchrun
+from conftest import states_equal, tiny_run, torchrun
 from pixeljit.checkpoints.run import load_checkpoint
 from pixeljit.diffusion.objective import ObjectiveConfig, flow_matching_loss
 from pixeljit.training.config_io import apply_overrides
@@ -36,14 +36,6 @@ TRAIN_RUN = {
 
 def tiny_config(data: Path, out: Path, **overrides):
     return tiny_run(data, out, **{**TRAIN_RUN, **overrides})
-
-
-def states_equal(a: dict, b: dict) -> bool:
-    if a.keys() != b.keys():
-        return False
-    return all(
-        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
-    )
 
 
 def test_tiny_model_loss_falls_on_a_fixed_batch():

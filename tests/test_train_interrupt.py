@@ -16,15 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_run
+from conftest import states_equal, tiny_run
+from extractors import PoolExtractor
 from pixeljit.checkpoints.run import find_checkpoint, load_checkpoint
 from pixeljit.cli import demo, main
 from pixeljit.experiments import bottleneck
 from pixeljit.training import loop
 from pixeljit.training.loop import train
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE, StopRequest
-from test_evidence import PoolExtractor
-from test_train import states_equal
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -143,7 +142,7 @@ def test_stop_request_listens_only_where_asked():
 GRID_SCRIPT = """
 import sys, torch
 from pixeljit.experiments import bottleneck
-from test_evidence import PoolExtractor
+from extractors import PoolExtractor
 torch.set_num_threads(1)
 config = bottleneck.BottleneckConfig(
     size=16, patch=4, dims=(4, None), width=32, depth=1, heads=2, steps=10**6, batch=8,
