@@ -38,8 +38,10 @@ from pixeljit.training.resume import (
 )
 from pixeljit.training.rundir import (
     RunLock,
+    aside_suffix,
     check_out_folder,
     prepare_fresh,
+    revive_branch,
     set_aside_newer,
     sweep_temporaries,
 )
@@ -136,11 +138,14 @@ def _settle_run_folder(out: Path, resume_file: Path | None, restart: bool, step:
         if aside is not None:
             print(f"moved the previous run in {out} aside to {aside}")
         return
-    kept = set_aside_newer(out, resume_file, step)
+    if aside_suffix(resume_file) is not None:  # a branch an earlier resume set aside
+        start, kept = revive_branch(out, resume_file, step)
+        later = f"this folder's own files past step {start}, where that branch parts from it,"
+    else:
+        kept, later = set_aside_newer(out, resume_file, step), "the folder's later files"
     if kept:
         shown = ", ".join(p.name for p in kept)
-        print(f"resuming from {resume_file.name} (step {step}): the folder's later files are "
-              f"kept as {shown}")  # fmt: skip
+        print(f"resuming from {resume_file.name} (step {step}): {later} are kept as {shown}")
 
 
 def _rank0_first(info, fn) -> None:

@@ -23,24 +23,29 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import time
 from pathlib import Path
 
 from pixeljit.checkpoints.run import resume_hint
-from pixeljit.files.atomic import atomic_write, process_alive
+from pixeljit.files.atomic import atomic_write, atomic_write_text, process_alive
 
 LOCK_FILE = ".lock"
 # What a run writes into its folder (see README "### Training"); anything else is not ours.
 RUN_FILE_NAMES = ("latest.pt", "config.yaml", "metrics.jsonl", "loss.png", "tensorboard")
 RUN_FILE_RE = re.compile(
     r"^(step-\d{9}\.pt|samples-\d{7}\.png"
-    r"|(step-\d{9}\.pt|samples-\d{7}\.png|latest\.pt|metrics\.jsonl|loss\.png)"
+    r"|(step-\d{9}\.pt|samples-\d{7}\.png|latest\.pt|metrics\.jsonl|loss\.png|branch\.json)"
     r"\.before-resume-[\d-]+)$"
 )
 STEP_FILE_RE = re.compile(r"^(?:step-(\d{9})\.pt|samples-(\d{7})\.png)$")
 METRICS, LOSS_PLOT_NAME = "metrics.jsonl", "loss.png"
 ASIDE_SUFFIX = ".before-resume-"
+ASIDE_RE = re.compile(r"^(?P<name>.+)(?P<suffix>\.before-resume-[\d-]+)$")
+# BRANCH_NOTE + suffix: the step the resume that set those files aside continued from, i.e.
+# where their branch and the folder's later history part
+BRANCH_NOTE = "branch.json"
 LATEST = "latest.pt"
 # `temp_sibling(path)` = f".{path.name}.tmp-{pid}-{8 hex}"
 TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
@@ -201,7 +206,9 @@ def set_aside_newer(folder: str | os.PathLike, resumed: str | os.PathLike, step:
         moves.append(folder / LOSS_PLOT_NAME)
     if not moves and not copies:
         return []
-    suffix = _free_suffix(folder, [p.name for p in moves + copies])
+    suffix = _free_suffix(folder, [p.name for p in moves + copies] + [BRANCH_NOTE])
+    note = {"branched_at": step, "resumed_from": resumed.name}
+    atomic_write_text(folder / (BRANCH_NOTE + suffix), json.dumps(note) + "\n")
     kept = []
     for path in copies:
         target = folder / (path.name + suffix)
@@ -212,6 +219,66 @@ def set_aside_newer(folder: str | os.PathLike, resumed: str | os.PathLike, step:
         os.rename(path, target)
         kept.append(target)
     return kept
+
+
+def aside_suffix(path: str | os.PathLike) -> str | None:
+    """'.before-resume-<time>' of a file an earlier resume set aside; None for any other."""
+    match = ASIDE_RE.match(Path(path).name)
+    return match.group("suffix") if match else None
+
+
+def revive_branch(folder: str | os.PathLike, resumed: str | os.PathLike, step: int):
+    """Resume from `resumed`, a checkpoint (at `step`) that an earlier resume set aside: its
+    branch parted from the folder's history at the step its branch note records. The folder's
+    own files past that step are set aside in turn (`set_aside_newer`), and the branch's grids,
+    milestones and metrics records up to `step` come back into place, so the folder holds one
+    history. Returns (branch step, what was set aside). A branch without its note (set aside by
+    an older pixeljit) is refused before anything moves: where it parts is unknown."""
+    folder, resumed = Path(folder), Path(resumed)
+    suffix = aside_suffix(resumed)
+    note = folder / (BRANCH_NOTE + str(suffix))
+    try:
+        start = json.loads(note.read_text())["branched_at"]
+    except (OSError, ValueError, KeyError, TypeError):
+        start = None
+    if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= step:
+        fresh = shlex.quote(str(folder.with_name(folder.name + "-branch")))
+        raise ValueError(
+            f"{resumed.name} was set aside by an earlier resume, and {note.name} does not say "
+            f"where its branch parted from this folder's history (an older pixeljit did not "
+            f"write it), so resuming it here would mix the two: continue it in a folder of its "
+            f"own: `mkdir {fresh} && cp {shlex.quote(str(resumed))} {fresh}/{LATEST} && "
+            f"pixeljit train --resume {fresh}`"
+        )
+    kept = set_aside_newer(folder, resumed, start)
+    for path in sorted(folder.iterdir()):  # the branch's grids and milestones up to `step`
+        match = ASIDE_RE.match(path.name)
+        if not match or match.group("suffix") != suffix or path.resolve() == resumed.resolve():
+            continue
+        name = STEP_FILE_RE.match(match.group("name"))
+        if name and int(name.group(1) or name.group(2)) <= step:
+            if not (folder / match.group("name")).exists():
+                os.rename(path, folder / match.group("name"))
+    branch_metrics = folder / (METRICS + suffix)
+    if branch_metrics.is_file():
+        ours = [line for line in _lines(folder / METRICS) if _step_of(line) <= start]
+        theirs = [line for line in _lines(branch_metrics) if start < _step_of(line) <= step]
+        atomic_write_text(folder / METRICS, "".join(line + "\n" for line in ours + theirs))
+    return start, kept
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def _step_of(line: str) -> float:
+    """A metrics record's step (an unreadable line counts as past every step: never kept)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return float("inf")
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else float("inf")
 
 
 def _has_records_after(metrics: Path, step: int) -> bool:
