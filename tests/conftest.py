@@ -215,3 +215,19 @@ TINY_MODEL = JiTConfig(
     in_context_len=2,
     in_context_start=1,
 )
+
+
+@pytest.fixture(scope="session")
+def hub_run(tmp_path_factory, fmnist16):
+    """A 2-step v-prediction run with its preview grid and eval.json (hub_helpers.make_run)."""
+    from hub_helpers import make_run
+
+    return make_run(tmp_path_factory, fmnist16)
+
+
+@pytest.fixture(scope="session")
+def hub(hub_run, tmp_path_factory):
+    """`hub_run` converted to a Hugging Face layout folder (read, never written, by tests)."""
+    from hub_helpers import make_hub
+
+    return make_hub(hub_run, tmp_path_factory)

@@ -18,8 +18,6 @@ from hub_helpers import (
     broken,
     eval_args,
     images,
-    make_hub,
-    make_run,
     same_weights,
     set_field,
 )
@@ -34,22 +32,11 @@ from pixeljit.cli import main
 from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.model import model_config
 
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, fmnist16):
-    return make_run(tmp_path_factory, fmnist16)
-
-
-@pytest.fixture(scope="module")
-def hub(run, tmp_path_factory):
-    return make_hub(run, tmp_path_factory)
-
-
 # ----------------------------------------------------------------------------- round trip
 
 
-def test_run_to_hub_folder_loads_identically(run, hub):
-    original, back = load_trained(run), load_trained(hub)
+def test_run_to_hub_folder_loads_identically(hub_run, hub):
+    original, back = load_trained(hub_run), load_trained(hub)
     assert sorted(p.name for p in hub.iterdir()) == [
         "README.md", "config.json", "model.safetensors", "samples.png",
     ]  # fmt: skip
@@ -64,7 +51,7 @@ def test_run_to_hub_folder_loads_identically(run, hub):
     alone = load_trained(hub / "model.safetensors")
     assert (alone.sampler, alone.weights, alone.step) == (back.sampler, "ema:0.995", 2)
     # the grid is the run's own preview of the exported step, byte for byte
-    assert (hub / "samples.png").read_bytes() == (run / "samples-0000002.png").read_bytes()
+    assert (hub / "samples.png").read_bytes() == (hub_run / "samples-0000002.png").read_bytes()
 
 
 def test_a_hub_folder_converts_again_with_its_grid(hub, tmp_path, capsys):
@@ -76,15 +63,15 @@ def test_a_hub_folder_converts_again_with_its_grid(hub, tmp_path, capsys):
     assert same_weights(load_trained(again), load_trained(hub))
 
 
-def test_sample_and_eval_read_the_folder_as_the_run(run, hub, tmp_path, fmnist16):
+def test_sample_and_eval_read_the_folder_as_the_run(hub_run, hub, tmp_path, fmnist16):
     got = {}
-    for name, source in (("run", run), ("hub", hub)):
+    for name, source in (("run", hub_run), ("hub", hub)):
         npz = tmp_path / f"{name}.npz"
         assert main(["sample", str(source), *SAMPLE_ARGS, "--out", str(npz)]) == 0
         got[name] = np.load(npz)["arr_0"]
     assert np.array_equal(got["run"], got["hub"])
     scores = {}
-    for name, source in (("run", run), ("hub", hub)):
+    for name, source in (("run", hub_run), ("hub", hub)):
         out = tmp_path / f"{name}-eval.json"
         assert main(eval_args(source, fmnist16(64), out)) == 0
         scores[name] = json.loads(out.read_text())
@@ -92,10 +79,10 @@ def test_sample_and_eval_read_the_folder_as_the_run(run, hub, tmp_path, fmnist16
     # the record names each checkpoint, and the exported weights digest as the run's
     run_model, hub_model = scores["run"]["model"], scores["hub"]["model"]
     assert run_model["weights_sha256"] == hub_model["weights_sha256"]
-    assert (run_model["checkpoint"], hub_model["checkpoint"]) == (str(run), str(hub))
+    assert (run_model["checkpoint"], hub_model["checkpoint"]) == (str(hub_run), str(hub))
 
 
-def test_model_card_front_matter_and_content(hub, run):
+def test_model_card_front_matter_and_content(hub, hub_run):
     card = (hub / "README.md").read_text()
     assert card.startswith("---\n")
     front, body = card.split("---\n", 2)[1:]
@@ -105,38 +92,38 @@ def test_model_card_front_matter_and_content(hub, run):
     assert {"diffusion", "image-generation", "jit", "pixel-space"} <= set(meta["tags"])
     assert {"v-prediction", "class-conditional"} <= set(meta["tags"])
     assert "![samples](samples.png)" in body and "step 2" in body
-    fd = json.loads((run / "eval.json").read_text())["scores"]["FD-FMNIST"]
+    fd = json.loads((hub_run / "eval.json").read_text())["scores"]["FD-FMNIST"]
     assert f"| FD-FMNIST | {fd:.6g} |" in body  # the run's eval.json, which scored these weights
     assert "8 images, seed 0, heun 2 steps, CFG 1.5 on (0.1, 1)" in body
     assert "v-prediction, noise scale 0.5" in body and "T-shirt/top" in body
-    params = sum(p.numel() for p in load_trained(run).net.parameters())
+    params = sum(p.numel() for p in load_trained(hub_run).net.parameters())
     assert f"| parameters | {params:,} |" in body
     config = json.loads((hub / CONFIG_NAME).read_text())
     assert config["sampler"]["cfg"] == 1.5 and config["weights"]["ema_decay"] == 0.995
 
 
-def test_scores_flag_and_unknown_scores(run, tmp_path):
+def test_scores_flag_and_unknown_scores(hub_run, tmp_path):
     scores = tmp_path / "sweep.json"
     best = {"weights": "ema:0.995", "cfg": 1.5, "FD-FMNIST": 3.25}  # records no weights digest
     scores.write_text(json.dumps({"sweep": [best], "best": best}))
     out = tmp_path / "hub"
-    assert main(["convert", str(run), "--hub", str(out), "--scores", str(scores)]) == 0
+    assert main(["convert", str(hub_run), "--hub", str(out), "--scores", str(scores)]) == 0
     card = (out / "README.md").read_text()
     assert "| FD-FMNIST | 3.25 |" in card and "sweep.json" in card
     assert "Unverified: the file does not record which weights it scored" in card
     # a .safetensors export records neither grid nor scores: the card says so; it does carry
     # the run's recommended sampler settings
     plain = tmp_path / "w.safetensors"
-    assert main(["convert", str(run), str(plain)]) == 0
+    assert main(["convert", str(hub_run), str(plain)]) == 0
     assert main(["convert", str(plain), "--hub", str(tmp_path / "bare")]) == 0
     card = (tmp_path / "bare" / "README.md").read_text()
     assert "None: the source holds no sample grid" in card and "Unknown: no evaluation" in card
     assert "the source's settings" in card
-    assert load_trained(tmp_path / "bare").sampler == load_trained(run).sampler is not None
+    assert load_trained(tmp_path / "bare").sampler == load_trained(hub_run).sampler is not None
     assert not (tmp_path / "bare" / "samples.png").exists()
     # a file that records no sampler: the card names the defaults it fell back to
     bare = tmp_path / "bare.safetensors"
-    pixeljit.save_safetensors(load_trained(run).net, bare)
+    pixeljit.save_safetensors(load_trained(hub_run).net, bare)
     assert main(["convert", str(bare), "--hub", str(tmp_path / "bare2")]) == 0
     assert "pixeljit's defaults" in (tmp_path / "bare2" / "README.md").read_text()
 
@@ -166,29 +153,32 @@ def test_authors_recommended_sampler_follows_their_readme():
 # ------------------------------------------------------------------------------- refusals
 
 
-def test_existing_folder_refused_without_overwrite(run, hub, tmp_path, capsys):
+def test_existing_folder_refused_without_overwrite(hub_run, hub, tmp_path, capsys):
     before = {p.name: p.read_bytes() for p in hub.iterdir()}
-    assert main(["convert", str(run), "--hub", str(hub)]) == 2
+    assert main(["convert", str(hub_run), "--hub", str(hub)]) == 2
     err = capsys.readouterr().err
     assert "is not empty" in err and "--overwrite" in err
     assert {p.name: p.read_bytes() for p in hub.iterdir()} == before
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    assert main(["convert", str(run), "--hub", str(a_file)]) == 2
+    assert main(["convert", str(hub_run), "--hub", str(a_file)]) == 2
     assert "is a file" in capsys.readouterr().err
     # --overwrite replaces our files and leaves the user's
     copy = tmp_path / "copy"
     copy.mkdir()
     (copy / "notes.txt").write_text("mine")
     (copy / "samples.png").write_text("stale")
-    assert main(["convert", str(run), "--hub", str(copy), "--weights", "model", "--overwrite"]) == 0
+    assert (
+        main(["convert", str(hub_run), "--hub", str(copy), "--weights", "model", "--overwrite"])
+        == 0
+    )
     assert (copy / "notes.txt").read_text() == "mine"
     assert load_trained(copy).weights == "model"
-    assert main(["convert", str(run), "out.safetensors", "--hub", str(copy)]) == 2
+    assert main(["convert", str(hub_run), "out.safetensors", "--hub", str(copy)]) == 2
     assert "not both" in capsys.readouterr().err
-    assert main(["convert", str(run)]) == 2
+    assert main(["convert", str(hub_run)]) == 2
     assert "not neither" in capsys.readouterr().err
-    assert main(["convert", str(run), "x.safetensors", "--scores", "s.json"]) == 2
+    assert main(["convert", str(hub_run), "x.safetensors", "--scores", "s.json"]) == 2
     assert "--scores has no effect without --hub" in capsys.readouterr().err
 
 

@@ -18,8 +18,6 @@ from hub_helpers import (
     SAMPLE_ARGS,
     broken,
     images,
-    make_hub,
-    make_run,
     same_weights,
     set_field,
 )
@@ -36,17 +34,6 @@ from pixeljit.checkpoints.load import load_trained
 from pixeljit.cli import main
 from pixeljit.model import JiT
 from pixeljit.model.jit import MAX_FIELDS
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, fmnist16):
-    return make_run(tmp_path_factory, fmnist16)
-
-
-@pytest.fixture(scope="module")
-def hub(run, tmp_path_factory):
-    return make_hub(run, tmp_path_factory)
-
 
 # ---------------------------------------------------------------------------------- hf://
 
