@@ -78,3 +78,19 @@ def test_a_set_aside_branch_without_its_note_is_refused_before_anything_moves(fm
         train(tiny(data, run, "A", 6), resume=str(a_latest), progress=False)
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
     assert after == before
+
+
+def test_a_metrics_line_without_a_numeric_step_keeps_the_file(tmp_path):
+    """One reader of metrics lines serves both set-aside paths: a line that is not a record with
+    a numeric step (a hand edit, a torn write) counts as past every step, so the file is copied
+    aside before a resume cuts it (such a line used to raise a TypeError mid-resume)."""
+    from pixeljit.training.rundir import set_aside_newer
+
+    (tmp_path / LATEST).write_bytes(b"")
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1}\n{"loss": 0.5}\n')  # no step: step 0, not past 1
+    assert set_aside_newer(tmp_path, tmp_path / LATEST, 1) == []
+    metrics.write_text('{"step": 1}\n{"step": "x"}\n')
+    (kept,) = set_aside_newer(tmp_path, tmp_path / LATEST, 1)
+    assert kept.name.startswith("metrics.jsonl.before-resume-")
+    assert kept.read_text() == metrics.read_text()

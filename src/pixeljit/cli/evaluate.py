@@ -36,7 +36,6 @@ from pixeljit.cli.sampler_args import (
     given_sampler_flags,
     sampler_from_args,
 )
-from pixeljit.diffusion.sampler import NO_GUIDANCE
 
 
 def add_parser(sub) -> None:
@@ -169,9 +168,6 @@ def _run(args, info, cfgs: list[float] | None) -> int:
     model = load(args.weights)
     sampler = sampler_from_args(args, model.sampler)  # flags over the model's recommendation
     cfg = model.net.config
-    if cfg.num_classes == 0 and set(cfgs or ()) - {NO_GUIDANCE}:
-        raise ValueError(f"--sweep-cfg: {args.checkpoint} is an unconditional model, which "
-                         "cannot be guided: drop --sweep-cfg")  # fmt: skip
     check_flags_take_effect(args, args.checkpoint, conditional=cfg.num_classes > 0,
                             prediction=model.prediction, cfgs=cfgs or [sampler.cfg],
                             methods=[sampler.method])  # fmt: skip

@@ -114,13 +114,16 @@ def check_flags_take_effect(
     methods: Sequence[str],
 ) -> None:
     """Refuse, by name, a guidance or clamp flag that would do nothing for this model: --cfg
-    above 1 on an unconditional model, --interval when every scale in `cfgs` is 1 (no guidance),
-    and --t-eps unless an x-prediction is turned into a velocity by one of `methods` (Euler or
-    Heun). `source` names the model in the message."""
+    (or a --sweep-cfg scale) above 1 on an unconditional model, --interval when every scale in
+    `cfgs` is 1 (no guidance), and --t-eps unless an x-prediction is turned into a velocity by
+    one of `methods` (Euler or Heun). `source` names the model in the message."""
     cfg, interval, t_eps = (getattr(args, name, None) for name in ("cfg", "interval", "t_eps"))
     if not conditional and cfg is not None and cfg != NO_GUIDANCE:
         raise ValueError(f"--cfg {cfg:g}: {source} is an unconditional model, which cannot be "
                          "guided: drop --cfg")  # fmt: skip
+    if not conditional and getattr(args, "sweep_cfg", None) and set(cfgs) - {NO_GUIDANCE}:
+        raise ValueError(f"--sweep-cfg: {source} is an unconditional model, which cannot be "
+                         "guided: drop --sweep-cfg")  # fmt: skip
     if interval is not None and all(w == NO_GUIDANCE for w in cfgs):
         fix = "add --cfg W above 1, or drop --interval" if conditional else "drop --interval"
         why = "" if conditional else f" ({source} is an unconditional model)"

@@ -29,6 +29,7 @@ IMAGE_EXTENSIONS = frozenset(
     | {".ppm", ".pgm", ".pbm", ".pnm"}
 )
 LAYOUTS = ("auto", "classes", "flat")
+FOLDER_KIND = "image-folder"  # the `kind` of an image folder's packed-set description
 SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
 DECODE_ERRORS = (
     OSError,
@@ -273,7 +274,7 @@ def folder_stream(
             yield np.stack(images), np.asarray(labels, dtype=np.int64)
 
     description = {
-        "kind": "image-folder",
+        "kind": FOLDER_KIND,
         "root": str(Path(root).resolve()),
         "split": split,
         "layout": scan.layout,

@@ -46,7 +46,12 @@ from pixeljit.training.rundir import (
     sweep_temporaries,
 )
 from pixeljit.training.runlog import LOSS_PLOT, LossTally, RunLog, plot_loss
-from pixeljit.training.setup import BatchPlan, open_training_data, resolve_config
+from pixeljit.training.setup import (
+    BatchPlan,
+    nothing_to_train,
+    open_training_data,
+    resolve_config,
+)
 from pixeljit.training.state import all_finite, capture_rng, gather_state, load_training_state
 from pixeljit.training.stopsignal import StopRequest
 from pixeljit.training.summary import start_report
@@ -207,7 +212,7 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
                                 cfg.run.activation_checkpointing, cfg.run.fsdp_bf16_params,
                                 cfg.run.bf16_residual)  # fmt: skip
     fingerprint = data_fingerprint(dataset)
-    idle = _nothing_to_train(saved, plan)  # a resume at or past the steps asked for
+    idle = nothing_to_train(saved, plan)  # a resume at or past the steps asked for
     if saved is not None:
         inexact = check_resume(
             saved, to_dict(cfg), execution, saved["path"], allow_inexact, fingerprint
@@ -221,10 +226,6 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
         _settle_run_folder(out, resume_file, restart, saved["step"] if saved else 0)
         save_yaml(cfg, out / "config.yaml")
     return _Run(cfg, plan, dataset, out, compiled, execution, fingerprint, saved)
-
-
-def _nothing_to_train(saved: dict | None, plan) -> bool:
-    return saved is not None and saved["step"] >= plan.total_steps
 
 
 def _build(run: _Run, info) -> tuple[_Parts, int]:
@@ -265,7 +266,7 @@ def _build(run: _Run, info) -> tuple[_Parts, int]:
 
 def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, info, restart):
     run = _prepare(cfg, resume_file, allow_inexact, info, restart, progress)
-    if _nothing_to_train(run.saved, run.plan):  # no model built, no file touched
+    if nothing_to_train(run.saved, run.plan):  # no model built, no file touched
         dist_utils.teardown()
         return TrainResult(run.saved["step"], run.out, Path(run.saved["path"]), None,
                            is_main=info.is_main)  # fmt: skip

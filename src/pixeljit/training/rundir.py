@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import re
 import shlex
@@ -272,26 +273,20 @@ def _lines(path: Path) -> list[str]:
 
 
 def _step_of(line: str) -> float:
-    """A metrics record's step (an unreadable line counts as past every step: never kept)."""
+    """A metrics record's step (0 when it has none); a line that is not a record with a numeric
+    step counts as past every step."""
     try:
         record = json.loads(line)
     except ValueError:
-        return float("inf")
-    step = record.get("step") if isinstance(record, dict) else None
-    return step if isinstance(step, int) and not isinstance(step, bool) else float("inf")
+        return math.inf
+    step = record.get("step", 0) if isinstance(record, dict) else None
+    numeric = isinstance(step, (int, float)) and not isinstance(step, bool)
+    return step if numeric else math.inf
 
 
 def _has_records_after(metrics: Path, step: int) -> bool:
-    if not metrics.is_file():
-        return False
-    for line in metrics.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return True  # a line we cannot read: keep the file as it was
-        if not isinstance(record, dict) or record.get("step", 0) > step:
-            return True
-    return False
+    """Records past `step`, or a line that cannot be read (the file is then kept as it was)."""
+    return any(_step_of(line) > step for line in _lines(metrics))
 
 
 def _free_suffix(folder: Path, names: list[str]) -> str:

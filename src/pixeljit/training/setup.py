@@ -13,7 +13,7 @@ import torch
 from pixeljit.data import fashion_mnist
 from pixeljit.data.open import BUILTIN_SOURCES, open_dataset
 from pixeljit.data.packed import PackedDataset
-from pixeljit.model import JiT, JiTConfig
+from pixeljit.model import JiT, JiTConfig, count_parameters
 from pixeljit.training import distributed as dist_utils
 from pixeljit.training.config import BF16_ONLY, TrainConfig
 
@@ -230,10 +230,15 @@ def device_memory_bytes(device: torch.device) -> int | None:
         return None
 
 
+def nothing_to_train(saved: dict | None, plan: BatchPlan) -> bool:
+    """A resume whose checkpoint is at or past the run's length: nothing is built or written."""
+    return saved is not None and saved["step"] >= plan.total_steps
+
+
 def parameter_count(model: JiTConfig) -> int:
     """The model's parameters, counted without allocating them."""
     with torch.device("meta"):
-        return sum(p.numel() for p in JiT(model).parameters())
+        return count_parameters(JiT(model), trainable_only=False)
 
 
 def check_model_fits(cfg: TrainConfig, info: dist_utils.DistInfo) -> None:

@@ -7,18 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
+from pixeljit.data.folders import FOLDER_KIND
 from pixeljit.data.packed import PackedDataset
 from pixeljit.training.config import TrainConfig
 from pixeljit.training.setup import (
     BatchPlan,
     ema_horizon_warning,
     flip_warning,
+    nothing_to_train,
     parameter_count,
     unused_classes_warning,
 )
 
 COLOURS = {1: "grey", 3: "RGB"}
-IMAGE_FOLDER = "image-folder"  # a packed set's manifest source kind for an image folder
 
 
 def _classes(cfg: TrainConfig) -> str:
@@ -40,7 +41,7 @@ def data_line(cfg: TrainConfig, dataset: PackedDataset) -> str:
     source = dataset.manifest.get("source")
     kind = source.get("kind") if isinstance(source, dict) else None
     packed_here = Path(cfg.data.source).resolve() != Path(dataset.folder).resolve()
-    if kind == IMAGE_FOLDER and packed_here and channels == 1:
+    if kind == FOLDER_KIND and packed_here and channels == 1:
         colour += " (packed grey for model.in_channels=1; model.in_channels=3 keeps colour)"
     return (
         f"data: {cfg.data.source} — {len(dataset):,} images, {height}×{width} {colour}, "
@@ -97,7 +98,7 @@ def start_report(
     """The lines rank 0 prints once the run is settled; for a resume with nothing to train,
     only that."""
     start, total = (saved["step"] if saved is not None else 0), plan.total_steps
-    if saved is not None and start >= total:
+    if nothing_to_train(saved, plan):
         return [
             f"nothing to train: the checkpoint is at step {start} and the run is {total} "
             f"step{'s' if total != 1 else ''} long; pass a larger --steps / --epochs to continue "
