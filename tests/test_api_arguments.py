@@ -8,6 +8,7 @@ import torch
 
 import pixeljit
 from conftest import TINY_NET
+from pixeljit.checkpoints.load import export_safetensors
 from pixeljit.model import JiTConfig
 
 TINY = TINY_NET  # conftest: the network `tiny_file` holds
@@ -23,6 +24,62 @@ def test_load_trained_refuses_bad_arguments_before_reading(tiny_file, tmp_path, 
         pixeljit.load_trained(None)
     with pytest.raises(TypeError, match="weights must be a name"):
         pixeljit.load_trained(tiny_file, weights=5)
+
+
+@pytest.mark.parametrize(
+    ("device", "message", "absent"),
+    [
+        ("meta", "'meta' holds no values", None),
+        ("mps", "MPS \\(Apple GPU\\) is not available here; use 'cpu'", "mps"),
+        ("cuda", "CUDA is not available here; use 'cpu'", "cuda"),
+        ("xpu:0", "XPU is not available here", "xpu"),
+        ("tpu", "is not a device", None),
+    ],
+)
+def test_load_trained_refuses_a_device_this_machine_lacks(tiny_file, device, message, absent):
+    """A missing MPS printed torch's dispatcher error (kilobytes), missing CUDA an
+    AssertionError, and 'meta' returned a model that could not sample, after forty warnings."""
+    have = {"mps": torch.backends.mps.is_available(), "cuda": torch.cuda.is_available(),
+            "xpu": hasattr(torch, "xpu") and torch.xpu.is_available()}  # fmt: skip
+    if absent and have[absent]:
+        pytest.skip(f"{absent} is available here")
+    with pytest.raises(ValueError, match=message):
+        pixeljit.load_trained(tiny_file, device=device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to count its devices")
+def test_load_trained_refuses_a_cuda_index_past_the_count(tiny_file):
+    with pytest.raises(ValueError, match="this machine has"):
+        pixeljit.load_trained(tiny_file, device=f"cuda:{torch.cuda.device_count()}")
+
+
+def test_in_context_start_is_refused_for_pixeljit_files(tiny_file, tmp_path):
+    """A run and a .safetensors export record their architecture; the argument (the authors'
+    files' depth setting) was ignored without a word."""
+    model = pixeljit.load_trained(tiny_file)
+    export = tmp_path / "tiny.safetensors"
+    export_safetensors(model, export)
+    for source in (tiny_file, export):
+        with pytest.raises(ValueError, match="in_context_start has no effect"):
+            pixeljit.load_trained(source, in_context_start=0)
+        assert pixeljit.load_trained(source).net.config == model.net.config
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (3, "one class per image, a 1-D sequence, got 3: e.g. \\[3\\]"),
+        (torch.tensor(2), "got 2:"),
+        ([[0, 1]], "got shape \\(1, 2\\)"),
+        (["Sneaker"], "a loaded model maps class names"),
+        ("0", "a loaded model maps class names"),
+    ],
+)
+def test_sample_labels_must_be_one_index_per_image(labels, message):
+    """A bare 3 drew one image of class 3 (a user may read it as three images), a 2-D list was
+    flattened silently, and a class name was torch's "too many dimensions 'str'"."""
+    with pytest.raises(ValueError, match=message):
+        pixeljit.sample(pixeljit.JiT(TINY), labels, steps=1)
 
 
 def test_sample_given_a_loaded_model_says_to_pass_its_net(tiny_file):

@@ -364,7 +364,7 @@ def test_eval_batch_memory_is_checked_before_generating(tiny_file, monkeypatch, 
 def test_a_grid_on_cuda_without_cuda_is_one_line_before_any_file(tmp_path, capsys):
     out = tmp_path / "t2"
     err = cli_error(capsys, ["reproduce", "table2", "--device", "cuda", "--out", str(out)])
-    assert "--device cuda: CUDA is not available here; use cpu" in err
+    assert "--device 'cuda': CUDA is not available here; use 'cpu'" in err
     assert not out.exists()
 
 

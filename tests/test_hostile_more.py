@@ -200,7 +200,7 @@ def test_sample_grid_too_large_is_refused_before_sampling(tiny_file, tmp_path, c
 
     monkeypatch.setattr("pixeljit.cli.sample.sample", never)
     out = tmp_path / "g.png"
-    argv = ["sample", str(tiny_file), "--num", "4", "--scale", "32", "--ncols", "1000000",
+    argv = ["sample", str(tiny_file), "--num", "20000", "--scale", "32", "--ncols", "1000000",
             "--steps", "1", "--device", "cpu", "--out", str(out)]  # fmt: skip
     err = _cli_error(argv, capsys)
     assert "--ncols" in err and "pixels" in err

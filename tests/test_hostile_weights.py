@@ -88,6 +88,37 @@ def test_safetensors_dtype_and_shape_checked_from_the_header(tmp_path):
         pixeljit.load_safetensors(_safetensors(tmp_path / "shape.safetensors", state))
 
 
+def test_a_flipped_byte_in_an_export_or_hub_folder_is_named(tiny_file, tmp_path):
+    """Run checkpoints named a damaged tensor; a .safetensors export (and a hub folder's
+    model.safetensors) loaded it silently: exports now carry per-tensor SHA-256s."""
+    from pixeljit.checkpoints.hub import write_hub_folder
+    from pixeljit.checkpoints.load import export_safetensors
+
+    model = load_trained(tiny_file)
+    export = export_safetensors(model, tmp_path / "tiny.safetensors")
+    hub = write_hub_folder(model, tmp_path / "hub")
+    for path in (export, hub / "model.safetensors"):
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0x01  # the last bit of the data block: the last tensor's last byte
+        path.write_bytes(bytes(data))
+    for source in (export, hub):
+        with pytest.raises(ValueError, match="is damaged: checksum mismatch in [a-z_.0-9]+;"):
+            load_trained(source)
+    older = tmp_path / "older.safetensors"  # an export without checksums loads as before
+    _safetensors(older, {k: v.contiguous() for k, v in model.net.state_dict().items()},
+                 **model.net.config.to_dict())  # fmt: skip
+    assert load_trained(older).net.config == model.net.config
+
+
+def test_file_kinds_are_read_from_the_suffix_in_any_case(tiny_file, tmp_path):
+    """`convert` writes X.SAFETENSORS (any case); loading it said "cannot load"."""
+    from pixeljit.checkpoints.load import export_safetensors
+
+    model = load_trained(tiny_file)
+    upper = export_safetensors(model, tmp_path / "TINY.SAFETENSORS")
+    assert load_trained(upper).net.config == model.net.config
+
+
 def test_safetensors_garbage_and_bad_json_are_one_line_errors(tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\xff" * 64)

@@ -207,6 +207,14 @@ def test_existing_folder_refused_without_overwrite(hub_run, hub, tmp_path, capsy
             lambda c: set_field(c, "architecture.hidden_size", 64),
             "describe different architectures",
         ),
+        # model.safetensors records its own objective (v, s = 0.5): config.json must agree, or
+        # the weights would be sampled as another prediction target (other images, silently)
+        (lambda c: set_field(c, "objective.prediction", "x"), "prediction 'v' there, 'x' in"),
+        (lambda c: set_field(c, "objective.noise_scale", 1.0), "give different objectives"),
+        # text where a number belongs is refused when read, not met by a TypeError mid-sampling
+        (lambda c: set_field(c, "sampler.cfg", "2"), "cfg must be a number, got '2'"),
+        (lambda c: set_field(c, "sampler.interval", ["0.1", 1]), "interval low must be a number"),
+        (lambda c: set_field(c, "objective.noise_scale", "0.5"), "noise_scale must be a finite"),
     ],
 )
 def test_malformed_config_refused(hub, tmp_path, edit, message):
@@ -272,3 +280,16 @@ def test_one_set_of_weights_and_no_in_context_start(hub, capsys, inside):
         load_trained(hub, "ema:0.999")
     assert main(["sample", str(hub), "--in-context-start", "2"]) == 2
     assert "--in-context-start has no effect" in capsys.readouterr().err
+
+
+def test_class_names_stand_for_their_indices(hub):
+    """A loaded model maps its class names (any case) to indices; an unknown name lists them."""
+    model = load_trained(hub)
+    assert model.class_names and "Sneaker" in model.class_names
+    sneaker = model.class_names.index("Sneaker")
+    by_name = model.sample(["sneaker", 0], steps=1, seed=3)
+    assert torch.equal(by_name, model.sample([sneaker, 0], steps=1, seed=3))
+    with pytest.raises(
+        ValueError, match="'Sneakers' is not a class name of this model: pass one of 'T-shirt"
+    ):
+        model.sample(["Sneakers"], steps=1)

@@ -7,7 +7,7 @@ import torch
 
 import pixeljit
 from pixeljit.model import JiTConfig, model_names
-from pixeljit.model.layers import apply_rope, rope_2d_tables
+from pixeljit.model.layers import apply_rope, rope_2d_tables, rope_pair_formula
 
 TINY = dict(
     image_size=32,
@@ -169,6 +169,30 @@ def test_rope_scores_depend_only_on_relative_position():
     assert score(idx(0, 0), idx(1, 2)) != pytest.approx(score(idx(0, 0), idx(2, 1)), abs=1e-3)
     cos_p, sin_p = rope_2d_tables(d, side, prefix=3)
     assert torch.equal(cos_p[:3], torch.ones(3, d)) and torch.equal(sin_p[:3], torch.zeros(3, d))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "qkv view"])
+def test_rope_fp32_complex_path_is_the_pair_formula_bit_for_bit(layout):
+    # float32 rotates by one complex multiply; the pair formula (bf16, compiled graphs) must give
+    # the very same values and gradients, also on the strided q view a model without qk-norm uses
+    n, heads, side, prefix, d = 2, 3, 4, 2, 16
+    cos, sin = rope_2d_tables(d, side, prefix)
+    length = prefix + side * side
+    g = torch.Generator().manual_seed(0)
+    if layout == "contiguous":
+        u = torch.randn(n, heads, length, d, generator=g)
+    else:  # (N, L, 3, H, d) → the k of (3, N, H, L, d), storage offset H·d
+        u = torch.randn(n, length, 3, heads, d, generator=g).permute(2, 0, 3, 1, 4)[1]
+    grad_out = torch.randn(n, heads, length, d, generator=g)
+    outs, grads = [], []
+    for rotate in (apply_rope, rope_pair_formula):
+        src = u.detach().requires_grad_(True)  # a leaf with u's strides
+        out = rotate(src, cos, sin)
+        out.backward(grad_out)
+        outs.append(out.detach())
+        grads.append(src.grad)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+    assert not torch.equal(outs[0], u)  # the rotation did something
 
 
 def test_bad_inputs_are_named():

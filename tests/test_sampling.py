@@ -322,10 +322,33 @@ def test_every_entry_point_takes_its_defaults_from_sampler_config():
     "field, value",
     [("cfg", float("nan")), ("cfg", -1.0), ("interval", (0.5, 0.2)), ("interval", (0.0, 1.5)),
      ("t_eps", 0.0), ("t_eps", float("inf")), ("steps", 0), ("steps", 2.5), ("shift", 0.0),
-     ("method", "rk4"), ("grid", "cosine"), ("t_min", float("nan"))],
+     ("method", "rk4"), ("grid", "cosine"), ("t_min", float("nan")), ("cfg", "2"),
+     ("shift", True), ("t_eps", b"0.1"), ("interval", ("0.1", 1.0)), ("interval", "01"),
+     ("interval", (0.1, 0.5, 1.0))],
 )  # fmt: skip
 def test_sampler_config_rejects_bad_values(field, value):
     from pixeljit.diffusion.sampler import SamplerConfig
 
     with pytest.raises(ValueError, match=field):
         SamplerConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["p_mean", "p_std", "t_eps", "label_drop", "noise_scale"])
+def test_objective_config_rejects_text_and_booleans_by_name(field):
+    # a number's text (from a hand-edited file) would otherwise fail later with a TypeError
+    from pixeljit.diffusion.objective import ObjectiveConfig
+
+    for value in ("0.5", True):
+        with pytest.raises(ValueError, match=f"{field} must be a number"):
+            ObjectiveConfig(**{field: value})
+
+
+def test_numbers_of_other_types_are_stored_as_floats():
+    import numpy as np
+
+    from pixeljit.diffusion.objective import ObjectiveConfig
+    from pixeljit.diffusion.sampler import SamplerConfig
+
+    sampler = SamplerConfig(cfg=np.float32(2.5), t_eps=np.float64(0.05), interval=[0, 1])
+    assert type(sampler.cfg) is float and sampler.cfg == 2.5 and sampler.interval == (0.0, 1.0)
+    assert type(ObjectiveConfig(p_mean=np.float32(-0.5)).p_mean) is float

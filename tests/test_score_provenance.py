@@ -187,3 +187,19 @@ def test_a_safetensors_weights_record_is_checked(run, tmp_path, weights):
     pixeljit.save_safetensors(load_trained(run).net, path, weights=weights)
     with pytest.raises(ValueError, match="metadata 'weights' must be"):
         load_trained(path)
+
+
+def test_weights_of_the_same_name_that_differ_say_their_digests():
+    """Same step and weights name, other bytes (a copied eval.json, weights edited since): the
+    note read "other weights (step 600, ema:0.995 of r), not these (step 600, ema:0.995)"."""
+    from types import SimpleNamespace
+
+    from pixeljit.checkpoints.provenance import DIGEST_KEY, mismatch
+
+    record = {"step": 600, "weights": "ema:0.995", "checkpoint": "r", DIGEST_KEY: "a" * 64}
+    model = SimpleNamespace(step=600, weights="ema:0.995")
+    why = mismatch(record, model, "b" * 64)
+    assert "under the same name as these: SHA-256 aaaaaaaaaaaa…, these bbbbbbbbbbbb…" in why
+    assert mismatch(record, model, "a" * 64) is None
+    other = mismatch(record, SimpleNamespace(step=700, weights="ema:0.995"), "b" * 64)
+    assert other.endswith("not these (step 700, ema:0.995)")

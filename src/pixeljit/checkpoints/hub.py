@@ -25,18 +25,21 @@ import torch
 from pixeljit.checkpoints.hub_card import CardExtras, model_card
 from pixeljit.checkpoints.hub_remote import fetch_hub_folder, is_hf_uri
 from pixeljit.checkpoints.load import (
+    OBJECTIVE_DEFAULTS,
     TrainedModel,
     _class_names,
     _objective,
     check_one_set,
     export_safetensors,
     model_size_name,
+    objective_from_metadata,
     sampler_config,
 )
 from pixeljit.checkpoints.safetensors_io import (
     COUNT_FIELDS,
     SAFETENSORS_CONFIG_KEY,
     SAFETENSORS_FLOATS,
+    check_recorded_checksums,
 )
 from pixeljit.checkpoints.weights import check_finite, materialise, meta_model
 from pixeljit.diffusion.sampler import SamplerConfig
@@ -65,7 +68,7 @@ TOP_KEYS = (
     "sampler",
     "sampler_source",
 )
-OBJECTIVE_KEYS = ("prediction", "noise_scale", "preconditioner")
+OBJECTIVE_KEYS = tuple(OBJECTIVE_DEFAULTS)  # prediction, noise_scale, preconditioner
 WEIGHTS_KEYS = ("name", "ema_decay", "step")
 MAX_TEXT = 1000  # characters of a free-text field (weights name, sampler source)
 
@@ -268,12 +271,8 @@ def _read_weights(path: Path, config: HubConfig, device, overrides: dict) -> JiT
     file_bytes = path.stat().st_size
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            own = (f.metadata() or {}).get(SAFETENSORS_CONFIG_KEY)
-            if own is not None and _parsed(own) != config.architecture:
-                raise ValueError(
-                    f"{path}: its own metadata and {CONFIG_NAME} describe different "
-                    "architectures: the files do not belong together"
-                )
+            metadata = f.metadata() or {}
+            _check_own_metadata(path, metadata, config)
             dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
             odd = sorted(f"{k} ({d})" for k, d in dtypes.items() if d not in SAFETENSORS_FLOATS)
             if odd:
@@ -283,7 +282,33 @@ def _read_weights(path: Path, config: HubConfig, device, overrides: dict) -> JiT
             state = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as err:
         raise ValueError(f"{path} is not a valid .safetensors file ({err})") from None
+    check_recorded_checksums(path, metadata, state)
     return materialise(net, state, str(path), device)
+
+
+def _check_own_metadata(path: Path, metadata: dict, config: HubConfig) -> None:
+    """model.safetensors records its architecture and objective itself (it loads alone): where
+    it does, config.json must say the same, or the weights would be built or sampled as
+    something they are not (another prediction target draws other images, silently)."""
+    own = metadata.get(SAFETENSORS_CONFIG_KEY)
+    if own is not None and _parsed(own) != config.architecture:
+        raise ValueError(
+            f"{path}: its own metadata and {CONFIG_NAME} describe different "
+            "architectures: the files do not belong together"
+        )
+    own = metadata.get("objective")
+    if own is None:
+        return
+    objective = objective_from_metadata(path, _parsed(own))
+    if objective != config.objective:
+        ours = dict(zip(OBJECTIVE_KEYS, config.objective, strict=True))
+        theirs = dict(zip(OBJECTIVE_KEYS, objective, strict=True))
+        differ = [f"{k} {theirs[k]!r} there, {ours[k]!r} in {CONFIG_NAME}" for k in OBJECTIVE_KEYS
+                  if theirs[k] != ours[k]]  # fmt: skip
+        raise ValueError(
+            f"{path}: its own metadata and {CONFIG_NAME} give different objectives "
+            f"({'; '.join(differ)}): the files do not belong together"
+        )
 
 
 def _parsed(text: str):

@@ -22,7 +22,13 @@ from pixeljit.checkpoints.hub_remote import HF_SCHEME, is_hf_uri
 from pixeljit.checkpoints.run import LATEST, load_checkpoint
 from pixeljit.checkpoints.safetensors_io import load_safetensors_with_meta, save_safetensors
 from pixeljit.checkpoints.weights import build_loaded
-from pixeljit.diffusion.objective import BASE_RESOLUTION, PRECONDITIONERS, PREDICTIONS
+from pixeljit.devices import as_device
+from pixeljit.diffusion.objective import (
+    BASE_RESOLUTION,
+    PRECONDITIONERS,
+    PREDICTIONS,
+    finite_number,
+)
 from pixeljit.diffusion.sampler import NO_GUIDANCE, SamplerConfig
 from pixeljit.model import MODEL_SIZES, JiT, JiTConfig
 
@@ -37,6 +43,8 @@ AUTHORS_README_CFG = {("B", 16): 3.0, ("B", 32): 3.0, ("L", 16): 2.4, ("L", 32):
                       ("H", 16): 2.2, ("H", 32): 2.3}  # fmt: skip
 AUTHORS_INTERVAL = (0.1, 1.0)
 AUTHORS_STEPS = 50
+
+MAX_NAMES_SHOWN = 20  # class names an unknown name's error lists (ImageNet has 1000)
 
 
 @dataclass(frozen=True)
@@ -71,13 +79,37 @@ class TrainedModel:
         """Images (N, C, H, W), nominally in [-1, 1] (not clipped), from these weights, with
         their objective (prediction, noise scale, pre-conditioner) and their recommended sampler
         settings (else SamplerConfig's defaults); any keyword of `pixeljit.sample` given here
-        takes precedence, e.g. `model.sample([0, 3], steps=10, seed=0)`."""
+        takes precedence, e.g. `model.sample([0, 3], steps=10, seed=0)`. A label may be a class
+        name (`model.sample(["Sneaker", "Bag"])`, any case) where the model records names."""
         from pixeljit.diffusion.sampler import sample
 
+        if isinstance(labels, (list, tuple)):
+            labels = [self.label_index(v) if isinstance(v, str) else v for v in labels]
         settings = (self.sampler or SamplerConfig()).kwargs()
         objective = {"prediction": self.prediction, "noise_scale": self.noise_scale,
                      "preconditioner": self.preconditioner}  # fmt: skip
         return sample(self.net, labels, **{**settings, **objective, **kwargs})
+
+    def label_index(self, name: str) -> int:
+        """The class index of `name` among the model's class names: the exact name, else the one
+        name equal to it ignoring case (two such names are refused as ambiguous)."""
+        names = self.class_names
+        if not names:
+            raise ValueError(
+                f"{name!r}: this model records no class names; pass class numbers instead"
+            )
+        if name in names:
+            return names.index(name)
+        folded = [k for k, known in enumerate(names) if known.casefold() == name.casefold()]
+        if len(folded) == 1:
+            return folded[0]
+        if folded:
+            raise ValueError(f"{name!r} matches {[names[k] for k in folded]} ignoring case: write "
+                             "the name's exact case or pass its class number")  # fmt: skip
+        shown = ", ".join(repr(n) for n in names[:MAX_NAMES_SHOWN])
+        more = f", … ({len(names)} in all)" if len(names) > MAX_NAMES_SHOWN else ""
+        raise ValueError(f"{name!r} is not a class name of this model: pass one of {shown}"
+                         f"{more}, or a class number 0 to {len(names) - 1}")  # fmt: skip
 
     def objective_metadata(self) -> dict:
         return {"prediction": self.prediction, "noise_scale": self.noise_scale,
@@ -92,7 +124,8 @@ def checkpoint_kind(source: str | os.PathLike) -> str:
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
+    suffix = path.suffix.lower()  # X.SAFETENSORS is the same kind of file
+    if suffix == ".safetensors":
         return "safetensors"
     if path.is_dir():
         if (path / CHECKPOINT_FILENAME).is_file():
@@ -105,15 +138,27 @@ def checkpoint_kind(source: str | os.PathLike) -> str:
             f"{path} holds neither a pixeljit run ({LATEST}), a Hugging Face layout folder "
             f"({HUB_CONFIG}, from `pixeljit convert --hub`) nor an authors' {CHECKPOINT_FILENAME}"
         )
-    if path.suffix == ".pth":
+    if suffix == ".pth":
         return "authors"
-    if path.suffix == ".pt":
+    if suffix == ".pt":
         return "run"
     raise ValueError(
         f"cannot load {path}: expected a pixeljit run folder or .pt checkpoint, a .safetensors "
         f"export, a Hugging Face layout folder or {HF_SCHEME}org/name, or an authors' "
         f"{CHECKPOINT_FILENAME} (or its folder)"
     )
+
+
+# what a .safetensors export without the field was trained with (x-prediction, s = 1, none)
+OBJECTIVE_DEFAULTS = {"prediction": "x", "noise_scale": 1.0, "preconditioner": "none"}
+
+
+def objective_from_metadata(source, fields) -> tuple[str, float, str]:
+    """The objective a .safetensors file's metadata records (a JSON object; a missing field
+    takes its `OBJECTIVE_DEFAULTS` value), checked."""
+    if not isinstance(fields, dict):
+        raise ValueError(f"{source}: metadata 'objective' must be a JSON object")
+    return _objective(source, *(fields.get(k, v) for k, v in OBJECTIVE_DEFAULTS.items()))
 
 
 def _objective(source, prediction, noise_scale, preconditioner) -> tuple[str, float, str]:
@@ -125,10 +170,10 @@ def _objective(source, prediction, noise_scale, preconditioner) -> tuple[str, fl
             f"{source}: preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}"
         )
     try:
-        scale = float(noise_scale)
-    except (TypeError, ValueError):
+        scale = finite_number("noise_scale", noise_scale)
+    except ValueError:
         scale = math.nan
-    if not (math.isfinite(scale) and scale > 0):
+    if not scale > 0:
         raise ValueError(f"{source}: noise_scale must be a finite number > 0, got {noise_scale!r}")
     return prediction, scale, preconditioner
 
@@ -156,20 +201,20 @@ def load_trained(
     Every kind goes through `checkpoints.weights`: sizes bounded by the file before anything is
     built, dtypes and shapes checked on `meta`, NaN / Inf refused."""
     _check_arguments(source, weights)
+    device = as_device(device)
     kind = checkpoint_kind(source)
+    if in_context_start is not None and kind in ("run", "safetensors"):
+        raise ValueError(
+            f"in_context_start has no effect on {source}: pixeljit files record the "
+            "architecture (on the command line drop --in-context-start)"
+        )
     if kind == "hub":
         from pixeljit.checkpoints.hub import load_hub
 
         return load_hub(source, weights, device, in_context_start, **overrides)
     if kind == "safetensors":
         net, meta = load_safetensors_with_meta(source, device=device, **overrides)
-        obj = meta.get("objective", {})
-        if not isinstance(obj, dict):
-            raise ValueError(f"{source}: metadata 'objective' must be a JSON object")
-        objective = _objective(
-            source, obj.get("prediction", "x"), obj.get("noise_scale", 1.0),
-            obj.get("preconditioner", "none"),
-        )  # fmt: skip
+        objective = objective_from_metadata(source, meta.get("objective", {}))
         names = _class_names(source, meta.get("class_names"))
         sampler = sampler_from_metadata(source, meta.get("sampler"))
         name, step = _weights_metadata(source, meta.get("weights"))

@@ -43,6 +43,9 @@ def model_record(model, checkpoint: str) -> dict:
     }
 
 
+DIGEST_SHOWN = 12  # hex digits of a weights SHA-256 a message shows
+
+
 def describe_scored(record: dict) -> str:
     """'step 1200, ema:0.999 of runs/fm' from a model record (the parts it has)."""
     parts = []
@@ -62,6 +65,12 @@ def mismatch(record: dict | None, model, digest: str) -> str | None:
     if record[DIGEST_KEY] == digest:
         return None
     these = describe_scored({"step": model.step, "weights": model.weights})
+    scored = describe_scored({"step": record.get("step"), "weights": record.get("weights")})
+    if scored == these:  # same step and name: only the bytes tell them apart
+        return (
+            f"it scored other weights ({describe_scored(record)}) under the same name as these: "
+            f"SHA-256 {record[DIGEST_KEY][:DIGEST_SHOWN]}…, these {digest[:DIGEST_SHOWN]}…"
+        )
     return f"it scored other weights ({describe_scored(record)}), not these ({these})"
 
 

@@ -27,14 +27,15 @@ def check_device(flag: str, name: str) -> None:
 
 
 def check_int(flag: str, value: int | None, low: int = 1, high: int | None = None) -> None:
-    """`value` (None = not given) an integer in [low, high)."""
+    """`value` (None = not given) an integer in [low, high): `high` is exclusive, as in range(),
+    but the message names the largest value allowed (high - 1), e.g. '≥ 1 and ≤ 10,000,000'."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{flag} must be an integer, got {value!r}")
     if value < low or (high is not None and value >= high):
-        upper = f" and < {high}" if high is not None else ""
-        raise ValueError(f"{flag} must be ≥ {low}{upper}, got {value}")
+        upper = f" and ≤ {high - 1:,}" if high is not None else ""
+        raise ValueError(f"{flag} must be ≥ {low:,}{upper}, got {value}")
 
 
 def check_seed(flag: str, value: int | None) -> None:
@@ -114,6 +115,11 @@ def check_not_an_input(flag: str, path: str | os.PathLike, inputs: list[Path]) -
                              "results to another file")  # fmt: skip
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 numbered PNG', '2 numbered PNGs'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 NUMBERED_PNG = re.compile(r"\d{6}\.png")  # what `save_pngs` writes: 000000.png, 000001.png, …
 
 
@@ -128,7 +134,8 @@ def check_no_stale_pngs(flag: str, folder: str | os.PathLike, count: int) -> Non
              if NUMBERED_PNG.fullmatch(p.name) and int(p.name[:6]) >= count]  # fmt: skip
     if stale:
         raise ValueError(
-            f"{flag} {folder} holds {len(stale)} numbered PNGs beyond the {count} new ones (e.g. "
+            f"{flag} {folder} holds {_count(len(stale), 'numbered PNG')} beyond the "
+            f"{_count(count, 'new one')} (e.g. "
             f"{sorted(stale)[0]}): they would be mixed with the new set; choose an empty folder "
             "or remove them first"
         )

@@ -1,7 +1,8 @@
-"""`pixeljit convert`: any checkpoint (a pixeljit run, or an authors' checkpoint-last.pth) → one
-.safetensors file with the weights, the JiT config, the objective and the class names; or, with
-`--hub DIR`, a folder in the Hugging Face Hub layout (model.safetensors, config.json, a model card
-README.md and the run's sample grid) that `sample`, `eval` and `load_trained` read back."""
+"""`pixeljit convert`: any checkpoint (a pixeljit run, a .safetensors export, a Hub folder or
+hf://org/name[@rev], or an authors' checkpoint-last.pth) → one .safetensors file with the weights,
+the JiT config, the objective and the class names; or, with `--hub DIR`, a folder in the Hugging
+Face Hub layout (model.safetensors, config.json, a model card README.md and the run's sample grid)
+that `sample`, `eval` and `load_trained` read back."""
 
 from __future__ import annotations
 
@@ -11,14 +12,22 @@ from pathlib import Path
 from pixeljit.checkpoints.load import checkpoint_kind, export_safetensors, load_trained
 from pixeljit.cli.checks import check_int, check_output
 
+SAFETENSORS_SUFFIX = ".safetensors"  # OUT ends in it, in any case
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "convert",
-        help="export a run or an authors' checkpoint-last.pth (or its folder) to .safetensors "
-        "or to a Hugging Face Hub folder (--hub)",
+        help="export a run, a .safetensors export, a Hub folder or an authors' "
+        "checkpoint-last.pth (or its folder) to .safetensors or to a Hugging Face Hub folder "
+        "(--hub)",
+        description=__doc__,
     )
-    p.add_argument("source", help="run folder / .pt, or checkpoint-last.pth / its folder")
+    p.add_argument(
+        "source",
+        help="a pixeljit run folder / .pt, a .safetensors export, a Hub folder (from `convert "
+        "--hub`) or hf://org/name[@rev], or an authors' checkpoint-last.pth / its folder",
+    )
     p.add_argument(
         "out", nargs="?", default=None, help="destination .safetensors file (omit with --hub)"
     )
@@ -69,14 +78,24 @@ def run(args) -> int:
         return _run_hub(args)
     if args.scores is not None:
         raise ValueError("--scores has no effect without --hub: drop it or add --hub DIR")
-    if not args.out.endswith(".safetensors"):
-        raise ValueError(f"output {args.out!r} must end in .safetensors (or write a Hugging "
-                         "Face folder with --hub DIR)")  # fmt: skip
+    check_safetensors_name(args.out)
     check_output("OUT", args.out, False, args.overwrite, "--overwrite")  # before loading
     model = load_trained(args.source, args.weights, in_context_start=args.in_context_start)
     path = export_safetensors(model, args.out)
     print(f"wrote {path}: {_summary(model)}")
     return 0
+
+
+def check_safetensors_name(out: str) -> None:
+    """OUT a file name ending in .safetensors (any case, as `sample` takes .PNG), with a name
+    before the suffix: a bare '.safetensors' would be a hidden file of that name."""
+    name = Path(out).name
+    if not out.lower().endswith(SAFETENSORS_SUFFIX):
+        raise ValueError(f"output {out!r} must end in {SAFETENSORS_SUFFIX} (or write a Hugging "
+                         "Face folder with --hub DIR)")  # fmt: skip
+    if len(name) == len(SAFETENSORS_SUFFIX):
+        raise ValueError(f"output {out!r} has no name before {SAFETENSORS_SUFFIX} (it would be "
+                         f"a hidden file): write e.g. model{SAFETENSORS_SUFFIX}")  # fmt: skip
 
 
 def _classes(num: int) -> str:

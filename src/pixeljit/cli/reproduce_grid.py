@@ -101,11 +101,10 @@ def check_grid_flags(args) -> None:
     check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)
     check_int("--jobs", args.jobs, 1, MAX_JOBS + 1)
     check_device("--device", args.device)
-    if args.device.startswith("cuda"):  # before the results folder is written
-        import torch
+    if args.device not in ("cpu", "auto"):  # before the results folder is written
+        from pixeljit.devices import as_device
 
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: CUDA is not available here; use cpu")
+        as_device(args.device, what="--device")
     warning = oversubscription(args.device, args.jobs, args.threads, os.cpu_count() or 1)
     if warning:
         print(f"warning: {warning}", file=sys.stderr, flush=True)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from pixeljit.checkpoints.hub_remote import is_hf_uri
 from pixeljit.checkpoints.load import TrainedModel, load_trained
 from pixeljit.cli.checks import (
     MAX_IMAGES,
@@ -50,18 +52,21 @@ MAX_NOISE_SCALE = 1e3  # the paper's noise scales are 1-2; far beyond, samples o
 SAMPLER_STATE_COPIES = 8
 FLOAT32_BYTES = 4
 GIB = 2**30
+FOLDER_MARKS = tuple({"/", os.sep})  # an --out ending in one of these is a folder
 # with autocast on CUDA, float32 products left outside it may use TF32; --amp none: true float32
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "sample",
-        help="generate images from a run, a .safetensors export or an authors' checkpoint",
+        help="generate images from a run, a .safetensors export, a Hub folder or "
+        "hf://org/name[@rev], or an authors' checkpoint",
         description=__doc__,
     )
     p.add_argument(
         "checkpoint",
-        help="a pixeljit run folder / .pt, a .safetensors export, or checkpoint-last.pth / folder",
+        help="a pixeljit run folder / .pt, a .safetensors export, a Hub folder (from `convert "
+        "--hub`) or hf://org/name[@rev], or an authors' checkpoint-last.pth / its folder",
     )
     p.add_argument(
         "--weights",
@@ -77,11 +82,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--labels",
-        type=int,
+        type=label_token,
         nargs="+",
         default=None,
         metavar="Y",
-        help="classes to draw (default: balanced over all classes)",
+        help="classes to draw: numbers, or the model's class names in any case (quote names "
+        "with spaces); default: balanced over all classes",
     )
     p.add_argument(
         "--num",
@@ -104,10 +110,17 @@ def add_parser(sub) -> None:
         action="append",
         default=None,
         metavar="PATH",
-        help="*.png: a grid; *.npz: uint8 (N, H, W, C) 'arr_0' + 'labels'; any other "
-        f"path: a folder of PNGs. Repeatable (default {DEFAULT_OUT})",
+        help="*.png: a grid; *.npz: uint8 (N, H, W, C) 'arr_0' (+ 'labels' for a "
+        "class-conditional model; an unconditional one's holds only 'arr_0'); a path without a "
+        "suffix, or ending in / (e.g. run.v1/): a folder of PNGs. Repeatable (default "
+        f"{DEFAULT_OUT})",
     )
-    p.add_argument("--ncols", type=int, default=None, help="grid columns (default: per class)")
+    p.add_argument(
+        "--ncols",
+        type=int,
+        default=None,
+        help="grid columns (default: per class; at most the number of images)",
+    )
     p.add_argument(
         "--scale",
         type=int,
@@ -135,17 +148,19 @@ def parse_outputs(paths: list[str] | None, overwrite: bool = False) -> Outputs:
     seen = set()
     for raw in paths or [DEFAULT_OUT]:
         path = Path(raw)
+        as_folder = raw.endswith(FOLDER_MARKS)  # 'run.v1/': a folder, whatever its suffix
         if path.resolve() in seen:
             raise ValueError(f"--out {raw} is given twice: name each output once")
         seen.add(path.resolve())
-        suffix = path.suffix.lower()
+        suffix = "" if as_folder else path.suffix.lower()
         if suffix == ".png":
             grids.append(check_output("--out", path, False, overwrite, "--overwrite"))
         elif suffix == ".npz":
             npzs.append(check_output("--out", path, False, overwrite, "--overwrite"))
         elif suffix and not path.is_dir():
             raise ValueError(
-                f"--out {raw}: use a .png (grid), a .npz (arrays) or a folder (one PNG per image)"
+                f"--out {raw}: use a .png (grid), a .npz (arrays) or a folder (one PNG per image); "
+                f"for a folder with a dot in its name, write {raw}/ (or create it first)"
             )
         else:
             folders.append(check_output("--out", path, True, overwrite, "--overwrite"))
@@ -162,9 +177,37 @@ def check_grid_flags(args, outputs: Outputs) -> None:
                              f"GRID.png or drop {flag}")  # fmt: skip
 
 
+def label_token(text: str) -> int | str:
+    """A --labels value: a class number, or a class name resolved once the model is loaded."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def resolve_labels(labels: list[int | str] | None, model: TrainedModel) -> list[int] | None:
+    """--labels as class numbers: numbers as given, names through `model.label_index`."""
+    if labels is None:
+        return None
+    try:
+        return [y if isinstance(y, int) else model.label_index(y) for y in labels]
+    except ValueError as err:
+        raise ValueError(f"--labels {err}") from None
+
+
+def check_checkpoint_exists(checkpoint: str) -> None:
+    """A local checkpoint path that is missing, reported before the output checks (a missing
+    input is the more useful error); `hf://` names are fetched later."""
+    if not is_hf_uri(checkpoint) and not Path(checkpoint).exists():
+        raise FileNotFoundError(
+            f"checkpoint {checkpoint} does not exist: pass a run folder or .pt, a .safetensors "
+            "export, a Hub folder, hf://org/name or an authors' checkpoint-last.pth"
+        )
+
+
 def check_args(args) -> None:
-    """Every numeric flag finite and in range (the sampler's via SamplerConfig), before any
-    model is loaded."""
+    """Every numeric flag finite and in range (the sampler's via SamplerConfig), then the
+    checkpoint path present, before the outputs are checked and any model is loaded."""
     given_sampler_flags(args)  # each sampler flag alone, --fast against them
     check_int("--num", args.num, 1, MAX_IMAGES + 1)
     check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
@@ -175,7 +218,9 @@ def check_args(args) -> None:
     check_int("--in-context-start", args.in_context_start, 0)
     check_float("--noise-scale", args.noise_scale, 0.0, MAX_NOISE_SCALE, low_open=True)
     for y in args.labels or ():
-        check_int("--labels", y, 0)
+        if isinstance(y, int):  # a class name is checked once the model is loaded
+            check_int("--labels", y, 0)
+    check_checkpoint_exists(args.checkpoint)  # before parse_outputs: the input first
     check_authors_only(args.checkpoint, args.in_context_start)
 
 
@@ -228,7 +273,8 @@ def choose_labels(num: int | None, num_classes: int, chosen: list[int] | None) -
 
 def grid_layout(labels: list[int] | None, num: int, ncols: int | None, names=None):
     """(ncols, row labels or None): one row per class when the labels come in equal blocks
-    of two or more; otherwise a near-square grid without labels."""
+    of two or more; otherwise a near-square grid without labels. `ncols` is capped at `num`."""
+    ncols = min(ncols, num) if ncols else None  # more columns than images: only empty cells
     if labels is not None and (ncols or labels.count(labels[0]) > 1):
         width = ncols or labels.count(labels[0])
         rows = [labels[i : i + width] for i in range(0, num, width)]
@@ -291,7 +337,8 @@ def run(args) -> int:
                             methods=[sampler.method])  # fmt: skip
     noise_scale = model.noise_scale if args.noise_scale is None else args.noise_scale
     classes = net.config.num_classes
-    labels = choose_labels(args.num, classes, args.labels)
+    chosen = resolve_labels(args.labels, model) if classes else args.labels
+    labels = choose_labels(args.num, classes, chosen)
     num = len(labels) if labels is not None else (args.num or UNCONDITIONAL_NUM)
     keep = bool(outputs.grids or outputs.npzs)
     for folder in outputs.folders:

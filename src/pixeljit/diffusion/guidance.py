@@ -18,9 +18,18 @@ costs no device synchronisation; a batch-wide time becomes a device fill, not a 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
+
 import torch
 
-from pixeljit.diffusion.objective import DEFAULT_T_MIN, PREDICTIONS, Denoiser, to_velocity
+from pixeljit.diffusion.objective import (
+    DEFAULT_T_MIN,
+    PREDICTIONS,
+    Denoiser,
+    finite_number,
+    to_velocity,
+)
 
 Tensor = torch.Tensor
 
@@ -28,10 +37,12 @@ Tensor = torch.Tensor
 def check_interval(interval: tuple[float, float]) -> tuple[float, float]:
     """Validate a CFG interval (low, high) ⊂ [0, 1] with low < high (open: an interval with
     low = high holds no t, so guidance would never apply)."""
-    try:
-        low, high = (float(v) for v in interval)
-    except (TypeError, ValueError):
-        raise ValueError(f"interval must be two numbers (low, high), got {interval!r}") from None
+    if isinstance(interval, (str, bytes)) or not isinstance(interval, Iterable):
+        raise ValueError(f"interval must be two numbers (low, high), got {interval!r}")
+    bounds = list(itertools.islice(interval, 3))
+    if len(bounds) != 2:
+        raise ValueError(f"interval must be two numbers (low, high), got {interval!r}")
+    low, high = finite_number("interval low", bounds[0]), finite_number("interval high", bounds[1])
     if not (0.0 <= low <= 1.0 and 0.0 <= high <= 1.0):
         raise ValueError(f"interval (of CFG) must lie in [0, 1], got ({low}, {high})")
     if low >= high:

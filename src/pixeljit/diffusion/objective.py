@@ -57,6 +57,20 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def finite_number(name: str, value) -> float:
+    """`value` as a float if it is a finite number: text ('2', as a hand-edited JSON file may
+    hold) and booleans are refused by name, not compared later with a TypeError."""
+    if isinstance(value, (str, bytes, bool)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
 # ------------------------------------------------------------------------------------- path
 
 
@@ -247,10 +261,9 @@ class ObjectiveConfig:
                 f"set prediction='x' (got {self.prediction!r})"
             )
         for name in ("p_mean", "p_std", "t_eps", "t_min", "label_drop", "sigma_data"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
-        if self.noise_scale is not None and not math.isfinite(self.noise_scale):
-            raise ValueError(f"noise_scale must be finite (or None), got {self.noise_scale}")
+            object.__setattr__(self, name, finite_number(name, getattr(self, name)))
+        if self.noise_scale is not None:
+            object.__setattr__(self, "noise_scale", finite_number("noise_scale", self.noise_scale))
         for name in ("t_eps", "t_min"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in (0, 1], got {getattr(self, name)}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ from pixeljit.diffusion.objective import (
     PRECONDITIONERS,
     PREDICTIONS,
     default_noise_scale,
+    finite_number,
 )
 from pixeljit.diffusion.solvers import (
     DEFAULT_SHIFT,
@@ -57,16 +57,6 @@ NO_GUIDANCE = 1.0  # cfg = 1 gives the conditional velocity (and skips the uncon
 # `pixeljit sample --fast`: DPM-Solver++(3M), 10 steps = 10 NFE on the uniform grid (measured in
 # docs/sampling.md: a lower FD than Heun-50's 99 NFE on two demo models; robust on Gaussian data)
 FAST_SAMPLER = {"method": "dpm++3m", "steps": 10, "grid": "uniform"}
-
-
-def _finite(name: str, value) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return number
 
 
 @dataclass(frozen=True)
@@ -97,14 +87,16 @@ class SamplerConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.grid not in GRIDS:
             raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
+        for name in ("shift", "cfg", "t_eps", "t_min"):  # stored as floats once checked
+            object.__setattr__(self, name, finite_number(name, getattr(self, name)))
         low, high = SHIFT_RANGE
-        if not low <= _finite("shift", self.shift) <= high:
+        if not low <= self.shift <= high:
             raise ValueError(f"shift must lie in [{low}, {high}], got {self.shift}")
-        if not 0 <= _finite("cfg", self.cfg) <= MAX_CFG:
+        if not 0 <= self.cfg <= MAX_CFG:
             raise ValueError(f"cfg must lie in [0, {MAX_CFG}] (1 = no guidance), got {self.cfg}")
-        if not 0.0 < _finite("t_eps", self.t_eps) <= 1.0:
+        if not 0.0 < self.t_eps <= 1.0:
             raise ValueError(f"t_eps must lie in (0, 1], got {self.t_eps}")
-        if not 0.0 < _finite("t_min", self.t_min) <= 1.0:
+        if not 0.0 < self.t_min <= 1.0:
             raise ValueError(f"t_min must lie in (0, 1], got {self.t_min}")
         object.__setattr__(self, "interval", check_interval(self.interval))
 
@@ -161,7 +153,20 @@ def _labels_tensor(labels, num_classes: int, device) -> Tensor | None:
         return None
     if num_classes == 0:
         raise ValueError("this model is unconditional: pass labels=None and num=N")
-    y = torch.as_tensor(labels).reshape(-1)
+    if isinstance(labels, (str, bytes)) or (
+        isinstance(labels, Sequence) and any(isinstance(v, (str, bytes)) for v in labels)
+    ):
+        raise ValueError(
+            "labels are class indices here; a loaded model maps class names: "
+            "pixeljit.load_trained(...).sample(['name', ...])"
+        )
+    y = torch.as_tensor(labels)
+    if y.ndim != 1:
+        shown = y.item() if y.ndim == 0 else f"shape {tuple(y.shape)}"
+        raise ValueError(
+            f"labels must be one class per image, a 1-D sequence, got {shown}: e.g. [3] for "
+            "one image of class 3, [3] * 8 for eight of them"
+        )
     if y.numel() == 0:
         raise ValueError("labels is empty; pass at least one label")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
@@ -196,7 +201,7 @@ def check_sampling_args(
         raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
     if preconditioner != "none" and prediction != "x":
         raise ValueError("a preconditioner builds an x-prediction: use prediction='x'")
-    if noise_scale is not None and not _finite("noise_scale", noise_scale) > 0:
+    if noise_scale is not None and not finite_number("noise_scale", noise_scale) > 0:
         raise ValueError(f"noise_scale must be > 0 (or None for image_size/256), got {noise_scale}")
     return config.interval
 

@@ -171,7 +171,24 @@ def rope_2d_tables(head_dim: int, side: int, prefix: int) -> tuple[torch.Tensor,
 
 
 def apply_rope(u: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """u (N, H, L, d); pairs (2m, 2m+1) rotate: (a, b) → (a·cos − b·sin, b·cos + a·sin)."""
+    """u (N, H, L, d); pairs (2m, 2m+1) rotate: (a, b) → (a·cos − b·sin, b·cos + a·sin).
+
+    The tables (L, d) hold one angle per pair, repeated on both channels (`rope_2d_tables`).
+    In float32 the rotation is one complex multiply, (a + ib)·(cos + i·sin): the same products
+    and sums, bit for bit forward and backward, in two passes over u where the pair formula takes
+    about six forward and ten backward (3–10× faster on a CPU). Other dtypes (bf16 under
+    autocast, which has no complex type) and compiled graphs (where inductor fuses the pair
+    formula) take the pair formula.
+    """
+    if u.dtype == torch.float32 and not torch.compiler.is_compiling():
+        rotation = torch.complex(cos[..., 0::2], sin[..., 0::2])  # (L, d/2)
+        pairs = torch.view_as_complex(u.unflatten(-1, (-1, 2)))  # (N, H, L, d/2)
+        return torch.view_as_real(pairs * rotation).flatten(-2)
+    return rope_pair_formula(u, cos, sin)
+
+
+def rope_pair_formula(u: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` written out on the channel pairs, in u's dtype (the tables cast to it)."""
     a, b = u[..., 0::2], u[..., 1::2]
     rotated = torch.stack([-b, a], dim=-1).flatten(-2)
     return u * cos.to(u.dtype) + rotated * sin.to(u.dtype)

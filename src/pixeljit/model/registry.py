@@ -67,7 +67,7 @@ def create_model(name: str, device: torch.device | str | None = None, **override
     `device='meta'` builds without allocating memory (to count parameters of JiT-G).
     """
     config = model_config(name, **overrides)
-    device = as_device(device if device is not None else "cpu", "cpu, cuda, cuda:N, meta")
+    device = as_device(device if device is not None else "cpu", "cpu, cuda, cuda:N, mps, meta")
     with device:
         return JiT(config)
 

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pixeljit.devices import as_device
+
 STRATEGIES = ("ddp", "fsdp")
 
 
@@ -38,13 +40,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """'auto' → cuda:<local_rank> when available, else cpu; 'cuda' gets the local rank index."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    device = as_device(name, "auto, cpu, cuda, cuda:N, mps")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: CUDA is not available here; use cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
