@@ -105,19 +105,28 @@ def test_grid_jobs_are_checked_before_anything_is_written(tmp_path, capsys, name
 
 
 @pytest.mark.parametrize("name", ["table2", "resolution", "bottleneck", "noise"])
-def test_grid_jobs_beyond_the_cores_are_warned_about(monkeypatch, capsys, name):
+def test_grid_jobs_beyond_the_cores_are_refused_on_a_cpu(monkeypatch, tmp_path, capsys, name):
+    """The help's rule, on a CPU jobs × threads ≤ the cores, is checked like --threads ≤ the
+    cores: refused before anything is written, naming both flags and the --jobs that fits."""
     monkeypatch.setattr(reproduce_grid.os, "cpu_count", lambda: 4)
 
-    def warning(*flags):
+    def check(*flags):
         args = build_parser().parse_args(["reproduce", name, "--quick", *flags])
         reproduce_grid.check_grid_flags(args)
-        return capsys.readouterr().err
 
-    assert warning("--jobs", "4", "--device", "cpu") == ""
-    assert warning("--jobs", "2", "--threads", "2", "--device", "cpu") == ""
-    err = warning("--jobs", "3", "--threads", "2", "--device", "cpu")
-    assert "6 CPU threads on 4 cores" in err and "use --jobs 2 or fewer" in err
-    assert "--jobs 5" in warning("--jobs", "5", "--device", "cpu")
+    check("--jobs", "4", "--device", "cpu")
+    check("--jobs", "2", "--threads", "2", "--device", "cpu")
+    devices = ("cpu",) if torch.cuda.is_available() else ("cpu", "auto")  # auto: the CPU here
+    for device in devices:
+        with pytest.raises(ValueError, match=r"--jobs 3 × --threads 2 = 6 CPU threads, more "
+                           r"than the 4 cores: use --jobs 2 or fewer at --threads 2"):  # fmt: skip
+            check("--jobs", "3", "--threads", "2", "--device", device)
+        with pytest.raises(ValueError, match="use --jobs 4 or fewer at --threads 1"):
+            check("--jobs", "5", "--device", device)
+    out = tmp_path / "g"
+    err = cli_error(capsys, ["reproduce", name, "--quick", "--out", str(out), "--jobs", "5",
+                             "--device", "cpu"])  # fmt: skip
+    assert "--jobs 5 × --threads 1" in err and not out.exists()
     # cells on a GPU share the card, not the cores
     assert reproduce_grid.oversubscription("cuda:1", 8, 1, 4) is None
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,19 +165,54 @@ def evaluate(
     Fashion-MNIST classifier on a 10-class model)."""
     batches = generate(model, spec, rank, world, save_dir, progress)
     classes = model.net.config.num_classes
-    return score_labelled(batches, classes, extractor, ref, metrics, spec.batch_size)
+    return score_labelled(
+        batches, classes, extractor, ref, metrics, spec.batch_size, model.class_names
+    )
+
+
+def _name_key(name: str) -> str:
+    """A class name compared by its letters and digits only: 'Ankle_boot' is 'Ankle boot'."""
+    return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+
+def label_order(label_names, extractor: FeatureExtractor) -> torch.Tensor | str | None:
+    """How labels named `label_names` map onto the classifier's classes: None (take them as
+    they are: the same names in the same order, or names unknown on either side), a tensor
+    taking label k to the classifier's class of the same name (an image folder sorts its
+    classes alphabetically: Fashion-MNIST's as folders number them in another order), or why
+    class accuracy would mean nothing (classes the classifier does not know)."""
+    known = extractor.class_names
+    if not label_names or not known:
+        return None
+    ours, theirs = [_name_key(n) for n in label_names], [_name_key(n) for n in known]
+    if ours == theirs:
+        return None
+    if sorted(ours) != sorted(theirs) or len(set(theirs)) != len(theirs):
+        return (
+            f"class accuracy left out: the labels name {', '.join(label_names[:4])}, … but "
+            f"the {extractor.name} classifier knows {', '.join(known[:4])}, …"
+        )
+    return torch.tensor([theirs.index(k) for k in ours])
 
 
 def score_labelled(
     batches, classes: int, extractor: FeatureExtractor, ref: DatasetStats | None,
-    metrics: tuple[str, ...], batch_size: int,
+    metrics: tuple[str, ...], batch_size: int, label_names=None,
 ) -> dict[str, float]:  # fmt: skip
     """Score (uint8 images (B, C, H, W), labels (B,) or None) batches against `ref`; adds
-    `class_accuracy` when the extractor classifies the `classes`-way label space."""
+    `class_accuracy` when the extractor classifies the `classes`-way label space, the labels
+    matched to its classes by `label_names` where both sides name them (`label_order`)."""
     if "is" in metrics and extractor.num_classes == 0:
         metrics = tuple(m for m in metrics if m != "is")
     counter = None
-    if classes > 0 and extractor.num_classes == classes:
+    comparable = classes > 0 and extractor.num_classes == classes
+    order = label_order(label_names, extractor) if comparable else None
+    if isinstance(order, str):
+        warnings.warn(order, stacklevel=2)
+        comparable = False
+    if comparable:
+        if order is not None:  # label k of the data is the classifier's class order[k]
+            batches = ((u8, None if y is None else order.to(y.device)[y]) for u8, y in batches)
         counter = _AccuracyCounter(extractor)
         images, extractor = counter.images(batches), counter
     else:
@@ -202,7 +238,10 @@ def score_real_images(
             yield (torch.from_numpy(dataset.slice(first, last)),
                    torch.from_numpy(dataset.labels[first:last]))  # fmt: skip
 
-    return score_labelled(batches(), dataset.num_classes, extractor, ref, metrics, batch_size)
+    names = getattr(dataset, "class_names", None)
+    return score_labelled(
+        batches(), dataset.num_classes, extractor, ref, metrics, batch_size, names
+    )
 
 
 def score_image_source(

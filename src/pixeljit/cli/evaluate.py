@@ -19,10 +19,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
+
 from pixeljit.cli.evaluate_args import (
     DEFAULT_BATCH,
     DEFAULT_NUM,
     DEFAULT_SEED,
+    EXTRACTOR_CHOICES,
     METRIC_NAMES,
     check_args,
     metrics,
@@ -43,11 +46,12 @@ def add_parser(sub) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="run folder / .pt, .safetensors, or authors' .pth")
     what.add_argument("--images", help="a folder of images or an .npz (arr_0, NHWC uint8)")
-    what.add_argument("--make-ref", metavar="DATASET", help="compute and save reference stats")
+    what.add_argument("--make-ref", metavar="DATASET",
+                      help="compute and save reference stats of a data set, an image folder or "
+                      "an images .npz (arr_0), at --size / --channels")  # fmt: skip
     p.add_argument("--ref", help="reference: statistics .npz (mu, sigma) or a data set")
     p.add_argument("--ref-split", default=None, help="split of a data-set reference")
-    p.add_argument("--extractor", default="auto",
-                   help="fmnist-cnn | effnet-lite0 | inception-v3-fid | auto")  # fmt: skip
+    p.add_argument("--extractor", default="auto", help=" | ".join(EXTRACTOR_CHOICES))
     p.add_argument("--inception-weights", default=None,
                    help="pt_inception-2015-12-05 weights (for inception-v3-fid)")  # fmt: skip
     p.add_argument("--metrics", nargs="+", default=None, choices=METRIC_NAMES,
@@ -147,8 +151,11 @@ def _run(args, info, cfgs: list[float] | None) -> int:
             raise ValueError("--make-ref needs --size and --channels (the images to measure)")
         extractor = _extractor(args.extractor, args.channels, 10, args.inception_weights,
                                info.device)  # fmt: skip
-        ref = _dataset_stats("--make-ref", args.make_ref, extractor, args.size, args.channels,
-                             args.ref_split, info, barrier)  # fmt: skip
+        if args.make_ref.endswith(".npz"):  # images (checked by check_args), not a data set
+            ref = _npz_stats(args.make_ref, extractor, args.size, args.channels, info)
+        else:
+            ref = _dataset_stats("--make-ref", args.make_ref, extractor, args.size,
+                                 args.channels, args.ref_split, info, barrier)  # fmt: skip
         if info.is_main:
             save_dataset_stats(args.out, ref)
         say(f"reference statistics of {args.make_ref} ({ref.count} images, "
@@ -156,6 +163,7 @@ def _run(args, info, cfgs: list[float] | None) -> int:
         return 0
     if args.images:
         shape = _image_shape(args)
+        _check_stats_shape(args, shape, f"the images of --images {args.images}")
         extractor = _extractor(args.extractor, shape[0], 10, args.inception_weights, info.device)
         ref = _ref(args, extractor, shape, f"the images of --images {args.images}", info, barrier)
         scores = score_image_source(args.images, extractor, ref, metrics(args))
@@ -172,9 +180,10 @@ def _run(args, info, cfgs: list[float] | None) -> int:
                             prediction=model.prediction, cfgs=cfgs or [sampler.cfg],
                             methods=[sampler.method])  # fmt: skip
     check_memory(args.num, min(args.batch_size, args.num), False, cfg, info.device)
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    _check_stats_shape(args, shape, "the model's images")
     extractor = _extractor(args.extractor, cfg.in_channels, cfg.num_classes,
                            args.inception_weights, info.device)  # fmt: skip
-    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     ref = _ref(args, extractor, shape, "the model's images", info, barrier)
     spec = GenerationSpec(
         num=args.num, sampler=sampler, seed=args.seed,
@@ -222,6 +231,66 @@ def _image_shape(args) -> tuple[int, int, int]:
                 f"{c} channel(s): drop {flag} (it is read from the images) or resize the images"
             )
     return int(c), int(h), int(w)
+
+
+def _npz_stats(path: str, extractor, size: int, channels: int, info):
+    """Statistics of the images of an `.npz` (arr_0), brought to size × size px with `channels`
+    by `pixeljit prepare`'s rule (ADM centre crop); under torchrun each rank takes every
+    world-th batch and the moments are merged."""
+    import torch
+
+    from pixeljit.data.transforms import resize_stack
+    from pixeljit.metrics import compute_dataset_stats
+    from pixeljit.metrics.image_sources import iter_npz_images
+
+    def images():
+        for k, batch in enumerate(iter_npz_images(path)):
+            if k % info.world_size == info.rank:
+                yield torch.from_numpy(resize_stack(batch.numpy(), size, channels))
+
+    return compute_dataset_stats(images(), extractor)
+
+
+def _recorded_shape(path: Path) -> tuple[int, int, int] | None:
+    """The (C, H, W) a statistics `.npz` records of the images it measured, None when it records
+    none (or is unreadable: loading it says why)."""
+    from pixeljit.metrics.image_sources import npz_headers
+
+    if not path.is_file():
+        return None
+    try:
+        header = npz_headers(path).get("image_shape")
+        if header is None or header.shape != (3,) or header.dtype.kind not in "iu":
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            return tuple(int(v) for v in data["image_shape"])  # type: ignore[return-value]
+    except (ValueError, OSError):
+        return None
+
+
+def _check_stats_shape(args, shape: tuple[int, int, int], scored: str) -> None:
+    """--ref STATS.npz measured on images of another size or channel count than the `scored`
+    ones (`shape`, C H W) is refused before the extractor is built: that is the cause, and the
+    extractor's check (whose dimension follows the channel count under `auto`) would report
+    only its symptom, a feature size."""
+    needs_ref = set(metrics(args)) & {"fd", "kid", "pr"}
+    if not (needs_ref and args.ref and args.ref.endswith(".npz")):
+        return
+    recorded = _recorded_shape(Path(args.ref))
+    if recorded is None or recorded == tuple(shape):
+        return
+    (rc, rh, rw), (c, h, w) = recorded, shape
+    text = lambda c, h, w: f"{h}×{w}-px {c}-channel"  # noqa: E731
+    unequal = {"size": (rh, rw) != (h, w), "channel count": rc != c}
+    differs = " and ".join(what for what, differ in unequal.items() if differ)
+    resave = f", or save the images as {text(rc, rh, rw)}" if args.images else ""
+    raise ValueError(
+        f"--ref {args.ref} holds statistics of {text(rc, rh, rw)} images, but {scored} are "
+        f"{text(c, h, w)}: an FD between them measures the difference in {differs}, not the "
+        f"images. Compute statistics at {text(c, h, w)} (`pixeljit eval --make-ref DATASET "
+        f"--size {w} --channels {c} --out STATS.npz`) or pass the data set itself as --ref (it "
+        f"is resized to match){resave}"
+    )
 
 
 def _reference(args) -> str | None:

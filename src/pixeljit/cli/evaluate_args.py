@@ -3,6 +3,7 @@ that would do nothing is refused by name), the generation defaults, numbers and 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from pixeljit.cli.checks import (
@@ -18,10 +19,13 @@ from pixeljit.cli.checks import (
 from pixeljit.cli.sample import check_authors_only
 from pixeljit.cli.sampler_args import AUTO_AMP, FLAGS
 from pixeljit.data.transforms import MAX_SIZE
+from pixeljit.metrics import EXTRACTORS
 from pixeljit.metrics.score import ScoreConfig
 
 METRIC_NAMES = ("fd", "kid", "is", "pr")
 CHANNELS = (1, 3)
+AUTO_EXTRACTOR = "auto"  # fmnist-cnn for grey 10-class images, effnet-lite0 otherwise
+EXTRACTOR_CHOICES = (*EXTRACTORS, AUTO_EXTRACTOR)
 JSON_SUFFIX = ".json"
 DEFAULT_NUM, DEFAULT_SEED, DEFAULT_BATCH = 10000, 0, 100  # generation (--checkpoint)
 # flags that only generating images uses (attribute → flag): refused with --images / --make-ref
@@ -32,6 +36,7 @@ GENERATION_FLAGS = {
 }  # fmt: skip
 UNSET_VALUES = (None, False, AUTO_AMP)  # argparse's defaults of those flags
 MAX_SWEEP_SCALES = 1000  # --sweep-cfg: CFG scales in one sweep
+SWEEP_TOLERANCE = 1e-6  # of a step: (4.0 − 1.0) / 0.1 is 29.999999999999996 in floats
 
 
 def check_mode_flags(args) -> None:
@@ -61,6 +66,9 @@ def check_args(args) -> list[float] | None:
     check_int("--num", args.num, 1, MAX_IMAGES + 1)
     check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
     check_device("--device", args.device)
+    if args.extractor not in EXTRACTOR_CHOICES:
+        raise ValueError(f"--extractor {args.extractor!r} is not one of "
+                         f"{', '.join(EXTRACTOR_CHOICES)}: pick one of them")  # fmt: skip
     if args.checkpoint:
         check_authors_only(args.checkpoint, args.in_context_start)
     if args.inception_weights and args.extractor != "inception-v3-fid":
@@ -69,6 +77,12 @@ def check_args(args) -> list[float] | None:
     if args.ref_split and args.ref and args.ref.endswith(".npz"):
         raise ValueError(f"--ref-split has no effect with the statistics file --ref {args.ref}: "
                          "drop it (it picks a split of a data-set reference)")  # fmt: skip
+    if args.make_ref and args.make_ref.endswith(".npz"):
+        check_make_ref_npz(args.make_ref)
+        if args.ref_split:
+            raise ValueError(f"--ref-split has no effect with the images file --make-ref "
+                             f"{args.make_ref}: drop it (it picks a split of a data "
+                             "set)")  # fmt: skip
     from pixeljit.data.shards import MANIFEST
 
     for flag, data in (("--ref", args.ref), ("--make-ref", args.make_ref)):
@@ -78,6 +92,8 @@ def check_args(args) -> list[float] | None:
     if args.emas is not None and not args.sweep_cfg:
         raise ValueError("--emas has no effect without --sweep-cfg: add --sweep-cfg LO HI STEP, "
                          "or pick one set of weights with --weights")  # fmt: skip
+    if args.emas is not None:
+        check_emas(args.emas)
     if args.sweep_cfg:
         for flag, value in (("--metrics", args.metrics), ("--cfg", args.cfg),
                             ("--save-images", args.save_images)):  # fmt: skip
@@ -124,13 +140,54 @@ def check_args(args) -> list[float] | None:
     check_float("--sweep-cfg LO", lo, 0.0)
     check_float("--sweep-cfg HI", hi, lo)
     check_float("--sweep-cfg STEP", step, 0.0, low_open=True)
-    count = int(round((hi - lo) / step)) + 1
-    if count > MAX_SWEEP_SCALES:
-        raise ValueError(
-            f"--sweep-cfg {lo} {hi} {step} gives {count} CFG scales, over {MAX_SWEEP_SCALES}: "
-            "use a larger STEP"
-        )
+    # the scales LO, LO + STEP, … up to HI, none past it (rounding the count up went past HI:
+    # 1 2 0.6 swept 2.2); the tolerance keeps HI when float division falls just short of it
+    steps = (hi - lo) / step + SWEEP_TOLERANCE  # may be inf (a tiny STEP)
+    if steps >= MAX_SWEEP_SCALES:
+        raise ValueError(f"--sweep-cfg {lo} {hi} {step} gives more than {MAX_SWEEP_SCALES} CFG "
+                         "scales: use a larger STEP")  # fmt: skip
+    count = math.floor(steps) + 1
+    if hi > lo and count == 1:
+        raise ValueError(f"--sweep-cfg {lo:g} {hi:g} {step:g}: STEP is larger than HI − LO = "
+                         f"{hi - lo:g}, so only LO would be scored: use a STEP of at most "
+                         f"{hi - lo:g} (or LO = HI for one scale)")  # fmt: skip
     return [round(lo + k * step, 6) for k in range(count)]
+
+
+def check_make_ref_npz(path: str) -> None:
+    """--make-ref X.npz: a file of images (arr_0, NHWC uint8), checked from its headers; a
+    statistics file (mu, sigma) is a reference already."""
+    from pixeljit.metrics.image_sources import (
+        NPZ_IMAGE_KEY,
+        check_image_header,
+        npz_headers,
+        npz_image_key,
+    )
+
+    takes = "--make-ref takes a data set, an image folder or an .npz of images (arr_0, NHWC uint8)"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--make-ref {path} does not exist: {takes}")
+    headers = npz_headers(path)
+    if NPZ_IMAGE_KEY not in headers and {"mu", "sigma"} <= set(headers):
+        raise ValueError(f"--make-ref {path} holds statistics (mu, sigma), not images: it is a "
+                         f"reference already; score against it with --ref {path} "
+                         f"({takes})")  # fmt: skip
+    if NPZ_IMAGE_KEY not in headers:
+        raise ValueError(f"--make-ref {path} holds no images (keys: {sorted(headers)}): {takes}")
+    key = npz_image_key(path, headers)
+    check_image_header(path, key, headers[key])
+
+
+def check_emas(emas: list[str]) -> None:
+    """--emas: each weights name once ('model' twice would be generated and scored twice), and
+    'all' alone (it already names every EMA of the checkpoint)."""
+    if "all" in emas and len(emas) > 1:
+        raise ValueError(f"--emas {' '.join(emas)}: 'all' already names every EMA of the "
+                         "checkpoint: pass 'all' alone, or list the weights")  # fmt: skip
+    repeated = sorted({name for name in emas if emas.count(name) > 1})
+    if repeated:
+        raise ValueError(f"--emas {' '.join(emas)} names {', '.join(repeated)} more than once: "
+                         "list each weights once")  # fmt: skip
 
 
 def metrics(args) -> tuple[str, ...]:

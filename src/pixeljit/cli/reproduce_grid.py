@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -105,23 +104,24 @@ def check_grid_flags(args) -> None:
         from pixeljit.devices import as_device
 
         as_device(args.device, what="--device")
-    warning = oversubscription(args.device, args.jobs, args.threads, os.cpu_count() or 1)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    crowded = oversubscription(args.device, args.jobs, args.threads, os.cpu_count() or 1)
+    if crowded:  # before the results folder is written
+        raise ValueError(crowded)
 
 
 def oversubscription(device: str, jobs: int, threads: int, cores: int) -> str | None:
-    """The warning for more CPU threads than cores (None: none): the cells still run, each
-    slower, and together no faster than at jobs × threads = cores. Cells on a GPU share it
-    instead, so only a CPU device (or `auto` without CUDA) is checked."""
+    """The error for more CPU threads than cores (None: they fit), as the help of --jobs says:
+    the cells would compete for the cores, each slower, together no faster than at jobs ×
+    threads = cores. Cells on a GPU share the card instead, so only a CPU device (or `auto`
+    without CUDA) is checked."""
     from pixeljit.experiments.evidence import resolve_device
 
     if jobs * threads <= cores or resolve_device(device).type == "cuda":
         return None
     return (
-        f"--jobs {jobs} × --threads {threads} = {jobs * threads} CPU threads on {cores} cores: "
-        f"the cells compete for the cores and each runs slower; use --jobs "
-        f"{max(cores // threads, 1)} or fewer at --threads {threads}"
+        f"--jobs {jobs} × --threads {threads} = {jobs * threads} CPU threads, more than the "
+        f"{cores} cores: use --jobs {max(cores // threads, 1)} or fewer at --threads {threads} "
+        "(jobs × threads ≤ the cores on a CPU)"
     )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 ArrayLike = np.ndarray | torch.Tensor
+FD_ROUNDOFF = 1e-9  # FD below 0 by at most this × (‖μ₁−μ₂‖² + tr Σ₁ + tr Σ₂) is round-off: 0
 
 
 def _as_f64(x: ArrayLike) -> torch.Tensor:
@@ -60,7 +61,8 @@ def frechet_distance(
     sigma2: ArrayLike,
     sqrt_sigma2: np.ndarray | None = None,
 ) -> float:
-    """Fréchet distance ‖μ₁−μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂) between two Gaussians (float64).
+    """Fréchet distance ‖μ₁−μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂) between two Gaussians (float64),
+    ≥ 0 (a round-off value just below 0 is reported as 0).
 
     `sqrt_sigma2` optionally passes a cached `sqrt_psd(sigma2)` (saves one eigh per call).
     """
@@ -71,8 +73,13 @@ def frechet_distance(
     if s1.shape != (d, d) or s2.shape != (d, d):
         raise ValueError(f"covariances must be ({d}, {d}), got {s1.shape} and {s2.shape}")
     diff = m1 - m2
-    value = diff @ diff + s1.trace() + s2.trace() - 2 * trace_sqrt_product(s1, s2, sqrt_sigma2)
-    return float(value)
+    total = float(diff @ diff + s1.trace() + s2.trace())
+    value = total - 2 * trace_sqrt_product(s1, s2, sqrt_sigma2)
+    # FD is a squared distance (the squared 2-Wasserstein distance), never negative: a value just
+    # below 0 is the round-off of equal moments (a set against itself gave -4.5e-12), so it is 0
+    if -FD_ROUNDOFF * total <= value < 0:
+        value = 0.0
+    return value
 
 
 @dataclass

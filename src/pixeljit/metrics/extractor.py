@@ -37,6 +37,8 @@ class FeatureExtractor(ABC):
         fd_label: how its Fréchet distance is reported ("FID" only for the standard Inception).
         dim: feature width.
         num_classes: width of `logits`, 0 when the extractor has no classifier head.
+        class_names: what each logit means (class accuracy matches labels to them by name),
+            None when unknown.
         device: where the network runs; inputs are moved there.
     """
 
@@ -45,6 +47,7 @@ class FeatureExtractor(ABC):
     fd_label: str
     dim: int
     num_classes: int = 0
+    class_names: tuple[str, ...] | None = None
     device: torch.device = torch.device("cpu")
 
     @property

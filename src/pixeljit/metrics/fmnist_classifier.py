@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from pixeljit.data.fashion_mnist import load_fashion_mnist
+from pixeljit.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from pixeljit.files.atomic import atomic_write
 
 from .extractor import Extracted, FeatureExtractor, check_uint8_images, resize_square, to_grey
@@ -200,6 +200,7 @@ class FMNISTExtractor(FeatureExtractor):
     fd_label = "FD-FMNIST"
     dim = FEATURE_DIM
     num_classes = FMNIST_CLASSES
+    class_names = CLASS_NAMES
 
     def __init__(
         self, weights_path: str | os.PathLike | None = None, device: torch.device | str = "cpu"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixeljit.data.transforms import check_pixels
+from pixeljit.data.transforms import COLOUR, GREY, check_pixels, to_channels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NPZ_IMAGE_KEY = "arr_0"
@@ -49,6 +49,13 @@ def iter_batches(source: ImageSource, batch_size: int = DEFAULT_BATCH) -> Iterat
             yield _to_nchw(batch)
 
 
+def _not_images(path: Path) -> Exception:
+    """The error for a path that is neither a folder nor an `.npz` file."""
+    if not path.exists():
+        return FileNotFoundError(f"{path} does not exist: give a folder of images or an .npz file")
+    return ValueError(f"{path} is neither a folder of images nor an .npz file")
+
+
 def iter_path_images(path: str | os.PathLike, batch_size: int = DEFAULT_BATCH):
     """Batches from a folder of images or an `.npz` file of NHWC uint8 images."""
     path = Path(path)
@@ -56,7 +63,7 @@ def iter_path_images(path: str | os.PathLike, batch_size: int = DEFAULT_BATCH):
         return iter_folder_images(path, batch_size)
     if path.suffix == ".npz" and path.is_file():
         return iter_npz_images(path, batch_size=batch_size)
-    raise FileNotFoundError(f"{path} is neither a folder of images nor an .npz file")
+    raise _not_images(path)
 
 
 def count_path_images(path: str | os.PathLike) -> int:
@@ -67,10 +74,22 @@ def count_path_images(path: str | os.PathLike) -> int:
         return len(list_image_files(path))
     if path.suffix == ".npz" and path.is_file():
         headers = npz_headers(path)
-        if NPZ_IMAGE_KEY not in headers:
-            raise ValueError(f"{path} has no array {NPZ_IMAGE_KEY!r} (keys: {sorted(headers)})")
-        return int(headers[NPZ_IMAGE_KEY].shape[0]) if headers[NPZ_IMAGE_KEY].shape else 0
-    raise FileNotFoundError(f"{path} is neither a folder of images nor an .npz file")
+        header = headers[npz_image_key(path, headers)]
+        return int(header.shape[0]) if header.shape else 0
+    raise _not_images(path)
+
+
+def npz_image_key(path: str | os.PathLike, headers: dict, key: str = NPZ_IMAGE_KEY) -> str:
+    """`key`, checked to be the one image array (4-d, NHWC) of an `.npz` with these headers: a
+    file holding several would have only one of them scored, silently."""
+    images = sorted(name for name, header in headers.items() if len(header.shape) == 4)
+    if len(images) > 1:
+        raise ValueError(f"{path} holds {len(images)} image arrays ({', '.join(images)}), so "
+                         "which are the images is ambiguous: save one file per image array, "
+                         f"each under {NPZ_IMAGE_KEY!r}")  # fmt: skip
+    if key not in headers:
+        raise ValueError(f"{path} has no array {key!r} (keys: {sorted(headers)})")
+    return key
 
 
 def list_image_files(folder: str | os.PathLike) -> list[Path]:
@@ -80,24 +99,59 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
         raise FileNotFoundError(f"image folder {folder} does not exist")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}"
+                         + _subfolder_hint(folder))  # fmt: skip
     return files
 
 
+def _subfolder_hint(folder: Path) -> str:
+    """When the images sit in subfolders (only the top level is read), one of them, named."""
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        try:
+            held = any(p.suffix.lower() in IMAGE_SUFFIXES for p in sub.iterdir())
+        except OSError:  # an unreadable subfolder: no hint from it
+            continue
+        if held:
+            return (f"; only its top level is read, and its subfolder {sub} holds images: "
+                    "point at the folder that holds the images themselves")  # fmt: skip
+    return ""
+
+
+def _is_grey(img: Image.Image) -> bool:
+    """Grey modes (1, L, LA, 16-bit grey) and palette images whose palette is all grey."""
+    if img.mode in ("1", "L", "LA", "La") or img.mode.startswith("I;16"):
+        return True
+    if img.mode in ("P", "PA"):
+        palette = img.getpalette("RGB")
+        return bool(palette) and palette[0::3] == palette[1::3] == palette[2::3]
+    return False
+
+
 def _read_image(path: Path) -> np.ndarray:
-    """One image as (C, H, W) uint8: grey stays one channel, everything else becomes RGB."""
+    """One image as (C, H, W) uint8: grey stays one channel (a palette of greys counts as grey),
+    everything else becomes RGB; the pixels are `pixeljit prepare`'s (`to_channels`): 16 bits
+    keep their top 8 (exact for 8-bit values stored as v·257), transparency goes over white."""
     try:
         with warnings.catch_warnings():  # check_pixels says it in one line, with a lower cap
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
-        with img:
-            check_pixels(img)  # before decoding: a small file may declare gigapixels
-            mode = "L" if img.mode in ("L", "I;16", "1") else "RGB"
-            arr = np.asarray(img.convert(mode))
     except (OSError, Image.DecompressionBombError, SyntaxError) as err:  # PIL's own limits
         raise ValueError(f"{path} is not a readable image ({err}); remove or replace it") from None
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}; remove or shrink it") from None
+    with img:
+        try:
+            check_pixels(img)  # before decoding: a small file may declare gigapixels
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}; remove or shrink it") from None
+        try:
+            img.load()
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+            raise ValueError(f"{path} is not a readable image ({err}); remove or replace "
+                             "it") from None  # fmt: skip
+        try:  # a mode without an 8-bit meaning (32-bit 'I', float 'F'), as prepare refuses it
+            arr = np.asarray(to_channels(img, GREY if _is_grey(img) else COLOUR))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}; remove it or save it with 8 or 16 bits per "
+                             "channel") from None  # fmt: skip
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -197,9 +251,7 @@ def iter_npz_images(
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
     headers = npz_headers(path)
-    if key not in headers:
-        raise ValueError(f"{path} has no array {key!r} (keys: {sorted(headers)})")
-    header = headers[key]
+    header = headers[npz_image_key(path, headers, key)]
     check_image_header(path, key, header)
     shape = header.shape
     with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as f:
