@@ -84,8 +84,9 @@ def files(tmp_path_factory):
     np.savez(folder / "one.npz", rng.integers(0, 256, (1, 28, 28, 1), dtype=np.uint8))
     classifier = create_extractor("fmnist-cnn")
     d = classifier.dim
+    features = rng.standard_normal((8, d)).astype(np.float32)  # reproduce nfe scores P/R
     save_dataset_stats(folder / "ref.npz", DatasetStats(np.zeros(d), np.eye(d), 100,
-                       classifier.stats_name, image_shape=(1, 28, 28)))  # fmt: skip
+                       classifier.stats_name, features, image_shape=(1, 28, 28)))  # fmt: skip
     return folder
 
 

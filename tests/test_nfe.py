@@ -229,6 +229,7 @@ def test_cli_refuses_too_few_images_before_loading_and_a_reference_of_another_si
     classifier = create_extractor("fmnist-cnn")  # what the CLI picks for this 1-channel model
     d = classifier.dim
     save_dataset_stats(stats, DatasetStats(np.zeros(d), np.eye(d), 100, classifier.stats_name,
+                                           features=np.zeros((8, d), np.float32),
                                            image_shape=(1, 28, 28)))  # fmt: skip
     assert main([*argv, "--ref", str(stats), "--num", "4"]) == 2
     err = capsys.readouterr().err

@@ -144,7 +144,32 @@ def _check_flags(args) -> Path:
     if not Path(args.checkpoint).exists():
         raise ValueError(f"--checkpoint {args.checkpoint} does not exist: pass a run folder, "
                          "a .pt / .safetensors file or an authors' .pth")  # fmt: skip
+    _check_ref_features(args.ref)
     return check_output("--out", args.out, folder=True, overwrite=True)
+
+
+def _check_ref_features(ref: str) -> None:
+    """A statistics file --ref without the data set's features is refused before the model is
+    loaded: every row scores precision / recall (METRICS), which compare against real features,
+    and this verb has no flag to leave them out. Read from the .npz's headers only; a file
+    that is missing or unreadable is left to the load, which says why."""
+    from pixeljit.metrics.image_sources import npz_headers
+
+    path = Path(ref)
+    if not (ref.endswith(".npz") and path.is_file()):
+        return
+    try:
+        headers = npz_headers(path)
+    except (ValueError, OSError):
+        return
+    if "features" not in headers and {"mu", "sigma"} <= set(headers):
+        raise ValueError(
+            f"--ref {ref} holds only mu/sigma (as ADM / JiT .npz files do), but every row of "
+            "reproduce nfe scores precision / recall, which needs the data set's features: "
+            "pass the data set itself as --ref (a packed folder, fashion-mnist, …), or make "
+            "statistics that keep the features with `pixeljit eval --make-ref DATASET --size S "
+            "--channels C --out STATS.npz`"
+        )
 
 
 def _run_nfe(args) -> int:

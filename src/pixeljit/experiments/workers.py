@@ -11,8 +11,9 @@ Workers start with `spawn` (no forked torch state, the same on every OS). What e
 (the measure, the extractor with its weights, the real reference, the train function) is
 pickled to each worker once, when it starts; each task carries only its cell. A failed cell
 stops the grid: the cells not started are cancelled, the running ones finish (their checkpoints
-are kept), and the error is raised with the cell's name. Ctrl-C, or SIGTERM to this process,
-stops every running cell at a step boundary with a checkpoint (see `_forward_sigterm`).
+are kept), and the error is raised with the cell's name. Ctrl-C, or SIGINT / SIGTERM to this
+process, stops every running cell at a step boundary with a checkpoint, starts no further one,
+and returns once the workers have exited (see `_forward_signals`).
 """
 
 from __future__ import annotations
@@ -33,35 +34,46 @@ from pixeljit.training import stopsignal
 Report = Callable[[int, Cell, dict, bool], None]  # (1-based index, cell, result, kept)
 
 
+STOP_POLL_S = 0.2  # how often the parent, waiting for cells, looks whether it was signalled
 _shared: tuple = ()  # in a worker: (measure, extractor, real, train_fn), set by `_start_worker`
+_stop = None  # in a worker: the grid's stop event, set by `_start_worker`
 
 
-def _start_worker(threads: int, *shared) -> None:
-    global _shared
+def _start_worker(stop, threads: int, *shared) -> None:
+    """Each worker leaves the terminal's process group: Ctrl-C reaches the parent alone, which
+    passes it on once (two SIGINTs would stop a cell at once, without its checkpoint)."""
+    global _shared, _stop
+    if hasattr(os, "setpgid"):
+        os.setpgid(0, 0)
     torch.set_num_threads(threads)
-    _shared = shared
+    _shared, _stop = shared, stop
 
 
 def _run_in_worker(cell: Cell) -> tuple[dict, bool]:
+    if _stop is not None and _stop.is_set():  # queued before the grid was stopped
+        raise KeyboardInterrupt(f"cell {cell.name} not started: the grid was stopped")
     return run_cell(cell, *_shared)
 
 
 @contextlib.contextmanager
-def _forward_sigterm():
-    """While the workers run, a SIGTERM sent to this process alone (`kill PID`, `timeout`) is
-    passed on to them, so each stops its cell at a step boundary with a checkpoint (as Ctrl-C,
-    which reaches the whole process group, does), and this process then stops as on Ctrl-C,
-    once they have. Without it they would outlive it. Only the main thread can listen."""
+def _forward_signals(stop):
+    """While the workers run, a SIGINT or SIGTERM to this process (Ctrl-C, `kill PID`,
+    `timeout`) sets `stop` (no worker starts another cell) and is passed on to the workers, so
+    each stops its cell at a step boundary with a checkpoint; `run_cells` then cancels the
+    cells not started, waits for the workers to exit and raises KeyboardInterrupt. A second
+    signal kills the workers at once. Only the main thread can listen."""
     if not stopsignal.can_listen():
         yield
         return
 
     def forward(signum, frame):
+        again = stop.is_set()
+        stop.set()
         for child in multiprocessing.active_children():
-            os.kill(child.pid, signum)
-        raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the grid's cells were stopped")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL if again else signum)
 
-    previous = stopsignal.install(forward, (signal.SIGTERM,))
+    previous = stopsignal.install(forward)
     try:
         yield
     finally:
@@ -92,24 +104,33 @@ def run_cells(
     results: list[dict | None] = [None] * len(cells)
     context = multiprocessing.get_context("spawn")
     workers = min(jobs, len(cells))
-    shared = (torch.get_num_threads(), measure, extractor, real, train_fn)
+    stop = context.Event()
+    shared = (stop, torch.get_num_threads(), measure, extractor, real, train_fn)
     with (
-        _forward_sigterm(),
+        _forward_signals(stop),
         ProcessPoolExecutor(
             workers, mp_context=context, initializer=_start_worker, initargs=shared
         ) as pool,
     ):
         pending = {pool.submit(_run_in_worker, cell): k for k, cell in enumerate(cells)}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                k = pending.pop(future)
-                error = future.exception()
-                if error is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise RuntimeError(f"cell {cells[k].name} failed: {error}") from error
-                result, kept = future.result()
-                results[k] = result
-                report(k + 1, cells[k], result, kept)
+        try:
+            while pending:
+                done, _ = wait(pending, timeout=STOP_POLL_S, return_when=FIRST_COMPLETED)
+                if stop.is_set():
+                    raise KeyboardInterrupt(
+                        "the grid's cells were stopped; re-run the same command to continue "
+                        "them from their checkpoints"
+                    )
+                for future in done:
+                    k = pending.pop(future)
+                    error = future.exception()
+                    if error is not None:
+                        raise RuntimeError(f"cell {cells[k].name} failed: {error}") from error
+                    result, kept = future.result()
+                    results[k] = result
+                    report(k + 1, cells[k], result, kept)
+        except BaseException:
+            stop.set()  # the cells queued in a worker are not started either
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return [r for r in results if r is not None]

@@ -1,0 +1,115 @@
+"""`pixeljit reproduce GRID --jobs 2` stopped by a SIGINT to its own process only (`kill -INT PID`,
+`timeout -s INT`): as on SIGTERM, the running cells stop at a step boundary with a checkpoint,
+the cells not started are cancelled, no worker outlives the command, which exits at once with
+the one "interrupted" line; running the same command again finishes the grid."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pixeljit.checkpoints.run import load_checkpoint
+from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
+
+STEPS = 400  # a few seconds per cell here: long enough to be stopped, short enough to re-run
+# the CLI's bottleneck grid, 3 cells (2 at a time) of a tiny network on 32 images, scored with
+# the pooling extractor; the grid's own flags, checks, results folder and report
+GRID_CLI = """
+import dataclasses, sys
+from extractors import PoolExtractor
+from pixeljit.cli import main, reproduce_grid
+from pixeljit.experiments import grid
+tiny = dict(size=16, patch=4, width=32, depth=1, heads=2, steps=int(sys.argv[2]), batch=8,
+            num_samples=8, sampler_steps=2, weights="model", real_count=16, data_limit=32,
+            ckpt_every=100)
+config = reproduce_grid.grid_config
+reproduce_grid.grid_config = lambda *a, **k: dataclasses.replace(config(*a, **k), **tiny)
+reproduce_grid.oversubscription = lambda *a: None  # --jobs 2 on a 1-core machine too
+grid.default_extractor = lambda device: PoolExtractor()
+sys.exit(main(["reproduce", "bottleneck", "--quick", "--out", sys.argv[1], "--device", "cpu",
+               "--threads", "1", "--jobs", "2", "--dims", "4", "8", "none"]))
+"""
+CELLS = ("bottleneck4-seed0", "bottleneck8-seed0", "bottlenecknone-seed0")
+
+
+def _start(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", GRID_CLI, str(out), str(STEPS)], env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _children(pid: int) -> set[int]:
+    """The live child processes of `pid` (from /proc: psutil may be missing)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, waiting for whoever adopted it to reap it, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_sigint_to_the_grid_alone_stops_its_cells_and_workers_and_a_rerun_finishes(tmp_path):
+    out = tmp_path / "grid"
+    proc = _start(out)
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # two cells training, the third waiting
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            logs = [out / "cells" / name / "metrics.jsonl" for name in CELLS[:2]]
+            if all(log.is_file() and log.stat().st_size for log in logs):
+                break
+            time.sleep(0.05)
+        children = _children(proc.pid)  # the two workers (and multiprocessing's tracker)
+        assert len(children) >= 2, children
+        os.kill(proc.pid, signal.SIGINT)  # the parent alone, as `timeout -s INT` does
+        signalled = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - signalled
+        while any(map(_alive, children)) and time.monotonic() < signalled + 60:
+            time.sleep(0.1)
+        left = {pid for pid in children if _alive(pid)}
+    finally:  # nothing outlives the test, whatever happened
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.communicate()
+    assert not left, f"processes of the grid still running after it exited: {left}"
+    assert proc.returncode == SIGNAL_EXIT_BASE + signal.SIGINT, err
+    assert "pixeljit reproduce: interrupted" in err and "Traceback" not in err, err
+    assert took < 30, f"exited {took:.0f} s after the SIGINT"
+    assert not list(out.rglob("result.json"))  # no cell went on to its end
+    for name in CELLS[:2]:  # stopped at a step boundary, each with its checkpoint
+        assert 0 < load_checkpoint(out / "cells" / name)["step"] < STEPS
+    assert not (out / "cells" / CELLS[2] / "metrics.jsonl").exists()  # cancelled, not started
+
+    again = _start(out)
+    try:
+        rerun_out, rerun_err = again.communicate(timeout=240)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(again.pid, signal.SIGKILL)
+        if again.poll() is None:
+            again.communicate()
+    assert again.returncode == 0, rerun_err
+    assert all((out / "cells" / name / "result.json").is_file() for name in CELLS)
+    assert (out / "bottleneck.json").is_file() and "[3/3]" in rerun_out
