@@ -26,7 +26,7 @@ def as_device(name, kinds: str = "cpu, cuda, cuda:N, mps", what: str = "device")
         raise ValueError(f"{what} 'meta' holds no values, so it cannot be used here: pass {kinds}")
     if device.type in ("cpu", "meta"):
         return device
-    label, available, count = ACCELERATORS.get(device.type) or _other(device.type)
+    label, available, count = _accelerator(device.type)
     if not available():
         here = [k for k in kinds.split(", ") if _usable(k.split(":")[0])]
         raise ValueError(
@@ -37,6 +37,11 @@ def as_device(name, kinds: str = "cpu, cuda, cuda:N, mps", what: str = "device")
             f"{what} {shown!r}: this machine has {count()} {label} device(s), numbered from 0"
         )
     return device
+
+
+def _accelerator(kind: str):
+    """(label, is_available, device_count) of an accelerator type."""
+    return ACCELERATORS.get(kind) or _other(kind)
 
 
 def _other(kind: str):
@@ -50,4 +55,4 @@ def _other(kind: str):
 def _usable(kind: str) -> bool:
     if kind in ("cpu", "meta"):
         return True
-    return (ACCELERATORS.get(kind) or _other(kind))[1]()
+    return _accelerator(kind)[1]()

@@ -103,6 +103,11 @@ def checksums(state: dict) -> dict[str, str]:
     return out
 
 
+def checksum_mismatches(saved: dict, now: dict) -> list[str]:
+    """The names whose recorded and recomputed SHA-256 differ (or that one side lacks), sorted."""
+    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+
+
 def verify_checksums(state: dict, file: Path, flag: str | None = RESUME_FLAG) -> None:
     saved = state.get(CHECKSUM_KEY)
     if saved is None and state.get("format") == FORMAT:
@@ -116,8 +121,7 @@ def verify_checksums(state: dict, file: Path, flag: str | None = RESUME_FLAG) ->
             stacklevel=3,
         )
         return
-    now = checksums(state)
-    bad = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    bad = checksum_mismatches(saved, checksums(state))
     if bad:
         shown = ", ".join(bad[:MAX_LISTED]) + (" …" if len(bad) > MAX_LISTED else "")
         raise ValueError(

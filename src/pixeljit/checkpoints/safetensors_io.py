@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pixeljit.checkpoints.run import OTHER_FIELDS, checksums
+from pixeljit.checkpoints.run import MAX_LISTED, OTHER_FIELDS, checksum_mismatches, checksums
 from pixeljit.checkpoints.weights import materialise, meta_model
 from pixeljit.files.atomic import atomic_write_stream
 from pixeljit.model import JiT, JiTConfig
@@ -17,7 +17,6 @@ SAFETENSORS_CONFIG_KEY = "pixeljit_config"
 SAFETENSORS_FORMAT = "pixeljit.jit/1"
 SAFETENSORS_FLOATS = ("F16", "BF16", "F32", "F64")
 CHECKSUMS_KEY = "checksums"  # SHA-256 per tensor, as run checkpoints carry (`run.checksums`)
-MAX_NAMED = 5  # damaged tensors named in an error
 # JiTConfig fields that size the network (each ≥ 1), checked before the config is built
 COUNT_FIELDS = ("image_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads")
 
@@ -47,9 +46,7 @@ def save_safetensors(
         meta["sampler"] = json.dumps(sampler)
     if weights is not None:
         meta["weights"] = json.dumps(weights)
-    digests = checksums(tensors)
-    digests.pop(OTHER_FIELDS)  # a tensors-only file: nothing else to cover
-    meta[CHECKSUMS_KEY] = json.dumps(digests)
+    meta[CHECKSUMS_KEY] = json.dumps(_tensor_checksums(tensors))
     # serialised here and written by Python: a failed write is an OSError naming the file (not a
     # SafetensorError), and the file gets the usual umask-derived mode
     blob = save(tensors, metadata=meta)
@@ -67,6 +64,13 @@ def _metadata_json(path: Path, meta: dict, key: str):
         raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({err})") from None
 
 
+def _tensor_checksums(tensors: dict) -> dict[str, str]:
+    """`run.checksums` of a tensors-only state: its entry for other fields covers nothing."""
+    digests = checksums(tensors)
+    digests.pop(OTHER_FIELDS)
+    return digests
+
+
 def check_recorded_checksums(path: Path, meta: dict, state: dict) -> None:
     """The tensors read from `path` against the SHA-256s its metadata records (pixeljit ≥ this
     version writes them): a flipped byte is refused, naming the tensors, not sampled silently.
@@ -76,13 +80,11 @@ def check_recorded_checksums(path: Path, meta: dict, state: dict) -> None:
     saved = _metadata_json(path, meta, CHECKSUMS_KEY)
     if not isinstance(saved, dict):
         raise ValueError(f"{path}: metadata {CHECKSUMS_KEY!r} must be a JSON object")
-    now = checksums(state)
-    now.pop(OTHER_FIELDS)
-    bad = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    bad = checksum_mismatches(saved, _tensor_checksums(state))
     if bad:
-        more = f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
+        more = f" and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
         raise ValueError(
-            f"{path} is damaged: checksum mismatch in {', '.join(bad[:MAX_NAMED])}{more}; "
+            f"{path} is damaged: checksum mismatch in {', '.join(bad[:MAX_LISTED])}{more}; "
             "export it again from its source (`pixeljit convert`)"
         )
 

@@ -39,6 +39,7 @@ from pixeljit.cli.sampler_args import (
     given_sampler_flags,
     sampler_from_args,
 )
+from pixeljit.metrics.dataset_stats import check_recorded_shape, shape_text
 
 
 def add_parser(sub) -> None:
@@ -277,20 +278,10 @@ def _check_stats_shape(args, shape: tuple[int, int, int], scored: str) -> None:
     if not (needs_ref and args.ref and args.ref.endswith(".npz")):
         return
     recorded = _recorded_shape(Path(args.ref))
-    if recorded is None or recorded == tuple(shape):
+    if recorded is None:
         return
-    (rc, rh, rw), (c, h, w) = recorded, shape
-    text = lambda c, h, w: f"{h}×{w}-px {c}-channel"  # noqa: E731
-    unequal = {"size": (rh, rw) != (h, w), "channel count": rc != c}
-    differs = " and ".join(what for what, differ in unequal.items() if differ)
-    resave = f", or save the images as {text(rc, rh, rw)}" if args.images else ""
-    raise ValueError(
-        f"--ref {args.ref} holds statistics of {text(rc, rh, rw)} images, but {scored} are "
-        f"{text(c, h, w)}: an FD between them measures the difference in {differs}, not the "
-        f"images. Compute statistics at {text(c, h, w)} (`pixeljit eval --make-ref DATASET "
-        f"--size {w} --channels {c} --out STATS.npz`) or pass the data set itself as --ref (it "
-        f"is resized to match){resave}"
-    )
+    resave = f", or save the images as {shape_text(recorded)}" if args.images else ""
+    check_recorded_shape(recorded, shape, f"--ref {args.ref}", scored, resave)
 
 
 def _reference(args) -> str | None:

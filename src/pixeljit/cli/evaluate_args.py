@@ -78,11 +78,7 @@ def check_args(args) -> list[float] | None:
         raise ValueError(f"--ref-split has no effect with the statistics file --ref {args.ref}: "
                          "drop it (it picks a split of a data-set reference)")  # fmt: skip
     if args.make_ref and args.make_ref.endswith(".npz"):
-        check_make_ref_npz(args.make_ref)
-        if args.ref_split:
-            raise ValueError(f"--ref-split has no effect with the images file --make-ref "
-                             f"{args.make_ref}: drop it (it picks a split of a data "
-                             "set)")  # fmt: skip
+        check_make_ref_npz(args.make_ref, args.ref_split)
     from pixeljit.data.shards import MANIFEST
 
     for flag, data in (("--ref", args.ref), ("--make-ref", args.make_ref)):
@@ -136,7 +132,11 @@ def check_args(args) -> list[float] | None:
         ScoreConfig().check_count(metrics(args), count_path_images(args.images), fix)
     if not args.sweep_cfg:
         return None
-    lo, hi, step = args.sweep_cfg
+    return sweep_scales(*args.sweep_cfg)
+
+
+def sweep_scales(lo: float, hi: float, step: float) -> list[float]:
+    """--sweep-cfg LO HI STEP as its CFG scales, each number checked."""
     check_float("--sweep-cfg LO", lo, 0.0)
     check_float("--sweep-cfg HI", hi, lo)
     check_float("--sweep-cfg STEP", step, 0.0, low_open=True)
@@ -154,9 +154,9 @@ def check_args(args) -> list[float] | None:
     return [round(lo + k * step, 6) for k in range(count)]
 
 
-def check_make_ref_npz(path: str) -> None:
+def check_make_ref_npz(path: str, ref_split: str | None = None) -> None:
     """--make-ref X.npz: a file of images (arr_0, NHWC uint8), checked from its headers; a
-    statistics file (mu, sigma) is a reference already."""
+    statistics file (mu, sigma) is a reference already, and a file has no split to pick."""
     from pixeljit.metrics.image_sources import (
         NPZ_IMAGE_KEY,
         check_image_header,
@@ -176,6 +176,9 @@ def check_make_ref_npz(path: str) -> None:
         raise ValueError(f"--make-ref {path} holds no images (keys: {sorted(headers)}): {takes}")
     key = npz_image_key(path, headers)
     check_image_header(path, key, headers[key])
+    if ref_split:
+        raise ValueError(f"--ref-split has no effect with the images file --make-ref "
+                         f"{path}: drop it (it picks a split of a data set)")  # fmt: skip
 
 
 def check_emas(emas: list[str]) -> None:

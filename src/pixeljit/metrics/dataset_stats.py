@@ -72,15 +72,7 @@ class DatasetStats:
     def check_image_shape(self, shape: tuple[int, ...], source: str, scored: str) -> None:
         """ValueError when these statistics were measured on images of another size or channel
         count than `shape` (C, H, W): an FD between the two measures the resize, not the model."""
-        if self.image_shape is None or tuple(self.image_shape) == tuple(shape):
-            return
-        raise ValueError(
-            f"{source} holds statistics of {_shape_text(self.image_shape)} images, but "
-            f"{scored} are {_shape_text(shape)}: an FD between them measures the difference in "
-            f"size. Compute statistics at {_shape_text(shape)} (`pixeljit eval --make-ref "
-            f"DATASET --size {shape[-1]} --channels {shape[0]} --out STATS.npz`) or pass the data "
-            "set itself as --ref (it is resized to match)"
-        )
+        check_recorded_shape(self.image_shape, shape, source, scored)
 
     def check_extractor(
         self, extractor: FeatureExtractor, source: str = "data-set statistics"
@@ -98,7 +90,25 @@ class DatasetStats:
             )
 
 
-def _shape_text(shape) -> str:
+def check_recorded_shape(recorded, shape, source: str, scored: str, also: str = "") -> None:
+    """ValueError when statistics `source` measured images of shape `recorded` (C, H, W; None:
+    not recorded) and the `scored` images are `shape`: the message names what differs (size,
+    channel count or both) and how to get matching statistics; `also` adds another way out."""
+    if recorded is None or tuple(recorded) == tuple(shape):
+        return
+    (rc, rh, rw), (c, h, w) = recorded, shape
+    unequal = {"size": (rh, rw) != (h, w), "channel count": rc != c}
+    differs = " and ".join(what for what, differ in unequal.items() if differ)
+    raise ValueError(
+        f"{source} holds statistics of {shape_text(recorded)} images, but {scored} are "
+        f"{shape_text(shape)}: an FD between them measures the difference in {differs}, not "
+        f"the images. Compute statistics at {shape_text(shape)} (`pixeljit eval --make-ref "
+        f"DATASET --size {w} --channels {c} --out STATS.npz`) or pass the data set itself as "
+        f"--ref (it is resized to match){also}"
+    )
+
+
+def shape_text(shape) -> str:
     c, h, w = (int(v) for v in shape)
     return f"{h}×{w}-px {c}-channel"
 
