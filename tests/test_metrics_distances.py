@@ -130,6 +130,22 @@ def test_precision_recall_identical_disjoint_and_half():
     assert recall >= 0.5  # the 100 shared points are covered for sure
 
 
+def test_precision_recall_match_brute_force_balls_with_small_blocks():
+    """Each side's share inside the other's k-NN balls, counted from the full distance matrix."""
+    gen = torch.Generator().manual_seed(5)
+    real = torch.randn(61, 5, generator=gen, dtype=torch.float64)
+    fake = 1.3 * torch.randn(47, 5, generator=gen, dtype=torch.float64) + 0.4
+    cfg = PRConfig(k=3, row_batch=9, col_batch=7, dtype=torch.float64)
+
+    def share_inside(queries, support):
+        radii = torch.cdist(support, support).sort(dim=1).values[:, cfg.k]
+        return (torch.cdist(queries, support) <= radii).any(dim=1).double().mean().item()
+
+    precision, recall = precision_recall(real, fake, cfg)
+    assert (precision, recall) == (share_inside(fake, real), share_inside(real, fake))
+    assert 0 < precision < 1 and 0 < recall < 1  # neither side trivially all or nothing
+
+
 def test_defaults_are_the_documented_ones():
     """docs/metrics.md: KID over 100 subsets of 1000 with the cubic kernel, IS over 10 splits,
     precision / recall with k = 3 (the defaults of torch-fidelity and Kynkäänniemi et al.)."""

@@ -141,6 +141,30 @@ def _score_shards(rank: int | None) -> dict[str, float]:
     return score_images(images, ext, ref, cfg=SCORE_CFG).as_dict()
 
 
+def test_precision_recall_compare_equal_numbers_of_real_and_generated_features():
+    """k-NN radii shrink as a set grows: 40 samples are judged against 40 of the reference's
+    300 features, drawn once with a fixed seed (the same rows for every model), while FD keeps
+    the reference's full moments."""
+    from pixeljit.metrics import PRConfig, precision_recall
+    from pixeljit.metrics.score import matched_real_features
+
+    ext = _PooledPixels()
+    ref = compute_dataset_stats(_images(1, n=300), ext, batch_size=64)
+    assert ref.features.shape == (300, ext.dim)
+    real = torch.from_numpy(ref.features)
+    cut = matched_real_features(real, 40)
+    assert cut.shape == (40, ext.dim) and (cut == matched_real_features(real, 40)).all()
+    rows = {tuple(r) for r in real.tolist()}
+    assert all(tuple(r) in rows for r in cut.tolist())  # rows of the reference, not new ones
+    assert matched_real_features(real, 300) is real  # no more to draw from: all of them
+    images = _images(2, n=40)
+    cfg = ScoreConfig(batch_size=64, metrics=("pr",))
+    scores = score_images(images, ext, ref, cfg=cfg)
+    fake = ext.extract(images).features
+    assert (scores.precision, scores.recall) == precision_recall(cut, fake, PRConfig())
+    assert (scores.precision, scores.recall) != precision_recall(real, fake, PRConfig())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,7 +19,6 @@ from pixeljit.experiments.nfe import (
     RESULTS_NAME,
     NfeConfig,
     few_step_verdict,
-    matched_real_features,
     plan,
     rows_per_image,
     run_nfe,
@@ -175,16 +174,6 @@ def test_outputs(setup, tmp_path):
     header = {**results["header"], "settings": {**results["header"]["settings"], "cfg": 1.0}}
     table = table_markdown(rows, "FD-pool4", header)
     assert "no guidance" in table and UNGUIDED_NOTE in table and NFE_NOTE not in table
-
-
-def test_precision_recall_compare_equal_numbers_of_features(setup):
-    ref = setup["ref"]
-    cut = matched_real_features(ref, 10)
-    assert cut.features.shape == (10, ref.dim)
-    assert (cut.mu == ref.mu).all()  # FD keeps the full moments
-    again = matched_real_features(ref, 10)
-    assert (again.features == cut.features).all()  # the same real features in every row
-    assert matched_real_features(ref, 10_000) is ref
 
 
 # -------------------------------------------------------------------------------- the CLI

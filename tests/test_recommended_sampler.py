@@ -70,7 +70,7 @@ def test_sample_without_flags_draws_with_the_recommended_settings(hub, tiny_net,
     # and not with SamplerConfig's defaults (what `pixeljit sample` once used for every model)
     assert np.abs(got - _library(tiny_net, LABELS, SEED, steps=3)).max() > MIN_GAP
     out = capsys.readouterr().out
-    assert "euler, 3 steps, shifted 2 grid, cfg 2.5 on (0.2, 1): the model's recommended" in out
+    assert "euler, 3 steps, shifted 2 grid, cfg 2.5 on (0.2, 1), t_eps 0.1: the model's" in out
 
 
 def test_a_flag_given_overrides_only_itself(hub, tiny_net, tmp_path, capsys):
@@ -184,7 +184,7 @@ def test_an_unconditional_model_recommends_no_guidance_and_no_class_names(tmp_pa
     npz = tmp_path / "u.npz"
     assert main(["sample", str(folder), "--num", "2", "--device", "cpu", "--out", str(npz)]) == 0
     assert np.load(npz)["arr_0"].shape == (2, 16, 16, 1)
-    assert "cfg 1: the model's recommended settings" in capsys.readouterr().out
+    assert "cfg 1, t_eps 0.1: the model's recommended settings" in capsys.readouterr().out
 
 
 def test_a_loaded_model_samples_with_its_objective_and_recommendation(hub, tiny_net):
@@ -199,3 +199,16 @@ def test_a_loaded_model_samples_with_its_objective_and_recommendation(hub, tiny_
     assert torch.equal(model.sample(LABELS, seed=SEED, noise_scale=2.0), scaled)
     with pytest.raises(ValueError, match=r"call model.sample\(labels"):
         sample(model, LABELS)
+
+
+def test_the_summary_line_names_seed_precision_and_every_setting_given(hub, tmp_path, capsys):
+    """Enough to draw the same images again: the seed, the network's precision, a --noise-scale
+    over the trained one and a --t-eps beyond the default were missing from the line."""
+    noise_scale = load_trained(hub).noise_scale
+    _cli_sample(hub, tmp_path, "--noise-scale", "0.5", "--t-eps", "0.2", "--amp", "none")
+    out = capsys.readouterr().out
+    assert (f"4 images (seed {SEED}, float32, noise scale 0.5 as given (trained with "
+            f"{noise_scale:g})), euler, 3 steps, shifted 2 grid, cfg 2.5 on (0.2, 1), t_eps 0.2: "
+            "the model's recommended settings, with --t-eps as given") in out  # fmt: skip
+    _cli_sample(hub, tmp_path, "--amp", "bf16")
+    assert f"4 images (seed {SEED}, bfloat16 autocast), euler, 3 steps" in capsys.readouterr().out

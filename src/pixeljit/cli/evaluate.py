@@ -35,6 +35,7 @@ from pixeljit.cli.sampler_args import (
     add_sampler_arguments,
     amp_dtype,
     check_flags_take_effect,
+    describe_generation,
     describe_sampler,
     given_sampler_flags,
     sampler_from_args,
@@ -208,7 +209,8 @@ def _run(args, info, cfgs: list[float] | None) -> int:
     save = args.save_images
     scores = evaluate(model, spec, extractor, ref, metrics(args), save_dir=save,
                       progress=info.is_main, **kw)  # fmt: skip
-    say(f"{model.description}: {args.num} images, "
+    details = describe_generation(spec.seed, spec.amp_dtype)
+    say(f"{model.description}: {args.num} images ({details}), "
         f"{describe_sampler(sampler, args, model.sampler)}")  # fmt: skip
     _report(scores, record, args, say, info)
     return 0

@@ -32,6 +32,7 @@ from pixeljit.cli.sampler_args import (
     add_sampler_arguments,
     amp_dtype,
     check_flags_take_effect,
+    describe_generation,
     describe_sampler,
     given_sampler_flags,
     sampler_from_args,
@@ -380,6 +381,7 @@ def run(args) -> int:
         y = torch.tensor(labels) if labels is not None else None
         for path in outputs.npzs:
             written.append(str(save_npz(everything, path, y)))
-    print(f"{model.description}: {num} images, "
+    details = describe_generation(args.seed, amp, args.noise_scale, model.noise_scale)
+    print(f"{model.description}: {num} images ({details}), "
           f"{describe_sampler(sampler, args, model.sampler)} → {', '.join(written)}")  # fmt: skip
     return 0

@@ -142,6 +142,17 @@ def check_flags_take_effect(
                          "or choose one of those")  # fmt: skip
 
 
+def describe_generation(
+    seed: int, amp: torch.dtype | None, noise_scale: float | None = None, trained: float = 1.0
+) -> str:
+    """What else decides the images, for the summary line: the seed, the network's precision
+    (an autocast dtype, or float32) and a --noise-scale given over the model's `trained` one."""
+    parts = [f"seed {seed}", f"{str(amp).removeprefix('torch.')} autocast" if amp else "float32"]
+    if noise_scale is not None:
+        parts.append(f"noise scale {noise_scale:g} as given (trained with {trained:g})")
+    return ", ".join(parts)
+
+
 def describe_sampler(
     sampler: SamplerConfig, args: argparse.Namespace, recommended: SamplerConfig | None
 ) -> str:
@@ -152,6 +163,8 @@ def describe_sampler(
     text = f"{sampler.method}, {steps}, {grid} grid, cfg {sampler.cfg:g}"
     if sampler.cfg != 1:
         text += f" on ({low:g}, {high:g})"
+    if sampler.t_eps != DEFAULTS.t_eps:
+        text += f", t_eps {sampler.t_eps:g}"
     fields = given_sampler_flags(args)
     if len(fields) == len(FLAGS):
         return f"{text}: as given"

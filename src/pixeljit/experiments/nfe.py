@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pixeljit.checkpoints.provenance import weights_digest
@@ -53,7 +52,6 @@ QUICK_BUDGETS = (2, 4)
 QUICK_NUM = 16
 DEFAULT_NUM = 1000
 DEFAULT_CFG = 2.0  # the Fashion-MNIST presets' preview scale
-PR_REAL_SEED = 0  # draws the real features that precision / recall compare against
 FEW_NFE = 20  # the issue's goal: a solver at ≤ 20 NFE …
 MANY_NFE = 100  # … within FD_TOLERANCE of the best FD at ≤ 100 NFE
 FD_TOLERANCE = 0.05
@@ -156,15 +154,6 @@ def rows_per_image(sampler: SamplerConfig) -> int:
     return int(times.numel() + guidance_mask(times, sampler.interval).sum())
 
 
-def matched_real_features(ref, num: int):
-    """`ref` with its kept features cut to `num` rows drawn with PR_REAL_SEED (all if fewer)."""
-    if ref.features is None or len(ref.features) <= num:
-        return ref
-    rng = np.random.default_rng(PR_REAL_SEED)
-    pick = np.sort(rng.choice(len(ref.features), size=num, replace=False))
-    return dataclasses.replace(ref, features=ref.features[pick])
-
-
 # ------------------------------------------------------------------------------- results
 
 
@@ -252,7 +241,6 @@ def run_nfe(
     say = progress or (lambda line: None)
     results = open_results(out, study_header(config, model, extractor, describe), overwrite)
     done = {row["key"] for row in results["rows"]}
-    ref_pr = matched_real_features(ref, config.num)
     cells = plan(config)
     todo = [c for c in cells if c.key not in done]
     say(f"{len(cells)} rows ({len(cells) - len(todo)} done earlier), {config.num} images each")
@@ -261,7 +249,7 @@ def run_nfe(
         spec = GenerationSpec(num=config.num, sampler=sampler, seed=config.seed,
                               batch_size=config.batch_size)  # fmt: skip
         start = time.perf_counter()
-        scores = evaluate(model, spec, extractor, ref_pr, METRICS)
+        scores = evaluate(model, spec, extractor, ref, METRICS)
         seconds = time.perf_counter() - start
         fd = scores[extractor.fd_label]
         if not math.isfinite(fd):

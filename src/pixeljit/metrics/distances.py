@@ -183,37 +183,48 @@ class PRConfig:
     dtype: torch.dtype = torch.float32
 
 
-def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances (m, n) between rows of a (m, d) and b (n, d), clipped at 0."""
-    d = (a * a).sum(1, keepdim=True) - 2 * (a @ b.T) + (b * b).sum(1)
-    return d.clamp_min(0)
+def _rank_block(rows: torch.Tensor, cols: torch.Tensor, cols_offset: torch.Tensor) -> torch.Tensor:
+    """cols_offset_j − 2 rows_i · cols_j (r, c) in one GEMM. With cols_offset = ‖cols_j‖² this is
+    the squared distance less ‖rows_i‖², a per-row constant: it orders each row's neighbours
+    without the two passes over the block that adding it (and clipping at 0) would cost."""
+    return torch.addmm(cols_offset.unsqueeze(0), rows, cols.T, alpha=-2)
 
 
 def knn_radii(feats: torch.Tensor, cfg: PRConfig) -> torch.Tensor:
     """Squared distance (N,) of every row to its k-th nearest other row (self excluded)."""
     if feats.shape[0] <= cfg.k:
         raise ValueError(f"k-NN radii need more than k={cfg.k} samples, got {feats.shape[0]}")
+    norms = (feats * feats).sum(1)  # (N,) squared norms
     out = []
-    for rows in torch.split(feats, cfg.row_batch):
-        best = None  # (r, k+1) smallest squared distances so far, self included
-        for cols in torch.split(feats, cfg.col_batch):
-            block = _sq_dists(rows, cols)
+    for rows, rows_sq in zip(
+        torch.split(feats, cfg.row_batch), torch.split(norms, cfg.row_batch), strict=True
+    ):
+        best = None  # (r, k+1) smallest shifted distances so far, self included
+        for cols, cols_sq in zip(
+            torch.split(feats, cfg.col_batch), torch.split(norms, cfg.col_batch), strict=True
+        ):
+            block = _rank_block(rows, cols, cols_sq)
             if best is not None:
                 block = torch.cat([best, block], dim=1)
             best = torch.topk(block, cfg.k + 1, dim=1, largest=False).values
-        out.append(best[:, cfg.k])  # index 0 is the point itself (distance 0)
+        out.append((best[:, cfg.k] + rows_sq).clamp_min(0))  # index 0 is the point itself
     return torch.cat(out)
 
 
 def _coverage(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, cfg: PRConfig):
-    """Fraction of query rows inside at least one ball (support_j, radius_j)."""
+    """Fraction of query rows inside at least one ball (support_j, radius_j):
+    ‖q‖² + ‖s_j‖² − 2 q·s_j ≤ radius_j, tested as (‖s_j‖² − radius_j) − 2 q·s_j ≤ −‖q‖²."""
+    query_sq = (queries * queries).sum(1)
+    offset = (support * support).sum(1) - radii  # (M,)
     inside = []
-    for rows in torch.split(queries, cfg.row_batch):
+    for rows, rows_sq in zip(
+        torch.split(queries, cfg.row_batch), torch.split(query_sq, cfg.row_batch), strict=True
+    ):
         hit = torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device)
-        for cols, rad in zip(
-            torch.split(support, cfg.col_batch), torch.split(radii, cfg.col_batch), strict=True
+        for cols, cols_offset in zip(
+            torch.split(support, cfg.col_batch), torch.split(offset, cfg.col_batch), strict=True
         ):
-            hit |= (_sq_dists(rows, cols) <= rad).any(dim=1)
+            hit |= (_rank_block(rows, cols, cols_offset) <= -rows_sq.unsqueeze(1)).any(dim=1)
         inside.append(hit)
     return float(torch.cat(inside).double().mean())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .dataset_stats import DatasetStats
@@ -25,6 +26,7 @@ from .image_sources import DEFAULT_BATCH, ImageSource, iter_batches
 from .stats import DEFAULT_BANK_CAPACITY, FeatureBank, FeatureStats, all_gather_rows
 
 METRICS = ("fd", "kid", "is", "pr")
+PR_REAL_SEED = 0  # draws the real features that precision / recall compare against
 
 
 @dataclass
@@ -109,6 +111,18 @@ def _dataset_features(ref: DatasetStats, what: str) -> torch.Tensor:
     return torch.from_numpy(ref.features)
 
 
+def matched_real_features(real: torch.Tensor, num: int) -> torch.Tensor:
+    """`num` of the reference's feature rows (N, d), drawn with PR_REAL_SEED in their stored
+    order (all when there are no more). Precision and recall compare equal numbers of real and
+    generated features, as Kynkäänniemi et al. do: a set's k-NN radii shrink as it grows, so 500
+    samples against 60,000 training images would judge the two sides by different balls (and
+    spend minutes on the radii of the larger set)."""
+    if len(real) <= num:
+        return real
+    pick = np.random.default_rng(PR_REAL_SEED).choice(len(real), size=num, replace=False)
+    return real[torch.from_numpy(np.sort(pick))]
+
+
 def score_images(
     images: ImageSource,
     extractor: FeatureExtractor,
@@ -153,7 +167,8 @@ def score_images(
             real = _dataset_features(ref, "KID").to(extractor.device)
             scores.kid, scores.kid_std = kernel_inception_distance(fake, real, cfg.kid)
         if "pr" in wanted:
-            real = _dataset_features(ref, "precision/recall").to(extractor.device)
+            real = matched_real_features(_dataset_features(ref, "precision/recall"), len(fake))
+            real = real.to(extractor.device)
             scores.precision, scores.recall = precision_recall(real, fake, cfg.pr)
     if "is" in wanted:
         all_logits = all_gather_rows(torch.cat(logits).to(extractor.device)).cpu()
