@@ -231,3 +231,18 @@ def hub(hub_run, tmp_path_factory):
     from hub_helpers import make_hub
 
     return make_hub(hub_run, tmp_path_factory)
+
+
+def write_raw_safetensors(net, path, **metadata) -> None:
+    """`net` as a .safetensors holding `metadata` (each value JSON-encoded) unchecked: the file
+    a careless or hostile writer could make, which `save_safetensors` refuses to."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from pixeljit.checkpoints.safetensors_io import SAFETENSORS_CONFIG_KEY, SAFETENSORS_FORMAT
+
+    meta = {SAFETENSORS_CONFIG_KEY: json.dumps(net.config.to_dict()), "format": SAFETENSORS_FORMAT}
+    meta |= {key: json.dumps(value) for key, value in metadata.items()}
+    state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+    save_file(state, str(path), metadata=meta)

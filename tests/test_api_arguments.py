@@ -3,6 +3,8 @@ file is read or any work is done (never a torch assertion, nor a damaged-file me
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -90,6 +92,60 @@ def test_sample_given_a_loaded_model_says_to_pass_its_net(tiny_file):
     assert images.shape == (1, 3, 8, 8)
 
 
+NOISE = torch.zeros(1, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"noise": NOISE, "seed": 5}, "noise and seed were both given"),
+        ({"seed": 5, "generator": torch.Generator()}, "seed and generator were both given"),
+        ({"grid": "uniform", "shift": 2.0}, "shift=2 has no effect on the 'uniform' grid"),
+        ({"num": 1.0}, "num must be an integer"),
+        ({"num": True}, "num must be an integer"),
+        ({"generator": 0}, "generator must be a torch.Generator, got int .*pass seed="),
+        ({"noise": NOISE.numpy()}, "noise must be a floating-point torch.Tensor, got ndarray"),
+        ({"noise": NOISE.long()}, "noise must be a floating-point torch.Tensor, got torch.int64"),
+        ({"noise": NOISE.double()}, "noise is torch.float64, .* pass noise.float"),
+        ({"noise": torch.full((1, 3, 8, 8), float("nan"))}, "noise holds NaN"),
+    ],
+)
+def test_sample_refuses_arguments_it_would_ignore_or_fail_on(kwargs, message):
+    """Noise given with a seed, or a seed with a generator, used one and ignored the other; a
+    shift off the shifted grid was ignored; a float count, an int generator and numpy, integer,
+    float64 or NaN noise failed deep in torch or returned NaN images."""
+    with pytest.raises(ValueError, match=message):
+        pixeljit.sample(pixeljit.JiT(TINY), [0], steps=1, **kwargs)
+
+
+@pytest.mark.parametrize("labels", [{0, 1}, (i for i in range(2))])
+def test_sample_labels_must_be_a_sequence(labels):
+    with pytest.raises(ValueError, match="labels must be a list, tuple, array or tensor"):
+        pixeljit.sample(pixeljit.JiT(TINY), labels, steps=1)
+
+
+def test_sample_refuses_a_network_whose_weights_are_not_float32():
+    """A bf16 network failed in its first convolution ("Input type (float) and bias type
+    (c10::BFloat16) should be the same"); the way to run it in bf16 is autocast."""
+    net = pixeljit.JiT(TINY).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="weights are torch.bfloat16: .*amp_dtype=torch.bfloat16"):
+        pixeljit.sample(net, [0], steps=1)
+    assert pixeljit.sample(net.float(), [0], steps=1, amp_dtype=torch.bfloat16).isfinite().all()
+
+
+def test_sample_defaults_to_the_noise_scale_training_defaults_to():
+    """sample() drew noise at scale 1 while ObjectiveConfig (and so flow_matching_loss) trains at
+    image_size/256 by default; a .safetensors that records no objective loaded at 1 too."""
+    torch.manual_seed(0)
+    net = pixeljit.JiT(TINY)
+    for param in net.parameters():  # past adaLN-Zero's zero output
+        torch.nn.init.normal_(param, std=0.3)
+    scale = TINY.image_size / 256
+    default = pixeljit.sample(net, [0], steps=2, seed=0)
+    assert torch.equal(default, pixeljit.sample(net, [0], steps=2, seed=0, noise_scale=scale))
+    assert not torch.equal(default, pixeljit.sample(net, [0], steps=2, seed=0, noise_scale=1.0))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_sample_on_cuda_without_cuda_is_a_value_error(device):
@@ -132,6 +188,90 @@ def test_jit_config_bounds_every_size_before_anything_is_built(fields, message):
 
 
 def test_create_model_names_a_bad_name():
-    for name in (None, 16, "JiT-X/16", "JiT-B", "JiT-B/x"):
+    for name in (
+        None,
+        16,
+        "JiT-X/16",
+        "JiT-B",
+        "JiT-B/x",
+        "JiT-B/8",
+        "B/16",
+        "JiT-B/016",
+        "JiT-b/16",
+    ):
         with pytest.raises(ValueError, match="JiT-B/16"):
             pixeljit.create_model(name)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"), [("meta", "'meta' holds no values"), ("gpu", "is not a device")]
+)
+def test_the_file_loaders_check_the_device_like_load_trained(tiny_file, device, message):
+    """load_safetensors(device='meta') built a network without values (after some fifty torch
+    warnings); 'gpu' was torch's own error."""
+    with pytest.raises(ValueError, match=message):
+        pixeljit.load_safetensors(tiny_file, device=device)
+    state = {"model_ema1": pixeljit.load_safetensors(tiny_file).state_dict()}
+    with pytest.raises(ValueError, match=message):
+        pixeljit.load_reference(state, device=device)
+
+
+def test_label_index_takes_a_name_and_an_unconditional_model_no_labels(tiny_file, tmp_path):
+    model = pixeljit.load_trained(tiny_file)
+    with pytest.raises(ValueError, match="takes a class name \\(a str\\), got 3"):
+        model.label_index(3)
+    torch.manual_seed(0)
+    unconditional = tmp_path / "u.safetensors"
+    pixeljit.save_safetensors(pixeljit.JiT(dataclasses.replace(TINY, num_classes=0)), unconditional)
+    with pytest.raises(ValueError, match="'Bag': this model is unconditional .* num=N"):
+        pixeljit.load_trained(unconditional).sample(["Bag"])
+
+
+@pytest.mark.parametrize(
+    ("make", "kwargs", "error", "message"),
+    [
+        (None, {"objective": {"prediction": "q"}}, ValueError, "prediction must be one of"),
+        (None, {"class_names": "abc"}, ValueError, "a list of names, got the string 'abc'"),
+        (None, {"class_names": ["a"] * 4}, ValueError, "4 class names for a network of 3"),
+        (None, {"sampler": {"steps": 0}}, ValueError, "invalid sampler settings"),
+        (None, {"weights": {"step": -1}}, ValueError, "metadata 'weights' must be"),
+        ("nan", {}, ValueError, "non-finite weights"),
+        ("meta", {}, ValueError, "on 'meta' and holds no values"),
+        ("linear", {}, ValueError, "takes a pixeljit JiT network, got Linear"),
+    ],
+)
+def test_save_safetensors_refuses_what_loading_would(tmp_path, make, kwargs, error, message):
+    """Each was written, and then refused by load_trained (or, for class names, loaded wrong:
+    'abc' became three names, four names served a three-class network)."""
+    torch.manual_seed(0)
+    net = {"linear": lambda: torch.nn.Linear(2, 2)}.get(make, lambda: pixeljit.JiT(TINY))()
+    if make == "nan":
+        with torch.no_grad():
+            net.pos_embed.fill_(float("nan"))
+    if make == "meta":
+        net = pixeljit.create_model("JiT-B/16", device="meta")
+    path = tmp_path / "w.safetensors"
+    with pytest.raises(error, match=message):
+        pixeljit.save_safetensors(net, path, **kwargs)
+    assert not path.exists()
+
+
+def test_save_safetensors_names_its_file_and_takes_a_sampler_config(tmp_path):
+    from pixeljit.diffusion.sampler import SamplerConfig
+
+    net = pixeljit.JiT(TINY)
+    for name in ("w", "w.pt", ".safetensors"):
+        with pytest.raises(ValueError, match="name the file NAME.safetensors"):
+            pixeljit.save_safetensors(net, tmp_path / name)
+    recommended = SamplerConfig(steps=3, cfg=2.0)
+    path = pixeljit.save_safetensors(net, tmp_path / "w.SafeTensors", sampler=recommended)
+    assert pixeljit.load_trained(path).sampler == recommended
+
+
+def test_more_class_names_than_classes_are_refused_on_load(tmp_path):
+    from conftest import write_raw_safetensors
+
+    path = tmp_path / "w.safetensors"
+    write_raw_safetensors(pixeljit.JiT(TINY), path, class_names=["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match="4 class names for a network of 3 classes"):
+        pixeljit.load_trained(path)

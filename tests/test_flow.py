@@ -255,3 +255,26 @@ def test_objective_config_validation():
         ObjectiveConfig(label_drop=1.5)
     assert ObjectiveConfig().resolved_noise_scale(512) == 2.0
     assert ObjectiveConfig(noise_scale=1.0).resolved_noise_scale(512) == 1.0
+
+
+def test_the_label_drop_takes_the_networks_class_count():
+    """`flow_matching_loss(net, x, y)` (the README's call) never dropped a label: num_classes
+    defaulted to 0, so the null label guidance needs was never trained."""
+    from pixeljit.model import JiTConfig
+
+    config = JiTConfig(image_size=8, patch_size=4, hidden_size=16, depth=1, num_heads=2,
+                       num_classes=3, bottleneck_dim=None, in_context_len=0)  # fmt: skip
+    net = pixeljit.JiT(config)
+    seen = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(args[2].clone()))
+    x, y = torch.zeros(256, 3, 8, 8), torch.zeros(256, dtype=torch.int64)
+    objective = ObjectiveConfig(label_drop=0.5)
+    flow_matching_loss(net, x, y, objective, generator=torch.Generator().manual_seed(0))
+    dropped = float((seen[0] == config.num_classes).double().mean())
+    assert set(seen[0].tolist()) == {0, 3} and 0.35 < dropped < 0.65
+    with pytest.raises(ValueError, match="num_classes=10, but the network has 3 classes"):
+        flow_matching_loss(net, x, y, objective, num_classes=10)
+    with pytest.raises(ValueError, match="without a config: pass num_classes="):
+        flow_matching_loss(lambda z, t, y: z, x, y, objective)
+    losses, _ = flow_matching_loss(lambda z, t, y: z, x, None, objective)  # no labels, no count
+    assert losses.shape == (256,)

@@ -73,7 +73,9 @@ def test_safetensors_overwrite_keeps_the_umask_mode(tmp_path):
         path = tmp_path / "w.safetensors"
         net = pixeljit.JiT(TINY)
         pixeljit.save_safetensors(net, path)
-        pixeljit.save_safetensors(net, path)
+        with pytest.raises(FileExistsError, match="pass overwrite=True"):
+            pixeljit.save_safetensors(net, path)
+        pixeljit.save_safetensors(net, path, overwrite=True)
     finally:
         os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644

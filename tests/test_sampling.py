@@ -219,7 +219,8 @@ def test_noise_scale_and_unconditional_model():
     s = 2 / 256
     explicit = sample(net, None, noise=s * noise_from_seeds(sample_seeds(0, 2), SHAPE), steps=3)
     assert torch.equal(auto, explicit)
-    assert error(sample(net, None, num=2, steps=3, seed=0), auto) > 1e-3
+    assert torch.equal(sample(net, None, num=2, steps=3, seed=0), auto)  # the default
+    assert error(sample(net, None, num=2, steps=3, seed=0, noise_scale=1.0), auto) > 1e-3
     with pytest.raises(ValueError, match="unconditional"):
         sample(net, None, num=2, cfg=2.0)
     with pytest.raises(ValueError, match="labels=None"):

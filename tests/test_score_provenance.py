@@ -182,9 +182,13 @@ def test_a_split_of_a_packed_reference_is_refused(run, fmnist16, tmp_path, capsy
 )
 def test_a_safetensors_weights_record_is_checked(run, tmp_path, weights):
     import pixeljit
+    from conftest import write_raw_safetensors
 
     path = tmp_path / "w.safetensors"
-    pixeljit.save_safetensors(load_trained(run).net, path, weights=weights)
+    net = load_trained(run).net
+    with pytest.raises(ValueError, match="metadata 'weights' must be"):
+        pixeljit.save_safetensors(net, path, weights=weights)  # never written
+    write_raw_safetensors(net, path, weights=weights)
     with pytest.raises(ValueError, match="metadata 'weights' must be"):
         load_trained(path)
 

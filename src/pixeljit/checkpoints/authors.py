@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from pixeljit.checkpoints.weights import block_indices, build_loaded, check_tensors, check_torch_zip
+from pixeljit.devices import as_device
 from pixeljit.model import MODEL_SIZES, JiT, JiTConfig
 from pixeljit.model.layers import swiglu_hidden
 
@@ -187,6 +188,8 @@ def load_reference(
     `weights` picks 'model', 'model_ema1' (the authors' evaluation weights) or 'model_ema2'.
     Config fields can be overridden (e.g. `attention='fp32'` for the authors' numerics).
     """
+    if device is not None:
+        device = as_device(device)  # a device this machine has, and not meta
     if isinstance(source, Mapping):
         checkpoint, name, file_bytes = source, "checkpoint", None
     else:

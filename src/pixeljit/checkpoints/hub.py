@@ -299,7 +299,7 @@ def _check_own_metadata(path: Path, metadata: dict, config: HubConfig) -> None:
     own = metadata.get("objective")
     if own is None:
         return
-    objective = objective_from_metadata(path, _parsed(own))
+    objective = objective_from_metadata(path, _parsed(own), config.jit_config(str(path)).image_size)
     if objective != config.objective:
         ours = dict(zip(OBJECTIVE_KEYS, config.objective, strict=True))
         theirs = dict(zip(OBJECTIVE_KEYS, objective, strict=True))
@@ -360,7 +360,8 @@ def write_hub_folder(
     card = model_card(config, params, extras, model_size_name(model.net.config))
 
     def write_into(folder: Path) -> None:
-        export_safetensors(model, folder / WEIGHTS_NAME)  # the file alone loads as the folder
+        # the file alone loads as the folder; replaced only under overwrite (checked above)
+        export_safetensors(model, folder / WEIGHTS_NAME, overwrite=True)
         atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         if extras.grid is not None:
             _copy(extras.grid, folder / GRID_NAME)

@@ -27,6 +27,7 @@ from pixeljit.diffusion.objective import (
     BASE_RESOLUTION,
     PRECONDITIONERS,
     PREDICTIONS,
+    default_noise_scale,
     finite_number,
 )
 from pixeljit.diffusion.sampler import NO_GUIDANCE, SamplerConfig
@@ -85,7 +86,9 @@ class TrainedModel:
 
         if isinstance(labels, (list, tuple)):
             labels = [self.label_index(v) if isinstance(v, str) else v for v in labels]
-        settings = (self.sampler or SamplerConfig()).kwargs()
+        base = self.sampler or SamplerConfig()
+        chosen = {k: v for k, v in kwargs.items() if k in base.kwargs()}  # given over it
+        settings = dataclasses.replace(base, **chosen).kwargs()
         objective = {"prediction": self.prediction, "noise_scale": self.noise_scale,
                      "preconditioner": self.preconditioner}  # fmt: skip
         return sample(self.net, labels, **{**settings, **objective, **kwargs})
@@ -93,6 +96,11 @@ class TrainedModel:
     def label_index(self, name: str) -> int:
         """The class index of `name` among the model's class names: the exact name, else the one
         name equal to it ignoring case (two such names are refused as ambiguous)."""
+        if not isinstance(name, str):
+            raise ValueError(f"label_index takes a class name (a str), got {name!r}")
+        if self.net.config.num_classes == 0:
+            raise ValueError(f"{name!r}: this model is unconditional and takes no labels: "
+                             "pass labels=None and num=N")  # fmt: skip
         names = self.class_names
         if not names:
             raise ValueError(
@@ -150,15 +158,19 @@ def checkpoint_kind(source: str | os.PathLike) -> str:
 
 
 # what a .safetensors export without the field was trained with (x-prediction, s = 1, none)
-OBJECTIVE_DEFAULTS = {"prediction": "x", "noise_scale": 1.0, "preconditioner": "none"}
+# ObjectiveConfig's defaults; the noise scale's (None) is the paper's image_size / 256
+OBJECTIVE_DEFAULTS = {"prediction": "x", "noise_scale": None, "preconditioner": "none"}
 
 
-def objective_from_metadata(source, fields) -> tuple[str, float, str]:
+def objective_from_metadata(source, fields, image_size: int) -> tuple[str, float, str]:
     """The objective a .safetensors file's metadata records (a JSON object; a missing field
-    takes its `OBJECTIVE_DEFAULTS` value), checked."""
+    takes its `OBJECTIVE_DEFAULTS` value, as training without it would have), checked."""
     if not isinstance(fields, dict):
         raise ValueError(f"{source}: metadata 'objective' must be a JSON object")
-    return _objective(source, *(fields.get(k, v) for k, v in OBJECTIVE_DEFAULTS.items()))
+    values = {k: fields.get(k, v) for k, v in OBJECTIVE_DEFAULTS.items()}
+    if "noise_scale" not in fields:
+        values["noise_scale"] = default_noise_scale(image_size)
+    return _objective(source, *values.values())
 
 
 def _objective(source, prediction, noise_scale, preconditioner) -> tuple[str, float, str]:
@@ -178,11 +190,16 @@ def _objective(source, prediction, noise_scale, preconditioner) -> tuple[str, fl
     return prediction, scale, preconditioner
 
 
-def _class_names(source, names) -> tuple[str, ...] | None:
+def _class_names(source, names, num_classes: int | None = None) -> tuple[str, ...] | None:
+    """Class names as a tuple (None for none), a list of strings and no more than the
+    network's `num_classes` when given."""
     if names is None:
         return None
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{source}: class_names must be a list of strings")
+    if num_classes is not None and len(names) > num_classes:
+        raise ValueError(f"{source}: {len(names)} class names for a network of {num_classes} "
+                         "classes: there must be no more names than classes")  # fmt: skip
     return tuple(names) if names else None
 
 
@@ -214,8 +231,10 @@ def load_trained(
         return load_hub(source, weights, device, in_context_start, **overrides)
     if kind == "safetensors":
         net, meta = load_safetensors_with_meta(source, device=device, **overrides)
-        objective = objective_from_metadata(source, meta.get("objective", {}))
-        names = _class_names(source, meta.get("class_names"))
+        objective = objective_from_metadata(
+            source, meta.get("objective", {}), net.config.image_size
+        )
+        names = _class_names(source, meta.get("class_names"), net.config.num_classes)
         sampler = sampler_from_metadata(source, meta.get("sampler"))
         name, step = _weights_metadata(source, meta.get("weights"))
         check_one_set(source, name, weights)
@@ -359,14 +378,17 @@ def authors_sampler(config: JiTConfig) -> SamplerConfig | None:
     return SamplerConfig(steps=AUTHORS_STEPS, method="heun", cfg=cfg, interval=AUTHORS_INTERVAL)
 
 
-def export_safetensors(model: TrainedModel, path: str | os.PathLike) -> Path:
+def export_safetensors(
+    model: TrainedModel, path: str | os.PathLike, overwrite: bool = False
+) -> Path:
     """A .safetensors with the weights, the JiT config, the objective, class names and the
-    recommended sampler settings (read back as `.sampler`, used by `pixeljit sample`)."""
+    recommended sampler settings (read back as `.sampler`, used by `pixeljit sample`); an
+    existing file is replaced only with `overwrite`."""
     sampler = model.sampler.as_json() if model.sampler is not None else None
     weights = {"name": model.weights or None, "step": model.step}
     return save_safetensors(model.net, path, objective=model.objective_metadata(),
                             class_names=model.class_names, sampler=sampler,
-                            weights=weights)  # fmt: skip
+                            weights=weights, overwrite=overwrite)  # fmt: skip
 
 
 MAX_WEIGHTS_NAME = 100  # characters of a weights name ('ema:0.9999', 'model_ema1', …)

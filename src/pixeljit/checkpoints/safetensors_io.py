@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pixeljit.checkpoints.run import MAX_LISTED, OTHER_FIELDS, checksum_mismatches, checksums
-from pixeljit.checkpoints.weights import materialise, meta_model
+from pixeljit.checkpoints.weights import check_finite, materialise, meta_model
+from pixeljit.devices import as_device
+from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.files.atomic import atomic_write_stream
 from pixeljit.model import JiT, JiTConfig
 
@@ -26,26 +28,41 @@ def save_safetensors(
     path: str | os.PathLike,
     objective: dict | None = None,
     class_names: Sequence[str] | None = None,
-    sampler: dict | None = None,
+    sampler: dict | SamplerConfig | None = None,
     weights: dict | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Weights + JSON config (+ the objective sampling must match, class names, the recommended
     sampler settings and which weights these are: {'name', 'step'}) in one .safetensors file,
-    written atomically."""
+    written atomically. Everything is checked as loading checks it, before anything is written
+    (a file `load_trained` would refuse is never made); an existing file is replaced only with
+    `overwrite`. Without `objective` the file loads as ObjectiveConfig's defaults (x-prediction,
+    noise scale image_size / 256)."""
     from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    meta = {SAFETENSORS_CONFIG_KEY: json.dumps(net.config.to_dict()), "format": SAFETENSORS_FORMAT}
-    if objective is not None:
-        meta["objective"] = json.dumps(objective)
+    path = _checked_path(path, overwrite)
+    config = getattr(net, "config", None)
+    if not isinstance(net, JiT) or not isinstance(config, JiTConfig):
+        raise ValueError(f"save_safetensors takes a pixeljit JiT network, got {type(net).__name__}")
+    if isinstance(sampler, SamplerConfig):
+        sampler = sampler.as_json()
+    if isinstance(class_names, (str, bytes)):
+        raise ValueError(f"class_names must be a list of names, got the string {class_names!r}")
     if class_names is not None:
-        meta["class_names"] = json.dumps(list(class_names))
-    if sampler is not None:
-        meta["sampler"] = json.dumps(sampler)
-    if weights is not None:
-        meta["weights"] = json.dumps(weights)
+        class_names = list(class_names)
+    _check_metadata(path, config, objective, class_names, sampler, weights)
+    state = net.state_dict()
+    on_meta = [k for k, v in state.items() if v.device.type == "meta"]
+    if on_meta:
+        raise ValueError(f"{path}: the network is on 'meta' and holds no values ({on_meta[0]}, "
+                         "…): build or load it on a real device first")  # fmt: skip
+    check_finite(state, str(path))
+    tensors = {k: v.detach().contiguous().cpu().clone() for k, v in state.items()}
+    meta = {SAFETENSORS_CONFIG_KEY: json.dumps(config.to_dict()), "format": SAFETENSORS_FORMAT}
+    for key, value in (("objective", objective), ("class_names", class_names),
+                       ("sampler", sampler), ("weights", weights)):  # fmt: skip
+        if value is not None:
+            meta[key] = json.dumps(value)
     meta[CHECKSUMS_KEY] = json.dumps(_tensor_checksums(tensors))
     # serialised here and written by Python: a failed write is an OSError naming the file (not a
     # SafetensorError), and the file gets the usual umask-derived mode
@@ -53,8 +70,34 @@ def save_safetensors(
     return atomic_write_stream(path, lambda f: f.write(blob))
 
 
-# beside the config, when present
-EXTRA_METADATA = ("objective", "class_names", "sampler", "weights")
+def _checked_path(path, overwrite: bool) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors" or path.name.lower() == ".safetensors":
+        raise ValueError(f"{path}: name the file NAME.safetensors (loading goes by the suffix)")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: name a file NAME.safetensors")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _check_metadata(path, config: JiTConfig, objective, class_names, sampler, weights) -> None:
+    """The metadata through the readers `load_trained` uses, so a bad value is refused here."""
+    from pixeljit.checkpoints import load  # imports this module
+
+    roundtrip = {}
+    for key, value in (("objective", objective), ("class_names", class_names),
+                       ("sampler", sampler), ("weights", weights)):  # fmt: skip
+        try:
+            roundtrip[key] = json.loads(json.dumps(value))  # what the file will hold
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {key} must be JSON data ({err})") from None
+    if objective is not None:
+        load.objective_from_metadata(path, roundtrip["objective"], config.image_size)
+    load._class_names(path, roundtrip["class_names"], config.num_classes)
+    load.sampler_from_metadata(path, roundtrip["sampler"])
+    load._weights_metadata(path, roundtrip["weights"])
 
 
 def _metadata_json(path: Path, meta: dict, key: str):
@@ -62,6 +105,10 @@ def _metadata_json(path: Path, meta: dict, key: str):
         return json.loads(meta[key])
     except (json.JSONDecodeError, TypeError) as err:
         raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({err})") from None
+
+
+# beside the config, when present
+EXTRA_METADATA = ("objective", "class_names", "sampler", "weights")
 
 
 def _tensor_checksums(tensors: dict) -> dict[str, str]:
@@ -118,6 +165,8 @@ def load_safetensors_with_meta(path: str | os.PathLike, device=None, **overrides
     other and the file's size before the network is built or any tensor is read."""
     from safetensors import SafetensorError, safe_open
 
+    if device is not None:
+        device = as_device(device)  # a device this machine has, and not meta
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"safetensors file {path} does not exist")

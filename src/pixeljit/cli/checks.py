@@ -13,6 +13,10 @@ from pathlib import Path
 
 from pixeljit.files.atomic import temp_sibling
 
+CHECKPOINT_HELP = ("a pixeljit run folder / .pt, a .safetensors export, a Hub folder (from "
+                   "`convert --hub`) or hf://org/name[@rev], or an authors' checkpoint-last.pth "
+                   "/ its folder")  # fmt: skip
+
 FOLDER_CLOBBER_GLOB = "*.png"  # an output folder holding these would have them replaced
 MAX_SEED = 2**63  # seeds are 64-bit: numpy's SeedSequence and torch.manual_seed take [0, 2**63)
 MAX_IMAGES = 10_000_000  # images one command may generate (50k is the FID standard)

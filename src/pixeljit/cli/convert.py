@@ -81,7 +81,7 @@ def run(args) -> int:
     check_safetensors_name(args.out)
     check_output("OUT", args.out, False, args.overwrite, "--overwrite")  # before loading
     model = load_trained(args.source, args.weights, in_context_start=args.in_context_start)
-    path = export_safetensors(model, args.out)
+    path = export_safetensors(model, args.out, overwrite=args.overwrite)
     print(f"wrote {path}: {_summary(model)}")
     return 0
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pixeljit.cli.checks import CHECKPOINT_HELP
 from pixeljit.cli.evaluate_args import (
     DEFAULT_BATCH,
     DEFAULT_NUM,
@@ -46,7 +47,7 @@ from pixeljit.metrics.dataset_stats import check_recorded_shape, shape_text
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="FD / KID / IS / precision-recall of a model or of images")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="run folder / .pt, .safetensors, or authors' .pth")
+    what.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     what.add_argument("--images", help="a folder of images or an .npz (arr_0, NHWC uint8)")
     what.add_argument("--make-ref", metavar="DATASET",
                       help="compute and save reference stats of a data set, an image folder or "

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from pixeljit.cli.checks import (
+    CHECKPOINT_HELP,
     MAX_IMAGES,
     check_device,
     check_float,
@@ -47,7 +48,7 @@ def _add_nfe(experiments) -> None:
         ),
     )
     p.add_argument("--checkpoint", required=True,
-                   help="run folder / .pt, .safetensors, or authors' .pth")  # fmt: skip
+                   help=CHECKPOINT_HELP)  # fmt: skip
     p.add_argument("--weights", default=None, help="ema | ema:<decay> | model | model_ema1 …")
     p.add_argument("--ref", required=True, help="reference: statistics .npz with features, "
                    "or a data set (packed folder, fashion-mnist, …)")  # fmt: skip
@@ -141,9 +142,10 @@ def _check_flags(args) -> Path:
     if args.ref_split and args.ref.endswith(".npz"):
         raise ValueError(f"--ref-split has no effect with the statistics file --ref {args.ref}: "
                          "drop it (it picks a split of a data-set reference)")  # fmt: skip
-    if not Path(args.checkpoint).exists():
-        raise ValueError(f"--checkpoint {args.checkpoint} does not exist: pass a run folder, "
-                         "a .pt / .safetensors file or an authors' .pth")  # fmt: skip
+    from pixeljit.checkpoints.hub_remote import is_hf_uri
+
+    if not is_hf_uri(args.checkpoint) and not Path(args.checkpoint).exists():
+        raise ValueError(f"--checkpoint {args.checkpoint} does not exist: pass {CHECKPOINT_HELP}")
     _check_ref_features(args.ref)
     return check_output("--out", args.out, folder=True, overwrite=True)
 

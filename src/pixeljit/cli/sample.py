@@ -20,6 +20,7 @@ from tqdm import tqdm
 from pixeljit.checkpoints.hub_remote import is_hf_uri
 from pixeljit.checkpoints.load import TrainedModel, load_trained
 from pixeljit.cli.checks import (
+    CHECKPOINT_HELP,
     MAX_IMAGES,
     check_device,
     check_float,
@@ -66,8 +67,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "checkpoint",
-        help="a pixeljit run folder / .pt, a .safetensors export, a Hub folder (from `convert "
-        "--hub`) or hf://org/name[@rev], or an authors' checkpoint-last.pth / its folder",
+        help=CHECKPOINT_HELP,
     )
     p.add_argument(
         "--weights",

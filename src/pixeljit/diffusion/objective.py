@@ -326,14 +326,17 @@ def flow_matching_loss(
     x: Tensor,
     y: Tensor | None,
     config: ObjectiveConfig = ObjectiveConfig(),  # noqa: B008 (frozen dataclass)
-    num_classes: int = 0,
+    num_classes: int | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One training draw: (per-sample losses (N,), the t (N,) used). `loss.mean()` is the
     authors' loss; the t lets training log the loss by noise level (`bucket_losses`).
 
-    Randomness in the authors' order: label drop, then t, then ε ~ N(0, s²I).
+    `num_classes` (the null label of the label drop) defaults to the denoiser's
+    `config.num_classes`; a denoiser without one (a wrapped or plain function) needs it given
+    when labels are. Randomness in the authors' order: label drop, then t, then ε ~ N(0, s²I).
     """
+    num_classes = _label_count(denoiser, y, num_classes)
     y = drop_labels(y, num_classes, config.label_drop, generator)
     t = sample_t(
         x.shape[0],
@@ -349,6 +352,19 @@ def flow_matching_loss(
     noise = torch.randn(x.shape, generator=generator, device=draw_device, dtype=x.dtype)
     noise = noise.to(x.device) * scale
     return flow_matching_loss_at(denoiser, x, noise, t, y, config), t
+
+
+def _label_count(denoiser, y: Tensor | None, num_classes: int | None) -> int:
+    """The class count the label drop uses: given, else the denoiser's own, never two that
+    disagree (with 0 the null label would never be trained, and guidance would fail)."""
+    own = getattr(getattr(denoiser, "config", None), "num_classes", None)
+    if num_classes is None and own is None and y is not None:
+        raise ValueError("labels were given to a denoiser without a config: pass num_classes= "
+                         "(labels equal to it are the null label guidance uses)")  # fmt: skip
+    if num_classes is not None and own is not None and num_classes != own:
+        raise ValueError(f"num_classes={num_classes}, but the network has {own} classes: "
+                         "drop num_classes (the network's is used)")  # fmt: skip
+    return int(num_classes if num_classes is not None else (own or 0))
 
 
 def loss_weight_in_x(loss: str, t: Tensor) -> Tensor:

@@ -101,8 +101,11 @@ class SamplerConfig:
         object.__setattr__(self, "interval", check_interval(self.interval))
 
     def kwargs(self) -> dict:
-        """The fields as keyword arguments of `sample()`."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplerConfig)}
+        """The fields as keyword arguments of `sample()`; off the shifted grid the shift, which
+        has no effect there, is the default (a recommended shifted grid overridden by a
+        uniform one leaves no shift for `sample()` to refuse)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplerConfig)}
+        return fields | ({} if self.grid == "shifted" else {"shift": DEFAULT_SHIFT})
 
     def as_json(self) -> dict:
         """The fields as JSON holds them (the interval a list); `SamplerConfig(**that)` reads
@@ -160,7 +163,13 @@ def _labels_tensor(labels, num_classes: int, device) -> Tensor | None:
             "labels are class indices here; a loaded model maps class names: "
             "pixeljit.load_trained(...).sample(['name', ...])"
         )
-    y = torch.as_tensor(labels)
+    try:
+        y = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(
+            f"labels must be a list, tuple, array or tensor of class indices, got "
+            f"{type(labels).__name__}"
+        ) from None
     if y.ndim != 1:
         shown = y.item() if y.ndim == 0 else f"shape {tuple(y.shape)}"
         raise ValueError(
@@ -225,7 +234,7 @@ def sample(
     cfg: float = SamplerConfig.cfg,
     interval: tuple[float, float] = SamplerConfig.interval,
     t_eps: float = SamplerConfig.t_eps,
-    noise_scale: float | None = 1.0,
+    noise_scale: float | None = None,
     generator: torch.Generator | None = None,
     prediction: str = "x",
     grid: str = SamplerConfig.grid,
@@ -247,8 +256,9 @@ def sample(
     t = 0 (already multiplied by noise_scale); otherwise it is drawn as noise_scale·N(0, I):
     with `seed`, sample k of the call uses per-sample seed (seed, first_index + k), so the same
     seed gives the same images whatever the batch split; else from `generator` (or the global
-    RNG) in one draw, which depends on the batch size. `noise_scale` must match training
-    (None: the paper's image_size/256, like ObjectiveConfig's default). Guidance: `cfg` w on
+    RNG) in one draw, which depends on the batch size: give one of noise, seed and generator.
+    `noise_scale` must match training (default None: the paper's image_size/256, as
+    ObjectiveConfig's default; a loaded model's `model.sample` passes its own). Guidance: `cfg` w on
     rows with t in the open `interval` (default (0.1, 1.0), the paper's). `method` ∈
     {euler, heun, dpm++2m, dpm++3m}; `grid` ∈ {uniform, shifted, edm, logsnr}; defaults come from
     `SamplerConfig`.
@@ -266,6 +276,7 @@ def sample(
     check_seed(seed, first_index)
     check_compile_mode(compile_mode)
     check_amp_dtype(amp_dtype)
+    _check_sources(net, noise, seed, generator, num, grid, shift)
     if noise_scale is None:
         noise_scale = default_noise_scale(config.image_size)
     classes = int(config.num_classes)
@@ -318,6 +329,42 @@ def _network_config(net):
     if config is None:
         raise ValueError("net must carry a `config` with num_classes, in_channels and image_size")
     return config
+
+
+def _check_sources(net, noise, seed, generator, num, grid: str, shift: float) -> None:
+    """Arguments that would be ignored or fail deep inside torch, refused by name: two sources of
+    noise, a shift off the shifted grid, a network whose weights are not float32, a count or a
+    generator of the wrong type, noise that is not a finite float tensor."""
+    given = [name for name, v in (("noise", noise), ("seed", seed), ("generator", generator))
+             if v is not None]  # fmt: skip
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join(given)} were both given, and only one can decide the "
+                         "starting noise: pass one of them")  # fmt: skip
+    if grid != "shifted" and shift != DEFAULT_SHIFT:
+        raise ValueError(f"shift={shift:g} has no effect on the {grid!r} grid: pass "
+                         "grid='shifted', or drop shift")  # fmt: skip
+    if num is not None and (isinstance(num, bool) or not isinstance(num, int)):
+        raise ValueError(f"num must be an integer ≥ 1, got {num!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__} "
+                         "(for a number, pass seed= instead)")  # fmt: skip
+    if noise is not None:
+        if not isinstance(noise, Tensor) or not noise.is_floating_point():
+            kind = noise.dtype if isinstance(noise, Tensor) else type(noise).__name__
+            raise ValueError(f"noise must be a floating-point torch.Tensor, got {kind}")
+        if not bool(torch.isfinite(noise).all()):
+            raise ValueError("noise holds NaN or infinite values")
+    if isinstance(net, nn.Module):
+        dtypes = {p.dtype for p in net.parameters() if p.is_floating_point()}
+        if dtypes - {torch.float32}:
+            raise ValueError(
+                f"the network's weights are {', '.join(sorted(map(str, dtypes)))}: sampling "
+                "keeps them float32 (net.float()) and runs the network in lower precision "
+                "under autocast: pass amp_dtype=torch.bfloat16"
+            )
+        if noise is not None and dtypes and noise.dtype not in dtypes:
+            raise ValueError(f"noise is {noise.dtype}, the network's weights float32: pass "
+                             "noise.float() (the sampling state is float32)")  # fmt: skip
 
 
 def _start_state(config, y, noise, num, seed, first_index, generator, noise_scale, dev) -> Tensor:

@@ -46,12 +46,13 @@ def model_config(name: str, **overrides) -> JiTConfig:
     if not isinstance(name, str):
         raise ValueError(f"model name must be a string such as 'JiT-B/16', got {name!r}; "
                          f"choose one of {model_names()}")  # fmt: skip
-    try:
-        size, patch = name.removeprefix("JiT-").split("/")
-        base = dict(MODEL_SIZES[size])
-        patch = int(patch)
-    except (ValueError, KeyError):
-        raise ValueError(f"unknown model {name!r}; choose one of {model_names()}") from None
+    if name not in model_names():  # exactly as written: 'JiT-B/016' or 'B/16' is not a name
+        raise ValueError(
+            f"unknown model {name!r}; choose one of {model_names()} (for another patch or image "
+            "size, override the fields: create_model('JiT-B/16', patch_size=8, image_size=128))"
+        )
+    size, patch = name.removeprefix("JiT-").split("/")
+    base, patch = dict(MODEL_SIZES[size]), int(patch)
     base.update(patch_size=patch, image_size=patch * TOKENS_PER_SIDE)
     fields = {f.name for f in dataclasses.fields(JiTConfig)}
     unknown = set(overrides) - fields
