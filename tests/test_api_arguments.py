@@ -275,3 +275,37 @@ def test_more_class_names_than_classes_are_refused_on_load(tmp_path):
     write_raw_safetensors(pixeljit.JiT(TINY), path, class_names=["a", "b", "c", "d"])
     with pytest.raises(ValueError, match="4 class names for a network of 3 classes"):
         pixeljit.load_trained(path)
+
+
+def test_the_network_and_the_time_grid_name_a_wrong_argument_type():
+    """AttributeErrors ('float' object has no attribute 'shape', 'dict' … 'num_classes') and
+    linspace's TypeError; an infinite shift gave a grid [0, 0, 0, nan]."""
+    from pixeljit.diffusion.timegrids import time_grid
+
+    net = pixeljit.JiT(TINY)
+    z, y = torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="t must be a tensor, got float"):
+        net(z, 0.5, y)
+    with pytest.raises(ValueError, match="z must be a tensor, got list"):
+        net([0.0], torch.zeros(2), y)
+    with pytest.raises(ValueError, match="JiT takes a JiTConfig .* got dict"):
+        pixeljit.JiT({"depth": 2})
+    with pytest.raises(ValueError, match="steps must be an integer ≥ 1, got 2.5"):
+        time_grid(2.5)
+    with pytest.raises(ValueError, match="shift must be a finite number > 0, got inf"):
+        time_grid(3, "shifted", shift=float("inf"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"prediction": "foo"}, "prediction must be one of"),
+     ({"noise_scale": -2.0}, "noise_scale must be a finite number > 0"),
+     ({"preconditioner": "edm2"}, "preconditioner must be one of")],
+)  # fmt: skip
+def test_a_trained_model_checks_its_objective(kwargs, message):
+    from pixeljit.checkpoints.load import TrainedModel
+
+    with pytest.raises(ValueError, match=message):
+        TrainedModel(pixeljit.JiT(TINY), **kwargs)
+    with pytest.raises(ValueError, match="takes a JiT network, got NoneType"):
+        TrainedModel(None)

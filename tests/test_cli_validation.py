@@ -305,13 +305,14 @@ def test_a_corrupt_latest_names_a_milestone_in_the_verbs_own_terms(
     run = tmp_path / "run"
     run.mkdir()
     state = {"step": 3, "model": {"w": torch.zeros(2)}}
-    save_checkpoint(state, run, 3, milestone=True)
+    save_checkpoint(state, run, 3, milestone=True)  # a hard link to the latest.pt of step 3
+    save_checkpoint({**state, "step": 5}, run, 5, milestone=False)  # a new file: not damaged
     latest = run / LATEST
     if damage == "truncated":
         latest.write_bytes(latest.read_bytes()[:100])
     else:  # readable, but the step no longer matches the checksum written with it
         saved = torch.load(latest, weights_only=True)
-        torch.save({**saved, "step": 4}, latest)
+        torch.save({**saved, "step": 6}, latest)
     args = [a.format(run=run, tmp=tmp_path) for a in argv]
     err = cli_error(capsys, [verb, *args])
     check_flags(verb, err)

@@ -213,7 +213,7 @@ def test_cli_prepare(tmp_path, capsys):
     make_classes(tmp_path / "src")
     out = tmp_path / "cli"
     assert main(["prepare", str(tmp_path / "src"), "--size", "8", "--out", str(out)]) == 0
-    assert "packed 6 images of 3x8x8 in 2 class(es)" in capsys.readouterr().out
+    assert "packed 6 images of 3x8x8 in 2 classes" in capsys.readouterr().out
     assert PackedDataset(out).class_names == ["ant", "bee"]
     (tmp_path / "src" / "ant" / "zz.png").write_bytes(b"garbage")
     argv = ["prepare", str(tmp_path / "src"), "--size", "8", "--out", str(tmp_path / "c2")]

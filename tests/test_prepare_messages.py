@@ -72,7 +72,7 @@ def test_cli_warns_about_classes_a_limit_left_empty(tmp_path, capsys):
     src = make_classes(tmp_path / "src")
     assert cli(src, "--size", 4, "--out", tmp_path / "p", "--limit", PER_CLASS) == 0
     captured = capsys.readouterr()
-    assert "in 3 class(es)" in captured.out
+    assert "in 3 classes" in captured.out
     assert "warning: 2 of 3 classes got no images: bee, cat." in captured.err
     assert "larger --limit" in captured.err and "--skip-bad" not in captured.err
     assert cli(src, "--size", 4, "--out", tmp_path / "q", "--limit", 2 * PER_CLASS + 1) == 0
@@ -132,7 +132,7 @@ def test_flat_layout_on_class_folders_notes_the_lost_labels(tmp_path, capsys):
     src = make_classes(tmp_path / "src")
     assert cli(src, "--size", 4, "--out", tmp_path / "p", "--layout", "flat") == 0
     captured = capsys.readouterr()
-    assert f"packed {len(CLASSES) * PER_CLASS} images of 3x4x4 in 1 class(es)" in captured.out
+    assert f"packed {len(CLASSES) * PER_CLASS} images of 3x4x4 in 1 class" in captured.out
     assert "note: --layout flat packed the images in the 3 sub-folder(s)" in captured.err
     assert "--layout classes" in captured.err
     assert not PackedDataset(tmp_path / "p").conditional
@@ -175,3 +175,26 @@ def test_skip_bad_and_workers_still_pass_where_they_apply(tmp_path):
     src = make_classes(tmp_path / "src")
     result = prepare(src, 4, tmp_path / "f", skip_bad=True, num_workers=2)
     assert result.count == len(CLASSES) * PER_CLASS and result.empty_classes == []
+
+
+def test_a_pack_larger_than_the_free_disk_is_refused_before_the_first_shard(tmp_path, monkeypatch):
+    """60,000 Fashion-MNIST images at 4096 px (1 TB) were packed until the disk or the memory
+    ran out: 1024 of them per batch were 17 GB, and the killed packer left 17 GB behind."""
+    import collections
+    import importlib
+
+    from pixeljit.data.source import BATCH_BYTES, batch_images
+
+    prepare_module = importlib.import_module("pixeljit.data.prepare")  # the module, not prepare()
+    assert batch_images(1024, 1, 28) == 1024
+    assert batch_images(1024, 1, 4096) == BATCH_BYTES // 4096**2 == 16
+    assert batch_images(256, 3, 8192) == 1  # never none
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(prepare_module.shutil, "disk_usage", lambda path: usage(0, 0, 10_000))
+    out = tmp_path / "packed"
+    with pytest.raises(ValueError, match=r"packing 100 images of 1×16×16 needs 0\.0 GiB, but .* "
+                       r"has 0\.0 GiB free: pack at a smaller size"):  # fmt: skip
+        prepare_module.prepare("fashion-mnist", 16, out, split="test", limit=100)
+    assert not out.exists() and not any(tmp_path.iterdir())  # the staging folder went too
+    monkeypatch.undo()
+    assert prepare_module.prepare("fashion-mnist", 16, out, split="test", limit=100).count == 100

@@ -166,18 +166,17 @@ def test_two_process_ddp_equals_one_process_and_resumes_exactly_also_under_fsdp(
     part = torchrun(["train", *common_flags(packed, tmp_path / "ddp2", 3)], cwd=tmp_path)
     assert part.returncode == 0, part.stderr[-3000:]
     shutil.copytree(tmp_path / "ddp2", tmp_path / "fsdp")
-    flags = common_flags(packed, tmp_path / "ddp2", 6) + [
-        "--resume", str(tmp_path / "ddp2"),
-        "--set", "run.activation_checkpointing=true",
-    ]  # fmt: skip
+    flags = ["--resume", str(tmp_path / "ddp2"), "--steps", "6", "--no-progress",
+             "--set", "run.activation_checkpointing=true"]  # fmt: skip
     rest = torchrun(["train", *flags], cwd=tmp_path)
     assert rest.returncode == 0, rest.stderr[-3000:]
     three = load_checkpoint(tmp_path / "ddp2")
     assert three["config"]["run"]["activation_checkpointing"] is True  # the switch reached it
     assert states_equal(two["model"], three["model"])
     # the same 3-step checkpoint resumed under FSDP2 (sharded model, EMA and optimizer)
-    flags = common_flags(packed, tmp_path / "fsdp", 6) + [
-        "--resume", str(tmp_path / "fsdp"), "--set", "run.distributed=fsdp",
+    flags = [
+        "--resume", str(tmp_path / "fsdp"), "--steps", "6", "--no-progress",
+        "--set", "run.distributed=fsdp",
         "--set", "run.activation_checkpointing=true",  # checkpointed FSDP2 blocks
         "--allow-inexact-resume",  # FSDP2 reduces gradients in another order than DDP
     ]  # fmt: skip

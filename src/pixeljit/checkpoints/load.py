@@ -62,7 +62,13 @@ class TrainedModel:
 
     def __post_init__(self) -> None:
         """A model without classes has nothing to guide or to name: a recommended CFG (a preset's,
-        kept by an unconditional run) reads as 1, and class names (its data set's) are dropped."""
+        kept by an unconditional run) reads as 1, and class names (its data set's) are dropped.
+        The objective is checked as a file's is (and the scale stored as a float)."""
+        if not isinstance(getattr(self.net, "config", None), JiTConfig):
+            raise ValueError(f"TrainedModel takes a JiT network, got {type(self.net).__name__}")
+        where = self.description or "TrainedModel"
+        objective = _objective(where, self.prediction, self.noise_scale, self.preconditioner)
+        object.__setattr__(self, "noise_scale", objective[1])
         if self.net.config.num_classes == 0:
             if self.sampler is not None and self.sampler.cfg != NO_GUIDANCE:
                 unguided = dataclasses.replace(self.sampler, cfg=NO_GUIDANCE)

@@ -198,9 +198,14 @@ def find_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> 
     if not path.exists():
         raise FileNotFoundError(f"{named}: no such file or folder")
     if path.is_dir():
+        if path.suffix == ".pt":
+            raise ValueError(f"{named} is a folder, not a checkpoint file: name the run folder "
+                             "that holds it, or a checkpoint file")  # fmt: skip
         latest = path / LATEST
         if latest.is_file():
             return latest
+        if latest.exists():
+            raise ValueError(f"{named}: its {LATEST} is not a file: name a checkpoint file")
         found = milestones(path)
         if found:
             return found[-1]
@@ -211,17 +216,28 @@ def find_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> 
     return path
 
 
+def _same(a: Path, b: Path) -> bool:
+    """Whether two paths are one file (a milestone is a hard link to the latest.pt it was)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _alternatives(file: Path, flag: str | None = RESUME_FLAG) -> str:
     """'; … a milestone instead: …' naming the other step-*.pt beside `file`; with `flag` (the
     flag that named `file`) worded as that flag, else as a path to pass instead."""
-    others = [p for p in milestones(file.parent) if p.name != file.name]
+    beside = [p for p in milestones(file.parent) if p.name != file.name]
+    linked = [p.name for p in beside if _same(p, file)]  # damaged with it
+    others = [p for p in beside if p.name not in linked]
+    note = f" ({linked[0]} is this file, hard-linked)" if linked else ""
     if not others:
-        return "; no step-*.pt milestone beside it to load instead"
+        return f"; no other step-*.pt milestone beside it to load instead{note}"
     newest = others[::-1][:MAX_LISTED]
     use = f"e.g. {flag} {newest[0]}" if flag else f"pass {newest[0]} instead"
     return (
         f"; a milestone beside it may be intact: {use}"
-        f" (milestones here: {', '.join(p.name for p in newest)})"
+        f" (milestones here: {', '.join(p.name for p in newest)}){note}"
     )
 
 

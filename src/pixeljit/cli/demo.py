@@ -121,6 +121,10 @@ def run(args) -> int:
     from pixeljit.training.loop import train
 
     check_device("--device", args.device)  # before the first line is printed
+    if args.device != "auto":  # one this machine has, before the folder is judged by it
+        from pixeljit.devices import as_device
+
+        as_device(args.device, what="--device")
     cfg = demo_config(args.out, args.steps, args.device)
     model = dataclasses.asdict(cfg.model)
     check_demo_folder(Path(args.out), args.resume, args.restart, resume_command(args), model)

@@ -95,7 +95,8 @@ def run(args) -> int:
     )
     c, h, w = result.image_shape
     print(
-        f"packed {result.count} images of {c}x{h}x{w} in {result.num_classes} class(es) into "
+        f"packed {result.count} image{'s' if result.count != 1 else ''} of {c}x{h}x{w} in "
+        f"{result.num_classes} class{'es' if result.num_classes != 1 else ''} into "
         f"{result.out_dir} ({result.seconds:.1f} s)"
     )
     if result.skipped:

@@ -57,9 +57,21 @@ def check_length_flags(steps: int | None, batch_size: int | None, epochs: float 
         raise ValueError(f"--epochs must be a finite number > 0, got {epochs}")
 
 
+LENGTH_FIELDS = ("optim.steps", "optim.epochs")  # either one sets the run's length
+
+
 def build_config(args):
     """The TrainConfig the flags describe (no Namespace goes further than this)."""
     check_length_flags(args.steps, args.batch_size, args.epochs)
+    if args.allow_inexact_resume and not args.resume:
+        raise ValueError("--allow-inexact-resume has no effect without --resume: drop it")
+    if args.preset and args.resume:
+        raise ValueError(
+            f"--preset {args.preset} starts from the preset's config, not from the run's saved "
+            "one, whose recipe, logistics and data source a resumed run keeps: drop --preset "
+            "to continue the run with its own config (change its length with --steps / "
+            "--epochs, its logistics with --set)"
+        )
     if args.preset:
         cfg = get_preset(args.preset)
     elif args.resume:
@@ -105,8 +117,9 @@ def build_config(args):
             given["optim.epochs"] = given["optim.steps"] = (flag, value)
     for key, (flag, value) in given.items():
         if value is not None and key in settings:
-            raise ValueError(f"--set {key}={settings[key]} and {flag} {value} both set "
-                             f"{key}: pass one of them")  # fmt: skip
+            sets = f"set {key}" if key not in LENGTH_FIELDS else "set the run's length"
+            raise ValueError(f"--set {key}={settings[key]} and {flag} {value} both {sets}: "
+                             "pass one of them")  # fmt: skip
     return apply_overrides(cfg, user_layer(settings, "--set", cfg))
 
 
@@ -161,29 +174,21 @@ def user_layer(overrides: dict, where: str, base) -> dict:
 def run(args) -> int:
     from pixeljit.checkpoints.run import resume_hint
     from pixeljit.training.loop import train
-    from pixeljit.training.resume import RecipeChanged
 
     cfg = build_config(args)
-    try:
-        result = train(
-            cfg,
-            resume=args.resume,
-            progress=not args.no_progress,
-            restart=args.restart,
-            allow_inexact_resume=args.allow_inexact_resume,
-        )
-    except RecipeChanged as err:
-        if not args.preset:
-            raise
-        raise ValueError(
-            f"{err}. --preset {args.preset} starts from the preset's config, not from the run's "
-            "saved one: drop --preset to continue the run with its own config"
-        ) from None
+    result = train(
+        cfg,
+        resume=args.resume,
+        progress=not args.no_progress,
+        restart=args.restart,
+        allow_inexact_resume=args.allow_inexact_resume,
+    )
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
         print(f"continue with {resume_hint(result.out)}")
         return SIGNAL_EXIT_BASE + result.stopped_by_signal
     if result.stopped_on_nan:
         return 1
     if result.is_main:
-        print(f"done: {result.step} steps; run folder {result.out}; checkpoint {result.checkpoint}")
+        steps = f"{result.step} step{'s' if result.step != 1 else ''}"
+        print(f"done: {steps}; run folder {result.out}; checkpoint {result.checkpoint}")
     return 0

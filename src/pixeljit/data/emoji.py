@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .fingerprint import FINGERPRINT_KEY, paths_fingerprint
-from .source import BadImage, BadImageError, SourceStream
+from .source import BadImage, BadImageError, SourceStream, batch_images
 from .transforms import COLOUR, CROP_RULE, check_channels, check_pixels, check_size, image_to_chw
 
 FONT_CANDIDATES = (
@@ -86,6 +86,8 @@ def emoji_stream(
     path = find_emoji_font(font_path)
     skipped: list[BadImage] = []
 
+    per_batch = batch_images(_BATCH, channels, size)
+
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         pending: list[np.ndarray] = []
         for count, (name, png) in enumerate(iter_emoji_pngs(path)):
@@ -101,7 +103,7 @@ def emoji_stream(
                 if not skip_bad:
                     raise BadImageError(bad) from err
                 skipped.append(bad)
-            if len(pending) == _BATCH:
+            if len(pending) == per_batch:
                 yield np.stack(pending), np.zeros(len(pending), dtype=np.int64)
                 pending = []
         if pending:

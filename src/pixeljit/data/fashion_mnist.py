@@ -23,7 +23,7 @@ from pixeljit.files.download import DOWNLOAD_TIMEOUT_S, download, file_digest
 from pixeljit.files.idx import read_idx
 
 from .fingerprint import FINGERPRINT_KEY, paths_fingerprint
-from .source import SourceStream
+from .source import SourceStream, batch_images
 from .transforms import CROP_RULE, GREY, check_channels, check_size, resize_stack
 
 CLASS_NAMES = (
@@ -203,10 +203,12 @@ def fashion_mnist_stream(
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
 
+    per_batch = batch_images(_RESIZE_BATCH, channels, size)
+
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for start in range(0, len(images), _RESIZE_BATCH):
-            chunk = images[start : start + _RESIZE_BATCH]  # (n, 1, 28, 28)
-            yield resize_stack(chunk, size, channels), labels[start : start + _RESIZE_BATCH]
+        for start in range(0, len(images), per_batch):
+            chunk = images[start : start + per_batch]  # (n, 1, 28, 28)
+            yield resize_stack(chunk, size, channels), labels[start : start + per_batch]
 
     description = {
         "kind": "fashion-mnist",

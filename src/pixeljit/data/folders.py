@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .fingerprint import FINGERPRINT_KEY, files_fingerprint
-from .source import BadImage, BadImageError, SourceStream
+from .source import BadImage, BadImageError, SourceStream, batch_images
 from .transforms import COLOUR, CROP_RULE, check_channels, check_pixels, check_size, image_to_chw
 
 IMAGE_EXTENSIONS = frozenset(
@@ -135,7 +135,8 @@ def _split_root(root: Path, split: str | None) -> Path:
     subs = {p.name for p in root.iterdir() if p.is_dir() and _visible(p.name)}
     if subs and subs <= SPLIT_NAMES:
         raise ValueError(
-            f"{root} holds split folders {sorted(subs)}: pass split=NAME (CLI: --split NAME) "
+            f"{root} holds split folders {sorted(subs)}: pass split=NAME (prepare --split NAME, "
+            "train --set data.split=NAME) "
             "to pick one, rather than packing the splits as classes"
         )
     return root
@@ -255,6 +256,8 @@ def folder_stream(
         with context.Pool(num_workers) as pool:
             yield from pool.imap(_decode_task, tasks, chunksize=_WORKER_CHUNK)
 
+    per_batch = batch_images(_BATCH, channels, size)
+
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         images: list[np.ndarray] = []
         labels: list[int] = []
@@ -267,7 +270,7 @@ def folder_stream(
                 continue
             images.append(arr)
             labels.append(label)
-            if len(images) == _BATCH:
+            if len(images) == per_batch:
                 yield np.stack(images), np.asarray(labels, dtype=np.int64)
                 images, labels = [], []
         if images:

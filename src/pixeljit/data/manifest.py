@@ -21,7 +21,10 @@ MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists shards, classes and skipped fi
 MAX_IMAGE_SIDE = 1 << 16  # pixels per side a manifest may declare
 MAX_CHANNELS = 4
 MAX_COUNT = 1 << 40  # images a manifest may declare (the shard files must really hold them)
-PREPARE_HINT = "re-create it with `pixeljit prepare SOURCE --size S --out DIR --overwrite`"
+PREPARE_HINT = (
+    "pack the source again into a new folder, `pixeljit prepare SOURCE --size S "
+    "--out NEW_DIR` (--overwrite replaces only a pack whose manifest is intact)"
+)
 
 
 class ManifestError(ValueError):

@@ -55,6 +55,9 @@ class PrepareResult:
     empty_classes: list[str] = field(default_factory=list)
 
 
+GIB = 1 << 30
+
+
 def _open_source(
     source: str | os.PathLike,
     size: int,
@@ -269,6 +272,7 @@ def _pack(
         for images, labels in stream.batches:  # (n, C, H, W) uint8, (n,) int64
             if writer is None:
                 shape = tuple(images.shape[1:])
+                _check_disk_space(staging, stream.total, shape)
                 per_shard = images_per_shard or default_images_per_shard(shape)
                 writer = ShardWriter(staging, shape, per_shard)
             writer.add(images, labels)
@@ -313,6 +317,22 @@ def _pack(
     }
     write_json_atomic(staging / MANIFEST, manifest)
     return int(labels.shape[0]), writer.image_shape, class_counts
+
+
+def _check_disk_space(staging: Path, total: int | None, shape: tuple[int, int, int]) -> None:
+    """Refuse, before the first shard, a pack larger than the free space where it is written
+    (60,000 Fashion-MNIST images at 4096 px are 1 TB: the packer filled 17 GB, then died)."""
+    if total is None:
+        return
+    needed = total * int(np.prod(shape))
+    free = shutil.disk_usage(staging).free
+    if needed > free:
+        c, h, w = shape
+        raise ValueError(
+            f"packing {total:,} images of {c}×{h}×{w} needs {needed / GIB:,.1f} GiB, but "
+            f"{staging.parent} has {free / GIB:,.1f} GiB free: pack at a smaller size, fewer "
+            "images (--limit), or into another folder"
+        )
 
 
 def _creator() -> str:

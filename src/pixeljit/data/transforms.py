@@ -88,7 +88,8 @@ def adm_center_crop(img: Image.Image, size: int) -> np.ndarray:
     if resized[0] * resized[1] > MAX_IMAGE_PIXELS:  # a sliver: 1 x 70,000 -> 64 x 4.5 M
         raise ValueError(
             f"image of {img.size[0]}x{img.size[1]} would be resized to {resized[0]}x{resized[1]}, "
-            f"over the limit of {MAX_IMAGE_PIXELS} pixels: its aspect ratio is too extreme"
+            f"before the centre crop, over the limit of {MAX_IMAGE_PIXELS:,} pixels: pack at a "
+            "smaller size, or crop the image nearer to a square"
         )
     img = img.resize(resized, resample=Image.BICUBIC)
     arr = np.asarray(img)

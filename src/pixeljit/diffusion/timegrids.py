@@ -57,16 +57,16 @@ def logsnr_grid(steps: int) -> Tensor:
 
 def time_grid(steps: int, kind: str = "uniform", shift: float = DEFAULT_SHIFT) -> Tensor:
     """Times (steps + 1,) float32 on the host, from 0 to 1, of grid `kind` (one of GRIDS)."""
-    if steps < 1:
-        raise ValueError(f"steps must be ≥ 1, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
     if kind not in GRIDS:
         raise ValueError(f"grid must be one of {GRIDS}, got {kind!r}")
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float32)
     if kind == "uniform":
         return u
     if kind == "shifted":
-        if not shift > 0:
-            raise ValueError(f"shift must be > 0, got {shift}")
+        if not 0 < shift < math.inf:
+            raise ValueError(f"shift must be a finite number > 0, got {shift}")
         u64 = u.double()
         return (u64 / (u64 + shift * (1 - u64))).to(torch.float32)
     if kind == "edm":

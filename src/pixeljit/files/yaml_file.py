@@ -59,8 +59,10 @@ def read_yaml(path: str | os.PathLike, flag: str):
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{flag} {path} is a folder: pass a YAML file")
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{flag}: config file {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{flag} {path} is not a regular file: pass a YAML file")
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_YAML_BYTES + 1)

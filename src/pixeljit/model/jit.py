@@ -195,6 +195,9 @@ class JiT(nn.Module):
 
     def __init__(self, config: JiTConfig):
         super().__init__()
+        if not isinstance(config, JiTConfig):
+            raise ValueError(f"JiT takes a JiTConfig (JiTConfig.from_dict for a dict, or "
+                             f"create_model('JiT-B/16')), got {type(config).__name__}")  # fmt: skip
         self.config = cfg = config
         self.checkpoint_blocks = False  # an execution choice, not architecture: not in config
         self.bf16_residual = False  # a numerics choice, not architecture: not in config
@@ -290,6 +293,9 @@ class JiT(nn.Module):
         return self.rope_cos[skip:], self.rope_sin[skip:]
 
     def _check_inputs(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> None:
+        for name, value in (("z", z), ("t", t), ("y", y)):
+            if not (value is None and name == "y") and not isinstance(value, torch.Tensor):
+                raise ValueError(f"{name} must be a tensor, got {type(value).__name__}")
         cfg = self.config
         expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
         if z.ndim != 4 or tuple(z.shape[1:]) != expected:

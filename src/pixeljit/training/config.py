@@ -268,6 +268,12 @@ class TrainConfig:
         _number("objective.noise_scale", objective.noise_scale, low=0.0, low_open=True)
         _number("objective.label_drop", objective.label_drop, 0.0, 1.0, high_open=True)
         _number("objective.sigma_data", objective.sigma_data, low=0.0, low_open=True)
+        chosen = self.sample.ema_decay
+        if chosen is not None and float(chosen) not in map(float, optim.ema_decays):
+            raise ValueError(
+                f"sample.ema_decay {chosen} is none of the run's EMAs (optim.ema_decays "
+                f"{list(optim.ema_decays)}): choose one of them, or add it to optim.ema_decays"
+            )
         if optim.micro_batch is not None and optim.global_batch % optim.micro_batch:
             raise ValueError(
                 f"optim.micro_batch {optim.micro_batch} must divide optim.global_batch "

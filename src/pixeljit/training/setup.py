@@ -88,7 +88,8 @@ def ema_horizon_warning(cfg: TrainConfig, total_steps: int) -> str | None:
         return None
     return (
         f"the run samples (previews, `pixeljit sample`) with the EMA of decay {decay:g}, and "
-        f"after {total_steps} steps {share:.0%} of it is still the initial weights (its "
+        f"after {total_steps} step{'s' if total_steps != 1 else ''} {share:.0%} of it is still "
+        "the initial weights (its "
         f"horizon is 1/(1 − decay) = {1 / (1 - decay):,.0f} steps): its samples will look "
         "untrained. Set optim.ema_warmup=true (the average then follows the early weights), "
         "train longer, or sample with --weights model"
@@ -112,7 +113,8 @@ def _num_classes(cfg: TrainConfig, dataset) -> int:
     conditional = cfg.data.conditional and dataset.num_classes > 1 and asked != 0
     if cfg.data.conditional and not conditional and asked:
         raise ValueError(
-            f"{asked} classes were asked (data.num_classes, or model.num_classes given), but the "
+            f"{asked} class{'es were' if asked != 1 else ' was'} asked (data.num_classes, or "
+            "model.num_classes given), but the "
             f"data has {dataset.num_classes} class: there are no labels to condition on. Drop "
             "that setting (the model is then unconditional) or train on labelled data (an image "
             "folder of class sub-folders)"
