@@ -232,7 +232,7 @@ def test_label_index_takes_a_name_and_an_unconditional_model_no_labels(tiny_file
     [
         (None, {"objective": {"prediction": "q"}}, ValueError, "prediction must be one of"),
         (None, {"class_names": "abc"}, ValueError, "a list of names, got the string 'abc'"),
-        (None, {"class_names": ["a"] * 4}, ValueError, "4 class names for a network of 3"),
+        (None, {"class_names": ["a"] * 4}, ValueError, "4 class names for num_classes 3"),
         (None, {"sampler": {"steps": 0}}, ValueError, "invalid sampler settings"),
         (None, {"weights": {"step": -1}}, ValueError, "metadata 'weights' must be"),
         ("nan", {}, ValueError, "non-finite weights"),
@@ -273,7 +273,10 @@ def test_more_class_names_than_classes_are_refused_on_load(tmp_path):
 
     path = tmp_path / "w.safetensors"
     write_raw_safetensors(pixeljit.JiT(TINY), path, class_names=["a", "b", "c", "d"])
-    with pytest.raises(ValueError, match="4 class names for a network of 3 classes"):
+    with pytest.raises(
+        ValueError,
+        match="4 class names for num_classes 3: there must be no more names than classes",
+    ):
         pixeljit.load_trained(path)
 
 

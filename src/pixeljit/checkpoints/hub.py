@@ -25,13 +25,15 @@ import torch
 from pixeljit.checkpoints.hub_card import CardExtras, model_card
 from pixeljit.checkpoints.hub_remote import fetch_hub_folder, is_hf_uri
 from pixeljit.checkpoints.load import (
-    OBJECTIVE_DEFAULTS,
     TrainedModel,
-    _class_names,
-    _objective,
     check_one_set,
     export_safetensors,
     model_size_name,
+)
+from pixeljit.checkpoints.metadata import (
+    OBJECTIVE_DEFAULTS,
+    check_class_names,
+    check_objective,
     objective_from_metadata,
     sampler_config,
 )
@@ -176,14 +178,9 @@ def read_hub_config(path: str | os.PathLike) -> HubConfig:
             f"{[arch.get(k) for k in counts]}"
         )
     obj = _section(path, data, "objective", OBJECTIVE_KEYS)
-    objective = _objective(path, *(obj.get(k) for k in OBJECTIVE_KEYS))
-    names = _class_names(path, data.get("class_names"))
-    classes = arch.get("num_classes")
-    if names is not None and (not isinstance(classes, int) or len(names) > classes):
-        raise ValueError(
-            f"{path}: {len(names)} class names for num_classes {classes!r}: there must be no "
-            "more names than classes"
-        )
+    objective = check_objective(path, *(obj.get(k) for k in OBJECTIVE_KEYS))
+    # names need a num_classes to count against: a missing one is refused like a wrong one
+    names = check_class_names(path, data.get("class_names"), arch.get("num_classes", "missing"))
     weights = _section(path, data, "weights", WEIGHTS_KEYS)
     decay, step = weights.get("ema_decay"), weights.get("step")
     if decay is not None and not (isinstance(decay, (int, float)) and 0 < decay < 1):
@@ -299,7 +296,7 @@ def _check_own_metadata(path: Path, metadata: dict, config: HubConfig) -> None:
     own = metadata.get("objective")
     if own is None:
         return
-    objective = objective_from_metadata(path, _parsed(own), config.jit_config(str(path)).image_size)
+    objective = objective_from_metadata(path, _parsed(own), config.architecture["image_size"])
     if objective != config.objective:
         ours = dict(zip(OBJECTIVE_KEYS, config.objective, strict=True))
         theirs = dict(zip(OBJECTIVE_KEYS, objective, strict=True))

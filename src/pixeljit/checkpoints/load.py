@@ -10,7 +10,6 @@ pre-conditioner (and class names, the exported weights and recommended sampler w
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +18,19 @@ import torch
 
 from pixeljit.checkpoints.authors import CHECKPOINT_FILENAME, WEIGHT_ENTRIES, load_reference
 from pixeljit.checkpoints.hub_remote import HF_SCHEME, is_hf_uri
+from pixeljit.checkpoints.metadata import (
+    check_class_names,
+    check_objective,
+    objective_from_metadata,
+    sampler_config,
+    sampler_from_metadata,
+    weights_metadata,
+)
 from pixeljit.checkpoints.run import LATEST, load_checkpoint
 from pixeljit.checkpoints.safetensors_io import load_safetensors_with_meta, save_safetensors
 from pixeljit.checkpoints.weights import build_loaded
 from pixeljit.devices import as_device
-from pixeljit.diffusion.objective import (
-    BASE_RESOLUTION,
-    PRECONDITIONERS,
-    PREDICTIONS,
-    default_noise_scale,
-    finite_number,
-)
+from pixeljit.diffusion.objective import BASE_RESOLUTION
 from pixeljit.diffusion.sampler import NO_GUIDANCE, SamplerConfig
 from pixeljit.model import MODEL_SIZES, JiT, JiTConfig
 
@@ -67,7 +68,7 @@ class TrainedModel:
         if not isinstance(getattr(self.net, "config", None), JiTConfig):
             raise ValueError(f"TrainedModel takes a JiT network, got {type(self.net).__name__}")
         where = self.description or "TrainedModel"
-        objective = _objective(where, self.prediction, self.noise_scale, self.preconditioner)
+        objective = check_objective(where, self.prediction, self.noise_scale, self.preconditioner)
         object.__setattr__(self, "noise_scale", objective[1])
         if self.net.config.num_classes == 0:
             if self.sampler is not None and self.sampler.cfg != NO_GUIDANCE:
@@ -93,7 +94,8 @@ class TrainedModel:
         if isinstance(labels, (list, tuple)):
             labels = [self.label_index(v) if isinstance(v, str) else v for v in labels]
         base = self.sampler or SamplerConfig()
-        chosen = {k: v for k, v in kwargs.items() if k in base.kwargs()}  # given over it
+        fields = base.kwargs()
+        chosen = {k: v for k, v in kwargs.items() if k in fields}  # given over it
         settings = dataclasses.replace(base, **chosen).kwargs()
         objective = {"prediction": self.prediction, "noise_scale": self.noise_scale,
                      "preconditioner": self.preconditioner}  # fmt: skip
@@ -163,52 +165,6 @@ def checkpoint_kind(source: str | os.PathLike) -> str:
     )
 
 
-# what a .safetensors export without the field was trained with (x-prediction, s = 1, none)
-# ObjectiveConfig's defaults; the noise scale's (None) is the paper's image_size / 256
-OBJECTIVE_DEFAULTS = {"prediction": "x", "noise_scale": None, "preconditioner": "none"}
-
-
-def objective_from_metadata(source, fields, image_size: int) -> tuple[str, float, str]:
-    """The objective a .safetensors file's metadata records (a JSON object; a missing field
-    takes its `OBJECTIVE_DEFAULTS` value, as training without it would have), checked."""
-    if not isinstance(fields, dict):
-        raise ValueError(f"{source}: metadata 'objective' must be a JSON object")
-    values = {k: fields.get(k, v) for k, v in OBJECTIVE_DEFAULTS.items()}
-    if "noise_scale" not in fields:
-        values["noise_scale"] = default_noise_scale(image_size)
-    return _objective(source, *values.values())
-
-
-def _objective(source, prediction, noise_scale, preconditioner) -> tuple[str, float, str]:
-    """The objective a checkpoint declares, checked (a file may say anything)."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"{source}: prediction must be one of {PREDICTIONS}, got {prediction!r}")
-    if preconditioner not in PRECONDITIONERS:
-        raise ValueError(
-            f"{source}: preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}"
-        )
-    try:
-        scale = finite_number("noise_scale", noise_scale)
-    except ValueError:
-        scale = math.nan
-    if not scale > 0:
-        raise ValueError(f"{source}: noise_scale must be a finite number > 0, got {noise_scale!r}")
-    return prediction, scale, preconditioner
-
-
-def _class_names(source, names, num_classes: int | None = None) -> tuple[str, ...] | None:
-    """Class names as a tuple (None for none), a list of strings and no more than the
-    network's `num_classes` when given."""
-    if names is None:
-        return None
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{source}: class_names must be a list of strings")
-    if num_classes is not None and len(names) > num_classes:
-        raise ValueError(f"{source}: {len(names)} class names for a network of {num_classes} "
-                         "classes: there must be no more names than classes")  # fmt: skip
-    return tuple(names) if names else None
-
-
 def load_trained(
     source: str | os.PathLike,
     weights: str | None = None,
@@ -240,9 +196,9 @@ def load_trained(
         objective = objective_from_metadata(
             source, meta.get("objective", {}), net.config.image_size
         )
-        names = _class_names(source, meta.get("class_names"), net.config.num_classes)
+        names = check_class_names(source, meta.get("class_names"), net.config.num_classes)
         sampler = sampler_from_metadata(source, meta.get("sampler"))
-        name, step = _weights_metadata(source, meta.get("weights"))
+        name, step = weights_metadata(source, meta.get("weights"))
         check_one_set(source, name, weights)
         description = f"{source} ({name})" if name else str(source)
         return TrainedModel(net, *objective, names, description, name, step, sampler=sampler)
@@ -325,7 +281,9 @@ def _load_run(source, weights: str, device, overrides) -> TrainedModel:
         fields = {**cfg["model"], **overrides}
         state, weights = _run_state(ckpt, file, weights)
         obj = cfg["objective"]
-        objective = _objective(file, obj["prediction"], obj["noise_scale"], obj["preconditioner"])
+        objective = check_objective(
+            file, obj["prediction"], obj["noise_scale"], obj["preconditioner"]
+        )
     except (KeyError, TypeError, IndexError, AttributeError) as err:
         raise ValueError(
             f"{file}: malformed pixeljit checkpoint ({type(err).__name__}: {err}); "
@@ -338,7 +296,7 @@ def _load_run(source, weights: str, device, overrides) -> TrainedModel:
     except (ValueError, TypeError, ZeroDivisionError) as err:
         raise ValueError(f"{file}: invalid model config: {err}") from None
     net = build_loaded(config, state, device, f"{file} ({weights})", file_bytes)
-    names = _class_names(file, ckpt.get("class_names"))
+    names = check_class_names(file, ckpt.get("class_names"))
     step = ckpt.get("step")
     step = step if isinstance(step, int) and not isinstance(step, bool) else None
     return TrainedModel(
@@ -355,14 +313,6 @@ def _run_sampler(file, cfg: dict) -> SamplerConfig | None:
     known = {f for f in SamplerConfig().kwargs() if f in section}
     where = f"{file}: invalid sample settings in its config"
     return sampler_config({k: section[k] for k in known}, where)
-
-
-def sampler_config(fields: dict, where: str) -> SamplerConfig:
-    """SamplerConfig from JSON-read fields (`SamplerConfig.as_json`); `where` leads the error."""
-    try:
-        return SamplerConfig(**fields)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{where}: {err}") from None
 
 
 def model_size_name(config: JiTConfig) -> str | None:
@@ -395,34 +345,3 @@ def export_safetensors(
     return save_safetensors(model.net, path, objective=model.objective_metadata(),
                             class_names=model.class_names, sampler=sampler,
                             weights=weights, overwrite=overwrite)  # fmt: skip
-
-
-MAX_WEIGHTS_NAME = 100  # characters of a weights name ('ema:0.9999', 'model_ema1', …)
-
-
-def _weights_metadata(source, data) -> tuple[str, int | None]:
-    """(name, step) of the weights a .safetensors records ('' and None when it records none)."""
-    if data is None:
-        return "", None
-    well_formed = isinstance(data, dict) and set(data) <= {"name", "step"}
-    name, step = (data.get("name"), data.get("step")) if well_formed else (None, None)
-    good_name = name is None or (
-        isinstance(name, str) and 0 < len(name) <= MAX_WEIGHTS_NAME and name.isprintable()
-    )
-    good_step = step is None or (type(step) is int and step >= 0)
-    if not (well_formed and good_name and good_step):
-        raise ValueError(f"{source}: metadata 'weights' must be {{\"name\": short text or null, "
-                         "\"step\": integer ≥ 0 or null}")  # fmt: skip
-    return name or "", step
-
-
-def sampler_from_metadata(source, data) -> SamplerConfig | None:
-    """The recommended sampler a .safetensors records (None when it records none); every key a
-    SamplerConfig field, every value valid, or a one-line error naming the file."""
-    if data is None:
-        return None
-    known = SamplerConfig().kwargs()
-    if not isinstance(data, dict) or not set(data) <= set(known):
-        raise ValueError(f"{source}: metadata 'sampler' must be an object with fields among "
-                         f"{sorted(known)}")  # fmt: skip
-    return sampler_config(data, f"{source}: invalid sampler settings in its metadata")

@@ -8,6 +8,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from pixeljit.checkpoints.metadata import (
+    check_class_names,
+    objective_from_metadata,
+    sampler_from_metadata,
+    weights_metadata,
+)
 from pixeljit.checkpoints.run import MAX_LISTED, OTHER_FIELDS, checksum_mismatches, checksums
 from pixeljit.checkpoints.weights import check_finite, materialise, meta_model
 from pixeljit.devices import as_device
@@ -18,6 +24,7 @@ from pixeljit.model import JiT, JiTConfig
 SAFETENSORS_CONFIG_KEY = "pixeljit_config"
 SAFETENSORS_FORMAT = "pixeljit.jit/1"
 SAFETENSORS_FLOATS = ("F16", "BF16", "F32", "F64")
+SAFETENSORS_SUFFIX = ".safetensors"
 CHECKSUMS_KEY = "checksums"  # SHA-256 per tensor, as run checkpoints carry (`run.checksums`)
 # JiTConfig fields that size the network (each ≥ 1), checked before the config is built
 COUNT_FIELDS = ("image_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads")
@@ -50,7 +57,8 @@ def save_safetensors(
         raise ValueError(f"class_names must be a list of names, got the string {class_names!r}")
     if class_names is not None:
         class_names = list(class_names)
-    _check_metadata(path, config, objective, class_names, sampler, weights)
+    extras = dict(zip(EXTRA_METADATA, (objective, class_names, sampler, weights), strict=True))
+    encoded = _encoded_metadata(path, config, extras)
     state = net.state_dict()
     on_meta = [k for k, v in state.items() if v.device.type == "meta"]
     if on_meta:
@@ -59,10 +67,7 @@ def save_safetensors(
     check_finite(state, str(path))
     tensors = {k: v.detach().contiguous().cpu().clone() for k, v in state.items()}
     meta = {SAFETENSORS_CONFIG_KEY: json.dumps(config.to_dict()), "format": SAFETENSORS_FORMAT}
-    for key, value in (("objective", objective), ("class_names", class_names),
-                       ("sampler", sampler), ("weights", weights)):  # fmt: skip
-        if value is not None:
-            meta[key] = json.dumps(value)
+    meta |= encoded
     meta[CHECKSUMS_KEY] = json.dumps(_tensor_checksums(tensors))
     # serialised here and written by Python: a failed write is an OSError naming the file (not a
     # SafetensorError), and the file gets the usual umask-derived mode
@@ -70,34 +75,47 @@ def save_safetensors(
     return atomic_write_stream(path, lambda f: f.write(blob))
 
 
+def safetensors_name_problem(name: str) -> str | None:
+    """What is wrong with `name` for a .safetensors file (loading goes by the suffix, in any
+    case), or None: another suffix, or none before it (a hidden file of that name)."""
+    if not name.lower().endswith(SAFETENSORS_SUFFIX):
+        return f"must end in {SAFETENSORS_SUFFIX}"
+    if len(Path(name).name) == len(SAFETENSORS_SUFFIX):
+        return f"has no name before {SAFETENSORS_SUFFIX} (it would be a hidden file)"
+    return None
+
+
 def _checked_path(path, overwrite: bool) -> Path:
     path = Path(path)
-    if path.suffix.lower() != ".safetensors" or path.name.lower() == ".safetensors":
-        raise ValueError(f"{path}: name the file NAME.safetensors (loading goes by the suffix)")
+    problem = safetensors_name_problem(str(path))
+    if problem:
+        raise ValueError(f"{path} {problem}: name the file NAME{SAFETENSORS_SUFFIX}")
     if path.is_dir():
-        raise ValueError(f"{path} is a folder: name a file NAME.safetensors")
+        raise ValueError(f"{path} is a folder: name a file NAME{SAFETENSORS_SUFFIX}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists: pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _check_metadata(path, config: JiTConfig, objective, class_names, sampler, weights) -> None:
-    """The metadata through the readers `load_trained` uses, so a bad value is refused here."""
-    from pixeljit.checkpoints import load  # imports this module
-
-    roundtrip = {}
-    for key, value in (("objective", objective), ("class_names", class_names),
-                       ("sampler", sampler), ("weights", weights)):  # fmt: skip
+def _encoded_metadata(path, config: JiTConfig, extras: dict) -> dict[str, str]:
+    """The given `extras` as the JSON strings the file will hold, each read back with the
+    readers `load_trained` uses, so a value loading would refuse is refused here."""
+    encoded = {}
+    for key, value in extras.items():
+        if value is None:
+            continue
         try:
-            roundtrip[key] = json.loads(json.dumps(value))  # what the file will hold
+            encoded[key] = json.dumps(value)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {key} must be JSON data ({err})") from None
-    if objective is not None:
-        load.objective_from_metadata(path, roundtrip["objective"], config.image_size)
-    load._class_names(path, roundtrip["class_names"], config.num_classes)
-    load.sampler_from_metadata(path, roundtrip["sampler"])
-    load._weights_metadata(path, roundtrip["weights"])
+    held = {key: json.loads(text) for key, text in encoded.items()}  # what a loader will see
+    if "objective" in held:
+        objective_from_metadata(path, held["objective"], config.image_size)
+    check_class_names(path, held.get("class_names"), config.num_classes)
+    sampler_from_metadata(path, held.get("sampler"))
+    weights_metadata(path, held.get("weights"))
+    return encoded
 
 
 def _metadata_json(path: Path, meta: dict, key: str):

@@ -10,9 +10,8 @@ import dataclasses
 from pathlib import Path
 
 from pixeljit.checkpoints.load import checkpoint_kind, export_safetensors, load_trained
+from pixeljit.checkpoints.safetensors_io import SAFETENSORS_SUFFIX, safetensors_name_problem
 from pixeljit.cli.checks import check_int, check_output
-
-SAFETENSORS_SUFFIX = ".safetensors"  # OUT ends in it, in any case
 
 
 def add_parser(sub) -> None:
@@ -89,13 +88,10 @@ def run(args) -> int:
 def check_safetensors_name(out: str) -> None:
     """OUT a file name ending in .safetensors (any case, as `sample` takes .PNG), with a name
     before the suffix: a bare '.safetensors' would be a hidden file of that name."""
-    name = Path(out).name
-    if not out.lower().endswith(SAFETENSORS_SUFFIX):
-        raise ValueError(f"output {out!r} must end in {SAFETENSORS_SUFFIX} (or write a Hugging "
-                         "Face folder with --hub DIR)")  # fmt: skip
-    if len(name) == len(SAFETENSORS_SUFFIX):
-        raise ValueError(f"output {out!r} has no name before {SAFETENSORS_SUFFIX} (it would be "
-                         f"a hidden file): write e.g. model{SAFETENSORS_SUFFIX}")  # fmt: skip
+    problem = safetensors_name_problem(out)
+    if problem:
+        raise ValueError(f"output {out!r} {problem}: write e.g. model{SAFETENSORS_SUFFIX}, or a "
+                         "Hugging Face folder with --hub DIR")  # fmt: skip
 
 
 def _classes(num: int) -> str:

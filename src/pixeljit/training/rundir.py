@@ -29,15 +29,16 @@ import shutil
 import time
 from pathlib import Path
 
+from pixeljit.checkpoints.hub_card import RUN_SCORES_FILES
 from pixeljit.checkpoints.run import resume_hint
 from pixeljit.files.atomic import atomic_write, atomic_write_text, process_alive
 
 LOCK_FILE = ".lock"
 # What a run writes into its folder (see README "### Training"); anything else is not ours.
 # and the scores of its weights (the demo's score.json, `eval --out RUN/eval.json` as the README
-# shows): they describe that run, so --restart moves them aside with it
+# shows, the files a model card reads): they describe that run, so --restart moves them aside
 RUN_FILE_NAMES = ("latest.pt", "config.yaml", "metrics.jsonl", "loss.png", "tensorboard",
-                  "score.json", "eval.json")  # fmt: skip
+                  *RUN_SCORES_FILES)  # fmt: skip
 RUN_FILE_RE = re.compile(
     r"^(step-\d{9}\.pt|samples-\d{7}\.png"
     r"|(step-\d{9}\.pt|samples-\d{7}\.png|latest\.pt|metrics\.jsonl|loss\.png|branch\.json)"

@@ -1,0 +1,101 @@
+"""What a checkpoint file declares beside its weights, read and checked: the objective (prediction
+target, noise scale, pre-conditioner), class names, the recommended sampler and which weights
+these are. `load_trained` reads files with these, and `save_safetensors` checks what it is given
+with the same functions, so no file is written that loading would refuse."""
+
+from __future__ import annotations
+
+import math
+
+from pixeljit.diffusion.objective import (
+    PRECONDITIONERS,
+    PREDICTIONS,
+    default_noise_scale,
+    finite_number,
+)
+from pixeljit.diffusion.sampler import SamplerConfig
+
+# what a .safetensors export without the field was trained with: ObjectiveConfig's defaults
+# (the noise scale's, None, is the paper's image_size / 256)
+OBJECTIVE_DEFAULTS = {"prediction": "x", "noise_scale": None, "preconditioner": "none"}
+
+
+def objective_from_metadata(source, fields, image_size: int) -> tuple[str, float, str]:
+    """The objective a .safetensors file's metadata records (a JSON object; a missing field
+    takes its `OBJECTIVE_DEFAULTS` value, as training without it would have), checked."""
+    if not isinstance(fields, dict):
+        raise ValueError(f"{source}: metadata 'objective' must be a JSON object")
+    values = {k: fields.get(k, v) for k, v in OBJECTIVE_DEFAULTS.items()}
+    if "noise_scale" not in fields:
+        values["noise_scale"] = default_noise_scale(image_size)
+    return check_objective(source, *values.values())
+
+
+def check_objective(source, prediction, noise_scale, preconditioner) -> tuple[str, float, str]:
+    """The objective a checkpoint declares, checked (a file may say anything)."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"{source}: prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    if preconditioner not in PRECONDITIONERS:
+        raise ValueError(
+            f"{source}: preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}"
+        )
+    try:
+        scale = finite_number("noise_scale", noise_scale)
+    except ValueError:
+        scale = math.nan
+    if not scale > 0:
+        raise ValueError(f"{source}: noise_scale must be a finite number > 0, got {noise_scale!r}")
+    return prediction, scale, preconditioner
+
+
+def check_class_names(source, names, num_classes=None) -> tuple[str, ...] | None:
+    """Class names as a tuple (None for none): a list of strings, and no more than
+    `num_classes` when that is given (anything but an integer there is refused)."""
+    if names is None:
+        return None
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{source}: class_names must be a list of strings")
+    bounded = isinstance(num_classes, int) and not isinstance(num_classes, bool)
+    if num_classes is not None and (not bounded or len(names) > num_classes):
+        raise ValueError(f"{source}: {len(names)} class names for num_classes {num_classes!r}: "
+                         "there must be no more names than classes")  # fmt: skip
+    return tuple(names) if names else None
+
+
+def sampler_config(fields: dict, where: str) -> SamplerConfig:
+    """SamplerConfig from JSON-read fields (`SamplerConfig.as_json`); `where` leads the error."""
+    try:
+        return SamplerConfig(**fields)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+MAX_WEIGHTS_NAME = 100  # characters of a weights name ('ema:0.9999', 'model_ema1', …)
+
+
+def weights_metadata(source, data) -> tuple[str, int | None]:
+    """(name, step) of the weights a .safetensors records ('' and None when it records none)."""
+    if data is None:
+        return "", None
+    well_formed = isinstance(data, dict) and set(data) <= {"name", "step"}
+    name, step = (data.get("name"), data.get("step")) if well_formed else (None, None)
+    good_name = name is None or (
+        isinstance(name, str) and 0 < len(name) <= MAX_WEIGHTS_NAME and name.isprintable()
+    )
+    good_step = step is None or (type(step) is int and step >= 0)
+    if not (well_formed and good_name and good_step):
+        raise ValueError(f"{source}: metadata 'weights' must be {{\"name\": short text or null, "
+                         "\"step\": integer ≥ 0 or null}")  # fmt: skip
+    return name or "", step
+
+
+def sampler_from_metadata(source, data) -> SamplerConfig | None:
+    """The recommended sampler a .safetensors records (None when it records none); every key a
+    SamplerConfig field, every value valid, or a one-line error naming the file."""
+    if data is None:
+        return None
+    known = SamplerConfig().kwargs()
+    if not isinstance(data, dict) or not set(data) <= set(known):
+        raise ValueError(f"{source}: metadata 'sampler' must be an object with fields among "
+                         f"{sorted(known)}")  # fmt: skip
+    return sampler_config(data, f"{source}: invalid sampler settings in its metadata")
