@@ -312,3 +312,17 @@ def test_a_trained_model_checks_its_objective(kwargs, message):
         TrainedModel(pixeljit.JiT(TINY), **kwargs)
     with pytest.raises(ValueError, match="takes a JiT network, got NoneType"):
         TrainedModel(None)
+
+
+def test_a_trained_model_moves_to_a_device_but_keeps_fp32(tiny_file):
+    """`model.to(device)` raised AttributeError (a user had to know about `model.net`)."""
+    model = pixeljit.load_trained(tiny_file)
+    same = model.to(torch.device("cpu"))
+    assert same is model and model.device == torch.device("cpu")
+    images = model.to("cpu").sample([0, 1], steps=2, seed=0)
+    assert images.device.type == "cpu" and images.dtype == torch.float32
+    with pytest.raises(ValueError, match="not a dtype.*amp_dtype"):
+        model.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="'gpu' is not a device"):
+        model.to("gpu")
+    assert next(model.net.parameters()).dtype == torch.float32

@@ -95,3 +95,28 @@ def test_the_emoji_set_is_its_own_train_split(tmp_path):
     with pytest.raises(ValueError, match="'train' split of emoji"):
         check_packed_split(emoji, "test")
     assert packed_split(Packed("not a dict")) is None
+
+
+def test_killed_packs_of_other_cache_entries_are_swept(folder):
+    """A pack killed while filling one cache entry left its staging folder (up to the data set's
+    size) for good when the next pack went into another entry: the cache is pixeljit's own, so
+    every entry's leftovers go, a live packer's and a foreign file's excepted."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = int(done.stdout)
+    packed = cache_entry(str(folder), 4, 3, None).parent
+    packed.mkdir(parents=True)
+    stale = packed / f".fashion-mnist-default-32px-1ch.partial-{dead}-0123abcd"
+    stale.mkdir()
+    (stale / "images-00000.npy").write_bytes(b"half a shard")
+    live = packed / f".emoji-train-16px-3ch.partial-{os.getpid()}-fedcba98"
+    live.mkdir()
+    foreign = packed / f".emoji-train-8px-3ch.partial-{dead}-4567cdef"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert red(open_dataset(str(folder), 4, 3)) == [0, 10, 20]
+    assert not stale.exists()
+    assert live.is_dir() and (foreign / "notes.txt").read_text() == "mine"

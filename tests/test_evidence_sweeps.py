@@ -196,10 +196,15 @@ def test_noise_table_rows_are_mu_columns_prediction(runs):
 
 
 def test_bottleneck_table_lists_none_last(runs):
-    _, out, _, _, _ = runs["bottleneck"]
+    """`--dims none 8 4` listed its rows in the order typed: the table reads by width."""
+    from pixeljit.experiments import bottleneck
+
+    _, out, report, _, _ = runs["bottleneck"]
     rows = [line.split(" |")[0] for line in (out / "bottleneck.md").read_text().splitlines()
             if line.startswith("| ") and not line.startswith("| bottleneck dim")]  # fmt: skip
     assert rows[:2] == ["| 4", "| none"]
+    typed = {**report, "config": {**report["config"], "dims": [None, 8, 4]}}
+    assert bottleneck.layout(typed).xs == (4, 8, None)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -234,6 +234,22 @@ def test_training_draw_uses_paper_noise_scale():
     assert float(losses.abs().max()) == 0.0
 
 
+def test_flow_matching_loss_draws_t_from_its_config():
+    """The training draw's t follows the config's sampler and its μ, σ (an ablation of
+    `objective.p_mean` must train at that μ, not the default -0.8)."""
+
+    def t_seen(config: ObjectiveConfig) -> torch.Tensor:
+        x = torch.zeros(20_000, 1, 2, 2)
+        _, t = flow_matching_loss(lambda z, t, y: torch.zeros_like(z), x, None, config,
+                                  generator=torch.Generator().manual_seed(3))  # fmt: skip
+        return t.double()
+
+    logit = t_seen(ObjectiveConfig(p_mean=0.7, p_std=0.3)).logit()
+    assert abs(float(logit.mean()) - 0.7) < 0.02 and abs(float(logit.std()) - 0.3) < 0.02
+    uniform = t_seen(ObjectiveConfig(t_sampler="uniform"))
+    assert abs(float(uniform.mean()) - 0.5) < 0.01 and abs(float(uniform.var()) - 1 / 12) < 0.005
+
+
 def test_bucket_losses():
     t = torch.tensor([0.0, 0.1, 0.3, 0.5, 0.74, 0.75, 1.0])
     loss = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])

@@ -82,6 +82,22 @@ def test_kid_equals_brute_force_unbiased_estimator():
     assert std == 0.0
 
 
+def test_kid_mean_and_std_are_over_the_subsets_drawn_from_the_seed():
+    """Each subset's unbiased MMD² by brute force, the subsets drawn as documented (without
+    replacement, from `seed`, x's then y's): the mean and the (population) std of those."""
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((11, 4)), 0.7 * rng.standard_normal((13, 4)) + 0.3
+    cfg = KIDConfig(num_subsets=6, subset_size=5, seed=123)
+    draw = np.random.default_rng(cfg.seed)
+    per_subset = []
+    for _ in range(cfg.num_subsets):
+        xs, ys = x[draw.choice(11, 5, replace=False)], y[draw.choice(13, 5, replace=False)]
+        per_subset.append(_kid_brute_force(xs, ys))
+    mean, std = kernel_inception_distance(x, y, cfg)
+    assert mean == pytest.approx(np.mean(per_subset), rel=1e-10)
+    assert std == pytest.approx(np.std(per_subset), rel=1e-10) and std > 0
+
+
 def test_kid_near_zero_for_same_distribution_positive_for_different():
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((600, 16)), rng.standard_normal((600, 16))
@@ -144,6 +160,16 @@ def test_precision_recall_match_brute_force_balls_with_small_blocks():
     precision, recall = precision_recall(real, fake, cfg)
     assert (precision, recall) == (share_inside(fake, real), share_inside(real, fake))
     assert 0 < precision < 1 and 0 < recall < 1  # neither side trivially all or nothing
+
+
+def test_a_point_on_a_k_nn_radius_counts_as_inside():
+    """Kynkäänniemi et al.'s balls are closed (distance ≤ radius): here every point that counts
+    lies exactly on a radius. Real radii (k = 1): 1, 1, 2, 3, 4; the two fakes at -1 are at 1
+    from 0 (precision 2/5). Fake radii: 0, 0, 10, 10, 10; the real 10 is at 10 from 20
+    (recall 1/5)."""
+    real = torch.tensor([[0.0], [1.0], [3.0], [6.0], [10.0]], dtype=torch.float64)
+    fake = torch.tensor([[-1.0], [-1.0], [20.0], [30.0], [40.0]], dtype=torch.float64)
+    assert precision_recall(real, fake, PRConfig(k=1, dtype=torch.float64)) == (0.4, 0.2)
 
 
 def test_defaults_are_the_documented_ones():

@@ -60,6 +60,15 @@ def test_stats_reject_bad_input():
         FeatureStats(DIM).update(torch.zeros(4, DIM + 1))
     with pytest.raises(ValueError, match="at least 2"):
         FeatureStats(DIM).update(torch.zeros(1, DIM)).covariance()
+    for bad in (float("nan"), float("inf")):  # the statistics (and FD) were silently NaN
+        feats = torch.zeros(4, DIM)
+        feats[2, 1] = bad
+        stats = FeatureStats(DIM).update(torch.ones(3, DIM))
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            stats.update(feats)
+        assert stats.count == 3 and bool(torch.isfinite(stats.mean).all())
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            FeatureBank(capacity=None).add(feats)
 
 
 def test_bank_keeps_all_in_order_or_a_uniform_reservoir():

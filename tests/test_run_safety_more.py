@@ -127,6 +127,20 @@ def test_resuming_on_changed_data_is_refused_unless_allowed(tmp_path, capsys):
     assert "changed since the checkpoint" in capsys.readouterr().out
 
 
+def test_an_inexact_resume_on_data_of_another_size_continues_the_epoch(fmnist16, tmp_path):
+    """--allow-inexact-resume accepted more (or fewer) images, then the loader refused its own
+    state ("num_samples=64 but this loader has 48") after the run folder was settled."""
+    run = tmp_path / "run"
+    train(tiny(fmnist16(64), run, **{"optim.steps": 3}), progress=False)
+    assert load_checkpoint(run)["loader"]["position"] == 24  # 3 batches of 8 into 64 images
+    longer = tiny(fmnist16(48), run, **{"optim.steps": 5})
+    with pytest.raises(ValueError, match="changed since the checkpoint"):
+        train(longer, resume=str(run), progress=False)
+    assert train(longer, resume=str(run), progress=False, allow_inexact_resume=True).step == 5
+    loader = load_checkpoint(run)["loader"]
+    assert (loader["num_samples"], loader["epoch"], loader["position"]) == (48, 0, 18 + 2 * 8)
+
+
 def test_the_same_data_under_another_path_or_folder_resumes(packed, tmp_path, monkeypatch, capsys):
     """A run trained on `--data data` (relative, as typed) could not be resumed from another
     working folder, nor with the path spelled otherwise (`../copy/`): data.source was compared
@@ -236,6 +250,23 @@ def test_a_model_too_large_for_the_device_is_refused_before_anything_is_built(pa
     with pytest.raises(ValueError, match=refusal):
         train(tiny(packed, out, **huge), progress=False)
     assert not out.exists()
+
+
+def test_a_model_too_large_is_refused_before_a_raw_source_is_packed(tmp_path, monkeypatch):
+    """jit-g-16 on an image folder packed the whole folder at 256 px (minutes, gigabytes in the
+    cache) before the memory check refused the model."""
+    from PIL import Image
+
+    from pixeljit.files.cache import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    (tmp_path / "images").mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "images" / f"{i}.png")
+    huge = {"model.hidden_size": 8192, "model.depth": 256, "model.num_heads": 64}
+    with pytest.raises(ValueError, match="choose a smaller model"):
+        train(tiny(tmp_path / "images", tmp_path / "run", **huge), progress=False)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
 
 
 def test_the_memory_bound_counts_weights_grads_moments_and_each_ema(packed, tmp_path, monkeypatch):

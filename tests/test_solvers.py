@@ -197,3 +197,12 @@ def test_grid_and_method_names_are_checked():
     for solver in (euler, heun):  # the velocity solvers keep their contract
         with pytest.raises(ValueError, match="increase"):
             solver(lambda z, t: z, torch.zeros(1, 1), torch.tensor([0.0, 0.5, 0.4]))
+
+
+def test_solve_names_what_it_takes_for_a_plain_function():
+    """solve(lambda z, t: ..., z, grid) failed with "'function' object has no attribute
+    'velocity'"; the message now names the GuidedField and the solvers that take a function."""
+    z, grid = torch.zeros(1, 1, 2, 2), time_grid(3)
+    with pytest.raises(ValueError, match="takes a GuidedField.*got function.*call euler or heun"):
+        solve(lambda z, t: z, z, grid)
+    assert torch.equal(heun(lambda z, t: torch.ones_like(z), z, grid), torch.ones_like(z))

@@ -152,7 +152,11 @@ def common_flags(packed: Path, out: Path, steps: int) -> list[str]:
     return flags
 
 
-def test_two_process_ddp_equals_one_process_and_resumes_exactly_also_under_fsdp(packed, tmp_path):
+def test_ddp_matches_one_process_resumes_exactly_and_continues_closely_under_fsdp(packed, tmp_path):
+    """Two DDP ranks match one process accumulating the same batch (to float tolerance: the
+    gradients are summed in another order); a DDP resume is bit-exact; the same checkpoint
+    resumed under FSDP2 (an inexact resume: another reduction order) ends close to it, every
+    weight, EMA and AdamW moment."""
     # one process, micro-batch 8 × 2 accumulation steps = the same global batch of 16
     single = tiny_config(packed, tmp_path / "single", **{"optim.micro_batch": 8})
     train(single, progress=False)
@@ -185,8 +189,16 @@ def test_two_process_ddp_equals_one_process_and_resumes_exactly_also_under_fsdp(
     four = load_checkpoint(tmp_path / "fsdp")
     for key, value in two["model"].items():
         assert torch.allclose(value, four["model"][key], rtol=1e-5, atol=1e-7), key
-    for a, b in zip(two["ema"]["shadows"][1], four["ema"]["shadows"][1], strict=True):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert len(two["ema"]["shadows"]) == len(four["ema"]["shadows"]) > 1
+    for shadow_two, shadow_four in zip(two["ema"]["shadows"], four["ema"]["shadows"], strict=True):
+        for a, b in zip(shadow_two, shadow_four, strict=True):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    moments = [(k, s) for k, s in two["optimizer"]["state"].items() if "exp_avg" in s]
+    assert moments and len(moments) == len(four["optimizer"]["state"])
+    for key, state in moments:
+        for name in ("exp_avg", "exp_avg_sq"):
+            a, b = state[name], four["optimizer"]["state"][key][name]
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-9), (key, name)
 
 
 @pytest.mark.slow

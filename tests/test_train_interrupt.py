@@ -91,7 +91,26 @@ def test_a_second_ctrl_c_stops_at_once(packed, tmp_path, monkeypatch, capsys):
             str(tmp_path / "b"), "--steps", "6", "--no-progress", "--set", "run.device=cpu",
             "--set", "run.ckpt_every=3"]  # fmt: skip
     assert main(argv) == SIGNAL_EXIT_BASE + signal.SIGINT
-    assert capsys.readouterr().err.strip().endswith("pixeljit train: interrupted")
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pixeljit train: interrupted: stopped before the run's first checkpoint")
+    # later, past a periodic checkpoint: the way on is named
+    monkeypatch.setitem(globals(), "SIGNAL_STEP", 4)
+    assert main([*argv[:6], str(tmp_path / "c"), *argv[7:]]) == SIGNAL_EXIT_BASE + signal.SIGINT
+    err = capsys.readouterr().err.strip()
+    assert "the last checkpoint in" in err and f"pixeljit train --resume {tmp_path / 'c'}" in err
+    assert load_checkpoint(tmp_path / "c")["step"] == 3
+
+
+def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
+    """The verbs' imports (torch) take seconds; a Ctrl-C there printed a traceback."""
+    import pixeljit.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pixeljit.cli, "build_parser", interrupted)
+    assert main(["train", "--help"]) == SIGNAL_EXIT_BASE + signal.SIGINT
+    assert capsys.readouterr().err == "pixeljit: interrupted\n"
 
 
 def test_cli_train_exits_with_the_signal_status_and_the_resume_command(
@@ -225,3 +244,37 @@ def test_an_interrupted_demo_continues_with_demo_resume_and_is_scored(
     printed = capsys.readouterr().out
     assert "nothing to train" in printed and f"samples     {grid}" in printed
     assert grid.read_bytes() == drawn
+
+
+def test_a_resumed_demo_keeps_its_length_and_ctrl_c_always_names_the_way_on(
+    fmnist16, tmp_path, monkeypatch, capsys
+):
+    """`demo --steps 4`, interrupted, then `demo --resume` trained to the demo's budget instead
+    of 4; a second Ctrl-C, or one while scoring, said only "interrupted"."""
+    data = fmnist16(64)
+    monkeypatch.setattr(demo, "demo_config", lambda out, steps, device: tiny_run(
+        data, out, **{**RUN, "optim.steps": steps or 6}))  # fmt: skip
+    monkeypatch.setattr(demo, "score_demo", functools.partial(
+        demo.score_demo, num=20, held_out=(str(data), None)))  # fmt: skip
+    real_step = loop._optimizer_step
+    signal_during(monkeypatch, signal.SIGINT, times=2)
+    monkeypatch.setitem(globals(), "SIGNAL_STEP", 3)  # during step 4 of 5: after the one at 3
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--device", "cpu"]
+    assert main([*argv, "--steps", "5"]) == SIGNAL_EXIT_BASE + signal.SIGINT
+    err = capsys.readouterr().err
+    assert f"continue with `pixeljit demo --resume --out {out} --steps 5 --device cpu`" in err
+    assert load_checkpoint(out)["step"] == 3
+    monkeypatch.setattr(loop, "_optimizer_step", real_step)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(demo, "score_demo", interrupted)
+        assert main(["demo", "--resume", *argv[1:]]) == SIGNAL_EXIT_BASE + signal.SIGINT
+    err = capsys.readouterr().err
+    assert load_checkpoint(out)["step"] == 5  # the started length, not the default budget
+    assert "the training is done" in err and "draws its grid and scores it" in err
+    assert main(["demo", "--resume", *argv[1:]]) == 0
+    assert "nothing to train" in capsys.readouterr().out and (out / demo.SCORE_FILE).is_file()

@@ -1,23 +1,39 @@
-"""pixeljit: JiT ("Just image Transformers", Li & He 2025) in PyTorch."""
+"""pixeljit: JiT ("Just image Transformers", Li & He 2025) in PyTorch.
 
-from pixeljit.checkpoints.authors import load_reference
-from pixeljit.checkpoints.load import TrainedModel, load_trained
-from pixeljit.checkpoints.safetensors_io import load_safetensors, save_safetensors
-from pixeljit.diffusion.sampler import sample
-from pixeljit.model import JiT, JiTConfig, count_parameters, create_model, model_config
+The names below are imported when first used (PEP 562), so `import pixeljit.cli` (the
+`pixeljit` command, `pixeljit --help`) does not wait for torch."""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "JiT",
-    "JiTConfig",
-    "TrainedModel",
-    "count_parameters",
-    "create_model",
-    "load_reference",
-    "load_safetensors",
-    "load_trained",
-    "model_config",
-    "sample",
-    "save_safetensors",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "JiT": "pixeljit.model",
+    "JiTConfig": "pixeljit.model",
+    "TrainedModel": "pixeljit.checkpoints.load",
+    "count_parameters": "pixeljit.model",
+    "create_model": "pixeljit.model",
+    "load_reference": "pixeljit.checkpoints.authors",
+    "load_safetensors": "pixeljit.checkpoints.safetensors_io",
+    "load_trained": "pixeljit.checkpoints.load",
+    "model_config": "pixeljit.model",
+    "sample": "pixeljit.diffusion.sampler",
+    "save_safetensors": "pixeljit.checkpoints.safetensors_io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pixeljit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # imported once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

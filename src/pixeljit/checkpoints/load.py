@@ -101,6 +101,24 @@ class TrainedModel:
                      "preconditioner": self.preconditioner}  # fmt: skip
         return sample(self.net, labels, **{**settings, **objective, **kwargs})
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are."""
+        return next(self.net.parameters()).device
+
+    def to(self, device) -> TrainedModel:
+        """The weights moved to `device` (in place; returns self), e.g. `model.to("cuda")`.
+        Only the device changes: sampling keeps fp32 weights (use `amp_dtype` for bf16)."""
+        from pixeljit.devices import as_device
+
+        if isinstance(device, torch.dtype):
+            raise ValueError(
+                f"TrainedModel.to takes a device, not a dtype ({device}): sampling keeps fp32 "
+                "weights; pass amp_dtype=torch.bfloat16 to sample() for bf16 compute"
+            )
+        self.net.to(as_device(device, what="TrainedModel.to:"))
+        return self
+
     def label_index(self, name: str) -> int:
         """The class index of `name` among the model's class names: the exact name, else the one
         name equal to it ignoring case (two such names are refused as ambiguous)."""

@@ -105,7 +105,11 @@ def rank_tag() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:  # the verbs' imports (torch) take seconds: a Ctrl-C there is no error either
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print("pixeljit: interrupted", file=sys.stderr)
+        return SIGNAL_EXIT_BASE + signal.SIGINT
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

@@ -143,3 +143,13 @@ def check_no_stale_pngs(flag: str, folder: str | os.PathLike, count: int) -> Non
             f"{sorted(stale)[0]}): they would be mixed with the new set; choose an empty folder "
             "or remove them first"
         )
+
+
+def interrupted_detail(out: str | os.PathLike, command: str) -> str:
+    """What a second Ctrl-C (which stops a run at once, without a checkpoint at that step)
+    leaves: the run's last checkpoint, continued by `command`, or none yet."""
+    from pixeljit.training.rundir import holds_checkpoint
+
+    if holds_checkpoint(Path(out)):
+        return f"stopped at once; the last checkpoint in {out} is kept: continue with {command}"
+    return f"stopped before the run's first checkpoint: {out} holds nothing to resume"

@@ -32,8 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--resume", action="store_true",
                    help="--out holds an interrupted demo: continue its training from the "
-                        "checkpoint up to --steps (default: the demo's budget; pass the --steps "
-                        "it was started with), draw its grid and score it")  # fmt: skip
+                        "checkpoint up to --steps (default: the steps it was started with), "
+                        "draw its grid and score it")  # fmt: skip
     p.add_argument("--restart", action="store_true",
                    help="--out holds an earlier run: move it aside to a new sibling "
                         "DIR.old-<time> (nothing is deleted) and train again")  # fmt: skip
@@ -117,7 +117,7 @@ def check_demo_folder(
 
 
 def run(args) -> int:
-    from pixeljit.cli.checks import check_device
+    from pixeljit.cli.checks import check_device, interrupted_detail
     from pixeljit.training.loop import train
 
     check_device("--device", args.device)  # before the first line is printed
@@ -128,23 +128,38 @@ def run(args) -> int:
     cfg = demo_config(args.out, args.steps, args.device)
     model = dataclasses.asdict(cfg.model)
     check_demo_folder(Path(args.out), args.resume, args.restart, resume_command(args), model)
+    if args.resume and args.steps is None:  # the length the interrupted demo was started with
+        from pixeljit.checkpoints.run import load_checkpoint
+
+        started = load_checkpoint(args.out)["config"]["optim"]["steps"]
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, steps=started))
     m = cfg.model
     verb = "continuing" if args.resume else "training"
     print(
         f"pixeljit demo: {verb} a depth-{m.depth}, width-{m.hidden_size} JiT on Fashion-MNIST "
         f"({m.image_size}px, patch {m.patch_size}) to step {cfg.optim.steps} → {cfg.run.out}"
     )
-    result = train(cfg, resume=args.out if args.resume else None, restart=args.restart)
+    again = f"`{resume_command(args)}`"
+    try:
+        result = train(cfg, resume=args.out if args.resume else None, restart=args.restart)
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before the run listens for it)
+        raise KeyboardInterrupt(interrupted_detail(cfg.run.out, again)) from None
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
-        print(f"continue the demo with `{resume_command(args)}`")
+        print(f"continue the demo with {again}")
         return SIGNAL_EXIT_BASE + result.stopped_by_signal
     if result.stopped_on_nan:
         return 1
     out = Path(cfg.run.out)
     print(f"\nscoring {SCORE_NUM} samples (the previews' sampler) against the training set ...",
           flush=True)  # fmt: skip
-    score = score_demo(cfg, result.checkpoint)
-    grid = demo_grid(cfg, result.checkpoint, out / f"samples-{result.step:07d}.png")
+    try:
+        score = score_demo(cfg, result.checkpoint)
+        grid = demo_grid(cfg, result.checkpoint, out / f"samples-{result.step:07d}.png")
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"the training is done (checkpoint {result.checkpoint}); {again} draws its grid "
+            "and scores it without training again"
+        ) from None
     print("\nthe demo's files:")  # a resume with nothing to train rewrote only the score
     print(f"  samples     {grid}   (one row per class)")
     print(f"  loss curve  {out / 'loss.png'}")

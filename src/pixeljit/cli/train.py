@@ -173,16 +173,20 @@ def user_layer(overrides: dict, where: str, base) -> dict:
 
 def run(args) -> int:
     from pixeljit.checkpoints.run import resume_hint
+    from pixeljit.cli.checks import interrupted_detail
     from pixeljit.training.loop import train
 
     cfg = build_config(args)
-    result = train(
-        cfg,
-        resume=args.resume,
-        progress=not args.no_progress,
-        restart=args.restart,
-        allow_inexact_resume=args.allow_inexact_resume,
-    )
+    try:
+        result = train(
+            cfg,
+            resume=args.resume,
+            progress=not args.no_progress,
+            restart=args.restart,
+            allow_inexact_resume=args.allow_inexact_resume,
+        )
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before the run listens for it)
+        raise KeyboardInterrupt(interrupted_detail(cfg.run.out, resume_hint(cfg.run.out))) from None
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
         print(f"continue with {resume_hint(result.out)}")
         return SIGNAL_EXIT_BASE + result.stopped_by_signal

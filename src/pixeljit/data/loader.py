@@ -203,18 +203,24 @@ class DeviceLoader:
             "global_batch": self.global_batch,
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, other_size_ok: bool = False) -> None:
         """Continue from `state`. Seed, dataset size and flip must match (else the order would
-        differ); a different global batch is accepted and continues from the same position."""
-        for key in ("seed", "num_samples", "flip"):
+        differ); a different global batch is accepted and continues from the same position.
+        With `other_size_ok` (an inexact resume on changed data) a data set of another size
+        continues the same epoch at the same fraction of it."""
+        keys = ("seed", "flip") if other_size_ok else ("seed", "num_samples", "flip")
+        for key in keys:
             if state[key] != getattr(self, key):
                 raise ValueError(
                     f"loader state has {key}={state[key]!r} but this loader has "
                     f"{getattr(self, key)!r}: resuming would not reproduce the data order"
                 )
         epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position <= self.num_samples:
+        saved_size = int(state["num_samples"])
+        if epoch < 0 or not 0 <= position <= saved_size:
             raise ValueError(f"invalid loader state: epoch={epoch}, position={position}")
+        if saved_size != self.num_samples:  # the same fraction of the epoch, in this data's size
+            position = position * self.num_samples // saved_size
         if position + self.global_batch > self.num_samples:
             epoch, position = epoch + 1, 0
         self._drop_queue()

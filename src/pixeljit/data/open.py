@@ -20,6 +20,7 @@ from .fashion_mnist import find_fashion_mnist
 from .fingerprint import FINGERPRINT_KEY, paths_fingerprint
 from .folders import folder_fingerprint, scan_image_folder
 from .manifest import read_manifest_json
+from .outdir import sweep_stale_staging
 from .packed import PackedDataset
 from .prepare import EMOJI, EMOJI_SPLIT, FASHION_MNIST, prepare
 from .shards import MANIFEST
@@ -116,6 +117,7 @@ def open_dataset(
         if cached != current:
             why = "changed since it was packed; re-packing" if target.exists() else "packing"
             print(f"{source} ({split or 'default split'}): {why} at {size}px into {target} …")
+            sweep_stale_staging(target, every_entry=True)  # killed packs of any cache entry
             prepare(source, size, target, split=split, channels=channels, progress=progress,
                     overwrite=True)  # fmt: skip
             if packed_fingerprint(target) != current:

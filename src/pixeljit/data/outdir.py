@@ -112,11 +112,14 @@ STAGED_FILE_RE = re.compile(
 )
 
 
-def sweep_stale_staging(out_dir: Path) -> list[Path]:
+def sweep_stale_staging(out_dir: Path, every_entry: bool = False) -> list[Path]:
     """Remove the staging folders of `out_dir` (`.NAME.partial-<pid>-<hex>`) left by packing
-    processes that were killed: each may hold gigabytes. A live process's folder, or one holding
-    any file a pack does not write, is left alone. Returns what was removed."""
-    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.partial-(\d+)-[0-9a-f]+$")
+    processes that were killed: each may hold gigabytes. With `every_entry` (a folder only
+    pixeljit writes, such as the cache's), those of every sibling of `out_dir` go too. A live
+    process's folder, or one holding any file a pack does not write, is left alone. Returns
+    what was removed."""
+    name = r".+" if every_entry else re.escape(out_dir.name)
+    pattern = re.compile(rf"^\.{name}\.partial-(\d+)-[0-9a-f]+$")
     removed = []
     if not out_dir.parent.is_dir():
         return removed

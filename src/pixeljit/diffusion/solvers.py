@@ -191,6 +191,12 @@ def steps_for(method: str, nfe: int) -> int:
 
 def solve(field: GuidedField, z: Tensor, grid: Tensor, method: str = "heun") -> Tensor:
     """Run `method` on a guided field from z at grid[0] to grid[-1]."""
+    if not isinstance(field, GuidedField):
+        raise ValueError(
+            f"solve takes a GuidedField (GuidedField(denoiser, y, prediction=...)), got "
+            f"{type(field).__name__}; for a velocity function of (z, t) call euler or heun "
+            "directly, for a data prediction of (z, t) dpmpp_2m or dpmpp_3m"
+        )
     if method == "euler":
         return euler(field.velocity, z, grid)
     if method == "heun":

@@ -70,7 +70,7 @@ def layout(report: dict) -> Layout:
     return Layout(
         experiment=EXPERIMENT,
         x_label="bottleneck dim",
-        xs=tuple(config["dims"]),
+        xs=tuple(sorted(config["dims"], key=lambda d: (d is None, d or 0))),  # none last
         series=(name,),
         points=lambda labels: [(name, labels["bottleneck_dim"])],
         x_text=dim_text,

@@ -21,6 +21,15 @@ def distributed_active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def check_finite(feats: torch.Tensor) -> None:
+    """Refuse NaN or infinite features (one check per batch): every statistic would be NaN."""
+    if not bool(torch.isfinite(feats).all()):
+        raise ValueError(
+            "features hold NaN or infinite values: the images they were taken from are not "
+            "finite (a diverged model, or NaN in an images file); the scores would be NaN"
+        )
+
+
 class FeatureStats:
     """Count, mean and covariance of a stream of feature batches, in float64."""
 
@@ -53,6 +62,7 @@ class FeatureStats:
         if feats.shape[0] == 0:
             return self
         x = feats.detach().to(device=self.mean.device, dtype=torch.float64)  # (N, dim)
+        check_finite(x)
         mean_b = x.mean(dim=0)
         xc = x - mean_b
         self._combine(x.shape[0], mean_b, xc.T @ xc)
@@ -131,6 +141,7 @@ class FeatureBank:
         if feats.ndim != 2:
             raise ValueError(f"features must be (N, dim), got {tuple(feats.shape)}")
         x = feats.detach().to(device=self.device, dtype=torch.float32)
+        check_finite(x)
         if self.capacity is None:
             self._chunks.append(x)
             self.seen += x.shape[0]

@@ -39,6 +39,7 @@ from pixeljit.training.resume import (
 from pixeljit.training.rundir import (
     RunLock,
     aside_suffix,
+    check_config_file,
     check_out_folder,
     prepare_fresh,
     revive_branch,
@@ -182,6 +183,7 @@ class _Run:
     execution: dict
     fingerprint: dict | None
     saved: dict | None  # the checkpoint resumed from
+    inexact_ok: bool = False  # --allow-inexact-resume: the data may have changed size
 
 
 @dataclass
@@ -223,9 +225,10 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
     for line in start_report(cfg, plan, dataset, saved, resume_file) if info.is_main else ():
         print(line, flush=True)
     if info.is_main and not idle:
+        check_config_file(out, saved, to_dict(cfg))  # before anything in the folder moves
         _settle_run_folder(out, resume_file, restart, saved["step"] if saved else 0)
         save_yaml(cfg, out / "config.yaml")
-    return _Run(cfg, plan, dataset, out, compiled, execution, fingerprint, saved)
+    return _Run(cfg, plan, dataset, out, compiled, execution, fingerprint, saved, allow_inexact)
 
 
 def _build(run: _Run, info) -> tuple[_Parts, int]:
@@ -253,7 +256,8 @@ def _build(run: _Run, info) -> tuple[_Parts, int]:
     )
     step = 0
     if run.saved is not None:
-        step = load_training_state(run.saved, raw, ema, opt, loader, info, cfg.run.distributed)
+        step = load_training_state(run.saved, raw, ema, opt, loader, info, cfg.run.distributed,
+                                   run.inexact_ok)  # fmt: skip
     # static shapes: the micro-batch is fixed, so one graph serves every step (no recompiles)
     forward = torch.compile(model, dynamic=False) if run.compiled else model
     autocast = (

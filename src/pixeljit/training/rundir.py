@@ -355,3 +355,45 @@ def check_out_folder(out: str | os.PathLike, data_source: str | None) -> None:
                 f"--out {out} lies inside the run folder {parent} (it holds a training run); "
                 "pass an --out outside any run folder"
             )
+
+
+CONFIG_FILE = "config.yaml"
+PLACE_FIELDS = ("run.out", "data.source")  # where the run and its data are, not settings
+MAX_NAMED_EDITS = 6
+
+
+def check_config_file(folder: Path, saved: dict | None, config: dict) -> None:
+    """A resume reads the checkpoint's config, not the folder's config.yaml, and rewrites that
+    file: one edited since it was written (it differs from both) would be ignored and lost, so
+    it is refused, naming the edits and the two ways on. Only a resume of the folder's own
+    latest.pt is judged: an older milestone or a set-aside branch had its own config."""
+    from pixeljit.checkpoints.run import diff_configs
+    from pixeljit.training.config_io import load_yaml
+    from pixeljit.training.resume import with_added_fields
+
+    path = folder / CONFIG_FILE
+    if saved is None or not path.is_file():
+        return
+    if Path(saved["path"]).resolve() != (folder / LATEST).resolve():
+        return
+    try:
+        written = load_yaml(path)
+    except (ValueError, OSError) as err:
+        problem = f"cannot be read ({err})"
+    else:
+        found = [d for d in diff_configs(with_added_fields(saved["config"]), written)
+                 if d.split(":")[0] not in PLACE_FIELDS]  # fmt: skip
+        unapplied = {d.split(":")[0] for d in diff_configs(config, written)}
+        if not found or not unapplied.intersection(d.split(":")[0] for d in found):
+            return  # the file is as saved, or the resume applies each of its edits (--config)
+        named = [d.replace(": checkpoint ", " ").replace(" vs now ", " in the checkpoint, ")
+                 + " in the file" for d in found[:MAX_NAMED_EDITS]]  # fmt: skip
+        more = len(found) - len(named)
+        problem = (f"differs from the checkpoint's config ({'; '.join(named)}"
+                   f"{f' and {more} more' if more else ''})")  # fmt: skip
+    raise ValueError(
+        f"{path} {problem}: --resume continues with the config saved in the checkpoint and "
+        f"rewrites that file. Pass --config {shlex.quote(str(path))} to apply the file's "
+        "settings (the recipe cannot change on a resume; the length and logistics can), or move "
+        "the file away to continue as saved"
+    )

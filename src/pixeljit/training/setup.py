@@ -41,8 +41,11 @@ class BatchPlan:
 def open_training_data(
     cfg: TrainConfig, info: dist_utils.DistInfo, progress: bool = True
 ) -> PackedDataset:
-    """The packed training set at the model's size (rank 0 packs a raw source once)."""
+    """The packed training set at the model's size (rank 0 packs a raw source once). A model
+    too large for the device is refused first, before a raw source is packed: its classes, known
+    from the data, add little (counted as none here; resolve_config checks again with them)."""
     m = cfg.model
+    check_model_fits(dataclasses.replace(cfg, model=dataclasses.replace(m, num_classes=0)), info)
     return open_dataset(
         cfg.data.source, m.image_size, m.in_channels, cfg.data.split, info.is_main,
         lambda: dist_utils.barrier(info), progress=progress,

@@ -70,8 +70,11 @@ def _map_tensors(obj, fn):
     return obj
 
 
-def load_training_state(saved: dict, raw, ema, opt, loader, info, strategy: str) -> int:
-    """Restore everything `gather_state` saved; returns the step to continue from."""
+def load_training_state(
+    saved: dict, raw, ema, opt, loader, info, strategy: str, inexact_ok: bool = False
+) -> int:
+    """Restore everything `gather_state` saved; returns the step to continue from. With
+    `inexact_ok` (--allow-inexact-resume) the data set may have changed size."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,
@@ -87,7 +90,7 @@ def load_training_state(saved: dict, raw, ema, opt, loader, info, strategy: str)
         for shadow, saved_shadow in zip(ema.shadows, saved["ema"]["shadows"], strict=True)
     ]
     ema.load_state_dict(ema_state)
-    loader.load_state_dict(saved["loader"])
+    loader.load_state_dict(saved["loader"], other_size_ok=inexact_ok)
     restore_rng(saved.get("rng"))
     return int(saved["step"])
 

@@ -10,6 +10,8 @@ import numpy as np
 from pixeljit.data.folders import FOLDER_KIND
 from pixeljit.data.packed import PackedDataset
 from pixeljit.training.config import TrainConfig
+from pixeljit.training.config_io import to_dict
+from pixeljit.training.resume import with_added_fields
 from pixeljit.training.setup import (
     BatchPlan,
     ema_horizon_warning,
@@ -64,6 +66,37 @@ def run_line(cfg: TrainConfig, plan: BatchPlan, start: int, resume_file: Path | 
     return line
 
 
+# where the run and its data are, not what it trains: moving them is not a change of setting
+PLACE_FIELDS = frozenset({"run.out", "data.source"})
+MAX_NAMED_CHANGES = 12  # settings named in the resume's line
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_settings_line(config: dict, saved: dict | None) -> str | None:
+    """`resumed with changed settings: sample.every 500 → 100, …` (the config's fields that
+    differ from the checkpoint's, where the run and its data are excepted): a resume takes
+    flags, --set and --config over the saved config, and said nothing of what they changed."""
+    if saved is None:
+        return None
+    was, now = _flat(with_added_fields(saved["config"])), _flat(config)
+    changes = [f"{key} {was.get(key)!r} → {now.get(key)!r}" for key in sorted(set(was) | set(now))
+               if key not in PLACE_FIELDS and was.get(key) != now.get(key)]  # fmt: skip
+    if not changes:
+        return None
+    more = len(changes) - MAX_NAMED_CHANGES
+    shown = ", ".join(changes[:MAX_NAMED_CHANGES]) + (f" and {more} more" if more > 0 else "")
+    return f"resumed with changed settings: {shown}"
+
+
 MAX_NAMED_CLASSES = 10  # empty classes named in the warning
 
 
@@ -105,6 +138,8 @@ def start_report(
             "(the run folder is left as it is)"
         ]
     lines = [data_line(cfg, dataset), run_line(cfg, plan, start, resume_file)]
+    changed = changed_settings_line(to_dict(cfg), saved)
+    lines += [changed] if changed is not None else []
     warnings = (
         flip_warning(cfg, dataset),
         unused_classes_warning(cfg, dataset),

@@ -1,0 +1,67 @@
+"""A resume says which settings it changed, and never ignores (then overwrites) an edited
+config.yaml in the run folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import tiny_run
+from pixeljit.checkpoints.run import load_checkpoint
+from pixeljit.cli import main
+from pixeljit.training.loop import train
+
+
+@pytest.fixture
+def run(fmnist16, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_run(fmnist16(64), out, **{"optim.global_batch": 8, "optim.warmup_epochs": 0.0})
+    train(cfg, progress=False)
+    return out
+
+
+def test_a_resume_names_the_settings_it_changed(run, capsys):
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--steps", "3", "--set", "sample.every=7",
+                 "--no-progress"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("resumed with changed settings"))
+    assert line == "resumed with changed settings: optim.steps 2 → 3, sample.every 0 → 7"
+    assert main(["train", "--resume", str(run), "--steps", "4", "--no-progress"]) == 0
+    assert "sample.every" not in capsys.readouterr().out  # kept from the checkpoint: no change
+
+
+def test_an_edited_config_file_is_refused_not_ignored(run, capsys):
+    config = run / "config.yaml"
+    text = config.read_text()
+    assert "  every: 0\n" in text
+    config.write_text(text.replace("  every: 0\n", "  every: 5\n"))
+    edited = config.read_text()
+    assert main(["train", "--resume", str(run), "--steps", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "sample.every 0 in the checkpoint, 5 in the file" in err
+    assert f"--config {config}" in err
+    assert config.read_text() == edited and load_checkpoint(run)["step"] == 2  # nothing touched
+    argv = ["train", "--resume", str(run), "--steps", "3", "--config", str(config)]
+    assert main([*argv, "--no-progress"]) == 0  # the file applied (its length overridden)
+    assert load_checkpoint(run)["config"]["sample"]["every"] == 5
+    assert load_checkpoint(run)["step"] == 3
+
+
+def test_an_unreadable_config_file_is_refused(run, capsys):
+    (run / "config.yaml").write_text("optim: [unclosed\n")
+    assert main(["train", "--resume", str(run), "--steps", "3", "--no-progress"]) == 2
+    assert "config.yaml cannot be read" in capsys.readouterr().err
+    assert load_checkpoint(run)["step"] == 2
+
+
+def test_a_milestone_of_another_config_is_not_judged_by_the_file(fmnist16, tmp_path):
+    """config.yaml is the latest run's: resuming an older milestone, trained with other
+    settings, is no edit of it."""
+    out = tmp_path / "run"
+    base = {"optim.global_batch": 8, "optim.warmup_epochs": 0.0, "run.milestone_every": 2}
+    train(tiny_run(fmnist16(64), out, **base), progress=False)
+    longer = tiny_run(fmnist16(64), out, **{**base, "optim.steps": 4, "sample.every": 3})
+    train(longer, resume=str(out), progress=False)
+    assert main(["train", "--resume", str(out / "step-000000002.pt"), "--steps", "3",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert load_checkpoint(out)["step"] == 3
