@@ -326,3 +326,21 @@ def test_a_trained_model_moves_to_a_device_but_keeps_fp32(tiny_file):
     with pytest.raises(ValueError, match="'gpu' is not a device"):
         model.to("gpu")
     assert next(model.net.parameters()).dtype == torch.float32
+
+
+def test_a_file_of_one_format_named_as_the_other_is_named_so(tiny_file, tmp_path):
+    """A .safetensors renamed .pt failed with 'not a zip-format PyTorch checkpoint', a .pt
+    renamed .safetensors with 'header too large': neither named the real format."""
+    import shutil
+
+    exported = tmp_path / "w.safetensors"
+    pixeljit.save_safetensors(pixeljit.load_trained(tiny_file).net, exported)
+    misnamed = tmp_path / "w.pt"
+    shutil.copy(exported, misnamed)
+    with pytest.raises(ValueError, match=r"is a \.safetensors file named \.pt: rename it to w\."):
+        pixeljit.load_trained(misnamed)
+    run_file = tmp_path / "run.safetensors"
+    torch.save({"step": 1, "model": {}}, run_file)
+    with pytest.raises(ValueError, match=r"PyTorch checkpoint \(torch.save\) named \.safetensors"):
+        pixeljit.load_trained(run_file)
+    assert pixeljit.load_trained(exported).net.config == pixeljit.load_trained(tiny_file).net.config

@@ -416,3 +416,26 @@ def test_a_set_contradicting_a_flag_is_refused(flags, message, tmp_path, capsys)
     """`--set run.out=B` silently trained into B although --out A was given."""
     err = cli_error(capsys, ["train", "--preset", "fmnist-tiny", *flags])
     assert message in err and "pass one of them" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [(["sample", "x", "--labels", "0", "--labels", "3"], "--labels"),
+     (["eval", "--images", "x", "--metrics", "fd", "--metrics", "kid"], "--metrics"),
+     (["sample", "x", "--cfg", "2", "--cfg=3"], "--cfg"),
+     (["train", "--steps", "5", "--steps", "6"], "--steps")],
+)  # fmt: skip
+def test_a_flag_given_twice_is_refused(argv, flag, capsys):
+    """argparse kept the last: `--labels 0 --labels 3` sampled class 3 alone, `--metrics fd
+    --metrics kid` scored KID alone, without a word."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"{flag} given twice" in err and "give " + flag in err
+
+
+def test_flags_meant_to_repeat_still_do(tiny_file, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.npz"
+    argv = ["sample", str(tiny_file), "--steps", "1", "--num", "2", "--out", str(a), "--out"]
+    assert main([*argv, str(b), "--overwrite", "--overwrite"]) == 0  # a switch twice is harmless
+    assert a.is_file() and b.is_file()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -108,6 +110,12 @@ def test_imagenet_layout_sorted_classes_and_files(tmp_path):
     rel = [(p.relative_to(tmp_path / "train").as_posix(), y) for p, y in scan.files]
     assert rel == [("cat/sub/p.gif", 0), ("cat/z.png", 0), ("dog/a.jpg", 1), ("dog/b.png", 1)]
     assert [p.endswith("notes.txt") for p in scan.ignored] == [True]
+    save(tmp_path / "train" / "dog" / ".hidden.png", "RGB", (9, 9, 9))  # e.g. a thumbnail
+    save(tmp_path / "train" / ".cache" / "x.png", "RGB", (9, 9, 9))  # not a class, not entered
+    again = scan_image_folder(tmp_path, split="train")
+    assert again.files == scan.files and again.class_names == ["cat", "dog"]
+    hidden = sorted(Path(p).relative_to(tmp_path / "train").as_posix() for p in again.ignored)
+    assert hidden == [".cache", "cat/notes.txt", "dog/.hidden.png"]  # each named, none silent
     stream = folder_stream(tmp_path, 8, split="train")
     images, labels = next(stream.batches)
     assert images.shape == (4, 3, 8, 8) and stream.conditional
@@ -134,7 +142,8 @@ def test_flat_folder_is_unconditional(tmp_path):
     (tmp_path / ".DS_Store").write_bytes(b"\0")
     scan = scan_image_folder(tmp_path)
     assert scan.layout == "flat" and scan.class_names == [tmp_path.name]
-    assert [p.name for p, _ in scan.files] == ["a.jpeg", "b.png"] and scan.ignored == []
+    assert [p.name for p, _ in scan.files] == ["a.jpeg", "b.png"]
+    assert [Path(p).name for p in scan.ignored] == [".DS_Store"]  # named, not packed
     stream = folder_stream(tmp_path, 4)
     assert not stream.conditional
     np.testing.assert_array_equal(next(stream.batches)[1], [0, 0])

@@ -102,7 +102,7 @@ def test_model_card_front_matter_and_content(hub, hub_run):
     assert config["sampler"]["cfg"] == 1.5 and config["weights"]["ema_decay"] == 0.995
 
 
-def test_scores_flag_and_unknown_scores(hub_run, tmp_path):
+def test_scores_flag_and_unknown_scores(hub_run, tmp_path, capsys):
     scores = tmp_path / "sweep.json"
     best = {"weights": "ema:0.995", "cfg": 1.5, "FD-FMNIST": 3.25}  # records no weights digest
     scores.write_text(json.dumps({"sweep": [best], "best": best}))
@@ -111,6 +111,16 @@ def test_scores_flag_and_unknown_scores(hub_run, tmp_path):
     card = (out / "README.md").read_text()
     assert "| FD-FMNIST | 3.25 |" in card and "sweep.json" in card
     assert "Unverified: the file does not record which weights it scored" in card
+    assert "the model card marks them unverified" in capsys.readouterr().out  # said here too
+    # the scores of images (eval --images), or a 'scores' that is no object: refused
+    images = tmp_path / "images.json"
+    images.write_text(json.dumps({"scores": {"FD-FMNIST": 1.0}, "images": "x.npz"}))
+    malformed = tmp_path / "malformed.json"
+    malformed.write_text(json.dumps({"scores": 5}))
+    for path, message in ((images, "scored the images of x.npz"), (malformed, "got int")):
+        argv = ["convert", str(hub_run), "--hub", str(tmp_path / path.stem), "--scores", str(path)]
+        assert main(argv) == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / path.stem).exists()
     # a .safetensors export records neither grid nor scores: the card says so; it does carry
     # the run's recommended sampler settings
     plain = tmp_path / "w.safetensors"
@@ -211,6 +221,11 @@ def test_existing_folder_refused_without_overwrite(hub_run, hub, tmp_path, capsy
         # the weights would be sampled as another prediction target (other images, silently)
         (lambda c: set_field(c, "objective.prediction", "x"), "prediction 'v' there, 'x' in"),
         (lambda c: set_field(c, "objective.noise_scale", 1.0), "give different objectives"),
+        # ... and its class names and which weights: a reordered list drew the wrong class for
+        # a name, another step published scores for other weights
+        (lambda c: set_field(c, "class_names", c["class_names"][::-1]), "different class names"),
+        (lambda c: set_field(c, "weights.step", 999), "different weights (ema:0.995 at step"),
+        (lambda c: set_field(c, "weights.name", "model"), "model at step"),
         # text where a number belongs is refused when read, not met by a TypeError mid-sampling
         (lambda c: set_field(c, "sampler.cfg", "2"), "cfg must be a number, got '2'"),
         (lambda c: set_field(c, "sampler.interval", ["0.1", 1]), "interval low must be a number"),
@@ -251,6 +266,12 @@ def test_huge_config_and_missing_weights_refused(hub, tmp_path):
     os.remove(os.path.join(folder, WEIGHTS_NAME))
     with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
         load_trained(folder)
+    folder = broken(hub, tmp_path, lambda c: c)
+    os.remove(os.path.join(folder, CONFIG_NAME))  # the generic "holds neither …" before
+    with pytest.raises(FileNotFoundError, match="model.safetensors but no config.json") as err:
+        load_trained(folder)
+    assert "pass the file itself" in str(err.value)
+    load_trained(os.path.join(folder, WEIGHTS_NAME))  # which loads
 
 
 def test_non_finite_weights_refused(hub, tmp_path):

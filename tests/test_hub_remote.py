@@ -90,7 +90,8 @@ def test_hf_uri_offline_from_the_cache(offline_cache, hub):
         assert same_weights(model, local) and model.sampler == local.sampler
         assert model.description == f"hf://org/name@{COMMIT} (ema:0.995)"
         assert torch.equal(images(model), images(local))
-    with pytest.raises(FileNotFoundError, match="not in the local Hub cache"):
+    with pytest.raises(FileNotFoundError, match=r"not in the local Hub cache, and the Hub was "
+                       r"not asked \(HF_HUB_OFFLINE is set\)"):  # fmt: skip
         load_trained("hf://org/name@v2")
     with pytest.raises(FileNotFoundError, match="could not get config.json"):
         load_trained("hf://other/model")
@@ -152,3 +153,22 @@ def test_without_huggingface_hub_a_one_line_hint(monkeypatch, capsys):
     assert main(["sample", "hf://org/name"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'pixeljit[hub]'" in err and err.count("\n") == 1
+
+
+def test_an_unreachable_hub_is_told_from_an_offline_one(monkeypatch):
+    """Without HF_HUB_OFFLINE the message said it was set; it now says the Hub could not be
+    reached and how to skip huggingface_hub's retries."""
+    from pixeljit.checkpoints.hub_remote import _fetch
+
+    class LocalEntryNotFoundError(Exception):
+        __module__ = "huggingface_hub.errors"
+
+    def download(*args, **kwargs):
+        raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"could not be reached .*HF_HUB_OFFLINE=1 skips"):
+        _fetch("hf://org/name", download, "org/name", "config.json", None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "true")
+    with pytest.raises(FileNotFoundError, match=r"was not asked \(HF_HUB_OFFLINE is set\)"):
+        _fetch("hf://org/name", download, "org/name", "config.json", None)

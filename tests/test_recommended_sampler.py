@@ -106,6 +106,11 @@ def test_a_model_without_a_recommendation_samples_with_the_defaults(tiny_net, tm
     out = capsys.readouterr().out
     assert "heun, 3 steps, uniform grid, cfg 1: SamplerConfig's defaults" in out
     assert "with --steps as given" in out
+    # a hub folder of it writes the defaults into config.json: still no recommendation
+    hub = tmp_path / "hub"
+    assert main(["convert", str(path), "--hub", str(hub)]) == 0
+    assert load_trained(hub).sampler is None
+    assert "pixeljit's defaults (the source records none)" in (hub / "README.md").read_text()
 
 
 def test_eval_samples_with_the_recommended_settings(hub, tiny_net, tmp_path, fmnist16, capsys):

@@ -52,7 +52,8 @@ def test_classes_and_the_reasons_for_none_are_named(images, tmp_path, capsys):
     data, _ = start_lines(capsys, tiny_run(root, tmp_path / "a"))
     assert data.endswith(", 2 classes")
     off = tiny_run(root, tmp_path / "b", **{"data.conditional": False})
-    assert start_lines(capsys, off)[0].endswith("unconditional (data.conditional=false)")
+    asked = "unconditional (as asked: data.conditional=false, or model.num_classes=0)"
+    assert start_lines(capsys, off)[0].endswith(asked)
     none = tiny_run(root, tmp_path / "c", **{"data.num_classes": 0})
     assert start_lines(capsys, none)[0].endswith("unconditional (data.num_classes=0)")
 

@@ -40,7 +40,12 @@ from pixeljit.metrics import (
     load_dataset_stats,
     score_images,
 )
-from pixeljit.metrics.image_sources import DEFAULT_BATCH, iter_batches, npz_labels
+from pixeljit.metrics.image_sources import (
+    DEFAULT_BATCH,
+    iter_batches,
+    npz_class_names,
+    npz_labels,
+)
 
 
 @dataclass(frozen=True)
@@ -250,9 +255,17 @@ def score_image_source(
 ) -> dict[str, float]:  # fmt: skip
     """Score existing images (a folder or an `.npz`) like generated ones; an `.npz` with
     'labels' (`pixeljit sample --out X.npz`) in the classifier's label space also gets the class
-    accuracy, as the same images generated from a checkpoint do."""
+    accuracy, as the same images generated from a checkpoint do: matched by the 'class_names'
+    it carries where it has them, else taken in the classifier's order. Labels the classifier
+    cannot hold leave the accuracy out with a warning."""
     labels = npz_labels(images)
     classes = extractor.num_classes
+    if labels is not None and classes and labels.size and labels.max() >= classes:
+        warnings.warn(
+            f"class accuracy left out: {images} holds labels up to {int(labels.max())}, but the "
+            f"{extractor.name} classifier knows {classes} classes",
+            stacklevel=2,
+        )
     if labels is None or not classes or (labels.size and labels.max() >= classes):
         config = ScoreConfig(batch_size=batch_size)
         return score_images(images, extractor, ref, metrics, config).as_dict()
@@ -263,7 +276,8 @@ def score_image_source(
             yield u8, torch.from_numpy(labels[start : start + len(u8)])
             start += len(u8)
 
-    return score_labelled(batches(), classes, extractor, ref, metrics, batch_size)
+    names = npz_class_names(images)
+    return score_labelled(batches(), classes, extractor, ref, metrics, batch_size, names)
 
 
 # ---------------------------------------------------------------------- data-set statistics

@@ -36,6 +36,7 @@ from pixeljit.checkpoints.metadata import (
     check_objective,
     objective_from_metadata,
     sampler_config,
+    weights_metadata,
 )
 from pixeljit.checkpoints.safetensors_io import (
     COUNT_FIELDS,
@@ -242,7 +243,10 @@ def load_hub(
         folder, label = Path(source), str(source)
     config = read_hub_config(folder / CONFIG_NAME)
     check_one_set(label, config.weights or None, weights)
-    net = _read_weights(folder / WEIGHTS_NAME, config, device, overrides)
+    net, recommends = _read_weights(folder / WEIGHTS_NAME, config, device, overrides)
+    # config.json always holds sampler settings; pixeljit's defaults there, for weights whose
+    # file records none, are no recommendation (a round trip said "recommended" of them)
+    sampler = config.sampler if recommends or config.sampler != SamplerConfig() else None
     shown = f"{label} ({config.weights})" if config.weights else label
     return TrainedModel(
         net,
@@ -251,11 +255,12 @@ def load_hub(
         shown,
         config.weights,
         config.step,
-        config.sampler,
+        sampler,
     )
 
 
-def _read_weights(path: Path, config: HubConfig, device, overrides: dict) -> JiT:
+def _read_weights(path: Path, config: HubConfig, device, overrides: dict) -> tuple[JiT, bool]:
+    """The network, and whether the file records recommended sampler settings itself."""
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
@@ -280,7 +285,7 @@ def _read_weights(path: Path, config: HubConfig, device, overrides: dict) -> JiT
     except SafetensorError as err:
         raise ValueError(f"{path} is not a valid .safetensors file ({err})") from None
     check_recorded_checksums(path, metadata, state)
-    return materialise(net, state, str(path), device)
+    return materialise(net, state, str(path), device), "sampler" in metadata
 
 
 def _check_own_metadata(path: Path, metadata: dict, config: HubConfig) -> None:
@@ -293,6 +298,7 @@ def _check_own_metadata(path: Path, metadata: dict, config: HubConfig) -> None:
             f"{path}: its own metadata and {CONFIG_NAME} describe different "
             "architectures: the files do not belong together"
         )
+    _check_same_facts(path, metadata, config)
     own = metadata.get("objective")
     if own is None:
         return
@@ -305,6 +311,31 @@ def _check_own_metadata(path: Path, metadata: dict, config: HubConfig) -> None:
         raise ValueError(
             f"{path}: its own metadata and {CONFIG_NAME} give different objectives "
             f"({'; '.join(differ)}): the files do not belong together"
+        )
+
+
+def _check_same_facts(path: Path, metadata: dict, config: HubConfig) -> None:
+    """The class names and which weights (name, step), where model.safetensors records them,
+    must be config.json's: a label would otherwise draw another class than its name says, and
+    scores be published for other weights."""
+    differ = []
+    own = metadata.get("class_names")
+    if own is not None:
+        names = check_class_names(path, _parsed(own), config.architecture.get("num_classes"))
+        if names != config.class_names:
+            differ.append("class names")
+    own = metadata.get("weights")
+    if own is not None:
+        name, step = weights_metadata(path, _parsed(own))
+        if (name or "") != (config.weights or "") or step != config.step:
+            there = f"{name or 'unnamed'} at step {step}"
+            ours = f"{config.weights or 'unnamed'} at step {config.step}"
+            differ.append(f"weights ({there} there, {ours} in {CONFIG_NAME})")
+    if differ:
+        raise ValueError(
+            f"{path}: its own metadata and {CONFIG_NAME} give different {' and '.join(differ)}: "
+            "the files do not belong together; export the folder again with `pixeljit convert "
+            "SOURCE --hub DIR --overwrite`"
         )
 
 

@@ -10,6 +10,7 @@ revision pointed to when config.json was resolved). huggingface_hub is optional 
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,11 @@ def _downloader(uri: str) -> Callable:
     return hf_hub_download
 
 
+def _offline() -> bool:
+    """huggingface_hub's own reading of HF_HUB_OFFLINE (1, true, yes, on), this library's too."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def _fetch(uri: str, download: Callable, repo: str, name: str, revision: str | None, **kw):
     """hf_hub_download(repo, name, revision=…), its errors as one line naming `uri`."""
     try:
@@ -69,12 +75,15 @@ def _fetch(uri: str, download: Callable, repo: str, name: str, revision: str | N
         if not (type(err).__module__.startswith("huggingface_hub") or isinstance(err, OSError)):
             raise
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        hint = (
-            ": it is not in the local Hub cache and the Hub was not asked (HF_HUB_OFFLINE is set) "
-            "or could not be reached"
-            if type(err).__name__ in LOCAL_ONLY_ERRORS
-            else ""
-        )
+        hint = ""
+        if type(err).__name__ in LOCAL_ONLY_ERRORS:
+            hint = (
+                ": it is not in the local Hub cache, and the Hub was not asked (HF_HUB_OFFLINE "
+                "is set)"
+                if _offline()
+                else ": it is not in the local Hub cache, and the Hub could not be reached (with "
+                "no network, HF_HUB_OFFLINE=1 skips the retries)"
+            )
         raise FileNotFoundError(
             f"{uri}: could not get {name}{hint} ({type(err).__name__}: {first})"
         ) from None

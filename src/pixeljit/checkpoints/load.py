@@ -27,7 +27,11 @@ from pixeljit.checkpoints.metadata import (
     weights_metadata,
 )
 from pixeljit.checkpoints.run import LATEST, load_checkpoint
-from pixeljit.checkpoints.safetensors_io import load_safetensors_with_meta, save_safetensors
+from pixeljit.checkpoints.safetensors_io import (
+    check_format_matches_suffix,
+    load_safetensors_with_meta,
+    save_safetensors,
+)
 from pixeljit.checkpoints.weights import build_loaded
 from pixeljit.devices import as_device
 from pixeljit.diffusion.objective import BASE_RESOLUTION
@@ -159,6 +163,8 @@ def checkpoint_kind(source: str | os.PathLike) -> str:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     suffix = path.suffix.lower()  # X.SAFETENSORS is the same kind of file
+    if path.is_file():
+        check_format_matches_suffix(path, suffix)
     if suffix == ".safetensors":
         return "safetensors"
     if path.is_dir():
@@ -168,6 +174,13 @@ def checkpoint_kind(source: str | os.PathLike) -> str:
             return "run"
         if (path / HUB_CONFIG).is_file():
             return "hub"
+        weights = sorted(p.name for p in path.glob("*.safetensors") if p.is_file())
+        if weights:  # a hub folder that lost its config.json, or a folder of exports
+            raise FileNotFoundError(
+                f"{path} holds {weights[0]} but no {HUB_CONFIG} beside it, so it is no Hugging "
+                f"Face layout folder: pass the file itself ({path / weights[0]}), or write the "
+                f"folder again with `pixeljit convert SRC --hub {path} --overwrite`"
+            )
         raise FileNotFoundError(
             f"{path} holds neither a pixeljit run ({LATEST}), a Hugging Face layout folder "
             f"({HUB_CONFIG}, from `pixeljit convert --hub`) nor an authors' {CHECKPOINT_FILENAME}"

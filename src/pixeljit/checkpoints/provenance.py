@@ -118,6 +118,11 @@ def read_scores(path: str | os.PathLike) -> ScoresFile:
         scores = {k: v for k, v in best.items() if k not in SWEEP_ONLY}
     elif isinstance(data, dict) and isinstance(data.get("scores"), dict):
         scores = data["scores"]
+    elif isinstance(data, dict) and "scores" in data:
+        raise ValueError(
+            f"scores file {path}: 'scores' must be a JSON object of scores, got "
+            f"{type(data['scores']).__name__}"
+        )
     elif record is not None:
         raise ValueError(
             f"scores file {path} has a 'model' entry but no 'scores' (an older demo's "
@@ -125,6 +130,12 @@ def read_scores(path: str | os.PathLike) -> ScoresFile:
         )
     else:
         scores = data
+    if isinstance(data, dict) and isinstance(data.get("images"), str) and record is None:
+        raise ValueError(
+            f"scores file {path} scored the images of {data['images']} (`eval --images`), not "
+            "a model's weights: score the weights with `pixeljit eval --checkpoint SOURCE "
+            "--out FILE`"
+        )
     if record is not None and not isinstance(record.get(DIGEST_KEY), str):
         record = None  # names no digest: cannot be matched to weights
     if not isinstance(scores, dict) or not scores or len(scores) > MAX_SCORES:

@@ -216,3 +216,32 @@ def load_safetensors_with_meta(path: str | os.PathLike, device=None, **overrides
 def load_safetensors(path: str | os.PathLike, device=None, **overrides) -> JiT:
     """Load a file written by `save_safetensors` back into a JiT in eval mode."""
     return load_safetensors_with_meta(path, device, **overrides)[0]
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (a .pt / .pth)
+
+
+def _sniffed_format(path: Path) -> str | None:
+    """'zip' (torch.save) or 'safetensors' (an 8-byte header length, then a JSON '{'), from the
+    first bytes; None for anything else."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 2**32:
+        return "safetensors"
+    return None
+
+
+def check_format_matches_suffix(path: Path, suffix: str) -> None:
+    """A .safetensors named .pt, or a torch.save file named .safetensors, failed deep in the
+    wrong reader ('not a zip-format PyTorch checkpoint', 'header too large')."""
+    found = _sniffed_format(path)
+    if found == "safetensors" and suffix in (".pt", ".pth"):
+        raise ValueError(f"{path} is a .safetensors file named {suffix}: rename it to "
+                         f"{path.with_suffix('.safetensors').name} and pass that")  # fmt: skip
+    if found == "zip" and suffix == ".safetensors":
+        pt, pth = path.with_suffix(".pt").name, path.with_suffix(".pth").name
+        raise ValueError(f"{path} is a PyTorch checkpoint (torch.save) named .safetensors: "
+                         f"rename it to {pt} (a run's checkpoint) or {pth} (an authors' one) "
+                         "and pass that")  # fmt: skip

@@ -34,11 +34,22 @@ MAX_ERROR_CHARS = 2000
 ERROR_TAIL_CHARS = 500
 
 
+# actions meant to be given more than once (--set, sample --out); others keep only their last
+REPEATABLE = (argparse._AppendAction, argparse._ExtendAction, argparse._AppendConstAction,
+              argparse._CountAction)  # fmt: skip
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage block); its sub-parsers inherit it."""
+    """An ArgumentParser whose errors are one line (no usage block) and which refuses a flag
+    given twice (argparse keeps the last silently: `--labels 0 --labels 3` sampled only class
+    3); its sub-parsers inherit it."""
 
     def error(self, message: str):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._given: dict[int, list[str]] = {}  # action → the values it was given, this parse
+        return super().parse_known_args(args, namespace)
 
     def _get_values(self, action, arg_strings):
         """No value may be an empty string: `--out ''` would otherwise mean the current folder
@@ -47,6 +58,16 @@ class OneLineParser(argparse.ArgumentParser):
         if "" in arg_strings and not isinstance(action, argparse._SubParsersAction):
             name = action.option_strings[0] if action.option_strings else action.metavar
             self.error(f"{name or action.dest} must not be empty")
+        if action.option_strings and action.nargs != 0 and not isinstance(action, REPEATABLE):
+            before = getattr(self, "_given", {}).get(id(action))
+            if before is not None:
+                flag = action.option_strings[-1]
+                self.error(
+                    f"{flag} given twice ({' '.join(before)}; then {' '.join(arg_strings)}): "
+                    f"the last would silently replace the first; give {flag} once"
+                    + (" with all its values" if action.nargs in ("+", "*") else "")
+                )
+            getattr(self, "_given", {})[id(action)] = list(arg_strings)
         return super()._get_values(action, arg_strings)
 
 

@@ -153,6 +153,8 @@ def _run_hub(args) -> int:
             print(f"note: {note}")
         if notes:
             print("note: the model card says the scores are unknown")
+    elif notes:  # published, marked unverified on the card: said here too
+        print(f"note: {scores_path}: {notes[0]}; the model card marks them unverified")
     extras = dataclasses.replace(
         extras,
         scores=found.scores if found else None,

@@ -54,7 +54,9 @@ def add_parser(sub) -> None:
                       "an images .npz (arr_0), at --size / --channels")  # fmt: skip
     p.add_argument("--ref", help="reference: statistics .npz (mu, sigma) or a data set")
     p.add_argument("--ref-split", default=None, help="split of a data-set reference")
-    p.add_argument("--extractor", default="auto", help=" | ".join(EXTRACTOR_CHOICES))
+    auto = ("auto: the one a --ref statistics file records, else fmnist-cnn for grey 10-class "
+            "images, effnet-lite0 otherwise")  # fmt: skip
+    p.add_argument("--extractor", default="auto", help=f"{' | '.join(EXTRACTOR_CHOICES)} ({auto})")
     p.add_argument("--inception-weights", default=None,
                    help="pt_inception-2015-12-05 weights (for inception-v3-fid)")  # fmt: skip
     p.add_argument("--metrics", nargs="+", default=None, choices=METRIC_NAMES,
@@ -92,10 +94,18 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _extractor(name: str, channels: int, classes: int, weights: str | None, device):
-    from pixeljit.metrics import create_extractor
+def _extractor(
+    name: str, channels: int, classes: int, weights: str | None, device, ref: str | None = None
+):
+    """`--extractor`'s network; `auto` is the one a --ref statistics file records, else
+    fmnist-cnn for grey 10-class (or unlabelled) images and effnet-lite0 otherwise."""
+    from pixeljit.metrics import EXTRACTORS, create_extractor
+    from pixeljit.metrics.dataset_stats import recorded_extractor
 
-    if name == "auto":
+    recorded = recorded_extractor(ref) if name == "auto" and ref else None
+    if recorded in EXTRACTORS:
+        name = recorded
+    elif name == "auto":
         name = "fmnist-cnn" if channels == 1 and classes in (0, 10) else "effnet-lite0"
     kwargs = {"device": device}
     if name == "inception-v3-fid":
@@ -162,12 +172,13 @@ def _run(args, info, cfgs: list[float] | None) -> int:
         if info.is_main:
             save_dataset_stats(args.out, ref)
         say(f"reference statistics of {args.make_ref} ({ref.count} images, "
-            f"{extractor.name}) → {args.out}")  # fmt: skip
+            f"{extractor.name}{_conversion(args)}) → {args.out}")  # fmt: skip
         return 0
     if args.images:
         shape = _image_shape(args)
         _check_stats_shape(args, shape, f"the images of --images {args.images}")
-        extractor = _extractor(args.extractor, shape[0], 10, args.inception_weights, info.device)
+        extractor = _extractor(args.extractor, shape[0], 10, args.inception_weights, info.device,
+                               args.ref)  # fmt: skip
         ref = _ref(args, extractor, shape, f"the images of --images {args.images}", info, barrier)
         scores = score_image_source(args.images, extractor, ref, metrics(args))
         record = {"images": args.images, "reference": _reference(args), "extractor": extractor.name}
@@ -186,7 +197,7 @@ def _run(args, info, cfgs: list[float] | None) -> int:
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     _check_stats_shape(args, shape, "the model's images")
     extractor = _extractor(args.extractor, cfg.in_channels, cfg.num_classes,
-                           args.inception_weights, info.device)  # fmt: skip
+                           args.inception_weights, info.device, args.ref)  # fmt: skip
     ref = _ref(args, extractor, shape, "the model's images", info, barrier)
     spec = GenerationSpec(
         num=args.num, sampler=sampler, seed=args.seed,
@@ -235,6 +246,26 @@ def _image_shape(args) -> tuple[int, int, int]:
                 f"{c} channel(s): drop {flag} (it is read from the images) or resize the images"
             )
     return int(c), int(h), int(w)
+
+
+def _conversion(args) -> str:
+    """', resized from 28×28 and grey → RGB' where --make-ref's images (an .npz) are not
+    already --size px with --channels: said, since the statistics then measure converted
+    images."""
+    from pixeljit.metrics.image_sources import NPZ_IMAGE_KEY, npz_headers
+
+    if not args.make_ref.endswith(".npz"):
+        return ""  # a data set is packed at --size, as training packs it
+    shape = npz_headers(args.make_ref)[NPZ_IMAGE_KEY].shape  # (N, H, W[, C])
+    height, width = shape[1], shape[2]
+    channels = shape[3] if len(shape) == 4 else 1
+    changes = []
+    if (height, width) != (args.size, args.size):
+        changes.append(f"resized from {height}×{width} to {args.size}×{args.size}")
+    if channels != args.channels:
+        names = {1: "grey", 3: "RGB"}
+        changes.append(f"{names.get(channels, channels)} → {names[args.channels]}")
+    return "".join(f", {c}" for c in changes)
 
 
 def _npz_stats(path: str, extractor, size: int, channels: int, info):

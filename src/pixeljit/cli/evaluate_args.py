@@ -16,7 +16,7 @@ from pixeljit.cli.checks import (
     check_output,
     check_seed,
 )
-from pixeljit.cli.sample import check_authors_only
+from pixeljit.cli.sample import FOLDER_MARKS, check_authors_only
 from pixeljit.cli.sampler_args import AUTO_AMP, FLAGS
 from pixeljit.data.transforms import MAX_SIZE
 from pixeljit.metrics import EXTRACTORS
@@ -121,7 +121,14 @@ def check_args(args) -> list[float] | None:
         check_output("--out", args.out, False, args.overwrite, "--overwrite")
         check_not_an_input("--out", args.out, _inputs(args))
     if args.save_images:
-        check_output("--save-images", args.save_images, True, args.overwrite, "--overwrite")
+        raw = args.save_images
+        if Path(raw).suffix and not raw.endswith(FOLDER_MARKS) and not Path(raw).is_dir():
+            raise ValueError(
+                f"--save-images {raw} names a file, but it writes a folder of PNGs (one per "
+                f"image): pass a folder; for a folder with a dot in its name, write {raw}/ (or "
+                "create it first)"
+            )
+        check_output("--save-images", raw, True, args.overwrite, "--overwrite")
         check_no_stale_pngs("--save-images", args.save_images, args.num)
     # after the flags and paths; counted from the listing or the .npz header, before any
     # reference work (packing a data-set reference can take minutes)
@@ -203,7 +210,7 @@ def metrics(args) -> tuple[str, ...]:
 def _inputs(args) -> list[Path]:
     """The files this command reads: its inputs, and the files of a checkpoint folder (a run's
     latest.pt, a hub folder's config.json and weights)."""
-    paths = [Path(p) for p in (args.checkpoint, args.images, args.ref, args.inception_weights)
-             if p and "://" not in p]  # fmt: skip
+    given = (args.checkpoint, args.images, args.ref, args.make_ref, args.inception_weights)
+    paths = [Path(p) for p in given if p and "://" not in p]
     folders = [p for p in paths if p.is_dir()]
     return paths + [f for d in folders for f in d.iterdir() if f.is_file()]

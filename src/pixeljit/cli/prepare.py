@@ -104,7 +104,9 @@ def run(args) -> int:
         for bad in result.skipped[:_LIST_SKIPPED]:
             print(f"  {bad.path}: {bad.reason}")
     if result.ignored:
-        print(f"ignored {len(result.ignored)} non-image file(s), e.g. {result.ignored[0]}")
+        n = len(result.ignored)
+        print(f"ignored {n} non-image or hidden entr{'ies' if n != 1 else 'y'} (hidden: names "
+              f"starting with '.'), e.g. {result.ignored[0]}")  # fmt: skip
     warning = empty_classes_warning(result, args.limit)
     if warning:
         print(f"warning: {warning}", file=sys.stderr, flush=True)

@@ -40,6 +40,7 @@ from pixeljit.cli.sampler_args import (
 )
 from pixeljit.diffusion.execution import tf32_matmuls
 from pixeljit.diffusion.sampler import check_finite, sample
+from pixeljit.files import GIB
 from pixeljit.files.images import MAX_GRID_PIXELS, save_grid, save_npz, save_pngs, to_uint8
 from pixeljit.training.distributed import resolve_device
 
@@ -53,7 +54,6 @@ MAX_NOISE_SCALE = 1e3  # the paper's noise scales are 1-2; far beyond, samples o
 # the noise, the guided rows ([cond; uncond] in and out) and the solver's slopes
 SAMPLER_STATE_COPIES = 8
 FLOAT32_BYTES = 4
-GIB = 2**30
 FOLDER_MARKS = tuple({"/", os.sep})  # an --out ending in one of these is a folder
 # with autocast on CUDA, float32 products left outside it may use TF32; --amp none: true float32
 
@@ -252,7 +252,8 @@ def choose_labels(num: int | None, num_classes: int, chosen: list[int] | None) -
     """
     if num_classes == 0:
         if chosen:
-            raise ValueError("--labels given, but the model is unconditional")
+            raise ValueError("--labels given, but the model is unconditional (it takes no "
+                             "classes): drop --labels and pass --num N")  # fmt: skip
         return None
     given = chosen is not None
     if chosen is None:
@@ -380,7 +381,7 @@ def run(args) -> int:
             written.append(str(save_grid(everything, path, ncols, row_labels, scale)))
         y = torch.tensor(labels) if labels is not None else None
         for path in outputs.npzs:
-            written.append(str(save_npz(everything, path, y)))
+            written.append(str(save_npz(everything, path, y, model.class_names)))
     details = describe_generation(args.seed, amp, args.noise_scale, model.noise_scale)
     print(f"{model.description}: {num} images ({details}), "
           f"{describe_sampler(sampler, args, model.sampler)} → {', '.join(written)}")  # fmt: skip

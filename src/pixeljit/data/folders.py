@@ -6,7 +6,7 @@ Layouts, after an optional split folder (`root/<split>/...`):
 `layout="auto"` picks classes when `root` holds only sub-folders and flat when it holds only
 images; a mix is an error (say which you mean). Files are sorted by relative path, so the
 packed order does not depend on the file system. Images are recognised by extension; other
-files are listed as ignored; hidden entries (".*") are skipped.
+files, and hidden entries (".*", not entered), are listed as ignored.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class FolderScan:
     layout: str  # "classes" or "flat"
     class_names: list[str]
     files: list[tuple[Path, int]]
-    ignored: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # non-image files, hidden entries
 
 
 def is_image_file(path: Path) -> bool:
@@ -89,17 +89,22 @@ def _register(folder: Path, seen: dict[tuple[int, int], Path]) -> None:
     seen[key] = folder
 
 
-def _walk_files(folder: Path, seen: dict[tuple[int, int], Path], top: Path) -> list[Path]:
-    """Every visible file under `folder`, sorted by relative path. Linked folders are followed
-    once: a folder reached twice (a loop, or two links to it) is an error, as is an unreadable
-    folder (its images would silently go missing)."""
+def _walk_files(
+    folder: Path, seen: dict[tuple[int, int], Path], top: Path, hidden: list[str]
+) -> list[Path]:
+    """Every visible file under `folder`, sorted by relative path; hidden entries (not entered)
+    are added to `hidden`. Linked folders are followed once: a folder reached twice (a loop, or
+    two links to it) is an error, as is an unreadable folder (its images would silently go
+    missing)."""
     found: list[Path] = []
     pending = [folder]
     while pending:
         current = pending.pop()
         try:
             with os.scandir(current) as listing:
-                entries = sorted((e for e in listing if _visible(e.name)), key=lambda e: e.name)
+                entries = sorted(listing, key=lambda e: e.name)
+            hidden.extend(str(current / e.name) for e in entries if not _visible(e.name))
+            entries = [e for e in entries if _visible(e.name)]
         except OSError as err:
             raise ValueError(
                 f"cannot list folder {current}: {err.strerror}; fix its permissions or move it "
@@ -168,22 +173,23 @@ def scan_image_folder(
             "unconditional class) or `--layout auto` (the default, which picks flat here), or "
             "sort the images into one sub-folder per class (Python: layout='flat' / 'auto')"
         )
-    ignored: list[str] = []
+    ignored: list[str] = []  # non-image files and hidden entries
     files: list[tuple[Path, int]] = []
     top = Path(os.path.realpath(base))
     seen: dict[tuple[int, int], Path] = {}
     _register(base, seen)
     if layout == "flat":
-        for path in _walk_files(base, seen, top):
+        for path in _walk_files(base, seen, top, ignored):
             (files.append((path, 0)) if is_image_file(path) else ignored.append(str(path)))
         class_names = [base.name]
     else:
         ignored.extend(str(p) for p in entries if p.is_file())
+        ignored.extend(str(p) for p in sorted(base.iterdir()) if not _visible(p.name))
         class_names = [d.name for d in subdirs]
         for label, folder in enumerate(subdirs):
             _enter(folder, seen, top)
             images = []
-            for path in _walk_files(folder, seen, top):
+            for path in _walk_files(folder, seen, top, ignored):
                 (images.append((path, label)) if is_image_file(path) else ignored.append(str(path)))
             if not images:
                 raise ValueError(

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pixeljit.files import GIB
+
 from .emoji import emoji_stream
 from .fashion_mnist import fashion_mnist_stream
 from .folders import LAYOUTS, folder_stream
@@ -53,9 +55,6 @@ class PrepareResult:
     # declared classes left with no image (a small limit, or all their images skipped): the set
     # keeps them in its label space, so labels mean the same as in the full data set
     empty_classes: list[str] = field(default_factory=list)
-
-
-GIB = 1 << 30
 
 
 def _open_source(

@@ -23,6 +23,7 @@ LABEL_FONT_SIZE = 12
 LABEL_MARGIN = 4  # pixels around a row label
 LABEL_COLOUR = 0  # black
 NPZ_IMAGES_KEY = "arr_0"  # the ADM / torch-fidelity convention: (N, H, W, C) uint8
+NPZ_CLASS_NAMES_KEY = "class_names"  # (K,) str: label k's class, as `sample --out X.npz` writes
 MAX_GRID_PIXELS = 2**30  # a grid beyond a gigapixel cannot sensibly be built in memory
 _MODES = {1: "L", 3: "RGB"}
 
@@ -143,14 +144,21 @@ def save_pngs(
 
 
 def save_npz(
-    images: torch.Tensor, path: str | os.PathLike, labels: torch.Tensor | None = None
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    labels: torch.Tensor | None = None,
+    class_names: list[str] | tuple[str, ...] | None = None,
 ) -> Path:
     """Images as uint8 (N, H, W, C) under 'arr_0' (the ADM evaluation layout), with 'labels'
-    (N,) int64 when given; written atomically."""
+    (N,) int64 when given and the names of the label space under 'class_names' (a str array,
+    loaded without pickle), so a reader maps labels to a classifier's classes by name; written
+    atomically."""
     array = _check_uint8(to_uint8(images))
     arrays = {NPZ_IMAGES_KEY: array}
     if labels is not None:
         arrays["labels"] = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
         if arrays["labels"].shape != (array.shape[0],):
             raise ValueError(f"labels must have shape ({array.shape[0]},)")
+        if class_names:
+            arrays[NPZ_CLASS_NAMES_KEY] = np.asarray([str(n) for n in class_names], dtype=np.str_)
     return atomic_write_stream(path, lambda f: np.savez(f, **arrays))

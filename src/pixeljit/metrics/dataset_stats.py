@@ -225,6 +225,23 @@ def load_dataset_stats(
     return ref
 
 
+def recorded_extractor(path: str | os.PathLike) -> str | None:
+    """The extractor a statistics file says it was computed with (its `--extractor` name), None
+    when it records none (the ADM evaluator's, the authors') or is not such a file."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return None
+    try:
+        headers = npz_headers(path)
+        _check_stats_headers(path, headers, None)
+        if "extractor" not in headers:
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            return str(data["extractor"]).split("@", 1)[0]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        return None  # the loader names what is wrong with it
+
+
 def _image_shape(path: Path, data) -> tuple[int, int, int] | None:
     if "image_shape" not in data:
         return None

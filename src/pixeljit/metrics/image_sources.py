@@ -24,6 +24,8 @@ from pixeljit.data.transforms import COLOUR, GREY, check_pixels, to_channels
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NPZ_IMAGE_KEY = "arr_0"
 NPZ_LABELS_KEY = "labels"  # the class of each image, as `pixeljit sample --out X.npz` writes
+NPZ_CLASS_NAMES_KEY = "class_names"  # label k's class name, as `pixeljit sample` writes
+MAX_NPZ_CLASS_NAMES = 100_000
 DEFAULT_BATCH = 100
 MAX_INFLATION = 100  # a member may inflate at most this much (zlib alone allows ~1032×)
 
@@ -291,3 +293,20 @@ def npz_labels(path: str | os.PathLike) -> np.ndarray | None:
 def load_images(source: ImageSource, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
     """All images of a source as one uint8 tensor (N, C, H, W) (for small sets)."""
     return torch.cat(list(iter_batches(source, batch_size)))
+
+
+def npz_class_names(path: str | os.PathLike) -> list[str] | None:
+    """The 'class_names' (K,) strings an images `.npz` names its labels by (`pixeljit sample`
+    writes them), None when it has none."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        return None
+    header = npz_headers(path).get(NPZ_CLASS_NAMES_KEY)
+    if header is None:
+        return None
+    if header.dtype.kind != "U" or len(header.shape) != 1 or header.shape[0] > MAX_NPZ_CLASS_NAMES:
+        raise ValueError(f"{path}: 'class_names' must be a 1-D array of at most "
+                         f"{MAX_NPZ_CLASS_NAMES:,} strings, got {header.dtype} {header.shape}: "
+                         "drop it or write one name per class")  # fmt: skip
+    with np.load(path, allow_pickle=False) as data:
+        return [str(name) for name in data[NPZ_CLASS_NAMES_KEY]]

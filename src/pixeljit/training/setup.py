@@ -13,6 +13,7 @@ import torch
 from pixeljit.data import fashion_mnist
 from pixeljit.data.open import BUILTIN_SOURCES, open_dataset
 from pixeljit.data.packed import PackedDataset
+from pixeljit.files import GIB
 from pixeljit.model import JiT, JiTConfig, count_parameters
 from pixeljit.training import distributed as dist_utils
 from pixeljit.training.config import BF16_ONLY, TrainConfig
@@ -23,7 +24,6 @@ MAX_PREVIEW_IMAGES = 4096  # images in one training sample grid (rows × sample.
 # AdamW's two moments, plus one copy per EMA
 TRAIN_BYTES_PER_PARAM = 4 * 4
 EMA_BYTES_PER_PARAM = 4
-GIB = 2**30
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ def _classes(cfg: TrainConfig) -> str:
     if classes:
         return f"{classes} class{'es' if classes > 1 else ''}"
     if not cfg.data.conditional:
-        return "unconditional (data.conditional=false)"
+        return "unconditional (as asked: data.conditional=false, or model.num_classes=0)"
     if cfg.data.num_classes == 0:
         return "unconditional (data.num_classes=0)"
     return "unconditional: the data has no class labels (a flat folder, or one class)"
