@@ -439,3 +439,19 @@ def test_flags_meant_to_repeat_still_do(tiny_file, tmp_path):
     argv = ["sample", str(tiny_file), "--steps", "1", "--num", "2", "--out", str(a), "--out"]
     assert main([*argv, str(b), "--overwrite", "--overwrite"]) == 0  # a switch twice is harmless
     assert a.is_file() and b.is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["bottleneck", "--dims", "none", "none"], "--dims lists none more than once"),
+     (["noise", "--mus", "0", "0"], "--mus lists 0.0 more than once"),
+     (["resolution", "--sizes", "32", "16"], "--sizes 32 16: give at least two sizes, increasing"),
+     (["resolution", "--sizes", "16"], "--sizes 16: give at least two sizes"),
+     (["table2", "--seeds", "0", "0"], "--seeds 0 0: give each seed once")],
+)  # fmt: skip
+def test_grid_axes_are_named_by_their_flags(argv, message, tmp_path, capsys):
+    """The errors named the configs' fields (p_means, dims, sizes, seeds), not the flags; a
+    single size made a 'transfer' study of one resolution."""
+    err = cli_error(capsys, ["reproduce", *argv, "--out", str(tmp_path / "out")])
+    assert message in err
+    assert not (tmp_path / "out").exists()

@@ -193,6 +193,12 @@ def test_cli_quick_study_with_the_classifier(setup, tmp_path, capsys):
     assert main([*argv[:-2], "--num", "12"]) == 2  # other settings, no --overwrite
     assert "other settings (num 10 → 12)" in capsys.readouterr().err
     assert json.loads((out / RESULTS_NAME).read_text()) == saved  # nothing overwritten
+    # the checkpoint spelt otherwise (the same weights) continues the study; another reference
+    # split is another study (a kept row scored against the train split was reported as test)
+    assert main([*argv[:3], str(setup["run"] / "latest.pt"), *argv[4:]]) == 0
+    assert "done earlier" in capsys.readouterr().out
+    assert main([*argv, "--ref-split", "test"]) == 2
+    assert "other settings (ref_split None → 'test')" in capsys.readouterr().err
     assert main([*argv, "--cfg", "1.0", "--budgets", "0"]) == 2
     assert "--budgets must be ≥ 1" in capsys.readouterr().err
 

@@ -341,3 +341,20 @@ def test_an_out_that_is_or_lies_in_a_file_is_named_as_such(packed, tmp_path):
         with pytest.raises(ValueError, match=what):
             train(tiny(packed, out), progress=False)
     assert a_file.read_text() == "mine"
+
+
+def test_a_grid_cell_stopped_before_its_first_checkpoint_starts_again(packed, tmp_path):
+    """A Ctrl-C as a `--jobs 2` cell started left only its config.yaml: every re-run of the
+    grid then failed ("holds files of a training run that saved no checkpoint … pass
+    --restart"), a flag `reproduce` does not have."""
+    from pixeljit.experiments.evidence import Cell, train_cell
+
+    cell = Cell("a", tiny(packed, tmp_path / "cells" / "a"), {})
+    folder = tmp_path / "cells" / "a"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("written as the cell started\n")
+    done = train_cell(cell)
+    assert done["steps"] == 2 and not done["resumed"]
+    assert load_checkpoint(folder)["step"] == 2
+    (aside,) = (tmp_path / "cells").glob("a.old-*")  # moved aside, not deleted
+    assert (aside / "config.yaml").read_text() == "written as the cell started\n"

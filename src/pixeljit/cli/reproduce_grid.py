@@ -23,9 +23,9 @@ MAX_GRID_SIZE = 1024  # image sizes of the resolution grid (the paper's largest)
 MAX_BASE_SIZE = 4096
 MAX_BOTTLENECK = 65_536
 MAX_ABS_MU = 5.0  # logit-normal means beyond ±5 put every t at 0 or 1
-DEVICE_HELP = "training and sampling device: auto | cpu | cuda | cuda:N (default auto)"
+DEVICE_HELP = "training and sampling device: auto | cpu | cuda | cuda:N | mps (default auto)"
 GPU_DEVICE_HELP = (
-    "auto | cpu | cuda | cuda:N (default auto); cuda also selects the larger GPU settings "
+    "auto | cpu | cuda | cuda:N | mps (default auto); cuda also selects the larger GPU settings "
     "(docs/evidence.md) unless --quick"
 )
 THREADS_HELP = "torch CPU threads (default 1: fastest for these small models on a shared CPU)"
@@ -96,6 +96,8 @@ def check_grid_flags(args) -> None:
     args.reuse = check_reuse(args.reuse, args.out)
     for seed in args.seeds or ():
         check_seed("--seeds", seed)
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, args.seeds))}: give each seed once")
     check_int("--steps", args.steps, 1, MAX_STEPS + 1)
     check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)
     check_int("--jobs", args.jobs, 1, MAX_JOBS + 1)
@@ -126,9 +128,15 @@ def oversubscription(device: str, jobs: int, threads: int, cores: int) -> str | 
 
 
 def _checked(values: list | None, flag: str, check, low, high) -> tuple | None:
-    """An axis flag's values (None: not given), each passed to `check(flag, value, low, high)`."""
+    """An axis flag's values (None: not given), each passed to `check(flag, value, low, high)`,
+    each given once."""
     for value in values or ():
-        check(flag, value, low, high)
+        if value is not None:  # --dims none
+            check(flag, value, low, high)
+    repeated = sorted({"none" if v is None else str(v) for v in values or ()
+                       if list(values).count(v) > 1})  # fmt: skip
+    if repeated:
+        raise ValueError(f"{flag} lists {', '.join(repeated)} more than once: give each value once")
     return None if values is None else tuple(values)
 
 
@@ -169,6 +177,9 @@ def _run_resolution(args) -> int:
     from pixeljit.experiments import resolution
 
     sizes = _checked(args.sizes, "--sizes", check_int, 2, MAX_GRID_SIZE + 1)
+    if sizes is not None and (len(sizes) < 2 or list(sizes) != sorted(sizes)):
+        raise ValueError(f"--sizes {' '.join(map(str, sizes))}: give at least two sizes, "
+                         "increasing (the study transfers one network between them)")  # fmt: skip
     check_int("--base-size", args.base_size, 1, MAX_BASE_SIZE + 1)
     return _run_grid(args, resolution, resolution.ResolutionConfig, resolution.run_resolution,
                      {"sizes": sizes, "base_size": args.base_size})  # fmt: skip

@@ -79,7 +79,7 @@ def _add_nfe(experiments) -> None:
     p.add_argument("--t-eps", type=float, default=None,
                    help=f"clamp of 1 − t (default: {rec} {defaults.t_eps})")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice)")  # fmt: skip
     p.add_argument("--quick", action="store_true",
@@ -208,6 +208,8 @@ def _run_nfe(args) -> int:
     extractor = _extractor(args.extractor, net_cfg.in_channels, net_cfg.num_classes, None, device)
     describe = {"checkpoint": str(args.checkpoint), "weights": model.weights or "default",
                 "ref": str(args.ref)}  # fmt: skip
+    if args.ref_split is not None:  # recorded (and compared) only when given: older studies
+        describe["ref_split"] = args.ref_split
     # a folder with another study is refused before the reference statistics are computed
     open_results(out, study_header(config, model, extractor, describe), args.overwrite)
     info = dist_utils.DistInfo(rank=0, world_size=1, local_rank=0, device=device)

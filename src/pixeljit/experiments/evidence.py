@@ -41,6 +41,7 @@ from pixeljit.metrics.extractor import FeatureExtractor
 from pixeljit.metrics.stats import FeatureStats
 from pixeljit.training.config import TrainConfig
 from pixeljit.training.config_io import load_yaml, plain_json
+from pixeljit.training.rundir import run_files
 
 RESULT_NAME = "result.json"  # its presence marks a finished cell
 GRID_NAME = "grid.png"
@@ -212,8 +213,11 @@ def train_cell(cell: Cell, train_fn: Callable | None = None) -> dict:
     train_fn = train_fn or train
     folder = Path(cell.config.run.out)
     resumed = has_checkpoint(folder)
+    # a cell stopped before its first checkpoint left only config.yaml (and a log): nothing to
+    # resume, so it starts again, those files moved aside by the engine (nothing is deleted)
+    again = {} if resumed or not run_files(folder) else {"restart": True}
     start = time.perf_counter()
-    result = train_fn(cell.config, resume=str(folder) if resumed else None, progress=False)
+    result = train_fn(cell.config, resume=str(folder) if resumed else None, progress=False, **again)
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM: the checkpoint is kept
         raise KeyboardInterrupt(
             f"cell {cell.name} stopped after step {result.step}; re-run the same command to "

@@ -177,7 +177,7 @@ def open_results(out: Path, header: dict, overwrite: bool) -> dict:
     path = out / RESULTS_NAME
     earlier = None if overwrite else _load_results(path)
     if earlier is not None:
-        if earlier.get("header") != header:
+        if _identity(earlier.get("header")) != _identity(header):
             differ = _differences(earlier.get("header"), header)
             raise ValueError(
                 f"--out {out} holds an NFE study with other settings ({', '.join(differ)}): "
@@ -188,6 +188,14 @@ def open_results(out: Path, header: dict, overwrite: bool) -> dict:
         raise ValueError(f"--out {out} is not empty and holds no {RESULTS_NAME}: choose a new "
                          "or empty folder, or pass --overwrite")  # fmt: skip
     return {"format": FORMAT, "header": header, "rows": []}
+
+
+def _identity(header) -> dict | None:
+    """What a study is resumed under: its header less the checkpoint's spelling (`run`,
+    `run/latest.pt`, an absolute path): the weights digest says which weights it scored."""
+    if not isinstance(header, dict) or "weights_digest" not in header:
+        return header
+    return {k: v for k, v in header.items() if k != "checkpoint"}
 
 
 def _differences(earlier, header: dict) -> list[str]:
