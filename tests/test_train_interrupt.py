@@ -278,3 +278,44 @@ def test_a_resumed_demo_keeps_its_length_and_ctrl_c_always_names_the_way_on(
     assert "the training is done" in err and "draws its grid and scores it" in err
     assert main(["demo", "--resume", *argv[1:]]) == 0
     assert "nothing to train" in capsys.readouterr().out and (out / demo.SCORE_FILE).is_file()
+
+
+def test_workers_of_a_killed_grid_checkpoint_their_cells_and_exit(tmp_path):
+    """`kill -9` of the grid process left its workers (their own process groups) training the
+    cells queued to them, then idle for good; each now stops its cell at a step boundary with a
+    checkpoint, starts no other, and exits."""
+    from test_reproduce_interrupt import _alive, _children
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", GRID_SCRIPT, str(tmp_path)], env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        logs = []
+        while len(logs) < 2 or not all(log.stat().st_size for log in logs):  # both are training
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.5)
+            logs = list(tmp_path.glob("cells/*/metrics.jsonl"))
+        workers = {pid for pid in _children(proc.pid) if _alive(pid)}
+        assert len(workers) >= 2, workers  # the two cells' workers (and a resource tracker)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+        while any(map(_alive, workers)) and time.monotonic() < deadline + 60:
+            time.sleep(0.2)
+        left = {pid for pid in workers if _alive(pid)}
+    finally:  # nothing outlives the test, whatever happened
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.communicate()
+    assert not left, f"workers still running after their grid was killed: {left}"
+    for log in logs:  # no periodic checkpoint could have been written: the stop saved these
+        assert 0 < load_checkpoint(log.parent)["step"] < 10**6
+    assert not list(tmp_path.rglob("result.json"))

@@ -22,6 +22,8 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -37,22 +39,44 @@ Report = Callable[[int, Cell, dict, bool], None]  # (1-based index, cell, result
 STOP_POLL_S = 0.2  # how often the parent, waiting for cells, looks whether it was signalled
 _shared: tuple = ()  # in a worker: (measure, extractor, real, train_fn), set by `_start_worker`
 _stop = None  # in a worker: the grid's stop event, set by `_start_worker`
+_in_cell = threading.Event()  # in a worker: set while it runs a cell
 
 
 def _start_worker(stop, threads: int, *shared) -> None:
     """Each worker leaves the terminal's process group: Ctrl-C reaches the parent alone, which
-    passes it on once (two SIGINTs would stop a cell at once, without its checkpoint)."""
+    passes it on once (two SIGINTs would stop a cell at once, without its checkpoint). A thread
+    watches the parent (`_watch_parent`)."""
     global _shared, _stop
     if hasattr(os, "setpgid"):
         os.setpgid(0, 0)
     torch.set_num_threads(threads)
     _shared, _stop = shared, stop
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent) -> None:
+    """A worker whose grid process is gone (`kill -9`) went on training the cells queued to it,
+    then waited for work forever: it now stops its cell at a step boundary with a checkpoint
+    (SIGTERM, as `kill PID` of the grid does), starts none, and exits."""
+    parent.join()  # returns once the grid process has ended, however it ended
+    if _stop is not None:
+        _stop.set()  # the other workers start no further cell either
+    os.kill(os.getpid(), signal.SIGTERM)  # idle: ends the process; in a cell: a checkpoint
+    while _in_cell.is_set():
+        time.sleep(STOP_POLL_S)
+    os._exit(stopsignal.SIGNAL_EXIT_BASE + signal.SIGTERM)
 
 
 def _run_in_worker(cell: Cell) -> tuple[dict, bool]:
     if _stop is not None and _stop.is_set():  # queued before the grid was stopped
         raise KeyboardInterrupt(f"cell {cell.name} not started: the grid was stopped")
-    return run_cell(cell, *_shared)
+    _in_cell.set()
+    try:
+        return run_cell(cell, *_shared)
+    finally:
+        _in_cell.clear()
 
 
 @contextlib.contextmanager
