@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -158,6 +160,43 @@ def run_group(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedP
     if proc.returncode != 0:
         _kill_group(proc.pid)  # a failed launcher may leave its workers running
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def children_of(pid: int) -> set[int]:
+    """The live child processes of `pid` (from /proc: psutil may be missing)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, waiting for whoever adopted it to reap it, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_gone(pids: set[int], seconds: float) -> set[int]:
+    """Those of `pids` still running after waiting up to `seconds` for them to exit."""
+    deadline = time.monotonic() + seconds
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return {pid for pid in pids if alive(pid)}
+
+
+def end_processes(proc: subprocess.Popen, pids: set[int]) -> None:
+    """Kill `pids` (workers in their own process groups) and `proc`'s group, and reap `proc`:
+    nothing a test started outlives it, whatever happened."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _kill_group(proc.pid)
+    if proc.poll() is None:
+        proc.communicate()
 
 
 def torchrun(args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import children_of, end_processes, wait_gone
 from pixeljit.checkpoints.run import load_checkpoint
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
 
@@ -46,24 +47,6 @@ def _start(out: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def _children(pid: int) -> set[int]:
-    """The live child processes of `pid` (from /proc: psutil may be missing)."""
-    found = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found.update(int(c) for c in (task / "children").read_text().split())
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie, waiting for whoever adopted it to reap it, is not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def test_sigint_to_the_grid_alone_stops_its_cells_and_workers_and_a_rerun_finishes(tmp_path):
     out = tmp_path / "grid"
     proc = _start(out)
@@ -76,22 +59,13 @@ def test_sigint_to_the_grid_alone_stops_its_cells_and_workers_and_a_rerun_finish
             if all(log.is_file() and log.stat().st_size for log in logs):
                 break
             time.sleep(0.05)
-        children = _children(proc.pid)  # the two workers (and multiprocessing's tracker)
+        children = children_of(proc.pid)  # the two workers (and multiprocessing's tracker)
         assert len(children) >= 2, children
         os.kill(proc.pid, signal.SIGINT)  # the parent alone, as `timeout -s INT` does
-        signalled = time.monotonic()
         _, err = proc.communicate(timeout=60)  # a grid that ran its cells to the end: a hang
-        while any(map(_alive, children)) and time.monotonic() < signalled + 60:
-            time.sleep(0.1)
-        left = {pid for pid in children if _alive(pid)}
+        left = wait_gone(children, 60)
     finally:  # nothing outlives the test, whatever happened
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.communicate()
+        end_processes(proc, children)
     assert not left, f"processes of the grid still running after it exited: {left}"
     assert proc.returncode == SIGNAL_EXIT_BASE + signal.SIGINT, err
     assert "pixeljit reproduce: interrupted" in err and "Traceback" not in err, err

@@ -4,7 +4,6 @@ signal acts at once; `pixeljit train`, `pixeljit reproduce` grids and the handle
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import signal
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import states_equal, tiny_run
+from conftest import alive, children_of, end_processes, states_equal, tiny_run, wait_gone
 from extractors import PoolExtractor
 from pixeljit.checkpoints.run import find_checkpoint, load_checkpoint
 from pixeljit.cli import demo, main
@@ -171,34 +170,40 @@ bottleneck.run_bottleneck(config, sys.argv[1], extractor=PoolExtractor(), jobs=2
 """
 
 
+def _grid_training(folder: Path) -> tuple[subprocess.Popen, list[Path]]:
+    """GRID_SCRIPT's two cells started in a session of their own, once both train: the grid's
+    process and the cells' metrics logs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", GRID_SCRIPT, str(folder)], env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    logs: list[Path] = []
+    while len(logs) < 2 or not all(log.stat().st_size for log in logs):  # both are training
+        if proc.poll() is not None or time.monotonic() > deadline:
+            end_processes(proc, set())
+            raise AssertionError(f"the grid did not start both cells: {proc.stderr.read()}")
+        time.sleep(0.5)
+        logs = list(folder.glob("cells/*/metrics.jsonl"))
+    return proc, logs
+
+
 @pytest.mark.parametrize("whom", ["group", "parent"])
 def test_a_signal_to_a_grid_with_jobs_leaves_each_running_cell_a_checkpoint(tmp_path, whom):
     """Ctrl-C in a terminal signals the whole process group: the grid's parent and both workers;
     `kill PID` or `timeout` signals the parent alone, which passes SIGTERM on to its workers.
     Each worker ends its step and saves (no periodic checkpoint could have been written)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-c", GRID_SCRIPT, str(tmp_path)], env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc, logs = _grid_training(tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        logs = []
-        while len(logs) < 2 or not all(log.stat().st_size for log in logs):  # both are training
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.5)
-            logs = list(tmp_path.glob("cells/*/metrics.jsonl"))
         if whom == "group":
             os.killpg(proc.pid, signal.SIGINT)
         else:
             os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:  # nothing of the group outlives the test, whatever happened
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.communicate()
+        end_processes(proc, set())
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     for log in logs:
         assert 0 < load_checkpoint(log.parent)["step"] < 10**6
@@ -284,37 +289,16 @@ def test_workers_of_a_killed_grid_checkpoint_their_cells_and_exit(tmp_path):
     """`kill -9` of the grid process left its workers (their own process groups) training the
     cells queued to them, then idle for good; each now stops its cell at a step boundary with a
     checkpoint, starts no other, and exits."""
-    from test_reproduce_interrupt import _alive, _children
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-c", GRID_SCRIPT, str(tmp_path)], env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc, logs = _grid_training(tmp_path)
     workers: set[int] = set()
     try:
-        deadline = time.monotonic() + 120
-        logs = []
-        while len(logs) < 2 or not all(log.stat().st_size for log in logs):  # both are training
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.5)
-            logs = list(tmp_path.glob("cells/*/metrics.jsonl"))
-        workers = {pid for pid in _children(proc.pid) if _alive(pid)}
+        workers = {pid for pid in children_of(proc.pid) if alive(pid)}
         assert len(workers) >= 2, workers  # the two cells' workers (and a resource tracker)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
-        while any(map(_alive, workers)) and time.monotonic() < deadline + 60:
-            time.sleep(0.2)
-        left = {pid for pid in workers if _alive(pid)}
+        left = wait_gone(workers, 120)
     finally:  # nothing outlives the test, whatever happened
-        for pid in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.communicate()
+        end_processes(proc, workers)
     assert not left, f"workers still running after their grid was killed: {left}"
     for log in logs:  # no periodic checkpoint could have been written: the stop saved these
         assert 0 < load_checkpoint(log.parent)["step"] < 10**6
