@@ -38,7 +38,9 @@ PYTHON_NOTE = re.compile(r"\(Python: [^)]*\)")  # a Python alternative, said as 
 KWARG = re.compile(r"(?<![\w.-])[a-z_]+=(?:True|False|None)\b")  # a Python argument, no flag
 
 
-def check_flags(verb: str, message: str) -> None:
+def check_flags(verb: str, message: str) -> set[str]:
+    """Assert that every --flag `message` names belongs to `verb` (or to the verb of a
+    `pixeljit ...` command it quotes) and that it names no Python keyword; the flags named."""
     parsers = _parsers()
     for other, args in COMMAND.findall(message):  # a quoted command names its own verb's flags
         assert set(FLAG.findall(args)) <= _flags(parsers[other]), (other, message)
@@ -47,3 +49,4 @@ def check_flags(verb: str, message: str) -> None:
     assert not unknown, f"`pixeljit {verb}` has no {sorted(unknown)}; message: {message}"
     kwargs = KWARG.findall(PYTHON_NOTE.sub("", rest))
     assert not kwargs, f"`pixeljit {verb}` users cannot pass {kwargs}; message: {message}"
+    return set(FLAG.findall(message))

@@ -162,6 +162,13 @@ def run_group(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedP
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped): a killed writer's, for sweeps."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(done.stdout)
+
+
 def children_of(pid: int) -> set[int]:
     """The live child processes of `pid` (from /proc: psutil may be missing)."""
     found = set()

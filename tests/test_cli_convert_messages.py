@@ -9,16 +9,7 @@ import torch
 
 import pixeljit
 from cli_errors import _parsers, cli_error
-from conftest import TINY_NET
 from pixeljit.cli import build_parser, main
-
-
-@pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    pixeljit.save_safetensors(pixeljit.JiT(TINY_NET), path)
-    return path
 
 
 def test_convert_help_has_a_description_and_names_every_source_kind():
@@ -33,17 +24,17 @@ def test_convert_help_has_a_description_and_names_every_source_kind():
 
 
 @pytest.mark.parametrize("name", ["X.SAFETENSORS", "y.SafeTensors"])
-def test_convert_takes_the_suffix_in_any_case(export, tmp_path, capsys, name):
+def test_convert_takes_the_suffix_in_any_case(tiny_file, tmp_path, capsys, name):
     out = tmp_path / name
-    assert main(["convert", str(export), str(out)]) == 0
+    assert main(["convert", str(tiny_file), str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
     net = pixeljit.load_safetensors(out)
-    original = pixeljit.load_safetensors(export).state_dict()
+    original = pixeljit.load_safetensors(tiny_file).state_dict()
     assert all(torch.equal(v, original[k]) for k, v in net.state_dict().items())
 
 
 @pytest.mark.parametrize("name", [".safetensors", ".SAFETENSORS"])
-def test_convert_refuses_a_name_that_is_only_the_suffix(export, tmp_path, capsys, name):
-    err = cli_error(capsys, ["convert", str(export), str(tmp_path / name)])
+def test_convert_refuses_a_name_that_is_only_the_suffix(tiny_file, tmp_path, capsys, name):
+    err = cli_error(capsys, ["convert", str(tiny_file), str(tmp_path / name)])
     assert "no name before .safetensors" in err and "model.safetensors" in err
     assert not list(tmp_path.iterdir())  # no hidden file written

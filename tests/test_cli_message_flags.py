@@ -61,9 +61,15 @@ def test_error_messages_name_only_flags_of_the_verb(
         ],
         "reproduce": [["toy", "--out", str(tiny_file)], ["toy", "--steps", "0"]],
     }  # fmt: skip
+    named = {verb: set() for verb in runs}
     for verb, cases in runs.items():
         for argv in cases:
-            check_flags(verb, cli_error(capsys, [verb, *argv]))
+            named[verb] |= check_flags(verb, cli_error(capsys, [verb, *argv]))
+    # the messages do name flags (the check above is not vacuous), each the verb's own
+    assert {"--labels", "--num", "--cfg", "--in-context-start"} <= named["sample"]
+    assert {"--make-ref", "--size", "--emas", "--in-context-start"} <= named["eval"]
+    assert {"--in-context-start", "--hub"} <= named["convert"]
+    assert {"--out", "--steps"} <= named["reproduce"]
 
 
 def test_flag_checker_catches_foreign_flags():
@@ -100,4 +106,4 @@ def test_prepare_data_errors_name_only_prepare_flags(tmp_path, monkeypatch, caps
     monkeypatch.setattr("pixeljit.data.fashion_mnist.DEBIAN_DIR", tmp_path / "nothing")
     argv = ["prepare", "fashion-mnist", "--size", "8", "--out", str(tmp_path / "o")]
     message = cli_error(capsys, argv)
-    check_flags("prepare", message)
+    assert "--download" in check_flags("prepare", message)  # the way to fetch it, prepare's own

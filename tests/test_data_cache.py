@@ -7,6 +7,7 @@ import os
 import pytest
 from PIL import Image
 
+from conftest import dead_pid
 from pixeljit.data.open import cache_entry, open_dataset
 from pixeljit.data.prepare import prepare
 from pixeljit.files.cache import CACHE_ENV
@@ -101,12 +102,7 @@ def test_killed_packs_of_other_cache_entries_are_swept(folder):
     """A pack killed while filling one cache entry left its staging folder (up to the data set's
     size) for good when the next pack went into another entry: the cache is pixeljit's own, so
     every entry's leftovers go, a live packer's and a foreign file's excepted."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    dead = int(done.stdout)
+    dead = dead_pid()
     packed = cache_entry(str(folder), 4, 3, None).parent
     packed.mkdir(parents=True)
     stale = packed / f".fashion-mnist-default-32px-1ch.partial-{dead}-0123abcd"

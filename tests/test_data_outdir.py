@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import dead_pid
 from pixeljit.cli import build_parser, main
 from pixeljit.data import PackedDataset, prepare, write_stream
 from pixeljit.data.shards import MANIFEST
@@ -196,22 +197,13 @@ def test_unwritable_output_fails_before_the_source_is_read(tmp_path, monkeypatch
         prepare(tmp_path / "src", 8, tmp_path / "a-file" / "out")
 
 
-def _dead_pid() -> int:
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    return int(done.stdout)
-
-
 def test_staging_folders_of_killed_packs_are_swept_on_the_next_pack(tmp_path):
     """`kill -9` during `prepare` left `.out.partial-<pid>-<hex>` (up to the whole data set's
     size) beside the output, and the next pack into it left it there for good."""
     import os
 
     make_flat(tmp_path / "src")
-    dead = _dead_pid()
+    dead = dead_pid()
     stale = tmp_path / f".out.partial-{dead}-0123abcd"
     stale.mkdir()
     (stale / "images-00000.npy").write_bytes(b"half a shard")

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
+from conftest import dead_pid
 from pixeljit.files.atomic import atomic_write, atomic_write_text, sweep_stale_temporaries
-
-
-def _dead_pid() -> int:
-    """The pid of a process that has exited (and been reaped)."""
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    return int(proc.stdout)
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -36,7 +28,7 @@ def test_temporaries_of_a_killed_write_of_the_same_name_are_swept(tmp_path):
     """`kill -9` during `pixeljit sample` / `convert` leaves `.NAME.tmp-PID-TOKEN` beside the
     output; the next write of that name removes it. A live writer's temporary, another name's,
     and files that only look alike are kept."""
-    dead = _dead_pid()
+    dead = dead_pid()
     stale = tmp_path / f".grid.png.tmp-{dead}-0123abcd"
     live = tmp_path / f".grid.png.tmp-{os.getpid()}-89abcdef"
     other = tmp_path / f".other.png.tmp-{dead}-0123abcd"

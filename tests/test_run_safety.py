@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_run
+from conftest import dead_pid, tiny_run
 from pixeljit.checkpoints.run import LATEST, load_checkpoint
 from pixeljit.cli import main
 from pixeljit.training import rundir
@@ -39,12 +39,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file's bytes, but the lock's (it holds the last holder's PID)."""
     files = (p for p in folder.rglob("*") if p.is_file() and p.name != ".lock")
     return {str(p.relative_to(folder)): p.read_bytes() for p in files}
-
-
-def dead_pid() -> int:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    return int(done.stdout)
 
 
 # ----------------------------------------------------------------- a fresh run over an old one

@@ -260,13 +260,14 @@ def score_image_source(
     cannot hold leave the accuracy out with a warning."""
     labels = npz_labels(images)
     classes = extractor.num_classes
-    if labels is not None and classes and labels.size and labels.max() >= classes:
+    beyond = labels is not None and classes and labels.size and labels.max() >= classes
+    if beyond:
         warnings.warn(
             f"class accuracy left out: {images} holds labels up to {int(labels.max())}, but the "
             f"{extractor.name} classifier knows {classes} classes",
             stacklevel=2,
         )
-    if labels is None or not classes or (labels.size and labels.max() >= classes):
+    if labels is None or not classes or beyond:
         config = ScoreConfig(batch_size=batch_size)
         return score_images(images, extractor, ref, metrics, config).as_dict()
 

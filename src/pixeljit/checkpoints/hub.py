@@ -289,36 +289,25 @@ def _read_weights(path: Path, config: HubConfig, device, overrides: dict) -> tup
 
 
 def _check_own_metadata(path: Path, metadata: dict, config: HubConfig) -> None:
-    """model.safetensors records its architecture and objective itself (it loads alone): where
-    it does, config.json must say the same, or the weights would be built or sampled as
-    something they are not (another prediction target draws other images, silently)."""
+    """model.safetensors records its architecture, objective, class names and which weights these
+    are (it loads alone): where it does, config.json must say the same, or the weights would be
+    built or sampled as something they are not (another prediction target draws other images, a
+    reordered name list another class), or scores published for other weights."""
     own = metadata.get(SAFETENSORS_CONFIG_KEY)
     if own is not None and _parsed(own) != config.architecture:
         raise ValueError(
             f"{path}: its own metadata and {CONFIG_NAME} describe different "
             "architectures: the files do not belong together"
         )
-    _check_same_facts(path, metadata, config)
-    own = metadata.get("objective")
-    if own is None:
-        return
-    objective = objective_from_metadata(path, _parsed(own), config.architecture["image_size"])
-    if objective != config.objective:
-        ours = dict(zip(OBJECTIVE_KEYS, config.objective, strict=True))
-        theirs = dict(zip(OBJECTIVE_KEYS, objective, strict=True))
-        differ = [f"{k} {theirs[k]!r} there, {ours[k]!r} in {CONFIG_NAME}" for k in OBJECTIVE_KEYS
-                  if theirs[k] != ours[k]]  # fmt: skip
-        raise ValueError(
-            f"{path}: its own metadata and {CONFIG_NAME} give different objectives "
-            f"({'; '.join(differ)}): the files do not belong together"
-        )
-
-
-def _check_same_facts(path: Path, metadata: dict, config: HubConfig) -> None:
-    """The class names and which weights (name, step), where model.safetensors records them,
-    must be config.json's: a label would otherwise draw another class than its name says, and
-    scores be published for other weights."""
     differ = []
+    own = metadata.get("objective")
+    if own is not None:
+        objective = objective_from_metadata(path, _parsed(own), config.architecture["image_size"])
+        pairs = zip(OBJECTIVE_KEYS, objective, config.objective, strict=True)
+        fields = [f"{k} {there!r} there, {ours!r} in {CONFIG_NAME}"
+                  for k, there, ours in pairs if there != ours]  # fmt: skip
+        if fields:
+            differ.append(f"objectives ({'; '.join(fields)})")
     own = metadata.get("class_names")
     if own is not None:
         names = check_class_names(path, _parsed(own), config.architecture.get("num_classes"))

@@ -113,8 +113,6 @@ class TrainedModel:
     def to(self, device) -> TrainedModel:
         """The weights moved to `device` (in place; returns self), e.g. `model.to("cuda")`.
         Only the device changes: sampling keeps fp32 weights (use `amp_dtype` for bf16)."""
-        from pixeljit.devices import as_device
-
         if isinstance(device, torch.dtype):
             raise ValueError(
                 f"TrainedModel.to takes a device, not a dtype ({device}): sampling keeps fp32 "
@@ -164,7 +162,7 @@ def checkpoint_kind(source: str | os.PathLike) -> str:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     suffix = path.suffix.lower()  # X.SAFETENSORS is the same kind of file
     if path.is_file():
-        check_format_matches_suffix(path, suffix)
+        check_format_matches_suffix(path)
     if suffix == ".safetensors":
         return "safetensors"
     if path.is_dir():

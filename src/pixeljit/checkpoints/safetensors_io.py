@@ -233,14 +233,14 @@ def _sniffed_format(path: Path) -> str | None:
     return None
 
 
-def check_format_matches_suffix(path: Path, suffix: str) -> None:
+def check_format_matches_suffix(path: Path) -> None:
     """A .safetensors named .pt, or a torch.save file named .safetensors, failed deep in the
     wrong reader ('not a zip-format PyTorch checkpoint', 'header too large')."""
-    found = _sniffed_format(path)
+    suffix, found = path.suffix.lower(), _sniffed_format(path)
     if found == "safetensors" and suffix in (".pt", ".pth"):
         raise ValueError(f"{path} is a .safetensors file named {suffix}: rename it to "
-                         f"{path.with_suffix('.safetensors').name} and pass that")  # fmt: skip
-    if found == "zip" and suffix == ".safetensors":
+                         f"{path.with_suffix(SAFETENSORS_SUFFIX).name} and pass that")  # fmt: skip
+    if found == "zip" and suffix == SAFETENSORS_SUFFIX:
         pt, pth = path.with_suffix(".pt").name, path.with_suffix(".pth").name
         raise ValueError(f"{path} is a PyTorch checkpoint (torch.save) named .safetensors: "
                          f"rename it to {pt} (a run's checkpoint) or {pth} (an authors' one) "

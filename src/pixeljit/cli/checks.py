@@ -11,11 +11,20 @@ import os
 import re
 from pathlib import Path
 
+from pixeljit.checkpoints.hub_remote import is_hf_uri
 from pixeljit.files.atomic import temp_sibling
 
 CHECKPOINT_HELP = ("a pixeljit run folder / .pt, a .safetensors export, a Hub folder (from "
-                   "`convert --hub`) or hf://org/name[@rev], or an authors' checkpoint-last.pth "
-                   "/ its folder")  # fmt: skip
+                   "`pixeljit convert --hub`) or hf://org/name[@rev], or an authors' "
+                   "checkpoint-last.pth / its folder")  # fmt: skip
+
+
+def check_checkpoint_exists(flag: str, checkpoint: str) -> None:
+    """A local checkpoint path that is missing, reported before the output checks (a missing
+    input is the more useful error); `hf://` names are fetched later."""
+    if not is_hf_uri(checkpoint) and not Path(checkpoint).exists():
+        raise FileNotFoundError(f"{flag} {checkpoint} does not exist: pass {CHECKPOINT_HELP}")
+
 
 FOLDER_CLOBBER_GLOB = "*.png"  # an output folder holding these would have them replaced
 MAX_SEED = 2**63  # seeds are 64-bit: numpy's SeedSequence and torch.manual_seed take [0, 2**63)
@@ -40,6 +49,12 @@ def check_int(flag: str, value: int | None, low: int = 1, high: int | None = Non
     if value < low or (high is not None and value >= high):
         upper = f" and ≤ {high - 1:,}" if high is not None else ""
         raise ValueError(f"{flag} must be ≥ {low:,}{upper}, got {value}")
+
+
+def repeated(values) -> list[str]:
+    """The values a list flag holds more than once, as text ('none' for None), sorted."""
+    values = list(values or ())
+    return sorted({"none" if v is None else str(v) for v in values if values.count(v) > 1})
 
 
 def check_seed(flag: str, value: int | None) -> None:
@@ -119,9 +134,9 @@ def check_not_an_input(flag: str, path: str | os.PathLike, inputs: list[Path]) -
                              "results to another file")  # fmt: skip
 
 
-def _count(n: int, noun: str) -> str:
-    """'1 numbered PNG', '2 numbered PNGs'."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 numbered PNG', '2 numbered PNGs' ('2 classes' with plural='classes')."""
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
 
 
 NUMBERED_PNG = re.compile(r"\d{6}\.png")  # what `save_pngs` writes: 000000.png, 000001.png, …
@@ -138,8 +153,8 @@ def check_no_stale_pngs(flag: str, folder: str | os.PathLike, count: int) -> Non
              if NUMBERED_PNG.fullmatch(p.name) and int(p.name[:6]) >= count]  # fmt: skip
     if stale:
         raise ValueError(
-            f"{flag} {folder} holds {_count(len(stale), 'numbered PNG')} beyond the "
-            f"{_count(count, 'new one')} (e.g. "
+            f"{flag} {folder} holds {counted(len(stale), 'numbered PNG')} beyond the "
+            f"{counted(count, 'new one')} (e.g. "
             f"{sorted(stale)[0]}): they would be mixed with the new set; choose an empty folder "
             "or remove them first"
         )

@@ -19,10 +19,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
-
 from pixeljit.cli.checks import CHECKPOINT_HELP
 from pixeljit.cli.evaluate_args import (
+    AUTO_EXTRACTOR,
     DEFAULT_BATCH,
     DEFAULT_NUM,
     DEFAULT_SEED,
@@ -41,7 +40,7 @@ from pixeljit.cli.sampler_args import (
     given_sampler_flags,
     sampler_from_args,
 )
-from pixeljit.metrics.dataset_stats import check_recorded_shape, shape_text
+from pixeljit.metrics.dataset_stats import check_recorded_shape, recorded_image_shape, shape_text
 
 
 def add_parser(sub) -> None:
@@ -56,7 +55,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ref-split", default=None, help="split of a data-set reference")
     auto = ("auto: the one a --ref statistics file records, else fmnist-cnn for grey 10-class "
             "images, effnet-lite0 otherwise")  # fmt: skip
-    p.add_argument("--extractor", default="auto", help=f"{' | '.join(EXTRACTOR_CHOICES)} ({auto})")
+    p.add_argument(
+        "--extractor", default=AUTO_EXTRACTOR, help=f"{' | '.join(EXTRACTOR_CHOICES)} ({auto})"
+    )
     p.add_argument("--inception-weights", default=None,
                    help="pt_inception-2015-12-05 weights (for inception-v3-fid)")  # fmt: skip
     p.add_argument("--metrics", nargs="+", default=None, choices=METRIC_NAMES,
@@ -102,10 +103,10 @@ def _extractor(
     from pixeljit.metrics import EXTRACTORS, create_extractor
     from pixeljit.metrics.dataset_stats import recorded_extractor
 
-    recorded = recorded_extractor(ref) if name == "auto" and ref else None
+    recorded = recorded_extractor(ref) if name == AUTO_EXTRACTOR and ref else None
     if recorded in EXTRACTORS:
         name = recorded
-    elif name == "auto":
+    elif name == AUTO_EXTRACTOR:
         name = "fmnist-cnn" if channels == 1 and classes in (0, 10) else "effnet-lite0"
     kwargs = {"device": device}
     if name == "inception-v3-fid":
@@ -154,25 +155,12 @@ def _run(args, info, cfgs: list[float] | None) -> int:
         score_image_source,
         sweep_rows,
     )
-    from pixeljit.metrics import save_dataset_stats
     from pixeljit.training import distributed as dist_utils
 
     barrier = lambda: dist_utils.barrier(info)  # noqa: E731
     say = print if info.is_main else (lambda *a, **k: None)
     if args.make_ref:
-        if args.size is None or args.channels is None:
-            raise ValueError("--make-ref needs --size and --channels (the images to measure)")
-        extractor = _extractor(args.extractor, args.channels, 10, args.inception_weights,
-                               info.device)  # fmt: skip
-        if args.make_ref.endswith(".npz"):  # images (checked by check_args), not a data set
-            ref = _npz_stats(args.make_ref, extractor, args.size, args.channels, info)
-        else:
-            ref = _dataset_stats("--make-ref", args.make_ref, extractor, args.size,
-                                 args.channels, args.ref_split, info, barrier)  # fmt: skip
-        if info.is_main:
-            save_dataset_stats(args.out, ref)
-        say(f"reference statistics of {args.make_ref} ({ref.count} images, "
-            f"{extractor.name}{_conversion(args)}) → {args.out}")  # fmt: skip
+        _make_ref(args, info, barrier, say)
         return 0
     if args.images:
         shape = _image_shape(args)
@@ -248,6 +236,25 @@ def _image_shape(args) -> tuple[int, int, int]:
     return int(c), int(h), int(w)
 
 
+def _make_ref(args, info, barrier, say) -> None:
+    """--make-ref: the statistics of a data set, an image folder or an images `.npz` at --size
+    px with --channels, saved to --out."""
+    from pixeljit.metrics import save_dataset_stats
+
+    if args.size is None or args.channels is None:
+        raise ValueError("--make-ref needs --size and --channels (the images to measure)")
+    extractor = _extractor(args.extractor, args.channels, 10, args.inception_weights, info.device)
+    if args.make_ref.endswith(".npz"):  # images (checked by check_args), not a data set
+        ref = _npz_stats(args.make_ref, extractor, args.size, args.channels, info)
+    else:
+        ref = _dataset_stats("--make-ref", args.make_ref, extractor, args.size,
+                             args.channels, args.ref_split, info, barrier)  # fmt: skip
+    if info.is_main:
+        save_dataset_stats(args.out, ref)
+    say(f"reference statistics of {args.make_ref} ({ref.count} images, "
+        f"{extractor.name}{_conversion(args)}) → {args.out}")  # fmt: skip
+
+
 def _conversion(args) -> str:
     """', resized from 28×28 and grey → RGB' where --make-ref's images (an .npz) are not
     already --size px with --channels: said, since the statistics then measure converted
@@ -286,23 +293,6 @@ def _npz_stats(path: str, extractor, size: int, channels: int, info):
     return compute_dataset_stats(images(), extractor)
 
 
-def _recorded_shape(path: Path) -> tuple[int, int, int] | None:
-    """The (C, H, W) a statistics `.npz` records of the images it measured, None when it records
-    none (or is unreadable: loading it says why)."""
-    from pixeljit.metrics.image_sources import npz_headers
-
-    if not path.is_file():
-        return None
-    try:
-        header = npz_headers(path).get("image_shape")
-        if header is None or header.shape != (3,) or header.dtype.kind not in "iu":
-            return None
-        with np.load(path, allow_pickle=False) as data:
-            return tuple(int(v) for v in data["image_shape"])  # type: ignore[return-value]
-    except (ValueError, OSError):
-        return None
-
-
 def _check_stats_shape(args, shape: tuple[int, int, int], scored: str) -> None:
     """--ref STATS.npz measured on images of another size or channel count than the `scored`
     ones (`shape`, C H W) is refused before the extractor is built: that is the cause, and the
@@ -311,7 +301,7 @@ def _check_stats_shape(args, shape: tuple[int, int, int], scored: str) -> None:
     needs_ref = set(metrics(args)) & {"fd", "kid", "pr"}
     if not (needs_ref and args.ref and args.ref.endswith(".npz")):
         return
-    recorded = _recorded_shape(Path(args.ref))
+    recorded = recorded_image_shape(args.ref)
     if recorded is None:
         return
     resave = f", or save the images as {shape_text(recorded)}" if args.images else ""

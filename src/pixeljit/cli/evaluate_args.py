@@ -15,6 +15,7 @@ from pixeljit.cli.checks import (
     check_not_an_input,
     check_output,
     check_seed,
+    repeated,
 )
 from pixeljit.cli.sample import FOLDER_MARKS, check_authors_only
 from pixeljit.cli.sampler_args import AUTO_AMP, FLAGS
@@ -24,7 +25,7 @@ from pixeljit.metrics.score import ScoreConfig
 
 METRIC_NAMES = ("fd", "kid", "is", "pr")
 CHANNELS = (1, 3)
-AUTO_EXTRACTOR = "auto"  # fmnist-cnn for grey 10-class images, effnet-lite0 otherwise
+AUTO_EXTRACTOR = "auto"  # a --ref file's own; else fmnist-cnn for grey 10-class, effnet-lite0
 EXTRACTOR_CHOICES = (*EXTRACTORS, AUTO_EXTRACTOR)
 JSON_SUFFIX = ".json"
 DEFAULT_NUM, DEFAULT_SEED, DEFAULT_BATCH = 10000, 0, 100  # generation (--checkpoint)
@@ -117,6 +118,21 @@ def check_args(args) -> list[float] | None:
                          "file *.npz")  # fmt: skip
     if args.out and not args.make_ref and not args.out.endswith(JSON_SUFFIX):
         raise ValueError(f"--out {args.out}: the results are JSON; name the file *.json")
+    _check_outputs(args)
+    # after the flags and paths; counted from the listing or the .npz header, before any
+    # reference work (packing a data-set reference can take minutes)
+    if args.images:
+        from pixeljit.metrics.image_sources import count_path_images
+
+        fix = "score {least} images or more, or leave {metric} out of --metrics"
+        ScoreConfig().check_count(metrics(args), count_path_images(args.images), fix)
+    if not args.sweep_cfg:
+        return None
+    return sweep_scales(*args.sweep_cfg)
+
+
+def _check_outputs(args) -> None:
+    """--out (written, never one of the inputs) and --save-images (a folder), before any work."""
     if args.out:
         check_output("--out", args.out, False, args.overwrite, "--overwrite")
         check_not_an_input("--out", args.out, _inputs(args))
@@ -130,16 +146,6 @@ def check_args(args) -> list[float] | None:
             )
         check_output("--save-images", raw, True, args.overwrite, "--overwrite")
         check_no_stale_pngs("--save-images", args.save_images, args.num)
-    # after the flags and paths; counted from the listing or the .npz header, before any
-    # reference work (packing a data-set reference can take minutes)
-    if args.images:
-        from pixeljit.metrics.image_sources import count_path_images
-
-        fix = "score {least} images or more, or leave {metric} out of --metrics"
-        ScoreConfig().check_count(metrics(args), count_path_images(args.images), fix)
-    if not args.sweep_cfg:
-        return None
-    return sweep_scales(*args.sweep_cfg)
 
 
 def sweep_scales(lo: float, hi: float, step: float) -> list[float]:
@@ -194,9 +200,9 @@ def check_emas(emas: list[str]) -> None:
     if "all" in emas and len(emas) > 1:
         raise ValueError(f"--emas {' '.join(emas)}: 'all' already names every EMA of the "
                          "checkpoint: pass 'all' alone, or list the weights")  # fmt: skip
-    repeated = sorted({name for name in emas if emas.count(name) > 1})
-    if repeated:
-        raise ValueError(f"--emas {' '.join(emas)} names {', '.join(repeated)} more than once: "
+    twice = repeated(emas)
+    if twice:
+        raise ValueError(f"--emas {' '.join(emas)} names {', '.join(twice)} more than once: "
                          "list each weights once")  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pixeljit.cli.checks import counted
 from pixeljit.data.folders import LAYOUTS, is_image_file
 from pixeljit.data.prepare import KEYWORD_SOURCES, MAX_WORKERS, PrepareResult, prepare
 from pixeljit.data.transforms import MAX_SIZE
@@ -95,8 +96,8 @@ def run(args) -> int:
     )
     c, h, w = result.image_shape
     print(
-        f"packed {result.count} image{'s' if result.count != 1 else ''} of {c}x{h}x{w} in "
-        f"{result.num_classes} class{'es' if result.num_classes != 1 else ''} into "
+        f"packed {counted(result.count, 'image')} of {c}x{h}x{w} in "
+        f"{counted(result.num_classes, 'class', 'classes')} into "
         f"{result.out_dir} ({result.seconds:.1f} s)"
     )
     if result.skipped:
@@ -104,9 +105,10 @@ def run(args) -> int:
         for bad in result.skipped[:_LIST_SKIPPED]:
             print(f"  {bad.path}: {bad.reason}")
     if result.ignored:
-        n = len(result.ignored)
-        print(f"ignored {n} non-image or hidden entr{'ies' if n != 1 else 'y'} (hidden: names "
-              f"starting with '.'), e.g. {result.ignored[0]}")  # fmt: skip
+        ignored = counted(
+            len(result.ignored), "non-image or hidden entry", "non-image or hidden entries"
+        )
+        print(f"ignored {ignored} (hidden: names starting with '.'), e.g. {result.ignored[0]}")
     warning = empty_classes_warning(result, args.limit)
     if warning:
         print(f"warning: {warning}", file=sys.stderr, flush=True)

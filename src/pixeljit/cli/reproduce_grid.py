@@ -15,7 +15,14 @@ import os
 import time
 from pathlib import Path
 
-from pixeljit.cli.checks import check_device, check_float, check_int, check_output, check_seed
+from pixeljit.cli.checks import (
+    check_device,
+    check_float,
+    check_int,
+    check_output,
+    check_seed,
+    repeated,
+)
 
 MAX_STEPS = 10_000_000
 MAX_JOBS = 256  # worker processes of a grid
@@ -96,7 +103,7 @@ def check_grid_flags(args) -> None:
     args.reuse = check_reuse(args.reuse, args.out)
     for seed in args.seeds or ():
         check_seed("--seeds", seed)
-    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+    if repeated(args.seeds):
         raise ValueError(f"--seeds {' '.join(map(str, args.seeds))}: give each seed once")
     check_int("--steps", args.steps, 1, MAX_STEPS + 1)
     check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)
@@ -133,10 +140,9 @@ def _checked(values: list | None, flag: str, check, low, high) -> tuple | None:
     for value in values or ():
         if value is not None:  # --dims none
             check(flag, value, low, high)
-    repeated = sorted({"none" if v is None else str(v) for v in values or ()
-                       if list(values).count(v) > 1})  # fmt: skip
-    if repeated:
-        raise ValueError(f"{flag} lists {', '.join(repeated)} more than once: give each value once")
+    twice = repeated(values)
+    if twice:
+        raise ValueError(f"{flag} lists {', '.join(twice)} more than once: give each value once")
     return None if values is None else tuple(values)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from pixeljit.cli.checks import (
     CHECKPOINT_HELP,
     MAX_IMAGES,
+    check_checkpoint_exists,
     check_device,
     check_float,
     check_int,
@@ -142,10 +143,7 @@ def _check_flags(args) -> Path:
     if args.ref_split and args.ref.endswith(".npz"):
         raise ValueError(f"--ref-split has no effect with the statistics file --ref {args.ref}: "
                          "drop it (it picks a split of a data-set reference)")  # fmt: skip
-    from pixeljit.checkpoints.hub_remote import is_hf_uri
-
-    if not is_hf_uri(args.checkpoint) and not Path(args.checkpoint).exists():
-        raise ValueError(f"--checkpoint {args.checkpoint} does not exist: pass {CHECKPOINT_HELP}")
+    check_checkpoint_exists("--checkpoint", args.checkpoint)
     _check_ref_features(args.ref)
     return check_output("--out", args.out, folder=True, overwrite=True)
 

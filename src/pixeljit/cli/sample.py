@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pixeljit.checkpoints.hub_remote import is_hf_uri
 from pixeljit.checkpoints.load import TrainedModel, load_trained
 from pixeljit.cli.checks import (
     CHECKPOINT_HELP,
     MAX_IMAGES,
+    check_checkpoint_exists,
     check_device,
     check_float,
     check_int,
@@ -196,16 +196,6 @@ def resolve_labels(labels: list[int | str] | None, model: TrainedModel) -> list[
         raise ValueError(f"--labels {err}") from None
 
 
-def check_checkpoint_exists(checkpoint: str) -> None:
-    """A local checkpoint path that is missing, reported before the output checks (a missing
-    input is the more useful error); `hf://` names are fetched later."""
-    if not is_hf_uri(checkpoint) and not Path(checkpoint).exists():
-        raise FileNotFoundError(
-            f"checkpoint {checkpoint} does not exist: pass a run folder or .pt, a .safetensors "
-            "export, a Hub folder, hf://org/name or an authors' checkpoint-last.pth"
-        )
-
-
 def check_args(args) -> None:
     """Every numeric flag finite and in range (the sampler's via SamplerConfig), then the
     checkpoint path present, before the outputs are checked and any model is loaded."""
@@ -221,7 +211,7 @@ def check_args(args) -> None:
     for y in args.labels or ():
         if isinstance(y, int):  # a class name is checked once the model is loaded
             check_int("--labels", y, 0)
-    check_checkpoint_exists(args.checkpoint)  # before parse_outputs: the input first
+    check_checkpoint_exists("checkpoint", args.checkpoint)  # before parse_outputs: input first
     check_authors_only(args.checkpoint, args.in_context_start)
 
 

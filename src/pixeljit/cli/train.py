@@ -173,7 +173,7 @@ def user_layer(overrides: dict, where: str, base) -> dict:
 
 def run(args) -> int:
     from pixeljit.checkpoints.run import resume_hint
-    from pixeljit.cli.checks import interrupted_detail
+    from pixeljit.cli.checks import counted, interrupted_detail
     from pixeljit.training.loop import train
 
     cfg = build_config(args)
@@ -193,6 +193,6 @@ def run(args) -> int:
     if result.stopped_on_nan:
         return 1
     if result.is_main:
-        steps = f"{result.step} step{'s' if result.step != 1 else ''}"
+        steps = counted(result.step, "step")
         print(f"done: {steps}; run folder {result.out}; checkpoint {result.checkpoint}")
     return 0

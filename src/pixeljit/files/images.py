@@ -23,6 +23,7 @@ LABEL_FONT_SIZE = 12
 LABEL_MARGIN = 4  # pixels around a row label
 LABEL_COLOUR = 0  # black
 NPZ_IMAGES_KEY = "arr_0"  # the ADM / torch-fidelity convention: (N, H, W, C) uint8
+NPZ_LABELS_KEY = "labels"  # (N,) int64: the class of each image
 NPZ_CLASS_NAMES_KEY = "class_names"  # (K,) str: label k's class, as `sample --out X.npz` writes
 MAX_GRID_PIXELS = 2**30  # a grid beyond a gigapixel cannot sensibly be built in memory
 _MODES = {1: "L", 3: "RGB"}
@@ -156,8 +157,8 @@ def save_npz(
     array = _check_uint8(to_uint8(images))
     arrays = {NPZ_IMAGES_KEY: array}
     if labels is not None:
-        arrays["labels"] = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
-        if arrays["labels"].shape != (array.shape[0],):
+        arrays[NPZ_LABELS_KEY] = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
+        if arrays[NPZ_LABELS_KEY].shape != (array.shape[0],):
             raise ValueError(f"labels must have shape ({array.shape[0]},)")
         if class_names:
             arrays[NPZ_CLASS_NAMES_KEY] = np.asarray([str(n) for n in class_names], dtype=np.str_)

@@ -225,21 +225,35 @@ def load_dataset_stats(
     return ref
 
 
-def recorded_extractor(path: str | os.PathLike) -> str | None:
-    """The extractor a statistics file says it was computed with (its `--extractor` name), None
-    when it records none (the ADM evaluator's, the authors') or is not such a file."""
+def _recorded(path: str | os.PathLike, key: str):
+    """The array `key` of a statistics `.npz` (checked from its headers as loading checks them),
+    None when the file holds none, or is no readable statistics file (loading it says why)."""
     path = Path(path)
     if path.suffix.lower() != ".npz" or not path.is_file():
         return None
     try:
         headers = npz_headers(path)
         _check_stats_headers(path, headers, None)
-        if "extractor" not in headers:
+        if key not in headers:
             return None
         with np.load(path, allow_pickle=False) as data:
-            return str(data["extractor"]).split("@", 1)[0]
+            return data[key]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile):
-        return None  # the loader names what is wrong with it
+        return None
+
+
+def recorded_extractor(path: str | os.PathLike) -> str | None:
+    """The extractor a statistics file says it was computed with (its `--extractor` name), None
+    when it records none (the ADM evaluator's, the authors') or is not such a file."""
+    value = _recorded(path, "extractor")
+    return None if value is None else str(value).split("@", 1)[0]
+
+
+def recorded_image_shape(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """The (C, H, W) a statistics file records of the images it measured, None when it records
+    none or is not such a file."""
+    value = _recorded(path, "image_shape")
+    return None if value is None else tuple(int(v) for v in value)  # type: ignore[return-value]
 
 
 def _image_shape(path: Path, data) -> tuple[int, int, int] | None:

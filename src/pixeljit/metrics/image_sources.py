@@ -20,11 +20,10 @@ import torch
 from PIL import Image
 
 from pixeljit.data.transforms import COLOUR, GREY, check_pixels, to_channels
+from pixeljit.files.images import NPZ_CLASS_NAMES_KEY, NPZ_LABELS_KEY  # as `sample` writes them
+from pixeljit.files.images import NPZ_IMAGES_KEY as NPZ_IMAGE_KEY
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-NPZ_IMAGE_KEY = "arr_0"
-NPZ_LABELS_KEY = "labels"  # the class of each image, as `pixeljit sample --out X.npz` writes
-NPZ_CLASS_NAMES_KEY = "class_names"  # label k's class name, as `pixeljit sample` writes
 MAX_NPZ_CLASS_NAMES = 100_000
 DEFAULT_BATCH = 100
 MAX_INFLATION = 100  # a member may inflate at most this much (zlib alone allows ~1032×)

@@ -37,6 +37,7 @@ from pixeljit.training.resume import (
     execution_facts,
 )
 from pixeljit.training.rundir import (
+    CONFIG_FILE,
     RunLock,
     aside_suffix,
     check_config_file,
@@ -227,7 +228,7 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
     if info.is_main and not idle:
         check_config_file(out, saved, to_dict(cfg))  # before anything in the folder moves
         _settle_run_folder(out, resume_file, restart, saved["step"] if saved else 0)
-        save_yaml(cfg, out / "config.yaml")
+        save_yaml(cfg, out / CONFIG_FILE)
     return _Run(cfg, plan, dataset, out, compiled, execution, fingerprint, saved, allow_inexact)
 
 

@@ -127,10 +127,8 @@ RESOLVED_FROM_DATA = (("model", "num_classes"), ("objective", "noise_scale"))
 
 
 SOURCE_FIELD = "data.source"  # where the data is, not what it is: the fingerprint says that
-
-
-class RecipeChanged(ValueError):
-    """A resume whose config changes the run's recipe (never allowed)."""
+# where the run and its data are, not what it trains: moving them changes no setting
+PLACE_FIELDS = frozenset({"run.out", SOURCE_FIELD})
 
 
 def _refuse_recipe_changes(saved: dict, saved_config: dict, config: dict, path) -> None:
@@ -143,7 +141,7 @@ def _refuse_recipe_changes(saved: dict, saved_config: dict, config: dict, path) 
         if field_class(name) == "recipe" and name not in free:
             recipe.append(difference)
     if recipe:
-        raise RecipeChanged(
+        raise ValueError(
             f"config differs from the checkpoint {path} in: " + "; ".join(recipe) + "; set these "
             "back (a run's recipe cannot change on resume), or train them as a new run: without "
             "--resume, into another --out or with --restart to move this run aside"

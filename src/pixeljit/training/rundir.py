@@ -30,14 +30,18 @@ import time
 from pathlib import Path
 
 from pixeljit.checkpoints.hub_card import RUN_SCORES_FILES
-from pixeljit.checkpoints.run import resume_hint
+from pixeljit.checkpoints.run import config_changes, resume_hint
 from pixeljit.files.atomic import atomic_write, atomic_write_text, process_alive
+from pixeljit.training.config_io import load_yaml
+from pixeljit.training.resume import PLACE_FIELDS, with_added_fields
 
 LOCK_FILE = ".lock"
+CONFIG_FILE = "config.yaml"  # the run's resolved config, written at every start
+MAX_NAMED_EDITS = 6  # edits of config.yaml a refused resume names
 # What a run writes into its folder (see README "### Training"); anything else is not ours.
 # and the scores of its weights (the demo's score.json, `eval --out RUN/eval.json` as the README
 # shows, the files a model card reads): they describe that run, so --restart moves them aside
-RUN_FILE_NAMES = ("latest.pt", "config.yaml", "metrics.jsonl", "loss.png", "tensorboard",
+RUN_FILE_NAMES = ("latest.pt", CONFIG_FILE, "metrics.jsonl", "loss.png", "tensorboard",
                   *RUN_SCORES_FILES)  # fmt: skip
 RUN_FILE_RE = re.compile(
     r"^(step-\d{9}\.pt|samples-\d{7}\.png"
@@ -357,20 +361,11 @@ def check_out_folder(out: str | os.PathLike, data_source: str | None) -> None:
             )
 
 
-CONFIG_FILE = "config.yaml"
-PLACE_FIELDS = ("run.out", "data.source")  # where the run and its data are, not settings
-MAX_NAMED_EDITS = 6
-
-
 def check_config_file(folder: Path, saved: dict | None, config: dict) -> None:
     """A resume reads the checkpoint's config, not the folder's config.yaml, and rewrites that
     file: one edited since it was written (it differs from both) would be ignored and lost, so
     it is refused, naming the edits and the two ways on. Only a resume of the folder's own
     latest.pt is judged: an older milestone or a set-aside branch had its own config."""
-    from pixeljit.checkpoints.run import diff_configs
-    from pixeljit.training.config_io import load_yaml
-    from pixeljit.training.resume import with_added_fields
-
     path = folder / CONFIG_FILE
     if saved is None or not path.is_file():
         return
@@ -381,14 +376,15 @@ def check_config_file(folder: Path, saved: dict | None, config: dict) -> None:
     except (ValueError, OSError) as err:
         problem = f"cannot be read ({err})"
     else:
-        found = [d for d in diff_configs(with_added_fields(saved["config"]), written)
-                 if d.split(":")[0] not in PLACE_FIELDS]  # fmt: skip
-        unapplied = {d.split(":")[0] for d in diff_configs(config, written)}
-        if not found or not unapplied.intersection(d.split(":")[0] for d in found):
+        edits = [(name, a, b) for name, a, b in
+                 config_changes(with_added_fields(saved["config"]), written)
+                 if name not in PLACE_FIELDS]  # fmt: skip
+        unapplied = {name for name, _, _ in config_changes(config, written)}
+        if not unapplied.intersection(name for name, _, _ in edits):
             return  # the file is as saved, or the resume applies each of its edits (--config)
-        named = [d.replace(": checkpoint ", " ").replace(" vs now ", " in the checkpoint, ")
-                 + " in the file" for d in found[:MAX_NAMED_EDITS]]  # fmt: skip
-        more = len(found) - len(named)
+        named = [f"{name} {a!r} in the checkpoint, {b!r} in the file"
+                 for name, a, b in edits[:MAX_NAMED_EDITS]]  # fmt: skip
+        more = len(edits) - len(named)
         problem = (f"differs from the checkpoint's config ({'; '.join(named)}"
                    f"{f' and {more} more' if more else ''})")  # fmt: skip
     raise ValueError(

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pixeljit.checkpoints.run import config_changes
 from pixeljit.data.folders import FOLDER_KIND
 from pixeljit.data.packed import PackedDataset
 from pixeljit.training.config import TrainConfig
 from pixeljit.training.config_io import to_dict
-from pixeljit.training.resume import with_added_fields
+from pixeljit.training.resume import PLACE_FIELDS, with_added_fields
 from pixeljit.training.setup import (
     BatchPlan,
     ema_horizon_warning,
@@ -66,19 +67,7 @@ def run_line(cfg: TrainConfig, plan: BatchPlan, start: int, resume_file: Path | 
     return line
 
 
-# where the run and its data are, not what it trains: moving them is not a change of setting
-PLACE_FIELDS = frozenset({"run.out", "data.source"})
 MAX_NAMED_CHANGES = 12  # settings named in the resume's line
-
-
-def _flat(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def changed_settings_line(config: dict, saved: dict | None) -> str | None:
@@ -87,9 +76,9 @@ def changed_settings_line(config: dict, saved: dict | None) -> str | None:
     flags, --set and --config over the saved config, and said nothing of what they changed."""
     if saved is None:
         return None
-    was, now = _flat(with_added_fields(saved["config"])), _flat(config)
-    changes = [f"{key} {was.get(key)!r} → {now.get(key)!r}" for key in sorted(set(was) | set(now))
-               if key not in PLACE_FIELDS and was.get(key) != now.get(key)]  # fmt: skip
+    changes = [f"{name} {a!r} → {b!r}"
+               for name, a, b in config_changes(with_added_fields(saved["config"]), config)
+               if name not in PLACE_FIELDS]  # fmt: skip
     if not changes:
         return None
     more = len(changes) - MAX_NAMED_CHANGES
