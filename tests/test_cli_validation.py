@@ -291,6 +291,43 @@ def test_empty_values_are_refused(tiny_file, tmp_path, monkeypatch, capsys, verb
     assert list(tmp_path.iterdir()) == []  # nothing written in the current folder
 
 
+# a path no command could open: each is refused by the parser, naming the flag, before any
+# work (`reproduce toy --out LOOP/x` trained its grid, then failed writing it)
+UNOPENABLE = [
+    ("{loop}/x.png", "leads back to itself"), ("{long}.png", "longer than the file system"),
+    ("missing/{long}.png", "bytes long, over the"),
+    ("{deep}x.png", "longer than the file system allows"), ("a\0b", "NUL"),
+]  # fmt: skip
+PATH_FLAGS = [
+    ("train", ["--preset", "fmnist-small", "--data", "fashion-mnist", "--out", "{p}"], "--out"),
+    ("train", ["--preset", "fmnist-small", "--config", "{p}"], "--config"),
+    ("sample", ["{ckpt}", "--out", "{p}"], "--out"), ("sample", ["{p}"], "checkpoint"),
+    ("convert", ["{ckpt}", "{p}"], "out"), ("convert", ["{ckpt}", "--hub", "{p}"], "--hub"),
+    ("prepare", ["fashion-mnist", "--size", "8", "--out", "{p}"], "--out"),
+    ("eval", ["--images", "{p}", "--ref", "fashion-mnist"], "--images"),
+    ("demo", ["--out", "{p}"], "--out"), ("reproduce", ["toy", "--quick", "--out", "{p}"], "--out"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path, problem", UNOPENABLE)
+@pytest.mark.parametrize("verb, argv, name", PATH_FLAGS)
+def test_paths_no_command_could_open_are_refused_by_flag(
+    tiny_file, tmp_path, monkeypatch, capsys, verb, argv, name, path, problem
+):
+    """A symbolic-link loop, a name part longer than the file system's limit, a path longer than
+    the system's, a NUL: one line naming the flag and the problem, before anything runs."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loop").symlink_to("loop")
+    path = path.format(loop="loop", long="n" * 300, deep="d/" * 2100)
+    argv = [a.format(ckpt=tiny_file, p=path) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        main([verb, *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {name} " in err and problem in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop"]  # nothing written
+
+
 @pytest.mark.parametrize("damage", ["truncated", "checksum"])
 @pytest.mark.parametrize(
     "verb, argv",

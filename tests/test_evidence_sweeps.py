@@ -260,6 +260,23 @@ def test_an_interrupted_grid_continues_where_it_stopped(tmp_path):
         noise.run_noise(config, tmp_path, extractor=PoolExtractor(), train_fn=failing)
     finished = sorted(p.parent.name for p in tmp_path.glob(f"{CELLS_FOLDER}/*/{RESULT_NAME}"))
     assert len(finished) == 1
+    # the command line's interrupted line names what is kept and how to go on
+    from pixeljit.cli.reproduce_grid import run_and_report
+
+    def stopped(progress, said="cell b stopped after step 3"):
+        raise KeyboardInterrupt(said)
+
+    threads = torch.get_num_threads()  # run_and_report sets the thread count: keep this one
+    with pytest.raises(KeyboardInterrupt) as err:
+        run_and_report(threads, "grid", stopped, None, tmp_path)
+    assert str(err.value) == (f"cell b stopped after step 3; 1 finished cell in "
+                              f"{tmp_path / CELLS_FOLDER} kept: re-run the same command to "
+                              "continue the grid")  # fmt: skip
+    cell_said = "cell c stopped after step 2; re-run the same command to continue it"
+    with pytest.raises(KeyboardInterrupt) as err:  # a message that says how already
+        run_and_report(threads, "grid", lambda progress: stopped(progress, cell_said), None,
+                       tmp_path)  # fmt: skip
+    assert str(err.value).count("re-run the same command") == 1, err.value
     recorder = Recorder()
     report = noise.run_noise(config, tmp_path, extractor=PoolExtractor(), train_fn=recorder)
     assert len(report["cells"]) == 2
@@ -341,11 +358,24 @@ def test_reuse_takes_another_grids_finished_cell(runs, tmp_path):
     assert (tmp_path / "b" / CELLS_FOLDER / plain["name"] / "grid.png").is_file()
     assert any("taken from --reuse: 1 of the 2 unfinished cell(s)" in line for line in lines)
     assert donor_file.stat().st_mtime_ns == stamp
+    # a cell that was itself taken is taken again, naming the cell that trained it
+    recorder = Recorder(allowed=False)
+    only_plain = dataclasses.replace(CONFIGS["bottleneck"], dims=(None,))
+    chained = bottleneck.run_bottleneck(only_plain, tmp_path / "d", reuse=[tmp_path / "b"],
+                                        extractor=PoolExtractor(), train_fn=recorder)  # fmt: skip
+    assert chained["cells"][0]["reused_from"] == str(donor_file.parent)
+    assert chained["cells"][0]["fd"] == donor["fd"]
+    # another recipe (3 steps): nothing is taken, and the report says what differs
     other = dataclasses.replace(CONFIGS["bottleneck"], steps=3, dims=(None,))
-    recorder = Recorder()
+    recorder, lines = Recorder(), []
     again = bottleneck.run_bottleneck(other, tmp_path / "c", reuse=[noise_out],
-                                      extractor=PoolExtractor(), train_fn=recorder)  # fmt: skip
+                                      extractor=PoolExtractor(), train_fn=recorder,
+                                      progress=lines.append)  # fmt: skip
     assert len(recorder.calls) == 1 and "reused_from" not in again["cells"][0]
+    said = "\n".join(lines)
+    steps = CONFIGS["bottleneck"].steps
+    assert "taken from --reuse: 0 of the 1 unfinished cell(s)" in said, said
+    assert f"optim.steps {steps} there, 3 here" in said, said
 
 
 def test_cli_reuse_must_name_a_results_folder(runs, tmp_path, capsys):

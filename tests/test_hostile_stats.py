@@ -165,3 +165,21 @@ def test_a_cached_reference_without_its_image_size_is_measured_again(tmp_path, f
     calls = extractor.calls
     dataset_stats_for(data, extractor, 16, 1)
     assert extractor.calls == calls  # a current entry is reused
+
+
+def test_computing_a_reference_shows_progress_and_a_cached_one_nothing(
+    tmp_path, fmnist16, capfd, monkeypatch
+):
+    """`reproduce nfe` / `eval` sat silent for minutes while a data set's reference statistics
+    were measured: with progress=True a bar counts the images, and only when they are computed."""
+    from extractors import GreyPoolExtractor as PoolExtractor
+    from pixeljit.evaluation import dataset_stats_for
+
+    monkeypatch.setenv("PIXELJIT_CACHE", str(tmp_path / "cache"))  # nothing cached yet
+
+    data, extractor = str(fmnist16(16)), PoolExtractor()
+    dataset_stats_for(data, extractor, 16, 1, progress=True)
+    err = capfd.readouterr().err
+    assert f"reference statistics of {data}" in err and "img" in err, err
+    dataset_stats_for(data, extractor, 16, 1, progress=True)  # from the cache
+    assert "reference statistics" not in capfd.readouterr().err

@@ -128,14 +128,18 @@ def test_scores_flag_and_unknown_scores(hub_run, tmp_path, capsys):
     assert main(["convert", str(plain), "--hub", str(tmp_path / "bare")]) == 0
     card = (tmp_path / "bare" / "README.md").read_text()
     assert "None: the source holds no sample grid" in card and "Unknown: no evaluation" in card
-    assert "the source's settings" in card
+    assert "the source's settings" in card and "## Recommended sampling" in card
     assert load_trained(tmp_path / "bare").sampler == load_trained(hub_run).sampler is not None
     assert not (tmp_path / "bare" / "samples.png").exists()
-    # a file that records no sampler: the card names the defaults it fell back to
+    # a file that records no sampler: the card names the defaults it fell back to, and does not
+    # call them a recommendation (nor after a round trip through a hub folder)
     bare = tmp_path / "bare.safetensors"
     pixeljit.save_safetensors(load_trained(hub_run).net, bare)
     assert main(["convert", str(bare), "--hub", str(tmp_path / "bare2")]) == 0
-    assert "pixeljit's defaults" in (tmp_path / "bare2" / "README.md").read_text()
+    assert main(["convert", str(tmp_path / "bare2"), "--hub", str(tmp_path / "bare3")]) == 0
+    for folder in ("bare2", "bare3"):
+        card = (tmp_path / folder / "README.md").read_text()
+        assert "pixeljit's defaults" in card and "Recommended" not in card, card
 
 
 def test_authors_checkpoint_converts(reference, tmp_path):

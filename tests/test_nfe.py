@@ -27,6 +27,7 @@ from pixeljit.experiments.nfe import (
 from pixeljit.experiments.nfe_report import (
     NFE_NOTE,
     UNGUIDED_NOTE,
+    nfe_ticks,
     table_markdown,
     write_outputs,
 )
@@ -238,3 +239,14 @@ def _never_loaded(*args, **kwargs):
 def test_nfe_config_refuses_too_few_images():
     with pytest.raises(ValueError, match="pr needs at least 4 images"):
         NfeConfig(num=3)
+
+
+@pytest.mark.parametrize(
+    "nfes, ticks",
+    [([2, 3, 4], [2, 3, 4]), ([4, 6, 8, 10, 15, 20, 30, 50, 99], [5, 10, 20, 50, 100]),
+     ([1, 2, 3], [1, 2, 3]), ([7], [7])],
+)  # fmt: skip
+def test_the_nfe_axis_labels_every_budget_of_a_short_study(nfes, ticks):
+    """The log axis of nfe.png labelled only NFE 2 of a --quick study (2, 3, 4 NFE: one round
+    tick in range); a paper-sized study keeps its round ticks."""
+    assert nfe_ticks(nfes) == ticks

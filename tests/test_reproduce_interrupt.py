@@ -70,6 +70,10 @@ def test_sigint_to_the_grid_alone_stops_its_cells_and_workers_and_a_rerun_finish
     assert proc.returncode == SIGNAL_EXIT_BASE + signal.SIGINT, err
     assert "pixeljit reproduce: interrupted" in err and "Traceback" not in err, err
     assert not list(out.rglob("result.json"))  # no cell went on to its end
+    assert (
+        f"re-run the same command to continue them from their checkpoints; no cell of {out} "
+        "was finished yet" in err
+    ), err
     for name in CELLS[:2]:  # stopped at a step boundary, each with its checkpoint
         assert 0 < load_checkpoint(out / "cells" / name)["step"] < STEPS
     assert not (out / "cells" / CELLS[2] / "metrics.jsonl").exists()  # cancelled, not started
@@ -85,3 +89,28 @@ def test_sigint_to_the_grid_alone_stops_its_cells_and_workers_and_a_rerun_finish
     assert again.returncode == 0, rerun_err
     assert all((out / "cells" / name / "result.json").is_file() for name in CELLS)
     assert (out / "bottleneck.json").is_file() and "[3/3]" in rerun_out
+
+
+def test_ctrl_c_to_the_terminal_group_while_workers_start_is_one_line(tmp_path):
+    """Ctrl-C reaches the terminal's whole process group: a worker still importing torch (not
+    yet in its own group) ended with a KeyboardInterrupt traceback. Workers start with SIGINT
+    blocked and drop that one; the grid stops with its one line and leaves no process."""
+    out = tmp_path / "grid"
+    proc = _start(out)  # its own session: proc.pid is the group a terminal would signal
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while len(children_of(proc.pid)) < 2:  # the workers exist, still starting
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        time.sleep(0.2)
+        children = children_of(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        left = wait_gone(children, 60)
+    finally:
+        end_processes(proc, children)
+    assert not left, f"processes of the grid still running after it exited: {left}"
+    assert proc.returncode == SIGNAL_EXIT_BASE + signal.SIGINT, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1].startswith("pixeljit reproduce: interrupted"), err

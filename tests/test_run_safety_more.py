@@ -164,9 +164,14 @@ def test_the_same_data_under_another_path_or_folder_resumes(packed, tmp_path, mo
 
 
 def test_data_num_classes_zero_trains_an_unconditional_model(packed, tmp_path):
-    """README: 0 classes trains an unconditional model; data.num_classes=0 failed on labels."""
-    train(tiny(packed, tmp_path, **{"data.num_classes": 0}), progress=False)
-    assert load_checkpoint(tmp_path)["config"]["model"]["num_classes"] == 0
+    """README: 0 classes trains an unconditional model; data.num_classes=0 failed on labels. The
+    run records no guidance (a preset's sample.cfg, kept, read as guiding a model with nothing
+    to guide), in its checkpoint and in config.yaml."""
+    cfg = tiny(packed, tmp_path, **{"data.num_classes": 0, "sample.cfg": 2.5})
+    train(cfg, progress=False)
+    saved = load_checkpoint(tmp_path)["config"]
+    assert saved["model"]["num_classes"] == 0 and saved["sample"]["cfg"] == 1.0
+    assert "cfg: 1.0" in (tmp_path / "config.yaml").read_text()
 
 
 # ------------------------------------------------------------------------- B13, B14, D26

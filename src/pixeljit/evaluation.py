@@ -305,10 +305,12 @@ def dataset_stats_for(
     split: str | None = None,
     is_main: bool = True,
     barrier=None,
+    progress: bool = False,
 ) -> DatasetStats:
     """`ref` is a statistics `.npz` (ours, ADM's or the authors' `mu`/`sigma`) or a data set
     (packed folder, fashion-mnist, emoji, image folder) whose statistics are computed once at
-    the model's size and cached."""
+    the model's size and cached. `progress`: a bar while they are computed (minutes for a large
+    set); nothing when they come from the cache."""
     if ref.endswith(".npz"):
         return load_dataset_stats(ref, extractor)
     dataset = open_dataset(ref, image_size, channels, split, is_main, barrier)
@@ -326,8 +328,20 @@ def dataset_stats_for(
 
     def images():
         batch = 500
-        for start in range(0, len(dataset), batch):
-            yield torch.from_numpy(dataset.slice(start, start + batch))
+        bar = None
+        if progress and is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(dataset), unit="img", desc=f"reference statistics of {ref}")
+        try:
+            for start in range(0, len(dataset), batch):
+                chunk = dataset.slice(start, start + batch)
+                yield torch.from_numpy(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
 
     return cached_dataset_stats(path, images, extractor, image_shape=wanted)
 

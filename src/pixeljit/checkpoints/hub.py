@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.checkpoints.hub_card import CardExtras, model_card
+from pixeljit.checkpoints.hub_card import DEFAULTS_SOURCE, CardExtras, model_card
 from pixeljit.checkpoints.hub_remote import fetch_hub_folder, is_hf_uri
 from pixeljit.checkpoints.load import (
     TrainedModel,
@@ -368,9 +368,7 @@ def write_hub_folder(
     check_finite(model.net.state_dict(), model.description or "model")
     sampler = model.sampler or SamplerConfig()
     source = extras.sampler_source or (
-        "the source's settings"
-        if model.sampler
-        else "pixeljit's defaults (the source records none)"
+        "the source's settings" if model.sampler else DEFAULTS_SOURCE
     )
     config = hub_config(model, sampler, source)
     params = sum(p.numel() for p in model.net.parameters())

@@ -28,6 +28,10 @@ MAX_NAMES_SHOWN = 20  # class names listed in the card (all of them are in confi
 LICENSE_LINE = "license:  # fill in before publishing, e.g. mit, apache-2.0, cc-by-4.0"
 
 
+# config.json's sampler_source when the exported weights recommend no sampler settings
+DEFAULTS_SOURCE = "pixeljit's defaults (the source records none)"
+
+
 @dataclass(frozen=True)
 class CardExtras:
     """What the card shows beyond config.json."""
@@ -176,7 +180,9 @@ def model_card(config: dict, params: int, extras: CardExtras, size: str | None) 
         f"preconditioner {obj['preconditioner']} |",
         f"| weights | {weights['name'] or 'not recorded'}{decay}{step} |",
         "",
-        "## Recommended sampling",
+        "## Recommended sampling"
+        if config["sampler_source"] != DEFAULTS_SOURCE
+        else "## Sampling (no recommendation: pixeljit's defaults)",
         "",
         f"{s['method']} solver, {s['steps']} step{'s' if s['steps'] != 1 else ''}, "
         f"{s['grid']} time grid"

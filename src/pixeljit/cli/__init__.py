@@ -34,6 +34,12 @@ MAX_ERROR_CHARS = 2000
 ERROR_TAIL_CHARS = 500
 
 
+# the flags that take a file or folder: each is checked before anything runs for what no
+# command could open (a symbolic-link loop, a name too long), naming the flag
+PATH_DESTS = frozenset({"checkpoint", "config", "data", "data_dir", "font", "hub", "images",
+                        "inception_weights", "make_ref", "out", "ref", "resume", "reuse",
+                        "save_images", "scores", "source"})  # fmt: skip
+
 # actions meant to be given more than once (--set, sample --out); others keep only their last
 REPEATABLE = (argparse._AppendAction, argparse._ExtendAction, argparse._AppendConstAction,
               argparse._CountAction)  # fmt: skip
@@ -68,6 +74,14 @@ class OneLineParser(argparse.ArgumentParser):
                     + (" with all its values" if action.nargs in ("+", "*") else "")
                 )
             getattr(self, "_given", {})[id(action)] = list(arg_strings)
+        if action.dest in PATH_DESTS:
+            from pixeljit.cli.checks import path_problem
+
+            name = action.option_strings[0] if action.option_strings else action.metavar
+            for value in arg_strings:
+                problem = path_problem(value)
+                if problem:
+                    self.error(f"{name or action.dest} {value}: {problem}; choose another path")
         return super()._get_values(action, arg_strings)
 
 

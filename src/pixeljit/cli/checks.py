@@ -6,6 +6,7 @@ Every error names the flag, the value and what to pass instead, in one line.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -85,6 +86,37 @@ def check_float(
     else:
         span = f"be {'<' if high_open else '≤'} {high}"
     raise ValueError(f"{flag} must {span}, got {value}")
+
+
+NAME_MAX_FALLBACK = 255  # bytes in one file name on Linux's common file systems
+
+
+def path_problem(path: str) -> str | None:
+    """Why the operating system could never open `path`, whatever exists there: a NUL
+    character, a symbolic link on the way that leads back to itself, a name (one part, or the
+    whole) longer than the file system takes. None if it can be looked up. Any other problem
+    (missing, unreadable) is judged by the command that uses the path."""
+    if "\0" in path:
+        return "contains a NUL character"
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link on the way leads back to itself (a loop)"
+        if err.errno == errno.ENAMETOOLONG:
+            return "the name is longer than the file system allows"
+    anchor = _first_existing(Path(path))
+    try:
+        limit = os.pathconf(anchor, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = NAME_MAX_FALLBACK
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) > limit:
+            return (
+                f"a name in it is {len(os.fsencode(part))} bytes long, over the {limit} the "
+                "file system allows"
+            )
+    return None
 
 
 def _first_existing(path: Path) -> Path:

@@ -208,7 +208,7 @@ def score_demo(cfg, checkpoint, num: int = SCORE_NUM, held_out=None) -> dict:
     model = load_trained(checkpoint, None, device)
     size, channels = cfg.model.image_size, cfg.model.in_channels
     extractor = create_extractor("fmnist-cnn", device=device)
-    ref = dataset_stats_for(cfg.data.source, extractor, size, channels)
+    ref = dataset_stats_for(cfg.data.source, extractor, size, channels, progress=True)
     sampler = model.sampler  # the run's preview settings, read back with the weights
     amp = default_amp_dtype(device)
     spec = GenerationSpec(num, sampler, seed=SCORE_SEED, batch_size=250, amp_dtype=amp)

@@ -337,7 +337,9 @@ def _dataset_stats(flag, ref, extractor, size, channels, split, info, barrier):
     from pixeljit.evaluation import dataset_stats_for
 
     try:
-        return dataset_stats_for(ref, extractor, size, channels, split, info.is_main, barrier)
+        return dataset_stats_for(
+            ref, extractor, size, channels, split, info.is_main, barrier, progress=True
+        )
     except FileNotFoundError as err:
         if ref not in BUILTIN_SOURCES:
             raise

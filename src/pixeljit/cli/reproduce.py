@@ -174,6 +174,7 @@ def _run_table2(args) -> int:
             config, out, progress=progress, jobs=args.jobs, reuse=args.reuse
         ),  # fmt: skip
         lambda report: (write_outputs(report, out), table_markdown(report)),
+        out,
     )
 
 

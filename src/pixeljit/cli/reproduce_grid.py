@@ -21,6 +21,7 @@ from pixeljit.cli.checks import (
     check_int,
     check_output,
     check_seed,
+    counted,
     repeated,
 )
 
@@ -256,10 +257,11 @@ def grid_config(
     return config_cls(**values)
 
 
-def run_and_report(threads: int, header: str, run, write) -> int:
-    """Print `header`, run the grid (`run(progress=...)`, the report dict) on `threads` torch
-    threads, write its outputs (`write(report)`: the paths written and the table) and print
-    them. A missing EffNet package (the `eval` extra) is a one-line error."""
+def run_and_report(threads: int, header: str, run, write, out: Path) -> int:
+    """Print `header`, run the grid in `out` (`run(progress=...)`, the report dict) on
+    `threads` torch threads, write its outputs (`write(report)`: the paths written and the
+    table) and print them. A missing EffNet package (the `eval` extra) is a one-line error; an
+    interruption says what of the grid is kept."""
     import torch
 
     torch.set_num_threads(threads)
@@ -269,8 +271,26 @@ def run_and_report(threads: int, header: str, run, write) -> int:
         report = run(progress=lambda line: print("  " + line, flush=True))
     except ImportError as err:  # the EffNet packages (the `eval` extra)
         raise RuntimeError(str(err)) from None
+    except KeyboardInterrupt as err:
+        said = str(err)
+        way_on = "" if RERUN in said else f": {RERUN} to continue the grid"
+        raise KeyboardInterrupt("; ".join(filter(None, [said, grid_kept(out) + way_on]))) from None
     paths, table = write(report)
     return print_outputs(table, start, paths)
+
+
+RERUN = "re-run the same command"  # how every grid continues
+
+
+def grid_kept(out: Path) -> str:
+    """What an interrupted grid leaves in `out`: its finished cells, each with its result."""
+    from pixeljit.experiments.evidence import RESULT_NAME
+    from pixeljit.experiments.reuse import CELLS_FOLDER
+
+    finished = len(list((out / CELLS_FOLDER).glob(f"*/{RESULT_NAME}")))
+    if not finished:
+        return f"no cell of {out} was finished yet"
+    return f"{counted(finished, 'finished cell')} in {out / CELLS_FOLDER} kept"
 
 
 def print_outputs(table: str, start: float, paths: dict) -> int:
@@ -308,6 +328,7 @@ def _run_grid(args, module, config_cls, run_fn, axes: dict) -> int:
             config, out, progress=progress, jobs=args.jobs, reuse=args.reuse
         ),  # fmt: skip
         write,
+        out,
     )
 
 

@@ -48,6 +48,7 @@ from pixeljit.experiments.reuse import (
     REFERENCE_NAME,
     REUSED_KEY,
     find_donors,
+    reuse_report,
     take_finished,
 )
 from pixeljit.experiments.workers import run_cells
@@ -160,6 +161,10 @@ def baseline_config(
     """One cell's training config: the preset + the Tab. 2 baseline network of `config`'s size
     (`noise_scale` None: the project's image_size/256; `p_mean` None: the preset's μ)."""
     objective = {"prediction": prediction, "loss": loss, "noise_scale": noise_scale}
+    optim = {"steps": config.steps, "epochs": None, "global_batch": config.batch,
+             "lr": config.lr, "ema_decays": list(config.ema_decays)}  # fmt: skip
+    if config.weights == "model":  # scored raw: the EMA warm-up only keeps each cell's EMA from
+        optim["ema_warmup"] = True  # being mostly its initial weights (the engine warns of it)
     if p_mean is not None:
         objective["p_mean"] = p_mean
     return apply_overrides(get_preset(PRESET), {
@@ -171,8 +176,7 @@ def baseline_config(
             "norm": "rms",
         },
         "objective": objective,
-        "optim": {"steps": config.steps, "epochs": None, "global_batch": config.batch,
-                  "lr": config.lr, "ema_decays": list(config.ema_decays)},
+        "optim": optim,
         "data": {"source": source, "conditional": False},
         "sample": {"steps": 2, "per_class": 4, "every": 0},
         "run": {"out": str(folder), "seed": seed, "device": config.device,
@@ -297,11 +301,10 @@ def run_grid(
     say(f"real reference: {real.count} images" + (f"; FD floor {floors}" if floors else ""))
     measure = config.measure(score_size)
     if reuse:
-        donors = find_donors(reuse, extractor.stats_name)
+        donors, empty = find_donors(reuse, extractor.stats_name)
         datasets = {str(found.folder): found for found in data.values()}
-        taken, unfinished = take_finished(cells, measure, real, donors, datasets)
-        say(f"taken from --reuse: {len(taken)} of the {unfinished} unfinished cell(s)"
-            + "".join(f"\n  {name} ← {src}" for name, src in taken.items()))  # fmt: skip
+        taken = take_finished(cells, measure, real, donors, datasets)
+        say(reuse_report(taken, empty))
 
     def report(k: int, cell: Cell, result: dict, kept: bool) -> None:
         after = result["sample_s"] + result["score_s"]

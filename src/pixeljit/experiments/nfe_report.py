@@ -12,6 +12,7 @@ TABLE_NAME, FIGURE_NAME = "nfe.md", "nfe.png"
 FIGURE_INCHES = (7.5, 4.8)
 FIGURE_DPI = 120
 TICK_REACH = 1.1  # a round tick just past the largest NFE (100 for Heun-50's 99) is drawn
+MIN_TICKS = 3  # fewer round labels in the rows' range: the rows' own NFEs are labelled
 NFE_TICKS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
 LINE_STYLES = {"uniform": "-", "shifted": "--", "edm": ":", "logsnr": "-."}
 METHOD_COLOURS = {"euler": "tab:gray", "heun": "tab:blue", "dpm++2m": "tab:orange",
@@ -71,6 +72,13 @@ def table_markdown(rows: list[dict], fd_label: str, header: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def nfe_ticks(nfes: list[int]) -> list[int]:
+    """The x-axis labels: the round NFE_TICKS the rows span, or the rows' own NFEs where fewer
+    than MIN_TICKS round ones fall in their range (a --quick study's 2–4 NFE got one label)."""
+    ticks = [v for v in NFE_TICKS if min(nfes) <= v <= TICK_REACH * max(nfes)]
+    return ticks if len(ticks) >= MIN_TICKS else sorted(set(ticks) | set(nfes))
+
+
 def write_figure(
     rows: list[dict],
     fd_label: str,
@@ -105,8 +113,7 @@ def write_figure(
     ax.set_xscale("log")
     nfes = [r["nfe"] for r in rows]
     if nfes:
-        ticks = [v for v in NFE_TICKS if min(nfes) <= v <= TICK_REACH * max(nfes)]
-        ax.set_xticks(ticks or sorted(set(nfes)))
+        ax.set_xticks(nfe_ticks(nfes))
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("NFE (network evaluations per image)")

@@ -19,6 +19,7 @@ Nothing in the other folder is written.
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,33 +103,69 @@ class Donor:
     data: str | None  # fingerprint of its packed images
     real: RealReference
 
+    @property
+    def origin(self) -> str:
+        """The cell that trained it: a cell that was itself taken names its own source."""
+        return str(self.result.get(REUSED_KEY) or self.folder)
+
 
 def same_real(a: RealReference, b: RealReference, size: int) -> bool:
     return (a.count == b.count and a.hf_by_size.get(size) == b.hf_by_size.get(size)
             and np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma))  # fmt: skip
 
 
-def find_donors(folders, stats_name: str) -> list[Donor]:
-    """Every finished cell of `folders` (results folders of any grid) whose real statistics were
-    taken with the extractor `stats_name`; folders without them offer nothing."""
-    donors, prints = [], {}
+def find_donors(folders, stats_name: str) -> tuple[list[Donor], list[str]]:
+    """Every finished cell of `folders` (results folders of any grid, cells they took from
+    others included) whose real statistics were taken with the extractor `stats_name`; and, for
+    each folder that offers none, why."""
+    donors, prints, empty = [], {}, []
     for folder in map(Path, folders):
         try:
             real, _ = RealReference.load(folder / REFERENCE_NAME, stats_name)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as err:
+            empty.append(f"{folder}: no real statistics of {stats_name} ({err})")
             continue
+        found = len(donors)
         cells = folder / CELLS_FOLDER
         for cell in sorted(cells.iterdir()) if cells.is_dir() else ():
             if not (cell / RESULT_NAME).is_file():
                 continue
             result = read_json(cell / RESULT_NAME)
             config = result.get("config")
-            if not isinstance(config, dict) or REUSED_KEY in result:  # take from the source
+            if not isinstance(config, dict):
                 continue
             source = config.get("data", {}).get("source", "")
             data = _fingerprint(str(source), prints) if source else None
             donors.append(Donor(cell, result, recipe(config), data, real))
-    return donors
+        if len(donors) == found:
+            empty.append(f"{folder}: no finished cells")
+    return donors, empty
+
+
+def differences(donor: Donor, wanted: dict, data: str, facts: dict, real, size: int) -> list[str]:
+    """What keeps `donor` from standing for a cell: each differing recipe field (its value
+    there and here), and the packed images, the measure or the real statistics."""
+    found = [f"{key} {donor.recipe.get(key)!r} there, {wanted.get(key)!r} here"
+             for key in sorted(set(wanted) | set(donor.recipe))
+             if donor.recipe.get(key) != wanted.get(key)]  # fmt: skip
+    if donor.data is None or donor.data != data:
+        found.append("the packed images (moved, or other images)")
+    measured = donor.result.get("measure")
+    if not isinstance(measured, dict) or measure_facts(measured, size) != facts:
+        found.append("how the cells are sampled and scored (samples, sampler, weights)")
+    if not same_real(donor.real, real, size):
+        found.append("the real reference (its images or count)")
+    return found
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What `take_finished` did: cell name → the cell its result came from; how many cells
+    were unfinished; for those not taken, what their nearest finished cells differ in."""
+
+    cells: dict[str, str]
+    unfinished: int
+    nearest: list[str]
 
 
 def take_finished(
@@ -137,12 +174,12 @@ def take_finished(
     real: RealReference,
     donors: list[Donor],
     datasets: dict[str, PackedDataset],
-) -> tuple[dict[str, Path], int]:
+) -> Taken:
     """Write the result of a matching donor into every unfinished cell that has one (`datasets`:
-    the grid's packed images, by folder); returns cell name → the donor's folder for the cells
-    taken, and how many cells were unfinished."""
+    the grid's packed images, by folder)."""
     unfinished = [c for c in cells if not (Path(c.config.run.out) / RESULT_NAME).is_file()]
-    taken: dict[str, Path] = {}
+    taken: dict[str, str] = {}
+    nearest: list[str] = []
     single = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     for cell in unfinished if donors else ():
         dataset = datasets[cell.config.data.source]
@@ -154,15 +191,38 @@ def take_finished(
         data = data_fingerprint(dataset)
         size = cell.config.model.image_size
         facts = measure_facts(measure.record(), size)
-        for donor in donors:
-            measured = donor.result.get("measure")
-            if (donor.recipe == wanted and donor.data is not None and donor.data == data
-                    and isinstance(measured, dict) and measure_facts(measured, size) == facts
-                    and same_real(donor.real, real, size)):  # fmt: skip
-                adopt(cell, donor)
-                taken[cell.name] = donor.folder
-                break
-    return taken, len(unfinished)
+        found = [differences(d, wanted, data, facts, real, size) for d in donors]
+        best = min(range(len(donors)), key=lambda k: len(found[k]))
+        if found[best]:
+            shown = "; ".join(found[best][:MAX_SHOWN])
+            more = len(found[best]) - MAX_SHOWN
+            nearest.append(shown + (f"; and {more} more" if more > 0 else ""))
+            continue
+        adopt(cell, donors[best])
+        taken[cell.name] = donors[best].origin
+    return Taken(taken, len(unfinished), nearest)
+
+
+MAX_SHOWN = 3  # differences named for a cell not taken; distinct reasons in the report
+
+
+def reuse_report(taken: Taken, empty: list[str]) -> str:
+    """The lines a grid prints after `--reuse`: the cells taken (and from where), and why the
+    others were not: what their nearest finished cells differ in, or that a folder offered
+    nothing."""
+    lines = [f"taken from --reuse: {len(taken.cells)} of the {taken.unfinished} unfinished "
+             "cell(s)"]  # fmt: skip
+    lines += [f"  {name} ← {source}" for name, source in taken.cells.items()]
+    if taken.nearest:
+        reasons = Counter(taken.nearest).most_common()
+        lines.append(f"  not taken: {len(taken.nearest)} cell(s); the nearest finished cell "
+                     "differs in:")  # fmt: skip
+        lines += [f"    {reason}" + (f" ({n} cells)" if n > 1 else "")
+                  for reason, n in reasons[:MAX_SHOWN]]  # fmt: skip
+        if len(reasons) > MAX_SHOWN:
+            lines.append(f"    … and {len(reasons) - MAX_SHOWN} other difference(s)")
+    lines += [f"  --reuse {line}" for line in empty]
+    return "\n".join(lines)
 
 
 def adopt(cell: Cell, donor: Donor) -> None:
@@ -176,5 +236,5 @@ def adopt(cell: Cell, donor: Donor) -> None:
     config = {**config, "run": {**config.get("run", {}), "out": str(folder)},
               "data": {**config.get("data", {}), "source": cell.config.data.source}}  # fmt: skip
     result = {**donor.result, "name": cell.name, "labels": plain_json(cell.labels),
-              "config": config, "grid": GRID_NAME, REUSED_KEY: str(donor.folder)}  # fmt: skip
+              "config": config, "grid": GRID_NAME, REUSED_KEY: donor.origin}  # fmt: skip
     write_json(folder / RESULT_NAME, result)  # last: its presence marks the cell finished

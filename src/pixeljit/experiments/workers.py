@@ -44,11 +44,18 @@ _in_cell = threading.Event()  # in a worker: set while it runs a cell
 
 def _start_worker(stop, threads: int, *shared) -> None:
     """Each worker leaves the terminal's process group: Ctrl-C reaches the parent alone, which
-    passes it on once (two SIGINTs would stop a cell at once, without its checkpoint). A thread
-    watches the parent (`_watch_parent`)."""
+    passes it on once (two SIGINTs would stop a cell at once, without its checkpoint). Until
+    then it holds SIGINT blocked (`_workers_hold_sigint`): a Ctrl-C to the group while it was
+    still importing torch ended it with a traceback; that one is dropped here (the parent's
+    stop event says whether to start a cell at all). A thread watches the parent
+    (`_watch_parent`)."""
     global _shared, _stop
     if hasattr(os, "setpgid"):
         os.setpgid(0, 0)
+    if hasattr(signal, "pthread_sigmask"):
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # drops a pending group SIGINT
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     torch.set_num_threads(threads)
     _shared, _stop = shared, stop
     parent = multiprocessing.parent_process()
@@ -77,6 +84,22 @@ def _run_in_worker(cell: Cell) -> tuple[dict, bool]:
         return run_cell(cell, *_shared)
     finally:
         _in_cell.clear()
+
+
+@contextlib.contextmanager
+def _workers_hold_sigint():
+    """SIGINT blocked in this thread while it starts workers: each inherits the mask, so a
+    Ctrl-C to the terminal's process group before a worker has left it waits, blocked, and is
+    dropped by `_start_worker`. This process still sees it (its other threads take it, and
+    Python runs the handler in the main thread)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 @contextlib.contextmanager
@@ -136,7 +159,8 @@ def run_cells(
             workers, mp_context=context, initializer=_start_worker, initargs=shared
         ) as pool,
     ):
-        pending = {pool.submit(_run_in_worker, cell): k for k, cell in enumerate(cells)}
+        with _workers_hold_sigint():  # the workers start as the cells are submitted
+            pending = {pool.submit(_run_in_worker, cell): k for k, cell in enumerate(cells)}
         try:
             while pending:
                 done, _ = wait(pending, timeout=STOP_POLL_S, return_when=FIRST_COMPLETED)

@@ -13,6 +13,7 @@ import torch
 from pixeljit.data import fashion_mnist
 from pixeljit.data.open import BUILTIN_SOURCES, open_dataset
 from pixeljit.data.packed import PackedDataset
+from pixeljit.diffusion.sampler import NO_GUIDANCE
 from pixeljit.files import GIB
 from pixeljit.model import JiT, JiTConfig, count_parameters
 from pixeljit.training import distributed as dist_utils
@@ -151,8 +152,11 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
     objective = cfg.objective
     if objective.noise_scale is None:
         objective = dataclasses.replace(objective, noise_scale=m.image_size / 256)
+    sample_cfg = cfg.sample
+    if classes == 0 and sample_cfg.cfg != NO_GUIDANCE:  # nothing to guide: the run records it
+        sample_cfg = dataclasses.replace(sample_cfg, cfg=NO_GUIDANCE)
     cfg = dataclasses.replace(
-        cfg, model=model, objective=objective, data=_absolute_source(cfg.data)
+        cfg, model=model, objective=objective, data=_absolute_source(cfg.data), sample=sample_cfg
     )
 
     world, global_batch = info.world_size, cfg.optim.global_batch
