@@ -231,6 +231,13 @@ def test_label_index_takes_a_name_and_an_unconditional_model_no_labels(tiny_file
     ("make", "kwargs", "error", "message"),
     [
         (None, {"objective": {"prediction": "q"}}, ValueError, "prediction must be one of"),
+        # a misspelt key was kept and ignored: the file sampled at the default noise scale
+        (
+            None,
+            {"objective": {"noise": 1.0}},
+            ValueError,
+            "unknown key\\(s\\) 'noise': it takes prediction, noise_scale, preconditioner",
+        ),
         (None, {"class_names": "abc"}, ValueError, "a list of names, got the string 'abc'"),
         (None, {"class_names": ["a"] * 4}, ValueError, "4 class names for num_classes 3"),
         (None, {"sampler": {"steps": 0}}, ValueError, "invalid sampler settings"),

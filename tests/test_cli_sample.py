@@ -139,6 +139,17 @@ def test_grid_places_images_and_draws_labels():
         make_grid(imgs, ncols=3, row_labels=["one"])
 
 
+def test_grid_labels_draw_accented_and_greek_letters_each_its_own():
+    """Pillow's built-in font drew every non-ASCII letter as the same box ('ünï' → '□n□'):
+    labels that differ only there rendered identically. Each of these must draw differently."""
+    imgs = torch.zeros(1, 1, 24, 24, dtype=torch.uint8)
+    words = ["ü", "é", "ß", "λ", "Ж", "u"]
+    margins = [np.asarray(make_grid(imgs, ncols=1, row_labels=[w]))[:, :-26] for w in words]
+    width = min(m.shape[1] for m in margins)
+    drawn = {m[:, :width].tobytes() for m in margins}
+    assert len(drawn) == len(words)
+
+
 def test_save_npz_layout(tmp_path):
     imgs = torch.zeros(3, 1, 4, 4)
     path = save_npz(imgs, tmp_path / "a.npz", labels=torch.tensor([0, 1, 2]))

@@ -116,3 +116,17 @@ def test_killed_packs_of_other_cache_entries_are_swept(folder):
     assert red(open_dataset(str(folder), 4, 3)) == [0, 10, 20]
     assert not stale.exists()
     assert live.is_dir() and (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_each_size_and_channel_count_gets_its_own_pack(folder):
+    """One source at two channel counts and two sizes: four packs of the shapes asked for; a
+    cache entry holding a pack of another shape (written there by anything else) is packed
+    again, not served (the fingerprint covers only the source)."""
+    for channels, size in ((3, 4), (1, 4), (3, 2), (1, 2)):
+        assert open_dataset(str(folder), size, channels).image_shape == (channels, size, size)
+    grey, colour = cache_entry(str(folder), 4, 1, None), cache_entry(str(folder), 4, 3, None)
+    for name in os.listdir(grey):
+        os.remove(grey / name)
+    for name in os.listdir(colour):  # the colour pack, under the grey entry's name
+        (grey / name).write_bytes((colour / name).read_bytes())
+    assert open_dataset(str(folder), 4, 1).image_shape == (1, 4, 4)

@@ -87,6 +87,26 @@ def test_non_square_rgb_to_chw():
     np.testing.assert_array_equal(chw[:, 10, 10], (1, 2, 3))
 
 
+def test_exif_orientation_is_applied_when_packing_and_scoring(tmp_path):
+    """A phone photo stores its pixels sideways with an EXIF Orientation tag; `prepare` (and
+    `eval --images DIR`) packed the stored layout. Orientation 6 (rotate 90° clockwise to
+    view): a 40 × 20 picture dark left / bright right is viewed dark on top, bright below."""
+    from pixeljit.metrics.image_sources import iter_folder_images
+
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, 20:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise
+    (tmp_path / "c").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "c" / "r.png", exif=exif.tobytes())
+    packed = decode_image(tmp_path / "c" / "r.png", 16, 3)
+    (scored,) = [batch[0].numpy() for batch in iter_folder_images(tmp_path / "c")]
+    assert scored.shape == (3, 40, 20)  # upright: 20 wide, 40 tall
+    for chw in (packed, scored):
+        rows = chw.mean(axis=(0, 2))  # brightness by row, top to bottom
+        assert rows[0] < 10 and rows[-1] > 245, rows
+
+
 # --- folders -----------------------------------------------------------------------------------
 def save(path, mode: str, colour, size=(20, 12)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +190,7 @@ def make_with_bad(root):
     save(root / "ok2.png", "RGB", (20, 20, 20), size=(64, 64))
     full = (root / "ok2.png").read_bytes()
     (root / "bad_truncated.png").write_bytes(full[: len(full) // 2])
+    (root / "bad_zself.png").symlink_to("bad_zself.png")  # a link to itself stopped the scan
     return root
 
 
@@ -193,5 +214,6 @@ def test_corrupt_images_skipped_and_reported(tmp_path, workers):
     assert [s.path.rsplit("/", 1)[1] for s in stream.skipped] == [
         "bad_garbage.jpg",
         "bad_truncated.png",
+        "bad_zself.png",
     ]
     assert all(s.reason for s in stream.skipped)

@@ -121,6 +121,21 @@ def test_download_is_checksum_verified(tmp_path, monkeypatch):
     assert sorted(p.name for p in dest.iterdir()) == sorted(f"{n}.gz" for n in fm.FILES["train"])
 
 
+def test_download_keeps_a_good_file_and_replaces_a_damaged_one(tmp_path, monkeypatch):
+    """Files already in the destination are kept only when their checksum is right: a
+    truncated earlier download is fetched again, a good one is not touched."""
+    images, _ = serve_locally(tmp_path, monkeypatch)
+    dest = tmp_path / "dest"
+    fm.download_fashion_mnist(dest, "train")
+    first, second = (dest / f"{n}.gz" for n in fm.FILES["train"])
+    stamp = second.stat().st_mtime_ns
+    first.write_bytes(first.read_bytes()[:20])  # an interrupted earlier download
+    fm.download_fashion_mnist(dest, "train")
+    x, _ = fm.load_fashion_mnist("train", root=dest)
+    np.testing.assert_array_equal(x[:, 0], images)
+    assert second.stat().st_mtime_ns == stamp  # the good one was kept as it was
+
+
 def test_download_rejects_a_wrong_checksum(tmp_path, monkeypatch):
     serve_locally(tmp_path, monkeypatch)
     name = f"{fm.FILES['train'][0]}.gz"

@@ -91,7 +91,7 @@ def test_safetensors_dtype_and_shape_checked_from_the_header(tmp_path):
 def test_a_flipped_byte_in_an_export_or_hub_folder_is_named(tiny_file, tmp_path):
     """Run checkpoints named a damaged tensor; a .safetensors export (and a hub folder's
     model.safetensors) loaded it silently: exports now carry per-tensor SHA-256s."""
-    from pixeljit.checkpoints.hub import write_hub_folder
+    from pixeljit.checkpoints.hub_write import write_hub_folder
     from pixeljit.checkpoints.load import export_safetensors
 
     model = load_trained(tiny_file)

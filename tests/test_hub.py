@@ -21,12 +21,8 @@ from hub_helpers import (
     same_weights,
     set_field,
 )
-from pixeljit.checkpoints.hub import (
-    CONFIG_NAME,
-    MAX_CONFIG_BYTES,
-    WEIGHTS_NAME,
-    write_hub_folder,
-)
+from pixeljit.checkpoints.hub import CONFIG_NAME, MAX_CONFIG_BYTES, WEIGHTS_NAME
+from pixeljit.checkpoints.hub_write import write_hub_folder
 from pixeljit.checkpoints.load import authors_sampler, load_trained
 from pixeljit.cli import main
 from pixeljit.diffusion.sampler import SamplerConfig
@@ -188,6 +184,13 @@ def test_existing_folder_refused_without_overwrite(hub_run, hub, tmp_path, capsy
     )
     assert (copy / "notes.txt").read_text() == "mine"
     assert load_trained(copy).weights == "model"
+    # a folder holding another training run: loading it reads the run, never the export
+    other = tmp_path / "other-run"
+    other.mkdir()
+    (other / "latest.pt").write_bytes((hub_run / "latest.pt").read_bytes())
+    argv = ["convert", str(hub_run), "--hub", str(other), "--overwrite"]
+    assert main(argv) == 2 and "holds a training run" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["latest.pt"]
     assert main(["convert", str(hub_run), "out.safetensors", "--hub", str(copy)]) == 2
     assert "not both" in capsys.readouterr().err
     assert main(["convert", str(hub_run)]) == 2
@@ -314,6 +317,9 @@ def test_class_names_stand_for_their_indices(hub):
     sneaker = model.class_names.index("Sneaker")
     by_name = model.sample(["sneaker", 0], steps=1, seed=3)
     assert torch.equal(by_name, model.sample([sneaker, 0], steps=1, seed=3))
+    # names in a NumPy array (a column of a table) too: refused as "not class indices" before
+    array = model.sample(np.array(["Sneaker", "Sneaker"]), steps=1, seed=3)
+    assert torch.equal(array, model.sample([sneaker, sneaker], steps=1, seed=3))
     with pytest.raises(
         ValueError, match="'Sneakers' is not a class name of this model: pass one of 'T-shirt"
     ):

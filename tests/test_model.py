@@ -204,6 +204,13 @@ def test_bad_inputs_are_named():
         net(z, t[:2], y)
     with pytest.raises(ValueError, match="y must have shape"):
         net(z, t, None)
+    classes = net.config.num_classes  # the null label is allowed; past it or below 0, named
+    net(z, t, torch.full_like(y, classes))
+    for bad in (classes + 1, -1):
+        with pytest.raises(
+            ValueError, match=rf"label outside \[0, {classes}\] \(labels from {bad}"
+        ):
+            net(z, t, torch.full_like(y, bad))
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         JiTConfig(**{**TINY, "image_size": 30})
     with pytest.raises(ValueError, match="in_context_start"):

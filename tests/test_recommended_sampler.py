@@ -15,7 +15,7 @@ from PIL import Image
 
 import pixeljit
 from conftest import write_raw_safetensors
-from pixeljit.checkpoints.hub import write_hub_folder
+from pixeljit.checkpoints.hub_write import write_hub_folder
 from pixeljit.checkpoints.load import TrainedModel, load_trained
 from pixeljit.cli import build_parser, main
 from pixeljit.cli.sampler_args import describe_sampler, sampler_from_args

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -14,7 +15,14 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import tiny_run
 from pixeljit.training.loop import train
-from pixeljit.training.runlog import METRICS_FILE, TENSORBOARD_FOLDER, RunLog, read_metrics
+from pixeljit.training.runlog import (
+    METRICS_FILE,
+    TENSORBOARD_FOLDER,
+    RunLog,
+    loss_series,
+    plot_loss,
+    read_metrics,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -96,3 +104,19 @@ def test_missing_tensorboard_is_said_not_silent(tmp_path, monkeypatch):
     log.close()
     assert read_metrics(tmp_path / METRICS_FILE) == [{"step": 1, "loss": 0.5}]
     assert not (tmp_path / TENSORBOARD_FOLDER).exists()
+
+
+def test_loss_plot_keeps_every_bucket_any_record_logged(tmp_path):
+    """loss.png took its t-buckets from the last record only: a short run whose last steps drew
+    no t in [0.75, 1) lost that curve though earlier records logged it. A one-record log plots
+    a marker (a one-point line draws nothing)."""
+    records = [
+        {"step": 5, "loss": 1.0, "loss_t[0.00,0.25)": 2.0, "loss_t[0.75,1.00)": 0.5},
+        {"step": 10, "loss": 0.8, "loss_t[0.00,0.25)": 1.5},
+    ]
+    series = loss_series(records)
+    assert list(series) == ["loss", "loss_t[0.00,0.25)", "loss_t[0.75,1.00)"]
+    assert series["loss_t[0.75,1.00)"] == ([5], [0.5]) and series["loss"] == ([5, 10], [1.0, 0.8])
+    metrics = tmp_path / METRICS_FILE
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records[:1]))
+    assert plot_loss(metrics, tmp_path / "loss.png").is_file()

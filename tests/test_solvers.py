@@ -77,15 +77,49 @@ def test_dpmpp_3m_is_third_order_and_2m_second():
     assert -2.2 < _slope(steps, errs["dpm++2m"]) < -1.8, errs
 
 
+def _dpmpp_2m_by_the_paper(x_hat, z: torch.Tensor, times: list[float]) -> torch.Tensor:
+    """DPM-Solver++(2M) as Lu et al. (arXiv 2211.01095, Alg. 2) write it, in α = t, σ = 1 − t,
+    λ = log(α/σ): r_i = h_{i−1}/h_i, D_i = (1 + 1/(2r_i))·x̂_i − 1/(2r_i)·x̂_{i−1}, and
+    z_{i+1} = (σ_{i+1}/σ_i)·z_i − α_{i+1}·(e^{−h_i} − 1)·D_i; the first step uses D_0 = x̂_0."""
+    lam = [math.log(t / (1 - t)) for t in times]
+    prev = None
+    for i in range(len(times) - 1):
+        x = x_hat(z, torch.tensor(times[i], dtype=F64))
+        h = lam[i + 1] - lam[i]
+        if prev is None:
+            d = x
+        else:
+            r = (lam[i] - lam[i - 1]) / h
+            d = (1 + 1 / (2 * r)) * x - 1 / (2 * r) * prev
+        z = (1 - times[i + 1]) / (1 - times[i]) * z - times[i + 1] * math.expm1(-h) * d
+        prev = x
+    return z
+
+
+def test_dpmpp_2m_is_the_papers_update_on_unequal_steps():
+    """Each 2M step against the paper's update written out, on a grid whose steps in λ differ
+    (r ≠ 1): the coefficient of the history term was h_{i−1}/(2h_i) = r/2 instead of 1/(2r),
+    which kept the method second order (r → 1 on smooth grids) and so passed the order test."""
+    gauss = Gaussian()
+    z = noise(16, seed=3)  # any state at t = 0.05: both updates must agree on it
+    field = GuidedField(gauss.x_hat, None, t_eps=1e-12)
+    times = [0.05, 0.1, 0.3, 0.35, 0.6, 0.9]
+    got = dpmpp_2m(field.denoised, z, torch.tensor(times, dtype=F64))
+    want = _dpmpp_2m_by_the_paper(field.denoised, z, times)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_dpmpp_3m_beats_2m_per_evaluation_on_the_uniform_grid():
     gauss = Gaussian()
     z0 = noise(128, seed=2)
     exact = gauss.flow_map(z0)
     field = GuidedField(gauss.x_hat, None, t_eps=1e-12)
-    for n in (6, 10, 20):  # equal evaluations: one per step for both
+    # equal evaluations: one per step for both; the margin grows with n (third order against
+    # second): measured 0.79, 0.92, 0.80 and 0.53 of 2M's error at 6, 10, 20 and 40 steps
+    for n, margin in ((6, 0.95), (10, 0.95), (20, 0.9), (40, 0.6)):
         e3 = error(dpmpp_3m(field.denoised, z0, time_grid(n)), exact)
         e2 = error(dpmpp_2m(field.denoised, z0, time_grid(n)), exact)
-        assert e3 < 0.8 * e2, (n, e3, e2)
+        assert e3 < margin * e2, (n, e3, e2)
 
 
 @pytest.mark.parametrize("grid", GRIDS)

@@ -1,4 +1,5 @@
-"""Weights people can share: a folder in the Hugging Face Hub layout, written and read.
+"""Weights people can share: a folder in the Hugging Face Hub layout, and its reading (writing:
+`hub_write`).
 
     DIR/model.safetensors   the weights (also carrying pixeljit's own metadata)
     DIR/config.json         architecture, objective, class names, which weights, the sampler
@@ -16,19 +17,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from pixeljit.checkpoints.hub_card import DEFAULTS_SOURCE, CardExtras, model_card
 from pixeljit.checkpoints.hub_remote import fetch_hub_folder, is_hf_uri
 from pixeljit.checkpoints.load import (
     TrainedModel,
     check_one_set,
-    export_safetensors,
-    model_size_name,
 )
 from pixeljit.checkpoints.metadata import (
     OBJECTIVE_DEFAULTS,
@@ -44,9 +41,8 @@ from pixeljit.checkpoints.safetensors_io import (
     SAFETENSORS_FLOATS,
     check_recorded_checksums,
 )
-from pixeljit.checkpoints.weights import check_finite, materialise, meta_model
+from pixeljit.checkpoints.weights import materialise, meta_model
 from pixeljit.diffusion.sampler import SamplerConfig
-from pixeljit.files.atomic import atomic_write, atomic_write_text, temp_sibling
 from pixeljit.model import JiT, JiTConfig
 
 HUB_FORMAT = "pixeljit.hub/1"
@@ -77,21 +73,6 @@ MAX_TEXT = 1000  # characters of a free-text field (weights name, sampler source
 
 
 # --------------------------------------------------------------------------- config.json
-
-
-def hub_config(model: TrainedModel, sampler: SamplerConfig, sampler_source: str) -> dict:
-    """config.json of `model` (see the module doc)."""
-    return {
-        "format": HUB_FORMAT,
-        "library_name": LIBRARY_NAME,
-        "model_type": MODEL_TYPE,
-        "architecture": model.net.config.to_dict(),
-        "objective": model.objective_metadata(),
-        "class_names": list(model.class_names) if model.class_names else None,
-        "weights": {"name": model.weights, "ema_decay": model.ema_decay, "step": model.step},
-        "sampler": sampler.as_json(),
-        "sampler_source": sampler_source,
-    }
 
 
 @dataclass(frozen=True)
@@ -333,73 +314,3 @@ def _parsed(text: str):
         return json.loads(text)
     except (ValueError, TypeError):
         return None
-
-
-# ------------------------------------------------------------------------------- writing
-
-
-def check_hub_output(out: str | os.PathLike, overwrite: bool = False, flags: bool = False) -> Path:
-    """Refuse a file, or a non-empty folder without `overwrite` (nothing is created). `flags`:
-    name the command line's flags (--hub, --overwrite) instead of the arguments."""
-    out = Path(out)
-    named = f"--hub {out}" if flags else f"hub folder {out}"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{named} is a file: pass a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        how = "--overwrite" if flags else "overwrite=True"
-        raise ValueError(
-            f"{named} is not empty: choose a new folder, or pass {how} to replace "
-            f"its {', '.join(HUB_FILES)}"
-        )
-    return out
-
-
-def write_hub_folder(
-    model: TrainedModel,
-    out: str | os.PathLike,
-    extras: CardExtras | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write `model` as a hub folder (see the module doc). A new (or empty) folder appears
-    whole or not at all; with `overwrite` each of `HUB_FILES` in it is replaced atomically (a
-    samples.png the new card does not show is removed) and other files are left alone."""
-    out = check_hub_output(out, overwrite)
-    extras = extras or CardExtras()
-    check_finite(model.net.state_dict(), model.description or "model")
-    sampler = model.sampler or SamplerConfig()
-    source = extras.sampler_source or (
-        "the source's settings" if model.sampler else DEFAULTS_SOURCE
-    )
-    config = hub_config(model, sampler, source)
-    params = sum(p.numel() for p in model.net.parameters())
-    card = model_card(config, params, extras, model_size_name(model.net.config))
-
-    def write_into(folder: Path) -> None:
-        # the file alone loads as the folder; replaced only under overwrite (checked above)
-        export_safetensors(model, folder / WEIGHTS_NAME, overwrite=True)
-        atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
-        if extras.grid is not None:
-            _copy(extras.grid, folder / GRID_NAME)
-        else:
-            (folder / GRID_NAME).unlink(missing_ok=True)
-        atomic_write_text(folder / CARD_NAME, card)
-
-    if out.is_dir() and any(out.iterdir()):
-        write_into(out)
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = temp_sibling(out, "staging")
-    staging.mkdir()
-    try:
-        write_into(staging)  # a plain mkdir: the folder has the usual umask-derived mode
-        os.replace(staging, out)  # onto a missing or empty folder: the whole folder at once
-    except OSError as err:
-        raise OSError(err.errno, err.strerror or str(err), str(out)) from err
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)  # our own hidden staging folder, never the user's
-    return out
-
-
-def _copy(src: Path, dst: Path) -> None:
-    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))

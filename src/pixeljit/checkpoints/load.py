@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pixeljit.checkpoints.authors import CHECKPOINT_FILENAME, WEIGHT_ENTRIES, load_reference
@@ -95,6 +96,8 @@ class TrainedModel:
         name (`model.sample(["Sneaker", "Bag"])`, any case) where the model records names."""
         from pixeljit.diffusion.sampler import sample
 
+        if isinstance(labels, np.ndarray) and labels.dtype.kind in "USO":  # names in an array
+            labels = labels.tolist()
         if isinstance(labels, (list, tuple)):
             labels = [self.label_index(v) if isinstance(v, str) else v for v in labels]
         base = self.sampler or SamplerConfig()

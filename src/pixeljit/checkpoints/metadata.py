@@ -25,6 +25,12 @@ def objective_from_metadata(source, fields, image_size: int) -> tuple[str, float
     takes its `OBJECTIVE_DEFAULTS` value, as training without it would have), checked."""
     if not isinstance(fields, dict):
         raise ValueError(f"{source}: metadata 'objective' must be a JSON object")
+    unknown = sorted(str(k) for k in fields if k not in OBJECTIVE_DEFAULTS)
+    if unknown:  # a misspelt 'noise' left the scale at its default, silently
+        raise ValueError(
+            f"{source}: objective has unknown key(s) {', '.join(map(repr, unknown))}: it takes "
+            f"{', '.join(OBJECTIVE_DEFAULTS)}"
+        )
     values = {k: fields.get(k, v) for k, v in OBJECTIVE_DEFAULTS.items()}
     if "noise_scale" not in fields:
         values["noise_scale"] = default_noise_scale(image_size)

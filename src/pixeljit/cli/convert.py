@@ -108,8 +108,9 @@ def _summary(model) -> str:
 
 
 def _run_hub(args) -> int:
-    from pixeljit.checkpoints.hub import GRID_NAME, check_hub_output, write_hub_folder
+    from pixeljit.checkpoints.hub import GRID_NAME
     from pixeljit.checkpoints.hub_card import RUN_SCORES_FILES, CardExtras, run_grid
+    from pixeljit.checkpoints.hub_write import check_hub_output, write_hub_folder
     from pixeljit.checkpoints.provenance import read_scores, scores_for, weights_digest
     from pixeljit.checkpoints.run import find_checkpoint, run_folder
 

@@ -41,7 +41,14 @@ from pixeljit.cli.sampler_args import (
 from pixeljit.diffusion.execution import tf32_matmuls
 from pixeljit.diffusion.sampler import check_finite, sample
 from pixeljit.files import GIB
-from pixeljit.files.images import MAX_GRID_PIXELS, save_grid, save_npz, save_pngs, to_uint8
+from pixeljit.files.images import (
+    MAX_GRID_PIXELS,
+    class_label,
+    save_grid,
+    save_npz,
+    save_pngs,
+    to_uint8,
+)
 from pixeljit.training.distributed import resolve_device
 
 DEFAULT_OUT = "samples.png"
@@ -271,8 +278,7 @@ def grid_layout(labels: list[int] | None, num: int, ncols: int | None, names=Non
         width = ncols or labels.count(labels[0])
         rows = [labels[i : i + width] for i in range(0, num, width)]
         if all(len(set(r)) == 1 for r in rows):
-            named = lambda c: names[c] if names and c < len(names) else f"class {c}"  # noqa: E731
-            return width, [named(r[0]) for r in rows]
+            return width, [class_label(names, r[0]) for r in rows]
         if ncols:
             return ncols, None
     return ncols or math.ceil(math.sqrt(num)), None

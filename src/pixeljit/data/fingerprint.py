@@ -8,12 +8,14 @@ instead of reusing a stale cache entry; reading the files' contents is not neede
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
+BROKEN_LINK = (errno.ENOENT, errno.ELOOP)  # a link to nothing, a link to itself
 FINGERPRINT_KEY = "fingerprint"  # where it lives in a manifest's "source" description
 
 
@@ -23,7 +25,9 @@ def files_fingerprint(files: Iterable[tuple[str, Path]], extra: object = None) -
     for name, path in files:
         try:
             st = os.stat(path)
-        except FileNotFoundError:  # a dangling link: decoding reports it (or --skip-bad skips it)
+        except OSError as err:  # a dangling link, or one to itself: decoding reports it (or
+            if err.errno not in BROKEN_LINK:  # --skip-bad skips it)
+                raise
             st = os.lstat(path)
             name = f"{name}\0dangling-link"
         digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .fingerprint import FINGERPRINT_KEY, files_fingerprint
 from .source import BadImage, BadImageError, SourceStream, batch_images
@@ -112,7 +112,11 @@ def _walk_files(
             ) from err
         for entry in entries:
             path = current / entry.name
-            if entry.is_dir():  # follows links
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:  # a link to itself (ELOOP): a bad file, which decoding reports
+                is_dir = False
+            if is_dir:
                 _enter(path, seen, top)
                 pending.append(path)
             else:
@@ -221,6 +225,7 @@ def decode_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarra
     with Image.open(path) as img:
         check_pixels(img)  # from the header, before anything is decoded
         img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # upright, as viewers show it (phone photos)
         return image_to_chw(img, size, channels)
 
 

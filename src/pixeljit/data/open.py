@@ -42,12 +42,17 @@ def source_fingerprint(source: str, split: str | None) -> str:
     return folder_fingerprint(scan_image_folder(source, split))
 
 
-def packed_fingerprint(folder: Path) -> str | None:
-    """The source fingerprint stored in a packed set's manifest; None if absent or unreadable."""
+def packed_fingerprint(folder: Path, shape: tuple[int, int, int] | None = None) -> str | None:
+    """The source fingerprint stored in a packed set's manifest; None if absent or unreadable,
+    or (given `shape`, (C, H, W)) if its images are of another shape: a cache entry is the
+    source's pack at its size and channels, whatever else wrote there."""
     try:
-        source = read_manifest_json(folder).get("source")
+        manifest = read_manifest_json(folder)
     except (ValueError, OSError):
         return None
+    if shape is not None and manifest.get("shape") != list(shape):
+        return None
+    source = manifest.get("source")
     return source.get(FINGERPRINT_KEY) if isinstance(source, dict) else None
 
 
@@ -113,7 +118,7 @@ def open_dataset(
     target = cache_entry(source, size, channels, split)
     if is_main:
         current = source_fingerprint(source, split)
-        cached = packed_fingerprint(target)
+        cached = packed_fingerprint(target, (channels, size, size))
         if cached != current:
             why = "changed since it was packed; re-packing" if target.exists() else "packing"
             print(f"{source} ({split or 'default split'}): {why} at {size}px into {target} …")

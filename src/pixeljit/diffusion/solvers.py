@@ -44,19 +44,18 @@ def euler(velocity: Field, z: Tensor, grid: Tensor) -> Tensor:
     return z
 
 
-def heun(velocity: Field, z: Tensor, grid: Tensor, final_euler: bool = True) -> Tensor:
-    """Heun on each interval, Euler on the last one when `final_euler` (the authors' sampler)."""
+def heun(velocity: Field, z: Tensor, grid: Tensor) -> Tensor:
+    """Heun on each interval, Euler on the last one (the authors' sampler: no evaluation at
+    t = 1, where x-prediction's velocity divides by the clamp)."""
     _check_grid(grid)
     n = grid.numel() - 1
-    for i in range(n - 1 if final_euler else n):
+    for i in range(n - 1):
         t, t_next = grid[i], grid[i + 1]
         dt = t_next - t
         v = velocity(z, t)
         v_next = velocity(z + dt * v, t_next)
         z = z + dt * (0.5 * (v + v_next))
-    if final_euler:
-        z = z + (grid[n] - grid[n - 1]) * velocity(z, grid[n - 1])
-    return z
+    return z + (grid[n] - grid[n - 1]) * velocity(z, grid[n - 1])
 
 
 def _log_snr(t: float) -> float:
@@ -86,7 +85,7 @@ def dpmpp_2m(denoised: Field, z: Tensor, grid: Tensor) -> Tensor:
         exp_neg_h = t * (1 - t_next) / (t_next * (1 - t))
         second_order = prev_x is not None and math.isfinite(h) and math.isfinite(prev_h)
         if second_order:
-            half_inv_r = prev_h / (2 * h)  # 1 / (2r)
+            half_inv_r = h / (2 * prev_h)  # 1 / (2r), r = h_{i−1} / h_i
             d = (1 + half_inv_r) * x_hat - half_inv_r * prev_x
         else:
             d = x_hat

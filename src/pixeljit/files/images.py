@@ -59,6 +59,28 @@ def _pil(array: np.ndarray) -> Image.Image:
     )
 
 
+def class_label(names: Sequence[str] | None, c: int) -> str:
+    """What a grid row of class `c` is labelled: its name, else "class c" (a model may have
+    more classes than its data set named: `model.num_classes` set above the data's)."""
+    return str(names[c]) if names and c < len(names) else f"class {c}"
+
+
+LABEL_FONT_FILE = "fonts/ttf/DejaVuSans.ttf"  # in matplotlib's data folder (a dependency)
+
+
+def label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """The row labels' font: DejaVu Sans, which matplotlib ships (Latin with accents, Greek,
+    Cyrillic: class names from folder names such as "Crème brûlée"); Pillow's built-in font
+    drew every non-ASCII letter as the same box. That one only if DejaVu cannot be read."""
+    import matplotlib
+
+    try:
+        return ImageFont.truetype(Path(matplotlib.get_data_path()) / LABEL_FONT_FILE,
+                                  LABEL_FONT_SIZE)  # fmt: skip
+    except OSError:
+        return ImageFont.load_default(size=LABEL_FONT_SIZE)
+
+
 def make_grid(
     images: torch.Tensor,
     ncols: int | None = None,
@@ -91,7 +113,7 @@ def make_grid(
     if scale > 1:
         array = array.repeat(scale, axis=1).repeat(scale, axis=2)
         h, w = h * scale, w * scale
-    font = ImageFont.load_default(size=LABEL_FONT_SIZE) if row_labels else None
+    font = label_font() if row_labels else None
     margin = 0
     if row_labels:
         probe = ImageDraw.Draw(Image.new("L", (1, 1)))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pixeljit.data.transforms import COLOUR, GREY, check_pixels, to_channels
 from pixeljit.files.images import NPZ_CLASS_NAMES_KEY, NPZ_LABELS_KEY  # as `sample` writes them
@@ -148,6 +148,7 @@ def _read_image(path: Path) -> np.ndarray:
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
             raise ValueError(f"{path} is not a readable image ({err}); remove or replace "
                              "it") from None  # fmt: skip
+        ImageOps.exif_transpose(img, in_place=True)  # upright, as `pixeljit prepare` packs it
         try:  # a mode without an 8-bit meaning (32-bit 'I', float 'F'), as prepare refuses it
             arr = np.asarray(to_channels(img, GREY if _is_grey(img) else COLOUR))
         except ValueError as err:

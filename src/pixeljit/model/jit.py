@@ -321,6 +321,23 @@ class JiT(nn.Module):
         x = tokens.reshape(n, s, s, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(n, c, s * p, s * p)
 
+    def _embed_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """y (N,) → (N, D). A label outside the table is named (the embedding's own IndexError
+        says only "index out of range in self"); caught, not checked in advance: reading the
+        labels' range would cost a device sync each step (on a GPU the embedding's device-side
+        assert stops it)."""
+        if torch.compiler.is_compiling():
+            return self.y_embedder(y)
+        try:
+            return self.y_embedder(y)
+        except IndexError:
+            classes = self.config.num_classes
+            raise ValueError(
+                f"y holds a label outside [0, {classes}] (labels from {int(y.min())} to "
+                f"{int(y.max())}): class indices are 0…{classes - 1} and {classes} is the null "
+                "label (no class)"
+            ) from None
+
     # --------------------------------------------------------------------------- forward
     def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
         self._check_inputs(z, t, y)
@@ -330,7 +347,7 @@ class JiT(nn.Module):
         c = self.t_embedder(t)  # (N, D)
         y_emb = None
         if self.y_embedder is not None:
-            y_emb = self.y_embedder(y)
+            y_emb = self._embed_labels(y)
             c = c + y_emb
         rope = self._rope(0)
         for i, block in enumerate(self.blocks):

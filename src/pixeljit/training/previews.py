@@ -43,14 +43,14 @@ def draw_grid(cfg: TrainConfig, net: torch.nn.Module, class_names, path: Path) -
     labelled with `class_names`, written to `path`."""
     from pixeljit.diffusion.execution import default_amp_dtype
     from pixeljit.diffusion.sampler import NO_GUIDANCE, sample
-    from pixeljit.files.images import save_grid
+    from pixeljit.files.images import class_label, save_grid
 
     s = cfg.sample
     device = next(net.parameters()).device
     classes = min(cfg.model.num_classes, s.max_classes)
     rows = max(classes, 1)
     labels = [c for c in range(classes) for _ in range(s.per_class)] if classes else None
-    names = list(class_names[:classes]) if classes else None
+    names = [class_label(class_names, c) for c in range(classes)] if classes else None
     amp = default_amp_dtype(device)
     sampler = s.kwargs() | ({} if classes else {"cfg": NO_GUIDANCE})
     images = sample(

@@ -148,6 +148,14 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def loss_series(records: list[dict]) -> dict[str, tuple[list, list]]:
+    """The curves of loss.png: 'loss', then each 'loss_t[a,b)' bucket logged by any record (a
+    short run's last record may lack a bucket no sampled t fell in), as (steps, values)."""
+    keys = ["loss"] + sorted({k for r in records for k in r if k.startswith("loss_t")})
+    return {key: ([r["step"] for r in records if key in r], [r[key] for r in records if key in r])
+            for key in keys}  # fmt: skip
+
+
 def plot_loss(metrics_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Loss against step (and loss by t-bucket when logged) as a PNG, written atomically."""
     import matplotlib
@@ -158,18 +166,18 @@ def plot_loss(metrics_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     records = [r for r in read_metrics(metrics_path) if "loss" in r]
     if not records:
         raise ValueError(f"{metrics_path} holds no loss records to plot")
-    steps = [r["step"] for r in records]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ax.plot(steps, [r["loss"] for r in records], label="loss", color="black", lw=1.5)
-    buckets = sorted(k for k in records[-1] if k.startswith("loss_t"))
-    for key in buckets:
+    for key, (steps, values) in loss_series(records).items():
+        total = key == "loss"
         ax.plot(
-            [r["step"] for r in records if key in r],
-            [r[key] for r in records if key in r],
-            lw=0.8,
-            alpha=0.7,
+            steps,
+            values,
+            lw=1.5 if total else 0.8,
+            alpha=1.0 if total else 0.7,
+            color="black" if total else None,
             label=key.replace("loss_t", "t∈"),
-        )
+            marker="o" if len(steps) == 1 else None,
+        )  # one point: a line draws nothing
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
