@@ -217,3 +217,27 @@ def test_corrupt_images_skipped_and_reported(tmp_path, workers):
         "bad_zself.png",
     ]
     assert all(s.reason for s in stream.skipped)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_resize_stack_is_image_to_chw_per_image(channels):
+    """Random non-square RGB and grey stacks (H ≠ W) resize exactly as `image_to_chw` does each
+    image, the Pillow image built here channel by channel (so rows stay rows, columns columns),
+    to the stack's own channel count and to the other one; a grey stack already at the target
+    size becomes RGB by repeating its one plane, untouched otherwise."""
+    rng = np.random.default_rng(channels)
+    rgb = rng.integers(0, 256, (3, 3, 13, 7), dtype=np.uint8)
+    grey = rng.integers(0, 256, (3, 1, 13, 7), dtype=np.uint8)
+    for stack in (rgb, grey):
+        got = resize_stack(stack, 5, channels)
+        assert got.shape == (3, channels, 5, 5)
+        for i in range(len(stack)):
+            planes = [Image.fromarray(plane) for plane in stack[i]]  # each (H, W)
+            img = planes[0] if len(planes) == 1 else Image.merge("RGB", planes)
+            assert img.size == (7, 13)  # Pillow's (width, height)
+            np.testing.assert_array_equal(got[i], image_to_chw(img, 5, channels))
+    square = rng.integers(0, 256, (2, 1, 6, 6), dtype=np.uint8)
+    as_rgb = resize_stack(square, 6, 3)
+    assert as_rgb.shape == (2, 3, 6, 6)
+    for c in range(3):
+        np.testing.assert_array_equal(as_rgb[:, c], square[:, 0])

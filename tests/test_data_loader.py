@@ -160,3 +160,63 @@ def test_packed_and_in_memory_sets_load_the_same(dataset, tmp_path):
     b = take(DeviceLoader(dataset, 10, seed=8), 6)
     for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_mirrored_rows_are_the_documented_flip_bits(dataset):
+    """Position p of epoch e is mirrored iff u_p < 1/2, u = torch.rand(N) from a generator seeded
+    by derive_seed(seed, e, stream 1) (the module's documented draw), whatever the batch."""
+    from pixeljit.rng import derive_seed
+
+    for epoch in (0, 1):
+        gen = torch.Generator().manual_seed(derive_seed(4, epoch, 1))
+        u = torch.rand(N, generator=gen)
+        assert bool(((u >= 0.35) & (u < 0.5)).any())  # a threshold of 0.35 would differ here
+        want = (u < 0.5)[: 5 * 10].view(5, 10)  # 5 batches of 10: positions 0…49
+        loader = DeviceLoader(dataset, 10, seed=4, flip=True)
+        loader.load_state_dict({**loader.state_dict(), "epoch": epoch, "position": 0})
+        for k in range(5):
+            x, y = next(loader)
+            plain = torch.from_numpy(dataset.images[y.numpy()]).double() / 127.5 - 1
+            mirrored = (x.double() - plain.flip(-1)).abs().flatten(1).amax(1) < 1e-6
+            assert torch.equal(mirrored, want[k]), (epoch, k)
+
+
+def test_an_epoch_that_divides_evenly_keeps_its_last_batch():
+    """N = 48, G = 16: all three batches of epoch 0 (every sample once) come before epoch 1
+    starts, and a saved position 32 resumes into that last batch, not the next epoch."""
+    images = np.random.default_rng(1).integers(0, 256, (48, 1, 2, 2), dtype=np.uint8)
+    data = ArrayDataset(images, np.arange(48), [f"c{i}" for i in range(48)])
+    loader = DeviceLoader(data, 16, seed=3)
+    assert loader.steps_per_epoch == 3
+    seen = []
+    for k in range(3):
+        assert (loader.epoch, loader.position) == (0, 16 * k)
+        seen += next(loader)[1].tolist()
+    assert sorted(seen) == list(range(48))
+    assert (loader.epoch, loader.position) == (1, 0)
+    third = DeviceLoader(data, 16, seed=3)
+    take(third, 2)
+    state = third.state_dict()
+    assert (state["epoch"], state["position"]) == (0, 32)
+    resumed = DeviceLoader(data, 16, seed=3)
+    resumed.load_state_dict(state)
+    assert (resumed.epoch, resumed.position) == (0, 32)
+    assert sorted(next(resumed)[1].tolist() + seen[:32]) == list(range(48))
+
+
+def test_load_state_refuses_another_size_and_positions_out_of_range(dataset):
+    """The order depends on N: a state of a 50-sample set is refused by a 48-sample loader
+    (unless `other_size_ok`), as are a negative epoch and positions outside [0, N]."""
+    state = DeviceLoader(dataset, 8, seed=1).state_dict()
+    smaller = ArrayDataset(dataset.images[:48], dataset.labels[:48], dataset.class_names)
+    with pytest.raises(ValueError, match="num_samples=50"):
+        DeviceLoader(smaller, 8, seed=1).load_state_dict(state)
+    DeviceLoader(smaller, 8, seed=1).load_state_dict(state, other_size_ok=True)
+    for epoch, position in [(-1, 0), (0, -8), (0, N + 8)]:
+        with pytest.raises(ValueError, match="invalid loader state"):
+            DeviceLoader(dataset, 8, seed=1).load_state_dict(
+                {**state, "epoch": epoch, "position": position}
+            )
+    edge = DeviceLoader(dataset, 8, seed=1)
+    edge.load_state_dict({**state, "epoch": 2, "position": N})  # the end: the next epoch
+    assert (edge.epoch, edge.position) == (3, 0)

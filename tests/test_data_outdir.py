@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -219,3 +220,30 @@ def test_staging_folders_of_killed_packs_are_swept_on_the_next_pack(tmp_path):
     assert not stale.exists()
     assert (foreign / "notes.txt").read_text() == "mine" and live.is_dir() and other.is_dir()
     assert PackedDataset(tmp_path / "out", verify=True).image_shape == (3, 4, 4)
+
+
+def test_a_failed_publish_puts_the_old_pack_back(tmp_path, monkeypatch):
+    """Replacing a pack moves the old one aside, then renames the new set into place; when that
+    rename fails the old pack must be moved back, byte for byte, and the new set left staged."""
+    from pixeljit.data import outdir as outdir_module
+    from pixeljit.data import pack_arrays
+
+    old = np.random.default_rng(0).integers(0, 256, (5, 1, 4, 4), dtype=np.uint8)
+    out = pack_arrays(old, tmp_path / "out", images_per_shard=2).out_dir
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    staging = outdir_module.open_staging(out)
+    (staging / "images-00000.npy").write_bytes(b"new")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(src) == staging:
+            raise OSError("simulated failure of the final rename")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(outdir_module.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="simulated"):
+        outdir_module.publish(staging, out, overwrite=True)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    np.testing.assert_array_equal(PackedDataset(out, verify=True).slice(0, 5), old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", staging.name])

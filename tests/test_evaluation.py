@@ -60,6 +60,21 @@ def test_streaming_scores_equal_offline_scores(setup, tmp_path):
     offline = score_images(str(tmp_path), extractor, ref, ("fd", "kid", "pr", "is")).as_dict()
     for key in ("FD-FMNIST", "KID", "precision", "recall", "IS-FMNIST"):
         assert online[key] == pytest.approx(offline[key], rel=1e-6, abs=1e-9), key
+    # the streamed class accuracy is the classifier's on the saved images, image k asked for
+    # class balanced_labels(0, 40)[k] (the packed labels are in the classifier's order)
+    from pixeljit.data import PackedDataset
+    from pixeljit.evaluation import label_order, score_real_images
+    from pixeljit.metrics.score import class_accuracy
+
+    assert label_order(model.class_names, extractor) is None
+    labels = torch.tensor(balanced_labels(0, 40, model.net.config.num_classes))
+    assert online["class_accuracy"] == class_accuracy(str(tmp_path), labels, extractor)
+    # a 2-step model's samples fall in one class (accuracy 0.1 either way): real test images,
+    # streamed in batches with their labels, pin the count where the classifier is right
+    real = PackedDataset(setup / "data")
+    streamed = score_real_images(real, 40, extractor, ref, ("fd",), batch_size=16)
+    images, truth = torch.from_numpy(real.slice(0, 40)), torch.from_numpy(real.labels[:40])
+    assert streamed["class_accuracy"] == class_accuracy(images, truth, extractor) > 0.5
 
 
 def test_real_images_score_far_better_than_an_untrained_model(setup, tmp_path):

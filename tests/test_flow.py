@@ -294,3 +294,56 @@ def test_the_label_drop_takes_the_networks_class_count():
         flow_matching_loss(lambda z, t, y: z, x, y, objective)
     losses, _ = flow_matching_loss(lambda z, t, y: z, x, None, objective)  # no labels, no count
     assert losses.shape == (256,)
+
+
+def test_preconditioned_network_output_at_noise_scale_two():
+    """Training pre-conditions with the configured noise scale s: a network that outputs EDM's
+    target at s = 2 (c_skip, c_out of σd²t² + s²(1−t)², not of s = 1) gives x̂ = x, hence zero
+    loss, while the same output read at s = 1 does not."""
+    x, eps, t = draws(5)
+    eps = 2.0 * eps  # ε ~ N(0, s²I) at s = 2
+    z = interpolate(x, eps, t)
+    c_skip, c_out = (c.view(-1, 1, 1, 1) for c in preconditioner_coefficients("edm", t, 2.0))
+    target = (x - c_skip * z) / c_out
+    torch.testing.assert_close(precondition(target, z, t, "edm", 2.0), x)
+    cfg = ObjectiveConfig(preconditioner="edm", noise_scale=2.0)
+    loss = flow_matching_loss_at(lambda *a: target, x, eps, t, None, cfg)
+    assert float(loss.max()) < 1e-20
+    at_one = ObjectiveConfig(preconditioner="edm", noise_scale=1.0)
+    assert float(flow_matching_loss_at(lambda *a: target, x, eps, t, None, at_one).min()) > 1e-3
+
+
+def test_all_four_clamped_conversions_at_the_end_points():
+    """At t = 0 and t = 1 each of the four maps that divide uses its clamp, written out:
+    x→ε and x→v divide by max(1−t, t_eps), ε→x and ε→v by max(t, t_min)."""
+    x, eps, _ = draws(7)
+    u = x[:2] + 0.3 * eps[:2]  # any value: the maps are applied to a prediction
+    z = interpolate(x[:2], eps[:2], torch.tensor([0.0, 1.0], dtype=torch.float64))
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    t_eps, t_min = 0.05, 0.2
+    one_minus = torch.tensor([1.0, t_eps], dtype=torch.float64).view(-1, 1, 1, 1)  # max(1−t, ·)
+    t_safe = torch.tensor([t_min, 1.0], dtype=torch.float64).view(-1, 1, 1, 1)  # max(t, ·)
+    tt = t.view(-1, 1, 1, 1)
+    want = {
+        ("x", "eps"): (z - tt * u) / one_minus,
+        ("x", "v"): (u - z) / one_minus,
+        ("eps", "x"): (z - (1 - tt) * u) / t_safe,
+        ("eps", "v"): (z - u) / t_safe,
+    }
+    for (src, dst), value in want.items():
+        got = convert(u, src, dst, z, t, t_eps=t_eps, t_min=t_min)
+        torch.testing.assert_close(got, value, rtol=1e-14, atol=0, msg=f"{src} -> {dst}")
+
+
+def test_loss_converts_the_prediction_with_the_configured_t_min():
+    """ε-prediction with x-loss divides prediction and target by the same max(t, t_min): the
+    loss is ((1−t)(ε − ε̂)/max(t, t_min))², written out here at t = 0 with t_min = 0.1."""
+    x, eps, _ = draws(8)
+    t = torch.tensor([0.0, 0.0, 0.05, 0.5, 1.0], dtype=torch.float64)
+    eps_hat = eps + 0.1 * x
+    cfg = ObjectiveConfig(prediction="eps", loss="x", t_min=0.1)
+    got = flow_matching_loss_at(lambda *a: eps_hat, x, eps, t, None, cfg)
+    tt = t.view(-1, 1, 1, 1)
+    expected = ((1 - tt) * (eps - eps_hat) / tt.clamp_min(0.1)).pow(2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    assert float(expected[0]) > 0.1  # t = 0 weighs (1/t_min)² = 100, not (1/1e-3)²

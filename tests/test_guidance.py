@@ -136,3 +136,16 @@ def test_other_solvers_see_two_shapes_at_most(method):
     z, y = batch(2, seed=6)
     sample(net, y, noise=z, steps=12, method=method, cfg=2.0, interval=(0.3, 0.8))
     assert set(net.calls) == {2, 4}
+
+
+def test_denoised_undoes_the_clamped_velocity_of_an_x_prediction():
+    """For x-prediction v̂ = (x̂ − z)/max(1−t, t_eps), so x̂ = z + max(1−t, t_eps)·v̂ recovers the
+    network's x̂ at every t, beyond the clamp too (t = 0.98: 1 − t = 0.02 < t_eps = 0.05): with
+    cfg = 1 `denoised` must be the network's x̂, for one time or per-row times (to float32
+    round-off: the field forms d(t) from the float32 host time)."""
+    z, y = batch(3, seed=7)
+    f = field(ClassNet(), y, w=1.0, interval=(0.0, 1.0))
+    for t in (torch.tensor(0.98), torch.tensor([0.3, 0.98, 0.999])):
+        t_rows = (t.expand(3) if t.ndim == 0 else t).to(F64)
+        x_hat = ClassNet()(z, t_rows, y)
+        torch.testing.assert_close(f.denoised(z, t), x_hat, rtol=1e-7, atol=1e-7)

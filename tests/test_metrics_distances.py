@@ -183,3 +183,46 @@ def test_defaults_are_the_documented_ones():
     score = ScoreConfig()
     assert score.is_splits == 10
     assert (score.kid, score.pr) == (kid, PRConfig())
+
+
+def test_fd_of_a_set_against_itself_is_never_negative():
+    """FD is a squared distance: equal moments give round-off of either sign (−1e-10 here for
+    some seeds), which must be reported as exactly 0, never below it."""
+    values = []
+    for seed in range(10):
+        mu, s = _random_cov(np.random.default_rng(seed), 16, 100)
+        values.append(frechet_distance(mu, s, mu, s))
+    assert min(values) >= 0.0 and max(values) < 1e-9 * 16, values
+    assert 0.0 in values  # the round-off case occurs among these seeds
+
+
+def test_kid_subsets_are_capped_by_the_smaller_set():
+    """len(y) = 6 < subset_size = 8 < len(x) = 11: every subset holds min(8, 11, 6) = 6 samples
+    of each set (all of y, reordered), drawn from the seed as documented: x's, then y's."""
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((11, 3)), 0.5 * rng.standard_normal((6, 3)) + 0.2
+    cfg = KIDConfig(num_subsets=3, subset_size=8, seed=5)
+    draw = np.random.default_rng(cfg.seed)
+    per_subset = []
+    for _ in range(cfg.num_subsets):
+        xs, ys = x[draw.choice(11, 6, replace=False)], y[draw.choice(6, 6, replace=False)]
+        per_subset.append(_kid_brute_force(xs, ys))
+    mean, std = kernel_inception_distance(x, y, cfg)
+    assert mean == pytest.approx(np.mean(per_subset), rel=1e-10)
+    assert std == pytest.approx(np.std(per_subset), rel=1e-10)
+
+
+def test_inception_score_mean_and_population_std_over_the_splits():
+    """IS of each of the `splits` consecutive chunks by hand, exp(mean_x KL(p(y|x) ‖ p̄(y))) with
+    p̄ the chunk's mean prediction; the result is their mean and population std (ddof = 0, as
+    the original code's np.std)."""
+    logits = np.random.default_rng(3).standard_normal((30, 5)) * 2
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    per_split = []
+    for chunk in np.array_split(p, 3):
+        kl = (chunk * (np.log(chunk) - np.log(chunk.mean(0)))).sum(1)
+        per_split.append(np.exp(kl.mean()))
+    mean, std = inception_score(torch.from_numpy(logits), splits=3)
+    assert mean == pytest.approx(np.mean(per_split), rel=1e-12)
+    assert std == pytest.approx(np.std(per_split), rel=1e-10)
+    assert abs(std - np.std(per_split, ddof=1)) > 1e-3 * std  # the two conventions differ here

@@ -220,3 +220,23 @@ def test_gloo_all_reduce_equals_single_process(tmp_path):
 def test_all_gather_rows_is_identity_without_ranks():
     x = torch.randn(3, 4)
     assert all_gather_rows(x) is x
+
+
+def test_reservoir_is_algorithm_r_item_by_item():
+    """The bank equals Vitter's Algorithm R run one item at a time, written out here: the first
+    `capacity` items fill the slots, then item i (0-based) draws j ~ U{0, …, i} (inclusive of i)
+    from default_rng(seed) and replaces slot j when j < capacity. Chunks of any size, one
+    crossing the fill point, give exactly that reservoir."""
+    capacity, n, seed = 6, 40, 17
+    x = torch.arange(2 * n, dtype=torch.float32).view(n, 2)
+    rng = np.random.default_rng(seed)
+    slots = list(range(capacity))  # the item index each slot holds
+    for i in range(capacity, n):
+        j = int(rng.integers(0, i + 1))
+        if j < capacity:
+            slots[j] = i
+    bank = FeatureBank(capacity, seed=seed)
+    for part in x.split([4, 5, 1, 13, 17]):
+        bank.add(part)
+    assert bank.seen == n
+    torch.testing.assert_close(bank.features(), x[slots], rtol=0, atol=0)

@@ -12,7 +12,7 @@ from analytic import F64, NUM_CLASSES, SHAPE, AnalyticNet, D, Gaussian, error, n
 from conftest import PARITY_REL_ERR, rel_err
 from pixeljit.diffusion.guidance import GuidedField, guidance_mask
 from pixeljit.diffusion.noise import noise_from_seeds, sample_seeds
-from pixeljit.diffusion.objective import PREDICTIONS
+from pixeljit.diffusion.objective import PREDICTIONS, convert, preconditioner_coefficients
 from pixeljit.diffusion.sampler import sample
 from pixeljit.diffusion.solvers import dpmpp_2m, euler, evaluations, heun, time_grid
 
@@ -353,3 +353,83 @@ def test_numbers_of_other_types_are_stored_as_floats():
     sampler = SamplerConfig(cfg=np.float32(2.5), t_eps=np.float64(0.05), interval=[0, 1])
     assert type(sampler.cfg) is float and sampler.cfg == 2.5 and sampler.interval == (0.0, 1.0)
     assert type(ObjectiveConfig(p_mean=np.float32(-0.5)).p_mean) is float
+
+
+# ------------------------------------------------------------------ pre-conditioner, shift, t_min
+
+
+class EDMRawNet(AnalyticNet):
+    """A 'network' whose raw output is EDM's regression target for the exact denoiser at noise
+    scale s: F = (x̂ − c_skip·z)/c_out, so only x̂ = c_skip·z + c_out·F recovers the denoiser."""
+
+    def forward(self, z, t, y):
+        x = self.gauss.x_hat(z, t, y)
+        c_skip, c_out = preconditioner_coefficients("edm", t.to(z.dtype), self.gauss.s)
+        return (x - c_skip.view(-1, 1, 1, 1) * z) / c_out.view(-1, 1, 1, 1)
+
+
+def test_sampling_applies_the_preconditioner_at_the_noise_scale():
+    """sample(preconditioner='edm', noise_scale=2) must turn the raw output F back into
+    x̂ = c_skip(t, s)·z + c_out(t, s)·F: with F the EDM target of the exact denoiser (at s = 2)
+    the sample equals the exact denoiser's, sampled without a pre-conditioner. Heun and Euler
+    never evaluate t = 1, where c_out = 0."""
+    gauss = Gaussian(noise_scale=2.0)
+    y = torch.tensor([0, 2, 1])
+    z0 = noise(3, seed=7, scale=2.0)
+    for method in ("heun", "euler"):
+        kw = dict(noise=z0, steps=8, method=method, noise_scale=2.0)
+        want = sample(AnalyticNet(gauss), y, **kw)
+        got = sample(EDMRawNet(gauss), y, preconditioner="edm", **kw)
+        assert error(got, want) < 1e-12, method
+    # the raw output alone is far from the denoiser: the test can tell the two apart
+    raw = sample(EDMRawNet(gauss), y, noise=z0, steps=8, noise_scale=2.0)
+    assert error(raw, want) > 1e-2
+
+
+class TimeRecorder(AnalyticNet):
+    def forward(self, z, t, y):
+        self.times.append(t.clone())
+        return super().forward(z, t, y)
+
+
+def test_shifted_grid_uses_its_shift():
+    """The shifted grid t = u/(u + k(1 − u)) at k = 2 (not the default 3), and sample() takes
+    its network times from exactly that grid: Euler evaluates every point but the last."""
+    n, k = 7, 2.0
+    u = torch.linspace(0, 1, n + 1, dtype=F64)
+    grid = time_grid(n, "shifted", shift=k)
+    torch.testing.assert_close(grid.double(), u / (u + k * (1 - u)), atol=1e-7, rtol=0)
+    assert float(grid[1]) == pytest.approx((1 / 7) / (1 / 7 + 2 * 6 / 7), rel=1e-6)  # = 1/13
+    net = TimeRecorder(Gaussian())
+    net.times = []
+    sample(net, [0, 1], noise=noise(2, seed=8), steps=n, method="euler", grid="shifted", shift=k)
+    seen = torch.stack([t[0] for t in net.times])  # one time for the batch per call
+    assert all(bool((t == t[0]).all()) for t in net.times)
+    assert torch.equal(seen, grid[:-1].double())
+
+
+class EpsAffineNet(AnalyticNet):
+    """An ε-predictor whose ε̂ differs from z at t = 0 (the exact one gives ε̂ = z there, so the
+    clamp of t would multiply 0 and go unseen)."""
+
+    def forward(self, z, t, y):
+        self.calls.append(z.shape[0])
+        return 0.6 * z + 0.1 * torch.sin(3 * z) + 0.05
+
+
+def test_sample_clamps_t_by_its_t_min():
+    """An ε-prediction's velocity (z − ε̂)/max(t, t_min) at the first step t = 0 uses sample()'s
+    t_min: one Euler step of size 1/2 from t = 0, then one from t = 1/2 (no clamp there)."""
+    net = EpsAffineNet(Gaussian())
+    z0 = noise(3, seed=9)
+    got = sample(net, [0, 1, 2], noise=z0, steps=2, method="euler", prediction="eps", t_min=0.1)
+    z = z0
+    for t in (0.0, 0.5):
+        eps_hat = net(z, torch.full((3,), t, dtype=F64), None)
+        v = (z - eps_hat) / max(t, 0.1)  # Tab. 1's ε -> v with the clamp written out
+        t_rows = torch.full((3,), t, dtype=F64)
+        torch.testing.assert_close(v, convert(eps_hat, "eps", "v", z, t_rows, t_min=0.1))
+        z = z + 0.5 * v
+    torch.testing.assert_close(got, z, rtol=1e-12, atol=1e-12)
+    default = sample(net, [0, 1, 2], noise=z0, steps=2, method="euler", prediction="eps")
+    assert error(default, got) > 1e-1  # the default t_min = 1e-3 gives another sample

@@ -170,3 +170,31 @@ def test_checkpoints_from_before_the_switches_resume_as_if_they_were_off():
     warm = to_dict(apply_overrides(cfg, {"optim.ema_warmup": True}))
     with pytest.raises(ValueError, match=r"optim.ema_warmup: checkpoint False vs now True"):
         check_resume(saved, warm, {}, "old.pt", allow_inexact=False)
+
+
+def test_a_run_logs_the_scheduled_rates_and_warms_its_ema_up_from_update_zero(fmnist16, tmp_path):
+    """A 6-step run, 16 steps an epoch, warm-up 0.125 epochs = 2 steps, cool-down 0.5 = the last
+    3 steps: the rate of step s (logged after it) is base·min((s+1)/2, 1, (6−s)/3), written out
+    as 1/2, 1, 1, 1, 2/3, 1/3. The EMA of checkpoint n+1 is the warm-up update number n of
+    checkpoint n's: ema ← c·ema + (1−c)·θ with c = min(decay, (1+n)/(10+n)) (n = 0 first)."""
+    overrides = {"optim.steps": 6, "optim.cooldown": 0.5, "optim.warmup_epochs": 0.125,
+                 "optim.ema_warmup": True, "run.log_every": 1, "run.ckpt_every": 1,
+                 "run.milestone_every": 1}  # fmt: skip
+    cfg = tiny_run(fmnist16(256), tmp_path / "run", **overrides)
+    assert train(cfg, progress=False).step == 6
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    base = cfg.optim.learning_rate
+    want = [base * f for f in (1 / 2, 1, 1, 1, 2 / 3, 1 / 3)]
+    assert [r["lr"] for r in records] == pytest.approx(want, rel=1e-12)
+    ckpts = [load_checkpoint(tmp_path / "run" / f"step-{n:09d}.pt") for n in range(1, 7)]
+    names = ckpts[0]["ema"]["names"]
+    decays = ckpts[0]["ema"]["decays"]
+    for n in range(1, 6):  # checkpoint n holds n updates; the next is update number n
+        before, after = ckpts[n - 1]["ema"]["shadows"], ckpts[n]["ema"]["shadows"]
+        for j, decay in enumerate(decays):
+            c = min(decay, (1 + n) / (10 + n))
+            for i, name in enumerate(names):
+                theta = ckpts[n]["model"][name].double()
+                expected = c * before[j][i].double() + (1 - c) * theta
+                torch.testing.assert_close(after[j][i].double(), expected, rtol=0, atol=1e-6)

@@ -231,6 +231,10 @@ def test_grid_and_method_names_are_checked():
     for solver in (euler, heun):  # the velocity solvers keep their contract
         with pytest.raises(ValueError, match="increase"):
             solver(lambda z, t: z, torch.zeros(1, 1), torch.tensor([0.0, 0.5, 0.4]))
+        # strictly increasing (a repeated time is a zero step) and within [0, 1] at both ends
+        for bad in ([0.0, 0.5, 0.5, 1.0], [-0.1, 0.5, 1.0], [0.0, 0.5, 1.1]):
+            with pytest.raises(ValueError, match=r"increase strictly within \[0, 1\]"):
+                solver(lambda z, t: z, torch.zeros(1, 1), torch.tensor(bad))
 
 
 def test_solve_names_what_it_takes_for_a_plain_function():
