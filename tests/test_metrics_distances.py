@@ -82,20 +82,16 @@ def test_kid_equals_brute_force_unbiased_estimator():
     assert std == 0.0
 
 
-def test_kid_mean_and_std_are_over_the_subsets_drawn_from_the_seed():
-    """Each subset's unbiased MMD² by brute force, the subsets drawn as documented (without
-    replacement, from `seed`, x's then y's): the mean and the (population) std of those."""
-    rng = np.random.default_rng(6)
-    x, y = rng.standard_normal((11, 4)), 0.7 * rng.standard_normal((13, 4)) + 0.3
-    cfg = KIDConfig(num_subsets=6, subset_size=5, seed=123)
+def _kid_subsets_brute_force(x, y, cfg: KIDConfig, m: int) -> list[float]:
+    """Each subset's MMD² by brute force, `m` samples of each set drawn as documented: without
+    replacement, from `cfg.seed`, x's then y's."""
     draw = np.random.default_rng(cfg.seed)
     per_subset = []
     for _ in range(cfg.num_subsets):
-        xs, ys = x[draw.choice(11, 5, replace=False)], y[draw.choice(13, 5, replace=False)]
+        xs = x[draw.choice(len(x), m, replace=False)]
+        ys = y[draw.choice(len(y), m, replace=False)]
         per_subset.append(_kid_brute_force(xs, ys))
-    mean, std = kernel_inception_distance(x, y, cfg)
-    assert mean == pytest.approx(np.mean(per_subset), rel=1e-10)
-    assert std == pytest.approx(np.std(per_subset), rel=1e-10) and std > 0
+    return per_subset
 
 
 def test_kid_near_zero_for_same_distribution_positive_for_different():
@@ -196,20 +192,26 @@ def test_fd_of_a_set_against_itself_is_never_negative():
     assert 0.0 in values  # the round-off case occurs among these seeds
 
 
-def test_kid_subsets_are_capped_by_the_smaller_set():
-    """len(y) = 6 < subset_size = 8 < len(x) = 11: every subset holds min(8, 11, 6) = 6 samples
-    of each set (all of y, reordered), drawn from the seed as documented: x's, then y's."""
-    rng = np.random.default_rng(8)
-    x, y = rng.standard_normal((11, 3)), 0.5 * rng.standard_normal((6, 3)) + 0.2
-    cfg = KIDConfig(num_subsets=3, subset_size=8, seed=5)
-    draw = np.random.default_rng(cfg.seed)
-    per_subset = []
-    for _ in range(cfg.num_subsets):
-        xs, ys = x[draw.choice(11, 6, replace=False)], y[draw.choice(6, 6, replace=False)]
-        per_subset.append(_kid_brute_force(xs, ys))
+@pytest.mark.parametrize(
+    "sizes, num_subsets, subset_size, m",
+    [((11, 13), 6, 5, 5),
+     # len(y) = 6 < subset_size = 8 < len(x) = 11: min(8, 11, 6) = 6 of each (all of y)
+     ((11, 6), 3, 8, 6)],
+    ids=["subsets", "capped-by-the-smaller-set"],
+)  # fmt: skip
+def test_kid_is_the_mean_and_std_over_subsets_drawn_from_the_seed(
+    sizes, num_subsets, subset_size, m
+):
+    """Each subset's unbiased MMD² by brute force, the subsets drawn as documented (without
+    replacement, from `seed`, x's then y's, each min(subset_size, len(x), len(y)) samples): the
+    mean and the (population) std of those."""
+    rng = np.random.default_rng(sizes[1])
+    x, y = rng.standard_normal((sizes[0], 4)), 0.7 * rng.standard_normal((sizes[1], 4)) + 0.3
+    cfg = KIDConfig(num_subsets=num_subsets, subset_size=subset_size, seed=123)
+    per_subset = _kid_subsets_brute_force(x, y, cfg, m)
     mean, std = kernel_inception_distance(x, y, cfg)
     assert mean == pytest.approx(np.mean(per_subset), rel=1e-10)
-    assert std == pytest.approx(np.std(per_subset), rel=1e-10)
+    assert std == pytest.approx(np.std(per_subset), rel=1e-10) and std > 0
 
 
 def test_inception_score_mean_and_population_std_over_the_splits():
