@@ -184,13 +184,16 @@ def test_existing_folder_refused_without_overwrite(hub_run, hub, tmp_path, capsy
     )
     assert (copy / "notes.txt").read_text() == "mine"
     assert load_trained(copy).weights == "model"
-    # a folder holding another training run: loading it reads the run, never the export
-    other = tmp_path / "other-run"
-    other.mkdir()
-    (other / "latest.pt").write_bytes((hub_run / "latest.pt").read_bytes())
-    argv = ["convert", str(hub_run), "--hub", str(other), "--overwrite"]
-    assert main(argv) == 2 and "holds a training run" in capsys.readouterr().err
-    assert sorted(p.name for p in other.iterdir()) == ["latest.pt"]
+    # a folder holding another training run (its latest.pt, or a milestone alone) or an authors'
+    # checkpoint: loading it reads that, never the export
+    for name, held in (("latest.pt", "a training run"), ("step-000000002.pt", "a training run"),
+                       ("checkpoint-last.pth", "an authors' checkpoint")):  # fmt: skip
+        other = tmp_path / f"other-{name}"
+        other.mkdir()
+        (other / name).write_bytes(b"x")
+        argv = ["convert", str(hub_run), "--hub", str(other), "--overwrite"]
+        assert main(argv) == 2 and f"holds {held}" in capsys.readouterr().err
+        assert [p.name for p in other.iterdir()] == [name]
     assert main(["convert", str(hub_run), "out.safetensors", "--hub", str(copy)]) == 2
     assert "not both" in capsys.readouterr().err
     assert main(["convert", str(hub_run)]) == 2

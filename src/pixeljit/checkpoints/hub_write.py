@@ -21,11 +21,18 @@ from pixeljit.checkpoints.hub import (
     WEIGHTS_NAME,
 )
 from pixeljit.checkpoints.hub_card import DEFAULTS_SOURCE, CardExtras, model_card
-from pixeljit.checkpoints.load import TrainedModel, export_safetensors, model_size_name
-from pixeljit.checkpoints.run import LATEST
+from pixeljit.checkpoints.load import (
+    TrainedModel,
+    export_safetensors,
+    folder_kind,
+    model_size_name,
+)
 from pixeljit.checkpoints.weights import check_finite
 from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.files.atomic import atomic_write, atomic_write_text, temp_sibling
+
+# folder kinds that loading reads before a hub folder's config.json (`load.folder_kind`)
+SHADOWING = {"run": "a training run", "authors": "an authors' checkpoint"}
 
 
 def hub_config(model: TrainedModel, sampler: SamplerConfig, sampler_source: str) -> dict:
@@ -44,16 +51,18 @@ def hub_config(model: TrainedModel, sampler: SamplerConfig, sampler_source: str)
 
 
 def check_hub_output(out: str | os.PathLike, overwrite: bool = False, flags: bool = False) -> Path:
-    """Refuse a file, or a non-empty folder without `overwrite` (nothing is created). `flags`:
+    """Refuse a file, a folder that loading reads as something else (a run, an authors'
+    checkpoint), or a non-empty folder without `overwrite` (nothing is created). `flags`:
     name the command line's flags (--hub, --overwrite) instead of the arguments."""
     out = Path(out)
     named = f"--hub {out}" if flags else f"hub folder {out}"
     if out.exists() and not out.is_dir():
         raise ValueError(f"{named} is a file: pass a folder")
-    if (out / LATEST).is_file():  # loading the folder would read the run, not the export
+    shadowing = folder_kind(out) if out.is_dir() else None
+    if shadowing in SHADOWING:  # loading the folder would read that, never the export
         raise ValueError(
-            f"{named} holds a training run ({LATEST}): a hub folder there would never be loaded "
-            "(the run's checkpoint is); choose another folder"
+            f"{named} holds {SHADOWING[shadowing]}: a hub folder there would never be loaded "
+            f"(the {shadowing} checkpoint is); choose another folder"
         )
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         how = "--overwrite" if flags else "overwrite=True"

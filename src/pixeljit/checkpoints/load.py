@@ -155,6 +155,19 @@ class TrainedModel:
                 "preconditioner": self.preconditioner}  # fmt: skip
 
 
+def folder_kind(path: Path) -> str | None:
+    """What loading the folder `path` reads, by the files that mark it, in this order: an
+    authors' checkpoint ('authors'), a pixeljit run ('run'), a Hugging Face layout folder
+    ('hub'); None for none of them."""
+    if (path / CHECKPOINT_FILENAME).is_file():
+        return "authors"
+    if (path / LATEST).is_file() or any(path.glob("step-*.pt")):
+        return "run"
+    if (path / HUB_CONFIG).is_file():
+        return "hub"
+    return None
+
+
 def checkpoint_kind(source: str | os.PathLike) -> str:
     """'run' (pixeljit training), 'safetensors', 'hub' (a Hugging Face layout folder or an
     `hf://` name), or 'authors'."""
@@ -169,12 +182,9 @@ def checkpoint_kind(source: str | os.PathLike) -> str:
     if suffix == ".safetensors":
         return "safetensors"
     if path.is_dir():
-        if (path / CHECKPOINT_FILENAME).is_file():
-            return "authors"
-        if (path / LATEST).is_file() or any(path.glob("step-*.pt")):
-            return "run"
-        if (path / HUB_CONFIG).is_file():
-            return "hub"
+        kind = folder_kind(path)
+        if kind is not None:
+            return kind
         weights = sorted(p.name for p in path.glob("*.safetensors") if p.is_file())
         if weights:  # a hub folder that lost its config.json, or a folder of exports
             raise FileNotFoundError(

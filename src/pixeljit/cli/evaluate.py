@@ -259,6 +259,7 @@ def _conversion(args) -> str:
     """', resized from 28×28 and grey → RGB' where --make-ref's images (an .npz) are not
     already --size px with --channels: said, since the statistics then measure converted
     images."""
+    from pixeljit.data.transforms import CHANNEL_NAMES
     from pixeljit.metrics.image_sources import NPZ_IMAGE_KEY, npz_headers
 
     if not args.make_ref.endswith(".npz"):
@@ -270,8 +271,8 @@ def _conversion(args) -> str:
     if (height, width) != (args.size, args.size):
         changes.append(f"resized from {height}×{width} to {args.size}×{args.size}")
     if channels != args.channels:
-        names = {1: "grey", 3: "RGB"}
-        changes.append(f"{names.get(channels, channels)} → {names[args.channels]}")
+        have, want = CHANNEL_NAMES.get(channels, channels), CHANNEL_NAMES[args.channels]
+        changes.append(f"{have} → {want}")
     return "".join(f", {c}" for c in changes)
 
 

@@ -272,14 +272,13 @@ def run_and_report(threads: int, header: str, run, write, out: Path) -> int:
     except ImportError as err:  # the EffNet packages (the `eval` extra)
         raise RuntimeError(str(err)) from None
     except KeyboardInterrupt as err:
+        from pixeljit.experiments.evidence import RERUN
+
         said = str(err)
         way_on = "" if RERUN in said else f": {RERUN} to continue the grid"
         raise KeyboardInterrupt("; ".join(filter(None, [said, grid_kept(out) + way_on]))) from None
     paths, table = write(report)
     return print_outputs(table, start, paths)
-
-
-RERUN = "re-run the same command"  # how every grid continues
 
 
 def grid_kept(out: Path) -> str:

@@ -57,9 +57,6 @@ def check_length_flags(steps: int | None, batch_size: int | None, epochs: float 
         raise ValueError(f"--epochs must be a finite number > 0, got {epochs}")
 
 
-LENGTH_FIELDS = ("optim.steps", "optim.epochs")  # either one sets the run's length
-
-
 def build_config(args):
     """The TrainConfig the flags describe (no Namespace goes further than this)."""
     check_length_flags(args.steps, args.batch_size, args.epochs)
@@ -117,7 +114,10 @@ def build_config(args):
             given["optim.epochs"] = given["optim.steps"] = (flag, value)
     for key, (flag, value) in given.items():
         if value is not None and key in settings:
-            sets = f"set {key}" if key not in LENGTH_FIELDS else "set the run's length"
+            from pixeljit.training.resume import LENGTH_FIELDS
+
+            length = {f"optim.{name}" for name in LENGTH_FIELDS}  # either sets the length
+            sets = "set the run's length" if key in length else f"set {key}"
             raise ValueError(f"--set {key}={settings[key]} and {flag} {value} both {sets}: "
                              "pass one of them")  # fmt: skip
     return apply_overrides(cfg, user_layer(settings, "--set", cfg))

@@ -17,6 +17,7 @@ WHITE = (255, 255, 255, 255)
 GREY = 1
 COLOUR = 3
 VALID_CHANNELS = (GREY, COLOUR)
+CHANNEL_NAMES = {GREY: "grey", COLOUR: "RGB"}  # as messages and summaries say them
 CROP_RULE = "ADM center_crop_arr (box-halve, bicubic, centre square); alpha over white"
 _MODE_FOR_CHANNELS = {GREY: "L", COLOUR: "RGB"}
 # Pillow modes that carry an alpha channel (premultiplied or not).

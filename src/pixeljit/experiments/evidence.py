@@ -44,6 +44,7 @@ from pixeljit.training.config_io import load_yaml, plain_json
 from pixeljit.training.rundir import run_files
 
 RESULT_NAME = "result.json"  # its presence marks a finished cell
+RERUN = "re-run the same command"  # how an interrupted grid continues (its messages say it)
 GRID_NAME = "grid.png"
 GRID_COLUMNS = 4  # 16 samples → a 4×4 panel in the figure
 HF_FACTOR = 2  # the high-frequency residual: image − up(down(image, 2))
@@ -220,8 +221,8 @@ def train_cell(cell: Cell, train_fn: Callable | None = None) -> dict:
     result = train_fn(cell.config, resume=str(folder) if resumed else None, progress=False, **again)
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM: the checkpoint is kept
         raise KeyboardInterrupt(
-            f"cell {cell.name} stopped after step {result.step}; re-run the same command to "
-            "continue it from its checkpoint"
+            f"cell {cell.name} stopped after step {result.step}; {RERUN} to continue it from "
+            "its checkpoint"
         )
     if result.stopped_on_nan:
         raise RuntimeError(

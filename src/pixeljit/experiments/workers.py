@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 import torch
 
-from pixeljit.experiments.evidence import Cell, Measure, RealReference, run_cell
+from pixeljit.experiments.evidence import RERUN, Cell, Measure, RealReference, run_cell
 from pixeljit.metrics.extractor import FeatureExtractor
 from pixeljit.training import stopsignal
 
@@ -166,8 +166,8 @@ def run_cells(
                 done, _ = wait(pending, timeout=STOP_POLL_S, return_when=FIRST_COMPLETED)
                 if stop.is_set():
                     raise KeyboardInterrupt(
-                        "the grid's cells were stopped; re-run the same command to continue "
-                        "them from their checkpoints"
+                        f"the grid's cells were stopped; {RERUN} to continue them from their "
+                        "checkpoints"
                     )
                 for future in done:
                     k = pending.pop(future)

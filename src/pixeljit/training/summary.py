@@ -10,6 +10,7 @@ import numpy as np
 from pixeljit.checkpoints.run import config_changes
 from pixeljit.data.folders import FOLDER_KIND
 from pixeljit.data.packed import PackedDataset
+from pixeljit.data.transforms import CHANNEL_NAMES
 from pixeljit.training.config import TrainConfig
 from pixeljit.training.config_io import to_dict
 from pixeljit.training.resume import PLACE_FIELDS, with_added_fields
@@ -21,8 +22,6 @@ from pixeljit.training.setup import (
     parameter_count,
     unused_classes_warning,
 )
-
-COLOURS = {1: "grey", 3: "RGB"}
 
 
 def _classes(cfg: TrainConfig) -> str:
@@ -40,7 +39,7 @@ def data_line(cfg: TrainConfig, dataset: PackedDataset) -> str:
     """`data: SOURCE — N images, H×W grey|RGB, K classes | unconditional …`; an image folder
     packed here at one channel says it was made grey (model.in_channels)."""
     channels, height, width = dataset.image_shape
-    colour = COLOURS.get(channels, f"{channels} channels")
+    colour = CHANNEL_NAMES.get(channels, f"{channels} channels")
     source = dataset.manifest.get("source")
     kind = source.get("kind") if isinstance(source, dict) else None
     packed_here = Path(cfg.data.source).resolve() != Path(dataset.folder).resolve()
