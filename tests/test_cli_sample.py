@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -49,6 +51,10 @@ def test_cli_end_to_end(tiny_file, tmp_path):
     pngs = sorted(folder.glob("*.png"))
     assert [p.name for p in pngs] == [f"{k:06d}.png" for k in range(6)]
     assert np.array_equal(np.asarray(Image.open(pngs[4])), data["arr_0"][4])
+    rows = (folder / "labels.csv").read_text().splitlines()  # the class of each PNG
+    assert rows == ["file,label,class"] + [
+        f"{k:06d}.png,{c},class {c}" for k, c in enumerate([1, 1, 1, 3, 3, 3])
+    ]
     with Image.open(grid) as im:  # 2 labelled rows of 3 cells, padding 2
         assert im.height == 2 * 16 + 3 * 2 and im.width > 3 * 16 + 4 * 2
     assert not list(tmp_path.glob(".*"))  # no temporary files left
@@ -203,6 +209,11 @@ def test_training_runs_sample_with_their_objective(tmp_path, fmnist16):
                  "--save-images", str(pngs), "--out", str(report)]) == 0  # fmt: skip
     evaluated = _png_stack(pngs, 8)[..., None].astype(int)  # grey PNGs → NHWC
     balanced = list(range(8))  # eval's labels: class k mod 10 for image k
+    with open(pngs / "labels.csv", encoding="utf-8", newline="") as f:  # names with commas
+        rows = list(csv.reader(f))
+    assert rows == [["file", "label", "class"]] + [
+        [f"{k:06d}.png", str(k), model.class_names[k]] for k in balanced
+    ]
     assert np.abs(evaluated - library(balanced, 0, **own)).max() <= 1
     assert np.abs(evaluated - library(balanced, 0, prediction="x", noise_scale=0.5)).max() > 20
 

@@ -109,7 +109,7 @@ def test_dotted_folder_name_message_and_trailing_slash(models, tmp_path, capsys)
     assert not folder.exists()
     assert main(["sample", str(models[0]), *FAST, "--num", "2", "--out", f"{folder}/"]) == 0
     capsys.readouterr()
-    assert sorted(p.name for p in folder.iterdir()) == ["000000.png", "000001.png"]
+    assert sorted(p.name for p in folder.iterdir()) == ["000000.png", "000001.png", "labels.csv"]
 
 
 # ------------------------------------------------------------------ 7: the input first
@@ -159,3 +159,31 @@ def test_readme_names_milestones_as_they_are_written():
     assert "step-N.pt" not in readme
     example = MILESTONE_PATTERN.format(step=20)
     assert example in readme and re.fullmatch(r"step-0{7}20\.pt", example)
+
+
+# ------------------------------------------------------------------ 7: labels.csv of a folder
+
+
+def test_an_unconditional_set_never_leaves_an_earlier_sets_labels_csv(models, tmp_path, capsys):
+    """A folder of PNGs from a class-conditional model holds labels.csv; an unconditional set
+    written over it with --overwrite writes none, so the old file would describe new images:
+    refused before any sampling, the folder left as it was."""
+    import dataclasses
+
+    folder = tmp_path / "pngs"
+    argv = ["sample", str(models[0]), *FAST, "--labels", "0", "1", "--num", "2"]
+    assert main([*argv, "--out", str(folder)]) == 0
+    listing = (folder / "labels.csv").read_text()
+    assert listing.splitlines()[1:] == [f"000000.png,0,{NAMES[0]}", f"000001.png,1,{NAMES[1]}"]
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    uncond = tmp_path / "uncond.safetensors"
+    pixeljit.save_safetensors(pixeljit.JiT(dataclasses.replace(TINY_NET, num_classes=0)), uncond)
+    argv = ["sample", str(uncond), *FAST, "--num", "2", "--cfg", "1", "--out", str(folder)]
+    capsys.readouterr()
+    err = cli_error(capsys, [*argv, "--overwrite"])
+    assert "holds labels.csv from an earlier class-conditional set" in err
+    assert f"remove {folder / 'labels.csv'} first" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    (folder / "labels.csv").unlink()
+    assert main([*argv, "--overwrite"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["000000.png", "000001.png"]

@@ -31,7 +31,7 @@ from pixeljit.diffusion.sampler import (
     sample,
 )
 from pixeljit.files.cache import cache_root
-from pixeljit.files.images import save_pngs, to_uint8
+from pixeljit.files.images import save_labels_csv, save_pngs, to_uint8
 from pixeljit.metrics import (
     DatasetStats,
     FeatureExtractor,
@@ -170,9 +170,12 @@ def evaluate(
     Fashion-MNIST classifier on a 10-class model)."""
     batches = generate(model, spec, rank, world, save_dir, progress)
     classes = model.net.config.num_classes
-    return score_labelled(
+    scores = score_labelled(
         batches, classes, extractor, ref, metrics, spec.batch_size, model.class_names
     )
+    if save_dir is not None and rank == 0 and classes > 0:  # every rank's labels: k mod classes
+        save_labels_csv(save_dir, balanced_labels(0, spec.num, classes), model.class_names)
+    return scores
 
 
 def _name_key(name: str) -> str:

@@ -192,6 +192,21 @@ def check_no_stale_pngs(flag: str, folder: str | os.PathLike, count: int) -> Non
         )
 
 
+def check_no_stale_labels(flag: str, folder: str | os.PathLike, labelled: bool) -> None:
+    """With --overwrite, a folder whose labels.csv (the classes of an earlier, class-conditional
+    set) an unconditional set would leave in place, describing images it no longer holds:
+    refused, before any work."""
+    from pixeljit.files.images import LABELS_CSV
+
+    stale = Path(folder) / LABELS_CSV
+    if not labelled and (stale.exists() or stale.is_symlink()):
+        raise ValueError(
+            f"{flag} {folder} holds {LABELS_CSV} from an earlier class-conditional set, and this "
+            "unconditional model writes none: it would describe the wrong images; choose an "
+            f"empty folder or remove {stale} first"
+        )
+
+
 def interrupted_detail(out: str | os.PathLike, command: str) -> str:
     """What a second Ctrl-C (which stops a run at once, without a checkpoint at that step)
     leaves: the run's last checkpoint, continued by `command`, or none yet."""

@@ -19,7 +19,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from pixeljit.cli.checks import CHECKPOINT_HELP
+from pixeljit.cli.checks import CHECKPOINT_HELP, check_no_stale_labels
 from pixeljit.cli.evaluate_args import (
     AUTO_EXTRACTOR,
     DEFAULT_BATCH,
@@ -71,7 +71,12 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help=f"default {DEFAULT_SEED}")
     p.add_argument("--batch-size", type=int, default=None, help=f"default {DEFAULT_BATCH}")
     p.add_argument("--device", default="auto")
-    p.add_argument("--save-images", default=None, help="also write the PNGs to this folder")
+    p.add_argument(
+        "--save-images",
+        default=None,
+        help="also write the PNGs to this folder "
+        "(000000.png, …; a class-conditional model's classes in labels.csv)",
+    )
     p.add_argument("--sweep-cfg", type=float, nargs=3, metavar=("LO", "HI", "STEP"),
                    help="FD for every CFG scale in [LO, HI] (the paper: 1.0 4.0 0.1)")  # fmt: skip
     p.add_argument("--emas", nargs="+", default=None,
@@ -181,6 +186,8 @@ def _run(args, info, cfgs: list[float] | None) -> int:
     check_flags_take_effect(args, args.checkpoint, conditional=cfg.num_classes > 0,
                             prediction=model.prediction, cfgs=cfgs or [sampler.cfg],
                             methods=[sampler.method])  # fmt: skip
+    if args.save_images:
+        check_no_stale_labels("--save-images", args.save_images, cfg.num_classes > 0)
     check_memory(args.num, min(args.batch_size, args.num), False, cfg, info.device)
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     _check_stats_shape(args, shape, "the model's images")

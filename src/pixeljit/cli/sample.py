@@ -25,6 +25,7 @@ from pixeljit.cli.checks import (
     check_device,
     check_float,
     check_int,
+    check_no_stale_labels,
     check_no_stale_pngs,
     check_output,
     check_seed,
@@ -45,6 +46,7 @@ from pixeljit.files.images import (
     MAX_GRID_PIXELS,
     class_label,
     save_grid,
+    save_labels_csv,
     save_npz,
     save_pngs,
     to_uint8,
@@ -120,7 +122,8 @@ def add_parser(sub) -> None:
         metavar="PATH",
         help="*.png: a grid; *.npz: uint8 (N, H, W, C) 'arr_0' (+ 'labels' for a "
         "class-conditional model; an unconditional one's holds only 'arr_0'); a path without a "
-        "suffix, or ending in / (e.g. run.v1/): a folder of PNGs. Repeatable (default "
+        "suffix, or ending in / (e.g. run.v1/): a folder of PNGs (000000.png, …; the classes of "
+        "a class-conditional model's in labels.csv). Repeatable (default "
         f"{DEFAULT_OUT})",
     )
     p.add_argument(
@@ -341,6 +344,7 @@ def run(args) -> int:
     keep = bool(outputs.grids or outputs.npzs)
     for folder in outputs.folders:
         check_no_stale_pngs("--out", folder, num)
+        check_no_stale_labels("--out", folder, labels is not None)
     check_memory(num, min(args.batch_size, num), keep, net.config, device)
     ncols, row_labels = grid_layout(labels, num, args.ncols, model.class_names)
     if outputs.grids:
@@ -370,6 +374,9 @@ def run(args) -> int:
             if keep:
                 chunks.append(u8)
             bar.update(stop - start)
+    if labels is not None:
+        for folder in outputs.folders:
+            save_labels_csv(folder, labels, model.class_names)
     written = [str(f) + "/" for f in outputs.folders]
     if keep:
         everything = torch.cat(chunks)

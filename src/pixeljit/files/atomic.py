@@ -72,7 +72,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_stream(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:

@@ -5,6 +5,8 @@ Shared by `pixeljit sample`, the training loop's preview grids and the demo.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from pixeljit.files.atomic import atomic_write_stream
+from pixeljit.files.atomic import atomic_write_stream, atomic_write_text
 
 PIXEL_MAX = 255
 GRID_PADDING = 2  # pixels between grid cells
@@ -25,6 +27,8 @@ LABEL_COLOUR = 0  # black
 NPZ_IMAGES_KEY = "arr_0"  # the ADM / torch-fidelity convention: (N, H, W, C) uint8
 NPZ_LABELS_KEY = "labels"  # (N,) int64: the class of each image
 NPZ_CLASS_NAMES_KEY = "class_names"  # (K,) str: label k's class, as `sample --out X.npz` writes
+LABELS_CSV = "labels.csv"  # beside a folder of numbered PNGs: the class of each
+LABELS_CSV_HEADER = ("file", "label", "class")
 MAX_GRID_PIXELS = 2**30  # a grid beyond a gigapixel cannot sensibly be built in memory
 _MODES = {1: "L", 3: "RGB"}
 
@@ -162,8 +166,26 @@ def save_pngs(
     folder = Path(folder)
     out = []
     for k, img in enumerate(array):
-        out.append(save_png(_pil(img), folder / f"{prefix}{start + k:06d}.png"))
+        out.append(save_png(_pil(img), folder / png_name(start + k, prefix)))
     return out
+
+
+def png_name(index: int, prefix: str = "") -> str:
+    """The file `save_pngs` writes image `index` to."""
+    return f"{prefix}{index:06d}.png"
+
+
+def save_labels_csv(
+    folder: str | os.PathLike, labels: Sequence[int], class_names: Sequence[str] | None = None
+) -> Path:
+    """`labels.csv` in a folder of numbered PNGs: one row (file, label, class name) per image,
+    image k being labels[k] (atomic; written once every PNG is)."""
+    text = io.StringIO()
+    table = csv.writer(text, lineterminator="\n")
+    table.writerow(LABELS_CSV_HEADER)
+    for k, c in enumerate(labels):
+        table.writerow((png_name(k), int(c), class_label(class_names, int(c))))
+    return atomic_write_text(Path(folder) / LABELS_CSV, text.getvalue())
 
 
 def save_npz(
