@@ -108,6 +108,10 @@ TINY_RUN = {
     "sample.steps": 1, "sample.per_class": 1, "sample.max_classes": 1,
 }  # fmt: skip
 FMNIST_TEST_SIZE = 16  # px: the packed Fashion-MNIST test images the runs train on
+# for runs whose samples a test compares: without the EMA warm-up, the default weights (EMA 0.995)
+# stay 99 % adaLN-Zero's zero output after 2 steps, so every image is one constant grey whatever
+# the seed, label or solver, and such a test could not fail
+SAMPLED_RUN = {"optim.ema_warmup": True}
 
 
 def tiny_run(data: Path, out: Path, **overrides) -> TrainConfig:
@@ -115,6 +119,18 @@ def tiny_run(data: Path, out: Path, **overrides) -> TrainConfig:
     core, with `overrides` (dotted keys, e.g. **{"optim.steps": 6}) on top of `TINY_RUN`."""
     settings = {**TINY_RUN, "data.source": str(data), "run.out": str(out), **overrides}
     return apply_overrides(get_preset(TINY_PRESET), settings)
+
+
+def check_samples_vary(model) -> None:
+    """A fixture's guard: the trained model's images depend on the seed and the label."""
+    from pixeljit.diffusion.sampler import sample
+
+    def draw(seed: int, label: int) -> torch.Tensor:
+        return sample(model.net, [label, label], steps=2, cfg=1.0, seed=seed)
+
+    assert not torch.equal(draw(0, 0), draw(1, 0)), "the seed does not change the images"
+    assert not torch.equal(draw(0, 0), draw(0, 1)), "the label does not change the images"
+    assert not torch.equal(*draw(0, 0)), "two images of one batch are equal"
 
 
 @pytest.fixture(scope="session")

@@ -145,4 +145,6 @@ def test_a_compiled_run_switching_checkpointing_resumes_only_inexactly(packed, t
                         "ckpt", allow_inexact=False) == []  # fmt: skip
     with pytest.raises(ValueError, match="execution.checkpointed_graph.*--allow-inexact-resume"):
         check_resume(old, cfg, {**facts, "checkpointed_graph": True}, "ckpt", allow_inexact=False)
+    inexact = check_resume(old, cfg, {**facts, "checkpointed_graph": True}, "ckpt", True)
+    assert len(inexact) == 1 and inexact[0].startswith("execution.checkpointed_graph"), inexact
     assert check_resume(old, cfg, {**facts, "checkpointed_graph": False}, "ckpt", False) == []

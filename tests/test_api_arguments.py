@@ -199,8 +199,9 @@ def test_create_model_names_a_bad_name():
         "JiT-B/016",
         "JiT-b/16",
     ):
-        with pytest.raises(ValueError, match="JiT-B/16"):
+        with pytest.raises(ValueError, match="JiT-B/16") as err:  # the names it knows
             pixeljit.create_model(name)
+        assert f"got {name!r}" in str(err.value) or f"unknown model {name!r}" in str(err.value)
 
 
 @pytest.mark.parametrize(

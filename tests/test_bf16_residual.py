@@ -73,3 +73,5 @@ def test_switching_it_resumes_only_inexactly(fmnist16, tmp_path):
     assert check_resume(old, cfg, {**facts, "bf16_residual": False}, "ckpt", False) == []
     with pytest.raises(ValueError, match="execution.bf16_residual.*--allow-inexact-resume"):
         check_resume(old, cfg, {**facts, "bf16_residual": True}, "ckpt", allow_inexact=False)
+    inexact = check_resume(old, cfg, {**facts, "bf16_residual": True}, "ckpt", allow_inexact=True)
+    assert len(inexact) == 1 and inexact[0].startswith("execution.bf16_residual"), inexact

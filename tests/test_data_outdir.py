@@ -150,7 +150,7 @@ def assert_one_line_naming_real_flags(err: str) -> None:
 @pytest.mark.parametrize(
     ("args", "problem"),
     [
-        (["--size", "9000"], "size"),  # the old code resized to 9000 x 9000 without a word
+        (["--size", "9000"], "(--size)"),  # the old code resized to 9000 x 9000 without a word
         (["--size", "8", "--limit", "0"], "--limit"),
         (["--size", "8", "--limit", "-5"], "--limit"),
         (["--size", "8", "--workers", "-3"], "--workers"),  # the old code ran it as 0

@@ -43,6 +43,7 @@ def test_copy_and_state_round_trip():
 
 
 def test_bad_decays():
-    for decays in [(), (1.0,), (0.9, 0.9), (-0.1,)]:
-        with pytest.raises(ValueError):
+    for decays, problem in [((), "at least one decay"), ((1.0,), r"lie in \[0, 1\)"),
+                            ((0.9, 0.9), "distinct"), ((-0.1,), r"lie in \[0, 1\)")]:  # fmt: skip
+        with pytest.raises(ValueError, match=problem):
             EMA(nn.Linear(2, 2), decays)

@@ -211,11 +211,6 @@ def test_sample_grid_too_large_is_refused_before_sampling(tiny_file, tmp_path, c
         make_grid(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), ncols=10**9)
 
 
-def test_sample_interval_error_names_the_field():
-    with pytest.raises(ValueError, match=r"^sample\.interval"):
-        apply_overrides(TrainConfig(), {"sample.interval": [0.9, 0.1]})
-
-
 # -------------------------------------------------------------------- C19: non-finite samples
 
 
@@ -342,13 +337,6 @@ def test_dangling_link_is_skipped_by_skip_bad(tmp_path):
     prepare(str(tmp_path / "imgs"), 8, out, channels=1, skip_bad=True)
     manifest = (out / "manifest.json").read_text()
     assert "dead.png" in manifest
-
-
-def test_mixed_layout_names_the_prepare_flag(tmp_path):
-    _image(tmp_path / "mixed" / "top.png")
-    _image(tmp_path / "mixed" / "cls" / "a.png")
-    with pytest.raises(ValueError, match="--layout flat"):
-        scan_image_folder(tmp_path / "mixed")
 
 
 def test_font_folder_is_described_as_a_folder(tmp_path):

@@ -3,13 +3,16 @@ the outputs, on a tiny trained run with a cheap extractor (and the CLI with the 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 import numpy as np
 import pytest
+import torch
 
 from analytic import AnalyticNet, Gaussian, noise
-from conftest import FMNIST_TEST_SIZE, tiny_run
+from conftest import FMNIST_TEST_SIZE, SAMPLED_RUN, check_samples_vary, tiny_run
 from extractors import GreyPoolExtractor as PoolExtractor
 from pixeljit.checkpoints.load import load_trained
 from pixeljit.cli import main
@@ -44,7 +47,8 @@ def setup(fmnist16, tmp_path_factory):
     """A 2-step tiny run, the pooled extractor and its statistics of 64 real images."""
     data = fmnist16(64)
     run = tmp_path_factory.mktemp("nfe") / "run"
-    train(tiny_run(data, run), progress=False)
+    train(tiny_run(data, run, **SAMPLED_RUN), progress=False)
+    check_samples_vary(load_trained(run))
     extractor = PoolExtractor()
     ref = dataset_stats_for(str(data), extractor, FMNIST_TEST_SIZE, 1)
     return {"data": data, "run": run, "model": load_trained(run), "extractor": extractor,
@@ -113,12 +117,20 @@ def test_few_step_verdict():
 
 def test_sweep_rows_are_the_library_scores_at_matched_seeds(setup, tmp_path):
     config = NfeConfig.quick(methods=("euler", "dpm++2m", "dpm++3m"), grids=("uniform",),
-                             budgets=(1, 3))  # fmt: skip
+                             budgets=(1, 5))  # fmt: skip
     model, extractor, ref = setup["model"], setup["extractor"], setup["ref"]
+    # weights moved at random, so that x̂ depends on z_t and the solvers part (a 2-step model's
+    # x̂ barely does, and where x̂ does not, every solver follows the straight path exactly);
+    # 5 steps, because from t = 0 (λ = −∞) the multistep corrections vanish until the third
+    model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
     results = run_nfe(config, model, extractor, ref, tmp_path, DESCRIBE)
     rows = sorted_rows(results)
     assert [(r["method"], r["nfe"]) for r in rows] == [
-        ("dpm++2m", 1), ("dpm++2m", 3), ("dpm++3m", 1), ("dpm++3m", 3), ("euler", 1), ("euler", 3)
+        ("dpm++2m", 1), ("dpm++2m", 5), ("dpm++3m", 1), ("dpm++3m", 5), ("euler", 1), ("euler", 5)
     ]  # fmt: skip
     for r in rows:
         assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["fd"] > 0
@@ -126,12 +138,17 @@ def test_sweep_rows_are_the_library_scores_at_matched_seeds(setup, tmp_path):
     # one step from t = 0 to 1 is x̂(z_0) for every solver: the same images, the same FD
     one = [r["fd"] for r in rows if r["nfe"] == 1]
     assert max(one) - min(one) < 1e-4 * one[0], one
+    five = [r["fd"] for r in rows if r["nfe"] == 5]  # where the solvers differ, the FDs do
+    assert len({round(fd, 6) for fd in five}) == 3, five
     # a row's FD is `evaluate`'s, computed independently
     r = rows[-1]
     spec = GenerationSpec(num=config.num, sampler=config.sampler(r["method"], r["grid"],
                           r["steps"]), seed=config.seed, batch_size=5)  # fmt: skip
     alone = evaluate(model, spec, extractor, ref, ("fd",))
     assert r["fd"] == pytest.approx(alone["FD-pool4"], rel=1e-6)
+    reseeded = evaluate(model, dataclasses.replace(spec, seed=config.seed + 1), extractor, ref,
+                        ("fd",))  # fmt: skip
+    assert reseeded["FD-pool4"] != pytest.approx(r["fd"], rel=1e-6)  # the seed shows in FD
 
 
 def test_resume_keeps_rows_and_refuses_other_settings(setup, tmp_path):

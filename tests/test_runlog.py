@@ -118,5 +118,19 @@ def test_loss_plot_keeps_every_bucket_any_record_logged(tmp_path):
     assert list(series) == ["loss", "loss_t[0.00,0.25)", "loss_t[0.75,1.00)"]
     assert series["loss_t[0.75,1.00)"] == ([5], [0.5]) and series["loss"] == ([5, 10], [1.0, 0.8])
     metrics = tmp_path / METRICS_FILE
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in records[:1]))
-    assert plot_loss(metrics, tmp_path / "loss.png").is_file()
+    import matplotlib.axes
+
+    drawn = []  # (label, marker) of each line plotted
+    real_plot = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        drawn.append((kwargs.get("label"), kwargs.get("marker")))
+        return real_plot(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matplotlib.axes.Axes, "plot", spy)
+        for count, marker in ((1, "o"), (2, None)):  # a one-point line is its marker
+            drawn.clear()
+            metrics.write_text("".join(json.dumps(r) + "\n" for r in records[:count]))
+            assert plot_loss(metrics, tmp_path / f"loss{count}.png").is_file()
+            assert ("loss", marker) in drawn, drawn

@@ -148,7 +148,11 @@ def test_cli_writes_figure_and_tables(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("args", "match"),
-    [(["--dims", "1"], "dims"), (["--steps", "0"], "steps"), (["--threads", "0"], "threads")],
+    [
+        (["--dims", "1"], "--dims must be ≥ 2"),  # the data's 2 dimensions: the flag named
+        (["--steps", "0"], "--steps must be ≥ 1"),
+        (["--threads", "0"], "--threads must be ≥ 1"),
+    ],
 )
 def test_cli_errors(tmp_path, capsys, args, match):
     assert main(["reproduce", "toy", "--out", str(tmp_path), *args]) == 2

@@ -76,6 +76,7 @@ def test_resume_is_bit_exact(packed, tmp_path):
         assert all(torch.equal(x, y) for x, y in zip(sa, sb, strict=True))
     assert a["loader"] == b["loader"] and a["images_seen"] == b["images_seen"] == 96
     opt_a, opt_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert opt_a and opt_a.keys() == opt_b.keys()  # every parameter's moments, in both
     assert all(states_equal(opt_a[k], opt_b[k]) for k in opt_a)
 
 

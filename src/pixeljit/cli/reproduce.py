@@ -103,7 +103,7 @@ def toy_config(
 
 
 def _run_toy(args) -> int:
-    from pixeljit.experiments.toy import run_toy
+    from pixeljit.experiments.toy import DATA_DIM, run_toy
     from pixeljit.experiments.toy_report import (
         measure,
         table_markdown,
@@ -115,7 +115,7 @@ def _run_toy(args) -> int:
     check_int("--steps", args.steps, 1, MAX_TOY_STEPS + 1)
     check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)  # more only oversubscribe
     for d in args.dims or ():
-        check_int("--dims", d, 1, MAX_TOY_DIM + 1)
+        check_int("--dims", d, DATA_DIM, MAX_TOY_DIM + 1)  # the data's own 2 dimensions at least
     config = toy_config(args.quick, args.seed, args.steps, args.dims, args.threads)
     out = check_output("--out", args.out, folder=True, overwrite=True)  # a folder of results
     earlier = [out / name for name in toy_output_names() if (out / name).exists()]

@@ -140,7 +140,7 @@ def prepare(
     A class left with no image (by `limit`, or all its images skipped) stays declared and is
     named in the result's `empty_classes`.
     """
-    check_size(size)
+    check_size(size, "size (--size)")
     if channels is not None:
         check_channels(channels)
     if layout not in LAYOUTS:

@@ -39,10 +39,10 @@ def check_channels(channels: int) -> int:
     return channels
 
 
-def check_size(size: int) -> int:
-    """Validate a target resolution: an integer in [1, MAX_SIZE]."""
+def check_size(size: int, name: str = "size") -> int:
+    """Validate a target resolution: an integer in [1, MAX_SIZE]; `name` heads the message."""
     if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_SIZE:
-        raise ValueError(f"size must be an integer in [1, {MAX_SIZE}] (pixels), got {size!r}")
+        raise ValueError(f"{name} must be an integer in [1, {MAX_SIZE}] (pixels), got {size!r}")
     return size
 
 
