@@ -5,6 +5,7 @@ started on, and bad flags name the flag."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -243,6 +244,25 @@ def test_resuming_a_folder_in_use_says_in_use_first(packed, tmp_path, capsys):
         assert "in use by another process" in capsys.readouterr().err
 
 
+def test_only_rank_0_checks_the_lock_before_a_resume(packed, tmp_path, monkeypatch):
+    """Under torchrun every rank took and dropped the run's lock at the same moment and could
+    refuse its siblings as "in use by another process": rank 0 alone checks (the run itself
+    takes the lock on rank 0 only)."""
+    from pixeljit.cli import build_parser
+    from pixeljit.cli.train import build_config
+    from pixeljit.training.rundir import RunLock
+
+    run = tmp_path / "run"
+    train(tiny(packed, run), progress=False)
+    args = build_parser().parse_args(["train", "--resume", str(run)])
+    with RunLock(run):  # a sibling rank holding it at this moment
+        monkeypatch.setenv("RANK", "1")
+        assert build_config(args).run.out == str(run)
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(RuntimeError, match="in use"):
+            build_config(args)
+
+
 # ------------------------------------------------------------------------------- redteam
 
 
@@ -363,3 +383,42 @@ def test_a_grid_cell_stopped_before_its_first_checkpoint_starts_again(packed, tm
     assert load_checkpoint(folder)["step"] == 2
     (aside,) = (tmp_path / "cells").glob("a.old-*")  # moved aside, not deleted
     assert (aside / "config.yaml").read_text() == "written as the cell started\n"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({}, "--batch-size) 16 does not split evenly over 3 processes: pass a multiple of 3"),
+     ({"optim.micro_batch": 4}, "must be a multiple of optim.micro_batch 4 × world size 3")],
+)  # fmt: skip
+def test_a_batch_the_processes_cannot_share_names_what_the_user_set(packed, overrides, message):
+    """Under torchrun with 3 processes, batch 16 was refused as "not a multiple of micro_batch
+    5 × world size 3": a micro-batch the user never set."""
+    import torch
+
+    from pixeljit.data import PackedDataset
+    from pixeljit.training.distributed import DistInfo
+    from pixeljit.training.setup import resolve_config
+
+    cfg = tiny(packed, Path("unused"), **{"optim.global_batch": 16, **overrides})
+    three = DistInfo(rank=0, world_size=3, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve_config(cfg, PackedDataset(packed), three)
+    one = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    resolve_config(cfg, PackedDataset(packed), one)  # one process takes the whole batch
+
+
+def test_resuming_a_file_of_another_kind_names_it(packed, tmp_path, capsys):
+    """`--resume run/config.yaml` was told the file "may be truncated or not a checkpoint" and
+    pointed at milestones, as if the checkpoint were damaged."""
+    from pixeljit.cli import main
+
+    run = tmp_path / "run"
+    train(tiny(packed, run), progress=False)
+    assert main(["train", "--resume", str(run / "config.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {run / 'config.yaml'} is a config, not a training checkpoint: pass its " \
+           f"folder {run} (it holds latest.pt)" in err  # fmt: skip
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    assert main(["train", "--resume", str(weights)]) == 2
+    assert "is exported weights (no optimizer" in capsys.readouterr().err

@@ -153,6 +153,23 @@ def common_flags(packed: Path, out: Path, steps: int) -> list[str]:
     return flags
 
 
+def test_a_refusal_of_rank_0_stops_every_rank_cleanly(packed, tmp_path):
+    """A check only rank 0 runs (an edited config.yaml on resume) made rank 1 fail with gloo's
+    "Connection closed by peer" instead of a line saying rank 0 stopped the run."""
+    run = tmp_path / "run"
+    train(tiny_config(packed, run), progress=False)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("seed: 0", "seed: 7"))
+    done = torchrun(["train", "--resume", str(run), "--steps", "8", "--no-progress",
+                     "--allow-inexact-resume"], cwd=tmp_path)  # fmt: skip
+    assert done.returncode != 0
+    err = done.stderr
+    assert f"pixeljit train (rank 0 of 2): error: {config} differs from the checkpoint's" in err
+    assert ("pixeljit train (rank 1 of 2): error: rank 0 stopped the run while setting up its "
+            "folder") in err, err[-3000:]  # fmt: skip
+    assert "Connection closed" not in err, err[-3000:]  # (torchrun adds its own traceback)
+
+
 def test_ddp_matches_one_process_resumes_exactly_and_continues_closely_under_fsdp(packed, tmp_path):
     """Two DDP ranks match one process accumulating the same batch (to float tolerance: the
     gradients are summed in another order); a DDP resume is bit-exact; the same checkpoint

@@ -241,10 +241,31 @@ def _alternatives(file: Path, flag: str | None = RESUME_FLAG) -> str:
     )
 
 
+NOT_CHECKPOINTS = {  # files a user may pass for a training checkpoint, by what they hold
+    ".yaml": "a config", ".yml": "a config", ".json": "a JSON file", ".jsonl": "a log",
+    ".png": "an image", ".npz": "a NumPy archive",
+    ".safetensors": "exported weights (no optimizer or loader state to continue from)",
+}  # fmt: skip
+
+
+def _check_not_another_kind(file: Path, flag: str | None) -> None:
+    """Refuse, by its name, a file that is not a training checkpoint (`--resume run/config.yaml`
+    was told the file "may be truncated")."""
+    kind = NOT_CHECKPOINTS.get(file.suffix.lower())
+    if kind is None:
+        return
+    named = f"{flag} {file}" if flag else f"checkpoint {file}"
+    beside = file.parent / LATEST
+    fix = (f"pass its folder {file.parent} (it holds {LATEST})" if beside.is_file()
+           else f"pass a run folder or its {LATEST} / step-*.pt")  # fmt: skip
+    raise ValueError(f"{named} is {kind}, not a training checkpoint: {fix}")
+
+
 def load_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> dict:
     """A training checkpoint (run folder or file), its zip layout bounded before `torch.load` reads
     it and its checksums verified. `flag`: as for `find_checkpoint` (messages name it)."""
     file = find_checkpoint(path, flag)
+    _check_not_another_kind(file, flag)
     try:
         check_torch_zip(file)  # a compressed or oversized member is refused before torch.load
         state = torch.load(file, map_location="cpu", weights_only=True)

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         detail = f": {error_line(err)}" if str(err) else ""
-        print(f"pixeljit {args.verb}: interrupted{detail}", file=sys.stderr)
+        print(f"pixeljit {args.verb}{rank_tag()}: interrupted{detail}", file=sys.stderr)
         return SIGNAL_EXIT_BASE + signal.SIGINT
 
 

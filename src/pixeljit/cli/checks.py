@@ -207,6 +207,16 @@ def check_no_stale_labels(flag: str, folder: str | os.PathLike, labelled: bool) 
         )
 
 
+def full_disk_detail(out: str | os.PathLike) -> str:
+    """What a run stopped by a full disk outside its checkpoint write leaves, and what next."""
+    from pixeljit.checkpoints.run import resume_hint
+    from pixeljit.training.rundir import holds_checkpoint
+
+    if holds_checkpoint(Path(out)):
+        return f"the last checkpoint in {out} is intact; continue with {resume_hint(out)}"
+    return f"{out} holds no checkpoint yet: run the same command again"
+
+
 def interrupted_detail(out: str | os.PathLike, command: str) -> str:
     """What a second Ctrl-C (which stops a run at once, without a checkpoint at that step)
     leaves: the run's last checkpoint, continued by `command`, or none yet."""

@@ -73,9 +73,13 @@ def build_config(args):
         cfg = get_preset(args.preset)
     elif args.resume:
         from pixeljit.checkpoints.run import load_checkpoint, run_folder
+        from pixeljit.training.distributed import launch_rank
         from pixeljit.training.rundir import ensure_not_in_use
 
-        ensure_not_in_use(run_folder(args.resume))  # "in use" before "holds no checkpoint"
+        # "in use" before "holds no checkpoint"; rank 0 only: ranks each taking the lock at
+        # the same moment refused one another as "in use by another process"
+        if launch_rank() == 0:
+            ensure_not_in_use(run_folder(args.resume))
         cfg = from_dict(load_checkpoint(args.resume)["config"])
     else:
         raise ValueError("pass --preset (or --resume to continue a run with its saved config)")
@@ -172,8 +176,8 @@ def user_layer(overrides: dict, where: str, base) -> dict:
 
 
 def run(args) -> int:
-    from pixeljit.checkpoints.run import resume_hint
-    from pixeljit.cli.checks import counted, interrupted_detail
+    from pixeljit.checkpoints.run import NO_SPACE, resume_hint
+    from pixeljit.cli.checks import counted, full_disk_detail, interrupted_detail
     from pixeljit.training.loop import train
 
     cfg = build_config(args)
@@ -187,8 +191,15 @@ def run(args) -> int:
         )
     except KeyboardInterrupt:  # a second Ctrl-C (or one before the run listens for it)
         raise KeyboardInterrupt(interrupted_detail(cfg.run.out, resume_hint(cfg.run.out))) from None
+    except OSError as err:  # a full disk while writing the log, a grid or the plot
+        if err.errno not in NO_SPACE:
+            raise
+        where = err.filename or cfg.run.out
+        raise RuntimeError(f"no space left on the device writing {where}; free some space: "
+                           f"{full_disk_detail(cfg.run.out)}") from err  # fmt: skip
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
-        print(f"continue with {resume_hint(result.out)}")
+        if result.is_main:  # once, not once per rank
+            print(f"continue with {resume_hint(result.out)}")
         return SIGNAL_EXIT_BASE + result.stopped_by_signal
     if result.stopped_on_nan:
         return 1

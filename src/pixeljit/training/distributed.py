@@ -48,10 +48,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun announces it (0 without torchrun), before any setup."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device_name: str = "auto") -> DistInfo:
     """Initialise torch.distributed when launched by torchrun; a no-op otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launch_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
     if world > 1 and not dist.is_initialized():

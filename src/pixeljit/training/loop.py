@@ -47,7 +47,7 @@ from pixeljit.training.rundir import (
     set_aside_newer,
     sweep_temporaries,
 )
-from pixeljit.training.runlog import LOSS_PLOT, LossTally, RunLog, plot_loss
+from pixeljit.training.runlog import LOSS_PLOT, METRICS_FILE, LossTally, RunLog, plot_loss
 from pixeljit.training.setup import (
     BatchPlan,
     nothing_to_train,
@@ -167,7 +167,8 @@ def _rank0_first(info, fn) -> None:
         flag = torch.tensor(int(error is not None), device=info.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         if int(flag.item()) and error is None:
-            raise RuntimeError("rank 0 could not open the run folder (its error says why)")
+            raise RuntimeError("rank 0 stopped the run while setting up its folder (rank 0's "
+                               "error says why)")  # fmt: skip
     if error is not None:
         raise error
 
@@ -225,10 +226,14 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
                   + "; ".join(inexact), flush=True)  # fmt: skip
     for line in start_report(cfg, plan, dataset, saved, resume_file) if info.is_main else ():
         print(line, flush=True)
-    if info.is_main and not idle:
-        check_config_file(out, saved, to_dict(cfg))  # before anything in the folder moves
-        _settle_run_folder(out, resume_file, restart, saved["step"] if saved else 0)
-        save_yaml(cfg, out / CONFIG_FILE)
+    if not idle:  # rank 0 writes; its refusal (an edited config.yaml) stops every rank cleanly
+
+        def settle() -> None:
+            check_config_file(out, saved, to_dict(cfg))  # before anything in the folder moves
+            _settle_run_folder(out, resume_file, restart, saved["step"] if saved else 0)
+            save_yaml(cfg, out / CONFIG_FILE)
+
+        _rank0_first(info, settle)
     return _Run(cfg, plan, dataset, out, compiled, execution, fingerprint, saved, allow_inexact)
 
 
@@ -329,8 +334,8 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
                             info.device)  # fmt: skip
     if bar is not None:
         bar.close()
-    if info.is_main and (out / "metrics.jsonl").is_file():
-        plot_loss(out / "metrics.jsonl", out / LOSS_PLOT)
+    if info.is_main and (out / METRICS_FILE).is_file():
+        plot_loss(out / METRICS_FILE, out / LOSS_PLOT)
     log.close()
     dist_utils.teardown()
     return TrainResult(step, out, last_ckpt, final_loss, nan_step is not None, info.is_main,

@@ -34,6 +34,7 @@ from pixeljit.checkpoints.run import config_changes, resume_hint
 from pixeljit.files.atomic import atomic_write, atomic_write_text, process_alive
 from pixeljit.training.config_io import load_yaml
 from pixeljit.training.resume import PLACE_FIELDS, with_added_fields
+from pixeljit.training.runlog import LOSS_PLOT, METRICS_FILE
 
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.yaml"  # the run's resolved config, written at every start
@@ -41,7 +42,7 @@ MAX_NAMED_EDITS = 6  # edits of config.yaml a refused resume names
 # What a run writes into its folder (see README "### Training"); anything else is not ours.
 # and the scores of its weights (the demo's score.json, `eval --out RUN/eval.json` as the README
 # shows, the files a model card reads): they describe that run, so --restart moves them aside
-RUN_FILE_NAMES = ("latest.pt", CONFIG_FILE, "metrics.jsonl", "loss.png", "tensorboard",
+RUN_FILE_NAMES = ("latest.pt", CONFIG_FILE, METRICS_FILE, LOSS_PLOT, "tensorboard",
                   *RUN_SCORES_FILES)  # fmt: skip
 RUN_FILE_RE = re.compile(
     r"^(step-\d{9}\.pt|samples-\d{7}\.png"
@@ -49,7 +50,7 @@ RUN_FILE_RE = re.compile(
     r"\.before-resume-[\d-]+)$"
 )
 STEP_FILE_RE = re.compile(r"^(?:step-(\d{9})\.pt|samples-(\d{7})\.png)$")
-METRICS, LOSS_PLOT_NAME = "metrics.jsonl", "loss.png"
+METRICS, LOSS_PLOT_NAME = METRICS_FILE, LOSS_PLOT
 ASIDE_SUFFIX = ".before-resume-"
 ASIDE_RE = re.compile(r"^(?P<name>.+)(?P<suffix>\.before-resume-[\d-]+)$")
 # BRANCH_NOTE + suffix: the step the resume that set those files aside continued from, i.e.
@@ -203,7 +204,8 @@ def set_aside_newer(folder: str | os.PathLike, resumed: str | os.PathLike, step:
     folder, resumed = Path(folder), Path(resumed)
     moves: list[Path] = []
     latest = folder / LATEST
-    if latest.exists() and latest.resolve() != resumed.resolve():
+    if latest.exists() and not (resumed.exists() and os.path.samefile(latest, resumed)):
+        # a milestone is a hard link of latest.pt written at its step: the same file, not later
         moves.append(latest)
     for path in sorted(folder.iterdir()):
         match = STEP_FILE_RE.match(path.name)

@@ -6,6 +6,7 @@ Only rank 0 writes. The loss sums live on the device (`LossTally`) and are read 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -24,6 +25,7 @@ TENSORBOARD_FOLDER = "tensorboard"
 TENSORBOARD_HINT = "pip install 'pixeljit[tensorboard]'"
 LOSS_BUCKETS = 4  # loss logged by t ∈ [0, .25), [.25, .5), [.5, .75), [.75, 1]
 LOSS_EDGES = bucket_edges(LOSS_BUCKETS)
+TORN_SHOWN = 60  # characters of a bad log line quoted in its message
 
 
 class LossTally:
@@ -128,8 +130,7 @@ class RunLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
         if self._writer_class is not None and self.writer is None:
             log_dir = str(self.folder / TENSORBOARD_FOLDER)
             self.writer = self._writer_class(log_dir, purge_step=self._purge_step)
@@ -143,9 +144,49 @@ class RunLog:
             self.writer.close()
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append one line. A write that fails part-way (a full disk) is cut back off, so the file
+    never holds half a record, and the error names the file."""
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(fd, data[done:])
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+    finally:
+        os.close(fd)
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """The records of a metrics.jsonl. A last line cut off by a kill during its append (no
+    newline after it) is left out, with a warning: the run resumes and redoes that step. Any
+    other line that is not a JSON record is an error naming the file and the line."""
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # the last line, never finished
+                warnings.warn(f"{path}: its last line was cut off mid-write (left out): "
+                              f"{line[:TORN_SHOWN]!r}", stacklevel=2)  # fmt: skip
+                break
+            record = err
+        if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+            raise ValueError(
+                f"{path}, line {number}: not a record of the run's log ({line[:TORN_SHOWN]!r}); "
+                "repair or remove that line, or move the file aside (the log restarts)"
+            )
+        records.append(record)
+    return records
 
 
 def loss_series(records: list[dict]) -> dict[str, tuple[list, list]]:

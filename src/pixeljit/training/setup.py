@@ -161,10 +161,15 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
 
     world, global_batch = info.world_size, cfg.optim.global_batch
     micro = cfg.optim.micro_batch or global_batch // world
-    if micro < 1 or global_batch % (micro * world):
+    if not cfg.optim.micro_batch and (micro < 1 or global_batch % world):
         raise ValueError(
-            f"optim.global_batch {global_batch} must be a multiple of micro_batch {micro} × "
-            f"world size {world}"
+            f"optim.global_batch (--batch-size) {global_batch} does not split evenly over "
+            f"{world} processes: pass a multiple of {world}"
+        )
+    if global_batch % (micro * world):
+        raise ValueError(
+            f"optim.global_batch (--batch-size) {global_batch} must be a multiple of "
+            f"optim.micro_batch {micro} × world size {world}"
         )
     accumulation = global_batch // (micro * world)
     per_loader = micro * world
