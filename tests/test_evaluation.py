@@ -100,8 +100,8 @@ def test_real_images_score_far_better_than_an_untrained_model(setup, tmp_path):
 
 
 def test_sweep_covers_every_ema_and_scale(setup, tmp_path, capsys):
-    out = tmp_path / "sweep.json"
-    argv = ["eval", "--checkpoint", str(setup / "run"), "--num", "20", "--steps", "1",
+    out = tmp_path / "sweep.json"  # 2 steps: a single step, at t = 0, is outside the interval
+    argv = ["eval", "--checkpoint", str(setup / "run"), "--num", "20", "--steps", "2",
             "--ref", str(setup / "data"), "--sweep-cfg", "1.0", "2.0", "0.5", "--emas", "all",
             "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
@@ -109,6 +109,9 @@ def test_sweep_covers_every_ema_and_scale(setup, tmp_path, capsys):
     pairs = {(r["weights"], r["cfg"]) for r in result["sweep"]}
     assert pairs == {(w, c) for w in ("ema:0.995", "ema:0.999") for c in (1.0, 1.5, 2.0)}
     assert result["best"]["FD-FMNIST"] == min(r["FD-FMNIST"] for r in result["sweep"])
+    for w in ("ema:0.995", "ema:0.999"):  # each scale was applied: three different FDs
+        fds = {r["FD-FMNIST"] for r in result["sweep"] if r["weights"] == w}
+        assert len(fds) == 3, result["sweep"]
     assert "best: weights" in capsys.readouterr().out
 
 

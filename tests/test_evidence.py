@@ -127,6 +127,21 @@ def test_rerun_with_another_config_is_refused(grid):
         run_table2(dataclasses.replace(config, steps=3), out, extractor=PoolExtractor())
 
 
+def test_a_device_named_by_its_kind_is_the_same_grid(grid):
+    """`--device auto` and `--device cpu` on a machine without CUDA ran the same grid: naming
+    it the other way resumed nothing (refused as "differs in device")."""
+    from pixeljit.experiments.grid import check_results_folder
+
+    config, out, _, _ = grid
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    assert config.device == "cpu"  # the grid was run naming its device
+    if here == "cpu":
+        assert check_results_folder(dataclasses.replace(config, device="auto"), out, "table2") == []
+    other = "cuda" if here == "cpu" else "meta"
+    with pytest.raises(ValueError, match="differs in device"):
+        check_results_folder(dataclasses.replace(config, device=other), out, "table2")
+
+
 def test_unfinished_cell_continues_from_its_checkpoint(grid, tmp_path):
     config, out, report, _ = grid
     from pixeljit.experiments.table2 import real_reference, setting_data

@@ -407,6 +407,13 @@ def test_reuse_compares_what_decides_a_cells_numbers():
     older["data"]["source"] = "/other/copy/of/the/images"
     older["sample"]["steps"] = 3
     assert recipe(older) == recipe(now)
+    # the device by the kind it stands for here: 'auto' ran on this machine's own kind
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    for named in ("auto", here, f"{here}:0" if here == "cuda" else here):
+        older["run"]["device"] = named
+        assert recipe(older) == recipe(now), named
+    older["run"]["device"] = "meta"
+    assert recipe(older) != recipe(now)
     for section, name, value in (("optim", "steps", 999), ("run", "seed", 5),
                                  ("model", "hidden_size", 64)):  # fmt: skip
         changed = json.loads(json.dumps(now))

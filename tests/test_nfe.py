@@ -110,6 +110,8 @@ def test_few_step_verdict():
     assert verdict["best"] == "a" and verdict["best_few"] == "b"
     assert verdict["ratio"] == pytest.approx(1.04) and verdict["met"]
     assert not few_step_verdict([row("a", 99, 10.0), row("c", 10, 10.6)])["met"]
+    # rows at ≤ 20 NFE alone cannot say: the best of them is within 5 % of itself
+    assert few_step_verdict([row("a", 20, 10.0), row("c", 10, 12.0), row("d", 200, 1.0)]) == {}
 
 
 # ------------------------------------------------------------------------------ the sweep
@@ -192,6 +194,9 @@ def test_outputs(setup, tmp_path):
     header = {**results["header"], "settings": {**results["header"]["settings"], "cfg": 1.0}}
     table = table_markdown(rows, "FD-pool4", header)
     assert "no guidance" in table and UNGUIDED_NOTE in table and NFE_NOTE not in table
+    assert "Every row has the same FD" not in table
+    same = [{**r, "fd": rows[0]["fd"]} for r in rows]  # a model whose samples ignore the solver
+    assert "Every row has the same FD" in table_markdown(same, "FD-pool4", header)
 
 
 # -------------------------------------------------------------------------------- the CLI
@@ -206,7 +211,8 @@ def test_cli_quick_study_with_the_classifier(setup, tmp_path, capsys):
     saved = json.loads((out / RESULTS_NAME).read_text())
     assert len(saved["rows"]) == 4 and saved["header"]["fd_label"] == "FD-FMNIST"
     assert all(0 <= r["class_accuracy"] <= 1 for r in saved["rows"])
-    assert "Within 5%" in capsys.readouterr().out
+    printed = capsys.readouterr().out  # --quick's budgets (2, 4) lie below 20 NFE
+    assert "Within 5%" not in printed and "No verdict on the few-step goal" in printed
     assert (out / "nfe.png").is_file() and (out / "nfe.md").is_file()
     assert main([*argv[:-2], "--num", "12"]) == 2  # other settings, no --overwrite
     assert "other settings (num 10 → 12)" in capsys.readouterr().err

@@ -33,16 +33,17 @@ reproduce_grid.grid_config = lambda *a, **k: dataclasses.replace(config(*a, **k)
 reproduce_grid.oversubscription = lambda *a: None  # --jobs 2 on a 1-core machine too
 grid.default_extractor = lambda device: PoolExtractor()
 sys.exit(main(["reproduce", "bottleneck", "--quick", "--out", sys.argv[1], "--device", "cpu",
-               "--threads", "1", "--jobs", "2", "--dims", "4", "8", "none"]))
+               "--threads", "1", "--jobs", sys.argv[3], "--dims", "4", "8", "none"]))
 """
 CELLS = ("bottleneck4-seed0", "bottleneck8-seed0", "bottlenecknone-seed0")
 
 
-def _start(out: Path) -> subprocess.Popen:
+def _start(out: Path, jobs: int = 2) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}  # fmt: skip
     return subprocess.Popen(
-        [sys.executable, "-c", GRID_CLI, str(out), str(STEPS)], env=env, start_new_session=True,
+        [sys.executable, "-c", GRID_CLI, str(out), str(STEPS), str(jobs)], env=env,
+        start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -114,3 +115,23 @@ def test_ctrl_c_to_the_terminal_group_while_workers_start_is_one_line(tmp_path):
     assert proc.returncode == SIGNAL_EXIT_BASE + signal.SIGINT, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.strip().splitlines()[-1].startswith("pixeljit reproduce: interrupted"), err
+
+
+def test_sigterm_to_a_grid_exits_143_with_its_cell_checkpointed(tmp_path):
+    """A grid stopped by SIGTERM (a scheduler's) exited 130, Ctrl-C's status; `pixeljit train`
+    exits 128 + the signal, as the README says of every command."""
+    out = tmp_path / "grid"
+    proc = _start(out, jobs=1)
+    try:
+        deadline = time.monotonic() + 120
+        log = out / "cells" / CELLS[0] / "metrics.jsonl"
+        while not (log.is_file() and log.stat().st_size):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        end_processes(proc, set())
+    assert proc.returncode == SIGNAL_EXIT_BASE + signal.SIGTERM, err
+    assert f"cell {CELLS[0]} stopped after step" in err and "Traceback" not in err, err
+    assert 0 < load_checkpoint(out / "cells" / CELLS[0])["step"] < STEPS

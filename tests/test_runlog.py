@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # a hard import, never a skip: the `test` extra installs tensorboard (pyproject.toml)
 from tensorboard.backend.event_processing import event_accumulator
@@ -134,3 +136,40 @@ def test_loss_plot_keeps_every_bucket_any_record_logged(tmp_path):
             metrics.write_text("".join(json.dumps(r) + "\n" for r in records[:count]))
             assert plot_loss(metrics, tmp_path / f"loss{count}.png").is_file()
             assert ("loss", marker) in drawn, drawn
+
+
+def _first_bad_worker(rank: int, port: int, firsts: list[int], out: str) -> None:
+    import torch.distributed as dist
+
+    from pixeljit.training.distributed import DistInfo
+    from pixeljit.training.runlog import LossTally
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=len(firsts))
+    try:
+        tally = LossTally(torch.device("cpu"))
+        tally.first_bad.fill_(firsts[rank])
+        info = DistInfo(rank=rank, world_size=len(firsts), local_rank=rank,
+                        device=torch.device("cpu"))  # fmt: skip
+        Path(out, f"rank{rank}").write_text(str(tally.first_bad_step(info)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("firsts", [[5, 3, -1], [-1, -1, -1]])
+def test_the_first_non_finite_step_is_the_earliest_over_the_ranks(tmp_path, firsts):
+    """The ranks' first bad steps were combined by MAX: one rank's NaN at step 3, spread to the
+    others at a later step, was reported at that later step."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_first_bad_worker, args=(port, firsts, str(tmp_path)), nprocs=len(firsts))
+    seen = [b for b in firsts if b >= 0]
+    expected = min(seen) if seen else -1
+    assert [int((tmp_path / f"rank{r}").read_text()) for r in range(len(firsts))] == [
+        expected
+    ] * len(firsts)

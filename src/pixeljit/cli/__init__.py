@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         detail = f": {error_line(err)}" if str(err) else ""
         print(f"pixeljit {args.verb}{rank_tag()}: interrupted{detail}", file=sys.stderr)
-        return SIGNAL_EXIT_BASE + signal.SIGINT
+        return SIGNAL_EXIT_BASE + getattr(err, "signum", signal.SIGINT)  # SIGTERM: 143
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from pixeljit.cli.checks import (
     counted,
     repeated,
 )
+from pixeljit.training.stopsignal import StoppedBySignal
 
 MAX_STEPS = 10_000_000
 MAX_JOBS = 256  # worker processes of a grid
@@ -276,7 +278,9 @@ def run_and_report(threads: int, header: str, run, write, out: Path) -> int:
 
         said = str(err)
         way_on = "" if RERUN in said else f": {RERUN} to continue the grid"
-        raise KeyboardInterrupt("; ".join(filter(None, [said, grid_kept(out) + way_on]))) from None
+        message = "; ".join(filter(None, [said, grid_kept(out) + way_on]))
+        signum = getattr(err, "signum", signal.SIGINT)  # SIGTERM exits 143, as train does
+        raise StoppedBySignal(message, signum) from None
     paths, table = write(report)
     return print_outputs(table, start, paths)
 

@@ -42,6 +42,7 @@ from pixeljit.metrics.stats import FeatureStats
 from pixeljit.training.config import TrainConfig
 from pixeljit.training.config_io import load_yaml, plain_json
 from pixeljit.training.rundir import run_files
+from pixeljit.training.stopsignal import StoppedBySignal
 
 RESULT_NAME = "result.json"  # its presence marks a finished cell
 RERUN = "re-run the same command"  # how an interrupted grid continues (its messages say it)
@@ -220,9 +221,10 @@ def train_cell(cell: Cell, train_fn: Callable | None = None) -> dict:
     start = time.perf_counter()
     result = train_fn(cell.config, resume=str(folder) if resumed else None, progress=False, **again)
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM: the checkpoint is kept
-        raise KeyboardInterrupt(
+        raise StoppedBySignal(
             f"cell {cell.name} stopped after step {result.step}; {RERUN} to continue it from "
-            "its checkpoint"
+            "its checkpoint",
+            result.stopped_by_signal,
         )
     if result.stopped_on_nan:
         raise RuntimeError(

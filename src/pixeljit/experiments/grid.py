@@ -55,6 +55,7 @@ from pixeljit.experiments.workers import run_cells
 from pixeljit.metrics.extractor import FeatureExtractor
 from pixeljit.training.config import TrainConfig
 from pixeljit.training.config_io import apply_overrides
+from pixeljit.training.distributed import device_kind
 from pixeljit.training.presets import get_preset
 
 PRESET = "emoji-cpu"
@@ -216,6 +217,14 @@ def one_setting_cells(
     return cells
 
 
+def same_kind_of_device(config: dict) -> dict:
+    """A grid's config with its device as the kind it stands for here (`--device auto` and
+    `--device cpu` on a machine without CUDA ran the same grid, and resume it alike)."""
+    if isinstance(config, dict) and isinstance(config.get("device"), str):
+        return {**config, "device": device_kind(config["device"])}
+    return config
+
+
 def added_seeds(saved: dict, wanted: dict) -> list[int]:
     """The seeds `wanted` adds to the grid `saved` when it is that grid with more seeds listed
     after the earlier ones (whose cells, and the real reference drawn with the first seed, stay
@@ -234,9 +243,9 @@ def check_results_folder(config: GridConfig, out: Path, experiment: str) -> list
     seeds added (`run_grid` then rewrites the config file; this writes nothing)."""
     out = Path(out)
     path = out / config_name(experiment)
-    wanted = config.as_dict()
+    wanted = same_kind_of_device(config.as_dict())
     if path.is_file():
-        saved = read_json(path)
+        saved = same_kind_of_device(read_json(path))
         if saved == wanted:
             return []
         extra = added_seeds(saved, wanted)

@@ -289,10 +289,12 @@ def sorted_rows(results: dict) -> list[dict]:
 
 def few_step_verdict(rows: list[dict]) -> dict:
     """The issue's goal: is some row at ≤ FEW_NFE within FD_TOLERANCE of the best FD at
-    ≤ MANY_NFE? Returns the best rows of both ranges and the ratio of their FDs."""
+    ≤ MANY_NFE? Returns the best rows of both ranges and the ratio of their FDs; {} when the
+    rows cannot say: none at ≤ FEW_NFE, or none between FEW_NFE and MANY_NFE to compare with
+    (the best of few-step rows alone is within any tolerance of itself)."""
     many = [r for r in rows if r["nfe"] <= MANY_NFE]
     few = [r for r in rows if r["nfe"] <= FEW_NFE]
-    if not many or not few:
+    if not few or len(many) == len(few):
         return {}
     best = min(many, key=lambda r: r["fd"])
     best_few = min(few, key=lambda r: r["fd"])

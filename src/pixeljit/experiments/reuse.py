@@ -54,6 +54,7 @@ REFERENCE_NAME = "real-reference.npz"
 REUSED_KEY = "reused_from"
 # what resuming may change freely but the run's length, and where the data was read: not what
 # the cell computed (the preview sections draw from their own seeds)
+DEVICE_KEY = "run.device"
 NOT_RESULTS = (LOGISTICAL - {f"optim.{name}" for name in LENGTH_FIELDS}) | {"data.source"}
 
 
@@ -73,6 +74,8 @@ def recipe(config: dict) -> dict:
     flat = _flat(with_added_fields(config))
     for key in RESOLVED:
         flat.setdefault(key, _DEFAULTS.get(key))
+    if isinstance(flat.get(DEVICE_KEY), str):  # 'auto' and 'cpu' ran alike on a CPU machine
+        flat[DEVICE_KEY] = distributed.device_kind(flat[DEVICE_KEY])
     return {k: v for k, v in flat.items()
             if k not in NOT_RESULTS and not k.startswith(LOGISTICAL_SECTIONS)}  # fmt: skip
 

@@ -48,6 +48,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def device_kind(name: str) -> str:
+    """The device type a `run.device` / `--device` name stands for on this machine ('auto' is
+    cuda where there is one, else cpu; 'cuda:1' is cuda): what decides the numbers a run
+    computes, so two names of one kind describe the same run."""
+    kind = str(name).split(":")[0]
+    if kind == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return kind
+
+
 def launch_rank() -> int:
     """This process's rank as torchrun announces it (0 without torchrun), before any setup."""
     return int(os.environ.get("RANK", "0"))

@@ -52,8 +52,11 @@ class LossTally:
     def first_bad_step(self, info) -> int:
         """The first step whose loss was not finite on any rank, or −1 (a host sync)."""
         flag = self.first_bad.clone()
-        if info.enabled:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if info.enabled:  # the earliest over the ranks that saw one (−1: none) — not the latest
+            none = torch.iinfo(flag.dtype).max
+            flag = torch.where(flag < 0, torch.full_like(flag, none), flag)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            flag = torch.where(flag == none, torch.full_like(flag, -1), flag)
         return int(flag.item())
 
     def flush(self, step: int, plan, lr: float, info) -> dict:

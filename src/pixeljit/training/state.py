@@ -3,7 +3,6 @@ strategy-independent layout (DDP and FSDP2) and restored from it, and the RNG st
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 
@@ -105,7 +104,7 @@ def _shard_like(local, full: torch.Tensor):
 
 
 def capture_rng() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": _numpy_state()}
+    state = {"torch": torch.get_rng_state()}  # training draws no NumPy randomness
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -118,11 +117,6 @@ def restore_rng(state: dict | None) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _numpy_state() -> torch.Tensor:
-    keys = np.random.get_state()[1]
-    return torch.from_numpy(np.asarray(keys, dtype=np.int64))
 
 
 # ------------------------------------------------------------------------------ samples

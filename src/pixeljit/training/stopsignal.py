@@ -21,6 +21,15 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SIGNAL_EXIT_BASE = 128  # the shell's exit status of a process ended by signal N is 128 + N
 
 
+class StoppedBySignal(KeyboardInterrupt):
+    """A command stopped by signal `signum` after saving its work (a grid's cell checkpointed
+    on SIGTERM): the CLI exits with 128 + `signum`, as `pixeljit train` does, not Ctrl-C's."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
 def can_listen() -> bool:
     """Whether this thread may install signal handlers (Python allows it in the main one only)."""
     return threading.current_thread() is threading.main_thread()
