@@ -273,3 +273,29 @@ def test_the_nfe_axis_labels_every_budget_of_a_short_study(nfes, ticks):
     """The log axis of nfe.png labelled only NFE 2 of a --quick study (2, 3, 4 NFE: one round
     tick in range); a paper-sized study keeps its round ticks."""
     assert nfe_ticks(nfes) == ticks
+
+
+def test_cli_checks_the_extractor_before_loading_and_says_how_to_continue(
+    setup, tmp_path, monkeypatch, capsys
+):
+    """`--extractor bogus` was refused only after the model had loaded; an interrupted study
+    said "interrupted" without saying that re-running continues it."""
+    import pixeljit.checkpoints.load as load
+    import pixeljit.experiments.nfe as nfe
+
+    out = tmp_path / "study"
+    argv = ["reproduce", "nfe", "--checkpoint", str(setup["run"]), "--ref", str(setup["data"]),
+            "--quick", "--out", str(out), "--num", "10"]  # fmt: skip
+    real_load = load.load_trained
+    monkeypatch.setattr(load, "load_trained", lambda *a, **k: pytest.fail("loaded the model"))
+    assert main([*argv, "--extractor", "bogus"]) == 2
+    assert "--extractor 'bogus' is not one of" in capsys.readouterr().err
+    monkeypatch.setattr(load, "load_trained", real_load)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nfe, "run_nfe", stopped)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: the finished rows are kept in {out}; re-run the same command" in err

@@ -67,9 +67,7 @@ def check_args(args) -> list[float] | None:
     check_int("--num", args.num, 1, MAX_IMAGES + 1)
     check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
     check_device("--device", args.device)
-    if args.extractor not in EXTRACTOR_CHOICES:
-        raise ValueError(f"--extractor {args.extractor!r} is not one of "
-                         f"{', '.join(EXTRACTOR_CHOICES)}: pick one of them")  # fmt: skip
+    check_extractor_flag(args.extractor)
     if args.checkpoint:
         check_authors_only(args.checkpoint, args.in_context_start)
     if args.inception_weights and args.extractor != "inception-v3-fid":
@@ -220,3 +218,10 @@ def _inputs(args) -> list[Path]:
     paths = [Path(p) for p in given if p and "://" not in p]
     folders = [p for p in paths if p.is_dir()]
     return paths + [f for d in folders for f in d.iterdir() if f.is_file()]
+
+
+def check_extractor_flag(name: str) -> None:
+    """--extractor names one of the extractors or auto (checked before any model loads)."""
+    if name not in EXTRACTOR_CHOICES:
+        raise ValueError(f"--extractor {name!r} is not one of {', '.join(EXTRACTOR_CHOICES)}: "
+                         "pick one of them")  # fmt: skip

@@ -122,10 +122,12 @@ def nfe_config(args, conditional: bool, recommended=None):
 
 
 def _check_flags(args) -> Path:
+    from pixeljit.cli.evaluate_args import check_extractor_flag
     from pixeljit.experiments.nfe import METRICS
     from pixeljit.metrics.score import ScoreConfig
 
     check_int("--num", args.num, 1, MAX_IMAGES + 1)
+    check_extractor_flag(args.extractor)  # before the model loads
     if args.num is not None:  # each row scores FD and precision / recall
         fix = "raise --num to {least} or more"
         ScoreConfig().check_count(METRICS, args.num, fix)
@@ -223,8 +225,14 @@ def _run_nfe(args) -> int:
     print(f"pixeljit reproduce nfe: {model.description}, {config.num} images per row, "
           f"{guidance} → {out}", flush=True)  # fmt: skip
     start = time.perf_counter()
-    results = run_nfe(config, model, extractor, ref, out, describe, args.overwrite,
-                      progress=lambda line: print("  " + line, flush=True))  # fmt: skip
+    try:
+        results = run_nfe(config, model, extractor, ref, out, describe, args.overwrite,
+                          progress=lambda line: print("  " + line, flush=True))  # fmt: skip
+    except KeyboardInterrupt:
+        from pixeljit.experiments.evidence import RERUN
+
+        raise KeyboardInterrupt(f"the finished rows are kept in {out}; {RERUN} to continue the "
+                                "study") from None  # fmt: skip
     rows = sorted_rows(results)
     paths = write_outputs(rows, extractor.fd_label, results["header"], out)
     print()
