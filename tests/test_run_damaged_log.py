@@ -82,7 +82,7 @@ def test_a_full_disk_while_logging_names_the_file_and_the_resume(fmnist16, tmp_p
     assert main(argv) == 2 and calls
     err = capsys.readouterr().err
     assert f"no space left on the device writing {out / METRICS_FILE}; free some space" in err
-    assert f"the last checkpoint in {out} is intact; continue with `pixeljit train --resume" in err
+    assert f"the last checkpoint in {out} is kept: continue with `pixeljit train --resume" in err
 
 
 def test_resuming_the_milestone_that_is_latest_sets_nothing_aside(tmp_path):

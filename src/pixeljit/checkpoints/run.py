@@ -216,7 +216,7 @@ def find_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> 
     return path
 
 
-def _same(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     """Whether two paths are one file (a milestone is a hard link to the latest.pt it was)."""
     try:
         return os.path.samefile(a, b)
@@ -228,7 +228,7 @@ def _alternatives(file: Path, flag: str | None = RESUME_FLAG) -> str:
     """'; … a milestone instead: …' naming the other step-*.pt beside `file`; with `flag` (the
     flag that named `file`) worded as that flag, else as a path to pass instead."""
     beside = [p for p in milestones(file.parent) if p.name != file.name]
-    linked = [p.name for p in beside if _same(p, file)]  # damaged with it
+    linked = [p.name for p in beside if same_file(p, file)]  # damaged with it
     others = [p for p in beside if p.name not in linked]
     note = f" ({linked[0]} is this file, hard-linked)" if linked else ""
     if not others:

@@ -207,14 +207,14 @@ def check_no_stale_labels(flag: str, folder: str | os.PathLike, labelled: bool) 
         )
 
 
-def full_disk_detail(out: str | os.PathLike) -> str:
-    """What a run stopped by a full disk outside its checkpoint write leaves, and what next."""
-    from pixeljit.checkpoints.run import resume_hint
+def checkpoint_left(out: str | os.PathLike, command: str) -> str:
+    """What a run stopped outside a checkpoint write (a second Ctrl-C, a full disk) leaves: its
+    last checkpoint, continued by `command`, or nothing to resume."""
     from pixeljit.training.rundir import holds_checkpoint
 
     if holds_checkpoint(Path(out)):
-        return f"the last checkpoint in {out} is intact; continue with {resume_hint(out)}"
-    return f"{out} holds no checkpoint yet: run the same command again"
+        return f"the last checkpoint in {out} is kept: continue with {command}"
+    return f"{out} holds nothing to resume"
 
 
 def interrupted_detail(out: str | os.PathLike, command: str) -> str:
@@ -222,6 +222,6 @@ def interrupted_detail(out: str | os.PathLike, command: str) -> str:
     leaves: the run's last checkpoint, continued by `command`, or none yet."""
     from pixeljit.training.rundir import holds_checkpoint
 
-    if holds_checkpoint(Path(out)):
-        return f"stopped at once; the last checkpoint in {out} is kept: continue with {command}"
-    return f"stopped before the run's first checkpoint: {out} holds nothing to resume"
+    lead = "stopped at once; " if holds_checkpoint(Path(out)) else (
+        "stopped before the run's first checkpoint: ")  # fmt: skip
+    return lead + checkpoint_left(out, command)

@@ -177,7 +177,7 @@ def user_layer(overrides: dict, where: str, base) -> dict:
 
 def run(args) -> int:
     from pixeljit.checkpoints.run import NO_SPACE, resume_hint
-    from pixeljit.cli.checks import counted, full_disk_detail, interrupted_detail
+    from pixeljit.cli.checks import checkpoint_left, counted, interrupted_detail
     from pixeljit.training.loop import train
 
     cfg = build_config(args)
@@ -196,7 +196,8 @@ def run(args) -> int:
             raise
         where = err.filename or cfg.run.out
         raise RuntimeError(f"no space left on the device writing {where}; free some space: "
-                           f"{full_disk_detail(cfg.run.out)}") from err  # fmt: skip
+                           f"{checkpoint_left(cfg.run.out, resume_hint(cfg.run.out))}"
+                           ) from err  # fmt: skip
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
         if result.is_main:  # once, not once per rank
             print(f"continue with {resume_hint(result.out)}")

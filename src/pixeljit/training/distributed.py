@@ -76,6 +76,24 @@ def setup(device_name: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
+def rank0_first(info: DistInfo, fn) -> None:
+    """Run `fn` on rank 0; every rank fails if it failed (no rank left waiting)."""
+    error = None
+    if info.is_main:
+        try:
+            fn()
+        except Exception as err:
+            error = err
+    if info.enabled:
+        flag = torch.tensor(int(error is not None), device=info.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if int(flag.item()) and error is None:
+            raise RuntimeError("rank 0 stopped the run while setting up its folder (rank 0's "
+                               "error says why)")  # fmt: skip
+    if error is not None:
+        raise error
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -114,7 +114,8 @@ def train(
     check_out_folder(out, cfg.data.source)
     info = dist_utils.setup(cfg.run.device)
     lock = RunLock(out) if info.is_main else None
-    _rank0_first(info, lambda: _open_run_folder(lock, out, resume is None and not restart))
+    fresh = resume is None and not restart
+    dist_utils.rank0_first(info, lambda: _open_run_folder(lock, out, fresh))
     try:
         resume_file = find_checkpoint(resume) if resume is not None else None
         return _train(cfg, resume_file, progress, allow_inexact_resume, info, restart)
@@ -136,15 +137,23 @@ def _open_run_folder(lock: RunLock, out: Path, fresh: bool) -> None:
         raise
 
 
-def _settle_run_folder(out: Path, resume_file: Path | None, restart: bool, step: int) -> None:
-    """Rank 0, once the data, the config and the resume check passed: move an old run aside
-    (`restart`), or keep what the folder holds past the resumed `step` (a newer latest.pt,
-    milestones, sample grids, metrics), which the resumed run would overwrite or mix with."""
+def _settle_run_folder(out: Path, resume_file: Path | None, restart: bool, saved, cfg) -> None:
+    """Rank 0, once the data, the config and the resume check passed: refuse an edited
+    config.yaml, move an old run aside (`restart`) or keep what the folder holds past the
+    resumed step (a newer latest.pt, milestones, sample grids, metrics), which the resumed run
+    would overwrite or mix with; then write the run's config.yaml."""
+    check_config_file(out, saved, to_dict(cfg))  # before anything in the folder moves
     if resume_file is None:
         aside = prepare_fresh(out, restart)
         if aside is not None:
             print(f"moved the previous run in {out} aside to {aside}")
-        return
+    else:
+        _keep_later_files(out, resume_file, saved["step"])
+    save_yaml(cfg, out / CONFIG_FILE)
+
+
+def _keep_later_files(out: Path, resume_file: Path, step: int) -> None:
+    """Set aside what the folder holds past the resumed `step`, saying what was kept where."""
     if aside_suffix(resume_file) is not None:  # a branch an earlier resume set aside
         start, kept = revive_branch(out, resume_file, step)
         later = f"this folder's own files past step {start}, where that branch parts from it,"
@@ -153,24 +162,6 @@ def _settle_run_folder(out: Path, resume_file: Path | None, restart: bool, step:
     if kept:
         shown = ", ".join(p.name for p in kept)
         print(f"resuming from {resume_file.name} (step {step}): {later} are kept as {shown}")
-
-
-def _rank0_first(info, fn) -> None:
-    """Run `fn` on rank 0; every rank fails if it failed (no rank left waiting)."""
-    error = None
-    if info.is_main:
-        try:
-            fn()
-        except Exception as err:
-            error = err
-    if info.enabled:
-        flag = torch.tensor(int(error is not None), device=info.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if int(flag.item()) and error is None:
-            raise RuntimeError("rank 0 stopped the run while setting up its folder (rank 0's "
-                               "error says why)")  # fmt: skip
-    if error is not None:
-        raise error
 
 
 @dataclass
@@ -227,13 +218,8 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
     for line in start_report(cfg, plan, dataset, saved, resume_file) if info.is_main else ():
         print(line, flush=True)
     if not idle:  # rank 0 writes; its refusal (an edited config.yaml) stops every rank cleanly
-
-        def settle() -> None:
-            check_config_file(out, saved, to_dict(cfg))  # before anything in the folder moves
-            _settle_run_folder(out, resume_file, restart, saved["step"] if saved else 0)
-            save_yaml(cfg, out / CONFIG_FILE)
-
-        _rank0_first(info, settle)
+        settle = lambda: _settle_run_folder(out, resume_file, restart, saved, cfg)  # noqa: E731
+        dist_utils.rank0_first(info, settle)
     return _Run(cfg, plan, dataset, out, compiled, execution, fingerprint, saved, allow_inexact)
 
 

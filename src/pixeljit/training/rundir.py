@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from pixeljit.checkpoints.hub_card import RUN_SCORES_FILES
-from pixeljit.checkpoints.run import config_changes, resume_hint
+from pixeljit.checkpoints.run import config_changes, resume_hint, same_file
 from pixeljit.files.atomic import atomic_write, atomic_write_text, process_alive
 from pixeljit.training.config_io import load_yaml
 from pixeljit.training.resume import PLACE_FIELDS, with_added_fields
@@ -50,7 +50,6 @@ RUN_FILE_RE = re.compile(
     r"\.before-resume-[\d-]+)$"
 )
 STEP_FILE_RE = re.compile(r"^(?:step-(\d{9})\.pt|samples-(\d{7})\.png)$")
-METRICS, LOSS_PLOT_NAME = METRICS_FILE, LOSS_PLOT
 ASIDE_SUFFIX = ".before-resume-"
 ASIDE_RE = re.compile(r"^(?P<name>.+)(?P<suffix>\.before-resume-[\d-]+)$")
 # BRANCH_NOTE + suffix: the step the resume that set those files aside continued from, i.e.
@@ -204,17 +203,16 @@ def set_aside_newer(folder: str | os.PathLike, resumed: str | os.PathLike, step:
     folder, resumed = Path(folder), Path(resumed)
     moves: list[Path] = []
     latest = folder / LATEST
-    if latest.exists() and not (resumed.exists() and os.path.samefile(latest, resumed)):
-        # a milestone is a hard link of latest.pt written at its step: the same file, not later
+    if latest.exists() and not same_file(latest, resumed):  # a milestone at latest's step
         moves.append(latest)
     for path in sorted(folder.iterdir()):
         match = STEP_FILE_RE.match(path.name)
         if match and int(match.group(1) or match.group(2)) > step:
             moves.append(path)
-    metrics = folder / METRICS
+    metrics = folder / METRICS_FILE
     copies = [metrics] if _has_records_after(metrics, step) else []
-    if copies and (folder / LOSS_PLOT_NAME).is_file():
-        moves.append(folder / LOSS_PLOT_NAME)
+    if copies and (folder / LOSS_PLOT).is_file():
+        moves.append(folder / LOSS_PLOT)
     if not moves and not copies:
         return []
     suffix = _free_suffix(folder, [p.name for p in moves + copies] + [BRANCH_NOTE])
@@ -270,11 +268,11 @@ def revive_branch(folder: str | os.PathLike, resumed: str | os.PathLike, step: i
         if name and int(name.group(1) or name.group(2)) <= step:
             if not (folder / match.group("name")).exists():
                 os.rename(path, folder / match.group("name"))
-    branch_metrics = folder / (METRICS + suffix)
+    branch_metrics = folder / (METRICS_FILE + suffix)
     if branch_metrics.is_file():
-        ours = [line for line in _lines(folder / METRICS) if _step_of(line) <= start]
+        ours = [line for line in _lines(folder / METRICS_FILE) if _step_of(line) <= start]
         theirs = [line for line in _lines(branch_metrics) if start < _step_of(line) <= step]
-        atomic_write_text(folder / METRICS, "".join(line + "\n" for line in ours + theirs))
+        atomic_write_text(folder / METRICS_FILE, "".join(line + "\n" for line in ours + theirs))
     return start, kept
 
 

@@ -177,12 +177,12 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as err:
+        except json.JSONDecodeError:
             if number == len(lines):  # the last line, never finished
                 warnings.warn(f"{path}: its last line was cut off mid-write (left out): "
                               f"{line[:TORN_SHOWN]!r}", stacklevel=2)  # fmt: skip
                 break
-            record = err
+            record = None  # not JSON: refused below, as a non-record is
         if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
             raise ValueError(
                 f"{path}, line {number}: not a record of the run's log ({line[:TORN_SHOWN]!r}); "
