@@ -222,6 +222,15 @@ def end_processes(proc: subprocess.Popen, pids: set[int]) -> None:
         proc.communicate()
 
 
+def free_port() -> int:
+    """A TCP port free on this host now, for an in-test gloo group (MASTER_PORT)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def torchrun(args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """`python -m torch.distributed.run --standalone --nproc_per_node=2 -m pixeljit ARGS` on
     CPU, one thread per worker, in its own process group (see `run_group`)."""

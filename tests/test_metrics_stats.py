@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import free_port
 from pixeljit.metrics import (
     Extracted,
     FeatureExtractor,
@@ -174,12 +174,6 @@ def test_precision_recall_compare_equal_numbers_of_real_and_generated_features()
     assert (scores.precision, scores.recall) != precision_recall(real, fake, PRConfig())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -201,7 +195,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_gloo_all_reduce_equals_single_process(tmp_path):
-    port = _free_port()
+    port = free_port()
     mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     x = _data(seed=5)
     single = FeatureStats(DIM).update(x)

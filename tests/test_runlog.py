@@ -15,7 +15,7 @@ import torch
 # a hard import, never a skip: the `test` extra installs tensorboard (pyproject.toml)
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import tiny_run
+from conftest import free_port, tiny_run
 from pixeljit.training.loop import train
 from pixeljit.training.runlog import (
     METRICS_FILE,
@@ -160,14 +160,9 @@ def _first_bad_worker(rank: int, port: int, firsts: list[int], out: str) -> None
 def test_the_first_non_finite_step_is_the_earliest_over_the_ranks(tmp_path, firsts):
     """The ranks' first bad steps were combined by MAX: one rank's NaN at step 3, spread to the
     others at a later step, was reported at that later step."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_first_bad_worker, args=(port, firsts, str(tmp_path)), nprocs=len(firsts))
+    mp.spawn(_first_bad_worker, args=(free_port(), firsts, str(tmp_path)), nprocs=len(firsts))
     seen = [b for b in firsts if b >= 0]
     expected = min(seen) if seen else -1
     assert [int((tmp_path / f"rank{r}").read_text()) for r in range(len(firsts))] == [
