@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import pixeljit
+from cli_errors import cli_error
 from conftest import PARITY_REL_ERR, rel_err
 from pixeljit.cli import main
 
@@ -30,7 +31,10 @@ def test_convert_then_load(reference, tmp_path, capsys):
 
 
 def test_convert_errors_are_clean(tmp_path, capsys):
-    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x.safetensors")]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert main(["convert", str(tmp_path), str(tmp_path / "x.pt")]) == 2
-    assert "must end in .safetensors" in capsys.readouterr().err
+    """One line each, exit 2, no traceback, nothing written."""
+    missing = tmp_path / "missing"
+    err = cli_error(capsys, ["convert", str(missing), str(tmp_path / "x.safetensors")])
+    assert f"SOURCE {missing} does not exist: pass a pixeljit run folder" in err
+    err = cli_error(capsys, ["convert", str(tmp_path), str(tmp_path / "x.pt")])
+    assert f"output '{tmp_path / 'x.pt'}' must end in .safetensors: write e.g." in err
+    assert sorted(tmp_path.iterdir()) == []

@@ -79,14 +79,14 @@ def test_cli_reads_authors_checkpoint_folder(reference, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--cfg", "-1"], "cfg"),
+        (["--cfg", "-1"], "--cfg: cfg must lie in [0, 100.0] (1 = no guidance), got -1.0"),
         (["--interval", "0.5", "0.2"], "low < high"),
         (["--interval", "0.3", "0.3"], "hold no t"),
-        (["--steps", "0"], "steps"),
+        (["--steps", "0"], "--steps: steps must lie in [1, 10000], got 0"),
         (["--labels", "7"], "outside [0, 4)"),
-        (["--num", "0"], "--num"),
-        (["--out", "x.jpg"], ".png"),
-        (["--device", "nonsense"], "device"),
+        (["--num", "0"], "--num must be ≥ 1 and ≤ 10,000,000, got 0"),
+        (["--out", "x.jpg"], "--out x.jpg: use a .png (grid), a .npz (arrays) or a folder"),
+        (["--device", "nonsense"], "--device 'nonsense' is not a device this command runs on"),
     ],
 )
 def test_cli_bad_arguments(tiny_file, tmp_path, capsys, extra, message):

@@ -137,7 +137,8 @@ def test_outputs_are_checked_before_loading(tiny_file, tmp_path, no_loading, cap
     (tmp_path / "dir.png").mkdir()
     cases = [
         (["sample", str(tiny_file), "--out", str(a_file / "grid.png")], "is a file, not a folder"),
-        (["sample", str(tiny_file), "--out", str(a_file)], "--out"),
+        (["sample", str(tiny_file), "--out", str(a_file)], f"--out {a_file} is a file, not a "
+         "folder: pass a folder"),
         (["sample", str(tiny_file), "--out", str(tmp_path / "dir.png")], "is a folder"),
         (["convert", str(tiny_file), str(a_file / "x.safetensors")], "is a file, not a folder"),
         (["eval", "--checkpoint", str(tiny_file), "--metrics", "is",

@@ -103,6 +103,7 @@ def serve_locally(tmp_path, monkeypatch, algorithm: str = "sha256"):
     mirror = tmp_path / "mirror"
     data = small_fashion(np.random.default_rng(3), 7)
     write_split(mirror, "train", *data)
+    write_split(mirror, "test", *small_fashion(np.random.default_rng(4), 5))
     sums = {
         p.name: (algorithm, hashlib.new(algorithm, p.read_bytes()).hexdigest())
         for p in mirror.iterdir()
@@ -118,7 +119,11 @@ def test_download_is_checksum_verified(tmp_path, monkeypatch):
     x, y = fm.load_fashion_mnist("train", root=dest, download=True)
     np.testing.assert_array_equal(x[:, 0], images)
     np.testing.assert_array_equal(y, labels)
-    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{n}.gz" for n in fm.FILES["train"])
+    # the test split comes with it: the demo scores against it after training on the train one
+    assert sorted(p.name for p in dest.iterdir()) == sorted(
+        f"{n}.gz" for split in ("train", "test") for n in fm.FILES[split]
+    )
+    assert len(fm.load_fashion_mnist("test", root=dest)[1]) == 5
 
 
 def test_download_keeps_a_good_file_and_replaces_a_damaged_one(tmp_path, monkeypatch):
@@ -212,3 +217,19 @@ def test_emoji_missing_font_names_the_package(tmp_path):
     (tmp_path / "fake.ttf").write_bytes(b"not a font at all")
     with pytest.raises(ValueError, match="cannot read the font"):
         next(iter_emoji_pngs(tmp_path / "fake.ttf"))
+
+
+def test_the_demo_asks_for_the_test_split_before_training(tmp_path, monkeypatch, capsys):
+    """The demo scores against the test split after ~10 minutes of training: a machine holding
+    only the train files (an older `--download`) is told so before the first step."""
+    from pixeljit.cli import main
+
+    only_train = tmp_path / "debian"
+    write_split(only_train, "train", *small_fashion(np.random.default_rng(0), 4))
+    monkeypatch.setattr(fm, "DEBIAN_DIR", only_train)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Fashion-MNIST (test split) not found" in err and "--download" in err
+    assert not out.exists()  # nothing trained, nothing written

@@ -125,3 +125,35 @@ def test_fsdp2_with_every_memory_switch_trains_under_torchrun(fmnist16, tmp_path
     for key in ("x_embedder.proj.weight", "blocks.1.adaLN_modulation.1.weight",
                 "final_layer.linear.weight"):  # fmt: skip
         assert key in moved, key
+
+
+def _slow_rank0_worker(rank: int, port: int, out: str) -> None:
+    import os
+    import time
+    from datetime import timedelta
+    from pathlib import Path
+
+    from pixeljit.training.distributed import barrier
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # the default group's timeout stands in for NCCL's 10 minutes, shortened
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=1))
+    try:
+        info = DistInfo(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
+        if rank == 0:
+            time.sleep(3)  # packing a raw folder, writing a large checkpoint, …
+        barrier(info)
+        Path(out, f"rank{rank}").write_text("passed")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_wait_for_a_slow_rank_0_longer_than_the_group_timeout(tmp_path):
+    """Rank 0 alone packs a raw ImageNet folder (hours) while the others wait at `barrier`: on
+    the default group they would die at NCCL's timeout; `barrier` waits RANK0_WAIT."""
+    import torch.multiprocessing as mp
+
+    from conftest import free_port
+
+    mp.spawn(_slow_rank0_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1"]

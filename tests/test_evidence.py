@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -59,7 +60,11 @@ def test_every_cell_trained_sampled_scored_and_written(grid):
         assert cell["config"]["objective"]["noise_scale"] == pytest.approx(size / 256)
         assert cell["config"]["model"]["bottleneck_dim"] is None
         assert cell["config"]["model"]["rope"] is False
-        assert cell["fd"] >= -1e-6 and cell["hf_ratio"] >= 0
+        # the ratio is the samples' HF energy over the real images' at the cell's size
+        assert cell["hf"] > 0
+        assert cell["hf_ratio"] == pytest.approx(cell["hf"] / report["real_hf"][str(size)])
+    fds = [cell["fd"] for cell in report["cells"]]  # each cell's own samples, scored
+    assert all(math.isfinite(fd) and fd > 0 for fd in fds) and len(set(fds)) == len(fds)
     # both settings share the token grid and everything but image and patch size
     models = {c["labels"]["setting"]: c["config"]["model"] for c in report["cells"]}
     a, b = models["bottlenecked"], models["plain"]

@@ -298,6 +298,9 @@ def test_cli_flags_select_the_variant_and_axes(capsys, tmp_path):
     with pytest.raises(SystemExit):  # argparse: a usage error
         main(["reproduce", "bottleneck", "--dims", "8", "zero", "--out", out])
     assert "'zero' is not a bottleneck dim" in capsys.readouterr().err
+    # 64 px at patch 8: 192-d patches, which a 192-wide 'bottleneck' does not narrow
+    assert main(["reproduce", "bottleneck", "--dims", "8", "192", "--out", out]) != 0
+    assert "--dims) 192 are not below the 192-d patches" in capsys.readouterr().err
     assert main(["reproduce", "noise", "--mus", "nan", "--quick", "--out", out]) != 0
     assert "--mus must be a finite number" in capsys.readouterr().err
     assert main(["reproduce", "resolution", "--sizes", "12", "24", "--out", out]) != 0

@@ -70,11 +70,20 @@ def test_safetensors_config_refused_before_building(tmp_path, no_build, changes,
 @pytest.mark.parametrize(
     "changes", [{"hidden_size": 4096}, {"image_size": 4096}, {"in_channels": 64}]
 )
-def test_safetensors_config_larger_than_the_file_is_refused(tmp_path, changes):
+def test_safetensors_config_larger_than_the_file_is_refused(tmp_path, monkeypatch, changes):
     # the old loader materialised the config's network (terabytes) before comparing shapes
+    built, real_jit = [], weights_module.JiT
+
+    def recording(config):
+        net = real_jit(config)
+        built.append({p.device.type for p in net.parameters()})
+        return net
+
+    monkeypatch.setattr(weights_module, "JiT", recording)
     path = _safetensors(tmp_path / "w.safetensors", **changes)
     with pytest.raises(ValueError, match="parameters, more than the file's .* bytes"):
         pixeljit.load_safetensors(path)
+    assert built == [{"meta"}]  # counted on `meta`: no memory for the config's network
 
 
 def test_safetensors_dtype_and_shape_checked_from_the_header(tmp_path):

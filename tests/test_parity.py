@@ -109,8 +109,12 @@ def test_bad_sources_give_clear_errors(reference, tmp_path):
     pickled = tmp_path / "list.pth"
     with open(pickled, "wb") as fh:
         pickle.dump([1, 2], fh)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="legacy non-zip torch.save files are not read"):
         pixeljit.load_reference(pickled)
+    listed = tmp_path / "zipped-list.pth"
+    torch.save([1, 2], listed)
+    with pytest.raises(ValueError, match="holds a list, not a checkpoint dict"):
+        pixeljit.load_reference(listed)
 
 
 def test_foreign_and_mismatched_state_dicts_are_named(reference):

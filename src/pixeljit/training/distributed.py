@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,12 @@ from torch import nn
 from pixeljit.devices import as_device
 
 STRATEGIES = ("ddp", "fsdp")
+# How long the other ranks wait at `barrier` while rank 0 alone does slow work: packing a raw
+# ImageNet folder, reference statistics over 50k images, writing a multi-GB checkpoint. The
+# process group's own timeout (NCCL's 10 minutes) would kill such a run; a rank 0 that fails
+# exits, and torchrun then stops the waiting ranks, so a long wait hides no crash.
+RANK0_WAIT = timedelta(hours=24)
+_rank0_wait: list = [None, None]  # [the default group, its gloo group for `barrier`]
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ def setup(device_name: str = "auto") -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend=backend, **kwargs)
+        _rank0_wait_group()  # now, while every rank is here, not when rank 0 is busy
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
@@ -96,7 +104,8 @@ def rank0_first(info: DistInfo, fn) -> None:
 
 def teardown() -> None:
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=_rank0_wait_group())  # rank 0 may still be writing its last files
+        _rank0_wait[:] = [None, None]
         dist.destroy_process_group()
 
 
@@ -154,5 +163,17 @@ def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
+    """Wait until every rank is here, for as long as RANK0_WAIT: the ranks wait for rank 0's
+    slow work on a gloo group of their own (CPU-side, beside NCCL), not on the default group,
+    whose timeout is minutes. `setup` makes the group; a group made elsewhere gets one on the
+    first call, which every rank makes at the same point, as `new_group` requires."""
+    if not info.enabled:
+        return
+    dist.barrier(group=_rank0_wait_group())
+
+
+def _rank0_wait_group():
+    """The gloo group of `barrier` for the current default group (made on the first call)."""
+    if _rank0_wait[0] is not dist.group.WORLD:  # a new process group since the last call
+        _rank0_wait[:] = [dist.group.WORLD, dist.new_group(backend="gloo", timeout=RANK0_WAIT)]
+    return _rank0_wait[1]
