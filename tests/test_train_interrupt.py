@@ -5,6 +5,7 @@ signal acts at once; `pixeljit train`, `pixeljit reproduce` grids and the handle
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -16,10 +17,11 @@ import pytest
 import torch
 
 from conftest import alive, children_of, end_processes, states_equal, tiny_run, wait_gone
-from extractors import PoolExtractor
+from extractors import PoolExtractor, Recorder
 from pixeljit.checkpoints.run import find_checkpoint, load_checkpoint
 from pixeljit.cli import demo, main
 from pixeljit.experiments import bottleneck
+from pixeljit.experiments.evidence import RESULT_NAME, TRAINED_FILE
 from pixeljit.training import loop
 from pixeljit.training.loop import train
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE, StopRequest
@@ -142,10 +144,22 @@ def test_a_grid_cell_stopped_by_a_signal_is_not_scored_and_continues_on_re_run(
     with pytest.raises(KeyboardInterrupt, match="re-run the same command"):
         bottleneck.run_bottleneck(config, tmp_path, extractor=PoolExtractor())
     assert not list(tmp_path.rglob("result.json"))  # a stopped cell is not scored
+    (trained,) = tmp_path.rglob(TRAINED_FILE)
+    first = json.loads(trained.read_text())
+    assert first["step"] == SIGNAL_STEP + 1 and first["train_s"] > 0
     monkeypatch.undo()
     report = bottleneck.run_bottleneck(config, tmp_path, extractor=PoolExtractor())
     (cell,) = report["cells"]
     assert cell["resumed"] and cell["steps"] == 4
+    assert cell["train_s"] > first["train_s"]  # both runs' training, not the last one's alone
+    # stopped after training, while scoring: the re-run scores it without the engine (which
+    # would only print "nothing to train … pass a larger --steps"), with the same loss and time
+    (trained.parent / RESULT_NAME).unlink()
+    again = bottleneck.run_bottleneck(config, tmp_path, extractor=PoolExtractor(),
+                                      train_fn=Recorder(allowed=False))  # fmt: skip
+    (same,) = again["cells"]
+    assert same["final_loss"] == cell["final_loss"] is not None
+    assert same["train_s"] == cell["train_s"] and same["fd"] == cell["fd"]
 
 
 def test_stop_request_listens_only_where_asked():

@@ -45,6 +45,7 @@ from pixeljit.training.rundir import run_files
 from pixeljit.training.stopsignal import StoppedBySignal
 
 RESULT_NAME = "result.json"  # its presence marks a finished cell
+TRAINED_FILE = "trained.json"  # a cell's training seconds so far, over its runs, and step
 RERUN = "re-run the same command"  # how an interrupted grid continues (its messages say it)
 GRID_NAME = "grid.png"
 GRID_COLUMNS = 4  # 16 samples → a 4×4 panel in the figure
@@ -209,17 +210,28 @@ def has_checkpoint(folder: Path) -> bool:
 
 
 def train_cell(cell: Cell, train_fn: Callable | None = None) -> dict:
-    """Train (or continue) the cell's run; returns what happened."""
+    """Train (or continue) the cell's run; returns what happened. `train_s` counts the earlier
+    runs of a continued cell too (each run records its total in TRAINED_FILE); a cell whose
+    training had ended (stopped while sampling or scoring) is not handed to the engine, which
+    would only say that there is nothing to train."""
     from pixeljit.training.loop import train
 
     train_fn = train_fn or train
     folder = Path(cell.config.run.out)
     resumed = has_checkpoint(folder)
+    before = _trained_before(folder) if resumed else 0.0
+    if resumed:
+        finished = _finished_training(folder, cell.config)
+        if finished is not None:
+            return {"train_s": before, "resumed": True, **finished}
     # a cell stopped before its first checkpoint left only config.yaml (and a log): nothing to
     # resume, so it starts again, those files moved aside by the engine (nothing is deleted)
     again = {} if resumed or not run_files(folder) else {"restart": True}
     start = time.perf_counter()
     result = train_fn(cell.config, resume=str(folder) if resumed else None, progress=False, **again)
+    train_s = before + time.perf_counter() - start
+    if result.checkpoint is not None:  # kept for a re-run continuing from that checkpoint
+        write_json(folder / TRAINED_FILE, {"train_s": train_s, "step": result.step})
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM: the checkpoint is kept
         raise StoppedBySignal(
             f"cell {cell.name} stopped after step {result.step}; {RERUN} to continue it from "
@@ -232,11 +244,32 @@ def train_cell(cell: Cell, train_fn: Callable | None = None) -> dict:
             f"{folder}); lower the learning rate or move the cell folder away to re-run it"
         )
     return {
-        "train_s": time.perf_counter() - start,
+        "train_s": train_s,
         "resumed": resumed,
         "steps": result.step,
         "final_loss": result.final_loss,
     }
+
+
+def _trained_before(folder: Path) -> float:
+    """Seconds the cell trained in its earlier runs (0 without a record)."""
+    path = folder / TRAINED_FILE
+    return float(read_json(path)["train_s"]) if path.is_file() else 0.0
+
+
+def _finished_training(folder: Path, config: TrainConfig) -> dict | None:
+    """{steps, final_loss} of a cell whose checkpoint is at its run's end, else None."""
+    from pixeljit.checkpoints.run import load_checkpoint
+    from pixeljit.training.runlog import METRICS_FILE, read_metrics
+
+    steps = config.optim.steps
+    step = load_checkpoint(folder)["step"]
+    if steps is None or step < steps:
+        return None
+    metrics = folder / METRICS_FILE
+    records = read_metrics(metrics) if metrics.is_file() else []
+    losses = [r["loss"] for r in records if r.get("step") == step and "loss" in r]
+    return {"steps": step, "final_loss": losses[-1] if losses else None}
 
 
 @torch.no_grad()
