@@ -228,3 +228,37 @@ def test_training_runs_sample_with_their_objective(tmp_path, fmnist16):
     with torch.no_grad():
         z, t, y = torch.randn(2, 1, 16, 16), torch.rand(2), torch.tensor([0, 3])
         assert torch.equal(back.net(z, t, y), model.net(z, t, y))
+
+
+def _stopped_on_batch(real, batch: int):
+    """`sample` that raises KeyboardInterrupt (a Ctrl-C) when asked for batch `batch` (0-based)."""
+    calls = []
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > batch:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return stopping
+
+
+@pytest.mark.parametrize("verb", ["sample", "eval"])
+def test_ctrl_c_names_the_partial_folder(tiny_file, tmp_path, capsys, monkeypatch, verb):
+    """Stopped after 4 of 12 images, a PNG folder holds part of a set with no labels.csv: the
+    message said only "interrupted"; it names the folder, what it holds and how to finish."""
+    import pixeljit.cli.sample as sample_cli
+    import pixeljit.evaluation as evaluation
+
+    module = sample_cli if verb == "sample" else evaluation
+    monkeypatch.setattr(module, "sample", _stopped_on_batch(module.sample, 1))
+    out = tmp_path / "pngs"
+    common = ["--num", "12", "--steps", "1", "--batch-size", "4"]
+    argv = (["sample", str(tiny_file), "--out", f"{out}/", *common] if verb == "sample" else
+            ["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--save-images",
+             str(out), *common])  # fmt: skip
+    assert main(argv) == 130
+    flag = "--out" if verb == "sample" else "--save-images"
+    assert (f"{flag} {out}/ holds 4 numbered PNGs of the 12 asked for (a part of the set, no "
+            "labels.csv): re-run with --overwrite") in capsys.readouterr().err  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.png" for i in range(4)]

@@ -172,6 +172,37 @@ def test_existing_outputs_need_overwrite(tiny_file, tmp_path, no_loading, capsys
     assert grid.read_bytes() == out.read_bytes() == results.read_bytes() == b"precious"
 
 
+def test_a_users_labels_csv_and_dangling_links_need_overwrite(
+    tiny_file, tmp_path, no_loading, capsys
+):
+    """A folder holding only a labels.csv, and a symbolic link leading nowhere where a file or
+    the run folder goes, were written over without --overwrite (the checks looked for PNGs, and
+    followed the link to find nothing there)."""
+    labelled = tmp_path / "labelled"
+    labelled.mkdir()
+    (labelled / "labels.csv").write_text("my own labels")
+    links = {name: tmp_path / name for name in ("grid.png", "w.safetensors", "r.json", "run")}
+    for name, link in links.items():
+        link.symlink_to(tmp_path / f"nowhere-{name}")
+    cases = [
+        (["sample", str(tiny_file), "--out", str(labelled)], "already holds labels.csv"),
+        (["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--save-images",
+          str(labelled)], "already holds labels.csv"),
+        (["sample", str(tiny_file), "--out", str(links["grid.png"])], "is a symbolic link to"),
+        (["convert", str(tiny_file), str(links["w.safetensors"])], "is a symbolic link to"),
+        (["eval", "--checkpoint", str(tiny_file), "--metrics", "is", "--out",
+          str(links["r.json"])], "is a symbolic link to"),
+        (["train", "--preset", "fmnist-tiny", "--data", "fashion-mnist", "--out",
+          str(links["run"])], "is a symbolic link to"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        err = cli_error(capsys, argv)
+        assert message in err and ("--overwrite" in err or "create that folder" in err), err
+    assert (labelled / "labels.csv").read_text() == "my own labels"
+    assert sorted(p.name for p in labelled.iterdir()) == ["labels.csv"]
+    assert all(link.is_symlink() and not link.exists() for link in links.values())
+
+
 def test_eval_never_writes_its_results_over_an_input(tiny_file, tmp_path, no_loading, capsys):
     """`eval --checkpoint run --out run/latest.pt --overwrite` replaced the checkpoint it had just
     scored with 88 bytes of JSON: --out must be *.json, and never one of the command's inputs

@@ -130,17 +130,31 @@ def check_output(flag: str, path: str | os.PathLike, folder: bool = False,
                  overwrite: bool = False, overwrite_flag: str | None = None) -> Path:  # fmt: skip
     """Refuse an output that cannot be written, before any work: a folder where a file goes (or
     a file where a folder goes), a parent that is a file, a parent without write permission, or
-    (unless `overwrite`) an existing file, or a folder already holding PNGs (which the new ones
-    would replace). Nothing is created."""
+    (unless `overwrite`) an existing file or symbolic link (one leading nowhere included), or a
+    folder already holding PNGs or a labels.csv (which the new ones would replace). Nothing is
+    created."""
+    from pixeljit.files.images import LABELS_CSV
+
     path = Path(path)
     hint = f"pass {overwrite_flag} to replace it" if overwrite_flag else "remove it first"
+    if path.is_symlink() and not path.exists():
+        if not overwrite:
+            raise ValueError(f"{flag} {path} is a symbolic link to {os.readlink(path)}, which "
+                             f"does not exist: choose a new name or {hint}")  # fmt: skip
+        if folder:
+            raise ValueError(f"{flag} {path} is a symbolic link leading nowhere, not a folder: "
+                             "pass a folder")  # fmt: skip
     if path.exists():
         if folder and not path.is_dir():
             raise ValueError(f"{flag} {path} is a file, not a folder: pass a folder")
         if not folder and path.is_dir():
             raise ValueError(f"{flag} {path} is a folder: pass a file name")
-        if not overwrite and (not folder or any(path.glob(FOLDER_CLOBBER_GLOB))):
-            what = "already holds PNG images" if folder else "already exists"
+        held = folder and [
+            what for what, there in (("PNG images", any(path.glob(FOLDER_CLOBBER_GLOB))),
+                                     (LABELS_CSV, os.path.lexists(path / LABELS_CSV))) if there
+        ]  # fmt: skip
+        if not overwrite and (not folder or held):
+            what = f"already holds {' and '.join(held)}" if folder else "already exists"
             raise ValueError(f"{flag} {path} {what}: choose a new name or {hint}")
     anchor = _first_existing(path if path.exists() and folder else path.parent)
     if not anchor.is_dir():
@@ -190,6 +204,22 @@ def check_no_stale_pngs(flag: str, folder: str | os.PathLike, count: int) -> Non
             f"{sorted(stale)[0]}): they would be mixed with the new set; choose an empty folder "
             "or remove them first"
         )
+
+
+def interrupted_images(flag: str, folders: list, total: int, labelled: bool) -> KeyboardInterrupt:
+    """The Ctrl-C of a command writing `total` numbered PNGs into each of `folders`, saying what
+    it left: a part of the set (without its labels.csv, written last when `labelled`), and how
+    to write the whole set."""
+    held = []
+    for folder in map(Path, folders):
+        found = folder.iterdir() if folder.is_dir() else ()
+        written = sum(1 for p in found if NUMBERED_PNG.fullmatch(p.name))
+        held.append(f"{flag} {folder}/ holds {counted(written, 'numbered PNG')}")
+    return KeyboardInterrupt(
+        f"{'; '.join(held)} of the {total} asked for (a part of the set"
+        f"{', no labels.csv' if labelled else ''}): re-run with --overwrite to write the whole "
+        "set, or remove the partial folder"
+    )
 
 
 def check_no_stale_labels(flag: str, folder: str | os.PathLike, labelled: bool) -> None:

@@ -19,7 +19,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from pixeljit.cli.checks import CHECKPOINT_HELP, check_no_stale_labels
+from pixeljit.cli.checks import CHECKPOINT_HELP, check_no_stale_labels, interrupted_images
 from pixeljit.cli.evaluate_args import (
     AUTO_EXTRACTOR,
     DEFAULT_BATCH,
@@ -214,8 +214,14 @@ def _run(args, info, cfgs: list[float] | None) -> int:
         _write_json({"sweep": rows, "best": best, **record}, args, info)
         return 0
     save = args.save_images
-    scores = evaluate(model, spec, extractor, ref, metrics(args), save_dir=save,
-                      progress=info.is_main, **kw)  # fmt: skip
+    try:
+        scores = evaluate(model, spec, extractor, ref, metrics(args), save_dir=save,
+                          progress=info.is_main, **kw)  # fmt: skip
+    except KeyboardInterrupt:
+        if not save:
+            raise
+        labelled = model.net.config.num_classes > 0
+        raise interrupted_images("--save-images", [save], args.num, labelled) from None
     details = describe_generation(spec.seed, spec.amp_dtype)
     say(f"{model.description}: {args.num} images ({details}), "
         f"{describe_sampler(sampler, args, model.sampler)}")  # fmt: skip

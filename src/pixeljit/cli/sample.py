@@ -29,6 +29,8 @@ from pixeljit.cli.checks import (
     check_no_stale_pngs,
     check_output,
     check_seed,
+    counted,
+    interrupted_images,
 )
 from pixeljit.cli.sampler_args import (
     add_sampler_arguments,
@@ -351,29 +353,34 @@ def run(args) -> int:
         check_grid_size(num, ncols, net.config.image_size, scale)
     amp = amp_dtype(args.amp, device)
     tf32 = tf32_matmuls(device) if amp is not None else contextlib.nullcontext()  # none: true fp32
-    chunks = []
-    with tqdm(total=num, unit="img", desc="sampling") as bar, tf32:
-        for start in range(0, num, args.batch_size):
-            stop = min(start + args.batch_size, num)
-            images = sample(
-                net,
-                labels[start:stop] if labels is not None else None,
-                num=stop - start,
-                **sampler.kwargs(),
-                noise_scale=noise_scale,
-                prediction=model.prediction,
-                preconditioner=model.preconditioner,
-                seed=args.seed,
-                first_index=start,
-                amp_dtype=amp,
-            )
-            check_finite(images, start, "--cfg / --noise-scale")
-            u8 = to_uint8(images)  # (B, C, H, W) uint8 on the CPU
-            for folder in outputs.folders:
-                save_pngs(u8, folder, start=start)
-            if keep:
-                chunks.append(u8)
-            bar.update(stop - start)
+    try:
+        chunks = []
+        with tqdm(total=num, unit="img", desc="sampling") as bar, tf32:
+            for start in range(0, num, args.batch_size):
+                stop = min(start + args.batch_size, num)
+                images = sample(
+                    net,
+                    labels[start:stop] if labels is not None else None,
+                    num=stop - start,
+                    **sampler.kwargs(),
+                    noise_scale=noise_scale,
+                    prediction=model.prediction,
+                    preconditioner=model.preconditioner,
+                    seed=args.seed,
+                    first_index=start,
+                    amp_dtype=amp,
+                )
+                check_finite(images, start, "--cfg / --noise-scale")
+                u8 = to_uint8(images)  # (B, C, H, W) uint8 on the CPU
+                for folder in outputs.folders:
+                    save_pngs(u8, folder, start=start)
+                if keep:
+                    chunks.append(u8)
+                bar.update(stop - start)
+    except KeyboardInterrupt:
+        if not outputs.folders:
+            raise
+        raise interrupted_images("--out", outputs.folders, num, labels is not None) from None
     if labels is not None:
         for folder in outputs.folders:
             save_labels_csv(folder, labels, model.class_names)
@@ -386,6 +393,6 @@ def run(args) -> int:
         for path in outputs.npzs:
             written.append(str(save_npz(everything, path, y, model.class_names)))
     details = describe_generation(args.seed, amp, args.noise_scale, model.noise_scale)
-    print(f"{model.description}: {num} images ({details}), "
+    print(f"{model.description}: {counted(num, 'image')} ({details}), "
           f"{describe_sampler(sampler, args, model.sampler)} → {', '.join(written)}")  # fmt: skip
     return 0

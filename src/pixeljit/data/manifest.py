@@ -3,8 +3,10 @@
 A manifest is read only if it is small (MAX_MANIFEST_BYTES), valid JSON, an object of our
 format name and a known version, with every field of the right type and within bounds. The file
 names it lists must be plain names inside the pack folder: no separators, no "..", no absolute
-paths, and no link that leads outside the folder; nothing is ever read or written (or deleted)
-at a path taken from inside a manifest otherwise.
+paths, and no link that leads outside the folder; and each must be the very name `prepare` gives
+that file (shard k: SHARD_PATTERN.format(k), then LABELS_FILE). A manifest naming any other file
+(a user's "thesis.txt") is not one pixeljit wrote: nothing is ever read, written or deleted at a
+path taken from inside a manifest otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 import os
 from pathlib import Path
 
-from .shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST
+from .shards import FORMAT_NAME, FORMAT_VERSION, LABELS_FILE, MANIFEST, SHARD_PATTERN
 
 KNOWN_VERSIONS = (FORMAT_VERSION,)
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists shards, classes and skipped files: never this big
@@ -29,6 +31,14 @@ PREPARE_HINT = (
 
 class ManifestError(ValueError):
     """A manifest that is not ours, not readable, or not consistent."""
+
+
+class ForeignNameError(ManifestError):
+    """A manifest listing a plain file name that `prepare` never writes (`name`)."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
 
 
 def _fail(path: Path, what: str) -> ManifestError:
@@ -86,18 +96,37 @@ def member(folder: Path, name: object, manifest_path: Path) -> Path:
     return path
 
 
+def pack_file_names(shard_count: int) -> list[str]:
+    """The data files `prepare` writes for a pack of `shard_count` shards, in manifest order:
+    the shards (shards.py's SHARD_PATTERN numbered from 0), then the labels (LABELS_FILE)."""
+    return [*(SHARD_PATTERN.format(k) for k in range(shard_count)), LABELS_FILE]
+
+
+OWN_FILES_TEXT = (
+    f"{SHARD_PATTERN.format(0)}, {SHARD_PATTERN.format(1)}, …, {LABELS_FILE}, {MANIFEST}"
+)
+
+
 def listed_names(manifest: dict, manifest_path: Path) -> list[str]:
-    """Every file name the manifest lists (shards and labels), each checked to be plain."""
+    """Every file name the manifest lists (shards and labels), each checked to be plain and to be
+    the name `prepare` gives that file: ForeignNameError for any other (a user's file, say)."""
     entries = manifest.get("shards")
     labels = manifest.get("labels")
     if not isinstance(entries, list) or not isinstance(labels, dict):
         raise _fail(manifest_path, "'shards' must be a list and 'labels' an object")
     names = []
     folder = manifest_path.parent
-    for entry in [*entries, labels]:
+    for entry, expected in zip([*entries, labels], pack_file_names(len(entries)), strict=True):
         if not isinstance(entry, dict):
             raise _fail(manifest_path, f"file entry {entry!r} is not an object")
-        names.append(member(folder, entry.get("file"), manifest_path).name)
+        name = member(folder, entry.get("file"), manifest_path).name
+        if name != expected:
+            raise ForeignNameError(
+                f"{manifest_path}: file name {name!r} is not one pixeljit writes (prepare names "
+                f"that file {expected}, and a pack holds only {OWN_FILES_TEXT}); {PREPARE_HINT}",
+                name,
+            )
+        names.append(name)
     return names
 
 

@@ -5,7 +5,9 @@ Rules (checked before any long work, and again when publishing):
   folder (symbolic links resolved) is refused, with or without overwrite;
 - a non-empty output folder is replaced only with `overwrite`, and only if it is a packed set
   written by pixeljit: a manifest of our format naming every file in the folder (anything else,
-  sub-folders included, is foreign and makes the folder refused);
+  sub-folders included, is foreign and makes the folder refused), and naming only files
+  `prepare` writes (see manifest.listed_names): a manifest listing a user's file makes the folder
+  refused, never that file deleted;
 - replacing deletes exactly the files the old manifest lists, then the emptied folder; a file
   that appears there meanwhile is kept (the old folder is left under a hidden name, reported).
 The new set is written into a hidden sibling folder, renamed into place at the end.
@@ -22,7 +24,13 @@ from pathlib import Path
 
 from pixeljit.files.atomic import process_alive, temp_sibling
 
-from .manifest import ManifestError, listed_names, read_manifest_json
+from .manifest import (
+    OWN_FILES_TEXT,
+    ForeignNameError,
+    ManifestError,
+    listed_names,
+    read_manifest_json,
+)
 from .shards import MANIFEST
 
 _SHOWN_FOREIGN = 5
@@ -51,6 +59,13 @@ def own_pack_files(folder: Path) -> list[str]:
     try:
         manifest = read_manifest_json(folder)
         names = {MANIFEST, *listed_names(manifest, folder / MANIFEST)}
+    except ForeignNameError as err:  # a manifest edited to list a user's file: never deleted
+        raise ValueError(
+            f"output folder {folder}: its {MANIFEST} lists {err.name!r}, a file pixeljit never "
+            f"writes (a pack holds only {OWN_FILES_TEXT}), so the folder is not a packed set "
+            f"written by pixeljit and nothing in it is replaced: choose another output folder, "
+            f"or move {err.name!r} and your other files out of {folder}"
+        ) from err
     except ManifestError as err:
         reason = str(err).split("; ", 1)[0]
         raise ValueError(f"output folder {folder}: {reason}; {refusal}") from err

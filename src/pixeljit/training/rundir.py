@@ -337,7 +337,11 @@ def sweep_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 def check_out_folder(out: str | os.PathLike, data_source: str | None) -> None:
     """Refuse an output folder that is, lies inside, or contains the training data folder, or
-    lies inside another run's folder (symbolic links resolved). Call before creating `out`."""
+    lies inside another run's folder (symbolic links resolved), or is a symbolic link leading
+    nowhere. Call before creating `out`."""
+    if Path(out).is_symlink() and not Path(out).exists():
+        raise ValueError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not "
+                         "exist: create that folder, or pass another --out")  # fmt: skip
     out_path = Path(out).resolve()
     if data_source and Path(data_source).exists():
         data = Path(data_source).resolve()
