@@ -86,6 +86,8 @@ def test_cli_reads_authors_checkpoint_folder(reference, tmp_path):
         (["--labels", "7"], "outside [0, 4)"),
         (["--num", "0"], "--num must be ≥ 1 and ≤ 10,000,000, got 0"),
         (["--out", "x.jpg"], "--out x.jpg: use a .png (grid), a .npz (arrays) or a folder"),
+        (["--out", ".png"], "--out .png has nothing before .png: name the file (e.g. "),  # not
+        (["--out", ".NPZ"], "--out .NPZ has nothing before .NPZ: name the file"),  # a folder
         (["--device", "nonsense"], "--device 'nonsense' is not a device this command runs on"),
     ],
 )

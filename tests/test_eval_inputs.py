@@ -223,3 +223,18 @@ def test_weights_named_twice_in_emas_are_refused(tiny_file):
         check_args(_eval_args(tiny_file, *sweep, "--emas", "model", "ema:0.999", "model"))
     with pytest.raises(ValueError, match="'all' already names every EMA"):
         check_args(_eval_args(tiny_file, *sweep, "--emas", "all", "model"))
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "latest.pt", "grid.png", "notes.json"])
+def test_a_ref_file_that_is_no_statistics_npz_is_named_as_such(tmp_path, capsys, name):
+    """A --ref file of another kind was reported as "not a packed folder, an image folder, or
+    one of ('fashion-mnist', 'emoji')", never naming the statistics .npz it should have been."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(_grey(12)):
+        Image.fromarray(img).save(folder / f"{i:06d}.png")
+    ref = tmp_path / name
+    ref.write_bytes(b"not statistics")
+    err = cli_error(capsys, ["eval", "--images", str(folder), "--metrics", "fd", "--ref",
+                             str(ref), "--extractor", "fmnist-cnn"])  # fmt: skip
+    assert f"reference {ref} is a file but not a statistics .npz: pass the .npz" in err

@@ -113,10 +113,17 @@ def test_scores_flag_and_unknown_scores(hub_run, tmp_path, capsys):
     images.write_text(json.dumps({"scores": {"FD-FMNIST": 1.0}, "images": "x.npz"}))
     malformed = tmp_path / "malformed.json"
     malformed.write_text(json.dumps({"scores": 5}))
-    for path, message in ((images, "scored the images of x.npz"), (malformed, "got int")):
-        argv = ["convert", str(hub_run), "--hub", str(tmp_path / path.stem), "--scores", str(path)]
+    a_folder = tmp_path / "results"  # said "does not exist"
+    a_folder.mkdir()
+    for path, message in (
+        (images, "scored the images of x.npz"),
+        (malformed, "got int"),
+        (a_folder, f"scores file {a_folder} is a folder: pass the JSON"),
+    ):
+        hub = tmp_path / f"hub-{path.stem}"
+        argv = ["convert", str(hub_run), "--hub", str(hub), "--scores", str(path)]
         assert main(argv) == 2 and message in capsys.readouterr().err
-        assert not (tmp_path / path.stem).exists()
+        assert not hub.exists()
     # a .safetensors export records neither grid nor scores: the card says so; it does carry
     # the run's recommended sampler settings
     plain = tmp_path / "w.safetensors"

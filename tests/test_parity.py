@@ -84,11 +84,25 @@ class Exploit:
         return (print, ("pwned",))
 
 
-def test_refuses_arbitrary_pickles(reference, tmp_path):
+def test_refuses_arbitrary_pickles(reference, tmp_path, capsys):
+    """Refused, named, and never with torch's advice to retry with weights_only=False (which
+    would run the file's code), for an authors' file and for a run checkpoint alike."""
+    from pixeljit.checkpoints.run import load_checkpoint
+
     path = tmp_path / "evil.pth"
     torch.save({**reference["checkpoint"], "args": Exploit()}, path)
-    with pytest.raises(ValueError, match="refused for safety"):
+    with pytest.raises(ValueError) as authors:
         pixeljit.load_reference(path, in_context_start=TINY_START)
+    run = tmp_path / "run" / "latest.pt"
+    run.parent.mkdir()
+    torch.save({"format": "pixeljit", "args": Exploit()}, run)
+    with pytest.raises(ValueError) as ours:
+        load_checkpoint(run)
+    for err in (authors, ours):
+        message = str(err.value)
+        assert "holds a pickled object (" in message and "print) other than tensors" in message
+        assert "refused for safety; nothing in it was run" in message
+        assert "weights_only" not in message and "pwned" not in capsys.readouterr().out
 
 
 def test_bad_sources_give_clear_errors(reference, tmp_path):

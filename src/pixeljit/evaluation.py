@@ -314,8 +314,14 @@ def dataset_stats_for(
     (packed folder, fashion-mnist, emoji, image folder) whose statistics are computed once at
     the model's size and cached. `progress`: a bar while they are computed (minutes for a large
     set); nothing when they come from the cache."""
-    if ref.endswith(".npz"):
+    if ref.lower().endswith(".npz"):
         return load_dataset_stats(ref, extractor)
+    if Path(ref).is_file():  # a data set is a folder or a built-in name, never one file
+        raise ValueError(
+            f"reference {ref} is a file but not a statistics .npz: pass the .npz that `pixeljit "
+            "eval --make-ref` writes (or ADM's / the authors' mu-sigma .npz), or a data set (a "
+            "packed or image folder, fashion-mnist, emoji)"
+        )
     dataset = open_dataset(ref, image_size, channels, split, is_main, barrier)
     wanted = (channels, image_size, image_size)
     if tuple(dataset.image_shape) != wanted:  # a packed folder is read as it was packed

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.checkpoints.weights import block_indices, build_loaded, check_tensors, check_torch_zip
+from pixeljit.checkpoints.weights import (
+    UNSAFE_PICKLE,
+    block_indices,
+    build_loaded,
+    check_tensors,
+    check_torch_zip,
+    torch_load_problem,
+)
 from pixeljit.devices import as_device
 from pixeljit.model import MODEL_SIZES, JiT, JiTConfig
 from pixeljit.model.layers import swiglu_hidden
@@ -59,10 +66,11 @@ def read_checkpoint(source: str | os.PathLike) -> dict:
                     raise
                 data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling, zip and format errors come in several classes
+        problem = torch_load_problem(err)
+        unsafe = UNSAFE_PICKLE in problem  # says why already; otherwise the likely causes
         raise ValueError(
-            f"could not read {path} as a PyTorch checkpoint ({type(err).__name__}: {err}). "
-            "The file may be truncated, not a checkpoint, or hold pickled objects other than "
-            "tensors and an argparse Namespace (refused for safety)."
+            f"could not read {path} as a PyTorch checkpoint ({problem})"
+            + ("" if unsafe else ": the file may be truncated or not a checkpoint")
         ) from None
     if not isinstance(data, Mapping):
         raise ValueError(f"{path} holds a {type(data).__name__}, not a checkpoint dict")

@@ -99,6 +99,9 @@ def read_scores(path: str | os.PathLike) -> ScoresFile:
     flat {name: value} object (written before the record; its weights are unknown). Names and
     text values short and on one line, numbers finite."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"scores file {path} is a folder: pass the JSON file that `pixeljit "
+                         "eval --out` wrote (or a run's score.json)")  # fmt: skip
     if not path.is_file():
         raise FileNotFoundError(f"scores file {path} does not exist")
     with open(path, "rb") as f:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.checkpoints.weights import check_torch_zip
+from pixeljit.checkpoints.weights import check_torch_zip, torch_load_problem
 from pixeljit.files.atomic import atomic_write, temp_sibling
 
 LATEST = "latest.pt"
@@ -270,9 +270,8 @@ def load_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> 
         check_torch_zip(file)  # a compressed or oversized member is refused before torch.load
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [""])[0]
         raise ValueError(
-            f"could not read checkpoint {file} ({type(err).__name__}: {first})"
+            f"could not read checkpoint {file} ({torch_load_problem(err)})"
             f"{_alternatives(file, flag)}"
         ) from None
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, UNCHECKED_FORMAT):

@@ -38,6 +38,23 @@ def block_indices(names) -> set[int]:
     return {int(m.group(1)) for k in names if (m := BLOCK_KEY.match(k))}
 
 
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # torch's name of a pickled object it refused
+UNSAFE_PICKLE = "refused for safety"
+
+
+def torch_load_problem(err: Exception) -> str:
+    """What a failed `torch.load(weights_only=True)` says, in one line, without torch's advice
+    to retry with weights_only=False (which runs whatever code the file holds)."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        found = _GLOBAL.search(text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"it holds a pickled object{what} other than tensors and plain values, "
+                f"{UNSAFE_PICKLE}; nothing in it was run")  # fmt: skip
+    first = (text.strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first}"
+
+
 def check_torch_zip(path: str | Path) -> int:
     """Bound what `torch.load` will allocate for the zip-format checkpoint `path` before it runs:
     every member stored uncompressed (torch.save writes them so; a compressed member may inflate

@@ -166,6 +166,12 @@ def parse_outputs(paths: list[str] | None, overwrite: bool = False) -> Outputs:
             raise ValueError(f"--out {raw} is given twice: name each output once")
         seen.add(path.resolve())
         suffix = "" if as_folder else path.suffix.lower()
+        bare = path.name.lower() in (".png", ".npz")  # no suffix to Python: a hidden folder
+        if bare and not as_folder and not path.is_dir():
+            raise ValueError(
+                f"--out {raw} has nothing before {path.name}: name the file (e.g. "
+                f"{path.with_name('samples' + path.name)}), or write {raw}/ for a folder"
+            )
         if suffix == ".png":
             grids.append(check_output("--out", path, False, overwrite, "--overwrite"))
         elif suffix == ".npz":
