@@ -524,3 +524,19 @@ def test_grid_axes_are_named_by_their_flags(argv, message, tmp_path, capsys):
     err = cli_error(capsys, ["reproduce", *argv, "--out", str(tmp_path / "out")])
     assert message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_names_that_are_folders_or_foreign_files(tmp_path, capsys):
+    """A folder whose latest.pt / checkpoint-last.pth is a folder was said to hold no checkpoint;
+    a .pt that pixeljit did not write pointed a command-line user to the Python API only."""
+    for name in ("latest.pt", "checkpoint-last.pth"):
+        run = tmp_path / name.split(".")[0]
+        (run / name).mkdir(parents=True)
+        err = cli_error(capsys, ["convert", str(run), str(tmp_path / "w.safetensors")])
+        assert f"{run / name} is a folder, not a checkpoint file: pass the checkpoint" in err
+    other = tmp_path / "other.pt"
+    torch.save({"a": 1}, other)
+    err = cli_error(capsys, ["sample", str(other), "--out", str(tmp_path / "g.png")])
+    assert "is not a pixeljit training checkpoint: an authors' checkpoint loads when named " in err
+    assert "checkpoint-last.pth (or its folder) in sample / eval / convert" in err
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("*.safetensors"))

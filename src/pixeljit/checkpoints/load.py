@@ -185,6 +185,10 @@ def checkpoint_kind(source: str | os.PathLike) -> str:
         kind = folder_kind(path)
         if kind is not None:
             return kind
+        for name in (LATEST, CHECKPOINT_FILENAME):  # the name, but not a file
+            if (path / name).exists() and not (path / name).is_file():
+                raise ValueError(f"{path / name} is a folder, not a checkpoint file: pass the "
+                                 "checkpoint file itself")  # fmt: skip
         weights = sorted(p.name for p in path.glob("*.safetensors") if p.is_file())
         if weights:  # a hub folder that lost its config.json, or a folder of exports
             raise FileNotFoundError(

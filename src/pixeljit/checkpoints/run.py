@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from pixeljit.checkpoints.authors import CHECKPOINT_FILENAME
 from pixeljit.checkpoints.weights import check_torch_zip, torch_load_problem
 from pixeljit.files.atomic import atomic_write, temp_sibling
 
@@ -276,8 +277,9 @@ def load_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> 
         ) from None
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, UNCHECKED_FORMAT):
         raise ValueError(
-            f"{file} is not a pixeljit training checkpoint (an authors' checkpoint-last.pth loads "
-            "with pixeljit.load_reference instead)"
+            f"{file} is not a pixeljit training checkpoint: an authors' checkpoint loads when "
+            f"named {CHECKPOINT_FILENAME} (or its folder) in sample / eval / convert, or "
+            "with pixeljit.load_reference in Python"
         )
     verify_checksums(state, file, flag)
     _check_class_names(state, file)
