@@ -336,21 +336,15 @@ def dataset_stats_for(
     path = cache_root() / "refstats" / f"{tag}-{extractor.stats_name.replace('@', '-')}.npz"
 
     def images():
-        batch = 500
-        bar = None
-        if progress and is_main:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(dataset), unit="img", desc=f"reference statistics of {ref}")
-        try:
+        batch = 500
+        with tqdm(total=len(dataset), unit="img", desc=f"reference statistics of {ref}",
+                  disable=not (progress and is_main)) as bar:  # fmt: skip
             for start in range(0, len(dataset), batch):
                 chunk = dataset.slice(start, start + batch)
                 yield torch.from_numpy(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-        finally:
-            if bar is not None:
-                bar.close()
+                bar.update(len(chunk))
 
     return cached_dataset_stats(path, images, extractor, image_shape=wanted)
 

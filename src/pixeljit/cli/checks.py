@@ -6,6 +6,7 @@ Every error names the flag, the value and what to pass instead, in one line.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -149,13 +150,15 @@ def check_output(flag: str, path: str | os.PathLike, folder: bool = False,
             raise ValueError(f"{flag} {path} is a file, not a folder: pass a folder")
         if not folder and path.is_dir():
             raise ValueError(f"{flag} {path} is a folder: pass a file name")
-        held = folder and [
-            what for what, there in (("PNG images", any(path.glob(FOLDER_CLOBBER_GLOB))),
-                                     (LABELS_CSV, os.path.lexists(path / LABELS_CSV))) if there
-        ]  # fmt: skip
-        if not overwrite and (not folder or held):
-            what = f"already holds {' and '.join(held)}" if folder else "already exists"
-            raise ValueError(f"{flag} {path} {what}: choose a new name or {hint}")
+        if not overwrite and not folder:
+            raise ValueError(f"{flag} {path} already exists: choose a new name or {hint}")
+        if not overwrite:  # a folder: refused only for what the new set would replace
+            held = [what for what, there in (
+                ("PNG images", any(path.glob(FOLDER_CLOBBER_GLOB))),
+                (LABELS_CSV, os.path.lexists(path / LABELS_CSV))) if there]  # fmt: skip
+            if held:
+                raise ValueError(f"{flag} {path} already holds {' and '.join(held)}: choose a "
+                                 f"new name or {hint}")  # fmt: skip
     anchor = _first_existing(path if path.exists() and folder else path.parent)
     if not anchor.is_dir():
         raise ValueError(f"{flag} {path}: {anchor} is a file, not a folder")
@@ -206,20 +209,26 @@ def check_no_stale_pngs(flag: str, folder: str | os.PathLike, count: int) -> Non
         )
 
 
-def interrupted_images(flag: str, folders: list, total: int, labelled: bool) -> KeyboardInterrupt:
-    """The Ctrl-C of a command writing `total` numbered PNGs into each of `folders`, saying what
-    it left: a part of the set (without its labels.csv, written last when `labelled`), and how
-    to write the whole set."""
-    held = []
-    for folder in map(Path, folders):
-        found = folder.iterdir() if folder.is_dir() else ()
-        written = sum(1 for p in found if NUMBERED_PNG.fullmatch(p.name))
-        held.append(f"{flag} {folder}/ holds {counted(written, 'numbered PNG')}")
-    return KeyboardInterrupt(
-        f"{'; '.join(held)} of the {total} asked for (a part of the set"
-        f"{', no labels.csv' if labelled else ''}): re-run with --overwrite to write the whole "
-        "set, or remove the partial folder"
-    )
+@contextlib.contextmanager
+def naming_partial_images(flag: str, folders, total: int, labelled: bool):
+    """Around the writing of `total` numbered PNGs into each of `folders`: a Ctrl-C says what it
+    left, a part of the set (without its labels.csv, written last when `labelled`), and how to
+    write the whole set. With no folders it passes as it came."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not folders:
+            raise
+        held = []
+        for folder in map(Path, folders):
+            found = folder.iterdir() if folder.is_dir() else ()
+            written = sum(1 for p in found if NUMBERED_PNG.fullmatch(p.name))
+            held.append(f"{flag} {folder}/ holds {counted(written, 'numbered PNG')}")
+        raise KeyboardInterrupt(
+            f"{'; '.join(held)} of the {total} asked for (a part of the set"
+            f"{', no labels.csv' if labelled else ''}): re-run with --overwrite to write the "
+            "whole set, or remove the partial folder"
+        ) from None
 
 
 def check_no_stale_labels(flag: str, folder: str | os.PathLike, labelled: bool) -> None:
@@ -229,7 +238,7 @@ def check_no_stale_labels(flag: str, folder: str | os.PathLike, labelled: bool) 
     from pixeljit.files.images import LABELS_CSV
 
     stale = Path(folder) / LABELS_CSV
-    if not labelled and (stale.exists() or stale.is_symlink()):
+    if not labelled and os.path.lexists(stale):
         raise ValueError(
             f"{flag} {folder} holds {LABELS_CSV} from an earlier class-conditional set, and this "
             "unconditional model writes none: it would describe the wrong images; choose an "

@@ -19,7 +19,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from pixeljit.cli.checks import CHECKPOINT_HELP, check_no_stale_labels, interrupted_images
+from pixeljit.cli.checks import CHECKPOINT_HELP, check_no_stale_labels, naming_partial_images
 from pixeljit.cli.evaluate_args import (
     AUTO_EXTRACTOR,
     DEFAULT_BATCH,
@@ -183,11 +183,12 @@ def _run(args, info, cfgs: list[float] | None) -> int:
     model = load(args.weights)
     sampler = sampler_from_args(args, model.sampler)  # flags over the model's recommendation
     cfg = model.net.config
-    check_flags_take_effect(args, args.checkpoint, conditional=cfg.num_classes > 0,
+    labelled = cfg.num_classes > 0  # its PNG folder gets a labels.csv
+    check_flags_take_effect(args, args.checkpoint, conditional=labelled,
                             prediction=model.prediction, cfgs=cfgs or [sampler.cfg],
                             methods=[sampler.method])  # fmt: skip
     if args.save_images:
-        check_no_stale_labels("--save-images", args.save_images, cfg.num_classes > 0)
+        check_no_stale_labels("--save-images", args.save_images, labelled)
     check_memory(args.num, min(args.batch_size, args.num), False, cfg, info.device)
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     _check_stats_shape(args, shape, "the model's images")
@@ -214,14 +215,9 @@ def _run(args, info, cfgs: list[float] | None) -> int:
         _write_json({"sweep": rows, "best": best, **record}, args, info)
         return 0
     save = args.save_images
-    try:
+    with naming_partial_images("--save-images", [save] if save else [], args.num, labelled):
         scores = evaluate(model, spec, extractor, ref, metrics(args), save_dir=save,
                           progress=info.is_main, **kw)  # fmt: skip
-    except KeyboardInterrupt:
-        if not save:
-            raise
-        labelled = model.net.config.num_classes > 0
-        raise interrupted_images("--save-images", [save], args.num, labelled) from None
     details = describe_generation(spec.seed, spec.amp_dtype)
     say(f"{model.description}: {args.num} images ({details}), "
         f"{describe_sampler(sampler, args, model.sampler)}")  # fmt: skip

@@ -30,7 +30,7 @@ from pixeljit.cli.checks import (
     check_output,
     check_seed,
     counted,
-    interrupted_images,
+    naming_partial_images,
 )
 from pixeljit.cli.sampler_args import (
     add_sampler_arguments,
@@ -359,34 +359,30 @@ def run(args) -> int:
         check_grid_size(num, ncols, net.config.image_size, scale)
     amp = amp_dtype(args.amp, device)
     tf32 = tf32_matmuls(device) if amp is not None else contextlib.nullcontext()  # none: true fp32
-    try:
-        chunks = []
-        with tqdm(total=num, unit="img", desc="sampling") as bar, tf32:
-            for start in range(0, num, args.batch_size):
-                stop = min(start + args.batch_size, num)
-                images = sample(
-                    net,
-                    labels[start:stop] if labels is not None else None,
-                    num=stop - start,
-                    **sampler.kwargs(),
-                    noise_scale=noise_scale,
-                    prediction=model.prediction,
-                    preconditioner=model.preconditioner,
-                    seed=args.seed,
-                    first_index=start,
-                    amp_dtype=amp,
-                )
-                check_finite(images, start, "--cfg / --noise-scale")
-                u8 = to_uint8(images)  # (B, C, H, W) uint8 on the CPU
-                for folder in outputs.folders:
-                    save_pngs(u8, folder, start=start)
-                if keep:
-                    chunks.append(u8)
-                bar.update(stop - start)
-    except KeyboardInterrupt:
-        if not outputs.folders:
-            raise
-        raise interrupted_images("--out", outputs.folders, num, labels is not None) from None
+    chunks = []
+    partial = naming_partial_images("--out", outputs.folders, num, labels is not None)
+    with partial, tqdm(total=num, unit="img", desc="sampling") as bar, tf32:
+        for start in range(0, num, args.batch_size):
+            stop = min(start + args.batch_size, num)
+            images = sample(
+                net,
+                labels[start:stop] if labels is not None else None,
+                num=stop - start,
+                **sampler.kwargs(),
+                noise_scale=noise_scale,
+                prediction=model.prediction,
+                preconditioner=model.preconditioner,
+                seed=args.seed,
+                first_index=start,
+                amp_dtype=amp,
+            )
+            check_finite(images, start, "--cfg / --noise-scale")
+            u8 = to_uint8(images)  # (B, C, H, W) uint8 on the CPU
+            for folder in outputs.folders:
+                save_pngs(u8, folder, start=start)
+            if keep:
+                chunks.append(u8)
+            bar.update(stop - start)
     if labels is not None:
         for folder in outputs.folders:
             save_labels_csv(folder, labels, model.class_names)

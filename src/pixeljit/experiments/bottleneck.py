@@ -44,15 +44,20 @@ class BottleneckConfig(GridConfig):
             raise ValueError(f"prediction / loss must be in {PREDICTIONS} / {LOSS_SPACES}")
         if self.size % self.patch:
             raise ValueError(f"size {self.size} must be a multiple of patch {self.patch}")
-        patch_dim = self.patch**2 * grid_data.CHANNELS
-        wide = [d for d in self.dims if d is not None and d >= patch_dim]
+        patch_values = patch_dim(self.patch)
+        wide = [d for d in self.dims if d is not None and d >= patch_values]
         if wide:
             raise ValueError(
                 f"bottleneck dims (--dims) {' '.join(map(str, wide))} are not below the "
-                f"{patch_dim}-d patches (patch "
-                f"{self.patch}, {grid_data.CHANNELS} channels), so they bottleneck nothing: give "
-                f"dims < {patch_dim}, and 'none' for the plain embedding"
+                f"{patch_values}-d patches (patch {self.patch}, {grid_data.CHANNELS} channels), "
+                f"so they bottleneck nothing: give dims < {patch_values}, and 'none' for the "
+                "plain embedding"
             )
+
+
+def patch_dim(patch: int) -> int:
+    """The values in one patch of the grids' colour images: what a bottleneck narrows."""
+    return patch**2 * grid_data.CHANNELS
 
 
 def dim_text(dim: int | None) -> str:
@@ -73,8 +78,8 @@ run_bottleneck = grid.GridExperiment(EXPERIMENT, build_cells).run
 def layout(report: dict) -> Layout:
     config = report["config"]
     dims = [d for d in config["dims"] if d is not None]
-    patch_dim = config["patch"] ** 2 * grid_data.CHANNELS
-    none_at = NONE_GAP * max(dims + [patch_dim // NONE_GAP])
+    patch_values = patch_dim(config["patch"])
+    none_at = NONE_GAP * max(dims + [patch_values // NONE_GAP])
     name = f"{NAMES[config['prediction']]}-pred, {NAMES[config['loss']]}-loss"
     return Layout(
         experiment=EXPERIMENT,
@@ -87,7 +92,7 @@ def layout(report: dict) -> Layout:
         log_x=True,
         rows_are_x=True,
         note=(
-            f"{config['size']} px, patch {config['patch']}: {patch_dim}-d patches into width "
+            f"{config['size']} px, patch {config['patch']}: {patch_values}-d patches into width "
             f"{config['width']}; 'none' is the plain linear patch embedding. FD against real "
             f"{config['size']}-px images."
         ),
