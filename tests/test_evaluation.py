@@ -64,7 +64,8 @@ def test_streaming_scores_equal_offline_scores(setup, tmp_path):
     # the streamed class accuracy is the classifier's on the saved images, image k asked for
     # class balanced_labels(0, 40)[k] (the packed labels are in the classifier's order)
     from pixeljit.data import PackedDataset
-    from pixeljit.evaluation import label_order, score_real_images
+    from pixeljit.evaluation import score_real_images
+    from pixeljit.metrics.labelled import label_order
     from pixeljit.metrics.score import class_accuracy
 
     assert label_order(model.class_names, extractor) is None

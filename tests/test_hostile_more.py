@@ -211,6 +211,23 @@ def test_sample_grid_too_large_is_refused_before_sampling(tiny_file, tmp_path, c
         make_grid(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), ncols=10**9)
 
 
+def test_sample_grid_of_millions_is_refused_before_its_labels(tiny_file, tmp_path, capsys,
+                                                               monkeypatch):  # fmt: skip
+    """--num 10000000 --out x.png laid out ten million labels (~16 s) before the grid's size,
+    which its cells alone exceed, was checked."""
+
+    def never(*args, **kwargs):
+        raise AssertionError("labels laid out before the grid size was checked")
+
+    monkeypatch.setattr("pixeljit.cli.sample.choose_labels", never)
+    out = tmp_path / "g.png"
+    argv = ["sample", str(tiny_file), "--num", "10000000", "--scale", "4", "--device", "cpu",
+            "--out", str(out)]  # fmt: skip
+    err = _cli_error(argv, capsys)
+    assert "the grid of 10000000 images at --scale 4 would have" in err
+    assert not out.exists()
+
+
 # -------------------------------------------------------------------- C19: non-finite samples
 
 

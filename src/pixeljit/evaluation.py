@@ -42,10 +42,12 @@ from pixeljit.metrics import (
 )
 from pixeljit.metrics.image_sources import (
     DEFAULT_BATCH,
+    folder_labels,
     iter_batches,
     npz_class_names,
     npz_labels,
 )
+from pixeljit.metrics.labelled import AccuracyCounter, label_order
 
 
 @dataclass(frozen=True)
@@ -120,39 +122,6 @@ def generate(
         bar.close()
 
 
-class _AccuracyCounter(FeatureExtractor):
-    """Wraps an extractor with a classifier head: as generated batches stream through it,
-    counts how many images it assigns to their intended class (class-conditional accuracy).
-    Batches must arrive in the order their labels were queued (score_images keeps it)."""
-
-    def __init__(self, inner: FeatureExtractor):
-        self.inner = inner
-        self.name, self.revision = inner.name, inner.revision
-        self.fd_label, self.dim = inner.fd_label, inner.dim
-        self.num_classes, self.device = inner.num_classes, inner.device
-        self.queue: list[torch.Tensor] = []
-        self.counts = torch.zeros(2, dtype=torch.float64)  # (hits, seen)
-
-    def images(self, batches):
-        """Pass images on, queueing their labels."""
-        for u8, labels in batches:
-            self.queue.append(labels)
-            yield u8
-
-    def extract(self, images: torch.Tensor):
-        out = self.inner.extract(images)
-        labels = self.queue.pop(0)
-        pred = out.logits.argmax(dim=1).cpu()  # (B,)
-        self.counts += torch.tensor([float((pred == labels).sum()), float(len(labels))])
-        return out
-
-    def accuracy(self) -> float:
-        counts = self.counts.clone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(counts)
-        return float(counts[0] / counts[1])
-
-
 def evaluate(
     model: TrainedModel,
     spec: GenerationSpec,
@@ -178,31 +147,6 @@ def evaluate(
     return scores
 
 
-def _name_key(name: str) -> str:
-    """A class name compared by its letters and digits only: 'Ankle_boot' is 'Ankle boot'."""
-    return "".join(ch for ch in name.casefold() if ch.isalnum())
-
-
-def label_order(label_names, extractor: FeatureExtractor) -> torch.Tensor | str | None:
-    """How labels named `label_names` map onto the classifier's classes: None (take them as
-    they are: the same names in the same order, or names unknown on either side), a tensor
-    taking label k to the classifier's class of the same name (an image folder sorts its
-    classes alphabetically: Fashion-MNIST's as folders number them in another order), or why
-    class accuracy would mean nothing (classes the classifier does not know)."""
-    known = extractor.class_names
-    if not label_names or not known:
-        return None
-    ours, theirs = [_name_key(n) for n in label_names], [_name_key(n) for n in known]
-    if ours == theirs:
-        return None
-    if sorted(ours) != sorted(theirs) or len(set(theirs)) != len(theirs):
-        return (
-            f"class accuracy left out: the labels name {', '.join(label_names[:4])}, … but "
-            f"the {extractor.name} classifier knows {', '.join(known[:4])}, …"
-        )
-    return torch.tensor([theirs.index(k) for k in ours])
-
-
 def score_labelled(
     batches, classes: int, extractor: FeatureExtractor, ref: DatasetStats | None,
     metrics: tuple[str, ...], batch_size: int, label_names=None,
@@ -221,7 +165,7 @@ def score_labelled(
     if comparable:
         if order is not None:  # label k of the data is the classifier's class order[k]
             batches = ((u8, None if y is None else order.to(y.device)[y]) for u8, y in batches)
-        counter = _AccuracyCounter(extractor)
+        counter = AccuracyCounter(extractor)
         images, extractor = counter.images(batches), counter
     else:
         images = (u8 for u8, _ in batches)
@@ -257,11 +201,12 @@ def score_image_source(
     batch_size: int = DEFAULT_BATCH,
 ) -> dict[str, float]:  # fmt: skip
     """Score existing images (a folder or an `.npz`) like generated ones; an `.npz` with
-    'labels' (`pixeljit sample --out X.npz`) in the classifier's label space also gets the class
-    accuracy, as the same images generated from a checkpoint do: matched by the 'class_names'
-    it carries where it has them, else taken in the classifier's order. Labels the classifier
+    'labels' (`pixeljit sample --out X.npz`), or a folder with a labels.csv (`--out DIR/`), in
+    the classifier's label space also gets the class accuracy, as the same images generated from
+    a checkpoint do: matched by the class names they carry where they have them, else taken in
+    the classifier's order. Labels the classifier
     cannot hold leave the accuracy out with a warning."""
-    labels = npz_labels(images)
+    labels, names = _source_labels(images)
     classes = extractor.num_classes
     beyond = labels is not None and classes and labels.size and labels.max() >= classes
     if beyond:
@@ -280,8 +225,23 @@ def score_image_source(
             yield u8, torch.from_numpy(labels[start : start + len(u8)])
             start += len(u8)
 
-    names = npz_class_names(images)
     return score_labelled(batches(), classes, extractor, ref, metrics, batch_size, names)
+
+
+def _source_labels(images) -> tuple[object, list[str] | dict[int, str] | None]:
+    """The labels an `.npz` or a folder's labels.csv gives its images, and their names (the
+    `.npz`'s class_names list, the csv's {label: name}); (None, None) without any. A labels.csv
+    that cannot be used is said, with the class accuracy left out."""
+    if not isinstance(images, (str, os.PathLike)):
+        return None, None
+    try:
+        found = folder_labels(images)
+    except ValueError as err:
+        warnings.warn(f"class accuracy left out: {err}", stacklevel=3)
+        return None, None
+    if found is not None:
+        return found
+    return npz_labels(images), npz_class_names(images)
 
 
 # ---------------------------------------------------------------------- data-set statistics

@@ -297,9 +297,8 @@ def grid_layout(labels: list[int] | None, num: int, ncols: int | None, names=Non
 
 def check_memory(num: int, batch: int, keep: bool, config, device) -> None:
     """Refuse, before sampling, a --batch-size whose sampler state alone, or a --num whose kept
-    images (for a grid or .npz), exceed the device's / the host's whole memory: both are
-    bounded only by MAX_IMAGES (10M), and were allocated until the allocator or the OOM
-    killer stopped the process."""
+    images (for a grid or .npz), exceed the device's / the host's whole memory (both are
+    bounded only by MAX_IMAGES)."""
     from pixeljit.training.setup import device_memory_bytes
 
     pixels = config.in_channels * config.image_size**2
@@ -319,14 +318,15 @@ def check_memory(num: int, batch: int, keep: bool, config, device) -> None:
         )
 
 
-def check_grid_size(num: int, ncols: int, image_size: int, scale: int) -> None:
-    """Refuse a grid too large to build, before any sampling."""
-    cols = ncols
+def check_grid_size(num: int, ncols: int | None, image_size: int, scale: int) -> None:
+    """Refuse a grid too large to build, before any sampling (`ncols` None: not laid out yet)."""
+    cols = ncols or 1  # a grid has at least `num` cells
     side = image_size * scale
     pixels = cols * math.ceil(num / cols) * side * side
     if pixels > MAX_GRID_PIXELS:
+        laid = f" in {cols} columns" if ncols else ""
         raise ValueError(
-            f"the grid of {num} images in {cols} columns at --scale {scale} would have "
+            f"the grid of {num} images{laid} at --scale {scale} would have "
             f"{pixels:,} pixels (limit {MAX_GRID_PIXELS:,}): lower --ncols / --scale / --num, or "
             "write a folder or .npz instead"
         )
@@ -346,6 +346,8 @@ def run(args) -> int:
                             methods=[sampler.method])  # fmt: skip
     noise_scale = model.noise_scale if args.noise_scale is None else args.noise_scale
     classes = net.config.num_classes
+    if outputs.grids and args.num:  # before the labels of up to MAX_IMAGES are laid out
+        check_grid_size(args.num, None, net.config.image_size, scale)
     chosen = resolve_labels(args.labels, model) if classes else args.labels
     labels = choose_labels(args.num, classes, chosen)
     num = len(labels) if labels is not None else (args.num or UNCONDITIONAL_NUM)

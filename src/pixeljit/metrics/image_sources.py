@@ -7,6 +7,7 @@ streamed straight out of the zip member.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import warnings
@@ -20,7 +21,13 @@ import torch
 from PIL import Image, ImageOps
 
 from pixeljit.data.transforms import COLOUR, GREY, check_pixels, to_channels
-from pixeljit.files.images import NPZ_CLASS_NAMES_KEY, NPZ_LABELS_KEY  # as `sample` writes them
+from pixeljit.files.images import (  # as `sample` writes them
+    LABELS_CSV,
+    LABELS_CSV_HEADER,
+    NPZ_CLASS_NAMES_KEY,
+    NPZ_LABELS_KEY,
+    class_label,
+)
 from pixeljit.files.images import NPZ_IMAGES_KEY as NPZ_IMAGE_KEY
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -288,6 +295,48 @@ def npz_labels(path: str | os.PathLike) -> np.ndarray | None:
     if labels.size and labels.min() < 0:
         raise ValueError(f"{path}: 'labels' holds {labels.min()}; classes are ≥ 0")
     return labels
+
+
+MAX_LABELS_CSV_BYTES = 64 * 2**20  # one short row per image: millions of rows fit
+
+
+def folder_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[int, str]] | None:
+    """The labels a folder's `labels.csv` (as `pixeljit sample --out DIR/` and `eval
+    --save-images` write it: file, label, class) gives its images, in the folder's image order,
+    and the class names it gives them ({label: name}, without the "class c" stand-ins); None for
+    a folder without one (or an `.npz`). ValueError says why a labels.csv cannot be used: another
+    layout, a row for a missing image, an image without a row, or one label named two ways."""
+    folder = Path(path)
+    table = folder / LABELS_CSV
+    if not folder.is_dir() or not table.is_file():
+        return None
+    if table.stat().st_size > MAX_LABELS_CSV_BYTES:
+        raise ValueError(f"{table} is over {MAX_LABELS_CSV_BYTES >> 20} MiB")
+    with open(table, newline="", encoding="utf-8", errors="replace") as f:
+        rows = list(csv.reader(f))
+    if not rows or tuple(rows[0][:2]) != LABELS_CSV_HEADER[:2]:
+        raise ValueError(f"{table} does not start with the header {','.join(LABELS_CSV_HEADER)}")
+    by_file: dict[str, int] = {}
+    names: dict[int, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) < 2 or not (row[1].strip().isascii() and row[1].strip().isdigit()):
+            raise ValueError(f"{table} line {line}: {','.join(row)!r} is not 'file,label[,class]' "
+                             "with a label ≥ 0")  # fmt: skip
+        label = int(row[1])
+        by_file[row[0]] = label
+        name = row[2] if len(row) > 2 else ""
+        if name and name != class_label(None, label):
+            if names.setdefault(label, name) != name:
+                raise ValueError(f"{table} names label {label} both {names[label]!r} and {name!r}")
+    files = [p.name for p in list_image_files(folder)]
+    missing = [name for name in files if name not in by_file]
+    if missing:
+        more = f" (nor for {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"{table} has no row for {missing[0]}{more}")
+    extra = sorted(set(by_file) - set(files))
+    if extra:
+        raise ValueError(f"{table} lists {extra[0]}, which {folder} does not hold")
+    return np.array([by_file[name] for name in files], dtype=np.int64), names
 
 
 def load_images(source: ImageSource, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
