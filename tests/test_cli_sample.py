@@ -127,6 +127,15 @@ def test_to_uint8_matches_authors_rounding():
     u = to_uint8(x)
     # round(clip((x + 1) / 2 · 255)): 0.0 → 127.5 → 128 (round half to even), 0.5 → 191.25 → 191
     assert u.dtype == torch.uint8 and u.flatten().tolist() == [0, 0, 128, 191, 255, 255]
+    # 127.5 has an odd floor, so round-half-up agrees there; these float32 inputs scale exactly to
+    # halves with an even floor, where half-to-even (np.round) and half-up (floor(v + 0.5)) differ
+    halves = torch.tensor([-0.007843166589736938, 0.5725489854812622, 0.9960784316062927])
+    scaled = (halves.float() + 1) / 2 * 255  # to_uint8's arithmetic, in float32
+    assert scaled.tolist() == [126.5, 200.5, 254.5]  # exact halves, no rounding noise
+    as_np = (halves.numpy() + np.float32(1)) / np.float32(2) * np.float32(255)
+    assert as_np.dtype == np.float32 and as_np.tolist() == [126.5, 200.5, 254.5]
+    got = to_uint8(halves.view(1, 1, 1, 3)).flatten().tolist()
+    assert got == np.round(as_np).astype(np.uint8).tolist() == [126, 200, 254]
 
 
 def test_grid_places_images_and_draws_labels():

@@ -218,5 +218,6 @@ def test_dataset_stats_mismatch_and_roundtrip(tmp_path, classifier):
         load_dataset_stats(path, classifier)
     with pytest.raises(ValueError, match="2048-d statistics"):
         DatasetStats(np.zeros(2048), np.eye(2048)).check_extractor(classifier)
-    with pytest.raises(ValueError, match="PRConfig|unknown metrics"):
+    # "fid" is not a metric name ("fd" is): refused whatever the other fields hold
+    with pytest.raises(ValueError, match=r"^unknown metrics \['fid'\]; choose from \('fd', "):
         ScoreConfig(metrics=("fid",), pr=PRConfig())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import pixeljit
 from pixeljit.model import JiTConfig, model_names
@@ -142,6 +143,39 @@ def test_fp32_attention_matches_sdpa():
     ref = net(z, t, y)
     fp32 = tiny(attention="fp32").eval()
     assert ((fp32(z, t, y) - ref).norm() / ref.norm()).item() < 1e-5
+
+
+class _OpDtypes(TorchDispatchMode):
+    """Records (op name, dtypes of its tensor inputs) of every op run below autocast."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[str, list[torch.dtype]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        dtypes = [a.dtype for a in args if isinstance(a, torch.Tensor)]
+        self.ops.append((func.overloadpacket.__name__, dtypes))
+        return func(*args, **(kwargs or {}))
+
+
+def test_fp32_attention_keeps_scores_and_softmax_in_float32_under_bf16_autocast():
+    """attention="fp32" is the authors' numerics: under bf16 autocast QKᵀ, the softmax and the
+    product with V run in float32, where the default attention is one bf16 SDPA kernel. (In
+    float32 the two agree, so only autocast can tell them apart.)"""
+    for mode in ("fp32", "sdpa"):
+        net = tiny(attention=mode).eval()
+        z, t, y = inputs(net)
+        with torch.autocast("cpu", dtype=torch.bfloat16), _OpDtypes() as seen:
+            net(z, t, y)
+        attention = [(name, d) for name, d in seen.ops if "attention" in name]
+        products = [(name, d) for name, d in seen.ops if name in ("bmm", "_softmax")]
+        if mode == "fp32":
+            assert not attention
+            assert len(products) == 3 * net.config.depth  # QKᵀ, softmax, ·V in every block
+            assert all(d == [torch.float32] * len(d) for _, d in products)
+        else:
+            assert len(attention) == net.config.depth and not products
+            assert all(d == [torch.bfloat16] * 3 for _, d in attention)
 
 
 def test_labels_condition_the_output():

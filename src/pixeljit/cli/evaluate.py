@@ -333,11 +333,25 @@ def _ref(args, extractor, shape: tuple[int, int, int], scored: str, info, barrie
     if not args.ref:
         raise ValueError(f"metrics {sorted(needs_ref)} need --ref (statistics .npz or a data set)")
     channels, size = shape[0], shape[-1]
+    _say_converted(args.ref, channels, scored, info)
     ref = _dataset_stats(
         "--ref", args.ref, extractor, size, channels, args.ref_split, info, barrier
     )
     ref.check_image_shape(shape, f"--ref {args.ref}", scored)
     return ref
+
+
+def _say_converted(ref: str, channels: int, scored: str, info) -> None:
+    """A built-in --ref measured in other channels than its own (emoji in grey, for grey
+    scored images) is said: the statistics are then of converted images."""
+    from pixeljit.data.open import BUILTIN_SOURCES
+    from pixeljit.data.prepare import native_channels
+    from pixeljit.data.transforms import CHANNEL_NAMES
+
+    native = native_channels(ref)
+    if ref in BUILTIN_SOURCES and native != channels and info.is_main:
+        print(f"note: --ref {ref} is measured in {CHANNEL_NAMES[channels]}, as {scored} are: "
+              f"its {CHANNEL_NAMES[native]} images are converted")  # fmt: skip
 
 
 def _dataset_stats(flag, ref, extractor, size, channels, split, info, barrier):

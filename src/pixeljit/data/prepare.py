@@ -57,6 +57,12 @@ class PrepareResult:
     empty_classes: list[str] = field(default_factory=list)
 
 
+def native_channels(source) -> int:
+    """The channels a source is packed with when none are asked for: grey for Fashion-MNIST,
+    colour for the others (emoji, image folders: grey images in a folder are repeated)."""
+    return GREY if str(source) == FASHION_MNIST else COLOUR
+
+
 def _open_source(
     source: str | os.PathLike,
     size: int,
@@ -89,10 +95,9 @@ def _open_source(
             f"skip_bad (--skip-bad) only applies to image folders and {EMOJI}, not {key} (its "
             "IDX files are read whole, with no single image to skip): leave it out"
         )
+    ch = native_channels(key) if channels is None else channels
     if key == FASHION_MNIST:
-        ch = GREY if channels is None else channels
         return fashion_mnist_stream(size, split or "train", ch, data_dir, download, limit)
-    ch = COLOUR if channels is None else channels
     if key == EMOJI:
         if split not in (None, EMOJI_SPLIT):
             raise ValueError(
@@ -148,7 +153,7 @@ def prepare(
     _check_count("limit", "--limit", limit, 1, None)
     _check_count("num_workers", "--workers", num_workers, 0, MAX_WORKERS)
     if images_per_shard is not None:
-        ch = channels or (GREY if str(source) == FASHION_MNIST else COLOUR)
+        ch = channels or native_channels(source)
         check_images_per_shard(images_per_shard, (ch, size, size))
     sources = _source_folders(source, data_dir)
     out_dir = check_output(out_dir, overwrite, sources)
