@@ -384,9 +384,12 @@ def test_reuse_takes_another_grids_finished_cell(runs, tmp_path):
 def test_cli_reuse_must_name_a_results_folder(runs, tmp_path, capsys):
     out = str(tmp_path / "out")
     (tmp_path / "plain").mkdir()
-    for bad in (tmp_path / "missing", tmp_path / "plain"):
+    for bad, said in (
+        (tmp_path / "missing", "missing does not exist: give the --out folder"),
+        (tmp_path / "plain", "plain: not the results folder of a reproduction"),
+    ):
         assert main(["reproduce", "noise", "--quick", "--out", out, "--reuse", str(bad)]) != 0
-        assert "not the results folder of a reproduction" in capsys.readouterr().err
+        assert said in capsys.readouterr().err
     _, noise_out, *_ = runs["noise"]
     args = ["reproduce", "noise", "--quick", "--out", str(noise_out), "--reuse", str(noise_out)]
     assert main(args) != 0

@@ -65,3 +65,21 @@ def test_a_milestone_of_another_config_is_not_judged_by_the_file(fmnist16, tmp_p
     assert main(["train", "--resume", str(out / "step-000000002.pt"), "--steps", "3",
                  "--no-progress"]) == 0  # fmt: skip
     assert load_checkpoint(out)["step"] == 3
+
+
+def test_a_config_files_run_out_is_refused_on_resume_not_replaced(run, tmp_path, capsys):
+    """--out and --set run.out elsewhere are refused on --resume (the run continues in its own
+    folder); a --config file's run.out was replaced by the run's folder without a word."""
+    elsewhere = tmp_path / "elsewhere"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"run:\n  out: {elsewhere}\n")
+    argv = ["train", "--resume", str(run), "--steps", "3", "--config", str(config), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--config {config} sets run.out {elsewhere}, but --resume {run} continues in its own "
+        f"folder {run}: drop run.out from the file or set it to {run}" in err
+    )
+    assert load_checkpoint(run)["step"] == 2 and not elsewhere.exists()
+    config.write_text(f"run:\n  out: {run}\n")  # the run's own folder, as its config.yaml says
+    assert main(argv) == 0 and load_checkpoint(run)["step"] == 3

@@ -70,8 +70,42 @@ def test_training_writes_tensorboard_scalars_equal_to_jsonl(data, tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     expected = jsonl_series(records)
     assert {"loss", "lr", "img_per_s"} <= set(expected)
-    assert any(key.startswith("loss_t[") for key in expected)  # loss by t-bucket
+    buckets = [key for key in expected if key.startswith("loss_t[")]  # loss by t-bucket
+    assert buckets
+    for record in records:  # log_every=1: a step's loss is its t-buckets' count-weighted mean
+        by_t = [record[key] for key in buckets if key in record]
+        assert min(by_t) <= record["loss"] * (1 + 1e-6) and record["loss"] <= max(by_t) * (1 + 1e-6)
     assert_same_series(read_events(tmp_path / "run" / TENSORBOARD_FOLDER), expected)
+
+
+def test_loss_tally_logs_the_mean_loss_of_each_t_bucket():
+    """The loop's per-t-bucket losses: the mean of the per-sample losses whose t fell in each
+    quarter of [0, 1], over every step since the last log line; a bucket no t fell in is not
+    logged (it would be 0 / 0)."""
+    from types import SimpleNamespace
+
+    from pixeljit.training.runlog import LossTally
+
+    tally = LossTally(torch.device("cpu"))
+    steps = [  # (per-sample losses, their t)
+        (torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0.1, 0.2, 0.3, 0.8])),
+        (torch.tensor([5.0, 7.0, 6.0, 9.0]), torch.tensor([0.0, 0.6, 0.74, 0.99])),
+    ]
+    for step, (losses, t) in enumerate(steps, start=1):
+        tally.add_losses(losses, t)
+        tally.end_step(step, losses.mean(), len(losses))
+    plan = SimpleNamespace(steps_per_epoch=10, global_batch=4)
+    record = tally.flush(2, plan, 1e-4, SimpleNamespace(enabled=False))
+    assert record["loss"] == pytest.approx((2.5 + 6.75) / 2)  # the steps' losses, averaged
+    assert record["loss_t[0.00,0.25)"] == pytest.approx((1 + 2 + 5) / 3)
+    assert record["loss_t[0.25,0.50)"] == pytest.approx(3.0)
+    assert record["loss_t[0.50,0.75)"] == pytest.approx((7 + 6) / 2)
+    assert record["loss_t[0.75,1.00)"] == pytest.approx((4 + 9) / 2)
+    tally.add_losses(torch.tensor([1.0]), torch.tensor([0.9]))  # the sums restarted
+    tally.end_step(3, torch.tensor(1.0), 1)
+    again = tally.flush(3, plan, 1e-4, SimpleNamespace(enabled=False))
+    assert [k for k in again if k.startswith("loss_t")] == ["loss_t[0.75,1.00)"]
+    assert again["loss_t[0.75,1.00)"] == 1.0 and again["loss"] == 1.0
 
 
 def test_tensorboard_off_writes_no_events(data, tmp_path):

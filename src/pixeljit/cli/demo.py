@@ -94,7 +94,8 @@ def check_demo_folder(
 ) -> None:
     """Refuse, before anything is printed: --resume with --restart, --resume of a folder with
     no checkpoint, a fresh demo into a folder that holds a run (naming --resume when it is a
-    demo run, --restart or another --out when its model is not the demo's)."""
+    demo run, --restart or another --out when its model is not the demo's). Whether `out` can
+    be made and written at all is `check_out_folder`'s, which `run` calls first."""
     from pixeljit.training.rundir import holds_checkpoint
 
     differs = other_model(out, model) if holds_checkpoint(out) else []
@@ -122,6 +123,7 @@ def run(args) -> int:
     from pixeljit.data.fashion_mnist import find_fashion_mnist
     from pixeljit.data.prepare import FASHION_MNIST
     from pixeljit.training.loop import train
+    from pixeljit.training.rundir import check_out_folder
 
     check_device("--device", args.device)  # before the first line is printed
     if args.device != "auto":  # one this machine has, before the folder is judged by it
@@ -129,6 +131,8 @@ def run(args) -> int:
 
         as_device(args.device, what="--device")
     cfg = demo_config(args.out, args.steps, args.device)
+    # a file, a link leading nowhere, a place that cannot be written: refused before any line
+    check_out_folder(args.out, cfg.data.source)
     model = dataclasses.asdict(cfg.model)
     check_demo_folder(Path(args.out), args.resume, args.restart, resume_command(args), model)
     if args.resume and args.steps is None:  # the length the interrupted demo was started with

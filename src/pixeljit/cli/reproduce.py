@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pixeljit.experiments.toy import ToyConfig
 
-from pixeljit.cli.checks import check_int, check_output, check_seed
+from pixeljit.cli.checks import check_int, check_output, check_seed, repeated
 from pixeljit.cli.reproduce_grid import (
     GRID_EXPERIMENTS,
     add_grid_flags,
@@ -49,7 +50,9 @@ def _add_toy(experiments) -> None:
         help="Fig. 2: x-, ε-, v-prediction on 2-D data buried in ℝ^D (CPU, minutes)",
         description=(
             "Train a 5-layer ReLU MLP per (prediction, D) with the v-loss, sample with Heun-50, "
-            "project back to 2-D; writes toy_fig2.png, toy_table.md and toy_table.json."
+            "project back to 2-D; writes toy_fig2.png, toy_table.md and toy_table.json. The runs "
+            "are kept in memory until all are done: an interrupted toy keeps none of them and "
+            "is re-run from the start."
         ),
     )
     p.add_argument(
@@ -102,8 +105,88 @@ def toy_config(
     return ToyConfig(seed=seed, **overrides)
 
 
+def check_toy_flags(args) -> None:
+    """The toy's flags, each error naming its flag, before ToyConfig sees them (so none of the
+    config's own field errors, e.g. `dims must not repeat`, reaches the command line)."""
+    from pixeljit.experiments.toy import DATA_DIM
+
+    check_seed("--seed", args.seed)
+    check_int("--steps", args.steps, 1, MAX_TOY_STEPS + 1)
+    check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)  # more only oversubscribe
+    for d in args.dims or ():
+        check_int("--dims", d, DATA_DIM, MAX_TOY_DIM + 1)  # the data's own 2 dimensions at least
+    twice = repeated(args.dims)
+    if twice:  # the grid verbs' wording
+        raise ValueError(f"--dims lists {', '.join(twice)} more than once: give each value once")
+
+
+def check_toy_outputs(out: Path, overwrite: bool) -> None:
+    """Every file the toy writes into `out`, before any training: a folder (or a link to one),
+    a symbolic link leading nowhere or anything but a plain file at one of its names is refused
+    even with --overwrite (the toy never wrote it); the files of an earlier run are refused
+    without --overwrite."""
+    from pixeljit.experiments.toy_report import toy_output_names
+
+    earlier = []
+    for name in toy_output_names():
+        path = out / name
+        if path.is_symlink() and not path.exists():
+            problem = f"a symbolic link to {os.readlink(path)}, which does not exist"
+        elif path.is_dir():
+            problem = "a folder"
+        elif path.exists() and not path.is_file():
+            problem = "not a plain file"
+        else:
+            problem = None
+        if problem:
+            raise ValueError(
+                f"--out {out} holds {name}, {problem}, where the toy writes its file of that "
+                "name: remove or rename it, or choose another --out"
+            )
+        if path.exists():
+            earlier.append(name)
+    if earlier and not overwrite:
+        raise ValueError(
+            f"--out {out} already holds {', '.join(earlier)} from an earlier run: "
+            "choose another --out or pass --overwrite to replace them"
+        )
+
+
+def _identity(path: Path) -> tuple | None:
+    """What tells a file just written (atomically: a new inode) from the one that was there."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def toy_interrupted(out: Path, before: dict[str, tuple | None], overwrite: bool) -> str:
+    """What a Ctrl-C of the toy leaves in `out` (`before`: `_identity` of each output name at the
+    start): the toy keeps its runs in memory only and does not resume, so either no file was
+    written, or some of this run's files were (atomically, each whole) before the stop."""
+    written = [name for name, was in before.items() if _identity(out / name) != was]
+    missing = [name for name in before if name not in written]
+    stale = [name for name in missing if before[name] is not None]
+    if not written:
+        kept = f" (it still holds the earlier run's {', '.join(stale)}, untouched)" if stale else ""
+        return (
+            f"no file written to --out {out}{kept}: the toy keeps its runs in memory only and "
+            "does not resume; re-run the same command to start again from the first run"
+        )
+    lacks = f" but not its {', '.join(missing)}" if missing else ""
+    mixed = (
+        f" (the {', '.join(stale)} there is the earlier run's and does not match)" if stale else ""
+    )
+    again = "the same command" if overwrite else "the same command with --overwrite"
+    return (
+        f"stopped while writing: --out {out} holds this run's {', '.join(written)}{lacks}"
+        f"{mixed}; the toy does not resume: re-run {again} to train and write them all again"
+    )
+
+
 def _run_toy(args) -> int:
-    from pixeljit.experiments.toy import DATA_DIM, run_toy
+    from pixeljit.experiments.toy import run_toy
     from pixeljit.experiments.toy_report import (
         measure,
         table_markdown,
@@ -111,28 +194,23 @@ def _run_toy(args) -> int:
         write_outputs,
     )
 
-    check_seed("--seed", args.seed)
-    check_int("--steps", args.steps, 1, MAX_TOY_STEPS + 1)
-    check_int("--threads", args.threads, 1, (os.cpu_count() or 1) + 1)  # more only oversubscribe
-    for d in args.dims or ():
-        check_int("--dims", d, DATA_DIM, MAX_TOY_DIM + 1)  # the data's own 2 dimensions at least
+    check_toy_flags(args)
     config = toy_config(args.quick, args.seed, args.steps, args.dims, args.threads)
     out = check_output("--out", args.out, folder=True, overwrite=True)  # a folder of results
-    earlier = [out / name for name in toy_output_names() if (out / name).exists()]
-    if earlier and not args.overwrite:
-        raise ValueError(
-            f"--out {out} already holds {', '.join(p.name for p in earlier)} from an earlier run: "
-            "choose another --out or pass --overwrite to replace them"
-        )
+    check_toy_outputs(out, args.overwrite)
     cells = len(config.dims) * len(config.predictions)
     print(
         f"pixeljit reproduce toy: {cells} runs (D ∈ {list(config.dims)} × "
         f"{list(config.predictions)}), {config.steps} steps each, seed {config.seed} → {out}"
     )
     start = time.perf_counter()
-    result = run_toy(config, progress=lambda line: print("  " + line, flush=True))
-    rows = measure(result)
-    paths = write_outputs(result, out, rows)
+    before = {name: _identity(out / name) for name in toy_output_names()}
+    try:
+        result = run_toy(config, progress=lambda line: print("  " + line, flush=True))
+        rows = measure(result)
+        paths = write_outputs(result, out, rows)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(toy_interrupted(out, before, args.overwrite)) from None
     return print_outputs(table_markdown(rows), start, paths)
 
 

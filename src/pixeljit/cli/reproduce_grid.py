@@ -90,6 +90,9 @@ def check_reuse(folders, out) -> list[Path]:
     """--reuse: existing results folders of some reproduction, not --out itself."""
     found = []
     for folder in map(Path, folders):
+        if not folder.exists():
+            raise FileNotFoundError(f"--reuse {folder} does not exist: give the --out folder of "
+                                    "an earlier pixeljit reproduce run")  # fmt: skip
         if not folder.is_dir() or not any(folder.glob("*-config.json")):
             raise ValueError(
                 f"--reuse {folder}: not the results folder of a reproduction (no *-config.json "

@@ -11,6 +11,8 @@ the folder --resume names (never in the `run.out` saved inside the checkpoint).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pixeljit.training.config_io import apply_overrides, from_dict, load_yaml, parse_set
 from pixeljit.training.presets import get_preset, presets
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
@@ -98,6 +100,7 @@ def build_config(args):
         from pixeljit.checkpoints.run import find_checkpoint
 
         flags["run.out"] = str(find_checkpoint(args.resume).parent)
+        _check_file_out(args.config, args.resume, cfg.run.out, flags["run.out"])
     if args.steps is not None:  # the length is steps alone: a preset's or file's epochs go
         flags.update({"optim.steps": args.steps, "optim.epochs": None})
     if args.epochs is not None:
@@ -125,6 +128,19 @@ def build_config(args):
             raise ValueError(f"--set {key}={settings[key]} and {flag} {value} both {sets}: "
                              "pass one of them")  # fmt: skip
     return apply_overrides(cfg, user_layer(settings, "--set", cfg))
+
+
+def _check_file_out(config: str | None, resume: str, out: str, folder: str) -> None:
+    """A --config file's run.out is refused on --resume, as --out and --set run.out are (the
+    run continues in its own folder), not replaced by that folder without a word."""
+    if config is None or "run.out" not in _flat(load_yaml(config)):
+        return
+    if Path(out).resolve() != Path(folder).resolve():
+        raise ValueError(
+            f"--config {config} sets run.out {out}, but --resume {resume} continues in its own "
+            f"folder {folder}: drop run.out from the file or set it to {folder} (to branch a "
+            "run, copy its folder and resume the copy)"
+        )
 
 
 def _flat(overrides: dict) -> dict:

@@ -314,6 +314,37 @@ def score_samples(
     }
 
 
+def grid_readable(path: Path) -> bool:
+    """Whether `path` is an image file PIL can read (a cell's sample grid)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, ValueError, SyntaxError):  # missing, a folder, not an image, truncated
+        return False
+    return True
+
+
+def redraw_grid(folder: Path, cell: Cell, measure: Measure, result: dict) -> None:
+    """A finished cell's sample grid drawn again from its checkpoint, the same images (samples
+    have seeds of their own) where it is missing or unreadable: the reports show it."""
+    path = folder / GRID_NAME
+    if not has_checkpoint(folder):
+        taken = f" (taken from {result['reused_from']})" if result.get("reused_from") else ""
+        raise FileNotFoundError(
+            f"{path} is missing or not an image, and the finished cell{taken} holds no "
+            f"checkpoint to draw it again: restore the file, or move {folder} away to train "
+            "the cell again"
+        )
+    if path.is_dir() or path.is_symlink():
+        raise FileExistsError(f"{path} is not a file: move it away and {RERUN}")
+    count = measure.grid_samples
+    shown = dataclasses.replace(measure, num_samples=max(count, 2))  # a Measure needs two
+    samples = sample_cell(folder, shown, cell.config.run.seed, cell.config.run.device)
+    save_grid(samples[:count], path, ncols=GRID_COLUMNS)
+
+
 def run_cell(
     cell: Cell,
     measure: Measure,
@@ -325,7 +356,10 @@ def run_cell(
     folder = Path(cell.config.run.out)
     done = folder / RESULT_NAME
     if done.is_file():
-        return read_json(done), True
+        result = read_json(done)
+        if not grid_readable(folder / GRID_NAME):
+            redraw_grid(folder, cell, measure, result)
+        return result, True
     folder.mkdir(parents=True, exist_ok=True)
     trained = train_cell(cell, train_fn)
     start = time.perf_counter()

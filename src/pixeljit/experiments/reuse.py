@@ -33,6 +33,7 @@ from pixeljit.experiments.evidence import (
     Cell,
     Measure,
     RealReference,
+    grid_readable,
     read_json,
     write_json,
 )
@@ -158,6 +159,8 @@ def differences(donor: Donor, wanted: dict, data: str, facts: dict, real, size: 
         found.append("how the cells are sampled and scored (samples, sampler, weights)")
     if not same_real(donor.real, real, size):
         found.append("the real reference (its images or count)")
+    if not grid_readable(donor.folder / GRID_NAME):
+        found.append(f"its sample grid ({GRID_NAME}: missing or not an image)")
     return found
 
 
@@ -232,9 +235,7 @@ def adopt(cell: Cell, donor: Donor) -> None:
     """The donor's result under this cell's name, labels and config, and its sample grid."""
     folder = Path(cell.config.run.out)
     folder.mkdir(parents=True, exist_ok=True)
-    grid = donor.folder / donor.result.get("grid", GRID_NAME)
-    if grid.is_file():
-        shutil.copyfile(grid, folder / GRID_NAME)
+    shutil.copyfile(donor.folder / GRID_NAME, folder / GRID_NAME)  # its own, never a named path
     config = donor.result["config"]
     config = {**config, "run": {**config.get("run", {}), "out": str(folder)},
               "data": {**config.get("data", {}), "source": cell.config.data.source}}  # fmt: skip

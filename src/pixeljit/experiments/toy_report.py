@@ -136,10 +136,17 @@ def write_outputs(
     result: ToyResult, out_dir: str | os.PathLike, rows: list[dict] | None = None
 ) -> dict[str, Path]:
     """Figure, markdown table and JSON table of a run under out_dir (created if missing);
-    `rows` are `measure(result)` if already computed."""
+    `rows` are `measure(result)` if already computed. A folder at one of the names is refused
+    before any file is written (not after the first ones)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder {out} is a file; pass a folder")
+    for name in toy_output_names():
+        if (out / name).is_dir():
+            raise ValueError(
+                f"{out / name} is a folder where write_outputs writes its file {name}: remove "
+                "or rename it, or pass another out_dir"
+            )
     write_table(result, out, TABLE_STEM, rows)
     return {
         "figure": write_figure(result, out / FIGURE_NAME),

@@ -33,6 +33,7 @@ from pixeljit.checkpoints.hub_card import RUN_SCORES_FILES
 from pixeljit.checkpoints.run import config_changes, resume_hint, same_file
 from pixeljit.files.atomic import atomic_write, atomic_write_text, process_alive
 from pixeljit.training.config_io import load_yaml
+from pixeljit.training.outdir import check_out_usable
 from pixeljit.training.resume import PLACE_FIELDS, with_added_fields
 from pixeljit.training.runlog import LOSS_PLOT, METRICS_FILE
 
@@ -73,12 +74,7 @@ class RunLock:
         self._made_folder = self._made_file = False
 
     def acquire(self) -> RunLock:
-        # mkdir would say only "File exists" / "Not a directory"
-        existing = next(p for p in (self.folder, *self.folder.absolute().parents) if p.exists())
-        if not existing.is_dir():
-            what = "is a file" if existing == self.folder else f"is inside {existing}, a file"
-            raise ValueError(f"the run folder {self.folder} (--out) {what}, not a folder: pass "
-                             "a folder for the run")  # fmt: skip
+        check_out_usable(self.folder, write=False)  # a file, a link leading nowhere
         self._made_folder = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
@@ -337,11 +333,9 @@ def sweep_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 def check_out_folder(out: str | os.PathLike, data_source: str | None) -> None:
     """Refuse an output folder that is, lies inside, or contains the training data folder, or
-    lies inside another run's folder (symbolic links resolved), or is a symbolic link leading
-    nowhere. Call before creating `out`."""
-    if Path(out).is_symlink() and not Path(out).exists():
-        raise ValueError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not "
-                         "exist: create that folder, or pass another --out")  # fmt: skip
+    lies inside another run's folder (symbolic links resolved), or cannot be made or written
+    (`check_out_usable`). Call before creating `out`."""
+    check_out_usable(out)
     out_path = Path(out).resolve()
     if data_source and Path(data_source).exists():
         data = Path(data_source).resolve()
