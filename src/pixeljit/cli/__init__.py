@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 
+from pixeljit.training import stopsignal
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
 
 DEBUG_HELP = "show the full traceback of an error instead of one line"
@@ -139,6 +140,31 @@ def rank_tag() -> str:
     return f" (rank {os.environ.get('RANK', '0')} of {world})" if world > 1 else ""
 
 
+class _Terminated:
+    """SIGTERM (`kill PID`, `timeout`, a scheduler) as Ctrl-C: the verbs' own handling of an
+    interruption (what a partial output holds, how to go on) is said, and the exit status stays
+    SIGTERM's. Training and the grids listen for it themselves while they run (`stopsignal`).
+    Under torchrun it keeps its default effect: a rank unwinding while the others are gone would
+    wait for them at teardown."""
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def __call__(self, signum: int, frame) -> None:
+        self.received = signum
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def __enter__(self):
+        alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
+        default = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        listening = alone and default and stopsignal.can_listen()
+        self.previous = stopsignal.install(self, (signal.SIGTERM,)) if listening else {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stopsignal.restore(self.previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:  # the verbs' imports (torch) take seconds: a Ctrl-C there is no error either
         parser = build_parser()
@@ -146,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         print("pixeljit: interrupted", file=sys.stderr)
         return SIGNAL_EXIT_BASE + signal.SIGINT
     args = parser.parse_args(argv)
+    terminated = _Terminated()
     try:
-        return int(args.run(args) or 0)
+        with terminated:
+            return int(args.run(args) or 0)
     except (ValueError, RuntimeError, OSError) as err:  # OSError: missing, unwritable, full disk
         if args.debug:
             raise
@@ -159,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         detail = f": {error_line(err)}" if str(err) else ""
         print(f"pixeljit {args.verb}{rank_tag()}: interrupted{detail}", file=sys.stderr)
-        return SIGNAL_EXIT_BASE + getattr(err, "signum", signal.SIGINT)  # SIGTERM: 143
+        signum = getattr(err, "signum", None) or terminated.received or signal.SIGINT
+        return SIGNAL_EXIT_BASE + signum  # SIGTERM: 143
 
 
 if __name__ == "__main__":
