@@ -48,6 +48,7 @@ from pixeljit.metrics.image_sources import (
     npz_labels,
 )
 from pixeljit.metrics.labelled import AccuracyCounter, label_order
+from pixeljit.metrics.score import metric_names
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ def score_labelled(
     """Score (uint8 images (B, C, H, W), labels (B,) or None) batches against `ref`; adds
     `class_accuracy` when the extractor classifies the `classes`-way label space, the labels
     matched to its classes by `label_names` where both sides name them (`label_order`)."""
+    metrics = metric_names(metrics)  # "is" alone is one metric, not two letters
     if "is" in metrics and extractor.num_classes == 0:
         metrics = tuple(m for m in metrics if m != "is")
     counter = None

@@ -6,6 +6,7 @@ with the same functions, so no file is written that loading would refuse."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from pixeljit.diffusion.objective import (
     PRECONDITIONERS,
@@ -55,7 +56,7 @@ def check_objective(source, prediction, noise_scale, preconditioner) -> tuple[st
 
 
 def check_class_names(source, names, num_classes=None) -> tuple[str, ...] | None:
-    """Class names as a tuple (None for none): a list of strings, and no more than
+    """Class names as a tuple (None for none): a list of distinct strings, and no more than
     `num_classes` when that is given (anything but an integer there is refused)."""
     if names is None:
         return None
@@ -65,6 +66,10 @@ def check_class_names(source, names, num_classes=None) -> tuple[str, ...] | None
     if num_classes is not None and (not bounded or len(names) > num_classes):
         raise ValueError(f"{source}: {len(names)} class names for num_classes {num_classes!r}: "
                          "there must be no more names than classes")  # fmt: skip
+    repeated = sorted(n for n, k in Counter(names).items() if k > 1)
+    if repeated:  # a name → index lookup would only ever find the first
+        raise ValueError(f"{source}: class_names must be distinct, {', '.join(map(repr, repeated))}"
+                         " appear more than once: give each class its own name")  # fmt: skip
     return tuple(names) if names else None
 
 

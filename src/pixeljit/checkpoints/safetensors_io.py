@@ -44,10 +44,14 @@ def save_safetensors(
     written atomically. Everything is checked as loading checks it, before anything is written
     (a file `load_trained` would refuse is never made); an existing file is replaced only with
     `overwrite`. Without `objective` the file loads as ObjectiveConfig's defaults (x-prediction,
-    noise scale image_size / 256)."""
+    noise scale image_size / 256). A `torch.compile`d network is saved as the network it wraps
+    (`net._orig_mod`: the same weights, under their own names)."""
     from safetensors.torch import save
 
+    if not isinstance(overwrite, bool):  # overwrite="no" is truthy: it would replace the file
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
     path = _checked_path(path, overwrite)
+    net = getattr(net, "_orig_mod", net) if type(net).__name__ == "OptimizedModule" else net
     config = getattr(net, "config", None)
     if not isinstance(net, JiT) or not isinstance(config, JiTConfig):
         raise ValueError(f"save_safetensors takes a pixeljit JiT network, got {type(net).__name__}")
@@ -72,6 +76,7 @@ def save_safetensors(
     # serialised here and written by Python: a failed write is an OSError naming the file (not a
     # SafetensorError), and the file gets the usual umask-derived mode
     blob = save(tensors, metadata=meta)
+    path.parent.mkdir(parents=True, exist_ok=True)  # only once everything has been checked
     return atomic_write_stream(path, lambda f: f.write(blob))
 
 
@@ -86,6 +91,9 @@ def safetensors_name_problem(name: str) -> str | None:
 
 
 def _checked_path(path, overwrite: bool) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+        raise TypeError(f"path must be a str or os.PathLike (e.g. pathlib.Path), got "
+                        f"{type(path).__name__} {path!r} (bytes: pass path.decode())")  # fmt: skip
     path = Path(path)
     problem = safetensors_name_problem(str(path))
     if problem:
@@ -94,7 +102,6 @@ def _checked_path(path, overwrite: bool) -> Path:
         raise ValueError(f"{path} is a folder: name a file NAME{SAFETENSORS_SUFFIX}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists: pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -26,6 +26,40 @@ from .shards import MANIFEST
 MAX_CLASSES = 1 << 20
 
 
+def check_indices(indices, count: int) -> np.ndarray:
+    """`gather`'s indices as int64 (B,), each in [0, count): negative ones would wrap to the
+    end silently, a boolean mask would be read as rows 0 and 1, floats truncated."""
+    given = np.asarray(indices)
+    if given.size == 0:
+        return given.astype(np.int64).reshape(0)
+    if given.dtype.kind not in "iu":
+        raise TypeError(f"indices must be integers (row numbers), got {given.dtype}: pass "
+                        "np.flatnonzero(mask) for a boolean mask")  # fmt: skip
+    if given.ndim != 1:
+        raise ValueError(f"indices must be 1-D (B,), got shape {given.shape}: flatten them")
+    low, high = int(given.min()), int(given.max())
+    if low < 0 or high >= count:
+        bad = low if low < 0 else high
+        raise ValueError(f"indices must be in [0, {count}) for {count} images, got {bad}: "
+                         "negative indices are not counted from the end")  # fmt: skip
+    return given.astype(np.int64)
+
+
+def check_range(start: int, stop: int, count: int) -> tuple[int, int]:
+    """`slice`'s (start, stop) as 0 ≤ start ≤ stop, start ≤ count; stop past the end is cut to
+    `count` (the last batch of a loop may ask for more), nothing counts from the end."""
+    for name, value in (("start", start), ("stop", stop)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"slice {name} must be an integer, got {value!r}")
+    if start < 0 or stop < 0:
+        raise ValueError(f"slice({start}, {stop}): start and stop must be ≥ 0 (negative values "
+                         "are not counted from the end)")  # fmt: skip
+    if start > stop or start > count:
+        raise ValueError(f"slice({start}, {stop}) must have start ≤ stop and start ≤ {count} "
+                         f"(the images held)")  # fmt: skip
+    return int(start), int(min(stop, count))
+
+
 def _mismatch(folder: Path, what: str) -> ValueError:
     return ValueError(
         f"packed set {folder}: {what}; the files do not match the manifest: {PREPARE_HINT}"
@@ -119,7 +153,7 @@ class PackedDataset:
 
     def gather(self, indices: np.ndarray) -> np.ndarray:
         """Images at `indices` (B,) as a fresh (B, C, H, W) uint8 array (any order)."""
-        indices = np.asarray(indices, dtype=np.int64)
+        indices = check_indices(indices, len(self))
         if len(self._shards) == 1:
             return self._shards[0][indices]
         shard = indices // self.images_per_shard  # (B,)
@@ -131,8 +165,10 @@ class PackedDataset:
         return out
 
     def slice(self, start: int, stop: int) -> np.ndarray:
-        """Images start..stop-1 in packed order, (stop - start, C, H, W) uint8."""
-        return self.gather(np.arange(start, min(stop, len(self)), dtype=np.int64))
+        """Images start..stop-1 in packed order, (stop - start, C, H, W) uint8; stop past the
+        end is cut to the end, start < 0 or start > stop are refused."""
+        start, stop = check_range(start, stop, len(self))
+        return self.gather(np.arange(start, stop, dtype=np.int64))
 
 
 class ArrayDataset:
@@ -162,7 +198,8 @@ class ArrayDataset:
         return len(self.labels)
 
     def gather(self, indices: np.ndarray) -> np.ndarray:
-        return self.images[np.asarray(indices, dtype=np.int64)]
+        return self.images[check_indices(indices, len(self))]
 
     def slice(self, start: int, stop: int) -> np.ndarray:
+        start, stop = check_range(start, stop, len(self))
         return self.images[start:stop]

@@ -190,6 +190,38 @@ def _source_folders(source: str | os.PathLike, data_dir: str | os.PathLike | Non
     return folders
 
 
+def _check_images(images: np.ndarray) -> np.ndarray:
+    """`pack_arrays`' images as the reader (PackedDataset) and training take them: non-empty
+    uint8 (N, C, H, W), C = 1 or 3 (as `prepare` packs). H ≠ W is kept: the reader takes it
+    (training then asks for square images)."""
+    shape = images.shape
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:  # noqa: PLR2004
+        raise ValueError(f"images must be non-empty uint8 (N, C, H, W), got {images.dtype} "
+                         f"{shape}: convert with images.astype(np.uint8) (values 0..255) and "
+                         "stack them into one (N, C, H, W) array")  # fmt: skip
+    if shape[1] not in (GREY, COLOUR):
+        nhwc = shape[3] in (GREY, COLOUR)
+        raise ValueError(f"images must be (N, C, H, W) with C = 1 (grey) or 3 (RGB), got shape "
+                         f"{shape}" + (": this looks like NHWC (channels last); pass "
+                         "images.transpose(0, 3, 1, 2)" if nhwc else ""))  # fmt: skip
+    return images
+
+
+def _check_labels(labels, count: int) -> np.ndarray:
+    """`pack_arrays`' labels as int64: integers ≥ 0, one per image (floats are refused, not
+    truncated)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers (class indices), got {labels.dtype}: pass "
+                        "labels.astype(np.int64) if they are whole numbers")  # fmt: skip
+    if labels.shape != (count,):
+        raise ValueError(f"labels must be 1-D, one per image ({count},), got shape "
+                         f"{labels.shape}")  # fmt: skip
+    if count and labels.min() < 0:
+        raise ValueError(f"labels must be classes ≥ 0, got {labels.min()}")
+    return labels.astype(np.int64)
+
+
 def pack_arrays(
     images: np.ndarray,
     out_dir: str | os.PathLike,
@@ -205,13 +237,11 @@ def pack_arrays(
     Without labels the set is unconditional (one class, label 0); without class names the
     classes are named "0", "1", ... up to the largest label.
     """
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
-        raise ValueError(
-            f"images must be non-empty uint8 (N, C, H, W), got {images.dtype} {images.shape}"
-        )
+    images = _check_images(np.asarray(images))
     conditional = labels is not None
-    labels = np.zeros(len(images), np.int64) if labels is None else np.asarray(labels, np.int64)
+    labels = (
+        np.zeros(len(images), np.int64) if labels is None else _check_labels(labels, len(images))
+    )
     if class_names is None:
         class_names = [str(k) for k in range(int(labels.max()) + 1)] if conditional else ["all"]
     stream = SourceStream(

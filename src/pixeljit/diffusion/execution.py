@@ -20,6 +20,18 @@ _COMPILE_BACKEND = "inductor"  # the tests swap in "eager" (no C++/Triton build 
 _COMPILED_ATTR = "_pixeljit_compiled"  # net.__dict__ entry: {(mode, backend): compiled net}
 
 
+class _CompiledCache(dict):
+    """The compiled nets kept on a net. A copy or a pickle of the net gets an empty cache (the
+    compiled wrappers point back to the original net and cannot be copied or pickled), so
+    `copy.deepcopy(net)` and `torch.save(net)` still work after compiled sampling."""
+
+    def __deepcopy__(self, memo) -> _CompiledCache:
+        return _CompiledCache()
+
+    def __reduce__(self):
+        return (_CompiledCache, ())
+
+
 def check_compile_mode(mode: str | None) -> None:
     if mode is not None and mode not in COMPILE_MODES:
         raise ValueError(
@@ -35,10 +47,14 @@ def check_amp_dtype(amp_dtype: torch.dtype | None) -> None:
 
 def compiled_network(net, mode: str):
     """`torch.compile(net, mode=mode, dynamic=False)`, built once per (net, mode) and kept in the
-    net's `__dict__` (not a submodule: its state_dict is unchanged) for later `sample` calls;
-    dynamo compiles each batch shape it meets once (N and 2N). The net itself stays eager."""
+    net's `__dict__` (not a submodule: its state_dict is unchanged; copies and pickles of the net
+    leave it behind) for later `sample` calls; dynamo compiles each batch shape it meets once
+    (N and 2N). The net itself stays eager."""
     check_compile_mode(mode)
-    cache = getattr(net, "__dict__", {}).setdefault(_COMPILED_ATTR, {})
+    holder = getattr(net, "__dict__", {})
+    cache = holder.get(_COMPILED_ATTR)
+    if not isinstance(cache, _CompiledCache):
+        cache = holder[_COMPILED_ATTR] = _CompiledCache()
     key = (mode, _COMPILE_BACKEND)
     if key not in cache:
         options = {"mode": mode} if _COMPILE_BACKEND == "inductor" else {}  # modes: inductor's

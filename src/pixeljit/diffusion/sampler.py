@@ -133,10 +133,15 @@ def check_finite(images: Tensor, start: int = 0, knobs: str = "cfg / noise_scale
 
 
 def _device_of(net, labels, noise, device) -> torch.device:
-    if noise is not None:
-        return noise.device
-    if device is not None:
-        return as_device(device)
+    asked = None if device is None else as_device(device)
+    if noise is not None:  # the noise's device decides; a `device` naming another is refused
+        got = noise.device
+        if asked is not None and asked not in (got, torch.device(got.type)):
+            raise ValueError(f"device={str(asked)!r} but noise is on {str(got)!r}: move the noise "
+                             f"(noise.to({str(asked)!r})) or drop device")  # fmt: skip
+        return got
+    if asked is not None:
+        return asked
     if isinstance(net, nn.Module):
         param = next(net.parameters(), None)
         if param is not None:
@@ -216,7 +221,11 @@ def check_sampling_args(
 
 
 def check_seed(seed: int | None, first_index: int = 0) -> None:
-    """A per-sample seed base in [0, 2**63) (None: no per-sample seeds) and an index ≥ 0."""
+    """A per-sample seed base in [0, 2**63) (None: no per-sample seeds) and an index ≥ 0, which
+    only means something with a seed."""
+    if seed is None and first_index != 0:
+        raise ValueError(f"first_index={first_index!r} numbers per-sample seeds: pass seed= "
+                         "with it, or drop first_index")  # fmt: skip
     for name, value in (("seed", seed), ("first_index", first_index)):
         if value is None and name == "seed":
             continue

@@ -39,15 +39,38 @@ ImageSource = torch.Tensor | np.ndarray | Iterable[torch.Tensor] | str | os.Path
 
 
 def _to_nchw(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A batch as a tensor, refused unless it is 4-d (N, C, H, W) with C in {1, 3}: a 3-d array
+    is ambiguous (one RGB image (3, H, W), or three grey ones (N, H, W)?) and NHWC would be read
+    with its rows as channels, either way scoring other images than meant."""
     t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
-    if t.ndim == 3:
-        t = t.unsqueeze(1)  # (N, H, W) grey -> (N, 1, H, W)
+    if not isinstance(t, torch.Tensor):
+        return t  # the extractor names what it got
+    shape = tuple(t.shape)
+    if t.ndim != 4:
+        raise ValueError(f"images must be uint8 (N, C, H, W) batches with C = 1 or 3, got shape "
+                         f"{shape}: stack single images (C, H, W) into a batch "
+                         "(torch.stack(list)), give one image as x[None], and grey (N, H, W) as "
+                         "x[:, None]")  # fmt: skip
+    if shape[1] not in (1, 3) and shape[3] in (1, 3):
+        raise ValueError(f"images must be (N, C, H, W), got shape {shape}, which looks like "
+                         "NHWC (channels last): pass x.permute(0, 3, 1, 2) (numpy: "
+                         "x.transpose(0, 3, 1, 2))")  # fmt: skip
     return t
+
+
+def check_batch_size(batch_size: int, name: str = "batch_size") -> int:
+    """`batch_size` as a whole number ≥ 1, or a ValueError naming `name`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"{name} must be a whole number ≥ 1, got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"{name} must be ≥ 1 (images per batch), got {batch_size}")
+    return int(batch_size)
 
 
 def iter_batches(source: ImageSource, batch_size: int = DEFAULT_BATCH) -> Iterator[torch.Tensor]:
     """uint8 batches (n ≤ batch_size, C, H, W) from a tensor/array (N, C, H, W), an iterable of
     such batches (passed through as they come), a folder of images or an `.npz` path."""
+    batch_size = check_batch_size(batch_size)
     if isinstance(source, (str, os.PathLike)):
         yield from iter_path_images(source, batch_size)
     elif isinstance(source, (torch.Tensor, np.ndarray)):

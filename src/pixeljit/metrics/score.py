@@ -22,11 +22,26 @@ from .distances import (
     precision_recall,
 )
 from .extractor import FeatureExtractor
-from .image_sources import DEFAULT_BATCH, ImageSource, iter_batches
+from .image_sources import DEFAULT_BATCH, ImageSource, check_batch_size, iter_batches
 from .stats import DEFAULT_BANK_CAPACITY, FeatureBank, FeatureStats, all_gather_rows
 
 METRICS = ("fd", "kid", "is", "pr")
 PR_REAL_SEED = 0  # draws the real features that precision / recall compare against
+
+
+def metric_names(metrics) -> tuple[str, ...]:
+    """`metrics` as a tuple of names: one name ("fd") is that metric, not its letters."""
+    if isinstance(metrics, str):
+        return (metrics,)
+    try:
+        names = tuple(metrics)
+    except TypeError:
+        raise TypeError(f"metrics must be names from {METRICS} (a str or a tuple of them), got "
+                        f"{type(metrics).__name__} {metrics!r}") from None  # fmt: skip
+    odd = [m for m in names if not isinstance(m, str)]
+    if odd:
+        raise TypeError(f"metrics must be names from {METRICS}, got {odd[0]!r} in {metrics!r}")
+    return names
 
 
 @dataclass
@@ -46,6 +61,8 @@ class ScoreConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.metrics = metric_names(self.metrics)
+        self.batch_size = check_batch_size(self.batch_size, "ScoreConfig.batch_size")
         unknown = set(self.metrics) - set(METRICS)
         if unknown:
             raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
@@ -132,11 +149,11 @@ def score_images(
 ) -> Scores:
     """Score uint8 images (N, C, H, W) — a tensor, batches, a folder or an `.npz` — against `ref`.
 
-    `metrics` (subset of "fd", "kid", "is", "pr") overrides cfg.metrics. FD/KID/PR need `ref`
-    made with the same extractor; IS needs an extractor with logits.
+    `metrics` (subset of "fd", "kid", "is", "pr", or one such name) overrides cfg.metrics.
+    FD/KID/PR need `ref` made with the same extractor; IS needs an extractor with logits.
     """
     cfg = cfg or ScoreConfig()
-    wanted = tuple(metrics) if metrics is not None else cfg.metrics
+    wanted = metric_names(metrics) if metrics is not None else cfg.metrics
     ScoreConfig(metrics=wanted)  # validates the names
     needs_ref = {"fd", "kid", "pr"} & set(wanted)
     if needs_ref:
@@ -178,6 +195,30 @@ def score_images(
     return scores
 
 
+def _check_labels(labels, num_classes: int) -> torch.Tensor:
+    """`labels` as a 1-D int64 CPU tensor of classes in [0, num_classes), or a ValueError /
+    TypeError saying what was given: (N, 1) would broadcast against the predictions, floats
+    would be truncated, and a class the classifier lacks would count as a silent miss."""
+    if isinstance(labels, (list, tuple)):
+        labels = np.asarray(labels)
+    if not isinstance(labels, (torch.Tensor, np.ndarray)):
+        raise TypeError(f"labels must be a 1-D integer tensor or array (N,), got "
+                        f"{type(labels).__name__}")  # fmt: skip
+    t = torch.from_numpy(np.ascontiguousarray(labels)) if isinstance(labels, np.ndarray) else labels
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"labels must be integers (class indices), got {t.dtype}: pass "
+                        "labels.long() if they are whole numbers")  # fmt: skip
+    if t.ndim != 1:
+        raise ValueError(f"labels must be 1-D (N,), one class per image, got shape "
+                         f"{tuple(t.shape)}: flatten them (labels.reshape(-1))")  # fmt: skip
+    t = t.cpu().long()
+    if len(t) and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+        raise ValueError(f"labels must be classes in [0, {num_classes}) of the classifier, got "
+                         f"{bad}: map them to its label space first")  # fmt: skip
+    return t
+
+
 def class_accuracy(
     images: ImageSource,
     labels: torch.Tensor,
@@ -191,14 +232,21 @@ def class_accuracy(
     """
     if extractor.num_classes == 0:
         raise ValueError(f"extractor {extractor.name!r} has no classifier head")
-    labels = torch.as_tensor(labels, dtype=torch.long).cpu()
+    labels = _check_labels(labels, extractor.num_classes)
+    batch_size = check_batch_size(batch_size)
+    count = len(images) if isinstance(images, (torch.Tensor, np.ndarray)) else None
+    if count is not None and count != len(labels):
+        raise ValueError(f"labels must be one per image: got {len(labels)} labels for {count} "
+                         "images")  # fmt: skip
     hits, seen = 0, 0
     for batch in iter_batches(images, batch_size):
         pred = extractor.logits(batch).argmax(dim=1).cpu()  # (n,)
         if seen + len(pred) > len(labels):
-            raise ValueError(f"more images than labels ({len(labels)})")
+            raise ValueError(f"labels must be one per image: got {len(labels)} labels for more "
+                             f"images ({seen + len(pred)} so far)")  # fmt: skip
         hits += int((pred == labels[seen : seen + len(pred)]).sum())
         seen += len(pred)
     if seen != len(labels) or seen == 0:
-        raise ValueError(f"got {seen} images for {len(labels)} labels")
+        raise ValueError(f"labels must be one per image: got {len(labels)} labels for {seen} "
+                         "images")  # fmt: skip
     return hits / seen

@@ -74,6 +74,9 @@ class JiTConfig:
     attention: str = "sdpa"
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # a list kept in a tuple field would make it unhashable
+            if "tuple" in str(f.type) and isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         self._check_types()
         for name in _POSITIVE_FIELDS:
             if getattr(self, name) < 1:
@@ -179,7 +182,8 @@ class JiTConfig:
 class JiT(nn.Module):
     """net(z, t, y): z (N, C, H, W), t (N,) in [0, 1], y (N,) int64 with `num_classes` = null.
 
-    Returns (N, C, H, W). For unconditional models (`num_classes == 0`) y may be None.
+    Returns (N, C, H, W). For unconditional models (`num_classes == 0`) y must be None. z has the
+    weights' dtype (any float dtype under autocast).
 
     `checkpoint_blocks` (off; training's `run.activation_checkpointing` turns it on) keeps only
     each block's input while a forward pass records gradients and recomputes the block's
@@ -309,6 +313,17 @@ class JiT(nn.Module):
             raise ValueError(
                 f"y must have shape ({z.shape[0]},) for a conditional model, got {got}"
             )
+        if cfg.num_classes == 0 and y is not None:  # it would be ignored
+            raise ValueError("y must be None for an unconditional model (num_classes=0), got a "
+                             f"tensor of shape {tuple(y.shape)}: pass y=None")  # fmt: skip
+        if y is not None and y.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"y must hold integer class indices (int64), got {y.dtype}: pass "
+                             "y.long()")  # fmt: skip
+        # dtypes are known while tracing: no sync, no graph break
+        weights = self.pos_embed.dtype
+        if z.dtype != weights and not torch.is_autocast_enabled(z.device.type):
+            raise ValueError(f"z is {z.dtype} but the weights are {weights}: pass z.to({weights})"
+                             f" (e.g. z.float()), or run under torch.autocast")  # fmt: skip
 
     def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
         # tokens (N, S*S, p*p*C) with per-token layout (p_row, p_col, C) -> (N, C, S*p, S*p)
