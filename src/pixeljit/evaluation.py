@@ -42,6 +42,7 @@ from pixeljit.metrics import (
 )
 from pixeljit.metrics.image_sources import (
     DEFAULT_BATCH,
+    count_path_images,
     folder_labels,
     iter_batches,
     npz_class_names,
@@ -49,6 +50,7 @@ from pixeljit.metrics.image_sources import (
 )
 from pixeljit.metrics.labelled import AccuracyCounter, label_order
 from pixeljit.metrics.score import metric_names
+from pixeljit.metrics.stats import distributed_active
 
 
 @dataclass(frozen=True)
@@ -217,17 +219,40 @@ def score_image_source(
             f"{extractor.name} classifier knows {classes} classes",
             stacklevel=2,
         )
-    if labels is None or not classes or beyond:
-        config = ScoreConfig(batch_size=batch_size)
-        return score_images(images, extractor, ref, metrics, config).as_dict()
+    labelled = not (labels is None or not classes or beyond)
 
     def batches():
         start = 0
         for u8 in iter_batches(images, batch_size):
-            yield u8, torch.from_numpy(labels[start : start + len(u8)])
+            y = torch.from_numpy(labels[start : start + len(u8)]) if labelled else None
+            yield u8, y
             start += len(u8)
 
-    return score_labelled(batches(), classes, extractor, ref, metrics, batch_size, names)
+    mine = _rank_share(batches(), images)  # under torchrun each rank scores its own block
+    if not labelled:
+        config = ScoreConfig(batch_size=batch_size)
+        return score_images((u8 for u8, _ in mine), extractor, ref, metrics, config).as_dict()
+    return score_labelled(mine, classes, extractor, ref, metrics, batch_size, names)
+
+
+def _rank_share(batches, images):
+    """The rows of (uint8, labels) `batches` in this rank's contiguous block of the source's
+    images (all of them without torchrun): the ranks' features, gathered in rank order, are then
+    the source's in its own order, each image once (every rank scored them all, so each counted
+    world-size times)."""
+    if not distributed_active():
+        yield from batches
+        return
+    total = count_path_images(images) if isinstance(images, (str, os.PathLike)) else len(images)
+    start, stop = shard(total, torch.distributed.get_rank(), torch.distributed.get_world_size())
+    seen = 0
+    for u8, y in batches:
+        lo, hi = max(start - seen, 0), min(stop - seen, len(u8))
+        seen += len(u8)
+        if lo < hi:
+            yield u8[lo:hi], None if y is None else y[lo:hi]
+        if seen >= stop:
+            return
 
 
 def _source_labels(images) -> tuple[object, list[str] | dict[int, str] | None]:
@@ -301,10 +326,14 @@ def dataset_stats_for(
         from tqdm.auto import tqdm
 
         batch = 500
-        with tqdm(total=len(dataset), unit="img", desc=f"reference statistics of {ref}",
+        first, last = (0, len(dataset))  # under torchrun, this rank's contiguous block: each
+        if distributed_active():  # image once, gathered in the set's own order
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            first, last = shard(len(dataset), rank, world)
+        with tqdm(total=last - first, unit="img", desc=f"reference statistics of {ref}",
                   disable=not (progress and is_main)) as bar:  # fmt: skip
-            for start in range(0, len(dataset), batch):
-                chunk = dataset.slice(start, start + batch)
+            for start in range(first, last, batch):
+                chunk = dataset.slice(start, min(start + batch, last))
                 yield torch.from_numpy(chunk)
                 bar.update(len(chunk))
 
