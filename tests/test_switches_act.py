@@ -11,18 +11,10 @@ from torch import nn
 import pixeljit
 from pixeljit.model import JiTConfig
 from pixeljit.model.layers import NORM_EPS, LayerNorm, RMSNorm
+from test_model import TINY as MODEL_TINY
+from test_model import inputs
 
-TINY = dict(
-    image_size=32,
-    patch_size=8,
-    hidden_size=64,
-    depth=3,
-    num_heads=4,
-    num_classes=10,
-    bottleneck_dim=16,
-    in_context_len=4,
-    in_context_start=1,
-)
+TINY = {**MODEL_TINY, "depth": 3, "in_context_start": 1}
 
 
 def tiny(**overrides) -> pixeljit.JiT:
@@ -35,15 +27,6 @@ def tiny(**overrides) -> pixeljit.JiT:
             if p.requires_grad:
                 nn.init.normal_(p, std=0.1)
     return net
-
-
-def inputs(net: pixeljit.JiT, n: int = 3):
-    cfg = net.config
-    g = torch.Generator().manual_seed(1)
-    z = torch.randn(n, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
-    t = torch.rand(n, generator=g)
-    y = torch.randint(0, cfg.num_classes + 1, (n,), generator=g)
-    return z, t, y
 
 
 def all_norms(net: pixeljit.JiT) -> list[nn.Module]:
