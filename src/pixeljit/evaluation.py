@@ -82,6 +82,14 @@ def shard(num: int, rank: int, world: int) -> tuple[int, int]:
     return min(rank * per, num), min((rank + 1) * per, num)
 
 
+def rank_block(num: int) -> tuple[int, int]:
+    """This process's `shard` of `num` images under torch.distributed ([0, num) alone): the
+    ranks' blocks, gathered in rank order, are the images in their own order, each once."""
+    if not distributed_active():
+        return 0, num
+    return shard(num, torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+
 def balanced_labels(start: int, stop: int, num_classes: int) -> list[int] | None:
     """Class k mod K for global index k (50 per class for 50K ImageNet images); None if uncond."""
     return [k % num_classes for k in range(start, stop)] if num_classes > 0 else None
@@ -208,8 +216,8 @@ def score_image_source(
     'labels' (`pixeljit sample --out X.npz`), or a folder with a labels.csv (`--out DIR/`), in
     the classifier's label space also gets the class accuracy, as the same images generated from
     a checkpoint do: matched by the class names they carry where they have them, else taken in
-    the classifier's order. Labels the classifier
-    cannot hold leave the accuracy out with a warning."""
+    the classifier's order. Labels the classifier cannot hold leave the accuracy out with a
+    warning."""
     labels, names = _source_labels(images)
     classes = extractor.num_classes
     beyond = labels is not None and classes and labels.size and labels.max() >= classes
@@ -236,15 +244,14 @@ def score_image_source(
 
 
 def _rank_share(batches, images):
-    """The rows of (uint8, labels) `batches` in this rank's contiguous block of the source's
-    images (all of them without torchrun): the ranks' features, gathered in rank order, are then
-    the source's in its own order, each image once (every rank scored them all, so each counted
-    world-size times)."""
+    """The rows of (uint8, labels) `batches` in this rank's block of the source's images
+    (`rank_block`; all of them without torchrun, where every rank had scored them all, so each
+    counted world-size times)."""
     if not distributed_active():
         yield from batches
         return
     total = count_path_images(images) if isinstance(images, (str, os.PathLike)) else len(images)
-    start, stop = shard(total, torch.distributed.get_rank(), torch.distributed.get_world_size())
+    start, stop = rank_block(total)
     seen = 0
     for u8, y in batches:
         lo, hi = max(start - seen, 0), min(stop - seen, len(u8))
@@ -326,10 +333,7 @@ def dataset_stats_for(
         from tqdm.auto import tqdm
 
         batch = 500
-        first, last = (0, len(dataset))  # under torchrun, this rank's contiguous block: each
-        if distributed_active():  # image once, gathered in the set's own order
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-            first, last = shard(len(dataset), rank, world)
+        first, last = rank_block(len(dataset))  # under torchrun, this rank's block
         with tqdm(total=last - first, unit="img", desc=f"reference statistics of {ref}",
                   disable=not (progress and is_main)) as bar:  # fmt: skip
             for start in range(first, last, batch):

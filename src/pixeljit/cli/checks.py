@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from pixeljit.checkpoints.hub_remote import is_hf_uri
-from pixeljit.files.atomic import temp_sibling
+from pixeljit.files.atomic import write_problem
 
 CHECKPOINT_HELP = ("a pixeljit run folder / .pt, a .safetensors export, a Hub folder (from "
                    "`pixeljit convert --hub`) or hf://org/name[@rev], or an authors' "
@@ -162,12 +162,9 @@ def check_output(flag: str, path: str | os.PathLike, folder: bool = False,
     anchor = _first_existing(path if path.exists() and folder else path.parent)
     if not anchor.is_dir():
         raise ValueError(f"{flag} {path}: {anchor} is a file, not a folder")
-    probe = temp_sibling(anchor / "write-probe")  # os.access trusts the mode bits (root, /proc)
-    try:
-        probe.touch(exist_ok=False)
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"{flag} {path}: cannot write in {anchor} ({err.strerror})") from None
+    problem = write_problem(anchor)
+    if problem:
+        raise ValueError(f"{flag} {path}: cannot write in {anchor} ({problem})")
     return path
 
 

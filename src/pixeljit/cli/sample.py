@@ -367,17 +367,11 @@ def run(args) -> int:
         for start in range(0, num, args.batch_size):
             stop = min(start + args.batch_size, num)
             images = sample(
-                net,
-                labels[start:stop] if labels is not None else None,
-                num=stop - start,
-                **sampler.kwargs(),
-                noise_scale=noise_scale,
-                prediction=model.prediction,
-                preconditioner=model.preconditioner,
-                seed=args.seed,
-                first_index=start,
+                net, labels[start:stop] if labels is not None else None, num=stop - start,
+                **sampler.kwargs(), noise_scale=noise_scale, prediction=model.prediction,
+                preconditioner=model.preconditioner, seed=args.seed, first_index=start,
                 amp_dtype=amp,
-            )
+            )  # fmt: skip
             check_finite(images, start, "--cfg / --noise-scale")
             u8 = to_uint8(images)  # (B, C, H, W) uint8 on the CPU
             for folder in outputs.folders:

@@ -85,8 +85,9 @@ def build_config(args):
         cfg = from_dict(load_checkpoint(args.resume)["config"])
     else:
         raise ValueError("pass --preset (or --resume to continue a run with its saved config)")
+    from_file = load_yaml(args.config) if args.config else {}
     if args.config:
-        layer = user_layer(load_yaml(args.config), f"--config {args.config}", cfg)
+        layer = user_layer(from_file, f"--config {args.config}", cfg)
         try:
             cfg = apply_overrides(cfg, layer)
         except ValueError as err:
@@ -100,7 +101,8 @@ def build_config(args):
         from pixeljit.checkpoints.run import find_checkpoint
 
         flags["run.out"] = str(find_checkpoint(args.resume).parent)
-        _check_file_out(args.config, args.resume, cfg.run.out, flags["run.out"])
+        if "run.out" in _flat(from_file):  # refused as --out and --set run.out are
+            _check_file_out(args.config, args.resume, cfg.run.out, flags["run.out"])
     if args.steps is not None:  # the length is steps alone: a preset's or file's epochs go
         flags.update({"optim.steps": args.steps, "optim.epochs": None})
     if args.epochs is not None:
@@ -130,11 +132,9 @@ def build_config(args):
     return apply_overrides(cfg, user_layer(settings, "--set", cfg))
 
 
-def _check_file_out(config: str | None, resume: str, out: str, folder: str) -> None:
-    """A --config file's run.out is refused on --resume, as --out and --set run.out are (the
-    run continues in its own folder), not replaced by that folder without a word."""
-    if config is None or "run.out" not in _flat(load_yaml(config)):
-        return
+def _check_file_out(config: str, resume: str, out: str, folder: str) -> None:
+    """A --config file's run.out (`out`) is refused on --resume unless it is the run's own
+    `folder`, where the run continues, instead of being replaced by that folder without a word."""
     if Path(out).resolve() != Path(folder).resolve():
         raise ValueError(
             f"--config {config} sets run.out {out}, but --resume {resume} continues in its own "

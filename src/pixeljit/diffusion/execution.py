@@ -51,10 +51,7 @@ def compiled_network(net, mode: str):
     leave it behind) for later `sample` calls; dynamo compiles each batch shape it meets once
     (N and 2N). The net itself stays eager."""
     check_compile_mode(mode)
-    holder = getattr(net, "__dict__", {})
-    cache = holder.get(_COMPILED_ATTR)
-    if not isinstance(cache, _CompiledCache):
-        cache = holder[_COMPILED_ATTR] = _CompiledCache()
+    cache = getattr(net, "__dict__", {}).setdefault(_COMPILED_ATTR, _CompiledCache())
     key = (mode, _COMPILE_BACKEND)
     if key not in cache:
         options = {"mode": mode} if _COMPILE_BACKEND == "inductor" else {}  # modes: inductor's

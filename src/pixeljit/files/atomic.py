@@ -21,6 +21,19 @@ def temp_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{token}")
 
 
+def write_problem(folder: Path) -> str | None:
+    """Why this process cannot create a file in `folder` (the OS's reason), None when it can.
+    Tried by writing a hidden probe, removed at once: `os.access` trusts the mode bits, which
+    root bypasses and which /proc, /sys or a read-only file system do not reflect."""
+    probe = temp_sibling(folder / "write-probe")  # a name the temporaries' sweeps remove if left
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
 def process_alive(pid: int) -> bool:
     """Whether process `pid` still runs (the writer of a temporary named with its pid)."""
     if pid == os.getpid():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pixeljit.files.atomic import temp_sibling
+from pixeljit.files.atomic import write_problem
 
 
 def check_out_usable(out: str | os.PathLike, write: bool = True) -> None:
@@ -40,10 +40,7 @@ def _check(out: Path, write: bool) -> None:
                          "the run")  # fmt: skip
     if not write:
         return
-    probe = temp_sibling(anchor / "write-probe")  # a name sweep_temporaries removes if left
-    try:
-        probe.touch(exist_ok=False)
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"--out {out}: cannot write in {anchor} ({err.strerror}): pass an "
-                         "--out in a folder you can write to") from None  # fmt: skip
+    problem = write_problem(anchor)
+    if problem:
+        raise ValueError(f"--out {out}: cannot write in {anchor} ({problem}): pass an --out in "
+                         "a folder you can write to")  # fmt: skip
