@@ -152,11 +152,30 @@ def fmnist16(tmp_path_factory):
 # ------------------------------------------------------------------ subprocesses with children
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from Linux's /proc ([] elsewhere): torchrun starts each worker
+    in a session of its own, which a signal to torchrun's process group does not reach (a
+    worker left alive holds the test's pipes open, so reading them waits forever)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after "pid (name)"
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
 def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:  # every process of the group has exited already
-        pass
+    """SIGKILL the process group `pgid` (a `run_group` command's) and every process below its
+    leader, wherever their own group."""
+    below = _descendants(pgid)
+    for kill, target in [(os.killpg, pgid)] + [(os.kill, pid) for pid in below]:
+        with contextlib.suppress(ProcessLookupError):  # exited already
+            kill(target, signal.SIGKILL)
 
 
 def run_group(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:

@@ -190,7 +190,7 @@ def test_overwriting_a_hub_folder_with_an_export_without_grid_removes_the_stale_
     """`convert --hub --overwrite` from a source with no preview grid left the previous export's
     samples.png beside a card saying there is none: it is removed, the user's files stay."""
     folder = tmp_path / "hub"
-    folder.mkdir()
+    assert main(["convert", str(tiny_file), "--hub", str(folder)]) == 0  # the earlier export
     (folder / "samples.png").write_bytes(b"a stale grid of other weights")
     (folder / "notes.txt").write_text("mine")
     assert main(["convert", str(tiny_file), "--hub", str(folder), "--overwrite"]) == 0

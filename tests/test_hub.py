@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -180,11 +181,10 @@ def test_existing_folder_refused_without_overwrite(hub_run, hub, tmp_path, capsy
     a_file.write_text("x")
     assert main(["convert", str(hub_run), "--hub", str(a_file)]) == 2
     assert "is a file" in capsys.readouterr().err
-    # --overwrite replaces our files and leaves the user's
+    # --overwrite replaces an earlier export's files and leaves the user's
     copy = tmp_path / "copy"
-    copy.mkdir()
+    shutil.copytree(hub, copy)
     (copy / "notes.txt").write_text("mine")
-    (copy / "samples.png").write_text("stale")
     assert (
         main(["convert", str(hub_run), "--hub", str(copy), "--weights", "model", "--overwrite"])
         == 0

@@ -85,20 +85,22 @@ def test_a_handler_the_caller_installed_is_left_alone(tiny_file, tmp_path, monke
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_under_torchrun_sigterm_keeps_its_default(tiny_file, tmp_path, monkeypatch):
-    """A rank unwinding on SIGTERM would wait for the others at teardown: not listened for."""
-    import pixeljit.cli.sample as sample_cli
+def test_under_torchrun_sigterm_keeps_its_default(tmp_path, monkeypatch):
+    """A rank unwinding on SIGTERM would wait for the others at teardown: not listened for
+    (`eval`, a verb that runs under torchrun; the single-process ones refuse it)."""
+    import pixeljit.cli.evaluate as evaluate_cli
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
     handlers = []
 
-    def spy(*args, **kwargs):
+    def spy(args):
         handlers.append(signal.getsignal(signal.SIGTERM))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sample_cli, "sample", spy)
-    main(["sample", str(tiny_file), "--out", str(tmp_path / "s.npz"), "--num", "2", "--steps", "1"])
+    monkeypatch.setattr(evaluate_cli, "run", spy)  # the verb's work, before any process group
+    argv = ["eval", "--images", str(tmp_path), "--out", str(tmp_path / "s.json")]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    main(argv)
     assert handlers == [signal.SIG_DFL]
     monkeypatch.setenv("WORLD_SIZE", "1")
-    main(["sample", str(tiny_file), "--out", str(tmp_path / "s.npz"), "--num", "2", "--steps", "1"])
+    main(argv)
     assert handlers[1] not in (signal.SIG_DFL, signal.SIG_IGN)

@@ -26,7 +26,6 @@ from pixeljit.checkpoints.provenance import DIGEST_KEY, model_record, weights_di
 from pixeljit.data.open import open_dataset
 from pixeljit.diffusion.sampler import (
     SamplerConfig,
-    check_finite,
     check_seed,
     sample,
 )
@@ -90,6 +89,11 @@ def rank_block(num: int) -> tuple[int, int]:
     return shard(num, torch.distributed.get_rank(), torch.distributed.get_world_size())
 
 
+def _is_main() -> bool:
+    """Rank 0 under torch.distributed, or the one process: the one that shows progress."""
+    return not distributed_active() or torch.distributed.get_rank() == 0
+
+
 def balanced_labels(start: int, stop: int, num_classes: int) -> list[int] | None:
     """Class k mod K for global index k (50 per class for 50K ImageNet images); None if uncond."""
     return [k % num_classes for k in range(start, stop)] if num_classes > 0 else None
@@ -122,7 +126,6 @@ def generate(
             preconditioner=model.preconditioner, seed=spec.seed, first_index=first,
             amp_dtype=spec.amp_dtype,
         )  # fmt: skip
-        check_finite(images, first)
         u8 = to_uint8(images)
         if save_dir is not None:
             save_pngs(u8, save_dir, start=first)
@@ -300,14 +303,13 @@ def dataset_stats_for(
     image_size: int,
     channels: int,
     split: str | None = None,
-    is_main: bool = True,
-    barrier=None,
+    rank0_first=None,
     progress: bool = False,
 ) -> DatasetStats:
     """`ref` is a statistics `.npz` (ours, ADM's or the authors' `mu`/`sigma`) or a data set
     (packed folder, fashion-mnist, emoji, image folder) whose statistics are computed once at
     the model's size and cached. `progress`: a bar while they are computed (minutes for a large
-    set); nothing when they come from the cache."""
+    set); nothing when they come from the cache. `rank0_first`: see `data.open.open_dataset`."""
     if ref.lower().endswith(".npz"):
         return load_dataset_stats(ref, extractor)
     if Path(ref).is_file():  # a data set is a folder or a built-in name, never one file
@@ -316,7 +318,7 @@ def dataset_stats_for(
             "eval --make-ref` writes (or ADM's / the authors' mu-sigma .npz), or a data set (a "
             "packed or image folder, fashion-mnist, emoji)"
         )
-    dataset = open_dataset(ref, image_size, channels, split, is_main, barrier)
+    dataset = open_dataset(ref, image_size, channels, split, rank0_first)
     wanted = (channels, image_size, image_size)
     if tuple(dataset.image_shape) != wanted:  # a packed folder is read as it was packed
         have = tuple(dataset.image_shape)
@@ -335,7 +337,7 @@ def dataset_stats_for(
         batch = 500
         first, last = rank_block(len(dataset))  # under torchrun, this rank's block
         with tqdm(total=last - first, unit="img", desc=f"reference statistics of {ref}",
-                  disable=not (progress and is_main)) as bar:  # fmt: skip
+                  disable=not (progress and _is_main())) as bar:  # fmt: skip
             for start in range(first, last, batch):
                 chunk = dataset.slice(start, min(start + batch, last))
                 yield torch.from_numpy(chunk)

@@ -31,6 +31,7 @@ from pixeljit.model.layers import swiglu_hidden
 CHECKPOINT_FILENAME = "checkpoint-last.pth"
 WEIGHT_ENTRIES = ("model", "model_ema1", "model_ema2")
 KEY_PREFIX = "net."
+SAFETENSORS_SUFFIX = ".safetensors"  # pixeljit's exported models (`load_trained` reads them)
 # the authors' depth → in-context start block (Tab. 9); G shares H's
 IN_CONTEXT_START_BY_DEPTH = {12: 4, 24: 8, 32: 10, 40: 10}
 
@@ -198,14 +199,29 @@ def load_reference(
     """
     if device is not None:
         device = as_device(device)  # a device this machine has, and not meta
+    from pixeljit.checkpoints.run import FORMAT, UNCHECKED_FORMAT  # run imports this module
+
+    path = None
     if isinstance(source, Mapping):
         checkpoint, name, file_bytes = source, "checkpoint", None
     else:
         path = _resolve_file(source)
+        if path.suffix.lower() == SAFETENSORS_SUFFIX:
+            _refuse_pixeljit_file(path, "a .safetensors model file")
         checkpoint, name, file_bytes = read_checkpoint(path), str(path), path.stat().st_size
+    if checkpoint.get("format") in (FORMAT, UNCHECKED_FORMAT):
+        _refuse_pixeljit_file(path, "a pixeljit training checkpoint")
     state = extract_state_dict(checkpoint, weights, name)
     if any(entry in checkpoint for entry in WEIGHT_ENTRIES):
         name = f"{name} ({weights})"
     check_tensors(state, name, file_bytes)  # before any shape is trusted
     config = infer_config(state, in_context_start, name, **overrides)
     return build_loaded(config, state, device, name, file_bytes)
+
+
+def _refuse_pixeljit_file(path: Path | None, kind: str) -> None:
+    """load_reference reads the authors' checkpoints; pixeljit's own files load elsewhere."""
+    where = "its file" if path is None else repr(str(path))
+    raise ValueError(f"{'checkpoint' if path is None else path} is {kind}, not an authors' "
+                     f"checkpoint ({CHECKPOINT_FILENAME}): load it with "
+                     f"pixeljit.load_trained({where})")  # fmt: skip

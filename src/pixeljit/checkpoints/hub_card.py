@@ -9,10 +9,13 @@ at the exported step, said to be of other weights when it is. The scores are a `
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from pixeljit.files.images import png_file_problem
 
 PAPER = (
     '"Back to Basics: Let Denoising Generative Models Denoise" (Li & He, 2025, '
@@ -23,8 +26,8 @@ BASE_TAGS = ("diffusion", "image-generation", "jit", "pixel-space")
 # RUN/eval.json`, and the demo's own score.json
 RUN_SCORES_FILES = ("eval.json", "score.json")
 RUN_GRID = "samples-{step:07d}.png"  # the preview a run draws at a step (training.loop)
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_NAMES_SHOWN = 20  # class names listed in the card (all of them are in config.json)
+GRID_SKIPPED = "so it was not exported"  # a grid not fit to publish (`png_file_problem`)
 LICENSE_LINE = "license:  # fill in before publishing, e.g. mit, apache-2.0, cc-by-4.0"
 
 
@@ -51,19 +54,18 @@ class CardExtras:
 # ------------------------------------------------------------------------ grid and scores
 
 
-def _head(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(len(PNG_MAGIC))
-
-
 def run_grid(run_folder: Path, model, preview_weights: str | None) -> CardExtras:
     """The grid the run drew at the exported step, if it did (`model` is the exported
     TrainedModel, `preview_weights` the weights the run's previews draw from, e.g. 'ema:0.995')."""
     if model.step is None:
         return CardExtras()
     candidate = run_folder / RUN_GRID.format(step=model.step)
-    if not (candidate.is_file() and _head(candidate) == PNG_MAGIC):
+    if not os.path.lexists(candidate):
         return CardExtras(grid_missing=f"the run folder holds no preview grid of step {model.step}")
+    problem = png_file_problem(candidate)  # a link is never followed into what is published
+    if problem:
+        missing = f"the run's preview grid {candidate.name} {problem}, {GRID_SKIPPED}"
+        return CardExtras(grid_missing=missing)
     if preview_weights is None:  # not recorded: only raw weights are surely not the EMA
         drawn = "its sampling EMA" + (", not these raw weights" if model.weights == "model" else "")
     else:

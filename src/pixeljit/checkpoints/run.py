@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from pixeljit.checkpoints.authors import CHECKPOINT_FILENAME
+from pixeljit.checkpoints.metadata import check_class_names
 from pixeljit.checkpoints.weights import check_torch_zip, torch_load_problem
 from pixeljit.files.atomic import atomic_write, temp_sibling
 
@@ -288,8 +289,8 @@ def load_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> 
 
 
 def _check_class_names(state: dict, file: Path) -> None:
-    """class_names: absent, or a list of strings, no more than the model's classes (or, for an
-    unconditional model, than a packed set may declare)."""
+    """class_names: absent, or a list of distinct strings, no more than the model's classes (or,
+    for an unconditional model, than a packed set may declare)."""
     names = state.get("class_names")
     if names is None:
         return
@@ -307,6 +308,7 @@ def _check_class_names(state: dict, file: Path) -> None:
             f"checkpoint {file}: class_names must be a list of at most {bound} strings (the "
             f"model's classes), got {count} entries; the file was altered or is not pixeljit's"
         )
+    check_class_names(f"checkpoint {file}", names)  # distinct, as every other loader has them
 
 
 ABSENT = "<absent>"  # a field one of two compared configs lacks

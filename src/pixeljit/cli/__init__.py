@@ -26,7 +26,8 @@ VERBS = {
     "reproduce": "reproduce",
     "convert": "convert",
 }
-
+# the verbs that split their work over torchrun's ranks; the others run in one process
+DISTRIBUTED_VERBS = frozenset({"train", "eval"})
 
 USAGE_ERROR = 2  # argparse's exit status for a bad command line
 # an error line longer than this keeps its head and tail: a value quoted from a hostile file
@@ -133,6 +134,19 @@ def error_line(err: BaseException) -> str:
     return text
 
 
+def check_launch(verb: str) -> None:
+    """Refuse a single-process verb started by torchrun: each rank would do all of its work and
+    write the same files (two `prepare`s raced on one folder)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and verb not in DISTRIBUTED_VERBS:
+        raise ValueError(
+            f"pixeljit {verb} runs in one process, and torchrun started {world}: each would do "
+            f"all the work and write the same files; run it without torchrun (torchrun runs "
+            f"`pixeljit train` and `pixeljit eval`; `torchrun ... pixeljit eval CHECKPOINT "
+            f"--save-images DIR` generates images over several GPUs)"
+        )
+
+
 def rank_tag() -> str:
     """' (rank R of W)' under torchrun, so each rank's error line says whose it is (every rank
     fails on a bad config, each with its own line); '' for a single process."""
@@ -174,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     terminated = _Terminated()
     try:
+        check_launch(args.verb)
         with terminated:
             return int(args.run(args) or 0)
     except (ValueError, RuntimeError, OSError) as err:  # OSError: missing, unwritable, full disk

@@ -132,7 +132,8 @@ def check_output(flag: str, path: str | os.PathLike, folder: bool = False,
     """Refuse an output that cannot be written, before any work: a folder where a file goes (or
     a file where a folder goes), a parent that is a file, a parent without write permission, or
     (unless `overwrite`) an existing file or symbolic link (one leading nowhere included), or a
-    folder already holding PNGs or a labels.csv (which the new ones would replace). Nothing is
+    folder already holding PNGs or a labels.csv (which the new ones would replace; images or a
+    labels.csv pixeljit did not write are refused with the fix: `check_only_our_set`). Nothing is
     created."""
     from pixeljit.files.images import LABELS_CSV
 
@@ -153,6 +154,7 @@ def check_output(flag: str, path: str | os.PathLike, folder: bool = False,
         if not overwrite and not folder:
             raise ValueError(f"{flag} {path} already exists: choose a new name or {hint}")
         if not overwrite:  # a folder: refused only for what the new set would replace
+            check_only_our_set(flag, path)  # what --overwrite would not make right
             held = [what for what, there in (
                 ("PNG images", any(path.glob(FOLDER_CLOBBER_GLOB))),
                 (LABELS_CSV, os.path.lexists(path / LABELS_CSV))) if there]  # fmt: skip
@@ -166,6 +168,32 @@ def check_output(flag: str, path: str | os.PathLike, folder: bool = False,
     if problem:
         raise ValueError(f"{flag} {path}: cannot write in {anchor} ({problem})")
     return path
+
+
+def check_outputs_apart(files, folders, inside_ok: bool = False) -> None:
+    """Refuse a file output (FLAG, path) that is a folder output (FLAG, path) of the same
+    command, lies inside one (unless `inside_ok`) or on the way to one, compared as resolved
+    paths (symbolic links followed): a grid or .npz inside a folder of numbered PNGs would
+    replace an image of the set or be scored with it by `pixeljit eval --images`."""
+    for file_flag, file in files:
+        real_file = Path(os.path.realpath(file))
+        for folder_flag, folder in folders:
+            real_folder = Path(os.path.realpath(folder))
+            linked = f" ({file} resolves to {real_file})" if (
+                str(real_file) != os.path.abspath(file)) else ""  # fmt: skip
+            if real_file == real_folder:
+                raise ValueError(f"{file_flag} {file} and the folder {folder_flag} {folder} are "
+                                 f"the same path{linked}: name each output once")  # fmt: skip
+            if real_file in real_folder.parents:
+                raise ValueError(f"{folder_flag} {folder} lies inside {file_flag} {file}, where "
+                                 "a file goes: write the folder elsewhere")  # fmt: skip
+            if real_folder in real_file.parents and not inside_ok:
+                outside = Path(folder).parent / Path(file).name
+                raise ValueError(
+                    f"{file_flag} {file} lies inside the folder {folder_flag} {folder}{linked}: "
+                    "it would replace or join the folder's images (`pixeljit eval --images` "
+                    f"reads them all); write it outside the folder, e.g. {file_flag} {outside}"
+                )
 
 
 def check_not_an_input(flag: str, path: str | os.PathLike, inputs: list[Path]) -> None:
@@ -185,18 +213,81 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
 
 
-NUMBERED_PNG = re.compile(r"\d{6}\.png")  # what `save_pngs` writes: 000000.png, 000001.png, …
+# what `save_pngs` writes: 000000.png, 000001.png, …, 999999.png, 1000000.png, …
+NUMBERED_PNG = re.compile(r"(\d{6}|[1-9]\d{6,})\.png")
+OUR_SET = "numbered PNGs (000000.png, …) and the labels.csv of an earlier set"
+MAX_NAMES_SHOWN = 3  # foreign files named in an error; the rest counted
+
+
+def foreign_files(folder: Path) -> tuple[bool, list[str]]:
+    """What a folder for numbered PNGs holds that pixeljit did not write there and that matters:
+    (a labels.csv whose first row is not pixeljit's header, the image files `pixeljit eval
+    --images` would read (any suffix it reads, in any case) that are not numbered PNGs)."""
+    from pixeljit.files.images import LABELS_CSV
+    from pixeljit.metrics.image_sources import IMAGE_SUFFIXES
+
+    read = (p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    labels = folder / LABELS_CSV
+    theirs = os.path.lexists(labels) and not _our_labels_csv(labels)
+    return theirs, sorted(name for name in read if not NUMBERED_PNG.fullmatch(name))
+
+
+def _our_labels_csv(path: Path) -> bool:
+    """Whether `path` is a file whose first row is the header `save_labels_csv` writes."""
+    import csv
+
+    from pixeljit.files.images import LABELS_CSV_HEADER
+
+    if not path.is_file():  # (a FIFO would block the read)
+        return False
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            first = f.readline(200)
+    except OSError:
+        return False
+    return next(csv.reader([first]), None) == list(LABELS_CSV_HEADER)
+
+
+def check_only_our_set(flag: str, folder: str | os.PathLike) -> None:
+    """Refuse a folder for a new set of numbered PNGs that holds images pixeljit did not write
+    (`eval --images` would score them with the new set, --overwrite or not) or a labels.csv it
+    did not write (--overwrite would replace it), naming a few and the fix."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    try:
+        theirs, images = foreign_files(folder)
+    except OSError as err:
+        raise ValueError(f"{flag} {folder}: cannot list what it holds ({err.strerror}): choose "
+                         "a folder you can read, or a new one") from None  # fmt: skip
+    if not (theirs or images):
+        return
+    from pixeljit.files.images import LABELS_CSV
+
+    held = [f"{LABELS_CSV}, which pixeljit did not write (the new one would replace it)"] * theirs
+    if images:
+        more = ", …" if len(images) > MAX_NAMES_SHOWN else ""
+        held.append(f"{counted(len(images), 'image')} pixeljit did not write "
+                    f"({', '.join(images[:MAX_NAMES_SHOWN])}{more}), which `pixeljit eval "
+                    "--images` would score with the new set")  # fmt: skip
+    one = theirs + len(images) == 1
+    raise ValueError(
+        f"{flag} {folder} already holds {'; and '.join(held)}: choose an empty or new folder, or "
+        f"move {'it' if one else 'them'} out (--overwrite replaces only {OUR_SET})"
+    )
 
 
 def check_no_stale_pngs(flag: str, folder: str | os.PathLike, count: int) -> None:
-    """With --overwrite, a folder whose numbered PNGs go beyond the `count` new ones would end up
+    """A folder holding files pixeljit did not write is refused (`check_only_our_set`); with
+    --overwrite, a folder whose numbered PNGs go beyond the `count` new ones would end up
     holding two sample sets (the new images replace only their own numbers): refused, before any
     work, naming how many would be left over."""
     folder = Path(folder)
     if not folder.is_dir():
         return
+    check_only_our_set(flag, folder)
     stale = [p.name for p in folder.iterdir()
-             if NUMBERED_PNG.fullmatch(p.name) and int(p.name[:6]) >= count]  # fmt: skip
+             if NUMBERED_PNG.fullmatch(p.name) and int(p.name[:-4]) >= count]  # fmt: skip
     if stale:
         raise ValueError(
             f"{flag} {folder} holds {counted(len(stale), 'numbered PNG')} beyond the "

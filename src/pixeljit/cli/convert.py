@@ -7,6 +7,7 @@ that `sample`, `eval` and `load_trained` read back."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from pixeljit.checkpoints.load import checkpoint_kind, export_safetensors, load_trained
@@ -35,7 +36,8 @@ def add_parser(sub) -> None:
         metavar="DIR",
         default=None,
         help="write a Hugging Face Hub folder instead: model.safetensors, config.json, "
-        "README.md (model card) and samples.png",
+        "README.md (model card) and samples.png (the source's grid, copied only when it is a "
+        "plain PNG file, never through a symbolic link)",
     )
     p.add_argument(
         "--scores",
@@ -60,8 +62,11 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing OUT file; with --hub, replace the files of a "
-        "non-empty DIR (other files there are left)",
+        help="replace an existing OUT file; with --hub, replace the files of an earlier "
+        "export in DIR (one whose config.json is a pixeljit hub config; other files there are "
+        "left): its model.safetensors, config.json and README.md, and its samples.png, which is "
+        "removed when the new source has no grid (the new card shows none). A folder that is "
+        "not an export is never written over: only added to, when it holds none of those names",
     )
     p.set_defaults(run=run)
 
@@ -110,10 +115,11 @@ def _summary(model) -> str:
 
 def _run_hub(args) -> int:
     from pixeljit.checkpoints.hub import GRID_NAME
-    from pixeljit.checkpoints.hub_card import RUN_SCORES_FILES, CardExtras, run_grid
+    from pixeljit.checkpoints.hub_card import GRID_SKIPPED, RUN_SCORES_FILES, CardExtras, run_grid
     from pixeljit.checkpoints.hub_write import check_hub_output, write_hub_folder
     from pixeljit.checkpoints.provenance import read_scores, scores_for, weights_digest
     from pixeljit.checkpoints.run import find_checkpoint, run_folder
+    from pixeljit.files.images import png_file_problem
 
     out = Path(args.hub)
     check_hub_output(out, args.overwrite, flags=True)
@@ -125,6 +131,7 @@ def _run_hub(args) -> int:
         read_scores(args.scores)  # a bad scores file is refused before the model is loaded
     kind = checkpoint_kind(args.source)
     model = load_trained(args.source, args.weights, in_context_start=args.in_context_start)
+    earlier_grid = (out / GRID_NAME).is_file()  # of an earlier export (checked above)
     scores_path, candidates = args.scores, []
     if kind == "run":
         folder = run_folder(find_checkpoint(args.source, None))
@@ -132,8 +139,12 @@ def _run_hub(args) -> int:
         if scores_path is None:
             candidates = [folder / name for name in RUN_SCORES_FILES if (folder / name).is_file()]
         sampler_source = "the training run's sample settings (its previews used them)"
-    elif kind == "hub" and (Path(args.source) / GRID_NAME).is_file():  # a local folder's grid
-        extras = CardExtras(grid=Path(args.source) / GRID_NAME)  # of its one set of weights
+    elif kind == "hub" and os.path.lexists(Path(args.source) / GRID_NAME):  # a local folder's
+        grid = Path(args.source) / GRID_NAME  # grid, of its one set of weights
+        problem = png_file_problem(grid)  # as a run's: a link is never followed into the export
+        extras = CardExtras(grid=grid)
+        if problem:
+            extras = CardExtras(grid_missing=f"the source's {GRID_NAME} {problem}, {GRID_SKIPPED}")
         sampler_source = ""
     else:
         extras = CardExtras(grid_missing="the source holds no sample grid")
@@ -167,7 +178,11 @@ def _run_hub(args) -> int:
         authors=kind == "authors",
         sampler_source=sampler_source,
     )
+    if extras.grid is None and extras.grid_missing.endswith(GRID_SKIPPED):
+        print(f"note: {extras.grid_missing}; the model card shows no sample grid")
     path = write_hub_folder(model, out, extras, args.overwrite)
+    if extras.grid is None and earlier_grid:
+        print(f"note: removed the earlier export's {path / GRID_NAME}: the new card shows no grid")
     shown = "grid" if extras.grid is not None else "no grid"
     scored = "scores" if extras.scores else "no scores"
     print(

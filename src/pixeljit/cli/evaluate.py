@@ -89,7 +89,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing --out file (and PNGs in --save-images)",
+        help="replace an existing --out file, and in --save-images the numbered PNGs and "
+        "labels.csv of an earlier set (a folder holding other images, or a labels.csv pixeljit "
+        "did not write, is refused)",
     )
     p.add_argument(
         "--in-context-start",
@@ -143,11 +145,8 @@ def run(args) -> int:
     cfgs = check_args(args)  # before the process group and the device
     if args.checkpoint:
         given_sampler_flags(args)
-    info = dist_utils.setup(args.device)
-    try:
+    with dist_utils.process_group(args.device) as info:
         return _run(args, info, cfgs)
-    finally:
-        dist_utils.teardown()
 
 
 def _run(args, info, cfgs: list[float] | None) -> int:
@@ -162,17 +161,17 @@ def _run(args, info, cfgs: list[float] | None) -> int:
     )
     from pixeljit.training import distributed as dist_utils
 
-    barrier = lambda: dist_utils.barrier(info)  # noqa: E731
+    first = lambda fn: dist_utils.rank0_first(info, fn, "packing the reference data")  # noqa: E731
     say = print if info.is_main else (lambda *a, **k: None)
     if args.make_ref:
-        _make_ref(args, info, barrier, say)
+        _make_ref(args, info, first, say)
         return 0
     if args.images:
         shape = _image_shape(args)
         _check_stats_shape(args, shape, f"the images of --images {args.images}")
         extractor = _extractor(args.extractor, shape[0], 10, args.inception_weights, info.device,
                                args.ref)  # fmt: skip
-        ref = _ref(args, extractor, shape, f"the images of --images {args.images}", info, barrier)
+        ref = _ref(args, extractor, shape, f"the images of --images {args.images}", info, first)
         scores = score_image_source(args.images, extractor, ref, metrics(args))
         record = {"images": args.images, "reference": _reference(args), "extractor": extractor.name}
         _report(scores, record, args, say, info)
@@ -194,7 +193,7 @@ def _run(args, info, cfgs: list[float] | None) -> int:
     _check_stats_shape(args, shape, "the model's images")
     extractor = _extractor(args.extractor, cfg.in_channels, cfg.num_classes,
                            args.inception_weights, info.device, args.ref)  # fmt: skip
-    ref = _ref(args, extractor, shape, "the model's images", info, barrier)
+    ref = _ref(args, extractor, shape, "the model's images", info, first)
     spec = GenerationSpec(
         num=args.num, sampler=sampler, seed=args.seed,
         batch_size=args.batch_size, amp_dtype=amp_dtype(args.amp, info.device),
@@ -245,7 +244,7 @@ def _image_shape(args) -> tuple[int, int, int]:
     return int(c), int(h), int(w)
 
 
-def _make_ref(args, info, barrier, say) -> None:
+def _make_ref(args, info, first, say) -> None:
     """--make-ref: the statistics of a data set, an image folder or an images `.npz` at --size
     px with --channels, saved to --out."""
     from pixeljit.metrics import save_dataset_stats
@@ -257,7 +256,7 @@ def _make_ref(args, info, barrier, say) -> None:
         ref = _npz_stats(args.make_ref, extractor, args.size, args.channels, info)
     else:
         ref = _dataset_stats("--make-ref", args.make_ref, extractor, args.size,
-                             args.channels, args.ref_split, info, barrier)  # fmt: skip
+                             args.channels, args.ref_split, info, first)  # fmt: skip
     if info.is_main:
         save_dataset_stats(args.out, ref)
     say(f"reference statistics of {args.make_ref} ({ref.count} images, "
@@ -324,7 +323,7 @@ def _reference(args) -> str | None:
     return args.ref + (f" ({args.ref_split})" if args.ref_split else "")
 
 
-def _ref(args, extractor, shape: tuple[int, int, int], scored: str, info, barrier):
+def _ref(args, extractor, shape: tuple[int, int, int], scored: str, info, first):
     """The reference statistics the metrics need (None when none of them does), measured on
     images of `shape` (C, H, W) like the `scored` ones."""
     needs_ref = set(metrics(args)) & {"fd", "kid", "pr"}
@@ -334,9 +333,7 @@ def _ref(args, extractor, shape: tuple[int, int, int], scored: str, info, barrie
         raise ValueError(f"metrics {sorted(needs_ref)} need --ref (statistics .npz or a data set)")
     channels, size = shape[0], shape[-1]
     _say_converted(args.ref, channels, scored, info)
-    ref = _dataset_stats(
-        "--ref", args.ref, extractor, size, channels, args.ref_split, info, barrier
-    )
+    ref = _dataset_stats("--ref", args.ref, extractor, size, channels, args.ref_split, info, first)
     ref.check_image_shape(shape, f"--ref {args.ref}", scored)
     return ref
 
@@ -354,16 +351,14 @@ def _say_converted(ref: str, channels: int, scored: str, info) -> None:
               f"its {CHANNEL_NAMES[native]} images are converted")  # fmt: skip
 
 
-def _dataset_stats(flag, ref, extractor, size, channels, split, info, barrier):
+def _dataset_stats(flag, ref, extractor, size, channels, split, info, first):
     """dataset_stats_for, with a missing built-in data set explained in this verb's terms (the
     library's own hint names the Python API and `pixeljit prepare`'s flags)."""
     from pixeljit.data.open import BUILTIN_SOURCES
     from pixeljit.evaluation import dataset_stats_for
 
     try:
-        return dataset_stats_for(
-            ref, extractor, size, channels, split, info.is_main, barrier, progress=True
-        )
+        return dataset_stats_for(ref, extractor, size, channels, split, first, progress=True)
     except FileNotFoundError as err:
         if ref not in BUILTIN_SOURCES:
             raise

@@ -14,10 +14,12 @@ from pixeljit.cli.checks import (
     check_no_stale_pngs,
     check_not_an_input,
     check_output,
+    check_outputs_apart,
     check_seed,
     repeated,
 )
-from pixeljit.cli.sample import FOLDER_MARKS, check_authors_only
+from pixeljit.cli.sample import check_authors_only
+from pixeljit.cli.sample_outputs import FOLDER_MARKS
 from pixeljit.cli.sampler_args import AUTO_AMP, FLAGS
 from pixeljit.data.transforms import MAX_SIZE
 from pixeljit.metrics import EXTRACTORS
@@ -144,6 +146,8 @@ def _check_outputs(args) -> None:
             )
         check_output("--save-images", raw, True, args.overwrite, "--overwrite")
         check_no_stale_pngs("--save-images", args.save_images, args.num)
+        if args.out:  # a .json among the PNGs is never read as one of them
+            check_outputs_apart([("--out", args.out)], [("--save-images", raw)], inside_ok=True)
 
 
 def sweep_scales(lo: float, hi: float, step: float) -> list[float]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,11 +25,11 @@ from pixeljit.cli.checks import (
     check_int,
     check_no_stale_labels,
     check_no_stale_pngs,
-    check_output,
     check_seed,
     counted,
     naming_partial_images,
 )
+from pixeljit.cli.sample_outputs import DEFAULT_OUT, check_grid_flags, parse_outputs
 from pixeljit.cli.sampler_args import (
     add_sampler_arguments,
     amp_dtype,
@@ -42,7 +40,7 @@ from pixeljit.cli.sampler_args import (
     sampler_from_args,
 )
 from pixeljit.diffusion.execution import tf32_matmuls
-from pixeljit.diffusion.sampler import check_finite, sample
+from pixeljit.diffusion.sampler import sample
 from pixeljit.files import GIB
 from pixeljit.files.images import (
     MAX_GRID_PIXELS,
@@ -55,17 +53,16 @@ from pixeljit.files.images import (
 )
 from pixeljit.training.distributed import resolve_device
 
-DEFAULT_OUT = "samples.png"
 PER_CLASS = 8  # default images per class (grid columns)
 DEFAULT_ROWS = 10  # default number of classes shown when --labels and --num are not given
 UNCONDITIONAL_NUM = 64
+NAME_MARK, NUMBER_MARK = "name:", "number:"  # --labels name:1 / number:1: which one is meant
 MAX_GRID_SCALE = 32  # --scale: a 256-px grid of 8 × 10 cells at ×32 is already 650 MP
 MAX_NOISE_SCALE = 1e3  # the paper's noise scales are 1-2; far beyond, samples overflow
 # float32 copies of a batch the sampler holds at once, the network's work aside: the state z,
 # the noise, the guided rows ([cond; uncond] in and out) and the solver's slopes
 SAMPLER_STATE_COPIES = 8
 FLOAT32_BYTES = 4
-FOLDER_MARKS = tuple({"/", os.sep})  # an --out ending in one of these is a folder
 # with autocast on CUDA, float32 products left outside it may use TF32; --amp none: true float32
 
 
@@ -94,12 +91,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--labels",
-        type=label_token,
         nargs="+",
         default=None,
         metavar="Y",
-        help="classes to draw: numbers, or the model's class names in any case (quote names "
-        "with spaces); default: balanced over all classes",
+        help="classes to draw: class numbers (0, 1, …), or the model's class names in any case "
+        "(quote names with spaces); a number that is also another class's name (classes named "
+        f"1 … 10) is refused as ambiguous: write {NUMBER_MARK}N for class number N, "
+        f"{NAME_MARK}NAME for the class named NAME; default: balanced over all classes",
     )
     p.add_argument(
         "--num",
@@ -143,75 +141,72 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace existing --out files (and PNGs in an --out folder)",
+        help="replace an existing --out .png grid or .npz, and in an --out folder the numbered "
+        "PNGs (000000.png, …) and labels.csv of an earlier set; a folder holding other images, a "
+        "labels.csv pixeljit did not write, or more numbered PNGs than the new set is refused",
     )
     p.set_defaults(run=run)  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Outputs:
-    grids: tuple[Path, ...] = ()
-    npzs: tuple[Path, ...] = ()
-    folders: tuple[Path, ...] = ()
-
-
-def parse_outputs(paths: list[str] | None, overwrite: bool = False) -> Outputs:
-    """The --out paths by kind, each checked writable (and not clobbering) before any work."""
-    grids, npzs, folders = [], [], []
-    seen = set()
-    for raw in paths or [DEFAULT_OUT]:
-        path = Path(raw)
-        as_folder = raw.endswith(FOLDER_MARKS)  # 'run.v1/': a folder, whatever its suffix
-        if path.resolve() in seen:
-            raise ValueError(f"--out {raw} is given twice: name each output once")
-        seen.add(path.resolve())
-        suffix = "" if as_folder else path.suffix.lower()
-        bare = path.name.lower() in (".png", ".npz")  # no suffix to Python: a hidden folder
-        if bare and not as_folder and not path.is_dir():
-            raise ValueError(
-                f"--out {raw} has nothing before {path.name}: name the file (e.g. "
-                f"{path.with_name('samples' + path.name)}), or write {raw}/ for a folder"
-            )
-        if suffix == ".png":
-            grids.append(check_output("--out", path, False, overwrite, "--overwrite"))
-        elif suffix == ".npz":
-            npzs.append(check_output("--out", path, False, overwrite, "--overwrite"))
-        elif suffix and not path.is_dir():
-            raise ValueError(
-                f"--out {raw}: use a .png (grid), a .npz (arrays) or a folder (one PNG per image); "
-                f"for a folder with a dot in its name, write {raw}/ (or create it first)"
-            )
-        else:
-            folders.append(check_output("--out", path, True, overwrite, "--overwrite"))
-    return Outputs(tuple(grids), tuple(npzs), tuple(folders))
-
-
-def check_grid_flags(args, outputs: Outputs) -> None:
-    """--ncols and --scale lay out a .png grid: refused when no --out is one."""
-    if outputs.grids:
-        return
-    for flag, value in (("--ncols", args.ncols), ("--scale", args.scale)):
-        if value is not None:
-            raise ValueError(f"{flag} lays out a .png grid, and no --out is one: add --out "
-                             f"GRID.png or drop {flag}")  # fmt: skip
-
-
-def label_token(text: str) -> int | str:
-    """A --labels value: a class number, or a class name resolved once the model is loaded."""
+def label_number(token: str) -> int | None:
+    """The class number a --labels token gives: number:N, or a plain integer (refused later if
+    it is also another class's name: `resolve_labels`); None for a name."""
+    if token.startswith(NAME_MARK):
+        return None
+    text = token.removeprefix(NUMBER_MARK)
     try:
         return int(text)
     except ValueError:
-        return text
+        if not token.startswith(NUMBER_MARK):
+            return None
+        raise ValueError(f"--labels {token}: {text!r} is not a class number: write "
+                         f"{NUMBER_MARK}N with N a whole number ≥ 0") from None  # fmt: skip
 
 
-def resolve_labels(labels: list[int | str] | None, model: TrainedModel) -> list[int] | None:
-    """--labels as class numbers: numbers as given, names through `model.label_index`."""
+def resolve_labels(labels: list[str] | None, model: TrainedModel) -> list[int] | None:
+    """--labels as class numbers: numbers as given, names through `model.label_index` (exact,
+    else in any case). A plain number that is also the name of another class (folders named
+    1…10 are sorted '1', '10', '2', …) is refused as ambiguous: number:N / name:N pick one."""
     if labels is None:
         return None
+    chosen = []
+    for token in labels:
+        number = label_number(token)
+        if number is None:
+            try:
+                chosen.append(model.label_index(token.removeprefix(NAME_MARK)))
+            except ValueError as err:
+                raise ValueError(f"--labels {err}") from None
+            continue
+        named = _named_class(token, model) if not token.startswith(NUMBER_MARK) else None
+        if named not in (None, number):
+            exists = number < model.net.config.num_classes
+            raise ValueError(
+                f"--labels {token} is ambiguous: {token!r} is the name of class number {named}, "
+                f"and class number {number} is {_class_text(number, model)}: write "
+                f"{NAME_MARK}{token} for the class named {token!r}"
+                + (f", or {NUMBER_MARK}{number} for class number {number}" if exists else "")
+            )
+        chosen.append(number)
+    return chosen
+
+
+def _class_text(number: int, model: TrainedModel) -> str:
+    """Class `number` in words: "named '10'", "unnamed", or outside the model's range."""
+    names, classes = model.class_names, model.net.config.num_classes
+    if number < len(names):
+        return f"named {names[number]!r}"
+    return "unnamed" if number < classes else f"outside [0, {classes}) for this model"
+
+
+def _named_class(token: str, model: TrainedModel) -> int | None:
+    """The class whose name `token` is (as `label_index` matches names), None for none."""
+    if not model.class_names:
+        return None
     try:
-        return [y if isinstance(y, int) else model.label_index(y) for y in labels]
-    except ValueError as err:
-        raise ValueError(f"--labels {err}") from None
+        return model.label_index(token)
+    except ValueError:
+        return None
 
 
 def check_args(args) -> None:
@@ -226,9 +221,8 @@ def check_args(args) -> None:
     check_seed("--seed", args.seed)
     check_int("--in-context-start", args.in_context_start, 0)
     check_float("--noise-scale", args.noise_scale, 0.0, MAX_NOISE_SCALE, low_open=True)
-    for y in args.labels or ():
-        if isinstance(y, int):  # a class name is checked once the model is loaded
-            check_int("--labels", y, 0)
+    for token in args.labels or ():  # a class name is checked once the model is loaded
+        check_int("--labels", label_number(token), 0)
     check_checkpoint_exists("checkpoint", args.checkpoint)  # before parse_outputs: input first
     check_authors_only(args.checkpoint, args.in_context_start)
 
@@ -372,7 +366,6 @@ def run(args) -> int:
                 preconditioner=model.preconditioner, seed=args.seed, first_index=start,
                 amp_dtype=amp,
             )  # fmt: skip
-            check_finite(images, start, "--cfg / --noise-scale")
             u8 = to_uint8(images)  # (B, C, H, W) uint8 on the CPU
             for folder in outputs.folders:
                 save_pngs(u8, folder, start=start)

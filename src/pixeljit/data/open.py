@@ -97,13 +97,13 @@ def open_dataset(
     size: int,
     channels: int,
     split: str | None = None,
-    is_main: bool = True,
-    barrier: Callable[[], None] | None = None,
+    rank0_first: Callable[[Callable[[], None]], None] | None = None,
     progress: bool = True,
 ) -> PackedDataset:
     """A PackedDataset for `source` at size × size with `channels`. Under several processes
-    only `is_main` checks and packs (with a progress bar if `progress`); the others wait at
-    `barrier`."""
+    `rank0_first(fn)` runs `fn` on rank 0 alone while the others wait, every rank failing if it
+    failed (`training.distributed.rank0_first`): there rank 0 checks the cache and packs (with
+    a progress bar if `progress`)."""
     if not source:
         raise ValueError("no data: pass a packed folder, fashion-mnist, emoji, or an image folder")
     path = Path(source)
@@ -116,7 +116,8 @@ def open_dataset(
             f"data {source!r}: not a packed folder, an image folder, or one of {BUILTIN_SOURCES}"
         )
     target = cache_entry(source, size, channels, split)
-    if is_main:
+
+    def pack() -> None:
         current = source_fingerprint(source, split)
         cached = packed_fingerprint(target, (channels, size, size))
         if cached != current:
@@ -130,6 +131,10 @@ def open_dataset(
                     f"{source} changed while it was being packed into {target}; run again once "
                     "nothing is writing to it"
                 )
-    if barrier is not None:
-        barrier()
+
+    (rank0_first or _alone)(pack)
     return PackedDataset(target)
+
+
+def _alone(fn: Callable[[], None]) -> None:
+    fn()

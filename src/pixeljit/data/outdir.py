@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pixeljit.files.atomic import process_alive, temp_sibling
+from pixeljit.files.cache import CACHE_ENV, cache_root
 
 from .manifest import (
     OWN_FILES_TEXT,
@@ -51,33 +52,59 @@ def _overlap(out_dir: Path, source: Path) -> str | None:
     return None
 
 
+def _in_cache(folder: Path) -> bool:
+    """Whether `folder` is in pixeljit's cache (where `open_dataset` packs a source), not a
+    folder the user chose with `prepare --out`."""
+    return _resolved(folder).is_relative_to(_resolved(cache_root()))
+
+
+def _name(folder: Path) -> str:
+    """The folder as a message names it: the user's output folder, or the data cache's."""
+    return f"{'data cache' if _in_cache(folder) else 'output'} folder {folder}"
+
+
+def _another(folder: Path) -> str:
+    """The fix of a folder whose files are not a pack of ours."""
+    if _in_cache(folder):
+        return f"delete {folder} (the data is packed again) or set {CACHE_ENV} to another folder"
+    return "choose another output folder"
+
+
+def _choose(folder: Path, which: str) -> str:
+    """The fix 'choose an output folder {which}', or for the data cache the variable that
+    moves the cache."""
+    if _in_cache(folder):
+        return f"set {CACHE_ENV} to a folder {which}"
+    return f"choose an output folder {which}"
+
+
 def own_pack_files(folder: Path) -> list[str]:
     """The files of a packed set pixeljit wrote in `folder`; ValueError naming what is not."""
-    refusal = "only a packed set written by pixeljit is ever replaced: choose another output folder"
+    refusal = f"only a packed set written by pixeljit is ever replaced: {_another(folder)}"
     if not (folder / MANIFEST).is_file():
-        raise ValueError(f"output folder {folder} is not empty and has no {MANIFEST}; {refusal}")
+        raise ValueError(f"{_name(folder)} is not empty and has no {MANIFEST}; {refusal}")
     try:
         manifest = read_manifest_json(folder)
         names = {MANIFEST, *listed_names(manifest, folder / MANIFEST)}
     except ForeignNameError as err:  # a manifest edited to list a user's file: never deleted
         raise ValueError(
-            f"output folder {folder}: its {MANIFEST} lists {err.name!r}, a file pixeljit never "
+            f"{_name(folder)}: its {MANIFEST} lists {err.name!r}, a file pixeljit never "
             f"writes (a pack holds only {OWN_FILES_TEXT}), so the folder is not a packed set "
-            f"written by pixeljit and nothing in it is replaced: choose another output folder, "
+            f"written by pixeljit and nothing in it is replaced: {_another(folder)}, "
             f"or move {err.name!r} and your other files out of {folder}"
         ) from err
     except ManifestError as err:
         reason = str(err).split("; ", 1)[0]
-        raise ValueError(f"output folder {folder}: {reason}; {refusal}") from err
+        raise ValueError(f"{_name(folder)}: {reason}; {refusal}") from err
     present = sorted(entry.name for entry in os.scandir(folder))
     foreign = [name for name in present if name not in names or not (folder / name).is_file()]
     if foreign:
         more = " …" if len(foreign) > _SHOWN_FOREIGN else ""
         shown = ", ".join(foreign[:_SHOWN_FOREIGN]) + more
         raise ValueError(
-            f"output folder {folder} holds {len(foreign)} file(s) its manifest does not list "
+            f"{_name(folder)} holds {len(foreign)} file(s) its manifest does not list "
             f"({shown}); only a packed set written by pixeljit is ever replaced: move them out "
-            "or choose another output folder"
+            f"or {_another(folder)}"
         )
     return [name for name in present if name in names]
 
@@ -91,8 +118,8 @@ def check_output(
         _check_output(out_dir, overwrite, sources)
     except OSError as err:  # an unreadable folder on the way
         raise ValueError(
-            f"cannot inspect the output folder {out_dir}: {err.strerror or err} "
-            f"({err.filename}); choose an output folder you can read and write"
+            f"cannot inspect the {_name(out_dir)}: {err.strerror or err} "
+            f"({err.filename}); {_choose(out_dir, 'you can read and write')}"
         ) from err
     return out_dir
 
@@ -102,8 +129,8 @@ def _check_output(out_dir: Path, overwrite: bool, sources: Iterable) -> None:
         relation = _overlap(out_dir, Path(source))
         if relation is not None:
             raise ValueError(
-                f"output folder {out_dir} {relation} the source folder {source}: choose an "
-                "output folder outside the source"
+                f"{_name(out_dir)} {relation} the source folder {source}: "
+                f"{_choose(out_dir, 'outside the source')}"
             )
     if out_dir.is_symlink():
         raise ValueError(
@@ -161,8 +188,8 @@ def open_staging(out_dir: Path) -> Path:
         staging.mkdir()
     except OSError as err:
         raise ValueError(
-            f"cannot write the output folder {out_dir}: creating a folder in {out_dir.parent} "
-            f"failed ({err.strerror or err}); choose an output folder you can write"
+            f"cannot write the {_name(out_dir)}: creating a folder in {out_dir.parent} "
+            f"failed ({err.strerror or err}); {_choose(out_dir, 'you can write')}"
         ) from err
     return staging
 

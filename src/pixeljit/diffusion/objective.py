@@ -130,15 +130,8 @@ def drop_labels(
 # ------------------------------------------------------------------- Tab. 1 conversions
 
 
-def convert(
-    value: Tensor,
-    src: str,
-    dst: str,
-    z: Tensor,
-    t: Tensor,
-    t_eps: float = TRAIN_T_EPS,
-    t_min: float = DEFAULT_T_MIN,
-) -> Tensor:
+def convert(value: Tensor, src: str, dst: str, z: Tensor, t: Tensor,
+            t_eps: float = TRAIN_T_EPS, t_min: float = DEFAULT_T_MIN) -> Tensor:  # fmt: skip
     """Convert a quantity of kind `src` ∈ {x, eps, v} at (z, t) into kind `dst` (Tab. 1).
 
     value, z (N, C, H, W); t (N,). Divisions by 1−t use max(1−t, t_eps), divisions by t use
@@ -165,14 +158,8 @@ def convert(
     return z - tt * value  # eps
 
 
-def to_velocity(
-    value: Tensor,
-    kind: str,
-    z: Tensor,
-    t: Tensor,
-    t_eps: float = TRAIN_T_EPS,
-    t_min: float = DEFAULT_T_MIN,
-) -> Tensor:
+def to_velocity(value: Tensor, kind: str, z: Tensor, t: Tensor,
+                t_eps: float = TRAIN_T_EPS, t_min: float = DEFAULT_T_MIN) -> Tensor:  # fmt: skip
     """The velocity v̂ of a network output of kind `kind` (the sampler's ODE right-hand side).
 
     For x-prediction this is the authors' v = (x̂ − z) / max(1−t, t_eps).
@@ -212,14 +199,8 @@ def preconditioner_coefficients(
     return sd2 * t / denom, sigma_data * noise_scale * (1 - t) / denom.sqrt()
 
 
-def precondition(
-    raw: Tensor,
-    z: Tensor,
-    t: Tensor,
-    kind: str,
-    noise_scale: float = 1.0,
-    sigma_data: float = SIGMA_DATA,
-) -> Tensor:
+def precondition(raw: Tensor, z: Tensor, t: Tensor, kind: str,
+                 noise_scale: float = 1.0, sigma_data: float = SIGMA_DATA) -> Tensor:  # fmt: skip
     """x̂ = c_skip·z + c_out·raw for a raw network output (N, C, H, W) at times t (N,)."""
     if kind == "none":
         return raw
@@ -305,7 +286,15 @@ def flow_matching_loss_at(
     or v = x − ε) and C the Tab. 1 conversion (`convert`). Away from the clamps this is
     ‖L̂ − L‖²; for x-prediction with v-loss it is exactly the authors'
     ((x − z) − (x̂ − z))² / max(1−t, t_eps)². The authors' scalar loss is the batch mean.
+    t outside [0, 1] is refused (one host sync, skipped under torch.compile; the training step's
+    `flow_matching_loss` draws t in [0, 1) and skips it).
     """
+    _check_batch(x, config, t)
+    return _loss_at(denoiser, x, noise, t, y, config)
+
+
+def _loss_at(denoiser, x: Tensor, noise: Tensor, t: Tensor, y, config) -> Tensor:
+    """`flow_matching_loss_at` without its checks of t's values (no host sync)."""
     if x.shape != noise.shape or t.shape != (x.shape[0],):
         raise ValueError(
             f"x {tuple(x.shape)}, noise {tuple(noise.shape)} and t {tuple(t.shape)} must be "
@@ -336,22 +325,34 @@ def flow_matching_loss(
     `config.num_classes`; a denoiser without one (a wrapped or plain function) needs it given
     when labels are. Randomness in the authors' order: label drop, then t, then ε ~ N(0, s²I).
     """
+    _check_batch(x, config)
     num_classes = _label_count(denoiser, y, num_classes)
     y = drop_labels(y, num_classes, config.label_drop, generator)
-    t = sample_t(
-        x.shape[0],
-        config.t_sampler,
-        config.p_mean,
-        config.p_std,
-        generator=generator,
-        device=x.device,
-        dtype=x.dtype,
-    )
+    t = sample_t(x.shape[0], config.t_sampler, config.p_mean, config.p_std,
+                 generator=generator, device=x.device, dtype=x.dtype)  # fmt: skip
     scale = config.resolved_noise_scale(x.shape[-1])
     draw_device = generator.device if generator is not None else x.device
     noise = torch.randn(x.shape, generator=generator, device=draw_device, dtype=x.dtype)
     noise = noise.to(x.device) * scale
-    return flow_matching_loss_at(denoiser, x, noise, t, y, config), t
+    return _loss_at(denoiser, x, noise, t, y, config), t
+
+
+def _check_batch(x, config, t=None) -> None:
+    """Float images and an ObjectiveConfig (types and dtypes: no sync, no graph break); then t's
+    values in [0, 1] when t is given (one host sync), except under torch.compile."""
+    if not isinstance(config, ObjectiveConfig):
+        raise ValueError(f"config must be an ObjectiveConfig, got {type(config).__name__}: pass "
+                         "ObjectiveConfig(**fields), e.g. ObjectiveConfig(loss='x')")  # fmt: skip
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be float images in [-1, 1], got {got}: scale uint8 images "
+                         "with x.float() / 127.5 - 1")  # fmt: skip
+    if not isinstance(t, Tensor) or torch.compiler.is_compiling() or not t.numel():
+        return
+    if not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails too
+        raise ValueError(f"t must lie in [0, 1] (0 = noise, 1 = data), got values from "
+                         f"{float(t.min()):g} to {float(t.max()):g}: pass times in [0, 1], "
+                         "e.g. sample_t(n)")  # fmt: skip
 
 
 def _label_count(denoiser, y: Tensor | None, num_classes: int | None) -> int:
@@ -389,9 +390,7 @@ def bucket_losses(per_sample: Tensor, t: Tensor, num_buckets: int = 4) -> tuple[
     idx = (t.detach() * num_buckets).long().clamp_(0, num_buckets - 1)  # (N,)
     values = per_sample.detach().to(torch.float32)
     sums = torch.zeros(num_buckets, device=values.device).index_add_(0, idx, values)
-    counts = torch.zeros(num_buckets, device=values.device).index_add_(
-        0, idx, torch.ones_like(values)
-    )
+    counts = torch.zeros_like(sums).index_add_(0, idx, torch.ones_like(values))
     return sums, counts
 
 

@@ -117,14 +117,19 @@ class SamplerConfig:
         return evaluations(self.method, self.steps)
 
 
-def check_finite(images: Tensor, start: int = 0, knobs: str = "cfg / noise_scale") -> None:
+class NonFiniteSamples(ValueError):
+    """Samples holding NaN / inf (`check_finite`)."""
+
+
+def check_finite(images: Tensor, start: int = 0) -> None:
     """Refuse NaN / inf samples (written out they would be black images, silently)."""
     bad = (~torch.isfinite(images.flatten(1))).any(dim=1)
     if bad.any():
         first = start + int(bad.nonzero()[0])
-        raise ValueError(
+        raise NonFiniteSamples(
             f"{int(bad.sum())} of the {len(images)} images from sample {start} on are not finite "
-            f"(NaN/inf, first: sample {first}): the checkpoint diverged or {knobs} is too large; "
+            f"(NaN/inf, first: sample {first}): the checkpoint diverged or cfg / noise_scale "
+            "(--cfg / --noise-scale) is too large; "
             "nothing of this batch was written"
         )
 
@@ -275,7 +280,8 @@ def sample(
     torch.bfloat16) runs it under autocast (the state z stays float32). `compile_mode` (one of
     COMPILE_MODES; None = eager) runs it through `torch.compile(dynamic=False)`, kept for later
     calls with the same net; "reduce-overhead" replays CUDA graphs (two at most: N and 2N rows).
-    Seeded noise is drawn on the sampling device (see `noise_from_seeds`).
+    Seeded noise is drawn on the sampling device (see `noise_from_seeds`). A NaN / inf image
+    raises ValueError (`check_finite`) rather than coming back.
     """
     config = _network_config(net)
     interval = check_sampling_args(
@@ -298,18 +304,13 @@ def sample(
     runner = net if compile_mode is None else compiled_network(net, compile_mode)
     compiled = compile_mode is not None
     denoiser = NetDenoiser(runner, preconditioner, noise_scale, amp_dtype, compiled)
-    field = GuidedField(
-        denoiser,
-        y,
-        prediction=prediction,
-        cfg=cfg,
-        interval=interval,
-        null_label=classes if classes > 0 else None,
-        t_eps=t_eps,
-        t_min=t_min,
-    )
+    field = GuidedField(denoiser, y, prediction=prediction, cfg=cfg, interval=interval,
+                        null_label=classes if classes > 0 else None, t_eps=t_eps,
+                        t_min=t_min)  # fmt: skip
     with _eval_mode(net):
-        return solve(field, z, time_grid(steps, grid, shift), method)
+        images = solve(field, z, time_grid(steps, grid, shift), method)
+    check_finite(images, first_index)  # once per call, after the solver: one host sync
+    return images
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ NPZ_CLASS_NAMES_KEY = "class_names"  # (K,) str: label k's class, as `sample --o
 LABELS_CSV = "labels.csv"  # beside a folder of numbered PNGs: the class of each
 LABELS_CSV_HEADER = ("file", "label", "class")
 MAX_GRID_PIXELS = 2**30  # a grid beyond a gigapixel cannot sensibly be built in memory
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file
 _MODES = {1: "L", 3: "RGB"}
 
 
@@ -168,6 +169,25 @@ def save_pngs(
     for k, img in enumerate(array):
         out.append(save_png(_pil(img), folder / png_name(start + k, prefix)))
     return out
+
+
+def png_file_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` is not a plain PNG file fit to publish, None when it is: a symbolic link (never
+    followed: it may lead anywhere, a secret file included), missing, not a regular file, or not
+    PNG content (its first bytes)."""
+    path = Path(path)
+    if path.is_symlink():
+        return "is a symbolic link"
+    if not path.exists():
+        return "does not exist"
+    if not path.is_file():
+        return "is not a regular file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(PNG_MAGIC))
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    return None if head == PNG_MAGIC else "is not a PNG image"
 
 
 def png_name(index: int, prefix: str = "") -> str:

@@ -22,6 +22,7 @@ from pixeljit.model.layers import (
     TimestepEmbedder,
     rope_2d_tables,
     sincos_pos_embed_2d,
+    swiglu_hidden,
 )
 
 INIT_STD = 0.02  # label table, time MLP and in-context embedding
@@ -38,6 +39,8 @@ MAX_FIELDS = {"image_size": 4096, "patch_size": 512, "in_channels": 64, "hidden_
               "depth": 256, "num_heads": 256, "num_classes": 100_000, "in_context_len": 4096,
               "bottleneck_dim": 8192}  # fmt: skip
 MAX_MLP_RATIO = 64.0  # the paper's is 4
+# ⌊ratio·D⌋ giving one hidden unit: 1 for GELU, 2 for SwiGLU (its width is ⌊⌊ratio·D⌋·2/3⌋)
+MIN_MLP_UNITS = {"gelu": 1, "swiglu": 2}
 _FLOAT_FIELDS = ("mlp_ratio", "dropout", "attn_dropout")
 
 
@@ -91,6 +94,13 @@ class JiTConfig:
             raise ValueError(f"mlp must be one of {MLP_KINDS}, got {self.mlp!r}")
         if self.norm not in NORM_KINDS:
             raise ValueError(f"norm must be one of {NORM_KINDS}, got {self.norm!r}")
+        if self.mlp_width < 1:  # nn.Linear builds a zero-width layer without a word
+            units, dim = MIN_MLP_UNITS[self.mlp], self.hidden_size
+            raise ValueError(
+                f"mlp_ratio {self.mlp_ratio:g} gives the {self.mlp} MLP no hidden unit at "
+                f"hidden_size {dim}: mlp_ratio × hidden_size must be ≥ {units}, i.e. "
+                f"mlp_ratio ≥ {units}/{dim} (the paper's is 4)"
+            )
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}"
@@ -144,6 +154,13 @@ class JiTConfig:
             or any(isinstance(v, bool) or not isinstance(v, int) for v in self.dropout_blocks)
         ):
             raise ValueError(f"dropout_blocks must be two integers, got {self.dropout_blocks!r}")
+
+    @property
+    def mlp_width(self) -> int:
+        """The hidden width of each block's MLP (as `layers.Block` builds it)."""
+        if self.mlp == "swiglu":
+            return swiglu_hidden(self.hidden_size, self.mlp_ratio)
+        return int(self.hidden_size * self.mlp_ratio)
 
     @property
     def head_dim(self) -> int:

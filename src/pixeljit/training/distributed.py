@@ -7,10 +7,13 @@ PyTorch's own DistributedDataParallel or FSDP2 `fully_shard`. Nothing home-made.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -25,6 +28,7 @@ STRATEGIES = ("ddp", "fsdp")
 # exits, and torchrun then stops the waiting ranks, so a long wait hides no crash.
 RANK0_WAIT = timedelta(hours=24)
 _rank0_wait: list = [None, None]  # [the default group, its gloo group for `barrier`]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,25 +88,42 @@ def setup(device_name: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def rank0_first(info: DistInfo, fn) -> None:
-    """Run `fn` on rank 0; every rank fails if it failed (no rank left waiting)."""
-    error = None
+def rank0_first(info: DistInfo, fn: Callable[[], T], doing: str) -> T | None:
+    """Run `fn` on rank 0 while the other ranks wait for it, as long as RANK0_WAIT (packing a raw
+    data set takes hours), on `barrier`'s gloo group. If it raised, every rank learns so: rank 0
+    raises its error, the others a RuntimeError saying rank 0 stopped the run while `doing`
+    (not gloo's "Connection closed by peer" once rank 0 is gone). Returns what `fn` returned on
+    rank 0, None on the others."""
+    result, error = None, None
     if info.is_main:
         try:
-            fn()
+            result = fn()
         except Exception as err:
             error = err
     if info.enabled:
-        flag = torch.tensor(int(error is not None), device=info.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if int(flag.item()) and error is None:
-            raise RuntimeError("rank 0 stopped the run while setting up its folder (rank 0's "
-                               "error says why)")  # fmt: skip
+        failed = torch.tensor(int(error is not None))  # on the CPU: the group is gloo
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=_rank0_wait_group())
+        if int(failed.item()) and error is None:
+            raise RuntimeError(f"rank 0 stopped the run while {doing} (rank 0's error says why)")
     if error is not None:
         raise error
+    return result
+
+
+@contextlib.contextmanager
+def process_group(device_name: str = "auto"):
+    """`setup` for the body, `teardown` after it, but only when it succeeded: a rank that
+    failed must exit at once, not wait at teardown's barrier for ranks that are themselves
+    waiting for it in a collective (both would hang). Once it exits, torchrun stops the other
+    ranks, and its error names the failed one."""
+    info = setup(device_name)
+    yield info
+    teardown()
 
 
 def teardown() -> None:
+    """Leave the process group once every rank is done (call it only on success: see
+    `process_group`)."""
     if dist.is_initialized():
         dist.barrier(group=_rank0_wait_group())  # rank 0 may still be writing its last files
         _rank0_wait[:] = [None, None]

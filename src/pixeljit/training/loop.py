@@ -25,7 +25,7 @@ from pixeljit.model import JiT
 from pixeljit.rng import derive_seed
 from pixeljit.training import distributed as dist_utils
 from pixeljit.training.config import TrainConfig, resolve_compile
-from pixeljit.training.config_io import save_yaml, to_dict
+from pixeljit.training.config_io import from_dict, save_yaml, to_dict
 from pixeljit.training.ema import EMA
 from pixeljit.training.optimizer import build_adamw
 from pixeljit.training.previews import sample_grid
@@ -90,7 +90,7 @@ def learning_rate(
 
 
 def train(
-    cfg: TrainConfig,
+    cfg: TrainConfig | dict,
     resume: str | None = None,
     progress: bool = True,
     restart: bool = False,
@@ -98,7 +98,13 @@ def train(
 ) -> TrainResult:
     """Train `cfg` into the folder `cfg.run.out`, which rank 0 locks for the whole run. Fresh
     (no `resume`): the folder must not hold a run, unless `restart` moves it aside. `resume`: a run
-    folder or checkpoint file; the run continues in that folder, which must be `cfg.run.out`."""
+    folder or checkpoint file; the run continues in that folder, which must be `cfg.run.out`.
+    A dict of sections ({'run': {'out': ...}, ...}) is read as `config_io.from_dict` reads it."""
+    if isinstance(cfg, dict):
+        cfg = from_dict(cfg)  # every field checked, by its dotted name
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"cfg must be a TrainConfig or a dict of its sections, got a "
+                         f"{type(cfg).__name__}: e.g. presets.get_preset(name)")  # fmt: skip
     if resume is not None and restart:
         raise ValueError("--restart starts a fresh run; it cannot be combined with --resume")
     out = Path(cfg.run.out)
@@ -115,7 +121,7 @@ def train(
     info = dist_utils.setup(cfg.run.device)
     lock = RunLock(out) if info.is_main else None
     fresh = resume is None and not restart
-    dist_utils.rank0_first(info, lambda: _open_run_folder(lock, out, fresh))
+    dist_utils.rank0_first(info, lambda: _open_run_folder(lock, out, fresh), "locking its folder")
     try:
         resume_file = find_checkpoint(resume) if resume is not None else None
         return _train(cfg, resume_file, progress, allow_inexact_resume, info, restart)
@@ -219,7 +225,7 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
         print(line, flush=True)
     if not idle:  # rank 0 writes; its refusal (an edited config.yaml) stops every rank cleanly
         settle = lambda: _settle_run_folder(out, resume_file, restart, saved, cfg)  # noqa: E731
-        dist_utils.rank0_first(info, settle)
+        dist_utils.rank0_first(info, settle, "setting up its folder")
     return _Run(cfg, plan, dataset, out, compiled, execution, fingerprint, saved, allow_inexact)
 
 

@@ -30,11 +30,19 @@ def ema_network(cfg: TrainConfig, ema, decay: float, info, device) -> torch.nn.M
 @torch.no_grad()
 def sample_grid(cfg: TrainConfig, ema, dataset, path: Path, info, device) -> Path | None:
     """A grid from an EMA: one row per class (up to sample.max_classes), sample.per_class columns,
-    fixed seed, so grids of successive steps are comparable. All ranks call; rank 0 samples."""
+    fixed seed, so grids of successive steps are comparable. All ranks call; rank 0 samples.
+    Samples that come out NaN / inf (finite weights, an unstable sampler setting) leave this
+    step without a grid, said in a warning: a preview never stops the training."""
+    from pixeljit.diffusion.sampler import NonFiniteSamples
+
     net = ema_network(cfg, ema, cfg.sampling_decay, info, device)
     if net is None:
         return None
-    return draw_grid(cfg, net, dataset.class_names, path)
+    try:
+        return draw_grid(cfg, net, dataset.class_names, path)
+    except NonFiniteSamples as err:
+        print(f"warning: no preview grid {path.name}: {err}", flush=True)
+        return None
 
 
 @torch.no_grad()

@@ -202,6 +202,21 @@ def check_resume(
         raise ValueError(
             f"resuming {path} with a change would not continue the run bit-exactly: "
             + "; ".join(inexact)
-            + f"; set these back, or pass {ALLOW_FLAG} to continue anyway"
+            + f"; set these back{_same_world(before, execution)}, or pass {ALLOW_FLAG} to "
+            "continue anyway"
         )
     return inexact
+
+
+def _same_world(before: dict | None, execution: dict) -> str:
+    """How to resume in the checkpoint's world size when it differs: the command that sets it,
+    not a config field (' (…)', or '' when it is the same)."""
+    world = (before or {}).get("world_size")
+    if world is None or world == execution.get("world_size"):
+        return ""
+    if world == 1:
+        return " (the run was trained by one process: resume it without torchrun)"
+    return (
+        f" (the run was trained by {world} processes: resume it under `torchrun "
+        f"--nproc_per_node {world}`, or over nodes with --nnodes × --nproc_per_node = {world})"
+    )

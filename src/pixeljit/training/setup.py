@@ -47,10 +47,9 @@ def open_training_data(
     from the data, add little (counted as none here; resolve_config checks again with them)."""
     m = cfg.model
     check_model_fits(dataclasses.replace(cfg, model=dataclasses.replace(m, num_classes=0)), info)
-    return open_dataset(
-        cfg.data.source, m.image_size, m.in_channels, cfg.data.split, info.is_main,
-        lambda: dist_utils.barrier(info), progress=progress,
-    )  # fmt: skip
+    first = lambda fn: dist_utils.rank0_first(info, fn, "opening the training data")  # noqa: E731
+    return open_dataset(cfg.data.source, m.image_size, m.in_channels, cfg.data.split, first,
+                        progress=progress)  # fmt: skip
 
 
 def flip_warning(cfg: TrainConfig, dataset: PackedDataset | None = None) -> str | None:
