@@ -7,10 +7,12 @@ argparse Namespace into typed library calls, so nothing below the CLI sees a Nam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
 import sys
+import warnings
 
 from pixeljit.training import stopsignal
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
@@ -179,6 +181,22 @@ class _Terminated:
         stopsignal.restore(self.previous)
 
 
+@contextlib.contextmanager
+def one_line_warnings(verb: str, debug: bool):
+    """A warning (the library's `warnings.warn`, torch's) as one line naming the verb, like the
+    errors, not Python's 'FILE:LINE: UserWarning: …' with a source line under it; --debug keeps
+    Python's form."""
+    previous = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = lambda message, *_, **__: (
+            f"pixeljit {verb}{rank_tag()}: warning: {error_line(Warning(message))}\n"
+        )
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def main(argv: list[str] | None = None) -> int:
     try:  # the verbs' imports (torch) take seconds: a Ctrl-C there is no error either
         parser = build_parser()
@@ -189,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     terminated = _Terminated()
     try:
         check_launch(args.verb)
-        with terminated:
+        with terminated, one_line_warnings(args.verb, args.debug):
             return int(args.run(args) or 0)
     except (ValueError, RuntimeError, OSError) as err:  # OSError: missing, unwritable, full disk
         if args.debug:
