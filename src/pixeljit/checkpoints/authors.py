@@ -8,7 +8,6 @@ other pickled code), infer the architecture from tensor shapes, and return a JiT
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from collections.abc import Mapping
@@ -17,11 +16,13 @@ from pathlib import Path
 import torch
 
 from pixeljit.checkpoints.weights import (
+    SAFE_GLOBALS,
     UNSAFE_PICKLE,
     block_indices,
     build_loaded,
     check_tensors,
     check_torch_zip,
+    refuse_special_file,
     torch_load_problem,
 )
 from pixeljit.devices import as_device
@@ -43,12 +44,14 @@ def _resolve_file(source: str | os.PathLike) -> Path:
     path = Path(source)
     if path.is_dir():
         candidate = path / CHECKPOINT_FILENAME
+        refuse_special_file(candidate)  # a named pipe is never opened (it waits for a writer)
         if not candidate.is_file():
             raise FileNotFoundError(
                 f"folder {path} holds no {CHECKPOINT_FILENAME}; pass the checkpoint file itself "
                 "or the folder that contains it"
             )
         return candidate
+    refuse_special_file(path, f"checkpoint {path}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return path
@@ -59,7 +62,7 @@ def read_checkpoint(source: str | os.PathLike) -> dict:
     path = _resolve_file(source)
     check_torch_zip(path)  # bounds what torch.load allocates before it runs
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):  # argparse.Namespace ('args')
             try:  # memory-map the zip format: a released H/16 file is 11 GB
                 data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as err:

@@ -41,7 +41,12 @@ from pixeljit.checkpoints.safetensors_io import (
     SAFETENSORS_FLOATS,
     check_recorded_checksums,
 )
-from pixeljit.checkpoints.weights import materialise, meta_model
+from pixeljit.checkpoints.weights import (
+    check_overrides,
+    materialise,
+    meta_model,
+    refuse_special_file,
+)
 from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.model import JiT, JiTConfig
 
@@ -89,6 +94,7 @@ class HubConfig:
     sampler_source: str
 
     def jit_config(self, source: str, **overrides) -> JiTConfig:
+        check_overrides(source, self.architecture, overrides)  # config.json records it
         try:
             return JiTConfig.from_dict({**self.architecture, **overrides})
         except (ValueError, TypeError, ZeroDivisionError) as err:
@@ -244,6 +250,7 @@ def _read_weights(path: Path, config: HubConfig, device, overrides: dict) -> tup
     """The network, and whether the file records recommended sampler settings itself."""
     from safetensors import SafetensorError, safe_open
 
+    refuse_special_file(path)  # a named pipe is never opened (it would wait for a writer)
     if not path.is_file():
         raise FileNotFoundError(
             f"hub folder {path.parent} has no {WEIGHTS_NAME}: copy it beside "

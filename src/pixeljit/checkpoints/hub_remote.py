@@ -12,12 +12,16 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 HF_SCHEME = "hf://"
 INSTALL_HINT = "pip install 'pixeljit[hub]'"
 LOCAL_ONLY_ERRORS = ("LocalEntryNotFoundError", "OfflineModeIsEnabled")  # huggingface_hub's
+# seconds hf_hub_download waits for the Hub to answer each metadata (HEAD) request, its
+# `etag_timeout` (its default is 10; HF_HUB_ETAG_TIMEOUT, when set, still takes precedence)
+ETAG_TIMEOUT_S = 5
 # a Hub repository name part: letters, digits, '.', '_', '-', not starting or ending with
 # '.' or '-', at most 96 characters (the Hub's own rule); '--' and '..' are refused as well
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
@@ -70,7 +74,7 @@ def _offline() -> bool:
 def _fetch(uri: str, download: Callable, repo: str, name: str, revision: str | None, **kw):
     """hf_hub_download(repo, name, revision=…), its errors as one line naming `uri`."""
     try:
-        return download(repo, name, revision=revision, **kw)
+        return download(repo, name, revision=revision, etag_timeout=ETAG_TIMEOUT_S, **kw)
     except Exception as err:  # huggingface_hub raises many classes (HTTP, offline, cache, ...)
         if not (type(err).__module__.startswith("huggingface_hub") or isinstance(err, OSError)):
             raise
@@ -101,6 +105,9 @@ def fetch_hub_folder(
     repository `uri` names. Returns (the snapshot folder holding both, 'hf://org/name@commit')."""
     repo, revision = parse_hf_uri(uri)
     download = _downloader(uri)
+    if not _offline():  # said before the first request: without a network it takes a while
+        print(f"fetching {uri} from the Hugging Face Hub (HF_HUB_OFFLINE=1 uses only the local "
+              "cache)", file=sys.stderr, flush=True)  # fmt: skip
     info = _fetch(uri, download, repo, config_name, revision, dry_run=True)
     _check_size(uri, config_name, info.file_size, max_config_bytes, "a config is a few kB")
     commit = info.commit_hash

@@ -33,7 +33,7 @@ from pixeljit.checkpoints.safetensors_io import (
     load_safetensors_with_meta,
     save_safetensors,
 )
-from pixeljit.checkpoints.weights import build_loaded
+from pixeljit.checkpoints.weights import build_loaded, check_overrides, refuse_special_file
 from pixeljit.devices import as_device
 from pixeljit.diffusion.objective import BASE_RESOLUTION
 from pixeljit.diffusion.sampler import NO_GUIDANCE, SamplerConfig
@@ -41,6 +41,7 @@ from pixeljit.model import MODEL_SIZES, JiT, JiTConfig
 
 OUR_WEIGHTS = ("ema", "model")  # 'ema' = the configured sampling EMA; or 'ema:<decay>'
 HUB_CONFIG = "config.json"  # marks a Hugging Face layout folder (see checkpoints.hub)
+FOLDER_MARKS = (CHECKPOINT_FILENAME, LATEST, HUB_CONFIG)  # the files `folder_kind` goes by
 # the authors' code: model_ema1 is kept with decay 0.9999 (their evaluation weights), model_ema2
 # with 0.9996 (paper_facts.md §5c)
 AUTHORS_EMA_DECAYS = {"model_ema1": 0.9999, "model_ema2": 0.9996}
@@ -147,8 +148,9 @@ class TrainedModel:
                              "the name's exact case or pass its class number")  # fmt: skip
         shown = ", ".join(repr(n) for n in names[:MAX_NAMES_SHOWN])
         more = f", … ({len(names)} in all)" if len(names) > MAX_NAMES_SHOWN else ""
+        last = self.net.config.num_classes - 1  # every class has a number, named or not
         raise ValueError(f"{name!r} is not a class name of this model: pass one of {shown}"
-                         f"{more}, or a class number 0 to {len(names) - 1}")  # fmt: skip
+                         f"{more}, or a class number 0 to {last}")  # fmt: skip
 
     def objective_metadata(self) -> dict:
         return {"prediction": self.prediction, "noise_scale": self.noise_scale,
@@ -176,6 +178,9 @@ def checkpoint_kind(source: str | os.PathLike) -> str:
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    # a pipe, socket or device (here or as a folder's marker) is refused before it is opened
+    for file in (path, *(path / name for name in FOLDER_MARKS if path.is_dir())):
+        refuse_special_file(file)
     suffix = path.suffix.lower()  # X.SAFETENSORS is the same kind of file
     if path.is_file():
         check_format_matches_suffix(path)
@@ -221,7 +226,9 @@ def load_trained(
     """Load any checkpoint kind (see the module doc). `weights`: for pixeljit runs 'ema'
     (default: the run's sampling EMA), 'ema:<decay>' or 'model'; for the authors' files
     'model_ema1' (default), 'model_ema2' or 'model'; a hub folder holds one set (None or its
-    own name). Overrides go to the JiT config.
+    own name). Overrides go to the JiT config: a pixeljit file (run, .safetensors, hub folder)
+    records its architecture, so only `weights.OVERRIDABLE_FIELDS` (the attention kernel,
+    dropout) may differ from it; an authors' checkpoint records none and takes any field.
 
     Every kind goes through `checkpoints.weights`: sizes bounded by the file before anything is
     built, dtypes and shapes checked on `meta`, NaN / Inf refused."""
@@ -324,6 +331,7 @@ def _load_run(source, weights: str, device, overrides) -> TrainedModel:
     file_bytes = file.stat().st_size  # bounds the tensors the file may declare
     try:
         cfg = ckpt["config"]
+        check_overrides(file, cfg["model"], overrides)  # before the recorded fields are replaced
         fields = {**cfg["model"], **overrides}
         state, weights = _run_state(ckpt, file, weights)
         obj = cfg["objective"]

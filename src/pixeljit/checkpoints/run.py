@@ -23,9 +23,14 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.checkpoints.authors import CHECKPOINT_FILENAME
+from pixeljit.checkpoints.authors import CHECKPOINT_FILENAME, KEY_PREFIX, WEIGHT_ENTRIES
 from pixeljit.checkpoints.metadata import check_class_names
-from pixeljit.checkpoints.weights import check_torch_zip, torch_load_problem
+from pixeljit.checkpoints.weights import (
+    SAFE_GLOBALS,
+    check_torch_zip,
+    refuse_special_file,
+    torch_load_problem,
+)
 from pixeljit.files.atomic import atomic_write, temp_sibling
 
 LATEST = "latest.pt"
@@ -204,17 +209,20 @@ def find_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> 
             raise ValueError(f"{named} is a folder, not a checkpoint file: name the run folder "
                              "that holds it, or a checkpoint file")  # fmt: skip
         latest = path / LATEST
+        refuse_special_file(latest, f"{named}: its {LATEST}")
         if latest.is_file():
             return latest
         if latest.exists():
             raise ValueError(f"{named}: its {LATEST} is not a file: name a checkpoint file")
         found = milestones(path)
         if found:
+            refuse_special_file(found[-1], f"{named}: its {found[-1].name}")
             return found[-1]
         raise FileNotFoundError(
             f"{named}: the folder holds no checkpoint ({LATEST} or step-*.pt); "
             "name a run folder or a checkpoint file"
         )
+    refuse_special_file(path, named)  # opening a named pipe would wait for a writer forever
     return path
 
 
@@ -270,12 +278,21 @@ def load_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> 
     _check_not_another_kind(file, flag)
     try:
         check_torch_zip(file)  # a compressed or oversized member is refused before torch.load
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):  # to tell an authors' file
+            state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(
             f"could not read checkpoint {file} ({torch_load_problem(err)})"
             f"{_alternatives(file, flag)}"
         ) from None
+    entries = _authors_entries(state)
+    if entries:  # e.g. checkpoint-last.pth renamed x.pt: loaded by its name, told so first
+        raise ValueError(
+            f"{file} is an authors' checkpoint (it holds {', '.join(entries)}), not a pixeljit "
+            f"training checkpoint: rename it to {CHECKPOINT_FILENAME} (sample / eval / convert "
+            "load it by that name, or its folder), or load it with pixeljit.load_reference in "
+            "Python"
+        )
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, UNCHECKED_FORMAT):
         raise ValueError(
             f"{file} is not a pixeljit training checkpoint: an authors' checkpoint loads when "
@@ -286,6 +303,23 @@ def load_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> 
     _check_class_names(state, file)
     state["path"] = str(file)
     return state
+
+
+def _authors_entries(state) -> list[str]:
+    """The entries that make `state` (a dict with no pixeljit format) an authors' checkpoint:
+    their weight sets ('model', 'model_ema1', 'model_ema2', keys prefixed 'net.') and the
+    argparse options of their training ('args'); [] for none."""
+    if not isinstance(state, dict) or "format" in state:
+        return []
+    found = [
+        entry
+        for entry in WEIGHT_ENTRIES
+        if isinstance(state.get(entry), dict)
+        and any(isinstance(k, str) and k.startswith(KEY_PREFIX) for k in state[entry])
+    ]
+    if isinstance(state.get("args"), SAFE_GLOBALS):  # only their files hold a Namespace
+        found.append("args")
+    return found
 
 
 def _check_class_names(state: dict, file: Path) -> None:

@@ -15,7 +15,13 @@ from pixeljit.checkpoints.metadata import (
     weights_metadata,
 )
 from pixeljit.checkpoints.run import MAX_LISTED, OTHER_FIELDS, checksum_mismatches, checksums
-from pixeljit.checkpoints.weights import check_finite, materialise, meta_model
+from pixeljit.checkpoints.weights import (
+    check_finite,
+    check_overrides,
+    materialise,
+    meta_model,
+    refuse_special_file,
+)
 from pixeljit.devices import as_device
 from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.files.atomic import atomic_write_stream
@@ -165,6 +171,7 @@ def _config(path: Path, meta: dict, overrides: dict) -> JiTConfig:
     fields = _metadata_json(path, meta, SAFETENSORS_CONFIG_KEY)
     if not isinstance(fields, dict):
         raise ValueError(f"{path}: metadata {SAFETENSORS_CONFIG_KEY!r} must be a JSON object")
+    check_overrides(path, fields, overrides)  # the file records its architecture
     fields = {**fields, **overrides}
     counts = [k for k in COUNT_FIELDS if k in fields and not _positive_int(fields[k])]
     if counts:
@@ -193,6 +200,7 @@ def load_safetensors_with_meta(path: str | os.PathLike, device=None, **overrides
     if device is not None:
         device = as_device(device)  # a device this machine has, and not meta
     path = Path(path)
+    refuse_special_file(path)  # a named pipe is never opened (it would wait for a writer)
     if not path.is_file():
         raise FileNotFoundError(f"safetensors file {path} does not exist")
     file_bytes = path.stat().st_size

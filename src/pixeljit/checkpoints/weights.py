@@ -12,7 +12,11 @@ then the network is materialised on the device and loaded.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import os
 import re
+import stat
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +30,25 @@ MIN_FLOAT_BYTES = min(torch.tensor([], dtype=d).element_size() for d in FLOAT_DT
 BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
 LISTED = 5  # tensor names quoted in an error message
 ZIP_STORED = zipfile.ZIP_STORED
+# the one pickled class `torch.load(weights_only=True)` may rebuild besides tensors and plain
+# values: the authors' checkpoints hold their argparse options under 'args' (a bag of attributes)
+SAFE_GLOBALS = (argparse.Namespace,)
+# what a path that is neither a regular file nor a folder is (opening a FIFO waits for a writer)
+SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+# JiTConfig fields a caller may override when loading a file that records its architecture (a
+# run, a .safetensors export, a hub folder): they change how the same weights are computed or
+# trained, not what they compute in eval mode, where loading returns them: the attention kernel
+# ('sdpa' or the authors' float32 softmax: the same function, other rounding) and dropout (no
+# parameters, inactive in eval mode). Every other field changes the function the weights
+# compute (rope, norm, in_context_start, … even where no weight changes shape), so it must be
+# the recorded value: an override would sample, and export, a network that was never trained.
+OVERRIDABLE_FIELDS = ("attention", "dropout", "dropout_blocks", "attn_dropout")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(JiTConfig)}
 
 
 def _listing(names: list[str]) -> str:
@@ -53,6 +76,63 @@ def torch_load_problem(err: Exception) -> str:
                 f"{UNSAFE_PICKLE}; nothing in it was run")  # fmt: skip
     first = (text.strip().splitlines() or [""])[0]
     return f"{type(err).__name__}: {first}"
+
+
+def special_file_kind(path: str | os.PathLike) -> str | None:
+    """What `path` is when it exists (a link followed) and is neither a regular file nor a
+    folder: 'a named pipe (FIFO)', 'a socket', …; None otherwise (missing ones included)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    other = f"another kind of file ({stat.filemode(mode)})"
+    return next((kind for test, kind in SPECIAL_FILES if test(mode)), other)
+
+
+def refuse_special_file(path: str | os.PathLike, named: str | None = None) -> None:
+    """ValueError when `path` is a pipe, socket or device, before anything opens it (a FIFO
+    blocks its reader until a writer comes, forever; a device may never end). `named`: how
+    messages name the path (default the path itself)."""
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise ValueError(
+            f"{named or path} is not a regular file but {kind}: pass the checkpoint file itself "
+            "(pipes, sockets and devices are never opened: reading one may wait forever)"
+        )
+
+
+def check_overrides(source, recorded: Mapping, overrides: Mapping) -> None:
+    """Refuse overrides of a file's recorded architecture `recorded` (JiTConfig fields) that
+    change what its weights compute: any field outside OVERRIDABLE_FIELDS whose value differs
+    from the recorded one (JiTConfig's default where the file records none). Names that are no
+    JiTConfig field are left to JiTConfig.from_dict, which refuses them."""
+
+    def plain(value):
+        return tuple(value) if isinstance(value, list) else value
+
+    def held(name):  # what the file records (JiTConfig's default where it records nothing)
+        return plain(recorded.get(name, _DEFAULTS[name]))
+
+    def differs(name, value) -> bool:
+        try:
+            return bool(plain(value) != held(name))
+        except Exception:  # an array or other value without a plain truth: not the same
+            return True
+
+    changed = [
+        f"{name}={plain(value)!r} (it records {name}={held(name)!r})"
+        for name, value in overrides.items()
+        if name in _DEFAULTS and name not in OVERRIDABLE_FIELDS and differs(name, value)
+    ]
+    if changed:
+        allowed = f"{', '.join(OVERRIDABLE_FIELDS[:-1])} and {OVERRIDABLE_FIELDS[-1]}"
+        raise ValueError(
+            f"{source} records its architecture: {', '.join(changed)} would change what its "
+            f"weights compute; drop the override (only {allowed} may be given when loading a "
+            "pixeljit file)"
+        )
 
 
 def check_torch_zip(path: str | Path) -> int:
