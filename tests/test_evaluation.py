@@ -16,6 +16,7 @@ from pixeljit.data import prepare
 from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.evaluation import GenerationSpec, balanced_labels, evaluate, generate, shard
 from pixeljit.metrics import create_extractor, score_images
+from pixeljit.metrics.image_sources import IMAGE_SUFFIXES
 from pixeljit.training.loop import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -121,7 +122,8 @@ def test_eval_errors(setup, tmp_path, capsys):
     assert "need --ref" in capsys.readouterr().err
     assert main(["eval", "--images", str(tmp_path), "--ref", "x.npz"]) == 2
     err = capsys.readouterr().err
-    assert f"no image files (.png, .jpg, .jpeg, .bmp, .webp) in {tmp_path}" in err
+    assert f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {tmp_path}" in err
+    assert ".tif" in IMAGE_SUFFIXES  # what `pixeljit prepare` reads
     assert main(["eval", "--make-ref", str(setup / "data"), "--out", str(tmp_path / "r.npz")]) == 2
     assert "--make-ref needs --size and --channels" in capsys.readouterr().err
 

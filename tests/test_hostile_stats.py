@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixeljit.metrics import iter_folder_images, iter_npz_images, load_dataset_stats
+from pixeljit.metrics import iter_folder_images, iter_npz_images, load_dataset_stats, npz_archive
 
 
 def _npy(shape, dtype="<f8", data: bytes = b"") -> bytes:
@@ -57,7 +57,11 @@ def test_declared_sizes_are_refused_before_loading(tmp_path, monkeypatch):
         assert str(path) in str(err.value)
 
 
-def test_zip_bomb_and_pickles_are_refused(tmp_path):
+SMALL_FREE_BYTES = 2**20  # members inflating past this are held to the ratio (64 MiB in use)
+
+
+def test_zip_bomb_and_pickles_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(npz_archive, "MAX_FREE_INFLATED_BYTES", SMALL_FREE_BYTES)
     mu, _ = _good(1200)
     bomb = _npz(tmp_path / "bomb.npz",
                 {"mu": _array(mu), "sigma": _array(np.zeros((1200, 1200)))},
@@ -126,7 +130,8 @@ def test_image_npz_headers_are_checked_first(tmp_path, member, message):
         next(iter_npz_images(path))
 
 
-def test_image_npz_bomb_is_refused(tmp_path):
+def test_image_npz_bomb_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(npz_archive, "MAX_FREE_INFLATED_BYTES", SMALL_FREE_BYTES)
     path = _npz(tmp_path / "bomb.npz", {"arr_0": _array(np.zeros((400, 64, 64, 3), np.uint8))},
                 zipfile.ZIP_DEFLATED)  # fmt: skip
     with pytest.raises(ValueError, match="zip bomb"):

@@ -222,11 +222,12 @@ MAX_NAMES_SHOWN = 3  # foreign files named in an error; the rest counted
 def foreign_files(folder: Path) -> tuple[bool, list[str]]:
     """What a folder for numbered PNGs holds that pixeljit did not write there and that matters:
     (a labels.csv whose first row is not pixeljit's header, the image files `pixeljit eval
-    --images` would read (any suffix it reads, in any case) that are not numbered PNGs)."""
+    --images` would read (`is_read_image`: any suffix it reads, in any case, not hidden) that
+    are not numbered PNGs)."""
     from pixeljit.files.images import LABELS_CSV
-    from pixeljit.metrics.image_sources import IMAGE_SUFFIXES
+    from pixeljit.metrics.image_sources import is_read_image
 
-    read = (p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    read = (p.name for p in folder.iterdir() if is_read_image(p))
     labels = folder / LABELS_CSV
     theirs = os.path.lexists(labels) and not _our_labels_csv(labels)
     return theirs, sorted(name for name in read if not NUMBERED_PNG.fullmatch(name))
@@ -241,7 +242,7 @@ def _our_labels_csv(path: Path) -> bool:
     if not path.is_file():  # (a FIFO would block the read)
         return False
     try:
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:  # Excel's BOM
             first = f.readline(200)
     except OSError:
         return False

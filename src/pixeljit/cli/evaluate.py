@@ -41,6 +41,7 @@ from pixeljit.cli.sampler_args import (
     sampler_from_args,
 )
 from pixeljit.metrics.dataset_stats import check_recorded_shape, recorded_image_shape, shape_text
+from pixeljit.metrics.image_sources import has_npz_suffix
 
 
 def add_parser(sub) -> None:
@@ -252,7 +253,7 @@ def _make_ref(args, info, first, say) -> None:
     if args.size is None or args.channels is None:
         raise ValueError("--make-ref needs --size and --channels (the images to measure)")
     extractor = _extractor(args.extractor, args.channels, 10, args.inception_weights, info.device)
-    if args.make_ref.endswith(".npz"):  # images (checked by check_args), not a data set
+    if has_npz_suffix(args.make_ref):  # images (checked by check_args), not a data set
         ref = _npz_stats(args.make_ref, extractor, args.size, args.channels, info)
     else:
         ref = _dataset_stats("--make-ref", args.make_ref, extractor, args.size,
@@ -270,7 +271,7 @@ def _conversion(args) -> str:
     from pixeljit.data.transforms import CHANNEL_NAMES
     from pixeljit.metrics.image_sources import NPZ_IMAGE_KEY, npz_headers
 
-    if not args.make_ref.endswith(".npz"):
+    if not has_npz_suffix(args.make_ref):
         return ""  # a data set is packed at --size, as training packs it
     shape = npz_headers(args.make_ref)[NPZ_IMAGE_KEY].shape  # (N, H, W[, C])
     height, width = shape[1], shape[2]
@@ -308,7 +309,7 @@ def _check_stats_shape(args, shape: tuple[int, int, int], scored: str) -> None:
     extractor's check (whose dimension follows the channel count under `auto`) would report
     only its symptom, a feature size."""
     needs_ref = set(metrics(args)) & {"fd", "kid", "pr"}
-    if not (needs_ref and args.ref and args.ref.endswith(".npz")):
+    if not (needs_ref and args.ref and has_npz_suffix(args.ref)):
         return
     recorded = recorded_image_shape(args.ref)
     if recorded is None:

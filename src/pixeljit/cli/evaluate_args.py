@@ -23,6 +23,7 @@ from pixeljit.cli.sample_outputs import FOLDER_MARKS
 from pixeljit.cli.sampler_args import AUTO_AMP, FLAGS
 from pixeljit.data.transforms import MAX_SIZE
 from pixeljit.metrics import EXTRACTORS
+from pixeljit.metrics.image_sources import has_npz_suffix
 from pixeljit.metrics.score import ScoreConfig
 
 METRIC_NAMES = ("fd", "kid", "is", "pr")
@@ -75,10 +76,10 @@ def check_args(args) -> list[float] | None:
     if args.inception_weights and args.extractor != "inception-v3-fid":
         raise ValueError("--inception-weights has no effect without --extractor inception-v3-fid: "
                          "add that flag or drop --inception-weights")  # fmt: skip
-    if args.ref_split and args.ref and args.ref.endswith(".npz"):
+    if args.ref_split and args.ref and has_npz_suffix(args.ref):
         raise ValueError(f"--ref-split has no effect with the statistics file --ref {args.ref}: "
                          "drop it (it picks a split of a data-set reference)")  # fmt: skip
-    if args.make_ref and args.make_ref.endswith(".npz"):
+    if args.make_ref and has_npz_suffix(args.make_ref):
         check_make_ref_npz(args.make_ref, args.ref_split)
     from pixeljit.data.shards import MANIFEST
 
@@ -113,7 +114,7 @@ def check_args(args) -> list[float] | None:
         raise ValueError(f"--channels must be one of {CHANNELS}, got {args.channels}")
     if args.make_ref and not args.out:
         raise ValueError("--make-ref needs --out STATS.npz (where the statistics go)")
-    if args.make_ref and not args.out.endswith(".npz"):
+    if args.make_ref and not has_npz_suffix(args.out):
         raise ValueError(f"--make-ref writes statistics as .npz, not --out {args.out}: name the "
                          "file *.npz")  # fmt: skip
     if args.out and not args.make_ref and not args.out.endswith(JSON_SUFFIX):

@@ -3,7 +3,8 @@
 The fingerprint hashes, for every input file, its name, size, modification time and inode
 change time (nanoseconds), plus whatever else decides the packed content (classes, labels).
 Editing, replacing, adding, removing or renaming a file changes it, so `open_dataset` re-packs
-instead of reusing a stale cache entry; reading the files' contents is not needed.
+instead of reusing a stale cache entry; reading the files' contents is not needed. A name that
+is not valid UTF-8 (Python holds its bytes as surrogate escapes) is hashed as its bytes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def files_fingerprint(files: Iterable[tuple[str, Path]], extra: object = None) -
                 raise
             st = os.lstat(path)
             name = f"{name}\0dangling-link"
-        digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+        record = f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n"
+        digest.update(record.encode("utf-8", "surrogateescape"))  # a name's bytes (os.fsencode)
     return digest.hexdigest()
 
 

@@ -6,19 +6,25 @@ Layouts, after an optional split folder (`root/<split>/...`):
 `layout="auto"` picks classes when `root` holds only sub-folders and flat when it holds only
 images; a mix is an error (say which you mean). Files are sorted by relative path, so the
 packed order does not depend on the file system. Images are recognised by extension; other
-files, and hidden entries (".*", not entered), are listed as ignored.
+files, hidden entries (".*", not entered) and, beside class folders, pipes, sockets and devices
+are listed as ignored. A class-level link to nothing (an unmounted disk) is refused: dropping it
+would shift every later class's label. An image name that is a pipe, socket or device is never
+opened (reading a FIFO waits forever): it is a bad image (refused, or skipped with skip_bad).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pixeljit.checkpoints.weights import special_file_kind
 
 from .fingerprint import FINGERPRINT_KEY, files_fingerprint
 from .source import BadImage, BadImageError, SourceStream, batch_images
@@ -57,7 +63,7 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _visible(name: str) -> bool:
+def is_visible_name(name: str) -> bool:
     return not name.startswith(".")
 
 
@@ -103,8 +109,8 @@ def _walk_files(
         try:
             with os.scandir(current) as listing:
                 entries = sorted(listing, key=lambda e: e.name)
-            hidden.extend(str(current / e.name) for e in entries if not _visible(e.name))
-            entries = [e for e in entries if _visible(e.name)]
+            hidden.extend(str(current / e.name) for e in entries if not is_visible_name(e.name))
+            entries = [e for e in entries if is_visible_name(e.name)]
         except OSError as err:
             raise ValueError(
                 f"cannot list folder {current}: {err.strerror}; fix its permissions or move it "
@@ -135,13 +141,13 @@ def _split_root(root: Path, split: str | None) -> Path:
             )
         base = root / split
         if not base.is_dir():
-            subs = sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p.name))
+            subs = sorted(p.name for p in root.iterdir() if p.is_dir() and is_visible_name(p.name))
             raise FileNotFoundError(
                 f"split folder {base} not found (sub-folders of {root}: {subs}); pass the "
                 "split that exists, or no split to use the folder itself"
             )
         return base
-    subs = {p.name for p in root.iterdir() if p.is_dir() and _visible(p.name)}
+    subs = {p.name for p in root.iterdir() if p.is_dir() and is_visible_name(p.name)}
     if subs and subs <= SPLIT_NAMES:
         raise ValueError(
             f"{root} holds split folders {sorted(subs)}: pass split=NAME (prepare --split NAME, "
@@ -151,6 +157,29 @@ def _split_root(root: Path, split: str | None) -> Path:
     return root
 
 
+def _refuse_dangling_links(entries: list[Path]) -> None:
+    """Refuse a link among the class folders that leads nowhere: it is neither a folder nor a
+    file, so skipping it would drop a class and shift every later class's label by one."""
+    for path in entries:
+        if path.is_symlink() and not path.exists():  # a dangling link, or a link to itself
+            raise ValueError(
+                f"class folder {path} is a symbolic link to {os.readlink(path)}, which does not "
+                "exist (an unmounted disk, a moved folder?): mount or restore its target, or "
+                "remove the link; skipping it would shift the labels of the later classes"
+            )
+
+
+def _refuse_non_utf8(text: str, what: str) -> None:
+    """Refuse a name that is not valid UTF-8: the manifest (JSON, UTF-8) cannot record it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{what} {text!r} is not valid UTF-8, so the pack's manifest cannot record it: "
+            "rename it with a UTF-8 name"
+        ) from None
+
+
 def scan_image_folder(
     root: str | os.PathLike, split: str | None = None, layout: str = "auto"
 ) -> FolderScan:
@@ -158,7 +187,7 @@ def scan_image_folder(
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     base = _split_root(Path(root), split)
-    entries = sorted(p for p in base.iterdir() if _visible(p.name))
+    entries = sorted(p for p in base.iterdir() if is_visible_name(p.name))
     subdirs = [p for p in entries if p.is_dir()]
     top_images = [p for p in entries if p.is_file() and is_image_file(p)]
     if layout == "auto":
@@ -177,6 +206,8 @@ def scan_image_folder(
             "unconditional class) or `--layout auto` (the default, which picks flat here), or "
             "sort the images into one sub-folder per class (Python: layout='flat' / 'auto')"
         )
+    if layout == "classes":
+        _refuse_dangling_links(entries)
     ignored: list[str] = []  # non-image files and hidden entries
     files: list[tuple[Path, int]] = []
     top = Path(os.path.realpath(base))
@@ -187,8 +218,8 @@ def scan_image_folder(
             (files.append((path, 0)) if is_image_file(path) else ignored.append(str(path)))
         class_names = [base.name]
     else:
-        ignored.extend(str(p) for p in entries if p.is_file())
-        ignored.extend(str(p) for p in sorted(base.iterdir()) if not _visible(p.name))
+        ignored.extend(str(p) for p in entries if not p.is_dir())  # files, pipes, sockets
+        ignored.extend(str(p) for p in sorted(base.iterdir()) if not is_visible_name(p.name))
         class_names = [d.name for d in subdirs]
         for label, folder in enumerate(subdirs):
             _enter(folder, seen, top)
@@ -222,7 +253,16 @@ def decode_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarra
     Raises one of DECODE_ERRORS for a corrupt, truncated or unsupported file, or one whose
     header declares more than MAX_IMAGE_PIXELS (a decompression bomb).
     """
-    with Image.open(path) as img:
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise ValueError(
+            f"not a regular file but {kind}; pipes, sockets and devices are never opened "
+            "(reading one may wait forever): remove it or replace it with the image file"
+        )
+    with warnings.catch_warnings():  # check_pixels says it in one line, with a lower cap
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    with img:
         check_pixels(img)  # from the header, before anything is decoded
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # upright, as viewers show it (phone photos)
@@ -253,6 +293,9 @@ def folder_stream(
     check_size(size)
     check_channels(channels)
     scan = scan_image_folder(root, split, layout)
+    _refuse_non_utf8(str(Path(root).resolve()), "image folder")
+    for name in scan.class_names:
+        _refuse_non_utf8(name, f"class folder in {scan.root}:")
     files = scan.files[:limit] if limit is not None else scan.files
     skipped: list[BadImage] = []
 

@@ -24,7 +24,9 @@ _MODE_FOR_CHANNELS = {GREY: "L", COLOUR: "RGB"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 # Modes Pillow can convert straight to RGB / L without losing meaning.
 _PLAIN_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
-_SIXTEEN_BIT_SHIFT = 8
+_SIXTEEN_BIT_SHIFT = 8  # 16-bit grey keeps its top 8 bits
+_SIXTEEN_BIT_MAX = 0xFFFF
+_OPAQUE = 255  # 8-bit alpha of an opaque pixel
 MAX_SIZE = 8192  # output side in pixels (the paper trains at 256 and 512)
 # Pixels an input image may declare (8192 x 8192; about 270 MB decoded as RGBA). Pillow's own
 # bomb guard only refuses twice its MAX_IMAGE_PIXELS (~179 M pixels, ~700 MB); ours is lower and
@@ -56,21 +58,47 @@ def check_pixels(img: Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         )
 
 
+def _sixteen_bit_to_eight(img: Image.Image) -> Image.Image:
+    """16-bit grey ('I;16*', or 'I' holding 0..65535) -> 'L' of the top 8 bits, or 'LA' when a
+    tRNS grey value marks transparent pixels (compared on all 16 bits, as PNG defines it).
+
+    Pillow opens 16-bit PGM as 'I' and already scales a smaller maxval (a 12-bit PGM, maxval
+    4095) up to 0..65535, so the top 8 bits are right for every bit depth it reads. An 'I' image
+    holding values outside 0..65535 (a true 32-bit TIFF) has no 8-bit meaning: ValueError."""
+    arr = np.asarray(img)  # (H, W) uint16, or int32 for mode 'I'
+    if img.mode == "I" and arr.size:
+        low, high = int(arr.min()), int(arr.max())
+        if low < 0 or high > _SIXTEEN_BIT_MAX:
+            raise ValueError(
+                f"unsupported image mode 'I' (32-bit integer) with values {low}..{high}, "
+                f"outside the 16-bit range 0..{_SIXTEEN_BIT_MAX} (need an 8-bit or 16-bit image)"
+            )
+    grey = (arr.astype(np.uint32) >> _SIXTEEN_BIT_SHIFT).astype(np.uint8)
+    hidden = img.info.get("transparency")
+    if not isinstance(hidden, int):  # no tRNS (or an unusable one): opaque
+        return Image.fromarray(grey, "L")
+    alpha = np.where(arr == hidden, 0, _OPAQUE).astype(np.uint8)
+    return Image.fromarray(np.stack([grey, alpha], axis=-1), "LA")
+
+
 def to_channels(img: Image.Image, channels: int) -> Image.Image:
     """Convert any supported Pillow image to mode 'L' (channels=1) or 'RGB' (channels=3).
 
-    Alpha (RGBA, LA, PA, palette with a transparent index) is composited over opaque white, so
-    transparent backgrounds become white rather than whatever colour hides under alpha = 0.
-    16-bit greyscale keeps its top 8 bits. Raises ValueError for modes with no 8-bit meaning
-    (32-bit integer 'I', float 'F'): the caller reports the file.
+    Alpha (RGBA, LA, PA, or a PNG tRNS colour in `img.info["transparency"]` for P, L, RGB and
+    16-bit grey) is composited over opaque white, so transparent backgrounds become white rather
+    than whatever colour hides under alpha = 0. 16-bit greyscale (and 'I' holding 0..65535: 16-
+    and 12-bit PGM) keeps its top 8 bits. Raises ValueError for modes with no 8-bit meaning
+    ('I' outside 0..65535, float 'F'): the caller reports the file.
     """
     target = _MODE_FOR_CHANNELS[check_channels(channels)]
     mode = img.mode
-    if mode.startswith("I;16"):
-        arr = np.asarray(img).astype(np.uint16) >> _SIXTEEN_BIT_SHIFT  # (H, W)
-        img, mode = Image.fromarray(arr.astype(np.uint8)), "L"
-    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
+    if mode.startswith("I;16") or mode == "I":
+        img = _sixteen_bit_to_eight(img)
+        mode = img.mode
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        if mode not in _ALPHA_MODES and mode not in _PLAIN_MODES:
+            raise ValueError(f"unsupported image mode {mode!r} (need an 8-bit or 16-bit image)")
+        rgba = img.convert("RGBA")  # honours tRNS (info["transparency"]) for P, L and RGB
         base = Image.new("RGBA", rgba.size, WHITE)
         img = Image.alpha_composite(base, rgba)
     elif mode not in _PLAIN_MODES:

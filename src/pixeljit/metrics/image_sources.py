@@ -13,13 +13,13 @@ import os
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from pixeljit.data.folders import IMAGE_EXTENSIONS, is_image_file, is_visible_name
 from pixeljit.data.transforms import COLOUR, GREY, check_pixels, to_channels
 from pixeljit.files.images import (  # as `sample` writes them
     LABELS_CSV,
@@ -29,11 +29,25 @@ from pixeljit.files.images import (  # as `sample` writes them
     class_label,
 )
 from pixeljit.files.images import NPZ_IMAGES_KEY as NPZ_IMAGE_KEY
+from pixeljit.metrics.npz_archive import NpyHeader, npz_headers, read_npy_header
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))  # `pixeljit prepare`'s, so both read one set
+NPZ_SUFFIX = ".npz"  # in any case: X.NPZ is an .npz too
 MAX_NPZ_CLASS_NAMES = 100_000
 DEFAULT_BATCH = 100
-MAX_INFLATION = 100  # a member may inflate at most this much (zlib alone allows ~1032×)
+MAX_LABEL = int(np.iinfo(np.int64).max)  # labels are held as int64
+
+
+def has_npz_suffix(path: str | os.PathLike) -> bool:
+    """Whether `path` names an `.npz` file, in any case (X.npz, X.NPZ)."""
+    return os.fspath(path).lower().endswith(NPZ_SUFFIX)
+
+
+def is_read_image(path: Path) -> bool:
+    """Whether a folder entry is one `eval --images` reads, by `pixeljit prepare`'s rule: an
+    image suffix (any case) and not hidden (macOS' ._x.png, .DS_Store are skipped)."""
+    return is_visible_name(path.name) and is_image_file(path)
+
 
 ImageSource = torch.Tensor | np.ndarray | Iterable[torch.Tensor] | str | os.PathLike
 
@@ -92,7 +106,7 @@ def iter_path_images(path: str | os.PathLike, batch_size: int = DEFAULT_BATCH):
     path = Path(path)
     if path.is_dir():
         return iter_folder_images(path, batch_size)
-    if path.suffix == ".npz" and path.is_file():
+    if has_npz_suffix(path) and path.is_file():
         return iter_npz_images(path, batch_size=batch_size)
     raise _not_images(path)
 
@@ -103,7 +117,7 @@ def count_path_images(path: str | os.PathLike) -> int:
     path = Path(path)
     if path.is_dir():
         return len(list_image_files(path))
-    if path.suffix == ".npz" and path.is_file():
+    if has_npz_suffix(path) and path.is_file():
         headers = npz_headers(path)
         header = headers[npz_image_key(path, headers)]
         return int(header.shape[0]) if header.shape else 0
@@ -128,7 +142,7 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if is_read_image(p))
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}"
                          + _subfolder_hint(folder))  # fmt: skip
@@ -137,9 +151,9 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
 
 def _subfolder_hint(folder: Path) -> str:
     """When the images sit in subfolders (only the top level is read), one of them, named."""
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and is_visible_name(p.name)):
         try:
-            held = any(p.suffix.lower() in IMAGE_SUFFIXES for p in sub.iterdir())
+            held = any(is_read_image(p) for p in sub.iterdir())
         except OSError:  # an unreadable subfolder: no hint from it
             continue
         if held:
@@ -149,8 +163,9 @@ def _subfolder_hint(folder: Path) -> str:
 
 
 def _is_grey(img: Image.Image) -> bool:
-    """Grey modes (1, L, LA, 16-bit grey) and palette images whose palette is all grey."""
-    if img.mode in ("1", "L", "LA", "La") or img.mode.startswith("I;16"):
+    """Grey modes (1, L, LA, 16- or 32-bit integer grey: PGM) and palette images whose palette
+    is all grey."""
+    if img.mode in ("1", "L", "LA", "La", "I") or img.mode.startswith("I;16"):
         return True
     if img.mode in ("P", "PA"):
         palette = img.getpalette("RGB")
@@ -203,62 +218,6 @@ def iter_folder_images(
         yield torch.from_numpy(np.stack(arrays))
 
 
-@dataclass(frozen=True)
-class NpyHeader:
-    """What one array of an `.npz` declares, read from its `.npy` header without loading it."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    fortran: bool
-    nbytes: int  # the data bytes the header declares
-
-
-def _read_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    return shape, fortran, dtype
-
-
-def npz_headers(path: str | os.PathLike) -> dict[str, NpyHeader]:
-    """{array name: its header} of an `.npz`, bounded before anything is loaded: no object
-    arrays, each member's declared size within MAX_INFLATION × its compressed size (zip bombs),
-    each array's declared bytes within its member. ValueError naming the file otherwise."""
-    path = Path(path)
-    out = {}
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if not info.filename.endswith(".npy"):
-                    continue
-                name = info.filename.removesuffix(".npy")
-                if info.file_size > MAX_INFLATION * info.compress_size + MAX_INFLATION:
-                    raise ValueError(
-                        f"{path}: array {name!r} inflates {info.compress_size} bytes to "
-                        f"{info.file_size}: refusing a zip bomb"
-                    )
-                with zf.open(info) as f:
-                    shape, fortran, dtype = _read_header(f)
-                    data_start = f.tell()
-                if dtype.hasobject:
-                    raise ValueError(
-                        f"{path}: array {name!r} holds Python objects; only numeric arrays are "
-                        "read (pickles are refused)"
-                    )
-                nbytes = math.prod(shape) * dtype.itemsize
-                if nbytes > info.file_size - data_start:
-                    raise ValueError(
-                        f"{path}: array {name!r} declares shape {shape} ({nbytes} bytes) but "
-                        f"holds {info.file_size - data_start}: truncated or corrupt"
-                    )
-                out[name] = NpyHeader(tuple(shape), dtype, bool(fortran), nbytes)
-    except (zipfile.BadZipFile, EOFError) as err:
-        raise ValueError(f"{path} is not a readable .npz file ({err})") from None
-    return out
-
-
 def check_image_header(path, key: str, header: NpyHeader) -> None:
     """C-ordered NHWC uint8 with 1 or 3 channels and at least one pixel."""
     shape = header.shape
@@ -287,7 +246,7 @@ def iter_npz_images(
     check_image_header(path, key, header)
     shape = header.shape
     with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as f:
-        _read_header(f)
+        read_npy_header(f)
         n, per_image = shape[0], math.prod(shape[1:])
         for start in range(0, n, batch_size):
             count = min(batch_size, n - start)
@@ -302,7 +261,7 @@ def npz_labels(path: str | os.PathLike) -> np.ndarray | None:
     """The 'labels' (N,) integers ≥ 0 an images `.npz` carries beside its N images, None when
     it has none (a folder, or an .npz without them); checked against the images' count."""
     path = Path(path)
-    if path.suffix.lower() != ".npz":
+    if not has_npz_suffix(path):
         return None
     headers = npz_headers(path)
     if NPZ_LABELS_KEY not in headers:
@@ -328,25 +287,34 @@ def folder_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[int, str]] 
     --save-images` write it: file, label, class) gives its images, in the folder's image order,
     and the class names it gives them ({label: name}, without the "class c" stand-ins); None for
     a folder without one (or an `.npz`). ValueError says why a labels.csv cannot be used: another
-    layout, a row for a missing image, an image without a row, or one label named two ways."""
+    layout, a row for a missing image, an image without a row, an image listed twice, a label
+    past int64, or one label named two ways."""
     folder = Path(path)
     table = folder / LABELS_CSV
     if not folder.is_dir() or not table.is_file():
         return None
     if table.stat().st_size > MAX_LABELS_CSV_BYTES:
         raise ValueError(f"{table} is over {MAX_LABELS_CSV_BYTES >> 20} MiB")
-    with open(table, newline="", encoding="utf-8", errors="replace") as f:
+    # utf-8-sig: Excel's "CSV UTF-8" starts the file with a byte-order mark
+    with open(table, newline="", encoding="utf-8-sig", errors="replace") as f:
         rows = list(csv.reader(f))
     if not rows or tuple(rows[0][:2]) != LABELS_CSV_HEADER[:2]:
         raise ValueError(f"{table} does not start with the header {','.join(LABELS_CSV_HEADER)}")
-    by_file: dict[str, int] = {}
+    by_file: dict[str, tuple[int, int]] = {}  # file: (label, line)
     names: dict[int, str] = {}
     for line, row in enumerate(rows[1:], start=2):
         if len(row) < 2 or not (row[1].strip().isascii() and row[1].strip().isdigit()):
             raise ValueError(f"{table} line {line}: {','.join(row)!r} is not 'file,label[,class]' "
                              "with a label ≥ 0")  # fmt: skip
         label = int(row[1])
-        by_file[row[0]] = label
+        if label > MAX_LABEL:
+            raise ValueError(f"{table} line {line}: label {row[1].strip()} is over {MAX_LABEL} "
+                             "(the largest int64): give class indices 0, 1, …")  # fmt: skip
+        if row[0] in by_file:
+            first, at = by_file[row[0]]
+            raise ValueError(f"{table} lists {row[0]} twice: line {at} (label {first}) and line "
+                             f"{line} (label {label}); keep one row per image")  # fmt: skip
+        by_file[row[0]] = label, line
         name = row[2] if len(row) > 2 else ""
         if name and name != class_label(None, label):
             if names.setdefault(label, name) != name:
@@ -358,8 +326,10 @@ def folder_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[int, str]] 
         raise ValueError(f"{table} has no row for {missing[0]}{more}")
     extra = sorted(set(by_file) - set(files))
     if extra:
-        raise ValueError(f"{table} lists {extra[0]}, which {folder} does not hold")
-    return np.array([by_file[name] for name in files], dtype=np.int64), names
+        hidden = not is_visible_name(extra[0]) and (folder / extra[0]).exists()
+        why = "is hidden ('.*'), so not read as an image" if hidden else f"{folder} does not hold"
+        raise ValueError(f"{table} lists {extra[0]}, which {why}")
+    return np.array([by_file[name][0] for name in files], dtype=np.int64), names
 
 
 def load_images(source: ImageSource, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
@@ -371,7 +341,7 @@ def npz_class_names(path: str | os.PathLike) -> list[str] | None:
     """The 'class_names' (K,) strings an images `.npz` names its labels by (`pixeljit sample`
     writes them), None when it has none."""
     path = Path(path)
-    if path.suffix.lower() != ".npz":
+    if not has_npz_suffix(path):
         return None
     header = npz_headers(path).get(NPZ_CLASS_NAMES_KEY)
     if header is None:
