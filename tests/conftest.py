@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -321,6 +322,17 @@ def hub(hub_run, tmp_path_factory):
     from hub_helpers import make_hub
 
     return make_hub(hub_run, tmp_path_factory)
+
+
+def noise_pngs(folder: Path, count: int, size: int = 16) -> Path:
+    """`folder` (made) holding `count` grey noise PNGs 000000.png, … of size × size px."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    noise = np.random.default_rng(0).integers(0, 256, (count, size, size), dtype=np.uint8)
+    for k, image in enumerate(noise):
+        Image.fromarray(image).save(folder / f"{k:06d}.png")
+    return folder
 
 
 def write_raw_safetensors(net, path, **metadata) -> None:

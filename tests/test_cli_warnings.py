@@ -8,9 +8,7 @@ import subprocess
 import sys
 import warnings
 
-import numpy as np
-from PIL import Image
-
+from conftest import noise_pngs
 from pixeljit.cli import one_line_warnings
 
 
@@ -25,11 +23,7 @@ def test_a_warning_is_one_line_naming_the_verb_and_debug_keeps_pythons_form():
 
 
 def test_the_command_line_prints_a_library_warning_as_one_line(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    noise = np.random.default_rng(0).integers(0, 256, (10, 16, 16), dtype=np.uint8)
-    for k, image in enumerate(noise):
-        Image.fromarray(image).save(folder / f"{k:06d}.png")
+    folder = noise_pngs(tmp_path / "images", 10)
     (folder / "labels.csv").write_text("file,label,class\n000000.png,0,T-shirt/top\n")
     argv = ["eval", "--images", str(folder), "--extractor", "fmnist-cnn", "--metrics", "is"]
     done = subprocess.run([sys.executable, "-m", "pixeljit", *argv], capture_output=True,

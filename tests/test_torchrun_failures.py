@@ -13,11 +13,9 @@ import sys
 import textwrap
 import time
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import run_group, torchrun
+from conftest import noise_pngs, run_group, torchrun
 
 # a rank whose scoring fails after the other rank entered the gather of features
 FAILING_RANK = textwrap.dedent(
@@ -41,11 +39,7 @@ STOPPED_WITHIN_S = 90  # the hang lasted gloo's 30-minute timeout, then the 24-h
 
 
 def test_a_failing_rank_stops_eval_instead_of_hanging(tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    noise = np.random.default_rng(0).integers(0, 256, (8, 16, 16), dtype=np.uint8)
-    for k, image in enumerate(noise):
-        Image.fromarray(image).save(images / f"{k}.png")
+    images = noise_pngs(tmp_path / "images", 8)
     script = tmp_path / "failing_rank.py"
     script.write_text(FAILING_RANK)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
