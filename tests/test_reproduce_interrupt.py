@@ -6,12 +6,15 @@ the one "interrupted" line; running the same command again finishes the grid."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from conftest import children_of, end_processes, wait_gone
 from pixeljit.checkpoints.run import load_checkpoint
@@ -117,15 +120,19 @@ def test_ctrl_c_to_the_terminal_group_while_workers_start_is_one_line(tmp_path):
     assert err.strip().splitlines()[-1].startswith("pixeljit reproduce: interrupted"), err
 
 
-def test_sigterm_to_a_grid_exits_143_with_its_cell_checkpointed(tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_to_a_grid_exits_143_with_its_cells_checkpointed(jobs, tmp_path):
     """A grid stopped by SIGTERM (a scheduler's) exited 130, Ctrl-C's status; `pixeljit train`
-    exits 128 + the signal, as the README says of every command."""
+    exits 128 + the signal, as the README says of every command. With --jobs 2 the first worker
+    to stop raised an exception its parent could not unpickle: the pool broke and killed the
+    other worker mid-step (steps after its last periodic checkpoint lost, its lock left)."""
     out = tmp_path / "grid"
-    proc = _start(out, jobs=1)
+    proc = _start(out, jobs=jobs)
+    running = CELLS[:jobs]
     try:
         deadline = time.monotonic() + 120
-        log = out / "cells" / CELLS[0] / "metrics.jsonl"
-        while not (log.is_file() and log.stat().st_size):
+        logs = [out / "cells" / name / "metrics.jsonl" for name in running]
+        while not all(log.is_file() and log.stat().st_size for log in logs):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGTERM)
@@ -133,5 +140,24 @@ def test_sigterm_to_a_grid_exits_143_with_its_cell_checkpointed(tmp_path):
     finally:
         end_processes(proc, set())
     assert proc.returncode == SIGNAL_EXIT_BASE + signal.SIGTERM, err
-    assert f"cell {CELLS[0]} stopped after step" in err and "Traceback" not in err, err
-    assert 0 < load_checkpoint(out / "cells" / CELLS[0])["step"] < STEPS
+    assert "Traceback" not in err and "BrokenProcessPool" not in err, err
+    if jobs == 1:
+        assert f"cell {CELLS[0]} stopped after step" in err, err
+    for name in running:  # each stopped at a step boundary with a checkpoint there
+        step = load_checkpoint(out / "cells" / name)["step"]
+        assert 0 < step < STEPS
+        logged = (out / "cells" / name / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(logged[-1])["step"] <= step  # no step trained past the checkpoint
+        assert not (out / "cells" / name / ".lock").exists()
+
+
+def test_a_stopped_cell_crosses_from_a_worker_to_the_grid():
+    """A worker's StoppedBySignal reaches the parent pickled: it could not be rebuilt (its
+    `signum` argument was lost), which broke the process pool and killed the other workers."""
+    import pickle
+
+    from pixeljit.training.stopsignal import StoppedBySignal
+
+    again = pickle.loads(pickle.dumps(StoppedBySignal("cell stopped", signal.SIGTERM)))
+    assert isinstance(again, StoppedBySignal) and again.signum == signal.SIGTERM
+    assert str(again) == "cell stopped"

@@ -109,20 +109,22 @@ def _forward_signals(stop):
     each stops its cell at a step boundary with a checkpoint; `run_cells` then cancels the
     cells not started, waits for the workers to exit and raises KeyboardInterrupt. A second
     signal kills the workers at once. Only the main thread can listen."""
+    received: list[int] = []  # the signals seen, first first (the exit status names it)
     if not stopsignal.can_listen():
-        yield
+        yield received
         return
 
     def forward(signum, frame):
         again = stop.is_set()
         stop.set()
+        received.append(signum)
         for child in multiprocessing.active_children():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGKILL if again else signum)
 
     previous = stopsignal.install(forward)
     try:
-        yield
+        yield received
     finally:
         stopsignal.restore(previous)
 
@@ -154,7 +156,7 @@ def run_cells(
     stop = context.Event()
     shared = (stop, torch.get_num_threads(), measure, extractor, real, train_fn)
     with (
-        _forward_signals(stop),
+        _forward_signals(stop) as received,
         ProcessPoolExecutor(
             workers, mp_context=context, initializer=_start_worker, initargs=shared
         ) as pool,
@@ -164,11 +166,11 @@ def run_cells(
         try:
             while pending:
                 done, _ = wait(pending, timeout=STOP_POLL_S, return_when=FIRST_COMPLETED)
-                if stop.is_set():
-                    raise KeyboardInterrupt(
-                        f"the grid's cells were stopped; {RERUN} to continue them from their "
-                        "checkpoints"
-                    )
+                if stop.is_set():  # SIGTERM exits 143, as train does; Ctrl-C 130
+                    message = (f"the grid's cells were stopped; {RERUN} to continue them "
+                               "from their checkpoints")  # fmt: skip
+                    signum = received[0] if received else signal.SIGINT
+                    raise stopsignal.StoppedBySignal(message, signum)
                 for future in done:
                     k = pending.pop(future)
                     error = future.exception()

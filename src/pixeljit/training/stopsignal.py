@@ -29,6 +29,9 @@ class StoppedBySignal(KeyboardInterrupt):
         super().__init__(message)
         self.signum = signum
 
+    def __reduce__(self):  # rebuilt in a grid's parent when a worker process raises it
+        return type(self), (str(self), self.signum)
+
 
 def can_listen() -> bool:
     """Whether this thread may install signal handlers (Python allows it in the main one only)."""
