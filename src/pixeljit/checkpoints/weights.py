@@ -16,13 +16,13 @@ import argparse
 import dataclasses
 import os
 import re
-import stat
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from pixeljit.files.kinds import special_file_kind
 from pixeljit.model import JiT, JiTConfig
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -33,13 +33,6 @@ ZIP_STORED = zipfile.ZIP_STORED
 # the one pickled class `torch.load(weights_only=True)` may rebuild besides tensors and plain
 # values: the authors' checkpoints hold their argparse options under 'args' (a bag of attributes)
 SAFE_GLOBALS = (argparse.Namespace,)
-# what a path that is neither a regular file nor a folder is (opening a FIFO waits for a writer)
-SPECIAL_FILES = (
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
 # JiTConfig fields a caller may override when loading a file that records its architecture (a
 # run, a .safetensors export, a hub folder): they change how the same weights are computed or
 # trained, not what they compute in eval mode, where loading returns them: the attention kernel
@@ -76,19 +69,6 @@ def torch_load_problem(err: Exception) -> str:
                 f"{UNSAFE_PICKLE}; nothing in it was run")  # fmt: skip
     first = (text.strip().splitlines() or [""])[0]
     return f"{type(err).__name__}: {first}"
-
-
-def special_file_kind(path: str | os.PathLike) -> str | None:
-    """What `path` is when it exists (a link followed) and is neither a regular file nor a
-    folder: 'a named pipe (FIFO)', 'a socket', …; None otherwise (missing ones included)."""
-    try:
-        mode = os.stat(path).st_mode
-    except (OSError, ValueError):
-        return None
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return None
-    other = f"another kind of file ({stat.filemode(mode)})"
-    return next((kind for test, kind in SPECIAL_FILES if test(mode)), other)
 
 
 def refuse_special_file(path: str | os.PathLike, named: str | None = None) -> None:

@@ -132,9 +132,9 @@ def check_output(flag: str, path: str | os.PathLike, folder: bool = False,
     """Refuse an output that cannot be written, before any work: a folder where a file goes (or
     a file where a folder goes), a parent that is a file, a parent without write permission, or
     (unless `overwrite`) an existing file or symbolic link (one leading nowhere included), or a
-    folder already holding PNGs or a labels.csv (which the new ones would replace; images or a
-    labels.csv pixeljit did not write are refused with the fix: `check_only_our_set`). Nothing is
-    created."""
+    folder already holding PNGs or a labels.csv (which the new ones would replace; a folder for a
+    set of numbered PNGs is first checked for files pixeljit did not write by the caller:
+    `check_only_our_set`). Nothing is created."""
     from pixeljit.files.images import LABELS_CSV
 
     path = Path(path)
@@ -154,7 +154,6 @@ def check_output(flag: str, path: str | os.PathLike, folder: bool = False,
         if not overwrite and not folder:
             raise ValueError(f"{flag} {path} already exists: choose a new name or {hint}")
         if not overwrite:  # a folder: refused only for what the new set would replace
-            check_only_our_set(flag, path)  # what --overwrite would not make right
             held = [what for what, there in (
                 ("PNG images", any(path.glob(FOLDER_CLOBBER_GLOB))),
                 (LABELS_CSV, os.path.lexists(path / LABELS_CSV))) if there]  # fmt: skip
@@ -279,14 +278,12 @@ def check_only_our_set(flag: str, folder: str | os.PathLike) -> None:
 
 
 def check_no_stale_pngs(flag: str, folder: str | os.PathLike, count: int) -> None:
-    """A folder holding files pixeljit did not write is refused (`check_only_our_set`); with
-    --overwrite, a folder whose numbered PNGs go beyond the `count` new ones would end up
+    """With --overwrite, a folder whose numbered PNGs go beyond the `count` new ones would end up
     holding two sample sets (the new images replace only their own numbers): refused, before any
     work, naming how many would be left over."""
     folder = Path(folder)
     if not folder.is_dir():
         return
-    check_only_our_set(flag, folder)
     stale = [p.name for p in folder.iterdir()
              if NUMBERED_PNG.fullmatch(p.name) and int(p.name[:-4]) >= count]  # fmt: skip
     if stale:

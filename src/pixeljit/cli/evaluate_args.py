@@ -13,6 +13,7 @@ from pixeljit.cli.checks import (
     check_int,
     check_no_stale_pngs,
     check_not_an_input,
+    check_only_our_set,
     check_output,
     check_outputs_apart,
     check_seed,
@@ -145,6 +146,7 @@ def _check_outputs(args) -> None:
                 f"image): pass a folder; for a folder with a dot in its name, write {raw}/ (or "
                 "create it first)"
             )
+        check_only_our_set("--save-images", raw)  # what --overwrite would not make right
         check_output("--save-images", raw, True, args.overwrite, "--overwrite")
         check_no_stale_pngs("--save-images", args.save_images, args.num)
         if args.out:  # a .json among the PNGs is never read as one of them

@@ -50,9 +50,8 @@ def parse_outputs(paths: list[str] | None, overwrite: bool = False) -> Outputs:
                 f"for a folder with a dot in its name, write {raw}/ (or create it first)"
             )
         else:
+            check_only_our_set("--out", path)  # what --overwrite would not make right
             folders.append(check_output("--out", path, True, overwrite, "--overwrite"))
-            if overwrite:  # (check_output does it without): before the model is loaded
-                check_only_our_set("--out", path)
     named = lambda paths: [("--out", p) for p in paths]  # noqa: E731
     check_outputs_apart(named(grids + npzs), named(folders))
     return Outputs(tuple(grids), tuple(npzs), tuple(folders))

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pixeljit.checkpoints.weights import special_file_kind
+from pixeljit.files.kinds import special_file_kind
 
 from .fingerprint import FINGERPRINT_KEY, files_fingerprint
 from .source import BadImage, BadImageError, SourceStream, batch_images
