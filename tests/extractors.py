@@ -59,3 +59,17 @@ class Recorder:
         if not self.allowed:
             raise AssertionError(f"cell {cfg.run.out} was trained again")
         return train(cfg, resume=resume, progress=progress)
+
+
+def bottleneck_reusing_nothing(config, out, reuse) -> str:
+    """Run the one-cell bottleneck grid `config` into `out` with `reuse` folders that must give
+    it nothing: the cell is trained here, not taken. Returns the progress lines said."""
+    from pixeljit.experiments import bottleneck
+
+    recorder, lines = Recorder(), []
+    report = bottleneck.run_bottleneck(config, out, reuse=reuse, extractor=PoolExtractor(),
+                                       train_fn=recorder, progress=lines.append)  # fmt: skip
+    assert len(recorder.calls) == 1 and "reused_from" not in report["cells"][0]
+    said = "\n".join(lines)
+    assert "taken from --reuse: 0 of the 1 unfinished cell(s)" in said, said
+    return said

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from extractors import PoolExtractor, Recorder
+from extractors import PoolExtractor, Recorder, bottleneck_reusing_nothing
 from pixeljit.experiments import bottleneck, noise
 from pixeljit.experiments.evidence import GRID_NAME, RESULT_NAME
 from pixeljit.experiments.grid import CELLS_FOLDER
@@ -95,13 +95,7 @@ def test_reuse_copies_the_donors_own_grid_never_a_path_its_result_names(donor, t
 def test_a_donor_without_a_readable_grid_is_not_taken(donor, tmp_path):
     out, folder = copy_of(donor, tmp_path)
     (folder / GRID_NAME).unlink()
-    recorder, lines = Recorder(), []
-    report = bottleneck.run_bottleneck(PLAIN, tmp_path / "b", reuse=[out],
-                                       extractor=PoolExtractor(), train_fn=recorder,
-                                       progress=lines.append)  # fmt: skip
-    assert len(recorder.calls) == 1 and "reused_from" not in report["cells"][0]
-    said = "\n".join(lines)
-    assert "taken from --reuse: 0 of the 1 unfinished cell(s)" in said
+    said = bottleneck_reusing_nothing(PLAIN, tmp_path / "b", [out])
     assert f"its sample grid ({GRID_NAME}: missing or not an image)" in said, said
 
 
