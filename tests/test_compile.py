@@ -89,7 +89,7 @@ def test_compiled_model_never_recompiles_across_steps_seen_batch_sizes_or_train_
 
 def test_a_model_with_dropout_compiles_once_per_mode():
     torch.manual_seed(0)
-    net = JiT(JiTConfig(**TINY, dropout=0.1, attn_dropout=0.1))
+    net = JiT(JiTConfig(**TINY, dropout=0.1, attn_dropout=0.1, dropout_blocks=(0, 3)))
     counter = CompileCounter()
     compiled = torch.compile(net, backend=counter, dynamic=False)
     z, t, y = _inputs(2)

@@ -92,6 +92,54 @@ def test_reuse_copies_the_donors_own_grid_never_a_path_its_result_names(donor, t
                           donor[2])  # fmt: skip
 
 
+def test_a_taken_cells_lost_grid_is_never_drawn_from_a_checkpoint_of_its_own(donor, tmp_path):
+    """A taken cell's folder may hold a checkpoint of an earlier, unfinished run of that cell:
+    its images are not the result's, so a lost grid.png is not drawn from it."""
+    out, folder = copy_of(donor, tmp_path)
+    report = bottleneck.run_bottleneck(PLAIN, tmp_path / "b", reuse=[out],
+                                       extractor=PoolExtractor(),
+                                       train_fn=Recorder(allowed=False))  # fmt: skip
+    taken = tmp_path / "b" / CELLS_FOLDER / report["cells"][0]["name"]
+    (checkpoint,) = folder.glob("latest.pt")
+    (taken / "latest.pt").write_bytes(checkpoint.read_bytes())  # the cell's own earlier run
+    (taken / GRID_NAME).unlink()
+    with pytest.raises(FileNotFoundError, match=rf"taken from {folder}, whose checkpoint it does "
+                       rf"not hold: copy {GRID_NAME} from there"):  # fmt: skip
+        bottleneck.run_bottleneck(PLAIN, tmp_path / "b", extractor=PoolExtractor(),
+                                  train_fn=Recorder(allowed=False))  # fmt: skip
+    assert not (taken / GRID_NAME).exists()
+
+
+def test_a_grid_copy_cut_short_by_a_full_disk_leaves_no_part_of_a_grid(
+    donor, tmp_path, monkeypatch
+):
+    import errno
+    import shutil
+
+    from pixeljit.experiments import reuse
+
+    out, folder = copy_of(donor, tmp_path)
+    copy = shutil.copyfile
+
+    def copy_half(src, dst):
+        data = open(src, "rb").read()
+        open(dst, "wb").write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(reuse.shutil, "copyfile", copy_half)
+    with pytest.raises(OSError, match="No space left"):
+        bottleneck.run_bottleneck(PLAIN, tmp_path / "b", reuse=[out], extractor=PoolExtractor(),
+                                  train_fn=Recorder(allowed=False))  # fmt: skip
+    cells = list((tmp_path / "b" / CELLS_FOLDER).iterdir())
+    assert [sorted(p.name for p in cell.iterdir()) for cell in cells] == [[]]  # nothing half
+    monkeypatch.setattr(reuse.shutil, "copyfile", copy)  # space again: the cell is taken whole
+    report = bottleneck.run_bottleneck(PLAIN, tmp_path / "b", reuse=[out],
+                                       extractor=PoolExtractor(),
+                                       train_fn=Recorder(allowed=False))  # fmt: skip
+    assert np.array_equal(pixels(cells[0] / GRID_NAME), donor[2])
+    assert report["cells"][0]["reused_from"] == str(folder)
+
+
 def test_a_donor_without_a_readable_grid_is_not_taken(donor, tmp_path):
     out, folder = copy_of(donor, tmp_path)
     (folder / GRID_NAME).unlink()

@@ -92,6 +92,19 @@ def test_fresh_model_outputs_zero_and_uses_declared_init():
     assert net.y_embedder.embedding_table.weight.std().item() == pytest.approx(0.02, rel=0.2)
 
 
+@pytest.mark.parametrize("depth, blocks", [(12, (3, 9)), (6, (1, 3)), (7, (1, 3)), (3, ())])
+def test_dropout_of_both_kinds_acts_in_the_authors_middle_blocks_only(depth, blocks):
+    """The authors' range, depth//4 ≤ i < depth//4·3, for the projection / MLP dropout and the
+    attention-weight dropout alike (depth 6: blocks 1 and 2, where 3·depth//4 would add 3)."""
+    net = pixeljit.JiT(JiTConfig(**{**TINY, "depth": depth, "dropout": 0.2, "attn_dropout": 0.1}))
+    middle = range(*blocks) if blocks else range(0)
+    for i, block in enumerate(net.blocks):
+        assert block.attn.attn_dropout == (0.1 if i in middle else 0.0), i
+        dropouts = [m.p for m in block.modules() if isinstance(m, torch.nn.Dropout)]
+        assert dropouts == ([0.2] * len(dropouts) if i in middle else []), i
+        assert (len(dropouts) > 0) == (i in middle)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -159,9 +172,10 @@ class _OpDtypes(TorchDispatchMode):
 
 
 def test_fp32_attention_keeps_scores_and_softmax_in_float32_under_bf16_autocast():
-    """attention="fp32" is the authors' numerics: under bf16 autocast QKᵀ, the softmax and the
-    product with V run in float32, where the default attention is one bf16 SDPA kernel. (In
-    float32 the two agree, so only autocast can tell them apart.)"""
+    """attention="fp32" is the authors' numerics: under bf16 autocast QKᵀ and the softmax run in
+    float32 and the product with V in bf16 (theirs leaves it to autocast), where the default
+    attention is one bf16 SDPA kernel. (In float32 the two agree, so only autocast can tell
+    them apart.)"""
     for mode in ("fp32", "sdpa"):
         net = tiny(attention=mode).eval()
         z, t, y = inputs(net)
@@ -172,7 +186,12 @@ def test_fp32_attention_keeps_scores_and_softmax_in_float32_under_bf16_autocast(
         if mode == "fp32":
             assert not attention
             assert len(products) == 3 * net.config.depth  # QKᵀ, softmax, ·V in every block
-            assert all(d == [torch.float32] * len(d) for _, d in products)
+            for qk, softmax, pv in zip(*[iter(products)] * 3, strict=True):
+                assert qk == ("bmm", [torch.float32] * 2) and softmax == (
+                    "_softmax",
+                    [torch.float32],
+                )
+                assert pv == ("bmm", [torch.bfloat16] * 2)
         else:
             assert len(attention) == net.config.depth and not products
             assert all(d == [torch.bfloat16] * 3 for _, d in attention)

@@ -32,6 +32,7 @@ from pixeljit.experiments.nfe_report import (
     UNGUIDED_NOTE,
     nfe_ticks,
     table_markdown,
+    write_figure,
     write_outputs,
 )
 from pixeljit.metrics import DatasetStats, create_extractor, save_dataset_stats
@@ -112,6 +113,38 @@ def test_few_step_verdict():
     assert not few_step_verdict([row("a", 99, 10.0), row("c", 10, 10.6)])["met"]
     # rows at ≤ 20 NFE alone cannot say: the best of them is within 5 % of itself
     assert few_step_verdict([row("a", 20, 10.0), row("c", 10, 12.0), row("d", 200, 1.0)]) == {}
+
+
+def test_no_verdict_names_the_range_that_has_no_row():
+    def row(key, nfe):
+        return {"key": key, "nfe": nfe, "fd": float(nfe), "method": key, "grid": "uniform",
+                "steps": nfe, "rows_per_image": nfe, "class_accuracy": None, "precision": None,
+                "recall": None, "seconds": 1.0}  # fmt: skip
+
+    header = {"settings": {"num": 8, "seed": 0, "cfg": 1.0}}
+    few_only = table_markdown([row("a", 10), row("b", 200)], "FD", header)
+    assert "no row lies between 20 and 100 NFE" in few_only
+    assert "add budgets such as 50 100" in few_only
+    many_only = table_markdown([row("a", 40), row("b", 99)], "FD", header)
+    assert "no row lies at ≤ 20 NFE" in many_only and "between 20 and 100" not in many_only
+    assert few_step_verdict([row("a", 40), row("b", 99)]) == {}
+    assert "No verdict" not in table_markdown([row("a", 10), row("b", 50)], "FD", header)
+
+
+def test_a_long_checkpoint_path_in_the_title_stays_inside_the_figure(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    shown = []
+    monkeypatch.setattr(plt, "close", shown.append)  # keep the figure to measure its title
+    rows = [{"method": "euler", "grid": "uniform", "nfe": n, "fd": 1.0 / n} for n in (4, 8)]
+    path = "/home/someone/" + "/".join(f"experiments-{k}" for k in range(12)) + "/latest.pt"
+    write_figure(rows, "FD", tmp_path / "nfe.png", f"{path} (ema): 1000 images per row")
+    (fig,) = shown
+    fig.canvas.draw()
+    box = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+    assert path.replace("\n", "") in fig.axes[0].title.get_text().replace("\n", "")
+    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------ the sweep

@@ -24,14 +24,15 @@ DECAYS = (0.9, 0.995, 0.999)
 
 
 def test_cooldown_falls_linearly_to_the_last_step_and_is_off_by_default():
-    # 10 steps, warm-up 2, cool-down over the last 4: 0.5, 1, 1, 1, 1, 1, 1, .75, .5, .25
+    # 10 steps, warm-up 2, cool-down over the last 4: 0, .5, 1, 1, 1, 1, 1, .75, .5, .25
     rates = [learning_rate(s, 1.0, 2, total_steps=10, cooldown_steps=4) for s in range(10)]
-    assert rates == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert rates == [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25]
     # a cool-down that reaches into the warm-up takes the smaller factor
-    assert learning_rate(0, 1.0, 4, total_steps=2, cooldown_steps=2) == 0.25
-    assert learning_rate(1, 1.0, 4, total_steps=2, cooldown_steps=2) == 0.5
+    assert learning_rate(1, 1.0, 4, total_steps=3, cooldown_steps=3) == 0.25
+    assert learning_rate(2, 1.0, 8, total_steps=3, cooldown_steps=2) == 0.25
+    assert learning_rate(2, 1.0, 4, total_steps=3, cooldown_steps=3) == 1 / 3
     # off: the authors' constant rate after warm-up, whatever the length
-    assert [learning_rate(s, 2.0, 2, total_steps=10) for s in (0, 1, 9)] == [1.0, 2.0, 2.0]
+    assert [learning_rate(s, 2.0, 2, total_steps=10) for s in (0, 1, 9)] == [0.0, 1.0, 2.0]
     with pytest.raises(ValueError, match=r"optim.cooldown must be < 1"):
         apply_overrides(get_preset("fmnist-tiny"), {"optim.cooldown": 1.0})
     with pytest.raises(ValueError, match=r"optim.ema_warmup must be true or false"):
@@ -174,8 +175,8 @@ def test_checkpoints_from_before_the_switches_resume_as_if_they_were_off():
 
 def test_a_run_logs_the_scheduled_rates_and_warms_its_ema_up_from_update_zero(fmnist16, tmp_path):
     """A 6-step run, 16 steps an epoch, warm-up 0.125 epochs = 2 steps, cool-down 0.5 = the last
-    3 steps: the rate of step s (logged after it) is base·min((s+1)/2, 1, (6−s)/3), written out
-    as 1/2, 1, 1, 1, 2/3, 1/3. The EMA of checkpoint n+1 is the warm-up update number n of
+    3 steps: the rate of step s (from 0, logged after it) is base·min(s/2, 1, (6−s)/3), written
+    out as 0, 1/2, 1, 1, 2/3, 1/3. The EMA of checkpoint n+1 is the warm-up update number n of
     checkpoint n's: ema ← c·ema + (1−c)·θ with c = min(decay, (1+n)/(10+n)) (n = 0 first)."""
     overrides = {"optim.steps": 6, "optim.cooldown": 0.5, "optim.warmup_epochs": 0.125,
                  "optim.ema_warmup": True, "run.log_every": 1, "run.ckpt_every": 1,
@@ -185,7 +186,7 @@ def test_a_run_logs_the_scheduled_rates_and_warms_its_ema_up_from_update_zero(fm
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     base = cfg.optim.learning_rate
-    want = [base * f for f in (1 / 2, 1, 1, 1, 2 / 3, 1 / 3)]
+    want = [base * f for f in (0, 1 / 2, 1, 1, 2 / 3, 1 / 3)]
     assert [r["lr"] for r in records] == pytest.approx(want, rel=1e-12)
     ckpts = [load_checkpoint(tmp_path / "run" / f"step-{n:09d}.pt") for n in range(1, 7)]
     names = ckpts[0]["ema"]["names"]

@@ -137,7 +137,7 @@ def test_qk_norm_makes_attention_blind_to_query_scale(attention):
 
 @pytest.mark.parametrize("attention", ["sdpa", "fp32"])
 def test_attn_dropout_acts_in_train_mode_only(attention):
-    net = tiny(attn_dropout=0.3, dropout=0.0, attention=attention)
+    net = tiny(attn_dropout=0.3, dropout=0.0, attention=attention, dropout_blocks=(0, 3))
     assert net.config.dropout == 0.0  # attention dropout is the only random op
     plain = tiny(attn_dropout=0.0, dropout=0.0, attention=attention)
     plain.load_state_dict(net.state_dict())

@@ -86,6 +86,18 @@ def test_fifo_at_an_output_name_is_refused(tmp_path, capsys, no_training):
     assert "toy_table.json, not a plain file" in _err(capsys)
 
 
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+@pytest.mark.parametrize("held", ["noise-config.json", "nfe.json", "notes.txt"])
+def test_a_folder_of_other_results_is_refused(tmp_path, capsys, no_training, held, overwrite):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / held).write_text("{}")
+    assert main([*QUICK, "--out", str(out), *overwrite]) == 2
+    err = _err(capsys)
+    assert f"--out {out} is not empty and holds no file of an earlier toy run" in err
+    assert [p.name for p in out.iterdir()] == [held]  # nothing written beside it
+
+
 def test_library_write_outputs_refuses_a_folder_before_writing_any_file(tmp_path, tiny_result):
     (tmp_path / "toy_table.md").mkdir()
     with pytest.raises(ValueError, match="toy_table.md is a folder"):

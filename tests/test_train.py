@@ -56,8 +56,10 @@ def test_tiny_model_loss_falls_on_a_fixed_batch():
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
 
 
-def test_learning_rate_schedule():
-    assert learning_rate(0, 1.0, 4) == 0.25 and learning_rate(3, 1.0, 4) == 1.0
+def test_learning_rate_schedule_is_the_authors_per_iteration_warm_up():
+    """Theirs (MAE's adjust_learning_rate, called before each step with the epoch's fraction):
+    step k of a W-step warm-up at base·k/W, the first at 0, the full rate from step W."""
+    assert [learning_rate(k, 1.0, 4) for k in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     assert learning_rate(100, 1.0, 4) == 1.0 and learning_rate(0, 2.0, 0) == 2.0
     assert get_preset("jit-b-16").optim.learning_rate == pytest.approx(2e-4)
 
@@ -175,8 +177,10 @@ def test_ddp_matches_one_process_resumes_exactly_and_continues_closely_under_fsd
     gradients are summed in another order); a DDP resume is bit-exact; the same checkpoint
     resumed under FSDP2 (an inexact resume: another reduction order) ends close to it, every
     weight, EMA and AdamW moment."""
-    # one process, micro-batch 8 × 2 accumulation steps = the same global batch of 16
-    single = tiny_config(packed, tmp_path / "single", **{"optim.micro_batch": 8})
+    # one process, micro-batch 8 × 2 accumulation steps = the same global batch of 16, and the
+    # same warm-up as common_flags'
+    single = tiny_config(packed, tmp_path / "single",
+                         **{"optim.micro_batch": 8, "optim.warmup_epochs": 0.1})  # fmt: skip
     train(single, progress=False)
     done = torchrun(["train", *common_flags(packed, tmp_path / "ddp", 6)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

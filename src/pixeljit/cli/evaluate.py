@@ -1,9 +1,9 @@
 """`pixeljit eval`: score a model (generate and score in one streaming pass), or images.
 
-pixeljit eval --checkpoint CKPT --num N --ref STATS.npz|DATASET [--extractor E] [--cfg W] ...
+pixeljit eval --checkpoint CKPT --num-images N --ref STATS.npz|DATASET [--extractor E] [--cfg W] ...
 pixeljit eval --images FOLDER|X.npz --ref STATS.npz|DATASET
 pixeljit eval --make-ref DATASET --size S --channels C --out STATS.npz
-pixeljit eval --checkpoint RUN --num 8000 --ref DATASET --sweep-cfg 1.0 4.0 0.1 --emas all
+pixeljit eval --checkpoint RUN --num-images 8000 --ref DATASET --sweep-cfg 1.0 4.0 0.1 --emas all
 
 The JSON of --out holds the scores and what they measured: the checkpoint, step and weights with
 a SHA-256 of them (`checkpoints.provenance`; `convert --hub` publishes only matching scores), the

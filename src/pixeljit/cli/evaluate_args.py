@@ -33,9 +33,12 @@ AUTO_EXTRACTOR = "auto"  # a --ref file's own; else fmnist-cnn for grey 10-class
 EXTRACTOR_CHOICES = (*EXTRACTORS, AUTO_EXTRACTOR)
 JSON_SUFFIX = ".json"
 DEFAULT_NUM, DEFAULT_SEED, DEFAULT_BATCH = 10000, 0, 100  # generation (--checkpoint)
+# the count's flag as messages name it: in full, since under torchrun its alias --num is taken
+# by torchrun's own parser as an abbreviation of its --numa-binding
+NUM_FLAG = "--num-images"
 # flags that only generating images uses (attribute → flag): refused with --images / --make-ref
 GENERATION_FLAGS = {
-    "num": "--num", "weights": "--weights", **FLAGS, "fast": "--fast", "amp": "--amp",
+    "num": NUM_FLAG, "weights": "--weights", **FLAGS, "fast": "--fast", "amp": "--amp",
     "seed": "--seed", "batch_size": "--batch-size", "save_images": "--save-images",
     "sweep_cfg": "--sweep-cfg", "emas": "--emas", "in_context_start": "--in-context-start",
 }  # fmt: skip
@@ -68,7 +71,7 @@ def check_args(args) -> list[float] | None:
     """Every numeric flag and output path, before anything is loaded or generated; returns the
     CFG scales of --sweep-cfg (None without it)."""
     check_mode_flags(args)
-    check_int("--num", args.num, 1, MAX_IMAGES + 1)
+    check_int(NUM_FLAG, args.num, 1, MAX_IMAGES + 1)
     check_int("--batch-size", args.batch_size, 1, MAX_IMAGES + 1)
     check_device("--device", args.device)
     check_extractor_flag(args.extractor)
@@ -102,7 +105,7 @@ def check_args(args) -> list[float] | None:
         if args.weights is not None and args.emas is not None:
             raise ValueError("--weights and --emas both name the weights of the sweep: keep one")
     if args.checkpoint:
-        fix = "raise --num to {least} or more, or leave {metric} out of --metrics"
+        fix = f"raise {NUM_FLAG} to {{least}} or more, or leave {{metric}} out of --metrics"
         ScoreConfig().check_count(metrics(args), args.num, fix)
         for flag, value in (("--size", args.size), ("--channels", args.channels)):
             if value is not None:
@@ -121,13 +124,14 @@ def check_args(args) -> list[float] | None:
     if args.out and not args.make_ref and not args.out.endswith(JSON_SUFFIX):
         raise ValueError(f"--out {args.out}: the results are JSON; name the file *.json")
     _check_outputs(args)
-    # after the flags and paths; counted from the listing or the .npz header, before any
-    # reference work (packing a data-set reference can take minutes)
+    # after the flags and paths; counted from the listing or the .npz header, and an .npz's
+    # labels checked, before any reference work (packing a data-set reference can take minutes)
     if args.images:
-        from pixeljit.metrics.image_sources import count_path_images
+        from pixeljit.metrics.image_sources import count_path_images, npz_labels
 
         fix = "score {least} images or more, or leave {metric} out of --metrics"
         ScoreConfig().check_count(metrics(args), count_path_images(args.images), fix)
+        npz_labels(args.images)
     if not args.sweep_cfg:
         return None
     return sweep_scales(*args.sweep_cfg)
@@ -183,6 +187,10 @@ def check_make_ref_npz(path: str, ref_split: str | None = None) -> None:
     )
 
     takes = "--make-ref takes a data set, an image folder or an .npz of images (arr_0, NHWC uint8)"
+    if Path(path).is_dir():  # a data-set reference named *.npz would be read as statistics
+        raise ValueError(f"--make-ref {path} is a folder named like an .npz file (a name "
+                         "ending in .npz is read as one): rename the folder to pass it as an "
+                         "image folder")  # fmt: skip
     if not Path(path).is_file():
         raise FileNotFoundError(f"--make-ref {path} does not exist: {takes}")
     headers = npz_headers(path)

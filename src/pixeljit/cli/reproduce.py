@@ -124,7 +124,8 @@ def check_toy_outputs(out: Path, overwrite: bool) -> None:
     """Every file the toy writes into `out`, before any training: a folder (or a link to one),
     a symbolic link leading nowhere or anything but a plain file at one of its names is refused
     even with --overwrite (the toy never wrote it); the files of an earlier run are refused
-    without --overwrite."""
+    without --overwrite; a non-empty folder without them (another experiment's results, a
+    user's files) is refused, as the grids and the NFE study refuse theirs."""
     from pixeljit.experiments.toy_report import toy_output_names
 
     earlier = []
@@ -149,6 +150,11 @@ def check_toy_outputs(out: Path, overwrite: bool) -> None:
         raise ValueError(
             f"--out {out} already holds {', '.join(earlier)} from an earlier run: "
             "choose another --out or pass --overwrite to replace them"
+        )
+    if not earlier and out.is_dir() and any(out.iterdir()):  # another experiment's results?
+        raise ValueError(
+            f"--out {out} is not empty and holds no file of an earlier toy run: choose a new or "
+            "empty folder"
         )
 
 

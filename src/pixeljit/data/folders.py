@@ -28,6 +28,7 @@ from pixeljit.files.kinds import special_file_kind
 
 from .fingerprint import FINGERPRINT_KEY, files_fingerprint
 from .source import BadImage, BadImageError, SourceStream, batch_images
+from .text import utf8_text
 from .transforms import COLOUR, CROP_RULE, check_channels, check_pixels, check_size, image_to_chw
 
 IMAGE_EXTENSIONS = frozenset(
@@ -180,10 +181,11 @@ def _refuse_non_utf8(text: str, what: str) -> None:
         ) from None
 
 
-def scan_image_folder(
-    root: str | os.PathLike, split: str | None = None, layout: str = "auto"
-) -> FolderScan:
-    """List an image folder (see the module doc); clear errors for empty folders and classes."""
+def _top_level(
+    root: str | os.PathLike, split: str | None, layout: str
+) -> tuple[Path, str, list[Path], list[Path], list[Path]]:
+    """(base, layout, visible entries, sub-folders, images) of the folder's top level, the
+    layout resolved; the errors of a missing folder or split, a mix, or no classes."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     base = _split_root(Path(root), split)
@@ -208,6 +210,27 @@ def scan_image_folder(
         )
     if layout == "classes":
         _refuse_dangling_links(entries)
+    return base, layout, entries, subdirs, top_images
+
+
+def folder_class_names(
+    root: str | os.PathLike, split: str | None = None, layout: str = "auto"
+) -> list[str] | None:
+    """The class names `scan_image_folder` gives, read from the folder's top level alone (no
+    walk of its images; its errors there are raised as the scan raises them): the sub-folder
+    names of a layout of classes, the folder's own name for a flat folder holding images
+    directly; None where only the walk can tell (a flat folder whose images lie deeper)."""
+    base, layout, _, subdirs, top_images = _top_level(root, split, layout)
+    if layout == "classes":
+        return [d.name for d in subdirs]
+    return [utf8_text(base.name)] if top_images else None
+
+
+def scan_image_folder(
+    root: str | os.PathLike, split: str | None = None, layout: str = "auto"
+) -> FolderScan:
+    """List an image folder (see the module doc); clear errors for empty folders and classes."""
+    base, layout, entries, subdirs, _ = _top_level(root, split, layout)
     ignored: list[str] = []  # non-image files and hidden entries
     files: list[tuple[Path, int]] = []
     top = Path(os.path.realpath(base))
@@ -216,7 +239,7 @@ def scan_image_folder(
     if layout == "flat":
         for path in _walk_files(base, seen, top, ignored):
             (files.append((path, 0)) if is_image_file(path) else ignored.append(str(path)))
-        class_names = [base.name]
+        class_names = [utf8_text(base.name)]  # the folder's name, whatever its bytes
     else:
         ignored.extend(str(p) for p in entries if not p.is_dir())  # files, pipes, sockets
         ignored.extend(str(p) for p in sorted(base.iterdir()) if not is_visible_name(p.name))
@@ -293,9 +316,8 @@ def folder_stream(
     check_size(size)
     check_channels(channels)
     scan = scan_image_folder(root, split, layout)
-    _refuse_non_utf8(str(Path(root).resolve()), "image folder")
-    for name in scan.class_names:
-        _refuse_non_utf8(name, f"class folder in {scan.root}:")
+    for name in scan.class_names:  # a label's name must be recorded as it is
+        _refuse_non_utf8(name, f"class folder in {utf8_text(str(scan.root))}:")
     files = scan.files[:limit] if limit is not None else scan.files
     skipped: list[BadImage] = []
 
@@ -332,8 +354,8 @@ def folder_stream(
 
     description = {
         "kind": FOLDER_KIND,
-        "root": str(Path(root).resolve()),
-        "split": split,
+        "root": utf8_text(str(Path(root).resolve())),  # any path the OS accepts
+        "split": utf8_text(split) if split is not None else None,
         "layout": scan.layout,
         "files": len(files),
         "crop": CROP_RULE,

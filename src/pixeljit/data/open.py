@@ -10,6 +10,7 @@ a replaced font or IDX file) is re-packed in place, never reused.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,13 +25,16 @@ from .outdir import sweep_stale_staging
 from .packed import PackedDataset
 from .prepare import EMOJI, EMOJI_SPLIT, FASHION_MNIST, prepare
 from .shards import MANIFEST
+from .text import file_name_text, utf8_text
 
 BUILTIN_SOURCES = (FASHION_MNIST, EMOJI)
 
 
 def _slug(path: Path) -> str:
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
-    return f"{path.name}-{digest}"
+    """The cache name of a folder: its name and a hash of its resolved path's bytes, so any path
+    the OS accepts (one whose bytes are not valid UTF-8 too) names an entry of its own."""
+    digest = hashlib.sha1(os.fsencode(path.resolve())).hexdigest()[:8]
+    return f"{file_name_text(path.name)}-{digest}"
 
 
 def source_fingerprint(source: str, split: str | None) -> str:
@@ -74,7 +78,7 @@ def check_packed_split(dataset: PackedDataset, split: str | None) -> None:
     if split is None:
         return
     have = packed_split(dataset)
-    if split == have:
+    if utf8_text(split) == have:  # as the manifest records a split folder's name
         return
     source = dataset.manifest.get("source")
     kind = source.get("kind", "a source") if isinstance(source, dict) else "a source"
@@ -122,14 +126,15 @@ def open_dataset(
         cached = packed_fingerprint(target, (channels, size, size))
         if cached != current:
             why = "changed since it was packed; re-packing" if target.exists() else "packing"
-            print(f"{source} ({split or 'default split'}): {why} at {size}px into {target} …")
+            print(f"{utf8_text(source)} ({split or 'default split'}): {why} at {size}px into "
+                  f"{utf8_text(str(target))} …")  # fmt: skip
             sweep_stale_staging(target, every_entry=True)  # killed packs of any cache entry
             prepare(source, size, target, split=split, channels=channels, progress=progress,
                     overwrite=True)  # fmt: skip
             if packed_fingerprint(target) != current:
                 raise RuntimeError(
-                    f"{source} changed while it was being packed into {target}; run again once "
-                    "nothing is writing to it"
+                    f"{utf8_text(source)} changed while it was being packed into {target}; run "
+                    "again once nothing is writing to it"
                 )
 
     (rank0_first or _alone)(pack)

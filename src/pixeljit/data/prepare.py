@@ -32,6 +32,7 @@ from .shards import (
     write_json_atomic,
 )
 from .source import BadImage, SourceStream
+from .text import utf8_text
 from .transforms import COLOUR, GREY, check_channels, check_size
 
 FASHION_MNIST = "fashion-mnist"
@@ -346,22 +347,13 @@ def _pack(
         "labels": labels_entry,
         "source": stream.description,
         "skipped": [
-            {"path": _json_text(b.path), "reason": _json_text(b.reason)} for b in stream.skipped
+            {"path": utf8_text(b.path), "reason": utf8_text(b.reason)} for b in stream.skipped
         ],
         "ignored_files": len(stream.ignored),
         "created_by": _creator(),
     }
     write_json_atomic(staging / MANIFEST, manifest)
     return int(labels.shape[0]), writer.image_shape, class_counts
-
-
-def _json_text(text: str) -> str:
-    """`text` as the manifest (UTF-8 JSON) can hold it: a file name that is not valid UTF-8
-    (its bytes held as surrogate escapes) is written with those bytes as `\\xNN` escapes."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a lone surrogate that no file name's bytes make
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _check_disk_space(staging: Path, total: int | None, shape: tuple[int, int, int]) -> None:

@@ -48,6 +48,7 @@ RESULT_NAME = "result.json"  # its presence marks a finished cell
 TRAINED_FILE = "trained.json"  # a cell's training seconds so far, over its runs, and step
 RERUN = "re-run the same command"  # how an interrupted grid continues (its messages say it)
 GRID_NAME = "grid.png"
+REUSED_KEY = "reused_from"  # a result taken from another grid's cell (--reuse) names it
 GRID_COLUMNS = 4  # 16 samples → a 4×4 panel in the figure
 HF_FACTOR = 2  # the high-frequency residual: image − up(down(image, 2))
 EXTRACT_BATCH = 64
@@ -330,12 +331,17 @@ def redraw_grid(folder: Path, cell: Cell, measure: Measure, result: dict) -> Non
     """A finished cell's sample grid drawn again from its checkpoint, the same images (samples
     have seeds of their own) where it is missing or unreadable: the reports show it."""
     path = folder / GRID_NAME
-    if not has_checkpoint(folder):
-        taken = f" (taken from {result['reused_from']})" if result.get("reused_from") else ""
+    donor = result.get(REUSED_KEY)
+    if donor:  # a checkpoint here is an earlier, unfinished run of the cell: not the result's
         raise FileNotFoundError(
-            f"{path} is missing or not an image, and the finished cell{taken} holds no "
-            f"checkpoint to draw it again: restore the file, or move {folder} away to train "
-            "the cell again"
+            f"{path} is missing or not an image, and the finished cell was taken from {donor}, "
+            f"whose checkpoint it does not hold: copy {GRID_NAME} from there, or move {folder} "
+            "away to train the cell again"
+        )
+    if not has_checkpoint(folder):
+        raise FileNotFoundError(
+            f"{path} is missing or not an image, and the finished cell holds no checkpoint to "
+            f"draw it again: restore the file, or move {folder} away to train the cell again"
         )
     if path.is_dir() or path.is_symlink():
         raise FileExistsError(f"{path} is not a file: move it away and {RERUN}")

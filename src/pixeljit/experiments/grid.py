@@ -298,12 +298,18 @@ def run_grid(
     if extra:
         say(f"adding seed(s) {', '.join(map(str, extra))} to the grid; the earlier seeds' cells "
             "are kept")  # fmt: skip
-    data = packed_data(config, sizes, out)
+    data = packed_data(config, sizes, out, say)
     cells = build({size: str(found.folder) for size, found in data.items()})
+    names = [cell.name for cell in cells]
+    shared = sorted({name for name in names if names.count(name) > 1})
+    if shared:  # one folder would hold two cells: the second would report the first's results
+        raise ValueError(f"two cells of the grid share the folder name {', '.join(shared)}: "
+                         "give axis values that differ in their names")  # fmt: skip
     cached = out / REFERENCE_NAME
     if cached.is_file():
         real, floor = RealReference.load(cached, extractor.stats_name)
     else:
+        say(f"real reference: measuring the real images with {extractor.stats_name}")
         real, floor = reference(data, extractor)
         real.save(cached, extractor.stats_name, floor)
     floors = ", ".join(f"{k} {v:.1f}" for k, v in floor.items())

@@ -35,19 +35,26 @@ DATA_FOLDER = "data"  # inside a results folder: images packed for a --data-limi
 CHANNELS = 3  # the grids train on colour images
 
 
-def packed_data(config: GridConfig, sizes, out: Path) -> dict[int, PackedDataset]:
+def packed_data(
+    config: GridConfig, sizes, out: Path, say: Callable[[str], None] | None = None
+) -> dict[int, PackedDataset]:
     """The packed images of each size: the whole set from the cache, or the first
-    `data_limit` images packed once into the results folder."""
+    `data_limit` images packed once into the results folder; `say` hears of each size before
+    it is opened or packed (packing takes a while)."""
     from pixeljit.data.prepare import prepare
     from pixeljit.data.shards import MANIFEST
 
+    say = say or (lambda line: None)
     found = {}
     for size in sorted(set(sizes)):
         if config.data_limit is None:
+            say(f"data: {config.data} at {size} px (packed into the cache the first time)")
             found[size] = open_dataset(config.data, size, CHANNELS, progress=False)
             continue
         folder = out / DATA_FOLDER / f"{Path(config.data).name}-{size}px-{config.data_limit}"
         if not (folder / MANIFEST).is_file():
+            say(f"data: packing the first {config.data_limit} images of {config.data} at "
+                f"{size} px into {folder}")  # fmt: skip
             prepare(config.data, size, folder, channels=CHANNELS, limit=config.data_limit,
                     progress=False, overwrite=True)  # fmt: skip
         found[size] = PackedDataset(folder)

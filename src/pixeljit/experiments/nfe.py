@@ -287,15 +287,27 @@ def sorted_rows(results: dict) -> list[dict]:
     return sorted(results["rows"], key=lambda r: (r["method"], r["grid"], r["nfe"]))
 
 
+def no_verdict_reason(rows: list[dict]) -> str | None:
+    """Why `few_step_verdict` cannot judge `rows` (None: it can), with the budgets to add."""
+    few = [r for r in rows if r["nfe"] <= FEW_NFE]
+    if not few:
+        return (f"no row lies at ≤ {FEW_NFE} NFE (add budgets such as 10 {FEW_NFE} to solvers "
+                "that take few steps)")  # fmt: skip
+    if all(r["nfe"] <= FEW_NFE or r["nfe"] > MANY_NFE for r in rows):
+        return (f"no row lies between {FEW_NFE} and {MANY_NFE} NFE to compare with (add budgets "
+                f"such as 50 {MANY_NFE})")  # fmt: skip
+    return None
+
+
 def few_step_verdict(rows: list[dict]) -> dict:
     """The issue's goal: is some row at ≤ FEW_NFE within FD_TOLERANCE of the best FD at
     ≤ MANY_NFE? Returns the best rows of both ranges and the ratio of their FDs; {} when the
     rows cannot say: none at ≤ FEW_NFE, or none between FEW_NFE and MANY_NFE to compare with
     (the best of few-step rows alone is within any tolerance of itself)."""
+    if no_verdict_reason(rows):
+        return {}
     many = [r for r in rows if r["nfe"] <= MANY_NFE]
     few = [r for r in rows if r["nfe"] <= FEW_NFE]
-    if not few or len(many) == len(few):
-        return {}
     best = min(many, key=lambda r: r["fd"])
     best_few = min(few, key=lambda r: r["fd"])
     ratio = best_few["fd"] / best["fd"] if best["fd"] > 0 else math.inf

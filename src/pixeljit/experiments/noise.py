@@ -23,6 +23,7 @@ from pixeljit.experiments.sweep_report import Layout
 EXPERIMENT = "noise"
 NAMES = {"x": "x", "eps": "ε", "v": "v"}
 PAPER_MUS = (0.0, -0.4, -0.8, -1.2)
+MU_DIGITS = 6  # of μ in cell names and tables (Python's `g` format)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,14 @@ class NoiseConfig(GridConfig):
         check_distinct("p_means", self.p_means)
         if not all(isinstance(m, (int, float)) and math.isfinite(m) for m in self.p_means):
             raise ValueError(f"μ values must be finite numbers, got {self.p_means}")
+        texts = [mu_text(m) for m in self.p_means]
+        alike = [m for m, text in zip(self.p_means, texts, strict=True) if texts.count(text) > 1]
+        if alike:  # one cell folder and one table row would stand for both
+            raise ValueError(
+                f"μ values {' and '.join(f'{m!r}' for m in alike)} are one value to the "
+                f"{MU_DIGITS} significant digits that name the cells and the table rows: give "
+                f"values that differ within {MU_DIGITS} digits"
+            )
         check_distinct("predictions", self.predictions, PREDICTIONS)
         if self.loss not in LOSS_SPACES:
             raise ValueError(f"loss must be one of {LOSS_SPACES}, got {self.loss!r}")
@@ -48,9 +57,14 @@ class NoiseConfig(GridConfig):
             raise ValueError(f"size {self.size} must be a multiple of patch {self.patch}")
 
 
+def mu_text(mu: float) -> str:
+    """μ as the cells' folder names show it (`MU_DIGITS` significant digits, with its sign)."""
+    return f"{mu:+.{MU_DIGITS}g}"
+
+
 def build_cells(config: NoiseConfig, out: Path, sources: dict[int, str]) -> list[Cell]:
     points = [
-        (f"mu{mu:+g}-{prediction}pred", prediction, {"p_mean": float(mu)})
+        (f"mu{mu_text(mu)}-{prediction}pred", prediction, {"p_mean": float(mu)})
         for mu in config.p_means
         for prediction in config.predictions
     ]

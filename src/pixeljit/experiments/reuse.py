@@ -30,6 +30,7 @@ from pixeljit.data.packed import PackedDataset
 from pixeljit.experiments.evidence import (
     GRID_NAME,
     RESULT_NAME,
+    REUSED_KEY,
     Cell,
     Measure,
     RealReference,
@@ -37,6 +38,7 @@ from pixeljit.experiments.evidence import (
     read_json,
     write_json,
 )
+from pixeljit.files.atomic import atomic_write
 from pixeljit.training import distributed
 from pixeljit.training.config import TrainConfig
 from pixeljit.training.config_io import plain_json, to_dict
@@ -52,7 +54,6 @@ from pixeljit.training.setup import resolve_config
 
 CELLS_FOLDER = "cells"
 REFERENCE_NAME = "real-reference.npz"
-REUSED_KEY = "reused_from"
 # what resuming may change freely but the run's length, and where the data was read: not what
 # the cell computed (the preview sections draw from their own seeds)
 DEVICE_KEY = "run.device"
@@ -235,7 +236,8 @@ def adopt(cell: Cell, donor: Donor) -> None:
     """The donor's result under this cell's name, labels and config, and its sample grid."""
     folder = Path(cell.config.run.out)
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(donor.folder / GRID_NAME, folder / GRID_NAME)  # its own, never a named path
+    # its own grid, never a path its result names; whole or not at all (a full disk)
+    atomic_write(folder / GRID_NAME, lambda tmp: shutil.copyfile(donor.folder / GRID_NAME, tmp))
     config = donor.result["config"]
     config = {**config, "run": {**config.get("run", {}), "out": str(folder)},
               "data": {**config.get("data", {}), "source": cell.config.data.source}}  # fmt: skip

@@ -30,12 +30,12 @@ from pixeljit.files.images import (  # as `sample` writes them
 )
 from pixeljit.files.images import NPZ_IMAGES_KEY as NPZ_IMAGE_KEY
 from pixeljit.metrics.npz_archive import NpyHeader, npz_headers, read_npy_header
+from pixeljit.metrics.npz_inputs import MAX_LABEL, check_holds_images, checked_labels
 
 IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))  # `pixeljit prepare`'s, so both read one set
 NPZ_SUFFIX = ".npz"  # in any case: X.NPZ is an .npz too
 MAX_NPZ_CLASS_NAMES = 100_000
 DEFAULT_BATCH = 100
-MAX_LABEL = int(np.iinfo(np.int64).max)  # labels are held as int64
 
 
 def has_npz_suffix(path: str | os.PathLike) -> bool:
@@ -43,10 +43,17 @@ def has_npz_suffix(path: str | os.PathLike) -> bool:
     return os.fspath(path).lower().endswith(NPZ_SUFFIX)
 
 
+def names_npz_file(path: str | os.PathLike) -> bool:
+    """Whether `path` names an `.npz` file: the suffix, in any case, and not a folder (a folder
+    named x.npz is a folder of images, read as every folder is)."""
+    return has_npz_suffix(path) and not Path(path).is_dir()
+
+
 def is_read_image(path: Path) -> bool:
     """Whether a folder entry is one `eval --images` reads, by `pixeljit prepare`'s rule: an
-    image suffix (any case) and not hidden (macOS' ._x.png, .DS_Store are skipped)."""
-    return is_visible_name(path.name) and is_image_file(path)
+    image suffix (any case), not hidden (macOS' ._x.png, .DS_Store are skipped) and not a
+    folder (a subfolder named x.png is a subfolder, and only the top level is read)."""
+    return is_visible_name(path.name) and is_image_file(path) and not path.is_dir()
 
 
 ImageSource = torch.Tensor | np.ndarray | Iterable[torch.Tensor] | str | os.PathLike
@@ -126,14 +133,14 @@ def count_path_images(path: str | os.PathLike) -> int:
 
 def npz_image_key(path: str | os.PathLike, headers: dict, key: str = NPZ_IMAGE_KEY) -> str:
     """`key`, checked to be the one image array (4-d, NHWC) of an `.npz` with these headers: a
-    file holding several would have only one of them scored, silently."""
+    file holding several would have only one of them scored, silently; and to hold at least one
+    image (an empty file, or an empty array, is refused naming what is missing)."""
     images = sorted(name for name, header in headers.items() if len(header.shape) == 4)
     if len(images) > 1:
         raise ValueError(f"{path} holds {len(images)} image arrays ({', '.join(images)}), so "
                          "which are the images is ambiguous: save one file per image array, "
                          f"each under {NPZ_IMAGE_KEY!r}")  # fmt: skip
-    if key not in headers:
-        raise ValueError(f"{path} has no array {key!r} (keys: {sorted(headers)})")
+    check_holds_images(path, headers, key)
     return key
 
 
@@ -259,9 +266,10 @@ def iter_npz_images(
 
 def npz_labels(path: str | os.PathLike) -> np.ndarray | None:
     """The 'labels' (N,) integers ≥ 0 an images `.npz` carries beside its N images, None when
-    it has none (a folder, or an .npz without them); checked against the images' count."""
+    it has none (a folder, even one named x.npz, or an .npz without them); checked against the
+    images' count and refused outside 0 … MAX_LABEL (a uint64 past int64 would wrap)."""
     path = Path(path)
-    if not has_npz_suffix(path):
+    if not names_npz_file(path):
         return None
     headers = npz_headers(path)
     if NPZ_LABELS_KEY not in headers:
@@ -273,10 +281,7 @@ def npz_labels(path: str | os.PathLike) -> np.ndarray | None:
                          f"{header.dtype} {header.shape}: drop it or write one per "
                          "image")  # fmt: skip
     with np.load(path, allow_pickle=False) as data:
-        labels = data[NPZ_LABELS_KEY].astype(np.int64)
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"{path}: 'labels' holds {labels.min()}; classes are ≥ 0")
-    return labels
+        return checked_labels(path, data[NPZ_LABELS_KEY])
 
 
 MAX_LABELS_CSV_BYTES = 64 * 2**20  # one short row per image: millions of rows fit
@@ -326,22 +331,34 @@ def folder_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[int, str]] 
         raise ValueError(f"{table} has no row for {missing[0]}{more}")
     extra = sorted(set(by_file) - set(files))
     if extra:
-        hidden = not is_visible_name(extra[0]) and (folder / extra[0]).exists()
+        entry = folder / extra[0]
+        hidden = not is_visible_name(extra[0]) and entry.exists()
         why = "is hidden ('.*'), so not read as an image" if hidden else f"{folder} does not hold"
+        if entry.is_dir():  # x.png/ is a subfolder, and only the top level's images are read
+            why = "is a folder, not an image file (only the top level's image files are read)"
         raise ValueError(f"{table} lists {extra[0]}, which {why}")
     return np.array([by_file[name][0] for name in files], dtype=np.int64), names
 
 
 def load_images(source: ImageSource, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
     """All images of a source as one uint8 tensor (N, C, H, W) (for small sets)."""
-    return torch.cat(list(iter_batches(source, batch_size)))
+    batches = list(iter_batches(source, batch_size))
+    if not batches:  # torch.cat would say only "expected a non-empty list of Tensors"
+        raise ValueError(f"the image source {_source_text(source)} yielded no images: give at "
+                         "least one")  # fmt: skip
+    return torch.cat(batches)
+
+
+def _source_text(source: ImageSource) -> str:
+    """A path as itself, anything else by its type (a list of batches is not worth printing)."""
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
 
 
 def npz_class_names(path: str | os.PathLike) -> list[str] | None:
     """The 'class_names' (K,) strings an images `.npz` names its labels by (`pixeljit sample`
-    writes them), None when it has none."""
+    writes them), None when it has none (or is a folder, even one named x.npz)."""
     path = Path(path)
-    if not has_npz_suffix(path):
+    if not names_npz_file(path):
         return None
     header = npz_headers(path).get(NPZ_CLASS_NAMES_KEY)
     if header is None:

@@ -50,9 +50,11 @@ class JiTConfig:
 
     Ablation switches: `bottleneck_dim=None` (single linear patch embedding), `in_context_len=0`
     (no in-context tokens), `rope`, `qk_norm`, `mlp` ('swiglu' | 'gelu'), `norm` ('rms' |
-    'layer'), `dropout` with `dropout_blocks` ([start, stop) block range, default the middle
-    half), `num_classes=0` (unconditional: no label embedding), `in_channels=1` (grey).
-    `attention='fp32'` computes QKᵀ and the softmax in float32 (the authors' numerics) instead
+    'layer'), `dropout` (after attention and the MLP) and `attn_dropout` (on the attention
+    weights), both only in the blocks `dropout_blocks` ([start, stop), default the authors'
+    middle half: depth//4 ≤ i < depth//4·3), `num_classes=0` (unconditional: no label
+    embedding), `in_channels=1` (grey). `attention='fp32'` computes QKᵀ and the softmax in
+    float32 and the product with V under the ambient autocast (the authors' numerics) instead
     of `scaled_dot_product_attention`.
     """
 
@@ -176,10 +178,12 @@ class JiTConfig:
 
     @property
     def dropout_range(self) -> tuple[int, int]:
-        """Blocks [start, stop) with dropout; default the middle half, as the authors'."""
+        """Blocks [start, stop) with dropout; default the middle half as the authors' code
+        computes it, depth//4 ≤ i < depth//4·3 (the same as 3·depth//4 at the paper's depths,
+        12 to 40; empty below depth 4)."""
         if self.dropout_blocks is not None:
             return tuple(self.dropout_blocks)
-        return self.depth // 4, 3 * self.depth // 4
+        return self.depth // 4, self.depth // 4 * 3
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -240,7 +244,7 @@ class JiT(nn.Module):
                 cfg.norm,
                 cfg.qk_norm,
                 cfg.dropout if lo <= i < hi else 0.0,
-                cfg.attn_dropout,
+                cfg.attn_dropout if lo <= i < hi else 0.0,
                 cfg.attention == "fp32",
             )
             for i in range(cfg.depth)

@@ -198,13 +198,15 @@ def rope_pair_formula(u: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
 
 
 def attention_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0):
-    """The authors' numerics: QKᵀ and softmax in float32 whatever the autocast dtype."""
+    """The authors' numerics: QKᵀ (times 1/√d, as they scale) and the softmax in float32
+    whatever the autocast dtype; the product with V under the ambient autocast, as theirs
+    (bf16 in a bf16 run, float32 without autocast)."""
     with torch.autocast(device_type=q.device.type, enabled=False):
-        scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.shape[-1])
+        scores = q.float() @ k.float().transpose(-2, -1) * (1.0 / math.sqrt(q.shape[-1]))
         probs = scores.softmax(dim=-1)
         if dropout > 0:
             probs = F.dropout(probs, p=dropout)
-        return (probs @ v.float()).to(v.dtype)
+    return probs.to(v.dtype) @ v
 
 
 class Attention(nn.Module):

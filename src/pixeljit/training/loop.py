@@ -29,13 +29,8 @@ from pixeljit.training.config_io import from_dict, save_yaml, to_dict
 from pixeljit.training.ema import EMA
 from pixeljit.training.optimizer import build_adamw
 from pixeljit.training.previews import sample_grid
-from pixeljit.training.resume import (
-    DATA_KEY,
-    check_recipe_before_data,
-    check_resume,
-    data_fingerprint,
-    execution_facts,
-)
+from pixeljit.training.resume import DATA_KEY, check_resume, data_fingerprint, execution_facts
+from pixeljit.training.resume_early import check_resume_before_data
 from pixeljit.training.rundir import (
     CONFIG_FILE,
     RunLock,
@@ -80,10 +75,12 @@ def step_seed(seed: int, step: int, chunk: int) -> int:
 def learning_rate(
     step: int, base: float, warmup_steps: int, total_steps: int = 0, cooldown_steps: int = 0
 ) -> float:
-    """Per-iteration linear warm-up to `base`, then constant (the authors' schedule); with
+    """Per-iteration linear warm-up to `base`, then constant: the authors' schedule, where step
+    k (from 0) of a warm-up of W steps takes base·k/W (their first step is taken at rate 0: it
+    fills AdamW's moments and moves no weight) and step W on the full rate. With
     `cooldown_steps` > 0 the last that many steps of `total_steps` fall linearly towards 0 (the
     last step still moves: its rate is base / cooldown_steps)."""
-    factor = 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+    factor = 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
     if cooldown_steps > 0:
         factor = min(factor, (total_steps - step) / cooldown_steps)
     return base * factor
@@ -203,8 +200,8 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
     """Open the data, resolve the config, check a resume against it; rank 0 settles the folder
     (not when a resume has nothing to train: the folder is left as it is)."""
     saved = load_checkpoint(resume_file) if resume_file is not None else None
-    if saved is not None:  # a changed recipe is refused before the data is opened or packed
-        check_recipe_before_data(saved, to_dict(cfg), saved["path"])
+    if saved is not None:  # a changed recipe or classes: refused before the data is packed
+        check_resume_before_data(saved, cfg, allow_inexact)
     dataset = open_training_data(cfg, info, progress)
     cfg, plan = resolve_config(cfg, dataset, info)
     out = Path(cfg.run.out)

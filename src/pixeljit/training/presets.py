@@ -28,13 +28,25 @@ PAPER_CFG = {
 }  # fmt: skip
 
 
+FINAL_EPOCHS = 600  # the paper's final recipe (Tabs. 4 and 6)
+G_EPOCHS = 320  # the G models were early-stopped there: their Tab. 6 entries (App. A)
+HIGH_RES_EPOCHS = 200  # /64 was run only for B, at 200 epochs (Tab. 5)
+
+
+def paper_epochs(size: str, patch: int) -> int:
+    """How long the paper trained JiT-{size}/{patch} for the results it reports."""
+    if patch == 64:
+        return HIGH_RES_EPOCHS
+    return G_EPOCHS if size == "G" else FINAL_EPOCHS
+
+
 def paper_preset(size: str, patch: int) -> TrainConfig:
     """The paper's recipe for JiT-{size}/{patch} (256 px at /16, 512 at /32, 1024 at /64)."""
     model = model_config(f"JiT-{size}/{patch}")
     return TrainConfig(
         model=model,
         objective=ObjectiveConfig(noise_scale=model.image_size / 256),
-        optim=OptimConfig(),
+        optim=OptimConfig(epochs=float(paper_epochs(size, patch))),
         data=DataConfig(source=""),
         sample=SampleConfig(cfg=PAPER_CFG[(size, patch)], interval=(0.1, 1.0)),
         run=RunConfig(

@@ -148,15 +148,17 @@ def _refuse_recipe_changes(saved: dict, saved_config: dict, config: dict, path) 
         )
 
 
-def check_recipe_before_data(saved: dict, config: dict, path) -> None:
+def check_recipe_before_data(saved: dict, config: dict, path, known: dict | None = None) -> None:
     """The recipe check of `check_resume` on the config as given, before the data is opened (or
-    packed: minutes for a large set); the fields the data fills in are taken as saved here and
-    compared by `check_resume` once they are known."""
+    packed: minutes for a large set); the fields the data fills in are taken as saved here, or
+    as `known` ({(section, name): value} of those already known, e.g. an image folder's classes
+    from its sub-folder names), and compared by `check_resume` once they are known."""
     saved_config = with_added_fields(saved["config"])
     given = {section: dict(fields) for section, fields in config.items()}
     for section, name in RESOLVED_FROM_DATA:
         if section in given and section in saved_config:
-            given[section][name] = saved_config[section].get(name)
+            value = (known or {}).get((section, name), saved_config[section].get(name))
+            given[section][name] = value
     _refuse_recipe_changes(saved, saved_config, given, path)
 
 

@@ -108,13 +108,22 @@ def _absolute_source(data):
     return dataclasses.replace(data, source=os.path.abspath(source))
 
 
-def _num_classes(cfg: TrainConfig, dataset) -> int:
-    """The model's classes: data.num_classes (0 asks for an unconditional model, as
-    model.num_classes 0 does), else the data's; 0 for unlabelled data. Labels outside are
-    refused."""
+def model_classes(cfg: TrainConfig, data_classes: int) -> int:
+    """The model's classes for data of `data_classes` classes: data.num_classes (0 asks for an
+    unconditional model, as model.num_classes 0 does), else the data's; 0 for unlabelled data
+    (one class) or data.conditional false."""
     asked = cfg.data.num_classes
-    conditional = cfg.data.conditional and dataset.num_classes > 1 and asked != 0
-    if cfg.data.conditional and not conditional and asked:
+    if not (cfg.data.conditional and data_classes > 1 and asked != 0):
+        return 0
+    return asked if asked is not None else data_classes
+
+
+def _num_classes(cfg: TrainConfig, dataset) -> int:
+    """`model_classes` of the data; classes asked of unlabelled data and labels outside the
+    classes are refused."""
+    asked = cfg.data.num_classes
+    classes = model_classes(cfg, dataset.num_classes)
+    if cfg.data.conditional and not classes and asked:
         raise ValueError(
             f"{asked} class{'es were' if asked != 1 else ' was'} asked (data.num_classes, or "
             "model.num_classes given), but the "
@@ -122,9 +131,7 @@ def _num_classes(cfg: TrainConfig, dataset) -> int:
             "that setting (the model is then unconditional) or train on labelled data (an image "
             "folder of class sub-folders)"
         )
-    classes = 0
-    if conditional:
-        classes = asked if asked is not None else dataset.num_classes
+    if classes:
         labels = np.asarray(dataset.labels)
         bad = np.flatnonzero((labels < 0) | (labels >= classes))
         if bad.size:

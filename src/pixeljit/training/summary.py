@@ -10,6 +10,7 @@ import numpy as np
 from pixeljit.checkpoints.run import config_changes
 from pixeljit.data.folders import FOLDER_KIND
 from pixeljit.data.packed import PackedDataset
+from pixeljit.data.text import utf8_text
 from pixeljit.data.transforms import CHANNEL_NAMES
 from pixeljit.training.config import TrainConfig
 from pixeljit.training.config_io import to_dict
@@ -46,7 +47,7 @@ def data_line(cfg: TrainConfig, dataset: PackedDataset) -> str:
     if kind == FOLDER_KIND and packed_here and channels == 1:
         colour += " (packed grey for model.in_channels=1; model.in_channels=3 keeps colour)"
     return (
-        f"data: {cfg.data.source} — {len(dataset):,} images, {height}×{width} {colour}, "
+        f"data: {utf8_text(cfg.data.source)} — {len(dataset):,} images, {height}×{width} {colour}, "
         f"{_classes(cfg)}"
     )
 
