@@ -29,7 +29,8 @@ GENERATION = [["--num", "10"], ["--steps", "3"], ["--method", "euler"], ["--grid
               ["--shift", "2"], ["--cfg", "3"], ["--interval", "0.2", "0.9"], ["--t-eps", "0.1"],
               ["--fast"], ["--amp", "none"], ["--seed", "5"], ["--batch-size", "7"],
               ["--weights", "model"], ["--save-images", "pngs"], ["--in-context-start", "1"],
-              ["--sweep-cfg", "1", "2", "0.5"], ["--emas", "all"]]  # fmt: skip
+              ["--sweep-cfg", "1", "2", "0.5"], ["--emas", "all"],
+              ["--attention", "fp32"]]  # fmt: skip
 # messages name --num in full: under torchrun, torchrun's parser takes --num for --numa-binding
 FULL_NAMES = {"--num": "--num-images"}
 

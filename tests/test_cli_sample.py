@@ -255,9 +255,10 @@ def _stopped_on_batch(real, batch: int):
 
 
 @pytest.mark.parametrize("verb", ["sample", "eval"])
-def test_ctrl_c_names_the_partial_folder(tiny_file, tmp_path, capsys, monkeypatch, verb):
-    """Stopped after 4 of 12 images, a PNG folder holds part of a set with no labels.csv: the
-    message said only "interrupted"; it names the folder, what it holds and how to finish."""
+def test_ctrl_c_names_the_folder_left_as_it_was(tiny_file, tmp_path, capsys, monkeypatch, verb):
+    """Stopped after 4 of 12 images: the message said only "interrupted", and the folder held
+    part of a set with no labels.csv. The set is staged and moved in only once whole: nothing
+    is written, the folder is not made, and the message names it and how to finish."""
     import pixeljit.cli.sample as sample_cli
     import pixeljit.evaluation as evaluation
 
@@ -270,6 +271,39 @@ def test_ctrl_c_names_the_partial_folder(tiny_file, tmp_path, capsys, monkeypatc
              str(out), *common])  # fmt: skip
     assert main(argv) == 130
     flag = "--out" if verb == "sample" else "--save-images"
-    assert (f"{flag} {out}/ holds 4 numbered PNGs of the 12 asked for (a part of the set, no "
-            "labels.csv): re-run with --overwrite") in capsys.readouterr().err  # fmt: skip
-    assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.png" for i in range(4)]
+    assert (f"nothing was written to {flag} {out}/: stopped before all 12 images were made (and "
+            "their labels.csv); run the command again") in capsys.readouterr().err  # fmt: skip
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
+def test_attention_flag_changes_the_network_sample_runs(tiny_file, tmp_path):
+    """--attention fp32 (the authors' numerics) computes another network than the default SDPA
+    under bf16 autocast; --attention sdpa is the model's own (the images it draws anyway)."""
+
+    def draw(name: str, *flags: str) -> np.ndarray:
+        out = tmp_path / f"{name}.npz"
+        argv = ["sample", str(tiny_file), "--num", "4", "--steps", "2", "--amp", "bf16",
+                "--out", str(out), *flags]  # fmt: skip
+        assert main(argv) == 0
+        return np.load(out)["arr_0"]
+
+    default, sdpa = draw("default"), draw("sdpa", "--attention", "sdpa")
+    assert np.array_equal(default, sdpa)
+    assert not np.array_equal(default, draw("fp32", "--attention", "fp32"))
+
+
+def test_attention_flag_reaches_the_model_eval_loads(tiny_file, tmp_path, monkeypatch, capsys):
+    import pixeljit.checkpoints.load as load
+
+    asked = []
+
+    def recorded(*args, **overrides):
+        asked.append(overrides)
+        raise RuntimeError("loaded")  # enough: what eval asked of the loader
+
+    monkeypatch.setattr(load, "load_trained", recorded)
+    argv = ["eval", "--checkpoint", str(tiny_file), "--num", "10", "--ref", str(tmp_path / "r.npz")]
+    for flags, want in (([], {}), (["--attention", "fp32"], {"attention": "fp32"})):
+        assert main([*argv, *flags]) == 2
+        assert "loaded" in capsys.readouterr().err
+        assert asked.pop() == want

@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 import pixeljit
 from pixeljit.checkpoints import weights as weights_module
 from pixeljit.checkpoints.authors import extract_state_dict
+from pixeljit.checkpoints.checksums import CHECKSUM_KEY, checksums
 from pixeljit.checkpoints.load import load_trained
-from pixeljit.checkpoints.run import CHECKSUM_KEY, FORMAT, checksums
+from pixeljit.checkpoints.run import FORMAT
 from pixeljit.checkpoints.safetensors_io import SAFETENSORS_CONFIG_KEY
 from pixeljit.cli import main
 from pixeljit.diffusion.objective import ObjectiveConfig

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from analytic import AnalyticNet, Gaussian, noise
-from conftest import FMNIST_TEST_SIZE, SAMPLED_RUN, check_samples_vary, tiny_run
+from conftest import FMNIST_TEST_SIZE, SAMPLED_RUN, check_samples_vary, noise_pngs, tiny_run
 from extractors import GreyPoolExtractor as PoolExtractor
 from pixeljit.checkpoints.load import load_trained
 from pixeljit.cli import main
@@ -233,6 +233,19 @@ def test_outputs(setup, tmp_path):
 
 
 # -------------------------------------------------------------------------------- the CLI
+
+
+def test_cli_study_against_a_raw_image_folder_packs_it_as_eval_does(setup, tmp_path, capsys):
+    """--ref of a raw source (an image folder, or a built-in name) is packed into the cache
+    first; the study crashed there with a TypeError and a traceback (a callback of the wrong
+    shape), where a packed folder or a statistics file worked."""
+    images = noise_pngs(tmp_path / "pngs", 12)
+    argv = ["reproduce", "nfe", "--checkpoint", str(setup["run"]), "--ref", str(images),
+            "--quick", "--methods", "euler", "--grids", "uniform", "--budgets", "2",
+            "--out", str(tmp_path / "study"), "--num", "10"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "study" / RESULTS_NAME).read_text())
+    assert len(saved["rows"]) == 1 and saved["header"]["ref"] == str(images)
 
 
 def test_cli_quick_study_with_the_classifier(setup, tmp_path, capsys):

@@ -30,6 +30,7 @@ from pixeljit.diffusion.sampler import (
     sample,
 )
 from pixeljit.files.cache import cache_root
+from pixeljit.files.image_set import staged_image_set
 from pixeljit.files.images import save_labels_csv, save_pngs, to_uint8
 from pixeljit.metrics import (
     DatasetStats,
@@ -116,24 +117,26 @@ def generate(
 
         bar = tqdm(total=stop - start, unit="img", desc="generating")
     scale = model.noise_scale if spec.noise_scale is None else spec.noise_scale
-    for first in range(start, stop, spec.batch_size):
-        last = min(first + spec.batch_size, stop)
-        labels = balanced_labels(first, last, classes)
-        images = sample(
-            model.net, labels, num=last - first,
-            **spec.sampler.kwargs(),  # an unconditional model with cfg ≠ 1: refused there
-            noise_scale=scale, prediction=model.prediction,
-            preconditioner=model.preconditioner, seed=spec.seed, first_index=first,
-            amp_dtype=spec.amp_dtype,
-        )  # fmt: skip
-        u8 = to_uint8(images)
-        if save_dir is not None:
-            save_pngs(u8, save_dir, start=first)
+    try:  # the bar ends its line before any error is said
+        for first in range(start, stop, spec.batch_size):
+            last = min(first + spec.batch_size, stop)
+            labels = balanced_labels(first, last, classes)
+            images = sample(
+                model.net, labels, num=last - first,
+                **spec.sampler.kwargs(),  # an unconditional model with cfg ≠ 1: refused there
+                noise_scale=scale, prediction=model.prediction,
+                preconditioner=model.preconditioner, seed=spec.seed, first_index=first,
+                amp_dtype=spec.amp_dtype,
+            )  # fmt: skip
+            u8 = to_uint8(images)
+            if save_dir is not None:
+                save_pngs(u8, save_dir, start=first)
+            if bar is not None:
+                bar.update(last - first)
+            yield u8, (torch.tensor(labels) if labels is not None else None)
+    finally:
         if bar is not None:
-            bar.update(last - first)
-        yield u8, (torch.tensor(labels) if labels is not None else None)
-    if bar is not None:
-        bar.close()
+            bar.close()
 
 
 def evaluate(
@@ -150,14 +153,16 @@ def evaluate(
     """Generate `spec.num` images (this rank's share) and score them against `ref` as they come.
 
     Adds `class_accuracy` when the extractor classifies the model's own label space (the
-    Fashion-MNIST classifier on a 10-class model)."""
-    batches = generate(model, spec, rank, world, save_dir, progress)
+    Fashion-MNIST classifier on a 10-class model). `save_dir`: the images (and labels.csv)
+    are also written there as one set, each rank's part moved in once all are scored."""
     classes = model.net.config.num_classes
-    scores = score_labelled(
-        batches, classes, extractor, ref, metrics, spec.batch_size, model.class_names
-    )
-    if save_dir is not None and rank == 0 and classes > 0:  # every rank's labels: k mod classes
-        save_labels_csv(save_dir, balanced_labels(0, spec.num, classes), model.class_names)
+    with staged_image_set(save_dir) as staging:  # `save_dir`'s set moved in only once whole
+        batches = generate(model, spec, rank, world, staging, progress)
+        scores = score_labelled(
+            batches, classes, extractor, ref, metrics, spec.batch_size, model.class_names
+        )  # under torchrun it gathers every rank's, so all their images are written by now
+        if staging is not None and rank == 0 and classes > 0:  # all labels: k mod classes
+            save_labels_csv(staging, balanced_labels(0, spec.num, classes), model.class_names)
     return scores
 
 

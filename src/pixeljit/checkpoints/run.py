@@ -12,18 +12,25 @@ dtype, shape and bytes) and one of everything else, checked on load, so a flippe
 from __future__ import annotations
 
 import errno
-import hashlib
+import gc
 import os
 import re
 import shlex
 import shutil
+import traceback
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from pixeljit.checkpoints.authors import CHECKPOINT_FILENAME, KEY_PREFIX, WEIGHT_ENTRIES
+from pixeljit.checkpoints.checksums import (
+    CHECKSUM_KEY,
+    checksum_mismatches,
+    checksums,
+    non_finite_tensors,
+    tensor_bytes,
+)
 from pixeljit.checkpoints.metadata import check_class_names
 from pixeljit.checkpoints.weights import (
     SAFE_GLOBALS,
@@ -39,80 +46,100 @@ MILESTONE_RE = re.compile(r"step-(\d{9})\.pt$")
 FORMAT = "pixeljit.train/2"  # /2: every file carries its checksum (required on load)
 UNCHECKED_FORMAT = "pixeljit.train/1"  # written before checksums: loads with a warning
 MAX_CLASS_NAMES = 1 << 20  # as many as a packed set may declare (data.packed.MAX_CLASSES)
-CHECKSUM_KEY = "checksum"
-CHECKSUM_ALGORITHM = "sha256"
-OTHER_FIELDS = "<non-tensor fields>"  # the checksum entry covering everything but tensors
 SAVE_OVERHEAD_BYTES = 1 << 20  # pickled config, names, zip headers (an estimate)
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 MAX_LISTED = 5
 RESUME_FLAG = "--resume"  # the flag of `pixeljit train` that names a checkpoint to continue
+RESTART_FLAG = "--restart"  # the flag of `pixeljit train` / `demo` that moves an old run aside
 
 
 class NonFiniteStateError(ValueError):
     """A state to save holds NaN or ±inf (the previous checkpoint is kept)."""
 
 
-def resume_hint(folder: str | os.PathLike) -> str:
-    """How a user continues the run in `folder`: the command, or under torchrun (WORLD_SIZE > 1)
-    their own torchrun command with it (a single process would not resume a multi-rank run
-    exactly)."""
-    command = f"pixeljit train {RESUME_FLAG} {shlex.quote(str(folder))}"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def resume_hint(folder: str | os.PathLike, command: str | None = None) -> str:
+    """How a user continues the run in `folder`: `command`, the resume command of the verb that
+    was run (default `pixeljit train --resume FOLDER`), or under torchrun (WORLD_SIZE > 1) their
+    own torchrun command with it (a single process would not resume a multi-rank run exactly)."""
+    command = command or f"pixeljit train {RESUME_FLAG} {shlex.quote(str(folder))}"
+    if _under_torchrun():
         return f"the same `torchrun …` launch of `{command}`"
     return f"`{command}`"
 
 
+def restart_hint(folder: str | os.PathLike, command: str | None = None) -> str:
+    """How a user starts the run in `folder` again when it holds no checkpoint: `command`, the
+    verb's own fresh command with --restart (default: the `pixeljit train` command again)."""
+    if command is not None:
+        return f"`{command}`"
+    aside = f"moves this run's files aside to a new sibling {Path(folder).name}.old-<time>"
+    launch = "`torchrun …` launch" if _under_torchrun() else "`pixeljit train …` command"
+    return f"the same {launch} plus {RESTART_FLAG} (it {aside}; nothing is deleted)"
+
+
+def checkpoint_step(file: str | os.PathLike) -> int | None:
+    """The step a checkpoint file records, read without loading its tensors (memory-mapped);
+    None when it cannot be read."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # named without its step: the message that asks is about another file
+        return None
+    step = state.get("step") if isinstance(state, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def way_on(folder: str | os.PathLike, resume: str | None = None, restart: str | None = None) -> str:
+    """What a run stopped by a failed write leaves in `folder`, and the command that goes on: its
+    last checkpoint (named with its step) continued by `resume`, else starting again by `restart`
+    (the verb's own commands, for `resume_hint` / `restart_hint`)."""
+    try:
+        kept = find_checkpoint(folder, None)
+    except (OSError, ValueError):
+        kept = None
+    if kept is None:
+        return (f"no checkpoint of this run was written, so it cannot be resumed: start it "
+                f"again with {restart_hint(folder, restart)}")  # fmt: skip
+    step = checkpoint_step(kept)
+    at = f"its step {step} ({kept.name})" if step is not None else kept.name
+    hint = resume_hint(folder, resume)
+    return f"the last checkpoint in {folder} is kept: continue with {hint} from {at}"
+
+
+class CheckpointSpaceError(RuntimeError):
+    """No space to write a checkpoint (the files written before stay as they were). The message
+    says what the folder still holds and how to go on, worded for `pixeljit train`; `advice`
+    words it for another verb's commands."""
+
+    def __init__(self, folder: Path, step: int, name: str, need: int, free: int):
+        self.folder, self.step, self.name, self.need, self.free = folder, step, name, need, free
+        super().__init__(self.advice())
+
+    def advice(self, resume: str | None = None, restart: str | None = None) -> str:
+        return (
+            f"no space left to write the step-{self.step} checkpoint {self.name} in {self.folder}: "
+            f"it needs about {self.need / 1e6:.1f} MB ({self.need} bytes) and "
+            f"{self.free / 1e6:.1f} MB are free; free some space; "
+            f"{way_on(self.folder, resume, restart)}"
+        )
+
+
+def _release_failed_write(err: BaseException) -> None:
+    """Drop what the frames of a failed write still hold: torch's zip writer keeps its (already
+    unlinked) temporary file open while the exception lives, so its bytes still count as used."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__cause__ or err.__context__
+    gc.collect()  # a file held in a reference cycle
+
+
 def atomic_save(obj, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-# ------------------------------------------------------------------------- tensors of a state
-
-
-def _leaves(obj, path: str = "") -> Iterator[tuple[str, object]]:
-    """(dotted path, leaf) over nested dicts / lists / tuples, in a deterministic order."""
-    if isinstance(obj, dict):
-        for key in sorted(obj, key=str):
-            yield from _leaves(obj[key], f"{path}/{key}" if path else str(key))
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            yield from _leaves(value, f"{path}/{i}")
-    else:
-        yield path, obj
-
-
-def tensor_bytes(state: dict) -> int:
-    return sum(v.numel() * v.element_size() for _, v in _leaves(state) if torch.is_tensor(v))
-
-
-def non_finite_tensors(state: dict) -> list[str]:
-    """Names of the floating-point tensors holding NaN or ±inf."""
-    return [
-        name
-        for name, v in _leaves(state)
-        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
-    ]
-
-
-def checksums(state: dict) -> dict[str, str]:
-    """SHA-256 per tensor (name, dtype, shape, bytes) and one over every other leaf's repr."""
-    out, other = {}, hashlib.new(CHECKSUM_ALGORITHM)
-    for name, value in _leaves({k: v for k, v in state.items() if k != CHECKSUM_KEY}):
-        if torch.is_tensor(value):
-            h = hashlib.new(CHECKSUM_ALGORITHM)
-            h.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-            flat = value.detach().cpu().contiguous().reshape(-1)
-            h.update(flat.view(torch.uint8).numpy())
-            out[name] = h.hexdigest()
-        else:
-            other.update(f"{name}={value!r};".encode())
-    out[OTHER_FIELDS] = other.hexdigest()
-    return out
-
-
-def checksum_mismatches(saved: dict, now: dict) -> list[str]:
-    """The names whose recorded and recomputed SHA-256 differ (or that one side lacks), sorted."""
-    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
 
 
 def verify_checksums(state: dict, file: Path, flag: str | None = RESUME_FLAG) -> None:
@@ -152,22 +179,21 @@ def save_checkpoint(state: dict, folder: str | os.PathLike, step: int, milestone
     full = {k: v for k, v in state.items() if k != "path"}
     full["format"] = FORMAT
     full[CHECKSUM_KEY] = checksums(full)
+    target = folder / LATEST
     try:
-        latest = atomic_save(full, folder / LATEST)
+        latest = atomic_save(full, target)
         if milestone:
-            _keep_milestone(latest, folder / MILESTONE_PATTERN.format(step=step))
+            target = folder / MILESTONE_PATTERN.format(step=step)
+            _keep_milestone(latest, target)
     except (OSError, RuntimeError) as err:
         # torch's zip writer reports a full disk as RuntimeError ("unexpected pos …"), not
         # ENOSPC: any failed write is taken for a full disk when the folder lacks the room
+        _release_failed_write(err)  # before the free space is measured
         need = tensor_bytes(full) + SAVE_OVERHEAD_BYTES
         free = shutil.disk_usage(folder).free
         if getattr(err, "errno", None) not in NO_SPACE and free >= need:
             raise
-        raise RuntimeError(
-            f"no space left to write the step-{step} checkpoint in {folder}: it needs about "
-            f"{need / 1e6:.1f} MB ({need} bytes) and {free / 1e6:.1f} MB are free; free some "
-            f"space and run {resume_hint(folder)} (the previous {LATEST} is intact)"
-        ) from None
+        raise CheckpointSpaceError(folder, step, target.name, need, free) from None
     return latest
 
 
@@ -343,29 +369,3 @@ def _check_class_names(state: dict, file: Path) -> None:
             f"model's classes), got {count} entries; the file was altered or is not pixeljit's"
         )
     check_class_names(f"checkpoint {file}", names)  # distinct, as every other loader has them
-
-
-ABSENT = "<absent>"  # a field one of two compared configs lacks
-
-
-def config_changes(
-    saved: dict, current: dict, prefix: str = ""
-) -> list[tuple[str, object, object]]:
-    """(dotted name, saved value, current value) of each field whose value differs between two
-    nested config dicts (ABSENT for a field one side lacks), sorted by name within a section."""
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key, ABSENT), current.get(key, ABSENT)
-        name = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_changes(a, b, name + ".")
-        elif a != b:
-            out.append((name, a, b))
-    return out
-
-
-def diff_configs(saved: dict, current: dict) -> list[str]:
-    """'name: checkpoint A vs now B' for each field `config_changes` finds."""
-    return [
-        f"{name}: checkpoint {a!r} vs now {b!r}" for name, a, b in config_changes(saved, current)
-    ]

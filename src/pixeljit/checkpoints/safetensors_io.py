@@ -8,13 +8,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from pixeljit.checkpoints.checksums import OTHER_FIELDS, checksum_mismatches, checksums
 from pixeljit.checkpoints.metadata import (
     check_class_names,
     objective_from_metadata,
     sampler_from_metadata,
     weights_metadata,
 )
-from pixeljit.checkpoints.run import MAX_LISTED, OTHER_FIELDS, checksum_mismatches, checksums
+from pixeljit.checkpoints.run import MAX_LISTED
 from pixeljit.checkpoints.weights import (
     check_finite,
     check_overrides,
@@ -31,7 +32,7 @@ SAFETENSORS_CONFIG_KEY = "pixeljit_config"
 SAFETENSORS_FORMAT = "pixeljit.jit/1"
 SAFETENSORS_FLOATS = ("F16", "BF16", "F32", "F64")
 SAFETENSORS_SUFFIX = ".safetensors"
-CHECKSUMS_KEY = "checksums"  # SHA-256 per tensor, as run checkpoints carry (`run.checksums`)
+CHECKSUMS_KEY = "checksums"  # SHA-256 per tensor, as run checkpoints carry (`checksums.checksums`)
 # JiTConfig fields that size the network (each ≥ 1), checked before the config is built
 COUNT_FIELDS = ("image_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads")
 
@@ -143,7 +144,7 @@ EXTRA_METADATA = ("objective", "class_names", "sampler", "weights")
 
 
 def _tensor_checksums(tensors: dict) -> dict[str, str]:
-    """`run.checksums` of a tensors-only state: its entry for other fields covers nothing."""
+    """`checksums.checksums` of a tensors-only state: its entry for other fields covers nothing."""
     digests = checksums(tensors)
     digests.pop(OTHER_FIELDS)
     return digests

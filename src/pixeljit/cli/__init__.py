@@ -144,8 +144,9 @@ def check_launch(verb: str) -> None:
         raise ValueError(
             f"pixeljit {verb} runs in one process, and torchrun started {world}: each would do "
             f"all the work and write the same files; run it without torchrun (torchrun runs "
-            f"`pixeljit train` and `pixeljit eval`; `torchrun ... pixeljit eval CHECKPOINT "
-            f"--save-images DIR` generates images over several GPUs)"
+            f"`pixeljit train` and `pixeljit eval`; `torchrun ... -m pixeljit eval --checkpoint "
+            f"CKPT --num-images N --save-images DIR --ref REF` generates images over several "
+            "GPUs)"
         )
 
 

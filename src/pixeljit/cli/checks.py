@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pixeljit.checkpoints.hub_remote import is_hf_uri
 from pixeljit.files.atomic import write_problem
+from pixeljit.files.image_set import DISK_FULL, NUMBERED_PNG  # NUMBERED_PNG: `save_pngs` names
 
 CHECKPOINT_HELP = ("a pixeljit run folder / .pt, a .safetensors export, a Hub folder (from "
                    "`pixeljit convert --hub`) or hf://org/name[@rev], or an authors' "
@@ -212,8 +213,6 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
 
 
-# what `save_pngs` writes: 000000.png, 000001.png, …, 999999.png, 1000000.png, …
-NUMBERED_PNG = re.compile(r"(\d{6}|[1-9]\d{6,})\.png")
 OUR_SET = "numbered PNGs (000000.png, …) and the labels.csv of an earlier set"
 MAX_NAMES_SHOWN = 3  # foreign files named in an error; the rest counted
 
@@ -297,24 +296,42 @@ def check_no_stale_pngs(flag: str, folder: str | os.PathLike, count: int) -> Non
 
 @contextlib.contextmanager
 def naming_partial_images(flag: str, folders, total: int, labelled: bool):
-    """Around the writing of `total` numbered PNGs into each of `folders`: a Ctrl-C says what it
-    left, a part of the set (without its labels.csv, written last when `labelled`), and how to
-    write the whole set. With no folders it passes as it came."""
+    """Around the writing of `total` numbered PNGs (and, when `labelled`, a labels.csv) into each
+    of `folders`, staged and moved in only once whole (`files.image_set`): a Ctrl-C or a failed
+    write says the folder is left as it was (an earlier set there kept whole) and how to go on.
+    With no folders it passes as it came."""
+    from pixeljit.files.image_set import ImageSetNotWritten, SetWrittenThenStopped
+
     try:
         yield
+    except SetWrittenThenStopped:  # the whole set is in place: its message says so
+        raise
+    except ImageSetNotWritten as err:
+        kept = " and its earlier set is kept as it was" if err.earlier else ""
+        fix = ("free space on its disk, or pass another " + flag if err.errno in DISK_FULL
+               else f"pass another {flag}")  # fmt: skip
+        raise ImageSetNotWritten(err.errno, f"{flag} {err.folder}/: writing the {total} images "
+                                 f"failed ({err.reason}); nothing was written{kept}: {fix}",
+                                 err.folder, err.reason, err.earlier) from err  # fmt: skip
     except KeyboardInterrupt:
         if not folders:
             raise
-        held = []
-        for folder in map(Path, folders):
-            found = folder.iterdir() if folder.is_dir() else ()
-            written = sum(1 for p in found if NUMBERED_PNG.fullmatch(p.name))
-            held.append(f"{flag} {folder}/ holds {counted(written, 'numbered PNG')}")
+        held = [f"{flag} {folder}/{_earlier_set(Path(folder))}" for folder in folders]
         raise KeyboardInterrupt(
-            f"{'; '.join(held)} of the {total} asked for (a part of the set"
-            f"{', no labels.csv' if labelled else ''}): re-run with --overwrite to write the "
-            "whole set, or remove the partial folder"
+            f"nothing was written to {'; nor to '.join(held)}: stopped before all {total} images "
+            f"were made{' (and their labels.csv)' if labelled else ''}; run the command again to "
+            "write the whole set"
         ) from None
+
+
+def _earlier_set(folder: Path) -> str:
+    """' (its earlier set of N numbered PNGs is kept as it was)' for a folder holding one."""
+    try:
+        found = sum(1 for n in os.listdir(folder) if NUMBERED_PNG.fullmatch(n))
+    except OSError:
+        return ""
+    kept = f" (its earlier set of {counted(found, 'numbered PNG')} is kept as it was)"
+    return kept if found else ""
 
 
 def check_no_stale_labels(flag: str, folder: str | os.PathLike, labelled: bool) -> None:

@@ -62,14 +62,19 @@ def demo_config(out: str, steps: int | None, device: str):
     return apply_overrides(get_preset(CPU_PRESET), overrides)
 
 
-def resume_command(args) -> str:
+def resume_command(args, flag: str = "--resume") -> str:
     """The command that continues this demo: its --out, and --steps / --device if given."""
-    flags = ["--resume", "--out", shlex.quote(args.out)]
+    flags = [flag, "--out", shlex.quote(args.out)]
     if args.steps is not None:
         flags += ["--steps", str(args.steps)]
     if args.device != "auto":
         flags += ["--device", args.device]
     return "pixeljit demo " + " ".join(flags)
+
+
+def restart_command(args) -> str:
+    """The command that starts this demo again in its --out, moving the old run aside."""
+    return resume_command(args, "--restart")
 
 
 def other_model(out: Path, model: dict | None) -> list[str]:
@@ -96,7 +101,7 @@ def check_demo_folder(
     no checkpoint, a fresh demo into a folder that holds a run (naming --resume when it is a
     demo run, --restart or another --out when its model is not the demo's). Whether `out` can
     be made and written at all is `check_out_folder`'s, which `run` calls first."""
-    from pixeljit.training.rundir import holds_checkpoint
+    from pixeljit.training.rundir import holds_checkpoint, run_files
 
     differs = other_model(out, model) if holds_checkpoint(out) else []
     if differs and not restart:
@@ -107,6 +112,12 @@ def check_demo_folder(
         )
     if resume and restart:
         raise ValueError("--restart starts a fresh demo; it cannot be combined with --resume")
+    if resume and not holds_checkpoint(out) and run_files(out):  # stopped before its first
+        raise ValueError(
+            f"--resume: {out} holds files of a demo that saved no checkpoint, so there is "
+            f"nothing to continue: pass --restart instead of --resume to move them aside to a "
+            f"new sibling {out.name}.old-<time> and train again (nothing is deleted)"
+        )
     if resume and not holds_checkpoint(out):
         raise ValueError(f"--resume: {out} holds no demo checkpoint to continue; drop --resume "
                          "to start a fresh demo there")  # fmt: skip
@@ -119,11 +130,14 @@ def check_demo_folder(
 
 
 def run(args) -> int:
+    from pixeljit.checkpoints.run import CheckpointSpaceError
     from pixeljit.cli.checks import check_device, interrupted_detail
     from pixeljit.data.fashion_mnist import find_fashion_mnist
     from pixeljit.data.prepare import FASHION_MNIST
+    from pixeljit.training.diskfull import is_disk_full, no_space_message
     from pixeljit.training.loop import train
     from pixeljit.training.rundir import check_out_folder
+    from pixeljit.training.runlog import LOSS_PLOT, METRICS_FILE
 
     check_device("--device", args.device)  # before the first line is printed
     if args.device != "auto":  # one this machine has, before the folder is judged by it
@@ -149,10 +163,17 @@ def run(args) -> int:
         f"({m.image_size}px, patch {m.patch_size}) to step {cfg.optim.steps} → {cfg.run.out}"
     )
     again = f"`{resume_command(args)}`"
+    commands = {"resume": resume_command(args), "restart": restart_command(args)}
     try:
         result = train(cfg, resume=args.out if args.resume else None, restart=args.restart)
     except KeyboardInterrupt:  # a second Ctrl-C (or one before the run listens for it)
         raise KeyboardInterrupt(interrupted_detail(cfg.run.out, again)) from None
+    except CheckpointSpaceError as err:  # worded for this verb, not for `pixeljit train`
+        raise RuntimeError(err.advice(**commands)) from None
+    except OSError as err:  # a full disk while writing the log, a grid or the plot
+        if not is_disk_full(err):
+            raise
+        raise RuntimeError(no_space_message(err, cfg.run.out, **commands)) from err
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
         print(f"continue the demo with {again}")
         return SIGNAL_EXIT_BASE + result.stopped_by_signal
@@ -169,12 +190,21 @@ def run(args) -> int:
             f"the training is done (checkpoint {result.checkpoint}); {again} draws its grid "
             "and scores it without training again"
         ) from None
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise RuntimeError(
+            f"no space left on the device writing {err.filename or out}; the training is done "
+            f"(checkpoint {result.checkpoint}): free some space and run {again} to draw its "
+            "grid and score it without training again"
+        ) from err
     print("\nthe demo's files:")  # a resume with nothing to train rewrote only the score
-    print(f"  samples     {grid}   (one row per class)")
-    print(f"  loss curve  {out / 'loss.png'}")
-    print(f"  checkpoint  {result.checkpoint}")
-    print(f"  metrics     {out / 'metrics.jsonl'}")
-    print(f"  score       {out / SCORE_FILE}")
+    listed = [("samples", grid, "   (one row per class)"), ("loss curve", out / LOSS_PLOT, ""),
+              ("checkpoint", Path(result.checkpoint), ""), ("metrics", out / METRICS_FILE, ""),
+              ("score", out / SCORE_FILE, "")]  # fmt: skip
+    for name, path, note in listed:
+        if path.is_file():  # a loss plot the run could not write is not listed
+            print(f"  {name:<11} {path}{note}")
     print("\n" + score_lines(score))
     return 0
 
@@ -182,14 +212,10 @@ def run(args) -> int:
 def demo_grid(cfg, checkpoint, path: Path) -> Path:
     """The checkpoint's sample grid at `path`, as its training previews draw it; drawn here when
     training did not (a resumed demo with nothing left to train, stopped before its last grid)."""
-    if path.is_file():
-        return path
-    from pixeljit.checkpoints.load import load_trained
     from pixeljit.training.distributed import resolve_device
-    from pixeljit.training.previews import draw_grid
+    from pixeljit.training.finals import final_grid
 
-    model = load_trained(checkpoint, None, resolve_device(cfg.run.device))
-    return draw_grid(cfg, model.net, model.class_names, path)
+    return final_grid(cfg, checkpoint, path, resolve_device(cfg.run.device))
 
 
 def score_demo(cfg, checkpoint, num: int = SCORE_NUM, held_out=None) -> dict:

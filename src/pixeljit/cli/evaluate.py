@@ -38,6 +38,7 @@ from pixeljit.cli.sampler_args import (
     describe_generation,
     describe_sampler,
     given_sampler_flags,
+    model_overrides,
     sampler_from_args,
 )
 from pixeljit.metrics.dataset_stats import check_recorded_shape, recorded_image_shape, shape_text
@@ -178,7 +179,8 @@ def _run(args, info, cfgs: list[float] | None) -> int:
         _report(scores, record, args, say, info)
         return 0
 
-    load = lambda w: load_trained(args.checkpoint, w, info.device, args.in_context_start)  # noqa: E731
+    load = lambda w: load_trained(args.checkpoint, w, info.device, args.in_context_start,  # noqa: E731
+                                  **model_overrides(args))  # fmt: skip
     emas = _emas(args, args.checkpoint) if cfgs else None
     model = load(args.weights)
     sampler = sampler_from_args(args, model.sampler)  # flags over the model's recommendation

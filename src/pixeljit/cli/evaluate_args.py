@@ -39,6 +39,7 @@ NUM_FLAG = "--num-images"
 # flags that only generating images uses (attribute → flag): refused with --images / --make-ref
 GENERATION_FLAGS = {
     "num": NUM_FLAG, "weights": "--weights", **FLAGS, "fast": "--fast", "amp": "--amp",
+    "attention": "--attention",
     "seed": "--seed", "batch_size": "--batch-size", "save_images": "--save-images",
     "sweep_cfg": "--sweep-cfg", "emas": "--emas", "in_context_start": "--in-context-start",
 }  # fmt: skip

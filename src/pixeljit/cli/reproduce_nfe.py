@@ -213,8 +213,9 @@ def _run_nfe(args) -> int:
     # a folder with another study is refused before the reference statistics are computed
     open_results(out, study_header(config, model, extractor, describe), args.overwrite)
     info = dist_utils.DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+    # one process: no rank waits for the reference to be packed (first=None)
     ref = _dataset_stats("--ref", args.ref, extractor, net_cfg.image_size, net_cfg.in_channels,
-                         args.ref_split, info, lambda: None)  # fmt: skip
+                         args.ref_split, info, None)  # fmt: skip
     ref.check_image_shape(
         (net_cfg.in_channels, net_cfg.image_size, net_cfg.image_size),
         f"--ref {args.ref}",

@@ -37,11 +37,13 @@ from pixeljit.cli.sampler_args import (
     describe_generation,
     describe_sampler,
     given_sampler_flags,
+    model_overrides,
     sampler_from_args,
 )
 from pixeljit.diffusion.execution import tf32_matmuls
 from pixeljit.diffusion.sampler import sample
 from pixeljit.files import GIB
+from pixeljit.files.image_set import staged_image_sets
 from pixeljit.files.images import (
     MAX_GRID_PIXELS,
     class_label,
@@ -240,10 +242,13 @@ def check_authors_only(checkpoint: str, in_context_start: int | None) -> None:
         )
 
 
-def load_model(source, weights=None, in_context_start=None, device="cpu") -> TrainedModel:
+def load_model(
+    source, weights=None, in_context_start=None, device="cpu", **overrides
+) -> TrainedModel:
     """The network and its training-time sampling settings from any checkpoint kind: a pixeljit
-    run (folder or .pt), a .safetensors export, or an authors' checkpoint-last.pth (or folder)."""
-    return load_trained(source, weights, device, in_context_start)
+    run (folder or .pt), a .safetensors export, or an authors' checkpoint-last.pth (or folder);
+    `overrides`: JiT config fields (--attention)."""
+    return load_trained(source, weights, device, in_context_start, **overrides)
 
 
 def choose_labels(num: int | None, num_classes: int, chosen: list[int] | None) -> list[int] | None:
@@ -332,7 +337,8 @@ def run(args) -> int:
     check_grid_flags(args, outputs)
     scale = args.scale if args.scale is not None else 1
     device = resolve_device(args.device)
-    model = load_model(args.checkpoint, args.weights, args.in_context_start, device)
+    model = load_model(args.checkpoint, args.weights, args.in_context_start, device,
+                       **model_overrides(args))  # fmt: skip
     sampler = sampler_from_args(args, model.sampler)  # flags over the model's recommendation
     net = model.net
     check_flags_take_effect(args, args.checkpoint, conditional=net.config.num_classes > 0,
@@ -357,23 +363,24 @@ def run(args) -> int:
     tf32 = tf32_matmuls(device) if amp is not None else contextlib.nullcontext()  # none: true fp32
     chunks = []
     partial = naming_partial_images("--out", outputs.folders, num, labels is not None)
-    with partial, tqdm(total=num, unit="img", desc="sampling") as bar, tf32:
-        for start in range(0, num, args.batch_size):
-            stop = min(start + args.batch_size, num)
-            images = sample(
-                net, labels[start:stop] if labels is not None else None, num=stop - start,
-                **sampler.kwargs(), noise_scale=noise_scale, prediction=model.prediction,
-                preconditioner=model.preconditioner, seed=args.seed, first_index=start,
-                amp_dtype=amp,
-            )  # fmt: skip
-            u8 = to_uint8(images)  # (B, C, H, W) uint8 on the CPU
-            for folder in outputs.folders:
-                save_pngs(u8, folder, start=start)
-            if keep:
-                chunks.append(u8)
-            bar.update(stop - start)
-    if labels is not None:
-        for folder in outputs.folders:
+    # each folder's set is staged, and moved in only once whole (`files.image_set`)
+    with partial, staged_image_sets(outputs.folders) as staging, tf32:
+        with tqdm(total=num, unit="img", desc="sampling") as bar:
+            for start in range(0, num, args.batch_size):
+                stop = min(start + args.batch_size, num)
+                images = sample(
+                    net, labels[start:stop] if labels is not None else None, num=stop - start,
+                    **sampler.kwargs(), noise_scale=noise_scale, prediction=model.prediction,
+                    preconditioner=model.preconditioner, seed=args.seed, first_index=start,
+                    amp_dtype=amp,
+                )  # fmt: skip
+                u8 = to_uint8(images)  # (B, C, H, W) uint8 on the CPU
+                for folder in staging:
+                    save_pngs(u8, folder, start=start)
+                if keep:
+                    chunks.append(u8)
+                bar.update(stop - start)
+        for folder in staging if labels is not None else ():
             save_labels_csv(folder, labels, model.class_names)
     written = [str(f) + "/" for f in outputs.folders]
     if keep:

@@ -23,6 +23,7 @@ DEFAULTS = SamplerConfig()
 UNSET = "the model's recommended setting, else"  # how each flag's help names its default
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_AMP = "auto"  # bf16 autocast on CUDA, none (float32) on a CPU
+ATTENTION_KERNELS = ("sdpa", "fp32")  # JiTConfig.attention
 # the solvers that step on the velocity v̂ itself; DPM-Solver++ steps on x̂ = z + d·v̂, where the
 # clamp max(1 − t, t_eps) of an x-prediction's v̂ = (x̂ − z)/d cancels (guidance.GuidedField)
 VELOCITY_SOLVERS = ("euler", "heun")
@@ -49,10 +50,21 @@ def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
                    help="few-step sampling: DPM-Solver++(3M), 10 steps (10 network "
                    "evaluations), uniform grid; guidance as the model recommends: "
                    "docs/sampling.md")  # fmt: skip
+    p.add_argument("--attention", default=None, choices=ATTENTION_KERNELS,
+                   help="the network's attention (default: the model's own, sdpa unless it was "
+                   "trained otherwise): sdpa = PyTorch's fused kernel; fp32 = QKᵀ and softmax "
+                   "in float32, the authors' numerics (differs from sdpa only under "
+                   "--amp)")  # fmt: skip
     p.add_argument("--amp", default=AUTO_AMP, choices=(AUTO_AMP, *AMP_DTYPES),
                    help="the network's autocast precision; the sampling state stays float32 "
                    "(default auto: bf16 on CUDA, as the authors sample, with TF32 for float32 "
                    "products; none on a CPU; none = float32 throughout)")  # fmt: skip
+
+
+def model_overrides(args: argparse.Namespace) -> dict:
+    """The JiT config fields the command line sets on the loaded model (`load_trained`'s
+    overrides): --attention, when given."""
+    return {} if args.attention is None else {"attention": args.attention}
 
 
 def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:

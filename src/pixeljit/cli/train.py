@@ -192,8 +192,9 @@ def user_layer(overrides: dict, where: str, base) -> dict:
 
 
 def run(args) -> int:
-    from pixeljit.checkpoints.run import NO_SPACE, resume_hint
-    from pixeljit.cli.checks import checkpoint_left, counted, interrupted_detail
+    from pixeljit.checkpoints.run import resume_hint
+    from pixeljit.cli.checks import counted, interrupted_detail
+    from pixeljit.training.diskfull import is_disk_full, no_space_message
     from pixeljit.training.loop import train
 
     cfg = build_config(args)
@@ -208,12 +209,10 @@ def run(args) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C (or one before the run listens for it)
         raise KeyboardInterrupt(interrupted_detail(cfg.run.out, resume_hint(cfg.run.out))) from None
     except OSError as err:  # a full disk while writing the log, a grid or the plot
-        if err.errno not in NO_SPACE:
+        if not is_disk_full(err):
             raise
-        where = err.filename or cfg.run.out
-        raise RuntimeError(f"no space left on the device writing {where}; free some space: "
-                           f"{checkpoint_left(cfg.run.out, resume_hint(cfg.run.out))}"
-                           ) from err  # fmt: skip
+        off = "--set run.tensorboard=false"
+        raise RuntimeError(no_space_message(err, cfg.run.out, tensorboard_off=off)) from err
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
         if result.is_main:  # once, not once per rank
             print(f"continue with {resume_hint(result.out)}")

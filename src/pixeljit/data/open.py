@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pixeljit.files.cache import cache_root
+from pixeljit.files.cache import CACHE_ENV, cache_root
 
 from .emoji import find_emoji_font
 from .fashion_mnist import find_fashion_mnist
@@ -28,6 +28,11 @@ from .shards import MANIFEST
 from .text import file_name_text, utf8_text
 
 BUILTIN_SOURCES = (FASHION_MNIST, EMOJI)
+# a source packed into the cache at the model's size: its size and count are not the caller's
+CACHE_DISK_FIX = (
+    f"set {CACHE_ENV} to a folder with room (the data cache), or pack it yourself elsewhere "
+    "(`pixeljit prepare SOURCE --size S --out DIR`) and pass DIR instead of SOURCE"
+)
 
 
 def _slug(path: Path) -> str:
@@ -130,7 +135,7 @@ def open_dataset(
                   f"{utf8_text(str(target))} …")  # fmt: skip
             sweep_stale_staging(target, every_entry=True)  # killed packs of any cache entry
             prepare(source, size, target, split=split, channels=channels, progress=progress,
-                    overwrite=True)  # fmt: skip
+                    overwrite=True, disk_fix=CACHE_DISK_FIX)  # fmt: skip
             if packed_fingerprint(target) != current:
                 raise RuntimeError(
                     f"{utf8_text(source)} changed while it was being packed into {target}; run "

@@ -7,6 +7,7 @@ like a keyword can be passed as ./emoji). Grey Fashion-MNIST keeps 1 channel unl
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -40,6 +41,10 @@ EMOJI = "emoji"
 KEYWORD_SOURCES = (FASHION_MNIST, EMOJI)
 EMOJI_SPLIT = "train"  # the emoji set is one split; "train" is accepted as its name
 MAX_WORKERS = 256  # decoding processes
+KIB, MIB = 2**10, 2**20
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # errors that free space would cure
+# what a pack too large for its disk calls for, unless the caller names its own (the cache's)
+DISK_FIX = "pack at a smaller size, fewer images (--limit), or into another folder"
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,7 @@ def prepare(
     num_workers: int = 0,
     overwrite: bool = False,
     progress: bool = False,
+    disk_fix: str = DISK_FIX,
 ) -> PrepareResult:
     """Pack `source` at `size` x `size` into `out_dir` (see shards.py for the format).
 
@@ -144,7 +150,8 @@ def prepare(
     layout: for folders, "auto", "classes" or "flat". limit: keep the first N images.
     num_workers: for folders, decoding processes (0: decode in this process).
     A class left with no image (by `limit`, or all its images skipped) stays declared and is
-    named in the result's `empty_classes`.
+    named in the result's `empty_classes`. disk_fix: what a disk too small for the pack is told
+    to do (the data cache names its own).
     """
     check_size(size, "size (--size)")
     if channels is not None:
@@ -169,7 +176,7 @@ def prepare(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return write_stream(
-        stream, out_dir, images_per_shard, overwrite, progress, start, staging, sources
+        stream, out_dir, images_per_shard, overwrite, progress, start, staging, sources, disk_fix
     )
 
 
@@ -264,6 +271,7 @@ def write_stream(
     start: float | None = None,
     staging: Path | None = None,
     sources: list[Path] | None = None,
+    disk_fix: str = DISK_FIX,
 ) -> PrepareResult:
     """Consume a source stream into a packed set at `out_dir`, atomically (see outdir.py)."""
     sources = sources or []
@@ -273,11 +281,13 @@ def write_stream(
         check_output(out_dir, overwrite, sources)
         staging = open_staging(out_dir)
     try:
-        count, shape, class_counts = _pack(stream, staging, images_per_shard, progress)
+        count, shape, class_counts = _pack(stream, staging, images_per_shard, progress, disk_fix)
         publish(staging, out_dir, overwrite, sources)
     except OSError as err:  # a full disk, a vanished folder: one line, nothing half-written
         shutil.rmtree(staging, ignore_errors=True)
-        raise ValueError(f"packing into {out_dir} failed, nothing was written: {err}") from err
+        full = err.errno in DISK_FULL and err.strerror  # its reason, not the hidden file's name
+        fix = f"{err.strerror}): free space on its disk, or {disk_fix}" if full else f"{err})"
+        raise ValueError(f"packing into {out_dir} failed, nothing was written ({fix}") from err
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -294,8 +304,9 @@ def write_stream(
 
 
 def _pack(
-    stream: SourceStream, staging: Path, images_per_shard: int | None, progress: bool
-) -> tuple[int, tuple[int, int, int], list[int]]:
+    stream: SourceStream, staging: Path, images_per_shard: int | None, progress: bool,
+    disk_fix: str = DISK_FIX,
+) -> tuple[int, tuple[int, int, int], list[int]]:  # fmt: skip
     """Write shards, labels and manifest into `staging`; (count, image shape, class counts)."""
     writer: ShardWriter | None = None
     bar = None
@@ -307,7 +318,7 @@ def _pack(
         for images, labels in stream.batches:  # (n, C, H, W) uint8, (n,) int64
             if writer is None:
                 shape = tuple(images.shape[1:])
-                _check_disk_space(staging, stream.total, shape)
+                _check_disk_space(staging, stream.total, shape, disk_fix)
                 per_shard = images_per_shard or default_images_per_shard(shape)
                 writer = ShardWriter(staging, shape, per_shard)
             writer.add(images, labels)
@@ -356,7 +367,9 @@ def _pack(
     return int(labels.shape[0]), writer.image_shape, class_counts
 
 
-def _check_disk_space(staging: Path, total: int | None, shape: tuple[int, int, int]) -> None:
+def _check_disk_space(
+    staging: Path, total: int | None, shape: tuple[int, int, int], disk_fix: str = DISK_FIX
+) -> None:
     """Refuse, before the first shard, a pack larger than the free space where it is written
     (60,000 Fashion-MNIST images at 4096 px are 1 TB: the packer filled 17 GB, then died)."""
     if total is None:
@@ -366,10 +379,17 @@ def _check_disk_space(staging: Path, total: int | None, shape: tuple[int, int, i
     if needed > free:
         c, h, w = shape
         raise ValueError(
-            f"packing {total:,} images of {c}×{h}×{w} needs {needed / GIB:,.1f} GiB, but "
-            f"{staging.parent} has {free / GIB:,.1f} GiB free: pack at a smaller size, fewer "
-            "images (--limit), or into another folder"
+            f"packing {total:,} images of {c}×{h}×{w} needs {bytes_text(needed)}, but "
+            f"{staging.parent} has {bytes_text(free)} free: {disk_fix}"
         )
+
+
+def bytes_text(n: int) -> str:
+    """A size in the unit that shows it: '1.5 GiB', '14.6 MiB', '9.8 KiB', '100 bytes'."""
+    for unit, name in ((GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")):
+        if n >= unit:
+            return f"{n / unit:,.1f} {name}"
+    return f"{n:,} bytes"
 
 
 def _creator() -> str:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from pixeljit.files.atomic import atomic_write_stream, atomic_write_text
+from pixeljit.files.image_set import LABELS_CSV  # noqa: F401  (defined where torch is not needed)
 
 PIXEL_MAX = 255
 GRID_PADDING = 2  # pixels between grid cells
@@ -27,7 +28,6 @@ LABEL_COLOUR = 0  # black
 NPZ_IMAGES_KEY = "arr_0"  # the ADM / torch-fidelity convention: (N, H, W, C) uint8
 NPZ_LABELS_KEY = "labels"  # (N,) int64: the class of each image
 NPZ_CLASS_NAMES_KEY = "class_names"  # (K,) str: label k's class, as `sample --out X.npz` writes
-LABELS_CSV = "labels.csv"  # beside a folder of numbered PNGs: the class of each
 LABELS_CSV_HEADER = ("file", "label", "class")
 MAX_GRID_PIXELS = 2**30  # a grid beyond a gigapixel cannot sensibly be built in memory
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file

@@ -13,6 +13,7 @@ ADM's "reference batches" (their name for such files) also hold `arr_0` images a
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 import torch.distributed as dist
 
 from pixeljit.files.atomic import atomic_write
+from pixeljit.files.cache import CACHE_ENV
 
 from .distances import sqrt_psd
 from .extractor import FeatureExtractor
@@ -309,7 +311,9 @@ def cached_dataset_stats(
     stale), else compute them from `images` and write them there.
 
     `images` is called only when computing (so an expensive dataset is opened only if needed).
-    Under torch.distributed only rank 0 writes.
+    Under torch.distributed only rank 0 writes. A cache that cannot take the file (a full disk)
+    loses the statistics for next time only: that is warned, naming the file and the fix, and
+    they are returned from memory (computing them took minutes).
     """
     path = Path(path)
     if path.is_file():
@@ -318,5 +322,15 @@ def cached_dataset_stats(
             return ref
     ref = compute_dataset_stats(images(), extractor, **compute_kwargs)
     if not distributed_active() or dist.get_rank() == 0:
-        save_dataset_stats(path, ref)
+        try:
+            save_dataset_stats(path, ref)
+        except OSError as err:
+            warnings.warn(
+                f"saving the reference statistics to the {CACHE_ENV} cache failed ("
+                f"{err.strerror or err}: {path}); scoring goes on with them in memory, but they "
+                f"will be computed again next time: free space there, set {CACHE_ENV} to a "
+                "folder with room, or save them once with `pixeljit eval --make-ref DATA --size "
+                "S --channels C --out STATS.npz` and pass --ref STATS.npz",
+                stacklevel=2,
+            )
     return ref

@@ -27,6 +27,7 @@ from pixeljit.training import distributed as dist_utils
 from pixeljit.training.config import TrainConfig, resolve_compile
 from pixeljit.training.config_io import from_dict, save_yaml, to_dict
 from pixeljit.training.ema import EMA
+from pixeljit.training.finals import draw_missing_finals
 from pixeljit.training.optimizer import build_adamw
 from pixeljit.training.previews import sample_grid
 from pixeljit.training.resume import DATA_KEY, check_resume, data_fingerprint, execution_facts
@@ -198,7 +199,7 @@ class _Parts:
 
 def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, progress) -> _Run:
     """Open the data, resolve the config, check a resume against it; rank 0 settles the folder
-    (not when a resume has nothing to train: the folder is left as it is)."""
+    (not when a resume has nothing to train: then only a missing final grid / plot is drawn)."""
     saved = load_checkpoint(resume_file) if resume_file is not None else None
     if saved is not None:  # a changed recipe or classes: refused before the data is packed
         check_resume_before_data(saved, cfg, allow_inexact)
@@ -265,10 +266,14 @@ def _build(run: _Run, info) -> tuple[_Parts, int]:
 
 def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, info, restart):
     run = _prepare(cfg, resume_file, allow_inexact, info, restart, progress)
-    if nothing_to_train(run.saved, run.plan):  # no model built, no file touched
+    if nothing_to_train(run.saved, run.plan):  # no model trained; only a missing end drawn
+        done, step = Path(run.saved["path"]), run.saved["step"]
+        drawn = draw_missing_finals(run.cfg, done, step, info.device) if info.is_main else []
+        if drawn:
+            print(f"drew what the run had not written at its end: "
+                  f"{', '.join(p.name for p in drawn)}", flush=True)  # fmt: skip
         dist_utils.teardown()
-        return TrainResult(run.saved["step"], run.out, Path(run.saved["path"]), None,
-                           is_main=info.is_main)  # fmt: skip
+        return TrainResult(step, run.out, done, None, is_main=info.is_main)
     parts, step = _build(run, info)
     cfg, plan, out = run.cfg, run.plan, run.out
     log = RunLog(out, enabled=info.is_main, tensorboard=cfg.run.tensorboard)
@@ -278,7 +283,9 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
     final_loss, nan_step, interrupted = None, None, None
     bar = _progress(progress and info.is_main, step, plan.total_steps)
     parts.model.train()
-    with StopRequest(enabled=info.world_size == 1) as stop:
+    # the bar closes (its line ends) before any error of the loop is printed
+    closing = bar if bar is not None else contextlib.nullcontext()
+    with StopRequest(enabled=info.world_size == 1) as stop, closing:
         while step < plan.total_steps:
             lr = learning_rate(step, cfg.optim.learning_rate, plan.warmup_steps, plan.total_steps,
                                plan.cooldown_steps)  # fmt: skip
@@ -321,8 +328,6 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
             if due_sample:
                 sample_grid(cfg, parts.ema, run.dataset, out / f"samples-{step:07d}.png", info,
                             info.device)  # fmt: skip
-    if bar is not None:
-        bar.close()
     if info.is_main and (out / METRICS_FILE).is_file():
         plot_loss(out / METRICS_FILE, out / LOSS_PLOT)
     log.close()

@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pixeljit.checkpoints.run import diff_configs
+from pixeljit.checkpoints.config_diff import diff_configs
 from pixeljit.training.config import resolve_compile
 from pixeljit.training.optimizer import ADAMW_BEFORE_FUSED, adamw_kind
 

@@ -29,8 +29,9 @@ import shutil
 import time
 from pathlib import Path
 
+from pixeljit.checkpoints.config_diff import config_changes
 from pixeljit.checkpoints.hub_card import RUN_SCORES_FILES
-from pixeljit.checkpoints.run import config_changes, resume_hint, same_file
+from pixeljit.checkpoints.run import NO_SPACE, resume_hint, same_file
 from pixeljit.files.atomic import atomic_write, atomic_write_text, process_alive
 from pixeljit.training.config_io import load_yaml
 from pixeljit.training.outdir import check_out_usable
@@ -97,9 +98,16 @@ class RunLock:
             os.close(fd)
         else:
             raise RuntimeError(f"could not lock {path}: it keeps being replaced")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd, self._made_file = fd, made
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as err:  # a full disk: what the lock made goes, the file is named
+            self.release()
+            fix = "free some space and run the command again" if err.errno in NO_SPACE else (
+                "run the command again once the folder can be written")  # fmt: skip
+            raise OSError(err.errno, f"{err.strerror or err} writing the run lock's PID ({fix})",
+                          str(path)) from None  # fmt: skip
         return self
 
     def release(self) -> None:

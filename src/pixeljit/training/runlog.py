@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
+from pixeljit.checkpoints.run import NO_SPACE
 from pixeljit.diffusion.objective import bucket_edges, bucket_losses
 from pixeljit.files.atomic import atomic_write, atomic_write_text
 from pixeljit.training import distributed as dist_utils
@@ -23,6 +25,9 @@ METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 TENSORBOARD_FOLDER = "tensorboard"
 TENSORBOARD_HINT = "pip install 'pixeljit[tensorboard]'"
+TENSORBOARD_OFF = "run.tensorboard=false"
+EVENTS_PATTERN = "events.out.tfevents.*.{pid}.*"  # TensorBoard's name: …<time>.<host>.<pid>.<n>
+TENSORBOARD_MODULE = "tensorboard."  # where its writer thread's class lives
 LOSS_BUCKETS = 4  # loss logged by t ∈ [0, .25), [.25, .5), [.5, .75), [.75, 1]
 LOSS_EDGES = bucket_edges(LOSS_BUCKETS)
 TORN_SHOWN = 60  # characters of a bad log line quoted in its message
@@ -135,16 +140,75 @@ class RunLog:
             return
         append_line(self.path, json.dumps(record))
         if self._writer_class is not None and self.writer is None:
-            log_dir = str(self.folder / TENSORBOARD_FOLDER)
-            self.writer = self._writer_class(log_dir, purge_step=self._purge_step)
+            self._open_writer()
         if self.writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, record["step"])
+            with self._writer_errors():
+                for key, value in record.items():
+                    if key != "step" and isinstance(value, (int, float)):
+                        self.writer.add_scalar(key, value, record["step"])
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            with self._writer_errors():  # it flushes first: its thread's failure is raised
+                self.writer.close()
+            self.writer = None
+
+    def _open_writer(self) -> None:
+        """TensorBoard's writer. Its thread (started as it opens) prints no traceback when it
+        fails: the writer raises that error again on its next write, flush or close, which
+        `_writer_errors` words."""
+        quiet_writer_threads()
+        with self._writer_errors():
+            log_dir = str(self.folder / TENSORBOARD_FOLDER)
+            self.writer = self._writer_class(log_dir, purge_step=self._purge_step)
+
+    @contextlib.contextmanager
+    def _writer_errors(self):
+        """An OSError of TensorBoard's writer (raised from its thread), named by the events file
+        with the fix; the writer is dropped (it cannot write any more)."""
+        try:
+            yield
+        except OSError as err:
+            self.writer = None
+            full = err.errno in NO_SPACE
+            fix = f"free some space or set {TENSORBOARD_OFF}" if full else f"set {TENSORBOARD_OFF}"
+            reason = err.strerror or str(err)
+            where = str(self._events_file())
+            raise OSError(
+                err.errno, f"{reason} (TensorBoard's events file; {fix})", where
+            ) from None
+
+    def _events_file(self) -> Path:
+        """The events file this process writes in the TensorBoard folder (its newest), or the
+        folder when there is none."""
+        folder = self.folder / TENSORBOARD_FOLDER
+        mine = sorted(folder.glob(EVENTS_PATTERN.format(pid=os.getpid())), key=_mtime)
+        return mine[-1] if mine else folder
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def quiet_writer_threads() -> None:
+    """Make `threading.excepthook` print nothing for an exception of a TensorBoard writer thread
+    (TensorBoard stores it and raises it again in the thread that writes next); every other
+    thread's goes to the hook there was. Installed again when replaced (pytest, for one,
+    restores its own hook after each test)."""
+    previous = threading.excepthook
+    if getattr(previous, "pixeljit_quiet_writers", False):
+        return
+
+    def hook(args) -> None:
+        writer = type(args.thread).__module__.startswith(TENSORBOARD_MODULE)
+        if not (writer and issubclass(args.exc_type, Exception)):
+            previous(args)
+
+    hook.pixeljit_quiet_writers = True
+    threading.excepthook = hook
 
 
 def append_line(path: Path, line: str) -> None:

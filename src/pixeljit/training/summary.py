@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixeljit.checkpoints.run import config_changes
+from pixeljit.checkpoints.config_diff import config_changes
 from pixeljit.data.folders import FOLDER_KIND
 from pixeljit.data.packed import PackedDataset
 from pixeljit.data.text import utf8_text
@@ -124,7 +124,7 @@ def start_report(
         return [
             f"nothing to train: the checkpoint is at step {start} and the run is {total} "
             f"step{'s' if total != 1 else ''} long; pass a larger --steps / --epochs to continue "
-            "(the run folder is left as it is)"
+            "(no checkpoint is written; only a final grid or loss plot it lacks is drawn)"
         ]
     lines = [data_line(cfg, dataset), run_line(cfg, plan, start, resume_file)]
     changed = changed_settings_line(to_dict(cfg), saved)
