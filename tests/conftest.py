@@ -325,6 +325,22 @@ def hub(hub_run, tmp_path_factory):
     return make_hub(hub_run, tmp_path_factory)
 
 
+@pytest.fixture
+def red_pngs(tmp_path, monkeypatch) -> Path:
+    """A raw folder of three 6 × 6 RGB PNGs, red 0, 10 and 20 (0.png, 1.png, 2.png), with
+    `$PIXELJIT_CACHE` in this test's own folder (what is packed from it is this test's alone)."""
+    from PIL import Image
+
+    from pixeljit.files.cache import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(3):
+        Image.new("RGB", (6, 6), (10 * i, 0, 0)).save(root / f"{i}.png")
+    return root
+
+
 def noise_pngs(folder: Path, count: int, size: int = 16) -> Path:
     """`folder` (made) holding `count` grey noise PNGs 000000.png, … of size × size px."""
     from PIL import Image

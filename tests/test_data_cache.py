@@ -10,17 +10,11 @@ from PIL import Image
 from conftest import dead_pid
 from pixeljit.data.open import cache_entry, open_dataset
 from pixeljit.data.prepare import prepare
-from pixeljit.files.cache import CACHE_ENV
 
 
 @pytest.fixture
-def folder(tmp_path, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    root = tmp_path / "images"
-    root.mkdir()
-    for i in range(3):
-        Image.new("RGB", (6, 6), (10 * i, 0, 0)).save(root / f"{i}.png")
-    return root
+def folder(red_pngs):
+    return red_pngs
 
 
 def red(data) -> list[int]:

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import pixeljit
 from conftest import TINY_NET, dead_pid
@@ -273,13 +272,8 @@ def _small_disk(monkeypatch, free: int) -> None:
 
 
 @pytest.fixture
-def image_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    root = tmp_path / "images"
-    root.mkdir()
-    for i in range(3):
-        Image.new("RGB", (6, 6), (10 * i, 0, 0)).save(root / f"{i}.png")
-    return root
+def image_folder(red_pngs):
+    return red_pngs
 
 
 def test_the_space_check_shows_small_sizes_and_the_prepare_fix(image_folder, tmp_path,

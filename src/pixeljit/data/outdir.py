@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from pixeljit.files.atomic import process_alive, temp_sibling
+from pixeljit.files.atomic import sweep_dead_staging, temp_sibling
 from pixeljit.files.cache import CACHE_ENV, cache_root
 
 from .manifest import (
@@ -162,19 +161,7 @@ def sweep_stale_staging(out_dir: Path, every_entry: bool = False) -> list[Path]:
     what was removed."""
     name = r".+" if every_entry else re.escape(out_dir.name)
     pattern = re.compile(rf"^\.{name}\.partial-(\d+)-[0-9a-f]+$")
-    removed = []
-    if not out_dir.parent.is_dir():
-        return removed
-    for path in sorted(out_dir.parent.iterdir()):
-        match = pattern.match(path.name)
-        if match is None or path.is_symlink() or not path.is_dir():
-            continue
-        if process_alive(int(match.group(1))):
-            continue
-        if all(f.is_file() and STAGED_FILE_RE.match(f.name) for f in path.iterdir()):
-            shutil.rmtree(path)
-            removed.append(path)
-    return removed
+    return sweep_dead_staging(out_dir.parent, pattern, STAGED_FILE_RE)
 
 
 def open_staging(out_dir: Path) -> Path:

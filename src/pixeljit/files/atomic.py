@@ -7,6 +7,8 @@ sibling gets the usual umask-derived permissions, so published files are readabl
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +66,28 @@ def sweep_stale_temporaries(path: Path) -> list[Path]:
         if not process_alive(int(pid)):
             sibling.unlink(missing_ok=True)
             removed.append(sibling)
+    return removed
+
+
+def sweep_dead_staging(parent: Path, folder_name: re.Pattern, staged: re.Pattern) -> list[Path]:
+    """Remove the staging folders in `parent` whose whole name `folder_name` matches (its group
+    1: the PID of the process that made it) once that process is gone, when they hold only
+    files whose whole names `staged` matches (what the writer stages); a live process's,
+    a link, or one holding anything else is left. Returns what was removed."""
+    removed = []
+    try:
+        entries = sorted(parent.iterdir())
+    except OSError:  # no folder yet, or unreadable: nothing of ours to sweep
+        return removed
+    for path in entries:
+        found = folder_name.fullmatch(path.name)
+        if found is None or path.is_symlink() or not path.is_dir():
+            continue
+        if process_alive(int(found.group(1))):
+            continue
+        if all(f.is_file() and staged.fullmatch(f.name) for f in path.iterdir()):
+            shutil.rmtree(path)
+            removed.append(path)
     return removed
 
 

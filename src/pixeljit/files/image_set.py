@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from pixeljit.files.atomic import process_alive, temp_sibling
+from pixeljit.files.atomic import sweep_dead_staging, temp_sibling
 
 LABELS_CSV = "labels.csv"  # beside a folder of numbered PNGs: the class of each (torch-free here)
 
@@ -73,18 +73,9 @@ def holds_a_set(folder: Path) -> bool:
 def sweep_stale_staging(folder: Path) -> list[Path]:
     """Remove the staging folders in `folder` of processes that are gone (killed while writing a
     set); one of a live process, or holding a file a set never has, is left. Returns them."""
-    removed = []
     with contextlib.suppress(OSError):
-        for path in sorted(folder.iterdir()):
-            found = _STAGING.fullmatch(path.name)
-            if found is None or path.is_symlink() or not path.is_dir():
-                continue
-            if process_alive(int(found.group(1))):
-                continue
-            if all(f.is_file() and _STAGED_FILE.fullmatch(f.name) for f in path.iterdir()):
-                shutil.rmtree(path)
-                removed.append(path)
-    return removed
+        return sweep_dead_staging(folder, _STAGING, _STAGED_FILE)
+    return []
 
 
 class StagedImageSet:
