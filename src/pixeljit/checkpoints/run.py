@@ -11,7 +11,6 @@ dtype, shape and bytes) and one of everything else, checked on load, so a flippe
 
 from __future__ import annotations
 
-import errno
 import gc
 import os
 import re
@@ -38,7 +37,8 @@ from pixeljit.checkpoints.weights import (
     refuse_special_file,
     torch_load_problem,
 )
-from pixeljit.files.atomic import atomic_write, temp_sibling
+from pixeljit.files.atomic import NO_SPACE, atomic_write, temp_sibling
+from pixeljit.launch import launch_world_size
 
 LATEST = "latest.pt"
 MILESTONE_PATTERN = "step-{step:09d}.pt"
@@ -47,7 +47,6 @@ FORMAT = "pixeljit.train/2"  # /2: every file carries its checksum (required on 
 UNCHECKED_FORMAT = "pixeljit.train/1"  # written before checksums: loads with a warning
 MAX_CLASS_NAMES = 1 << 20  # as many as a packed set may declare (data.packed.MAX_CLASSES)
 SAVE_OVERHEAD_BYTES = 1 << 20  # pickled config, names, zip headers (an estimate)
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 MAX_LISTED = 5
 RESUME_FLAG = "--resume"  # the flag of `pixeljit train` that names a checkpoint to continue
 RESTART_FLAG = "--restart"  # the flag of `pixeljit train` / `demo` that moves an old run aside
@@ -58,7 +57,7 @@ class NonFiniteStateError(ValueError):
 
 
 def _under_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launch_world_size() > 1
 
 
 def resume_hint(folder: str | os.PathLike, command: str | None = None) -> str:

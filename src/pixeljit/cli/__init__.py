@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import os
 import signal
 import sys
 import warnings
 
+from pixeljit.launch import launch_rank, launch_world_size
 from pixeljit.training import stopsignal
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
 
@@ -139,7 +139,7 @@ def error_line(err: BaseException) -> str:
 def check_launch(verb: str) -> None:
     """Refuse a single-process verb started by torchrun: each rank would do all of its work and
     write the same files (two `prepare`s raced on one folder)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launch_world_size()
     if world > 1 and verb not in DISTRIBUTED_VERBS:
         raise ValueError(
             f"pixeljit {verb} runs in one process, and torchrun started {world}: each would do "
@@ -153,8 +153,8 @@ def check_launch(verb: str) -> None:
 def rank_tag() -> str:
     """' (rank R of W)' under torchrun, so each rank's error line says whose it is (every rank
     fails on a bad config, each with its own line); '' for a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return f" (rank {os.environ.get('RANK', '0')} of {world})" if world > 1 else ""
+    world = launch_world_size()
+    return f" (rank {launch_rank()} of {world})" if world > 1 else ""
 
 
 class _Terminated:
@@ -172,7 +172,7 @@ class _Terminated:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     def __enter__(self):
-        alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
+        alone = launch_world_size() == 1
         default = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
         listening = alone and default and stopsignal.can_listen()
         self.previous = stopsignal.install(self, (signal.SIGTERM,)) if listening else {}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pixeljit.checkpoints.hub_remote import is_hf_uri
 from pixeljit.files.atomic import write_problem
-from pixeljit.files.image_set import DISK_FULL, NUMBERED_PNG  # NUMBERED_PNG: `save_pngs` names
+from pixeljit.files.image_set import NUMBERED_PNG  # NUMBERED_PNG: `save_pngs` names
 
 CHECKPOINT_HELP = ("a pixeljit run folder / .pt, a .safetensors export, a Hub folder (from "
                    "`pixeljit convert --hub`) or hf://org/name[@rev], or an authors' "
@@ -308,8 +308,7 @@ def naming_partial_images(flag: str, folders, total: int, labelled: bool):
         raise
     except ImageSetNotWritten as err:
         kept = " and its earlier set is kept as it was" if err.earlier else ""
-        fix = ("free space on its disk, or pass another " + flag if err.errno in DISK_FULL
-               else f"pass another {flag}")  # fmt: skip
+        fix = err.fix(f"pass another {flag}")
         raise ImageSetNotWritten(err.errno, f"{flag} {err.folder}/: writing the {total} images "
                                  f"failed ({err.reason}); nothing was written{kept}: {fix}",
                                  err.folder, err.reason, err.earlier) from err  # fmt: skip

@@ -75,7 +75,7 @@ def build_config(args):
         cfg = get_preset(args.preset)
     elif args.resume:
         from pixeljit.checkpoints.run import load_checkpoint, run_folder
-        from pixeljit.training.distributed import launch_rank
+        from pixeljit.launch import launch_rank
         from pixeljit.training.rundir import ensure_not_in_use
 
         # "in use" before "holds no checkpoint"; rank 0 only: ranks each taking the lock at
@@ -196,6 +196,7 @@ def run(args) -> int:
     from pixeljit.cli.checks import counted, interrupted_detail
     from pixeljit.training.diskfull import is_disk_full, no_space_message
     from pixeljit.training.loop import train
+    from pixeljit.training.runlog import TENSORBOARD_OFF
 
     cfg = build_config(args)
     try:
@@ -211,7 +212,7 @@ def run(args) -> int:
     except OSError as err:  # a full disk while writing the log, a grid or the plot
         if not is_disk_full(err):
             raise
-        off = "--set run.tensorboard=false"
+        off = f"--set {TENSORBOARD_OFF}"
         raise RuntimeError(no_space_message(err, cfg.run.out, tensorboard_off=off)) from err
     if result.stopped_by_signal is not None:  # Ctrl-C / SIGTERM, after a checkpoint
         if result.is_main:  # once, not once per rank

@@ -7,7 +7,6 @@ like a keyword can be passed as ./emoji). Grey Fashion-MNIST keeps 1 channel unl
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pixeljit.files import GIB
+from pixeljit.files.atomic import DISK_FULL
 
 from .emoji import emoji_stream
 from .fashion_mnist import fashion_mnist_stream
@@ -42,7 +42,6 @@ KEYWORD_SOURCES = (FASHION_MNIST, EMOJI)
 EMOJI_SPLIT = "train"  # the emoji set is one split; "train" is accepted as its name
 MAX_WORKERS = 256  # decoding processes
 KIB, MIB = 2**10, 2**20
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # errors that free space would cure
 # what a pack too large for its disk calls for, unless the caller names its own (the cache's)
 DISK_FIX = "pack at a smaller size, fewer images (--limit), or into another folder"
 

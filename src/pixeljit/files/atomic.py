@@ -6,6 +6,7 @@ sibling gets the usual umask-derived permissions, so published files are readabl
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -15,6 +16,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 _TOKEN_CHARS = 8
+# a write that failed for want of room: a full disk or quota, which freeing space cures …
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+# … and a file grown past what the file system (or `ulimit -f`) allows
+DISK_FULL = NO_SPACE | {errno.EFBIG}
 
 
 def temp_sibling(path: Path, tag: str = "tmp") -> Path:

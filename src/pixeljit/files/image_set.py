@@ -13,7 +13,6 @@ written into DIR.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shutil
@@ -22,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from pixeljit.files.atomic import sweep_dead_staging, temp_sibling
+from pixeljit.files.atomic import DISK_FULL, sweep_dead_staging, temp_sibling
 
 LABELS_CSV = "labels.csv"  # beside a folder of numbered PNGs: the class of each (torch-free here)
 
@@ -32,7 +31,6 @@ _STAGING = re.compile(rf"\.{STAGING_NAME}\.{STAGING_TAG}-(\d+)-[0-9a-f]+")
 NUMBERED_PNG = re.compile(r"(\d{6}|[1-9]\d{6,})\.png")
 # what a staging folder may hold: the set's files, and the atomic writes' temporaries of them
 _STAGED_FILE = re.compile(rf"\.?({NUMBERED_PNG.pattern}|{re.escape(LABELS_CSV)})(\.tmp-.+)?")
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # held while the new set is renamed into place
 
 
@@ -48,10 +46,18 @@ class ImageSetNotWritten(OSError):
     def of(cls, err: OSError, folder: Path, earlier: bool) -> ImageSetNotWritten:
         reason = err.strerror or str(err)
         kept = ", and its earlier set is kept as it was" if earlier else ""
-        fix = ("free space on its disk, or write the set to another folder"
-               if err.errno in DISK_FULL else "write the set to another folder")  # fmt: skip
+        fix = _fix_for(err.errno, "write the set to another folder")
         text = f"writing images into {folder} failed ({reason}): nothing was written{kept}; {fix}"
         return cls(err.errno, text, folder, reason, earlier)
+
+    def fix(self, elsewhere: str) -> str:
+        """How to go on: `elsewhere` (another output), or first free space if the disk was full."""
+        return _fix_for(self.errno, elsewhere)
+
+
+def _fix_for(code: int | None, elsewhere: str) -> str:
+    """`elsewhere`, after freeing space when the error `code` is a full disk's."""
+    return f"free space on its disk, or {elsewhere}" if code in DISK_FULL else elsewhere
 
 
 class SetWrittenThenStopped(KeyboardInterrupt):

@@ -51,11 +51,10 @@ class JiTConfig:
     Ablation switches: `bottleneck_dim=None` (single linear patch embedding), `in_context_len=0`
     (no in-context tokens), `rope`, `qk_norm`, `mlp` ('swiglu' | 'gelu'), `norm` ('rms' |
     'layer'), `dropout` (after attention and the MLP) and `attn_dropout` (on the attention
-    weights), both only in the blocks `dropout_blocks` ([start, stop), default the authors'
-    middle half: depth//4 ≤ i < depth//4·3), `num_classes=0` (unconditional: no label
+    weights), both only in the blocks `dropout_range`, `num_classes=0` (unconditional: no label
     embedding), `in_channels=1` (grey). `attention='fp32'` computes QKᵀ and the softmax in
-    float32 and the product with V under the ambient autocast (the authors' numerics) instead
-    of `scaled_dot_product_attention`.
+    float32, the product with V under the ambient autocast (the authors' numerics), instead of
+    `scaled_dot_product_attention`.
     """
 
     image_size: int = 256
@@ -178,9 +177,8 @@ class JiTConfig:
 
     @property
     def dropout_range(self) -> tuple[int, int]:
-        """Blocks [start, stop) with dropout; default the middle half as the authors' code
-        computes it, depth//4 ≤ i < depth//4·3 (the same as 3·depth//4 at the paper's depths,
-        12 to 40; empty below depth 4)."""
+        """Blocks [start, stop) with dropout: `dropout_blocks`, else the authors' middle half
+        depth//4 ≤ i < depth//4·3 (3·depth//4 at the paper's depths; empty below depth 4)."""
         if self.dropout_blocks is not None:
             return tuple(self.dropout_blocks)
         return self.depth // 4, self.depth // 4 * 3

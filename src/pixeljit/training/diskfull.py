@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pixeljit.checkpoints.run import NO_SPACE, way_on
+from pixeljit.checkpoints.run import way_on
+from pixeljit.files.atomic import NO_SPACE
 from pixeljit.training.rundir import run_files
 from pixeljit.training.runlog import TENSORBOARD_FOLDER
 

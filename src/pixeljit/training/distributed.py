@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pixeljit.devices import as_device
+from pixeljit.launch import launch_rank, launch_world_size
 
 STRATEGIES = ("ddp", "fsdp")
 # How long the other ranks wait at `barrier` while rank 0 alone does slow work: packing a raw
@@ -69,14 +70,9 @@ def device_kind(name: str) -> str:
     return kind
 
 
-def launch_rank() -> int:
-    """This process's rank as torchrun announces it (0 without torchrun), before any setup."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def setup(device_name: str = "auto") -> DistInfo:
     """Initialise torch.distributed when launched by torchrun; a no-op otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launch_world_size()
     rank = launch_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from pixeljit.checkpoints.config_diff import config_changes
 from pixeljit.checkpoints.hub_card import RUN_SCORES_FILES
-from pixeljit.checkpoints.run import NO_SPACE, resume_hint, same_file
-from pixeljit.files.atomic import atomic_write, atomic_write_text, process_alive
+from pixeljit.checkpoints.run import resume_hint, same_file
+from pixeljit.files.atomic import NO_SPACE, atomic_write, atomic_write_text, process_alive
 from pixeljit.training.config_io import load_yaml
 from pixeljit.training.outdir import check_out_usable
 from pixeljit.training.resume import PLACE_FIELDS, with_added_fields

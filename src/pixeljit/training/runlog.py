@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.checkpoints.run import NO_SPACE
 from pixeljit.diffusion.objective import bucket_edges, bucket_losses
-from pixeljit.files.atomic import atomic_write, atomic_write_text
+from pixeljit.files.atomic import NO_SPACE, atomic_write, atomic_write_text
 from pixeljit.training import distributed as dist_utils
 
 METRICS_FILE = "metrics.jsonl"
