@@ -39,11 +39,14 @@ def non_finite_tensors(state: dict) -> list[str]:
     ]
 
 
-def checksums(state: dict) -> dict[str, str]:
-    """SHA-256 per tensor (name, dtype, shape, bytes) and one over every other leaf's repr."""
+def checksums(state: dict, tensors: bool = True) -> dict[str, str]:
+    """SHA-256 per tensor (name, dtype, shape, bytes) and one over every other leaf's repr;
+    `tensors=False`: only the latter (the tensors' bytes are not read)."""
     out, other = {}, hashlib.new(CHECKSUM_ALGORITHM)
     for name, value in _leaves({k: v for k, v in state.items() if k != CHECKSUM_KEY}):
         if torch.is_tensor(value):
+            if not tensors:
+                continue
             h = hashlib.new(CHECKSUM_ALGORITHM)
             h.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
             flat = value.detach().cpu().contiguous().reshape(-1)

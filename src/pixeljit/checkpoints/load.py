@@ -317,7 +317,7 @@ def _run_state(ckpt: dict, file, weights: str) -> tuple[dict, str]:
 
 def run_ema_decays(source: str | os.PathLike) -> list[float]:
     """The EMA decays a pixeljit training run keeps (to compare them all)."""
-    ckpt = load_checkpoint(source, flag=None)  # sample / eval / convert have no --resume
+    ckpt = load_checkpoint(source, flag=None, tensors=False)  # no --resume in these verbs
     file = ckpt["path"]
     try:
         return [float(d) for d in ckpt["ema"]["decays"]]

@@ -25,6 +25,7 @@ import torch
 from pixeljit.checkpoints.authors import CHECKPOINT_FILENAME, KEY_PREFIX, WEIGHT_ENTRIES
 from pixeljit.checkpoints.checksums import (
     CHECKSUM_KEY,
+    OTHER_FIELDS,
     checksum_mismatches,
     checksums,
     non_finite_tensors,
@@ -141,7 +142,10 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def verify_checksums(state: dict, file: Path, flag: str | None = RESUME_FLAG) -> None:
+def verify_checksums(
+    state: dict, file: Path, flag: str | None = RESUME_FLAG, tensors: bool = True
+) -> None:
+    """`tensors=False`: only the fields other than tensors (config, step, EMA decays)."""
     saved = state.get(CHECKSUM_KEY)
     if saved is None and state.get("format") == FORMAT:
         raise ValueError(
@@ -154,7 +158,10 @@ def verify_checksums(state: dict, file: Path, flag: str | None = RESUME_FLAG) ->
             stacklevel=3,
         )
         return
-    bad = checksum_mismatches(saved, checksums(state))
+    now = checksums(state, tensors)
+    if not tensors and isinstance(saved, dict):
+        saved = {OTHER_FIELDS: saved.get(OTHER_FIELDS)}
+    bad = checksum_mismatches(saved, now)
     if bad:
         shown = ", ".join(bad[:MAX_LISTED]) + (" …" if len(bad) > MAX_LISTED else "")
         raise ValueError(
@@ -296,15 +303,20 @@ def _check_not_another_kind(file: Path, flag: str | None) -> None:
     raise ValueError(f"{named} is {kind}, not a training checkpoint: {fix}")
 
 
-def load_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> dict:
+def load_checkpoint(
+    path: str | os.PathLike, flag: str | None = RESUME_FLAG, tensors: bool = True
+) -> dict:
     """A training checkpoint (run folder or file), its zip layout bounded before `torch.load` reads
-    it and its checksums verified. `flag`: as for `find_checkpoint` (messages name it)."""
+    it and its checksums verified. `flag`: as for `find_checkpoint` (messages name it).
+    `tensors=False` reads what is not a tensor (config, step, EMA decays) and verifies it; the
+    tensors are mapped from the file, neither read nor verified (a full load checks them): for
+    callers that only look, as a resume's config is read before the run loads the checkpoint."""
     file = find_checkpoint(path, flag)
     _check_not_another_kind(file, flag)
     try:
         check_torch_zip(file)  # a compressed or oversized member is refused before torch.load
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):  # to tell an authors' file
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=not tensors)
     except Exception as err:
         raise ValueError(
             f"could not read checkpoint {file} ({torch_load_problem(err)})"
@@ -324,7 +336,7 @@ def load_checkpoint(path: str | os.PathLike, flag: str | None = RESUME_FLAG) -> 
             f"named {CHECKPOINT_FILENAME} (or its folder) in sample / eval / convert, or "
             "with pixeljit.load_reference in Python"
         )
-    verify_checksums(state, file, flag)
+    verify_checksums(state, file, flag, tensors)
     _check_class_names(state, file)
     state["path"] = str(file)
     return state

@@ -152,7 +152,7 @@ def run(args) -> int:
     if args.resume and args.steps is None:  # the length the interrupted demo was started with
         from pixeljit.checkpoints.run import load_checkpoint
 
-        started = load_checkpoint(args.out)["config"]["optim"]["steps"]
+        started = load_checkpoint(args.out, tensors=False)["config"]["optim"]["steps"]
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, steps=started))
     if cfg.data.source == FASHION_MNIST:  # scored against at the end: missing → say so now
         find_fashion_mnist("test")

@@ -82,7 +82,7 @@ def build_config(args):
         # the same moment refused one another as "in use by another process"
         if launch_rank() == 0:
             ensure_not_in_use(run_folder(args.resume))
-        cfg = from_dict(load_checkpoint(args.resume)["config"])
+        cfg = from_dict(load_checkpoint(args.resume, tensors=False)["config"])  # the run loads it
     else:
         raise ValueError("pass --preset (or --resume to continue a run with its saved config)")
     from_file = load_yaml(args.config) if args.config else {}

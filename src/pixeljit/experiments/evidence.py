@@ -264,7 +264,7 @@ def _finished_training(folder: Path, config: TrainConfig) -> dict | None:
     from pixeljit.training.runlog import METRICS_FILE, read_metrics
 
     steps = config.optim.steps
-    step = load_checkpoint(folder)["step"]
+    step = load_checkpoint(folder, tensors=False)["step"]  # the engine loads it whole
     if steps is None or step < steps:
         return None
     metrics = folder / METRICS_FILE

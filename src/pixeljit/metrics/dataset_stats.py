@@ -328,9 +328,10 @@ def cached_dataset_stats(
             warnings.warn(
                 f"saving the reference statistics to the {CACHE_ENV} cache failed ("
                 f"{err.strerror or err}: {path}); scoring goes on with them in memory, but they "
-                f"will be computed again next time: free space there, set {CACHE_ENV} to a "
-                "folder with room, or save them once with `pixeljit eval --make-ref DATA --size "
-                "S --channels C --out STATS.npz` and pass --ref STATS.npz",
+                "will be computed again next time: free space there (or make it writable), set "
+                f"{CACHE_ENV} to a writable folder with room, or save them once with `pixeljit "
+                "eval --make-ref DATA --size S --channels C --out STATS.npz` and pass --ref "
+                "STATS.npz",
                 stacklevel=2,
             )
     return ref
