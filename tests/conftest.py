@@ -252,12 +252,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+def torchrun(
+    args: list[str], timeout: float = 300, monitor_s: float | None = None, **kwargs
+) -> subprocess.CompletedProcess:
     """`python -m torch.distributed.run --standalone --nproc_per_node=2 -m pixeljit ARGS` on
-    CPU, one thread per worker, in its own process group (see `run_group`)."""
+    CPU, one thread per worker, in its own process group (see `run_group`). `monitor_s`:
+    torchrun's polling interval; once it sees one worker fail it stops the others, so a test
+    that reads what every rank says gives a late rank (a loaded machine) that long to say it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    monitor = [] if monitor_s is None else [f"--monitor-interval={monitor_s}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "pixeljit", *args]  # fmt: skip
+           *monitor, "-m", "pixeljit", *args]  # fmt: skip
     return run_group(cmd, timeout, env=env, **kwargs)
 
 

@@ -8,8 +8,9 @@ import json
 
 import torch
 
-from conftest import tiny_run
+from conftest import SAMPLED_RUN, check_samples_vary, tiny_run
 from pixeljit.checkpoints.hub import CONFIG_NAME, WEIGHTS_NAME
+from pixeljit.checkpoints.load import load_trained
 from pixeljit.cli import main
 from pixeljit.diffusion.sampler import sample
 
@@ -31,7 +32,8 @@ def make_run(tmp_path_factory, fmnist16):
     from pixeljit.training.loop import train
 
     out = tmp_path_factory.mktemp("hubrun") / "run"
-    train(tiny_run(fmnist16(64), out, **OBJECTIVE, **PREVIEW), progress=False)
+    train(tiny_run(fmnist16(64), out, **OBJECTIVE, **PREVIEW, **SAMPLED_RUN), progress=False)
+    check_samples_vary(load_trained(out))  # else class names could map anywhere unnoticed
     assert main(eval_args(out, fmnist16(64), out / "eval.json")) == 0
     return out
 

@@ -51,6 +51,38 @@ def test_a_dict_objective_config_is_refused_naming_the_class(net):
         flow_matching_loss_at(net, x, noise, t, y, {"loss": "x"})
 
 
+@pytest.mark.parametrize(
+    "bad, got",
+    [
+        (torch.arange(2)[:, None], r"torch.int64 \(2, 1\)"),  # broadcast by the drop: (2, 2)
+        ([0, 1], "list"),  # failed on .device
+        (torch.tensor(1), r"torch.int64 \(\)"),  # failed with an IndexError
+        (torch.tensor([0.0, 1.0]), r"torch.float32 \(2,\)"),
+        (torch.tensor([True, False]), r"torch.bool \(2,\)"),
+        (torch.arange(3), r"torch.int64 \(3,\)"),  # one label too many
+    ],
+)
+def test_labels_that_are_not_one_index_per_image_are_refused(net, bad, got):
+    """Before the label drop, which broadcast a (N, 1) column to (N, N) and then blamed it."""
+    x, _ = _batch()
+    shape = r"y must be None or integer class indices of shape \(2,\), one per image, got "
+    with pytest.raises(ValueError, match=shape + got + r": pass torch.as_tensor\(labels"):
+        flow_matching_loss(net, x, bad)
+    noise, t = torch.randn(x.shape), torch.full((2,), 0.5)
+    with pytest.raises(ValueError, match=shape + got):
+        flow_matching_loss_at(net, x, noise, t, bad)
+
+
+def test_any_integer_label_dtype_trains_like_int64(net):
+    x, y = _batch()
+    g = torch.Generator().manual_seed(1)
+    want, t = flow_matching_loss(net, x, y, generator=g)
+    for dtype in (torch.int32,):  # the network takes int64 and int32
+        g = torch.Generator().manual_seed(1)
+        got, t2 = flow_matching_loss(net, x, y.to(dtype), generator=g)
+        assert torch.equal(got, want) and torch.equal(t2, t)
+
+
 # ------------------------------------------------------------------------ 2. train({...})
 
 

@@ -255,7 +255,7 @@ def test_a_full_statistics_cache_warns_and_scores_from_memory(tmp_path, monkeypa
     assert ref.count == saved.count and np.array_equal(ref.mu, saved.mu)
     assert list((tmp_path / "cache" / "refstats").glob("*.npz"))
     # only the cache's write is forgiven: any other error (a bug) is not hidden
-    monkeypatch.setattr(stats, "save_dataset_stats", lambda *a: (_ for _ in ()).throw(
+    monkeypatch.setattr(stats, "save_dataset_stats", lambda *a, **k: (_ for _ in ()).throw(
         ValueError("a bug")))  # fmt: skip
     images = lambda: torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)  # noqa: E731
     with pytest.raises(ValueError, match="a bug"):

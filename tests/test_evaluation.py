@@ -42,12 +42,19 @@ def test_shards_cover_every_index_once():
 
 
 def test_images_do_not_depend_on_batch_size_or_ranks(setup):
+    """Image k has seed k's noise whichever batch or rank draws it: one rank in batches that do
+    not divide the count, and two ranks of several batches each, give the same six images."""
     model = load_trained(setup / "run")
-    spec = GenerationSpec(num=6, sampler=SamplerConfig(steps=2, cfg=2.0), batch_size=6)
-    whole = torch.cat([u8 for u8, _ in generate(model, spec)])
-    small = GenerationSpec(num=6, sampler=SamplerConfig(steps=2, cfg=2.0), batch_size=4)
-    split = torch.cat([u8 for r in range(3) for u8, _ in generate(model, small, r, 3)])
-    assert torch.equal(whole, split)
+
+    def spec(batch_size: int) -> GenerationSpec:
+        return GenerationSpec(num=6, sampler=SamplerConfig(steps=2, cfg=2.0), batch_size=batch_size)
+
+    whole = torch.cat([u8 for u8, _ in generate(model, spec(6))])
+    assert len({bytes(image.flatten().tolist()) for image in whole}) == 6  # no seed repeated
+    batches = torch.cat([u8 for u8, _ in generate(model, spec(4))])  # 4 + 2
+    assert torch.equal(whole, batches)
+    split = torch.cat([u8 for r in range(2) for u8, _ in generate(model, spec(2), r, 2)])
+    assert torch.equal(whole, split)  # ranks of 3 images each, in batches of 2 + 1
 
 
 def test_streaming_scores_equal_offline_scores(setup, tmp_path):

@@ -14,7 +14,6 @@ from pixeljit.diffusion.objective import (
     LOSS_SPACES,
     PREDICTIONS,
     ObjectiveConfig,
-    bucket_losses,
     convert,
     default_noise_scale,
     drop_labels,
@@ -26,6 +25,7 @@ from pixeljit.diffusion.objective import (
     preconditioner_coefficients,
     sample_t,
 )
+from pixeljit.training.runlog import bucket_losses
 
 SHAPE = (5, 3, 4, 4)
 

@@ -161,7 +161,7 @@ def test_a_cached_reference_without_its_image_size_is_measured_again(tmp_path, f
     cached = list((cache_root() / "refstats").glob(f"{Path(data).name}-*pool4*.npz"))
     assert len(cached) == 1
     old = dataclasses.replace(fresh, image_shape=None, mu=fresh.mu + 1)  # an older entry
-    save_dataset_stats(cached[0], old)
+    save_dataset_stats(cached[0], old, overwrite=True)
     calls = extractor.calls
     again = dataset_stats_for(data, extractor, 16, 1)
     assert extractor.calls > calls and again.image_shape == (1, 16, 16)

@@ -36,6 +36,7 @@ FAILING_RANK = textwrap.dedent(
     """
 )
 STOPPED_WITHIN_S = 90  # the hang lasted gloo's 30-minute timeout, then the 24-hour barrier
+EVERY_RANK_S = 5  # seconds torchrun waits before stopping ranks after one fails
 
 
 def test_a_failing_rank_stops_eval_instead_of_hanging(tmp_path):
@@ -65,7 +66,9 @@ def test_a_failing_rank_stops_eval_instead_of_hanging(tmp_path):
     ids=["prepare", "sample", "demo"],
 )
 def test_single_process_verbs_refuse_torchrun_before_doing_anything(argv, tmp_path):
-    done = torchrun([a.format(tmp=tmp_path) for a in argv], timeout=120)
+    # each rank refuses at once; torchrun stopped a rank still importing when the other's
+    # refusal came first (seen on a loaded machine): it looks again only after EVERY_RANK_S
+    done = torchrun([a.format(tmp=tmp_path) for a in argv], timeout=120, monitor_s=EVERY_RANK_S)
     assert done.returncode != 0
     verb = argv[0]
     for rank in (0, 1):

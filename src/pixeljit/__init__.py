@@ -13,15 +13,21 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "JiT": "pixeljit.model",
     "JiTConfig": "pixeljit.model",
+    "ObjectiveConfig": "pixeljit.diffusion.objective",
+    "SamplerConfig": "pixeljit.diffusion.sampler",
     "TrainedModel": "pixeljit.checkpoints.load",
+    "apply_overrides": "pixeljit.training.config_io",
     "count_parameters": "pixeljit.model",
     "create_model": "pixeljit.model",
+    "flow_matching_loss": "pixeljit.diffusion.objective",
+    "get_preset": "pixeljit.training.presets",
     "load_reference": "pixeljit.checkpoints.authors",
     "load_safetensors": "pixeljit.checkpoints.safetensors_io",
     "load_trained": "pixeljit.checkpoints.load",
     "model_config": "pixeljit.model",
     "sample": "pixeljit.diffusion.sampler",
     "save_safetensors": "pixeljit.checkpoints.safetensors_io",
+    "train": "pixeljit.training.loop",
 }
 
 __all__ = sorted(_EXPORTS)

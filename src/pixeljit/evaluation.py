@@ -51,6 +51,7 @@ from pixeljit.metrics.image_sources import (
 from pixeljit.metrics.labelled import AccuracyCounter, label_order
 from pixeljit.metrics.score import metric_names
 from pixeljit.metrics.stats import distributed_active
+from pixeljit.values import is_integer
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,10 @@ class GenerationSpec:
     def __post_init__(self) -> None:
         for name in ("num", "batch_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"GenerationSpec.{name} must be an integer ≥ 1, got {value!r}")
-        check_seed(self.seed)
+            object.__setattr__(self, name, int(value))  # a NumPy integer stored as an int
+        object.__setattr__(self, "seed", check_seed(self.seed)[0])
         if self.noise_scale is not None and not (
             math.isfinite(self.noise_scale) and self.noise_scale > 0
         ):

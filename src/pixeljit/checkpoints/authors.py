@@ -8,6 +8,7 @@ other pickled code), infer the architecture from tensor shapes, and return a JiT
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pixeljit.checkpoints.arguments import check_path, check_weights
 from pixeljit.checkpoints.weights import (
     SAFE_GLOBALS,
     UNSAFE_PICKLE,
@@ -33,6 +35,7 @@ CHECKPOINT_FILENAME = "checkpoint-last.pth"
 WEIGHT_ENTRIES = ("model", "model_ema1", "model_ema2")
 KEY_PREFIX = "net."
 SAFETENSORS_SUFFIX = ".safetensors"  # pixeljit's exported models (`load_trained` reads them)
+AUTHORS_FILE = f"an authors' {CHECKPOINT_FILENAME} or its folder"  # what `source` names
 # the authors' depth → in-context start block (Tab. 9); G shares H's
 IN_CONTEXT_START_BY_DEPTH = {12: 4, 24: 8, 32: 10, 40: 10}
 
@@ -40,8 +43,10 @@ IN_CONTEXT_START_BY_DEPTH = {12: 4, 24: 8, 32: 10, 40: 10}
 # ------------------------------------------------------------------------------------ reading
 
 
-def _resolve_file(source: str | os.PathLike) -> Path:
-    path = Path(source)
+def _resolve_file(source: str | os.PathLike, expected: str = AUTHORS_FILE) -> Path:
+    """The checkpoint file `source` names (itself or the one in its folder); `expected`: what to
+    pass, for the message refusing an empty or non-path `source`."""
+    path = check_path(source, "source", expected)
     if path.is_dir():
         candidate = path / CHECKPOINT_FILENAME
         refuse_special_file(candidate)  # a named pipe is never opened (it waits for a writer)
@@ -129,6 +134,7 @@ def infer_config(
     """The JiTConfig that a state dict (without 'net.' prefix) was built from. Reads shapes only
     (the depth from the block keys), so it costs nothing however large the shapes claim to be;
     the weights are compared with the config's network before anything is built."""
+    check_override_names(overrides)
     pos = _need(state, "pos_embed", 3, source)
     dim, tokens = pos.shape[-1], pos.shape[1]
     side = math.isqrt(tokens)
@@ -188,18 +194,35 @@ def infer_config(
         raise ValueError(f"{source}: the weights imply an invalid JiT config: {err}") from None
 
 
+def check_override_names(overrides: Mapping) -> None:
+    """Overrides are JiTConfig fields: another name is refused by name, with the known ones (it
+    was reported as the weights implying an invalid config)."""
+    known = sorted(f.name for f in dataclasses.fields(JiTConfig))
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ValueError(f"unknown JiT config fields {unknown} given as overrides; the fields "
+                         f"(pixeljit.JiTConfig) are {known}")  # fmt: skip
+
+
 def load_reference(
     source: str | os.PathLike | Mapping,
-    weights: str = "model_ema1",
+    weights: str | None = "model_ema1",
     in_context_start: int | None = None,
     device: torch.device | str | None = None,
     **overrides,
 ) -> JiT:
     """A JiT in eval mode from an authors' checkpoint file, its folder, or a loaded mapping.
 
-    `weights` picks 'model', 'model_ema1' (the authors' evaluation weights) or 'model_ema2'.
-    Config fields can be overridden (e.g. `attention='fp32'` for the authors' numerics).
+    `weights` picks 'model', 'model_ema1' (the authors' evaluation weights; also for None) or
+    'model_ema2'. Config fields can be overridden (e.g. `attention='fp32'` for the authors'
+    numerics). `device` None is the CPU.
     """
+    names = " / ".join(map(repr, WEIGHT_ENTRIES))
+    weights = check_weights(weights, names) or "model_ema1"
+    if weights not in WEIGHT_ENTRIES:
+        raise ValueError(f"an authors' checkpoint has no {weights!r} weights: pass weights= "
+                         f"{names} (None: 'model_ema1')")  # fmt: skip
+    check_override_names(overrides)
     if device is not None:
         device = as_device(device)  # a device this machine has, and not meta
     from pixeljit.checkpoints.run import FORMAT, UNCHECKED_FORMAT  # run imports this module
@@ -208,7 +231,7 @@ def load_reference(
     if isinstance(source, Mapping):
         checkpoint, name, file_bytes = source, "checkpoint", None
     else:
-        path = _resolve_file(source)
+        path = _resolve_file(source, f"{AUTHORS_FILE}, or the checkpoint dict torch.load returns")
         if path.suffix.lower() == SAFETENSORS_SUFFIX:
             _refuse_pixeljit_file(path, "a .safetensors model file")
         checkpoint, name, file_bytes = read_checkpoint(path), str(path), path.stat().st_size

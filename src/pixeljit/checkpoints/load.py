@@ -17,8 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixeljit.checkpoints.authors import CHECKPOINT_FILENAME, WEIGHT_ENTRIES, load_reference
-from pixeljit.checkpoints.hub_remote import HF_SCHEME, is_hf_uri
+from pixeljit.checkpoints.arguments import (
+    WEIGHTS_CHOICE,
+    check_path,
+    check_weights,
+    device_or_cpu,
+)
+from pixeljit.checkpoints.authors import load_reference
+from pixeljit.checkpoints.kinds import checkpoint_kind
+from pixeljit.checkpoints.kinds import folder_kind as folder_kind  # importable here, as before
 from pixeljit.checkpoints.metadata import (
     check_class_names,
     check_objective,
@@ -27,21 +34,15 @@ from pixeljit.checkpoints.metadata import (
     sampler_from_metadata,
     weights_metadata,
 )
-from pixeljit.checkpoints.run import LATEST, load_checkpoint
-from pixeljit.checkpoints.safetensors_io import (
-    check_format_matches_suffix,
-    load_safetensors_with_meta,
-    save_safetensors,
-)
-from pixeljit.checkpoints.weights import build_loaded, check_overrides, refuse_special_file
+from pixeljit.checkpoints.run import load_checkpoint
+from pixeljit.checkpoints.safetensors_io import load_safetensors_with_meta, save_safetensors
+from pixeljit.checkpoints.weights import build_loaded, check_overrides
 from pixeljit.devices import as_device
 from pixeljit.diffusion.objective import BASE_RESOLUTION
 from pixeljit.diffusion.sampler import NO_GUIDANCE, SamplerConfig
-from pixeljit.model import MODEL_SIZES, JiT, JiTConfig
+from pixeljit.model import MODEL_SIZES, JiT, JiTConfig, count_parameters
 
 OUR_WEIGHTS = ("ema", "model")  # 'ema' = the configured sampling EMA; or 'ema:<decay>'
-HUB_CONFIG = "config.json"  # marks a Hugging Face layout folder (see checkpoints.hub)
-FOLDER_MARKS = (CHECKPOINT_FILENAME, LATEST, HUB_CONFIG)  # the files `folder_kind` goes by
 # the authors' code: model_ema1 is kept with decay 0.9999 (their evaluation weights), model_ema2
 # with 0.9996 (paper_facts.md §5c)
 AUTHORS_EMA_DECAYS = {"model_ema1": 0.9999, "model_ema2": 0.9996}
@@ -55,7 +56,7 @@ AUTHORS_STEPS = 50
 MAX_NAMES_SHOWN = 20  # class names an unknown name's error lists (ImageNet has 1000)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # the network's own repr runs to hundreds of lines
 class TrainedModel:
     net: JiT
     prediction: str = "x"
@@ -81,6 +82,16 @@ class TrainedModel:
                 unguided = dataclasses.replace(self.sampler, cfg=NO_GUIDANCE)
                 object.__setattr__(self, "sampler", unguided)
             object.__setattr__(self, "class_names", None)
+
+    def __repr__(self) -> str:
+        """One line: where the weights come from, which they are, what they generate (the
+        network itself is `.net`)."""
+        cfg = self.net.config
+        return (f"TrainedModel(source={self.description or None!r}, "
+                f"weights={self.weights or None!r}, image_size={cfg.image_size}, "
+                f"in_channels={cfg.in_channels}, num_classes={cfg.num_classes}, "
+                f"parameters={count_parameters(self.net):,}, prediction={self.prediction!r}, "
+                f"noise_scale={self.noise_scale:g}, device='{self.device}')")  # fmt: skip
 
     @property
     def ema_decay(self) -> float | None:
@@ -157,83 +168,27 @@ class TrainedModel:
                 "preconditioner": self.preconditioner}  # fmt: skip
 
 
-def folder_kind(path: Path) -> str | None:
-    """What loading the folder `path` reads, by the files that mark it, in this order: an
-    authors' checkpoint ('authors'), a pixeljit run ('run'), a Hugging Face layout folder
-    ('hub'); None for none of them."""
-    if (path / CHECKPOINT_FILENAME).is_file():
-        return "authors"
-    if (path / LATEST).is_file() or any(path.glob("step-*.pt")):
-        return "run"
-    if (path / HUB_CONFIG).is_file():
-        return "hub"
-    return None
-
-
-def checkpoint_kind(source: str | os.PathLike) -> str:
-    """'run' (pixeljit training), 'safetensors', 'hub' (a Hugging Face layout folder or an
-    `hf://` name), or 'authors'."""
-    if is_hf_uri(source):
-        return "hub"
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    # a pipe, socket or device (here or as a folder's marker) is refused before it is opened
-    for file in (path, *(path / name for name in FOLDER_MARKS if path.is_dir())):
-        refuse_special_file(file)
-    suffix = path.suffix.lower()  # X.SAFETENSORS is the same kind of file
-    if path.is_file():
-        check_format_matches_suffix(path)
-    if suffix == ".safetensors":
-        return "safetensors"
-    if path.is_dir():
-        kind = folder_kind(path)
-        if kind is not None:
-            return kind
-        for name in (LATEST, CHECKPOINT_FILENAME):  # the name, but not a file
-            if (path / name).exists() and not (path / name).is_file():
-                raise ValueError(f"{path / name} is a folder, not a checkpoint file: pass the "
-                                 "checkpoint file itself")  # fmt: skip
-        weights = sorted(p.name for p in path.glob("*.safetensors") if p.is_file())
-        if weights:  # a hub folder that lost its config.json, or a folder of exports
-            raise FileNotFoundError(
-                f"{path} holds {weights[0]} but no {HUB_CONFIG} beside it, so it is no Hugging "
-                f"Face layout folder: pass the file itself ({path / weights[0]}), or write the "
-                f"folder again with `pixeljit convert SRC --hub {path} --overwrite`"
-            )
-        raise FileNotFoundError(
-            f"{path} holds neither a pixeljit run ({LATEST}), a Hugging Face layout folder "
-            f"({HUB_CONFIG}, from `pixeljit convert --hub`) nor an authors' {CHECKPOINT_FILENAME}"
-        )
-    if suffix == ".pth":
-        return "authors"
-    if suffix == ".pt":
-        return "run"
-    raise ValueError(
-        f"cannot load {path}: expected a pixeljit run folder or .pt checkpoint, a .safetensors "
-        f"export, a Hugging Face layout folder or {HF_SCHEME}org/name, or an authors' "
-        f"{CHECKPOINT_FILENAME} (or its folder)"
-    )
-
-
 def load_trained(
     source: str | os.PathLike,
     weights: str | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = "cpu",
     in_context_start: int | None = None,
     **overrides,
 ) -> TrainedModel:
     """Load any checkpoint kind (see the module doc). `weights`: for pixeljit runs 'ema'
     (default: the run's sampling EMA), 'ema:<decay>' or 'model'; for the authors' files
     'model_ema1' (default), 'model_ema2' or 'model'; a hub folder holds one set (None or its
-    own name). Overrides go to the JiT config: a pixeljit file (run, .safetensors, hub folder)
-    records its architecture, so only `weights.OVERRIDABLE_FIELDS` (the attention kernel,
-    dropout) may differ from it; an authors' checkpoint records none and takes any field.
+    own name). `device` None is the CPU. Overrides go to the JiT config: a pixeljit file (run,
+    .safetensors, hub folder) records its architecture, so only `weights.OVERRIDABLE_FIELDS`
+    (the attention kernel, dropout) may differ from it; an authors' checkpoint records none and
+    takes any field.
 
     Every kind goes through `checkpoints.weights`: sizes bounded by the file before anything is
     built, dtypes and shapes checked on `meta`, NaN / Inf refused."""
-    _check_arguments(source, weights)
-    device = as_device(device)
+    check_path(source, "source", "a run folder, a checkpoint file or hf://org/name")
+    weights = check_weights(weights, "'ema', 'ema:<decay>' or 'model' ('model_ema1' … for an "
+                                     "authors' checkpoint)")  # fmt: skip
+    device = device_or_cpu(device)
     kind = checkpoint_kind(source)
     if in_context_start is not None and kind in ("run", "safetensors"):
         raise ValueError(
@@ -256,15 +211,13 @@ def load_trained(
         description = f"{source} ({name})" if name else str(source)
         return TrainedModel(net, *objective, names, description, name, step, sampler=sampler)
     if kind == "authors":
-        weights = weights or "model_ema1"
-        if weights not in WEIGHT_ENTRIES:
-            raise ValueError(f"an authors' checkpoint holds {WEIGHT_ENTRIES}, not {weights!r}")
+        weights = weights or "model_ema1"  # load_reference checks the name
         net = load_reference(source, weights, in_context_start, device, **overrides)
         # their --noise_scale: default 1.0, 2.0 for the 512-px models (s = size/256 from 256 up)
         scale = max(1.0, net.config.image_size / BASE_RESOLUTION)
         return TrainedModel(net, "x", scale, "none", None, f"{source} ({weights})", weights,
                             sampler=authors_sampler(net.config))  # fmt: skip
-    return _load_run(source, weights or "ema", device, overrides)
+    return _load_run(source, "ema" if weights is None else weights, device, overrides)
 
 
 def check_one_set(label, held: str | None, weights: str | None) -> None:
@@ -273,21 +226,7 @@ def check_one_set(label, held: str | None, weights: str | None) -> None:
     named_ema = weights == "ema" and (held or "").startswith("ema:")
     if weights is not None and weights != held and not named_ema:
         raise ValueError(f"{label} holds one set of weights ({held or 'unnamed'}), not "
-                         f"{weights!r}: drop the weights choice (--weights)")  # fmt: skip
-
-
-def _check_arguments(source, weights) -> None:
-    """The caller's arguments, before any file is read (so a bad argument is never reported as a
-    damaged checkpoint): a non-empty path or name, and weights a name or None."""
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"source must be a path or an hf:// name, got {type(source).__name__}")
-    if not os.fspath(source):
-        raise ValueError("source is empty: pass a run folder, a checkpoint file or hf://org/name")
-    if weights is not None and not isinstance(weights, str):
-        raise TypeError(
-            "weights must be a name such as 'ema', 'ema:<decay>' or 'model' (or None), got "
-            f"{type(weights).__name__}"
-        )
+                         f"{weights!r}: drop the weights choice ({WEIGHTS_CHOICE})")  # fmt: skip
 
 
 def _run_state(ckpt: dict, file, weights: str) -> tuple[dict, str]:
@@ -303,16 +242,14 @@ def _run_state(ckpt: dict, file, weights: str) -> tuple[dict, str]:
             try:
                 decay = float(weights.split(":", 1)[1])
             except ValueError:
-                raise ValueError(
-                    f"weights (--weights) {weights!r}: write ema:<decay>, e.g. ema:{decays[0]}"
-                ) from None
+                raise ValueError(f"weights {weights!r} ({WEIGHTS_CHOICE}): write ema:<decay>, "
+                                 f"e.g. ema:{decays[0]}") from None  # fmt: skip
         if decay not in decays:
             raise ValueError(f"{file}: the run has EMAs {decays}; no EMA with decay {decay}")
         shadows = ckpt["ema"]["shadows"][decays.index(decay)]
         return dict(zip(ckpt["ema"]["names"], shadows, strict=True)), f"ema:{decay}"
-    raise ValueError(
-        f"weights (--weights) must be 'ema', 'ema:<decay>' or 'model', got {weights!r}"
-    )
+    raise ValueError(f"weights ({WEIGHTS_CHOICE}) must be 'ema', 'ema:<decay>' or 'model' for "
+                     f"a pixeljit run, got {weights!r}")  # fmt: skip
 
 
 def run_ema_decays(source: str | os.PathLike) -> list[float]:

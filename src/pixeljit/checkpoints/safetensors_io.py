@@ -8,7 +8,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from pixeljit.checkpoints.arguments import check_path
 from pixeljit.checkpoints.checksums import OTHER_FIELDS, checksum_mismatches, checksums
+from pixeljit.checkpoints.kinds import refuse_as_safetensors
 from pixeljit.checkpoints.metadata import (
     check_class_names,
     objective_from_metadata,
@@ -198,10 +200,12 @@ def load_safetensors_with_meta(path: str | os.PathLike, device=None, **overrides
     other and the file's size before the network is built or any tensor is read."""
     from safetensors import SafetensorError, safe_open
 
+    path = check_path(path, "path", f"a {SAFETENSORS_SUFFIX} file")
     if device is not None:
         device = as_device(device)  # a device this machine has, and not meta
-    path = Path(path)
     refuse_special_file(path)  # a named pipe is never opened (it would wait for a writer)
+    if path.exists():
+        refuse_as_safetensors(path)  # a folder, a torch.save checkpoint, a pickle
     if not path.is_file():
         raise FileNotFoundError(f"safetensors file {path} does not exist")
     file_bytes = path.stat().st_size
@@ -232,32 +236,3 @@ def load_safetensors_with_meta(path: str | os.PathLike, device=None, **overrides
 def load_safetensors(path: str | os.PathLike, device=None, **overrides) -> JiT:
     """Load a file written by `save_safetensors` back into a JiT in eval mode."""
     return load_safetensors_with_meta(path, device, **overrides)[0]
-
-
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (a .pt / .pth)
-
-
-def _sniffed_format(path: Path) -> str | None:
-    """'zip' (torch.save) or 'safetensors' (an 8-byte header length, then a JSON '{'), from the
-    first bytes; None for anything else."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if head.startswith(ZIP_MAGIC):
-        return "zip"
-    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 2**32:
-        return "safetensors"
-    return None
-
-
-def check_format_matches_suffix(path: Path) -> None:
-    """A .safetensors named .pt, or a torch.save file named .safetensors, failed deep in the
-    wrong reader ('not a zip-format PyTorch checkpoint', 'header too large')."""
-    suffix, found = path.suffix.lower(), _sniffed_format(path)
-    if found == "safetensors" and suffix in (".pt", ".pth"):
-        raise ValueError(f"{path} is a .safetensors file named {suffix}: rename it to "
-                         f"{path.with_suffix(SAFETENSORS_SUFFIX).name} and pass that")  # fmt: skip
-    if found == "zip" and suffix == SAFETENSORS_SUFFIX:
-        pt, pth = path.with_suffix(".pt").name, path.with_suffix(".pth").name
-        raise ValueError(f"{path} is a PyTorch checkpoint (torch.save) named .safetensors: "
-                         f"rename it to {pt} (a run's checkpoint) or {pth} (an authors' one) "
-                         "and pass that")  # fmt: skip

@@ -229,9 +229,12 @@ def meta_model(
 
 
 def materialise(net: JiT, state: Mapping[str, torch.Tensor], source: str, device=None) -> JiT:
-    """Check `state` is finite, move the `meta` net to `device` (default CPU), load, eval mode."""
+    """Check `state` is finite, move the `meta` net to `device` (default CPU), load, eval mode.
+    The weights are float32 whatever the file holds (load_state_dict casts into them) and
+    whatever `torch.get_default_dtype()` built the `meta` net in (float64 would make them
+    float64); nothing global is changed."""
     check_finite(state, source)
-    net = net.to_empty(device=device or "cpu")
+    net = net.float().to_empty(device=device or "cpu")  # on meta: nothing is allocated
     net.load_state_dict(state, strict=True)  # copies (and casts) into the network's dtype
     return net.eval()
 

@@ -260,8 +260,8 @@ def _make_ref(args, info, first, say) -> None:
     else:
         ref = _dataset_stats("--make-ref", args.make_ref, extractor, args.size,
                              args.channels, args.ref_split, info, first)  # fmt: skip
-    if info.is_main:
-        save_dataset_stats(args.out, ref)
+    if info.is_main:  # an existing --out was refused up front unless --overwrite
+        save_dataset_stats(args.out, ref, overwrite=args.overwrite)
     say(f"reference statistics of {args.make_ref} ({ref.count} images, "
         f"{extractor.name}{_conversion(args)}) → {args.out}")  # fmt: skip
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pixeljit.files.download import file_digest
+from pixeljit.values import is_integer
 
 from .manifest import (
     PREPARE_HINT,
@@ -49,7 +50,7 @@ def check_range(start: int, stop: int, count: int) -> tuple[int, int]:
     """`slice`'s (start, stop) as 0 ≤ start ≤ stop, start ≤ count; stop past the end is cut to
     `count` (the last batch of a loop may ask for more), nothing counts from the end."""
     for name, value in (("start", start), ("stop", stop)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if not is_integer(value):
             raise TypeError(f"slice {name} must be an integer, got {value!r}")
     if start < 0 or stop < 0:
         raise ValueError(f"slice({start}, {stop}): start and stop must be ≥ 0 (negative values "

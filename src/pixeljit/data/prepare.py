@@ -18,6 +18,7 @@ import numpy as np
 
 from pixeljit.files import GIB
 from pixeljit.files.atomic import DISK_FULL
+from pixeljit.values import is_integer
 
 from .emoji import emoji_stream
 from .fashion_mnist import fashion_mnist_stream
@@ -152,16 +153,16 @@ def prepare(
     named in the result's `empty_classes`. disk_fix: what a disk too small for the pack is told
     to do (the data cache names its own).
     """
-    check_size(size, "size (--size)")
+    size = check_size(size, "size (--size)")  # NumPy integers as ints, from here on
     if channels is not None:
-        check_channels(channels)
+        channels = check_channels(channels)
     if layout not in LAYOUTS:
         raise ValueError(f"layout (--layout) must be one of {LAYOUTS}, got {layout!r}")
-    _check_count("limit", "--limit", limit, 1, None)
-    _check_count("num_workers", "--workers", num_workers, 0, MAX_WORKERS)
+    limit = _check_count("limit", "--limit", limit, 1, None)
+    num_workers = _check_count("num_workers", "--workers", num_workers, 0, MAX_WORKERS)
     if images_per_shard is not None:
         ch = channels or native_channels(source)
-        check_images_per_shard(images_per_shard, (ch, size, size))
+        images_per_shard = check_images_per_shard(images_per_shard, (ch, size, size))
     sources = _source_folders(source, data_dir)
     out_dir = check_output(out_dir, overwrite, sources)
     start = time.perf_counter()
@@ -179,14 +180,15 @@ def prepare(
     )
 
 
-def _check_count(name: str, flag: str, value: int | None, low: int, high: int | None) -> None:
-    """An optional integer argument within [low, high] (None = no limit / not given)."""
+def _check_count(name: str, flag: str, value: int | None, low: int, high: int | None) -> int | None:
+    """An optional integer argument within [low, high] (None = no limit / not given), as an
+    int."""
     if value is None:
-        return
-    within = value >= low and (high is None or value <= high)
-    if not isinstance(value, int) or isinstance(value, bool) or not within:
+        return None
+    if not is_integer(value) or not (value >= low and (high is None or value <= high)):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"{name} ({flag}) must be an integer {bound}, got {value!r}")
+    return int(value)
 
 
 def _source_folders(source: str | os.PathLike, data_dir: str | os.PathLike | None) -> list[Path]:

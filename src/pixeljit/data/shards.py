@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pixeljit.files.atomic import temp_sibling
+from pixeljit.values import is_integer
 
 FORMAT_NAME = "pixeljit-packed"
 FORMAT_VERSION = 1
@@ -65,21 +66,21 @@ def check_images_per_shard(images_per_shard: int, image_shape: tuple[int, int, i
     """Validate a shard length: at least 1 image, at most MAX_SHARD_BYTES of pixels."""
     image_bytes = int(np.prod(image_shape))
     most = max(1, MAX_SHARD_BYTES // image_bytes)
-    valid = isinstance(images_per_shard, int) and not isinstance(images_per_shard, bool)
+    valid = is_integer(images_per_shard)
     if not valid or not 1 <= images_per_shard <= most:
         raise ValueError(
             f"images_per_shard (--images-per-shard) must be an integer in [1, {most}] for "
             f"{image_shape} images (shards of at most {MAX_SHARD_BYTES >> 30} GiB), "
             f"got {images_per_shard!r}"
         )
-    return images_per_shard
+    return int(images_per_shard)
 
 
 class ShardWriter:
     """Accumulates (n, C, H, W) uint8 batches and writes fixed-size shards into `folder`."""
 
     def __init__(self, folder: Path, image_shape: tuple[int, int, int], images_per_shard: int):
-        check_images_per_shard(images_per_shard, tuple(image_shape))
+        images_per_shard = check_images_per_shard(images_per_shard, tuple(image_shape))
         self.folder, self.image_shape = folder, tuple(image_shape)
         self.per_shard = images_per_shard
         # (n, C, H, W); grows up to one shard as images arrive, so a small set stays small

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from pixeljit.values import is_integer
+
 WHITE = (255, 255, 255, 255)
 GREY = 1
 COLOUR = 3
@@ -35,17 +37,18 @@ MAX_IMAGE_PIXELS = 1 << 26
 
 
 def check_channels(channels: int) -> int:
-    """Validate a channel count (1 = grey, 3 = RGB)."""
-    if channels not in VALID_CHANNELS:
+    """Validate a channel count (1 = grey, 3 = RGB); returned as an int."""
+    if not is_integer(channels) or channels not in VALID_CHANNELS:  # 1.0 and True equal 1
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
-    return channels
+    return int(channels)
 
 
 def check_size(size: int, name: str = "size") -> int:
-    """Validate a target resolution: an integer in [1, MAX_SIZE]; `name` heads the message."""
-    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_SIZE:
+    """Validate a target resolution: an integer in [1, MAX_SIZE], returned as an int (NumPy's
+    taken as its value); `name` heads the message."""
+    if not is_integer(size) or not 1 <= size <= MAX_SIZE:
         raise ValueError(f"{name} must be an integer in [1, {MAX_SIZE}] (pixels), got {size!r}")
-    return size
+    return int(size)
 
 
 def check_pixels(img: Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> None:

@@ -32,6 +32,9 @@ def noise_from_seeds(
     differ (draw on the CPU and pass `noise=` to `sample` for images that match across them).
     """
     device = torch.device(device if device is not None else "cpu")
+    if device.type == "meta":  # torch: "META device type not an accelerator."
+        raise ValueError("noise cannot be drawn on 'meta', which holds no values: pass "
+                         "device='cpu' or the network's device")  # fmt: skip
     out = torch.empty((len(seeds), *shape), device=device, dtype=torch.float32)
     gen = torch.Generator(device=device)
     for row, s in zip(out, seeds, strict=True):  # one small launch per row, no host sync

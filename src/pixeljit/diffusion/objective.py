@@ -289,7 +289,7 @@ def flow_matching_loss_at(
     t outside [0, 1] is refused (one host sync, skipped under torch.compile; the training step's
     `flow_matching_loss` draws t in [0, 1) and skips it).
     """
-    _check_batch(x, config, t)
+    _check_batch(x, config, t, y)
     return _loss_at(denoiser, x, noise, t, y, config)
 
 
@@ -319,13 +319,13 @@ def flow_matching_loss(
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One training draw: (per-sample losses (N,), the t (N,) used). `loss.mean()` is the
-    authors' loss; the t lets training log the loss by noise level (`bucket_losses`).
+    authors' loss; the t lets training log the loss by noise level (`runlog.bucket_losses`).
 
     `num_classes` (the null label of the label drop) defaults to the denoiser's
     `config.num_classes`; a denoiser without one (a wrapped or plain function) needs it given
     when labels are. Randomness in the authors' order: label drop, then t, then ε ~ N(0, s²I).
     """
-    _check_batch(x, config)
+    _check_batch(x, config, y=y)
     num_classes = _label_count(denoiser, y, num_classes)
     y = drop_labels(y, num_classes, config.label_drop, generator)
     t = sample_t(x.shape[0], config.t_sampler, config.p_mean, config.p_std,
@@ -337,9 +337,10 @@ def flow_matching_loss(
     return _loss_at(denoiser, x, noise, t, y, config), t
 
 
-def _check_batch(x, config, t=None) -> None:
-    """Float images and an ObjectiveConfig (types and dtypes: no sync, no graph break); then t's
-    values in [0, 1] when t is given (one host sync), except under torch.compile."""
+def _check_batch(x, config, t=None, y=None) -> None:
+    """Float images, labels (None or integer indices, one per image) and an ObjectiveConfig
+    (types, dtypes and shapes: no sync, no graph break); then t's values in [0, 1] when t is
+    given (one host sync), except under torch.compile."""
     if not isinstance(config, ObjectiveConfig):
         raise ValueError(f"config must be an ObjectiveConfig, got {type(config).__name__}: pass "
                          "ObjectiveConfig(**fields), e.g. ObjectiveConfig(loss='x')")  # fmt: skip
@@ -347,6 +348,12 @@ def _check_batch(x, config, t=None) -> None:
         got = x.dtype if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x must be float images in [-1, 1], got {got}: scale uint8 images "
                          "with x.float() / 127.5 - 1")  # fmt: skip
+    integer = isinstance(y, Tensor) and not (y.is_floating_point() or y.is_complex())
+    if y is not None and not (integer and y.dtype != torch.bool and y.shape == x.shape[:1]):
+        got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"y must be None or integer class indices of shape "
+                         f"{tuple(x.shape[:1])}, one per image, got {got}: pass torch.as_tensor("
+                         "labels, dtype=torch.long, device=x.device).reshape(-1)")  # fmt: skip
     if not isinstance(t, Tensor) or torch.compiler.is_compiling() or not t.numel():
         return
     if not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails too
@@ -377,23 +384,3 @@ def loss_weight_in_x(loss: str, t: Tensor) -> Tensor:
     if loss == "eps":
         return (t / (1 - t)) ** 2
     return 1 / (1 - t) ** 2
-
-
-def bucket_losses(per_sample: Tensor, t: Tensor, num_buckets: int = 4) -> tuple[Tensor, Tensor]:
-    """Sum and count of per-sample losses in `num_buckets` equal t-buckets [k/B, (k+1)/B).
-
-    Returns (sums (B,), counts (B,)) in float32 on the losses' device, with no host sync, so a
-    training loop can accumulate (and all-reduce) them and log sums / counts when it prints.
-    """
-    if num_buckets < 1:
-        raise ValueError(f"num_buckets must be ≥ 1, got {num_buckets}")
-    idx = (t.detach() * num_buckets).long().clamp_(0, num_buckets - 1)  # (N,)
-    values = per_sample.detach().to(torch.float32)
-    sums = torch.zeros(num_buckets, device=values.device).index_add_(0, idx, values)
-    counts = torch.zeros_like(sums).index_add_(0, idx, torch.ones_like(values))
-    return sums, counts
-
-
-def bucket_edges(num_buckets: int) -> list[float]:
-    """The B + 1 edges of `bucket_losses`' buckets, for log labels."""
-    return [k / num_buckets for k in range(num_buckets + 1)]

@@ -35,6 +35,16 @@ from pixeljit.diffusion.objective import (
     default_noise_scale,
     finite_number,
 )
+from pixeljit.diffusion.sample_inputs import (
+    check_network_on,
+    check_not_meta,
+    check_seed,
+    check_sources,
+    labels_tensor,
+    network_config,
+    same_device,
+    weights_device,
+)
 from pixeljit.diffusion.solvers import (
     DEFAULT_SHIFT,
     GRIDS,
@@ -43,13 +53,13 @@ from pixeljit.diffusion.solvers import (
     solve,
     time_grid,
 )
+from pixeljit.values import is_integer
 
 Tensor = torch.Tensor
 
 DEFAULT_STEPS = 50  # the paper's Heun-50
 SAMPLE_T_EPS = 0.05  # the authors' clamp of 1−t at sampling (issue #59 suggests 1e-3)
 PAPER_INTERVAL = (0.1, 1.0)  # the CFG interval of the paper's main results
-MAX_SEED = 2**63  # seeds are 64-bit (numpy SeedSequence, torch.manual_seed)
 MAX_STEPS = 10_000  # solver steps (the paper uses 50; 10k Heun steps is already 20k evaluations)
 SHIFT_RANGE = (1e-3, 1e3)  # a shifted grid outside this collapses to repeated times in float32
 MAX_CFG = 100.0  # guidance scales beyond this overflow the velocity (the paper uses 1-3)
@@ -79,8 +89,9 @@ class SamplerConfig:
     t_min: float = DEFAULT_T_MIN
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int):
+        if not is_integer(self.steps):
             raise ValueError(f"steps must be an integer ≥ 1, got {self.steps!r}")
+        object.__setattr__(self, "steps", int(self.steps))  # a NumPy integer stored as an int
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must lie in [1, {MAX_STEPS}], got {self.steps}")
         if self.method not in METHODS:
@@ -138,65 +149,27 @@ def check_finite(images: Tensor, start: int = 0) -> None:
 
 
 def _device_of(net, labels, noise, device) -> torch.device:
+    """The sampling device: the noise's, else `device`, else the network's weights', else the
+    labels' or the CPU; one that is not where the network's weights are is refused by name."""
     asked = None if device is None else as_device(device)
+    weights = weights_device(net)
     if noise is not None:  # the noise's device decides; a `device` naming another is refused
         got = noise.device
-        if asked is not None and asked not in (got, torch.device(got.type)):
+        if asked is not None and not same_device(asked, got):
             raise ValueError(f"device={str(asked)!r} but noise is on {str(got)!r}: move the noise "
                              f"(noise.to({str(asked)!r})) or drop device")  # fmt: skip
+        check_network_on(weights, got, f"noise is on {str(got)!r}",
+                         f"noise.to({str(weights)!r})")  # fmt: skip
         return got
     if asked is not None:
+        check_network_on(weights, asked, f"device={str(asked)!r}",
+                         f"device={str(weights)!r} (or drop device)")  # fmt: skip
         return asked
-    if isinstance(net, nn.Module):
-        param = next(net.parameters(), None)
-        if param is not None:
-            return param.device
+    if weights is not None:
+        return weights
     if isinstance(labels, Tensor):
         return labels.device
     return torch.device("cpu")
-
-
-def _labels_tensor(labels, num_classes: int, device) -> Tensor | None:
-    if labels is None:
-        if num_classes > 0:
-            raise ValueError(
-                "this model is class-conditional: pass labels (ints in "
-                f"[0, {num_classes})), e.g. labels=list(range({min(num_classes, 8)}))"
-            )
-        return None
-    if num_classes == 0:
-        raise ValueError("this model is unconditional: pass labels=None and num=N")
-    if isinstance(labels, (str, bytes)) or (
-        isinstance(labels, Sequence) and any(isinstance(v, (str, bytes)) for v in labels)
-    ):
-        raise ValueError(
-            "labels are class indices here; a loaded model maps class names: "
-            "pixeljit.load_trained(...).sample(['name', ...])"
-        )
-    try:
-        y = torch.as_tensor(labels)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(
-            f"labels must be a list, tuple, array or tensor of class indices, got "
-            f"{type(labels).__name__}"
-        ) from None
-    if y.ndim != 1:
-        shown = y.item() if y.ndim == 0 else f"shape {tuple(y.shape)}"
-        raise ValueError(
-            f"labels must be one class per image, a 1-D sequence, got {shown}: e.g. [3] for "
-            "one image of class 3, [3] * 8 for eight of them"
-        )
-    if y.numel() == 0:
-        raise ValueError("labels is empty; pass at least one label")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"labels must be integers, got {y.dtype}")
-    lo, hi = int(y.min()), int(y.max())  # once per call (a sync only for device labels)
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}) (the model has {num_classes} classes; "
-            f"{num_classes} is the null label used by guidance), got min {lo}, max {hi}"
-        )
-    return y.to(device=device, dtype=torch.int64)
 
 
 def check_sampling_args(
@@ -223,19 +196,6 @@ def check_sampling_args(
     if noise_scale is not None and not finite_number("noise_scale", noise_scale) > 0:
         raise ValueError(f"noise_scale must be > 0 (or None for image_size/256), got {noise_scale}")
     return config.interval
-
-
-def check_seed(seed: int | None, first_index: int = 0) -> None:
-    """A per-sample seed base in [0, 2**63) (None: no per-sample seeds) and an index ≥ 0, which
-    only means something with a seed."""
-    if seed is None and first_index != 0:
-        raise ValueError(f"first_index={first_index!r} numbers per-sample seeds: pass seed= "
-                         "with it, or drop first_index")  # fmt: skip
-    for name, value in (("seed", seed), ("first_index", first_index)):
-        if value is None and name == "seed":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_SEED:
-            raise ValueError(f"{name} must be an integer in [0, 2**63), got {value!r}")
 
 
 @torch.no_grad()
@@ -276,29 +236,33 @@ def sample(
     rows with t in the open `interval` (default (0.1, 1.0), the paper's). `method` ∈
     {euler, heun, dpm++2m, dpm++3m}; `grid` ∈ {uniform, shifted, edm, logsnr}; defaults come from
     `SamplerConfig`.
-    The network runs in eval mode (its training mode is restored afterwards); `amp_dtype` (e.g.
-    torch.bfloat16) runs it under autocast (the state z stays float32). `compile_mode` (one of
-    COMPILE_MODES; None = eager) runs it through `torch.compile(dynamic=False)`, kept for later
-    calls with the same net; "reduce-overhead" replays CUDA graphs (two at most: N and 2N rows).
-    Seeded noise is drawn on the sampling device (see `noise_from_seeds`). A NaN / inf image
+    Every module of the network runs in eval mode (each one's own mode restored afterwards);
+    `amp_dtype` (e.g. torch.bfloat16) runs it under autocast (the state z stays float32).
+    `compile_mode` (one of COMPILE_MODES; None = eager) runs it through
+    `torch.compile(dynamic=False)`, kept for later calls with the same net; "reduce-overhead"
+    replays CUDA graphs (two at most: N and 2N rows). Seeded noise is drawn on the sampling
+    device (see `noise_from_seeds`): the noise's, else `device`, else the network's; one the
+    network's weights are not on is refused. NumPy integers count as integers. A NaN / inf image
     raises ValueError (`check_finite`) rather than coming back.
     """
-    config = _network_config(net)
+    config = network_config(net)
     interval = check_sampling_args(
         steps, method, cfg, interval, t_eps, noise_scale, prediction, grid, shift, preconditioner,
         t_min,
     )  # fmt: skip
-    check_seed(seed, first_index)
+    seed, first_index = check_seed(seed, first_index)
     check_compile_mode(compile_mode)
     check_amp_dtype(amp_dtype)
-    _check_sources(net, noise, seed, generator, num, grid, shift)
+    check_not_meta(net, labels, noise)
+    check_sources(net, noise, seed, generator, num, grid, shift)
+    steps, num = int(steps), (None if num is None else int(num))  # NumPy integers as ints
     if noise_scale is None:
         noise_scale = default_noise_scale(config.image_size)
     classes = int(config.num_classes)
     if cfg != 1.0 and classes == 0:
         raise ValueError("an unconditional model cannot be guided: use cfg=1.0")
     dev = _device_of(net, labels, noise, device)
-    y = _labels_tensor(labels, classes, dev)
+    y = labels_tensor(labels, classes, dev)
     z = _start_state(config, y, noise, num, seed, first_index, generator, noise_scale, dev)
 
     runner = net if compile_mode is None else compiled_network(net, compile_mode)
@@ -315,66 +279,17 @@ def sample(
 
 @contextlib.contextmanager
 def _eval_mode(net):
-    """`net` in eval mode inside the block; a module in training mode is put back after."""
-    was_training = isinstance(net, nn.Module) and net.training
-    if was_training:
+    """Every module of `net` in eval mode inside the block (no dropout anywhere); each module's
+    own training flag put back after (`net.train()` would put all of them in training mode)."""
+    modules = list(net.modules()) if isinstance(net, nn.Module) else []
+    flags = [module.training for module in modules]
+    if modules:
         net.eval()
     try:
         yield
     finally:
-        if was_training:
-            net.train()
-
-
-def _network_config(net):
-    """`net.config`, or an error saying what to pass instead."""
-    config = getattr(net, "config", None)
-    if config is None and all(hasattr(net, k) for k in ("net", "prediction", "noise_scale")):
-        raise ValueError(  # a load_trained() result: its objective must come along with the net
-            "net is a loaded model, not a network: call model.sample(labels, …) (its objective "
-            "and recommended sampler, any keyword of sample() on top), or pass model.net with "
-            "prediction=model.prediction, noise_scale=model.noise_scale, "
-            "preconditioner=model.preconditioner"
-        )
-    if config is None:
-        raise ValueError("net must carry a `config` with num_classes, in_channels and image_size")
-    return config
-
-
-def _check_sources(net, noise, seed, generator, num, grid: str, shift: float) -> None:
-    """Arguments that would be ignored or fail deep inside torch, refused by name: two sources of
-    noise, a shift off the shifted grid, a network whose weights are not float32, a count or a
-    generator of the wrong type, noise that is not a finite float tensor."""
-    given = [name for name, v in (("noise", noise), ("seed", seed), ("generator", generator))
-             if v is not None]  # fmt: skip
-    if len(given) > 1:
-        raise ValueError(f"{' and '.join(given)} were both given, and only one can decide the "
-                         "starting noise: pass one of them")  # fmt: skip
-    if grid != "shifted" and shift != DEFAULT_SHIFT:
-        raise ValueError(f"shift={shift:g} has no effect on the {grid!r} grid: pass "
-                         "grid='shifted', or drop shift")  # fmt: skip
-    if num is not None and (isinstance(num, bool) or not isinstance(num, int)):
-        raise ValueError(f"num must be an integer ≥ 1, got {num!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__} "
-                         "(for a number, pass seed= instead)")  # fmt: skip
-    if noise is not None:
-        if not isinstance(noise, Tensor) or not noise.is_floating_point():
-            kind = noise.dtype if isinstance(noise, Tensor) else type(noise).__name__
-            raise ValueError(f"noise must be a floating-point torch.Tensor, got {kind}")
-        if not bool(torch.isfinite(noise).all()):
-            raise ValueError("noise holds NaN or infinite values")
-    if isinstance(net, nn.Module):
-        dtypes = {p.dtype for p in net.parameters() if p.is_floating_point()}
-        if dtypes - {torch.float32}:
-            raise ValueError(
-                f"the network's weights are {', '.join(sorted(map(str, dtypes)))}: sampling "
-                "keeps them float32 (net.float()) and runs the network in lower precision "
-                "under autocast: pass amp_dtype=torch.bfloat16"
-            )
-        if noise is not None and dtypes and noise.dtype not in dtypes:
-            raise ValueError(f"noise is {noise.dtype}, the network's weights float32: pass "
-                             "noise.float() (the sampling state is float32)")  # fmt: skip
+        for module, flag in zip(modules, flags, strict=True):
+            module.training = flag
 
 
 def _start_state(config, y, noise, num, seed, first_index, generator, noise_scale, dev) -> Tensor:
@@ -395,5 +310,7 @@ def _start_state(config, y, noise, num, seed, first_index, generator, noise_scal
     if seed is not None:
         return noise_scale * noise_from_seeds(sample_seeds(seed, n, first_index), shape, dev)
     gen_device = generator.device if generator is not None else dev
-    z = noise_scale * torch.randn((n, *shape), generator=generator, device=gen_device)
+    z = noise_scale * torch.randn(
+        (n, *shape), generator=generator, device=gen_device, dtype=torch.float32
+    )  # float32 whatever torch's default dtype
     return z.to(dev)

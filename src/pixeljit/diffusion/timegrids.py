@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from pixeljit.values import is_integer
+
 Tensor = torch.Tensor
 
 GRIDS = ("uniform", "shifted", "edm", "logsnr")
@@ -57,8 +59,9 @@ def logsnr_grid(steps: int) -> Tensor:
 
 def time_grid(steps: int, kind: str = "uniform", shift: float = DEFAULT_SHIFT) -> Tensor:
     """Times (steps + 1,) float32 on the host, from 0 to 1, of grid `kind` (one of GRIDS)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not is_integer(steps) or steps < 1:
         raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
+    steps = int(steps)
     if kind not in GRIDS:
         raise ValueError(f"grid must be one of {GRIDS}, got {kind!r}")
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float32)

@@ -17,6 +17,7 @@ from pixeljit.experiments import grid, grid_data
 from pixeljit.experiments.evidence import Cell
 from pixeljit.experiments.grid import GridConfig, check_distinct
 from pixeljit.experiments.sweep_report import Layout
+from pixeljit.values import is_integer
 
 EXPERIMENT = "bottleneck"
 NAMES = {"x": "x", "eps": "ε", "v": "v"}
@@ -37,7 +38,7 @@ class BottleneckConfig(GridConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_distinct("dims", self.dims)
-        bad = [d for d in self.dims if d is not None and (not isinstance(d, int) or d < 1)]
+        bad = [d for d in self.dims if d is not None and (not is_integer(d) or d < 1)]
         if bad:
             raise ValueError(f"bottleneck dims must be integers ≥ 1 or None (none), got {bad}")
         if self.prediction not in PREDICTIONS or self.loss not in LOSS_SPACES:

@@ -43,6 +43,7 @@ from pixeljit.diffusion.solvers import (
 )
 from pixeljit.files.atomic import atomic_write_text
 from pixeljit.metrics.score import ScoreConfig
+from pixeljit.values import is_integer
 
 RESULTS_NAME = "nfe.json"
 FORMAT = "pixeljit.nfe/1"
@@ -78,12 +79,12 @@ class NfeConfig:
                                     ("grids", self.grids, GRIDS)):  # fmt: skip
             if not values or any(v not in known for v in values):
                 raise ValueError(f"{name} must be a non-empty subset of {known}, got {values}")
-        if not self.budgets or any(
-            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.budgets
-        ):
+        if not self.budgets or any(not is_integer(b) or b < 1 for b in self.budgets):
             raise ValueError(f"budgets must be NFE counts ≥ 1, got {self.budgets}")
-        if isinstance(self.num, bool) or not isinstance(self.num, int):
+        if not is_integer(self.num):
             raise ValueError(f"num must be a whole number of images, got {self.num!r}")
+        object.__setattr__(self, "budgets", tuple(int(b) for b in self.budgets))  # NumPy's too
+        object.__setattr__(self, "num", int(self.num))
         ScoreConfig().check_count(METRICS, self.num, "raise num to {least} or more")
         object.__setattr__(self, "interval", check_interval(self.interval))
         self.sampler("heun", "uniform", 1)  # cfg, shift, t_eps: SamplerConfig's own checks

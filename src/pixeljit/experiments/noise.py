@@ -19,6 +19,7 @@ from pixeljit.experiments import grid, grid_data
 from pixeljit.experiments.evidence import Cell
 from pixeljit.experiments.grid import GridConfig, check_distinct
 from pixeljit.experiments.sweep_report import Layout
+from pixeljit.values import is_real
 
 EXPERIMENT = "noise"
 NAMES = {"x": "x", "eps": "ε", "v": "v"}
@@ -40,7 +41,7 @@ class NoiseConfig(GridConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_distinct("p_means", self.p_means)
-        if not all(isinstance(m, (int, float)) and math.isfinite(m) for m in self.p_means):
+        if not all(is_real(m) and math.isfinite(m) for m in self.p_means):
             raise ValueError(f"μ values must be finite numbers, got {self.p_means}")
         texts = [mu_text(m) for m in self.p_means]
         alike = [m for m, text in zip(self.p_means, texts, strict=True) if texts.count(text) > 1]

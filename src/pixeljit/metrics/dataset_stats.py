@@ -34,6 +34,8 @@ MAX_STATS_DIM = 16384  # feature dimension bound when no extractor is given (sig
 MAX_NAME_BYTES = 4096  # the extractor name stored with the statistics
 SYMMETRY_TOLERANCE = 1e-6  # max |sigma − sigmaᵀ| relative to max |sigma|
 PSD_TOLERANCE = 1e-5  # most negative eigenvalue of sigma allowed, relative to the largest |one|
+# how statistics are made, from Python and from the command line (said in messages)
+REMAKE_STATS = "pixeljit.metrics.compute_dataset_stats / `pixeljit eval --make-ref`"
 
 
 @dataclass
@@ -71,9 +73,15 @@ class DatasetStats:
     def dim(self) -> int:
         return self.mu.shape[0]
 
-    def check_image_shape(self, shape: tuple[int, ...], source: str, scored: str) -> None:
+    def check_image_shape(
+        self,
+        shape: tuple[int, ...],
+        source: str = "ref",
+        scored: str = "the images scored",
+    ) -> None:
         """ValueError when these statistics were measured on images of another size or channel
-        count than `shape` (C, H, W): an FD between the two measures the resize, not the model."""
+        count than `shape` (C, H, W): an FD between the two measures the resize, not the model.
+        Statistics that record no shape (ADM's, the authors', older pixeljit files) pass."""
         check_recorded_shape(self.image_shape, shape, source, scored)
 
     def check_extractor(
@@ -88,7 +96,8 @@ class DatasetStats:
         if self.extractor is not None and self.extractor != extractor.stats_name:
             raise ValueError(
                 f"{source} was computed with extractor {self.extractor!r}, not "
-                f"{extractor.stats_name!r}: compute it again with `pixeljit eval --make-ref`"
+                f"{extractor.stats_name!r}: compute it again with this extractor "
+                f"({REMAKE_STATS})"
             )
 
 
@@ -104,9 +113,10 @@ def check_recorded_shape(recorded, shape, source: str, scored: str, also: str = 
     raise ValueError(
         f"{source} holds statistics of {shape_text(recorded)} images, but {scored} are "
         f"{shape_text(shape)}: an FD between them measures the difference in {differs}, not "
-        f"the images. Compute statistics at {shape_text(shape)} (`pixeljit eval --make-ref "
-        f"DATASET --size {w} --channels {c} --out STATS.npz`) or pass the data set itself as "
-        f"--ref (it is resized to match){also}"
+        f"the images. Compute statistics at {shape_text(shape)} "
+        f"(pixeljit.metrics.compute_dataset_stats of such images / `pixeljit eval --make-ref "
+        f"DATASET --size {w} --channels {c} --out STATS.npz`; `pixeljit eval` also takes the "
+        f"data set itself as --ref and resizes it to match){also}"
     )
 
 
@@ -115,9 +125,20 @@ def shape_text(shape) -> str:
     return f"{h}×{w}-px {c}-channel"
 
 
-def save_dataset_stats(path: str | os.PathLike, ref: DatasetStats) -> Path:
-    """Write `ref` as `.npz` atomically (temp file + rename)."""
+def save_dataset_stats(path: str | os.PathLike, ref: DatasetStats, overwrite: bool = False) -> Path:
+    """Write `ref` as `.npz` atomically (temp file + rename); an existing file is replaced only
+    with `overwrite`."""
+    if not isinstance(overwrite, bool):  # overwrite="no" is truthy: it would replace the file
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+    if not isinstance(ref, DatasetStats):
+        raise TypeError(f"ref must be DatasetStats (compute_dataset_stats gives them), got "
+                        f"{type(ref).__name__}")  # fmt: skip
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: name the statistics file in it "
+                                "(NAME.npz)")  # fmt: skip
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{path} exists: pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"mu": ref.mu, "sigma": ref.sigma}
     if ref.count is not None:
@@ -191,7 +212,7 @@ def _check_values(path: Path, ref: DatasetStats) -> None:
     if evals[0] < floor:
         raise ValueError(
             f"{path}: sigma has a negative eigenvalue ({evals[0]:.3g}) beyond round-off: not a "
-            "covariance; recompute the statistics (pixeljit eval --make-ref)"
+            f"covariance; recompute the statistics ({REMAKE_STATS})"
         )
     if ref.count is not None and ref.count < 0:
         raise ValueError(f"{path}: count must be ≥ 0, got {ref.count}")
@@ -206,6 +227,10 @@ def load_dataset_stats(
     sizes against the file: zip bombs) before anything is loaded; then the values (finite,
     symmetric covariance). Pickled objects are never read."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"data-set statistics {path} is a folder, not a file: pass the "
+                                "statistics .npz (mu, sigma) itself, as save_dataset_stats / "
+                                "`pixeljit eval --make-ref --out STATS.npz` write it")  # fmt: skip
     if not path.is_file():
         raise FileNotFoundError(f"data-set statistics {path} not found")
     _check_stats_headers(path, npz_headers(path), extractor)
@@ -299,6 +324,27 @@ def compute_dataset_stats(
     return DatasetStats(mu, sigma, stats.count, extractor.stats_name, features, shape)
 
 
+def _of_shape(
+    images: Callable[[], ImageSource], shape: tuple[int, ...], batch_size: int
+) -> Callable[[], ImageSource]:
+    """`images`, its batches refused unless they are (C, H, W) `shape` (`cached_dataset_stats`'
+    `image_shape`): statistics of other images would be cached under that shape's entry."""
+    shape = tuple(int(v) for v in shape)
+
+    def checked():
+        for batch in iter_batches(images(), batch_size):
+            got = tuple(getattr(batch, "shape", ())[1:])
+            if len(got) == 3 and got != shape:
+                raise ValueError(
+                    f"cached_dataset_stats: image_shape is {shape_text(shape)}, but images() "
+                    f"gave {shape_text(got)} images: give images of that shape, or pass their "
+                    "own shape as image_shape"
+                )
+            yield batch
+
+    return checked
+
+
 def cached_dataset_stats(
     path: str | os.PathLike,
     images: Callable[[], ImageSource],
@@ -316,6 +362,8 @@ def cached_dataset_stats(
     they are returned from memory (computing them took minutes).
     """
     path = Path(path)
+    if image_shape is not None:  # never cached (nor returned) as what they are not
+        images = _of_shape(images, image_shape, compute_kwargs.get("batch_size", DEFAULT_BATCH))
     if path.is_file():
         ref = load_dataset_stats(path, extractor)
         if image_shape is None or ref.image_shape == tuple(image_shape):
@@ -323,7 +371,7 @@ def cached_dataset_stats(
     ref = compute_dataset_stats(images(), extractor, **compute_kwargs)
     if not distributed_active() or dist.get_rank() == 0:
         try:
-            save_dataset_stats(path, ref)
+            save_dataset_stats(path, ref, overwrite=True)  # a stale entry is replaced
         except OSError as err:
             warnings.warn(
                 f"saving the reference statistics to the {CACHE_ENV} cache failed ("

@@ -58,8 +58,9 @@ def load_effnet_lite0(weights_path: str | os.PathLike | None = None) -> torch.nn
 class EffNetLite0Extractor(FeatureExtractor):
     """Pooled 1280-d features and 1000-way ImageNet logits of EfficientNet-Lite0.
 
-    Grey images are repeated to three channels; all images are resized to 224×224 (bilinear
-    when enlarging, area averaging when shrinking). Runs channels-last (faster depthwise convs).
+    Grey images are repeated to three channels; square images of any size are resized to
+    224×224 (bilinear when enlarging, area averaging when shrinking; others are refused). Runs
+    channels-last (faster depthwise convs).
     """
 
     name = "effnet-lite0"

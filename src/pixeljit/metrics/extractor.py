@@ -100,11 +100,26 @@ def to_grey(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(dim=1, keepdim=True)
 
 
+def check_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`x` (N, C, H, W) unchanged if H = W, else a ValueError: resizing it to size × size would
+    stretch it (its features would measure the distortion, and a classifier misjudge it)."""
+    h, w = x.shape[-2:]
+    if h != w:
+        raise ValueError(
+            f"images must be square: got {h}×{w} px (H×W), which resizing to {size}×{size} "
+            f"would stretch; crop or pad them square first (e.g. a centre crop to "
+            f"{min(h, w)}×{min(h, w)})"
+        )
+    return x
+
+
 def resize_square(x: torch.Tensor, size: int, shrink: str = "area") -> torch.Tensor:
     """Resize float (N, C, H, W) pixels in [0, 255] to (N, C, size, size): bilinear when
     enlarging; when shrinking, `shrink` 'area' (box averaging, so integer down-scales of
     block-upsampled images are exact) or 'bicubic' (antialiased, clamped to [0, 255]: the inverse
-    of a bicubic enlargement such as `prepare`'s 28 → 32 px Fashion-MNIST)."""
+    of a bicubic enlargement such as `prepare`'s 28 → 32 px Fashion-MNIST). Images that are not
+    square are refused (`check_square`), never stretched."""
+    check_square(x, size)
     if x.shape[-2:] == (size, size):
         return x
     if x.shape[-1] >= size and x.shape[-2] >= size:

@@ -176,6 +176,9 @@ def classifier_metadata(path: str | os.PathLike | None = None) -> dict[str, str]
 def load_classifier(path: str | os.PathLike | None = None) -> FMNISTNet:
     """The classifier with the shipped weights (or those at `path`), in eval mode and frozen."""
     path = Path(path or ASSET_PATH)
+    if path.is_dir():
+        raise IsADirectoryError(f"Fashion-MNIST classifier weights {path} is a folder: pass the "
+                                ".safetensors file itself")  # fmt: skip
     if not path.is_file():
         raise FileNotFoundError(
             f"Fashion-MNIST classifier weights {path} not found; retrain them with "
@@ -189,10 +192,11 @@ def load_classifier(path: str | os.PathLike | None = None) -> FMNISTNet:
 class FMNISTExtractor(FeatureExtractor):
     """Penultimate features (128-d) and 10-way logits of the Fashion-MNIST classifier.
 
-    Accepts grey or RGB (reduced to grey with BT.601 weights) at any size (resized to 28×28;
-    larger images shrink bicubically, antialiased: the inverse of how `prepare` enlarges the
-    28-px originals. Box averaging, used before revision 'bicubic', left the real 32-px test
-    images 82.5 % classified right against 90.5 % now and 92.4 % at 28 px, first 2000 images).
+    Accepts grey or RGB (reduced to grey with BT.601 weights) square images of any size
+    (resized to 28×28; larger images shrink bicubically, antialiased: the inverse of how
+    `prepare` enlarges the 28-px originals. Box averaging, used before revision 'bicubic', left
+    the real 32-px test images 82.5 % classified right against 90.5 % now and 92.4 % at 28 px,
+    first 2000 images).
     """
 
     name = "fmnist-cnn"

@@ -31,6 +31,7 @@ from pixeljit.files.images import (  # as `sample` writes them
 from pixeljit.files.images import NPZ_IMAGES_KEY as NPZ_IMAGE_KEY
 from pixeljit.metrics.npz_archive import NpyHeader, npz_headers, read_npy_header
 from pixeljit.metrics.npz_inputs import MAX_LABEL, check_holds_images, checked_labels
+from pixeljit.values import is_integer
 
 IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))  # `pixeljit prepare`'s, so both read one set
 NPZ_SUFFIX = ".npz"  # in any case: X.NPZ is an .npz too
@@ -81,7 +82,7 @@ def _to_nchw(x: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def check_batch_size(batch_size: int, name: str = "batch_size") -> int:
     """`batch_size` as a whole number ≥ 1, or a ValueError naming `name`."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+    if not is_integer(batch_size):
         raise TypeError(f"{name} must be a whole number ≥ 1, got {batch_size!r}")
     if batch_size < 1:
         raise ValueError(f"{name} must be ≥ 1 (images per batch), got {batch_size}")
@@ -147,6 +148,9 @@ def npz_image_key(path: str | os.PathLike, headers: dict, key: str = NPZ_IMAGE_K
 def list_image_files(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside `folder`, sorted by name."""
     folder = Path(folder)
+    if folder.is_file():
+        raise NotADirectoryError(f"image folder {folder} is a file: pass the folder holding "
+                                 "the images (an .npz: iter_npz_images)")  # fmt: skip
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     files = sorted(p for p in folder.iterdir() if is_read_image(p))
@@ -246,6 +250,9 @@ def iter_npz_images(
 ) -> Iterator[torch.Tensor]:
     """Stream NHWC uint8 images stored under `key` in an `.npz` as (n, C, H, W) batches."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"image file {path} is a folder, not an .npz: pass the .npz "
+                                "itself (a folder of images: iter_folder_images)")  # fmt: skip
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
     headers = npz_headers(path)

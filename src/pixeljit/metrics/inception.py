@@ -277,7 +277,11 @@ def load_fid_inception(
 
 
 class InceptionExtractor(FeatureExtractor):
-    """Standard FID features (pool3, 2048-d) and the 1008-way bias-free logits for IS."""
+    """Standard FID features (pool3, 2048-d) and the 1008-way bias-free logits for IS.
+
+    Images of any H × W are resized to 299 × 299 exactly as the ADM / torch-fidelity protocol
+    does, non-square ones stretched as there, so FIDs stay comparable with published ones (the
+    other extractors refuse non-square images: `extractor.check_square`)."""
 
     name = "inception-v3-fid"
     fd_label = "FID"

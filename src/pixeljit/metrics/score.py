@@ -7,6 +7,7 @@ the scores of the union.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ from .stats import DEFAULT_BANK_CAPACITY, FeatureBank, FeatureStats, all_gather_
 
 METRICS = ("fd", "kid", "is", "pr")
 PR_REAL_SEED = 0  # draws the real features that precision / recall compare against
+NO_IMAGES = "class_accuracy got no images: give at least one image (N ≥ 1) with its label"
 
 
 def metric_names(metrics) -> tuple[str, ...]:
@@ -121,11 +123,38 @@ def _dataset_features(ref: DatasetStats, what: str) -> torch.Tensor:
     if ref.features is None:
         raise ValueError(
             f"{what} needs the data set's features, but its statistics hold only mu/sigma "
-            "(as ADM / JiT .npz files do): make a reference from the data set's images with "
-            "`pixeljit eval --make-ref DATASET --out STATS.npz` (pixeljit.compute_dataset_stats "
-            "with keep_features=True), or leave this metric out of --metrics"
+            "(as ADM / JiT .npz files do): make a reference from the data set's images "
+            "(pixeljit.metrics.compute_dataset_stats(images, extractor, keep_features=True) / "
+            "`pixeljit eval --make-ref DATASET --out STATS.npz`), or leave this metric out "
+            "(metrics= / --metrics)"
         )
     return torch.from_numpy(ref.features)
+
+
+def _check_ref(ref, extractor: FeatureExtractor, wanted: tuple[str, ...]) -> None:
+    """`ref` fit for the metrics `wanted` that compare with it, refused before any image is
+    scored: statistics (not a path), of this extractor, with features for KID / PR."""
+    needs_ref = sorted({"fd", "kid", "pr"} & set(wanted))
+    if not needs_ref:
+        return
+    make = ("pixeljit.metrics.compute_dataset_stats(images, extractor) or "
+            "load_dataset_stats(STATS.npz, extractor)")  # fmt: skip
+    if ref is None:
+        raise ValueError(f"metrics {needs_ref} need data-set statistics: pass ref= ({make})")
+    if not isinstance(ref, DatasetStats):
+        what = "a path" if isinstance(ref, (str, os.PathLike)) else type(ref).__name__
+        raise TypeError(f"ref must be DatasetStats, got {what} {ref!r}: pass {make}")
+    ref.check_extractor(extractor)
+    for metric, what in (("kid", "KID"), ("pr", "precision/recall")):
+        if metric in wanted:
+            _dataset_features(ref, what)
+
+
+def _check_batch_shape(ref: DatasetStats, batch) -> None:
+    """A batch of other images (C, H, W) than `ref` measured (when it records their shape)."""
+    shape = tuple(getattr(batch, "shape", ())[1:])
+    if len(shape) == 3:  # anything else: the extractor names what it got
+        ref.check_image_shape(shape)
 
 
 def matched_real_features(real: torch.Tensor, num: int) -> torch.Tensor:
@@ -150,22 +179,24 @@ def score_images(
     """Score uint8 images (N, C, H, W) — a tensor, batches, a folder or an `.npz` — against `ref`.
 
     `metrics` (subset of "fd", "kid", "is", "pr", or one such name) overrides cfg.metrics.
-    FD/KID/PR need `ref` made with the same extractor; IS needs an extractor with logits.
+    FD/KID/PR need `ref` made with the same extractor, of images of the same size and channel
+    count where `ref` records them (`ref.image_shape`; statistics recording none, such as ADM's
+    or the authors', are taken as they are); KID/PR need its features; IS needs an extractor
+    with logits.
     """
     cfg = cfg or ScoreConfig()
     wanted = metric_names(metrics) if metrics is not None else cfg.metrics
     ScoreConfig(metrics=wanted)  # validates the names
-    needs_ref = {"fd", "kid", "pr"} & set(wanted)
-    if needs_ref:
-        if ref is None:
-            raise ValueError(f"metrics {sorted(needs_ref)} need data-set statistics")
-        ref.check_extractor(extractor)
+    _check_ref(ref, extractor, wanted)
+    compares = bool({"fd", "kid", "pr"} & set(wanted))
     if "is" in wanted and extractor.num_classes == 0:
         raise ValueError(f"IS needs class logits; extractor {extractor.name!r} has none")
     stats = FeatureStats(extractor.dim, device=extractor.device)
     bank = FeatureBank(cfg.bank_capacity, cfg.seed) if {"kid", "pr"} & set(wanted) else None
     logits: list[torch.Tensor] = []
     for batch in iter_batches(images, cfg.batch_size):
+        if compares:
+            _check_batch_shape(ref, batch)
         out = extractor.extract(batch)
         stats.update(out.features)
         if bank is not None:
@@ -232,9 +263,11 @@ def class_accuracy(
     """
     if extractor.num_classes == 0:
         raise ValueError(f"extractor {extractor.name!r} has no classifier head")
+    count = len(images) if isinstance(images, (torch.Tensor, np.ndarray)) else None
+    if count == 0:  # said before the labels, which for no images may be `[]` (floats to numpy)
+        raise ValueError(NO_IMAGES)
     labels = _check_labels(labels, extractor.num_classes)
     batch_size = check_batch_size(batch_size)
-    count = len(images) if isinstance(images, (torch.Tensor, np.ndarray)) else None
     if count is not None and count != len(labels):
         raise ValueError(f"labels must be one per image: got {len(labels)} labels for {count} "
                          "images")  # fmt: skip
@@ -246,7 +279,9 @@ def class_accuracy(
                              f"images ({seen + len(pred)} so far)")  # fmt: skip
         hits += int((pred == labels[seen : seen + len(pred)]).sum())
         seen += len(pred)
-    if seen != len(labels) or seen == 0:
+    if seen == 0:
+        raise ValueError(NO_IMAGES)
+    if seen != len(labels):
         raise ValueError(f"labels must be one per image: got {len(labels)} labels for {seen} "
                          "images")  # fmt: skip
     return hits / seen

@@ -51,6 +51,10 @@ def resolve_inception_weights(
     explicit = weights_path or os.environ.get(INCEPTION_ENV)
     if explicit:
         path = Path(explicit).expanduser()
+        if path.is_dir():
+            given = "weights_path" if weights_path else INCEPTION_ENV
+            raise IsADirectoryError(f"FID Inception weights {path} ({given}) is a folder: pass "
+                                    f"the weights file itself ({INCEPTION_FILENAME})")  # fmt: skip
         if not path.is_file():
             raise FileNotFoundError(missing_inception_message([path]))
         return path

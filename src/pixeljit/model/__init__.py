@@ -1,4 +1,5 @@
-"""The JiT network: layers (`layers`), the network and its config (`jit`), the sizes (`registry`).
+"""The JiT network: layers (`layers`), its typed config (`config`), the network (`jit`), the
+sizes (`registry`).
 
 Knows nothing of noise, t-sampling, losses, solvers or files.
 """

@@ -1,4 +1,4 @@
-"""The JiT network and its typed config.
+"""The JiT network (its typed config: `model.config`).
 
 A plain ViT on large pixel patches that maps (z_t, t, y) to an image of the same shape; what the
 output means (x, ε or v) is the objective's business, not the network's.
@@ -6,14 +6,18 @@ output means (x, ε or v) is the objective's business, not the network's.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pixeljit.model.config import (  # noqa: F401  (importable from here, as before)
+    ATTENTION_MODES,
+    MAX_FIELDS,
+    MAX_MLP_RATIO,
+    JiTConfig,
+)
 from pixeljit.model.layers import (
     Block,
     FinalLayer,
@@ -22,180 +26,9 @@ from pixeljit.model.layers import (
     TimestepEmbedder,
     rope_2d_tables,
     sincos_pos_embed_2d,
-    swiglu_hidden,
 )
 
 INIT_STD = 0.02  # label table, time MLP and in-context embedding
-ATTENTION_MODES = ("sdpa", "fp32")
-MLP_KINDS = ("swiglu", "gelu")
-NORM_KINDS = ("rms", "layer")
-_INT_FIELDS = ("image_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads",
-               "num_classes", "in_context_len", "in_context_start")  # fmt: skip
-_POSITIVE_FIELDS = ("image_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads")
-_OPTIONAL_INT_FIELDS = ("bottleneck_dim",)
-# Upper bounds, checked before anything is allocated (JiT-G is 1664 wide and 40 deep; a
-# hostile or mistyped config must not make the process allocate terabytes).
-MAX_FIELDS = {"image_size": 4096, "patch_size": 512, "in_channels": 64, "hidden_size": 8192,
-              "depth": 256, "num_heads": 256, "num_classes": 100_000, "in_context_len": 4096,
-              "bottleneck_dim": 8192}  # fmt: skip
-MAX_MLP_RATIO = 64.0  # the paper's is 4
-# ⌊ratio·D⌋ giving one hidden unit: 1 for GELU, 2 for SwiGLU (its width is ⌊⌊ratio·D⌋·2/3⌋)
-MIN_MLP_UNITS = {"gelu": 1, "swiglu": 2}
-_FLOAT_FIELDS = ("mlp_ratio", "dropout", "attn_dropout")
-
-
-@dataclass(frozen=True)
-class JiTConfig:
-    """Every architectural choice of JiT; defaults are JiT-B/16 at 256 px with 1000 classes.
-
-    Ablation switches: `bottleneck_dim=None` (single linear patch embedding), `in_context_len=0`
-    (no in-context tokens), `rope`, `qk_norm`, `mlp` ('swiglu' | 'gelu'), `norm` ('rms' |
-    'layer'), `dropout` (after attention and the MLP) and `attn_dropout` (on the attention
-    weights), both only in the blocks `dropout_range`, `num_classes=0` (unconditional: no label
-    embedding), `in_channels=1` (grey). `attention='fp32'` computes QKᵀ and the softmax in
-    float32, the product with V under the ambient autocast (the authors' numerics), instead of
-    `scaled_dot_product_attention`.
-    """
-
-    image_size: int = 256
-    patch_size: int = 16
-    in_channels: int = 3
-    hidden_size: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    num_classes: int = 1000
-    bottleneck_dim: int | None = 128
-    in_context_len: int = 32
-    in_context_start: int = 4
-    rope: bool = True
-    qk_norm: bool = True
-    mlp: str = "swiglu"
-    norm: str = "rms"
-    dropout: float = 0.0
-    dropout_blocks: tuple[int, int] | None = None
-    attn_dropout: float = 0.0
-    attention: str = "sdpa"
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # a list kept in a tuple field would make it unhashable
-            if "tuple" in str(f.type) and isinstance(getattr(self, f.name), list):
-                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
-        self._check_types()
-        for name in _POSITIVE_FIELDS:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        for name, high in MAX_FIELDS.items():
-            value = getattr(self, name)
-            if value is not None and value > high:
-                raise ValueError(f"{name} must be ≤ {high}, got {value}")
-        if not (math.isfinite(self.mlp_ratio) and 0 < self.mlp_ratio <= MAX_MLP_RATIO):
-            raise ValueError(f"mlp_ratio must lie in (0, {MAX_MLP_RATIO:g}], got {self.mlp_ratio}")
-        if self.mlp not in MLP_KINDS:
-            raise ValueError(f"mlp must be one of {MLP_KINDS}, got {self.mlp!r}")
-        if self.norm not in NORM_KINDS:
-            raise ValueError(f"norm must be one of {NORM_KINDS}, got {self.norm!r}")
-        if self.mlp_width < 1:  # nn.Linear builds a zero-width layer without a word
-            units, dim = MIN_MLP_UNITS[self.mlp], self.hidden_size
-            raise ValueError(
-                f"mlp_ratio {self.mlp_ratio:g} gives the {self.mlp} MLP no hidden unit at "
-                f"hidden_size {dim}: mlp_ratio × hidden_size must be ≥ {units}, i.e. "
-                f"mlp_ratio ≥ {units}/{dim} (the paper's is 4)"
-            )
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}"
-            )
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
-            )
-        if self.rope and self.head_dim % 4:
-            raise ValueError(f"2-D RoPE needs head dim divisible by 4, got {self.head_dim}")
-        if self.hidden_size % 4:
-            raise ValueError(f"hidden_size must be divisible by 4, got {self.hidden_size}")
-        if self.num_classes < 0:
-            raise ValueError("num_classes must be ≥ 0 (0 = unconditional)")
-        if self.in_context_len < 0:
-            raise ValueError("in_context_len must be ≥ 0 (0 = no in-context tokens)")
-        if self.in_context_len and not 0 <= self.in_context_start < self.depth:
-            raise ValueError(
-                f"in_context_start {self.in_context_start} must lie in [0, depth={self.depth})"
-            )
-        if self.attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
-        for name in ("dropout", "attn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:  # NaN fails too
-                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        if self.dropout_blocks is not None:
-            start, stop = self.dropout_blocks
-            if not 0 <= start <= stop <= self.depth:
-                raise ValueError(
-                    f"dropout_blocks ({start}, {stop}) must satisfy 0 ≤ start ≤ stop ≤ depth "
-                    f"({self.depth})"
-                )
-        if self.bottleneck_dim is not None and self.bottleneck_dim < 1:
-            raise ValueError("bottleneck_dim must be ≥ 1 or None")
-
-    def _check_types(self) -> None:
-        """Integers where the architecture counts things, numbers where it scales them."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in _INT_FIELDS or (f.name in _OPTIONAL_INT_FIELDS and value is not None):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"{f.name} must be an integer, got {value!r}")
-            elif f.name in _FLOAT_FIELDS:
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"{f.name} must be a number, got {value!r}")
-            elif f.name in ("rope", "qk_norm") and not isinstance(value, bool):
-                raise ValueError(f"{f.name} must be true or false, got {value!r}")
-        if self.dropout_blocks is not None and (
-            not isinstance(self.dropout_blocks, (tuple, list))
-            or len(self.dropout_blocks) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) for v in self.dropout_blocks)
-        ):
-            raise ValueError(f"dropout_blocks must be two integers, got {self.dropout_blocks!r}")
-
-    @property
-    def mlp_width(self) -> int:
-        """The hidden width of each block's MLP (as `layers.Block` builds it)."""
-        if self.mlp == "swiglu":
-            return swiglu_hidden(self.hidden_size, self.mlp_ratio)
-        return int(self.hidden_size * self.mlp_ratio)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def null_label(self) -> int:
-        return self.num_classes
-
-    @property
-    def dropout_range(self) -> tuple[int, int]:
-        """Blocks [start, stop) with dropout: `dropout_blocks`, else the authors' middle half
-        depth//4 ≤ i < depth//4·3 (3·depth//4 at the paper's depths; empty below depth 4)."""
-        if self.dropout_blocks is not None:
-            return tuple(self.dropout_blocks)
-        return self.depth // 4, self.depth // 4 * 3
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> JiTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown JiT config fields {sorted(unknown)}")
-        data = dict(data)
-        if data.get("dropout_blocks") is not None:
-            data["dropout_blocks"] = tuple(data["dropout_blocks"])
-        return cls(**data)
 
 
 class JiT(nn.Module):
@@ -335,9 +168,13 @@ class JiT(nn.Module):
         if cfg.num_classes == 0 and y is not None:  # it would be ignored
             raise ValueError("y must be None for an unconditional model (num_classes=0), got a "
                              f"tensor of shape {tuple(y.shape)}: pass y=None")  # fmt: skip
+        # The label embedding's own dtypes only, so uint8 is refused though sample() takes it:
+        # sample() converts once per call, forward would every step (a hidden copy), and
+        # guidance's null label (num_classes, e.g. 1000) does not fit in a narrower dtype.
         if y is not None and y.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"y must hold integer class indices (int64), got {y.dtype}: pass "
-                             "y.long()")  # fmt: skip
+            raise ValueError(f"y must hold integer class indices as int64 or int32, got {y.dtype}: "
+                             "pass y.long() (sample() converts its labels once; the network "
+                             "takes the label embedding's dtypes)")  # fmt: skip
         # dtypes are known while tracing: no sync, no graph break
         weights = self.pos_embed.dtype
         if z.dtype != weights and not torch.is_autocast_enabled(z.device.type):
@@ -374,6 +211,10 @@ class JiT(nn.Module):
 
     # --------------------------------------------------------------------------- forward
     def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
+        """(N, C, H, W) from z, t, y (see the class). Types, shapes and dtypes are checked, but
+        not t's values: reading them would cost a device sync every step. The callers check
+        them: `flow_matching_loss_at` refuses t outside [0, 1], `sample()` takes t from a
+        checked time grid; a direct caller must pass t in [0, 1] itself."""
         self._check_inputs(z, t, y)
         cfg = self.config
         x = self.x_embedder(z)  # (N, S², D), bf16 under autocast

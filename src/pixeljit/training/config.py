@@ -16,6 +16,7 @@ from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.model import JiTConfig
 from pixeljit.model.jit import MAX_FIELDS, MAX_MLP_RATIO
 from pixeljit.training.ema import WARMUP_OFFSET
+from pixeljit.values import is_integer, is_real
 
 MAX_SEED = 2**63  # seeds are 64-bit (numpy SeedSequence, torch.manual_seed)
 BASE_BATCH = 256  # lr = blr × global_batch / 256
@@ -46,7 +47,7 @@ def _number(name: str, value, low=None, high=None, low_open=False, high_open=Fal
     """A finite number in the range (None = not set, allowed where the field is optional)."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_real(value) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {shown(value)}")
     if low is not None and (value <= low if low_open else value < low):
         raise ValueError(f"{name} must be {'>' if low_open else '≥'} {low}, got {value}")
@@ -74,7 +75,7 @@ def _count(name: str, value, low: int = 1, high: int | None = None) -> None:
     """An integer in [low, high] (None = not set)."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_integer(value):
         raise ValueError(f"{name} must be an integer, got {shown(value)}")
     if value < low:
         raise ValueError(f"{name} must be ≥ {low}, got {value}")

@@ -11,10 +11,12 @@ import math
 import typing
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from pixeljit.files.yaml_file import parse_yaml, read_yaml
 from pixeljit.training.config import CHOICES, SECTIONS, TrainConfig, check_model_fields, shown
+from pixeljit.values import is_integer, is_real
 
 
 def plain_json(value):
@@ -53,20 +55,20 @@ def _coerce(name: str, value, hint):
             raise ValueError(f"{name} must have {len(args)} entries, got {shown(value)}")
         return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
     if hint is bool:
-        if not isinstance(value, bool):
+        if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{name} must be true or false, got {shown(value)}")
-        return value
+        return bool(value)
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_integer(value):
             raise ValueError(f"{name} must be an integer, got {shown(value)}")
-        return value
+        return int(value)  # a NumPy integer (a count from an array) as the int YAML writes
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_real(value):
             raise ValueError(f"{name} must be a number, got {shown(value)}")
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {shown(value)}")

@@ -183,16 +183,14 @@ def prepare_fresh(folder: str | os.PathLike, restart: bool) -> Path | None:
     if not restart:
         shown = ", ".join(p.name for p in found[:4]) + (" …" if len(found) > 4 else "")
         aside = f"to a new sibling {folder.name}.old-<time> and start fresh (nothing is deleted)"
+        again = "pass --restart (Python: restart=True)"  # train() is called from Python too
         if not holds_checkpoint(folder):  # a run that stopped before its first checkpoint
-            raise ValueError(
-                f"{folder} holds files of a training run that saved no checkpoint ({shown}), "
-                f"so there is nothing to resume: pass --restart to move them aside {aside}, or "
-                "train into another folder"
-            )
-        raise ValueError(
-            f"{folder} already holds a training run ({shown}); continue it with "
-            f"{resume_hint(folder)}, or pass --restart to move it aside {aside}"
-        )
+            raise ValueError(f"{folder} holds files of a training run that saved no checkpoint "
+                             f"({shown}), so there is nothing to resume: {again} to move them "
+                             f"aside {aside}, or train into another folder")  # fmt: skip
+        raise ValueError(f"{folder} already holds a training run ({shown}); continue it with "
+                         f"{resume_hint(folder)} (Python: resume={str(folder)!r}), or {again} "
+                         f"to move it aside {aside}")  # fmt: skip
     aside = _new_sibling(folder)
     for path in found:
         os.rename(path, aside / path.name)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from pixeljit.diffusion.objective import bucket_edges, bucket_losses
 from pixeljit.files.atomic import NO_SPACE, atomic_write, atomic_write_text
 from pixeljit.training import distributed as dist_utils
 
@@ -28,8 +27,32 @@ TENSORBOARD_OFF = "run.tensorboard=false"
 EVENTS_PATTERN = "events.out.tfevents.*.{pid}.*"  # TensorBoard's name: …<time>.<host>.<pid>.<n>
 TENSORBOARD_MODULE = "tensorboard."  # where its writer thread's class lives
 LOSS_BUCKETS = 4  # loss logged by t ∈ [0, .25), [.25, .5), [.5, .75), [.75, 1]
-LOSS_EDGES = bucket_edges(LOSS_BUCKETS)
 TORN_SHOWN = 60  # characters of a bad log line quoted in its message
+
+
+def bucket_losses(
+    per_sample: torch.Tensor, t: torch.Tensor, num_buckets: int = LOSS_BUCKETS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and count of per-sample losses in `num_buckets` equal t-buckets [k/B, (k+1)/B).
+
+    Returns (sums (B,), counts (B,)) in float32 on the losses' device, with no host sync, so a
+    training loop can accumulate (and all-reduce) them and log sums / counts when it prints.
+    """
+    if num_buckets < 1:
+        raise ValueError(f"num_buckets must be ≥ 1, got {num_buckets}")
+    idx = (t.detach() * num_buckets).long().clamp_(0, num_buckets - 1)  # (N,)
+    values = per_sample.detach().to(torch.float32)
+    sums = torch.zeros(num_buckets, device=values.device).index_add_(0, idx, values)
+    counts = torch.zeros_like(sums).index_add_(0, idx, torch.ones_like(values))
+    return sums, counts
+
+
+def bucket_edges(num_buckets: int) -> list[float]:
+    """The B + 1 edges of `bucket_losses`' buckets, for log labels."""
+    return [k / num_buckets for k in range(num_buckets + 1)]
+
+
+LOSS_EDGES = bucket_edges(LOSS_BUCKETS)
 
 
 class LossTally:
