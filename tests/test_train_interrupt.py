@@ -171,6 +171,22 @@ def test_stop_request_listens_only_where_asked():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_signal_the_process_ignores_stays_ignored():
+    """A script's background job (`pixeljit train … &`) starts with SIGINT ignored, so the
+    Ctrl-C meant for the script does not reach it; training took it over and stopped."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequest() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # a handler runs between bytecodes: give it its chance
+            assert stop.signal is None
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 GRID_SCRIPT = """
 import sys, torch
 from pixeljit.experiments import bottleneck

@@ -1,6 +1,11 @@
 """Writing a hub folder (the layout and its reading: `checkpoints.hub`): config.json from a loaded
 model, the model card (`hub_card`), the weights and the sample grid, as one new folder that
-appears whole or not at all, or (with `overwrite`) over the files of an earlier export.
+appears whole or not at all, or (with `overwrite`) over the files of an earlier export, moved in
+as one journaled commit (`files.staged_commit`): a Ctrl-C or SIGTERM during the renames is held
+until they are done, and the rest of an export a killed process was moving in is moved in by the
+next export into the folder (`finish_interrupted_export`, which loading should call too). The
+staging folders of killed exports (inside the folder, or beside it for a new one) are removed
+at the start of every export.
 """
 
 from __future__ import annotations
@@ -8,8 +13,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import stat
+import warnings
 from pathlib import Path
 
 from pixeljit.checkpoints.hub import (
@@ -32,11 +39,16 @@ from pixeljit.checkpoints.load import (
 )
 from pixeljit.checkpoints.weights import check_finite
 from pixeljit.diffusion.sampler import SamplerConfig
-from pixeljit.files.atomic import atomic_write, atomic_write_text, process_alive, temp_sibling
+from pixeljit.files import staged_commit
+from pixeljit.files.atomic import atomic_write, atomic_write_text, temp_sibling
+from pixeljit.files.staged_commit import MoveFailed, deliver, held_signals
 
 # folder kinds that loading reads before a hub folder's config.json (`load.folder_kind`)
 SHADOWING = {"run": "a training run", "authors": "an authors' checkpoint"}
 STAGING_NAME = "hub-export"  # .hub-export.staging-PID-TOKEN: the new files, before they move in
+_STAGING = re.compile(rf"\.{STAGING_NAME}\.staging-(\d+)-[0-9a-f]{{8}}")  # inside OUT
+# what a staging folder may hold: the export's files, and the atomic writes' temporaries of them
+_STAGED = re.compile(rf"\.?({'|'.join(map(re.escape, HUB_FILES))})(\.tmp-.+)?")
 
 
 def hub_config(model: TrainedModel, sampler: SamplerConfig, sampler_source: str) -> dict:
@@ -60,7 +72,9 @@ def check_hub_output(out: str | os.PathLike, overwrite: bool = False, flags: boo
     a link, or a special file) where the export writes a file, a non-empty folder without
     `overwrite`, and (even with it) files of the export's names in a folder that is not an
     earlier export (its config.json no pixeljit hub config). `flags`: name the command line's
-    flags (--hub, --overwrite) instead of the arguments."""
+    flags (--hub, --overwrite) instead of the arguments. First, an export a killed process was
+    moving into `out` is finished, and killed exports' staging folders removed (`tidy_hub_output`):
+    what is checked is what the folder holds."""
     out = Path(out)
     named = f"--hub {out}" if flags else f"hub folder {out}"
     how = "--overwrite" if flags else "overwrite=True"
@@ -73,6 +87,7 @@ def check_hub_output(out: str | os.PathLike, overwrite: bool = False, flags: boo
                          f"({os.path.realpath(out)}) or another folder")  # fmt: skip
     if out.exists() and not out.is_dir():
         raise ValueError(f"{named} is a file: pass a folder")
+    tidy_hub_output(out)
     shadowing = folder_kind(out) if out.is_dir() else None
     if shadowing in SHADOWING:  # loading the folder would read that, never the export
         raise ValueError(
@@ -101,6 +116,35 @@ def check_hub_output(out: str | os.PathLike, overwrite: bool = False, flags: boo
         raise ValueError(f"{named} is not empty: choose a new folder, or pass {how} to add the "
                          f"export's {_join(HUB_FILES)} beside the files there")  # fmt: skip
     return out
+
+
+def tidy_hub_output(out: Path) -> None:
+    """Before an export into `out`: the rest of an export a killed process was moving in moved
+    in (`finish_interrupted_export`), and the staging folders of killed exports that moved
+    nothing removed, inside `out` and beside it (`.OUT.staging-PID-TOKEN`, a new folder's)."""
+    beside = re.compile(rf"\.{re.escape(out.name)}\.staging-(\d+)-[0-9a-f]{{8}}")
+    staged_commit.sweep_unfinished(out.parent, beside, _STAGED)
+    if out.is_dir() and not out.is_symlink():
+        finish_interrupted_export(out, reading=False)
+        staged_commit.sweep_unfinished(out, _STAGING, _STAGED)
+
+
+def finish_interrupted_export(folder: str | os.PathLike, reading: bool = True) -> int:
+    """Move into `folder` the rest of an export a killed process was moving in (over an earlier
+    one: its staging folder holds the commit's journal), saying so in a warning; returns how
+    many were finished. `reading`: for a loader of the folder, which should call this before it
+    reads config.json (the weights may be new and the config the earlier one). OSError naming
+    the fix when `folder` cannot take the files."""
+    folder = Path(folder)
+    fix = (f"make {folder} writable (or run as its owner) and run again, which finishes the "
+           "export; or export again with --overwrite")  # fmt: skip
+    done = staged_commit.finish_interrupted(folder, _STAGING, _STAGED, fix)
+    for d in done:
+        then = "before loading it" if reading else "before writing the new one"
+        warnings.warn(f"{folder}: finished an export that a killed process left half done "
+                      f"({d.moved} of its {d.total} files were still in {d.staging.name}) "
+                      f"{then}; it now holds that whole export", stacklevel=2)  # fmt: skip
+    return len(done)
 
 
 def _not_a_file(path: Path) -> str:
@@ -157,42 +201,50 @@ def write_hub_folder(
         atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
 
     in_place = out.is_dir() and any(out.iterdir())
-    if in_place:
-        _sweep_staging(out)
-    else:
+    if not in_place:
         out.parent.mkdir(parents=True, exist_ok=True)
     # inside `out` when writing into it: the same file system, whatever is mounted where
     staging = temp_sibling(out / STAGING_NAME if in_place else out, "staging")
     staging.mkdir()  # a plain mkdir: the folder has the usual umask-derived mode
+    held: list[int] = []  # a Ctrl-C or SIGTERM received while the files were moved in
+    kept = False  # the staging folder, with the commit's journal, kept for the next export
     try:
         write_into(staging)
         if not in_place:
             os.replace(staging, out)  # onto a missing or empty folder: the whole folder at once
             return out
         own_grid = _not_an_export(out) is None and (out / GRID_NAME).is_file()
-        for name in HUB_FILES:  # renames within one folder: nothing left to fail on space
-            if (staging / name).exists():
-                os.replace(staging / name, out / name)
-        if extras.grid is None and own_grid:  # the earlier export's: of other weights
-            (out / GRID_NAME).unlink()
+        stale = extras.grid is None and own_grid  # the earlier export's, of other weights
+        with held_signals() as held:  # renames within one folder: nothing to fail on space
+            staged_commit.commit(staging, out, _commit_steps(staging, stale))
+    except MoveFailed as err:
+        if err.step == 0:  # removing the earlier config.json: nothing was changed
+            raise OSError(err.errno, err.strerror, str(out / CONFIG_NAME)) from err
+        kept = True  # the folder holds no config.json (loading refuses it) until it is finished
+        raise OSError(err.errno, f"moving the new export into {out} failed after {err.done} of "
+                      f"{err.total} files ({err.strerror}: {err.filename}): the rest is kept in "
+                      f"{staging.name} inside it, moved in by the next export into {out} once "
+                      "this process has ended") from err  # fmt: skip
     except OSError as err:
         raise OSError(err.errno, err.strerror or str(err), str(out)) from err
     finally:
-        if staging.exists():
+        if staging.exists() and not kept:
             shutil.rmtree(staging)  # our own hidden staging folder, never the user's
+    if held:
+        deliver(held[0], f"stopped once the export was in place: {out}/ holds all of it")
     return out
 
 
-def _sweep_staging(out: Path) -> None:
-    """Remove staging folders a killed earlier write into `out` left (its pid gone); nothing
-    else: the exact name pattern, and only a real folder (no link)."""
-    prefix = f".{STAGING_NAME}.staging-"
-    for entry in out.iterdir():
-        pid, _, token = entry.name[len(prefix) :].partition("-")
-        if not (entry.name.startswith(prefix) and pid.isdigit() and len(token) == 8):
-            continue
-        if entry.is_dir() and not entry.is_symlink() and not process_alive(int(pid)):
-            shutil.rmtree(entry)
+def _commit_steps(staging: Path, stale_grid: bool) -> list[staged_commit.Step]:
+    """The earlier config.json removed first and the new one moved in last, the earlier grid
+    removed (`stale_grid`) before it: a folder a kill left half done holds no config.json, which
+    loading refuses (it never loads new weights with the earlier config), until the next export
+    into it (or a loader calling `finish_interrupted_export`) finishes it."""
+    names = [n for n in HUB_FILES if n != CONFIG_NAME and (staging / n).exists()]
+    steps = [(staged_commit.REMOVE, CONFIG_NAME), *staged_commit.moves(names)]
+    if stale_grid:
+        steps.append((staged_commit.REMOVE, GRID_NAME))
+    return [*steps, (staged_commit.MOVE, CONFIG_NAME)]
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -114,6 +114,9 @@ def checkpoint_kind(source: str | os.PathLike) -> str:
     if suffix == SAFETENSORS_SUFFIX:
         return "safetensors"
     if path.is_dir():
+        from pixeljit.checkpoints.hub_write import finish_interrupted_export  # imports this
+
+        finish_interrupted_export(path)  # an export killed midway: its config.json comes last
         kind = folder_kind(path)
         if kind is not None:
             return kind

@@ -21,7 +21,7 @@ from .fashion_mnist import find_fashion_mnist
 from .fingerprint import FINGERPRINT_KEY, paths_fingerprint
 from .folders import folder_fingerprint, scan_image_folder
 from .manifest import read_manifest_json
-from .outdir import sweep_stale_staging
+from .outdir import recover_replaced, sweep_stale_staging
 from .packed import PackedDataset
 from .prepare import EMOJI, EMOJI_SPLIT, FASHION_MNIST, prepare
 from .shards import MANIFEST
@@ -116,6 +116,8 @@ def open_dataset(
     if not source:
         raise ValueError("no data: pass a packed folder, fashion-mnist, emoji, or an image folder")
     path = Path(source)
+    if not (path / MANIFEST).is_file():
+        recover_replaced(path)  # a pack a killed `prepare --overwrite` moved aside goes back
     if (path / MANIFEST).is_file():
         dataset = PackedDataset(path)
         check_packed_split(dataset, split)
@@ -127,6 +129,7 @@ def open_dataset(
     target = cache_entry(source, size, channels, split)
 
     def pack() -> None:
+        recover_replaced(target, every_entry=True)  # re-packs killed midway: undone or finished
         current = source_fingerprint(source, split)
         cached = packed_fingerprint(target, (channels, size, size))
         if cached != current:

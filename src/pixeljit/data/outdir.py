@@ -11,17 +11,23 @@ Rules (checked before any long work, and again when publishing):
 - replacing deletes exactly the files the old manifest lists, then the emptied folder; a file
   that appears there meanwhile is kept (the old folder is left under a hidden name, reported).
 The new set is written into a hidden sibling folder, renamed into place at the end.
+
+Replacing is two renames: the old pack to `.NAME.old-<pid>-<hex>`, then the new one to NAME. A
+process killed between them leaves NAME missing and the user's pack hidden; killed after them,
+a dead old pack beside the new one. `recover_replaced` (run before NAME is checked, packed or
+opened) moves the old pack back in the first case, and removes it in the second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from pixeljit.files.atomic import sweep_dead_staging, temp_sibling
+from pixeljit.files.atomic import process_alive, sweep_dead_staging, temp_sibling
 from pixeljit.files.cache import CACHE_ENV, cache_root
 
 from .manifest import (
@@ -136,6 +142,7 @@ def _check_output(out_dir: Path, overwrite: bool, sources: Iterable) -> None:
             f"output {out_dir} is a symbolic link: pass the folder it leads to "
             f"({os.path.realpath(out_dir)}) instead"
         )
+    recover_replaced(out_dir)  # a replace killed midway is undone, or finished, first
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output {out_dir} exists and is not a folder: choose another output")
     if out_dir.is_dir() and any(out_dir.iterdir()):
@@ -213,3 +220,127 @@ def publish(staging: Path, out_dir: Path, overwrite: bool, sources: Iterable = (
         os.replace(old, out_dir)  # put the previous set back
         raise
     _remove_old(old, names)
+
+
+def recover_replaced(out_dir: Path, every_entry: bool = False) -> None:
+    """Settle what a `publish` killed while replacing `out_dir` left: `.NAME.old-<pid>-<hex>`
+    folders (the old pack it moved aside) whose process is gone. With NAME missing (killed
+    between the two renames) the newest such pack is moved back to NAME, in a warning; with NAME
+    a pack of ours (the new one was published) the old packs are removed, as the killed run would
+    have. A NAME with a live process's old folder (a replace under way) is left alone, and an old
+    folder holding files a pack never writes is kept, in a warning. With `every_entry` (a folder
+    only pixeljit writes, such as the cache's), every sibling NAME of `out_dir` is settled."""
+    name = r".+" if every_entry else re.escape(out_dir.name)
+    pattern = re.compile(rf"^\.({name})\.old-(\d+)-[0-9a-f]+$")
+    try:
+        entries = sorted(out_dir.parent.iterdir())
+    except OSError:  # no folder yet, or unreadable: nothing of ours to settle
+        return
+    dead: dict[str, list[Path]] = {}
+    busy = set()
+    for path in entries:
+        found = pattern.fullmatch(path.name)
+        if found is None or path.is_symlink() or not path.is_dir():
+            continue
+        if process_alive(int(found.group(2))):
+            busy.add(found.group(1))
+        else:
+            dead.setdefault(found.group(1), []).append(path)
+    for entry, olds in dead.items():
+        if entry not in busy:
+            _settle(out_dir.parent / entry, olds)
+
+
+def _changed(path: Path) -> int:
+    """When `path` was last renamed or changed (its ctime): the last pack moved aside is newest."""
+    try:
+        return os.lstat(path).st_ctime_ns
+    except OSError:
+        return 0
+
+
+def _vacant(folder: Path) -> bool:
+    """Whether nothing is at `folder`, or only an empty folder (a rename replaces it)."""
+    try:
+        if not os.path.lexists(folder):
+            return True
+        return folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())
+    except OSError:
+        return False
+
+
+def _settle(out: Path, olds: list[Path]) -> None:
+    """Move the newest dead old pack of `out` back when `out` is vacant; then remove the others
+    if `out` is a pack of ours (see `recover_replaced`), keep and name them if not."""
+    olds.sort(key=_changed)
+    packs = [old for old in olds if (old / MANIFEST).is_file()]
+    if packs and _vacant(out):
+        newest = packs[-1]
+        olds.remove(newest)
+        try:
+            os.rename(newest, out)  # onto an empty folder too
+        except OSError as err:
+            if os.path.lexists(newest):  # not another process that moved it back first
+                warnings.warn(
+                    f"the {_name(out)} is missing: a replace of it was killed after moving its "
+                    f"packed set aside to {newest}, which could not be moved back "
+                    f"({err.strerror or err}): move it to {out} yourself",
+                    stacklevel=3,
+                )
+                return
+        else:
+            warnings.warn(
+                f"the {_name(out)} was missing: a replace of it was killed after moving its "
+                f"packed set aside to {newest.name}; that set is moved back to {out}",
+                stacklevel=3,
+            )
+    if not olds:
+        return
+    try:
+        own_pack_files(out)
+    except (ValueError, OSError):  # missing, or not a pack of ours: the old ones are kept
+        now = "is missing" if not os.path.lexists(out) else "is not a packed set of pixeljit's"
+        for old in olds:
+            warnings.warn(
+                f"{old} holds what a killed replace of the {_name(out)} moved aside, and that "
+                f"folder {now}, so it is kept: move it back to {out}, or delete it if you do "
+                "not need it",
+                stacklevel=3,
+            )
+        return
+    for old in olds:
+        _remove_replaced(old, out)
+
+
+def _pack_written(entry: os.DirEntry) -> bool:
+    """Whether `entry` is a plain file named as the files a pack is written with."""
+    return bool(STAGED_FILE_RE.fullmatch(entry.name)) and entry.is_file(follow_symlinks=False)
+
+
+def _remove_replaced(old: Path, out: Path) -> None:
+    """Delete an old pack a killed replace left beside the new `out`, if it holds only files a
+    pack writes; another process removing it at the same time is no error."""
+    try:
+        entries = sorted(os.scandir(old), key=lambda entry: entry.name)
+        foreign = [e.name for e in entries if not _pack_written(e)]
+        if foreign:
+            more = " …" if len(foreign) > _SHOWN_FOREIGN else ""
+            shown = ", ".join(foreign[:_SHOWN_FOREIGN]) + more
+            warnings.warn(
+                f"{old}, left by a killed replace of the {_name(out)}, holds files a pack never "
+                f"writes ({shown}), so it is kept: move them out, then delete it",
+                stacklevel=4,
+            )
+            return
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+        old.rmdir()
+    except FileNotFoundError:  # removed meanwhile by another process
+        return
+    except OSError as err:
+        warnings.warn(
+            f"{old}, the packed set a killed replace of the {_name(out)} left, could not be "
+            f"removed ({err.strerror or err}): delete it yourself",
+            stacklevel=4,
+        )

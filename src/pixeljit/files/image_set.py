@@ -1,27 +1,32 @@
 """A folder's set of numbered PNGs and its labels.csv written as one (`pixeljit sample --out DIR/`,
 `pixeljit eval --save-images DIR`): into a hidden staging folder inside DIR first, then, once
-every file is written, renamed into place.
+every file is written, renamed into place (labels.csv last) as one journaled commit
+(`staged_commit`).
 
 Hidden names are skipped by every reader (`eval --images`, image-folder data sets, the check for
 files pixeljit did not write), and the staging folder lies on DIR's file system, so the renames
 need no space. A failure before them (a full disk) or a Ctrl-C leaves DIR exactly as it was (an
 earlier set there whole) and removes the staging folder; a Ctrl-C during the renames is held
-until they are done. A staging folder left by a killed process is removed by the next set
-written into DIR.
+until they are done. A process killed during the renames leaves the rest of the new set staged
+with the commit's journal: the next set written into DIR, or the next read of DIR as an image
+folder (`finish_interrupted_set`), moves it in first, saying so. A staging folder a killed process
+left before that (nothing moved) is removed by the next set written into DIR.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
-import signal
-import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from pixeljit.files.atomic import DISK_FULL, sweep_dead_staging, temp_sibling
+from pixeljit.files import staged_commit
+from pixeljit.files.atomic import DISK_FULL, temp_sibling
+from pixeljit.files.staged_commit import MoveFailed, WrittenThenStopped, deliver, held_signals
 
 LABELS_CSV = "labels.csv"  # beside a folder of numbered PNGs: the class of each (torch-free here)
 
@@ -31,7 +36,6 @@ _STAGING = re.compile(rf"\.{STAGING_NAME}\.{STAGING_TAG}-(\d+)-[0-9a-f]+")
 NUMBERED_PNG = re.compile(r"(\d{6}|[1-9]\d{6,})\.png")
 # what a staging folder may hold: the set's files, and the atomic writes' temporaries of them
 _STAGED_FILE = re.compile(rf"\.?({NUMBERED_PNG.pattern}|{re.escape(LABELS_CSV)})(\.tmp-.+)?")
-HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # held while the new set is renamed into place
 
 
 class ImageSetNotWritten(OSError):
@@ -60,13 +64,9 @@ def _fix_for(code: int | None, elsewhere: str) -> str:
     return f"free space on its disk, or {elsewhere}" if code in DISK_FULL else elsewhere
 
 
-class SetWrittenThenStopped(KeyboardInterrupt):
+class SetWrittenThenStopped(WrittenThenStopped):
     """A Ctrl-C (or SIGTERM: `signum`) held while a set was renamed into place, raised once it
     was: the folders hold the whole new set."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
 
 
 def holds_a_set(folder: Path) -> bool:
@@ -78,24 +78,51 @@ def holds_a_set(folder: Path) -> bool:
 
 def sweep_stale_staging(folder: Path) -> list[Path]:
     """Remove the staging folders in `folder` of processes that are gone (killed while writing a
-    set); one of a live process, or holding a file a set never has, is left. Returns them."""
-    with contextlib.suppress(OSError):
-        return sweep_dead_staging(folder, _STAGING, _STAGED_FILE)
-    return []
+    set, before any of it was moved in); one of a live process, one holding the journal of a
+    commit (`finish_interrupted_set` moves it in), or holding a file a set never has, is left.
+    Returns them."""
+    return staged_commit.sweep_unfinished(folder, _STAGING, _STAGED_FILE)
+
+
+def finish_interrupted_set(folder: str | os.PathLike, reading: bool = True) -> int:
+    """Move into `folder` the rest of a set a killed process was moving in (its staging folder
+    holds the commit's journal), saying so in a warning; returns how many sets were finished.
+    `reading`: for a reader of `folder` (the messages name that use). OSError (naming the fix)
+    when `folder` cannot take the files; a staging folder of a live process is left alone, but
+    a reader is warned that the set it reads is being replaced."""
+    folder = Path(folder)
+    fix = (f"make {folder} writable (or run as its owner) and run again, which finishes the set; "
+           "or write the set again with --overwrite")  # fmt: skip
+    done = staged_commit.finish_interrupted(folder, _STAGING, _STAGED_FILE, fix)
+    for d in done:
+        then = "before reading it" if reading else "before writing the new one"
+        warnings.warn(f"{folder}: finished a write of its image set that a killed process left "
+                      f"half done ({d.moved} of its {d.total} files were still in {d.staging.name})"
+                      f" {then}; it now holds that whole set", stacklevel=2)  # fmt: skip
+    live = staged_commit.commits_in_progress(folder, _STAGING) if reading else []
+    if live:
+        pid = _STAGING.fullmatch(live[0].name).group(1)
+        warnings.warn(f"{folder}: process {pid} is moving a new image set into it right now "
+                      f"({live[0].name}): what is read may mix the earlier set and the new one; "
+                      "read it again once that process is done", stacklevel=2)  # fmt: skip
+    return len(done)
 
 
 class StagedImageSet:
     """The staging folder `path` of a set bound for `folder` (`open`, then `commit` or
-    `discard`)."""
+    `discard`). `finished`: `open` finished an interrupted earlier write into `folder`."""
 
     def __init__(self, folder: Path, path: Path, earlier: bool, created: list[Path]):
         self.folder, self.path, self.earlier, self.created = folder, path, earlier, created
+        self.finished = 0
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> StagedImageSet:
-        """Make the staging folder (and `folder`, if missing), stale ones swept first."""
+        """Make the staging folder (and `folder`, if missing): first a set a killed process was
+        moving in is finished (`finish_interrupted_set`), then stale staging folders swept."""
         folder = Path(folder)
         created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+        finished = finish_interrupted_set(folder, reading=False) if folder.is_dir() else 0
         earlier = holds_a_set(folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -105,24 +132,47 @@ class StagedImageSet:
         except OSError as err:
             _remove_empty(created)
             raise ImageSetNotWritten.of(err, folder, earlier) from err
-        return cls(folder, path, earlier, created)
+        staged = cls(folder, path, earlier, created)
+        staged.finished = finished
+        return staged
 
     def commit(self) -> None:
         """Rename every staged file into `folder` (labels.csv last), replacing the earlier set's
-        files of the same names, then remove the staging folder."""
+        files of the same names, then remove the staging folder: a journaled commit
+        (`staged_commit.commit`), which a kill cannot leave half done."""
         names = sorted(n for n in os.listdir(self.path) if _STAGED_FILE.fullmatch(n)
                        and not n.startswith("."))  # fmt: skip
         names.sort(key=lambda n: n == LABELS_CSV)
-        for done, name in enumerate(names):
-            try:
-                os.replace(self.path / name, self.folder / name)
-            except OSError as err:
-                self.discard()
-                text = (f"moving the new set into {self.folder} failed after {done} of "
-                        f"{len(names)} files ({err.strerror or err}): it holds a mix of the new "
-                        "and the earlier set; write the set again")  # fmt: skip
-                raise OSError(err.errno, text) from err
-        shutil.rmtree(self.path, ignore_errors=True)
+        if self.finished:
+            self._check_no_leftovers(names)
+        try:
+            staged_commit.commit(self.path, self.folder, staged_commit.moves(names))
+        except MoveFailed as err:
+            self.discard()
+            text = (f"moving the new set into {self.folder} failed after {err.done} of "
+                    f"{err.total} files ({err.strerror}): it holds a mix of the new "
+                    "and the earlier set; write the set again")  # fmt: skip
+            raise OSError(err.errno, text) from err
+        except OSError as err:  # the journal not written: nothing was moved
+            self.discard()
+            raise ImageSetNotWritten.of(err, self.folder, self.earlier) from err
+
+    def _check_no_leftovers(self, names: list[str]) -> None:
+        """The set `open` finished (bigger than the earlier one, maybe, and not seen by the
+        command's checks) must not leave numbered PNGs beyond the new set, or a labels.csv an
+        unlabelled new set would keep: refused, nothing moved."""
+        new = set(names)
+        left = sorted(n for n in os.listdir(self.folder) if n not in new
+                      and (NUMBERED_PNG.fullmatch(n) or n == LABELS_CSV))  # fmt: skip
+        if not left:
+            return
+        self.discard()
+        more = f" and {len(left) - 1} more file{'s' * (len(left) > 2)}" if len(left) > 1 else ""
+        reason = (f"the set a killed process left half written there, finished now, holds "
+                  f"{left[0]}{more}, which the new set of {len(new)} files would not replace: "
+                  "the two would be mixed; remove them first")  # fmt: skip
+        text = f"writing images into {self.folder} failed ({reason}): nothing was written"
+        raise ImageSetNotWritten(errno.ENOTEMPTY, text, self.folder, reason, self.earlier)
 
     def discard(self) -> None:
         """Remove the staging folder, and the folders `open` made if they are empty."""
@@ -154,7 +204,7 @@ def staged_image_sets(folders) -> Iterator[list[Path]]:
         if where and not isinstance(err, ImageSetNotWritten):
             raise ImageSetNotWritten.of(err, where[0].folder, where[0].earlier) from err
         raise
-    with _held_signals() as held:
+    with held_signals() as held:
         try:
             for s in staged:
                 s.commit()
@@ -163,7 +213,10 @@ def staged_image_sets(folders) -> Iterator[list[Path]]:
                 s.discard()
             raise
     if held:
-        _deliver(held[0], [s.folder for s in staged])
+        where = ", ".join(f"{s.folder}/" for s in staged)
+        verb = "hold" if len(staged) > 1 else "holds"
+        deliver(held[0], f"stopped once the new set was in place: {where} {verb} all of it",
+                SetWrittenThenStopped)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -176,37 +229,3 @@ def staged_image_set(folder: str | os.PathLike | None) -> Iterator[Path | None]:
 def _names_inside(err: OSError, folder: Path) -> bool:
     return any(isinstance(f, (str, bytes, os.PathLike)) and Path(os.fsdecode(f)).is_relative_to(
         folder) for f in (err.filename, err.filename2))  # fmt: skip
-
-
-@contextlib.contextmanager
-def _held_signals():
-    """HELD_SIGNALS recorded (in the list yielded), not acted on, while the body runs; outside
-    the main thread (where handlers cannot be set) nothing is held."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    hold = lambda signum, frame: received.append(signum)  # noqa: E731
-    previous = {s: signal.signal(s, hold) for s in HELD_SIGNALS}
-    try:
-        yield received
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
-        received[:] = [s for s in received if previous[s] != signal.SIG_IGN]
-
-
-def _deliver(signum: int, folders: list[Path]) -> None:
-    """The held signal acted on as it would have been, a Ctrl-C's KeyboardInterrupt saying that
-    the new set is in place."""
-    handler = signal.getsignal(signum)
-    try:
-        if callable(handler):
-            handler(signum, None)
-        else:  # SIG_DFL (SIGTERM under torchrun): end the process as the signal would
-            signal.raise_signal(signum)
-    except KeyboardInterrupt as err:
-        where = ", ".join(f"{f}/" for f in folders)
-        verb = "hold" if len(folders) > 1 else "holds"
-        raise SetWrittenThenStopped(f"stopped once the new set was in place: {where} {verb} "
-                                    "all of it", signum) from err  # fmt: skip

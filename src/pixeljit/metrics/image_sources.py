@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 
 from pixeljit.data.folders import IMAGE_EXTENSIONS, is_image_file, is_visible_name
 from pixeljit.data.transforms import COLOUR, GREY, check_pixels, to_channels
+from pixeljit.files.image_set import finish_interrupted_set
 from pixeljit.files.images import (  # as `sample` writes them
     LABELS_CSV,
     LABELS_CSV_HEADER,
@@ -146,13 +147,15 @@ def npz_image_key(path: str | os.PathLike, headers: dict, key: str = NPZ_IMAGE_K
 
 
 def list_image_files(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name."""
+    """Image files directly inside `folder`, sorted by name; a set a killed `pixeljit sample`
+    was moving in is finished first (`finish_interrupted_set`: warned, never read half)."""
     folder = Path(folder)
     if folder.is_file():
         raise NotADirectoryError(f"image folder {folder} is a file: pass the folder holding "
                                  "the images (an .npz: iter_npz_images)")  # fmt: skip
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
+    finish_interrupted_set(folder)
     files = sorted(p for p in folder.iterdir() if is_read_image(p))
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}"
@@ -302,6 +305,8 @@ def folder_labels(path: str | os.PathLike) -> tuple[np.ndarray, dict[int, str]] 
     layout, a row for a missing image, an image without a row, an image listed twice, a label
     past int64, or one label named two ways."""
     folder = Path(path)
+    if folder.is_dir():  # its labels.csv is moved in last: a half-moved set has the earlier one
+        finish_interrupted_set(folder)
     table = folder / LABELS_CSV
     if not folder.is_dir() or not table.is_file():
         return None

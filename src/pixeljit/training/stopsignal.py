@@ -39,8 +39,15 @@ def can_listen() -> bool:
 
 
 def install(handler, signums=SIGNALS) -> dict[int, object]:
-    """`handler` for each of `signums`; returns the handlers it replaced, for `restore`."""
-    return {signum: signal.signal(signum, handler) for signum in signums}
+    """`handler` for each of `signums` the process does not ignore; returns the handlers it
+    replaced, for `restore`. An ignored signal stays ignored: a shell script starts its
+    background jobs (`cmd &`) with SIGINT ignored, and `nohup` ignores SIGHUP, so that the
+    Ctrl-C meant for the script does not reach them."""
+    return {
+        signum: signal.signal(signum, handler)
+        for signum in signums
+        if signal.getsignal(signum) != signal.SIG_IGN
+    }
 
 
 def restore(previous: dict[int, object]) -> None:
