@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import stat
-import warnings
 from pathlib import Path
 
 from pixeljit.checkpoints.hub import (
@@ -135,16 +134,9 @@ def finish_interrupted_export(folder: str | os.PathLike, reading: bool = True) -
     many were finished. `reading`: for a loader of the folder, which should call this before it
     reads config.json (the weights may be new and the config the earlier one). OSError naming
     the fix when `folder` cannot take the files."""
-    folder = Path(folder)
-    fix = (f"make {folder} writable (or run as its owner) and run again, which finishes the "
-           "export; or export again with --overwrite")  # fmt: skip
-    done = staged_commit.finish_interrupted(folder, _STAGING, _STAGED, fix)
-    for d in done:
-        then = "before loading it" if reading else "before writing the new one"
-        warnings.warn(f"{folder}: finished an export that a killed process left half done "
-                      f"({d.moved} of its {d.total} files were still in {d.staging.name}) "
-                      f"{then}; it now holds that whole export", stacklevel=2)  # fmt: skip
-    return len(done)
+    then = "before loading it" if reading else "before writing the new one"
+    what = ("an export", "export", "export again")
+    return staged_commit.finish_with_warning(Path(folder), _STAGING, _STAGED, what, then)
 
 
 def _not_a_file(path: Path) -> str:

@@ -91,21 +91,16 @@ def finish_interrupted_set(folder: str | os.PathLike, reading: bool = True) -> i
     when `folder` cannot take the files; a staging folder of a live process is left alone, but
     a reader is warned that the set it reads is being replaced."""
     folder = Path(folder)
-    fix = (f"make {folder} writable (or run as its owner) and run again, which finishes the set; "
-           "or write the set again with --overwrite")  # fmt: skip
-    done = staged_commit.finish_interrupted(folder, _STAGING, _STAGED_FILE, fix)
-    for d in done:
-        then = "before reading it" if reading else "before writing the new one"
-        warnings.warn(f"{folder}: finished a write of its image set that a killed process left "
-                      f"half done ({d.moved} of its {d.total} files were still in {d.staging.name})"
-                      f" {then}; it now holds that whole set", stacklevel=2)  # fmt: skip
+    then = "before reading it" if reading else "before writing the new one"
+    what = ("a write of its image set", "set", "write the set again")
+    done = staged_commit.finish_with_warning(folder, _STAGING, _STAGED_FILE, what, then)
     live = staged_commit.commits_in_progress(folder, _STAGING) if reading else []
     if live:
         pid = _STAGING.fullmatch(live[0].name).group(1)
         warnings.warn(f"{folder}: process {pid} is moving a new image set into it right now "
                       f"({live[0].name}): what is read may mix the earlier set and the new one; "
                       "read it again once that process is done", stacklevel=2)  # fmt: skip
-    return len(done)
+    return done
 
 
 class StagedImageSet:

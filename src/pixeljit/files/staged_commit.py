@@ -22,6 +22,7 @@ import shutil
 import signal
 import stat
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +188,28 @@ def finish_interrupted(
             _close_finished(staging, staged)
         finished.append(Interrupted(folder, staging, left, moves))
     return finished
+
+
+def finish_with_warning(
+    folder: Path,
+    staging_name: re.Pattern,
+    staged: re.Pattern,
+    what: tuple[str, str, str],
+    then: str,
+) -> int:
+    """`finish_interrupted`, each finished commit said in a warning to the caller's caller;
+    returns how many. `what`: (the commit as a warning names it, e.g. 'an export'; the whole
+    thing, e.g. 'export'; how to write it again, e.g. 'export again'); `then`: what the caller
+    was about to do (e.g. 'before loading it')."""
+    finished, whole, redo = what
+    fix = (f"make {folder} writable (or run as its owner) and run again, which finishes the "
+           f"{whole}; or {redo} with --overwrite")  # fmt: skip
+    done = finish_interrupted(folder, staging_name, staged, fix)
+    for d in done:
+        warnings.warn(f"{folder}: finished {finished} that a killed process left half done "
+                      f"({d.moved} of its {d.total} files were still in {d.staging.name}) "
+                      f"{then}; it now holds that whole {whole}", stacklevel=3)  # fmt: skip
+    return len(done)
 
 
 def _read_journal(f, staging: Path, staged: re.Pattern) -> list[Step]:
