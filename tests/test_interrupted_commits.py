@@ -227,6 +227,21 @@ def test_a_finished_bigger_set_is_never_mixed_with_a_smaller_new_one(tmp_path):
     assert hidden(out) == []
 
 
+def test_the_commands_checks_finish_a_killed_set_and_refuse_a_smaller_one_up_front(tmp_path):
+    """`sample --out DIR --overwrite --num 3` over a killed 6-image set: refused before any
+    image is made (the check saw 2 PNGs, the commit 6, after the sampling)."""
+    from pixeljit.cli.checks import check_no_stale_pngs, check_only_our_set
+
+    out = tmp_path / "pngs"
+    write_set(out, A[:2], [0] * 2)
+    kill_while_writing_set(out, [40, 41, 42, 43, 44, 45], [1] * 6, after=1)
+    with pytest.warns(UserWarning, match="finished a write .*before writing the new one"):
+        check_only_our_set("--out", out)
+    assert on_disk(out) == [40, 41, 42, 43, 44, 45] and hidden(out) == []
+    with pytest.raises(ValueError, match="holds 3 numbered PNGs beyond the 3 new ones"):
+        check_no_stale_pngs("--out", out, 3)
+
+
 def test_a_journal_pixeljit_did_not_write_is_refused_and_nothing_moved(tmp_path):
     out = tmp_path / "pngs"
     write_set(out, A, [0] * 4)

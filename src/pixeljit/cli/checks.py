@@ -15,7 +15,10 @@ from pathlib import Path
 
 from pixeljit.checkpoints.hub_remote import is_hf_uri
 from pixeljit.files.atomic import write_problem
-from pixeljit.files.image_set import NUMBERED_PNG  # NUMBERED_PNG: `save_pngs` names
+from pixeljit.files.image_set import (  # NUMBERED_PNG: `save_pngs` names
+    NUMBERED_PNG,
+    finish_interrupted_set,
+)
 
 CHECKPOINT_HELP = ("a pixeljit run folder / .pt, a .safetensors export, a Hub folder (from "
                    "`pixeljit convert --hub`) or hf://org/name[@rev], or an authors' "
@@ -250,10 +253,12 @@ def _our_labels_csv(path: Path) -> bool:
 def check_only_our_set(flag: str, folder: str | os.PathLike) -> None:
     """Refuse a folder for a new set of numbered PNGs that holds images pixeljit did not write
     (`eval --images` would score them with the new set, --overwrite or not) or a labels.csv it
-    did not write (--overwrite would replace it), naming a few and the fix."""
+    did not write (--overwrite would replace it), naming a few and the fix. A set a killed
+    process left half moved in is finished first: the checks see the folder it meant to leave."""
     folder = Path(folder)
     if not folder.is_dir():
         return
+    finish_interrupted_set(folder, reading=False)
     try:
         theirs, images = foreign_files(folder)
     except OSError as err:
@@ -279,10 +284,11 @@ def check_only_our_set(flag: str, folder: str | os.PathLike) -> None:
 def check_no_stale_pngs(flag: str, folder: str | os.PathLike, count: int) -> None:
     """With --overwrite, a folder whose numbered PNGs go beyond the `count` new ones would end up
     holding two sample sets (the new images replace only their own numbers): refused, before any
-    work, naming how many would be left over."""
+    work, naming how many would be left over (after finishing a set a killed process left)."""
     folder = Path(folder)
     if not folder.is_dir():
         return
+    finish_interrupted_set(folder, reading=False)
     stale = [p.name for p in folder.iterdir()
              if NUMBERED_PNG.fullmatch(p.name) and int(p.name[:-4]) >= count]  # fmt: skip
     if stale:
