@@ -284,11 +284,11 @@ def check_only_our_set(flag: str, folder: str | os.PathLike) -> None:
 def check_no_stale_pngs(flag: str, folder: str | os.PathLike, count: int) -> None:
     """With --overwrite, a folder whose numbered PNGs go beyond the `count` new ones would end up
     holding two sample sets (the new images replace only their own numbers): refused, before any
-    work, naming how many would be left over (after finishing a set a killed process left)."""
+    work, naming how many would be left over. `check_only_our_set` runs first on every such
+    folder and has finished a set a killed process left in it."""
     folder = Path(folder)
     if not folder.is_dir():
         return
-    finish_interrupted_set(folder, reading=False)
     stale = [p.name for p in folder.iterdir()
              if NUMBERED_PNG.fullmatch(p.name) and int(p.name[:-4]) >= count]  # fmt: skip
     if stale:

@@ -176,17 +176,17 @@ def finish_interrupted(
                 continue
             steps = _read_journal(f, staging, staged)
             start = _resume_from(staging, steps)
-            moves = sum(op == MOVE for op, _ in steps)
+            total = sum(op == MOVE for op, _ in steps)
             left = sum(op == MOVE for op, _ in steps[start:])
             try:
                 _apply(staging, folder, steps, start)
             except MoveFailed as err:
                 raise OSError(err.errno, f"{folder} holds a write that a killed process left "
-                              f"half done ({left} of its {moves} files still in "
+                              f"half done ({left} of its {total} files still in "
                               f"{staging.name}), and finishing it failed ({err.strerror}: "
                               f"{err.filename}): {fix}") from err  # fmt: skip
             _close_finished(staging, staged)
-        finished.append(Interrupted(folder, staging, left, moves))
+        finished.append(Interrupted(folder, staging, left, total))
     return finished
 
 
