@@ -148,14 +148,14 @@ def test_load_safetensors_names_torch_files_and_their_loader(authors_dir, tmp_pa
 # --------------------------------------------------------- the Python form of each fix
 
 
-def test_train_into_a_used_folder_gives_the_python_form(tmp_path):
+def test_train_into_a_used_folder_gives_the_python_form(tmp_path, fmnist16):
     """`train(cfg)` from Python was told only `pixeljit train --resume …` and --restart."""
     for existing, resumable in (("latest.pt", True), ("config.yaml", False)):
         out = tmp_path / existing.split(".")[0]
         out.mkdir()
         (out / existing).write_text("an earlier run's file")
-        with pytest.raises(ValueError) as err:
-            train(tiny_run(tmp_path / "no-data", out), progress=False)
+        with pytest.raises(ValueError) as err:  # a lone config.yaml is judged once data is open
+            train(tiny_run(fmnist16(64), out), progress=False)
         message = str(err.value)
         assert "pass --restart (Python: restart=True)" in message
         assert (f"`pixeljit train --resume {out}` (Python: resume='{out}')" in message) is resumable

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import tiny_run
 from pixeljit.checkpoints.run import LATEST, load_checkpoint
+from pixeljit.training.branches import BRANCH_NOTE
 from pixeljit.training.loop import train
-from pixeljit.training.rundir import BRANCH_NOTE
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -84,7 +84,7 @@ def test_a_metrics_line_without_a_numeric_step_keeps_the_file(tmp_path):
     """One reader of metrics lines serves both set-aside paths: a line that is not a record with
     a numeric step (a hand edit, a torn write) counts as past every step, so the file is copied
     aside before a resume cuts it (such a line used to raise a TypeError mid-resume)."""
-    from pixeljit.training.rundir import set_aside_newer
+    from pixeljit.training.branches import set_aside_newer
 
     (tmp_path / LATEST).write_bytes(b"")
     metrics = tmp_path / "metrics.jsonl"

@@ -15,8 +15,8 @@ from conftest import tiny_run
 from pixeljit.checkpoints.run import LATEST
 from pixeljit.cli import main
 from pixeljit.training import runlog
+from pixeljit.training.branches import set_aside_newer
 from pixeljit.training.loop import train
-from pixeljit.training.rundir import set_aside_newer
 from pixeljit.training.runlog import METRICS_FILE, append_line, read_metrics
 
 TORN = '{"step": 3, "loss": 0.7'  # a record whose append stopped part-way

@@ -39,7 +39,7 @@ from pixeljit.checkpoints.load import (
 from pixeljit.checkpoints.weights import check_finite
 from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.files import staged_commit
-from pixeljit.files.atomic import atomic_write, atomic_write_text, temp_sibling
+from pixeljit.files.atomic import atomic_write, atomic_write_text, sync_file, temp_sibling
 from pixeljit.files.staged_commit import MoveFailed, deliver, held_signals
 
 # folder kinds that loading reads before a hub folder's config.json (`load.folder_kind`)
@@ -204,6 +204,7 @@ def write_hub_folder(
         write_into(staging)
         if not in_place:
             os.replace(staging, out)  # onto a missing or empty folder: the whole folder at once
+            sync_file(out.parent)
             return out
         own_grid = _not_an_export(out) is None and (out / GRID_NAME).is_file()
         stale = extras.grid is None and own_grid  # the earlier export's, of other weights

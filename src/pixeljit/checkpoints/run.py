@@ -38,7 +38,7 @@ from pixeljit.checkpoints.weights import (
     refuse_special_file,
     torch_load_problem,
 )
-from pixeljit.files.atomic import NO_SPACE, atomic_write, temp_sibling
+from pixeljit.files.atomic import NO_SPACE, atomic_write, sync_file, temp_sibling
 from pixeljit.launch import launch_world_size
 
 LATEST = "latest.pt"
@@ -212,7 +212,9 @@ def _keep_milestone(latest: Path, keep: Path) -> None:
             if err.errno in NO_SPACE:
                 raise
             shutil.copyfile(latest, tmp)
+            sync_file(tmp)
         os.replace(tmp, keep)
+        sync_file(keep.parent)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -182,12 +182,17 @@ def resolve_labels(labels: list[str] | None, model: TrainedModel) -> list[int] |
             continue
         named = _named_class(token, model) if not token.startswith(NUMBER_MARK) else None
         if named not in (None, number):
-            exists = number < model.net.config.num_classes
+            if number >= model.net.config.num_classes:  # a plain number is a class number
+                raise ValueError(
+                    f"--labels {token}: class number {number} is "
+                    f"{_class_text(number, model)}; {token!r} is the name of class number "
+                    f"{named}: write {NAME_MARK}{token} for the class named {token!r}"
+                )
             raise ValueError(
                 f"--labels {token} is ambiguous: {token!r} is the name of class number {named}, "
                 f"and class number {number} is {_class_text(number, model)}: write "
-                f"{NAME_MARK}{token} for the class named {token!r}"
-                + (f", or {NUMBER_MARK}{number} for class number {number}" if exists else "")
+                f"{NAME_MARK}{token} for the class named {token!r}, or {NUMBER_MARK}{number} "
+                f"for class number {number}"
             )
         chosen.append(number)
     return chosen

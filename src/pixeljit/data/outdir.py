@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from pixeljit.files.atomic import process_alive, sweep_dead_staging, temp_sibling
+from pixeljit.files.atomic import process_alive, sweep_dead_staging, sync_file, temp_sibling
 from pixeljit.files.cache import CACHE_ENV, cache_root
 
 from .manifest import (
@@ -204,12 +204,18 @@ def _remove_old(old: Path, names: list[str]) -> None:
 
 
 def publish(staging: Path, out_dir: Path, overwrite: bool, sources: Iterable = ()) -> None:
-    """Move the finished staging folder onto `out_dir`, replacing our own old pack if allowed."""
+    """Move the finished staging folder onto `out_dir`, replacing our own old pack if allowed.
+    The new pack is synced to the disk first, and the renames after (a power cut leaves the old
+    pack or the new one whole, never a new name over unwritten shards)."""
     check_output(out_dir, overwrite, sources)
+    for entry in staging.iterdir():
+        sync_file(entry)
+    sync_file(staging)
     if out_dir.is_dir() and not any(out_dir.iterdir()):
         out_dir.rmdir()
     if not out_dir.exists() and not out_dir.is_symlink():
         os.replace(staging, out_dir)
+        sync_file(out_dir.parent)
         return
     names = own_pack_files(out_dir)
     old = temp_sibling(out_dir, "old")
@@ -219,6 +225,7 @@ def publish(staging: Path, out_dir: Path, overwrite: bool, sources: Iterable = (
     except BaseException:
         os.replace(old, out_dir)  # put the previous set back
         raise
+    sync_file(out_dir.parent)
     _remove_old(old, names)
 
 

@@ -2,6 +2,9 @@
 
 A crash never leaves a half-written file under the real name. Unlike tempfile.mkstemp, the
 sibling gets the usual umask-derived permissions, so published files are readable as any other.
+Durable by default: the sibling's data reach the disk before the rename, and the rename before
+the call returns, so a power cut leaves the old file or the new one (file systems other than
+ext4 may otherwise keep the new name with empty contents, the old file already gone).
 """
 
 from __future__ import annotations
@@ -96,16 +99,41 @@ def sweep_dead_staging(parent: Path, folder_name: re.Pattern, staged: re.Pattern
     return removed
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+def sync_file(path: Path) -> None:
+    """Flush `path`'s data (a file) or its entries (a folder) to the disk. Where the OS cannot
+    sync a folder this way (Windows), only files are synced."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except IsADirectoryError:  # Windows opens no folder: its renames are metadata-journalled
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        # a folder on a file system that cannot sync one: the file itself was synced
+        if not (path.is_dir() and err.errno in (errno.EINVAL, errno.EBADF, errno.EACCES)):
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[Path], object], durable: bool = True
+) -> Path:
     """Call write(temporary path), then move it to `path` (parents created). Temporaries of an
-    earlier, killed write of the same `path` are removed first."""
+    earlier, killed write of the same `path` are removed first. `durable`: the data are synced
+    before the rename and the folder after it (a power cut leaves the old file or the new one);
+    False for the many files of a set whose commit is made durable as a whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temporaries(path)
     tmp = temp_sibling(path)
     try:
         write(tmp)
+        if durable:
+            sync_file(tmp)
         os.replace(tmp, path)
+        if durable:
+            sync_file(path.parent)
     except OSError as err:  # name the file the user asked for, not the hidden temporary one
         raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     finally:
@@ -117,11 +145,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def atomic_write_stream(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+def atomic_write_stream(
+    path: str | os.PathLike, write: Callable[[BinaryIO], object], durable: bool = True
+) -> Path:
     """Call write(open binary file) on a temporary sibling of `path`, then move it into place."""
 
     def to_file(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             write(f)
 
-    return atomic_write(path, to_file)
+    return atomic_write(path, to_file, durable)

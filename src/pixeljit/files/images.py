@@ -143,9 +143,9 @@ def make_grid(
     return grid
 
 
-def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Save a PIL image as PNG, atomically."""
-    return atomic_write_stream(path, lambda f: image.save(f, format="PNG"))
+def save_png(image: Image.Image, path: str | os.PathLike, durable: bool = True) -> Path:
+    """Save a PIL image as PNG, atomically (`durable`: synced to the disk, `atomic_write`)."""
+    return atomic_write_stream(path, lambda f: image.save(f, format="PNG"), durable)
 
 
 def save_grid(
@@ -162,12 +162,13 @@ def save_grid(
 def save_pngs(
     images: torch.Tensor, folder: str | os.PathLike, start: int = 0, prefix: str = ""
 ) -> list[Path]:
-    """One PNG per image, named {prefix}{index:06d}.png from `start` (each write atomic)."""
+    """One PNG per image, named {prefix}{index:06d}.png from `start` (each write atomic, not
+    synced one by one: a staged set's commit syncs them all, `files.staged_commit`)."""
     array = _check_uint8(to_uint8(images))
     folder = Path(folder)
     out = []
     for k, img in enumerate(array):
-        out.append(save_png(_pil(img), folder / png_name(start + k, prefix)))
+        out.append(save_png(_pil(img), folder / png_name(start + k, prefix), durable=False))
     return out
 
 

@@ -5,7 +5,7 @@ an earlier one: `checkpoints.hub_write`).
 A commit first writes a journal into the staging folder (atomically: whole or absent) listing its
 steps in order (files to move in, files of the folder to remove); then does them, SIGINT and
 SIGTERM held (`held_signals`); then removes the journal and the staging folder. A process killed
-(SIGKILL, power cut of the process) after the journal was written leaves a staging folder of a
+(SIGKILL, a power cut) after the journal was written leaves a staging folder of a
 dead process holding it: the rest of a whole new set, which `finish_interrupted` moves in (rolls
 forward), wherever the folder is next written or read. One killed before leaves no journal:
 nothing was moved, and its staging folder is only removed (`sweep_unfinished`). A live process's
@@ -27,7 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixeljit.files.atomic import atomic_write, process_alive, sweep_dead_staging
+from pixeljit.files.atomic import (
+    atomic_write_text,
+    process_alive,
+    sweep_dead_staging,
+    sync_file,
+)
 
 try:
     import fcntl
@@ -85,17 +90,14 @@ def commit(staging: Path, folder: Path, steps: Sequence[Step]) -> None:
     staging folder. Recoverable (`finish_interrupted`) from a kill at any point once the journal
     is written. An OSError writing the journal: nothing was done; `MoveFailed`: some steps were.
     Signals are the caller's to hold (`held_signals`), around all of its folders' commits."""
+    for op, name in steps:  # staged without a sync each: on disk before the journal relies on them
+        if op == MOVE:
+            sync_file(staging / name)
     journal = {"format": JOURNAL_FORMAT, "steps": [list(step) for step in steps]}
-    atomic_write(staging / JOURNAL, lambda tmp: _write_synced(tmp, json.dumps(journal)))
+    atomic_write_text(staging / JOURNAL, json.dumps(journal))  # synced before the first step
     _apply(staging, folder, steps, 0)
+    sync_file(folder)  # the renames reach the disk before the staging folder goes
     close(staging)
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the first step that relies on it
 
 
 def _apply(staging: Path, folder: Path, steps: Sequence[Step], start: int) -> None:

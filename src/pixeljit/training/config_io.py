@@ -164,7 +164,12 @@ def from_dict(data: dict) -> TrainConfig:
     return apply_overrides(TrainConfig(), data)
 
 
+def yaml_text(config: dict) -> str:
+    """What `save_yaml` writes for a config (`to_dict`)."""
+    return yaml.safe_dump(config, sort_keys=False)
+
+
 def save_yaml(cfg: TrainConfig, path: str | Path) -> Path:
     from pixeljit.files.atomic import atomic_write_text
 
-    return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return atomic_write_text(path, yaml_text(to_dict(cfg)))

@@ -24,6 +24,7 @@ from pixeljit.diffusion.objective import flow_matching_loss
 from pixeljit.model import JiT
 from pixeljit.rng import derive_seed
 from pixeljit.training import distributed as dist_utils
+from pixeljit.training.branches import aside_suffix, revive_branch, set_aside_newer
 from pixeljit.training.config import TrainConfig, resolve_compile
 from pixeljit.training.config_io import from_dict, save_yaml, to_dict
 from pixeljit.training.ema import EMA
@@ -35,12 +36,9 @@ from pixeljit.training.resume_early import check_resume_before_data
 from pixeljit.training.rundir import (
     CONFIG_FILE,
     RunLock,
-    aside_suffix,
     check_config_file,
     check_out_folder,
     prepare_fresh,
-    revive_branch,
-    set_aside_newer,
     sweep_temporaries,
 )
 from pixeljit.training.runlog import LOSS_PLOT, METRICS_FILE, LossTally, RunLog, plot_loss
@@ -148,7 +146,7 @@ def _settle_run_folder(out: Path, resume_file: Path | None, restart: bool, saved
     would overwrite or mix with; then write the run's config.yaml."""
     check_config_file(out, saved, to_dict(cfg))  # before anything in the folder moves
     if resume_file is None:
-        aside = prepare_fresh(out, restart)
+        aside = prepare_fresh(out, restart, to_dict(cfg))
         if aside is not None:
             print(f"moved the previous run in {out} aside to {aside}")
     else:

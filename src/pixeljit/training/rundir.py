@@ -7,10 +7,7 @@ leftovers of killed writes are swept.
 - `prepare_fresh`: a fresh run (no `--resume`) refuses a folder that already holds a run's files;
   with `restart` it moves exactly those files into a new sibling `DIR.old-<time>` (nothing is
   deleted) and starts in the emptied folder. Files that are not a run's stay where they are.
-- `set_aside_newer`: resuming from a checkpoint at step s would overwrite (or mix with) what the
-  folder holds past s: a newer (or unreadable) `latest.pt`, `step-N.pt` / `samples-N.png` with
-  N > s, and `metrics.jsonl` records past s (with `loss.png`). Each is renamed
-  `NAME.before-resume-<time>` first (metrics.jsonl is copied, since the resumed run cuts it).
+- A resume keeps the folder's later history aside: `training.branches`.
 - `sweep_temporaries`: removes the hidden siblings our atomic writes leave when killed
   (`.NAME.tmp-PID-TOKEN`, `pixeljit.files.atomic.temp_sibling`) whose writer is no longer alive.
 """
@@ -20,20 +17,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
-import math
 import os
 import re
 import shlex
-import shutil
 import time
 from pathlib import Path
 
 from pixeljit.checkpoints.config_diff import config_changes
 from pixeljit.checkpoints.hub_card import RUN_SCORES_FILES
-from pixeljit.checkpoints.run import resume_hint, same_file
-from pixeljit.files.atomic import NO_SPACE, atomic_write, atomic_write_text, process_alive
-from pixeljit.training.config_io import load_yaml
+from pixeljit.checkpoints.run import resume_hint
+from pixeljit.files.atomic import NO_SPACE, process_alive
+from pixeljit.training.config_io import load_yaml, yaml_text
 from pixeljit.training.outdir import check_out_usable
 from pixeljit.training.resume import PLACE_FIELDS, with_added_fields
 from pixeljit.training.runlog import LOSS_PLOT, METRICS_FILE
@@ -52,11 +46,6 @@ RUN_FILE_RE = re.compile(
     r"\.before-resume-[\d-]+)$"
 )
 STEP_FILE_RE = re.compile(r"^(?:step-(\d{9})\.pt|samples-(\d{7})\.png)$")
-ASIDE_SUFFIX = ".before-resume-"
-ASIDE_RE = re.compile(r"^(?P<name>.+)(?P<suffix>\.before-resume-[\d-]+)$")
-# BRANCH_NOTE + suffix: the step the resume that set those files aside continued from, i.e.
-# where their branch and the folder's later history part
-BRANCH_NOTE = "branch.json"
 LATEST = "latest.pt"
 # `temp_sibling(path)` = f".{path.name}.tmp-{pid}-{8 hex}"
 TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
@@ -173,9 +162,14 @@ def holds_checkpoint(folder: Path) -> bool:
         return False
 
 
-def prepare_fresh(folder: str | os.PathLike, restart: bool) -> Path | None:
+def prepare_fresh(
+    folder: str | os.PathLike, restart: bool, config: dict | None = None
+) -> Path | None:
     """Make `folder` ready for a fresh run. Refuses one holding a run's files unless `restart`,
-    which moves them into a new sibling folder (returned). Call while holding the `RunLock`."""
+    which moves them into a new sibling folder (returned). Call while holding the `RunLock`.
+    A lone config.yaml reading exactly as this run's `config` would (the same run stopped
+    before it logged anything: nothing to lose) is started over; with `config` None (not yet
+    resolved) a lone config.yaml is left for the call that knows it."""
     folder = Path(folder)
     found = run_files(folder)
     if not found:
@@ -184,6 +178,15 @@ def prepare_fresh(folder: str | os.PathLike, restart: bool) -> Path | None:
         shown = ", ".join(p.name for p in found[:4]) + (" …" if len(found) > 4 else "")
         aside = f"to a new sibling {folder.name}.old-<time> and start fresh (nothing is deleted)"
         again = "pass --restart (Python: restart=True)"  # train() is called from Python too
+        if found == [folder / CONFIG_FILE]:  # a run stopped before its first log line
+            differs = None if config is None else _other_config(found[0], config)
+            if differs is None:
+                return None
+            raise ValueError(f"{folder} holds the {CONFIG_FILE} of a training run that saved "
+                             f"no checkpoint (it stopped before it logged a step), with other "
+                             f"settings ({differs}): "
+                             f"{again} to move it aside {aside}, or train into another folder "
+                             f"(the same settings start over)")  # fmt: skip
         if not holds_checkpoint(folder):  # a run that stopped before its first checkpoint
             raise ValueError(f"{folder} holds files of a training run that saved no checkpoint "
                              f"({shown}), so there is nothing to resume: {again} to move them "
@@ -197,115 +200,22 @@ def prepare_fresh(folder: str | os.PathLike, restart: bool) -> Path | None:
     return aside
 
 
-def set_aside_newer(folder: str | os.PathLike, resumed: str | os.PathLike, step: int) -> list[Path]:
-    """Before resuming `folder` from `resumed` (a checkpoint at `step`), keep everything of the
-    folder's later history under `NAME.before-resume-<time>` (one stamp for all; returned): a
-    latest.pt other than `resumed`, milestones and sample grids past `step`, and (copied)
-    metrics.jsonl with loss.png when metrics.jsonl holds records past `step`. Nothing is lost."""
-    folder, resumed = Path(folder), Path(resumed)
-    moves: list[Path] = []
-    latest = folder / LATEST
-    if latest.exists() and not same_file(latest, resumed):  # a milestone at latest's step
-        moves.append(latest)
-    for path in sorted(folder.iterdir()):
-        match = STEP_FILE_RE.match(path.name)
-        if match and int(match.group(1) or match.group(2)) > step:
-            moves.append(path)
-    metrics = folder / METRICS_FILE
-    copies = [metrics] if _has_records_after(metrics, step) else []
-    if copies and (folder / LOSS_PLOT).is_file():
-        moves.append(folder / LOSS_PLOT)
-    if not moves and not copies:
-        return []
-    suffix = _free_suffix(folder, [p.name for p in moves + copies] + [BRANCH_NOTE])
-    note = {"branched_at": step, "resumed_from": resumed.name}
-    atomic_write_text(folder / (BRANCH_NOTE + suffix), json.dumps(note) + "\n")
-    kept = []
-    for path in copies:
-        target = folder / (path.name + suffix)
-        atomic_write(target, lambda tmp, src=path: shutil.copyfile(src, tmp))
-        kept.append(target)
-    for path in moves:
-        target = folder / (path.name + suffix)
-        os.rename(path, target)
-        kept.append(target)
-    return kept
-
-
-def aside_suffix(path: str | os.PathLike) -> str | None:
-    """'.before-resume-<time>' of a file an earlier resume set aside; None for any other."""
-    match = ASIDE_RE.match(Path(path).name)
-    return match.group("suffix") if match else None
-
-
-def revive_branch(folder: str | os.PathLike, resumed: str | os.PathLike, step: int):
-    """Resume from `resumed`, a checkpoint (at `step`) that an earlier resume set aside: its
-    branch parted from the folder's history at the step its branch note records. The folder's
-    own files past that step are set aside in turn (`set_aside_newer`), and the branch's grids,
-    milestones and metrics records up to `step` come back into place, so the folder holds one
-    history. Returns (branch step, what was set aside). A branch without its note (set aside by
-    an older pixeljit) is refused before anything moves: where it parts is unknown."""
-    folder, resumed = Path(folder), Path(resumed)
-    suffix = aside_suffix(resumed)
-    note = folder / (BRANCH_NOTE + str(suffix))
+def _other_config(path: Path, config: dict) -> str | None:
+    """None when `path` reads exactly as `config` would be written; else how it differs."""
     try:
-        start = json.loads(note.read_text())["branched_at"]
-    except (OSError, ValueError, KeyError, TypeError):
-        start = None
-    if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= step:
-        fresh = shlex.quote(str(folder.with_name(folder.name + "-branch")))
-        raise ValueError(
-            f"{resumed.name} was set aside by an earlier resume, and {note.name} does not say "
-            f"where its branch parted from this folder's history (an older pixeljit did not "
-            f"write it), so resuming it here would mix the two: continue it in a folder of its "
-            f"own: `mkdir {fresh} && cp {shlex.quote(str(resumed))} {fresh}/{LATEST} && "
-            f"pixeljit train --resume {fresh}`"
-        )
-    kept = set_aside_newer(folder, resumed, start)
-    for path in sorted(folder.iterdir()):  # the branch's grids and milestones up to `step`
-        match = ASIDE_RE.match(path.name)
-        if not match or match.group("suffix") != suffix or path.resolve() == resumed.resolve():
-            continue
-        name = STEP_FILE_RE.match(match.group("name"))
-        if name and int(name.group(1) or name.group(2)) <= step:
-            if not (folder / match.group("name")).exists():
-                os.rename(path, folder / match.group("name"))
-    branch_metrics = folder / (METRICS_FILE + suffix)
-    if branch_metrics.is_file():
-        ours = [line for line in _lines(folder / METRICS_FILE) if _step_of(line) <= start]
-        theirs = [line for line in _lines(branch_metrics) if start < _step_of(line) <= step]
-        atomic_write_text(folder / METRICS_FILE, "".join(line + "\n" for line in ours + theirs))
-    return start, kept
-
-
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.is_file() else []
-
-
-def _step_of(line: str) -> float:
-    """A metrics record's step (0 when it has none); a line that is not a record with a numeric
-    step counts as past every step."""
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return f"it cannot be read: {err}"
+    if text == yaml_text(config):
+        return None
     try:
-        record = json.loads(line)
-    except ValueError:
-        return math.inf
-    step = record.get("step", 0) if isinstance(record, dict) else None
-    numeric = isinstance(step, (int, float)) and not isinstance(step, bool)
-    return step if numeric else math.inf
-
-
-def _has_records_after(metrics: Path, step: int) -> bool:
-    """Records past `step`, or a line that cannot be read (the file is then kept as it was)."""
-    return any(_step_of(line) > step for line in _lines(metrics))
-
-
-def _free_suffix(folder: Path, names: list[str]) -> str:
-    stamp = time.strftime(ASIDE_TIME_FORMAT)
-    for k in range(MAX_ASIDE_ATTEMPTS):
-        suffix = f"{ASIDE_SUFFIX}{stamp}" + (f"-{k}" if k else "")
-        if not any((folder / (name + suffix)).exists() for name in names):
-            return suffix
-    raise RuntimeError(f"could not find a free name to keep {names[0]} under in {folder}")
+        written = load_yaml(path)
+    except ValueError as err:
+        return f"it cannot be read: {err}"
+    changes = config_changes(written, config)
+    named = [f"{name} {a!r} there, {b!r} now" for name, a, b in changes[:MAX_NAMED_EDITS]]
+    more = len(changes) - len(named)
+    return "; ".join(named) + (f" and {more} more" if more else "") or "written otherwise"
 
 
 def _new_sibling(folder: Path) -> Path:
