@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 from pixeljit.cli.checks import CHECKPOINT_HELP, check_no_stale_labels, naming_partial_images
@@ -161,6 +162,7 @@ def _run(args, info, cfgs: list[float] | None) -> int:
         score_image_source,
         sweep_rows,
     )
+    from pixeljit.metrics.image_folder import SubfolderImagesWarning
     from pixeljit.training import distributed as dist_utils
 
     first = lambda fn: dist_utils.rank0_first(info, fn, "packing the reference data")  # noqa: E731
@@ -174,7 +176,9 @@ def _run(args, info, cfgs: list[float] | None) -> int:
         extractor = _extractor(args.extractor, shape[0], 10, args.inception_weights, info.device,
                                args.ref)  # fmt: skip
         ref = _ref(args, extractor, shape, f"the images of --images {args.images}", info, first)
-        scores = score_image_source(args.images, extractor, ref, metrics(args))
+        with warnings.catch_warnings():  # its sub-folders were warned of by _image_shape
+            warnings.simplefilter("ignore", SubfolderImagesWarning)
+            scores = score_image_source(args.images, extractor, ref, metrics(args))
         record = {"images": args.images, "reference": _reference(args), "extractor": extractor.name}
         _report(scores, record, args, say, info)
         return 0
@@ -228,22 +232,34 @@ def _run(args, info, cfgs: list[float] | None) -> int:
 
 
 def _image_shape(args) -> tuple[int, int, int]:
-    """(C, H, W) of the --images (its first image), checked against --size / --channels."""
+    """(C, H, W) of the --images, checked against --size / --channels: a folder's from headers
+    (nothing decoded: a file's decoding warnings are said once, when scored), its sub-folders of
+    images (not scored) warned of here, before any reference work; an `.npz`'s first image's."""
+    from pixeljit.metrics.image_folder import channels_text as named
+    from pixeljit.metrics.image_folder import folder_image_shape, warn_unread_subfolders
     from pixeljit.metrics.image_sources import iter_batches
 
-    first = next(iter_batches(args.images, 1), None)
-    if first is None:
-        raise ValueError(f"--images {args.images} holds no images")
-    c, h, w = first.shape[1:]
+    if Path(args.images).is_dir():
+        (c, h, w), colour = folder_image_shape(args.images)
+        warn_unread_subfolders(args.images)
+    else:
+        first = next(iter_batches(args.images, 1), None)
+        if first is None:
+            raise ValueError(f"--images {args.images} holds no images")
+        (c, h, w), colour = (int(v) for v in first.shape[1:]), None
     if h != w:
         raise ValueError(f"--images {args.images}: the images are {h}×{w}, not square like every "
                          "reference pixeljit makes: crop or resize them square")  # fmt: skip
-    for flag, given, actual in (("--size", args.size, h), ("--channels", args.channels, c)):
-        if given is not None and given != actual:
-            raise ValueError(
-                f"{flag} {given}, but the images of --images {args.images} are {h}×{w} px with "
-                f"{c} channel(s): drop {flag} (it is read from the images) or resize the images"
-            )
+    if args.size is not None and args.size != h:
+        raise ValueError(f"--size {args.size}, but the images of --images {args.images} are "
+                         f"{h}×{w} px: drop --size (it is read from the images) or resize the "
+                         "images")  # fmt: skip
+    if args.channels is not None and args.channels != c:
+        why = (f"; {colour} is colour, and grey images among colour ones are read as RGB"
+               if colour is not None else "")  # fmt: skip
+        raise ValueError(f"--channels {args.channels}, but the images of --images {args.images} "
+                         f"are {named(c)}{why}: drop --channels (it is read from the images) "
+                         f"or save every image as {named(args.channels)}")  # fmt: skip
     return int(c), int(h), int(w)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pixeljit.cli.checks import counted
 from pixeljit.data.folders import LAYOUTS, is_image_file
+from pixeljit.data.image_types import ignored_summary
 from pixeljit.data.prepare import KEYWORD_SOURCES, MAX_WORKERS, PrepareResult, prepare
 from pixeljit.data.transforms import MAX_SIZE
 
@@ -105,10 +106,7 @@ def run(args) -> int:
         for bad in result.skipped[:_LIST_SKIPPED]:
             print(f"  {bad.path}: {bad.reason}")
     if result.ignored:
-        ignored = counted(
-            len(result.ignored), "non-image or hidden entry", "non-image or hidden entries"
-        )
-        print(f"ignored {ignored} (hidden: names starting with '.'), e.g. {result.ignored[0]}")
+        print(ignored_summary(result.ignored))
     warning = empty_classes_warning(result, args.limit)
     if warning:
         print(f"warning: {warning}", file=sys.stderr, flush=True)

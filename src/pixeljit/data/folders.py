@@ -4,47 +4,40 @@ Layouts, after an optional split folder (`root/<split>/...`):
 - classes: `root/<class>/**/<image>`; classes are the sub-folder names, sorted, label = rank.
 - flat: every image under `root` (recursively), one class, label 0.
 `layout="auto"` picks classes when `root` holds only sub-folders and flat when it holds only
-images; a mix is an error (say which you mean). Files are sorted by relative path, so the
-packed order does not depend on the file system. Images are recognised by extension; other
-files, hidden entries (".*", not entered) and, beside class folders, pipes, sockets and devices
-are listed as ignored. A class-level link to nothing (an unmounted disk) is refused: dropping it
-would shift every later class's label. An image name that is a pipe, socket or device is never
-opened (reading a FIFO waits forever): it is a bad image (refused, or skipped with skip_bad).
+images; a mix is an error (say which you mean). Split-named sub-folders alone (train, test, …)
+need a split, unless layout="classes" says they are the classes. Files are sorted by relative
+path, so the packed order does not depend on the file system. Images are recognised by extension
+(image_types.py); other files, hidden entries (".*", not entered) and, beside class folders,
+pipes, sockets and devices are listed as ignored (`ignored_summary` says them in one line). A
+class-level link to nothing (an unmounted disk) is refused: dropping it would shift every later
+class's label. An image name that is a pipe, socket or device is never opened (reading a FIFO
+waits forever): it is a bad image (refused, or skipped with skip_bad). A folder a killed
+`pixeljit sample --out` / `eval --save-images` was moving an image set into gets that set
+finished first (`finish_interrupted_set`, as `eval --images` does): never read half moved.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pixeljit.files.kinds import special_file_kind
+from pixeljit.files.image_set import finish_interrupted_set
 
+from .decode import DECODE_ERRORS, decode_image, decode_task, warn_notes  # noqa: F401
 from .fingerprint import FINGERPRINT_KEY, files_fingerprint
+from .image_types import IMAGE_EXTENSIONS, is_image_file, is_visible_name
 from .source import BadImage, BadImageError, SourceStream, batch_images
 from .text import utf8_text
-from .transforms import COLOUR, CROP_RULE, check_channels, check_pixels, check_size, image_to_chw
+from .transforms import COLOUR, CROP_RULE, check_channels, check_size
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-    | {".ppm", ".pgm", ".pbm", ".pnm"}
-)
 LAYOUTS = ("auto", "classes", "flat")
 FOLDER_KIND = "image-folder"  # the `kind` of an image folder's packed-set description
 SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
-DECODE_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    UnidentifiedImageError,
-    Image.DecompressionBombError,
-)
 _BATCH = 256
 _WORKER_CHUNK = 64
 
@@ -57,15 +50,7 @@ class FolderScan:
     layout: str  # "classes" or "flat"
     class_names: list[str]
     files: list[tuple[Path, int]]
-    ignored: list[str] = field(default_factory=list)  # non-image files, hidden entries
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def is_visible_name(name: str) -> bool:
-    return not name.startswith(".")
+    ignored: list[str] = field(default_factory=list)  # other files, hidden entries
 
 
 def _enter(folder: Path, seen: dict[tuple[int, int], Path], top: Path) -> None:
@@ -131,7 +116,10 @@ def _walk_files(
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def _split_root(root: Path, split: str | None) -> Path:
+def _split_root(root: Path, split: str | None, layout: str = "auto") -> Path:
+    """The folder the layout applies to: `root`, or its `split` sub-folder. Without a split, a
+    root holding only split-named folders (train, test, …) is refused unless `layout` is
+    "classes": then they are the classes, as asked."""
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     if split is not None:
@@ -149,11 +137,12 @@ def _split_root(root: Path, split: str | None) -> Path:
             )
         return base
     subs = {p.name for p in root.iterdir() if p.is_dir() and is_visible_name(p.name)}
-    if subs and subs <= SPLIT_NAMES:
+    if subs and subs <= SPLIT_NAMES and layout != "classes":
         raise ValueError(
             f"{root} holds split folders {sorted(subs)}: pass split=NAME (prepare --split NAME, "
             "train --set data.split=NAME) "
-            "to pick one, rather than packing the splits as classes"
+            "to pick one, rather than packing the splits as classes (if they are classes, "
+            "pack it with `pixeljit prepare SRC --layout classes`; Python: layout='classes')"
         )
     return root
 
@@ -188,7 +177,8 @@ def _top_level(
     layout resolved; the errors of a missing folder or split, a mix, or no classes."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    base = _split_root(Path(root), split)
+    base = _split_root(Path(root), split, layout)
+    finish_interrupted_set(base)  # a set a killed `sample --out` was moving in: never read half
     entries = sorted(p for p in base.iterdir() if is_visible_name(p.name))
     subdirs = [p for p in entries if p.is_dir()]
     top_images = [p for p in entries if p.is_file() and is_image_file(p)]
@@ -231,7 +221,7 @@ def scan_image_folder(
 ) -> FolderScan:
     """List an image folder (see the module doc); clear errors for empty folders and classes."""
     base, layout, entries, subdirs, _ = _top_level(root, split, layout)
-    ignored: list[str] = []  # non-image files and hidden entries
+    ignored: list[str] = []  # other files and hidden entries (`ignored_summary`)
     files: list[tuple[Path, int]] = []
     top = Path(os.path.realpath(base))
     seen: dict[tuple[int, int], Path] = {}
@@ -270,37 +260,6 @@ def folder_fingerprint(scan: FolderScan) -> str:
     return files_fingerprint(named, {"layout": scan.layout, "classes": scan.class_names})
 
 
-def decode_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
-    """Open, fully decode, convert and ADM-crop one file -> (C, size, size) uint8.
-
-    Raises one of DECODE_ERRORS for a corrupt, truncated or unsupported file, or one whose
-    header declares more than MAX_IMAGE_PIXELS (a decompression bomb).
-    """
-    kind = special_file_kind(path)
-    if kind is not None:
-        raise ValueError(
-            f"not a regular file but {kind}; pipes, sockets and devices are never opened "
-            "(reading one may wait forever): remove it or replace it with the image file"
-        )
-    with warnings.catch_warnings():  # check_pixels says it in one line, with a lower cap
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(path)
-    with img:
-        check_pixels(img)  # from the header, before anything is decoded
-        img.load()
-        ImageOps.exif_transpose(img, in_place=True)  # upright, as viewers show it (phone photos)
-        return image_to_chw(img, size, channels)
-
-
-def _decode_task(task: tuple[str, int, int]) -> tuple[np.ndarray | None, str]:
-    """Worker entry point: (array, "") or (None, reason); never raises for a bad image."""
-    path, size, channels = task
-    try:
-        return decode_image(path, size, channels), ""
-    except DECODE_ERRORS as err:
-        return None, f"{type(err).__name__}: {err}"
-
-
 def folder_stream(
     root: str | os.PathLike,
     size: int,
@@ -321,23 +280,24 @@ def folder_stream(
     files = scan.files[:limit] if limit is not None else scan.files
     skipped: list[BadImage] = []
 
-    def decoded() -> Iterator[tuple[np.ndarray | None, str]]:
+    def decoded() -> Iterator[tuple[np.ndarray | None, str, list[str]]]:
         tasks = ((str(path), size, channels) for path, _ in files)
         if num_workers <= 0:
-            yield from map(_decode_task, tasks)
+            yield from map(decode_task, tasks)
             return
         # fork where it exists (the workers only touch PIL and numpy); spawn elsewhere
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with context.Pool(num_workers) as pool:
-            yield from pool.imap(_decode_task, tasks, chunksize=_WORKER_CHUNK)
+            yield from pool.imap(decode_task, tasks, chunksize=_WORKER_CHUNK)
 
     per_batch = batch_images(_BATCH, channels, size)
 
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         images: list[np.ndarray] = []
         labels: list[int] = []
-        for (path, label), (arr, reason) in zip(files, decoded(), strict=True):
+        for (path, label), (arr, reason, notes) in zip(files, decoded(), strict=True):
+            warn_notes(path, notes)  # Pillow's warnings about it, naming it
             if arr is None:
                 bad = BadImage(str(path), reason)
                 if not skip_bad:

@@ -20,6 +20,7 @@ from .emoji import find_emoji_font
 from .fashion_mnist import find_fashion_mnist
 from .fingerprint import FINGERPRINT_KEY, paths_fingerprint
 from .folders import folder_fingerprint, scan_image_folder
+from .image_types import ignored_summary
 from .manifest import read_manifest_json
 from .outdir import recover_replaced, sweep_stale_staging
 from .packed import PackedDataset
@@ -137,8 +138,11 @@ def open_dataset(
             print(f"{utf8_text(source)} ({split or 'default split'}): {why} at {size}px into "
                   f"{utf8_text(str(target))} …")  # fmt: skip
             sweep_stale_staging(target, every_entry=True)  # killed packs of any cache entry
-            prepare(source, size, target, split=split, channels=channels, progress=progress,
-                    overwrite=True, disk_fix=CACHE_DISK_FIX)  # fmt: skip
+            result = prepare(source, size, target, split=split, channels=channels,
+                             progress=progress, overwrite=True,
+                             disk_fix=CACHE_DISK_FIX)  # fmt: skip
+            if result.ignored:  # as `pixeljit prepare` says it: nothing left out without a word
+                print(ignored_summary(result.ignored))
             if packed_fingerprint(target) != current:
                 raise RuntimeError(
                     f"{utf8_text(source)} changed while it was being packed into {target}; run "

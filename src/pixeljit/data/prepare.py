@@ -24,6 +24,7 @@ from .emoji import emoji_stream
 from .fashion_mnist import fashion_mnist_stream
 from .folders import LAYOUTS, folder_stream
 from .outdir import check_output, open_staging, publish
+from .progress import PackProgress
 from .shards import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -310,12 +311,7 @@ def _pack(
 ) -> tuple[int, tuple[int, int, int], list[int]]:  # fmt: skip
     """Write shards, labels and manifest into `staging`; (count, image shape, class counts)."""
     writer: ShardWriter | None = None
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=stream.total, unit="img", desc="prepare")
-    try:
+    with PackProgress(stream, progress) as bar:  # skipped images count; warnings on own lines
         for images, labels in stream.batches:  # (n, C, H, W) uint8, (n,) int64
             if writer is None:
                 shape = tuple(images.shape[1:])
@@ -323,11 +319,7 @@ def _pack(
                 per_shard = images_per_shard or default_images_per_shard(shape)
                 writer = ShardWriter(staging, shape, per_shard)
             writer.add(images, labels)
-            if bar is not None:
-                bar.update(len(images))
-    finally:  # the bar ends its line before any error message is printed
-        if bar is not None:
-            bar.close()
+            bar.advance(len(images))
     if writer is None:
         if not stream.skipped:
             raise ValueError("the source holds no images: point it at a non-empty data set")

@@ -52,4 +52,4 @@ class SourceStream:
     batches: Iterator[tuple[np.ndarray, np.ndarray]]
     total: int | None = None  # items the stream will try (for progress bars), if known
     skipped: list[BadImage] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)  # non-image files and hidden entries, left out
+    ignored: list[str] = field(default_factory=list)  # other files, hidden entries: left out

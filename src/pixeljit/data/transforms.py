@@ -28,6 +28,11 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _PLAIN_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 _SIXTEEN_BIT_SHIFT = 8  # 16-bit grey keeps its top 8 bits
 _SIXTEEN_BIT_MAX = 0xFFFF
+_EIGHT_BIT_MAX = 0xFF
+# formats whose mode 'I' is 16-bit grey (0..65535): PNG (Pillow before 10.x opened 16-bit grey
+# PNG as 'I'; later ones as 'I;16') and PPM (16- and 12-bit PGM, scaled to 0..65535); an 'I' of
+# any other (a 32-bit TIFF) or of no file is not known to be 16-bit, and is refused
+SIXTEEN_BIT_I_FORMATS = frozenset({"PNG", "PPM"})
 _OPAQUE = 255  # 8-bit alpha of an opaque pixel
 MAX_SIZE = 8192  # output side in pixels (the paper trains at 256 and 512)
 # Pixels an input image may declare (8192 x 8192; about 270 MB decoded as RGBA). Pillow's own
@@ -62,20 +67,36 @@ def check_pixels(img: Image.Image, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
 
 
 def _sixteen_bit_to_eight(img: Image.Image) -> Image.Image:
-    """16-bit grey ('I;16*', or 'I' holding 0..65535) -> 'L' of the top 8 bits, or 'LA' when a
-    tRNS grey value marks transparent pixels (compared on all 16 bits, as PNG defines it).
+    """16-bit grey ('I;16*', or 'I' from a 16-bit PNG or PGM) -> 'L' of the top 8 bits, or 'LA'
+    when a tRNS grey value marks transparent pixels (compared on all 16 bits, as PNG defines it).
 
     Pillow opens 16-bit PGM as 'I' and already scales a smaller maxval (a 12-bit PGM, maxval
-    4095) up to 0..65535, so the top 8 bits are right for every bit depth it reads. An 'I' image
-    holding values outside 0..65535 (a true 32-bit TIFF) has no 8-bit meaning: ValueError."""
+    4095) up to 0..65535, so the top 8 bits are right for every bit depth it reads. ValueError
+    for an image that has no such meaning: an 'I' holding values outside 0..65535, any other 'I'
+    (a 32-bit integer TIFF, an in-memory array: its bits are not known to be 16), or 16-bit
+    values all under 256 (8-bit values in a 16-bit file), which the top 8 bits would turn black.
+    """
     arr = np.asarray(img)  # (H, W) uint16, or int32 for mode 'I'
-    if img.mode == "I" and arr.size:
-        low, high = int(arr.min()), int(arr.max())
+    low, high = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    if img.mode == "I":
         if low < 0 or high > _SIXTEEN_BIT_MAX:
             raise ValueError(
                 f"unsupported image mode 'I' (32-bit integer) with values {low}..{high}, "
                 f"outside the 16-bit range 0..{_SIXTEEN_BIT_MAX} (need an 8-bit or 16-bit image)"
             )
+        if img.format not in SIXTEEN_BIT_I_FORMATS:
+            source = f"a {img.format} file" if img.format else "an image of unknown bit depth"
+            raise ValueError(
+                f"unsupported image mode 'I' (32-bit integer grey, from {source}) with values "
+                f"{low}..{high}: its bits per pixel have no 8-bit meaning (need an 8-bit or "
+                "16-bit image)"
+            )
+    if 0 < high <= _EIGHT_BIT_MAX:
+        raise ValueError(
+            f"16-bit image whose values all lie in {low}..{high}: keeping its top 8 bits would "
+            "make it all black (8-bit values saved in a 16-bit file?); need an 8-bit image, or "
+            f"16-bit values over 0..{_SIXTEEN_BIT_MAX}"
+        )
     grey = (arr.astype(np.uint32) >> _SIXTEEN_BIT_SHIFT).astype(np.uint8)
     hidden = img.info.get("transparency")
     if not isinstance(hidden, int):  # no tRNS (or an unusable one): opaque
@@ -89,9 +110,12 @@ def to_channels(img: Image.Image, channels: int) -> Image.Image:
 
     Alpha (RGBA, LA, PA, or a PNG tRNS colour in `img.info["transparency"]` for P, L, RGB and
     16-bit grey) is composited over opaque white, so transparent backgrounds become white rather
-    than whatever colour hides under alpha = 0. 16-bit greyscale (and 'I' holding 0..65535: 16-
-    and 12-bit PGM) keeps its top 8 bits. Raises ValueError for modes with no 8-bit meaning
-    ('I' outside 0..65535, float 'F'): the caller reports the file.
+    than whatever colour hides under alpha = 0. 16-bit greyscale ('I;16*') keeps its top 8 bits;
+    so does mode 'I' when `img.format` (the file it was opened from: keep the image Pillow
+    opened, or pass the format on) is one whose 'I' is 16-bit, SIXTEEN_BIT_I_FORMATS (16-bit
+    PNG, 16- and 12-bit PGM). Raises ValueError for images with no 8-bit meaning: any other 'I'
+    (a 32-bit integer TIFF), float 'F', 16-bit values all under 256 (they would be black): the
+    caller reports the file.
     """
     target = _MODE_FOR_CHANNELS[check_channels(channels)]
     mode = img.mode

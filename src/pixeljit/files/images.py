@@ -9,6 +9,7 @@ import csv
 import io
 import math
 import os
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,7 @@ LABELS_CSV_HEADER = ("file", "label", "class")
 MAX_GRID_PIXELS = 2**30  # a grid beyond a gigapixel cannot sensibly be built in memory
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file
 _MODES = {1: "L", 3: "RGB"}
+_CONTROL_CATEGORIES = ("Cc", "Zl", "Zp", "Cs")  # controls, line breaks, lone surrogates
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -86,6 +88,16 @@ def label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default(size=LABEL_FONT_SIZE)
 
 
+def label_text(label: object) -> str:
+    """A row label as one line of text: control and line-separator characters (a newline in a
+    class folder's name) shown escaped as Python writes them (`\\n`, `\\x07`, `\\u2028`), not
+    drawn as line breaks or boxes over the next row."""
+    return "".join(
+        repr(ch)[1:-1] if unicodedata.category(ch) in _CONTROL_CATEGORIES else ch
+        for ch in str(label)
+    )
+
+
 def make_grid(
     images: torch.Tensor,
     ncols: int | None = None,
@@ -121,8 +133,9 @@ def make_grid(
     font = label_font() if row_labels else None
     margin = 0
     if row_labels:
+        row_labels = [label_text(s) for s in row_labels]  # one line each, control chars shown
         probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-        widths = [probe.textbbox((0, 0), str(s), font=font)[2] for s in row_labels]
+        widths = [probe.textbbox((0, 0), s, font=font)[2] for s in row_labels]
         margin = max(widths) + 2 * LABEL_MARGIN
     width = margin + ncols * w + (ncols + 1) * padding
     height = nrows * h + (nrows + 1) * padding
@@ -138,8 +151,8 @@ def make_grid(
         ink = LABEL_COLOUR if c == 1 else (LABEL_COLOUR,) * 3
         for row, text in enumerate(row_labels):
             top = padding + row * (h + padding)
-            box = draw.textbbox((0, 0), str(text), font=font)
-            draw.text((LABEL_MARGIN, top + (h - box[3]) // 2), str(text), fill=ink, font=font)
+            box = draw.textbbox((0, 0), text, font=font)
+            draw.text((LABEL_MARGIN, top + (h - box[3]) // 2), text, fill=ink, font=font)
     return grid
 
 

@@ -1,4 +1,5 @@
-"""Image sources for scoring: tensors, folders of PNG/JPEG files, and ADM-style `.npz` files.
+"""Image sources for scoring: tensors, folders of PNG/JPEG files (read by `image_folder`), and
+ADM-style `.npz` files.
 
 Everything is yielded as uint8 batches (N, C, H, W), lazily, so 50k-image sets never need to
 sit in memory at once. `.npz` files hold NHWC uint8 under `arr_0` (the ADM convention) and are
@@ -10,17 +11,14 @@ from __future__ import annotations
 import csv
 import math
 import os
-import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
-from pixeljit.data.folders import IMAGE_EXTENSIONS, is_image_file, is_visible_name
-from pixeljit.data.transforms import COLOUR, GREY, check_pixels, to_channels
+from pixeljit.data.folders import is_visible_name
 from pixeljit.files.image_set import finish_interrupted_set
 from pixeljit.files.images import (  # as `sample` writes them
     LABELS_CSV,
@@ -30,14 +28,19 @@ from pixeljit.files.images import (  # as `sample` writes them
     class_label,
 )
 from pixeljit.files.images import NPZ_IMAGES_KEY as NPZ_IMAGE_KEY
+from pixeljit.metrics.image_folder import (  # folders of image files are read there
+    DEFAULT_BATCH,
+    IMAGE_SUFFIXES,  # noqa: F401 (re-exported)
+    is_read_image,  # noqa: F401 (re-exported)
+    iter_folder_images,
+    list_image_files,
+)
 from pixeljit.metrics.npz_archive import NpyHeader, npz_headers, read_npy_header
 from pixeljit.metrics.npz_inputs import MAX_LABEL, check_holds_images, checked_labels
 from pixeljit.values import is_integer
 
-IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))  # `pixeljit prepare`'s, so both read one set
 NPZ_SUFFIX = ".npz"  # in any case: X.NPZ is an .npz too
 MAX_NPZ_CLASS_NAMES = 100_000
-DEFAULT_BATCH = 100
 
 
 def has_npz_suffix(path: str | os.PathLike) -> bool:
@@ -49,13 +52,6 @@ def names_npz_file(path: str | os.PathLike) -> bool:
     """Whether `path` names an `.npz` file: the suffix, in any case, and not a folder (a folder
     named x.npz is a folder of images, read as every folder is)."""
     return has_npz_suffix(path) and not Path(path).is_dir()
-
-
-def is_read_image(path: Path) -> bool:
-    """Whether a folder entry is one `eval --images` reads, by `pixeljit prepare`'s rule: an
-    image suffix (any case), not hidden (macOS' ._x.png, .DS_Store are skipped) and not a
-    folder (a subfolder named x.png is a subfolder, and only the top level is read)."""
-    return is_visible_name(path.name) and is_image_file(path) and not path.is_dir()
 
 
 ImageSource = torch.Tensor | np.ndarray | Iterable[torch.Tensor] | str | os.PathLike
@@ -144,92 +140,6 @@ def npz_image_key(path: str | os.PathLike, headers: dict, key: str = NPZ_IMAGE_K
                          f"each under {NPZ_IMAGE_KEY!r}")  # fmt: skip
     check_holds_images(path, headers, key)
     return key
-
-
-def list_image_files(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name; a set a killed `pixeljit sample`
-    was moving in is finished first (`finish_interrupted_set`: warned, never read half)."""
-    folder = Path(folder)
-    if folder.is_file():
-        raise NotADirectoryError(f"image folder {folder} is a file: pass the folder holding "
-                                 "the images (an .npz: iter_npz_images)")  # fmt: skip
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    finish_interrupted_set(folder)
-    files = sorted(p for p in folder.iterdir() if is_read_image(p))
-    if not files:
-        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}"
-                         + _subfolder_hint(folder))  # fmt: skip
-    return files
-
-
-def _subfolder_hint(folder: Path) -> str:
-    """When the images sit in subfolders (only the top level is read), one of them, named."""
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and is_visible_name(p.name)):
-        try:
-            held = any(is_read_image(p) for p in sub.iterdir())
-        except OSError:  # an unreadable subfolder: no hint from it
-            continue
-        if held:
-            return (f"; only its top level is read, and its subfolder {sub} holds images: "
-                    "point at the folder that holds the images themselves")  # fmt: skip
-    return ""
-
-
-def _is_grey(img: Image.Image) -> bool:
-    """Grey modes (1, L, LA, 16- or 32-bit integer grey: PGM) and palette images whose palette
-    is all grey."""
-    if img.mode in ("1", "L", "LA", "La", "I") or img.mode.startswith("I;16"):
-        return True
-    if img.mode in ("P", "PA"):
-        palette = img.getpalette("RGB")
-        return bool(palette) and palette[0::3] == palette[1::3] == palette[2::3]
-    return False
-
-
-def _read_image(path: Path) -> np.ndarray:
-    """One image as (C, H, W) uint8: grey stays one channel (a palette of greys counts as grey),
-    everything else becomes RGB; the pixels are `pixeljit prepare`'s (`to_channels`): 16 bits
-    keep their top 8 (exact for 8-bit values stored as v·257), transparency goes over white."""
-    try:
-        with warnings.catch_warnings():  # check_pixels says it in one line, with a lower cap
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-    except (OSError, Image.DecompressionBombError, SyntaxError) as err:  # PIL's own limits
-        raise ValueError(f"{path} is not a readable image ({err}); remove or replace it") from None
-    with img:
-        try:
-            check_pixels(img)  # before decoding: a small file may declare gigapixels
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}; remove or shrink it") from None
-        try:
-            img.load()
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
-            raise ValueError(f"{path} is not a readable image ({err}); remove or replace "
-                             "it") from None  # fmt: skip
-        ImageOps.exif_transpose(img, in_place=True)  # upright, as `pixeljit prepare` packs it
-        try:  # a mode without an 8-bit meaning (32-bit 'I', float 'F'), as prepare refuses it
-            arr = np.asarray(to_channels(img, GREY if _is_grey(img) else COLOUR))
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}; remove it or save it with 8 or 16 bits per "
-                             "channel") from None  # fmt: skip
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def iter_folder_images(
-    folder: str | os.PathLike, batch_size: int = DEFAULT_BATCH
-) -> Iterator[torch.Tensor]:
-    """Batches (n, C, H, W) uint8 of the images in `folder` (sorted); all must share one shape."""
-    files = list_image_files(folder)
-    shape = None
-    for start in range(0, len(files), batch_size):
-        arrays = [_read_image(p) for p in files[start : start + batch_size]]
-        for p, a in zip(files[start : start + batch_size], arrays, strict=True):
-            shape = shape or a.shape
-            if a.shape != shape:
-                raise ValueError(f"{p} has shape {a.shape}, the first image {shape}: "
-                                 "bring them to one size and channel count first")  # fmt: skip
-        yield torch.from_numpy(np.stack(arrays))
 
 
 def check_image_header(path, key: str, header: NpyHeader) -> None:
