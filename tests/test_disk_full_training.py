@@ -41,8 +41,9 @@ def data(fmnist16) -> Path:
 
 def train_argv(data: Path, out: Path, *extra: str, progress: bool = False) -> list[str]:
     """`pixeljit train` of the tests' tiny run (conftest's TINY_RUN) for STEPS steps."""
+    given = {e.partition("=")[0] for e in extra if "=" in e}  # a key given twice is refused
     sets = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY_RUN.items()
-            if k != "optim.steps"]  # fmt: skip
+            if k != "optim.steps" and k not in given]  # fmt: skip
     argv = ["train", "--preset", TINY_PRESET, "--data", str(data), "--out", str(out),
             "--steps", str(STEPS), *[a for s in sets for a in ("--set", s)], *extra]  # fmt: skip
     return argv if progress else [*argv, "--no-progress"]

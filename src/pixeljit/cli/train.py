@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pixeljit.training.config_io import apply_overrides, from_dict, load_yaml, parse_set
+from pixeljit.training.config_io import apply_layer, from_dict, load_yaml, parse_set
+from pixeljit.training.config_rules import check_effects, flatten
 from pixeljit.training.presets import get_preset, presets
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
 
@@ -48,20 +49,56 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+# the config field each flag sets (an error about that field names the flag typed)
+FLAG_FIELDS = {"--data": "data.source", "--out": "run.out", "--steps": "optim.steps",
+               "--epochs": "optim.epochs", "--batch-size": "optim.global_batch",
+               "--seed": "run.seed"}  # fmt: skip
+
+
 def check_length_flags(steps: int | None, batch_size: int | None, epochs: float | None) -> None:
     """Errors name the flag typed (not the config field it sets)."""
     import math
 
+    from pixeljit.training.config import MAX_OPTIM_STEPS
+
     for flag, value in (("--steps", steps), ("--batch-size", batch_size)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be ≥ 1, got {value}")
+    if steps is not None and steps > MAX_OPTIM_STEPS:
+        raise ValueError(f"--steps must be ≤ {MAX_OPTIM_STEPS}, got {steps}")
     if epochs is not None and not (math.isfinite(epochs) and epochs > 0):
         raise ValueError(f"--epochs must be a finite number > 0, got {epochs}")
+    if epochs is not None and epochs > MAX_OPTIM_STEPS:  # each epoch is at least one step
+        raise ValueError(f"--epochs must be ≤ {MAX_OPTIM_STEPS} (each epoch is at least one "
+                         f"step), got {epochs:g}")  # fmt: skip
+
+
+def check_seed_flag(seed: int | None) -> None:
+    from pixeljit.training.config import MAX_SEED
+
+    if seed is not None and not 0 <= seed < MAX_SEED:
+        raise ValueError(f"--seed must lie in [0, 2**63), got {seed}")
+
+
+def _set_flags(cfg, flags: dict):
+    """The fields the flags set, applied as given; an error about one names the flag."""
+    from pixeljit.training.config_io import set_fields
+
+    try:
+        return set_fields(cfg, flags)
+    except ValueError as err:
+        message = str(err)
+        for flag, key in FLAG_FIELDS.items():
+            if key in flags and message.startswith(f"{key} "):
+                message = flag + message[len(key) :]
+                break
+        raise ValueError(message) from None
 
 
 def build_config(args):
     """The TrainConfig the flags describe (no Namespace goes further than this)."""
     check_length_flags(args.steps, args.batch_size, args.epochs)
+    check_seed_flag(args.seed)
     if args.allow_inexact_resume and not args.resume:
         raise ValueError("--allow-inexact-resume has no effect without --resume: drop it")
     if args.preset and args.resume:
@@ -85,13 +122,13 @@ def build_config(args):
         cfg = from_dict(load_checkpoint(args.resume, tensors=False)["config"])  # the run loads it
     else:
         raise ValueError("pass --preset (or --resume to continue a run with its saved config)")
-    from_file = load_yaml(args.config) if args.config else {}
+    asked: dict[str, str] = {}  # field → where the user asked for it (checked once all apply)
+    from_file = {}
     if args.config:
-        layer = user_layer(from_file, f"--config {args.config}", cfg)
-        try:
-            cfg = apply_overrides(cfg, layer)
-        except ValueError as err:
-            raise ValueError(f"--config {args.config}: {err}") from None
+        where = f"--config {args.config}"
+        from_file = load_yaml(args.config)
+        cfg, changed = apply_layer(cfg, from_file, where, label=where)
+        asked.update(dict.fromkeys(changed, where))
     flags = {}
     if args.data is not None:
         flags["data.source"] = args.data
@@ -101,7 +138,7 @@ def build_config(args):
         from pixeljit.checkpoints.run import find_checkpoint
 
         flags["run.out"] = str(find_checkpoint(args.resume).parent)
-        if "run.out" in _flat(from_file):  # refused as --out and --set run.out are
+        if "run.out" in flatten(from_file):  # refused as --out and --set run.out are
             _check_file_out(args.config, args.resume, cfg.run.out, flags["run.out"])
     if args.steps is not None:  # the length is steps alone: a preset's or file's epochs go
         flags.update({"optim.steps": args.steps, "optim.epochs": None})
@@ -111,8 +148,8 @@ def build_config(args):
         flags["optim.global_batch"] = args.batch_size
     if args.seed is not None:
         flags["run.seed"] = args.seed
-    cfg = apply_overrides(cfg, flags)
-    settings = parse_set(args.set)
+    cfg = _set_flags(cfg, flags)
+    settings = parse_set(args.set)  # dotted fields: 'optim={steps: 9}' is optim.steps
     # the field each flag given sets: a --set of the same field would silently win over it
     given = {"data.source": ("--data", args.data), "run.out": ("--out", args.out),
              "optim.steps": ("--steps", args.steps),
@@ -129,7 +166,10 @@ def build_config(args):
             sets = "set the run's length" if key in length else f"set {key}"
             raise ValueError(f"--set {key}={settings[key]} and {flag} {value} both {sets}: "
                              "pass one of them")  # fmt: skip
-    return apply_overrides(cfg, user_layer(settings, "--set", cfg))
+    cfg, changed = apply_layer(cfg, settings, "--set")
+    asked.update(dict.fromkeys(changed, "--set"))
+    check_effects(asked, cfg)
+    return cfg
 
 
 def _check_file_out(config: str, resume: str, out: str, folder: str) -> None:
@@ -141,54 +181,6 @@ def _check_file_out(config: str, resume: str, out: str, folder: str) -> None:
             f"folder {folder}: drop run.out from the file or set it to {folder} (to branch a "
             "run, copy its folder and resume the copy)"
         )
-
-
-def _flat(overrides: dict) -> dict:
-    """{'optim': {'steps': 5}} or {'optim.steps': 5} → {'optim.steps': 5} (other keys as they
-    are; apply_overrides judges them)."""
-    flat = {}
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(key, str) and "." not in key:
-            flat.update({f"{key}.{sub}": v for sub, v in value.items()})
-        else:
-            flat[key] = value
-    return flat
-
-
-def user_layer(overrides: dict, where: str, base) -> dict:
-    """A layer of fields the user wrote (a --config file, the --set flags) over the config `base`,
-    made to mean what it says where two fields interact: optim.epochs alone also clears the
-    preset's optim.steps (which would otherwise win, as --epochs does), both at once are refused;
-    model.num_classes, which the data fills in, changed from `base`'s is the number of classes
-    asked for (data.num_classes; 0: an unconditional model)."""
-    flat = _flat(overrides)
-    extra: dict = {}
-    steps, epochs = flat.get("optim.steps"), flat.get("optim.epochs")
-    if steps is not None and epochs is not None:
-        raise ValueError(
-            f"{where} sets both optim.steps ({steps}) and optim.epochs ({epochs}); the run's "
-            "length is one of them (optim.steps would win): keep one, or set the other to null"
-        )
-    if epochs is not None and "optim.steps" not in flat:
-        extra["optim.steps"] = None
-    classes = flat.get("model.num_classes", base.model.num_classes)
-    if classes != base.model.num_classes:  # the same value (a saved config replayed) is no ask
-        data_classes, conditional = flat.get("data.num_classes"), flat.get("data.conditional")
-        if data_classes is not None and data_classes != classes:
-            raise ValueError(
-                f"{where} sets model.num_classes {classes} and data.num_classes {data_classes}: "
-                "the model's classes are the data's; keep data.num_classes"
-            )
-        if classes and conditional is False:
-            raise ValueError(
-                f"{where} sets model.num_classes {classes} and data.conditional false (a model "
-                "without classes): keep one of them"
-            )
-        if classes == 0:  # a model without classes: the labels are not used
-            extra["data.conditional"] = False
-        else:
-            extra["data.num_classes"] = classes  # labels outside it are refused at start
-    return {**overrides, **extra} if extra else overrides
 
 
 def run(args) -> int:

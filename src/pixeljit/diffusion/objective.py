@@ -245,15 +245,18 @@ class ObjectiveConfig:
             object.__setattr__(self, name, finite_number(name, getattr(self, name)))
         if self.noise_scale is not None:
             object.__setattr__(self, "noise_scale", finite_number("noise_scale", self.noise_scale))
-        for name in ("t_eps", "t_min"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
-        if self.p_std < 0:
-            raise ValueError(f"p_std must be ≥ 0, got {self.p_std}")
+        # one check per field, its true range (training refuses nothing more): t_eps = 1 clamps
+        # every 1 − t, p_std = 0 trains at one t, label_drop = 1 never shows a label
+        if not 0.0 < self.t_eps < 1.0:
+            raise ValueError(f"t_eps must lie in (0, 1), got {self.t_eps}")
+        if not 0.0 < self.t_min <= 1.0:
+            raise ValueError(f"t_min must lie in (0, 1], got {self.t_min}")
+        if self.p_std <= 0:
+            raise ValueError(f"p_std must be > 0, got {self.p_std}")
         if self.noise_scale is not None and self.noise_scale <= 0:
             raise ValueError(f"noise_scale must be > 0, got {self.noise_scale}")
-        if not 0.0 <= self.label_drop <= 1.0:
-            raise ValueError(f"label_drop must lie in [0, 1], got {self.label_drop}")
+        if not 0.0 <= self.label_drop < 1.0:
+            raise ValueError(f"label_drop must lie in [0, 1), got {self.label_drop}")
         if self.sigma_data <= 0:
             raise ValueError(f"sigma_data must be > 0, got {self.sigma_data}")
 

@@ -99,7 +99,11 @@ class JiTConfig:
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
             )
         if self.rope and self.head_dim % 4:
-            raise ValueError(f"2-D RoPE needs head dim divisible by 4, got {self.head_dim}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} / num_heads {self.num_heads} gives a head dim of "
+                f"{self.head_dim}, but 2-D RoPE needs one divisible by 4: change hidden_size or "
+                "num_heads (or set rope=False)"
+            )
         if self.hidden_size % 4:
             raise ValueError(f"hidden_size must be divisible by 4, got {self.hidden_size}")
         if self.num_classes < 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import reprlib
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from pixeljit.diffusion.objective import ObjectiveConfig
 from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.model import JiTConfig
 from pixeljit.model.jit import MAX_FIELDS, MAX_MLP_RATIO
+from pixeljit.training.distributed import STRATEGIES
 from pixeljit.training.ema import WARMUP_OFFSET
 from pixeljit.values import is_integer, is_real
 
@@ -64,10 +66,24 @@ def check_model_fields(fields: dict) -> None:
     _number("model.mlp_ratio", fields.get("mlp_ratio"), low=0.0, high=MAX_MLP_RATIO, low_open=True)
     for name in ("dropout", "attn_dropout"):
         _number(f"model.{name}", fields.get(name), 0.0, 1.0, high_open=True)
+    width, heads = fields.get("hidden_size"), fields.get("num_heads")
+    if not (is_integer(width) and is_integer(heads)):
+        return
+    if width % heads:
+        raise ValueError(f"model.hidden_size {width} is not divisible by model.num_heads {heads}: "
+                         "change one of them")  # fmt: skip
+    if fields.get("rope") is True and (width // heads) % 4:
+        raise ValueError(
+            f"model.hidden_size {width} / model.num_heads {heads} gives a head dim of "
+            f"{width // heads}, but 2-D RoPE needs one divisible by 4: change model.hidden_size "
+            "or model.num_heads (or set model.rope=false)"
+        )
 
 
 # optimiser steps of one run: far beyond any (the paper's longest, 600 ImageNet epochs at batch
-# 1024, is ≈ 750k), so a larger number is a typo, not a plan
+# 1024, is ≈ 750k), so a larger number is a typo, not a plan. The one ceiling of a run's length,
+# however given: optim.steps here, optim.epochs × the steps of an epoch once the data is known
+# (each epoch is at least one step, so optim.epochs has the same ceiling here)
 MAX_OPTIM_STEPS = 10**9
 
 
@@ -118,13 +134,17 @@ class OptimConfig:
         for beta in self.betas:
             _number("optim.betas", beta, low=0.0, high=1.0, high_open=True)
         _number("optim.weight_decay", self.weight_decay, low=0.0)
-        _number("optim.warmup_epochs", self.warmup_epochs, low=0.0)
+        _number("optim.warmup_epochs", self.warmup_epochs, low=0.0, high=MAX_OPTIM_STEPS)
         _count("optim.global_batch", self.global_batch)
         _count("optim.micro_batch", self.micro_batch)
         if self.steps is None and self.epochs is None:
             raise ValueError("set optim.steps or optim.epochs (--steps / --epochs)")
         _count("optim.steps", self.steps, 1, MAX_OPTIM_STEPS)
         _number("optim.epochs", self.epochs, low=0.0, low_open=True)
+        if self.epochs is not None and self.epochs > MAX_OPTIM_STEPS:  # an epoch is ≥ 1 step
+            raise ValueError(f"optim.epochs {self.epochs:g} makes more than {MAX_OPTIM_STEPS} "
+                             "steps (each epoch is at least one): pass a smaller --epochs / "
+                             "optim.epochs")  # fmt: skip
         _number("optim.grad_clip", self.grad_clip, low=0.0, low_open=True)
         if not isinstance(self.ema_decays, tuple) or not self.ema_decays:
             got = shown(self.ema_decays)
@@ -162,6 +182,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _count("data.num_classes", self.num_classes, low=0, high=MAX_CLASSES)
+        if isinstance(self.source, str):  # a path: `~` is the home folder, as in a shell
+            object.__setattr__(self, "source", os.path.expanduser(self.source))
+        if isinstance(self.split, str) and not self.split.strip():
+            raise ValueError("data.split must name a split (e.g. test), got an empty one: use "
+                             "null, or leave it out, for the default split")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -195,7 +220,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool | str = COMPILE_AUTO  # true | false | auto (on for CUDA, off for CPU)
-    distributed: str = "ddp"  # ddp | fsdp (under torchrun)
+    distributed: str = "ddp"  # ddp | fsdp (under torchrun): distributed.STRATEGIES
     # recompute each block's activations in backward: activation memory of one tensor per block
     # for about one more forward pass (bit-exact in eager; for models that do not fit otherwise)
     activation_checkpointing: bool = False
@@ -219,6 +244,10 @@ class RunConfig:
         if not isinstance(self.out, str) or not self.out.strip():
             raise ValueError(f"run.out must name a run folder, got {shown(self.out)} (an empty "
                              "value never means the current folder)")  # fmt: skip
+        object.__setattr__(self, "out", os.path.expanduser(self.out))  # `~`: home, as in a shell
+        if self.distributed not in STRATEGIES:
+            got = shown(self.distributed)
+            raise ValueError(f"run.distributed must be {' or '.join(STRATEGIES)}, got {got}")
         if self.precision not in ("auto", "bf16", "fp32"):
             got = shown(self.precision)
             raise ValueError(f"run.precision must be auto, bf16 or fp32, got {got}")
@@ -258,17 +287,10 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        """What the model and objective sections' own classes leave unchecked (they live in
-        model/ and diffusion/), and the rules that span sections."""
-        objective, optim = self.objective, self.optim
+        """What the model section's own class leaves unchecked or reports without its field's
+        name (it lives in model/), and the rules that span sections."""
+        optim = self.optim  # (ObjectiveConfig checks its own fields' ranges, once)
         check_model_fields(dataclasses.asdict(self.model))
-        _number("objective.p_mean", objective.p_mean)
-        _number("objective.p_std", objective.p_std, low=0.0, low_open=True)
-        _number("objective.t_eps", objective.t_eps, 0.0, 1.0, low_open=True, high_open=True)
-        _number("objective.t_min", objective.t_min, 0.0, 1.0, low_open=True)
-        _number("objective.noise_scale", objective.noise_scale, low=0.0, low_open=True)
-        _number("objective.label_drop", objective.label_drop, 0.0, 1.0, high_open=True)
-        _number("objective.sigma_data", objective.sigma_data, low=0.0, low_open=True)
         chosen = self.sample.ema_decay
         if chosen is not None and float(chosen) not in map(float, optim.ema_decays):
             raise ValueError(

@@ -17,9 +17,9 @@ from pixeljit.diffusion.sampler import NO_GUIDANCE
 from pixeljit.files import GIB
 from pixeljit.model import JiT, JiTConfig, count_parameters
 from pixeljit.training import distributed as dist_utils
-from pixeljit.training.config import BF16_ONLY, TrainConfig
+from pixeljit.training.config import BF16_ONLY, MAX_OPTIM_STEPS, TrainConfig
 
-MAX_TOTAL_STEPS = 10**10  # far beyond any run; keeps step counts finite integers
+MAX_TOTAL_STEPS = MAX_OPTIM_STEPS  # the ceiling optim.steps has: --epochs may not pass it
 MAX_PREVIEW_IMAGES = 4096  # images in one training sample grid (rows × sample.per_class)
 # float32 bytes each parameter costs in training, activations aside: weights, gradients and
 # AdamW's two moments, plus one copy per EMA
