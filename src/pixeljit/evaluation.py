@@ -29,8 +29,16 @@ from pixeljit.diffusion.sampler import (
     check_seed,
     sample,
 )
+from pixeljit.evaluation_ranks import (  # noqa: F401  (shard, rank_block: this module's API)
+    is_main,
+    rank_block,
+    rank_image_set,
+    rank_share,
+    ranks,
+    shard,
+    share_label,
+)
 from pixeljit.files.cache import cache_root
-from pixeljit.files.image_set import staged_image_set
 from pixeljit.files.images import save_labels_csv, save_pngs, to_uint8
 from pixeljit.metrics import (
     DatasetStats,
@@ -42,7 +50,6 @@ from pixeljit.metrics import (
 )
 from pixeljit.metrics.image_sources import (
     DEFAULT_BATCH,
-    count_path_images,
     folder_labels,
     iter_batches,
     npz_class_names,
@@ -50,7 +57,6 @@ from pixeljit.metrics.image_sources import (
 )
 from pixeljit.metrics.labelled import AccuracyCounter, label_order
 from pixeljit.metrics.score import metric_names
-from pixeljit.metrics.stats import distributed_active
 from pixeljit.values import is_integer
 
 
@@ -78,25 +84,6 @@ class GenerationSpec:
             raise ValueError(f"GenerationSpec.noise_scale must be > 0, got {self.noise_scale}")
 
 
-def shard(num: int, rank: int, world: int) -> tuple[int, int]:
-    """The contiguous block [start, stop) of global indices that `rank` of `world` makes."""
-    per = -(-num // world)
-    return min(rank * per, num), min((rank + 1) * per, num)
-
-
-def rank_block(num: int) -> tuple[int, int]:
-    """This process's `shard` of `num` images under torch.distributed ([0, num) alone): the
-    ranks' blocks, gathered in rank order, are the images in their own order, each once."""
-    if not distributed_active():
-        return 0, num
-    return shard(num, torch.distributed.get_rank(), torch.distributed.get_world_size())
-
-
-def _is_main() -> bool:
-    """Rank 0 under torch.distributed, or the one process: the one that shows progress."""
-    return not distributed_active() or torch.distributed.get_rank() == 0
-
-
 def balanced_labels(start: int, stop: int, num_classes: int) -> list[int] | None:
     """Class k mod K for global index k (50 per class for 50K ImageNet images); None if uncond."""
     return [k % num_classes for k in range(start, stop)] if num_classes > 0 else None
@@ -110,14 +97,23 @@ def generate(
     save_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(uint8 images (B, C, H, W) on the CPU, labels (B,) or None) for this rank's shard."""
+    """(uint8 images (B, C, H, W) on the CPU, labels (B,) or None) for this rank's shard; one
+    batch of none for an empty shard (fewer images than ranks), which still takes part in the
+    scores' gathers. `progress`: a bar of this rank's shard, said so under torchrun."""
     start, stop = shard(spec.num, rank, world)
-    classes = model.net.config.num_classes
+    config = model.net.config
+    classes = config.num_classes
+    if start == stop:
+        size = (0, config.in_channels, config.image_size, config.image_size)
+        none = torch.zeros(0, dtype=torch.long) if classes > 0 else None
+        yield torch.zeros(size, dtype=torch.uint8), none
+        return
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=stop - start, unit="img", desc="generating")
+        label = share_label("generating", spec.num, rank, world)
+        bar = tqdm(total=stop - start, unit="img", desc=label)
     scale = model.noise_scale if spec.noise_scale is None else spec.noise_scale
     try:  # the bar ends its line before any error is said
         for first in range(start, stop, spec.batch_size):
@@ -156,9 +152,10 @@ def evaluate(
 
     Adds `class_accuracy` when the extractor classifies the model's own label space (the
     Fashion-MNIST classifier on a 10-class model). `save_dir`: the images (and labels.csv)
-    are also written there as one set, each rank's part moved in once all are scored."""
+    are also written there as one set, every rank's part moved in at once (by rank 0) once all
+    are written and scored (`evaluation_ranks.rank_image_set`)."""
     classes = model.net.config.num_classes
-    with staged_image_set(save_dir) as staging:  # `save_dir`'s set moved in only once whole
+    with rank_image_set(save_dir) as staging:  # `save_dir`'s set moved in only once whole
         batches = generate(model, spec, rank, world, staging, progress)
         scores = score_labelled(
             batches, classes, extractor, ref, metrics, spec.batch_size, model.class_names
@@ -246,30 +243,11 @@ def score_image_source(
             yield u8, y
             start += len(u8)
 
-    mine = _rank_share(batches(), images)  # under torchrun each rank scores its own block
+    mine = rank_share(batches(), images)  # under torchrun each rank scores its own block
     if not labelled:
         config = ScoreConfig(batch_size=batch_size)
         return score_images((u8 for u8, _ in mine), extractor, ref, metrics, config).as_dict()
     return score_labelled(mine, classes, extractor, ref, metrics, batch_size, names)
-
-
-def _rank_share(batches, images):
-    """The rows of (uint8, labels) `batches` in this rank's block of the source's images
-    (`rank_block`; all of them without torchrun, where every rank had scored them all, so each
-    counted world-size times)."""
-    if not distributed_active():
-        yield from batches
-        return
-    total = count_path_images(images) if isinstance(images, (str, os.PathLike)) else len(images)
-    start, stop = rank_block(total)
-    seen = 0
-    for u8, y in batches:
-        lo, hi = max(start - seen, 0), min(stop - seen, len(u8))
-        seen += len(u8)
-        if lo < hi:
-            yield u8[lo:hi], None if y is None else y[lo:hi]
-        if seen >= stop:
-            return
 
 
 def _source_labels(images) -> tuple[object, list[str] | dict[int, str] | None]:
@@ -343,8 +321,9 @@ def dataset_stats_for(
 
         batch = 500
         first, last = rank_block(len(dataset))  # under torchrun, this rank's block
-        with tqdm(total=last - first, unit="img", desc=f"reference statistics of {ref}",
-                  disable=not (progress and _is_main())) as bar:  # fmt: skip
+        label = share_label(f"reference statistics of {ref}", len(dataset), *ranks())
+        with tqdm(total=last - first, unit="img", desc=label,
+                  disable=not (progress and is_main())) as bar:  # fmt: skip
             for start in range(first, last, batch):
                 chunk = dataset.slice(start, min(start + batch, last))
                 yield torch.from_numpy(chunk)

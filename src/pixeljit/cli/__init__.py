@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
+import threading
+import time
 import warnings
 
-from pixeljit.launch import launch_rank, launch_world_size
+from pixeljit.launch import check_launch_variables, check_started_together, launch_or_none
 from pixeljit.training import stopsignal
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
 
@@ -36,6 +39,13 @@ USAGE_ERROR = 2  # argparse's exit status for a bad command line
 # (a 3 MB string in a hub config.json) must not become a 3 MB message
 MAX_ERROR_CHARS = 2000
 ERROR_TAIL_CHARS = 500
+# Under torchrun every rank meets the same refusal (a bad flag, a missing file): rank 0 alone says
+# it. Rank 0 posts its line to torchrun's own key-value store (the agent's, up before any process
+# group and after it) before it prints; another rank that fails waits this long for rank 0's
+# line and prints its own only if rank 0's differs or never came (it failed alone).
+ONCE_WAIT_S = 10.0
+STORE_CONNECT_S = 5.0  # to reach torchrun's store; without it every rank says its own line
+_ONCE_KEY = "rank0"
 
 
 # the flags that take a file or folder: each is checked before anything runs for what no
@@ -137,12 +147,16 @@ def error_line(err: BaseException) -> str:
 
 
 def check_launch(verb: str) -> None:
-    """Refuse a single-process verb started by torchrun: each rank would do all of its work and
-    write the same files (two `prepare`s raced on one folder)."""
-    world = launch_world_size()
+    """Refuse broken launch variables (`launch`; train and eval check the rest of what torchrun
+    sets where their process group starts), and a single-process verb started by torchrun:
+    each rank would do all of its work and write the same files (two `prepare`s raced on one
+    folder)."""
+    _, world = check_launch_variables()
     if world > 1 and verb not in DISTRIBUTED_VERBS:
+        check_started_together()  # a WORLD_SIZE set by hand: that is the mistake to name
         raise ValueError(
-            f"pixeljit {verb} runs in one process, and torchrun started {world}: each would do "
+            f"pixeljit {verb} runs in one process, and WORLD_SIZE={world} says torchrun started "
+            f"{world}: each would do "
             f"all the work and write the same files; run it without torchrun (torchrun runs "
             f"`pixeljit train` and `pixeljit eval`; `torchrun ... -m pixeljit eval --checkpoint "
             f"CKPT --num-images N --save-images DIR --ref REF` generates images over several "
@@ -151,10 +165,96 @@ def check_launch(verb: str) -> None:
 
 
 def rank_tag() -> str:
-    """' (rank R of W)' under torchrun, so each rank's error line says whose it is (every rank
-    fails on a bad config, each with its own line); '' for a single process."""
-    world = launch_world_size()
-    return f" (rank {launch_rank()} of {world})" if world > 1 else ""
+    """' (rank R of W)' under torchrun, so an error line says whose it is; '' for a single
+    process, and where the launch variables are broken or name no rank (that is the error)."""
+    launch = launch_or_none()
+    if not launch or launch[1] == 1 or not os.environ.get("RANK"):
+        return ""
+    return f" (rank {launch[0]} of {launch[1]})"
+
+
+def say_once(verb: str, text: str) -> None:
+    """Print `pixeljit VERB (rank R of W): TEXT` to stderr once for the whole run: under
+    torchrun, where every rank usually fails the same way, rank 0 prints its line and any other
+    rank only a different one (`ONCE_WAIT_S`). The line is one write, so two ranks' lines never
+    run together."""
+    launch = launch_or_none()
+    rank, world = launch if launch else (0, 1)
+    line = f"pixeljit {verb}{rank_tag()}: {text}\n"
+    if world > 1 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        with _sigterm_noted() as stopping:
+            store = _run_store()
+            if store is not None and rank == 0:
+                _store_call(store.set, _ONCE_KEY, text)
+            elif store is not None and _rank0_said(store, text, stopping):
+                return
+            _write_stderr(line)
+            return
+    _write_stderr(line)
+
+
+@contextlib.contextmanager
+def _sigterm_noted():
+    """SIGTERM noted (the list yielded), not acted on, while the body runs: torchrun stops the
+    other ranks once one exits, and a rank saying its error must finish its line first. (It
+    is the process's last act: it exits right after.)"""
+    noted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: noted.append(signum))
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_store():
+    """torchrun's key-value store for this run and restart (its agent's), or None."""
+    try:
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        wait = timedelta(seconds=STORE_CONNECT_S)
+        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+        store = dist.TCPStore(host, port, is_master=False, timeout=wait)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        return dist.PrefixStore(f"pixeljit/said/attempt_{attempt}/", store)
+    except Exception:  # no store to reach: every rank says its own line, as it always could
+        return None
+
+
+def _store_call(call, *args):
+    try:
+        return call(*args)
+    except Exception:
+        return None
+
+
+def _rank0_said(store, text: str, stopping: list[int]) -> bool:
+    """Whether rank 0 said `text` (waiting up to ONCE_WAIT_S for it to say anything, less once
+    a SIGTERM says the run is being stopped: then rank 0 has said its line, or never will)."""
+    deadline = time.monotonic() + ONCE_WAIT_S
+    while True:
+        if _store_call(store.check, [_ONCE_KEY]):
+            said = _store_call(store.get, _ONCE_KEY)
+            return said is not None and said.decode("utf-8", "replace") == text
+        if stopping or time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _write_stderr(line: str) -> None:
+    """`line` in a single write (a pipe takes up to 4 KiB whole): another rank's line, written
+    at the same moment, lands before or after it, not inside it."""
+    try:
+        sys.stderr.flush()
+        data = line.encode(sys.stderr.encoding or "utf-8", "backslashreplace")
+        os.write(sys.stderr.fileno(), data)
+    except (AttributeError, OSError, ValueError):  # a stderr with no file behind it (captured)
+        sys.stderr.write(line)
+        sys.stderr.flush()
 
 
 class _Terminated:
@@ -172,7 +272,7 @@ class _Terminated:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     def __enter__(self):
-        alone = launch_world_size() == 1
+        alone = (launch_or_none() or (0, 1))[1] == 1
         default = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
         listening = alone and default and stopsignal.can_listen()
         self.previous = stopsignal.install(self, (signal.SIGTERM,)) if listening else {}
@@ -213,14 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError) as err:  # OSError: missing, unwritable, full disk
         if args.debug:
             raise
-        print(f"pixeljit {args.verb}{rank_tag()}: error: {error_line(err)} (--debug shows the "
-              "traceback)", file=sys.stderr)  # fmt: skip
+        say_once(args.verb, f"error: {error_line(err)} (--debug shows the traceback)")
         return 2
     except KeyboardInterrupt as err:  # a second Ctrl-C, or a grid cell stopped with a checkpoint
         if args.debug:
             raise
         detail = f": {error_line(err)}" if str(err) else ""
-        print(f"pixeljit {args.verb}{rank_tag()}: interrupted{detail}", file=sys.stderr)
+        say_once(args.verb, f"interrupted{detail}")
         signum = getattr(err, "signum", None) or terminated.received or signal.SIGINT
         return SIGNAL_EXIT_BASE + signum  # SIGTERM: 143
 

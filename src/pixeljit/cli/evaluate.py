@@ -272,7 +272,7 @@ def _make_ref(args, info, first, say) -> None:
         raise ValueError("--make-ref needs --size and --channels (the images to measure)")
     extractor = _extractor(args.extractor, args.channels, 10, args.inception_weights, info.device)
     if has_npz_suffix(args.make_ref):  # images (checked by check_args), not a data set
-        ref = _npz_stats(args.make_ref, extractor, args.size, args.channels, info)
+        ref = _npz_stats(args.make_ref, extractor, args.size, args.channels)
     else:
         ref = _dataset_stats("--make-ref", args.make_ref, extractor, args.size,
                              args.channels, args.ref_split, info, first)  # fmt: skip
@@ -303,20 +303,23 @@ def _conversion(args) -> str:
     return "".join(f", {c}" for c in changes)
 
 
-def _npz_stats(path: str, extractor, size: int, channels: int, info):
+def _npz_stats(path: str, extractor, size: int, channels: int):
     """Statistics of the images of an `.npz` (arr_0), brought to size × size px with `channels`
-    by `pixeljit prepare`'s rule (ADM centre crop); under torchrun each rank takes every
-    world-th batch and the moments are merged."""
+    by `pixeljit prepare`'s rule (ADM centre crop); under torchrun each rank takes its
+    contiguous block of the images (`rank_share`), so the gathered features keep the file's
+    order, as one process keeps them (KID's and PR's subsets are drawn by position)."""
     import torch
 
     from pixeljit.data.transforms import resize_stack
+    from pixeljit.evaluation_ranks import rank_share
     from pixeljit.metrics import compute_dataset_stats
     from pixeljit.metrics.image_sources import iter_npz_images
 
     def images():
-        for k, batch in enumerate(iter_npz_images(path)):
-            if k % info.world_size == info.rank:
-                yield torch.from_numpy(resize_stack(batch.numpy(), size, channels))
+        batches = ((batch, None) for batch in iter_npz_images(path))
+        for u8, _ in rank_share(batches, path):
+            if len(u8):  # a rank with no images: none (the gathers take its empty share)
+                yield torch.from_numpy(resize_stack(u8.numpy(), size, channels))
 
     return compute_dataset_stats(images(), extractor)
 

@@ -10,7 +10,13 @@ earlier set there whole) and removes the staging folder; a Ctrl-C during the ren
 until they are done. A process killed during the renames leaves the rest of the new set staged
 with the commit's journal: the next set written into DIR, or the next read of DIR as an image
 folder (`finish_interrupted_set`), moves it in first, saying so. A staging folder a killed process
-left before that (nothing moved) is removed by the next set written into DIR.
+left before that (nothing moved) is removed by the next set written into DIR, if that process
+ran on the same machine (`staged_commit.writer_gone`: another machine's PID means nothing here).
+
+Several processes may write one set together (torchrun's ranks, each making its share of the
+images: `shared_image_set`): the leader (rank 0) opens one staging folder, every process writes
+its files into it, and once all have, the leader alone moves the whole set in, under the same
+journal; every process learns the outcome, so all end alike.
 """
 
 from __future__ import annotations
@@ -23,15 +29,18 @@ import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 from pixeljit.files import staged_commit
-from pixeljit.files.atomic import DISK_FULL, temp_sibling
+from pixeljit.files.atomic import DISK_FULL
 from pixeljit.files.staged_commit import MoveFailed, WrittenThenStopped, deliver, held_signals
 
 LABELS_CSV = "labels.csv"  # beside a folder of numbered PNGs: the class of each (torch-free here)
 
-STAGING_NAME, STAGING_TAG = "new-set", "staging"  # DIR/.new-set.staging-<pid>-<hex>
-_STAGING = re.compile(rf"\.{STAGING_NAME}\.{STAGING_TAG}-(\d+)-[0-9a-f]+")
+# DIR/.new-set.staging-<pid>-<hex>@<machine> (older pixeljit: without @<machine>)
+STAGING_NAME, STAGING_TAG = "new-set", "staging"
+_MACHINE = staged_commit.MACHINE_GROUP
+_STAGING = re.compile(rf"\.{STAGING_NAME}\.{STAGING_TAG}-(\d+)-[0-9a-f]+{_MACHINE}")
 # what `save_pngs` writes: 000000.png, 000001.png, …, 999999.png, 1000000.png, …
 NUMBERED_PNG = re.compile(r"(\d{6}|[1-9]\d{6,})\.png")
 # what a staging folder may hold: the set's files, and the atomic writes' temporaries of them
@@ -96,8 +105,10 @@ def finish_interrupted_set(folder: str | os.PathLike, reading: bool = True) -> i
     done = staged_commit.finish_with_warning(folder, _STAGING, _STAGED_FILE, what, then)
     live = staged_commit.commits_in_progress(folder, _STAGING) if reading else []
     if live:
-        pid = _STAGING.fullmatch(live[0].name).group(1)
-        warnings.warn(f"{folder}: process {pid} is moving a new image set into it right now "
+        pid, host = staged_commit.writer(_STAGING.fullmatch(live[0].name))
+        who = f"process {pid}" + (f" of machine {host}" if host else "")
+        gone = f" (or was killed: then run its command again on {host})" if host else ""
+        warnings.warn(f"{folder}: {who} is moving a new image set into it right now{gone} "
                       f"({live[0].name}): what is read may mix the earlier set and the new one; "
                       "read it again once that process is done", stacklevel=2)  # fmt: skip
     return done
@@ -122,7 +133,7 @@ class StagedImageSet:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             sweep_stale_staging(folder)
-            path = temp_sibling(folder / STAGING_NAME, STAGING_TAG)
+            path = staged_commit.staging_path(folder / STAGING_NAME, STAGING_TAG)
             path.mkdir()
         except OSError as err:
             _remove_empty(created)
@@ -219,6 +230,81 @@ def staged_image_set(folder: str | os.PathLike | None) -> Iterator[Path | None]:
     """`staged_image_sets` for one folder, or None (nothing to write) for None."""
     with staged_image_sets([] if folder is None else [folder]) as paths:
         yield paths[0] if paths else None
+
+
+class SetTeam(Protocol):
+    """The processes writing one set together (torchrun's ranks; `evaluation_ranks`), each
+    calling the same methods in the same order. `leader`: the one that opens and commits."""
+
+    leader: bool
+
+    def share(self, value: Any) -> Any:
+        """The leader's `value`, on every process (the others pass None)."""
+
+    def wait_all(self) -> None:
+        """Return once every process has called it."""
+
+
+@contextlib.contextmanager
+def shared_image_set(folder: str | os.PathLike, team: SetTeam) -> Iterator[Path]:
+    """`staged_image_set` of `folder` for the processes of `team` together: one staging folder
+    (the leader's), which each process's body writes its files into; once every body is done
+    the leader moves the whole set in (`StagedImageSet.commit`: one journaled commit) and every
+    process learns whether it did, so all end alike: the new set whole, or the earlier one as
+    it was. A body that fails (or a process stopped before the commit) moves nothing: the others
+    wait for it until the launcher (torchrun) stops them; the staging folder left goes with
+    the next set written here, as a killed writer's."""
+    folder = Path(folder)
+    staged = None
+    if team.leader:
+        try:
+            staged = StagedImageSet.open(folder)
+        except BaseException:
+            team.share(None)  # the others learn it failed, then stop
+            raise
+    opened = team.share((str(staged.path), staged.earlier) if staged else None)
+    if opened is None:
+        raise RuntimeError(f"rank 0 could not start the image set in {folder} (rank 0's error "
+                           "says why): nothing was written")  # fmt: skip
+    path, earlier = Path(opened[0]), opened[1]
+    if not path.is_dir():  # another machine's rank 0 made it, on a disk this one does not see
+        raise ImageSetNotWritten.of(FileNotFoundError(
+            errno.ENOENT, f"{path} is not here: every process writing the set must see the "
+            "same folder, on a file system they share"), folder, earlier)  # fmt: skip
+    try:
+        yield path
+    except BaseException as err:
+        if staged is not None:
+            staged.discard()
+        if isinstance(err, OSError) and not isinstance(err, ImageSetNotWritten):
+            if _names_inside(err, path):
+                raise ImageSetNotWritten.of(err, folder, earlier) from err
+        raise
+    try:
+        team.wait_all()  # every process's files are in `path`
+    except BaseException:  # another process failed, or was stopped: nothing is moved
+        if staged is not None:
+            staged.discard()
+        raise
+    if staged is None:
+        if not team.share(None):
+            raise RuntimeError(f"rank 0 could not move the new image set into {folder} (rank 0's "
+                               "error says why and what the folder holds)")  # fmt: skip
+        return
+    error = None
+    with held_signals() as held:
+        try:
+            staged.commit()
+        except BaseException as err:
+            staged.discard()
+            error = err
+    with contextlib.suppress(Exception):  # the others gone (stopped too): nothing to tell
+        team.share(error is None)
+    if error is not None:
+        raise error
+    if held:
+        deliver(held[0], f"stopped once the new set was in place: {folder}/ holds all of it",
+                SetWrittenThenStopped)  # fmt: skip
 
 
 def _names_inside(err: OSError, folder: Path) -> bool:

@@ -9,7 +9,15 @@ SIGTERM held (`held_signals`); then removes the journal and the staging folder. 
 dead process holding it: the rest of a whole new set, which `finish_interrupted` moves in (rolls
 forward), wherever the folder is next written or read. One killed before leaves no journal:
 nothing was moved, and its staging folder is only removed (`sweep_unfinished`). A live process's
-staging folder is never touched. Torch-free: the command line imports it.
+staging folder is never touched.
+
+Whether a staging folder's writer is gone is judged by its PID, which means something only on
+the machine (and in the PID namespace) that wrote it: a folder on a shared file system written
+from another host, or from a container, holds a PID that looks dead here while its writer runs
+on. So a staging folder's name ends in `@MACHINE` (`machine_tag`: the host name and the PID
+namespace), and one of another machine is never swept nor finished here (a reader is told a
+write may be in progress); names without it (older pixeljit, or a pattern with no `host`
+group) are judged by their PID, as before. Torch-free: the command line imports it.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import threading
 import warnings
@@ -30,8 +39,8 @@ from pathlib import Path
 from pixeljit.files.atomic import (
     atomic_write_text,
     process_alive,
-    sweep_dead_staging,
     sync_file,
+    temp_sibling,
 )
 
 try:
@@ -47,6 +56,42 @@ MAX_JOURNAL_BYTES = 1 << 26  # a name a line: millions of files fit
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # held while the staged files are renamed in
 MOVE, REMOVE = "move", "remove"  # a commit's steps: (MOVE, name), (REMOVE, name)
 Step = tuple[str, str]
+MACHINE_SEP = "@"  # NAME.staging-PID-TOKEN@MACHINE
+# ends a staging folder's name pattern: the `host` group `writer` reads (absent in older names)
+MACHINE_GROUP = rf"(?:{MACHINE_SEP}(?P<host>[A-Za-z0-9._+-]+))?"
+_MAX_HOST_CHARS = 64
+
+
+def machine_tag() -> str:
+    """This machine as a staging folder's name gives it: the host name (other characters made
+    '_', at most 64 of them) and, where Linux says it, the PID namespace ('+4026531836'),
+    since a container's PIDs are not the host's."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:_MAX_HOST_CHARS] or "host"
+    try:
+        namespace = re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))
+    except OSError:  # not Linux, or /proc not mounted
+        namespace = ""
+    return f"{host}+{namespace}" if namespace else host
+
+
+def staging_path(path: Path, tag: str) -> Path:
+    """A new staging folder's name beside `path`: `.NAME.TAG-PID-TOKEN@MACHINE`."""
+    return Path(f"{temp_sibling(path, tag)}{MACHINE_SEP}{machine_tag()}")
+
+
+def writer(match: re.Match) -> tuple[int, str | None]:
+    """(PID, machine) of a staging folder's writer from its name's match: the machine is None
+    for this one (or a name that gives none), the tag of another."""
+    host = match.groupdict().get("host")
+    return int(match.group(1)), None if host in (None, machine_tag()) else host
+
+
+def writer_gone(match: re.Match) -> bool:
+    """Whether a staging folder's writer has provably ended: a process of this machine whose PID
+    runs no more. One of another machine is never known to be gone (its PID means nothing
+    here)."""
+    pid, host = writer(match)
+    return host is None and not process_alive(pid)
 
 
 class MoveFailed(OSError):
@@ -132,7 +177,8 @@ def close(staging: Path) -> None:
 
 def _journaled(folder: Path, staging_name: re.Pattern, alive: bool) -> list[Path]:
     """The staging folders in `folder` (real folders, named as `staging_name` says: group 1 the
-    writer's PID) holding a journal, of dead processes (or, `alive`, of other live ones)."""
+    writer's PID, an optional group `host` its machine) holding a journal, of dead processes
+    (or, `alive`, of other live ones, and of other machines': `writer_gone`)."""
     found = []
     try:
         entries = sorted(folder.iterdir())
@@ -142,8 +188,8 @@ def _journaled(folder: Path, staging_name: re.Pattern, alive: bool) -> list[Path
         match = staging_name.fullmatch(path.name)
         if match is None or path.is_symlink() or not path.is_dir():
             continue
-        pid = int(match.group(1))
-        if process_alive(pid) != alive or (alive and pid == os.getpid()):
+        pid, host = writer(match)
+        if writer_gone(match) == alive or (alive and host is None and pid == os.getpid()):
             continue
         if os.path.lexists(path / JOURNAL):
             found.append(path)
@@ -152,7 +198,8 @@ def _journaled(folder: Path, staging_name: re.Pattern, alive: bool) -> list[Path
 
 def commits_in_progress(folder: Path, staging_name: re.Pattern) -> list[Path]:
     """Staging folders of other live processes moving files into `folder` right now (or of a
-    killed one whose PID was taken since): a read now may see some of their files."""
+    killed one whose PID was taken since, or of another machine's process, which may have
+    been killed: only that machine can tell): a read now may see some of their files."""
     return _journaled(folder, staging_name, alive=True)
 
 
@@ -254,11 +301,23 @@ def _close_finished(staging: Path, staged: re.Pattern) -> None:
 def sweep_unfinished(folder: Path, staging_name: re.Pattern, staged: re.Pattern) -> list[Path]:
     """Remove the staging folders in `folder` of killed processes that hold no journal (nothing
     of them was moved in): only staged files (`staged`) and a half-written journal's temporary.
-    A journaled one, a live process's, or one holding anything else is left. Returns them."""
+    A journaled one, a live process's, another machine's (`writer_gone`), or one holding
+    anything else is left. Returns them."""
     sweepable = re.compile(rf"(?:{staged.pattern})|{_JOURNAL_TEMP}")
-    with contextlib.suppress(OSError):
-        return sweep_dead_staging(folder, staging_name, sweepable)
-    return []
+    removed = []
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:  # no folder yet, or unreadable: nothing of ours to sweep
+        return removed
+    for path in entries:
+        match = staging_name.fullmatch(path.name)
+        if match is None or path.is_symlink() or not path.is_dir() or not writer_gone(match):
+            continue
+        with contextlib.suppress(OSError):
+            if all(f.is_file() and sweepable.fullmatch(f.name) for f in path.iterdir()):
+                shutil.rmtree(path)
+                removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager

@@ -219,7 +219,9 @@ def score_images(
             real = real.to(extractor.device)
             scores.precision, scores.recall = precision_recall(real, fake, cfg.pr)
     if "is" in wanted:
-        all_logits = all_gather_rows(torch.cat(logits).to(extractor.device)).cpu()
+        # a rank that scored no batch gathers no rows (the others' width is taken)
+        mine = torch.cat(logits) if logits else torch.empty(0, 0)
+        all_logits = all_gather_rows(mine.to(extractor.device)).cpu()
         scores.inception_score, scores.inception_score_std = inception_score(
             all_logits, cfg.is_splits
         )

@@ -185,25 +185,40 @@ class FeatureBank:
     ) -> torch.Tensor:
         """Features of all ranks concatenated in rank order (the local ones without ranks).
 
-        `device` is where the exchange happens and the result lives (CUDA for NCCL).
-        """
+        `device` is where the exchange happens and the result lives (CUDA for NCCL). A rank that
+        added no features (its share of the images was empty: fewer images than ranks) gives
+        none, at the width of the others'; only all ranks together empty is refused."""
+        if self._reservoir is None and not self._chunks and distributed_active():
+            local = torch.empty((0, 0), dtype=torch.float32, device=device or self.device)
+            gathered = all_gather_rows(local, group=group)
+            if gathered.shape[0] == 0:
+                raise ValueError("the feature bank is empty: no features were added on any rank")
+            return gathered
         return all_gather_rows(self.features().to(device or self.device), group=group)
 
 
 def all_gather_rows(x: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """Concatenate (N_r, ...) tensors of all ranks in rank order; N_r may differ between ranks.
+    """Concatenate (N_r, ...) tensors of all ranks in rank order; N_r may differ between ranks,
+    and a rank with no rows (N_r = 0) may not know the others' row shape: its (0, 0, …) takes
+    theirs. Every rank's tensor has the same number of dimensions.
 
     Gathered on `x.device` (CUDA for NCCL); rows are padded to the largest N_r and trimmed.
     """
     if not distributed_active():
         return x
     world = dist.get_world_size(group)
-    n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n, group=group)
-    counts = [int(s.item()) for s in sizes]
-    padded = x.new_zeros((max(counts), *x.shape[1:]))
-    padded[: x.shape[0]] = x
+    shape = torch.tensor(list(x.shape), dtype=torch.long, device=x.device)  # (N_r, ...)
+    shapes = [torch.zeros_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape, group=group)
+    counts = [int(s[0].item()) for s in shapes]
+    rows = [tuple(int(v) for v in s[1:].tolist()) for s, c in zip(shapes, counts, strict=True)
+            if c > 0] or [tuple(x.shape[1:])]  # fmt: skip
+    if len(set(rows)) > 1:
+        raise ValueError(f"the ranks' rows differ in shape ({sorted(set(rows))}): they cannot "
+                         "be gathered into one tensor")  # fmt: skip
+    padded = x.new_zeros((max(counts), *rows[0]))
+    if x.shape[0]:
+        padded[: x.shape[0]] = x
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded, group=group)
     return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])

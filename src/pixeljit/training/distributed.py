@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pixeljit.devices import as_device
-from pixeljit.launch import launch_rank, launch_world_size
+from pixeljit.launch import check_started_together, launch_local_rank, launch_rank
 
 STRATEGIES = ("ddp", "fsdp")
 # How long the other ranks wait at `barrier` while rank 0 alone does slow work: packing a raw
@@ -72,9 +71,8 @@ def device_kind(name: str) -> str:
 
 def setup(device_name: str = "auto") -> DistInfo:
     """Initialise torch.distributed when launched by torchrun; a no-op otherwise."""
-    world = launch_world_size()
-    rank = launch_rank()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world = check_started_together()  # each variable checked: one line naming a broken one
+    rank, local_rank = launch_rank(), launch_local_rank()
     device = resolve_device(device_name, local_rank)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -186,6 +184,20 @@ def barrier(info: DistInfo) -> None:
     first call, which every rank makes at the same point, as `new_group` requires."""
     if not info.enabled:
         return
+    dist.barrier(group=_rank0_wait_group())
+
+
+def share_from_rank0(value: T) -> T:
+    """Rank 0's `value` (any picklable object; the others pass None) on every rank, each waiting
+    for it as long as RANK0_WAIT (rank 0 may be moving 50,000 files into place) on `barrier`'s
+    gloo group. Every rank calls it at the same point."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=_rank0_wait_group())
+    return box[0]
+
+
+def wait_for_every_rank() -> None:
+    """`barrier` for code that holds no DistInfo (torch.distributed initialised, > 1 rank)."""
     dist.barrier(group=_rank0_wait_group())
 
 
