@@ -77,11 +77,21 @@ def sweep_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
-def sweep_dead_staging(parent: Path, folder_name: re.Pattern, staged: re.Pattern) -> list[Path]:
+def _pid_gone(found: re.Match) -> bool:
+    return not process_alive(int(found.group(1)))
+
+
+def sweep_dead_staging(
+    parent: Path,
+    folder_name: re.Pattern,
+    staged: re.Pattern,
+    gone: Callable[[re.Match], bool] = _pid_gone,
+) -> list[Path]:
     """Remove the staging folders in `parent` whose whole name `folder_name` matches (its group
-    1: the PID of the process that made it) once that process is gone, when they hold only
-    files whose whole names `staged` matches (what the writer stages); a live process's,
-    a link, or one holding anything else is left. Returns what was removed."""
+    1: the PID of the process that made it) once that process is `gone` (by default: no process
+    of that PID runs here), when they hold only files whose whole names `staged` matches (what
+    the writer stages); a live process's, a link, or one holding anything else is left. Returns
+    what was removed."""
     removed = []
     try:
         entries = sorted(parent.iterdir())
@@ -91,7 +101,7 @@ def sweep_dead_staging(parent: Path, folder_name: re.Pattern, staged: re.Pattern
         found = folder_name.fullmatch(path.name)
         if found is None or path.is_symlink() or not path.is_dir():
             continue
-        if process_alive(int(found.group(1))):
+        if not gone(found):
             continue
         if all(f.is_file() and staged.fullmatch(f.name) for f in path.iterdir()):
             shutil.rmtree(path)

@@ -39,6 +39,7 @@ from pathlib import Path
 from pixeljit.files.atomic import (
     atomic_write_text,
     process_alive,
+    sweep_dead_staging,
     sync_file,
     temp_sibling,
 )
@@ -304,20 +305,9 @@ def sweep_unfinished(folder: Path, staging_name: re.Pattern, staged: re.Pattern)
     A journaled one, a live process's, another machine's (`writer_gone`), or one holding
     anything else is left. Returns them."""
     sweepable = re.compile(rf"(?:{staged.pattern})|{_JOURNAL_TEMP}")
-    removed = []
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError:  # no folder yet, or unreadable: nothing of ours to sweep
-        return removed
-    for path in entries:
-        match = staging_name.fullmatch(path.name)
-        if match is None or path.is_symlink() or not path.is_dir() or not writer_gone(match):
-            continue
-        with contextlib.suppress(OSError):
-            if all(f.is_file() and sweepable.fullmatch(f.name) for f in path.iterdir()):
-                shutil.rmtree(path)
-                removed.append(path)
-    return removed
+    with contextlib.suppress(OSError):
+        return sweep_dead_staging(folder, staging_name, sweepable, gone=writer_gone)
+    return []
 
 
 @contextlib.contextmanager
