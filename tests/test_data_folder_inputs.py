@@ -11,11 +11,9 @@ import io
 import os
 import random
 import re
-import signal
 import struct
 import subprocess
 import sys
-import textwrap
 import warnings
 import zlib
 from pathlib import Path
@@ -25,6 +23,7 @@ import pytest
 import torch
 from PIL import Image, features
 
+from killed_writes import kill_while_writing_set, write_set
 from pixeljit.data.open import open_dataset
 from pixeljit.data.packed import PackedDataset
 from pixeljit.data.prepare import prepare
@@ -242,40 +241,12 @@ def test_skip_bad_bar_counts_skipped_files(tmp_path, capsys):
 
 # --- 8: a set a killed `sample --out` left half moved in is finished before packing ---------
 
-KILLER = """
-import os, signal, sys, json
-from pathlib import Path
-from PIL import Image
-from pixeljit.files.image_set import staged_image_set
-after, real, moved = int(sys.argv[1]), os.replace, []
-def replace(src, dst):
-    if Path(src).parent != Path(dst).parent:
-        if len(moved) == after:
-            os.kill(os.getpid(), signal.SIGKILL)
-        moved.append(dst)
-    return real(src, dst)
-os.replace = replace
-folder, values = Path(sys.argv[2]), json.loads(sys.argv[3])
-with staged_image_set(folder) as staging:
-    for i, v in enumerate(values):
-        Image.new("L", (4, 4), v).save(staging / f"{i:06d}.png")
-    (staging / "labels.csv").write_text("file,label,class\\n" + "".join(
-        f"{i:06d}.png,0,class 0\\n" for i in range(len(values))))
-"""
-
-
-def _write_set(folder: Path, values: list[int], kill_after: int | None = None) -> None:
-    after = -1 if kill_after is None else kill_after
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLER), str(after),
-                           str(folder), str(values)], capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == (0 if kill_after is None else -signal.SIGKILL), done.stderr
-
 
 @pytest.mark.parametrize("reader", ["prepare", "open_dataset"])
 def test_a_half_moved_image_set_is_finished_before_it_is_packed(tmp_path, reader):
     out = tmp_path / "samples"
-    _write_set(out, [10, 11, 12, 13])
-    _write_set(out, [20, 21, 22, 23], kill_after=2)
+    write_set(out, [10, 11, 12, 13], [0] * 4)
+    kill_while_writing_set(out, [20, 21, 22, 23], [0] * 4, after=2)
     on_disk = [np.asarray(Image.open(p))[0, 0].item() for p in sorted(out.glob("*.png"))]
     assert on_disk == [20, 21, 12, 13]  # the mix the kill left; the rest is staged
     with pytest.warns(UserWarning, match=rf"{out}: finished a write .* before reading it"):

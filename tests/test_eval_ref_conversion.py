@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from pixeljit.cli.evaluate import _say_converted
+from pixeljit.cli.evaluate_ref import say_converted
 from pixeljit.data.prepare import native_channels
 
 MAIN, OTHER = SimpleNamespace(is_main=True), SimpleNamespace(is_main=False)
@@ -26,10 +26,10 @@ MAIN, OTHER = SimpleNamespace(is_main=True), SimpleNamespace(is_main=False)
     ],
 )
 def test_a_builtin_reference_in_other_channels_is_said(ref, channels, said, capsys):
-    _say_converted(ref, channels, "X", MAIN)
+    say_converted(ref, channels, "X", MAIN)
     out = capsys.readouterr().out
     assert (said in out) if said else out == ""
-    _say_converted(ref, channels, "X", OTHER)  # said once, by the main process
+    say_converted(ref, channels, "X", OTHER)  # said once, by the main process
     assert capsys.readouterr().out == ""
 
 

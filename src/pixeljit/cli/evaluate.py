@@ -31,6 +31,13 @@ from pixeljit.cli.evaluate_args import (
     check_args,
     metrics,
 )
+from pixeljit.cli.evaluate_ref import (
+    check_stats_shape,
+    conversion_note,
+    dataset_stats,
+    npz_stats,
+    reference_stats,
+)
 from pixeljit.cli.sample import check_memory
 from pixeljit.cli.sampler_args import (
     add_sampler_arguments,
@@ -42,7 +49,6 @@ from pixeljit.cli.sampler_args import (
     model_overrides,
     sampler_from_args,
 )
-from pixeljit.metrics.dataset_stats import check_recorded_shape, recorded_image_shape, shape_text
 from pixeljit.metrics.image_sources import has_npz_suffix
 
 
@@ -171,11 +177,11 @@ def _run(args, info, cfgs: list[float] | None) -> int:
         _make_ref(args, info, first, say)
         return 0
     if args.images:
-        shape = _image_shape(args)
-        _check_stats_shape(args, shape, f"the images of --images {args.images}")
+        shape, scored = _image_shape(args), f"the images of --images {args.images}"
+        check_stats_shape(args, shape, scored)
         extractor = _extractor(args.extractor, shape[0], 10, args.inception_weights, info.device,
                                args.ref)  # fmt: skip
-        ref = _ref(args, extractor, shape, f"the images of --images {args.images}", info, first)
+        ref = reference_stats(args, extractor, shape, scored, info, first)
         with warnings.catch_warnings():  # its sub-folders were warned of by _image_shape
             warnings.simplefilter("ignore", SubfolderImagesWarning)
             scores = score_image_source(args.images, extractor, ref, metrics(args))
@@ -197,10 +203,10 @@ def _run(args, info, cfgs: list[float] | None) -> int:
         check_no_stale_labels("--save-images", args.save_images, labelled)
     check_memory(args.num, min(args.batch_size, args.num), False, cfg, info.device)
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
-    _check_stats_shape(args, shape, "the model's images")
+    check_stats_shape(args, shape, "the model's images")
     extractor = _extractor(args.extractor, cfg.in_channels, cfg.num_classes,
                            args.inception_weights, info.device, args.ref)  # fmt: skip
-    ref = _ref(args, extractor, shape, "the model's images", info, first)
+    ref = reference_stats(args, extractor, shape, "the model's images", info, first)
     spec = GenerationSpec(
         num=args.num, sampler=sampler, seed=args.seed,
         batch_size=args.batch_size, amp_dtype=amp_dtype(args.amp, info.device),
@@ -272,124 +278,20 @@ def _make_ref(args, info, first, say) -> None:
         raise ValueError("--make-ref needs --size and --channels (the images to measure)")
     extractor = _extractor(args.extractor, args.channels, 10, args.inception_weights, info.device)
     if has_npz_suffix(args.make_ref):  # images (checked by check_args), not a data set
-        ref = _npz_stats(args.make_ref, extractor, args.size, args.channels)
+        ref = npz_stats(args.make_ref, extractor, args.size, args.channels)
     else:
-        ref = _dataset_stats("--make-ref", args.make_ref, extractor, args.size,
+        ref = dataset_stats("--make-ref", args.make_ref, extractor, args.size,
                              args.channels, args.ref_split, info, first)  # fmt: skip
     if info.is_main:  # an existing --out was refused up front unless --overwrite
         save_dataset_stats(args.out, ref, overwrite=args.overwrite)
     say(f"reference statistics of {args.make_ref} ({ref.count} images, "
-        f"{extractor.name}{_conversion(args)}) → {args.out}")  # fmt: skip
-
-
-def _conversion(args) -> str:
-    """', resized from 28×28 and grey → RGB' where --make-ref's images (an .npz) are not
-    already --size px with --channels: said, since the statistics then measure converted
-    images."""
-    from pixeljit.data.transforms import CHANNEL_NAMES
-    from pixeljit.metrics.image_sources import NPZ_IMAGE_KEY, npz_headers
-
-    if not has_npz_suffix(args.make_ref):
-        return ""  # a data set is packed at --size, as training packs it
-    shape = npz_headers(args.make_ref)[NPZ_IMAGE_KEY].shape  # (N, H, W[, C])
-    height, width = shape[1], shape[2]
-    channels = shape[3] if len(shape) == 4 else 1
-    changes = []
-    if (height, width) != (args.size, args.size):
-        changes.append(f"resized from {height}×{width} to {args.size}×{args.size}")
-    if channels != args.channels:
-        have, want = CHANNEL_NAMES.get(channels, channels), CHANNEL_NAMES[args.channels]
-        changes.append(f"{have} → {want}")
-    return "".join(f", {c}" for c in changes)
-
-
-def _npz_stats(path: str, extractor, size: int, channels: int):
-    """Statistics of the images of an `.npz` (arr_0), brought to size × size px with `channels`
-    by `pixeljit prepare`'s rule (ADM centre crop); under torchrun each rank takes its
-    contiguous block of the images (`rank_share`), so the gathered features keep the file's
-    order, as one process keeps them (KID's and PR's subsets are drawn by position)."""
-    import torch
-
-    from pixeljit.data.transforms import resize_stack
-    from pixeljit.evaluation_ranks import rank_share
-    from pixeljit.metrics import compute_dataset_stats
-    from pixeljit.metrics.image_sources import iter_npz_images
-
-    def images():
-        batches = ((batch, None) for batch in iter_npz_images(path))
-        for u8, _ in rank_share(batches, path):
-            if len(u8):  # a rank with no images: none (the gathers take its empty share)
-                yield torch.from_numpy(resize_stack(u8.numpy(), size, channels))
-
-    return compute_dataset_stats(images(), extractor)
-
-
-def _check_stats_shape(args, shape: tuple[int, int, int], scored: str) -> None:
-    """--ref STATS.npz measured on images of another size or channel count than the `scored`
-    ones (`shape`, C H W) is refused before the extractor is built: that is the cause, and the
-    extractor's check (whose dimension follows the channel count under `auto`) would report
-    only its symptom, a feature size."""
-    needs_ref = set(metrics(args)) & {"fd", "kid", "pr"}
-    if not (needs_ref and args.ref and has_npz_suffix(args.ref)):
-        return
-    recorded = recorded_image_shape(args.ref)
-    if recorded is None:
-        return
-    resave = f", or save the images as {shape_text(recorded)}" if args.images else ""
-    check_recorded_shape(recorded, shape, f"--ref {args.ref}", scored, resave)
+        f"{extractor.name}{conversion_note(args)}) → {args.out}")  # fmt: skip
 
 
 def _reference(args) -> str | None:
     if not args.ref:
         return None
     return args.ref + (f" ({args.ref_split})" if args.ref_split else "")
-
-
-def _ref(args, extractor, shape: tuple[int, int, int], scored: str, info, first):
-    """The reference statistics the metrics need (None when none of them does), measured on
-    images of `shape` (C, H, W) like the `scored` ones."""
-    needs_ref = set(metrics(args)) & {"fd", "kid", "pr"}
-    if not needs_ref:
-        return None
-    if not args.ref:
-        raise ValueError(f"metrics {sorted(needs_ref)} need --ref (statistics .npz or a data set)")
-    channels, size = shape[0], shape[-1]
-    _say_converted(args.ref, channels, scored, info)
-    ref = _dataset_stats("--ref", args.ref, extractor, size, channels, args.ref_split, info, first)
-    ref.check_image_shape(shape, f"--ref {args.ref}", scored)
-    return ref
-
-
-def _say_converted(ref: str, channels: int, scored: str, info) -> None:
-    """A built-in --ref measured in other channels than its own (emoji in grey, for grey
-    scored images) is said: the statistics are then of converted images."""
-    from pixeljit.data.open import BUILTIN_SOURCES
-    from pixeljit.data.prepare import native_channels
-    from pixeljit.data.transforms import CHANNEL_NAMES
-
-    native = native_channels(ref)
-    if ref in BUILTIN_SOURCES and native != channels and info.is_main:
-        print(f"note: --ref {ref} is measured in {CHANNEL_NAMES[channels]}, as {scored} are: "
-              f"its {CHANNEL_NAMES[native]} images are converted")  # fmt: skip
-
-
-def _dataset_stats(flag, ref, extractor, size, channels, split, info, first):
-    """dataset_stats_for, with a missing built-in data set explained in this verb's terms (the
-    library's own hint names the Python API and `pixeljit prepare`'s flags)."""
-    from pixeljit.data.open import BUILTIN_SOURCES
-    from pixeljit.evaluation import dataset_stats_for
-
-    try:
-        return dataset_stats_for(ref, extractor, size, channels, split, first, progress=True)
-    except FileNotFoundError as err:
-        if ref not in BUILTIN_SOURCES:
-            raise
-        reason = str(err).split(". ")[0]
-        raise FileNotFoundError(
-            f"{flag} {ref}: {reason}. Make it with `pixeljit prepare {ref} --size {size} --out "
-            f"DIR` (`pixeljit prepare --help` lists how to fetch it) and pass {flag} DIR"
-            + (", or pass --ref STATS.npz" if flag == "--ref" else "")
-        ) from None
 
 
 def _report(scores: dict, record: dict, args, say, info) -> None:

@@ -178,7 +178,8 @@ def _run_nfe(args) -> int:
     import torch
 
     from pixeljit.checkpoints.load import load_trained
-    from pixeljit.cli.evaluate import _dataset_stats, _extractor
+    from pixeljit.cli.evaluate import _extractor
+    from pixeljit.cli.evaluate_ref import dataset_stats
     from pixeljit.cli.sampler_args import check_flags_take_effect
     from pixeljit.experiments.nfe import (
         HEUN_FEWEST_NFE,
@@ -214,7 +215,7 @@ def _run_nfe(args) -> int:
     open_results(out, study_header(config, model, extractor, describe), args.overwrite)
     info = dist_utils.DistInfo(rank=0, world_size=1, local_rank=0, device=device)
     # one process: no rank waits for the reference to be packed (first=None)
-    ref = _dataset_stats("--ref", args.ref, extractor, net_cfg.image_size, net_cfg.in_channels,
+    ref = dataset_stats("--ref", args.ref, extractor, net_cfg.image_size, net_cfg.in_channels,
                          args.ref_split, info, None)  # fmt: skip
     ref.check_image_shape(
         (net_cfg.in_channels, net_cfg.image_size, net_cfg.image_size),

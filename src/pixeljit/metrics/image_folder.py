@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from pixeljit.data.decode import open_image, pillow_too_large, refuse_special
+from pixeljit.data.decode import open_image, pillow_too_large, refuse_special, warn_notes
 from pixeljit.data.folders import IMAGE_EXTENSIONS, is_image_file, is_visible_name
 from pixeljit.data.transforms import (
     CHANNEL_NAMES,
@@ -194,16 +194,6 @@ def folder_image_shape(folder: str | os.PathLike) -> tuple[tuple[int, int, int],
     return (channels, height, width), colour
 
 
-def _say_warnings(path: Path, caught: list[warnings.WarningMessage]) -> None:
-    """Pillow's warnings while reading `path`, each said once, naming the file."""
-    said: list[str] = []
-    for w in caught:
-        text = str(w.message)
-        if text not in said:
-            said.append(text)
-            warnings.warn(f"{path}: {text}", w.category, stacklevel=4)
-
-
 def _read_image(path: Path, channels: int) -> np.ndarray:
     """One image as (C, H, W) uint8 with `channels` (1 or 3); the pixels are `pixeljit
     prepare`'s (`to_channels`): 16 bits keep their top 8 (exact for 8-bit values stored as
@@ -224,7 +214,7 @@ def _read_image(path: Path, channels: int) -> np.ndarray:
             except ValueError as err:
                 raise ValueError(f"{path}: {err}; remove it or save it with 8 or 16 bits per "
                                  "channel") from None  # fmt: skip
-    _say_warnings(path, caught)
+    warn_notes(path, list(dict.fromkeys(str(w.message).strip() for w in caught)))  # as prepare
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
