@@ -83,3 +83,29 @@ def test_a_config_files_run_out_is_refused_on_resume_not_replaced(run, tmp_path,
     assert load_checkpoint(run)["step"] == 2 and not elsewhere.exists()
     config.write_text(f"run:\n  out: {run}\n")  # the run's own folder, as its config.yaml says
     assert main(argv) == 0 and load_checkpoint(run)["step"] == 3
+
+
+def test_a_runs_config_yaml_alone_trains_the_same_run_again(run, tmp_path, capsys):
+    """A run's config.yaml is a whole config: `train --config` replays it without a preset (one
+    was demanded, and a preset under it could change what the file did not say)."""
+    import torch
+
+    again = tmp_path / "again"
+    argv = ["train", "--config", str(run / "config.yaml"), "--out", str(again), "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    first, second = (load_checkpoint(folder) for folder in (run, again))
+    assert second["step"] == first["step"] == 2
+    for name, tensor in first["model"].items():
+        assert torch.equal(tensor, second["model"][name]), name
+    lines = (run / "config.yaml").read_text().splitlines()
+    replayed = (again / "config.yaml").read_text().splitlines()
+    assert [a for a, b in zip(lines, replayed, strict=True) if a != b] == [f"  out: {run}"]
+
+
+def test_a_partial_config_file_without_a_preset_names_what_it_lacks(tmp_path, capsys):
+    (tmp_path / "part.yaml").write_text("optim:\n  lr: 0.1\n")
+    argv = ["train", "--config", str(tmp_path / "part.yaml"), "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "sets some fields of the config, not all (it lacks model.image_size" in err, err
+    assert "pass --preset P to fill the rest" in err and not (tmp_path / "r").exists()

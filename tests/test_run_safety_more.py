@@ -422,3 +422,31 @@ def test_resuming_a_file_of_another_kind_names_it(packed, tmp_path, capsys):
     weights.write_bytes(b"")
     assert main(["train", "--resume", str(weights)]) == 2
     assert "is exported weights (no optimizer" in capsys.readouterr().err
+
+
+def test_cpu_ranks_on_one_machine_share_its_memory(packed, tmp_path, monkeypatch):
+    """torchrun's CPU ranks on one machine each hold the whole training state in the same RAM:
+    the bound is the machine's memory over all of them, not each rank's against all of it."""
+    import dataclasses
+
+    import torch
+
+    from pixeljit.model import JiT
+    from pixeljit.training import setup
+    from pixeljit.training.distributed import DistInfo
+
+    cfg = tiny(packed, tmp_path / "run")
+    params = sum(p.numel() for p in JiT(cfg.model).parameters())
+    need = params * (4 * 4 + 4 * len(cfg.optim.ema_decays))
+    monkeypatch.setattr(setup, "device_memory_bytes", lambda device: 2 * need)
+    alone = DistInfo(rank=0, world_size=3, local_rank=0, device=torch.device("cpu"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    setup.check_model_fits(cfg, alone)  # two copies fit
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match=r"the 3 processes on this machine \(LOCAL_WORLD_SIZE\)"):
+        setup.check_model_fits(cfg, alone)
+    fsdp = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, distributed="fsdp"))
+    setup.check_model_fits(fsdp, alone)  # a third of the state each, three of them: one copy
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "0")
+    with pytest.raises(ValueError, match="LOCAL_WORLD_SIZE='0' is not a process count"):
+        setup.check_model_fits(cfg, alone)

@@ -147,6 +147,8 @@ def test_another_machines_staging_folder_is_never_swept(tmp_path, monkeypatch):
 
 
 SAMPLE, TRAIN, EVAL = "sample", "train", "eval"
+LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                    "MASTER_PORT")  # fmt: skip
 BROKEN_LAUNCHES = [
     ({"WORLD_SIZE": ""}, "WORLD_SIZE='' is not a process count; unset it, or launch with "
      "torchrun", (SAMPLE, TRAIN, EVAL)),
@@ -162,6 +164,8 @@ BROKEN_LAUNCHES = [
     ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK='2' is not a rank of WORLD_SIZE='2' (0 to 1)",
      (EVAL,)),
     ({"LOCAL_RANK": "1"}, "LOCAL_RANK='1' does not fit rank 0", (SAMPLE,)),
+    ({"LOCAL_WORLD_SIZE": "0"}, "LOCAL_WORLD_SIZE='0' is not a process count (1 or more)",
+     (SAMPLE, TRAIN)),
 ]  # fmt: skip
 
 
@@ -172,7 +176,7 @@ BROKEN_LAUNCHES = [
 )  # fmt: skip
 def test_broken_launch_variables_are_one_line_naming_them(env, said, verb, tmp_path, capsys,
                                                           monkeypatch):  # fmt: skip
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for name in LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -84,11 +84,26 @@ def launch_local_rank() -> int:
     return local
 
 
+def launch_local_world_size() -> int:
+    """How many processes torchrun started on this machine (LOCAL_WORLD_SIZE; 1 without it):
+    the processes that share its memory. ValueError for a value that is no process count."""
+    local_world = _number("LOCAL_WORLD_SIZE", "a process count")
+    if local_world is None:
+        return 1
+    if local_world < 1:
+        raise ValueError(
+            f"LOCAL_WORLD_SIZE={os.environ['LOCAL_WORLD_SIZE']!r} is not a process count (1 or "
+            f"more); unset it, or {LAUNCH_FIX}"
+        )
+    return local_world
+
+
 def check_launch_variables() -> tuple[int, int]:
     """(rank, world size), every launch variable checked: each readable, and a RANK given
     without a WORLD_SIZE refused (a process alone is rank 0; a stray `RANK=1` made its share
     of the work empty). Every verb checks them first."""
     launch_local_rank()
+    launch_local_world_size()
     world, rank = launch_world_size(), launch_rank()
     if "WORLD_SIZE" not in os.environ and rank != 0:
         raise ValueError(

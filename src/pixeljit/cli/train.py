@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pixeljit.training.config_io import apply_layer, from_dict, load_yaml, parse_set
+from pixeljit.training.config_io import (
+    apply_layer,
+    from_dict,
+    load_yaml,
+    missing_fields,
+    parse_set,
+)
 from pixeljit.training.config_rules import check_effects, flatten
 from pixeljit.training.presets import get_preset, presets
 from pixeljit.training.stopsignal import SIGNAL_EXIT_BASE
@@ -41,7 +47,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--config",
         help="YAML file of overrides {section: {field: value}} over the "
-        "preset; the flags (--steps, --batch-size, …) and --set override it",
+        "preset (a run's whole config.yaml needs no preset); the flags (--steps, "
+        "--batch-size, …) and --set override it",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set optim.lr=1e-4 (repeatable)")  # fmt: skip
@@ -108,6 +115,7 @@ def build_config(args):
             "to continue the run with its own config (change its length with --steps / "
             "--epochs, its logistics with --set)"
         )
+    from_file = load_yaml(args.config) if args.config else {}
     if args.preset:
         cfg = get_preset(args.preset)
     elif args.resume:
@@ -120,13 +128,16 @@ def build_config(args):
         if launch_rank() == 0:
             ensure_not_in_use(run_folder(args.resume))
         cfg = from_dict(load_checkpoint(args.resume, tensors=False)["config"])  # the run loads it
+    elif args.config:  # a whole config (a run's config.yaml) stands alone
+        cfg = _whole_config(args.config, from_file)
     else:
-        raise ValueError("pass --preset (or --resume to continue a run with its saved config)")
+        raise ValueError(
+            "pass --preset (or --resume to continue a run with its saved config, or --config "
+            "with a run's whole config.yaml)"
+        )
     asked: dict[str, str] = {}  # field → where the user asked for it (checked once all apply)
-    from_file = {}
     if args.config:
         where = f"--config {args.config}"
-        from_file = load_yaml(args.config)
         cfg, changed = apply_layer(cfg, from_file, where, label=where)
         asked.update(dict.fromkeys(changed, where))
     flags = {}
@@ -170,6 +181,24 @@ def build_config(args):
     asked.update(dict.fromkeys(changed, "--set"))
     check_effects(asked, cfg)
     return cfg
+
+
+def _whole_config(path: str, data: dict):
+    """The config a --config file given without --preset holds: it must be whole (every field
+    of every section, as a run's config.yaml is), or a preset must fill the rest."""
+    lacking = missing_fields(data)
+    if lacking:
+        shown_ = ", ".join(lacking[:4]) + (
+            f" and {len(lacking) - 4} more" if len(lacking) > 4 else ""
+        )
+        raise ValueError(
+            f"--config {path} sets some fields of the config, not all (it lacks {shown_}): "
+            "pass --preset P to fill the rest (a run's config.yaml, whole, needs none)"
+        )
+    try:
+        return from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"--config {path}: {err}") from None
 
 
 def _check_file_out(config: str, resume: str, out: str, folder: str) -> None:

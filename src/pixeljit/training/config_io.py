@@ -207,6 +207,13 @@ def from_dict(data: Mapping) -> TrainConfig:
     return set_fields(TrainConfig(), flatten(data))
 
 
+def missing_fields(data: Mapping) -> list[str]:
+    """The 'section.field' names a whole config (a run's config.yaml) has and `data` (a file's
+    mapping) lacks: empty when `data` can stand alone, without a preset under it."""
+    given = set(flatten(data))
+    return [key for key in flatten(to_dict(TrainConfig())) if key not in given]
+
+
 def yaml_text(config: dict) -> str:
     """What `save_yaml` writes for a config (`to_dict`): a string YAML would read as something
     else quoted."""

@@ -15,6 +15,7 @@ from pixeljit.data.open import BUILTIN_SOURCES, open_dataset
 from pixeljit.data.packed import PackedDataset
 from pixeljit.diffusion.sampler import NO_GUIDANCE
 from pixeljit.files import GIB
+from pixeljit.launch import launch_local_world_size
 from pixeljit.model import JiT, JiTConfig, count_parameters
 from pixeljit.training import distributed as dist_utils
 from pixeljit.training.config import BF16_ONLY, MAX_OPTIM_STEPS, TrainConfig
@@ -243,8 +244,6 @@ def device_memory_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     try:
-        import os
-
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
@@ -265,16 +264,31 @@ def check_model_fits(cfg: TrainConfig, info: dist_utils.DistInfo) -> None:
     """Refuse, before anything is allocated, a model whose training state alone (weights,
     gradients, AdamW moments, EMAs; FSDP shards them over the ranks) exceeds the device's whole
     memory: the sizes' upper bounds allow models of hundreds of GB, which would otherwise be
-    allocated until the allocator or the kernel's OOM killer stops the process."""
+    allocated until the allocator or the kernel's OOM killer stops the process. On the CPU the
+    memory is the machine's, shared by every rank torchrun started on it (LOCAL_WORLD_SIZE)."""
     params = parameter_count(cfg.model)
     per_param = TRAIN_BYTES_PER_PARAM + EMA_BYTES_PER_PARAM * len(cfg.optim.ema_decays)
     shards = info.world_size if cfg.run.distributed == "fsdp" else 1
     need = params * per_param // shards
+    sharing = 1 if info.device.type == "cuda" else launch_local_world_size()
     have = device_memory_bytes(info.device)
-    if have is not None and need > have:
-        raise ValueError(
-            f"the model has {params:,} parameters; training it needs at least "
-            f"{need / GIB:,.1f} GiB per device for weights, gradients, AdamW moments and "
-            f"{len(cfg.optim.ema_decays)} EMA(s), more than the {have / GIB:,.1f} GiB of "
-            f"{info.device}: choose a smaller model (model.hidden_size, model.depth, --preset)"
+    if have is None or need * sharing <= have:
+        return
+    emas = len(cfg.optim.ema_decays)
+    state = f"weights, gradients, AdamW moments and {emas} EMA(s)"
+    if sharing > 1:
+        where = (
+            f"{need / GIB:,.1f} GiB per process for {state}; the {sharing} processes on this "
+            f"machine (LOCAL_WORLD_SIZE) need {need * sharing / GIB:,.1f} GiB together, more "
+            f"than its {have / GIB:,.1f} GiB of memory: start fewer processes per machine "
+            "(torchrun --nproc-per-node), shard the state (run.distributed=fsdp) or choose "
         )
+    else:
+        where = (
+            f"{need / GIB:,.1f} GiB per device for {state}, more than the {have / GIB:,.1f} GiB "
+            f"of {info.device}: choose "
+        )
+    raise ValueError(
+        f"the model has {params:,} parameters; training it needs at least {where}a smaller "
+        "model (model.hidden_size, model.depth, --preset)"
+    )
