@@ -87,7 +87,7 @@ def test_a_sweep_names_the_weights_it_loaded(run, fmnist16, tmp_path, capsys):
     """Without --emas a sweep scores the default weights: each row names them as loaded
     ('ema:0.995', not null) with their digest, so `convert --scores` can check its best row."""
     out = tmp_path / "sweep.json"
-    argv = ["eval", "--checkpoint", str(run), "--num", "8", "--steps", "1", "--ref",
+    argv = ["eval", "--checkpoint", str(run), "--num", "8", "--steps", "2", "--ref",
             str(fmnist16(64)), "--sweep-cfg", "1.0", "2.0", "1.0", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     result = json.loads(out.read_text())

@@ -198,7 +198,7 @@ def _run(args, info, cfgs: list[float] | None) -> int:
     labelled = cfg.num_classes > 0  # its PNG folder gets a labels.csv
     check_flags_take_effect(args, args.checkpoint, conditional=labelled,
                             prediction=model.prediction, cfgs=cfgs or [sampler.cfg],
-                            methods=[sampler.method])  # fmt: skip
+                            methods=[sampler.method], sampler=sampler)  # fmt: skip
     if args.save_images:
         check_no_stale_labels("--save-images", args.save_images, labelled)
     check_memory(args.num, min(args.batch_size, args.num), False, cfg, info.device)

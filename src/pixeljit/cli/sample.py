@@ -1,7 +1,8 @@
 """`pixeljit sample CHECKPOINT`: images from a trained JiT → a labelled PNG grid, individual PNGs
 and/or an .npz of uint8 images.
 
-Noise is drawn per sample from (seed, index), so the images do not depend on --batch-size.
+Noise is drawn per sample from (seed, index), so it does not depend on --batch-size (the
+images only to float rounding: the network's arithmetic varies with the batch size).
 Sampler flags left out take the model's recommended settings (`cli.sampler_args`); the line
 printed at the end names the settings used.
 """
@@ -282,7 +283,7 @@ def run(args) -> int:
     net = model.net
     check_flags_take_effect(args, args.checkpoint, conditional=net.config.num_classes > 0,
                             prediction=model.prediction, cfgs=[sampler.cfg],
-                            methods=[sampler.method])  # fmt: skip
+                            methods=[sampler.method], sampler=sampler)  # fmt: skip
     noise_scale = model.noise_scale if args.noise_scale is None else args.noise_scale
     classes = net.config.num_classes
     if outputs.grids and args.num:  # before the labels of up to MAX_IMAGES are laid out

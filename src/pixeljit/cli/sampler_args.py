@@ -17,16 +17,13 @@ from collections.abc import Sequence
 import torch
 
 from pixeljit.diffusion.sampler import FAST_SAMPLER, NO_GUIDANCE, SamplerConfig
-from pixeljit.diffusion.solvers import GRIDS, METHODS
+from pixeljit.diffusion.solvers import GRIDS, METHODS, VELOCITY_SOLVERS
 
 DEFAULTS = SamplerConfig()
 UNSET = "the model's recommended setting, else"  # how each flag's help names its default
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_AMP = "auto"  # bf16 autocast on CUDA, none (float32) on a CPU
 ATTENTION_KERNELS = ("sdpa", "fp32")  # JiTConfig.attention
-# the solvers that step on the velocity v̂ itself; DPM-Solver++ steps on x̂ = z + d·v̂, where the
-# clamp max(1 − t, t_eps) of an x-prediction's v̂ = (x̂ − z)/d cancels (guidance.GuidedField)
-VELOCITY_SOLVERS = ("euler", "heun")
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
@@ -124,11 +121,15 @@ def check_flags_take_effect(
     prediction: str,
     cfgs: Sequence[float],
     methods: Sequence[str],
+    sampler: SamplerConfig | None = None,
 ) -> None:
     """Refuse, by name, a guidance or clamp flag that would do nothing for this model: --cfg
     (or a --sweep-cfg scale) above 1 on an unconditional model, --interval when every scale in
-    `cfgs` is 1 (no guidance), and --t-eps unless an x-prediction is turned into a velocity by
-    one of `methods` (Euler or Heun). `source` names the model in the message."""
+    `cfgs` is 1 (no guidance), a --cfg / --interval / --sweep-cfg when no evaluation of
+    `sampler` (the resolved settings) falls inside its interval (a scale the model recommends
+    is only said not to apply: `describe_sampler`), and --t-eps unless an x-prediction is
+    turned into a velocity by one of `methods` (Euler or Heun). `source` names the model in the
+    message."""
     cfg, interval, t_eps = (getattr(args, name, None) for name in ("cfg", "interval", "t_eps"))
     if not conditional and cfg is not None and cfg != NO_GUIDANCE:
         raise ValueError(f"--cfg {cfg:g}: {source} is an unconditional model, which cannot be "
@@ -141,6 +142,9 @@ def check_flags_take_effect(
         why = "" if conditional else f" ({source} is an unconditional model)"
         raise ValueError(f"--interval has no effect without guidance (cfg 1){why}: it sets where "
                          f"guidance applies: {fix}")  # fmt: skip
+    guidance_given = cfg is not None or interval is not None or getattr(args, "sweep_cfg", None)
+    if sampler is not None and conditional and guidance_given and set(cfgs) - {NO_GUIDANCE}:
+        check_guidance_applies(sampler, [w for w in cfgs if w != NO_GUIDANCE])
     if t_eps is None:
         return
     if prediction != "x":
@@ -152,6 +156,23 @@ def check_flags_take_effect(
         raise ValueError(f"--t-eps has no effect with {shown}: DPM-Solver++ steps on x̂, where the "
                          "clamp of 1 − t cancels; it acts with euler / heun only: drop --t-eps "
                          "or choose one of those")  # fmt: skip
+
+
+def check_guidance_applies(sampler: SamplerConfig, scales: Sequence[float]) -> None:
+    """Refuse guidance `scales` (≠ 1) that `sampler` would never apply: none of its evaluation
+    times lies inside the CFG interval (open at both ends), so the images are unguided while the
+    summary would say otherwise."""
+    if sampler.guided_evaluations():
+        return
+    low, high = sampler.interval
+    scale = " / ".join(f"{w:g}" for w in scales)
+    steps = f"{sampler.steps} step" + ("s" if sampler.steps != 1 else "")
+    raise ValueError(
+        f"guidance (cfg {scale}) would never apply: {sampler.method} with {steps} on the "
+        f"{sampler.grid} grid evaluates the network at t = {sampler.times_text()}, none inside "
+        f"the guidance interval ({low:g}, {high:g}) (open at both ends): take more --steps, widen "
+        "--interval, or pass --cfg 1 to sample without guidance"
+    )
 
 
 def describe_generation(
@@ -173,7 +194,9 @@ def describe_sampler(
     grid = sampler.grid if sampler.grid != "shifted" else f"shifted {sampler.shift:g}"
     steps = f"{sampler.steps} step" + ("s" if sampler.steps != 1 else "")
     text = f"{sampler.method}, {steps}, {grid} grid, cfg {sampler.cfg:g}"
-    if sampler.cfg != 1:
+    if sampler.cfg != 1 and not sampler.guided_evaluations():
+        text += f" never applied (no evaluation inside ({low:g}, {high:g}))"
+    elif sampler.cfg != 1:
         text += f" on ({low:g}, {high:g})"
     if sampler.t_eps != DEFAULTS.t_eps:
         text += f", t_eps {sampler.t_eps:g}"

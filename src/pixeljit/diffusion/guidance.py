@@ -86,6 +86,7 @@ class GuidedField:
     ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        cfg = finite_number("cfg scale", cfg)  # NaN passed `cfg < 0` and made NaN velocities
         if cfg < 0:
             raise ValueError(f"cfg scale must be ≥ 0, got {cfg}")
         if cfg != 1.0 and (y is None or null_label is None):
@@ -93,6 +94,7 @@ class GuidedField:
                 "classifier-free guidance (cfg ≠ 1) needs class labels and a null label; "
                 "use cfg=1.0 for an unconditional model"
             )
+        t_eps = finite_number("t_eps", t_eps)
         if not 0.0 < t_eps <= 1.0:
             raise ValueError(f"t_eps must lie in (0, 1], got {t_eps}")
         self.denoiser = denoiser

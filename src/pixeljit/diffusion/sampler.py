@@ -26,7 +26,7 @@ from pixeljit.diffusion.execution import (
     check_compile_mode,
     compiled_network,
 )
-from pixeljit.diffusion.guidance import GuidedField, check_interval
+from pixeljit.diffusion.guidance import GuidedField, check_interval, guidance_mask
 from pixeljit.diffusion.noise import noise_from_seeds, sample_seeds
 from pixeljit.diffusion.objective import (
     DEFAULT_T_MIN,
@@ -49,6 +49,7 @@ from pixeljit.diffusion.solvers import (
     DEFAULT_SHIFT,
     GRIDS,
     METHODS,
+    evaluation_times,
     evaluations,
     solve,
     time_grid,
@@ -126,6 +127,23 @@ class SamplerConfig:
     def nfe(self) -> int:
         """Network evaluations per image and guidance branch."""
         return evaluations(self.method, self.steps)
+
+    def evaluation_times(self) -> Tensor:
+        """The times (float32, as the solver's grid) at which the network is evaluated."""
+        grid = time_grid(self.steps, self.grid, self.shift)
+        return torch.tensor(evaluation_times(self.method, grid), dtype=torch.float32)
+
+    def times_text(self, ends: int = 3) -> str:
+        """The evaluation times as a message shows them: '0, 0.1, 0.2, …, 0.8, 0.9'."""
+        times = [f"{t:.4g}" for t in self.evaluation_times().tolist()]
+        if len(times) > 2 * ends:
+            times = [*times[:ends], "…", *times[-ends:]]
+        return ", ".join(times)
+
+    def guided_evaluations(self) -> int:
+        """How many evaluations fall inside the CFG interval, where a scale ≠ 1 guides (0: the
+        scale does nothing with these steps)."""
+        return int(guidance_mask(self.evaluation_times(), self.interval).sum())
 
 
 class NonFiniteSamples(ValueError):

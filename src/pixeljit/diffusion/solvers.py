@@ -155,6 +155,9 @@ def dpmpp_3m(denoised: Field, z: Tensor, grid: Tensor) -> Tensor:
 
 METHODS = ("euler", "heun", "dpm++2m", "dpm++3m")
 SINGLE_EVALUATION = ("euler", "dpm++2m", "dpm++3m")  # one evaluation per step
+# step on the velocity, where an x- (ε-) prediction is divided by max(1 − t, t_eps) (max(t,
+# t_min)); the multistep solvers step on x̂, where an x-prediction's clamp cancels
+VELOCITY_SOLVERS = ("euler", "heun")
 
 
 def evaluation_times(method: str, grid: Tensor) -> list[float]:

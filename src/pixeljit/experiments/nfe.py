@@ -27,19 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from pixeljit.checkpoints.provenance import weights_digest
-from pixeljit.diffusion.guidance import check_interval, guidance_mask
+from pixeljit.diffusion.guidance import check_interval
 from pixeljit.diffusion.sampler import PAPER_INTERVAL, SAMPLE_T_EPS, SamplerConfig
 from pixeljit.diffusion.solvers import (
     DEFAULT_SHIFT,
     GRIDS,
     METHODS,
-    evaluation_times,
     evaluations,
     steps_for,
-    time_grid,
 )
 from pixeljit.files.atomic import atomic_write_text
 from pixeljit.metrics.score import ScoreConfig
@@ -146,13 +142,8 @@ def plan(config: NfeConfig) -> list[Cell]:
 
 def rows_per_image(sampler: SamplerConfig) -> int:
     """Network rows per image: 2 for each evaluation inside the CFG interval (cfg ≠ 1), else 1."""
-    times = torch.tensor(
-        evaluation_times(sampler.method, time_grid(sampler.steps, sampler.grid, sampler.shift)),
-        dtype=torch.float32,
-    )
-    if sampler.cfg == 1.0:
-        return int(times.numel())
-    return int(times.numel() + guidance_mask(times, sampler.interval).sum())
+    rows = sampler.nfe()
+    return rows if sampler.cfg == 1.0 else rows + sampler.guided_evaluations()
 
 
 # ------------------------------------------------------------------------------- results

@@ -6,6 +6,8 @@ the `--set` flags and `apply_overrides` in Python, so each trains what the other
   length is one of them; both at once are refused); `optim.blr` alone clears `optim.lr` (which
   would win over it; both at once are refused); `model.num_classes`, which the data fills in,
   changed is the number of classes asked for (`data.num_classes`; 0: an unconditional model).
+- `model.image_size` changed over a config whose noise scale is image_size/256 (the paper's
+  presets) moves the scale with it, unless `objective.noise_scale` is set too.
 - A field the user changed that has no effect in the resolved config (a shift off the shifted
   grid, a CFG interval without guidance, …) is refused, naming what would give it one. A value
   equal to the one the config already holds is no request (a saved config.yaml replayed).
@@ -15,7 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from pixeljit.diffusion.objective import default_noise_scale
+from pixeljit.diffusion.solvers import VELOCITY_SOLVERS
 from pixeljit.training.config import SECTIONS, TrainConfig, shown
+from pixeljit.values import is_integer
 
 Entry = tuple[object, object, "str | None"]  # (key, value, where given: named if repeated)
 
@@ -83,7 +88,21 @@ def layer_rules(flat: dict, where: str, base: TrainConfig) -> dict:
         if "optim.lr" not in flat:  # the base rate asked for: a preset's absolute one goes
             extra["optim.lr"] = None
     extra.update(_class_rules(flat, where, base))
+    extra.update(_noise_scale_rule(flat, base))
     return extra
+
+
+def _noise_scale_rule(flat: dict, base: TrainConfig) -> dict:
+    """A new model.image_size keeps the paper's SNR alignment (noise scale image_size/256) where
+    `base` follows it and the layer sets no objective.noise_scale; a base with another scale
+    (the Fashion-MNIST presets' 1 at 28 px) keeps its own."""
+    size = flat.get("model.image_size")
+    scale, old_size = base.objective.noise_scale, base.model.image_size
+    if "objective.noise_scale" in flat or scale is None or not is_integer(size) or size < 1:
+        return {}  # (a size that is no size is refused where the model section is checked)
+    if int(size) == old_size or scale != default_noise_scale(old_size):
+        return {}
+    return {"objective.noise_scale": default_noise_scale(int(size))}
 
 
 def _class_rules(flat: dict, where: str, base: TrainConfig) -> dict:
@@ -120,6 +139,11 @@ def changed(flat: dict, base: TrainConfig, new: TrainConfig) -> list[str]:
     return [key for key in flat if field_value(new, key) != field_value(base, key)]
 
 
+def _a(kind: str) -> str:
+    """The article before 'KIND-prediction': an x / an eps, a v."""
+    return "an" if kind in ("x", "eps") else "a"
+
+
 def _no_effect(cfg: TrainConfig) -> dict[str, str]:
     """{field: why it has no effect in `cfg`, and the fix} for the fields that have none."""
     m, o, s = cfg.model, cfg.objective, cfg.sample
@@ -146,6 +170,29 @@ def _no_effect(cfg: TrainConfig) -> dict[str, str]:
                 f"with objective.t_sampler {o.t_sampler} (only logit_normal has p_mean and "
                 f"p_std): set objective.t_sampler=logit_normal, or drop objective.{name}"
             )
+    if not (o.prediction == "x" and o.loss != "x"):
+        rules["objective.t_eps"] = (
+            f"with objective.prediction {o.prediction} and objective.loss {o.loss} (it clamps "
+            "1 − t where an x-prediction becomes an ε or v loss): drop objective.t_eps"
+        )
+    if not (o.prediction == "eps" and o.loss != "eps"):
+        rules["objective.t_min"] = (
+            f"with objective.prediction {o.prediction} and objective.loss {o.loss} (it clamps t "
+            "where an ε-prediction becomes an x or v loss): drop objective.t_min"
+        )
+    if o.prediction != "x" or s.method not in VELOCITY_SOLVERS:
+        why = f"{_a(o.prediction)} {o.prediction}-prediction"
+        if o.prediction == "x":
+            why = f"sample.method {s.method}, which steps on x̂, where the clamp cancels"
+        rules["sample.t_eps"] = (
+            f"for the previews with {why} (it clamps 1 − t where an x-prediction becomes a "
+            "velocity, with euler / heun): drop sample.t_eps"
+        )
+    if o.prediction != "eps":
+        rules["sample.t_min"] = (
+            f"for the previews of {_a(o.prediction)} {o.prediction}-prediction (it clamps t "
+            "where an ε-prediction is divided by it): drop sample.t_min"
+        )
     if o.preconditioner != "edm":
         rules["objective.sigma_data"] = (
             f"with objective.preconditioner {o.preconditioner} (only edm uses sigma_data): set "
@@ -169,6 +216,7 @@ def _no_effect(cfg: TrainConfig) -> dict[str, str]:
 def check_effects(asked: Mapping[str, str | None], cfg: TrainConfig) -> None:
     """Refuse a field the user asked for (`asked`: field → where it was given, None in Python)
     that has no effect in the resolved config `cfg`."""
+    _check_preview_guidance(asked, cfg)
     rules = _no_effect(cfg)
     for key, where in asked.items():
         if key in rules:
@@ -176,3 +224,28 @@ def check_effects(asked: Mapping[str, str | None], cfg: TrainConfig) -> None:
             value = field_value(cfg, key)
             value = shown(list(value) if isinstance(value, tuple) else value)  # as typed
             raise ValueError(f"{said}{key} {value} has no effect {rules[key]}")
+
+
+# the guidance settings: asked for, some preview evaluation must fall inside the interval (a
+# preset's scale with fewer steps only leaves the previews unguided)
+GUIDANCE_FIELDS = ("sample.cfg", "sample.interval")
+
+
+def _check_preview_guidance(asked: Mapping[str, str | None], cfg: TrainConfig) -> None:
+    """Refuse asked sample settings under which the preview grids' guidance never applies (no
+    evaluation time inside the interval): the grids would be unguided, said to be guided."""
+    s, d = cfg.sample, cfg.data
+    mine = [key for key in asked if key in GUIDANCE_FIELDS]
+    if not d.conditional or d.num_classes == 0 or cfg.model.num_classes == 0:
+        return  # an unconditional model: its previews are never guided (training sets cfg 1)
+    if not mine or s.cfg == 1 or s.guided_evaluations():
+        return
+    where = asked[mine[0]]
+    said = f"{where}: " if where else ""
+    low, high = s.interval
+    raise ValueError(
+        f"{said}sample.cfg {s.cfg:g} would never apply to the preview grids: {s.method} with "
+        f"sample.steps {s.steps} on the {s.grid} grid evaluates at t = {s.times_text()}, none "
+        f"inside sample.interval ({low:g}, {high:g}) (open at both ends): raise sample.steps, "
+        "widen sample.interval, or set sample.cfg=1"
+    )
