@@ -26,9 +26,11 @@ from pixeljit.checkpoints.hub_remote import fetch_hub_folder, is_hf_uri
 from pixeljit.checkpoints.load import (
     TrainedModel,
     check_one_set,
+    trained_model,
 )
 from pixeljit.checkpoints.metadata import (
     OBJECTIVE_DEFAULTS,
+    Objective,
     check_class_names,
     check_objective,
     objective_from_metadata,
@@ -72,7 +74,9 @@ TOP_KEYS = (
     "sampler",
     "sampler_source",
 )
-OBJECTIVE_KEYS = tuple(OBJECTIVE_DEFAULTS)  # prediction, noise_scale, preconditioner
+OBJECTIVE_KEYS = tuple(OBJECTIVE_DEFAULTS)  # prediction, noise_scale, preconditioner, sigma_data
+# objective fields a config.json may leave out (written only where used; earlier files lack them)
+OPTIONAL_OBJECTIVE = {"sigma_data": OBJECTIVE_DEFAULTS["sigma_data"]}
 WEIGHTS_KEYS = ("name", "ema_decay", "step")
 MAX_TEXT = 1000  # characters of a free-text field (weights name, sampler source)
 
@@ -85,7 +89,7 @@ class HubConfig:
     """A validated config.json."""
 
     architecture: dict
-    objective: tuple[str, float, str]
+    objective: Objective
     class_names: tuple[str, ...] | None
     weights: str
     ema_decay: float | None
@@ -165,7 +169,7 @@ def read_hub_config(path: str | os.PathLike) -> HubConfig:
             f"{path}: architecture fields {counts} must be positive integers, got "
             f"{[arch.get(k) for k in counts]}"
         )
-    obj = _section(path, data, "objective", OBJECTIVE_KEYS)
+    obj = {**OPTIONAL_OBJECTIVE, **_section(path, data, "objective", OBJECTIVE_KEYS)}
     objective = check_objective(path, *(obj.get(k) for k in OBJECTIVE_KEYS))
     # names need a num_classes to count against: a missing one is refused like a wrong one
     names = check_class_names(path, data.get("class_names"), arch.get("num_classes", "missing"))
@@ -235,9 +239,9 @@ def load_hub(
     # file records none, are no recommendation (a round trip said "recommended" of them)
     sampler = config.sampler if recommends or config.sampler != SamplerConfig() else None
     shown = f"{label} ({config.weights})" if config.weights else label
-    return TrainedModel(
+    return trained_model(
         net,
-        *config.objective,
+        config.objective,
         config.class_names,
         shown,
         config.weights,

@@ -179,7 +179,9 @@ def model_card(config: dict, params: int, extras: CardExtras, size: str | None) 
         f"| parameters | {params:,} |",
         f"| classes | {_classes_line(config, extras.authors)} |",
         f"| objective | {obj['prediction']}-prediction, noise scale {obj['noise_scale']}, "
-        f"preconditioner {obj['preconditioner']} |",
+        f"preconditioner {obj['preconditioner']}"
+        + (f" (sigma_data {obj['sigma_data']})" if "sigma_data" in obj else "")
+        + " |",
         f"| weights | {weights['name'] or 'not recorded'}{decay}{step} |",
         "",
         "## Recommended sampling"

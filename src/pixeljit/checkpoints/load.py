@@ -4,7 +4,8 @@
 `.safetensors` export, a Hugging Face layout folder (`checkpoints.hub`) or `hf://org/name[@rev]`,
 or an authors' `checkpoint-last.pth` (or its folder), and returns the network in eval mode *with*
 what sampling must match from training: the prediction target, the noise scale and the
-pre-conditioner (and class names, the exported weights and recommended sampler when known).
+pre-conditioner with its σ_data (and class names, the exported weights and recommended sampler
+when known).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from pixeljit.checkpoints.authors import load_reference
 from pixeljit.checkpoints.kinds import checkpoint_kind
 from pixeljit.checkpoints.kinds import folder_kind as folder_kind  # importable here, as before
 from pixeljit.checkpoints.metadata import (
+    Objective,
     check_class_names,
     check_objective,
+    objective_fields,
     objective_from_metadata,
     sampler_config,
     sampler_from_metadata,
@@ -38,7 +41,7 @@ from pixeljit.checkpoints.run import load_checkpoint
 from pixeljit.checkpoints.safetensors_io import load_safetensors_with_meta, save_safetensors
 from pixeljit.checkpoints.weights import build_loaded, check_overrides
 from pixeljit.devices import as_device
-from pixeljit.diffusion.objective import BASE_RESOLUTION
+from pixeljit.diffusion.objective import BASE_RESOLUTION, SIGMA_DATA
 from pixeljit.diffusion.sampler import NO_GUIDANCE, SamplerConfig
 from pixeljit.model import MODEL_SIZES, JiT, JiTConfig, count_parameters
 
@@ -67,6 +70,7 @@ class TrainedModel:
     weights: str = ""  # which weights: 'ema:<decay>', 'model', 'model_ema1', … ('' = unknown)
     step: int | None = None  # training step of the weights, when known
     sampler: SamplerConfig | None = None  # recommended sampling settings, when known
+    sigma_data: float = SIGMA_DATA  # the 'edm' pre-conditioner's σ_data (last: keyword)
 
     def __post_init__(self) -> None:
         """A model without classes has nothing to guide or to name: a recommended CFG (a preset's,
@@ -75,8 +79,11 @@ class TrainedModel:
         if not isinstance(getattr(self.net, "config", None), JiTConfig):
             raise ValueError(f"TrainedModel takes a JiT network, got {type(self.net).__name__}")
         where = self.description or "TrainedModel"
-        objective = check_objective(where, self.prediction, self.noise_scale, self.preconditioner)
+        objective = check_objective(
+            where, self.prediction, self.noise_scale, self.preconditioner, self.sigma_data
+        )
         object.__setattr__(self, "noise_scale", objective[1])
+        object.__setattr__(self, "sigma_data", objective[3])
         if self.net.config.num_classes == 0:
             if self.sampler is not None and self.sampler.cfg != NO_GUIDANCE:
                 unguided = dataclasses.replace(self.sampler, cfg=NO_GUIDANCE)
@@ -102,10 +109,11 @@ class TrainedModel:
 
     def sample(self, labels=None, **kwargs) -> torch.Tensor:
         """Images (N, C, H, W), nominally in [-1, 1] (not clipped), from these weights, with
-        their objective (prediction, noise scale, pre-conditioner) and their recommended sampler
-        settings (else SamplerConfig's defaults); any keyword of `pixeljit.sample` given here
-        takes precedence, e.g. `model.sample([0, 3], steps=10, seed=0)`. A label may be a class
-        name (`model.sample(["Sneaker", "Bag"])`, any case) where the model records names."""
+        their objective (prediction, noise scale, pre-conditioner, σ_data) and their recommended
+        sampler settings (else SamplerConfig's defaults); any keyword of `pixeljit.sample` given
+        here takes precedence, e.g. `model.sample([0, 3], steps=10, seed=0)`. A label may be a
+        class name (`model.sample(["Sneaker", "Bag"])`, any case) where the model records
+        names."""
         from pixeljit.diffusion.sampler import sample
 
         if isinstance(labels, np.ndarray) and labels.dtype.kind in "USO":  # names in an array
@@ -117,7 +125,8 @@ class TrainedModel:
         chosen = {k: v for k, v in kwargs.items() if k in fields}  # given over it
         settings = dataclasses.replace(base, **chosen).kwargs()
         objective = {"prediction": self.prediction, "noise_scale": self.noise_scale,
-                     "preconditioner": self.preconditioner}  # fmt: skip
+                     "preconditioner": self.preconditioner,
+                     "sigma_data": self.sigma_data}  # fmt: skip
         return sample(self.net, labels, **{**settings, **objective, **kwargs})
 
     @property
@@ -164,8 +173,20 @@ class TrainedModel:
                          f"{more}, or a class number 0 to {last}")  # fmt: skip
 
     def objective_metadata(self) -> dict:
-        return {"prediction": self.prediction, "noise_scale": self.noise_scale,
-                "preconditioner": self.preconditioner}  # fmt: skip
+        """The objective as an export records it (sigma_data where the pre-conditioner uses it);
+        also `pixeljit.sample`'s keywords for these weights."""
+        return objective_fields(
+            self.prediction, self.noise_scale, self.preconditioner, self.sigma_data
+        )
+
+
+def trained_model(net: JiT, objective: Objective, *args, **fields) -> TrainedModel:
+    """TrainedModel of `net` with a checked objective (`check_objective`'s tuple); the other
+    fields (class names, description, …) as TrainedModel takes them after the objective."""
+    prediction, noise_scale, preconditioner, sigma_data = objective
+    return TrainedModel(
+        net, prediction, noise_scale, preconditioner, *args, sigma_data=sigma_data, **fields
+    )
 
 
 def load_trained(
@@ -209,7 +230,7 @@ def load_trained(
         name, step = weights_metadata(source, meta.get("weights"))
         check_one_set(source, name, weights)
         description = f"{source} ({name})" if name else str(source)
-        return TrainedModel(net, *objective, names, description, name, step, sampler=sampler)
+        return trained_model(net, objective, names, description, name, step, sampler=sampler)
     if kind == "authors":
         weights = weights or "model_ema1"  # load_reference checks the name
         net = load_reference(source, weights, in_context_start, device, **overrides)
@@ -272,9 +293,10 @@ def _load_run(source, weights: str, device, overrides) -> TrainedModel:
         fields = {**cfg["model"], **overrides}
         state, weights = _run_state(ckpt, file, weights)
         obj = cfg["objective"]
-        objective = check_objective(
-            file, obj["prediction"], obj["noise_scale"], obj["preconditioner"]
-        )
+        objective = check_objective(  # a run's config records sigma_data (0.5 if not)
+            file, obj["prediction"], obj["noise_scale"], obj["preconditioner"],
+            obj.get("sigma_data", SIGMA_DATA),
+        )  # fmt: skip
     except (KeyError, TypeError, IndexError, AttributeError) as err:
         raise ValueError(
             f"{file}: malformed pixeljit checkpoint ({type(err).__name__}: {err}); "
@@ -290,8 +312,8 @@ def _load_run(source, weights: str, device, overrides) -> TrainedModel:
     names = check_class_names(file, ckpt.get("class_names"))
     step = ckpt.get("step")
     step = step if isinstance(step, int) and not isinstance(step, bool) else None
-    return TrainedModel(
-        net, *objective, names, f"{ckpt['path']} step {ckpt.get('step', '?')} ({weights})",
+    return trained_model(
+        net, objective, names, f"{ckpt['path']} step {ckpt.get('step', '?')} ({weights})",
         weights, step, _run_sampler(file, cfg),
     )  # fmt: skip
 

@@ -1,7 +1,7 @@
 """What a checkpoint file declares beside its weights, read and checked: the objective (prediction
-target, noise scale, pre-conditioner), class names, the recommended sampler and which weights
-these are. `load_trained` reads files with these, and `save_safetensors` checks what it is given
-with the same functions, so no file is written that loading would refuse."""
+target, noise scale, pre-conditioner and its σ_data), class names, the recommended sampler and
+which weights these are. `load_trained` reads files with these, and `save_safetensors` checks
+what it is given with the same functions, so no file is written that loading would refuse."""
 
 from __future__ import annotations
 
@@ -11,17 +11,37 @@ from collections import Counter
 from pixeljit.diffusion.objective import (
     PRECONDITIONERS,
     PREDICTIONS,
+    SIGMA_DATA,
     default_noise_scale,
     finite_number,
 )
 from pixeljit.diffusion.sampler import SamplerConfig
 
 # what a .safetensors export without the field was trained with: ObjectiveConfig's defaults
-# (the noise scale's, None, is the paper's image_size / 256)
-OBJECTIVE_DEFAULTS = {"prediction": "x", "noise_scale": None, "preconditioner": "none"}
+# (the noise scale's, None, is the paper's image_size / 256). sigma_data is written only with the
+# 'edm' pre-conditioner (the one that uses it), so other exports load in versions before it; an
+# 'edm' file without it predates it: its run trained with 0.5 unless objective.sigma_data was set,
+# which the file cannot tell (export it again from the run)
+OBJECTIVE_DEFAULTS = {
+    "prediction": "x",
+    "noise_scale": None,
+    "preconditioner": "none",
+    "sigma_data": SIGMA_DATA,
+}
+USES_SIGMA_DATA = ("edm",)  # pre-conditioners whose coefficients depend on sigma_data
+
+Objective = tuple[str, float, str, float]  # prediction, noise_scale, preconditioner, sigma_data
 
 
-def objective_from_metadata(source, fields, image_size: int) -> tuple[str, float, str]:
+def objective_fields(prediction, noise_scale, preconditioner, sigma_data) -> dict:
+    """The objective as a file's metadata (a .safetensors export's, a hub config.json's) holds
+    it: sigma_data only where the pre-conditioner uses it (`OBJECTIVE_DEFAULTS`)."""
+    fields = {"prediction": prediction, "noise_scale": noise_scale,
+              "preconditioner": preconditioner}  # fmt: skip
+    return fields | ({"sigma_data": sigma_data} if preconditioner in USES_SIGMA_DATA else {})
+
+
+def objective_from_metadata(source, fields, image_size: int) -> Objective:
     """The objective a .safetensors file's metadata records (a JSON object; a missing field
     takes its `OBJECTIVE_DEFAULTS` value, as training without it would have), checked."""
     if not isinstance(fields, dict):
@@ -38,21 +58,30 @@ def objective_from_metadata(source, fields, image_size: int) -> tuple[str, float
     return check_objective(source, *values.values())
 
 
-def check_objective(source, prediction, noise_scale, preconditioner) -> tuple[str, float, str]:
-    """The objective a checkpoint declares, checked (a file may say anything)."""
+def check_objective(
+    source, prediction, noise_scale, preconditioner, sigma_data=SIGMA_DATA
+) -> Objective:
+    """The objective a checkpoint declares, checked (a file may say anything); the numbers as
+    floats."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"{source}: prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if preconditioner not in PRECONDITIONERS:
         raise ValueError(
             f"{source}: preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}"
         )
+    scale = _positive(source, "noise_scale", noise_scale)
+    return prediction, scale, preconditioner, _positive(source, "sigma_data", sigma_data)
+
+
+def _positive(source, name: str, value) -> float:
+    """`value` as a float if it is a finite number > 0, else a one-line error naming `source`."""
     try:
-        scale = finite_number("noise_scale", noise_scale)
+        number = finite_number(name, value)
     except ValueError:
-        scale = math.nan
-    if not scale > 0:
-        raise ValueError(f"{source}: noise_scale must be a finite number > 0, got {noise_scale!r}")
-    return prediction, scale, preconditioner
+        number = math.nan
+    if not number > 0:
+        raise ValueError(f"{source}: {name} must be a finite number > 0, got {value!r}")
+    return number
 
 
 def check_class_names(source, names, num_classes=None) -> tuple[str, ...] | None:

@@ -2,11 +2,12 @@
 
 A checkpoint is one `torch.save` file holding plain tensors and containers only (loadable with
 `weights_only=True`): model, every EMA, optimizer, step / images seen, data-order position, RNG
-states, the fully resolved config. Writes go to a temporary file in the same folder, then
-`os.replace`, so a crash or a full disk never leaves a half-written `latest.pt`. A state holding
-a non-finite float is never written. Each file carries a SHA-256 of every tensor (its name,
-dtype, shape and bytes) and one of everything else, checked on load, so a flipped byte that
-`torch.load` would read silently is caught and named.
+states, the fully resolved config, the training revision of the code that trained it
+(`training.revisions`: what a resume under newer code changes). Writes go to a temporary file
+in the same folder, then `os.replace`, so a crash or a full disk never leaves a half-written
+`latest.pt`. A state holding a non-finite float is never written. Each file carries a SHA-256
+of every tensor (its name, dtype, shape and bytes) and one of everything else, checked on load,
+so a flipped byte that `torch.load` would read silently is caught and named.
 """
 
 from __future__ import annotations

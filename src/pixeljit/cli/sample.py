@@ -311,8 +311,8 @@ def run(args) -> int:
                 images = sample(
                     net, labels[start:stop] if labels is not None else None, num=stop - start,
                     **sampler.kwargs(), noise_scale=noise_scale, prediction=model.prediction,
-                    preconditioner=model.preconditioner, seed=args.seed, first_index=start,
-                    amp_dtype=amp,
+                    preconditioner=model.preconditioner, sigma_data=model.sigma_data,
+                    seed=args.seed, first_index=start, amp_dtype=amp,
                 )  # fmt: skip
                 u8 = to_uint8(images)  # (B, C, H, W) uint8 on the CPU
                 for folder in staging:

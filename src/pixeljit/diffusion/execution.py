@@ -8,7 +8,7 @@ import contextlib
 
 import torch
 
-from pixeljit.diffusion.objective import precondition
+from pixeljit.diffusion.objective import SIGMA_DATA, precondition
 
 Tensor = torch.Tensor
 
@@ -60,16 +60,18 @@ def compiled_network(net, mode: str):
 
 
 class NetDenoiser:
-    """net(z, t, y) with the pre-conditioner and optional autocast; float output in z's dtype.
+    """net(z, t, y) with the pre-conditioner (its σ_data: the value the network was trained with,
+    used by 'edm') and optional autocast; float output in z's dtype.
 
     A compiled network (CUDA graphs under "reduce-overhead") writes its outputs into memory the
     next replay reuses: each call marks a new step and copies the output out of it.
     """
 
-    def __init__(self, net, preconditioner: str, noise_scale: float, amp_dtype, compiled=False):
+    def __init__(self, net, preconditioner: str, noise_scale: float, amp_dtype, compiled=False,
+                 *, sigma_data: float = SIGMA_DATA):  # fmt: skip
         self.net, self.preconditioner = net, preconditioner
         self.noise_scale, self.amp_dtype = noise_scale, amp_dtype
-        self.compiled = compiled
+        self.compiled, self.sigma_data = compiled, sigma_data
 
     def __call__(self, z: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
         if self.compiled:
@@ -82,7 +84,7 @@ class NetDenoiser:
         if self.compiled and out.dtype == z.dtype:  # (a cast copies already)
             out = out.clone()
         out = out.to(z.dtype)
-        return precondition(out, z, t, self.preconditioner, self.noise_scale)
+        return precondition(out, z, t, self.preconditioner, self.noise_scale, self.sigma_data)
 
 
 def default_amp_dtype(device: torch.device | str) -> torch.dtype | None:

@@ -32,6 +32,7 @@ from pixeljit.diffusion.objective import (
     DEFAULT_T_MIN,
     PRECONDITIONERS,
     PREDICTIONS,
+    SIGMA_DATA,
     default_noise_scale,
     finite_number,
 )
@@ -202,6 +203,7 @@ def check_sampling_args(
     shift: float = DEFAULT_SHIFT,
     preconditioner: str = "none",
     t_min: float = DEFAULT_T_MIN,
+    sigma_data: float = SIGMA_DATA,
 ) -> tuple[float, float]:
     """Validate sampling settings (before any model is loaded); returns the interval as floats."""
     config = SamplerConfig(steps, method, grid, shift, cfg, interval, t_eps, t_min)
@@ -213,6 +215,9 @@ def check_sampling_args(
         raise ValueError("a preconditioner builds an x-prediction: use prediction='x'")
     if noise_scale is not None and not finite_number("noise_scale", noise_scale) > 0:
         raise ValueError(f"noise_scale must be > 0 (or None for image_size/256), got {noise_scale}")
+    if not finite_number("sigma_data", sigma_data) > 0:
+        raise ValueError(f"sigma_data must be > 0 (the value the model was trained with), got "
+                         f"{sigma_data}")  # fmt: skip
     return config.interval
 
 
@@ -237,6 +242,7 @@ def sample(
     first_index: int = 0,
     t_min: float = SamplerConfig.t_min,
     preconditioner: str = "none",
+    sigma_data: float = SIGMA_DATA,
     amp_dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     compile_mode: str | None = None,
@@ -250,10 +256,11 @@ def sample(
     seed gives the same images whatever the batch split; else from `generator` (or the global
     RNG) in one draw, which depends on the batch size: give one of noise, seed and generator.
     `noise_scale` must match training (default None: the paper's image_size/256, as
-    ObjectiveConfig's default; a loaded model's `model.sample` passes its own). Guidance: `cfg` w on
-    rows with t in the open `interval` (default (0.1, 1.0), the paper's). `method` ∈
-    {euler, heun, dpm++2m, dpm++3m}; `grid` ∈ {uniform, shifted, edm, logsnr}; defaults come from
-    `SamplerConfig`.
+    ObjectiveConfig's default; a loaded model's `model.sample` passes its own), and so must
+    `preconditioner` and its `sigma_data` (used by 'edm'; default ObjectiveConfig's 0.5).
+    Guidance: `cfg` w on rows with t in the open `interval` (default (0.1, 1.0), the paper's).
+    `method` ∈ {euler, heun, dpm++2m, dpm++3m}; `grid` ∈ {uniform, shifted, edm, logsnr};
+    defaults come from `SamplerConfig`.
     Every module of the network runs in eval mode (each one's own mode restored afterwards);
     `amp_dtype` (e.g. torch.bfloat16) runs it under autocast (the state z stays float32).
     `compile_mode` (one of COMPILE_MODES; None = eager) runs it through
@@ -266,7 +273,7 @@ def sample(
     config = network_config(net)
     interval = check_sampling_args(
         steps, method, cfg, interval, t_eps, noise_scale, prediction, grid, shift, preconditioner,
-        t_min,
+        t_min, sigma_data,
     )  # fmt: skip
     seed, first_index = check_seed(seed, first_index)
     check_compile_mode(compile_mode)
@@ -285,7 +292,8 @@ def sample(
 
     runner = net if compile_mode is None else compiled_network(net, compile_mode)
     compiled = compile_mode is not None
-    denoiser = NetDenoiser(runner, preconditioner, noise_scale, amp_dtype, compiled)
+    denoiser = NetDenoiser(runner, preconditioner, noise_scale, amp_dtype, compiled,
+                           sigma_data=float(sigma_data))  # fmt: skip
     field = GuidedField(denoiser, y, prediction=prediction, cfg=cfg, interval=interval,
                         null_label=classes if classes > 0 else None, t_eps=t_eps,
                         t_min=t_min)  # fmt: skip

@@ -283,7 +283,7 @@ def sample_cell(folder: Path, measure: Measure, seed: int, device: str) -> torch
     images = sample(
         net, None, **measure.sampler.kwargs(), noise_scale=trained.noise_scale,
         prediction=trained.prediction, preconditioner=trained.preconditioner,
-        num=measure.num_samples, seed=seed,
+        sigma_data=trained.sigma_data, num=measure.num_samples, seed=seed,
     )  # fmt: skip
     return to_uint8(images).cpu()
 

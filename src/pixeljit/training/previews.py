@@ -64,6 +64,7 @@ def draw_grid(cfg: TrainConfig, net: torch.nn.Module, class_names, path: Path) -
     images = sample(
         net, labels, **sampler, noise_scale=cfg.objective.noise_scale,
         prediction=cfg.objective.prediction, preconditioner=cfg.objective.preconditioner,
-        num=None if classes else rows * s.per_class, seed=cfg.run.seed, amp_dtype=amp,
+        sigma_data=cfg.objective.sigma_data, num=None if classes else rows * s.per_class,
+        seed=cfg.run.seed, amp_dtype=amp,
     )  # fmt: skip
     return save_grid(images, path, ncols=s.per_class, row_labels=names)

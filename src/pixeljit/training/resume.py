@@ -28,7 +28,10 @@ Every config field falls in one class (`field_class`), and a test holds every fi
   so a new length moves it and the resume is inexact.
 
 A field added to the config after a checkpoint was written is absent from its saved config; it
-counts as the value that reproduces what the code did before the field existed (`ADDED_FIELDS`).
+counts as the value that reproduces what the code did before the field existed (`ADDED_FIELDS`),
+in the checkpoint and in a run folder's config.yaml alike, and is no changed setting. A change of
+the training code without a config field raises the training revision every checkpoint records
+(`revisions`): resuming an older revision is inexact where a change since touches the run.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import json
 from pixeljit.checkpoints.config_diff import diff_configs
 from pixeljit.training.config import resolve_compile
 from pixeljit.training.optimizer import ADAMW_BEFORE_FUSED, adamw_kind
+from pixeljit.training.revisions import revision_changes, revision_fix
 
 LOGISTICAL = frozenset({"run.out", "run.log_every", "run.ckpt_every", "run.milestone_every",
                         "run.tensorboard", "optim.steps", "optim.epochs"})  # fmt: skip
@@ -52,8 +56,13 @@ ALLOW_FLAG = "--allow-inexact-resume"
 DATA_KEY = "data_fingerprint"  # the checkpoint field holding `data_fingerprint(dataset)`
 MANIFEST_CONTENT_KEYS = ("shards", "labels", "class_names", "image_shape", "num_classes")
 # fields added since checkpoints were first written → the value that means the old behaviour
+# (sample.grid / shift / t_min: 31a4b61; ema_warmup, cooldown: 5e36d5f; ema_warmup_offset:
+# 39dff44; activation_checkpointing, fsdp_bf16_params: e969636; bf16_residual: 3bc7486)
 ADDED_FIELDS = {("optim", "ema_warmup"): False, ("optim", "cooldown"): 0.0,
-                ("optim", "ema_warmup_offset"): 10.0}  # fmt: skip
+                ("optim", "ema_warmup_offset"): 10.0,
+                ("run", "activation_checkpointing"): False, ("run", "fsdp_bf16_params"): False,
+                ("run", "bf16_residual"): False, ("sample", "grid"): "uniform",
+                ("sample", "shift"): 3.0, ("sample", "t_min"): 0.001}  # fmt: skip
 # execution facts added since checkpoints were first written → the value they had before
 ADDED_FACTS = {"checkpointed_graph": False, "fsdp_bf16_params": False, "bf16_residual": False}
 LENGTH_FIELDS = ("steps", "epochs")  # optim fields that set the run's length, steps first
@@ -69,7 +78,8 @@ def run_length(optim: dict) -> tuple:
 
 
 def with_added_fields(config: dict) -> dict:
-    """A saved config with every field of `ADDED_FIELDS` it lacks filled in (a copy)."""
+    """A saved config (or a run's config.yaml) with every field of `ADDED_FIELDS` it lacks
+    filled in (a copy): compared so, a field a newer version added is no difference."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     for (section, name), old in ADDED_FIELDS.items():
         if isinstance(out.get(section), dict):
@@ -200,14 +210,26 @@ def check_resume(
             f"the training data (--data {source}) changed since the checkpoint was written "
             f"(fingerprint {was[:12]}… vs now {fingerprint[:12]}…)"
         )
-    if inexact and not allow_inexact:
-        raise ValueError(
-            f"resuming {path} with a change would not continue the run bit-exactly: "
-            + "; ".join(inexact)
-            + f"; set these back{_same_world(before, execution)}, or pass {ALLOW_FLAG} to "
-            "continue anyway"
-        )
-    return inexact
+    revised = revision_changes(saved, execution)
+    if (inexact or revised) and not allow_inexact:
+        world = _same_world(before, execution)
+        raise ValueError(inexact_refusal(path, saved, inexact, revised, world))
+    return inexact + revised
+
+
+def inexact_refusal(
+    path, saved: dict, changes: list[str], revised: list[str], world: str = ""
+) -> str:
+    """The one-line refusal of an inexact resume of `saved` (from `path`): the `changes` of its
+    config, execution or data, set back `world` (`_same_world`), and the `revised` behaviour of
+    the training code (`revisions.revision_changes`), resumed by the code that wrote it."""
+    ways = [f"set {'the others' if revised else 'these'} back{world}"] if changes else []
+    ways += [revision_fix(saved)] if revised else []
+    return (
+        f"resuming {path} with a change would not continue the run bit-exactly: "
+        + "; ".join(changes + revised)
+        + f"; {' and '.join(ways)}, or pass {ALLOW_FLAG} to continue anyway"
+    )
 
 
 def _same_world(before: dict | None, execution: dict) -> str:

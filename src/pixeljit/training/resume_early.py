@@ -6,7 +6,9 @@ What is known before packing: the recipe as given (`check_recipe_before_data`), 
 of an image folder, its sub-folder names (`folder_class_names`, one listing of its top level).
 Against the checkpoint those tell: a changed number of classes changes model.num_classes (a
 recipe change, always refused), and renamed classes change the data's fingerprint (an inexact
-resume, refused unless allowed), as `check_resume` finds after packing.
+resume, refused unless allowed), as `check_resume` finds after packing. The checkpoint alone
+tells whether a change of the training code since it was written touches its run
+(`revisions.revision_changes`: inexact, refused unless allowed).
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from pixeljit.data.shards import MANIFEST
 from pixeljit.data.text import utf8_text
 from pixeljit.training.config import TrainConfig
 from pixeljit.training.config_io import to_dict
-from pixeljit.training.resume import ALLOW_FLAG, DATA_KEY, check_recipe_before_data
+from pixeljit.training.resume import (
+    ALLOW_FLAG,
+    DATA_KEY,
+    check_recipe_before_data,
+    inexact_refusal,
+)
+from pixeljit.training.revisions import revision_changes
 from pixeljit.training.setup import model_classes
 
 
@@ -48,13 +56,17 @@ def check_resume_before_data(saved: dict, cfg: TrainConfig, allow_inexact: bool)
         if not asked_of_unlabelled:  # that has its own refusal, once the data is opened
             known[("model", "num_classes")] = classes
     check_recipe_before_data(saved, to_dict(cfg), path, known)
-    was = saved.get("class_names")
-    if allow_inexact or names is None or saved.get(DATA_KEY) is None or not isinstance(was, list):
+    if allow_inexact:
         return
-    if names != was:  # the fingerprint holds the class names: the data is another
+    was = saved.get("class_names")
+    known_data = names is not None and saved.get(DATA_KEY) is not None and isinstance(was, list)
+    if known_data and names != was:  # the fingerprint holds the class names: the data is another
         raise ValueError(
             f"resuming {path} with a change would not continue the run bit-exactly: the "
             f"training data (--data {utf8_text(cfg.data.source)}) has classes {names}, but the "
             f"run was trained on classes {was}; resume on the run's data (its classes, in that "
             f"order), or pass {ALLOW_FLAG} to continue anyway"
         )
+    revised = revision_changes(saved)  # as far as the checkpoint tells (its precision)
+    if revised:
+        raise ValueError(inexact_refusal(path, saved, [], revised))

@@ -279,14 +279,16 @@ def check_config_file(folder: Path, saved: dict | None, config: dict) -> None:
     """A resume reads the checkpoint's config, not the folder's config.yaml, and rewrites that
     file: one edited since it was written (it differs from both) would be ignored and lost, so
     it is refused, naming the edits and the two ways on. Only a resume of the folder's own
-    latest.pt is judged: an older milestone or a set-aside branch had its own config."""
+    latest.pt is judged: an older milestone or a set-aside branch had its own config. A field
+    a newer pixeljit added (`resume.ADDED_FIELDS`), absent from an older run's file and
+    checkpoint alike, is filled in on both sides: no edit."""
     path = folder / CONFIG_FILE
     if saved is None or not path.is_file():
         return
     if Path(saved["path"]).resolve() != (folder / LATEST).resolve():
         return
-    try:
-        written = load_yaml(path)
+    try:  # a field added since the file was written is filled in as in the checkpoint
+        written = with_added_fields(load_yaml(path))
     except (ValueError, OSError) as err:
         problem = f"cannot be read ({err})"
     else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from pixeljit.training.revisions import REVISION_KEY, TRAINING_REVISION
+
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """A full CPU copy of a tensor or of an FSDP2 DTensor shard (a collective for DTensors)."""
@@ -22,7 +24,8 @@ def _dcp_options(strategy_sharded: bool):
 def gather_state(raw, ema, opt, loader, info, strategy: str) -> dict:
     """Model, EMA, optimizer and loader state as full CPU tensors, in one layout whatever the
     strategy (parameter names as optimizer keys), so a run may resume on a different world size
-    or strategy. All ranks call (gathering FSDP2 shards is a collective); rank 0 keeps it."""
+    or strategy, and the training revision of this code (`revisions`). All ranks call (gathering
+    FSDP2 shards is a collective); rank 0 keeps it."""
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
         get_optimizer_state_dict,
@@ -35,7 +38,7 @@ def gather_state(raw, ema, opt, loader, info, strategy: str) -> dict:
     ema_state = ema.state_dict()
     ema_state["shadows"] = [[full_tensor(s) for s in shadow] for shadow in ema_state["shadows"]]
     return {"model": model_state, "ema": ema_state, "optimizer": opt_state,
-            "loader": loader.state_dict()}  # fmt: skip
+            "loader": loader.state_dict(), REVISION_KEY: TRAINING_REVISION}  # fmt: skip
 
 
 def all_finite(raw, ema, opt, info) -> bool:
