@@ -217,7 +217,7 @@ def test_images_with_labels_get_the_class_accuracy(setup, tmp_path, capsys):
                  "--out", str(images)]) == 0  # fmt: skip
     out = tmp_path / "scores.json"
     argv = ["eval", "--images", str(images), "--ref", str(setup / "data"), "--metrics", "fd",
-            "--out", str(out)]  # fmt: skip
+            "--extractor", "fmnist-cnn", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     assert "class_accuracy" in capsys.readouterr().out
     scores = json.loads(out.read_text())["scores"]

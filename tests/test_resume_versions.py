@@ -87,10 +87,10 @@ def resume(run: Path, steps: int, *extra: str) -> int:
 def test_checkpoints_record_the_training_revision(fmnist16, tmp_path):
     out = tmp_path / "run"
     train(tiny_run(fmnist16(64), out), progress=False)
-    assert load_checkpoint(out).get(REVISION) == 3
+    assert load_checkpoint(out).get(REVISION) == 4
     from pixeljit.training.revisions import TRAINING_REVISION
 
-    assert TRAINING_REVISION == 3
+    assert TRAINING_REVISION == 4
 
 
 def test_an_old_run_folder_resumes_untouched_exactly_and_names_no_added_field(
@@ -110,7 +110,7 @@ def test_an_old_run_folder_resumes_untouched_exactly_and_names_no_added_field(
     assert changed == ["resumed with changed settings: optim.steps 2 → 3"]
     assert "inexact" not in out
     same_weights(run, straight)
-    assert load_checkpoint(run)[REVISION] == 3  # written by this code now
+    assert load_checkpoint(run)[REVISION] == 4  # written by this code now
 
 
 def test_an_old_runs_config_yaml_passed_with_config_applies(fmnist16, tmp_path, capsys):
@@ -173,7 +173,7 @@ def test_an_old_run_inside_its_warmup_is_an_inexact_resume(fmnist16, tmp_path, c
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if "inexact" in line] == [INEXACT + why]
     assert "resumed with changed settings: optim.steps 2 → 4" in out.splitlines()
-    assert load_checkpoint(run)[REVISION] == 3
+    assert load_checkpoint(run)[REVISION] == 4
     same_weights(run, straight)  # under this code's schedule from step 2 on
 
     assert resume(current, 4) == 0  # the same run written by this code: exact, nothing said
@@ -236,10 +236,10 @@ def test_a_revision_change_touches_only_the_runs_it_changes(fmnist16, tmp_path):
     bf16 = {"precision": "bf16"}
     touched = revision_changes(with_model(attention="fp32"), {**saved["execution"], **bf16})
     assert [why.rsplit(", and ", 1)[1] for why in touched] == ["this run trains in bf16"]
-    newer = {**saved, REVISION: 4}
+    newer = {**saved, REVISION: 5}
     assert revision_changes(newer) == [
-        "the checkpoint was written by a newer pixeljit, of training revision 4 (this one "
-        "trains revision 3), whose changes are unknown here"
+        "the checkpoint was written by a newer pixeljit, of training revision 5 (this one "
+        "trains revision 4), whose changes are unknown here"
     ]
 
 
@@ -257,7 +257,7 @@ def test_a_seed_of_two_words_is_a_change_of_revision_3(fmnist16, tmp_path):
         return {**saved, "config": config, REVISION: 2}
 
     assert revision_changes(revision_2(2**32 - 1)) == []
-    assert revision_changes({**revision_2(2**32), REVISION: 3}) == []  # this code's own
+    assert revision_changes({**revision_2(2**32), REVISION: 3}) == []  # revision 3 on
     assert revision_changes(revision_2(2**32)) == [
         "training revision 2 → 3 (the wide-seed fix of pixeljit.rng, 2 Dec 2026): the data "
         "order and the training noise derive from run.seed 4294967296 otherwise (a seed of 2³² "

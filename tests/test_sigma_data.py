@@ -198,3 +198,38 @@ def test_hostile_sigma_data_is_refused_naming_the_file(random_net, tmp_path, val
     assert str(hub / CONFIG_NAME) in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ValueError, match="sigma_data must be a finite number > 0"):
         TrainedModel(random_net, preconditioner="edm", sigma_data=value)
+
+
+def test_the_sample_and_eval_commands_sample_as_trained(run, tmp_path):
+    """`pixeljit sample` and `pixeljit eval --save-images` draw what `load_trained(run).sample`
+    does with the run's σ_data (they passed none: 0.5)."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from pixeljit.files.images import to_uint8
+
+    model = load_trained(run)
+    assert model.sigma_data == TRAINED
+
+    def expected(labels: list[int]) -> np.ndarray:  # (N, H, W, C) uint8, as the files hold
+        drawn = model.sample(labels, steps=2, cfg=1.0, seed=7)
+        wrong = model.sample(labels, steps=2, cfg=1.0, seed=7, sigma_data=DEFAULT)
+        assert not torch.equal(to_uint8(drawn), to_uint8(wrong))
+        return to_uint8(drawn).permute(0, 2, 3, 1).numpy()
+
+    out = tmp_path / "s.npz"
+    argv = ["sample", str(run), "--num", "4", "--steps", "2", "--cfg", "1", "--seed", "7",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    drawn = np.load(out)
+    assert np.array_equal(drawn["arr_0"], expected(drawn["labels"].tolist()))
+    pngs = tmp_path / "pngs"
+    argv = ["eval", "--checkpoint", str(run), "--num-images", "10", "--steps", "2", "--cfg", "1",
+            "--seed", "7", "--metrics", "is", "--save-images", str(pngs)]  # fmt: skip
+    assert main(argv) == 0
+    with open(pngs / "labels.csv", newline="") as f:
+        labels = [int(row["label"]) for row in csv.DictReader(f)]
+    saved = np.stack([np.asarray(Image.open(pngs / f"{k:06d}.png")) for k in range(10)])
+    assert np.array_equal(saved.reshape(expected(labels).shape), expected(labels))

@@ -48,14 +48,13 @@ from pixeljit.metrics import (
     load_dataset_stats,
     score_images,
 )
-from pixeljit.metrics.image_sources import (
-    DEFAULT_BATCH,
-    folder_labels,
-    iter_batches,
-    npz_class_names,
-    npz_labels,
+from pixeljit.metrics.image_sources import DEFAULT_BATCH, iter_batches
+from pixeljit.metrics.labelled import (
+    AccuracyCounter,
+    label_order,
+    not_classifier_labels,
+    source_labels,
 )
-from pixeljit.metrics.labelled import AccuracyCounter, label_order
 from pixeljit.metrics.score import metric_names
 from pixeljit.values import is_integer
 
@@ -123,8 +122,8 @@ def generate(
                 model.net, labels, num=last - first,
                 **spec.sampler.kwargs(),  # an unconditional model with cfg ≠ 1: refused there
                 noise_scale=scale, prediction=model.prediction,
-                preconditioner=model.preconditioner, seed=spec.seed, first_index=first,
-                amp_dtype=spec.amp_dtype,
+                preconditioner=model.preconditioner, sigma_data=model.sigma_data,
+                seed=spec.seed, first_index=first, amp_dtype=spec.amp_dtype,
             )  # fmt: skip
             u8 = to_uint8(images)
             if save_dir is not None:
@@ -222,19 +221,18 @@ def score_image_source(
     """Score existing images (a folder or an `.npz`) like generated ones; an `.npz` with
     'labels' (`pixeljit sample --out X.npz`), or a folder with a labels.csv (`--out DIR/`), in
     the classifier's label space also gets the class accuracy, as the same images generated from
-    a checkpoint do: matched by the class names they carry where they have them, else taken in
-    the classifier's order. Labels the classifier cannot hold leave the accuracy out with a
-    warning."""
-    labels, names = _source_labels(images)
+    a checkpoint do. The label space is the classifier's when the labels' class names are all
+    names of its classes (matched by name), else when the labels' class count
+    (`label_classes`) is its class count (taken in its order). Other labels leave the accuracy
+    out with a warning."""
+    labels, names = source_labels(images)
     classes = extractor.num_classes
-    beyond = labels is not None and classes and labels.size and labels.max() >= classes
-    if beyond:
-        warnings.warn(
-            f"class accuracy left out: {images} holds labels up to {int(labels.max())}, but the "
-            f"{extractor.name} classifier knows {classes} classes",
-            stacklevel=2,
-        )
-    labelled = not (labels is None or not classes or beyond)
+    if labels is not None and classes:
+        why = not_classifier_labels(images, labels, names, extractor)
+        if why:
+            warnings.warn(f"class accuracy left out: {why}", stacklevel=2)
+            labels = None
+    labelled = labels is not None and bool(classes)
 
     def batches():
         start = 0
@@ -248,22 +246,6 @@ def score_image_source(
         config = ScoreConfig(batch_size=batch_size)
         return score_images((u8 for u8, _ in mine), extractor, ref, metrics, config).as_dict()
     return score_labelled(mine, classes, extractor, ref, metrics, batch_size, names)
-
-
-def _source_labels(images) -> tuple[object, list[str] | dict[int, str] | None]:
-    """The labels an `.npz` or a folder's labels.csv gives its images, and their names (the
-    `.npz`'s class_names list, the csv's {label: name}); (None, None) without any. A labels.csv
-    that cannot be used is said, with the class accuracy left out."""
-    if not isinstance(images, (str, os.PathLike)):
-        return None, None
-    try:
-        found = folder_labels(images)
-    except ValueError as err:
-        warnings.warn(f"class accuracy left out: {err}", stacklevel=3)
-        return None, None
-    if found is not None:
-        return found
-    return npz_labels(images), npz_class_names(images)
 
 
 # ---------------------------------------------------------------------- data-set statistics
@@ -296,6 +278,7 @@ def dataset_stats_for(
     the model's size and cached. `progress`: a bar while they are computed (minutes for a large
     set); nothing when they come from the cache. `rank0_first`: see `data.open.open_dataset`."""
     if ref.lower().endswith(".npz"):
+        _check_stats_file(ref, extractor, image_size, channels)
         return load_dataset_stats(ref, extractor)
     if Path(ref).is_file():  # a data set is a folder or a built-in name, never one file
         raise ValueError(
@@ -330,6 +313,37 @@ def dataset_stats_for(
                 bar.update(len(chunk))
 
     return cached_dataset_stats(path, images, extractor, image_shape=wanted)
+
+
+def _check_stats_file(ref: str, extractor: FeatureExtractor, size: int, channels: int) -> None:
+    """A reference `.npz` that is no statistics file of this extractor, refused with the way
+    out: an images `.npz` (arr_0) is turned into statistics by `--make-ref`; statistics of
+    another feature size name the extractor they record. Anything else: `load_dataset_stats`."""
+    from pixeljit.metrics.dataset_stats import recorded_extractor
+    from pixeljit.metrics.image_sources import NPZ_IMAGE_KEY, names_npz_file, npz_headers
+
+    if not names_npz_file(ref):
+        return
+    try:
+        headers = npz_headers(ref)
+    except (ValueError, OSError):
+        return  # load_dataset_stats says what is wrong with the file
+    if not {"mu", "sigma"} <= set(headers):
+        if NPZ_IMAGE_KEY in headers:
+            raise ValueError(
+                f"{ref} holds images ({NPZ_IMAGE_KEY}), not statistics (mu, sigma): make "
+                f"statistics of them with `pixeljit eval --make-ref {ref} --size {size} "
+                f"--channels {channels} --out STATS.npz` and pass --ref STATS.npz"
+            )
+        return
+    mu = headers["mu"].shape
+    recorded = recorded_extractor(ref)
+    if recorded and len(mu) == 1 and mu[0] != extractor.dim and recorded != extractor.name:
+        raise ValueError(
+            f"{ref} holds {mu[0]}-d statistics made with extractor {recorded!r}, but "
+            f"{extractor.name!r} gives {extractor.dim}-d features: score with {recorded} "
+            f"(--extractor {recorded}, or auto, which takes the one the file records)"
+        )
 
 
 def generation_record(

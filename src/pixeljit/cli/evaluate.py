@@ -62,8 +62,9 @@ def add_parser(sub) -> None:
                       "an images .npz (arr_0), at --size / --channels")  # fmt: skip
     p.add_argument("--ref", help="reference: statistics .npz (mu, sigma) or a data set")
     p.add_argument("--ref-split", default=None, help="split of a data-set reference")
-    auto = ("auto: the one a --ref statistics file records, else fmnist-cnn for grey 10-class "
-            "images, effnet-lite0 otherwise")  # fmt: skip
+    auto = ("auto: the one a --ref statistics file records, else fmnist-cnn for grey images "
+            "of 10 classes or unlabelled, effnet-lite0 otherwise; the classes are the model's "
+            "(--checkpoint), the labels' (--images), the data set's (--make-ref)")  # fmt: skip
     p.add_argument(
         "--extractor", default=AUTO_EXTRACTOR, help=f"{' | '.join(EXTRACTOR_CHOICES)} ({auto})"
     )
@@ -115,7 +116,8 @@ def _extractor(
     name: str, channels: int, classes: int, weights: str | None, device, ref: str | None = None
 ):
     """`--extractor`'s network; `auto` is the one a --ref statistics file records, else
-    fmnist-cnn for grey 10-class (or unlabelled) images and effnet-lite0 otherwise."""
+    fmnist-cnn for grey images of 10 classes or none (unlabelled: `classes` 0) and effnet-lite0
+    otherwise. Every mode passes the same facts: the images' channels and class count."""
     from pixeljit.metrics import EXTRACTORS, create_extractor
     from pixeljit.metrics.dataset_stats import recorded_extractor
 
@@ -179,8 +181,10 @@ def _run(args, info, cfgs: list[float] | None) -> int:
     if args.images:
         shape, scored = _image_shape(args), f"the images of --images {args.images}"
         check_stats_shape(args, shape, scored)
-        extractor = _extractor(args.extractor, shape[0], 10, args.inception_weights, info.device,
-                               args.ref)  # fmt: skip
+        from pixeljit.metrics.labelled import source_classes
+
+        extractor = _extractor(args.extractor, shape[0], source_classes(args.images),
+                               args.inception_weights, info.device, args.ref)  # fmt: skip
         ref = reference_stats(args, extractor, shape, scored, info, first)
         with warnings.catch_warnings():  # its sub-folders were warned of by _image_shape
             warnings.simplefilter("ignore", SubfolderImagesWarning)
@@ -276,7 +280,9 @@ def _make_ref(args, info, first, say) -> None:
 
     if args.size is None or args.channels is None:
         raise ValueError("--make-ref needs --size and --channels (the images to measure)")
-    extractor = _extractor(args.extractor, args.channels, 10, args.inception_weights, info.device)
+    classes = _make_ref_classes(args, first) if args.extractor == AUTO_EXTRACTOR else 0
+    extractor = _extractor(args.extractor, args.channels, classes, args.inception_weights,
+                           info.device)  # fmt: skip
     if has_npz_suffix(args.make_ref):  # images (checked by check_args), not a data set
         ref = npz_stats(args.make_ref, extractor, args.size, args.channels)
     else:
@@ -286,6 +292,27 @@ def _make_ref(args, info, first, say) -> None:
         save_dataset_stats(args.out, ref, overwrite=args.overwrite)
     say(f"reference statistics of {args.make_ref} ({ref.count} images, "
         f"{extractor.name}{conversion_note(args)}) → {args.out}")  # fmt: skip
+
+
+def _make_ref_classes(args, first) -> int:
+    """The class count of --make-ref's images (0: unlabelled), which `auto` picks the extractor
+    by, as --images does: an images .npz's labels or a folder's labels.csv (`pixeljit sample`
+    writes them), else the data set's classes (opened, packed into the cache once if it needs
+    to be, as its statistics are about to be)."""
+    from pixeljit.metrics.labelled import source_classes
+
+    labelled = source_classes(args.make_ref)  # an .npz's labels, a folder's labels.csv
+    if labelled or has_npz_suffix(args.make_ref):
+        return labelled
+    if args.channels != 1:
+        return 0  # colour images get effnet-lite0 whatever their classes
+    from pixeljit.data.open import open_dataset
+
+    try:
+        dataset = open_dataset(args.make_ref, args.size, args.channels, args.ref_split, first)
+    except FileNotFoundError:
+        return 0  # said in this verb's terms when the statistics are made (`dataset_stats`)
+    return dataset.num_classes if dataset.num_classes > 1 else 0  # one class: unlabelled
 
 
 def _reference(args) -> str | None:

@@ -43,7 +43,17 @@ GENERATION_FLAGS = {
     "seed": "--seed", "batch_size": "--batch-size", "save_images": "--save-images",
     "sweep_cfg": "--sweep-cfg", "emas": "--emas", "in_context_start": "--in-context-start",
 }  # fmt: skip
-UNSET_VALUES = (None, False, AUTO_AMP)  # argparse's defaults of those flags
+UNSET_VALUES = (None, False)  # argparse's defaults of those flags (--amp's: AUTO_AMP)
+
+
+def is_unset(attr: str, value) -> bool:
+    """Whether generation flag `attr` holds its parser default: None or False by identity (0
+    and 0.0 equal False, so --seed 0 and --cfg 0 were taken as not given), --amp's AUTO_AMP."""
+    if attr == "amp":
+        return value == AUTO_AMP
+    return any(value is unset for unset in UNSET_VALUES)
+
+
 MAX_SWEEP_SCALES = 1000  # --sweep-cfg: CFG scales in one sweep
 SWEEP_TOLERANCE = 1e-6  # of a step: (4.0 − 1.0) / 0.1 is 29.999999999999996 in floats
 
@@ -54,7 +64,7 @@ def check_mode_flags(args) -> None:
     if not args.checkpoint:
         mode = f"--images {args.images}" if args.images else f"--make-ref {args.make_ref}"
         for attr, flag in GENERATION_FLAGS.items():
-            if getattr(args, attr) not in UNSET_VALUES:
+            if not is_unset(attr, getattr(args, attr)):
                 raise ValueError(f"{flag} has no effect with {mode} (it sets how a --checkpoint "
                                  f"generates images): drop {flag}")  # fmt: skip
     if args.make_ref:

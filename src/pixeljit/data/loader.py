@@ -3,9 +3,12 @@
 Order. Epoch e visits the samples in `perm_e = randperm(N)` drawn from a torch.Generator seeded
 by (seed, e). Step k of the epoch takes the *global* batch perm_e[p : p + G] with p = k*G and
 G = global_batch; rank r of W takes the contiguous slice [r*G/W, (r+1)*G/W) of it, so the
-union over ranks is exactly the single-process batch. The last incomplete batch of an epoch is
-dropped (every sample is seen once per epoch except the N mod G left over, which change from
-epoch to epoch); iteration never ends, it rolls into the next epoch.
+union over ranks is exactly the single-process batch. The last incomplete optimiser step of an
+epoch is dropped: with gradient accumulation the loader's batch is one micro-step's (G = micro
+× W) and `epoch_batch` the step's (A·G), and an epoch ends where a whole step no longer fits, so
+every layout of the same step (1 process accumulating A micro-batches, or A·W processes) sees
+the same samples; every sample is seen once per epoch except the N mod epoch_batch left over,
+which change from epoch to epoch. Iteration never ends, it rolls into the next epoch.
 
 Flips. Whether the sample at position p of epoch e is mirrored is drawn once per epoch from a
 second generator seeded by (seed, e), indexed by p: the same samples flip whatever the world
@@ -73,6 +76,7 @@ class DeviceLoader:
         flip: bool = True,
         prefetch: int | None = None,
         dtype: torch.dtype = torch.float32,
+        epoch_batch: int | None = None,
     ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(
@@ -83,9 +87,15 @@ class DeviceLoader:
                 f"global_batch {global_batch} must be a positive multiple of "
                 f"world_size {world_size}"
             )
-        if len(dataset) < global_batch:
+        epoch_batch = global_batch if epoch_batch is None else epoch_batch
+        if epoch_batch < 1 or epoch_batch % global_batch:
             raise ValueError(
-                f"dataset has {len(dataset)} samples, fewer than one global batch of {global_batch}"
+                f"epoch_batch {epoch_batch} (an optimiser step's samples) must be a positive "
+                f"multiple of global_batch {global_batch} (a micro-step's)"
+            )
+        if len(dataset) < epoch_batch:
+            raise ValueError(
+                f"dataset has {len(dataset)} samples, fewer than one global batch of {epoch_batch}"
             )
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
@@ -94,7 +104,8 @@ class DeviceLoader:
         self.seed, self.rank, self.world_size, self.flip = seed, rank, world_size, flip
         self.batch_size = global_batch // world_size  # per rank
         self.num_samples = len(dataset)
-        self.steps_per_epoch = self.num_samples // global_batch
+        self.epoch_batch = epoch_batch  # an epoch ends where another of these does not fit
+        self.steps_per_epoch = self.num_samples // epoch_batch * (epoch_batch // global_batch)
         if prefetch is None:
             prefetch = 0 if self.device.type == "cpu" else ACCELERATOR_PREFETCH
         self.prefetch = max(0, prefetch)
@@ -125,8 +136,15 @@ class DeviceLoader:
             return self._orders[epoch]
 
     def _next_key(self, epoch: int, position: int) -> tuple[int, int]:
-        position += self.global_batch
-        if position + self.global_batch > self.num_samples:
+        return self._settled(epoch, position + self.global_batch)
+
+    def _settled(self, epoch: int, position: int) -> tuple[int, int]:
+        """(epoch, position) of the batch at `position`: the next epoch's start where no whole
+        optimiser step (`epoch_batch`) starts there, or no batch fits."""
+        step_start = position % self.epoch_batch == 0
+        if (step_start and position + self.epoch_batch > self.num_samples) or (
+            position + self.global_batch > self.num_samples
+        ):
             return epoch + 1, 0
         return epoch, position
 
@@ -221,8 +239,7 @@ class DeviceLoader:
             raise ValueError(f"invalid loader state: epoch={epoch}, position={position}")
         if saved_size != self.num_samples:  # the same fraction of the epoch, in this data's size
             position = position * self.num_samples // saved_size
-        if position + self.global_batch > self.num_samples:
-            epoch, position = epoch + 1, 0
+        epoch, position = self._settled(epoch, position)
         self._drop_queue()
         self._epoch, self._position = epoch, position
 

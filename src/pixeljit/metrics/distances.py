@@ -114,13 +114,23 @@ def mmd2_unbiased(k_xx: torch.Tensor, k_yy: torch.Tensor, k_xy: torch.Tensor) ->
     return float(xx + yy - 2 * k_xy.mean())
 
 
+def kid_subset_size(n_x: int, n_y: int, cfg: KIDConfig | None = None) -> int:
+    """The samples per subset KID draws from sets of `n_x` and `n_y` features: cfg.subset_size,
+    or fewer when a set is smaller (all of the smaller set)."""
+    cfg = cfg or KIDConfig()
+    return min(cfg.subset_size, n_x, n_y)
+
+
 def kernel_inception_distance(
     feats1: ArrayLike, feats2: ArrayLike, cfg: KIDConfig | None = None
 ) -> tuple[float, float]:
     """KID mean and standard deviation over random subsets.
 
-    Subsets are drawn without replacement (seeded) and evaluated in float64 on the device of
+    Subsets of `kid_subset_size` samples (cfg.subset_size, or all of the smaller set when it is
+    smaller) are drawn without replacement (seeded) and evaluated in float64 on the device of
     `feats1`; the full feature sets stay in their own dtype (no float64 copy of 50k × 2048).
+    When both sets have that many samples exactly, every subset is the whole of both sets: the
+    std is then round-off (about 1e-16), not a spread.
     """
     cfg = cfg or KIDConfig()
     x = torch.as_tensor(feats1)
@@ -128,7 +138,7 @@ def kernel_inception_distance(
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"features must be (N, d) with equal d, got {x.shape} and {y.shape}")
     gamma = cfg.gamma if cfg.gamma is not None else 1.0 / x.shape[1]
-    m = min(cfg.subset_size, x.shape[0], y.shape[0])
+    m = kid_subset_size(x.shape[0], y.shape[0], cfg)
     rng = np.random.default_rng(cfg.seed)
     values = []
     for _ in range(cfg.num_subsets):
@@ -140,14 +150,40 @@ def kernel_inception_distance(
     return float(arr.mean()), float(arr.std())
 
 
+IS_SHUFFLE_SEED = 2020  # the seed torch-fidelity shuffles the images with before its IS splits
+
+
+def canonical_order(z: np.ndarray) -> np.ndarray:
+    """Row indices of `z` (N, K) sorted lexicographically by value (first column, then the
+    second, …): the same rows in any order give the same sequence of rows."""
+    if z.shape[1] == 0:
+        return np.arange(len(z))
+    fields = np.dtype([(f"c{i}", z.dtype) for i in range(z.shape[1])])
+    return np.argsort(np.ascontiguousarray(z).view(fields).ravel(), kind="stable")
+
+
+def inception_split_order(log_p: ArrayLike, seed: int = IS_SHUFFLE_SEED) -> np.ndarray:
+    """The order in which `inception_score` takes the images before cutting them into splits,
+    from their log-probabilities `log_p` (N, K): sorted by value (`canonical_order`), then
+    permuted by np.random.RandomState(seed).permutation(N). The splits are thus random, fixed by
+    the seed, and the same for the same images in any order (class blocks, as `pixeljit sample`
+    writes an .npz, or the ranks' shares gathered under torchrun), given as logits or as
+    probabilities."""
+    rows = _as_f64(log_p).numpy()
+    return canonical_order(rows)[np.random.RandomState(seed).permutation(len(rows))]
+
+
 def inception_score(
-    logits: ArrayLike, splits: int = 10, from_logits: bool = True
+    logits: ArrayLike, splits: int = 10, from_logits: bool = True, seed: int = IS_SHUFFLE_SEED
 ) -> tuple[float, float]:
-    """Inception Score exp(E_x KL(p(y|x) ‖ p(y))), mean and std over `splits` equal chunks.
+    """Inception Score exp(E_x KL(p(y|x) ‖ p(y))), mean and population std over `splits` chunks.
 
     `logits` (N, K): class logits (softmax applied here) or probabilities if from_logits=False.
-    Bounds: 1 ≤ IS ≤ K. The standard FID-Inception protocol feeds the 1008-way logits without
-    the fc bias ("logits_unbiased"), as the original TF code did.
+    The rows' log-probabilities are first put in `inception_split_order` (sorted, then shuffled
+    with `seed`), so the score does not depend on the rows' order; chunk i holds rows
+    [i·N // splits, (i+1)·N // splits) of that order, as torch-fidelity cuts them. Bounds:
+    1 ≤ IS ≤ K. The standard FID-Inception protocol feeds the 1008-way logits without the fc
+    bias ("logits_unbiased"), as the original TF code did.
     """
     z = _as_f64(logits)
     if z.ndim != 2 or z.shape[0] < splits:
@@ -158,8 +194,11 @@ def inception_score(
         if (z < 0).any() or not torch.allclose(z.sum(1), torch.ones_like(z[:, 0]), atol=1e-6):
             raise ValueError("probabilities must be non-negative rows summing to 1")
         log_p = z.log()
+    log_p = log_p[torch.from_numpy(inception_split_order(log_p, seed))]
+    n = log_p.shape[0]
     scores = []
-    for chunk in torch.tensor_split(log_p, splits):  # (n_i, K) each
+    for i in range(splits):
+        chunk = log_p[i * n // splits : (i + 1) * n // splits]  # (n_i, K)
         p = chunk.exp()
         log_py = torch.logsumexp(chunk, dim=0) - np.log(chunk.shape[0])  # log of the mean p(y)
         kl = torch.where(p > 0, p * (chunk - log_py), torch.zeros_like(p)).sum(1)  # (n_i,)

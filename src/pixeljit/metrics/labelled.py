@@ -4,9 +4,13 @@ name where both sides name them."""
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 
 from pixeljit.metrics.extractor import FeatureExtractor
+from pixeljit.metrics.image_sources import folder_labels, npz_class_names, npz_labels
 
 
 def _name_key(name: str) -> str:
@@ -50,6 +54,65 @@ def _named_label_order(names: dict[int, str], extractor: FeatureExtractor) -> to
     return order
 
 
+def source_labels(images) -> tuple[object, list[str] | dict[int, str] | None]:
+    """The labels an `.npz` or a folder's labels.csv gives its images, and their names (the
+    `.npz`'s class_names list, the csv's {label: name}); (None, None) without any. A labels.csv
+    that cannot be used is said, with the class accuracy left out."""
+    if not isinstance(images, (str, os.PathLike)):
+        return None, None
+    try:
+        found = folder_labels(images)
+    except ValueError as err:
+        warnings.warn(f"class accuracy left out: {err}", stacklevel=3)
+        return None, None
+    if found is not None:
+        return found
+    return npz_labels(images), npz_class_names(images)
+
+
+def label_classes(labels, names=None) -> int:
+    """How many classes a labelled image set's labels come from: one more than its largest
+    label, or more where its names say so (the length of an `.npz`'s 'class_names' list, the
+    largest label a labels.csv names); 0 without labels. A set whose images lack the last
+    classes (and does not name them) counts fewer."""
+    if labels is None:
+        return 0
+    count = int(labels.max()) + 1 if len(labels) else 0
+    if isinstance(names, dict) and names:
+        count = max(count, max(names) + 1)
+    elif names:
+        count = max(count, len(names))
+    return count
+
+
+def source_classes(images) -> int:
+    """`label_classes` of an image folder's labels.csv or an `.npz`'s labels (0: unlabelled, or
+    a labels.csv that cannot be used, which scoring then warns of)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return label_classes(*source_labels(images))
+
+
+def not_classifier_labels(images, labels, names, extractor: FeatureExtractor) -> str | None:
+    """Why the labels of `images` are not in the classifier's label space (None: they may be):
+    labels past its classes, or, unless both sides name their classes (then `label_order`
+    matches them by name, or says why not), another class count than its own (Fashion-MNIST's
+    10 are not ImageNet's 1000)."""
+    classes = extractor.num_classes
+    if len(labels) and labels.max() >= classes:
+        return (f"{images} holds labels up to {int(labels.max())}, but the {extractor.name} "
+                f"classifier knows {classes} classes")  # fmt: skip
+    if names and extractor.class_names:
+        return None
+    count = label_classes(labels, names)
+    if count != classes:
+        return (f"the labels of {images} are of {count} classes, but the {extractor.name} "
+                f"classifier's {classes} classes are another label space (class accuracy "
+                "needs a classifier of the images' own classes; the other metrics are "
+                "scored)")  # fmt: skip
+    return None
+
+
 class AccuracyCounter(FeatureExtractor):
     """Wraps an extractor with a classifier head: as generated batches stream through it,
     counts how many images it assigns to their intended class (class-conditional accuracy).
@@ -77,7 +140,20 @@ class AccuracyCounter(FeatureExtractor):
         return out
 
     def accuracy(self) -> float:
+        """Hits / images over every rank (the counts summed where the process group's backend
+        takes tensors: NCCL refuses the CPU ones they are kept in)."""
         counts = self.counts.clone()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            counts = counts.to(collective_device())
             torch.distributed.all_reduce(counts)
         return float(counts[0] / counts[1])
+
+
+def collective_device(group=None) -> torch.device:
+    """Where a tensor must be for a collective on `group` (the default one if None): the
+    current CUDA device when the backend is NCCL, which takes CUDA tensors only, else the CPU
+    (gloo; a "cpu:gloo,cuda:nccl" backend sends CPU tensors to gloo)."""
+    backend = str(torch.distributed.get_backend(group)).lower()
+    if "nccl" in backend and "cpu:" not in backend:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -8,6 +8,7 @@ the scores of the union.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,7 @@ from .distances import (
     frechet_distance,
     inception_score,
     kernel_inception_distance,
+    kid_subset_size,
     precision_recall,
 )
 from .extractor import FeatureExtractor
@@ -96,7 +98,8 @@ class Scores:
     count: int
     fd: float | None = None
     kid: float | None = None
-    kid_std: float | None = None
+    kid_std: float | None = None  # None when every KID subset was the whole of both sets
+    kid_subset_size: int | None = None  # the samples per KID subset actually drawn
     inception_score: float | None = None
     inception_score_std: float | None = None
     precision: float | None = None
@@ -109,6 +112,7 @@ class Scores:
             self.fd_label: self.fd,
             "KID": self.kid,
             "KID_std": self.kid_std,
+            "KID_subset_size": self.kid_subset_size,
             is_label: self.inception_score,
             f"{is_label}_std": self.inception_score_std,
             "precision": self.precision,
@@ -121,14 +125,25 @@ class Scores:
 
 def _dataset_features(ref: DatasetStats, what: str) -> torch.Tensor:
     if ref.features is None:
+        c, size = (ref.image_shape[0], ref.image_shape[-1]) if ref.image_shape else ("C", "S")
         raise ValueError(
             f"{what} needs the data set's features, but its statistics hold only mu/sigma "
-            "(as ADM / JiT .npz files do): make a reference from the data set's images "
-            "(pixeljit.metrics.compute_dataset_stats(images, extractor, keep_features=True) / "
-            "`pixeljit eval --make-ref DATASET --out STATS.npz`), or leave this metric out "
-            "(metrics= / --metrics)"
+            "(as ADM / JiT .npz files do): make a reference that keeps them from the data set's "
+            f"images (`pixeljit eval --make-ref DATASET --size {size} --channels {c} --out "
+            "STATS.npz`, at the scored images' size and channel count, or pass the data set "
+            "itself as --ref; pixeljit.metrics.compute_dataset_stats(images, extractor, "
+            "keep_features=True)), or leave this metric out (--metrics / metrics=)"
         )
     return torch.from_numpy(ref.features)
+
+
+def _same_subsets(count: int, cfg: KIDConfig) -> str:
+    """Why KID_std is left out when both sets hold `count` ≤ cfg.subset_size samples."""
+    return (f"KID_std left out: the scored and the reference features are {count} each, no "
+            f"more than the subset size {cfg.subset_size}, so each of the {cfg.num_subsets} "
+            "subsets is the whole of both sets and their spread is round-off; KID is the "
+            "unbiased MMD² of the two sets. For a spread, give either side more samples (more "
+            "images, or a reference that keeps more features)")  # fmt: skip
 
 
 def _check_ref(ref, extractor: FeatureExtractor, wanted: tuple[str, ...]) -> None:
@@ -144,6 +159,13 @@ def _check_ref(ref, extractor: FeatureExtractor, wanted: tuple[str, ...]) -> Non
     if not isinstance(ref, DatasetStats):
         what = "a path" if isinstance(ref, (str, os.PathLike)) else type(ref).__name__
         raise TypeError(f"ref must be DatasetStats, got {what} {ref!r}: pass {make}")
+    recorded = (ref.extractor or "").split("@", 1)[0]
+    if recorded and ref.dim != extractor.dim:  # the statistics name the extractor they need
+        raise ValueError(
+            f"data-set statistics of {ref.dim}-d features were made with extractor {recorded!r}, "
+            f"but {extractor.name!r} gives {extractor.dim}-d features: score with {recorded} "
+            f"(create_extractor({recorded!r}) / --extractor {recorded})"
+        )
     ref.check_extractor(extractor)
     for metric, what in (("kid", "KID"), ("pr", "precision/recall")):
         if metric in wanted:
@@ -214,6 +236,10 @@ def score_images(
         if "kid" in wanted:
             real = _dataset_features(ref, "KID").to(extractor.device)
             scores.kid, scores.kid_std = kernel_inception_distance(fake, real, cfg.kid)
+            scores.kid_subset_size = kid_subset_size(len(fake), len(real), cfg.kid)
+            if scores.kid_subset_size == len(fake) == len(real):
+                scores.kid_std = None
+                warnings.warn(_same_subsets(len(fake), cfg.kid), stacklevel=2)
         if "pr" in wanted:
             real = matched_real_features(_dataset_features(ref, "precision/recall"), len(fake))
             real = real.to(extractor.device)

@@ -241,12 +241,13 @@ def _build(run: _Run, info) -> tuple[_Parts, int]:
     opt = build_adamw(params, cfg.optim.learning_rate, cfg.optim.betas, cfg.optim.weight_decay)
     loader = DeviceLoader(
         run.dataset,
-        run.plan.micro_batch * info.world_size,
+        run.plan.micro_batch * info.world_size,  # one micro-step of every rank
         device=device,
         seed=cfg.run.seed,
         rank=info.rank,
         world_size=info.world_size,
         flip=cfg.data.flip,
+        epoch_batch=run.plan.global_batch,  # an epoch ends where a whole step does not fit
     )
     step = 0
     if run.saved is not None:

@@ -25,6 +25,10 @@ Revisions, and when a change touches a run:
    mark (numpy's SeedSequence read (b + a·2³², k) as (b, a, k) and padded short tuples with
    zeros, so such seeds collided with others); the data order and the step noise derive from
    `run.seed`: touches a run whose `run.seed` is 2³² or more.
+4. the loader's epoch cut (2 Dec 2026): with gradient accumulation an epoch ends where a whole
+   optimiser step of G samples no longer fits (it ended where a micro-step of micro × W did,
+   so one process accumulating saw other samples than W processes after the first epoch);
+   touches a run whose micro-step is smaller than its step and N mod G ≥ micro × W.
 
 A new revision: raise `TRAINING_REVISION`, add its commit to `SINCE` and a function naming the
 changes that touch a run to `_CHANGES`, and list it above.
@@ -37,11 +41,12 @@ import numpy as np
 from pixeljit.rng import WORD_BITS
 
 REVISION_KEY = "training_revision"  # the checkpoint field: the revision of the code that wrote it
-TRAINING_REVISION = 3  # this code's (see the module doc for what each revision changed)
+TRAINING_REVISION = 4  # this code's (see the module doc for what each revision changed)
 FIRST_REVISION = 1  # a checkpoint without REVISION_KEY
 WIDE_KEY = 1 << WORD_BITS  # seeds from here on derive otherwise since revision 3
 # the change that made each revision
-SINCE = {2: "e7c8584, 2 Dec 2026", 3: "the wide-seed fix of pixeljit.rng, 2 Dec 2026"}
+SINCE = {2: "e7c8584, 2 Dec 2026", 3: "the wide-seed fix of pixeljit.rng, 2 Dec 2026",
+         4: "the epoch cut of gradient accumulation, 2 Dec 2026"}  # fmt: skip
 
 
 def checkpoint_revision(saved: dict) -> int:
@@ -181,4 +186,21 @@ def _changes_in_3(saved: dict, execution: dict | None) -> list[str]:
     ]
 
 
-_CHANGES = {2: _changes_in_2, 3: _changes_in_3}  # revision → its changes that touch a run
+def _changes_in_4(saved: dict, execution: dict | None) -> list[str]:
+    """The epoch cut's change (see the module doc), where it touches the run of `saved`."""
+    loader = saved.get("loader") or {}
+    step_batch = saved.get("config", {}).get("optim", {}).get("global_batch")
+    micro, samples = loader.get("global_batch"), loader.get("num_samples")
+    numbers = (step_batch, micro, samples)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in numbers):
+        return []
+    if micro >= step_batch or samples % step_batch < micro:
+        return []  # no accumulation, or both cuts drop the same samples
+    return [
+        f"an epoch ends where a whole step of optim.global_batch {step_batch} no longer fits (it "
+        f"ended where a micro-step of {micro} did), and this run accumulates over "
+        f"{samples} samples, so its later epochs see other samples"
+    ]
+
+
+_CHANGES = {2: _changes_in_2, 3: _changes_in_3, 4: _changes_in_4}  # revision → its changes
