@@ -330,3 +330,25 @@ def test_the_fixes_messages_give_work(real, fmnist16, tmp_path, capsys):
     effnet = create_extractor("effnet-lite0")
     with pytest.raises(ValueError, match="made with extractor 'fmnist-cnn'.*score with fmnist"):
         score_images(torch.from_numpy(images[:20]), effnet, full, ("fd",))
+
+
+def test_reading_statistics_names_the_fix_from_python_too(tmp_path):
+    """`load_dataset_stats` itself (not only the command line) says an images .npz is images
+    and names the extractor recorded statistics of another feature size need."""
+    from pixeljit.metrics import load_dataset_stats
+
+    images = tmp_path / "images.npz"
+    np.savez(images, arr_0=np.zeros((2, 8, 8, 1), np.uint8))
+    with pytest.raises(ValueError, match=r"It holds images \(arr_0\): `pixeljit eval --make-ref "
+                       r"FILE --size S --channels C --out STATS.npz`"):  # fmt: skip
+        load_dataset_stats(images)
+    stats = tmp_path / "effnet.npz"
+    save_dataset_stats(stats, DatasetStats(np.zeros(4), np.eye(4), 10, "effnet-lite0@bicubic"))
+    classifier = create_extractor("fmnist-cnn")
+    with pytest.raises(ValueError, match=r"4-d statistics but extractor 'fmnist-cnn' gives \d+-d "
+                       r"features: score with the extractor they were computed with, "
+                       r"effnet-lite0 \(--extractor effnet-lite0\)"):  # fmt: skip
+        load_dataset_stats(stats, classifier)
+    stats_obj = DatasetStats(np.zeros(4), np.eye(4), 10, "effnet-lite0@bicubic")
+    with pytest.raises(ValueError, match="computed with, effnet-lite0"):
+        stats_obj.check_extractor(classifier)

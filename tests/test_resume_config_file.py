@@ -109,3 +109,23 @@ def test_a_partial_config_file_without_a_preset_names_what_it_lacks(tmp_path, ca
     err = capsys.readouterr().err
     assert "sets some fields of the config, not all (it lacks model.image_size" in err, err
     assert "pass --preset P to fill the rest" in err and not (tmp_path / "r").exists()
+
+
+def test_an_older_versions_config_yaml_alone_trains_with_the_fields_added_since(run, tmp_path,
+                                                                               capsys):  # fmt: skip
+    """A config.yaml written before a field existed stands alone too: the field takes the value
+    that does what that version did (`resume.ADDED_FIELDS`), not a refusal naming it."""
+    from pixeljit.training.resume import ADDED_FIELDS
+
+    text = (run / "config.yaml").read_text()
+    lines = [
+        line for line in text.splitlines() if line.strip().split(":")[0] != "ema_warmup_offset"
+    ]
+    assert len(lines) == len(text.splitlines()) - 1
+    old = tmp_path / "old.yaml"
+    old.write_text("\n".join(lines) + "\n")
+    again = tmp_path / "again"
+    argv = ["train", "--config", str(old), "--out", str(again), "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    saved = load_checkpoint(again)["config"]
+    assert saved["optim"]["ema_warmup_offset"] == ADDED_FIELDS[("optim", "ema_warmup_offset")]

@@ -30,18 +30,24 @@ def _number(name: str, what: str) -> int | None:
         raise ValueError(f"{name}={text!r} is not {what}; unset it, or {LAUNCH_FIX}") from None
 
 
+def _process_count(name: str) -> int:
+    """Variable `name` as a count of processes (1 when unset); ValueError (one line naming the
+    variable and the fix) for one that is no process count."""
+    count = _number(name, "a process count")
+    if count is None:
+        return 1
+    if count < 1:
+        raise ValueError(
+            f"{name}={os.environ[name]!r} is not a process count (1 or more); unset it, or "
+            f"{LAUNCH_FIX}"
+        )
+    return count
+
+
 def launch_world_size() -> int:
     """How many processes torchrun started (1 without torchrun); ValueError (one line naming
     the variable and the fix) for a WORLD_SIZE that is no process count."""
-    world = _number("WORLD_SIZE", "a process count")
-    if world is None:
-        return 1
-    if world < 1:
-        raise ValueError(
-            f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a process count (1 or more); unset "
-            f"it, or {LAUNCH_FIX}"
-        )
-    return world
+    return _process_count("WORLD_SIZE")
 
 
 def launch_rank() -> int:
@@ -87,15 +93,7 @@ def launch_local_rank() -> int:
 def launch_local_world_size() -> int:
     """How many processes torchrun started on this machine (LOCAL_WORLD_SIZE; 1 without it):
     the processes that share its memory. ValueError for a value that is no process count."""
-    local_world = _number("LOCAL_WORLD_SIZE", "a process count")
-    if local_world is None:
-        return 1
-    if local_world < 1:
-        raise ValueError(
-            f"LOCAL_WORLD_SIZE={os.environ['LOCAL_WORLD_SIZE']!r} is not a process count (1 or "
-            f"more); unset it, or {LAUNCH_FIX}"
-        )
-    return local_world
+    return _process_count("LOCAL_WORLD_SIZE")
 
 
 def check_launch_variables() -> tuple[int, int]:

@@ -185,7 +185,11 @@ def build_config(args):
 
 def _whole_config(path: str, data: dict):
     """The config a --config file given without --preset holds: it must be whole (every field
-    of every section, as a run's config.yaml is), or a preset must fill the rest."""
+    of every section, as a run's config.yaml is), or a preset must fill the rest. A field added
+    since an older pixeljit wrote the file takes the value that does what that version did."""
+    from pixeljit.training.resume import with_added_fields
+
+    data = with_added_fields(data)
     lacking = missing_fields(data)
     if lacking:
         shown_ = ", ".join(lacking[:4]) + (

@@ -91,7 +91,7 @@ class DatasetStats:
         if self.dim != extractor.dim:
             raise ValueError(
                 f"{source} has {self.dim}-d statistics but extractor {extractor.name!r} gives "
-                f"{extractor.dim}-d features: use the extractor the statistics were computed with"
+                f"{extractor.dim}-d features: {_use_extractor(self.extractor)}"
             )
         if self.extractor is not None and self.extractor != extractor.stats_name:
             raise ValueError(
@@ -157,11 +157,22 @@ def save_dataset_stats(path: str | os.PathLike, ref: DatasetStats, overwrite: bo
     return atomic_write(path, write)
 
 
+def _use_extractor(recorded: str | None) -> str:
+    """The fix for statistics of another feature size: the extractor they record, if any."""
+    if recorded:
+        name = recorded.split("@", 1)[0]
+        return f"score with the extractor they were computed with, {name} (--extractor {name})"
+    return "use the extractor the statistics were computed with"
+
+
 def _check_stats_headers(path: Path, headers: dict, extractor: FeatureExtractor | None) -> None:
     """Keys, dtypes and shapes of a statistics file from its headers, before loading it."""
     if "mu" not in headers or "sigma" not in headers:
+        images = (" It holds images (arr_0): `pixeljit eval --make-ref FILE --size S --channels "
+                  "C --out STATS.npz` (Python: compute_dataset_stats) makes statistics of "
+                  "them") if "arr_0" in headers else ""  # fmt: skip
         raise ValueError(
-            f"{path} lacks 'mu'/'sigma': not a statistics file (keys: {sorted(headers)})"
+            f"{path} lacks 'mu'/'sigma': not a statistics file (keys: {sorted(headers)}).{images}"
         )
     for key in ("mu", "sigma", "features"):
         if key in headers and headers[key].dtype.kind != "f":
@@ -173,7 +184,7 @@ def _check_stats_headers(path: Path, headers: dict, extractor: FeatureExtractor 
     if extractor is not None and dim != extractor.dim:
         raise ValueError(
             f"{path} has {dim}-d statistics but extractor {extractor.name!r} gives "
-            f"{extractor.dim}-d features: use the extractor the statistics were computed with"
+            f"{extractor.dim}-d features: {_use_extractor(recorded_extractor(path))}"
         )
     if dim > MAX_STATS_DIM:
         raise ValueError(f"{path}: {dim}-d statistics exceed the {MAX_STATS_DIM}-d limit")
@@ -230,7 +241,8 @@ def load_dataset_stats(
     if path.is_dir():
         raise IsADirectoryError(f"data-set statistics {path} is a folder, not a file: pass the "
                                 "statistics .npz (mu, sigma) itself, as save_dataset_stats / "
-                                "`pixeljit eval --make-ref --out STATS.npz` write it")  # fmt: skip
+                                "`pixeljit eval --make-ref DATA --size S --channels C --out "
+                                "STATS.npz` write it")  # fmt: skip
     if not path.is_file():
         raise FileNotFoundError(f"data-set statistics {path} not found")
     _check_stats_headers(path, npz_headers(path), extractor)
