@@ -171,7 +171,7 @@ def test_a_key_given_twice_is_refused_naming_it(tmp_path):
         ({"model.in_context_len": 0, "model.in_context_start": 99}, "fmnist-tiny", "outside"),
         ({"model.dropout_blocks": [0, 1]}, "fmnist-tiny", "model.dropout"),
         ({"sample.cfg": 1.0, "sample.interval": [0.2, 0.9]}, "fmnist-tiny", "sample.cfg"),
-        ({"sample.interval": [0.2, 0.9]}, "emoji-cpu", "sample.cfg"),
+        ({"sample.interval": [0.2, 0.9]}, "emoji-cpu", "unconditional model"),
     ],
 )  # fmt: skip
 def test_a_setting_without_effect_is_refused(overrides, preset, named):

@@ -81,7 +81,10 @@ def test_guidance_given_that_would_never_apply_is_refused(models, tmp_path, caps
 def test_a_cfg_sweep_that_would_never_apply_is_refused(models, capsys):
     argv = ["eval", "--checkpoint", str(models / "plain.safetensors"), "--num", "10", "--ref",
             "r.npz", "--steps", "1", "--sweep-cfg", "1", "3", "1"]  # fmt: skip
-    assert "guidance (cfg 2 / 3) would never apply" in _refused(capsys, argv)
+    err = _refused(capsys, argv)
+    assert "guidance (cfg 2 / 3) would never apply" in err
+    assert err.rstrip().endswith("take more --steps or widen --interval (--debug shows the "
+                                 "traceback)")  # --cfg 1 is refused beside --sweep-cfg  # fmt: skip
 
 
 def test_guidance_that_applies_somewhere_changes_the_images(models, tmp_path):
@@ -124,3 +127,19 @@ def test_a_guided_field_refuses_a_scale_or_clamp_that_is_no_number(field, value)
     labels = torch.zeros(1, dtype=torch.long)
     with pytest.raises(ValueError, match=f"must be finite, got {value}"):
         GuidedField(lambda z, t, y: z, labels, null_label=3, **{field: value})
+
+
+def test_an_nfe_study_whose_rows_would_all_be_unguided_is_refused(models, tmp_path, capsys):
+    """`reproduce nfe --cfg 3 --interval 0.5 1` with Euler-1 / Euler-2 (t = 0; t = 0, 0.5, the
+    interval open) ran every row unguided under a header saying CFG 3; a study with some
+    guided rows names the unguided ones."""
+    ref = tmp_path / "ref.npz"
+    ref.write_bytes(b"")  # read only after the rows are checked (then refused: not statistics)
+    argv = ["reproduce", "nfe", "--checkpoint", str(models / "plain.safetensors"), "--ref",
+            str(ref), "--num", "4", "--methods", "euler", "--grids", "uniform", "--cfg", "3",
+            "--interval", "0.5", "1", "--out", str(tmp_path / "nfe")]  # fmt: skip
+    err = _refused(capsys, [*argv, "--budgets", "1", "2"])
+    assert "guidance (cfg 3) would never apply: euler with 2 steps" in err, err
+    assert not (tmp_path / "nfe").exists()
+    main([*argv, "--budgets", "2", "4"])  # Euler-4 evaluates at 0.75: guided
+    assert "note: rows euler/uniform/2 are unguided" in capsys.readouterr().out

@@ -352,3 +352,24 @@ def test_reading_statistics_names_the_fix_from_python_too(tmp_path):
     stats_obj = DatasetStats(np.zeros(4), np.eye(4), 10, "effnet-lite0@bicubic")
     with pytest.raises(ValueError, match="computed with, effnet-lite0"):
         stats_obj.check_extractor(classifier)
+
+
+def test_samples_of_a_few_fashion_mnist_classes_count_its_ten(tmp_path):
+    """`sample --labels 0 1 2 --out DIR/` of a Fashion-MNIST model: its labels.csv names three
+    of Fashion-MNIST's classes; `auto` must score them as the model's own images (fmnist-cnn,
+    10 classes), not as a 3-class set (effnet-lite0, and its reference measured again)."""
+    from PIL import Image
+
+    from pixeljit.metrics.labelled import source_classes
+
+    folder = tmp_path / "few"
+    folder.mkdir()
+    rows = ["file,label,class"]
+    for k, (label, name) in enumerate([(0, "T-shirt/top"), (1, "Trouser"), (2, "Pullover")]):
+        Image.new("L", (8, 8), 40 * k).save(folder / f"{k:06d}.png")
+        rows.append(f"{k:06d}.png,{label},{name}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    assert source_classes(folder) == 10
+    rows[1] = "000000.png,0,Tulip"  # a set of other classes keeps its own count
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    assert source_classes(folder) == 3

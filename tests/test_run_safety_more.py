@@ -167,8 +167,13 @@ def test_the_same_data_under_another_path_or_folder_resumes(packed, tmp_path, mo
 def test_data_num_classes_zero_trains_an_unconditional_model(packed, tmp_path):
     """README: 0 classes trains an unconditional model; data.num_classes=0 failed on labels. The
     run records no guidance (a preset's sample.cfg, kept, read as guiding a model with nothing
-    to guide), in its checkpoint and in config.yaml."""
-    cfg = tiny(packed, tmp_path, **{"data.num_classes": 0, "sample.cfg": 2.5})
+    to guide), in its checkpoint and in config.yaml; a sample.cfg asked for is refused."""
+    from pixeljit.training.presets import get_preset
+
+    with pytest.raises(ValueError, match="sample.cfg 2.5 has no effect for an unconditional"):
+        tiny(packed, tmp_path, **{"data.num_classes": 0, "sample.cfg": 2.5})
+    cfg = tiny(packed, tmp_path, **{"data.num_classes": 0})  # the preset's sample.cfg is 2
+    assert get_preset("fmnist-tiny").sample.cfg == 2.0
     train(cfg, progress=False)
     saved = load_checkpoint(tmp_path)["config"]
     assert saved["model"]["num_classes"] == 0 and saved["sample"]["cfg"] == 1.0

@@ -201,6 +201,7 @@ def _run_nfe(args) -> int:
     check_flags_take_effect(args, args.checkpoint, conditional=net_cfg.num_classes > 0,
                             prediction=model.prediction, cfgs=[config.cfg],
                             methods=config.methods)  # fmt: skip
+    _check_guided_rows(args, config, net_cfg.num_classes > 0)
     skipped = config.skipped()
     if skipped:
         shown = ", ".join(str(b) for b in skipped)
@@ -243,3 +244,23 @@ def _run_nfe(args) -> int:
     for name, path in paths.items():
         print(f"  {name:<8s} {path}")
     return 0
+
+
+def _check_guided_rows(args, config, conditional: bool) -> None:
+    """Rows whose evaluation times all lie outside the CFG interval are unguided: said in a
+    note; when every row would be and --cfg / --interval was given, refused (as sample and eval
+    refuse guidance no evaluation would see)."""
+    from pixeljit.cli.sampler_args import check_guidance_applies
+    from pixeljit.experiments.nfe import plan
+
+    if not conditional or config.cfg == 1:
+        return
+    cells = plan(config)
+    samplers = [config.sampler(c.method, c.grid, c.steps) for c in cells]
+    unguided = [c.key for c, s in zip(cells, samplers, strict=True) if not s.guided_evaluations()]
+    if len(unguided) == len(cells) and (args.cfg is not None or args.interval is not None):
+        check_guidance_applies(samplers[-1], [config.cfg])
+    if unguided:
+        low, high = config.interval
+        print(f"note: rows {', '.join(unguided)} are unguided: none of their evaluation times "
+              f"lies inside the CFG interval ({low:g}, {high:g})")  # fmt: skip

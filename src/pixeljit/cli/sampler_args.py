@@ -144,7 +144,8 @@ def check_flags_take_effect(
                          f"guidance applies: {fix}")  # fmt: skip
     guidance_given = cfg is not None or interval is not None or getattr(args, "sweep_cfg", None)
     if sampler is not None and conditional and guidance_given and set(cfgs) - {NO_GUIDANCE}:
-        check_guidance_applies(sampler, [w for w in cfgs if w != NO_GUIDANCE])
+        sweep = bool(getattr(args, "sweep_cfg", None))
+        check_guidance_applies(sampler, [w for w in cfgs if w != NO_GUIDANCE], sweep)
     if t_eps is None:
         return
     if prediction != "x":
@@ -158,7 +159,9 @@ def check_flags_take_effect(
                          "or choose one of those")  # fmt: skip
 
 
-def check_guidance_applies(sampler: SamplerConfig, scales: Sequence[float]) -> None:
+def check_guidance_applies(
+    sampler: SamplerConfig, scales: Sequence[float], sweep: bool = False
+) -> None:
     """Refuse guidance `scales` (≠ 1) that `sampler` would never apply: none of its evaluation
     times lies inside the CFG interval (open at both ends), so the images are unguided while the
     summary would say otherwise."""
@@ -166,12 +169,15 @@ def check_guidance_applies(sampler: SamplerConfig, scales: Sequence[float]) -> N
         return
     low, high = sampler.interval
     scale = " / ".join(f"{w:g}" for w in scales)
+    grid = sampler.grid if sampler.grid != "shifted" else f"shifted {sampler.shift:g}"
     steps = f"{sampler.steps} step" + ("s" if sampler.steps != 1 else "")
+    fix = "take more --steps or widen --interval"  # (a sweep takes no --cfg)
+    if not sweep:
+        fix = "take more --steps, widen --interval, or pass --cfg 1 to sample without guidance"
     raise ValueError(
         f"guidance (cfg {scale}) would never apply: {sampler.method} with {steps} on the "
-        f"{sampler.grid} grid evaluates the network at t = {sampler.times_text()}, none inside "
-        f"the guidance interval ({low:g}, {high:g}) (open at both ends): take more --steps, widen "
-        "--interval, or pass --cfg 1 to sample without guidance"
+        f"{grid} grid evaluates the network at t = {sampler.times_text()}, none inside "
+        f"the guidance interval ({low:g}, {high:g}) (open at both ends): {fix}"
     )
 
 

@@ -87,10 +87,18 @@ def label_classes(labels, names=None) -> int:
 
 def source_classes(images) -> int:
     """`label_classes` of an image folder's labels.csv or an `.npz`'s labels (0: unlabelled, or
-    a labels.csv that cannot be used, which scoring then warns of)."""
+    a labels.csv that cannot be used, which scoring then warns of). A set whose class names are
+    all Fashion-MNIST's counts its 10 classes (a 10-class model's samples of a few classes)."""
+    from pixeljit.data.fashion_mnist import CLASS_NAMES
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return label_classes(*source_labels(images))
+        labels, names = source_labels(images)
+    given = list(names.values()) if isinstance(names, dict) else list(names or [])
+    fashion = {_name_key(n) for n in CLASS_NAMES}
+    if labels is not None and given and all(_name_key(str(n)) in fashion for n in given):
+        return len(CLASS_NAMES)
+    return label_classes(labels, names)
 
 
 def not_classifier_labels(images, labels, names, extractor: FeatureExtractor) -> str | None:

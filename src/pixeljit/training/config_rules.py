@@ -164,6 +164,12 @@ def _no_effect(cfg: TrainConfig) -> dict[str, str]:
             "while sample.cfg is 1 (no guidance; the interval is where guidance applies): set "
             "sample.cfg to another scale, or drop sample.interval"
         )
+    if not cfg.data.conditional or cfg.data.num_classes == 0 or m.num_classes == 0:
+        for name in ("cfg", "interval"):
+            rules[f"sample.{name}"] = (
+                "for an unconditional model (data.conditional false, or no classes), which "
+                f"cannot be guided (its previews take cfg 1): drop sample.{name}"
+            )
     if o.t_sampler != "logit_normal":
         for name in ("p_mean", "p_std"):
             rules[f"objective.{name}"] = (
