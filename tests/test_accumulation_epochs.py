@@ -92,7 +92,10 @@ def test_an_accumulating_run_of_revision_3_resumes_inexactly_where_its_cut_moved
              "loader": {"global_batch": 20, "num_samples": 100}}  # fmt: skip
     (change,) = revision_changes(saved)
     assert change.startswith("training revision 3 → 4 (the epoch cut of gradient accumulation")
-    assert "a micro-step of 20 did), and this run accumulates over 100 samples" in change
+    assert (
+        "a micro-step of 20 did), and this run accumulates micro-steps of 20 over a data "
+        "set of 100: from its first epoch end on" in change
+    )
     assert revision_changes({**saved, "loader": {"global_batch": 20, "num_samples": 90}}) == []
     assert revision_changes({**saved, "loader": {"global_batch": 40, "num_samples": 100}}) == []
     assert revision_changes({**saved, "training_revision": 4}) == []

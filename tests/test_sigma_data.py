@@ -94,7 +94,7 @@ def test_sample_takes_sigma_data(random_net):
             sample(random_net, labels, noise=noise, steps=1, preconditioner="edm", sigma_data=bad)
 
 
-def test_run_export_hub_and_convert_sample_as_trained(run, tmp_path):
+def test_run_export_hub_and_convert_sample_as_trained(run, tmp_path, capsys):
     model = load_trained(run)
     assert model.preconditioner == "edm" and model.sigma_data == TRAINED
     ref = images(model)
@@ -111,7 +111,10 @@ def test_run_export_hub_and_convert_sample_as_trained(run, tmp_path):
     config = json.loads((hub / CONFIG_NAME).read_text())
     assert config["objective"]["sigma_data"] == TRAINED
     assert f"sigma_data {TRAINED}" in (hub / CARD_NAME).read_text()
+    capsys.readouterr()
     assert main(["convert", str(run), str(tmp_path / "c.safetensors")]) == 0
+    said = capsys.readouterr().out  # the summary names what the file records
+    assert f"x-prediction, noise scale 1.0, edm pre-conditioner (sigma_data {TRAINED})" in said
     assert main(["convert", str(exported), "--hub", str(tmp_path / "chub")]) == 0
     sources = [exported, hub, tmp_path / "c.safetensors", tmp_path / "chub"]
     for source in sources:

@@ -106,11 +106,16 @@ def _classes(num: int) -> str:
 
 def _summary(model) -> str:
     cfg = model.net.config
-    return (
+    text = (
         f"{model.description}; depth {cfg.depth}, width {cfg.hidden_size}, {cfg.image_size}px, "
         f"patch {cfg.patch_size}, {_classes(cfg.num_classes)}, {model.prediction}-prediction, "
         f"noise scale {model.noise_scale}"
     )
+    if model.preconditioner != "none":  # what the export records beside them
+        text += f", {model.preconditioner} pre-conditioner"
+        if model.preconditioner == "edm":
+            text += f" (sigma_data {model.sigma_data:g})"
+    return text
 
 
 def _run_hub(args) -> int:

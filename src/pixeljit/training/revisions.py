@@ -198,8 +198,9 @@ def _changes_in_4(saved: dict, execution: dict | None) -> list[str]:
         return []  # no accumulation, or both cuts drop the same samples
     return [
         f"an epoch ends where a whole step of optim.global_batch {step_batch} no longer fits (it "
-        f"ended where a micro-step of {micro} did), and this run accumulates over "
-        f"{samples} samples, so its later epochs see other samples"
+        f"ended where a micro-step of {micro} did), and this run accumulates micro-steps of "
+        f"{micro} over a data set of {samples}: from its first epoch end on (if it trains that "
+        "far) it sees other samples"
     ]
 
 
