@@ -139,6 +139,11 @@ def changed(flat: dict, base: TrainConfig, new: TrainConfig) -> list[str]:
     return [key for key in flat if field_value(new, key) != field_value(base, key)]
 
 
+def _unconditional(cfg: TrainConfig) -> bool:
+    """Whether `cfg` trains a model without classes (which no scale guides)."""
+    return not cfg.data.conditional or cfg.data.num_classes == 0 or cfg.model.num_classes == 0
+
+
 def _a(kind: str) -> str:
     """The article before 'KIND-prediction': an x / an eps, a v."""
     return "an" if kind in ("x", "eps") else "a"
@@ -164,7 +169,7 @@ def _no_effect(cfg: TrainConfig) -> dict[str, str]:
             "while sample.cfg is 1 (no guidance; the interval is where guidance applies): set "
             "sample.cfg to another scale, or drop sample.interval"
         )
-    if not cfg.data.conditional or cfg.data.num_classes == 0 or m.num_classes == 0:
+    if _unconditional(cfg):
         for name in ("cfg", "interval"):
             rules[f"sample.{name}"] = (
                 "for an unconditional model (data.conditional false, or no classes), which "
@@ -240,10 +245,10 @@ GUIDANCE_FIELDS = ("sample.cfg", "sample.interval")
 def _check_preview_guidance(asked: Mapping[str, str | None], cfg: TrainConfig) -> None:
     """Refuse asked sample settings under which the preview grids' guidance never applies (no
     evaluation time inside the interval): the grids would be unguided, said to be guided."""
-    s, d = cfg.sample, cfg.data
+    s = cfg.sample
     mine = [key for key in asked if key in GUIDANCE_FIELDS]
-    if not d.conditional or d.num_classes == 0 or cfg.model.num_classes == 0:
-        return  # an unconditional model: its previews are never guided (training sets cfg 1)
+    if _unconditional(cfg):
+        return  # its previews are never guided (training sets cfg 1; `_no_effect` says so)
     if not mine or s.cfg == 1 or s.guided_evaluations():
         return
     where = asked[mine[0]]

@@ -103,8 +103,10 @@ def warmup_steps(saved: dict) -> int | None:
         return None
     if per_loader < 1 or batch < 1:
         return None
+    from pixeljit.training.setup import epoch_steps
+
     accumulation = max(1, int(batch) // int(per_loader))
-    steps_per_epoch = max(1, (int(samples) // int(per_loader)) // accumulation)
+    steps_per_epoch = epoch_steps(int(samples), int(per_loader), accumulation)
     return int(np.round(float(epochs) * steps_per_epoch))
 
 

@@ -186,7 +186,7 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
             "(--batch-size / optim.global_batch, or optim.micro_batch × world size); pass a "
             "smaller --batch-size"
         )
-    steps_per_epoch = max(1, (len(dataset) // per_loader) // accumulation)
+    steps_per_epoch = epoch_steps(len(dataset), per_loader, accumulation)
     if cfg.optim.steps is not None:
         total = cfg.optim.steps
     else:
@@ -214,6 +214,12 @@ def resolve_config(cfg: TrainConfig, dataset, info: dist_utils.DistInfo):
         bf16=bf16,
     )
     return cfg, plan
+
+
+def epoch_steps(num_samples: int, per_loader: int, accumulation: int) -> int:
+    """Optimiser steps an epoch: loader batches of `per_loader` (a micro-step of every rank),
+    `accumulation` of them a step; at least 1."""
+    return max(1, (num_samples // per_loader) // accumulation)
 
 
 def _steps(name: str, epochs: float, steps_per_epoch: int, to_int=np.ceil) -> int:
