@@ -196,7 +196,7 @@ def test_adamw_is_fused_on_cpu_and_equals_foreach_to_rounding():
     b.load_state_dict(a.state_dict())
     pa = [p for p in a.parameters() if p.requires_grad]
     pb = [p for p in b.parameters() if p.requires_grad]
-    fused = build_adamw(pa, 1e-3, (0.9, 0.95), 0.01)
+    fused = build_adamw(pa, 1e-3, (0.9, 0.95), 0.01, decay_1d=True)  # as the foreach one
     foreach = torch.optim.AdamW(pb, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01, foreach=True)
     assert use_fused(pa) and fused.defaults["fused"] and not fused.defaults["foreach"]
     gen = torch.Generator().manual_seed(1)

@@ -119,6 +119,11 @@ def test_training_previews_refuse_guidance_asked_for_that_never_applies():
         build_config(parse([*base, "--set", "sample.cfg=3", "--set", "sample.steps=1"]))
     # the preset's own scale with fewer preview steps: only a faster, unguided preview
     assert build_config(parse([*base, "--set", "sample.steps=1"])).sample.steps == 1
+    # only the interval asked for: it is what the message names beside the preset's scale
+    with pytest.raises(ValueError, match=r"--set: with sample.interval \(0.5, 1\), sample.cfg "
+                       r"2 would never apply to the preview grids"):  # fmt: skip
+        build_config(parse([*base, "--set", "sample.interval=[0.5,1]", "--set",
+                            "sample.steps=1"]))  # fmt: skip
 
 
 @pytest.mark.parametrize("field", ["cfg", "t_eps"])

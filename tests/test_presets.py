@@ -94,6 +94,7 @@ def test_paper_preset_follows_table_9_and_the_recipe(name):
     epochs = 200.0 if patch == 64 else 320.0 if size == "g" else 600.0
     assert (opt.warmup_epochs, opt.epochs, opt.steps, opt.grad_clip) == (5.0, epochs, None, None)
     assert sorted(opt.ema_decays) == [0.9996, 0.9998, 0.9999]
+    assert cfg.sampling_decay == 0.9999  # the EMA the authors' code evaluates (ema_decay1)
     # sampling (§5c): Heun, 50 steps, CFG on (0.1, 1)
     assert (cfg.sample.method, cfg.sample.steps, cfg.sample.interval) == ("heun", 50, (0.1, 1.0))
     if (size, patch) in AUTHORS_CFG:

@@ -132,7 +132,9 @@ def test_nan_stops_and_keeps_last_good_checkpoint(packed, tmp_path, monkeypatch,
 
     monkeypatch.setattr(loop, "learning_rate", learning_rate)
     result = train(tiny_config(packed, tmp_path, **{"optim.steps": 9}), progress=False)
-    assert result.stopped_on_nan and result.step == 6
+    # the run stays at its last good checkpoint; step 6 is the first found not finite (its
+    # loss after the inf update of step 5, or the weights after its own)
+    assert result.stopped_on_nan and result.step == 3 and result.nan_step == 6
     assert "non-finite" in capsys.readouterr().out
     ckpt = load_checkpoint(tmp_path)  # loads: its checksum holds
     assert ckpt["step"] == 3 and result.checkpoint == tmp_path / "latest.pt"

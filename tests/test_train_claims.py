@@ -51,6 +51,7 @@ def test_non_finite_loss_names_the_step_and_keeps_a_finite_checkpoint(data, tmp_
     assert result.checkpoint is not None  # the divergence needs at least one update
     ckpt = load_checkpoint(result.checkpoint)
     assert ckpt["step"] < bad_step
+    assert result.step == ckpt["step"] and result.nan_step == bad_step
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert all(torch.isfinite(s).all() for shadow in ckpt["ema"]["shadows"] for s in shadow)
     logged = read_metrics(tmp_path / "run" / METRICS_FILE)

@@ -67,7 +67,7 @@ def test_build_adamw_steps_as_reference_adamw_with_its_betas_and_weight_decay():
     start = [torch.randn(5, 3), torch.randn(7)]
     ours = [nn.Parameter(p.clone()) for p in start]
     theirs = [nn.Parameter(p.clone()) for p in start]
-    opt = build_adamw(ours, lr, betas, weight_decay)
+    opt = build_adamw(ours, lr, betas, weight_decay, decay_1d=True)  # torch's: every tensor
     ref = torch.optim.AdamW(theirs, lr=lr, betas=betas, weight_decay=weight_decay, foreach=False)
     group = opt.param_groups[0]
     assert (tuple(group["betas"]), group["weight_decay"], group["lr"]) == (betas, weight_decay, lr)
@@ -89,7 +89,8 @@ def test_a_runs_optimizer_holds_the_configured_betas_and_weight_decay(data, tmp_
     train(cfg, progress=False)
     groups = load_checkpoint(tmp_path / "run")["optimizer"]["param_groups"]
     assert groups and all(tuple(g["betas"]) == (0.8, 0.9) for g in groups)
-    assert all(g["weight_decay"] == 0.05 for g in groups)
+    # matrices decay, 1-D parameters (biases, norm scales) are exempt (tests/test_weight_decay.py)
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
 
 
 # ------------------------------------------------------------------------ finiteness check
@@ -201,5 +202,7 @@ def test_a_non_finite_loss_is_reported_at_the_first_bad_step_of_the_log_interval
     monkeypatch.setattr(loop, "learning_rate", learning_rate)
     overrides = {"optim.steps": 8, "run.log_every": 4, "run.ckpt_every": 4}
     result = train(tiny_run(data, tmp_path / "run", **overrides), progress=False)
-    assert result.stopped_on_nan and result.step == 4
+    # no checkpoint before the bad step: the run stays at step 0; the bad step is named
+    assert result.stopped_on_nan and result.nan_step == 2
+    assert result.step == 0 and result.checkpoint is None
     assert "non-finite loss at step 2: training stopped" in capsys.readouterr().out

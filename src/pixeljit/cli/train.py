@@ -127,7 +127,10 @@ def build_config(args):
         # the same moment refused one another as "in use by another process"
         if launch_rank() == 0:
             ensure_not_in_use(run_folder(args.resume))
-        cfg = from_dict(load_checkpoint(args.resume, tensors=False)["config"])  # the run loads it
+        from pixeljit.training.resume import with_added_fields
+
+        saved = load_checkpoint(args.resume, tensors=False)["config"]  # the run loads it again
+        cfg = from_dict(with_added_fields(saved))  # a field added since: what that code did
     elif args.config:  # a whole config (a run's config.yaml) stands alone
         cfg = _whole_config(args.config, from_file)
     else:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pixeljit.checkpoints.run import find_checkpoint
+from pixeljit.checkpoints.run import find_checkpoint, load_checkpoint
 from pixeljit.data.packed import PackedDataset
 from pixeljit.diffusion.sampler import SamplerConfig, sample
 from pixeljit.files.atomic import atomic_write, atomic_write_text
@@ -41,6 +41,7 @@ from pixeljit.metrics.extractor import FeatureExtractor
 from pixeljit.metrics.stats import FeatureStats
 from pixeljit.training.config import TrainConfig
 from pixeljit.training.config_io import load_yaml, plain_json
+from pixeljit.training.revisions import REVISION_KEY, checkpoint_revision
 from pixeljit.training.rundir import run_files
 from pixeljit.training.stopsignal import StoppedBySignal
 
@@ -241,7 +242,7 @@ def train_cell(cell: Cell, train_fn: Callable | None = None) -> dict:
         )
     if result.stopped_on_nan:
         raise RuntimeError(
-            f"cell {cell.name}: non-finite loss or weights at step {result.step + 1} (see "
+            f"cell {cell.name}: non-finite loss or weights at step {result.nan_step} (see "
             f"{folder}); lower the learning rate or move the cell folder away to re-run it"
         )
     return {
@@ -383,7 +384,8 @@ def run_cell(
         **trained,
         "sample_s": sample_s,
         "score_s": time.perf_counter() - start,
-        "grid": GRID_NAME,
+        "grid": GRID_NAME,  # and the code that trained it (--reuse compares it)
+        REVISION_KEY: checkpoint_revision(load_checkpoint(folder, None, tensors=False)),
     }
     result = plain_json(result)
     write_json(done, result)

@@ -9,7 +9,9 @@ same:
   and read (`run.out`, `data.source`), how often it logged and saved, and its preview grids;
 - the packed images themselves (the fingerprint of their manifest: file digests, labels, shape);
 - how it was sampled and scored (samples, sampler, weights, scoring size);
-- the real statistics it was scored against (features' mean and covariance, HF energy, count).
+- the real statistics it was scored against (features' mean and covariance, HF energy, count);
+- the training code: no change since the revision that trained it (`training.revisions`) would
+  have trained it otherwise (judged over its whole run from its checkpoint).
 
 The taken result is written into this grid's own cell folder under this grid's name and labels,
 with `reused_from` naming the cell folder it came from; its sample grid is copied beside it.
@@ -18,6 +20,7 @@ Nothing in the other folder is written.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pixeljit.checkpoints.run import load_checkpoint
 from pixeljit.data.packed import PackedDataset
 from pixeljit.experiments.evidence import (
     GRID_NAME,
@@ -49,6 +53,12 @@ from pixeljit.training.resume import (
     RESOLVED,
     data_fingerprint,
     with_added_fields,
+)
+from pixeljit.training.revisions import (
+    REVISION_KEY,
+    TRAINING_REVISION,
+    checkpoint_revision,
+    revision_changes,
 )
 from pixeljit.training.setup import resolve_config
 
@@ -107,6 +117,7 @@ class Donor:
     recipe: dict
     data: str | None  # fingerprint of its packed images
     real: RealReference
+    code: str | None = None  # how the training code changed since it trained it (None: not)
 
     @property
     def origin(self) -> str:
@@ -141,10 +152,32 @@ def find_donors(folders, stats_name: str) -> tuple[list[Donor], list[str]]:
                 continue
             source = config.get("data", {}).get("source", "")
             data = _fingerprint(str(source), prints) if source else None
-            donors.append(Donor(cell, result, recipe(config), data, real))
+            donor = Donor(cell, result, recipe(config), data, real)
+            donors.append(dataclasses.replace(donor, code=code_change(donor)))
         if len(donors) == found:
             empty.append(f"{folder}: no finished cells")
     return donors, empty
+
+
+def code_change(donor: Donor) -> str | None:
+    """How the training code changed since it trained `donor`'s cell, in a way that would have
+    trained that cell otherwise (`revisions.revision_changes` over its whole run, read from the
+    checkpoint of the cell that trained it); None when nothing would be different. A result
+    recording this code's revision needs no checkpoint; otherwise a missing one is a reason."""
+    if donor.result.get(REVISION_KEY) == TRAINING_REVISION:
+        return None
+    try:
+        saved = load_checkpoint(donor.origin, flag=None, tensors=False)
+        was = checkpoint_revision(saved)
+    except (OSError, ValueError) as err:
+        return f"the training code (no checkpoint tells which revision trained it: {err})"
+    start = {**saved, "step": 0, "loader": {**(saved.get("loader") or {}), "epoch": 0,
+                                             "position": 0}}  # fmt: skip
+    changed = revision_changes(start, None, total_steps=saved.get("step"))
+    if not changed:
+        return None
+    return (f"the training code (training revision {was} trained it, this code trains "
+            f"{TRAINING_REVISION}: {changed[0]})")  # fmt: skip
 
 
 def differences(donor: Donor, wanted: dict, data: str, facts: dict, real, size: int) -> list[str]:
@@ -162,6 +195,8 @@ def differences(donor: Donor, wanted: dict, data: str, facts: dict, real, size: 
         found.append("the real reference (its images or count)")
     if not grid_readable(donor.folder / GRID_NAME):
         found.append(f"its sample grid ({GRID_NAME}: missing or not an image)")
+    if donor.code is not None:
+        found.append(donor.code)
     return found
 
 

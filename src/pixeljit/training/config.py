@@ -115,6 +115,7 @@ class OptimConfig:
     blr: float = PAPER_BLR
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
+    decay_1d: bool = False  # weight decay on 1-D parameters (biases, norm scales) too
     warmup_epochs: float = 5.0
     global_batch: int = 1024
     micro_batch: int | None = None  # per device and forward; None → global_batch / world_size
@@ -134,6 +135,8 @@ class OptimConfig:
         for beta in self.betas:
             _number("optim.betas", beta, low=0.0, high=1.0, high_open=True)
         _number("optim.weight_decay", self.weight_decay, low=0.0)
+        if not isinstance(self.decay_1d, bool):
+            raise ValueError(f"optim.decay_1d must be true or false, got {shown(self.decay_1d)}")
         _number("optim.warmup_epochs", self.warmup_epochs, low=0.0, high=MAX_OPTIM_STEPS)
         _count("optim.global_batch", self.global_batch)
         _count("optim.micro_batch", self.micro_batch)

@@ -159,6 +159,11 @@ def _no_effect(cfg: TrainConfig) -> dict[str, str]:
             "optim.global_batch / 256): set optim.lr=null to train at the base rate, or drop "
             "optim.blr"
         )
+    if cfg.optim.weight_decay == 0:
+        rules["optim.decay_1d"] = (
+            "while optim.weight_decay is 0 (it says whether 1-D parameters decay too): set "
+            "optim.weight_decay, or drop optim.decay_1d"
+        )
     if s.grid != "shifted":
         rules["sample.shift"] = (
             f"on the {s.grid} time grid (sample.grid; only the shifted one has a shift): set "
@@ -234,6 +239,7 @@ def check_effects(asked: Mapping[str, str | None], cfg: TrainConfig) -> None:
             said = f"{where}: " if where else ""
             value = field_value(cfg, key)
             value = shown(list(value) if isinstance(value, tuple) else value)  # as typed
+            value = value.lower() if value in ("True", "False") else value  # YAML's spelling
             raise ValueError(f"{said}{key} {value} has no effect {rules[key]}")
 
 
@@ -254,8 +260,11 @@ def _check_preview_guidance(asked: Mapping[str, str | None], cfg: TrainConfig) -
     where = asked[mine[0]]
     said = f"{where}: " if where else ""
     low, high = s.interval
+    scale = f"sample.cfg {s.cfg:g}"  # asked, or the preset's under an asked interval
+    if "sample.cfg" not in mine:
+        scale = f"with sample.interval ({low:g}, {high:g}), {scale}"
     raise ValueError(
-        f"{said}sample.cfg {s.cfg:g} would never apply to the preview grids: {s.method} with "
+        f"{said}{scale} would never apply to the preview grids: {s.method} with "
         f"sample.steps {s.steps} on the {s.grid} grid evaluates at t = {s.times_text()}, none "
         f"inside sample.interval ({low:g}, {high:g}) (open at both ends): raise sample.steps, "
         "widen sample.interval, or set sample.cfg=1"

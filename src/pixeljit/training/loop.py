@@ -55,13 +55,14 @@ from pixeljit.training.summary import start_report
 
 @dataclass
 class TrainResult:
-    step: int
+    step: int  # the run's step: its checkpoint's (a non-finite stop: the last good one's, or 0)
     out: Path
     checkpoint: Path | None
     final_loss: float | None
     stopped_on_nan: bool = False
     is_main: bool = True  # rank 0 (the one that writes files and reports)
     stopped_by_signal: int | None = None  # SIGINT / SIGTERM: stopped early, with a checkpoint
+    nan_step: int | None = None  # a non-finite stop: the first step (from 1) found not finite
 
 
 STEP_NOISE_TAG = 0x70786A74  # 'pxjt': keeps step noise apart from other streams
@@ -211,9 +212,8 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
     fingerprint = data_fingerprint(dataset)
     idle = nothing_to_train(saved, plan)  # a resume at or past the steps asked for
     if saved is not None:
-        inexact = check_resume(
-            saved, to_dict(cfg), execution, saved["path"], allow_inexact, fingerprint
-        )
+        inexact = check_resume(saved, to_dict(cfg), execution, saved["path"], allow_inexact,
+                               fingerprint, plan.total_steps)  # fmt: skip
         if inexact and info.is_main:
             print("resuming inexactly (the run will not match an uninterrupted one bit for bit): "
                   + "; ".join(inexact), flush=True)  # fmt: skip
@@ -238,7 +238,8 @@ def _build(run: _Run, info) -> tuple[_Parts, int]:
     ema = EMA(raw, cfg.optim.ema_decays, warmup=cfg.optim.ema_warmup,
               warmup_offset=cfg.optim.ema_warmup_offset)  # fmt: skip
     params = [p for p in raw.parameters() if p.requires_grad]
-    opt = build_adamw(params, cfg.optim.learning_rate, cfg.optim.betas, cfg.optim.weight_decay)
+    opt = build_adamw(params, cfg.optim.learning_rate, cfg.optim.betas, cfg.optim.weight_decay,
+                      cfg.optim.decay_1d)  # fmt: skip
     loader = DeviceLoader(
         run.dataset,
         run.plan.micro_batch * info.world_size,  # one micro-step of every rank
@@ -279,6 +280,7 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
     log.truncate_after(step)
     tally = LossTally(info.device)
     last_ckpt = Path(run.saved["path"]) if run.saved is not None else None  # the last good one
+    kept = step  # the step of the last good checkpoint (where a resume continues)
     final_loss, nan_step, interrupted = None, None, None
     bar = _progress(progress and info.is_main, step, plan.total_steps)
     parts.model.train()
@@ -318,7 +320,7 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
                     nan_step = step - 1
                     _say_stopped(info, f"non-finite weights after step {step}", last_ckpt)
                     break
-                written = _save(run, parts, info, step)
+                written, kept = _save(run, parts, info, step), step
                 last_ckpt = written or last_ckpt
             if stopping:
                 interrupted = stop.signal
@@ -331,8 +333,9 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
         plot_loss(out / METRICS_FILE, out / LOSS_PLOT)
     log.close()
     dist_utils.teardown()
-    return TrainResult(step, out, last_ckpt, final_loss, nan_step is not None, info.is_main,
-                       interrupted)  # fmt: skip
+    bad = None if nan_step is None else nan_step + 1
+    return TrainResult(step if bad is None else kept, out, last_ckpt, final_loss, bad is not None,
+                       info.is_main, interrupted, bad)  # fmt: skip
 
 
 def _optimizer_step(parts: _Parts, run: _Run, info, step: int, lr: float, tally: LossTally):

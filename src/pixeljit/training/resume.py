@@ -57,8 +57,11 @@ DATA_KEY = "data_fingerprint"  # the checkpoint field holding `data_fingerprint(
 MANIFEST_CONTENT_KEYS = ("shards", "labels", "class_names", "image_shape", "num_classes")
 # fields added since checkpoints were first written → the value that means the old behaviour
 # (sample.grid / shift / t_min: 31a4b61; ema_warmup, cooldown: 5e36d5f; ema_warmup_offset:
-# 39dff44; activation_checkpointing, fsdp_bf16_params: e969636; bf16_residual: 3bc7486)
+# 39dff44; activation_checkpointing, fsdp_bf16_params: e969636; bf16_residual: 3bc7486;
+# decay_1d: AdamW decayed every parameter before 1-D ones were exempt; a value that depends on
+# the section is a function of it: without weight decay the field means nothing, its default)
 ADDED_FIELDS = {("optim", "ema_warmup"): False, ("optim", "cooldown"): 0.0,
+                ("optim", "decay_1d"): lambda optim: _positive(optim.get("weight_decay")),
                 ("optim", "ema_warmup_offset"): 10.0,
                 ("run", "activation_checkpointing"): False, ("run", "fsdp_bf16_params"): False,
                 ("run", "bf16_residual"): False, ("sample", "grid"): "uniform",
@@ -77,13 +80,17 @@ def run_length(optim: dict) -> tuple:
     return ()
 
 
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def with_added_fields(config: dict) -> dict:
     """A saved config (or a run's config.yaml) with every field of `ADDED_FIELDS` it lacks
     filled in (a copy): compared so, a field a newer version added is no difference."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     for (section, name), old in ADDED_FIELDS.items():
-        if isinstance(out.get(section), dict):
-            out[section].setdefault(name, old)
+        if isinstance(out.get(section), dict) and name not in out[section]:
+            out[section][name] = old(out[section]) if callable(old) else old
     return out
 
 
@@ -179,9 +186,12 @@ def check_resume(
     path: str,
     allow_inexact: bool,
     fingerprint: str | None = None,
+    total_steps: int | None = None,
 ) -> list[str]:
     """Raise if the resumed run may not continue `saved` (a checkpoint dict); return the inexact
-    changes that `allow_inexact` lets through (empty when the resume is bit-exact)."""
+    changes that `allow_inexact` lets through (empty when the resume is bit-exact).
+    `total_steps`: the resumed run's length, where known (the training code's revisions since
+    the checkpoint touch only the steps it trains)."""
     saved_config = with_added_fields(saved["config"])
     _refuse_recipe_changes(saved, saved_config, config, path)
     inexact = [d for d in diff_configs(saved_config, config)
@@ -210,7 +220,7 @@ def check_resume(
             f"the training data (--data {source}) changed since the checkpoint was written "
             f"(fingerprint {was[:12]}… vs now {fingerprint[:12]}…)"
         )
-    revised = revision_changes(saved, execution)
+    revised = revision_changes(saved, execution, total_steps)
     if (inexact or revised) and not allow_inexact:
         world = _same_world(before, execution)
         raise ValueError(inexact_refusal(path, saved, inexact, revised, world))

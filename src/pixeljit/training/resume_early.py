@@ -28,7 +28,7 @@ from pixeljit.training.resume import (
     check_recipe_before_data,
     inexact_refusal,
 )
-from pixeljit.training.revisions import revision_changes
+from pixeljit.training.revisions import planned_steps, revision_changes
 from pixeljit.training.setup import model_classes
 
 
@@ -67,6 +67,7 @@ def check_resume_before_data(saved: dict, cfg: TrainConfig, allow_inexact: bool)
             f"run was trained on classes {was}; resume on the run's data (its classes, in that "
             f"order), or pass {ALLOW_FLAG} to continue anyway"
         )
-    revised = revision_changes(saved)  # as far as the checkpoint tells (its precision)
+    # as far as the checkpoint tells (its precision, its data's size for the run's length)
+    revised = revision_changes(saved, None, planned_steps(saved, cfg.optim.steps, cfg.optim.epochs))
     if revised:
         raise ValueError(inexact_refusal(path, saved, [], revised))

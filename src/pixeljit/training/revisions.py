@@ -61,12 +61,18 @@ def checkpoint_revision(saved: dict) -> int:
     return value
 
 
-def revision_changes(saved: dict, execution: dict | None = None) -> list[str]:
+def revision_changes(
+    saved: dict, execution: dict | None = None, total_steps: int | None = None
+) -> list[str]:
     """What changed in the training code since the revision that wrote `saved` (a checkpoint
     dict) and touches its run, each naming the change and why it matters here; [] when the
     resume is as exact as under the old code. `execution`: the resumed run's execution facts
-    (None before they are known; the checkpoint's own then say whether it trains in bf16)."""
+    (None before they are known; the checkpoint's own then say whether it trains in bf16).
+    `total_steps`: the resumed run's length (None where not known): a checkpoint at or past it
+    trains nothing, which no change of the training code can alter."""
     was = checkpoint_revision(saved)
+    if total_steps is not None and saved.get("step", 0) >= total_steps:
+        return []
     if was > TRAINING_REVISION:
         return [
             f"the checkpoint was written by a newer pixeljit, of training revision {was} (this "
@@ -75,7 +81,8 @@ def revision_changes(saved: dict, execution: dict | None = None) -> list[str]:
     found = []
     for revision in range(was + 1, TRAINING_REVISION + 1):
         prefix = f"training revision {revision - 1} → {revision} ({SINCE[revision]})"
-        found += [f"{prefix}: {change}" for change in _CHANGES[revision](saved, execution)]
+        changes = _CHANGES[revision](saved, execution, total_steps)
+        found += [f"{prefix}: {change}" for change in changes]
     return found
 
 
@@ -90,24 +97,45 @@ def revision_fix(saved: dict) -> str:
     )
 
 
-def warmup_steps(saved: dict) -> int | None:
-    """The warm-up length in steps of the run `saved` is a checkpoint of, as the batch plan
-    (`setup.resolve_config`) makes it: optim.warmup_epochs × steps an epoch, from the data size
-    and the batch per loader its loader state records; None where the checkpoint does not say."""
-    optim = saved.get("config", {}).get("optim", {})
+def _steps_per_epoch(saved: dict) -> int | None:
+    """Optimiser steps an epoch of the run `saved` is a checkpoint of, as the batch plan
+    (`setup.resolve_config`) makes it from the data size and the batch per loader its loader
+    state records; None where the checkpoint does not say."""
+    batch = saved.get("config", {}).get("optim", {}).get("global_batch")
     loader = saved.get("loader") or {}
-    epochs, batch = optim.get("warmup_epochs"), optim.get("global_batch")
     samples, per_loader = loader.get("num_samples"), loader.get("global_batch")
-    numbers = (epochs, batch, samples, per_loader)
-    if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
-        return None
-    if per_loader < 1 or batch < 1:
+    if not all(_whole(n) and n >= 1 for n in (batch, samples, per_loader)):
         return None
     from pixeljit.training.setup import epoch_steps
 
-    accumulation = max(1, int(batch) // int(per_loader))
-    steps_per_epoch = epoch_steps(int(samples), int(per_loader), accumulation)
-    return int(np.round(float(epochs) * steps_per_epoch))
+    return epoch_steps(samples, per_loader, max(1, batch // per_loader))
+
+
+def warmup_steps(saved: dict) -> int | None:
+    """The warm-up length in steps of the run `saved` is a checkpoint of (optim.warmup_epochs ×
+    steps an epoch, as the batch plan makes it); None where the checkpoint does not say."""
+    epochs = saved.get("config", {}).get("optim", {}).get("warmup_epochs")
+    per_epoch = _steps_per_epoch(saved)
+    if per_epoch is None or not isinstance(epochs, (int, float)) or isinstance(epochs, bool):
+        return None
+    return int(np.round(float(epochs) * per_epoch))
+
+
+def planned_steps(saved: dict, steps: int | None, epochs: float | None) -> int | None:
+    """The length in steps of a resume of `saved` asked to train `steps` (which wins) or else
+    `epochs`, as the batch plan makes it over the checkpoint's own data size (the data is not
+    open yet); None where not known. The check once the data is open uses the plan's own."""
+    if steps is not None:
+        return steps
+    per_epoch = _steps_per_epoch(saved)
+    if per_epoch is None or not isinstance(epochs, (int, float)) or isinstance(epochs, bool):
+        return None
+    total = float(epochs) * per_epoch
+    return max(1, int(np.ceil(total))) if np.isfinite(total) else None
+
+
+def _whole(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool)
 
 
 def _blocks(lo: int, hi: int, depth: int) -> str:
@@ -130,7 +158,7 @@ def _power_of_4(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0 and (n.bit_length() - 1) % 2 == 0
 
 
-def _changes_in_2(saved: dict, execution: dict | None) -> list[str]:
+def _changes_in_2(saved: dict, execution: dict | None, total_steps: int | None) -> list[str]:
     """The changes of e7c8584 (see the module doc) that touch the run of `saved`."""
     config = saved.get("config", {})
     optim, model = config.get("optim", {}), config.get("model", {})
@@ -177,7 +205,7 @@ def _changes_in_2(saved: dict, execution: dict | None) -> list[str]:
     return found
 
 
-def _changes_in_3(saved: dict, execution: dict | None) -> list[str]:
+def _changes_in_3(saved: dict, execution: dict | None, total_steps: int | None) -> list[str]:
     """The seed derivation's change (see the module doc), where it touches the run of `saved`."""
     seed = saved.get("config", {}).get("run", {}).get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < WIDE_KEY:
@@ -188,22 +216,57 @@ def _changes_in_3(saved: dict, execution: dict | None) -> list[str]:
     ]
 
 
-def _changes_in_4(saved: dict, execution: dict | None) -> list[str]:
-    """The epoch cut's change (see the module doc), where it touches the run of `saved`."""
+def _changes_in_4(saved: dict, execution: dict | None, total_steps: int | None) -> list[str]:
+    """The epoch cut's change (see the module doc), where it touches the run of `saved`: where
+    the resumed run's draws (as far as `total_steps` tells) would come from other samples."""
     loader = saved.get("loader") or {}
     step_batch = saved.get("config", {}).get("optim", {}).get("global_batch")
     micro, samples = loader.get("global_batch"), loader.get("num_samples")
-    numbers = (step_batch, micro, samples)
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in numbers):
+    if not all(_whole(n) and n > 0 for n in (step_batch, micro, samples)):
         return []
     if micro >= step_batch or samples % step_batch < micro:
         return []  # no accumulation, or both cuts drop the same samples
+    where = "from its first epoch end on (if it trains that far)"
+    if total_steps is not None:
+        draws = (total_steps - saved.get("step", 0)) * (step_batch // micro)
+        if not _cut_reached(loader, step_batch, micro, samples, draws):
+            return []
+        where = "before its end"
     return [
         f"an epoch ends where a whole step of optim.global_batch {step_batch} no longer fits (it "
         f"ended where a micro-step of {micro} did), and this run accumulates micro-steps of "
-        f"{micro} over a data set of {samples}: from its first epoch end on (if it trains that "
-        "far) it sees other samples"
+        f"{micro} over a data set of {samples}: {where} it sees other samples"
     ]
+
+
+def _cut_reached(loader: dict, step_batch: int, micro: int, samples: int, draws: int) -> bool:
+    """Whether `draws` micro-batches of `micro` from the loader state `loader` (as the code
+    before revision 4 settled it) come from other (epoch, position)s under revision 4's epoch
+    cut (an epoch ends where a whole step no longer fits; the loader settles a loaded state so)
+    than under the cut before it (where a micro-batch no longer fits). True where unknown."""
+    epoch, position = loader.get("epoch"), loader.get("position")
+    if not (_whole(epoch) and _whole(position) and 0 <= position <= samples):
+        return True
+
+    def settled(e: int, p: int) -> tuple[int, int]:  # revision 4 (DeviceLoader._settled)
+        cut = (p % step_batch == 0 and p + step_batch > samples) or p + micro > samples
+        return (e + 1, 0) if cut else (e, p)
+
+    old, new = (epoch, position), settled(epoch, position)
+    while draws > 0:  # at most about two epochs of draws: the cut differs in each epoch
+        if old != new:
+            return True
+        e, p = old
+        free = (samples - step_batch - micro - p) // micro  # draws neither cut can end
+        if free > 1:
+            jump = min(free - 1, draws)
+            old = new = (e, p + jump * micro)
+            draws -= jump
+            continue
+        old = (e + 1, 0) if p + 2 * micro > samples else (e, p + micro)
+        new = settled(e, p + micro)
+        draws -= 1
+    return False
 
 
 _CHANGES = {2: _changes_in_2, 3: _changes_in_3, 4: _changes_in_4}  # revision → its changes
