@@ -22,10 +22,10 @@ from pixeljit.training.loop import train
 
 # what 0805db9 did not write: fields added to the config, execution facts added since
 NEWER_CONFIG = {
-    "optim": ("ema_warmup_offset",),
-    "run": ("activation_checkpointing", "fsdp_bf16_params", "bf16_residual"),
+    "optim": ("ema_warmup_offset", "decay_1d"),
+    "run": ("activation_checkpointing", "fsdp_bf16_params", "bf16_residual", "matmul_precision"),
 }
-NEWER_FACTS = ("checkpointed_graph", "fsdp_bf16_params", "bf16_residual")
+NEWER_FACTS = ("checkpointed_graph", "fsdp_bf16_params", "bf16_residual", "matmul_precision")
 REVISION = "training_revision"
 ALLOW = "--allow-inexact-resume"
 REV_1_TO_2 = "training revision 1 → 2 (e7c8584, 2 Dec 2026)"

@@ -93,6 +93,24 @@ def default_amp_dtype(device: torch.device | str) -> torch.dtype | None:
     return torch.bfloat16 if torch.device(device).type == "cuda" else None
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str):
+    """Within the block, float32 matrix products run at `precision` (torch's
+    `set_float32_matmul_precision`: 'highest' full float32; 'high' TF32 on CUDA; 'medium' bf16
+    inputs with float32 sums, on CUDA and on CPUs whose oneDNN has AMX-BF16); restored after."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 @contextlib.contextmanager
 def tf32_matmuls(device: torch.device | str):
     """Within the block, on CUDA, float32 matrix products may use TF32 (the parts that autocast

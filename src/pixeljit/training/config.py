@@ -12,6 +12,7 @@ import os
 import reprlib
 from dataclasses import dataclass, field
 
+from pixeljit.diffusion.execution import MATMUL_PRECISIONS
 from pixeljit.diffusion.objective import ObjectiveConfig
 from pixeljit.diffusion.sampler import SamplerConfig
 from pixeljit.model import JiTConfig
@@ -233,6 +234,9 @@ class RunConfig:
     # under bf16: a bf16 residual stream (the fp32 position embedding makes it fp32 otherwise, as
     # in the authors' code); half the bytes of every residual add and norm, other numerics
     bf16_residual: bool = False
+    # float32 matrix products: highest (full fp32, the authors' numerics) | high (TF32 on CUDA) |
+    # medium (bf16 inputs, fp32 sums: CUDA, and CPUs with AMX-BF16, ≈ 2× there; other numerics)
+    matmul_precision: str = "highest"
     log_every: int = 50
     ckpt_every: int = 1000
     milestone_every: int = 0  # keep step-N.pt every this many steps; 0 = none
@@ -254,6 +258,11 @@ class RunConfig:
         if self.precision not in ("auto", "bf16", "fp32"):
             got = shown(self.precision)
             raise ValueError(f"run.precision must be auto, bf16 or fp32, got {got}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            got = shown(self.matmul_precision)
+            raise ValueError(
+                f"run.matmul_precision must be {', '.join(MATMUL_PRECISIONS)}, got {got}"
+            )
         if isinstance(self.compile, str) and self.compile != COMPILE_AUTO:
             got = shown(self.compile)
             raise ValueError(f"run.compile must be {CHOICES['run.compile']}, got {got}")

@@ -20,6 +20,7 @@ import torch
 from pixeljit.checkpoints.run import find_checkpoint, load_checkpoint, run_folder, save_checkpoint
 from pixeljit.data.loader import DeviceLoader
 from pixeljit.data.packed import PackedDataset
+from pixeljit.diffusion.execution import matmul_precision
 from pixeljit.diffusion.objective import flow_matching_loss
 from pixeljit.model import JiT
 from pixeljit.rng import derive_seed
@@ -50,7 +51,7 @@ from pixeljit.training.setup import (
 )
 from pixeljit.training.state import all_finite, capture_rng, gather_state, load_training_state
 from pixeljit.training.stopsignal import StopRequest
-from pixeljit.training.summary import start_report
+from pixeljit.training.summary import progress_bar, start_report
 
 
 @dataclass
@@ -121,7 +122,8 @@ def train(
     dist_utils.rank0_first(info, lambda: _open_run_folder(lock, out, fresh), "locking its folder")
     try:
         resume_file = find_checkpoint(resume) if resume is not None else None
-        return _train(cfg, resume_file, progress, allow_inexact_resume, info, restart)
+        with matmul_precision(cfg.run.matmul_precision):  # restored after, as it was
+            return _train(cfg, resume_file, progress, allow_inexact_resume, info, restart)
     finally:
         if lock is not None:
             lock.release()
@@ -208,7 +210,7 @@ def _prepare(cfg: TrainConfig, resume_file, allow_inexact: bool, info, restart, 
     compiled = resolve_compile(cfg.run.compile, info.device.type)
     execution = execution_facts(plan, info, cfg.run.distributed, compiled,
                                 cfg.run.activation_checkpointing, cfg.run.fsdp_bf16_params,
-                                cfg.run.bf16_residual)  # fmt: skip
+                                cfg.run.bf16_residual, cfg.run.matmul_precision)  # fmt: skip
     fingerprint = data_fingerprint(dataset)
     idle = nothing_to_train(saved, plan)  # a resume at or past the steps asked for
     if saved is not None:
@@ -282,7 +284,7 @@ def _train(cfg: TrainConfig, resume_file, progress: bool, allow_inexact: bool, i
     last_ckpt = Path(run.saved["path"]) if run.saved is not None else None  # the last good one
     kept = step  # the step of the last good checkpoint (where a resume continues)
     final_loss, nan_step, interrupted = None, None, None
-    bar = _progress(progress and info.is_main, step, plan.total_steps)
+    bar = progress_bar(progress and info.is_main, step, plan.total_steps)
     parts.model.train()
     # the bar closes (its line ends) before any error of the loop is printed
     closing = bar if bar is not None else contextlib.nullcontext()
@@ -391,11 +393,3 @@ def _say_stopped(info, what: str, last_ckpt: Path | None) -> None:
     if info.is_main:
         print(f"\n{what}: training stopped; the last good checkpoint is "
               f"{last_ckpt or 'none (none was written yet)'}", flush=True)  # fmt: skip
-
-
-def _progress(enabled: bool, start: int, total: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train")

@@ -6,10 +6,10 @@ Every config field falls in one class (`field_class`), and a test holds every fi
 - logistical: where and how often things are written, the run's length, preview sampling. Free.
 - resolved: `run.device`, `run.precision`, `run.compile`, `run.distributed`,
   `run.activation_checkpointing`, `run.fsdp_bf16_params`, `run.bf16_residual`,
-  `optim.micro_batch` are compared by what they resolve to (the `execution` facts saved in each
-  checkpoint: device type, bf16 or fp32, compiled or eager, a compiled graph with checkpointed
-  blocks, FSDP2 gathering bf16 parameters, a bf16 residual stream, world size, micro-batch,
-  strategy), since e.g. precision
+  `run.matmul_precision`, `optim.micro_batch` are compared by what they resolve to (the
+  `execution` facts saved in each checkpoint: device type, bf16 or fp32, compiled or eager, a
+  compiled graph with checkpointed blocks, FSDP2 gathering bf16 parameters, a bf16 residual
+  stream, the float32 matmul precision, world size, micro-batch, strategy), since e.g. precision
   `auto` and `bf16`, or compile `auto` and `true`, are one thing on a GPU. A checkpoint written
   before `compiled` was recorded counts as compiled when its saved `run.compile` resolves so.
   The AdamW implementation (`adamw`: fused or foreach, `training.optimizer`) is a fact too; a
@@ -49,7 +49,8 @@ LOGISTICAL = frozenset({"run.out", "run.log_every", "run.ckpt_every", "run.miles
 LOGISTICAL_SECTIONS = ("sample.",)  # previews draw from their own seeds
 RESOLVED = frozenset({"run.device", "run.precision", "run.compile", "run.distributed",
                       "run.activation_checkpointing", "run.fsdp_bf16_params",
-                      "run.bf16_residual", "optim.micro_batch"})  # fmt: skip
+                      "run.bf16_residual", "run.matmul_precision",
+                      "optim.micro_batch"})  # fmt: skip
 INEXACT: frozenset[str] = frozenset()  # config fields compared as they are (none at present)
 RECIPE_RUN = frozenset({"run.seed"})
 ALLOW_FLAG = "--allow-inexact-resume"
@@ -64,10 +65,12 @@ ADDED_FIELDS = {("optim", "ema_warmup"): False, ("optim", "cooldown"): 0.0,
                 ("optim", "decay_1d"): lambda optim: _positive(optim.get("weight_decay")),
                 ("optim", "ema_warmup_offset"): 10.0,
                 ("run", "activation_checkpointing"): False, ("run", "fsdp_bf16_params"): False,
-                ("run", "bf16_residual"): False, ("sample", "grid"): "uniform",
+                ("run", "bf16_residual"): False, ("run", "matmul_precision"): "highest",
+                ("sample", "grid"): "uniform",
                 ("sample", "shift"): 3.0, ("sample", "t_min"): 0.001}  # fmt: skip
 # execution facts added since checkpoints were first written → the value they had before
-ADDED_FACTS = {"checkpointed_graph": False, "fsdp_bf16_params": False, "bf16_residual": False}
+ADDED_FACTS = {"checkpointed_graph": False, "fsdp_bf16_params": False, "bf16_residual": False,
+               "matmul_precision": "highest"}  # fmt: skip
 LENGTH_FIELDS = ("steps", "epochs")  # optim fields that set the run's length, steps first
 
 
@@ -117,7 +120,7 @@ def field_class(name: str) -> str:
 
 def execution_facts(
     plan, info, strategy: str, compiled: bool, checkpointing: bool = False,
-    fsdp_bf16_params: bool = False, bf16_residual: bool = False,
+    fsdp_bf16_params: bool = False, bf16_residual: bool = False, matmul: str = "highest",
 ) -> dict:  # fmt: skip
     """How the run executes, as resolved on this machine (saved in every checkpoint).
 
@@ -136,6 +139,7 @@ def execution_facts(
         "strategy": strategy if info.world_size > 1 else "single",
         "fsdp_bf16_params": bool(fsdp_bf16_params and sharded),
         "bf16_residual": bool(bf16_residual and plan.bf16),
+        "matmul_precision": matmul,  # float32 matrix products (autocast leaves some in float32)
     }
 
 

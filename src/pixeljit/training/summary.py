@@ -12,6 +12,7 @@ from pixeljit.data.folders import FOLDER_KIND
 from pixeljit.data.packed import PackedDataset
 from pixeljit.data.text import utf8_text
 from pixeljit.data.transforms import CHANNEL_NAMES
+from pixeljit.launch import launch_world_size
 from pixeljit.training.config import TrainConfig
 from pixeljit.training.config_io import to_dict
 from pixeljit.training.resume import PLACE_FIELDS, with_added_fields
@@ -62,6 +63,8 @@ def run_line(cfg: TrainConfig, plan: BatchPlan, start: int, resume_file: Path | 
         f"{'s' if epochs != 1 else ''}), "
         f"{'bf16' if plan.bf16 else 'fp32'}"
     )
+    if cfg.run.matmul_precision != "highest":  # float32 products at reduced precision
+        line += f" (float32 matmuls at {cfg.run.matmul_precision} precision)"
     if resume_file is not None:
         line += f"; resuming {resume_file} at step {start:,} ({total - start:,} to go)"
     return line
@@ -110,6 +113,22 @@ def empty_classes_warning(cfg: TrainConfig, dataset: PackedDataset) -> str | Non
     )
 
 
+def unsharded_warning(cfg: TrainConfig, world_size: int) -> str | None:
+    """run.distributed=fsdp (and run.fsdp_bf16_params) in a one-process run, where nothing is
+    sharded (`distributed.wrap_model` returns the bare model): the run trains as a plain one.
+    Said, not refused: the same config is run on one device to debug it."""
+    if cfg.run.distributed != "fsdp" or world_size > 1:
+        return None
+    if cfg.run.fsdp_bf16_params:
+        fields, trains = "run.distributed=fsdp and run.fsdp_bf16_params have", "fp32 parameters"
+    else:
+        fields, trains = "run.distributed=fsdp has", "its parameters whole"
+    return (
+        f"{fields} no effect in a one-process run: the model trains unsharded, with {trains}; "
+        "launch with `torchrun --nproc_per_node N` (N > 1) to shard it"
+    )
+
+
 def start_report(
     cfg: TrainConfig,
     plan: BatchPlan,
@@ -134,5 +153,15 @@ def start_report(
         unused_classes_warning(cfg, dataset),
         empty_classes_warning(cfg, dataset),
         ema_horizon_warning(cfg, plan.total_steps),
+        unsharded_warning(cfg, launch_world_size()),
     )
     return lines + [f"warning: {w}" for w in warnings if w is not None]
+
+
+def progress_bar(enabled: bool, start: int, total: int):
+    """The training loop's progress bar (tqdm), from step `start` of `total`; None if off."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train")
