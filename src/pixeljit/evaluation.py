@@ -9,6 +9,7 @@ every EMA × every CFG scale on a few thousand samples, lowest FD wins.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,11 +25,8 @@ import torch
 from pixeljit.checkpoints.load import TrainedModel
 from pixeljit.checkpoints.provenance import DIGEST_KEY, model_record, weights_digest
 from pixeljit.data.open import open_dataset
-from pixeljit.diffusion.sampler import (
-    SamplerConfig,
-    check_seed,
-    sample,
-)
+from pixeljit.diffusion.execution import MATMUL_PRECISIONS, matmul_precision
+from pixeljit.diffusion.sampler import SamplerConfig, check_seed, sample
 from pixeljit.evaluation_ranks import (  # noqa: F401  (shard, rank_block: this module's API)
     is_main,
     rank_block,
@@ -61,7 +59,8 @@ from pixeljit.values import is_integer
 
 @dataclass(frozen=True)
 class GenerationSpec:
-    """What to generate: how many images, with which sampler, seed, batch size and precision."""
+    """What to generate: how many images, with which sampler, seed, batch size and precision
+    (`matmul_precision`: of float32 products while generating, restored after; None: as set)."""
 
     num: int
     sampler: SamplerConfig = SamplerConfig()
@@ -69,6 +68,7 @@ class GenerationSpec:
     batch_size: int = 64
     amp_dtype: torch.dtype | None = None
     noise_scale: float | None = None  # None → the checkpoint's training value
+    matmul_precision: str | None = None  # "highest" | "high" | "medium"; None: the process's
 
     def __post_init__(self) -> None:
         for name in ("num", "batch_size"):
@@ -81,6 +81,9 @@ class GenerationSpec:
             math.isfinite(self.noise_scale) and self.noise_scale > 0
         ):
             raise ValueError(f"GenerationSpec.noise_scale must be > 0, got {self.noise_scale}")
+        if self.matmul_precision not in (None, *MATMUL_PRECISIONS):
+            raise ValueError(f"GenerationSpec.matmul_precision must be None or one of "
+                             f"{MATMUL_PRECISIONS}, got {self.matmul_precision!r}")  # fmt: skip
 
 
 def balanced_labels(start: int, stop: int, num_classes: int) -> list[int] | None:
@@ -114,17 +117,19 @@ def generate(
         label = share_label("generating", spec.num, rank, world)
         bar = tqdm(total=stop - start, unit="img", desc=label)
     scale = model.noise_scale if spec.noise_scale is None else spec.noise_scale
+    mm = spec.matmul_precision  # held while sampling only: never while the caller scores
     try:  # the bar ends its line before any error is said
         for first in range(start, stop, spec.batch_size):
             last = min(first + spec.batch_size, stop)
             labels = balanced_labels(first, last, classes)
-            images = sample(
-                model.net, labels, num=last - first,
-                **spec.sampler.kwargs(),  # an unconditional model with cfg ≠ 1: refused there
-                noise_scale=scale, prediction=model.prediction,
-                preconditioner=model.preconditioner, sigma_data=model.sigma_data,
-                seed=spec.seed, first_index=first, amp_dtype=spec.amp_dtype,
-            )  # fmt: skip
+            with matmul_precision(mm) if mm else contextlib.nullcontext():
+                images = sample(
+                    model.net, labels, num=last - first,
+                    **spec.sampler.kwargs(),  # an unconditional model with cfg ≠ 1: refused there
+                    noise_scale=scale, prediction=model.prediction,
+                    preconditioner=model.preconditioner, sigma_data=model.sigma_data,
+                    seed=spec.seed, first_index=first, amp_dtype=spec.amp_dtype,
+                )  # fmt: skip
             u8 = to_uint8(images)
             if save_dir is not None:
                 save_pngs(u8, save_dir, start=first)
@@ -359,17 +364,15 @@ def generation_record(
     and the extractor. `weights_in_rows` (a CFG / EMA sweep, whose rows each name their weights
     and digest): the checkpoint and step only."""
     amp = str(spec.amp_dtype).removeprefix("torch.") if spec.amp_dtype is not None else "none"
-    scored = (
-        {"checkpoint": str(checkpoint), "step": model.step}
-        if weights_in_rows
-        else model_record(model, checkpoint)
-    )
+    scored = ({"checkpoint": str(checkpoint), "step": model.step} if weights_in_rows
+              else model_record(model, checkpoint))  # fmt: skip
     return {
         "model": scored,
         "sampler": spec.sampler.as_json(),
         "num": spec.num,
         "seed": spec.seed,
         "amp": amp,
+        "matmul_precision": spec.matmul_precision or torch.get_float32_matmul_precision(),
         "noise_scale": spec.noise_scale if spec.noise_scale is not None else model.noise_scale,
         "reference": reference,
         "extractor": extractor,

@@ -65,7 +65,10 @@ class OneLineParser(argparse.ArgumentParser):
     3); its sub-parsers inherit it."""
 
     def error(self, message: str):
-        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        """One line, said once for the whole run under torchrun, where every rank parses the
+        same command line (`say_once`), then argparse's exit status."""
+        say_once_as(self.prog, f"error: {message} (see {self.prog} --help)")
+        self.exit(USAGE_ERROR)
 
     def parse_known_args(self, args=None, namespace=None):
         self._given: dict[int, list[str]] = {}  # action → the values it was given, this parse
@@ -178,9 +181,15 @@ def say_once(verb: str, text: str) -> None:
     torchrun, where every rank usually fails the same way, rank 0 prints its line and any other
     rank only a different one (`ONCE_WAIT_S`). The line is one write, so two ranks' lines never
     run together."""
+    say_once_as(f"pixeljit {verb}", text)
+
+
+def say_once_as(prog: str, text: str) -> None:
+    """`say_once` for a line that opens with `prog` (a parser's, e.g. `pixeljit reproduce
+    table2`) instead of `pixeljit VERB`."""
     launch = launch_or_none()
     rank, world = launch if launch else (0, 1)
-    line = f"pixeljit {verb}{rank_tag()}: {text}\n"
+    line = f"{prog}{rank_tag()}: {text}\n"
     if world > 1 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         with _sigterm_noted() as stopping:
             store = _run_store()

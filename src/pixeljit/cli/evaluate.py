@@ -40,12 +40,14 @@ from pixeljit.cli.evaluate_ref import (
 )
 from pixeljit.cli.sample import check_memory
 from pixeljit.cli.sampler_args import (
+    AUTO_MATMUL,
     add_sampler_arguments,
     amp_dtype,
     check_flags_take_effect,
     describe_generation,
     describe_sampler,
     given_sampler_flags,
+    matmul_setting,
     model_overrides,
     sampler_from_args,
 )
@@ -153,6 +155,10 @@ def _emas(args, checkpoint: str) -> list[str]:
 def run(args) -> int:
     from pixeljit.training import distributed as dist_utils
 
+    if not args.checkpoint and args.matmul_precision != AUTO_MATMUL:  # a generation flag
+        mode = f"--images {args.images}" if args.images else f"--make-ref {args.make_ref}"
+        raise ValueError(f"--matmul-precision has no effect with {mode} (it sets how a "
+                         "--checkpoint generates images): drop --matmul-precision")  # fmt: skip
     cfgs = check_args(args)  # before the process group and the device
     if args.checkpoint:
         given_sampler_flags(args)
@@ -214,6 +220,7 @@ def _run(args, info, cfgs: list[float] | None) -> int:
     spec = GenerationSpec(
         num=args.num, sampler=sampler, seed=args.seed,
         batch_size=args.batch_size, amp_dtype=amp_dtype(args.amp, info.device),
+        matmul_precision=matmul_setting(args.matmul_precision),  # auto: the process's
     )  # fmt: skip
     kw = {"rank": info.rank, "world": info.world_size}
     record = generation_record(model, args.checkpoint, spec, _reference(args), extractor.name,
@@ -234,7 +241,7 @@ def _run(args, info, cfgs: list[float] | None) -> int:
     with naming_partial_images("--save-images", [save] if save else [], args.num, labelled):
         scores = evaluate(model, spec, extractor, ref, metrics(args), save_dir=save,
                           progress=info.is_main, **kw)  # fmt: skip
-    details = describe_generation(spec.seed, spec.amp_dtype)
+    details = describe_generation(spec.seed, spec.amp_dtype, matmul=record["matmul_precision"])
     say(f"{model.description}: {args.num} images ({details}), "
         f"{describe_sampler(sampler, args, model.sampler)}")  # fmt: skip
     _report(scores, record, args, say, info)

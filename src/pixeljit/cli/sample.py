@@ -39,10 +39,11 @@ from pixeljit.cli.sampler_args import (
     describe_generation,
     describe_sampler,
     given_sampler_flags,
+    matmul_setting,
     model_overrides,
     sampler_from_args,
 )
-from pixeljit.diffusion.execution import tf32_matmuls
+from pixeljit.diffusion.execution import matmul_precision
 from pixeljit.diffusion.sampler import sample
 from pixeljit.files import GIB
 from pixeljit.files.image_set import staged_image_sets
@@ -66,7 +67,6 @@ MAX_NOISE_SCALE = 1e3  # the paper's noise scales are 1-2; far beyond, samples o
 # the noise, the guided rows ([cond; uncond] in and out) and the solver's slopes
 SAMPLER_STATE_COPIES = 8
 FLOAT32_BYTES = 4
-# with autocast on CUDA, float32 products left outside it may use TF32; --amp none: true float32
 
 
 def add_parser(sub) -> None:
@@ -300,11 +300,15 @@ def run(args) -> int:
     if outputs.grids:
         check_grid_size(num, ncols, net.config.image_size, scale)
     amp = amp_dtype(args.amp, device)
-    tf32 = tf32_matmuls(device) if amp is not None else contextlib.nullcontext()  # none: true fp32
+    # auto: with autocast on CUDA, float32 products left outside it use TF32; else as they are
+    cuda_autocast = torch.device(device).type == "cuda" and amp is not None
+    setting = matmul_setting(args.matmul_precision, tf32=cuda_autocast)
+    precision = matmul_precision(setting) if setting else contextlib.nullcontext()
+    matmul = setting or torch.get_float32_matmul_precision()  # for the summary
     chunks = []
     partial = naming_partial_images("--out", outputs.folders, num, labels is not None)
     # each folder's set is staged, and moved in only once whole (`files.image_set`)
-    with partial, staged_image_sets(outputs.folders) as staging, tf32:
+    with partial, staged_image_sets(outputs.folders) as staging, precision:
         with tqdm(total=num, unit="img", desc="sampling") as bar:
             for start in range(0, num, args.batch_size):
                 stop = min(start + args.batch_size, num)
@@ -330,7 +334,7 @@ def run(args) -> int:
         y = torch.tensor(labels) if labels is not None else None
         for path in outputs.npzs:
             written.append(str(save_npz(everything, path, y, model.class_names)))
-    details = describe_generation(args.seed, amp, args.noise_scale, model.noise_scale)
+    details = describe_generation(args.seed, amp, args.noise_scale, model.noise_scale, matmul)
     print(f"{model.description}: {counted(num, 'image')} ({details}), "
           f"{describe_sampler(sampler, args, model.sampler)} → {', '.join(written)}")  # fmt: skip
     return 0

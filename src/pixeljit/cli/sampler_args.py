@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from pixeljit.diffusion.execution import MATMUL_PRECISIONS
 from pixeljit.diffusion.sampler import FAST_SAMPLER, NO_GUIDANCE, SamplerConfig
 from pixeljit.diffusion.solvers import GRIDS, METHODS, VELOCITY_SOLVERS
 
@@ -24,6 +25,7 @@ UNSET = "the model's recommended setting, else"  # how each flag's help names it
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_AMP = "auto"  # bf16 autocast on CUDA, none (float32) on a CPU
 ATTENTION_KERNELS = ("sdpa", "fp32")  # JiTConfig.attention
+AUTO_MATMUL = "auto"  # sample: high (TF32) on CUDA under autocast; else the process's (highest)
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,8 +56,16 @@ def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
                    "--amp)")  # fmt: skip
     p.add_argument("--amp", default=AUTO_AMP, choices=(AUTO_AMP, *AMP_DTYPES),
                    help="the network's autocast precision; the sampling state stays float32 "
-                   "(default auto: bf16 on CUDA, as the authors sample, with TF32 for float32 "
-                   "products; none on a CPU; none = float32 throughout)")  # fmt: skip
+                   "(default auto: bf16 on CUDA, as the authors sample; none on a CPU; none = "
+                   "float32 throughout; the float32 products: --matmul-precision)")  # fmt: skip
+    p.add_argument("--matmul-precision", default=AUTO_MATMUL,
+                   choices=(AUTO_MATMUL, *MATMUL_PRECISIONS),
+                   help="the precision of float32 matrix products while generating (torch's "
+                   "set_float32_matmul_precision, restored after): highest = full float32; "
+                   "high = TF32 on CUDA; medium = bf16 inputs with float32 sums, on CUDA and on "
+                   "CPUs with AMX-BF16 (a JiT-B/16 sampler step ≈ 1.4× faster on such a CPU; "
+                   "other numerics). Default auto: `sample` high on CUDA under autocast (--amp "
+                   "bf16 / fp16), highest otherwise")  # fmt: skip
 
 
 def model_overrides(args: argparse.Namespace) -> dict:
@@ -181,12 +191,25 @@ def check_guidance_applies(
     )
 
 
+def matmul_setting(name: str, tf32: bool = False) -> str | None:
+    """--matmul-precision's setting while generating: the value given; auto: 'high' where
+    `tf32` (`sample` on CUDA under autocast: TF32 for the float32 products autocast leaves, as
+    before the flag), else None (the process's own, torch's default 'highest')."""
+    if name != AUTO_MATMUL:
+        return name
+    return "high" if tf32 else None
+
+
 def describe_generation(
-    seed: int, amp: torch.dtype | None, noise_scale: float | None = None, trained: float = 1.0
-) -> str:
+    seed: int, amp: torch.dtype | None, noise_scale: float | None = None, trained: float = 1.0,
+    matmul: str = "highest",
+) -> str:  # fmt: skip
     """What else decides the images, for the summary line: the seed, the network's precision
-    (an autocast dtype, or float32) and a --noise-scale given over the model's `trained` one."""
+    (an autocast dtype, or float32, and float32 products below `matmul` 'highest') and a
+    --noise-scale given over the model's `trained` one."""
     parts = [f"seed {seed}", f"{str(amp).removeprefix('torch.')} autocast" if amp else "float32"]
+    if matmul != "highest":
+        parts.append(f"{'float32 ' if amp else ''}matmuls at {matmul} precision")
     if noise_scale is not None:
         parts.append(f"noise scale {noise_scale:g} as given (trained with {trained:g})")
     return ", ".join(parts)

@@ -219,6 +219,30 @@ def _check_file_out(config: str, resume: str, out: str, folder: str) -> None:
         )
 
 
+def rank_lost_message(out: str, err: BaseException) -> str:
+    """What a rank says when a collective failed because another rank stopped: the checkpoint
+    the run keeps and the command that continues it (as a Ctrl-C's message says), then the
+    collective's own error `err`, so a failure of another kind is not hidden."""
+    from pixeljit.checkpoints.run import checkpoint_step, find_checkpoint, resume_hint
+    from pixeljit.cli import error_line
+    from pixeljit.training.rundir import holds_checkpoint
+
+    left = f"{out} holds nothing to resume (the run stopped before its first checkpoint)"
+    if holds_checkpoint(Path(out)):
+        try:
+            file = find_checkpoint(out)
+        except (OSError, ValueError):  # no file to name: the folder is resumed all the same
+            file, step = Path(out), None
+        else:
+            step = checkpoint_step(file)
+        at = f" (step {step:,})" if step is not None else ""
+        left = f"the last checkpoint {file}{at} is kept: continue with {resume_hint(out)}"
+    return (
+        "another rank stopped (torchrun's report names it), so a collective failed on this "
+        f"rank; {left} (the collective's error: {error_line(err)})"
+    )
+
+
 def run(args) -> int:
     from pixeljit.checkpoints.run import resume_hint
     from pixeljit.cli.checks import counted, interrupted_detail
@@ -237,6 +261,12 @@ def run(args) -> int:
         )
     except KeyboardInterrupt:  # a second Ctrl-C (or one before the run listens for it)
         raise KeyboardInterrupt(interrupted_detail(cfg.run.out, resume_hint(cfg.run.out))) from None
+    except RuntimeError as err:  # another rank gone (killed, out of memory): a collective fails
+        from pixeljit.training.distributed import collective_failed
+
+        if not collective_failed(err):
+            raise
+        raise RuntimeError(rank_lost_message(cfg.run.out, err)) from err
     except OSError as err:  # a full disk while writing the log, a grid or the plot
         if not is_disk_full(err):
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,6 +29,9 @@ STRATEGIES = ("ddp", "fsdp")
 # exits, and torchrun then stops the waiting ranks, so a long wait hides no crash.
 RANK0_WAIT = timedelta(hours=24)
 _rank0_wait: list = [None, None]  # [the default group, its gloo group for `barrier`]
+# gloo's own errors open with its source location, "[…/gloo/transport/tcp/pair.cc:537]", and
+# reach Python as a plain RuntimeError (from a collective's wait, or DDP's reducer in backward)
+GLOO_ERROR_RE = re.compile(r"\[[^\]\s]*\bgloo/[^\]\s]*:\d+\]")
 T = TypeVar("T")
 
 
@@ -113,6 +117,18 @@ def process_group(device_name: str = "auto"):
     info = setup(device_name)
     yield info
     teardown()
+
+
+def collective_failed(err: BaseException) -> bool:
+    """Whether `err` is a collective of this run's process group failing (another rank gone,
+    its connection reset or closed), not an error of this rank's own: the group is initialised
+    with more than one rank, and `err` is one of torch.distributed's DistError types (NCCL's) or
+    a RuntimeError carrying gloo's source location (gloo raises no DistError)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    if isinstance(err, dist.DistError):
+        return True
+    return isinstance(err, RuntimeError) and GLOO_ERROR_RE.search(str(err)) is not None
 
 
 def teardown() -> None:

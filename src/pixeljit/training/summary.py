@@ -119,13 +119,12 @@ def unsharded_warning(cfg: TrainConfig, world_size: int) -> str | None:
     Said, not refused: the same config is run on one device to debug it."""
     if cfg.run.distributed != "fsdp" or world_size > 1:
         return None
-    if cfg.run.fsdp_bf16_params:
-        fields, trains = "run.distributed=fsdp and run.fsdp_bf16_params have", "fp32 parameters"
-    else:
-        fields, trains = "run.distributed=fsdp has", "its parameters whole"
+    bf16 = cfg.run.fsdp_bf16_params
+    fields = "run.distributed=fsdp" + (" and run.fsdp_bf16_params have" if bf16 else " has")
+    params = ", with fp32 parameters" if bf16 else ""
     return (
-        f"{fields} no effect in a one-process run: the model trains unsharded, with {trains}; "
-        "launch with `torchrun --nproc_per_node N` (N > 1) to shard it"
+        f"{fields} no effect in a one-process run: the model trains unsharded{params}; launch "
+        "with `torchrun --nproc_per_node N` (N > 1) to shard it"
     )
 
 
