@@ -357,6 +357,25 @@ def noise_pngs(folder: Path, count: int, size: int = 16) -> Path:
     return folder
 
 
+def varied_model_and_ref(root: Path, config: JiTConfig, size: int) -> Path:
+    """In `root`: tiny.safetensors, a JiT of `config` whose zero-initialised layers are
+    randomised (so its images are not flat and vary with the seed), and ref.npz, the reference
+    statistics of six noise PNGs at `size` px (RGB). Returns `root`."""
+    from pixeljit.cli import main
+
+    torch.manual_seed(0)
+    net = pixeljit.JiT(config)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    pixeljit.save_safetensors(net, root / "tiny.safetensors")
+    noise = noise_pngs(root / "noise", 6, size=size)
+    argv = ["eval", "--make-ref", str(noise), "--size", str(size), "--channels", "3",
+            "--out", str(root / "ref.npz")]  # fmt: skip
+    assert main(argv) == 0
+    return root
+
+
 def write_raw_safetensors(net, path, **metadata) -> None:
     """`net` as a .safetensors holding `metadata` (each value JSON-encoded) unchecked: the file
     a careless or hostile writer could make, which `save_safetensors` refuses to."""

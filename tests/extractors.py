@@ -73,3 +73,17 @@ def bottleneck_reusing_nothing(config, out, reuse) -> str:
     said = "\n".join(lines)
     assert "taken from --reuse: 0 of the 1 unfinished cell(s)" in said, said
     return said
+
+
+def one_cell_noise_grid(out, config):
+    """The one-cell `noise` grid `config` trained into `out` (one torch thread): (out, the
+    cell's folder)."""
+    import torch
+
+    from pixeljit.experiments import noise
+    from pixeljit.experiments.grid import CELLS_FOLDER
+
+    torch.set_num_threads(1)
+    report = noise.run_noise(config, out, extractor=PoolExtractor(), train_fn=Recorder())
+    (cell,) = report["cells"]
+    return out, out / CELLS_FOLDER / cell["name"]

@@ -10,10 +10,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from extractors import PoolExtractor, Recorder, bottleneck_reusing_nothing
+from extractors import PoolExtractor, Recorder, bottleneck_reusing_nothing, one_cell_noise_grid
 from pixeljit.experiments import bottleneck, noise
 from pixeljit.experiments.evidence import GRID_NAME, RESULT_NAME
 from pixeljit.experiments.grid import CELLS_FOLDER
@@ -34,11 +33,7 @@ def pixels(path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def donor(tmp_path_factory):
     """NOISE run once: (results folder, its one cell folder, that cell's grid pixels)."""
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("noise")
-    report = noise.run_noise(NOISE, out, extractor=PoolExtractor(), train_fn=Recorder())
-    (cell,) = report["cells"]
-    folder = out / CELLS_FOLDER / cell["name"]
+    out, folder = one_cell_noise_grid(tmp_path_factory.mktemp("noise"), NOISE)
     return out, folder, pixels(folder / GRID_NAME)
 
 

@@ -13,9 +13,9 @@ import shutil
 import pytest
 import torch
 
-from extractors import PoolExtractor, Recorder, bottleneck_reusing_nothing
+from extractors import PoolExtractor, Recorder, bottleneck_reusing_nothing, one_cell_noise_grid
 from pixeljit.checkpoints.checksums import CHECKSUM_KEY, checksums
-from pixeljit.experiments import bottleneck, noise
+from pixeljit.experiments import bottleneck
 from pixeljit.experiments.evidence import RESULT_NAME
 from pixeljit.experiments.grid import CELLS_FOLDER
 from pixeljit.training.revisions import REVISION_KEY, TRAINING_REVISION
@@ -25,11 +25,7 @@ from test_grid_cell_files import NOISE, PLAIN
 @pytest.fixture(scope="module")
 def donor(tmp_path_factory):
     """NOISE run once: (results folder, its one cell folder)."""
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("noise")
-    report = noise.run_noise(NOISE, out, extractor=PoolExtractor(), train_fn=Recorder())
-    (cell,) = report["cells"]
-    return out, out / CELLS_FOLDER / cell["name"]
+    return one_cell_noise_grid(tmp_path_factory.mktemp("noise"), NOISE)
 
 
 def copy_of(donor, tmp_path, revision: int | None, record: bool):

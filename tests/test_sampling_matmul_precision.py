@@ -18,9 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pixeljit
 import pixeljit.cli.evaluate as eval_cli
-from conftest import TINY_MODEL, noise_pngs, run_group
+from conftest import TINY_MODEL, run_group, varied_model_and_ref
 from pixeljit.checkpoints.load import load_trained
 from pixeljit.cli import main
 from pixeljit.diffusion.execution import matmul_precision
@@ -38,18 +37,7 @@ MEDIUM_MAX_LEVELS, MEDIUM_MEAN_LEVELS = 4, 0.5
 def setup(tmp_path_factory):
     """A tiny class-conditional model (16 px RGB) whose images differ by seed and class, and
     reference statistics at its size."""
-    root = tmp_path_factory.mktemp("matmul-precision")
-    torch.manual_seed(0)
-    net = pixeljit.JiT(TINY_MODEL)
-    with torch.no_grad():  # randomise the zero-initialised layers so the images are not flat
-        for p in net.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    pixeljit.save_safetensors(net, root / "tiny.safetensors")
-    noise = noise_pngs(root / "noise", 6, size=16)
-    argv = ["eval", "--make-ref", str(noise), "--size", "16", "--channels", "3",
-            "--out", str(root / "ref.npz")]  # fmt: skip
-    assert main(argv) == 0
-    return root
+    return varied_model_and_ref(tmp_path_factory.mktemp("matmul-precision"), TINY_MODEL, 16)
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import pixeljit
-from conftest import TINY_NET, dead_pid, noise_pngs, run_group, torchrun
+from conftest import TINY_NET, dead_pid, run_group, torchrun, varied_model_and_ref
 from pixeljit.cli import main
 from pixeljit.files.image_set import StagedImageSet, finish_interrupted_set, sweep_stale_staging
 
@@ -55,18 +54,7 @@ KILLED_RANK = textwrap.dedent(
 def setup(tmp_path_factory):
     """A tiny class-conditional model (8 px RGB) whose images differ with the seed, and
     reference statistics at its size."""
-    root = tmp_path_factory.mktemp("torchrun-sets")
-    torch.manual_seed(0)
-    net = pixeljit.JiT(TINY_NET)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    pixeljit.save_safetensors(net, root / "tiny.safetensors")
-    noise = noise_pngs(root / "noise", 6, size=8)
-    argv = ["eval", "--make-ref", str(noise), "--size", "8", "--channels", "3",
-            "--out", str(root / "ref.npz")]  # fmt: skip
-    assert main(argv) == 0
-    return root
+    return varied_model_and_ref(tmp_path_factory.mktemp("torchrun-sets"), TINY_NET, 8)
 
 
 def eval_argv(setup: Path, num: int, out: Path, *extra: str) -> list[str]:
