@@ -28,9 +28,11 @@ Revisions, and when a change touches a run:
 4. the loader's epoch cut (2 Dec 2026): with gradient accumulation an epoch ends where a whole
    optimiser step of G samples no longer fits (it ended where a micro-step of micro × W did,
    so one process accumulating saw other samples than W processes after the first epoch);
-   touches a run whose micro-step is smaller than its step and N mod G ≥ micro × W.
+   touches a run whose micro-step is smaller than its step and N mod G ≥ micro × W, and whose
+   resumed steps draw a micro-batch where the two cuts differ (`_cut_reached`).
 
-A new revision: raise `TRAINING_REVISION`, add its commit to `SINCE` and a function naming the
+No change touches a resume with nothing left to train (its checkpoint at or past the run's
+length): it trains no step. A new revision: raise `TRAINING_REVISION`, add its commit to `SINCE` and a function naming the
 changes that touch a run to `_CHANGES`, and list it above.
 """
 
