@@ -20,7 +20,7 @@ from pixeljit.training.loop import train
 
 
 def test_an_unknown_precision_is_refused():
-    with pytest.raises(ValueError, match=r"run.matmul_precision must be highest, high, medium, "
+    with pytest.raises(ValueError, match=r"run.matmul_precision must be highest, high or medium, "
                        r"got 'low'"):  # fmt: skip
         RunConfig(matmul_precision="low")
 

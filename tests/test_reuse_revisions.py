@@ -88,3 +88,12 @@ def test_a_donor_without_checkpoint_is_judged_by_its_result(donor, tmp_path):
     (cell / "latest.pt").unlink()
     said = bottleneck_reusing_nothing(PLAIN, tmp_path / "c", [out])
     assert "the training code (no checkpoint tells which revision trained it" in said, said
+
+    out, cell = copy_of(donor, tmp_path / "recorded", 3, record=True)
+    (cell / "latest.pt").unlink()
+    said = bottleneck_reusing_nothing(PLAIN, tmp_path / "d", [out])
+    assert (
+        f"the training code (training revision 3 trained it, this code trains "
+        f"{TRAINING_REVISION}; its checkpoint, which tells whether the changes since touch it, "
+        "is unreadable" in said
+    ), said

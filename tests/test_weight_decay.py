@@ -91,3 +91,20 @@ def test_a_run_from_before_the_field_resumes_as_it_trained(fmnist16, tmp_path, w
     assert resumed["config"]["optim"]["decay_1d"] is bool(weight_decay)
     for key, value in whole["model"].items():
         assert torch.equal(resumed["model"][key], value), key
+
+
+def test_the_python_api_resumes_such_a_run_from_a_dict_without_the_field(fmnist16, tmp_path):
+    """`train(dict, resume=...)`: a dict written before the field (a run's config.yaml read back)
+    takes its old sense, as the CLI does, instead of a refused recipe change."""
+    settings = {"optim.weight_decay": 0.05, "optim.lr": 1e-2, "optim.decay_1d": True}
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    train(tiny_run(fmnist16(64), run, **settings), progress=False)
+    train(tiny_run(fmnist16(64), straight, **settings, **{"optim.steps": 4}), progress=False)
+    written_before_the_field(run)
+    config = load_checkpoint(run, tensors=False)["config"]
+    assert "decay_1d" not in config["optim"]
+    config["optim"]["steps"] = 4
+    train(config, resume=str(run), progress=False)
+    resumed, whole = load_checkpoint(run), load_checkpoint(straight)
+    for key, value in whole["model"].items():
+        assert torch.equal(resumed["model"][key], value), key

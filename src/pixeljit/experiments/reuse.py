@@ -170,7 +170,12 @@ def code_change(donor: Donor) -> str | None:
         saved = load_checkpoint(donor.origin, flag=None, tensors=False)
         was = checkpoint_revision(saved)
     except (OSError, ValueError) as err:
-        return f"the training code (no checkpoint tells which revision trained it: {err})"
+        recorded = donor.result.get(REVISION_KEY)
+        if recorded is None:
+            return f"the training code (no checkpoint tells which revision trained it: {err})"
+        return (f"the training code (training revision {recorded} trained it, this code trains "
+                f"{TRAINING_REVISION}; its checkpoint, which tells whether the changes since "
+                f"touch it, is unreadable: {err})")  # fmt: skip
     start = {**saved, "step": 0, "loader": {**(saved.get("loader") or {}), "epoch": 0,
                                              "position": 0}}  # fmt: skip
     changed = revision_changes(start, None, total_steps=saved.get("step"))

@@ -260,9 +260,8 @@ class RunConfig:
             raise ValueError(f"run.precision must be auto, bf16 or fp32, got {got}")
         if self.matmul_precision not in MATMUL_PRECISIONS:
             got = shown(self.matmul_precision)
-            raise ValueError(
-                f"run.matmul_precision must be {', '.join(MATMUL_PRECISIONS)}, got {got}"
-            )
+            names = f"{', '.join(MATMUL_PRECISIONS[:-1])} or {MATMUL_PRECISIONS[-1]}"
+            raise ValueError(f"run.matmul_precision must be {names}, got {got}")
         if isinstance(self.compile, str) and self.compile != COMPILE_AUTO:
             got = shown(self.compile)
             raise ValueError(f"run.compile must be {CHOICES['run.compile']}, got {got}")
@@ -307,7 +306,9 @@ class TrainConfig:
         if chosen is not None and float(chosen) not in map(float, optim.ema_decays):
             raise ValueError(
                 f"sample.ema_decay {chosen} is none of the run's EMAs (optim.ema_decays "
-                f"{list(optim.ema_decays)}): choose one of them, or add it to optim.ema_decays"
+                f"{list(optim.ema_decays)}; the paper presets sample with 0.9999, the authors' "
+                "evaluation EMA): choose one of them (sample.ema_decay=null: the first), or add "
+                "it to optim.ema_decays"
             )
         if optim.micro_batch is not None and optim.global_batch % optim.micro_batch:
             raise ValueError(

@@ -32,7 +32,13 @@ from pixeljit.training.ema import EMA
 from pixeljit.training.finals import draw_missing_finals
 from pixeljit.training.optimizer import build_adamw
 from pixeljit.training.previews import sample_grid
-from pixeljit.training.resume import DATA_KEY, check_resume, data_fingerprint, execution_facts
+from pixeljit.training.resume import (
+    DATA_KEY,
+    check_resume,
+    data_fingerprint,
+    execution_facts,
+    with_added_fields,
+)
 from pixeljit.training.resume_early import check_resume_before_data
 from pixeljit.training.rundir import (
     CONFIG_FILE,
@@ -43,12 +49,7 @@ from pixeljit.training.rundir import (
     sweep_temporaries,
 )
 from pixeljit.training.runlog import LOSS_PLOT, METRICS_FILE, LossTally, RunLog, plot_loss
-from pixeljit.training.setup import (
-    BatchPlan,
-    nothing_to_train,
-    open_training_data,
-    resolve_config,
-)
+from pixeljit.training.setup import BatchPlan, nothing_to_train, open_training_data, resolve_config
 from pixeljit.training.state import all_finite, capture_rng, gather_state, load_training_state
 from pixeljit.training.stopsignal import StopRequest
 from pixeljit.training.summary import progress_bar, start_report
@@ -98,8 +99,8 @@ def train(
     (no `resume`): the folder must not hold a run, unless `restart` moves it aside. `resume`: a run
     folder or checkpoint file; the run continues in that folder, which must be `cfg.run.out`.
     A dict of sections ({'run': {'out': ...}, ...}) is read as `config_io.from_dict` reads it."""
-    if isinstance(cfg, dict):
-        cfg = from_dict(cfg)  # every field checked, by its dotted name
+    if isinstance(cfg, dict):  # every field checked by its dotted name; a resumed dict lacking a
+        cfg = from_dict(with_added_fields(cfg) if resume else cfg)  # new field: its old sense
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"cfg must be a TrainConfig or a dict of its sections, got a "
                          f"{type(cfg).__name__}: e.g. presets.get_preset(name)")  # fmt: skip

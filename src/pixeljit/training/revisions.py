@@ -32,7 +32,9 @@ Revisions, and when a change touches a run:
    resumed steps draw a micro-batch where the two cuts differ (`_cut_reached`).
 
 No change touches a resume with nothing left to train (its checkpoint at or past the run's
-length): it trains no step. A new revision: raise `TRAINING_REVISION`, add its commit to `SINCE` and a function naming the
+length): it trains no step.
+
+A new revision: raise `TRAINING_REVISION`, add its commit to `SINCE` and a function naming the
 changes that touch a run to `_CHANGES`, and list it above.
 """
 
