@@ -5,7 +5,9 @@ A rank killed mid-run (kill -9, the out-of-memory killer) left the others to pri
 "[…/gloo/transport/tcp/pair.cc:537] Read error …: Connection reset by peer" as their error, naming
 no checkpoint and no way to continue. A usage error (`--steps abc`, a missing argument) was
 printed once per rank, untagged, where every other error every rank meets is said once, by rank
-0. And run.distributed=fsdp in a one-process run trained an unsharded model without a word."""
+0. A SIGTERM, which torchrun sends every rank once one has ended (a rank killed, so the others
+stop before their collective fails), ended rank 0 without a word. And run.distributed=fsdp in
+a one-process run trained an unsharded model without a word."""
 
 from __future__ import annotations
 
@@ -47,7 +49,9 @@ def _workers(launcher: int) -> dict[int, int]:
     return found
 
 
-def test_a_killed_rank_makes_the_other_say_so_with_the_checkpoint_and_resume(fmnist16, tmp_path):
+def _stop_a_rank(fmnist16, tmp_path, rank: int, signum: int) -> tuple[str, Path, int]:
+    """Train under torchrun with two ranks until the first checkpoint, then send `signum` to
+    `rank`; (stderr, run folder, the checkpoint's step) once torchrun has ended."""
     from pixeljit.checkpoints.run import checkpoint_step
 
     out = tmp_path / "run"
@@ -67,22 +71,53 @@ def test_a_killed_rank_makes_the_other_say_so_with_the_checkpoint_and_resume(fmn
             time.sleep(0.1)
         workers = _workers(proc.pid)
         assert set(workers) == {0, 1}, workers
-        os.kill(workers[0], signal.SIGKILL)
+        os.kill(workers[rank], signum)
         _, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         end_processes(proc, set(workers.values()))
     assert proc.returncode != 0
-    said = [line for line in stderr.splitlines() if line.startswith("pixeljit train (rank 1 of 2)")]
-    assert len(said) == 1, stderr[-3000:]
-    line = said[0]
     step = checkpoint_step(out / "latest.pt")  # rank 0 wrote it, and no one wrote after
     assert step is not None and step >= 2
+    return stderr, out, step
+
+
+def _said_by(rank: int, stderr: str) -> list[str]:
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.startswith(f"pixeljit train (rank {rank} of 2)")
+    ]
+
+
+def _kept(out: Path, step: int) -> str:
+    return (
+        f"the last checkpoint {out / 'latest.pt'} (step {step:,}) is kept: continue with the "
+        f"same `torchrun …` launch of `pixeljit train --resume {out}`"
+    )
+
+
+def test_a_killed_rank_makes_the_other_say_so_with_the_checkpoint_and_resume(fmnist16, tmp_path):
+    stderr, out, step = _stop_a_rank(fmnist16, tmp_path, rank=0, signum=signal.SIGKILL)
+    said = _said_by(1, stderr)
+    assert len(said) == 1, stderr[-3000:]
+    line = said[0]
     assert line.startswith("pixeljit train (rank 1 of 2): error: another rank stopped"), line
     assert "a collective failed on this rank" in line
-    assert f"the last checkpoint {out / 'latest.pt'} (step {step:,}) is kept" in line
-    assert f"continue with the same `torchrun …` launch of `pixeljit train --resume {out}`" in line
+    assert _kept(out, step) in line
     # the backend's own words stay, after the explanation: a failure of another kind shows
     assert re.search(r"\(the collective's error: \[[^\]]*gloo/[^\]]*\] .*Connection", line), line
+
+
+def test_a_sigterm_to_rank_0_is_said_with_the_checkpoint_and_resume(fmnist16, tmp_path):
+    # a scheduler's stop, or torchrun's once another rank has ended (killed, out of memory):
+    # rank 0 ended without a word when torchrun stopped it before its collective failed
+    stderr, out, step = _stop_a_rank(fmnist16, tmp_path, rank=0, signum=signal.SIGTERM)
+    said = _said_by(0, stderr)
+    assert said == [
+        "pixeljit train (rank 0 of 2): stopped by SIGTERM (torchrun stops every rank once one has "
+        "ended: its report names it; a scheduler's stop comes the same way); "
+        f"{_kept(out, step)}; the steps after it are lost"
+    ], stderr[-3000:]
 
 
 def test_the_message_of_a_lost_rank_without_a_checkpoint(tmp_path):

@@ -33,6 +33,7 @@ from pixeljit.model.layers import swiglu_hidden
 
 CHECKPOINT_FILENAME = "checkpoint-last.pth"
 WEIGHT_ENTRIES = ("model", "model_ema1", "model_ema2")
+DEFAULT_WEIGHTS = "model_ema1"  # the authors' evaluation weights
 KEY_PREFIX = "net."
 SAFETENSORS_SUFFIX = ".safetensors"  # pixeljit's exported models (`load_trained` reads them)
 AUTHORS_FILE = f"an authors' {CHECKPOINT_FILENAME} or its folder"  # what `source` names
@@ -87,29 +88,47 @@ def read_checkpoint(source: str | os.PathLike) -> dict:
 
 
 def extract_state_dict(
-    checkpoint: Mapping, weights: str = "model_ema1", source: str = "checkpoint"
+    checkpoint: Mapping, weights: str | None = None, source: str = "checkpoint"
 ) -> dict[str, torch.Tensor]:
-    """Pick `weights` ('model', 'model_ema1', 'model_ema2') from a checkpoint mapping, or take a
-    bare state dict as is; strip the 'net.' prefix."""
-    if any(entry in checkpoint for entry in WEIGHT_ENTRIES):
+    """Pick `weights` ('model', 'model_ema1' (None: the default), 'model_ema2') from an authors'
+    checkpoint mapping, or take a bare state dict as is (its weights unnamed: a weights choice is
+    refused, it holds one set); strip the 'net.' prefix."""
+    if is_authors_dict(checkpoint):
+        weights = weights or DEFAULT_WEIGHTS
         if weights not in checkpoint:
             raise ValueError(
                 f"{source} has no {weights!r} weights; it holds {sorted(map(str, checkpoint))}"
             )
-        state = checkpoint[weights]
+        state, entry = checkpoint[weights], f"entry {weights!r}"
     elif all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        state = checkpoint
+        if weights is not None:
+            refuse_bare_weights_choice(source, weights)
+        state, entry = checkpoint, "its state dict"
     else:
         raise ValueError(
             f"{source} is not a JiT checkpoint: expected entries {WEIGHT_ENTRIES} or a state "
             f"dict, found {sorted(map(str, checkpoint))[:10]}"
         )
     if not isinstance(state, Mapping):
-        raise ValueError(f"{source}: entry {weights!r} is a {type(state).__name__}, not a mapping")
+        raise ValueError(f"{source}: {entry} is a {type(state).__name__}, not a mapping")
     odd = [repr(k) for k in state if not isinstance(k, str)]
     if odd:
-        raise ValueError(f"{source}: entry {weights!r} has non-text keys {odd[:5]}")
+        raise ValueError(f"{source}: {entry} has non-text keys {odd[:5]}")
     return {k.removeprefix(KEY_PREFIX): v for k, v in state.items()}
+
+
+def is_authors_dict(checkpoint: Mapping) -> bool:
+    """Whether `checkpoint` is an authors' dict of named weight sets (else a bare state dict)."""
+    return any(entry in checkpoint for entry in WEIGHT_ENTRIES)
+
+
+def refuse_bare_weights_choice(source: str, weights: str) -> None:
+    """A bare state dict is one set of weights of unknown name: choosing one would label it with
+    a name (and an EMA decay) nobody knows."""
+    names = " / ".join(map(repr, WEIGHT_ENTRIES))
+    raise ValueError(f"{source} holds one bare state dict (no {names} entries), not "
+                     f"{weights!r} weights: drop the weights choice to load it, unnamed: leave "
+                     "out --weights (Python: weights=None)")  # fmt: skip
 
 
 def _need(state: Mapping, key: str, ndim: int, source: str) -> torch.Tensor:
@@ -206,7 +225,7 @@ def check_override_names(overrides: Mapping) -> None:
 
 def load_reference(
     source: str | os.PathLike | Mapping,
-    weights: str | None = "model_ema1",
+    weights: str | None = None,
     in_context_start: int | None = None,
     device: torch.device | str | None = None,
     **overrides,
@@ -214,14 +233,28 @@ def load_reference(
     """A JiT in eval mode from an authors' checkpoint file, its folder, or a loaded mapping.
 
     `weights` picks 'model', 'model_ema1' (the authors' evaluation weights; also for None) or
-    'model_ema2'. Config fields can be overridden (e.g. `attention='fp32'` for the authors'
-    numerics). `device` None is the CPU.
+    'model_ema2'. A bare state dict (a mapping of tensors, e.g. one's own export) holds one set
+    of unnamed weights: it loads with weights None, and a weights choice is refused. Config
+    fields can be overridden (e.g. `attention='fp32'` for the authors' numerics). `device` None
+    is the CPU.
     """
+    return load_reference_named(source, weights, in_context_start, device, **overrides)[0]
+
+
+def load_reference_named(
+    source: str | os.PathLike | Mapping,
+    weights: str | None = None,
+    in_context_start: int | None = None,
+    device: torch.device | str | None = None,
+    **overrides,
+) -> tuple[JiT, str]:
+    """`load_reference`'s network and the name of the weights it loaded: 'model', 'model_ema1'
+    or 'model_ema2' from an authors' dict, '' (unknown) from a bare state dict."""
     names = " / ".join(map(repr, WEIGHT_ENTRIES))
-    weights = check_weights(weights, names) or "model_ema1"
-    if weights not in WEIGHT_ENTRIES:
+    weights = check_weights(weights, names)
+    if weights is not None and weights not in WEIGHT_ENTRIES:
         raise ValueError(f"an authors' checkpoint has no {weights!r} weights: pass weights= "
-                         f"{names} (None: 'model_ema1')")  # fmt: skip
+                         f"{names} (None: {DEFAULT_WEIGHTS!r})")  # fmt: skip
     check_override_names(overrides)
     if device is not None:
         device = as_device(device)  # a device this machine has, and not meta
@@ -238,11 +271,12 @@ def load_reference(
     if checkpoint.get("format") in (FORMAT, UNCHECKED_FORMAT):
         _refuse_pixeljit_file(path, "a pixeljit training checkpoint")
     state = extract_state_dict(checkpoint, weights, name)
-    if any(entry in checkpoint for entry in WEIGHT_ENTRIES):
-        name = f"{name} ({weights})"
+    loaded = (weights or DEFAULT_WEIGHTS) if is_authors_dict(checkpoint) else ""
+    if loaded:
+        name = f"{name} ({loaded})"
     check_tensors(state, name, file_bytes)  # before any shape is trusted
     config = infer_config(state, in_context_start, name, **overrides)
-    return build_loaded(config, state, device, name, file_bytes)
+    return build_loaded(config, state, device, name, file_bytes), loaded
 
 
 def _refuse_pixeljit_file(path: Path | None, kind: str) -> None:

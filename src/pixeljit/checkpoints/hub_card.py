@@ -48,6 +48,7 @@ class CardExtras:
     scores_note: str = ""  # why there are none, or that they are unverified
     source: str = ""  # what was converted
     authors: bool = False  # an authors' released checkpoint (ImageNet-1k)
+    bare: bool = False  # a bare state dict in a torch file (no named weights, no training data)
     sampler_source: str = ""  # where the recommended sampler settings come from
 
 
@@ -139,7 +140,13 @@ def model_card(config: dict, params: int, extras: CardExtras, size: str | None) 
     title = model_title(arch, size)
     decay = f" (EMA decay {weights['ema_decay']})" if weights["ema_decay"] is not None else ""
     step = f", training step {weights['step']}" if weights["step"] is not None else ""
-    origin = "the authors' released checkpoint" if extras.authors else "a pixeljit checkpoint"
+    origin = (
+        "the authors' released checkpoint"
+        if extras.authors
+        else "a bare state dict in a torch file"
+        if extras.bare
+        else "a pixeljit checkpoint"
+    )
     guidance = (
         f"CFG {s['cfg']} on t in ({s['interval'][0]}, {s['interval'][1]})"
         if s["cfg"] != 1

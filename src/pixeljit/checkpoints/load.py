@@ -24,7 +24,7 @@ from pixeljit.checkpoints.arguments import (
     check_weights,
     device_or_cpu,
 )
-from pixeljit.checkpoints.authors import load_reference
+from pixeljit.checkpoints.authors import load_reference_named
 from pixeljit.checkpoints.kinds import checkpoint_kind
 from pixeljit.checkpoints.kinds import folder_kind as folder_kind  # importable here, as before
 from pixeljit.checkpoints.metadata import (
@@ -199,10 +199,11 @@ def load_trained(
     """Load any checkpoint kind (see the module doc). `weights`: for pixeljit runs 'ema'
     (default: the run's sampling EMA), 'ema:<decay>' or 'model'; for the authors' files
     'model_ema1' (default), 'model_ema2' or 'model'; a hub folder holds one set (None or its
-    own name). `device` None is the CPU. Overrides go to the JiT config: a pixeljit file (run,
-    .safetensors, hub folder) records its architecture, so only `weights.OVERRIDABLE_FIELDS`
-    (the attention kernel, dropout) may differ from it; an authors' checkpoint records none and
-    takes any field.
+    own name), and so does a bare state dict in a .pth (None only: its weights are unnamed, '').
+    `device` None is the CPU. Overrides go to the JiT config: a pixeljit file (run, .safetensors,
+    hub folder) records its architecture, so only `weights.OVERRIDABLE_FIELDS` (the attention
+    kernel, dropout) may differ from it; an authors' checkpoint records none and takes any
+    field.
 
     Every kind goes through `checkpoints.weights`: sizes bounded by the file before anything is
     built, dtypes and shapes checked on `meta`, NaN / Inf refused."""
@@ -232,11 +233,12 @@ def load_trained(
         description = f"{source} ({name})" if name else str(source)
         return trained_model(net, objective, names, description, name, step, sampler=sampler)
     if kind == "authors":
-        weights = weights or "model_ema1"  # load_reference checks the name
-        net = load_reference(source, weights, in_context_start, device, **overrides)
+        # None: 'model_ema1' of an authors' dict; a bare state dict loads unnamed ('')
+        net, name = load_reference_named(source, weights, in_context_start, device, **overrides)
         # their --noise_scale: default 1.0, 2.0 for the 512-px models (s = size/256 from 256 up)
         scale = max(1.0, net.config.image_size / BASE_RESOLUTION)
-        return TrainedModel(net, "x", scale, "none", None, f"{source} ({weights})", weights,
+        description = f"{source} ({name})" if name else str(source)
+        return TrainedModel(net, "x", scale, "none", None, description, name,
                             sampler=authors_sampler(net.config))  # fmt: skip
     return _load_run(source, "ema" if weights is None else weights, device, overrides)
 

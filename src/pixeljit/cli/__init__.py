@@ -197,9 +197,9 @@ def say_once_as(prog: str, text: str) -> None:
                 _store_call(store.set, _ONCE_KEY, text)
             elif store is not None and _rank0_said(store, text, stopping):
                 return
-            _write_stderr(line)
+            write_stderr(line)
             return
-    _write_stderr(line)
+    write_stderr(line)
 
 
 @contextlib.contextmanager
@@ -254,7 +254,7 @@ def _rank0_said(store, text: str, stopping: list[int]) -> bool:
         time.sleep(0.05)
 
 
-def _write_stderr(line: str) -> None:
+def write_stderr(line: str) -> None:
     """`line` in a single write (a pipe takes up to 4 KiB whole): another rank's line, written
     at the same moment, lands before or after it, not inside it."""
     try:

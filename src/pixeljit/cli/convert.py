@@ -138,6 +138,8 @@ def _run_hub(args) -> int:
     model = load_trained(args.source, args.weights, in_context_start=args.in_context_start)
     earlier_grid = (out / GRID_NAME).is_file()  # of an earlier export (checked above)
     scores_path, candidates = args.scores, []
+    # an authors' dict names its weights; a bare state dict (one's own export) loads unnamed
+    released = kind == "authors" and bool(model.weights)
     if kind == "run":
         folder = run_folder(find_checkpoint(args.source, None))
         extras = run_grid(folder, model, _preview_weights(folder))
@@ -155,7 +157,7 @@ def _run_hub(args) -> int:
         extras = CardExtras(grid_missing="the source holds no sample grid")
         sampler_source = (
             "the authors' README (Heun-50, their CFG scale for this model, interval [0.1, 1])"
-            if kind == "authors" and model.sampler is not None
+            if released and model.sampler is not None
             else ""
         )
     digest = weights_digest(model.net)
@@ -180,7 +182,8 @@ def _run_hub(args) -> int:
         scores_about=found.about if found else "",
         scores_note="; ".join(notes),
         source=args.source,
-        authors=kind == "authors",
+        authors=released,
+        bare=kind == "authors" and not released,
         sampler_source=sampler_source,
     )
     if extras.grid is None and extras.grid_missing.endswith(GRID_SKIPPED):

@@ -142,6 +142,12 @@ def _emas(args, checkpoint: str) -> list[str]:
 
         kind = checkpoint_kind(checkpoint)
         if kind == "authors":
+            from pixeljit.checkpoints.authors import is_authors_dict, read_checkpoint
+
+            if not is_authors_dict(read_checkpoint(checkpoint)):  # memory-mapped: cheap
+                raise ValueError(f"--emas all: {checkpoint} holds one bare state dict, not the "
+                                 "authors' named weights (model_ema1, model_ema2): drop --emas "
+                                 "to score it")  # fmt: skip
             return ["model_ema1", "model_ema2"]
         if kind != "run":
             raise ValueError(f"--emas all needs a training run or an authors' checkpoint, not a "

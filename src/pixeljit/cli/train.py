@@ -11,6 +11,8 @@ the folder --resume names (never in the `run.out` saved inside the checkpoint).
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 
 from pixeljit.training.config_io import (
@@ -219,28 +221,79 @@ def _check_file_out(config: str, resume: str, out: str, folder: str) -> None:
         )
 
 
+def _kept(out: str) -> str:
+    """What a stopped multi-rank run keeps in `out`: its last checkpoint and the command that
+    continues it, or that there is nothing to resume."""
+    from pixeljit.checkpoints.run import checkpoint_step, find_checkpoint, resume_hint
+    from pixeljit.training.rundir import holds_checkpoint
+
+    if not holds_checkpoint(Path(out)):
+        return f"{out} holds nothing to resume (the run stopped before its first checkpoint)"
+    try:
+        file = find_checkpoint(out)
+    except (OSError, ValueError):  # no file to name: the folder is resumed all the same
+        file, step = Path(out), None
+    else:
+        step = checkpoint_step(file)
+    at = f" (step {step:,})" if step is not None else ""
+    return f"the last checkpoint {file}{at} is kept: continue with {resume_hint(out)}"
+
+
 def rank_lost_message(out: str, err: BaseException) -> str:
     """What a rank says when a collective failed because another rank stopped: the checkpoint
     the run keeps and the command that continues it (as a Ctrl-C's message says), then the
     collective's own error `err`, so a failure of another kind is not hidden."""
-    from pixeljit.checkpoints.run import checkpoint_step, find_checkpoint, resume_hint
     from pixeljit.cli import error_line
-    from pixeljit.training.rundir import holds_checkpoint
 
-    left = f"{out} holds nothing to resume (the run stopped before its first checkpoint)"
-    if holds_checkpoint(Path(out)):
-        try:
-            file = find_checkpoint(out)
-        except (OSError, ValueError):  # no file to name: the folder is resumed all the same
-            file, step = Path(out), None
-        else:
-            step = checkpoint_step(file)
-        at = f" (step {step:,})" if step is not None else ""
-        left = f"the last checkpoint {file}{at} is kept: continue with {resume_hint(out)}"
     return (
         "another rank stopped (torchrun's report names it), so a collective failed on this "
-        f"rank; {left} (the collective's error: {error_line(err)})"
+        f"rank; {_kept(out)} (the collective's error: {error_line(err)})"
     )
+
+
+def terminated_message(out: str) -> str:
+    """What rank 0 of a torchrun run says as a SIGTERM ends it: torchrun sends one to every
+    rank once any rank has ended (killed, out of memory), and a scheduler's stop comes the same
+    way. No step boundary is waited for under torchrun (`stopsignal`), so the steps since the
+    last checkpoint are lost."""
+    return (
+        "stopped by SIGTERM (torchrun stops every rank once one has ended: its report names "
+        f"it; a scheduler's stop comes the same way); {_kept(out)}; the steps after it are lost"
+    )
+
+
+@contextlib.contextmanager
+def _said_on_sigterm(out: str):
+    """Under torchrun, rank 0 says `terminated_message` before a SIGTERM ends it (it ended it
+    without a word: torchrun stops the survivors of a lost rank before their collective fails,
+    so they never said where the run stands). The signal still ends the process, as before."""
+    from pixeljit.cli import rank_tag, write_stderr
+    from pixeljit.launch import launch_or_none
+    from pixeljit.training import stopsignal
+
+    launch = launch_or_none()
+    if (
+        launch is None
+        or launch[1] == 1
+        or launch[0] != 0
+        or not stopsignal.can_listen()
+        or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def last_words(signum: int, frame) -> None:
+        signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        try:
+            write_stderr(f"pixeljit train{rank_tag()}: {terminated_message(out)}\n")
+        finally:
+            signal.raise_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, last_words)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args) -> int:
@@ -252,13 +305,14 @@ def run(args) -> int:
 
     cfg = build_config(args)
     try:
-        result = train(
-            cfg,
-            resume=args.resume,
-            progress=not args.no_progress,
-            restart=args.restart,
-            allow_inexact_resume=args.allow_inexact_resume,
-        )
+        with _said_on_sigterm(cfg.run.out):
+            result = train(
+                cfg,
+                resume=args.resume,
+                progress=not args.no_progress,
+                restart=args.restart,
+                allow_inexact_resume=args.allow_inexact_resume,
+            )
     except KeyboardInterrupt:  # a second Ctrl-C (or one before the run listens for it)
         raise KeyboardInterrupt(interrupted_detail(cfg.run.out, resume_hint(cfg.run.out))) from None
     except RuntimeError as err:  # another rank gone (killed, out of memory): a collective fails
