@@ -6,6 +6,7 @@ other samples, a training probe)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import tiny_run, torchrun
@@ -67,6 +68,7 @@ def test_a_loader_resumed_inside_a_step_continues_it():
     assert [next(resumed)[1].tolist() for _ in range(5)] == labels[7:]
 
 
+@pytest.mark.slow
 def test_one_process_accumulating_trains_as_two_ranks_across_epochs(fmnist16, tmp_path):
     """40 images, batch 16: 8 left over each epoch; 6 steps cross two epoch boundaries."""
     data = fmnist16(40)

@@ -99,6 +99,7 @@ def test_a_cpu_run_whose_precision_resolves_to_fp32_is_refused(fmnist16, tmp_pat
     assert not (tmp_path / "run").exists()  # refused before the folder was made
 
 
+@pytest.mark.slow
 def test_fsdp2_with_every_memory_switch_trains_under_torchrun(fmnist16, tmp_path):
     """Two ranks, FSDP2 gathering bf16 parameters, checkpointed blocks and a bf16 residual stream
     (gloo on the CPU): the run finishes, records how it ran, and keeps fp32 master weights that

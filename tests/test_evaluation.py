@@ -135,6 +135,7 @@ def test_eval_errors(setup, tmp_path, capsys):
     assert "--make-ref needs --size and --channels" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_ranks_score_like_one(setup, tmp_path):
     flags = ["eval", "--checkpoint", str(setup / "run"), "--num-images", "24", "--steps", "2",
              "--ref", str(setup / "data"), "--metrics", "fd", "pr", "--batch-size", "8",

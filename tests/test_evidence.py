@@ -182,6 +182,7 @@ def _refuse(cfg, resume=None, progress=False):
     raise ValueError("refused on purpose")
 
 
+@pytest.mark.slow
 def test_cells_in_worker_processes_give_the_grids_results(grid, tmp_path):
     """jobs=2: the same cells, trained two at a time in spawned processes (each with this
     process's one torch thread), give the sequential grid's measures, in the grid's order."""

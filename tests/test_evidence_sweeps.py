@@ -70,6 +70,7 @@ def by_name(report: dict) -> dict[str, dict]:
     return {c["name"]: c for c in report["cells"]}
 
 
+@pytest.mark.slow
 def test_resolution_cells_keep_the_token_grid_and_scale_the_noise(runs):
     config, out, report, _, extractor = runs["resolution"]
     # the smallest size's two variants are one run: 2 predictions at 8 px, 2 × 2 at 16 px

@@ -92,6 +92,7 @@ def test_classifier_accepts_rgb_and_other_sizes(fmnist, classifier):
     assert classifier.logits(F.pad(x, (2, 2, 2, 2))).shape == (300, 10)  # 32×32 is accepted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [32, 56, 64])
 def test_images_enlarged_as_prepare_does_classify_nearly_as_the_originals(fmnist, classifier, size):
     """Training sets at 32 / 56 / 64 px are the 28-px originals enlarged bicubically (`prepare`);
@@ -105,6 +106,7 @@ def test_images_enlarged_as_prepare_does_classify_nearly_as_the_originals(fmnist
     assert class_accuracy(big, labels, classifier, batch_size=1000) >= native - 0.025
 
 
+@pytest.mark.slow
 def test_classifier_scores_rank_degradations(fmnist, classifier):
     images = fmnist[0]
     ref_images, other = images[:1000], images[1000:2000]
@@ -142,6 +144,7 @@ def test_effnet_constants_are_the_published_ones():
     assert state["_fc.weight"].shape == (EFFNET_CLASSES, EFFNET_DIM)  # the shipped weights
 
 
+@pytest.mark.slow
 def test_effnet_features_logits_and_ranking(fmnist):
     ext = EffNetLite0Extractor()
     images = fmnist[0]

@@ -51,6 +51,7 @@ def _start(out: Path, jobs: int = 2) -> subprocess.Popen:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sigint_to_the_grid_alone_stops_its_cells_and_workers_and_a_rerun_finishes(tmp_path):
     out = tmp_path / "grid"
     proc = _start(out)
@@ -120,6 +121,7 @@ def test_ctrl_c_to_the_terminal_group_while_workers_start_is_one_line(tmp_path):
     assert err.strip().splitlines()[-1].startswith("pixeljit reproduce: interrupted"), err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_sigterm_to_a_grid_exits_143_with_its_cells_checkpointed(jobs, tmp_path):
     """A grid stopped by SIGTERM (a scheduler's) exited 130, Ctrl-C's status; `pixeljit train`

@@ -190,6 +190,7 @@ def _first_bad_worker(rank: int, port: int, firsts: list[int], out: str) -> None
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("firsts", [[5, 3, -1], [-1, -1, -1]])
 def test_the_first_non_finite_step_is_the_earliest_over_the_ranks(tmp_path, firsts):
     """The ranks' first bad steps were combined by MAX: one rank's NaN at step 3, spread to the

@@ -117,6 +117,7 @@ def eval_argv(setup, out, *flags: str) -> list[str]:
             "--out", str(out), *SAMPLER, *flags]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_eval_generates_at_the_precision_scores_at_the_callers_and_records_it(
     setup, tmp_path, capsys, seen, monkeypatch
 ):
@@ -192,6 +193,7 @@ RANK_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_every_torchrun_rank_generates_at_the_precision(setup, tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)

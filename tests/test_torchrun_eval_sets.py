@@ -79,6 +79,7 @@ def visible(folder: Path) -> dict[str, bytes]:
     return {k: v for k, v in contents(folder).items() if not k.startswith(".")}
 
 
+@pytest.mark.slow
 def test_three_ranks_one_without_images_write_one_set_and_score_like_one(setup, tmp_path):
     """2 images on 3 ranks: rank 2 has none (it failed: 'the feature bank is empty'); the set
     replaces an earlier one whole; rank 0's bar says it counts rank 0's share."""
@@ -98,6 +99,7 @@ def test_three_ranks_one_without_images_write_one_set_and_score_like_one(setup, 
     assert "generating (rank 0's 1 of 2)" in done.stderr, done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_rank_stopped_before_the_set_is_moved_in_leaves_the_earlier_set(setup, tmp_path):
     out, fresh = tmp_path / "pngs", tmp_path / "fresh"
     assert main(eval_argv(setup, 8, out, "--seed", "1")) == 0

@@ -39,6 +39,7 @@ STOPPED_WITHIN_S = 90  # the hang lasted gloo's 30-minute timeout, then the 24-h
 EVERY_RANK_S = 5  # seconds torchrun waits before stopping ranks after one fails
 
 
+@pytest.mark.slow
 def test_a_failing_rank_stops_eval_instead_of_hanging(tmp_path):
     images = noise_pngs(tmp_path / "images", 8)
     script = tmp_path / "failing_rank.py"
@@ -56,6 +57,7 @@ def test_a_failing_rank_stops_eval_instead_of_hanging(tmp_path):
     assert not (tmp_path / "s.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [

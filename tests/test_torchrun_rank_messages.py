@@ -155,6 +155,7 @@ def test_only_a_collective_of_a_group_of_several_is_a_lost_rank():
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("argv", "said"),
     [

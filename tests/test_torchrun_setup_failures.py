@@ -37,6 +37,7 @@ def image_folder(folder, bad: bool = False):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verb", ["train", "eval"])
 def test_rank_0_failing_to_pack_the_data_stops_every_rank_saying_so(verb, tmp_path, monkeypatch):
     """The training data (`train`), or the reference data set of `eval --make-ref` (its cold

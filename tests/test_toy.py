@@ -206,6 +206,7 @@ def assert_paper_claim(
     assert all(rows[(low, p)]["energy_ambient"] < 0.05 for p in ("x", "eps", "v"))
 
 
+@pytest.mark.slow
 def test_quick_run_shows_the_claim():
     config = ToyConfig.quick(seed=0)
     result = run_toy(config)

@@ -220,6 +220,7 @@ def _grid_training(folder: Path) -> tuple[subprocess.Popen, list[Path]]:
     return proc, logs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("whom", ["group", "parent"])
 def test_a_signal_to_a_grid_with_jobs_leaves_each_running_cell_a_checkpoint(tmp_path, whom):
     """Ctrl-C in a terminal signals the whole process group: the grid's parent and both workers;
@@ -316,6 +317,7 @@ def test_a_resumed_demo_keeps_its_length_and_ctrl_c_always_names_the_way_on(
     assert "nothing to train" in capsys.readouterr().out and (out / demo.SCORE_FILE).is_file()
 
 
+@pytest.mark.slow
 def test_workers_of_a_killed_grid_checkpoint_their_cells_and_exit(tmp_path):
     """`kill -9` of the grid process left its workers (their own process groups) training the
     cells queued to them, then idle for good; each now stops its cell at a step boundary with a
