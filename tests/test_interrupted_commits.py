@@ -80,10 +80,13 @@ def test_the_next_writer_finishes_a_killed_set_before_anything_else(tmp_path, li
     live = out / f".new-set.staging-{live_pid}-fedcba98"  # a live writer's, journal and all
     live.mkdir()
     (live / "000000.png").write_bytes(png(99))
-    (live / JOURNAL).write_text('{"format": "pixeljit.commit/1", "move": ["000000.png"]}')
+    (live / JOURNAL).write_text(
+        '{"format": "pixeljit.commit/1", "steps": [["move", "000000.png"]]}'
+    )
     said = r"finished a write of its image set that a killed process left half done \(3 of its 5"
     with pytest.warns(UserWarning, match=said + r" files .*before writing the new one"):
         with staged_image_set(out) as staging:
+            assert live.is_dir() and sorted(os.listdir(live)) == [JOURNAL, "000000.png"]  # alive
             assert on_disk(out) == B  # the whole set, before the new one is even written
             stage_set(staging, C, [2] * 4)
     assert on_disk(out) == C

@@ -114,14 +114,16 @@ def test_a_partial_config_file_without_a_preset_names_what_it_lacks(tmp_path, ca
 def test_an_older_versions_config_yaml_alone_trains_with_the_fields_added_since(run, tmp_path,
                                                                                capsys):  # fmt: skip
     """A config.yaml written before a field existed stands alone too: the field takes the value
-    that does what that version did (`resume.ADDED_FIELDS`), not a refusal naming it."""
+    that does what that version did (`resume.ADDED_FIELDS`), not a refusal naming it, nor its
+    default where the two differ (optim.decay_1d: AdamW decayed every parameter before)."""
     from pixeljit.training.resume import ADDED_FIELDS
 
     text = (run / "config.yaml").read_text()
-    lines = [
-        line for line in text.splitlines() if line.strip().split(":")[0] != "ema_warmup_offset"
-    ]
-    assert len(lines) == len(text.splitlines()) - 1
+    assert text.count("  weight_decay: 0.0\n") == 1
+    text = text.replace("  weight_decay: 0.0\n", "  weight_decay: 0.05\n")
+    gone = ("ema_warmup_offset", "decay_1d")
+    lines = [line for line in text.splitlines() if line.strip().split(":")[0] not in gone]
+    assert len(lines) == len(text.splitlines()) - len(gone)
     old = tmp_path / "old.yaml"
     old.write_text("\n".join(lines) + "\n")
     again = tmp_path / "again"
@@ -129,3 +131,5 @@ def test_an_older_versions_config_yaml_alone_trains_with_the_fields_added_since(
     assert main(argv) == 0, capsys.readouterr().err
     saved = load_checkpoint(again)["config"]
     assert saved["optim"]["ema_warmup_offset"] == ADDED_FIELDS[("optim", "ema_warmup_offset")]
+    assert saved["optim"]["weight_decay"] == 0.05
+    assert saved["optim"]["decay_1d"] is True  # its default (false) would exempt 1-D parameters

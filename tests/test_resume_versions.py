@@ -182,6 +182,29 @@ def test_an_old_run_inside_its_warmup_is_an_inexact_resume(fmnist16, tmp_path, c
     same_weights(current, straight)
 
 
+def test_an_old_run_at_the_end_of_its_warmup_resumes_exactly(fmnist16, tmp_path, capsys):
+    """The warm-up's change touches steps k < W only: an old run checkpointed at step W (its
+    warm-up trained whole) resumes at the base rate either way, without refusal; one step
+    earlier, its last warm-up step is yet to train, and it is touched."""
+    from pixeljit.training.revisions import revision_changes
+
+    run = tmp_path / "run"  # 64 images at batch 16, warm-up 0.5 epochs: W = 2 = its steps
+    train(tiny_run(fmnist16(64), run, **{"optim.warmup_epochs": 0.5}), progress=False)
+    make_old(run, config_yaml=False)
+    saved = load_checkpoint(run, tensors=False)
+    assert saved["step"] == 2 and revision_changes(saved, None, total_steps=3) == []
+    assert revision_changes({**saved, "step": 1}, None, total_steps=3) == [
+        f"{REV_1_TO_2}: the learning-rate warm-up trains step k at base·k/W (it was "
+        "base·(k+1)/W), and the checkpoint's step 1 lies inside its warm-up of 2 steps "
+        "(optim.warmup_epochs 0.5)"
+    ]
+    capsys.readouterr()
+    assert resume(run, 3) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "inexact" not in out and "revision" not in out
+    assert load_checkpoint(run)["step"] == 3
+
+
 def test_an_old_run_with_dropout_in_a_block_that_lost_it_is_an_inexact_resume(
     fmnist16, tmp_path, capsys
 ):

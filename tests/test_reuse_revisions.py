@@ -79,6 +79,19 @@ def test_a_cell_of_revision_3_untouched_by_revision_4_is_taken(donor, tmp_path):
     assert taken(out, tmp_path)["reused_from"] == str(cell)
 
 
+def test_a_cell_of_revision_1_trained_inside_its_warm_up_is_not_taken(donor, tmp_path):
+    """Revision 2 moved the warm-up's rate (step k at base·k/W): the donor's run began inside its
+    warm-up (optim.warmup_epochs 0.2, a step), so today's code would train it otherwise."""
+    out, _ = copy_of(donor, tmp_path, None, record=False)  # no revision: written at revision 1
+    said = bottleneck_reusing_nothing(PLAIN, tmp_path / "b", [out])
+    assert (
+        f"the training code (training revision 1 trained it, this code trains "
+        f"{TRAINING_REVISION}: training revision 1 → 2 (e7c8584, 2 Dec 2026): the learning-rate "
+        "warm-up trains step k at base·k/W (it was base·(k+1)/W), and the checkpoint's step 0 "
+        "lies inside its warm-up of 1 steps" in said
+    ), said
+
+
 def test_a_donor_without_checkpoint_is_judged_by_its_result(donor, tmp_path):
     out, cell = copy_of(donor, tmp_path, TRAINING_REVISION, record=True)
     (cell / "latest.pt").unlink()

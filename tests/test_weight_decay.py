@@ -74,6 +74,15 @@ def written_before_the_field(run) -> None:
     torch.save(state, path)
 
 
+def decays_every_parameter(checkpoint: dict, weight_decay: float) -> None:
+    """The checkpoint's optimiser is one group decaying every parameter by `weight_decay`, the
+    1-D ones (biases, norm scales) included, as a run of `decay_1d` true (or no decay) trains."""
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [weight_decay]
+    one_d = {k for k, v in checkpoint["model"].items() if v.ndim < 2}
+    assert one_d and one_d <= set(groups[0]["params"]), one_d - set(groups[0]["params"])
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 def test_a_run_from_before_the_field_resumes_as_it_trained(fmnist16, tmp_path, weight_decay):
     """With weight decay, such a run decayed every parameter: it continues so, bit for bit as a
@@ -89,6 +98,8 @@ def test_a_run_from_before_the_field_resumes_as_it_trained(fmnist16, tmp_path, w
     assert main(["train", "--resume", str(run), "--steps", "4", "--no-progress"]) == 0
     resumed, whole = load_checkpoint(run), load_checkpoint(straight)
     assert resumed["config"]["optim"]["decay_1d"] is bool(weight_decay)
+    decays_every_parameter(whole, weight_decay)  # training honours decay_1d true
+    decays_every_parameter(resumed, weight_decay)
     for key, value in whole["model"].items():
         assert torch.equal(resumed["model"][key], value), key
 
@@ -106,5 +117,6 @@ def test_the_python_api_resumes_such_a_run_from_a_dict_without_the_field(fmnist1
     config["optim"]["steps"] = 4
     train(config, resume=str(run), progress=False)
     resumed, whole = load_checkpoint(run), load_checkpoint(straight)
+    decays_every_parameter(resumed, 0.05)
     for key, value in whole["model"].items():
         assert torch.equal(resumed["model"][key], value), key
