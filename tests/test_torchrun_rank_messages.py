@@ -213,3 +213,23 @@ def test_fsdp_in_one_process_warns_that_it_trains_unsharded(bf16_params, fmnist1
     plain = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, distributed="ddp",
                                                              fsdp_bf16_params=False))  # fmt: skip
     assert unsharded_warning(plain, world_size=1) is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["train", "--bogus"], "pixeljit train: error: unrecognized arguments: --bogus "
+         "(see pixeljit train --help)"),
+        (["reproduce", "toy", "--bogus", "x"], "pixeljit reproduce toy: error: unrecognized "
+         "arguments: --bogus x (see pixeljit reproduce toy --help)"),
+    ],
+    ids=["verb", "sub-command"],
+)  # fmt: skip
+def test_an_unknown_flag_is_said_by_the_command_it_was_given_to(argv, said, capsys):
+    # argparse said it as the top parser's: `pixeljit: error: …`, sending to `pixeljit --help`
+    from pixeljit.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == said + "\n"

@@ -121,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _deepest_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The parser of the (sub-)command `args` were parsed for: `pixeljit reproduce toy`'s, not
+    the top one, so its errors name that command."""
+    while True:
+        found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, found[0].dest, None) if found else None
+        if not found or name not in found[0].choices:
+            return parser
+        parser = found[0].choices[name]
+
+
 def _add_debug(subparsers: argparse._SubParsersAction) -> None:
     """--debug on every verb (and nested sub-command), so it may follow the verb; SUPPRESS keeps
     a `pixeljit --debug VERB` from being reset by the verb's default."""
@@ -313,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pixeljit: interrupted", file=sys.stderr)
         return SIGNAL_EXIT_BASE + signal.SIGINT
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # said by the verb's own parser (`pixeljit train: …`), with its --help
+        _deepest_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
     terminated = _Terminated()
     try:
         check_launch(args.verb)
