@@ -134,19 +134,20 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).translate(MARKUP)
 
 
+def _origin(extras: CardExtras) -> str:
+    """What the exported weights came from, as the card's first paragraph says it."""
+    if extras.authors:
+        return "the authors' released checkpoint"
+    return "a bare state dict in a torch file" if extras.bare else "a pixeljit checkpoint"
+
+
 def model_card(config: dict, params: int, extras: CardExtras, size: str | None) -> str:
     """README.md of a hub folder for its `config` (config.json as written)."""
     arch, obj, weights, s = (config[k] for k in ("architecture", "objective", "weights", "sampler"))
     title = model_title(arch, size)
     decay = f" (EMA decay {weights['ema_decay']})" if weights["ema_decay"] is not None else ""
     step = f", training step {weights['step']}" if weights["step"] is not None else ""
-    origin = (
-        "the authors' released checkpoint"
-        if extras.authors
-        else "a bare state dict in a torch file"
-        if extras.bare
-        else "a pixeljit checkpoint"
-    )
+    origin = _origin(extras)
     guidance = (
         f"CFG {s['cfg']} on t in ({s['interval'][0]}, {s['interval'][1]})"
         if s["cfg"] != 1

@@ -289,11 +289,11 @@ def _said_on_sigterm(out: str):
         finally:
             signal.raise_signal(signum)
 
-    previous = signal.signal(signal.SIGTERM, last_words)
+    previous = stopsignal.install(last_words, (signal.SIGTERM,))
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        stopsignal.restore(previous)
 
 
 def run(args) -> int:
